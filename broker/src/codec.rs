@@ -1,0 +1,268 @@
+//! The byte codec shared by store keys and record values.
+//!
+//! Numbers are fixed-width big-endian, so encoded keys sort like the values they hold.
+//! Strings and byte strings come in two forms:
+//! - *ordered* (keys): `0x00` is escaped as `0x00 0xFF` and the string ends with `0x00 0x00`,
+//!   which keeps byte order equal to string order and lets any field follow a string;
+//! - *length-prefixed* (values): a `u32` length, then the bytes.
+//!
+//! Decoding never panics: truncated or malformed input is a [`CodecError`].
+
+use thiserror::Error;
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CodecError {
+    #[error("unexpected end of input while reading {0}")]
+    Truncated(&'static str),
+    #[error("invalid {what}: {detail}")]
+    Invalid { what: &'static str, detail: String },
+    #[error("{0} trailing bytes after the value")]
+    Trailing(usize),
+}
+
+/// Appends encoded fields to a buffer.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    buf: Vec<u8>,
+}
+
+impl Encoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_capacity(n: usize) -> Self {
+        Self { buf: Vec::with_capacity(n) }
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.buf.push(v);
+        self
+    }
+
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    /// Signed numbers flip the sign bit so that negative values sort first.
+    pub fn i64(&mut self, v: i64) -> &mut Self {
+        self.u64((v as u64) ^ (1 << 63))
+    }
+
+    pub fn bool(&mut self, v: bool) -> &mut Self {
+        self.u8(u8::from(v))
+    }
+
+    /// Order-preserving, self-delimiting bytes (for keys).
+    pub fn ordered_bytes(&mut self, v: &[u8]) -> &mut Self {
+        for &b in v {
+            self.buf.push(b);
+            if b == 0 {
+                self.buf.push(0xFF);
+            }
+        }
+        self.buf.extend_from_slice(&[0, 0]);
+        self
+    }
+
+    pub fn ordered_str(&mut self, v: &str) -> &mut Self {
+        self.ordered_bytes(v.as_bytes())
+    }
+
+    /// Length-prefixed bytes (for values).
+    pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        // Values are bounded far below 4 GiB by request limits; saturate rather than wrap.
+        self.u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
+        self.buf.extend_from_slice(v);
+        self
+    }
+
+    pub fn str(&mut self, v: &str) -> &mut Self {
+        self.bytes(v.as_bytes())
+    }
+
+    pub fn opt_str(&mut self, v: Option<&str>) -> &mut Self {
+        match v {
+            Some(s) => self.u8(1).str(s),
+            None => self.u8(0),
+        }
+    }
+
+    pub fn opt_i64(&mut self, v: Option<i64>) -> &mut Self {
+        match v {
+            Some(x) => self.u8(1).i64(x),
+            None => self.u8(0),
+        }
+    }
+}
+
+/// Reads fields from a byte slice in the order they were encoded.
+#[derive(Debug)]
+pub struct Decoder<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { rest: bytes }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    /// Fails unless every byte was consumed.
+    pub fn finish(self) -> Result<(), CodecError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(CodecError::Trailing(self.rest.len()))
+        }
+    }
+
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], CodecError> {
+        if self.rest.len() < n {
+            return Err(CodecError::Truncated(what));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], CodecError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N, what)?);
+        Ok(out)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1, "u8")?[0])
+    }
+
+    pub fn u16(&mut self) -> Result<u16, CodecError> {
+        Ok(u16::from_be_bytes(self.array("u16")?))
+    }
+
+    pub fn u32(&mut self) -> Result<u32, CodecError> {
+        Ok(u32::from_be_bytes(self.array("u32")?))
+    }
+
+    pub fn u64(&mut self) -> Result<u64, CodecError> {
+        Ok(u64::from_be_bytes(self.array("u64")?))
+    }
+
+    pub fn i64(&mut self) -> Result<i64, CodecError> {
+        Ok((self.u64()? ^ (1 << 63)) as i64)
+    }
+
+    pub fn bool(&mut self) -> Result<bool, CodecError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(invalid("bool", other)),
+        }
+    }
+
+    pub fn ordered_bytes(&mut self) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::new();
+        loop {
+            match self.u8()? {
+                0 => match self.u8()? {
+                    0 => return Ok(out),
+                    0xFF => out.push(0),
+                    other => return Err(invalid("escape in ordered bytes", other)),
+                },
+                b => out.push(b),
+            }
+        }
+    }
+
+    pub fn ordered_str(&mut self) -> Result<String, CodecError> {
+        utf8(self.ordered_bytes()?)
+    }
+
+    pub fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
+        let len = self.u32()? as usize;
+        self.take(len, "bytes")
+    }
+
+    pub fn str(&mut self) -> Result<String, CodecError> {
+        utf8(self.bytes()?.to_vec())
+    }
+
+    pub fn opt_str(&mut self) -> Result<Option<String>, CodecError> {
+        Ok(if self.bool()? { Some(self.str()?) } else { None })
+    }
+
+    pub fn opt_i64(&mut self) -> Result<Option<i64>, CodecError> {
+        Ok(if self.bool()? { Some(self.i64()?) } else { None })
+    }
+}
+
+pub(crate) fn invalid(what: &'static str, detail: impl std::fmt::Display) -> CodecError {
+    CodecError::Invalid { what, detail: detail.to_string() }
+}
+
+fn utf8(bytes: Vec<u8>) -> Result<String, CodecError> {
+    String::from_utf8(bytes).map_err(|e| invalid("utf-8 string", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn ordered_bytes_roundtrip_and_keep_order(a in proptest::collection::vec(any::<u8>(), 0..40),
+                                                  b in proptest::collection::vec(any::<u8>(), 0..40),
+                                                  x in any::<u64>(), y in any::<u64>()) {
+            let enc = |s: &[u8], n: u64| { let mut e = Encoder::new(); e.ordered_bytes(s).u64(n); e.finish() };
+            let (ea, eb) = (enc(&a, x), enc(&b, y));
+            prop_assert_eq!((a.clone(), x).cmp(&(b.clone(), y)), ea.cmp(&eb));
+            let mut d = Decoder::new(&ea);
+            prop_assert_eq!(d.ordered_bytes().unwrap(), a);
+            prop_assert_eq!(d.u64().unwrap(), x);
+            prop_assert!(d.finish().is_ok());
+        }
+
+        #[test]
+        fn signed_numbers_keep_order(a in any::<i64>(), b in any::<i64>()) {
+            let enc = |n: i64| { let mut e = Encoder::new(); e.i64(n); e.finish() };
+            prop_assert_eq!(a.cmp(&b), enc(a).cmp(&enc(b)));
+            prop_assert_eq!(Decoder::new(&enc(a)).i64().unwrap(), a);
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut d = Decoder::new(&bytes);
+            let _ = d.ordered_str();
+            let _ = d.str();
+            let _ = d.opt_i64();
+        }
+    }
+
+    #[test]
+    fn truncated_input_is_an_error() {
+        let mut e = Encoder::new();
+        e.str("hello");
+        let bytes = e.finish();
+        assert!(matches!(Decoder::new(&bytes[..4]).str(), Err(CodecError::Truncated(_))));
+    }
+}

@@ -1,0 +1,254 @@
+//! Group commit: the one writer of the store.
+//!
+//! Request handlers hand their [`Batch`] to a bounded channel and wait. A dedicated OS thread
+//! (never a tokio worker: it blocks on disk) takes everything queued, applies it as one atomic
+//! batch, flushes once (fsync) and only then answers every waiter. Concurrent requests thus
+//! share one fsync, and a full channel makes senders wait (backpressure).
+//!
+//! Ordering: jobs are applied in channel order. A caller that must keep an in-memory order in
+//! step with the store (queue offsets) reserves a [`Slot`] first and submits under its own lock.
+//!
+//! Failure: if an apply or a flush fails, the committer is *poisoned*: every waiter of that
+//! group and every later write gets [`StoreError::Poisoned`]. Nothing is retried, because a
+//! failed fsync leaves the page cache in an unknown state; the operator restarts the broker.
+
+use super::{Batch, Store, StoreError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most jobs merged into one apply + flush.
+const MAX_GROUP: usize = 1024;
+
+/// Work run on the writer thread once a job is durable, before its waiter is answered.
+/// Used to publish in-memory state (a queue's durable high watermark) in commit order.
+pub type AfterCommit = Box<dyn FnOnce() + Send>;
+
+struct Job {
+    batch: Batch,
+    after: Option<AfterCommit>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+enum Msg {
+    Write(Job),
+    Stop,
+}
+
+/// Counters of the writer, for status and metrics.
+#[derive(Debug, Default)]
+struct Counters {
+    flushes: AtomicU64,
+    jobs: AtomicU64,
+    flush_micros: AtomicU64,
+    max_group: AtomicU64,
+}
+
+/// A snapshot of the writer's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Apply + fsync rounds done.
+    pub flushes: u64,
+    /// Jobs (request writes) made durable; `jobs / flushes` is the average group size.
+    pub jobs: u64,
+    /// Total time spent in apply + flush, in microseconds.
+    pub flush_micros: u64,
+    /// Largest group seen.
+    pub max_group: u64,
+}
+
+struct Shared {
+    poison: Mutex<Option<String>>,
+    counters: Counters,
+}
+
+impl Shared {
+    fn poisoned(&self) -> Option<String> {
+        self.poison.lock().map(|p| p.clone()).unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    fn poison(&self, why: String) {
+        let mut guard = self.poison.lock().unwrap_or_else(|e| e.into_inner());
+        guard.get_or_insert(why);
+    }
+}
+
+/// The group-commit writer. Cheap to share behind an `Arc`.
+pub struct Committer {
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A reserved place in the writer's queue; submitting cannot block or fail.
+pub struct Slot<'a> {
+    permit: mpsc::Permit<'a, Msg>,
+}
+
+/// A submitted write; await [`Pending::durable`] for its outcome.
+pub struct Pending {
+    rx: oneshot::Receiver<Result<(), StoreError>>,
+}
+
+impl Pending {
+    /// Resolves once the write is fsynced (Ok) or has failed.
+    pub async fn durable(self) -> Result<(), StoreError> {
+        self.rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+impl Slot<'_> {
+    /// Queues `batch`; `after` runs on the writer thread once it is durable.
+    pub fn submit(self, batch: Batch, after: Option<AfterCommit>) -> Pending {
+        let (done, rx) = oneshot::channel();
+        self.permit.send(Msg::Write(Job { batch, after, done }));
+        Pending { rx }
+    }
+}
+
+impl Committer {
+    /// Starts the writer thread over `store`, with room for `capacity` queued writes.
+    pub fn start(store: Arc<dyn Store>, capacity: usize) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let shared = Arc::new(Shared { poison: Mutex::new(None), counters: Counters::default() });
+        let thread = std::thread::Builder::new()
+            .name("txmq-committer".into())
+            .spawn({
+                let shared = shared.clone();
+                move || writer_loop(store, rx, shared)
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the committer thread: {e}")))?;
+        Ok(Self { tx, shared, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Waits for room in the queue. Fails fast when poisoned or closed.
+    pub async fn reserve(&self) -> Result<Slot<'_>, StoreError> {
+        if let Some(why) = self.shared.poisoned() {
+            return Err(StoreError::Poisoned(why));
+        }
+        let permit = self.tx.reserve().await.map_err(|_| StoreError::Closed)?;
+        Ok(Slot { permit })
+    }
+
+    /// Writes `batch` and waits until it is durable.
+    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.reserve().await?.submit(batch, None).durable().await
+    }
+
+    /// Why the store refuses writes, if it does.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned()
+    }
+
+    pub fn stats(&self) -> CommitStats {
+        let c = &self.shared.counters;
+        CommitStats {
+            flushes: c.flushes.load(Ordering::Relaxed),
+            jobs: c.jobs.load(Ordering::Relaxed),
+            flush_micros: c.flush_micros.load(Ordering::Relaxed),
+            max_group: c.max_group.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Finishes every queued write, flushes, and stops the thread. Later writes get
+    /// [`StoreError::Closed`]. Blocks: call it from a blocking context or at the very end.
+    pub fn shutdown(&self) {
+        // A closed channel means the thread is gone already; either way we join below.
+        let _ = self.tx.try_send(Msg::Stop).or_else(|e| match e {
+            mpsc::error::TrySendError::Full(m) => self.tx.blocking_send(m).map_err(|_| ()),
+            mpsc::error::TrySendError::Closed(_) => Ok(()),
+        });
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        let _ = self.tx.try_send(Msg::Stop);
+    }
+}
+
+fn writer_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
+    let mut group: Vec<Job> = Vec::new();
+    let mut stopping = false;
+    while !stopping {
+        match rx.blocking_recv() {
+            Some(Msg::Write(job)) => group.push(job),
+            Some(Msg::Stop) | None => break,
+        }
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(Msg::Write(job)) => group.push(job),
+                Ok(Msg::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(store.as_ref(), &shared, std::mem::take(&mut group));
+    }
+    // Refuse what arrives from now on; answer what is still queued.
+    rx.close();
+    let mut rest = Vec::new();
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Write(job) = msg {
+            rest.push(job);
+        }
+    }
+    if !rest.is_empty() {
+        commit_group(store.as_ref(), &shared, rest);
+    }
+    // A last flush even when idle: cheap, and shutdown promises "flushed".
+    if shared.poisoned().is_none() {
+        if let Err(e) = store.flush() {
+            shared.poison(e.to_string());
+        }
+    }
+}
+
+fn commit_group(store: &dyn Store, shared: &Shared, group: Vec<Job>) {
+    if let Some(why) = shared.poisoned() {
+        for job in group {
+            let _ = job.done.send(Err(StoreError::Poisoned(why.clone())));
+        }
+        return;
+    }
+    let started = Instant::now();
+    let mut merged = Batch::new();
+    let mut waiters = Vec::with_capacity(group.len());
+    for job in group {
+        merged.extend(job.batch);
+        waiters.push((job.after, job.done));
+    }
+    let result = store.apply(&merged).and_then(|()| store.flush());
+    let c = &shared.counters;
+    match result {
+        Ok(()) => {
+            let n = waiters.len() as u64;
+            c.flushes.fetch_add(1, Ordering::Relaxed);
+            c.jobs.fetch_add(n, Ordering::Relaxed);
+            c.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            c.max_group.fetch_max(n, Ordering::Relaxed);
+            for (after, done) in waiters {
+                if let Some(f) = after {
+                    f();
+                }
+                let _ = done.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            let why = e.to_string();
+            tracing::error!(error = %why, "store write failed; refusing further writes until restart");
+            shared.poison(why.clone());
+            for (_, done) in waiters {
+                let _ = done.send(Err(StoreError::Poisoned(why.clone())));
+            }
+        }
+    }
+}

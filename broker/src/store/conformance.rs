@@ -1,0 +1,217 @@
+//! One suite, run against every [`Store`] implementation: the contract in `store/mod.rs`.
+
+use super::*;
+use std::ops::Bound::{Excluded, Included, Unbounded};
+use std::sync::Arc;
+
+fn k(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+fn put(store: &dyn Store, pairs: &[(&str, &str)]) {
+    let mut b = Batch::new();
+    for (key, v) in pairs {
+        b.put_raw(k(key), k(v));
+    }
+    store.apply(&b).unwrap();
+}
+
+fn get_set_delete(store: &dyn Store) {
+    assert_eq!(store.get(b"a").unwrap(), None);
+    put(store, &[("a", "1"), ("b", "2")]);
+    assert_eq!(store.get(b"a").unwrap(), Some(k("1")));
+    let mut b = Batch::new();
+    b.delete_raw(k("a")).put_raw(k("b"), k("3"));
+    store.apply(&b).unwrap();
+    assert_eq!(store.get(b"a").unwrap(), None);
+    assert_eq!(store.get(b"b").unwrap(), Some(k("3")));
+}
+
+fn later_writes_in_a_batch_win(store: &dyn Store) {
+    let mut b = Batch::new();
+    b.put_raw(k("x"), k("1")).delete_raw(k("x")).put_raw(k("y"), k("1")).put_raw(k("y"), k("2"));
+    store.apply(&b).unwrap();
+    assert_eq!(store.get(b"x").unwrap(), None);
+    assert_eq!(store.get(b"y").unwrap(), Some(k("2")));
+}
+
+fn scans_are_ordered_bounded_and_reversible(store: &dyn Store) {
+    put(store, &[("p1", "a"), ("p3", "c"), ("p2", "b"), ("q1", "z"), ("o9", "y")]);
+    let keys = |v: Vec<Entry>| v.into_iter().map(|(k, _)| String::from_utf8(k).unwrap()).collect::<Vec<_>>();
+    assert_eq!(keys(scan_prefix(store, b"p", 10, false).unwrap()), ["p1", "p2", "p3"]);
+    assert_eq!(keys(scan_prefix(store, b"p", 2, false).unwrap()), ["p1", "p2"]);
+    assert_eq!(keys(scan_prefix(store, b"p", 2, true).unwrap()), ["p3", "p2"]);
+    assert_eq!(keys(store.scan(Excluded(b"p1"), Included(b"p3"), 10, false).unwrap()), ["p2", "p3"]);
+    assert_eq!(keys(store.scan(Unbounded, Excluded(b"p2"), 10, false).unwrap()), ["o9", "p1"]);
+    assert!(store.scan(Included(b"z"), Excluded(b"a"), 10, false).unwrap().is_empty());
+    assert!(store.scan(Excluded(b"p1"), Excluded(b"p1"), 10, false).unwrap().is_empty());
+    assert_eq!(keys(store.scan(Included(b"p1"), Included(b"p1"), 10, false).unwrap()), ["p1"]);
+    assert!(scan_prefix(store, b"p", 0, false).unwrap().is_empty());
+}
+
+fn binary_keys_and_empty_values(store: &dyn Store) {
+    let mut b = Batch::new();
+    b.put_raw(vec![0, 0xFF, 0], Vec::new()).put_raw(vec![0xFF; 3], vec![0; 5]);
+    store.apply(&b).unwrap();
+    assert_eq!(store.get(&[0, 0xFF, 0]).unwrap(), Some(Vec::new()));
+    assert_eq!(scan_prefix(store, &[0xFF, 0xFF], 10, false).unwrap().len(), 1);
+}
+
+fn chunked_records_roundtrip(store: &dyn Store) {
+    let key = |chunk| Key::MessageChunk { topic: "t".into(), queue: 0, offset: 7, chunk };
+    let prefix = Key::message_prefix("t", 0, 7);
+    for len in [0, 1, chunks::CHUNK_SIZE, chunks::CHUNK_SIZE + 1, 3 * chunks::CHUNK_SIZE + 17] {
+        let value: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut b = Batch::new();
+        chunks::delete(store, &mut b, &prefix).unwrap();
+        chunks::put(&mut b, &value, key).unwrap();
+        store.apply(&b).unwrap();
+        assert_eq!(chunks::get(store, &prefix).unwrap(), Some(value), "length {len}");
+    }
+    let mut b = Batch::new();
+    chunks::delete(store, &mut b, &prefix).unwrap();
+    store.apply(&b).unwrap();
+    assert_eq!(chunks::get(store, &prefix).unwrap(), None);
+}
+
+fn committer_groups_and_orders_writes(store: Arc<dyn Store>) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let committer = Arc::new(Committer::start(store.clone(), 64).unwrap());
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..200u32 {
+            let c = committer.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut b = Batch::new();
+                b.put_raw(format!("c{i:04}").into_bytes(), i.to_be_bytes().to_vec());
+                c.commit(b).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        // Same key written twice in one queue: the later submit wins.
+        let (s1, s2) = (committer.reserve().await.unwrap(), committer.reserve().await.unwrap());
+        let mut b1 = Batch::new();
+        b1.put_raw(k("order"), k("first"));
+        let mut b2 = Batch::new();
+        b2.put_raw(k("order"), k("second"));
+        let (p1, p2) = (s1.submit(b1, None), s2.submit(b2, None));
+        p1.durable().await.unwrap();
+        p2.durable().await.unwrap();
+    });
+    assert_eq!(scan_prefix(store.as_ref(), b"c", 1000, false).unwrap().len(), 200);
+    assert_eq!(store.get(b"order").unwrap(), Some(k("second")));
+    let stats = committer.stats();
+    assert_eq!(stats.jobs, 202);
+    assert!(stats.flushes >= 1 && stats.flushes <= 202);
+    committer.shutdown();
+    let after = rt.block_on(committer.commit(Batch::new()));
+    assert!(matches!(after, Err(StoreError::Closed)), "{after:?}");
+}
+
+fn run_suite(make: impl Fn() -> Arc<dyn Store>) {
+    get_set_delete(make().as_ref());
+    later_writes_in_a_batch_win(make().as_ref());
+    scans_are_ordered_bounded_and_reversible(make().as_ref());
+    binary_keys_and_empty_values(make().as_ref());
+    chunked_records_roundtrip(make().as_ref());
+    committer_groups_and_orders_writes(make());
+}
+
+#[test]
+fn memory_store_conforms() {
+    run_suite(|| Arc::new(MemoryStore::new()));
+}
+
+#[test]
+fn sled_store_conforms() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    run_suite(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        dirs.lock().unwrap().push(dir);
+        store
+    });
+}
+
+#[test]
+fn sled_keeps_large_records_out_of_unsynced_blob_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let body = vec![0xAB_u8; 4 * 1024 * 1024 - 64 * 1024];
+    for offset in 0..4 {
+        let mut b = Batch::new();
+        chunks::put(&mut b, &body, |chunk| Key::MessageChunk {
+            topic: "big".into(),
+            queue: 0,
+            offset,
+            chunk,
+        })
+        .unwrap();
+        store.apply(&b).unwrap();
+        store.flush().unwrap();
+    }
+    assert_eq!(store.blob_file_count(), 0);
+    drop(store);
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(chunks::get(&store, &Key::message_prefix("big", 0, 3)).unwrap(), Some(body));
+}
+
+#[test]
+fn sled_data_survives_reopen_after_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        put(&store, &[("k", "v")]);
+        store.flush().unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.get(b"k").unwrap(), Some(k("v")));
+}
+
+/// A store whose flush fails: the committer must refuse every later write.
+struct FailingFlush(MemoryStore);
+
+impl Store for FailingFlush {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(key)
+    }
+    fn scan(&self, s: std::ops::Bound<&[u8]>, e: std::ops::Bound<&[u8]>, l: usize, r: bool) -> Result<Vec<Entry>, StoreError> {
+        self.0.scan(s, e, l, r)
+    }
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.0.apply(batch)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Err(StoreError::Io("injected fsync failure".into()))
+    }
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+}
+
+#[test]
+fn committer_poisons_after_a_failed_flush() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let committer = Committer::start(Arc::new(FailingFlush(MemoryStore::new())), 8).unwrap();
+    rt.block_on(async {
+        let first = committer.commit(Batch::new()).await;
+        assert!(matches!(first, Err(StoreError::Poisoned(_))), "{first:?}");
+        let second = committer.commit(Batch::new()).await;
+        assert!(matches!(second, Err(StoreError::Poisoned(_))), "{second:?}");
+    });
+    assert!(committer.poisoned().unwrap().contains("injected"));
+}
+
+#[test]
+fn sled_blob_detector_sees_an_oversized_value() {
+    // Guards the test above: an unchunked 256 KiB value does create a blob file.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut b = Batch::new();
+    b.put_raw(k("huge"), vec![1; 256 * 1024]);
+    store.apply(&b).unwrap();
+    store.flush().unwrap();
+    assert!(store.blob_file_count() > 0);
+}

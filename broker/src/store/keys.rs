@@ -1,0 +1,150 @@
+//! The whole schema of the store: one [`Key`] enum, encoded so that byte order is key order.
+//!
+//! Every key starts with a one-byte tag naming its kind, then its fields in order (numbers
+//! big-endian, strings in the ordered form of [`crate::codec`]). Because all fields are
+//! self-delimiting, a key's encoding followed by more fields never collides with another key,
+//! and the fields of a prefix select a contiguous range (`Key::…_prefix` helpers).
+//!
+//! Tags are stable on disk: never reuse or renumber one.
+
+use crate::codec::{invalid, CodecError, Decoder, Encoder};
+
+/// A key of the store.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    /// Broker metadata such as the schema version.
+    Meta(String),
+    /// A topic's configuration.
+    Topic(String),
+    /// One chunk of a stored message: records are split into chunks so that no sled value
+    /// grows large enough to leave sled's fsynced log (see `store::chunks`).
+    MessageChunk { topic: String, queue: u32, offset: u64, chunk: u16 },
+    /// `(topic, message id)` → `(queue, offset)`: makes sends idempotent and ids searchable.
+    MessageId { topic: String, message_id: String },
+}
+
+mod tag {
+    pub const META: u8 = 0x01;
+    pub const TOPIC: u8 = 0x02;
+    pub const MESSAGE_CHUNK: u8 = 0x03;
+    pub const MESSAGE_ID: u8 = 0x04;
+}
+
+impl Key {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::with_capacity(48);
+        match self {
+            Key::Meta(name) => e.u8(tag::META).ordered_str(name),
+            Key::Topic(name) => e.u8(tag::TOPIC).ordered_str(name),
+            Key::MessageChunk { topic, queue, offset, chunk } => {
+                e.u8(tag::MESSAGE_CHUNK).ordered_str(topic).u32(*queue).u64(*offset).u16(*chunk)
+            }
+            Key::MessageId { topic, message_id } => {
+                e.u8(tag::MESSAGE_ID).ordered_str(topic).ordered_str(message_id)
+            }
+        };
+        e.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Key, CodecError> {
+        let mut d = Decoder::new(bytes);
+        let key = match d.u8()? {
+            tag::META => Key::Meta(d.ordered_str()?),
+            tag::TOPIC => Key::Topic(d.ordered_str()?),
+            tag::MESSAGE_CHUNK => Key::MessageChunk {
+                topic: d.ordered_str()?,
+                queue: d.u32()?,
+                offset: d.u64()?,
+                chunk: d.u16()?,
+            },
+            tag::MESSAGE_ID => Key::MessageId { topic: d.ordered_str()?, message_id: d.ordered_str()? },
+            other => return Err(invalid("key tag", other)),
+        };
+        d.finish()?;
+        Ok(key)
+    }
+
+    /// All keys of one kind: `[tag]`.
+    pub fn topic_prefix() -> Vec<u8> {
+        vec![tag::TOPIC]
+    }
+
+    /// All chunks of one queue's messages.
+    pub fn queue_prefix(topic: &str, queue: u32) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.u8(tag::MESSAGE_CHUNK).ordered_str(topic).u32(queue);
+        e.finish()
+    }
+
+    /// All chunks of one message.
+    pub fn message_prefix(topic: &str, queue: u32, offset: u64) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.u8(tag::MESSAGE_CHUNK).ordered_str(topic).u32(queue).u64(offset);
+        e.finish()
+    }
+}
+
+/// The smallest byte string greater than every string that starts with `prefix`, or `None`
+/// when no such bound exists (a prefix of only `0xFF`s): the exclusive end of a prefix range.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_key() -> impl Strategy<Value = Key> {
+        let s = "[a-z%\\x00_-]{0,12}";
+        prop_oneof![
+            s.prop_map(Key::Meta),
+            s.prop_map(Key::Topic),
+            (s, any::<u32>(), any::<u64>(), any::<u16>()).prop_map(|(topic, queue, offset, chunk)| {
+                Key::MessageChunk { topic, queue, offset, chunk }
+            }),
+            (s, s).prop_map(|(topic, message_id)| Key::MessageId { topic, message_id }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn keys_roundtrip(k in any_key()) {
+            prop_assert_eq!(Key::decode(&k.encode()).unwrap(), k);
+        }
+
+        #[test]
+        fn encoding_preserves_order(a in any_key(), b in any_key()) {
+            prop_assert_eq!(a.cmp(&b), a.encode().cmp(&b.encode()));
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = Key::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn message_chunks_sit_inside_their_prefixes() {
+        let k = Key::MessageChunk { topic: "t".into(), queue: 3, offset: 9, chunk: 2 }.encode();
+        for prefix in [Key::queue_prefix("t", 3), Key::message_prefix("t", 3, 9)] {
+            assert!(k.starts_with(&prefix));
+            assert!(k < prefix_end(&prefix).unwrap());
+        }
+        assert!(!k.starts_with(&Key::queue_prefix("t", 4)));
+        assert!(!k.starts_with(&Key::queue_prefix("t\0", 3)));
+    }
+
+    #[test]
+    fn prefix_end_carries_over_ff() {
+        assert_eq!(prefix_end(&[1, 0xFF]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
+    }
+}

@@ -1,0 +1,151 @@
+//! Durable storage: a small key-value trait, its two implementations and the group-commit
+//! writer that every write goes through.
+//!
+//! # Contract of [`Store`]
+//! - [`Store::apply`] applies a [`Batch`] atomically: after a crash either all of it or none of
+//!   it is visible. It is *not* durable yet.
+//! - [`Store::flush`] makes everything applied before it durable (fsync, power-loss safe).
+//! - Reads see every applied batch, flushed or not. Scans are bounded by a limit.
+//!
+//! Nobody calls `apply`/`flush` directly except the [`Committer`], which batches concurrent
+//! writes into one apply and one flush (group commit) and poisons itself after a failed flush:
+//! an OK answer from the broker therefore always means "fsynced".
+//!
+//! # Layout
+//! - [`keys`]: the one `Key` enum that is the schema, with its order-preserving encoding.
+//! - [`chunks`]: splits large records into small values (sled fsync limits, see docs/storage.md).
+//! - [`sled_store`]: the sled implementation (the only module that names `sled`).
+//! - [`memory`]: an in-memory implementation for tests.
+//! - [`committer`]: the group-commit writer thread.
+
+pub mod chunks;
+pub mod committer;
+pub mod keys;
+pub mod memory;
+pub mod sled_store;
+
+#[cfg(test)]
+mod conformance;
+
+use std::ops::Bound;
+use thiserror::Error;
+
+pub use committer::{CommitStats, Committer};
+pub use keys::Key;
+pub use memory::MemoryStore;
+pub use sled_store::SledStore;
+
+/// Why a store operation failed.
+#[derive(Debug, Error, Clone)]
+pub enum StoreError {
+    /// The underlying engine or the file system failed.
+    #[error("storage I/O error: {0}")]
+    Io(String),
+    /// A stored value could not be decoded: the data is corrupt or from an unknown version.
+    #[error("corrupt record under key {key:?}: {detail}")]
+    Corrupt { key: Vec<u8>, detail: String },
+    /// A flush failed earlier; the store accepts no more writes until the broker restarts.
+    #[error("store is read-only after a failed flush: {0}")]
+    Poisoned(String),
+    /// The broker is shutting down and the writer no longer accepts work.
+    #[error("store is shutting down")]
+    Closed,
+}
+
+/// One write of a [`Batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// Writes applied together, atomically, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn put(&mut self, key: &Key, value: Vec<u8>) -> &mut Self {
+        self.ops.push(Op::Put(key.encode(), value));
+        self
+    }
+
+    pub fn delete(&mut self, key: &Key) -> &mut Self {
+        self.ops.push(Op::Delete(key.encode()));
+        self
+    }
+
+    pub fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) -> &mut Self {
+        self.ops.push(Op::Put(key, value));
+        self
+    }
+
+    pub fn delete_raw(&mut self, key: Vec<u8>) -> &mut Self {
+        self.ops.push(Op::Delete(key));
+        self
+    }
+
+    /// Appends `other`'s writes after this batch's own.
+    pub fn extend(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
+    }
+
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A key-value pair returned by a scan.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// An ordered, atomic-batch key-value store. See the module docs for the contract.
+pub trait Store: Send + Sync + 'static {
+    /// The value under `key`, if any.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` entries with keys in `(start, end)`, in key order (or reverse order).
+    fn scan(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Entry>, StoreError>;
+
+    /// Applies every write of `batch` atomically. Not durable until [`Store::flush`].
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
+
+    /// Makes every applied batch durable on disk (fsync).
+    fn flush(&self) -> Result<(), StoreError>;
+
+    /// Bytes used on disk (0 for memory stores).
+    fn size_on_disk(&self) -> u64;
+}
+
+/// Scan helper: up to `limit` entries whose keys start with `prefix`.
+pub fn scan_prefix(
+    store: &dyn Store,
+    prefix: &[u8],
+    limit: usize,
+    reverse: bool,
+) -> Result<Vec<Entry>, StoreError> {
+    let end = keys::prefix_end(prefix);
+    let end_bound = match &end {
+        Some(e) => Bound::Excluded(e.as_slice()),
+        None => Bound::Unbounded,
+    };
+    store.scan(Bound::Included(prefix), end_bound, limit, reverse)
+}

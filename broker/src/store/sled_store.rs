@@ -1,0 +1,127 @@
+//! The sled 0.34 implementation of [`Store`]: the only module that names `sled`.
+//!
+//! Facts this module is built around (measured, see docs/storage.md):
+//! - `sled::Db::flush` ends in `sync_file_range`, which survives a process crash but not a power
+//!   loss. [`SledStore::flush`] therefore also calls `fdatasync` on sled's log file (`<dir>/db`).
+//! - sled writes log items larger than about 128 KiB to separate blob files that it never
+//!   fsyncs. Callers keep every value small (records are chunked by `store::chunks`), and
+//!   [`SledStore::blob_file_count`] lets tests check that no blob file ever appears.
+//! - One `apply_batch` on one tree is atomic across a crash, so the whole schema lives in the
+//!   default tree and every broker write is one batch.
+
+use super::{Batch, Entry, Op, Store, StoreError};
+use std::fs::File;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+/// sled's cache; RSS grows to a few times this (sled issue #1309), so keep it modest.
+const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A sled database in a directory, made power-loss durable by an explicit `fdatasync`.
+pub struct SledStore {
+    db: sled::Db,
+    /// A second handle on sled's log file: fsync acts on the inode, so syncing it makes the
+    /// bytes sled wrote durable.
+    log_file: File,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").field("dir", &self.dir).finish()
+    }
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .open()
+            .map_err(io)?;
+        let log_file = File::open(dir.join("db")).map_err(io)?;
+        // The directory entry of a freshly created log file must be durable too.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        Ok(Self { db, log_file, dir: dir.to_path_buf() })
+    }
+
+    /// Files in sled's `blobs/` directory: values that escaped the fsynced log. Always 0 when
+    /// callers respect the chunking rule.
+    pub fn blob_file_count(&self) -> usize {
+        std::fs::read_dir(self.dir.join("blobs")).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+fn to_bound(b: Bound<&[u8]>) -> Bound<Vec<u8>> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.to_vec()),
+        Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) =
+            (start, end)
+        {
+            let both_included = matches!((start, end), (Bound::Included(_), Bound::Included(_)));
+            if s > e || (s == e && !both_included) {
+                return Ok(Vec::new());
+            }
+        }
+        let iter = self.db.range::<Vec<u8>, _>((to_bound(start), to_bound(end)));
+        let mut out = Vec::new();
+        let mut push = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<(), StoreError> {
+            let (k, v) = item.map_err(io)?;
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        };
+        if reverse {
+            for item in iter.rev().take(limit) {
+                push(item)?;
+            }
+        } else {
+            for item in iter.take(limit) {
+                push(item)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for op in batch.ops() {
+            match op {
+                Op::Put(k, v) => b.insert(k.as_slice(), v.as_slice()),
+                Op::Delete(k) => b.remove(k.as_slice()),
+            }
+        }
+        self.db.apply_batch(b).map_err(io)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(io)?;
+        self.log_file.sync_data().map_err(io)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}

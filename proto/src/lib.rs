@@ -1,0 +1,21 @@
+//! Wire definitions for txmq, generated at build time from `proto/`.
+//!
+//! # Layout
+//! - [`v2`]: `apache.rocketmq.v2`, the Apache RocketMQ 5 gRPC protocol (`MessagingService`),
+//!   written here from the protocol spec with the official names and field numbers, so the
+//!   official RocketMQ clients talk to txmq unchanged.
+//! - [`admin`]: `txmq.admin.v1`, our own operator API (`Admin`), served on the same port.
+//!
+//! Nothing here is hand-written Rust: the modules are `include!`s of prost/tonic output.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
+
+/// `apache.rocketmq.v2`: messages, enums and the `MessagingService` client and server.
+pub mod v2 {
+    include!(concat!(env!("OUT_DIR"), "/apache.rocketmq.v2.rs"));
+}
+
+/// `txmq.admin.v1`: the operator API used by the `txmq` CLI.
+pub mod admin {
+    include!(concat!(env!("OUT_DIR"), "/txmq.admin.v1.rs"));
+}
