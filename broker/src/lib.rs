@@ -1,2 +1,25 @@
+//! txmq broker: a transactional message broker that speaks the Apache RocketMQ 5 gRPC protocol.
+//!
+//! # Layout
+//! - [`server`]: binds, serves both gRPC services, shuts down gracefully.
+//! - [`grpc`]: the async shell: RocketMQ `MessagingService`, Telemetry, the admin API, and the
+//!   single mapping from broker errors to RocketMQ status codes.
+//! - [`broker`]: the core facade: topics and the message log over one store.
+//! - [`log`]: queues of messages, offsets, durable high watermarks, idempotent appends.
+//! - [`topics`]: topic names and the topic registry.
+//! - [`model`]: domain types and their on-disk records.
+//! - [`store`]: the storage trait, sled and memory stores, group commit.
+//! - [`codec`]: the byte codec of keys and records.
+//! - [`config`]: flags, environment, TOML file.
+//! - [`error`]: the broker's error enum.
+
+pub mod broker;
 pub mod codec;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod log;
+pub mod model;
+pub mod server;
 pub mod store;
+pub mod topics;

@@ -1,0 +1,170 @@
+//! The broker core: topics and the message log over one store, independent of gRPC.
+//!
+//! The gRPC layer (`grpc`) converts requests into calls on [`Broker`] and its errors into
+//! RocketMQ status codes; the admin API uses the same calls.
+
+use crate::config::Config;
+use crate::error::{BrokerError, Result};
+use crate::log::{MessageLog, Placement, QueueOffsets};
+use crate::model::{Millis, MessageType, NewMessage, TopicRecord, TopicType};
+use crate::store::{CommitStats, Committer, Key, SledStore, Store};
+use crate::topics::{self, Topics};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The broker's clock: milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+}
+
+/// A running broker's state. Shared behind an `Arc` by every service.
+pub struct Broker {
+    config: Config,
+    store: Arc<dyn Store>,
+    committer: Arc<Committer>,
+    topics: Topics,
+    log: MessageLog,
+    /// Serializes topic creation, so two concurrent auto-creates store one record.
+    create_lock: tokio::sync::Mutex<()>,
+    started_at: Millis,
+}
+
+/// A summary of the broker for `txmq status`.
+#[derive(Debug, Clone)]
+pub struct BrokerStatus {
+    pub started_at: Millis,
+    pub store_error: Option<String>,
+    pub topic_count: usize,
+    pub store_bytes: u64,
+    pub commits: CommitStats,
+}
+
+impl Broker {
+    /// Opens the sled store in `config.data_dir` and loads the broker's state.
+    pub fn open(config: Config) -> Result<Arc<Self>> {
+        let store = Arc::new(SledStore::open(&config.data_dir)?);
+        Self::with_store(config, store)
+    }
+
+    /// Loads the broker's state from `store`.
+    pub fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>> {
+        let committer = Arc::new(Committer::start(store.clone(), config.writer_queue)?);
+        let topics = Topics::load(store.as_ref())?;
+        let log = MessageLog::new(store.clone(), committer.clone());
+        for t in topics.list() {
+            log.open_topic(&t.name, t.queue_count)?;
+        }
+        Ok(Arc::new(Self {
+            config,
+            store,
+            committer,
+            topics,
+            log,
+            create_lock: tokio::sync::Mutex::new(()),
+            started_at: now_ms(),
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Creates a topic durably. Fails with `TopicExists` if it exists.
+    pub async fn create_topic(&self, name: &str, topic_type: TopicType, queue_count: u32) -> Result<Arc<TopicRecord>> {
+        let queues = if queue_count == 0 { self.config.default_queue_count } else { queue_count };
+        let record = topics::new_record(name, topic_type, queues, now_ms(), false)?;
+        if topics::is_reserved(name) {
+            return Err(BrokerError::IllegalTopic(format!("{name} is a reserved system topic name")));
+        }
+        let _guard = self.create_lock.lock().await;
+        if self.topics.get(name).is_some() {
+            return Err(BrokerError::TopicExists(name.to_string()));
+        }
+        self.store_topic(record).await
+    }
+
+    /// The topic, auto-created as MIXED when allowed. Used by routes and sends.
+    pub async fn topic_or_create(&self, name: &str) -> Result<Arc<TopicRecord>> {
+        topics::validate_name(name)?;
+        if let Some(t) = self.topics.get(name) {
+            return Ok(t);
+        }
+        let dead_letter = name.starts_with(topics::DLQ_PREFIX);
+        if !dead_letter && topics::is_reserved(name) {
+            return Err(BrokerError::IllegalTopic(format!("{name} is a reserved system topic name")));
+        }
+        if !self.config.auto_create_topics && !dead_letter {
+            return Err(BrokerError::TopicNotFound(name.to_string()));
+        }
+        let _guard = self.create_lock.lock().await;
+        if let Some(t) = self.topics.get(name) {
+            return Ok(t);
+        }
+        let queues = if dead_letter { 1 } else { self.config.default_queue_count };
+        let record = topics::new_record(name, TopicType::Mixed, queues, now_ms(), true)?;
+        tracing::info!(topic = name, queues, "auto-created topic");
+        self.store_topic(record).await
+    }
+
+    async fn store_topic(&self, record: TopicRecord) -> Result<Arc<TopicRecord>> {
+        let mut batch = crate::store::Batch::new();
+        batch.put(&Key::Topic(record.name.clone()), record.encode());
+        self.committer.commit(batch).await?;
+        self.log.open_topic(&record.name, record.queue_count)?;
+        Ok(self.topics.insert(record))
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<TopicRecord>> {
+        self.topics.get(name)
+    }
+
+    pub fn topics(&self) -> Vec<Arc<TopicRecord>> {
+        self.topics.list()
+    }
+
+    /// Offsets of every queue of a topic.
+    pub fn queue_offsets(&self, topic: &TopicRecord) -> Vec<QueueOffsets> {
+        (0..topic.queue_count).filter_map(|q| self.log.offsets(&topic.name, q)).collect()
+    }
+
+    /// Stores validated messages of one topic durably; idempotent on message id.
+    /// `producer` is the sending client's id.
+    pub async fn send(&self, topic: &str, messages: Vec<NewMessage>, producer: &str) -> Result<Vec<Placement>> {
+        if topics::is_reserved(topic) {
+            return Err(BrokerError::IllegalTopic(format!("cannot send to the system topic {topic}")));
+        }
+        let record = self.topic_or_create(topic).await?;
+        for m in &messages {
+            if !record.topic_type.accepts(m.message_type) {
+                return Err(BrokerError::TypeConflict(format!(
+                    "topic {topic} is {} and does not accept {:?} messages",
+                    record.topic_type.as_str(),
+                    m.message_type
+                )));
+            }
+            if m.message_type == MessageType::Transaction {
+                return Err(BrokerError::NotImplemented("transactional messages"));
+            }
+        }
+        self.log.append(topic, record.queue_count, messages, producer, now_ms()).await
+    }
+
+    pub fn log(&self) -> &MessageLog {
+        &self.log
+    }
+
+    pub fn status(&self) -> BrokerStatus {
+        BrokerStatus {
+            started_at: self.started_at,
+            store_error: self.committer.poisoned(),
+            topic_count: self.topics.len(),
+            store_bytes: self.store.size_on_disk(),
+            commits: self.committer.stats(),
+        }
+    }
+
+    /// Finishes queued writes, flushes and stops the writer. Blocks briefly.
+    pub fn shutdown(&self) {
+        self.committer.shutdown();
+    }
+}

@@ -1,0 +1,205 @@
+//! Broker configuration: defaults, a TOML file, `TXMQ_*` environment variables and flags.
+//!
+//! Precedence, lowest first: built-in defaults, the `--config` TOML file, environment
+//! variables, command-line flags. TOML keys are the flag names (`data-dir = "/var/lib/txmq"`).
+//! Durations are written like `500ms`, `6s`, `5m`, `72h`.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A duration written like `500ms`, `6s`, `5m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write it like 500ms, 6s, 5m"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Everything the broker needs to run. `Config::default()` is the documented default set.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the gRPC server binds.
+    pub listen: SocketAddr,
+    /// `host:port` that routes tell clients to dial; `None` means the listen address.
+    pub advertise: Option<String>,
+    /// Directory of the sled store.
+    pub data_dir: PathBuf,
+    /// Create unknown topics as MIXED on route or send; otherwise answer TOPIC_NOT_FOUND.
+    pub auto_create_topics: bool,
+    /// Queues of a topic created without an explicit count.
+    pub default_queue_count: u32,
+    /// Largest accepted message body. Kept below 4 MiB because the Rust client cannot
+    /// receive a gRPC message of 4 MiB or more.
+    pub max_body_size: usize,
+    /// Furthest a delay message may be scheduled into the future.
+    pub max_delay: Duration,
+    /// Writes that may wait for the group-commit writer before senders are slowed down.
+    pub writer_queue: usize,
+    /// Longest a ReceiveMessage long poll is held (well below the Rust client's 40 s deadline).
+    pub long_polling_max: Duration,
+    /// Deliveries of one message to one group before it is dead-lettered.
+    pub max_delivery_attempts: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            advertise: None,
+            data_dir: PathBuf::from("./txmq-data"),
+            auto_create_topics: true,
+            default_queue_count: 8,
+            max_body_size: 4 * 1024 * 1024 - 64 * 1024,
+            max_delay: Duration::from_secs(24 * 3600),
+            writer_queue: 4096,
+            long_polling_max: Duration::from_secs(20),
+            max_delivery_attempts: 17,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults with the store in `data_dir`.
+    pub fn with_data_dir(data_dir: impl AsRef<Path>) -> Self {
+        Self { data_dir: data_dir.as_ref().to_path_buf(), ..Self::default() }
+    }
+}
+
+/// Command-line flags of `txmq-broker`; each also reads a `TXMQ_*` environment variable.
+#[derive(Debug, Parser)]
+#[command(name = "txmq-broker", version, about = "txmq: a transactional message broker speaking the RocketMQ 5 gRPC protocol")]
+pub struct Args {
+    /// TOML file with the same keys as the flags (for example `data-dir = "/var/lib/txmq"`).
+    #[arg(long, env = "TXMQ_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to bind [default: 127.0.0.1:8081].
+    #[arg(long, env = "TXMQ_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// host:port returned in routes [default: the listen address].
+    #[arg(long, env = "TXMQ_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Data directory [default: ./txmq-data].
+    #[arg(long, env = "TXMQ_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Create unknown topics (as MIXED) on first route or send [default: true].
+    #[arg(long, env = "TXMQ_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Queues per topic when not given [default: 8].
+    #[arg(long, env = "TXMQ_DEFAULT_QUEUE_COUNT")]
+    pub default_queue_count: Option<u32>,
+    /// Largest message body in bytes [default: 4128768 = 4 MiB - 64 KiB].
+    #[arg(long, env = "TXMQ_MAX_BODY_SIZE")]
+    pub max_body_size: Option<usize>,
+    /// Longest delay of a delay message [default: 24h].
+    #[arg(long, env = "TXMQ_MAX_DELAY")]
+    pub max_delay: Option<HumanDuration>,
+}
+
+/// The TOML file: the same keys as the flags, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    auto_create_topics: Option<bool>,
+    default_queue_count: Option<u32>,
+    max_body_size: Option<usize>,
+    max_delay: Option<HumanDuration>,
+}
+
+impl Args {
+    /// Resolves defaults, the config file, the environment and the flags into a [`Config`].
+    pub fn resolve(self) -> Result<Config, String> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| format!("invalid config file {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let config = Config {
+            listen: self.listen.or(file.listen).unwrap_or(d.listen),
+            advertise: self.advertise.or(file.advertise).or(d.advertise),
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            auto_create_topics: self.auto_create_topics.or(file.auto_create_topics).unwrap_or(d.auto_create_topics),
+            default_queue_count: self.default_queue_count.or(file.default_queue_count).unwrap_or(d.default_queue_count),
+            max_body_size: self.max_body_size.or(file.max_body_size).unwrap_or(d.max_body_size),
+            max_delay: self.max_delay.or(file.max_delay).map(|h| h.0).unwrap_or(d.max_delay),
+            writer_queue: d.writer_queue,
+            long_polling_max: d.long_polling_max,
+            max_delivery_attempts: d.max_delivery_attempts,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// Rejects values the broker cannot run with.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=1024).contains(&self.default_queue_count) {
+            return Err("default-queue-count must be between 1 and 1024".into());
+        }
+        let rust_client_limit = 4 * 1024 * 1024 - 16 * 1024;
+        if self.max_body_size == 0 || self.max_body_size > rust_client_limit {
+            return Err(format!("max-body-size must be between 1 and {rust_client_limit} bytes"));
+        }
+        if let Some(a) = &self.advertise {
+            crate::grpc::route::parse_host_port(a).map_err(|e| format!("invalid advertise address: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_the_docs_say() {
+        assert_eq!("500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(500));
+        assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
+        assert!("5 parsecs".parse::<HumanDuration>().is_err());
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("txmq.toml");
+        std::fs::write(&path, "data-dir = \"/from/file\"\nmax-delay = \"2h\"\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let args = Args::parse_from(["txmq-broker", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:9100"]);
+        let c = args.resolve().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.max_delay, Duration::from_secs(7200));
+        assert!(c.auto_create_topics);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("txmq.toml");
+        std::fs::write(&path, "data_dirr = \"x\"\n").unwrap();
+        let err = Args::parse_from(["txmq-broker", "--config", path.to_str().unwrap()]).resolve().unwrap_err();
+        assert!(err.contains("data_dirr"), "{err}");
+    }
+}

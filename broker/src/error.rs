@@ -1,0 +1,56 @@
+//! The broker's error type. Each variant names a distinct answer a client can act on; the one
+//! place that turns them into RocketMQ status codes is `grpc::status`.
+
+use crate::store::StoreError;
+use thiserror::Error;
+
+/// Why a broker operation was refused or failed.
+#[derive(Debug, Error, Clone)]
+pub enum BrokerError {
+    /// The request is malformed in a way no more specific variant covers.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("illegal topic: {0}")]
+    IllegalTopic(String),
+    #[error("topic not found: {0}")]
+    TopicNotFound(String),
+    #[error("topic already exists: {0}")]
+    TopicExists(String),
+    #[error("illegal consumer group: {0}")]
+    IllegalGroup(String),
+    #[error("illegal message id: {0}")]
+    IllegalMessageId(String),
+    #[error("illegal tag: {0}")]
+    IllegalTag(String),
+    #[error("illegal message key: {0}")]
+    IllegalKey(String),
+    #[error("illegal message group: {0}")]
+    IllegalMessageGroup(String),
+    #[error("illegal property key: {0}")]
+    IllegalPropertyKey(String),
+    #[error("message properties too large: {0}")]
+    PropertiesTooLarge(String),
+    #[error("message body too large: {size} bytes, the limit is {limit}")]
+    BodyTooLarge { size: usize, limit: usize },
+    #[error("request too large: {0}")]
+    PayloadTooLarge(String),
+    #[error("illegal delivery time: {0}")]
+    IllegalDeliveryTime(String),
+    /// The message's type conflicts with its own fields or with its topic's type.
+    #[error("message type conflict: {0}")]
+    TypeConflict(String),
+    #[error("{0} is not implemented yet")]
+    NotImplemented(&'static str),
+    /// A bound was hit (connections, in-flight work, long polls).
+    #[error("too many requests: {0}")]
+    TooManyRequests(String),
+    /// The store refuses writes (failed flush) or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A bug or an impossible state; never caused by the request alone.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result alias for broker operations.
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

@@ -1,0 +1,20 @@
+//! The gRPC shell: RocketMQ's `MessagingService` and our `Admin` service over one [`Broker`].
+//!
+//! # Layout
+//! - [`messaging`]: the RocketMQ 5 RPCs.
+//! - [`telemetry`]: the Telemetry stream and the Settings the broker announces.
+//! - [`clients`]: connected clients and their live streams.
+//! - [`route`]: queues and endpoints in routes.
+//! - [`convert`]: wire ↔ domain conversion with edge validation.
+//! - [`status`]: broker errors → RocketMQ codes (the only place).
+//! - [`admin`]: the operator API.
+//!
+//! [`Broker`]: crate::broker::Broker
+
+pub mod admin;
+pub mod clients;
+pub mod convert;
+pub mod messaging;
+pub mod route;
+pub mod status;
+pub mod telemetry;

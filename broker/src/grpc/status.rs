@@ -1,0 +1,95 @@
+//! The one place where broker errors become RocketMQ status codes.
+//!
+//! Only codes the official Rust 5.0.0 client can decode are ever produced: it panics on any
+//! other value (protocol spec §1.2). `NEVER_SENT` lists the ones to avoid, and a test checks
+//! every error variant against it.
+
+use crate::error::BrokerError;
+use crate::store::StoreError;
+use txmq_proto::v2::{Code, Status};
+
+/// Codes absent from the Rust 5.0.0 client's enum: emitting one crashes that client.
+pub const NEVER_SENT: [Code; 7] = [
+    Code::OffsetNotFound,
+    Code::MessageBodyEmpty,
+    Code::IllegalOffset,
+    Code::IllegalLiteTopic,
+    Code::LiteTopicQuotaExceeded,
+    Code::LiteSubscriptionQuotaExceeded,
+    Code::InvalidClientProperties,
+];
+
+pub fn ok() -> Status {
+    Status { code: Code::Ok as i32, message: "OK".into() }
+}
+
+pub fn with(code: Code, message: impl Into<String>) -> Status {
+    Status { code: code as i32, message: message.into() }
+}
+
+/// The RocketMQ code for an error.
+pub fn code(err: &BrokerError) -> Code {
+    match err {
+        BrokerError::BadRequest(_) => Code::BadRequest,
+        BrokerError::IllegalTopic(_) => Code::IllegalTopic,
+        BrokerError::TopicNotFound(_) => Code::TopicNotFound,
+        BrokerError::TopicExists(_) => Code::BadRequest,
+        BrokerError::IllegalGroup(_) => Code::IllegalConsumerGroup,
+        BrokerError::IllegalMessageId(_) => Code::IllegalMessageId,
+        BrokerError::IllegalTag(_) => Code::IllegalMessageTag,
+        BrokerError::IllegalKey(_) => Code::IllegalMessageKey,
+        BrokerError::IllegalMessageGroup(_) => Code::IllegalMessageGroup,
+        BrokerError::IllegalPropertyKey(_) => Code::IllegalMessagePropertyKey,
+        BrokerError::PropertiesTooLarge(_) => Code::MessagePropertiesTooLarge,
+        BrokerError::BodyTooLarge { .. } => Code::MessageBodyTooLarge,
+        BrokerError::PayloadTooLarge(_) => Code::PayloadTooLarge,
+        BrokerError::IllegalDeliveryTime(_) => Code::IllegalDeliveryTime,
+        BrokerError::TypeConflict(_) => Code::MessagePropertyConflictWithType,
+        BrokerError::NotImplemented(_) => Code::NotImplemented,
+        BrokerError::TooManyRequests(_) => Code::TooManyRequests,
+        BrokerError::Store(StoreError::Closed) => Code::InternalServerError,
+        BrokerError::Store(_) => Code::InternalServerError,
+        BrokerError::Internal(_) => Code::InternalError,
+    }
+}
+
+/// The status answered for an error.
+pub fn status(err: &BrokerError) -> Status {
+    with(code(err), err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_error_maps_to_a_code_the_rust_client_cannot_decode() {
+        let all = [
+            BrokerError::BadRequest(String::new()),
+            BrokerError::IllegalTopic(String::new()),
+            BrokerError::TopicNotFound(String::new()),
+            BrokerError::TopicExists(String::new()),
+            BrokerError::IllegalGroup(String::new()),
+            BrokerError::IllegalMessageId(String::new()),
+            BrokerError::IllegalTag(String::new()),
+            BrokerError::IllegalKey(String::new()),
+            BrokerError::IllegalMessageGroup(String::new()),
+            BrokerError::IllegalPropertyKey(String::new()),
+            BrokerError::PropertiesTooLarge(String::new()),
+            BrokerError::BodyTooLarge { size: 0, limit: 0 },
+            BrokerError::PayloadTooLarge(String::new()),
+            BrokerError::IllegalDeliveryTime(String::new()),
+            BrokerError::TypeConflict(String::new()),
+            BrokerError::NotImplemented("x"),
+            BrokerError::TooManyRequests(String::new()),
+            BrokerError::Store(StoreError::Closed),
+            BrokerError::Store(StoreError::Poisoned(String::new())),
+            BrokerError::Internal(String::new()),
+        ];
+        for e in &all {
+            let c = code(e);
+            assert!(!NEVER_SENT.contains(&c), "{e:?} maps to {c:?}");
+            assert!(c != Code::Unspecified && c != Code::Ok, "{e:?}");
+        }
+    }
+}

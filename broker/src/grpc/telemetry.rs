@@ -1,0 +1,187 @@
+//! The Telemetry stream: client Settings in, completed Settings (and later server commands) out.
+//!
+//! The response headers go out as soon as the call is accepted (the Rust client's `start()`
+//! waits for them). The server never ends a stream on its own except at shutdown: the Rust
+//! 5.0.0 client never re-opens one, and losing it would silently cut transaction check-backs.
+
+use super::clients::Clients;
+use super::status;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Streaming;
+use txmq_proto::v2;
+use v2::telemetry_command::Command;
+
+/// Commands buffered per stream before writes to it are refused.
+const STREAM_BUFFER: usize = 64;
+
+/// Producer retry policy (RocketMQ proxy defaults): 3 attempts, 10 ms doubling to 1 s.
+fn producer_backoff() -> v2::RetryPolicy {
+    v2::RetryPolicy {
+        max_attempts: 3,
+        strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(v2::ExponentialBackoff {
+            initial: Some(duration(Duration::from_millis(10))),
+            max: Some(duration(Duration::from_secs(1))),
+            multiplier: 2.0,
+        })),
+    }
+}
+
+/// Consumer retry policy: `max_attempts` deliveries, 1 s doubling to 60 s between them.
+fn consumer_backoff(max_attempts: i32) -> v2::RetryPolicy {
+    v2::RetryPolicy {
+        max_attempts,
+        strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(v2::ExponentialBackoff {
+            initial: Some(duration(Duration::from_secs(1))),
+            max: Some(duration(Duration::from_secs(60))),
+            multiplier: 2.0,
+        })),
+    }
+}
+
+pub fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+/// Limits the broker announces in its Settings replies.
+#[derive(Debug, Clone, Copy)]
+pub struct Announced {
+    pub max_body_size: usize,
+    pub long_polling_timeout: Duration,
+    pub max_delivery_attempts: i32,
+}
+
+/// The client's Settings completed with the broker's values (spec §3.5): producers always get
+/// `publishing.max_body_size > 0` and `validate_message_type` (Python fails every send without
+/// them); consumers get long-polling time, batch size and retry policy.
+pub fn complete_settings(mut s: v2::Settings, a: Announced) -> v2::Settings {
+    match &mut s.pub_sub {
+        Some(v2::settings::PubSub::Publishing(p)) => {
+            p.max_body_size = a.max_body_size as i32;
+            p.validate_message_type = true;
+            s.backoff_policy = Some(producer_backoff());
+        }
+        Some(v2::settings::PubSub::Subscription(sub)) => {
+            sub.long_polling_timeout = Some(duration(a.long_polling_timeout));
+            sub.receive_batch_size = Some(sub.receive_batch_size.unwrap_or(32).clamp(1, 32));
+            sub.fifo = Some(sub.fifo.unwrap_or(false));
+            s.backoff_policy = Some(consumer_backoff(a.max_delivery_attempts));
+        }
+        None => {
+            let producer = s.client_type == Some(v2::ClientType::Producer as i32);
+            if producer || s.client_type.is_none() {
+                s.pub_sub = Some(v2::settings::PubSub::Publishing(v2::Publishing {
+                    topics: Vec::new(),
+                    max_body_size: a.max_body_size as i32,
+                    validate_message_type: true,
+                }));
+                s.backoff_policy = Some(producer_backoff());
+            }
+        }
+    }
+    s.metric = Some(v2::Metric { on: false, endpoints: None });
+    s
+}
+
+/// Serves one Telemetry stream until the client ends it or the broker shuts down.
+pub fn serve(
+    client_id: String,
+    mut inbound: Streaming<v2::TelemetryCommand>,
+    clients: Arc<Clients>,
+    announced: Announced,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> mpsc::Receiver<Result<v2::TelemetryCommand, tonic::Status>> {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let stream_id = clients.open_stream(&client_id, tx.clone());
+    tracing::debug!(client_id, stream_id, "telemetry stream opened");
+    tracker.spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = inbound.message() => next,
+            };
+            match next {
+                Ok(Some(cmd)) => {
+                    clients.touch(&client_id);
+                    if let Some(reply) = handle(&client_id, cmd, &clients, announced) {
+                        if tx.try_send(Ok(reply)).is_err() {
+                            tracing::warn!(client_id, "telemetry stream is not being read; reply dropped");
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(client_id, error = %e, "telemetry stream failed");
+                    break;
+                }
+            }
+        }
+        clients.close_stream(&client_id, stream_id);
+        tracing::debug!(client_id, stream_id, "telemetry stream closed");
+    });
+    rx
+}
+
+fn handle(client_id: &str, cmd: v2::TelemetryCommand, clients: &Clients, a: Announced) -> Option<v2::TelemetryCommand> {
+    match cmd.command {
+        Some(Command::Settings(settings)) => {
+            let completed = complete_settings(settings, a);
+            clients.set_settings(client_id, completed.clone());
+            Some(v2::TelemetryCommand { status: Some(status::ok()), command: Some(Command::Settings(completed)) })
+        }
+        Some(other) => {
+            tracing::debug!(client_id, command = ?std::mem::discriminant(&other), "telemetry command ignored");
+            None
+        }
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Announced = Announced {
+        max_body_size: 4000,
+        long_polling_timeout: Duration::from_secs(20),
+        max_delivery_attempts: 17,
+    };
+
+    #[test]
+    fn producers_always_get_a_body_limit_and_a_retry_policy() {
+        let rust_settings = v2::Settings {
+            client_type: Some(v2::ClientType::Producer as i32),
+            pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing {
+                topics: vec![v2::Resource { resource_namespace: String::new(), name: "t".into() }],
+                max_body_size: 0,
+                validate_message_type: true,
+            })),
+            ..Default::default()
+        };
+        let s = complete_settings(rust_settings, A);
+        let Some(v2::settings::PubSub::Publishing(p)) = s.pub_sub else { panic!("publishing missing") };
+        assert_eq!(p.max_body_size, 4000);
+        assert_eq!(p.topics.len(), 1);
+        assert_eq!(s.backoff_policy.unwrap().max_attempts, 3);
+    }
+
+    #[test]
+    fn consumers_get_long_polling_and_batch_size() {
+        let s = complete_settings(
+            v2::Settings {
+                client_type: Some(v2::ClientType::SimpleConsumer as i32),
+                pub_sub: Some(v2::settings::PubSub::Subscription(v2::Subscription::default())),
+                ..Default::default()
+            },
+            A,
+        );
+        let Some(v2::settings::PubSub::Subscription(sub)) = s.pub_sub else { panic!("subscription missing") };
+        assert_eq!(sub.long_polling_timeout.unwrap().seconds, 20);
+        assert_eq!(sub.receive_batch_size, Some(32));
+        assert_eq!(s.backoff_policy.unwrap().max_attempts, 17);
+    }
+}

@@ -1,0 +1,276 @@
+//! The message log: every topic has `queue_count` queues; each queue is a sequence of messages
+//! numbered by offset, contiguous from its lowest retained offset.
+//!
+//! Appends take their offsets and their place in the group-commit queue under one lock, so the
+//! store applies them in offset order. A queue's *durable high watermark* (the first offset not
+//! yet fsynced) is advanced by the committer thread once the write is durable; readers never
+//! look past it, so no consumer can see a message that a crash could still erase.
+//!
+//! Sends are idempotent on `(topic, message id)`: a retry of a stored (or still committing)
+//! message gets the first copy's place back and stores nothing.
+
+use crate::error::{BrokerError, Result};
+use crate::model::{md5_hex, Millis, MessageType, NewMessage, StoredMessage};
+use crate::store::{chunks, scan_prefix, Batch, Committer, Key, Store, StoreError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Where a sent message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub queue: u32,
+    pub offset: u64,
+    /// True when the message id was already stored and this send stored nothing.
+    pub duplicate: bool,
+}
+
+/// Offsets of one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueOffsets {
+    pub queue: u32,
+    /// Lowest stored offset.
+    pub min: u64,
+    /// First offset not yet durable (= next offset once all writes are flushed).
+    pub durable: u64,
+}
+
+struct QueueState {
+    /// Next offset to hand out.
+    next: u64,
+    min: u64,
+    durable: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    queues: HashMap<(String, u32), QueueState>,
+    /// Message ids submitted but not yet durable (the store cannot answer for them yet).
+    committing: HashMap<(String, String), (u32, u64)>,
+    round_robin: u64,
+}
+
+/// The message log over the store. See the module docs.
+pub struct MessageLog {
+    store: Arc<dyn Store>,
+    committer: Arc<Committer>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn lock_err() -> BrokerError {
+    BrokerError::Internal("message log lock poisoned".into())
+}
+
+/// FNV-1a: a stable hash, so a message group maps to the same queue across restarts.
+fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl MessageLog {
+    pub fn new(store: Arc<dyn Store>, committer: Arc<Committer>) -> Self {
+        Self { store, committer, inner: Arc::new(Mutex::new(Inner::default())) }
+    }
+
+    /// Registers the queues of a topic, reading their offsets from the store. Idempotent.
+    pub fn open_topic(&self, topic: &str, queue_count: u32) -> Result<()> {
+        let mut inner = self.inner.lock().map_err(|_| lock_err())?;
+        for queue in 0..queue_count {
+            if inner.queues.contains_key(&(topic.to_string(), queue)) {
+                continue;
+            }
+            let prefix = Key::queue_prefix(topic, queue);
+            let offset_of = |entries: Vec<(Vec<u8>, Vec<u8>)>| -> Result<Option<u64>> {
+                match entries.into_iter().next() {
+                    None => Ok(None),
+                    Some((k, _)) => match Key::decode(&k) {
+                        Ok(Key::MessageChunk { offset, .. }) => Ok(Some(offset)),
+                        _ => Err(StoreError::Corrupt { key: k, detail: "not a message key".into() }.into()),
+                    },
+                }
+            };
+            let min = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, false)?)?.unwrap_or(0);
+            let next = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, true)?)?.map_or(0, |o| o + 1);
+            let (durable, _) = watch::channel(next);
+            inner.queues.insert((topic.to_string(), queue), QueueState { next, min, durable });
+        }
+        Ok(())
+    }
+
+    /// Appends `messages` (all of one topic with `queue_count` queues) durably.
+    /// Returns one placement per message, in order. The messages must be validated already.
+    pub async fn append(
+        &self,
+        topic: &str,
+        queue_count: u32,
+        messages: Vec<NewMessage>,
+        producer: &str,
+        now: Millis,
+    ) -> Result<Vec<Placement>> {
+        let slot = self.committer.reserve().await?;
+        let mut placements = Vec::with_capacity(messages.len());
+        let mut waits = Vec::new();
+        let pending = {
+            let mut inner = self.inner.lock().map_err(|_| lock_err())?;
+            let mut batch = Batch::new();
+            let mut fresh = Vec::new();
+            let mut batch_queue = None;
+            for msg in messages {
+                let id_key = (topic.to_string(), msg.message_id.clone());
+                if let Some(found) = self.find_id(&inner, &id_key)? {
+                    waits.push(found);
+                    placements.push(Placement { queue: found.0, offset: found.1, duplicate: true });
+                    continue;
+                }
+                if fresh.iter().any(|(id, _, _): &(String, u32, u64)| *id == msg.message_id) {
+                    return Err(BrokerError::IllegalMessageId(format!(
+                        "message id {} appears twice in one request",
+                        msg.message_id
+                    )));
+                }
+                // One request's messages share a queue (RocketMQ batches are one queue).
+                let queue = *batch_queue.get_or_insert_with(|| pick_queue(&mut inner, &msg, queue_count));
+                let state = inner
+                    .queues
+                    .get_mut(&(topic.to_string(), queue))
+                    .ok_or_else(|| BrokerError::Internal(format!("queue {topic}/{queue} is not open")))?;
+                let offset = state.next;
+                state.next += 1;
+                let stored = StoredMessage {
+                    body_md5: md5_hex(&msg.body),
+                    msg,
+                    queue,
+                    offset,
+                    store_timestamp: now,
+                    producer: producer.to_string(),
+                };
+                write_message(&mut batch, &stored)?;
+                fresh.push((stored.msg.message_id.clone(), queue, offset));
+                placements.push(Placement { queue, offset, duplicate: false });
+            }
+            if fresh.is_empty() {
+                None
+            } else {
+                for (id, queue, offset) in &fresh {
+                    inner.committing.insert((topic.to_string(), id.clone()), (*queue, *offset));
+                }
+                Some(slot.submit(batch, Some(self.after_commit(topic, fresh))))
+            }
+        };
+        if let Some(p) = pending {
+            p.durable().await?;
+        }
+        for (queue, offset) in waits {
+            self.wait_durable(topic, queue, offset).await?;
+        }
+        Ok(placements)
+    }
+
+    /// Reads one message; `None` if it is not stored (or not durable yet).
+    pub fn read(&self, topic: &str, queue: u32, offset: u64) -> Result<Option<StoredMessage>> {
+        let durable = self.offsets(topic, queue).map(|o| o.durable).unwrap_or(0);
+        if offset >= durable {
+            return Ok(None);
+        }
+        let prefix = Key::message_prefix(topic, queue, offset);
+        match chunks::get(self.store.as_ref(), &prefix)? {
+            None => Ok(None),
+            Some(bytes) => StoredMessage::decode(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { key: prefix, detail: e.to_string() }.into()),
+        }
+    }
+
+    /// Where a message id is stored, if it is (durably).
+    pub fn locate(&self, topic: &str, message_id: &str) -> Result<Option<(u32, u64)>> {
+        let key = Key::MessageId { topic: topic.into(), message_id: message_id.into() };
+        self.store.get(&key.encode())?.map(|v| decode_location(&key, &v)).transpose()
+    }
+
+    /// Offsets of one queue, if the queue exists.
+    pub fn offsets(&self, topic: &str, queue: u32) -> Option<QueueOffsets> {
+        let inner = self.inner.lock().ok()?;
+        let s = inner.queues.get(&(topic.to_string(), queue))?;
+        let durable = *s.durable.borrow();
+        Some(QueueOffsets { queue, min: s.min, durable })
+    }
+
+    /// A receiver that changes whenever the queue's durable high watermark moves.
+    pub fn watch(&self, topic: &str, queue: u32) -> Option<watch::Receiver<u64>> {
+        let inner = self.inner.lock().ok()?;
+        Some(inner.queues.get(&(topic.to_string(), queue))?.durable.subscribe())
+    }
+
+    fn find_id(&self, inner: &Inner, id_key: &(String, String)) -> Result<Option<(u32, u64)>> {
+        if let Some(found) = inner.committing.get(id_key) {
+            return Ok(Some(*found));
+        }
+        self.locate(&id_key.0, &id_key.1)
+    }
+
+    /// Once durable: publish the new high watermark and forget the committing ids.
+    fn after_commit(&self, topic: &str, fresh: Vec<(String, u32, u64)>) -> Box<dyn FnOnce() + Send> {
+        let inner = self.inner.clone();
+        let topic = topic.to_string();
+        Box::new(move || {
+            let Ok(mut inner) = inner.lock() else { return };
+            for (id, queue, offset) in fresh {
+                inner.committing.remove(&(topic.clone(), id));
+                if let Some(state) = inner.queues.get(&(topic.clone(), queue)) {
+                    state.durable.send_if_modified(|d| {
+                        let moved = *d < offset + 1;
+                        *d = (*d).max(offset + 1);
+                        moved
+                    });
+                }
+            }
+        })
+    }
+
+    async fn wait_durable(&self, topic: &str, queue: u32, offset: u64) -> Result<()> {
+        let Some(mut rx) = self.watch(topic, queue) else { return Ok(()) };
+        loop {
+            if *rx.borrow_and_update() > offset {
+                return Ok(());
+            }
+            if let Some(why) = self.committer.poisoned() {
+                return Err(StoreError::Poisoned(why).into());
+            }
+            if rx.changed().await.is_err() {
+                return Err(StoreError::Closed.into());
+            }
+        }
+    }
+}
+
+fn pick_queue(inner: &mut Inner, msg: &NewMessage, queue_count: u32) -> u32 {
+    let n = u64::from(queue_count.max(1));
+    let h = match (&msg.message_type, &msg.message_group) {
+        (MessageType::Fifo, Some(group)) => stable_hash(group),
+        _ => {
+            inner.round_robin = inner.round_robin.wrapping_add(1);
+            inner.round_robin
+        }
+    };
+    (h % n) as u32
+}
+
+/// Adds a stored message and its id index entry to `batch`.
+pub fn write_message(batch: &mut Batch, m: &StoredMessage) -> Result<()> {
+    let topic = &m.msg.topic;
+    chunks::put(batch, &m.encode(), |chunk| Key::MessageChunk {
+        topic: topic.clone(),
+        queue: m.queue,
+        offset: m.offset,
+        chunk,
+    })?;
+    let mut loc = crate::codec::Encoder::new();
+    loc.u32(m.queue).u64(m.offset);
+    batch.put(&Key::MessageId { topic: topic.clone(), message_id: m.msg.message_id.clone() }, loc.finish());
+    Ok(())
+}
+
+fn decode_location(key: &Key, v: &[u8]) -> Result<(u32, u64)> {
+    let mut d = crate::codec::Decoder::new(v);
+    let loc = (|| Ok::<_, crate::codec::CodecError>((d.u32()?, d.u64()?)))();
+    loc.map_err(|e| StoreError::Corrupt { key: key.encode(), detail: e.to_string() }.into())
+}

@@ -1,0 +1,61 @@
+//! `txmq-broker`: runs the broker until SIGINT or SIGTERM.
+
+use clap::Parser;
+use std::process::ExitCode;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+use txmq_broker::{broker::Broker, config::Args, server};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let config = match Args::parse().resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("txmq-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "broker failed");
+            eprintln!("txmq-broker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: txmq_broker::config::Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    tracing::info!(data_dir = %config.data_dir.display(), "opening store");
+    let broker = Broker::open(config)?;
+    server::run(listener, broker, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the broker");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

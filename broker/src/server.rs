@@ -1,0 +1,128 @@
+//! Serving: both gRPC services on one listener, with graceful shutdown.
+//!
+//! [`run`] takes an already-bound listener and any shutdown future, so tests bind
+//! `127.0.0.1:0`. Shutdown order: stop accepting, end Telemetry streams and long polls, wait
+//! for in-flight calls and tracked tasks, then flush the store and stop its writer.
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::grpc::admin::AdminService;
+use crate::grpc::clients::Clients;
+use crate::grpc::messaging::Messaging;
+use crate::grpc::route;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use txmq_proto::admin::admin_server::AdminServer;
+use txmq_proto::v2::messaging_service_server::MessagingServiceServer;
+
+/// Largest request accepted by the transport. Above the body limit so that an oversized body
+/// gets a RocketMQ `MESSAGE_BODY_TOO_LARGE` answer rather than a transport error.
+const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Serves `broker` on `listener` until `shutdown` completes, then shuts down gracefully.
+pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+    let local = listener.local_addr()?;
+    let advertised = advertised_endpoints(broker.config(), local)?;
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let messaging = Messaging {
+        broker: broker.clone(),
+        clients: Arc::new(Clients::default()),
+        advertised,
+        shutdown: token.clone(),
+        tracker: tracker.clone(),
+    };
+    let admin = AdminService { broker: broker.clone() };
+    tracing::info!(listen = %local, "txmq broker serving");
+    let stop = token.clone();
+    tonic::transport::Server::builder()
+        .add_service(MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(AdminServer::new(admin))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, ending streams");
+            stop.cancel();
+        })
+        .await?;
+    tracker.close();
+    tracker.wait().await;
+    tokio::task::spawn_blocking(move || broker.shutdown()).await.map_err(std::io::Error::other)?;
+    tracing::info!("store flushed; broker stopped");
+    Ok(())
+}
+
+fn advertised_endpoints(config: &Config, local: SocketAddr) -> Result<txmq_proto::v2::Endpoints, ServeError> {
+    let (host, port) = match &config.advertise {
+        Some(a) => route::parse_host_port(a).map_err(ServeError::Config)?,
+        None if local.ip().is_unspecified() => ("127.0.0.1".to_string(), local.port()),
+        None => (local.ip().to_string(), local.port()),
+    };
+    Ok(route::endpoints(&host, port))
+}
+
+/// A broker running in this process, for tests and examples.
+pub struct RunningBroker {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl RunningBroker {
+    /// `host:port` for clients.
+    pub fn access_point(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Shuts down gracefully and waits until the store is flushed and closed.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.task.take() {
+            Some(t) => t.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningBroker {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Opens the store in `config.data_dir`, binds `config.listen` (port 0 picks one) and serves
+/// in a background task.
+pub async fn spawn(config: Config) -> Result<RunningBroker, ServeError> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let mut config = config;
+    if config.advertise.is_none() {
+        config.advertise = Some(addr.to_string());
+    }
+    let broker = Broker::open(config).map_err(|e| ServeError::Config(e.to_string()))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(run(listener, broker, async move {
+        let _ = stopped.await;
+    }));
+    Ok(RunningBroker { addr, stop: Some(stop), task: Some(task) })
+}
