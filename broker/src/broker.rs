@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::error::{BrokerError, Result};
 use crate::log::{MessageLog, Placement, QueueOffsets};
-use crate::model::{Millis, MessageType, NewMessage, TopicRecord, TopicType};
+use crate::model::{MessageType, Millis, NewMessage, TopicRecord, TopicType};
 use crate::store::{CommitStats, Committer, Key, SledStore, Store};
 use crate::topics::{self, Topics};
 use std::sync::Arc;
@@ -14,7 +14,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The broker's clock: milliseconds since the Unix epoch.
 pub fn now_ms() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
 }
 
 /// A running broker's state. Shared behind an `Arc` by every service.
@@ -70,11 +73,22 @@ impl Broker {
     }
 
     /// Creates a topic durably. Fails with `TopicExists` if it exists.
-    pub async fn create_topic(&self, name: &str, topic_type: TopicType, queue_count: u32) -> Result<Arc<TopicRecord>> {
-        let queues = if queue_count == 0 { self.config.default_queue_count } else { queue_count };
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        topic_type: TopicType,
+        queue_count: u32,
+    ) -> Result<Arc<TopicRecord>> {
+        let queues = if queue_count == 0 {
+            self.config.default_queue_count
+        } else {
+            queue_count
+        };
         let record = topics::new_record(name, topic_type, queues, now_ms(), false)?;
         if topics::is_reserved(name) {
-            return Err(BrokerError::IllegalTopic(format!("{name} is a reserved system topic name")));
+            return Err(BrokerError::IllegalTopic(format!(
+                "{name} is a reserved system topic name"
+            )));
         }
         let _guard = self.create_lock.lock().await;
         if self.topics.get(name).is_some() {
@@ -91,7 +105,9 @@ impl Broker {
         }
         let dead_letter = name.starts_with(topics::DLQ_PREFIX);
         if !dead_letter && topics::is_reserved(name) {
-            return Err(BrokerError::IllegalTopic(format!("{name} is a reserved system topic name")));
+            return Err(BrokerError::IllegalTopic(format!(
+                "{name} is a reserved system topic name"
+            )));
         }
         if !self.config.auto_create_topics && !dead_letter {
             return Err(BrokerError::TopicNotFound(name.to_string()));
@@ -100,7 +116,11 @@ impl Broker {
         if let Some(t) = self.topics.get(name) {
             return Ok(t);
         }
-        let queues = if dead_letter { 1 } else { self.config.default_queue_count };
+        let queues = if dead_letter {
+            1
+        } else {
+            self.config.default_queue_count
+        };
         let record = topics::new_record(name, TopicType::Mixed, queues, now_ms(), true)?;
         tracing::info!(topic = name, queues, "auto-created topic");
         self.store_topic(record).await
@@ -124,14 +144,23 @@ impl Broker {
 
     /// Offsets of every queue of a topic.
     pub fn queue_offsets(&self, topic: &TopicRecord) -> Vec<QueueOffsets> {
-        (0..topic.queue_count).filter_map(|q| self.log.offsets(&topic.name, q)).collect()
+        (0..topic.queue_count)
+            .filter_map(|q| self.log.offsets(&topic.name, q))
+            .collect()
     }
 
     /// Stores validated messages of one topic durably; idempotent on message id.
     /// `producer` is the sending client's id.
-    pub async fn send(&self, topic: &str, messages: Vec<NewMessage>, producer: &str) -> Result<Vec<Placement>> {
+    pub async fn send(
+        &self,
+        topic: &str,
+        messages: Vec<NewMessage>,
+        producer: &str,
+    ) -> Result<Vec<Placement>> {
         if topics::is_reserved(topic) {
-            return Err(BrokerError::IllegalTopic(format!("cannot send to the system topic {topic}")));
+            return Err(BrokerError::IllegalTopic(format!(
+                "cannot send to the system topic {topic}"
+            )));
         }
         let record = self.topic_or_create(topic).await?;
         for m in &messages {
@@ -146,7 +175,9 @@ impl Broker {
                 return Err(BrokerError::NotImplemented("transactional messages"));
             }
         }
-        self.log.append(topic, record.queue_count, messages, producer, now_ms()).await
+        self.log
+            .append(topic, record.queue_count, messages, producer, now_ms())
+            .await
     }
 
     pub fn log(&self) -> &MessageLog {

@@ -76,13 +76,20 @@ impl Default for Config {
 impl Config {
     /// Defaults with the store in `data_dir`.
     pub fn with_data_dir(data_dir: impl AsRef<Path>) -> Self {
-        Self { data_dir: data_dir.as_ref().to_path_buf(), ..Self::default() }
+        Self {
+            data_dir: data_dir.as_ref().to_path_buf(),
+            ..Self::default()
+        }
     }
 }
 
 /// Command-line flags of `txmq-broker`; each also reads a `TXMQ_*` environment variable.
 #[derive(Debug, Parser)]
-#[command(name = "txmq-broker", version, about = "txmq: a transactional message broker speaking the RocketMQ 5 gRPC protocol")]
+#[command(
+    name = "txmq-broker",
+    version,
+    about = "txmq: a transactional message broker speaking the RocketMQ 5 gRPC protocol"
+)]
 pub struct Args {
     /// TOML file with the same keys as the flags (for example `data-dir = "/var/lib/txmq"`).
     #[arg(long, env = "TXMQ_CONFIG")]
@@ -140,10 +147,23 @@ impl Args {
             listen: self.listen.or(file.listen).unwrap_or(d.listen),
             advertise: self.advertise.or(file.advertise).or(d.advertise),
             data_dir: self.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
-            auto_create_topics: self.auto_create_topics.or(file.auto_create_topics).unwrap_or(d.auto_create_topics),
-            default_queue_count: self.default_queue_count.or(file.default_queue_count).unwrap_or(d.default_queue_count),
-            max_body_size: self.max_body_size.or(file.max_body_size).unwrap_or(d.max_body_size),
-            max_delay: self.max_delay.or(file.max_delay).map(|h| h.0).unwrap_or(d.max_delay),
+            auto_create_topics: self
+                .auto_create_topics
+                .or(file.auto_create_topics)
+                .unwrap_or(d.auto_create_topics),
+            default_queue_count: self
+                .default_queue_count
+                .or(file.default_queue_count)
+                .unwrap_or(d.default_queue_count),
+            max_body_size: self
+                .max_body_size
+                .or(file.max_body_size)
+                .unwrap_or(d.max_body_size),
+            max_delay: self
+                .max_delay
+                .or(file.max_delay)
+                .map(|h| h.0)
+                .unwrap_or(d.max_delay),
             writer_queue: d.writer_queue,
             long_polling_max: d.long_polling_max,
             max_delivery_attempts: d.max_delivery_attempts,
@@ -161,10 +181,13 @@ impl Config {
         }
         let rust_client_limit = 4 * 1024 * 1024 - 16 * 1024;
         if self.max_body_size == 0 || self.max_body_size > rust_client_limit {
-            return Err(format!("max-body-size must be between 1 and {rust_client_limit} bytes"));
+            return Err(format!(
+                "max-body-size must be between 1 and {rust_client_limit} bytes"
+            ));
         }
         if let Some(a) = &self.advertise {
-            crate::grpc::route::parse_host_port(a).map_err(|e| format!("invalid advertise address: {e}"))?;
+            crate::grpc::route::parse_host_port(a)
+                .map_err(|e| format!("invalid advertise address: {e}"))?;
         }
         Ok(())
     }
@@ -176,8 +199,14 @@ mod tests {
 
     #[test]
     fn durations_parse_like_the_docs_say() {
-        assert_eq!("500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(500));
-        assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
+        assert_eq!(
+            "500ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            "5m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(300)
+        );
         assert!("5 parsecs".parse::<HumanDuration>().is_err());
     }
 
@@ -185,8 +214,18 @@ mod tests {
     fn flags_beat_the_file_which_beats_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("txmq.toml");
-        std::fs::write(&path, "data-dir = \"/from/file\"\nmax-delay = \"2h\"\nlisten = \"127.0.0.1:9000\"\n").unwrap();
-        let args = Args::parse_from(["txmq-broker", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:9100"]);
+        std::fs::write(
+            &path,
+            "data-dir = \"/from/file\"\nmax-delay = \"2h\"\nlisten = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        let args = Args::parse_from([
+            "txmq-broker",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9100",
+        ]);
         let c = args.resolve().unwrap();
         assert_eq!(c.listen, "127.0.0.1:9100".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
@@ -199,7 +238,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("txmq.toml");
         std::fs::write(&path, "data_dirr = \"x\"\n").unwrap();
-        let err = Args::parse_from(["txmq-broker", "--config", path.to_str().unwrap()]).resolve().unwrap_err();
+        let err = Args::parse_from(["txmq-broker", "--config", path.to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
         assert!(err.contains("data_dirr"), "{err}");
     }
 }

@@ -10,7 +10,7 @@
 //! message gets the first copy's place back and stores nothing.
 
 use crate::error::{BrokerError, Result};
-use crate::model::{md5_hex, Millis, MessageType, NewMessage, StoredMessage};
+use crate::model::{md5_hex, MessageType, Millis, NewMessage, StoredMessage};
 use crate::store::{chunks, scan_prefix, Batch, Committer, Key, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -63,12 +63,18 @@ fn lock_err() -> BrokerError {
 
 /// FNV-1a: a stable hash, so a message group maps to the same queue across restarts.
 fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl MessageLog {
     pub fn new(store: Arc<dyn Store>, committer: Arc<Committer>) -> Self {
-        Self { store, committer, inner: Arc::new(Mutex::new(Inner::default())) }
+        Self {
+            store,
+            committer,
+            inner: Arc::new(Mutex::new(Inner::default())),
+        }
     }
 
     /// Registers the queues of a topic, reading their offsets from the store. Idempotent.
@@ -84,14 +90,22 @@ impl MessageLog {
                     None => Ok(None),
                     Some((k, _)) => match Key::decode(&k) {
                         Ok(Key::MessageChunk { offset, .. }) => Ok(Some(offset)),
-                        _ => Err(StoreError::Corrupt { key: k, detail: "not a message key".into() }.into()),
+                        _ => Err(StoreError::Corrupt {
+                            key: k,
+                            detail: "not a message key".into(),
+                        }
+                        .into()),
                     },
                 }
             };
             let min = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, false)?)?.unwrap_or(0);
-            let next = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, true)?)?.map_or(0, |o| o + 1);
+            let next = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, true)?)?
+                .map_or(0, |o| o + 1);
             let (durable, _) = watch::channel(next);
-            inner.queues.insert((topic.to_string(), queue), QueueState { next, min, durable });
+            inner.queues.insert(
+                (topic.to_string(), queue),
+                QueueState { next, min, durable },
+            );
         }
         Ok(())
     }
@@ -118,21 +132,31 @@ impl MessageLog {
                 let id_key = (topic.to_string(), msg.message_id.clone());
                 if let Some(found) = self.find_id(&inner, &id_key)? {
                     waits.push(found);
-                    placements.push(Placement { queue: found.0, offset: found.1, duplicate: true });
+                    placements.push(Placement {
+                        queue: found.0,
+                        offset: found.1,
+                        duplicate: true,
+                    });
                     continue;
                 }
-                if fresh.iter().any(|(id, _, _): &(String, u32, u64)| *id == msg.message_id) {
+                if fresh
+                    .iter()
+                    .any(|(id, _, _): &(String, u32, u64)| *id == msg.message_id)
+                {
                     return Err(BrokerError::IllegalMessageId(format!(
                         "message id {} appears twice in one request",
                         msg.message_id
                     )));
                 }
                 // One request's messages share a queue (RocketMQ batches are one queue).
-                let queue = *batch_queue.get_or_insert_with(|| pick_queue(&mut inner, &msg, queue_count));
+                let queue =
+                    *batch_queue.get_or_insert_with(|| pick_queue(&mut inner, &msg, queue_count));
                 let state = inner
                     .queues
                     .get_mut(&(topic.to_string(), queue))
-                    .ok_or_else(|| BrokerError::Internal(format!("queue {topic}/{queue} is not open")))?;
+                    .ok_or_else(|| {
+                        BrokerError::Internal(format!("queue {topic}/{queue} is not open"))
+                    })?;
                 let offset = state.next;
                 state.next += 1;
                 let stored = StoredMessage {
@@ -145,13 +169,19 @@ impl MessageLog {
                 };
                 write_message(&mut batch, &stored)?;
                 fresh.push((stored.msg.message_id.clone(), queue, offset));
-                placements.push(Placement { queue, offset, duplicate: false });
+                placements.push(Placement {
+                    queue,
+                    offset,
+                    duplicate: false,
+                });
             }
             if fresh.is_empty() {
                 None
             } else {
                 for (id, queue, offset) in &fresh {
-                    inner.committing.insert((topic.to_string(), id.clone()), (*queue, *offset));
+                    inner
+                        .committing
+                        .insert((topic.to_string(), id.clone()), (*queue, *offset));
                 }
                 Some(slot.submit(batch, Some(self.after_commit(topic, fresh))))
             }
@@ -174,16 +204,26 @@ impl MessageLog {
         let prefix = Key::message_prefix(topic, queue, offset);
         match chunks::get(self.store.as_ref(), &prefix)? {
             None => Ok(None),
-            Some(bytes) => StoredMessage::decode(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt { key: prefix, detail: e.to_string() }.into()),
+            Some(bytes) => StoredMessage::decode(&bytes).map(Some).map_err(|e| {
+                StoreError::Corrupt {
+                    key: prefix,
+                    detail: e.to_string(),
+                }
+                .into()
+            }),
         }
     }
 
     /// Where a message id is stored, if it is (durably).
     pub fn locate(&self, topic: &str, message_id: &str) -> Result<Option<(u32, u64)>> {
-        let key = Key::MessageId { topic: topic.into(), message_id: message_id.into() };
-        self.store.get(&key.encode())?.map(|v| decode_location(&key, &v)).transpose()
+        let key = Key::MessageId {
+            topic: topic.into(),
+            message_id: message_id.into(),
+        };
+        self.store
+            .get(&key.encode())?
+            .map(|v| decode_location(&key, &v))
+            .transpose()
     }
 
     /// Offsets of one queue, if the queue exists.
@@ -191,13 +231,23 @@ impl MessageLog {
         let inner = self.inner.lock().ok()?;
         let s = inner.queues.get(&(topic.to_string(), queue))?;
         let durable = *s.durable.borrow();
-        Some(QueueOffsets { queue, min: s.min, durable })
+        Some(QueueOffsets {
+            queue,
+            min: s.min,
+            durable,
+        })
     }
 
     /// A receiver that changes whenever the queue's durable high watermark moves.
     pub fn watch(&self, topic: &str, queue: u32) -> Option<watch::Receiver<u64>> {
         let inner = self.inner.lock().ok()?;
-        Some(inner.queues.get(&(topic.to_string(), queue))?.durable.subscribe())
+        Some(
+            inner
+                .queues
+                .get(&(topic.to_string(), queue))?
+                .durable
+                .subscribe(),
+        )
     }
 
     fn find_id(&self, inner: &Inner, id_key: &(String, String)) -> Result<Option<(u32, u64)>> {
@@ -208,7 +258,11 @@ impl MessageLog {
     }
 
     /// Once durable: publish the new high watermark and forget the committing ids.
-    fn after_commit(&self, topic: &str, fresh: Vec<(String, u32, u64)>) -> Box<dyn FnOnce() + Send> {
+    fn after_commit(
+        &self,
+        topic: &str,
+        fresh: Vec<(String, u32, u64)>,
+    ) -> Box<dyn FnOnce() + Send> {
         let inner = self.inner.clone();
         let topic = topic.to_string();
         Box::new(move || {
@@ -227,7 +281,9 @@ impl MessageLog {
     }
 
     async fn wait_durable(&self, topic: &str, queue: u32, offset: u64) -> Result<()> {
-        let Some(mut rx) = self.watch(topic, queue) else { return Ok(()) };
+        let Some(mut rx) = self.watch(topic, queue) else {
+            return Ok(());
+        };
         loop {
             if *rx.borrow_and_update() > offset {
                 return Ok(());
@@ -265,12 +321,24 @@ pub fn write_message(batch: &mut Batch, m: &StoredMessage) -> Result<()> {
     })?;
     let mut loc = crate::codec::Encoder::new();
     loc.u32(m.queue).u64(m.offset);
-    batch.put(&Key::MessageId { topic: topic.clone(), message_id: m.msg.message_id.clone() }, loc.finish());
+    batch.put(
+        &Key::MessageId {
+            topic: topic.clone(),
+            message_id: m.msg.message_id.clone(),
+        },
+        loc.finish(),
+    );
     Ok(())
 }
 
 fn decode_location(key: &Key, v: &[u8]) -> Result<(u32, u64)> {
     let mut d = crate::codec::Decoder::new(v);
     let loc = (|| Ok::<_, crate::codec::CodecError>((d.u32()?, d.u64()?)))();
-    loc.map_err(|e| StoreError::Corrupt { key: key.encode(), detail: e.to_string() }.into())
+    loc.map_err(|e| {
+        StoreError::Corrupt {
+            key: key.encode(),
+            detail: e.to_string(),
+        }
+        .into()
+    })
 }

@@ -36,7 +36,11 @@ pub enum ServeError {
 }
 
 /// Serves `broker` on `listener` until `shutdown` completes, then shuts down gracefully.
-pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+pub async fn run(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let local = listener.local_addr()?;
     let advertised = advertised_endpoints(broker.config(), local)?;
     let token = CancellationToken::new();
@@ -48,11 +52,15 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Futu
         shutdown: token.clone(),
         tracker: tracker.clone(),
     };
-    let admin = AdminService { broker: broker.clone() };
+    let admin = AdminService {
+        broker: broker.clone(),
+    };
     tracing::info!(listen = %local, "txmq broker serving");
     let stop = token.clone();
     tonic::transport::Server::builder()
-        .add_service(MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(
+            MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .add_service(AdminServer::new(admin))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
@@ -62,12 +70,17 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Futu
         .await?;
     tracker.close();
     tracker.wait().await;
-    tokio::task::spawn_blocking(move || broker.shutdown()).await.map_err(std::io::Error::other)?;
+    tokio::task::spawn_blocking(move || broker.shutdown())
+        .await
+        .map_err(std::io::Error::other)?;
     tracing::info!("store flushed; broker stopped");
     Ok(())
 }
 
-fn advertised_endpoints(config: &Config, local: SocketAddr) -> Result<txmq_proto::v2::Endpoints, ServeError> {
+fn advertised_endpoints(
+    config: &Config,
+    local: SocketAddr,
+) -> Result<txmq_proto::v2::Endpoints, ServeError> {
     let (host, port) = match &config.advertise {
         Some(a) => route::parse_host_port(a).map_err(ServeError::Config)?,
         None if local.ip().is_unspecified() => ("127.0.0.1".to_string(), local.port()),
@@ -124,5 +137,9 @@ pub async fn spawn(config: Config) -> Result<RunningBroker, ServeError> {
     let task = tokio::spawn(run(listener, broker, async move {
         let _ = stopped.await;
     }));
-    Ok(RunningBroker { addr, stop: Some(stop), task: Some(task) })
+    Ok(RunningBroker {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    })
 }

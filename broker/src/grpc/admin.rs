@@ -3,10 +3,10 @@
 use crate::broker::Broker;
 use crate::error::BrokerError;
 use crate::model::{TopicRecord, TopicType};
+use pb::admin_server::Admin;
 use std::sync::Arc;
 use tonic::{Request, Response};
 use txmq_proto::admin as pb;
-use pb::admin_server::Admin;
 
 type GrpcResult<T> = Result<Response<T>, tonic::Status>;
 
@@ -16,7 +16,10 @@ pub struct AdminService {
 }
 
 fn ok() -> Option<pb::Status> {
-    Some(pb::Status { code: pb::StatusCode::Ok as i32, message: "OK".into() })
+    Some(pb::Status {
+        code: pb::StatusCode::Ok as i32,
+        message: "OK".into(),
+    })
 }
 
 /// The admin status for a broker error (the admin API has its own small code set).
@@ -30,7 +33,10 @@ fn status(e: &BrokerError) -> Option<pb::Status> {
         BrokerError::Internal(_) => C::Internal,
         _ => C::InvalidArgument,
     };
-    Some(pb::Status { code: code as i32, message: e.to_string() })
+    Some(pb::Status {
+        code: code as i32,
+        message: e.to_string(),
+    })
 }
 
 fn topic_type(t: pb::TopicType) -> Option<TopicType> {
@@ -63,22 +69,46 @@ fn wire_topic(t: &TopicRecord) -> pb::Topic {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn create_topic(&self, req: Request<pb::CreateTopicRequest>) -> GrpcResult<pb::CreateTopicResponse> {
+    async fn create_topic(
+        &self,
+        req: Request<pb::CreateTopicRequest>,
+    ) -> GrpcResult<pb::CreateTopicResponse> {
         let req = req.into_inner();
-        let ty = pb::TopicType::try_from(req.r#type).ok().and_then(topic_type).unwrap_or(TopicType::Mixed);
-        let res = self.broker.create_topic(&req.name, ty, req.queue_count).await;
+        let ty = pb::TopicType::try_from(req.r#type)
+            .ok()
+            .and_then(topic_type)
+            .unwrap_or(TopicType::Mixed);
+        let res = self
+            .broker
+            .create_topic(&req.name, ty, req.queue_count)
+            .await;
         Ok(Response::new(match res {
-            Ok(t) => pb::CreateTopicResponse { status: ok(), topic: Some(wire_topic(&t)) },
-            Err(e) => pb::CreateTopicResponse { status: status(&e), topic: None },
+            Ok(t) => pb::CreateTopicResponse {
+                status: ok(),
+                topic: Some(wire_topic(&t)),
+            },
+            Err(e) => pb::CreateTopicResponse {
+                status: status(&e),
+                topic: None,
+            },
         }))
     }
 
-    async fn list_topics(&self, _req: Request<pb::ListTopicsRequest>) -> GrpcResult<pb::ListTopicsResponse> {
+    async fn list_topics(
+        &self,
+        _req: Request<pb::ListTopicsRequest>,
+    ) -> GrpcResult<pb::ListTopicsResponse> {
         let topics = self.broker.topics().iter().map(|t| wire_topic(t)).collect();
-        Ok(Response::new(pb::ListTopicsResponse { status: ok(), topics }))
+        Ok(Response::new(pb::ListTopicsResponse {
+            status: ok(),
+            topics,
+        }))
     }
 
-    async fn describe_topic(&self, req: Request<pb::DescribeTopicRequest>) -> GrpcResult<pb::DescribeTopicResponse> {
+    async fn describe_topic(
+        &self,
+        req: Request<pb::DescribeTopicRequest>,
+    ) -> GrpcResult<pb::DescribeTopicResponse> {
         let name = req.into_inner().name;
         let Some(topic) = self.broker.topic(&name) else {
             return Ok(Response::new(pb::DescribeTopicResponse {
@@ -90,13 +120,28 @@ impl Admin for AdminService {
             .broker
             .queue_offsets(&topic)
             .into_iter()
-            .map(|q| pb::QueueStats { queue_id: q.queue, min_offset: q.min, max_offset: q.durable })
+            .map(|q| pb::QueueStats {
+                queue_id: q.queue,
+                min_offset: q.min,
+                max_offset: q.durable,
+            })
             .collect();
-        let message_count = queues.iter().map(|q| q.max_offset.saturating_sub(q.min_offset)).sum();
-        Ok(Response::new(pb::DescribeTopicResponse { status: ok(), topic: Some(wire_topic(&topic)), queues, message_count }))
+        let message_count = queues
+            .iter()
+            .map(|q| q.max_offset.saturating_sub(q.min_offset))
+            .sum();
+        Ok(Response::new(pb::DescribeTopicResponse {
+            status: ok(),
+            topic: Some(wire_topic(&topic)),
+            queues,
+            message_count,
+        }))
     }
 
-    async fn broker_status(&self, _req: Request<pb::BrokerStatusRequest>) -> GrpcResult<pb::BrokerStatusResponse> {
+    async fn broker_status(
+        &self,
+        _req: Request<pb::BrokerStatusRequest>,
+    ) -> GrpcResult<pb::BrokerStatusResponse> {
         let s = self.broker.status();
         Ok(Response::new(pb::BrokerStatusResponse {
             status: ok(),

@@ -29,7 +29,11 @@ struct Client {
 
 impl Client {
     fn new() -> Self {
-        Self { last_seen: Instant::now(), settings: None, streams: Vec::new() }
+        Self {
+            last_seen: Instant::now(),
+            settings: None,
+            streams: Vec::new(),
+        }
     }
 }
 
@@ -43,7 +47,9 @@ pub struct Clients {
 impl Clients {
     fn with<R>(&self, client_id: &str, f: impl FnOnce(&mut Client) -> R) -> Option<R> {
         let mut inner = self.inner.lock().ok()?;
-        let client = inner.entry(client_id.to_string()).or_insert_with(Client::new);
+        let client = inner
+            .entry(client_id.to_string())
+            .or_insert_with(Client::new);
         client.last_seen = Instant::now();
         Some(f(client))
     }
@@ -79,8 +85,13 @@ impl Clients {
 
     /// Live streams of a client, oldest first.
     pub fn streams(&self, client_id: &str) -> Vec<StreamHandle> {
-        let Ok(inner) = self.inner.lock() else { return Vec::new() };
-        inner.get(client_id).map(|c| c.streams.clone()).unwrap_or_default()
+        let Ok(inner) = self.inner.lock() else {
+            return Vec::new();
+        };
+        inner
+            .get(client_id)
+            .map(|c| c.streams.clone())
+            .unwrap_or_default()
     }
 
     /// Drops everything known about a client that announced its termination.

@@ -4,7 +4,7 @@
 //! field and maps to the RocketMQ code a client expects (protocol spec §3.3).
 
 use crate::error::{BrokerError, Result};
-use crate::model::{Millis, MessageType, NewMessage, StoredMessage};
+use crate::model::{MessageType, Millis, NewMessage, StoredMessage};
 use crate::topics;
 use std::collections::BTreeMap;
 use txmq_proto::v2;
@@ -31,15 +31,54 @@ pub const MAX_RECOVERY_MS: i64 = 3_600_000;
 
 /// Property names RocketMQ reserves for its own bookkeeping; a user property may not use them.
 const RESERVED_PROPERTY_KEYS: &[&str] = &[
-    "KEYS", "TAGS", "WAIT", "DELAY", "RETRY_TOPIC", "REAL_TOPIC", "REAL_QID", "TRAN_MSG", "PGROUP",
-    "MIN_OFFSET", "MAX_OFFSET", "BUYER_ID", "ORIGIN_MESSAGE_ID", "TRANSFER_FLAG", "CORRECTION_FLAG",
-    "MQ2_FLAG", "RECONSUME_TIME", "MSG_REGION", "TRACE_ON", "UNIQ_KEY", "MAX_RECONSUME_TIMES",
-    "CONSUME_START_TIME", "__STARTDELIVERTIME", "TIMER_DELIVER_MS", "TIMER_DELAY_SEC",
-    "TIMER_DELAY_MS", "TIMER_OUT_MS", "TIMER_ENQUEUE_MS", "TIMER_DEQUEUE_MS", "TIMER_ROLL_TIMES",
-    "TIMER_DEL_UNIQKEY", "__SHARDINGKEY", "__transactionId__", "TRANSACTION_CHECK_TIMES",
-    "CHECK_IMMUNITY_TIME_IN_SECONDS", "TRAN_PREPARED_QUEUE_OFFSET", "INNER_MULTI_DISPATCH",
-    "INNER_MULTI_QUEUE_OFFSET", "INNER_NUM", "POP_CK", "POP_CK_OFFSET", "1ST_POP_TIME",
-    "SHARDING_KEY", "CLUSTER", "INSTANCE_ID", "TRACE_CONTEXT", "DUP_INFO", "EXTEND_UNIQ_INFO",
+    "KEYS",
+    "TAGS",
+    "WAIT",
+    "DELAY",
+    "RETRY_TOPIC",
+    "REAL_TOPIC",
+    "REAL_QID",
+    "TRAN_MSG",
+    "PGROUP",
+    "MIN_OFFSET",
+    "MAX_OFFSET",
+    "BUYER_ID",
+    "ORIGIN_MESSAGE_ID",
+    "TRANSFER_FLAG",
+    "CORRECTION_FLAG",
+    "MQ2_FLAG",
+    "RECONSUME_TIME",
+    "MSG_REGION",
+    "TRACE_ON",
+    "UNIQ_KEY",
+    "MAX_RECONSUME_TIMES",
+    "CONSUME_START_TIME",
+    "__STARTDELIVERTIME",
+    "TIMER_DELIVER_MS",
+    "TIMER_DELAY_SEC",
+    "TIMER_DELAY_MS",
+    "TIMER_OUT_MS",
+    "TIMER_ENQUEUE_MS",
+    "TIMER_DEQUEUE_MS",
+    "TIMER_ROLL_TIMES",
+    "TIMER_DEL_UNIQKEY",
+    "__SHARDINGKEY",
+    "__transactionId__",
+    "TRANSACTION_CHECK_TIMES",
+    "CHECK_IMMUNITY_TIME_IN_SECONDS",
+    "TRAN_PREPARED_QUEUE_OFFSET",
+    "INNER_MULTI_DISPATCH",
+    "INNER_MULTI_QUEUE_OFFSET",
+    "INNER_NUM",
+    "POP_CK",
+    "POP_CK_OFFSET",
+    "1ST_POP_TIME",
+    "SHARDING_KEY",
+    "CLUSTER",
+    "INSTANCE_ID",
+    "TRACE_CONTEXT",
+    "DUP_INFO",
+    "EXTEND_UNIQ_INFO",
 ];
 
 fn has_control(s: &str) -> bool {
@@ -47,11 +86,16 @@ fn has_control(s: &str) -> bool {
 }
 
 fn millis(ts: &prost_types::Timestamp) -> Option<Millis> {
-    ts.seconds.checked_mul(1000)?.checked_add(i64::from(ts.nanos) / 1_000_000)
+    ts.seconds
+        .checked_mul(1000)?
+        .checked_add(i64::from(ts.nanos) / 1_000_000)
 }
 
 pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
 }
 
 /// The topic name of a wire resource (namespaces are not used by txmq).
@@ -69,7 +113,9 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
         _ => return Err(BrokerError::IllegalTopic("message topic is missing".into())),
     };
     topics::validate_name(&topic)?;
-    let sp = m.system_properties.ok_or_else(|| BrokerError::BadRequest("system_properties is missing".into()))?;
+    let sp = m
+        .system_properties
+        .ok_or_else(|| BrokerError::BadRequest("system_properties is missing".into()))?;
 
     let message_id = sp.message_id;
     if message_id.trim().is_empty() {
@@ -86,27 +132,42 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
         return Err(BrokerError::BadRequest("message body is empty".into()));
     }
     if m.body.len() > limits.max_body_size {
-        return Err(BrokerError::BodyTooLarge { size: m.body.len(), limit: limits.max_body_size });
+        return Err(BrokerError::BodyTooLarge {
+            size: m.body.len(),
+            limit: limits.max_body_size,
+        });
     }
     match v2::Encoding::try_from(sp.body_encoding) {
         Ok(v2::Encoding::Identity | v2::Encoding::Unspecified) => {}
         Ok(v2::Encoding::Gzip) => return Err(BrokerError::NotImplemented("GZIP message bodies")),
-        Err(_) => return Err(BrokerError::BadRequest(format!("unknown body encoding {}", sp.body_encoding))),
+        Err(_) => {
+            return Err(BrokerError::BadRequest(format!(
+                "unknown body encoding {}",
+                sp.body_encoding
+            )))
+        }
     }
 
     let mut property_bytes = 0usize;
     if let Some(tag) = &sp.tag {
         if tag.trim().is_empty() || tag.contains('|') || has_control(tag) {
-            return Err(BrokerError::IllegalTag(format!("tag {tag:?} must be non-blank, without '|' or control characters")));
+            return Err(BrokerError::IllegalTag(format!(
+                "tag {tag:?} must be non-blank, without '|' or control characters"
+            )));
         }
         property_bytes += tag.len();
     }
     if sp.keys.len() > MAX_KEYS {
-        return Err(BrokerError::IllegalKey(format!("{} keys, the limit is {MAX_KEYS}", sp.keys.len())));
+        return Err(BrokerError::IllegalKey(format!(
+            "{} keys, the limit is {MAX_KEYS}",
+            sp.keys.len()
+        )));
     }
     for key in &sp.keys {
         if key.trim().is_empty() || has_control(key) {
-            return Err(BrokerError::IllegalKey(format!("key {key:?} must be non-blank, without control characters")));
+            return Err(BrokerError::IllegalKey(format!(
+                "key {key:?} must be non-blank, without control characters"
+            )));
         }
         property_bytes += key.len();
     }
@@ -126,7 +187,9 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
     let mut user_properties = BTreeMap::new();
     for (k, v) in m.user_properties {
         if k.trim().is_empty() || has_control(&k) || RESERVED_PROPERTY_KEYS.contains(&k.as_str()) {
-            return Err(BrokerError::IllegalPropertyKey(format!("property key {k:?} is empty, reserved or not printable")));
+            return Err(BrokerError::IllegalPropertyKey(format!(
+                "property key {k:?} is empty, reserved or not printable"
+            )));
         }
         property_bytes += k.len() + v.len();
         user_properties.insert(k, v);
@@ -140,7 +203,9 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
     let delivery_timestamp = match &sp.delivery_timestamp {
         None => None,
         Some(ts) => {
-            let at = millis(ts).ok_or_else(|| BrokerError::IllegalDeliveryTime("delivery time out of range".into()))?;
+            let at = millis(ts).ok_or_else(|| {
+                BrokerError::IllegalDeliveryTime("delivery time out of range".into())
+            })?;
             if at > now.saturating_add(limits.max_delay_ms) {
                 return Err(BrokerError::IllegalDeliveryTime(format!(
                     "delivery time is more than {} s ahead",
@@ -153,15 +218,24 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
     let recovery_duration_ms = match &sp.orphaned_transaction_recovery_duration {
         None => None,
         Some(d) => {
-            let ms = d.seconds.saturating_mul(1000).saturating_add(i64::from(d.nanos) / 1_000_000);
+            let ms = d
+                .seconds
+                .saturating_mul(1000)
+                .saturating_add(i64::from(d.nanos) / 1_000_000);
             if !(0..=MAX_RECOVERY_MS).contains(&ms) {
-                return Err(BrokerError::BadRequest("transaction recovery duration must be within 0..=3600 s".into()));
+                return Err(BrokerError::BadRequest(
+                    "transaction recovery duration must be within 0..=3600 s".into(),
+                ));
             }
             Some(ms)
         }
     };
 
-    let message_type = message_type(sp.message_type, sp.message_group.is_some(), delivery_timestamp.is_some())?;
+    let message_type = message_type(
+        sp.message_type,
+        sp.message_group.is_some(),
+        delivery_timestamp.is_some(),
+    )?;
     Ok(NewMessage {
         topic,
         message_id,
@@ -185,7 +259,11 @@ fn message_type(declared: i32, has_group: bool, has_delivery: bool) -> Result<Me
         .map_err(|_| BrokerError::BadRequest(format!("unknown message type {declared}")))?;
     let t = match declared {
         v2::MessageType::Unspecified => match (has_group, has_delivery) {
-            (true, true) => return Err(BrokerError::TypeConflict("a message cannot have both a message group and a delivery time".into())),
+            (true, true) => {
+                return Err(BrokerError::TypeConflict(
+                    "a message cannot have both a message group and a delivery time".into(),
+                ))
+            }
             (true, false) => MessageType::Fifo,
             (false, true) => MessageType::Delay,
             (false, false) => MessageType::Normal,
@@ -194,13 +272,19 @@ fn message_type(declared: i32, has_group: bool, has_delivery: bool) -> Result<Me
         v2::MessageType::Fifo => MessageType::Fifo,
         v2::MessageType::Delay => MessageType::Delay,
         v2::MessageType::Transaction => MessageType::Transaction,
-        v2::MessageType::Lite | v2::MessageType::Priority => return Err(BrokerError::NotImplemented("LITE and PRIORITY messages")),
+        v2::MessageType::Lite | v2::MessageType::Priority => {
+            return Err(BrokerError::NotImplemented("LITE and PRIORITY messages"))
+        }
     };
     let conflict = match t {
-        MessageType::Normal => (has_group || has_delivery).then_some("a NORMAL message has neither a message group nor a delivery time"),
-        MessageType::Fifo => (!has_group || has_delivery).then_some("a FIFO message needs a message group and no delivery time"),
-        MessageType::Delay => (!has_delivery || has_group).then_some("a DELAY message needs a delivery time and no message group"),
-        MessageType::Transaction => (has_group || has_delivery).then_some("a TRANSACTION message cannot have a message group or a delivery time"),
+        MessageType::Normal => (has_group || has_delivery)
+            .then_some("a NORMAL message has neither a message group nor a delivery time"),
+        MessageType::Fifo => (!has_group || has_delivery)
+            .then_some("a FIFO message needs a message group and no delivery time"),
+        MessageType::Delay => (!has_delivery || has_group)
+            .then_some("a DELAY message needs a delivery time and no message group"),
+        MessageType::Transaction => (has_group || has_delivery)
+            .then_some("a TRANSACTION message cannot have a message group or a delivery time"),
     };
     match conflict {
         Some(why) => Err(BrokerError::TypeConflict(why.into())),
@@ -221,13 +305,19 @@ pub fn wire_message_type(t: MessageType) -> v2::MessageType {
 pub fn wire_message(s: &StoredMessage) -> v2::Message {
     let m = &s.msg;
     v2::Message {
-        topic: Some(v2::Resource { resource_namespace: String::new(), name: m.topic.clone() }),
+        topic: Some(v2::Resource {
+            resource_namespace: String::new(),
+            name: m.topic.clone(),
+        }),
         user_properties: m.user_properties.clone().into_iter().collect(),
         system_properties: Some(v2::SystemProperties {
             tag: m.tag.clone(),
             keys: m.keys.clone(),
             message_id: m.message_id.clone(),
-            body_digest: Some(v2::Digest { r#type: v2::DigestType::Md5 as i32, checksum: s.body_md5.clone() }),
+            body_digest: Some(v2::Digest {
+                r#type: v2::DigestType::Md5 as i32,
+                checksum: s.body_md5.clone(),
+            }),
             body_encoding: v2::Encoding::Identity as i32,
             message_type: wire_message_type(m.message_type) as i32,
             born_timestamp: Some(timestamp(m.born_timestamp)),
@@ -248,12 +338,18 @@ pub fn wire_message(s: &StoredMessage) -> v2::Message {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { max_body_size: 1024, max_delay_ms: 86_400_000 };
+    const LIMITS: Limits = Limits {
+        max_body_size: 1024,
+        max_delay_ms: 86_400_000,
+    };
     const NOW: Millis = 1_800_000_000_000;
 
     fn msg() -> v2::Message {
         v2::Message {
-            topic: Some(v2::Resource { resource_namespace: String::new(), name: "orders".into() }),
+            topic: Some(v2::Resource {
+                resource_namespace: String::new(),
+                name: "orders".into(),
+            }),
             user_properties: [("k".to_string(), "v".to_string())].into(),
             system_properties: Some(v2::SystemProperties {
                 message_id: "01ABC".into(),
@@ -287,27 +383,72 @@ mod tests {
 
     #[test]
     fn each_bad_field_gets_its_own_error() {
-        assert!(matches!(with(|m| m.topic = None), Err(BrokerError::IllegalTopic(_))));
-        assert!(matches!(with(|m| m.topic.as_mut().unwrap().name = "a b".into()), Err(BrokerError::IllegalTopic(_))));
-        assert!(matches!(with(|m| m.system_properties = None), Err(BrokerError::BadRequest(_))));
-        assert!(matches!(with(|m| sp(m).message_id.clear()), Err(BrokerError::IllegalMessageId(_))));
-        assert!(matches!(with(|m| m.body.clear()), Err(BrokerError::BadRequest(_))));
-        assert!(matches!(with(|m| m.body = vec![0; 1025]), Err(BrokerError::BodyTooLarge { size: 1025, limit: 1024 })));
+        assert!(matches!(
+            with(|m| m.topic = None),
+            Err(BrokerError::IllegalTopic(_))
+        ));
+        assert!(matches!(
+            with(|m| m.topic.as_mut().unwrap().name = "a b".into()),
+            Err(BrokerError::IllegalTopic(_))
+        ));
+        assert!(matches!(
+            with(|m| m.system_properties = None),
+            Err(BrokerError::BadRequest(_))
+        ));
+        assert!(matches!(
+            with(|m| sp(m).message_id.clear()),
+            Err(BrokerError::IllegalMessageId(_))
+        ));
+        assert!(matches!(
+            with(|m| m.body.clear()),
+            Err(BrokerError::BadRequest(_))
+        ));
+        assert!(matches!(
+            with(|m| m.body = vec![0; 1025]),
+            Err(BrokerError::BodyTooLarge {
+                size: 1025,
+                limit: 1024
+            })
+        ));
         assert!(with(|m| m.body = vec![0; 1024]).is_ok());
-        assert!(matches!(with(|m| sp(m).tag = Some("a||b".into())), Err(BrokerError::IllegalTag(_))));
-        assert!(matches!(with(|m| sp(m).tag = Some(" ".into())), Err(BrokerError::IllegalTag(_))));
-        assert!(matches!(with(|m| sp(m).keys = vec!["".into()]), Err(BrokerError::IllegalKey(_))));
-        assert!(matches!(with(|m| { m.user_properties.insert("UNIQ_KEY".into(), "x".into()); }), Err(BrokerError::IllegalPropertyKey(_))));
         assert!(matches!(
-            with(|m| m.user_properties = (0..129).map(|i| (format!("k{i}"), String::new())).collect()),
+            with(|m| sp(m).tag = Some("a||b".into())),
+            Err(BrokerError::IllegalTag(_))
+        ));
+        assert!(matches!(
+            with(|m| sp(m).tag = Some(" ".into())),
+            Err(BrokerError::IllegalTag(_))
+        ));
+        assert!(matches!(
+            with(|m| sp(m).keys = vec!["".into()]),
+            Err(BrokerError::IllegalKey(_))
+        ));
+        assert!(matches!(
+            with(|m| {
+                m.user_properties.insert("UNIQ_KEY".into(), "x".into());
+            }),
+            Err(BrokerError::IllegalPropertyKey(_))
+        ));
+        assert!(matches!(
+            with(|m| m.user_properties =
+                (0..129).map(|i| (format!("k{i}"), String::new())).collect()),
             Err(BrokerError::PropertiesTooLarge(_))
         ));
         assert!(matches!(
-            with(|m| { m.user_properties.insert("big".into(), "x".repeat(MAX_PROPERTIES_BYTES)); }),
+            with(|m| {
+                m.user_properties
+                    .insert("big".into(), "x".repeat(MAX_PROPERTIES_BYTES));
+            }),
             Err(BrokerError::PropertiesTooLarge(_))
         ));
-        assert!(matches!(with(|m| sp(m).message_type = 99), Err(BrokerError::BadRequest(_))));
-        assert!(matches!(with(|m| sp(m).body_encoding = 7), Err(BrokerError::BadRequest(_))));
+        assert!(matches!(
+            with(|m| sp(m).message_type = 99),
+            Err(BrokerError::BadRequest(_))
+        ));
+        assert!(matches!(
+            with(|m| sp(m).body_encoding = 7),
+            Err(BrokerError::BadRequest(_))
+        ));
     }
 
     #[test]
@@ -316,20 +457,34 @@ mod tests {
         let later = |m: &mut v2::Message| sp(m).delivery_timestamp = Some(timestamp(NOW + 5000));
         assert!(matches!(with(group), Err(BrokerError::TypeConflict(_))));
         assert!(matches!(
-            with(|m| { sp(m).message_type = v2::MessageType::Fifo as i32; group(m) }).map(|m| m.message_type),
+            with(|m| {
+                sp(m).message_type = v2::MessageType::Fifo as i32;
+                group(m)
+            })
+            .map(|m| m.message_type),
             Ok(MessageType::Fifo)
         ));
-        assert!(matches!(with(|m| sp(m).message_type = v2::MessageType::Fifo as i32), Err(BrokerError::TypeConflict(_))));
+        assert!(matches!(
+            with(|m| sp(m).message_type = v2::MessageType::Fifo as i32),
+            Err(BrokerError::TypeConflict(_))
+        ));
         assert!(matches!(
             with(|m| { sp(m).message_type = v2::MessageType::Delay as i32; later(m) }).map(|m| m.delivery_timestamp),
             Ok(Some(t)) if t == NOW + 5000
         ));
         assert!(matches!(
-            with(|m| { sp(m).message_type = v2::MessageType::Transaction as i32; group(m) }),
+            with(|m| {
+                sp(m).message_type = v2::MessageType::Transaction as i32;
+                group(m)
+            }),
             Err(BrokerError::TypeConflict(_))
         ));
         assert!(matches!(
-            with(|m| { sp(m).message_type = v2::MessageType::Unspecified as i32; later(m) }).map(|m| m.message_type),
+            with(|m| {
+                sp(m).message_type = v2::MessageType::Unspecified as i32;
+                later(m)
+            })
+            .map(|m| m.message_type),
             Ok(MessageType::Delay)
         ));
     }
@@ -340,7 +495,10 @@ mod tests {
             sp(m).message_type = v2::MessageType::Delay as i32;
             sp(m).delivery_timestamp = Some(timestamp(NOW + 86_400_000 + 1000));
         };
-        assert!(matches!(with(too_far), Err(BrokerError::IllegalDeliveryTime(_))));
+        assert!(matches!(
+            with(too_far),
+            Err(BrokerError::IllegalDeliveryTime(_))
+        ));
     }
 
     #[test]

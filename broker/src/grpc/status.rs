@@ -20,11 +20,17 @@ pub const NEVER_SENT: [Code; 7] = [
 ];
 
 pub fn ok() -> Status {
-    Status { code: Code::Ok as i32, message: "OK".into() }
+    Status {
+        code: Code::Ok as i32,
+        message: "OK".into(),
+    }
 }
 
 pub fn with(code: Code, message: impl Into<String>) -> Status {
-    Status { code: code as i32, message: message.into() }
+    Status {
+        code: code as i32,
+        message: message.into(),
+    }
 }
 
 /// The RocketMQ code for an error.

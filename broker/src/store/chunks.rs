@@ -52,7 +52,10 @@ pub fn join(prefix: &[u8], entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<u8>, 
             && k.starts_with(prefix)
             && k[prefix.len()..] == expected.to_be_bytes();
         if !ok {
-            return Err(StoreError::Corrupt { key: k, detail: format!("expected chunk {i}") });
+            return Err(StoreError::Corrupt {
+                key: k,
+                detail: format!("expected chunk {i}"),
+            });
         }
         out.extend_from_slice(&v);
     }

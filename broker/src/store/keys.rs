@@ -18,7 +18,12 @@ pub enum Key {
     Topic(String),
     /// One chunk of a stored message: records are split into chunks so that no sled value
     /// grows large enough to leave sled's fsynced log (see `store::chunks`).
-    MessageChunk { topic: String, queue: u32, offset: u64, chunk: u16 },
+    MessageChunk {
+        topic: String,
+        queue: u32,
+        offset: u64,
+        chunk: u16,
+    },
     /// `(topic, message id)` → `(queue, offset)`: makes sends idempotent and ids searchable.
     MessageId { topic: String, message_id: String },
 }
@@ -36,12 +41,21 @@ impl Key {
         match self {
             Key::Meta(name) => e.u8(tag::META).ordered_str(name),
             Key::Topic(name) => e.u8(tag::TOPIC).ordered_str(name),
-            Key::MessageChunk { topic, queue, offset, chunk } => {
-                e.u8(tag::MESSAGE_CHUNK).ordered_str(topic).u32(*queue).u64(*offset).u16(*chunk)
-            }
-            Key::MessageId { topic, message_id } => {
-                e.u8(tag::MESSAGE_ID).ordered_str(topic).ordered_str(message_id)
-            }
+            Key::MessageChunk {
+                topic,
+                queue,
+                offset,
+                chunk,
+            } => e
+                .u8(tag::MESSAGE_CHUNK)
+                .ordered_str(topic)
+                .u32(*queue)
+                .u64(*offset)
+                .u16(*chunk),
+            Key::MessageId { topic, message_id } => e
+                .u8(tag::MESSAGE_ID)
+                .ordered_str(topic)
+                .ordered_str(message_id),
         };
         e.finish()
     }
@@ -57,7 +71,10 @@ impl Key {
                 offset: d.u64()?,
                 chunk: d.u16()?,
             },
-            tag::MESSAGE_ID => Key::MessageId { topic: d.ordered_str()?, message_id: d.ordered_str()? },
+            tag::MESSAGE_ID => Key::MessageId {
+                topic: d.ordered_str()?,
+                message_id: d.ordered_str()?,
+            },
             other => return Err(invalid("key tag", other)),
         };
         d.finish()?;
@@ -79,7 +96,10 @@ impl Key {
     /// All chunks of one message.
     pub fn message_prefix(topic: &str, queue: u32, offset: u64) -> Vec<u8> {
         let mut e = Encoder::new();
-        e.u8(tag::MESSAGE_CHUNK).ordered_str(topic).u32(queue).u64(offset);
+        e.u8(tag::MESSAGE_CHUNK)
+            .ordered_str(topic)
+            .u32(queue)
+            .u64(offset);
         e.finish()
     }
 }
@@ -107,9 +127,16 @@ mod tests {
         prop_oneof![
             s.prop_map(Key::Meta),
             s.prop_map(Key::Topic),
-            (s, any::<u32>(), any::<u64>(), any::<u16>()).prop_map(|(topic, queue, offset, chunk)| {
-                Key::MessageChunk { topic, queue, offset, chunk }
-            }),
+            (s, any::<u32>(), any::<u64>(), any::<u16>()).prop_map(
+                |(topic, queue, offset, chunk)| {
+                    Key::MessageChunk {
+                        topic,
+                        queue,
+                        offset,
+                        chunk,
+                    }
+                }
+            ),
             (s, s).prop_map(|(topic, message_id)| Key::MessageId { topic, message_id }),
         ]
     }
@@ -133,7 +160,13 @@ mod tests {
 
     #[test]
     fn message_chunks_sit_inside_their_prefixes() {
-        let k = Key::MessageChunk { topic: "t".into(), queue: 3, offset: 9, chunk: 2 }.encode();
+        let k = Key::MessageChunk {
+            topic: "t".into(),
+            queue: 3,
+            offset: 9,
+            chunk: 2,
+        }
+        .encode();
         for prefix in [Key::queue_prefix("t", 3), Key::message_prefix("t", 3, 9)] {
             assert!(k.starts_with(&prefix));
             assert!(k < prefix_end(&prefix).unwrap());

@@ -1,0 +1,225 @@
+//! Admin commands over `txmq.admin.v1.Admin`.
+
+use crate::output::{table, Output};
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use pb::admin_client::AdminClient;
+use serde::Serialize;
+use tonic::transport::Channel;
+use txmq_proto::admin as pb;
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// NORMAL, FIFO, DELAY, TRANSACTION or MIXED.
+        #[arg(long = "type", default_value = "MIXED")]
+        topic_type: String,
+        /// Number of queues (0 = the broker's default).
+        #[arg(long, default_value_t = 0)]
+        queues: u32,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's queues and offsets.
+    Describe { name: String },
+}
+
+pub async fn connect(broker: &str) -> anyhow::Result<AdminClient<Channel>> {
+    let endpoint = format!("http://{broker}");
+    AdminClient::connect(endpoint)
+        .await
+        .with_context(|| format!("cannot reach the broker at {broker}"))
+}
+
+/// Turns a non-OK admin status into an error.
+fn check(status: Option<pb::Status>) -> anyhow::Result<()> {
+    match status {
+        Some(s) if s.code == pb::StatusCode::Ok as i32 => Ok(()),
+        Some(s) => {
+            let code = pb::StatusCode::try_from(s.code)
+                .map(|c| c.as_str_name())
+                .unwrap_or("UNKNOWN");
+            bail!("{code}: {}", s.message)
+        }
+        None => bail!("the broker answered without a status"),
+    }
+}
+
+#[derive(Serialize)]
+struct TopicView {
+    name: String,
+    #[serde(rename = "type")]
+    topic_type: String,
+    queues: u32,
+    auto_created: bool,
+    created_at_ms: i64,
+}
+
+fn view(t: &pb::Topic) -> TopicView {
+    let ty = pb::TopicType::try_from(t.r#type)
+        .map(|t| t.as_str_name())
+        .unwrap_or("UNKNOWN");
+    TopicView {
+        name: t.name.clone(),
+        topic_type: ty.to_string(),
+        queues: t.queue_count,
+        auto_created: t.auto_created,
+        created_at_ms: t.created_at_ms,
+    }
+}
+
+fn parse_type(s: &str) -> anyhow::Result<pb::TopicType> {
+    pb::TopicType::from_str_name(&s.to_ascii_uppercase())
+        .filter(|t| *t != pb::TopicType::Unspecified)
+        .with_context(|| {
+            format!("unknown topic type {s:?} (NORMAL, FIFO, DELAY, TRANSACTION, MIXED)")
+        })
+}
+
+pub async fn topic(broker: &str, cmd: TopicCommand, out: Output) -> anyhow::Result<()> {
+    let mut c = connect(broker).await?;
+    match cmd {
+        TopicCommand::Create {
+            name,
+            topic_type,
+            queues,
+        } => {
+            let r#type = parse_type(&topic_type)? as i32;
+            let r = c
+                .create_topic(pb::CreateTopicRequest {
+                    name,
+                    r#type,
+                    queue_count: queues,
+                })
+                .await?
+                .into_inner();
+            check(r.status)?;
+            let t = view(&r.topic.context("no topic in the answer")?);
+            out.emit(&t, || {
+                format!(
+                    "created topic {} ({}, {} queues)\n",
+                    t.name, t.topic_type, t.queues
+                )
+            })
+        }
+        TopicCommand::List => {
+            let r = c.list_topics(pb::ListTopicsRequest {}).await?.into_inner();
+            check(r.status)?;
+            let topics: Vec<TopicView> = r.topics.iter().map(view).collect();
+            out.emit(&topics, || {
+                let rows: Vec<Vec<String>> = topics
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.name.clone(),
+                            t.topic_type.clone(),
+                            t.queues.to_string(),
+                            t.auto_created.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "TYPE", "QUEUES", "AUTO-CREATED"], &rows)
+            })
+        }
+        TopicCommand::Describe { name } => {
+            let r = c
+                .describe_topic(pb::DescribeTopicRequest { name })
+                .await?
+                .into_inner();
+            check(r.status)?;
+            #[derive(Serialize)]
+            struct Queue {
+                queue: u32,
+                min_offset: u64,
+                max_offset: u64,
+            }
+            #[derive(Serialize)]
+            struct Described {
+                topic: TopicView,
+                message_count: u64,
+                queues: Vec<Queue>,
+            }
+            let d = Described {
+                topic: view(&r.topic.context("no topic in the answer")?),
+                message_count: r.message_count,
+                queues: r
+                    .queues
+                    .iter()
+                    .map(|q| Queue {
+                        queue: q.queue_id,
+                        min_offset: q.min_offset,
+                        max_offset: q.max_offset,
+                    })
+                    .collect(),
+            };
+            out.emit(&d, || {
+                let mut s = format!(
+                    "topic {} ({}, {} queues), {} messages stored\n",
+                    d.topic.name, d.topic.topic_type, d.topic.queues, d.message_count
+                );
+                let rows: Vec<Vec<String>> = d
+                    .queues
+                    .iter()
+                    .map(|q| {
+                        vec![
+                            q.queue.to_string(),
+                            q.min_offset.to_string(),
+                            q.max_offset.to_string(),
+                        ]
+                    })
+                    .collect();
+                s.push_str(&table(&["QUEUE", "MIN-OFFSET", "MAX-OFFSET"], &rows));
+                s
+            })
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct StatusView {
+    pub version: String,
+    pub uptime_s: i64,
+    pub store_writable: bool,
+    pub store_error: String,
+    pub topics: u64,
+    pub flushes: u64,
+    pub flushed_writes: u64,
+}
+
+pub async fn fetch_status(c: &mut AdminClient<Channel>) -> anyhow::Result<StatusView> {
+    let r = c
+        .broker_status(pb::BrokerStatusRequest {})
+        .await?
+        .into_inner();
+    check(r.status)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    Ok(StatusView {
+        version: r.version,
+        uptime_s: (now - r.started_at_ms) / 1000,
+        store_writable: r.store_writable,
+        store_error: r.store_error,
+        topics: r.topic_count,
+        flushes: r.flush_count,
+        flushed_writes: r.flushed_write_count,
+    })
+}
+
+pub async fn status(broker: &str, out: Output) -> anyhow::Result<()> {
+    let mut c = connect(broker).await?;
+    let s = fetch_status(&mut c).await?;
+    out.emit(&s, || {
+        let store = if s.store_writable {
+            "writable".to_string()
+        } else {
+            format!("READ-ONLY: {}", s.store_error)
+        };
+        format!(
+            "txmq {} up {}s\nstore: {store}\ntopics: {}\nflushes: {} covering {} writes\n",
+            s.version, s.uptime_s, s.topics, s.flushes, s.flushed_writes
+        )
+    })
+}
