@@ -4,6 +4,7 @@
 //! RocketMQ status codes; the admin API uses the same calls.
 
 use crate::config::Config;
+use crate::consume::Groups;
 use crate::error::{BrokerError, Result};
 use crate::log::{MessageLog, Placement, QueueOffsets};
 use crate::model::{MessageType, Millis, NewMessage, TopicRecord, TopicType};
@@ -27,7 +28,8 @@ pub struct Broker {
     committer: Arc<Committer>,
     topics: Topics,
     log: MessageLog,
-    /// Serializes topic creation, so two concurrent auto-creates store one record.
+    groups: Groups,
+    /// Serializes topic and group creation, so two concurrent auto-creates store one record.
     create_lock: tokio::sync::Mutex<()>,
     started_at: Millis,
 }
@@ -57,12 +59,14 @@ impl Broker {
         for t in topics.list() {
             log.open_topic(&t.name, t.queue_count)?;
         }
+        let groups = Groups::load(store.as_ref())?;
         Ok(Arc::new(Self {
             config,
             store,
             committer,
             topics,
             log,
+            groups,
             create_lock: tokio::sync::Mutex::new(()),
             started_at: now_ms(),
         }))
@@ -182,6 +186,40 @@ impl Broker {
 
     pub fn log(&self) -> &MessageLog {
         &self.log
+    }
+
+    pub fn groups(&self) -> &Groups {
+        &self.groups
+    }
+
+    pub(crate) fn committer(&self) -> &Committer {
+        &self.committer
+    }
+
+    pub(crate) fn create_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.create_lock
+    }
+
+    /// Deletes messages older than the retention period, in bounded steps. Returns how many
+    /// were deleted.
+    pub async fn enforce_retention(&self) -> Result<usize> {
+        let cutoff = now_ms() - self.config.retention.as_millis() as Millis;
+        let mut deleted = 0;
+        for t in self.topics.list() {
+            for q in 0..t.queue_count {
+                loop {
+                    let n = self.log.expire(&t.name, q, cutoff, 256).await?;
+                    deleted += n;
+                    if n < 256 {
+                        break;
+                    }
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "retention removed old messages");
+        }
+        Ok(deleted)
     }
 
     pub fn status(&self) -> BrokerStatus {

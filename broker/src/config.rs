@@ -4,6 +4,7 @@
 //! variables, command-line flags. TOML keys are the flag names (`data-dir = "/var/lib/txmq"`).
 //! Durations are written like `500ms`, `6s`, `5m`, `72h`.
 
+use crate::consume::StartAt;
 use clap::Parser;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -54,6 +55,16 @@ pub struct Config {
     pub long_polling_max: Duration,
     /// Deliveries of one message to one group before it is dead-lettered.
     pub max_delivery_attempts: u32,
+    /// Where a new consumer group starts on a topic.
+    pub new_group_start: StartAt,
+    /// Messages older than this are deleted, consumed or not.
+    pub retention: Duration,
+    /// How often retention runs.
+    pub retention_interval: Duration,
+    /// ReceiveMessage calls that may wait at once; more get TOO_MANY_REQUESTS.
+    pub max_long_polls: usize,
+    /// Shortest invisible duration a receive may ask for.
+    pub min_invisible: Duration,
 }
 
 impl Default for Config {
@@ -69,6 +80,11 @@ impl Default for Config {
             writer_queue: 4096,
             long_polling_max: Duration::from_secs(20),
             max_delivery_attempts: 17,
+            new_group_start: StartAt::Earliest,
+            retention: Duration::from_secs(72 * 3600),
+            retention_interval: Duration::from_secs(60),
+            max_long_polls: 1024,
+            min_invisible: Duration::from_secs(1),
         }
     }
 }
@@ -115,6 +131,18 @@ pub struct Args {
     /// Longest delay of a delay message [default: 24h].
     #[arg(long, env = "TXMQ_MAX_DELAY")]
     pub max_delay: Option<HumanDuration>,
+    /// Deliveries of a message to a group before it moves to %DLQ%<group> [default: 17].
+    #[arg(long, env = "TXMQ_MAX_DELIVERY_ATTEMPTS")]
+    pub max_delivery_attempts: Option<u32>,
+    /// Where a new consumer group starts: earliest or latest [default: earliest].
+    #[arg(long, env = "TXMQ_NEW_GROUP_START")]
+    pub new_group_start: Option<StartAt>,
+    /// Delete messages older than this [default: 72h].
+    #[arg(long, env = "TXMQ_RETENTION")]
+    pub retention: Option<HumanDuration>,
+    /// Longest a ReceiveMessage long poll waits [default: 20s].
+    #[arg(long, env = "TXMQ_LONG_POLLING_MAX")]
+    pub long_polling_max: Option<HumanDuration>,
 }
 
 /// The TOML file: the same keys as the flags, all optional.
@@ -128,6 +156,10 @@ struct FileConfig {
     default_queue_count: Option<u32>,
     max_body_size: Option<usize>,
     max_delay: Option<HumanDuration>,
+    max_delivery_attempts: Option<u32>,
+    new_group_start: Option<String>,
+    retention: Option<HumanDuration>,
+    long_polling_max: Option<HumanDuration>,
 }
 
 impl Args {
@@ -165,8 +197,28 @@ impl Args {
                 .map(|h| h.0)
                 .unwrap_or(d.max_delay),
             writer_queue: d.writer_queue,
-            long_polling_max: d.long_polling_max,
-            max_delivery_attempts: d.max_delivery_attempts,
+            long_polling_max: self
+                .long_polling_max
+                .or(file.long_polling_max)
+                .map(|h| h.0)
+                .unwrap_or(d.long_polling_max),
+            max_delivery_attempts: self
+                .max_delivery_attempts
+                .or(file.max_delivery_attempts)
+                .unwrap_or(d.max_delivery_attempts),
+            new_group_start: match (self.new_group_start, file.new_group_start) {
+                (Some(s), _) => s,
+                (None, Some(f)) => f.parse()?,
+                (None, None) => d.new_group_start,
+            },
+            retention: self
+                .retention
+                .or(file.retention)
+                .map(|h| h.0)
+                .unwrap_or(d.retention),
+            retention_interval: d.retention_interval,
+            max_long_polls: d.max_long_polls,
+            min_invisible: d.min_invisible,
         };
         config.validate()?;
         Ok(config)
@@ -184,6 +236,14 @@ impl Config {
             return Err(format!(
                 "max-body-size must be between 1 and {rust_client_limit} bytes"
             ));
+        }
+        if self.max_delivery_attempts == 0 {
+            return Err("max-delivery-attempts must be at least 1".into());
+        }
+        if self.long_polling_max > Duration::from_secs(30) {
+            return Err(
+                "long-polling-max must be at most 30s (the Rust client's deadline is 40s)".into(),
+            );
         }
         if let Some(a) = &self.advertise {
             crate::grpc::route::parse_host_port(a)

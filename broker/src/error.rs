@@ -39,6 +39,15 @@ pub enum BrokerError {
     /// The message's type conflicts with its own fields or with its topic's type.
     #[error("message type conflict: {0}")]
     TypeConflict(String),
+    #[error("illegal filter expression: {0}")]
+    IllegalFilter(String),
+    #[error("illegal invisible duration: {0}")]
+    IllegalInvisibleTime(String),
+    /// The receipt handle is malformed, stale (the message was redelivered) or already used.
+    #[error("invalid receipt handle: {0}")]
+    InvalidReceiptHandle(String),
+    #[error("illegal polling time: {0}")]
+    IllegalPollingTime(String),
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
     /// A bound was hit (connections, in-flight work, long polls).

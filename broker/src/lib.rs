@@ -5,6 +5,7 @@
 //! - [`grpc`]: the async shell: RocketMQ `MessagingService`, Telemetry, the admin API, and the
 //!   single mapping from broker errors to RocketMQ status codes.
 //! - [`broker`]: the core facade: topics and the message log over one store.
+//! - [`consume`]: consumer groups, POP-style receive/ack, redelivery, dead letters, FIFO.
 //! - [`log`]: queues of messages, offsets, durable high watermarks, idempotent appends.
 //! - [`topics`]: topic names and the topic registry.
 //! - [`model`]: domain types and their on-disk records.
@@ -16,6 +17,7 @@
 pub mod broker;
 pub mod codec;
 pub mod config;
+pub mod consume;
 pub mod error;
 pub mod grpc;
 pub mod log;

@@ -48,6 +48,8 @@ struct Inner {
     /// Message ids submitted but not yet durable (the store cannot answer for them yet).
     committing: HashMap<(String, String), (u32, u64)>,
     round_robin: u64,
+    /// Bumped whenever a topic gets new durable messages; long polls wait on it.
+    topic_signals: HashMap<String, watch::Sender<u64>>,
 }
 
 /// The message log over the store. See the module docs.
@@ -250,6 +252,75 @@ impl MessageLog {
         )
     }
 
+    /// A receiver that changes whenever the topic gets new durable messages.
+    pub fn topic_watch(&self, topic: &str) -> Option<watch::Receiver<u64>> {
+        let mut inner = self.inner.lock().ok()?;
+        Some(
+            inner
+                .topic_signals
+                .entry(topic.to_string())
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe(),
+        )
+    }
+
+    /// Deletes up to `max` of the oldest messages of a queue stored before `cutoff`, durably.
+    /// Returns how many were deleted.
+    pub async fn expire(
+        &self,
+        topic: &str,
+        queue: u32,
+        cutoff: Millis,
+        max: usize,
+    ) -> Result<usize> {
+        let Some(offsets) = self.offsets(topic, queue) else {
+            return Ok(0);
+        };
+        let mut batch = Batch::new();
+        let mut next_min = offsets.min;
+        while next_min < offsets.durable && ((next_min - offsets.min) as usize) < max {
+            let first = Key::MessageChunk {
+                topic: topic.into(),
+                queue,
+                offset: next_min,
+                chunk: 0,
+            }
+            .encode();
+            let Some(head) = self.store.get(&first)? else {
+                next_min += 1; // already gone
+                continue;
+            };
+            let (stored_at, _, message_id) =
+                StoredMessage::decode_header(&head).map_err(|e| StoreError::Corrupt {
+                    key: first.clone(),
+                    detail: e.to_string(),
+                })?;
+            if stored_at >= cutoff {
+                break;
+            }
+            chunks::delete(
+                self.store.as_ref(),
+                &mut batch,
+                &Key::message_prefix(topic, queue, next_min),
+            )?;
+            batch.delete(&Key::MessageId {
+                topic: topic.into(),
+                message_id,
+            });
+            next_min += 1;
+        }
+        let deleted = (next_min - offsets.min) as usize;
+        if deleted == 0 {
+            return Ok(0);
+        }
+        self.committer.commit(batch).await?;
+        let mut inner = self.inner.lock().map_err(|_| lock_err())?;
+        if let Some(state) = inner.queues.get_mut(&(topic.to_string(), queue)) {
+            state.min = state.min.max(next_min);
+        }
+        Ok(deleted)
+    }
+
     fn find_id(&self, inner: &Inner, id_key: &(String, String)) -> Result<Option<(u32, u64)>> {
         if let Some(found) = inner.committing.get(id_key) {
             return Ok(Some(*found));
@@ -267,6 +338,9 @@ impl MessageLog {
         let topic = topic.to_string();
         Box::new(move || {
             let Ok(mut inner) = inner.lock() else { return };
+            if let Some(signal) = inner.topic_signals.get(&topic) {
+                signal.send_modify(|g| *g = g.wrapping_add(1));
+            }
             for (id, queue, offset) in fresh {
                 inner.committing.remove(&(topic.clone(), id));
                 if let Some(state) = inner.queues.get(&(topic.clone(), queue)) {

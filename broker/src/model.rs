@@ -183,6 +183,8 @@ pub struct NewMessage {
     pub trace_context: Option<String>,
     /// Per-message transaction check delay, when the producer set one.
     pub recovery_duration_ms: Option<i64>,
+    /// For a dead-lettered copy: the topic it was consumed from (the id is kept).
+    pub origin_topic: Option<String>,
     pub user_properties: BTreeMap<String, String>,
     pub body: Vec<u8>,
 }
@@ -203,10 +205,15 @@ pub struct StoredMessage {
 const MESSAGE_VERSION: u8 = 1;
 
 impl StoredMessage {
+    /// Layout: a header readable from the first chunk alone (version, store time, place, topic,
+    /// id), then the rest. Retention reads only the header.
     pub fn encode(&self) -> Vec<u8> {
         let m = &self.msg;
         let mut e = Encoder::with_capacity(128 + m.body.len());
         e.u8(MESSAGE_VERSION)
+            .i64(self.store_timestamp)
+            .u32(self.queue)
+            .u64(self.offset)
             .str(&m.topic)
             .str(&m.message_id)
             .u8(m.message_type.to_u8())
@@ -221,22 +228,31 @@ impl StoredMessage {
             .opt_i64(m.delivery_timestamp)
             .opt_str(m.trace_context.as_deref())
             .opt_i64(m.recovery_duration_ms)
+            .opt_str(m.origin_topic.as_deref())
             .u32(m.user_properties.len() as u32);
         for (k, v) in &m.user_properties {
             e.str(k).str(v);
         }
-        e.u32(self.queue)
-            .u64(self.offset)
-            .i64(self.store_timestamp)
-            .str(&self.producer)
-            .str(&self.body_md5)
-            .bytes(&m.body);
+        e.str(&self.producer).str(&self.body_md5).bytes(&m.body);
         e.finish()
+    }
+
+    /// Reads only the header: `(store time, topic, message id)`. Works on the first chunk.
+    pub fn decode_header(bytes: &[u8]) -> Result<(Millis, String, String), CodecError> {
+        let mut d = Decoder::new(bytes);
+        version(&mut d, MESSAGE_VERSION)?;
+        let store_timestamp = d.i64()?;
+        let _queue = d.u32()?;
+        let _offset = d.u64()?;
+        Ok((store_timestamp, d.str()?, d.str()?))
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let mut d = Decoder::new(bytes);
         version(&mut d, MESSAGE_VERSION)?;
+        let store_timestamp = d.i64()?;
+        let queue = d.u32()?;
+        let offset = d.u64()?;
         let topic = d.str()?;
         let message_id = d.str()?;
         let message_type = MessageType::from_u8(d.u8()?)?;
@@ -252,15 +268,13 @@ impl StoredMessage {
         let delivery_timestamp = d.opt_i64()?;
         let trace_context = d.opt_str()?;
         let recovery_duration_ms = d.opt_i64()?;
+        let origin_topic = d.opt_str()?;
         let prop_count = d.u32()?;
         let mut user_properties = BTreeMap::new();
         for _ in 0..prop_count {
             let k = d.str()?;
             user_properties.insert(k, d.str()?);
         }
-        let queue = d.u32()?;
-        let offset = d.u64()?;
-        let store_timestamp = d.i64()?;
         let producer = d.str()?;
         let body_md5 = d.str()?;
         let body = d.bytes()?.to_vec();
@@ -278,6 +292,7 @@ impl StoredMessage {
                 delivery_timestamp,
                 trace_context,
                 recovery_duration_ms,
+                origin_topic,
                 user_properties,
                 body,
             },
@@ -326,6 +341,7 @@ pub(crate) mod tests {
             delivery_timestamp: None,
             trace_context: None,
             recovery_duration_ms: None,
+            origin_topic: None,
             user_properties: [("a".to_string(), "b".to_string())].into(),
             body: b"hello".to_vec(),
         }
@@ -343,7 +359,10 @@ pub(crate) mod tests {
             msg.delivery_timestamp = delivery;
             let stored = StoredMessage { body_md5: md5_hex(&msg.body), msg, queue, offset,
                                          store_timestamp: 5, producer: "p".into() };
-            prop_assert_eq!(StoredMessage::decode(&stored.encode()).unwrap(), stored);
+            let bytes = stored.encode();
+            prop_assert_eq!(StoredMessage::decode_header(&bytes[..bytes.len().min(4096)]).unwrap(),
+                            (5, "t".to_string(), "id".to_string()));
+            prop_assert_eq!(StoredMessage::decode(&bytes).unwrap(), stored);
         }
 
         #[test]

@@ -51,7 +51,9 @@ pub async fn run(
         advertised,
         shutdown: token.clone(),
         tracker: tracker.clone(),
+        long_polls: Arc::new(tokio::sync::Semaphore::new(broker.config().max_long_polls)),
     };
+    tracker.spawn(retention_loop(broker.clone(), token.clone()));
     let admin = AdminService {
         broker: broker.clone(),
     };
@@ -75,6 +77,20 @@ pub async fn run(
         .map_err(std::io::Error::other)?;
     tracing::info!("store flushed; broker stopped");
     Ok(())
+}
+
+/// Deletes expired messages every `retention_interval` until shutdown.
+async fn retention_loop(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let every = broker.config().retention_interval;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = broker.enforce_retention().await {
+            tracing::error!(error = %e, "retention failed");
+        }
+    }
 }
 
 fn advertised_endpoints(

@@ -44,3 +44,63 @@ pub fn code_of(e: &ClientError) -> String {
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| format!("no code in {e:?}"))
 }
+
+use rocketmq::conf::SimpleConsumerOption;
+use rocketmq::model::common::{FilterExpression, FilterType};
+use rocketmq::model::message::MessageView;
+use rocketmq::SimpleConsumer;
+use std::time::{Duration, Instant};
+
+/// Broker config for consumption tests: short long polls so empty receives end quickly.
+pub fn fast_config(dir: &Path) -> Config {
+    let mut c = config(dir);
+    c.long_polling_max = Duration::from_secs(1);
+    c
+}
+
+/// A started simple consumer of the official client.
+pub async fn consumer(broker: &RunningBroker, group: &str, topics: &[&str]) -> SimpleConsumer {
+    let mut opt = SimpleConsumerOption::default();
+    opt.set_consumer_group(group);
+    opt.set_topics(topics.to_vec());
+    let mut c = SimpleConsumer::new(opt, client_option(broker)).unwrap();
+    c.start().await.expect("consumer starts");
+    c
+}
+
+pub fn tags(expression: &str) -> FilterExpression {
+    FilterExpression::new(FilterType::Tag, expression)
+}
+
+/// Receives and acks until `want` messages arrived or `timeout` passed; returns them.
+pub async fn drain(
+    c: &SimpleConsumer,
+    topic: &str,
+    filter: &FilterExpression,
+    want: usize,
+    timeout: Duration,
+) -> Vec<MessageView> {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < want && started.elapsed() < timeout {
+        for m in c.receive(topic.to_string(), filter).await.expect("receive") {
+            c.ack(&m).await.expect("ack");
+            got.push(m);
+        }
+    }
+    got
+}
+
+/// Sends `n` normal messages with bodies `"{prefix}{i}"`; returns their ids in order.
+pub async fn send_n(p: &Producer, topic: &str, prefix: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let m = rocketmq::model::message::MessageBuilder::builder()
+            .set_topic(topic)
+            .set_body(format!("{prefix}{i}").into_bytes())
+            .build()
+            .unwrap();
+        ids.push(p.send(m).await.expect("send").message_id().to_string());
+    }
+    ids
+}

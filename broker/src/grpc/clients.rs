@@ -94,6 +94,16 @@ impl Clients {
             .unwrap_or_default()
     }
 
+    /// Whether the client showed a sign of life within `window` or holds an open stream.
+    pub fn alive(&self, client_id: &str, window: std::time::Duration) -> bool {
+        let Ok(inner) = self.inner.lock() else {
+            return false;
+        };
+        inner
+            .get(client_id)
+            .is_some_and(|c| !c.streams.is_empty() || c.last_seen.elapsed() <= window)
+    }
+
     /// Drops everything known about a client that announced its termination.
     pub fn terminate(&self, client_id: &str) {
         if let Ok(mut inner) = self.inner.lock() {

@@ -248,6 +248,7 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
         delivery_timestamp,
         trace_context: sp.trace_context,
         recovery_duration_ms,
+        origin_topic: None,
         user_properties,
         body: m.body,
     })

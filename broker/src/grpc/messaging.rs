@@ -10,6 +10,8 @@ use super::route;
 use super::status::{self, ok};
 use super::telemetry::{self, Announced};
 use crate::broker::{now_ms, Broker};
+use crate::consume::filter::Filter;
+use crate::consume::service::{Delivery, ReceiveRequest, MAX_BATCH, MAX_INVISIBLE};
 use crate::error::BrokerError;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Streaming};
 use txmq_proto::v2;
 use v2::messaging_service_server::MessagingService;
+use v2::{receive_message_response, Code};
 
 /// Most messages in one SendMessage request.
 pub const MAX_MESSAGES_PER_SEND: usize = 1024;
@@ -34,6 +37,8 @@ pub struct Messaging {
     pub(crate) advertised: v2::Endpoints,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// Bounds the receives that may wait at once.
+    pub(crate) long_polls: Arc<tokio::sync::Semaphore>,
 }
 
 /// The caller's client id (`x-mq-client-id`), or one made from its address.
@@ -53,6 +58,64 @@ fn client_id<T>(req: &Request<T>) -> String {
 
 fn not_implemented(what: &'static str) -> v2::Status {
     status::status(&BrokerError::NotImplemented(what))
+}
+
+fn receive_status(st: v2::Status) -> v2::ReceiveMessageResponse {
+    v2::ReceiveMessageResponse {
+        content: Some(receive_message_response::Content::Status(st)),
+    }
+}
+
+fn receive_time() -> v2::ReceiveMessageResponse {
+    v2::ReceiveMessageResponse {
+        content: Some(receive_message_response::Content::DeliveryTimestamp(
+            convert::timestamp(now_ms()),
+        )),
+    }
+}
+
+/// A delivery as the client sees it: the stored message plus its receipt for this delivery.
+fn delivered(d: Delivery) -> v2::Message {
+    let mut m = convert::wire_message(&d.message);
+    if let Some(sp) = m.system_properties.as_mut() {
+        sp.receipt_handle = Some(d.handle);
+        sp.delivery_attempt = Some(d.attempt as i32);
+        sp.invisible_duration = Some(telemetry::duration(std::time::Duration::from_millis(
+            d.invisible_ms.max(0) as u64,
+        )));
+        if let Some(origin) = &d.message.msg.origin_topic {
+            sp.dead_letter_queue = Some(v2::DeadLetterQueue {
+                topic: origin.clone(),
+                message_id: d.message.msg.message_id.clone(),
+            });
+        }
+    }
+    m
+}
+
+/// The status shared by all entries, or MULTIPLE_RESULTS when they differ.
+fn common_status(results: &[v2::Status]) -> v2::Status {
+    match results.first() {
+        Some(first) if results.iter().all(|r| r.code == first.code) => first.clone(),
+        Some(_) => status::with(Code::MultipleResults, "entries have different results"),
+        None => ok(),
+    }
+}
+
+/// The time left before the client's gRPC deadline (`grpc-timeout` header), if it sent one.
+fn grpc_deadline<T>(req: &Request<T>) -> Option<std::time::Duration> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 fn single_status_stream<T: Send + 'static>(item: T) -> BoxStream<T> {
@@ -75,6 +138,83 @@ impl Messaging {
             long_polling_timeout: c.long_polling_max,
             max_delivery_attempts: c.max_delivery_attempts as i32,
         }
+    }
+
+    /// Validates a receive request and runs it (long polling included).
+    async fn receive(
+        &self,
+        client: &str,
+        req: v2::ReceiveMessageRequest,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let config = self.broker.config();
+        let group = convert::resource_name(req.group.as_ref(), "group")?;
+        let topic = match req.message_queue.as_ref().and_then(|q| q.topic.as_ref()) {
+            Some(t) if !t.name.is_empty() => t.name.clone(),
+            _ => {
+                return Err(BrokerError::IllegalTopic(
+                    "message_queue.topic is missing".into(),
+                ))
+            }
+        };
+        let filter = match req.filter_expression {
+            None => Filter::All,
+            Some(f) => match v2::FilterType::try_from(f.r#type) {
+                Ok(v2::FilterType::Tag | v2::FilterType::Unspecified) => {
+                    Filter::tags(&f.expression)?
+                }
+                Ok(v2::FilterType::Sql) => {
+                    return Err(BrokerError::NotImplemented("SQL92 filter expressions"))
+                }
+                Err(_) => {
+                    return Err(BrokerError::IllegalFilter(format!(
+                        "unknown filter type {}",
+                        f.r#type
+                    )))
+                }
+            },
+        };
+        let invisible = match req.invisible_duration {
+            None => std::time::Duration::from_secs(30),
+            Some(d) => std::time::Duration::try_from(d)
+                .map_err(|_| BrokerError::IllegalInvisibleTime("negative duration".into()))?,
+        };
+        if !req.auto_renew && (invisible < config.min_invisible || invisible > MAX_INVISIBLE) {
+            return Err(BrokerError::IllegalInvisibleTime(format!(
+                "invisible duration must be between {:?} and 12 h",
+                config.min_invisible
+            )));
+        }
+        let requested = req
+            .long_polling_timeout
+            .and_then(|d| std::time::Duration::try_from(d).ok())
+            .unwrap_or(config.long_polling_max);
+        // Answer a second before the client gives up (the Rust client's deadline is its poll time).
+        let mut poll = requested.min(config.long_polling_max);
+        if let Some(left) = deadline {
+            poll = poll.min(left.saturating_sub(std::time::Duration::from_secs(1)));
+        }
+        let permit = self.long_polls.clone().try_acquire_owned().map_err(|_| {
+            BrokerError::TooManyRequests("too many receives waiting at once".into())
+        })?;
+        let clients = self.clients.clone();
+        let alive = move |id: &str| clients.alive(id, std::time::Duration::from_secs(90));
+        let receive = ReceiveRequest {
+            group,
+            topic,
+            filter,
+            batch: usize::try_from(req.batch_size)
+                .unwrap_or(0)
+                .clamp(1, MAX_BATCH),
+            invisible,
+            auto_renew: req.auto_renew,
+            poll,
+            client: client.to_string(),
+            alive: &alive,
+        };
+        let result = self.broker.receive(&receive, &self.shutdown).await;
+        drop(permit);
+        result
     }
 
     async fn send(
@@ -214,11 +354,40 @@ impl MessagingService for Messaging {
 
     async fn query_assignment(
         &self,
-        _req: Request<v2::QueryAssignmentRequest>,
+        req: Request<v2::QueryAssignmentRequest>,
     ) -> GrpcResult<v2::QueryAssignmentResponse> {
-        Ok(Response::new(v2::QueryAssignmentResponse {
-            status: Some(not_implemented("QueryAssignment")),
-            assignments: Vec::new(),
+        self.clients.touch(&client_id(&req));
+        let req = req.into_inner();
+        let answer = async {
+            let name = convert::resource_name(req.topic.as_ref(), "topic")?;
+            let topic = self.broker.topic_or_create(&name).await?;
+            let at = route::route_endpoints(&self.advertised, req.endpoints.as_ref());
+            // Every receive is served from all queues, so one assignment ("any queue of this
+            // broker", id -1 as the reference proxy does) is the whole answer.
+            let mut queue = route::queues(&topic, "", &at).into_iter().next();
+            if let Some(q) = queue.as_mut() {
+                q.id = -1;
+                q.topic = req.topic.clone();
+            }
+            Ok::<_, BrokerError>(
+                queue
+                    .map(|q| v2::Assignment {
+                        message_queue: Some(q),
+                    })
+                    .into_iter()
+                    .collect(),
+            )
+        }
+        .await;
+        Ok(Response::new(match answer {
+            Ok(assignments) => v2::QueryAssignmentResponse {
+                status: Some(ok()),
+                assignments,
+            },
+            Err(e) => v2::QueryAssignmentResponse {
+                status: Some(status::status(&e)),
+                assignments: Vec::new(),
+            },
         }))
     }
 
@@ -226,43 +395,98 @@ impl MessagingService for Messaging {
 
     async fn receive_message(
         &self,
-        _req: Request<v2::ReceiveMessageRequest>,
+        req: Request<v2::ReceiveMessageRequest>,
     ) -> GrpcResult<Self::ReceiveMessageStream> {
-        let st = not_implemented("ReceiveMessage");
-        Ok(Response::new(single_status_stream(
-            v2::ReceiveMessageResponse {
-                content: Some(v2::receive_message_response::Content::Status(st)),
-            },
-        )))
+        let client = client_id(&req);
+        self.clients.touch(&client);
+        let deadline = grpc_deadline(&req);
+        let items = match self.receive(&client, req.into_inner(), deadline).await {
+            Ok(deliveries) if deliveries.is_empty() => {
+                vec![
+                    receive_status(status::with(Code::MessageNotFound, "no new message")),
+                    receive_time(),
+                ]
+            }
+            Ok(deliveries) => {
+                let mut items = Vec::with_capacity(deliveries.len() + 2);
+                items.push(receive_status(ok()));
+                items.extend(deliveries.into_iter().map(|d| v2::ReceiveMessageResponse {
+                    content: Some(receive_message_response::Content::Message(delivered(d))),
+                }));
+                items.push(receive_time());
+                items
+            }
+            Err(e) => vec![receive_status(status::status(&e)), receive_time()],
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            items.into_iter().map(Ok),
+        ))))
     }
 
     async fn ack_message(
         &self,
         req: Request<v2::AckMessageRequest>,
     ) -> GrpcResult<v2::AckMessageResponse> {
-        let st = not_implemented("AckMessage");
-        let entries = req
-            .into_inner()
-            .entries
+        self.clients.touch(&client_id(&req));
+        let req = req.into_inner();
+        let entries = req.entries;
+        let handles: Vec<String> = entries.iter().map(|e| e.receipt_handle.clone()).collect();
+        let outcome = async {
+            let group = convert::resource_name(req.group.as_ref(), "group")?;
+            let topic = convert::resource_name(req.topic.as_ref(), "topic")?;
+            if handles.is_empty() {
+                return Err(BrokerError::BadRequest("no entries to ack".into()));
+            }
+            self.broker.ack(&group, &topic, &handles).await
+        }
+        .await;
+        let results: Vec<v2::Status> = match outcome {
+            Ok(results) => results
+                .iter()
+                .map(|r| r.as_ref().map_or_else(status::status, |_| ok()))
+                .collect(),
+            Err(e) => vec![status::status(&e); entries.len().max(1)],
+        };
+        let top = common_status(&results);
+        let mut out: Vec<v2::AckMessageResultEntry> = entries
             .into_iter()
-            .map(|e| v2::AckMessageResultEntry {
+            .zip(results)
+            .map(|(e, st)| v2::AckMessageResultEntry {
                 message_id: e.message_id,
                 receipt_handle: e.receipt_handle,
-                status: Some(st.clone()),
+                status: Some(st),
             })
             .collect();
+        if out.is_empty() {
+            // The Rust client reads entries[0]: never answer with none.
+            out.push(v2::AckMessageResultEntry {
+                status: Some(top.clone()),
+                ..Default::default()
+            });
+        }
         Ok(Response::new(v2::AckMessageResponse {
-            status: Some(st),
-            entries,
+            status: Some(top),
+            entries: out,
         }))
     }
 
     async fn forward_message_to_dead_letter_queue(
         &self,
-        _req: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
+        req: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
     ) -> GrpcResult<v2::ForwardMessageToDeadLetterQueueResponse> {
+        self.clients.touch(&client_id(&req));
+        let req = req.into_inner();
+        let outcome = async {
+            let group = convert::resource_name(req.group.as_ref(), "group")?;
+            let topic = convert::resource_name(req.topic.as_ref(), "topic")?;
+            self.broker
+                .forward_to_dead_letter(&group, &topic, &req.receipt_handle)
+                .await
+        }
+        .await;
+        let st = outcome.map_or_else(|e| status::status(&e), |()| ok());
         Ok(Response::new(v2::ForwardMessageToDeadLetterQueueResponse {
-            status: Some(not_implemented("ForwardMessageToDeadLetterQueue")),
+            status: Some(st),
         }))
     }
 
@@ -353,12 +577,34 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::ChangeInvisibleDurationRequest>,
     ) -> GrpcResult<v2::ChangeInvisibleDurationResponse> {
-        // Python replaces its handle with ours before checking the status: give its own back.
-        let handle = req.into_inner().receipt_handle;
-        Ok(Response::new(v2::ChangeInvisibleDurationResponse {
-            status: Some(not_implemented("ChangeInvisibleDuration")),
-            receipt_handle: handle,
-        }))
+        self.clients.touch(&client_id(&req));
+        let req = req.into_inner();
+        let outcome = async {
+            let group = convert::resource_name(req.group.as_ref(), "group")?;
+            let topic = convert::resource_name(req.topic.as_ref(), "topic")?;
+            let d = req.invisible_duration.ok_or_else(|| {
+                BrokerError::IllegalInvisibleTime("invisible_duration is missing".into())
+            })?;
+            let d = std::time::Duration::try_from(d)
+                .map_err(|_| BrokerError::IllegalInvisibleTime("negative duration".into()))?;
+            self.broker
+                .change_invisible(&group, &topic, &req.receipt_handle, d)
+                .await
+        }
+        .await;
+        // Python replaces its handle with ours before checking the status: on failure give its
+        // own back, so a later ack still names the delivery it holds.
+        let response = match outcome {
+            Ok(handle) => v2::ChangeInvisibleDurationResponse {
+                status: Some(ok()),
+                receipt_handle: handle,
+            },
+            Err(e) => v2::ChangeInvisibleDurationResponse {
+                status: Some(status::status(&e)),
+                receipt_handle: req.receipt_handle,
+            },
+        };
+        Ok(Response::new(response))
     }
 
     async fn recall_message(

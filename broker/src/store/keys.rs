@@ -26,6 +26,21 @@ pub enum Key {
     },
     /// `(topic, message id)` → `(queue, offset)`: makes sends idempotent and ids searchable.
     MessageId { topic: String, message_id: String },
+    /// A consumer group's configuration.
+    Group(String),
+    /// A group's next never-delivered offset in one queue.
+    Cursor {
+        group: String,
+        topic: String,
+        queue: u32,
+    },
+    /// A message delivered to a group (or deferred until its delivery time) and not yet acked.
+    Inflight {
+        group: String,
+        topic: String,
+        queue: u32,
+        offset: u64,
+    },
 }
 
 mod tag {
@@ -33,6 +48,9 @@ mod tag {
     pub const TOPIC: u8 = 0x02;
     pub const MESSAGE_CHUNK: u8 = 0x03;
     pub const MESSAGE_ID: u8 = 0x04;
+    pub const GROUP: u8 = 0x10;
+    pub const CURSOR: u8 = 0x11;
+    pub const INFLIGHT: u8 = 0x12;
 }
 
 impl Key {
@@ -56,6 +74,27 @@ impl Key {
                 .u8(tag::MESSAGE_ID)
                 .ordered_str(topic)
                 .ordered_str(message_id),
+            Key::Group(name) => e.u8(tag::GROUP).ordered_str(name),
+            Key::Cursor {
+                group,
+                topic,
+                queue,
+            } => e
+                .u8(tag::CURSOR)
+                .ordered_str(group)
+                .ordered_str(topic)
+                .u32(*queue),
+            Key::Inflight {
+                group,
+                topic,
+                queue,
+                offset,
+            } => e
+                .u8(tag::INFLIGHT)
+                .ordered_str(group)
+                .ordered_str(topic)
+                .u32(*queue)
+                .u64(*offset),
         };
         e.finish()
     }
@@ -75,6 +114,18 @@ impl Key {
                 topic: d.ordered_str()?,
                 message_id: d.ordered_str()?,
             },
+            tag::GROUP => Key::Group(d.ordered_str()?),
+            tag::CURSOR => Key::Cursor {
+                group: d.ordered_str()?,
+                topic: d.ordered_str()?,
+                queue: d.u32()?,
+            },
+            tag::INFLIGHT => Key::Inflight {
+                group: d.ordered_str()?,
+                topic: d.ordered_str()?,
+                queue: d.u32()?,
+                offset: d.u64()?,
+            },
             other => return Err(invalid("key tag", other)),
         };
         d.finish()?;
@@ -84,6 +135,24 @@ impl Key {
     /// All keys of one kind: `[tag]`.
     pub fn topic_prefix() -> Vec<u8> {
         vec![tag::TOPIC]
+    }
+
+    pub fn group_prefix() -> Vec<u8> {
+        vec![tag::GROUP]
+    }
+
+    /// Every cursor of one group.
+    pub fn cursor_prefix(group: &str) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.u8(tag::CURSOR).ordered_str(group);
+        e.finish()
+    }
+
+    /// Every in-flight record of one group.
+    pub fn inflight_prefix(group: &str) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.u8(tag::INFLIGHT).ordered_str(group);
+        e.finish()
     }
 
     /// All chunks of one queue's messages.
@@ -138,6 +207,20 @@ mod tests {
                 }
             ),
             (s, s).prop_map(|(topic, message_id)| Key::MessageId { topic, message_id }),
+            s.prop_map(Key::Group),
+            (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::Cursor {
+                group,
+                topic,
+                queue
+            }),
+            (s, s, any::<u32>(), any::<u64>()).prop_map(|(group, topic, queue, offset)| {
+                Key::Inflight {
+                    group,
+                    topic,
+                    queue,
+                    offset,
+                }
+            }),
         ]
     }
 

@@ -1,0 +1,245 @@
+//! Consumption in RocketMQ 5's POP model ("simple consumer").
+//!
+//! A consumer group sees every message of the topics it receives from; within the group each
+//! message goes to one consumer at a time. Receiving makes a message invisible to the group for
+//! its invisible duration; an ack removes it for the group; if no ack comes in time it is
+//! delivered again with `delivery_attempt + 1` and a new receipt handle (the old one is then
+//! refused); after the group's attempt limit it moves to the dead-letter topic
+//! `%DLQ%<group>`, which keeps the original topic and message id.
+//!
+//! FIFO messages: one message per message group is in flight at a time. Delay messages: not
+//! delivered before their delivery time. Filters: tag expressions (`*`, `a||b`).
+//!
+//! Durability: every change (delivery, ack, invisibility change, cursor move) is fsynced before
+//! the RPC answers, and the in-memory state is rebuilt from the store at start: acked messages
+//! stay acked across restarts, un-acked ones come back.
+//!
+//! # Layout
+//! - [`state`]: the pure per-(group, topic) state machine.
+//! - [`service`]: receive / ack / change-invisible / dead-letter over the store (async).
+//! - [`filter`], [`handle`]: tag filters and receipt handles.
+
+pub mod filter;
+pub mod handle;
+pub mod service;
+pub mod state;
+
+use crate::codec::{Decoder, Encoder};
+use crate::error::{BrokerError, Result};
+use crate::model::Millis;
+use crate::store::{scan_prefix, Key, Store, StoreError};
+use state::{GroupTopic, Inflight};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::watch;
+
+/// Longest consumer group name: `%DLQ%` + name must still be a valid topic name.
+pub const MAX_GROUP_LEN: usize = 120;
+
+/// Checks a consumer group name: letters, digits, `%`, `_`, `-`; at most 120 characters.
+pub fn validate_group(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_GROUP_LEN {
+        return Err(BrokerError::IllegalGroup(format!(
+            "group name must be 1 to {MAX_GROUP_LEN} characters"
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '%' | '_' | '-')))
+    {
+        return Err(BrokerError::IllegalGroup(format!(
+            "group name {name:?} contains {c:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Where a new consumer group starts reading a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// At the oldest retained message: nothing published before the first start is missed.
+    Earliest,
+    /// At the end: only messages stored after the group's first receive.
+    Latest,
+}
+
+impl std::str::FromStr for StartAt {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "earliest" => Ok(StartAt::Earliest),
+            "latest" => Ok(StartAt::Latest),
+            _ => Err(format!("{s:?} is not earliest or latest")),
+        }
+    }
+}
+
+/// A consumer group as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub name: String,
+    pub created_at: Millis,
+}
+
+impl GroupRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.u8(1).str(&self.name).i64(self.created_at);
+        e.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, crate::codec::CodecError> {
+        let mut d = Decoder::new(bytes);
+        d.u8()?;
+        let r = GroupRecord {
+            name: d.str()?,
+            created_at: d.i64()?,
+        };
+        d.finish()?;
+        Ok(r)
+    }
+}
+
+/// One group's state on one topic plus a signal that wakes its long polls (acks free FIFO
+/// groups, invisibility changes move due times).
+pub struct Shared {
+    pub state: Mutex<GroupTopic>,
+    pub signal: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn new(state: GroupTopic) -> Self {
+        Self {
+            state: Mutex::new(state),
+            signal: watch::channel(0).0,
+        }
+    }
+
+    pub fn wake(&self) {
+        self.signal.send_modify(|g| *g = g.wrapping_add(1));
+    }
+}
+
+/// Every group's consumption state, loaded from the store at start.
+#[derive(Default)]
+pub struct Groups {
+    groups: RwLock<HashMap<String, GroupRecord>>,
+    states: RwLock<HashMap<(String, String), Arc<Shared>>>,
+}
+
+fn corrupt(key: Vec<u8>, e: impl std::fmt::Display) -> BrokerError {
+    StoreError::Corrupt {
+        key,
+        detail: e.to_string(),
+    }
+    .into()
+}
+
+impl Groups {
+    /// Loads groups, cursors and in-flight records.
+    pub fn load(store: &dyn Store) -> Result<Self> {
+        let mut groups = HashMap::new();
+        let mut states: HashMap<(String, String), GroupTopic> = HashMap::new();
+        for (k, v) in scan_prefix(store, &Key::group_prefix(), usize::MAX, false)? {
+            let g = GroupRecord::decode(&v).map_err(|e| corrupt(k.clone(), e))?;
+            for (k, v) in scan_prefix(store, &Key::cursor_prefix(&g.name), usize::MAX, false)? {
+                let Ok(Key::Cursor {
+                    group,
+                    topic,
+                    queue,
+                }) = Key::decode(&k)
+                else {
+                    return Err(corrupt(k, "not a cursor key"));
+                };
+                let next = Decoder::new(&v).u64().map_err(|e| corrupt(k.clone(), e))?;
+                states
+                    .entry((group.clone(), topic.clone()))
+                    .or_insert_with(|| GroupTopic::new(&group, &topic))
+                    .load_cursor(queue, next);
+            }
+            for (k, v) in scan_prefix(store, &Key::inflight_prefix(&g.name), usize::MAX, false)? {
+                let Ok(Key::Inflight {
+                    group,
+                    topic,
+                    queue,
+                    offset,
+                }) = Key::decode(&k)
+                else {
+                    return Err(corrupt(k, "not an in-flight key"));
+                };
+                let rec = Inflight::decode(&v).map_err(|e| corrupt(k.clone(), e))?;
+                states
+                    .entry((group.clone(), topic.clone()))
+                    .or_insert_with(|| GroupTopic::new(&group, &topic))
+                    .load_inflight((queue, offset), rec);
+            }
+            groups.insert(g.name.clone(), g);
+        }
+        let states = states
+            .into_iter()
+            .map(|(k, s)| (k, Arc::new(Shared::new(s))))
+            .collect();
+        Ok(Self {
+            groups: RwLock::new(groups),
+            states: RwLock::new(states),
+        })
+    }
+
+    pub fn group(&self, name: &str) -> Option<GroupRecord> {
+        self.groups.read().ok()?.get(name).cloned()
+    }
+
+    pub fn insert_group(&self, g: GroupRecord) {
+        if let Ok(mut m) = self.groups.write() {
+            m.insert(g.name.clone(), g);
+        }
+    }
+
+    /// All groups, sorted by name.
+    pub fn list(&self) -> Vec<GroupRecord> {
+        let mut v: Vec<_> = self
+            .groups
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The state of `group` on `topic`, if it has received from it.
+    pub fn get(&self, group: &str, topic: &str) -> Option<Arc<Shared>> {
+        self.states
+            .read()
+            .ok()?
+            .get(&(group.to_string(), topic.to_string()))
+            .cloned()
+    }
+
+    /// The state of `group` on `topic`, created empty when new.
+    pub fn get_or_create(&self, group: &str, topic: &str) -> Result<Arc<Shared>> {
+        if let Some(s) = self.get(group, topic) {
+            return Ok(s);
+        }
+        let mut m = self
+            .states
+            .write()
+            .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+        Ok(m.entry((group.to_string(), topic.to_string()))
+            .or_insert_with(|| Arc::new(Shared::new(GroupTopic::new(group, topic))))
+            .clone())
+    }
+
+    /// Topics a group has state on.
+    pub fn topics_of(&self, group: &str) -> Vec<(String, Arc<Shared>)> {
+        let Ok(m) = self.states.read() else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = m
+            .iter()
+            .filter(|((g, _), _)| g == group)
+            .map(|((_, t), s)| (t.clone(), s.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}

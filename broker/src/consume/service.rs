@@ -1,0 +1,462 @@
+//! Receive, ack, change invisibility and dead-letter: the async shell around [`GroupTopic`].
+//!
+//! Each operation reserves a place in the group-commit queue first, then changes the in-memory
+//! state and submits its writes under the state's lock (so writes reach the store in the order
+//! the state changed), and answers once they are durable.
+//!
+//! [`GroupTopic`]: super::state::GroupTopic
+
+use super::filter::Filter;
+use super::state::{HandleError, Inflight, Pos};
+use super::{handle, validate_group, GroupRecord, Shared, StartAt};
+use crate::broker::{now_ms, Broker};
+use crate::error::{BrokerError, Result};
+use crate::model::{Millis, StoredMessage};
+use crate::store::{Batch, Key};
+use crate::topics::DLQ_PREFIX;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Invisibility the broker uses for `auto_renew` receives, renewed while the consumer lives.
+const AUTO_RENEW_INVISIBLE_MS: Millis = 60_000;
+/// Renewals stop after this long, and the message is redelivered.
+const AUTO_RENEW_LIMIT_MS: Millis = 3 * 3600 * 1000;
+/// Longest invisible duration a receive may ask for.
+pub const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
+/// Most messages one receive returns.
+pub const MAX_BATCH: usize = 64;
+/// Most body bytes one receive returns (each message is also its own gRPC message).
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// A receive call, validated.
+pub struct ReceiveRequest<'a> {
+    pub group: String,
+    pub topic: String,
+    pub filter: Filter,
+    pub batch: usize,
+    pub invisible: Duration,
+    pub auto_renew: bool,
+    /// How long to wait for a message when none is ready.
+    pub poll: Duration,
+    pub client: String,
+    /// Whether a client is still connected (for `auto_renew` renewals).
+    pub alive: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+/// One message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: StoredMessage,
+    pub handle: String,
+    pub attempt: u32,
+    pub invisible_ms: Millis,
+}
+
+static NONCE: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh delivery nonce: time-seeded so that it differs across restarts.
+fn next_nonce() -> u64 {
+    let base = (now_ms() as u64) << 16;
+    let n = NONCE.fetch_add(1, Ordering::Relaxed);
+    base.wrapping_add(n) | 1
+}
+
+fn invalid_handle(e: HandleError) -> BrokerError {
+    BrokerError::InvalidReceiptHandle(
+        match e {
+            HandleError::NotInFlight => {
+                "nothing in flight for this handle (acked already, dead-lettered or unknown)"
+            }
+            HandleError::Stale => "the message was delivered again since this handle was issued",
+        }
+        .into(),
+    )
+}
+
+impl Broker {
+    /// The group, created durably on first use.
+    pub async fn ensure_group(&self, name: &str) -> Result<GroupRecord> {
+        validate_group(name)?;
+        if let Some(g) = self.groups().group(name) {
+            return Ok(g);
+        }
+        let _guard = self.create_lock().lock().await;
+        if let Some(g) = self.groups().group(name) {
+            return Ok(g);
+        }
+        let g = GroupRecord {
+            name: name.to_string(),
+            created_at: now_ms(),
+        };
+        let mut batch = Batch::new();
+        batch.put(&Key::Group(name.to_string()), g.encode());
+        self.committer().commit(batch).await?;
+        tracing::info!(group = name, "consumer group created");
+        self.groups().insert_group(g.clone());
+        Ok(g)
+    }
+
+    /// Delivers up to `req.batch` messages, waiting up to `req.poll` for one to be ready.
+    /// An empty answer means nothing was ready in time (or the broker is shutting down).
+    pub async fn receive(
+        &self,
+        req: &ReceiveRequest<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<Delivery>> {
+        self.ensure_group(&req.group).await?;
+        let topic = self
+            .topic(&req.topic)
+            .ok_or_else(|| BrokerError::TopicNotFound(req.topic.clone()))?;
+        let shared = self.groups().get_or_create(&req.group, &req.topic)?;
+        let mut topic_rx = self
+            .log()
+            .topic_watch(&req.topic)
+            .ok_or_else(|| BrokerError::Internal("message log lock poisoned".into()))?;
+        let mut group_rx = shared.signal.subscribe();
+        let deadline = Instant::now() + req.poll;
+        loop {
+            topic_rx.borrow_and_update();
+            group_rx.borrow_and_update();
+            let (deliveries, dead, next_due) =
+                self.poll_once(&shared, topic.queue_count, req).await?;
+            for (pos, message) in dead {
+                self.dead_letter(&shared, pos, message).await?;
+            }
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut wake = deadline;
+            if let Some(due) = next_due {
+                let wait = Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64);
+                wake = wake.min(now + wait);
+            }
+            tokio::select! {
+                _ = topic_rx.changed() => {}
+                _ = group_rx.changed() => {}
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = shutdown.cancelled() => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// One pass: redeliver due messages, then hand out new ones. Returns deliveries, messages
+    /// past their attempt limit (to dead-letter), and the next due time.
+    async fn poll_once(
+        &self,
+        shared: &Shared,
+        queue_count: u32,
+        req: &ReceiveRequest<'_>,
+    ) -> Result<(Vec<Delivery>, Vec<(Pos, StoredMessage)>, Option<Millis>)> {
+        let slot = self.committer().reserve().await?;
+        let now = now_ms();
+        let max_attempts = self.config().max_delivery_attempts;
+        let invisible_ms = if req.auto_renew {
+            AUTO_RENEW_INVISIBLE_MS
+        } else {
+            req.invisible.as_millis() as Millis
+        };
+        let mut batch = Batch::new();
+        let mut out: Vec<Delivery> = Vec::new();
+        let mut dead = Vec::new();
+        let mut bytes = 0usize;
+        let log = self.log();
+        let topic = req.topic.as_str();
+        let (pending, next_due) = {
+            let mut st = shared
+                .state
+                .lock()
+                .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let fresh = |attempt: u32, msg: &StoredMessage| Inflight {
+                attempt,
+                visible_at: now + invisible_ms,
+                nonce: next_nonce(),
+                message_group: msg.msg.message_group.clone(),
+                client: req.client.clone(),
+                auto_renew: req.auto_renew,
+                delivered_at: now,
+            };
+            // 1. Messages whose invisibility ended (or whose delay passed).
+            for pos in st.due(now, req.batch) {
+                let Some(rec) = st.get(pos).cloned() else {
+                    continue;
+                };
+                let Some(msg) = log.read(topic, pos.0, pos.1)? else {
+                    st.remove(pos, &mut batch); // removed by retention meanwhile
+                    continue;
+                };
+                if rec.auto_renew
+                    && rec.attempt > 0
+                    && (req.alive)(&rec.client)
+                    && now - rec.delivered_at < AUTO_RENEW_LIMIT_MS
+                {
+                    let renewed = Inflight {
+                        visible_at: now + AUTO_RENEW_INVISIBLE_MS,
+                        ..rec
+                    };
+                    st.deliver(pos, renewed, &mut batch);
+                    continue;
+                }
+                if rec.attempt >= max_attempts {
+                    st.park(pos);
+                    dead.push((pos, msg));
+                    continue;
+                }
+                if !out.is_empty() && bytes + msg.msg.body.len() > MAX_BATCH_BYTES {
+                    break;
+                }
+                let rec = fresh(rec.attempt + 1, &msg);
+                bytes += msg.msg.body.len();
+                out.push(Delivery {
+                    handle: handle::encode(pos, rec.nonce),
+                    attempt: rec.attempt,
+                    invisible_ms,
+                    message: msg,
+                });
+                st.deliver(pos, rec, &mut batch);
+            }
+            // 2. New messages, starting at a rotating queue so that all queues get served.
+            let start = (now as u64 % u64::from(queue_count.max(1))) as u32;
+            'queues: for i in 0..queue_count {
+                if out.len() >= req.batch {
+                    break;
+                }
+                let q = (start + i) % queue_count;
+                let Some(offsets) = log.offsets(topic, q) else {
+                    continue;
+                };
+                let initial = match self.config().new_group_start {
+                    StartAt::Earliest => offsets.min,
+                    StartAt::Latest => offsets.durable,
+                };
+                let before = st.cursor(q);
+                let mut cur = before.unwrap_or(initial);
+                if cur < offsets.min {
+                    tracing::warn!(
+                        group = req.group,
+                        topic,
+                        queue = q,
+                        from = cur,
+                        to = offsets.min,
+                        "group is behind retention; skipping ahead"
+                    );
+                    cur = offsets.min;
+                }
+                while out.len() < req.batch && cur < offsets.durable {
+                    let Some(msg) = log.read(topic, q, cur)? else {
+                        cur += 1;
+                        continue;
+                    };
+                    if !req.filter.matches(msg.msg.tag.as_deref()) {
+                        cur += 1;
+                        continue;
+                    }
+                    if let Some(at) = msg.msg.delivery_timestamp.filter(|at| *at > now) {
+                        let deferred = Inflight {
+                            attempt: 0,
+                            visible_at: at,
+                            nonce: 0,
+                            ..fresh(0, &msg)
+                        };
+                        st.deliver((q, cur), deferred, &mut batch);
+                        cur += 1;
+                        continue;
+                    }
+                    if msg
+                        .msg
+                        .message_group
+                        .as_deref()
+                        .is_some_and(|g| st.is_busy(g))
+                    {
+                        break; // FIFO: this queue waits until the group's message is acked
+                    }
+                    if !out.is_empty() && bytes + msg.msg.body.len() > MAX_BATCH_BYTES {
+                        break 'queues;
+                    }
+                    let rec = fresh(1, &msg);
+                    bytes += msg.msg.body.len();
+                    out.push(Delivery {
+                        handle: handle::encode((q, cur), rec.nonce),
+                        attempt: 1,
+                        invisible_ms,
+                        message: msg,
+                    });
+                    st.deliver((q, cur), rec, &mut batch);
+                    cur += 1;
+                }
+                if before != Some(cur) {
+                    st.set_cursor(q, cur, &mut batch);
+                }
+            }
+            let pending = (!batch.is_empty()).then(|| slot.submit(batch, None));
+            (pending, st.next_due())
+        };
+        if let Some(p) = pending {
+            p.durable().await?;
+        }
+        Ok((out, dead, next_due))
+    }
+
+    /// Moves a message that used up its attempts to `%DLQ%<group>` and forgets it for the group.
+    /// Idempotent: the copy keeps its message id, so a repeat after a crash stores nothing new.
+    async fn dead_letter(&self, shared: &Shared, pos: Pos, message: StoredMessage) -> Result<()> {
+        let (group, topic) = {
+            let st = shared
+                .state
+                .lock()
+                .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            (st.group.clone(), st.topic.clone())
+        };
+        let dlq = format!("{DLQ_PREFIX}{group}");
+        let dlq_topic = self.topic_or_create(&dlq).await?;
+        let mut copy = message.msg.clone();
+        copy.origin_topic = Some(copy.origin_topic.take().unwrap_or_else(|| topic.clone()));
+        copy.topic = dlq.clone();
+        self.log()
+            .append(
+                &dlq,
+                dlq_topic.queue_count,
+                vec![copy],
+                &message.producer,
+                now_ms(),
+            )
+            .await?;
+        let slot = self.committer().reserve().await?;
+        let pending = {
+            let mut st = shared
+                .state
+                .lock()
+                .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut batch = Batch::new();
+            st.remove(pos, &mut batch);
+            slot.submit(batch, None)
+        };
+        pending.durable().await?;
+        shared.wake();
+        tracing::warn!(
+            group,
+            topic,
+            message_id = message.msg.message_id,
+            "message dead-lettered to {dlq}"
+        );
+        Ok(())
+    }
+
+    fn shared_for(&self, group: &str, topic: &str) -> Result<Arc<Shared>> {
+        self.groups().get(group, topic).ok_or_else(|| {
+            BrokerError::InvalidReceiptHandle(format!(
+                "group {group} has received nothing from {topic}"
+            ))
+        })
+    }
+
+    /// Acknowledges deliveries; one result per `(message id, handle)`, in order.
+    pub async fn ack(
+        &self,
+        group: &str,
+        topic: &str,
+        handles: &[String],
+    ) -> Result<Vec<Result<()>>> {
+        let shared = self.shared_for(group, topic)?;
+        let slot = self.committer().reserve().await?;
+        let mut results = Vec::with_capacity(handles.len());
+        let pending = {
+            let mut st = shared
+                .state
+                .lock()
+                .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut batch = Batch::new();
+            for h in handles {
+                results.push(match handle::decode(h) {
+                    None => Err(BrokerError::InvalidReceiptHandle(format!(
+                        "{h:?} is not a receipt handle"
+                    ))),
+                    Some((pos, nonce)) => st.ack(pos, nonce, &mut batch).map_err(invalid_handle),
+                });
+            }
+            (!batch.is_empty()).then(|| slot.submit(batch, None))
+        };
+        if let Some(p) = pending {
+            p.durable().await?;
+            shared.wake();
+        }
+        Ok(results)
+    }
+
+    /// Makes a delivery visible again after `invisible` from now; returns its new handle.
+    pub async fn change_invisible(
+        &self,
+        group: &str,
+        topic: &str,
+        receipt: &str,
+        invisible: Duration,
+    ) -> Result<String> {
+        if invisible > MAX_INVISIBLE {
+            return Err(BrokerError::IllegalInvisibleTime(format!(
+                "{} s is over the 12 h limit",
+                invisible.as_secs()
+            )));
+        }
+        let shared = self.shared_for(group, topic)?;
+        let (pos, nonce) = handle::decode(receipt).ok_or_else(|| {
+            BrokerError::InvalidReceiptHandle(format!("{receipt:?} is not a receipt handle"))
+        })?;
+        let slot = self.committer().reserve().await?;
+        let new_nonce = next_nonce();
+        let pending = {
+            let mut st = shared
+                .state
+                .lock()
+                .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut batch = Batch::new();
+            let visible_at = now_ms() + invisible.as_millis() as Millis;
+            st.change_invisible(pos, nonce, visible_at, new_nonce, &mut batch)
+                .map_err(invalid_handle)?;
+            slot.submit(batch, None)
+        };
+        pending.durable().await?;
+        shared.wake();
+        Ok(handle::encode(pos, new_nonce))
+    }
+
+    /// Moves a delivered message to the group's dead-letter topic now (consumer's decision).
+    pub async fn forward_to_dead_letter(
+        &self,
+        group: &str,
+        topic: &str,
+        receipt: &str,
+    ) -> Result<()> {
+        let shared = self.shared_for(group, topic)?;
+        let (pos, nonce) = handle::decode(receipt).ok_or_else(|| {
+            BrokerError::InvalidReceiptHandle(format!("{receipt:?} is not a receipt handle"))
+        })?;
+        {
+            let mut st = shared
+                .state
+                .lock()
+                .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            st.check(pos, nonce).map_err(invalid_handle)?;
+            st.park(pos);
+        }
+        let Some(message) = self.log().read(topic, pos.0, pos.1)? else {
+            let slot = self.committer().reserve().await?;
+            let pending = {
+                let mut st = shared
+                    .state
+                    .lock()
+                    .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+                let mut batch = Batch::new();
+                st.remove(pos, &mut batch);
+                slot.submit(batch, None)
+            };
+            return pending.durable().await.map_err(Into::into);
+        };
+        self.dead_letter(&shared, pos, message).await
+    }
+}
