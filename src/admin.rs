@@ -28,9 +28,7 @@ pub enum TopicCommand {
 
 pub async fn connect(broker: &str) -> anyhow::Result<AdminClient<Channel>> {
     let endpoint = format!("http://{broker}");
-    AdminClient::connect(endpoint)
-        .await
-        .with_context(|| format!("cannot reach the broker at {broker}"))
+    AdminClient::connect(endpoint).await.with_context(|| format!("cannot reach the broker at {broker}"))
 }
 
 /// Turns a non-OK admin status into an error.
@@ -38,9 +36,7 @@ fn check(status: Option<pb::Status>) -> anyhow::Result<()> {
     match status {
         Some(s) if s.code == pb::StatusCode::Ok as i32 => Ok(()),
         Some(s) => {
-            let code = pb::StatusCode::try_from(s.code)
-                .map(|c| c.as_str_name())
-                .unwrap_or("UNKNOWN");
+            let code = pb::StatusCode::try_from(s.code).map(|c| c.as_str_name()).unwrap_or("UNKNOWN");
             bail!("{code}: {}", s.message)
         }
         None => bail!("the broker answered without a status"),
@@ -58,9 +54,7 @@ struct TopicView {
 }
 
 fn view(t: &pb::Topic) -> TopicView {
-    let ty = pb::TopicType::try_from(t.r#type)
-        .map(|t| t.as_str_name())
-        .unwrap_or("UNKNOWN");
+    let ty = pb::TopicType::try_from(t.r#type).map(|t| t.as_str_name()).unwrap_or("UNKNOWN");
     TopicView {
         name: t.name.clone(),
         topic_type: ty.to_string(),
@@ -73,36 +67,18 @@ fn view(t: &pb::Topic) -> TopicView {
 fn parse_type(s: &str) -> anyhow::Result<pb::TopicType> {
     pb::TopicType::from_str_name(&s.to_ascii_uppercase())
         .filter(|t| *t != pb::TopicType::Unspecified)
-        .with_context(|| {
-            format!("unknown topic type {s:?} (NORMAL, FIFO, DELAY, TRANSACTION, MIXED)")
-        })
+        .with_context(|| format!("unknown topic type {s:?} (NORMAL, FIFO, DELAY, TRANSACTION, MIXED)"))
 }
 
 pub async fn topic(broker: &str, cmd: TopicCommand, out: Output) -> anyhow::Result<()> {
     let mut c = connect(broker).await?;
     match cmd {
-        TopicCommand::Create {
-            name,
-            topic_type,
-            queues,
-        } => {
+        TopicCommand::Create { name, topic_type, queues } => {
             let r#type = parse_type(&topic_type)? as i32;
-            let r = c
-                .create_topic(pb::CreateTopicRequest {
-                    name,
-                    r#type,
-                    queue_count: queues,
-                })
-                .await?
-                .into_inner();
+            let r = c.create_topic(pb::CreateTopicRequest { name, r#type, queue_count: queues }).await?.into_inner();
             check(r.status)?;
             let t = view(&r.topic.context("no topic in the answer")?);
-            out.emit(&t, || {
-                format!(
-                    "created topic {} ({}, {} queues)\n",
-                    t.name, t.topic_type, t.queues
-                )
-            })
+            out.emit(&t, || format!("created topic {} ({}, {} queues)\n", t.name, t.topic_type, t.queues))
         }
         TopicCommand::List => {
             let r = c.list_topics(pb::ListTopicsRequest {}).await?.into_inner();
@@ -112,22 +88,14 @@ pub async fn topic(broker: &str, cmd: TopicCommand, out: Output) -> anyhow::Resu
                 let rows: Vec<Vec<String>> = topics
                     .iter()
                     .map(|t| {
-                        vec![
-                            t.name.clone(),
-                            t.topic_type.clone(),
-                            t.queues.to_string(),
-                            t.auto_created.to_string(),
-                        ]
+                        vec![t.name.clone(), t.topic_type.clone(), t.queues.to_string(), t.auto_created.to_string()]
                     })
                     .collect();
                 table(&["NAME", "TYPE", "QUEUES", "AUTO-CREATED"], &rows)
             })
         }
         TopicCommand::Describe { name } => {
-            let r = c
-                .describe_topic(pb::DescribeTopicRequest { name })
-                .await?
-                .into_inner();
+            let r = c.describe_topic(pb::DescribeTopicRequest { name }).await?.into_inner();
             check(r.status)?;
             #[derive(Serialize)]
             struct Queue {
@@ -147,11 +115,7 @@ pub async fn topic(broker: &str, cmd: TopicCommand, out: Output) -> anyhow::Resu
                 queues: r
                     .queues
                     .iter()
-                    .map(|q| Queue {
-                        queue: q.queue_id,
-                        min_offset: q.min_offset,
-                        max_offset: q.max_offset,
-                    })
+                    .map(|q| Queue { queue: q.queue_id, min_offset: q.min_offset, max_offset: q.max_offset })
                     .collect(),
             };
             out.emit(&d, || {
@@ -162,13 +126,7 @@ pub async fn topic(broker: &str, cmd: TopicCommand, out: Output) -> anyhow::Resu
                 let rows: Vec<Vec<String>> = d
                     .queues
                     .iter()
-                    .map(|q| {
-                        vec![
-                            q.queue.to_string(),
-                            q.min_offset.to_string(),
-                            q.max_offset.to_string(),
-                        ]
-                    })
+                    .map(|q| vec![q.queue.to_string(), q.min_offset.to_string(), q.max_offset.to_string()])
                     .collect();
                 s.push_str(&table(&["QUEUE", "MIN-OFFSET", "MAX-OFFSET"], &rows));
                 s
@@ -189,14 +147,9 @@ pub struct StatusView {
 }
 
 pub async fn fetch_status(c: &mut AdminClient<Channel>) -> anyhow::Result<StatusView> {
-    let r = c
-        .broker_status(pb::BrokerStatusRequest {})
-        .await?
-        .into_inner();
+    let r = c.broker_status(pb::BrokerStatusRequest {}).await?.into_inner();
     check(r.status)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     Ok(StatusView {
         version: r.version,
         uptime_s: (now - r.started_at_ms) / 1000,
@@ -212,11 +165,7 @@ pub async fn status(broker: &str, out: Output) -> anyhow::Result<()> {
     let mut c = connect(broker).await?;
     let s = fetch_status(&mut c).await?;
     out.emit(&s, || {
-        let store = if s.store_writable {
-            "writable".to_string()
-        } else {
-            format!("READ-ONLY: {}", s.store_error)
-        };
+        let store = if s.store_writable { "writable".to_string() } else { format!("READ-ONLY: {}", s.store_error) };
         format!(
             "txmq {} up {}s\nstore: {store}\ntopics: {}\nflushes: {} covering {} writes\n",
             s.version, s.uptime_s, s.topics, s.flushes, s.flushed_writes

@@ -77,10 +77,7 @@ fn render(r: &Report) -> String {
 
 fn message(topic: &str, id: String, body: &[u8]) -> v2::Message {
     v2::Message {
-        topic: Some(v2::Resource {
-            resource_namespace: String::new(),
-            name: topic.to_string(),
-        }),
+        topic: Some(v2::Resource { resource_namespace: String::new(), name: topic.to_string() }),
         user_properties: Default::default(),
         system_properties: Some(v2::SystemProperties {
             message_id: id,
@@ -104,42 +101,23 @@ async fn send(broker: &str, args: &LoadArgs) -> anyhow::Result<Report> {
     let client = MessagingServiceClient::new(channel);
     let mut admin = admin::connect(broker).await?;
     // Warm up: creates the topic so that its creation is not measured.
-    let run_id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_micros();
+    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros();
     let body = vec![b'x'; args.size];
     client
         .clone()
-        .send_message(v2::SendMessageRequest {
-            messages: vec![message(&args.topic, format!("W{run_id}"), &body)],
-        })
+        .send_message(v2::SendMessageRequest { messages: vec![message(&args.topic, format!("W{run_id}"), &body)] })
         .await?;
 
     let before = admin::fetch_status(&mut admin).await?;
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let (next, done, errors) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let (next, done, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let limit = args.count.unwrap_or(u64::MAX);
     let started = Instant::now();
-    let deadline = if args.count.is_some() {
-        None
-    } else {
-        Some(started + args.duration)
-    };
+    let deadline = if args.count.is_some() { None } else { Some(started + args.duration) };
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (mut client, histogram, next, done, errors) = (
-            client.clone(),
-            histogram.clone(),
-            next.clone(),
-            done.clone(),
-            errors.clone(),
-        );
+        let (mut client, histogram, next, done, errors) =
+            (client.clone(), histogram.clone(), next.clone(), done.clone(), errors.clone());
         let (topic, body) = (args.topic.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
@@ -149,16 +127,9 @@ async fn send(broker: &str, args: &LoadArgs) -> anyhow::Result<Report> {
                     break;
                 }
                 let t = Instant::now();
-                let req = v2::SendMessageRequest {
-                    messages: vec![message(&topic, format!("B{run_id}-{i}"), &body)],
-                };
+                let req = v2::SendMessageRequest { messages: vec![message(&topic, format!("B{run_id}-{i}"), &body)] };
                 match client.send_message(req).await {
-                    Ok(r)
-                        if r.get_ref()
-                            .status
-                            .as_ref()
-                            .is_some_and(|s| s.code == v2::Code::Ok as i32) =>
-                    {
+                    Ok(r) if r.get_ref().status.as_ref().is_some_and(|s| s.code == v2::Code::Ok as i32) => {
                         if let Some(h) = local.as_mut() {
                             let _ = h.record(t.elapsed().as_micros() as u64);
                         }
@@ -193,9 +164,7 @@ async fn send(broker: &str, args: &LoadArgs) -> anyhow::Result<Report> {
     progress.abort();
     eprintln!();
     let after = admin::fetch_status(&mut admin).await?;
-    let h = histogram
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let h = histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
     let messages = done.load(Ordering::Relaxed);
     let flushes = after.flushes.saturating_sub(before.flushes);
     let writes = after.flushed_writes.saturating_sub(before.flushed_writes);
@@ -211,10 +180,6 @@ async fn send(broker: &str, args: &LoadArgs) -> anyhow::Result<Report> {
         p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
         p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
         flushes,
-        writes_per_flush: if flushes == 0 {
-            0.0
-        } else {
-            writes as f64 / flushes as f64
-        },
+        writes_per_flush: if flushes == 0 { 0.0 } else { writes as f64 / flushes as f64 },
     })
 }

@@ -14,19 +14,10 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "txmq",
-    version,
-    about = "Operate a txmq broker: topics, status, benchmarks"
-)]
+#[command(name = "txmq", version, about = "Operate a txmq broker: topics, status, benchmarks")]
 struct Cli {
     /// Broker address, host:port.
-    #[arg(
-        long,
-        global = true,
-        env = "TXMQ_BROKER",
-        default_value = "127.0.0.1:8081"
-    )]
+    #[arg(long, global = true, env = "TXMQ_BROKER", default_value = "127.0.0.1:8081")]
     broker: String,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]

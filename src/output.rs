@@ -9,11 +9,7 @@ pub struct Output {
 
 impl Output {
     /// Prints `value` as JSON, or `table` when not in JSON mode.
-    pub fn emit<T: Serialize>(
-        &self,
-        value: &T,
-        table: impl FnOnce() -> String,
-    ) -> anyhow::Result<()> {
+    pub fn emit<T: Serialize>(&self, value: &T, table: impl FnOnce() -> String) -> anyhow::Result<()> {
         if self.json {
             println!("{}", serde_json::to_string_pretty(value)?);
         } else {
@@ -34,11 +30,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
+        let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
         format!("{}\n", padded.join("  ").trim_end())
     };
     let mut s = line(header.iter().map(|h| h.to_string()).collect());
@@ -54,13 +46,7 @@ mod tests {
 
     #[test]
     fn columns_are_aligned() {
-        let t = table(
-            &["NAME", "N"],
-            &[
-                vec!["orders".into(), "1".into()],
-                vec!["a".into(), "22".into()],
-            ],
-        );
+        let t = table(&["NAME", "N"], &[vec!["orders".into(), "1".into()], vec!["a".into(), "22".into()]]);
         assert_eq!(t, "NAME    N\norders  1\na       22\n");
     }
 }

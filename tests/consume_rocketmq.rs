@@ -25,18 +25,10 @@ async fn every_group_receives_every_message_once() {
         let got = drain(&c, "orders", &tags("*"), 1000, LONG).await;
         let got_ids: Vec<String> = got.iter().map(|m| m.message_id().to_string()).collect();
         assert_eq!(got_ids.len(), 1000, "{group} got every message");
-        assert_eq!(
-            got_ids.iter().cloned().collect::<HashSet<_>>(),
-            ids,
-            "{group} got each message once"
-        );
+        assert_eq!(got_ids.iter().cloned().collect::<HashSet<_>>(), ids, "{group} got each message once");
         assert!(got.iter().all(|m| m.delivery_attempt() == 1));
         // Nothing more arrives: all were acked.
-        assert!(c
-            .receive("orders".to_string(), &tags("*"))
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(c.receive("orders".to_string(), &tags("*")).await.unwrap().is_empty());
     }
     broker.stop().await.unwrap();
 }
@@ -49,23 +41,13 @@ async fn unacked_messages_come_back_and_stale_handles_are_refused() {
     send_n(&p, "jobs", "job", 1).await;
     let c = consumer(&broker, "workers", &["jobs"]).await;
 
-    let first = c
-        .receive_with("jobs", &tags("*"), 32, Duration::from_secs(3))
-        .await
-        .unwrap();
+    let first = c.receive_with("jobs", &tags("*"), 32, Duration::from_secs(3)).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].delivery_attempt(), 1);
     // Invisible for 3 s: a receive that long-polls 1 s gets nothing.
-    assert!(c
-        .receive_with("jobs", &tags("*"), 32, Duration::from_secs(3))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(c.receive_with("jobs", &tags("*"), 32, Duration::from_secs(3)).await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let again = c
-        .receive_with("jobs", &tags("*"), 32, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let again = c.receive_with("jobs", &tags("*"), 32, Duration::from_secs(30)).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].message_id(), first[0].message_id());
     assert_eq!(again[0].delivery_attempt(), 2);
@@ -74,11 +56,7 @@ async fn unacked_messages_come_back_and_stale_handles_are_refused() {
     assert_eq!(common::code_of(&e), "INVALID_RECEIPT_HANDLE", "{e:?}");
     c.ack(&again[0]).await.expect("the current handle acks");
     let e = c.ack(&again[0]).await.unwrap_err();
-    assert_eq!(
-        common::code_of(&e),
-        "INVALID_RECEIPT_HANDLE",
-        "an acked handle cannot ack again"
-    );
+    assert_eq!(common::code_of(&e), "INVALID_RECEIPT_HANDLE", "an acked handle cannot ack again");
     broker.stop().await.unwrap();
 }
 
@@ -96,10 +74,7 @@ async fn messages_past_max_attempts_go_to_the_dead_letter_topic() {
         let started = Instant::now();
         let mut got = Vec::new();
         while got.is_empty() && started.elapsed() < LONG {
-            got = c
-                .receive_with("payments", &tags("*"), 32, Duration::from_secs(1))
-                .await
-                .unwrap();
+            got = c.receive_with("payments", &tags("*"), 32, Duration::from_secs(1)).await.unwrap();
         }
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].delivery_attempt(), attempt);
@@ -107,18 +82,10 @@ async fn messages_past_max_attempts_go_to_the_dead_letter_topic() {
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // The third delivery would exceed the limit: it is dead-lettered instead.
-    assert!(c
-        .receive_with("payments", &tags("*"), 32, Duration::from_secs(1))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(c.receive_with("payments", &tags("*"), 32, Duration::from_secs(1)).await.unwrap().is_empty());
     let dead = drain(&c, "%DLQ%ledger", &tags("*"), 1, LONG).await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(
-        dead[0].message_id(),
-        id,
-        "the dead letter keeps the original id"
-    );
+    assert_eq!(dead[0].message_id(), id, "the dead letter keeps the original id");
     assert_eq!(dead[0].body(), b"poison0");
     broker.stop().await.unwrap();
 }
@@ -132,13 +99,10 @@ async fn fifo_order_holds_under_four_concurrent_consumers() {
     const PER_GROUP: usize = 25;
     for i in 0..PER_GROUP {
         for g in 0..GROUPS {
-            let m = MessageBuilder::fifo_message_builder(
-                "steps",
-                format!("{g}:{i}").into_bytes(),
-                format!("order-{g}"),
-            )
-            .build()
-            .unwrap();
+            let m =
+                MessageBuilder::fifo_message_builder("steps", format!("{g}:{i}").into_bytes(), format!("order-{g}"))
+                    .build()
+                    .unwrap();
             p.send(m).await.unwrap();
         }
     }
@@ -158,11 +122,7 @@ async fn fifo_order_holds_under_four_concurrent_consumers() {
                     let body = String::from_utf8(m.body().to_vec()).unwrap();
                     let (g, i) = body.split_once(':').unwrap();
                     // Record, "process", then ack: the next step of this order only comes after.
-                    seen.lock()
-                        .unwrap()
-                        .entry(g.parse().unwrap())
-                        .or_default()
-                        .push(i.parse().unwrap());
+                    seen.lock().unwrap().entry(g.parse().unwrap()).or_default().push(i.parse().unwrap());
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     c.ack(&m).await.unwrap();
                 }
@@ -174,11 +134,7 @@ async fn fifo_order_holds_under_four_concurrent_consumers() {
     }
     let seen = seen.lock().unwrap().clone();
     for g in 0..GROUPS {
-        assert_eq!(
-            seen[&g],
-            (0..PER_GROUP).collect::<Vec<_>>(),
-            "order-{g} processed in order, once each"
-        );
+        assert_eq!(seen[&g], (0..PER_GROUP).collect::<Vec<_>>(), "order-{g} processed in order, once each");
     }
     broker.stop().await.unwrap();
 }
@@ -188,28 +144,16 @@ async fn delay_messages_wait_for_their_time() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(fast_config(dir.path())).await;
     let p = producer(&broker, &["reminders"]).await;
-    let now_s = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now_s = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let due = now_s + 3;
-    let m = MessageBuilder::delay_message_builder("reminders", b"later".to_vec(), due)
-        .build()
-        .unwrap();
+    let m = MessageBuilder::delay_message_builder("reminders", b"later".to_vec(), due).build().unwrap();
     p.send(m).await.unwrap();
     let c = consumer(&broker, "reminder-service", &["reminders"]).await;
     let started = Instant::now();
     let got = drain(&c, "reminders", &tags("*"), 1, LONG).await;
     assert_eq!(got.len(), 1);
-    let delivered_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    assert!(
-        delivered_at >= due * 1000,
-        "delivered {} ms early",
-        due * 1000 - delivered_at
-    );
+    let delivered_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!(delivered_at >= due * 1000, "delivered {} ms early", due * 1000 - delivered_at);
     assert!(started.elapsed() < Duration::from_secs(15));
     assert_eq!(got[0].delivery_attempt(), 1);
     broker.stop().await.unwrap();
@@ -220,10 +164,7 @@ async fn tag_filters_select_messages() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(fast_config(dir.path())).await;
     let p = producer(&broker, &["events"]).await;
-    for (i, tag) in ["created", "paid", "cancelled", "paid", "created"]
-        .iter()
-        .enumerate()
-    {
+    for (i, tag) in ["created", "paid", "cancelled", "paid", "created"].iter().enumerate() {
         let m = MessageBuilder::builder()
             .set_topic("events")
             .set_tag(*tag)
@@ -233,33 +174,14 @@ async fn tag_filters_select_messages() {
         p.send(m).await.unwrap();
     }
     let c = consumer(&broker, "payments-view", &["events"]).await;
-    let got = drain(
-        &c,
-        "events",
-        &tags("paid||cancelled"),
-        3,
-        Duration::from_secs(10),
-    )
-    .await;
-    let mut bodies: Vec<String> = got
-        .iter()
-        .map(|m| String::from_utf8(m.body().to_vec()).unwrap())
-        .collect();
+    let got = drain(&c, "events", &tags("paid||cancelled"), 3, Duration::from_secs(10)).await;
+    let mut bodies: Vec<String> = got.iter().map(|m| String::from_utf8(m.body().to_vec()).unwrap()).collect();
     bodies.sort();
     assert_eq!(bodies, ["1", "2", "3"]);
-    assert!(c
-        .receive("events".to_string(), &tags("paid||cancelled"))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(c.receive("events".to_string(), &tags("paid||cancelled")).await.unwrap().is_empty());
 
     let all = consumer(&broker, "audit", &["events"]).await;
-    assert_eq!(
-        drain(&all, "events", &tags("*"), 5, Duration::from_secs(10))
-            .await
-            .len(),
-        5
-    );
+    assert_eq!(drain(&all, "events", &tags("*"), 5, Duration::from_secs(10)).await.len(), 5);
     broker.stop().await.unwrap();
 }
 
@@ -271,17 +193,11 @@ async fn an_empty_receive_answers_before_the_client_deadline() {
     let p = producer(&broker, &["quiet"]).await;
     let c = consumer(&broker, "listener", &["quiet"]).await;
     let started = Instant::now();
-    let got = c
-        .receive("quiet".to_string(), &tags("*"))
-        .await
-        .expect("MESSAGE_NOT_FOUND is an empty answer");
+    let got = c.receive("quiet".to_string(), &tags("*")).await.expect("MESSAGE_NOT_FOUND is an empty answer");
     assert!(got.is_empty());
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(25), "waited {waited:?}");
-    assert!(
-        waited >= Duration::from_secs(15),
-        "long polling held the call: {waited:?}"
-    );
+    assert!(waited >= Duration::from_secs(15), "long polling held the call: {waited:?}");
 
     // A message sent during a long poll ends the wait at once.
     let waiter = tokio::spawn(async move {
@@ -304,10 +220,7 @@ async fn acks_survive_a_restart_and_unacked_messages_come_back() {
     let p = producer(&broker, &["audit"]).await;
     send_n(&p, "audit", "a", 20).await;
     let c = consumer(&broker, "archiver", &["audit"]).await;
-    let got = c
-        .receive_with("audit", &tags("*"), 20, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let got = c.receive_with("audit", &tags("*"), 20, Duration::from_secs(60)).await.unwrap();
     assert_eq!(got.len(), 20);
     for m in &got[..12] {
         c.ack(m).await.unwrap();
@@ -321,31 +234,14 @@ async fn acks_survive_a_restart_and_unacked_messages_come_back() {
     let broker = start(config).await;
     let c = consumer(&broker, "archiver", &["audit"]).await;
     // The 8 unacked ones are still invisible (60 s) right after the restart...
-    assert!(c
-        .receive_with("audit", &tags("*"), 32, Duration::from_secs(1))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(c.receive_with("audit", &tags("*"), 32, Duration::from_secs(1)).await.unwrap().is_empty());
     broker.stop().await.unwrap();
 
     // ...and come back once their invisibility ends; the 12 acked ones never do.
     let dir2 = dir.path().to_path_buf();
     let store = txmq_broker::broker::Broker::open(fast_config(&dir2)).unwrap();
-    let state = store
-        .groups()
-        .get("archiver", "audit")
-        .expect("group state restored");
-    let inflight: Vec<u32> = state
-        .state
-        .lock()
-        .unwrap()
-        .inflight()
-        .map(|(_, r)| r.attempt)
-        .collect();
-    assert_eq!(
-        inflight.len(),
-        8,
-        "exactly the unacked messages are still held"
-    );
+    let state = store.groups().get("archiver", "audit").expect("group state restored");
+    let inflight: Vec<u32> = state.state.lock().unwrap().inflight().map(|(_, r)| r.attempt).collect();
+    assert_eq!(inflight.len(), 8, "exactly the unacked messages are still held");
     store.shutdown();
 }

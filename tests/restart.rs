@@ -20,11 +20,7 @@ async fn every_message_survives_a_restart() {
             .set_topic("events")
             .set_tag(format!("t{}", i % 3))
             .set_keys(vec![format!("key-{i}")])
-            .set_properties(
-                vec![("n", i.to_string())]
-                    .into_iter()
-                    .collect::<HashMap<_, _>>(),
-            )
+            .set_properties(vec![("n", i.to_string())].into_iter().collect::<HashMap<_, _>>())
             .set_body(body.clone())
             .build()
             .unwrap();
@@ -33,11 +29,7 @@ async fn every_message_survives_a_restart() {
     }
     // One large body, split into many chunks on disk.
     let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
-    let msg = MessageBuilder::builder()
-        .set_topic("events")
-        .set_body(big.clone())
-        .build()
-        .unwrap();
+    let msg = MessageBuilder::builder().set_topic("events").set_body(big.clone()).build().unwrap();
     let big_id = producer.send(msg).await.unwrap().message_id().to_string();
     producer.shutdown().await.unwrap();
     broker.stop().await.unwrap();
@@ -47,16 +39,8 @@ async fn every_message_survives_a_restart() {
     let topic = broker.topic("events").expect("topic survives");
     let mut per_queue: HashMap<u32, Vec<u64>> = HashMap::new();
     for (id, (i, body)) in &sent {
-        let (queue, offset) = broker
-            .log()
-            .locate("events", id)
-            .unwrap()
-            .expect("id is indexed");
-        let m = broker
-            .log()
-            .read("events", queue, offset)
-            .unwrap()
-            .expect("message is stored");
+        let (queue, offset) = broker.log().locate("events", id).unwrap().expect("id is indexed");
+        let m = broker.log().read("events", queue, offset).unwrap().expect("message is stored");
         assert_eq!(&m.msg.body, body);
         assert_eq!(m.msg.message_id, *id);
         assert_eq!(m.msg.tag.as_deref(), Some(format!("t{}", i % 3).as_str()));
@@ -66,22 +50,14 @@ async fn every_message_survives_a_restart() {
         per_queue.entry(queue).or_default().push(offset);
     }
     let (q, o) = broker.log().locate("events", &big_id).unwrap().unwrap();
-    assert_eq!(
-        broker.log().read("events", q, o).unwrap().unwrap().msg.body,
-        big
-    );
+    assert_eq!(broker.log().read("events", q, o).unwrap().unwrap().msg.body, big);
     per_queue.entry(q).or_default().push(o);
 
     // Offsets are dense per queue and match what the queue reports.
     for offsets in broker.queue_offsets(&topic) {
         let mut got = per_queue.remove(&offsets.queue).unwrap_or_default();
         got.sort_unstable();
-        assert_eq!(
-            got,
-            (offsets.min..offsets.durable).collect::<Vec<_>>(),
-            "queue {}",
-            offsets.queue
-        );
+        assert_eq!(got, (offsets.min..offsets.durable).collect::<Vec<_>>(), "queue {}", offsets.queue);
     }
     assert!(per_queue.is_empty());
     broker.shutdown();

@@ -25,32 +25,20 @@ async fn official_client_sends_normal_fifo_and_delay_messages() {
             .unwrap();
         let receipt = producer.send(msg).await.expect("normal send");
         assert!(!receipt.message_id().is_empty());
-        assert!(
-            ids.insert(receipt.message_id().to_string()),
-            "ids are unique"
-        );
+        assert!(ids.insert(receipt.message_id().to_string()), "ids are unique");
     }
 
     for i in 0..10 {
-        let msg = MessageBuilder::fifo_message_builder(
-            "orders",
-            format!("step {i}").into_bytes(),
-            "order-7",
-        )
-        .build()
-        .unwrap();
+        let msg = MessageBuilder::fifo_message_builder("orders", format!("step {i}").into_bytes(), "order-7")
+            .build()
+            .unwrap();
         let receipt = producer.send(msg).await.expect("fifo send");
         assert!(ids.insert(receipt.message_id().to_string()));
     }
 
-    let in_ten_seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-        + 10;
-    let msg = MessageBuilder::delay_message_builder("orders", b"later".to_vec(), in_ten_seconds)
-        .build()
-        .unwrap();
+    let in_ten_seconds =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + 10;
+    let msg = MessageBuilder::delay_message_builder("orders", b"later".to_vec(), in_ten_seconds).build().unwrap();
     let receipt = producer.send(msg).await.expect("delay send");
     assert!(ids.insert(receipt.message_id().to_string()));
 
@@ -70,52 +58,27 @@ async fn bad_input_gets_clear_statuses_and_the_client_survives() {
     let producer = common::producer(&broker, &["orders"]).await;
 
     // The client itself accepts this name, so it reaches the broker.
-    let bad_topic = MessageBuilder::builder()
-        .set_topic("bad.topic")
-        .set_body(b"x".to_vec())
-        .build()
-        .unwrap();
+    let bad_topic = MessageBuilder::builder().set_topic("bad.topic").set_body(b"x".to_vec()).build().unwrap();
     let e = producer.send(bad_topic).await.unwrap_err();
     assert_eq!(common::code_of(&e), "ILLEGAL_TOPIC", "{e:?}");
 
-    let empty = MessageBuilder::builder()
-        .set_topic("orders")
-        .set_body(Vec::new())
-        .build()
-        .unwrap();
+    let empty = MessageBuilder::builder().set_topic("orders").set_body(Vec::new()).build().unwrap();
     let e = producer.send(empty).await.unwrap_err();
     assert_eq!(common::code_of(&e), "BAD_REQUEST", "{e:?}");
 
-    let huge = MessageBuilder::builder()
-        .set_topic("orders")
-        .set_body(vec![7; 4 * 1024 * 1024])
-        .build()
-        .unwrap();
+    let huge = MessageBuilder::builder().set_topic("orders").set_body(vec![7; 4 * 1024 * 1024]).build().unwrap();
     let e = producer.send(huge).await.unwrap_err();
     assert_eq!(common::code_of(&e), "MESSAGE_BODY_TOO_LARGE", "{e:?}");
 
-    let bad_tag = MessageBuilder::builder()
-        .set_topic("orders")
-        .set_tag("a|b")
-        .set_body(b"x".to_vec())
-        .build()
-        .unwrap();
+    let bad_tag = MessageBuilder::builder().set_topic("orders").set_tag("a|b").set_body(b"x".to_vec()).build().unwrap();
     let e = producer.send(bad_tag).await.unwrap_err();
     assert_eq!(common::code_of(&e), "ILLEGAL_MESSAGE_TAG", "{e:?}");
 
     // The client and the broker still work after all of that.
-    let fine = MessageBuilder::builder()
-        .set_topic("orders")
-        .set_body(b"fine".to_vec())
-        .build()
-        .unwrap();
+    let fine = MessageBuilder::builder().set_topic("orders").set_body(b"fine".to_vec()).build().unwrap();
     producer.send(fine).await.expect("a good send still works");
     let admin = txmq_broker_admin(&broker).await;
-    assert_eq!(
-        admin.describe("orders").await.message_count,
-        1,
-        "nothing of the bad sends was stored"
-    );
+    assert_eq!(admin.describe("orders").await.message_count, 1, "nothing of the bad sends was stored");
     broker.stop().await.unwrap();
 }
 
@@ -124,18 +87,13 @@ struct Admin(txmq_proto::admin::admin_client::AdminClient<tonic::transport::Chan
 
 async fn txmq_broker_admin(broker: &txmq_broker::server::RunningBroker) -> Admin {
     let client =
-        txmq_proto::admin::admin_client::AdminClient::connect(format!("http://{}", broker.addr))
-            .await
-            .unwrap();
+        txmq_proto::admin::admin_client::AdminClient::connect(format!("http://{}", broker.addr)).await.unwrap();
     Admin(client)
 }
 
 impl Admin {
     async fn describe(&self, topic: &str) -> txmq_proto::admin::DescribeTopicResponse {
         let mut c = self.0.clone();
-        c.describe_topic(txmq_proto::admin::DescribeTopicRequest { name: topic.into() })
-            .await
-            .unwrap()
-            .into_inner()
+        c.describe_topic(txmq_proto::admin::DescribeTopicRequest { name: topic.into() }).await.unwrap().into_inner()
     }
 }

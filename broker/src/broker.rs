@@ -6,19 +6,16 @@
 use crate::config::Config;
 use crate::consume::Groups;
 use crate::error::{BrokerError, Result};
-use crate::log::{MessageLog, Placement, QueueOffsets};
+use crate::log::{MessageLog, QueueOffsets};
 use crate::model::{MessageType, Millis, NewMessage, TopicRecord, TopicType};
-use crate::store::{CommitStats, Committer, Key, SledStore, Store};
+use crate::store::{Batch, CommitStats, Committer, Key, SledStore, Store};
 use crate::topics::{self, Topics};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The broker's clock: milliseconds since the Unix epoch.
 pub fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
 
 /// A running broker's state. Shared behind an `Arc` by every service.
@@ -29,9 +26,20 @@ pub struct Broker {
     topics: Topics,
     log: MessageLog,
     groups: Groups,
+    /// Per-transaction locks, striped by id (see `txn::service`).
+    txn_locks: Vec<tokio::sync::Mutex<()>>,
     /// Serializes topic and group creation, so two concurrent auto-creates store one record.
     create_lock: tokio::sync::Mutex<()>,
     started_at: Millis,
+}
+
+/// What a send produced for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// Queue offset (0 for half messages, which are in no queue yet).
+    pub offset: u64,
+    /// The transaction id of a half message.
+    pub transaction_id: Option<String>,
 }
 
 /// A summary of the broker for `txmq status`.
@@ -67,6 +75,7 @@ impl Broker {
             topics,
             log,
             groups,
+            txn_locks: (0..crate::txn::service::TXN_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             create_lock: tokio::sync::Mutex::new(()),
             started_at: now_ms(),
         }))
@@ -77,22 +86,11 @@ impl Broker {
     }
 
     /// Creates a topic durably. Fails with `TopicExists` if it exists.
-    pub async fn create_topic(
-        &self,
-        name: &str,
-        topic_type: TopicType,
-        queue_count: u32,
-    ) -> Result<Arc<TopicRecord>> {
-        let queues = if queue_count == 0 {
-            self.config.default_queue_count
-        } else {
-            queue_count
-        };
+    pub async fn create_topic(&self, name: &str, topic_type: TopicType, queue_count: u32) -> Result<Arc<TopicRecord>> {
+        let queues = if queue_count == 0 { self.config.default_queue_count } else { queue_count };
         let record = topics::new_record(name, topic_type, queues, now_ms(), false)?;
         if topics::is_reserved(name) {
-            return Err(BrokerError::IllegalTopic(format!(
-                "{name} is a reserved system topic name"
-            )));
+            return Err(BrokerError::IllegalTopic(format!("{name} is a reserved system topic name")));
         }
         let _guard = self.create_lock.lock().await;
         if self.topics.get(name).is_some() {
@@ -109,9 +107,7 @@ impl Broker {
         }
         let dead_letter = name.starts_with(topics::DLQ_PREFIX);
         if !dead_letter && topics::is_reserved(name) {
-            return Err(BrokerError::IllegalTopic(format!(
-                "{name} is a reserved system topic name"
-            )));
+            return Err(BrokerError::IllegalTopic(format!("{name} is a reserved system topic name")));
         }
         if !self.config.auto_create_topics && !dead_letter {
             return Err(BrokerError::TopicNotFound(name.to_string()));
@@ -120,18 +116,14 @@ impl Broker {
         if let Some(t) = self.topics.get(name) {
             return Ok(t);
         }
-        let queues = if dead_letter {
-            1
-        } else {
-            self.config.default_queue_count
-        };
+        let queues = if dead_letter { 1 } else { self.config.default_queue_count };
         let record = topics::new_record(name, TopicType::Mixed, queues, now_ms(), true)?;
         tracing::info!(topic = name, queues, "auto-created topic");
         self.store_topic(record).await
     }
 
     async fn store_topic(&self, record: TopicRecord) -> Result<Arc<TopicRecord>> {
-        let mut batch = crate::store::Batch::new();
+        let mut batch = Batch::new();
         batch.put(&Key::Topic(record.name.clone()), record.encode());
         self.committer.commit(batch).await?;
         self.log.open_topic(&record.name, record.queue_count)?;
@@ -148,23 +140,15 @@ impl Broker {
 
     /// Offsets of every queue of a topic.
     pub fn queue_offsets(&self, topic: &TopicRecord) -> Vec<QueueOffsets> {
-        (0..topic.queue_count)
-            .filter_map(|q| self.log.offsets(&topic.name, q))
-            .collect()
+        (0..topic.queue_count).filter_map(|q| self.log.offsets(&topic.name, q)).collect()
     }
 
     /// Stores validated messages of one topic durably; idempotent on message id.
-    /// `producer` is the sending client's id.
-    pub async fn send(
-        &self,
-        topic: &str,
-        messages: Vec<NewMessage>,
-        producer: &str,
-    ) -> Result<Vec<Placement>> {
+    /// TRANSACTION messages become half messages (one transaction each); others are appended
+    /// to the topic's queues. `producer` is the sending client's id.
+    pub async fn send(&self, topic: &str, messages: Vec<NewMessage>, producer: &str) -> Result<Vec<SendOutcome>> {
         if topics::is_reserved(topic) {
-            return Err(BrokerError::IllegalTopic(format!(
-                "cannot send to the system topic {topic}"
-            )));
+            return Err(BrokerError::IllegalTopic(format!("cannot send to the system topic {topic}")));
         }
         let record = self.topic_or_create(topic).await?;
         for m in &messages {
@@ -175,13 +159,21 @@ impl Broker {
                     m.message_type
                 )));
             }
-            if m.message_type == MessageType::Transaction {
-                return Err(BrokerError::NotImplemented("transactional messages"));
-            }
         }
-        self.log
-            .append(topic, record.queue_count, messages, producer, now_ms())
-            .await
+        let transactional = messages.iter().filter(|m| m.message_type == MessageType::Transaction).count();
+        if transactional == 0 {
+            let placed = self.log.append(topic, record.queue_count, messages, producer, now_ms(), Batch::new()).await?;
+            return Ok(placed.into_iter().map(|p| SendOutcome { offset: p.offset, transaction_id: None }).collect());
+        }
+        if transactional != messages.len() {
+            return Err(BrokerError::BadRequest("a request cannot mix transactional and other messages".into()));
+        }
+        let mut out = Vec::with_capacity(messages.len());
+        for m in messages {
+            let id = self.send_half(m, producer).await?;
+            out.push(SendOutcome { offset: 0, transaction_id: Some(id) });
+        }
+        Ok(out)
     }
 
     pub fn log(&self) -> &MessageLog {
@@ -190,6 +182,14 @@ impl Broker {
 
     pub fn groups(&self) -> &Groups {
         &self.groups
+    }
+
+    pub(crate) fn txn_locks(&self) -> &[tokio::sync::Mutex<()>] {
+        &self.txn_locks
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     pub(crate) fn committer(&self) -> &Committer {

@@ -33,9 +33,7 @@ impl Encoder {
     }
 
     pub fn with_capacity(n: usize) -> Self {
-        Self {
-            buf: Vec::with_capacity(n),
-        }
+        Self { buf: Vec::with_capacity(n) }
     }
 
     pub fn finish(self) -> Vec<u8> {
@@ -209,27 +207,16 @@ impl<'a> Decoder<'a> {
     }
 
     pub fn opt_str(&mut self) -> Result<Option<String>, CodecError> {
-        Ok(if self.bool()? {
-            Some(self.str()?)
-        } else {
-            None
-        })
+        Ok(if self.bool()? { Some(self.str()?) } else { None })
     }
 
     pub fn opt_i64(&mut self) -> Result<Option<i64>, CodecError> {
-        Ok(if self.bool()? {
-            Some(self.i64()?)
-        } else {
-            None
-        })
+        Ok(if self.bool()? { Some(self.i64()?) } else { None })
     }
 }
 
 pub(crate) fn invalid(what: &'static str, detail: impl std::fmt::Display) -> CodecError {
-    CodecError::Invalid {
-        what,
-        detail: detail.to_string(),
-    }
+    CodecError::Invalid { what, detail: detail.to_string() }
 }
 
 fn utf8(bytes: Vec<u8>) -> Result<String, CodecError> {
@@ -276,9 +263,6 @@ mod tests {
         let mut e = Encoder::new();
         e.str("hello");
         let bytes = e.finish();
-        assert!(matches!(
-            Decoder::new(&bytes[..4]).str(),
-            Err(CodecError::Truncated(_))
-        ));
+        assert!(matches!(Decoder::new(&bytes[..4]).str(), Err(CodecError::Truncated(_))));
     }
 }

@@ -5,6 +5,7 @@
 //! Durations are written like `500ms`, `6s`, `5m`, `72h`.
 
 use crate::consume::StartAt;
+use crate::txn::service::MaxChecksPolicy;
 use clap::Parser;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -65,6 +66,16 @@ pub struct Config {
     pub max_long_polls: usize,
     /// Shortest invisible duration a receive may ask for.
     pub min_invisible: Duration,
+    /// Age of a pending transaction at its first check (unless the message sets its own).
+    pub txn_timeout: Duration,
+    /// Time between checks of a pending transaction.
+    pub txn_check_interval: Duration,
+    /// Checks before the max-checks policy applies.
+    pub txn_max_checks: u32,
+    /// What happens after the last check: roll back or park for an operator.
+    pub txn_max_checks_policy: MaxChecksPolicy,
+    /// How long resolved transactions (and their timelines) are kept.
+    pub txn_retention: Duration,
 }
 
 impl Default for Config {
@@ -85,6 +96,11 @@ impl Default for Config {
             retention_interval: Duration::from_secs(60),
             max_long_polls: 1024,
             min_invisible: Duration::from_secs(1),
+            txn_timeout: Duration::from_secs(6),
+            txn_check_interval: Duration::from_secs(30),
+            txn_max_checks: 15,
+            txn_max_checks_policy: MaxChecksPolicy::Rollback,
+            txn_retention: Duration::from_secs(72 * 3600),
         }
     }
 }
@@ -92,10 +108,7 @@ impl Default for Config {
 impl Config {
     /// Defaults with the store in `data_dir`.
     pub fn with_data_dir(data_dir: impl AsRef<Path>) -> Self {
-        Self {
-            data_dir: data_dir.as_ref().to_path_buf(),
-            ..Self::default()
-        }
+        Self { data_dir: data_dir.as_ref().to_path_buf(), ..Self::default() }
     }
 }
 
@@ -143,6 +156,21 @@ pub struct Args {
     /// Longest a ReceiveMessage long poll waits [default: 20s].
     #[arg(long, env = "TXMQ_LONG_POLLING_MAX")]
     pub long_polling_max: Option<HumanDuration>,
+    /// Age of a pending transaction at its first check-back [default: 6s].
+    #[arg(long, env = "TXMQ_TXN_TIMEOUT")]
+    pub txn_timeout: Option<HumanDuration>,
+    /// Time between check-backs [default: 30s].
+    #[arg(long, env = "TXMQ_TXN_CHECK_INTERVAL")]
+    pub txn_check_interval: Option<HumanDuration>,
+    /// Check-backs before the policy applies [default: 15].
+    #[arg(long, env = "TXMQ_TXN_MAX_CHECKS")]
+    pub txn_max_checks: Option<u32>,
+    /// After the last check: rollback or park [default: rollback].
+    #[arg(long, env = "TXMQ_TXN_MAX_CHECKS_POLICY")]
+    pub txn_max_checks_policy: Option<MaxChecksPolicy>,
+    /// Keep resolved transactions this long [default: 72h].
+    #[arg(long, env = "TXMQ_TXN_RETENTION")]
+    pub txn_retention: Option<HumanDuration>,
 }
 
 /// The TOML file: the same keys as the flags, all optional.
@@ -160,6 +188,11 @@ struct FileConfig {
     new_group_start: Option<String>,
     retention: Option<HumanDuration>,
     long_polling_max: Option<HumanDuration>,
+    txn_timeout: Option<HumanDuration>,
+    txn_check_interval: Option<HumanDuration>,
+    txn_max_checks: Option<u32>,
+    txn_max_checks_policy: Option<String>,
+    txn_retention: Option<HumanDuration>,
 }
 
 impl Args {
@@ -179,23 +212,10 @@ impl Args {
             listen: self.listen.or(file.listen).unwrap_or(d.listen),
             advertise: self.advertise.or(file.advertise).or(d.advertise),
             data_dir: self.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
-            auto_create_topics: self
-                .auto_create_topics
-                .or(file.auto_create_topics)
-                .unwrap_or(d.auto_create_topics),
-            default_queue_count: self
-                .default_queue_count
-                .or(file.default_queue_count)
-                .unwrap_or(d.default_queue_count),
-            max_body_size: self
-                .max_body_size
-                .or(file.max_body_size)
-                .unwrap_or(d.max_body_size),
-            max_delay: self
-                .max_delay
-                .or(file.max_delay)
-                .map(|h| h.0)
-                .unwrap_or(d.max_delay),
+            auto_create_topics: self.auto_create_topics.or(file.auto_create_topics).unwrap_or(d.auto_create_topics),
+            default_queue_count: self.default_queue_count.or(file.default_queue_count).unwrap_or(d.default_queue_count),
+            max_body_size: self.max_body_size.or(file.max_body_size).unwrap_or(d.max_body_size),
+            max_delay: self.max_delay.or(file.max_delay).map(|h| h.0).unwrap_or(d.max_delay),
             writer_queue: d.writer_queue,
             long_polling_max: self
                 .long_polling_max
@@ -211,14 +231,23 @@ impl Args {
                 (None, Some(f)) => f.parse()?,
                 (None, None) => d.new_group_start,
             },
-            retention: self
-                .retention
-                .or(file.retention)
-                .map(|h| h.0)
-                .unwrap_or(d.retention),
+            retention: self.retention.or(file.retention).map(|h| h.0).unwrap_or(d.retention),
             retention_interval: d.retention_interval,
             max_long_polls: d.max_long_polls,
             min_invisible: d.min_invisible,
+            txn_timeout: self.txn_timeout.or(file.txn_timeout).map(|h| h.0).unwrap_or(d.txn_timeout),
+            txn_check_interval: self
+                .txn_check_interval
+                .or(file.txn_check_interval)
+                .map(|h| h.0)
+                .unwrap_or(d.txn_check_interval),
+            txn_max_checks: self.txn_max_checks.or(file.txn_max_checks).unwrap_or(d.txn_max_checks),
+            txn_max_checks_policy: match (self.txn_max_checks_policy, file.txn_max_checks_policy) {
+                (Some(p), _) => p,
+                (None, Some(f)) => f.parse()?,
+                (None, None) => d.txn_max_checks_policy,
+            },
+            txn_retention: self.txn_retention.or(file.txn_retention).map(|h| h.0).unwrap_or(d.txn_retention),
         };
         config.validate()?;
         Ok(config)
@@ -233,21 +262,22 @@ impl Config {
         }
         let rust_client_limit = 4 * 1024 * 1024 - 16 * 1024;
         if self.max_body_size == 0 || self.max_body_size > rust_client_limit {
-            return Err(format!(
-                "max-body-size must be between 1 and {rust_client_limit} bytes"
-            ));
+            return Err(format!("max-body-size must be between 1 and {rust_client_limit} bytes"));
+        }
+        if self.txn_timeout > Duration::from_secs(3600) {
+            return Err("txn-timeout must be at most 1h".into());
+        }
+        if self.txn_check_interval.is_zero() {
+            return Err("txn-check-interval must be positive".into());
         }
         if self.max_delivery_attempts == 0 {
             return Err("max-delivery-attempts must be at least 1".into());
         }
         if self.long_polling_max > Duration::from_secs(30) {
-            return Err(
-                "long-polling-max must be at most 30s (the Rust client's deadline is 40s)".into(),
-            );
+            return Err("long-polling-max must be at most 30s (the Rust client's deadline is 40s)".into());
         }
         if let Some(a) = &self.advertise {
-            crate::grpc::route::parse_host_port(a)
-                .map_err(|e| format!("invalid advertise address: {e}"))?;
+            crate::grpc::route::parse_host_port(a).map_err(|e| format!("invalid advertise address: {e}"))?;
         }
         Ok(())
     }
@@ -259,14 +289,8 @@ mod tests {
 
     #[test]
     fn durations_parse_like_the_docs_say() {
-        assert_eq!(
-            "500ms".parse::<HumanDuration>().unwrap().0,
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            "5m".parse::<HumanDuration>().unwrap().0,
-            Duration::from_secs(300)
-        );
+        assert_eq!("500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(500));
+        assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
         assert!("5 parsecs".parse::<HumanDuration>().is_err());
     }
 
@@ -274,18 +298,8 @@ mod tests {
     fn flags_beat_the_file_which_beats_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("txmq.toml");
-        std::fs::write(
-            &path,
-            "data-dir = \"/from/file\"\nmax-delay = \"2h\"\nlisten = \"127.0.0.1:9000\"\n",
-        )
-        .unwrap();
-        let args = Args::parse_from([
-            "txmq-broker",
-            "--config",
-            path.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:9100",
-        ]);
+        std::fs::write(&path, "data-dir = \"/from/file\"\nmax-delay = \"2h\"\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let args = Args::parse_from(["txmq-broker", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:9100"]);
         let c = args.resolve().unwrap();
         assert_eq!(c.listen, "127.0.0.1:9100".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
@@ -298,9 +312,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("txmq.toml");
         std::fs::write(&path, "data_dirr = \"x\"\n").unwrap();
-        let err = Args::parse_from(["txmq-broker", "--config", path.to_str().unwrap()])
-            .resolve()
-            .unwrap_err();
+        let err = Args::parse_from(["txmq-broker", "--config", path.to_str().unwrap()]).resolve().unwrap_err();
         assert!(err.contains("data_dirr"), "{err}");
     }
 }

@@ -48,6 +48,11 @@ pub enum BrokerError {
     InvalidReceiptHandle(String),
     #[error("illegal polling time: {0}")]
     IllegalPollingTime(String),
+    #[error("invalid transaction id: {0}")]
+    InvalidTransactionId(String),
+    /// The request conflicts with the current state (a contrary transaction decision).
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
     /// A bound was hit (connections, in-flight work, long polls).

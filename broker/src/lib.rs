@@ -6,6 +6,7 @@
 //!   single mapping from broker errors to RocketMQ status codes.
 //! - [`broker`]: the core facade: topics and the message log over one store.
 //! - [`consume`]: consumer groups, POP-style receive/ack, redelivery, dead letters, FIFO.
+//! - [`txn`]: transactional (half) messages: lifecycle, EndTransaction, check-back, timelines.
 //! - [`log`]: queues of messages, offsets, durable high watermarks, idempotent appends.
 //! - [`topics`]: topic names and the topic registry.
 //! - [`model`]: domain types and their on-disk records.
@@ -25,3 +26,4 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod topics;
+pub mod txn;

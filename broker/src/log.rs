@@ -65,18 +65,12 @@ fn lock_err() -> BrokerError {
 
 /// FNV-1a: a stable hash, so a message group maps to the same queue across restarts.
 fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 impl MessageLog {
     pub fn new(store: Arc<dyn Store>, committer: Arc<Committer>) -> Self {
-        Self {
-            store,
-            committer,
-            inner: Arc::new(Mutex::new(Inner::default())),
-        }
+        Self { store, committer, inner: Arc::new(Mutex::new(Inner::default())) }
     }
 
     /// Registers the queues of a topic, reading their offsets from the store. Idempotent.
@@ -92,28 +86,21 @@ impl MessageLog {
                     None => Ok(None),
                     Some((k, _)) => match Key::decode(&k) {
                         Ok(Key::MessageChunk { offset, .. }) => Ok(Some(offset)),
-                        _ => Err(StoreError::Corrupt {
-                            key: k,
-                            detail: "not a message key".into(),
-                        }
-                        .into()),
+                        _ => Err(StoreError::Corrupt { key: k, detail: "not a message key".into() }.into()),
                     },
                 }
             };
             let min = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, false)?)?.unwrap_or(0);
-            let next = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, true)?)?
-                .map_or(0, |o| o + 1);
+            let next = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, true)?)?.map_or(0, |o| o + 1);
             let (durable, _) = watch::channel(next);
-            inner.queues.insert(
-                (topic.to_string(), queue),
-                QueueState { next, min, durable },
-            );
+            inner.queues.insert((topic.to_string(), queue), QueueState { next, min, durable });
         }
         Ok(())
     }
 
-    /// Appends `messages` (all of one topic with `queue_count` queues) durably.
-    /// Returns one placement per message, in order. The messages must be validated already.
+    /// Appends `messages` (all of one topic with `queue_count` queues) durably, together with
+    /// the writes of `extra` in the same atomic batch. Returns one placement per message, in
+    /// order. The messages must be validated already.
     pub async fn append(
         &self,
         topic: &str,
@@ -121,6 +108,7 @@ impl MessageLog {
         messages: Vec<NewMessage>,
         producer: &str,
         now: Millis,
+        extra: Batch,
     ) -> Result<Vec<Placement>> {
         let slot = self.committer.reserve().await?;
         let mut placements = Vec::with_capacity(messages.len());
@@ -134,31 +122,21 @@ impl MessageLog {
                 let id_key = (topic.to_string(), msg.message_id.clone());
                 if let Some(found) = self.find_id(&inner, &id_key)? {
                     waits.push(found);
-                    placements.push(Placement {
-                        queue: found.0,
-                        offset: found.1,
-                        duplicate: true,
-                    });
+                    placements.push(Placement { queue: found.0, offset: found.1, duplicate: true });
                     continue;
                 }
-                if fresh
-                    .iter()
-                    .any(|(id, _, _): &(String, u32, u64)| *id == msg.message_id)
-                {
+                if fresh.iter().any(|(id, _, _): &(String, u32, u64)| *id == msg.message_id) {
                     return Err(BrokerError::IllegalMessageId(format!(
                         "message id {} appears twice in one request",
                         msg.message_id
                     )));
                 }
                 // One request's messages share a queue (RocketMQ batches are one queue).
-                let queue =
-                    *batch_queue.get_or_insert_with(|| pick_queue(&mut inner, &msg, queue_count));
+                let queue = *batch_queue.get_or_insert_with(|| pick_queue(&mut inner, &msg, queue_count));
                 let state = inner
                     .queues
                     .get_mut(&(topic.to_string(), queue))
-                    .ok_or_else(|| {
-                        BrokerError::Internal(format!("queue {topic}/{queue} is not open"))
-                    })?;
+                    .ok_or_else(|| BrokerError::Internal(format!("queue {topic}/{queue} is not open")))?;
                 let offset = state.next;
                 state.next += 1;
                 let stored = StoredMessage {
@@ -171,19 +149,15 @@ impl MessageLog {
                 };
                 write_message(&mut batch, &stored)?;
                 fresh.push((stored.msg.message_id.clone(), queue, offset));
-                placements.push(Placement {
-                    queue,
-                    offset,
-                    duplicate: false,
-                });
+                placements.push(Placement { queue, offset, duplicate: false });
             }
-            if fresh.is_empty() {
+            // `extra` rides in the same atomic write (a transaction's new state with its commit).
+            batch.extend(extra);
+            if batch.is_empty() {
                 None
             } else {
                 for (id, queue, offset) in &fresh {
-                    inner
-                        .committing
-                        .insert((topic.to_string(), id.clone()), (*queue, *offset));
+                    inner.committing.insert((topic.to_string(), id.clone()), (*queue, *offset));
                 }
                 Some(slot.submit(batch, Some(self.after_commit(topic, fresh))))
             }
@@ -206,26 +180,16 @@ impl MessageLog {
         let prefix = Key::message_prefix(topic, queue, offset);
         match chunks::get(self.store.as_ref(), &prefix)? {
             None => Ok(None),
-            Some(bytes) => StoredMessage::decode(&bytes).map(Some).map_err(|e| {
-                StoreError::Corrupt {
-                    key: prefix,
-                    detail: e.to_string(),
-                }
-                .into()
-            }),
+            Some(bytes) => StoredMessage::decode(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { key: prefix, detail: e.to_string() }.into()),
         }
     }
 
     /// Where a message id is stored, if it is (durably).
     pub fn locate(&self, topic: &str, message_id: &str) -> Result<Option<(u32, u64)>> {
-        let key = Key::MessageId {
-            topic: topic.into(),
-            message_id: message_id.into(),
-        };
-        self.store
-            .get(&key.encode())?
-            .map(|v| decode_location(&key, &v))
-            .transpose()
+        let key = Key::MessageId { topic: topic.into(), message_id: message_id.into() };
+        self.store.get(&key.encode())?.map(|v| decode_location(&key, &v)).transpose()
     }
 
     /// Offsets of one queue, if the queue exists.
@@ -233,80 +197,42 @@ impl MessageLog {
         let inner = self.inner.lock().ok()?;
         let s = inner.queues.get(&(topic.to_string(), queue))?;
         let durable = *s.durable.borrow();
-        Some(QueueOffsets {
-            queue,
-            min: s.min,
-            durable,
-        })
+        Some(QueueOffsets { queue, min: s.min, durable })
     }
 
     /// A receiver that changes whenever the queue's durable high watermark moves.
     pub fn watch(&self, topic: &str, queue: u32) -> Option<watch::Receiver<u64>> {
         let inner = self.inner.lock().ok()?;
-        Some(
-            inner
-                .queues
-                .get(&(topic.to_string(), queue))?
-                .durable
-                .subscribe(),
-        )
+        Some(inner.queues.get(&(topic.to_string(), queue))?.durable.subscribe())
     }
 
     /// A receiver that changes whenever the topic gets new durable messages.
     pub fn topic_watch(&self, topic: &str) -> Option<watch::Receiver<u64>> {
         let mut inner = self.inner.lock().ok()?;
-        Some(
-            inner
-                .topic_signals
-                .entry(topic.to_string())
-                .or_insert_with(|| watch::channel(0).0)
-                .subscribe(),
-        )
+        Some(inner.topic_signals.entry(topic.to_string()).or_insert_with(|| watch::channel(0).0).subscribe())
     }
 
     /// Deletes up to `max` of the oldest messages of a queue stored before `cutoff`, durably.
     /// Returns how many were deleted.
-    pub async fn expire(
-        &self,
-        topic: &str,
-        queue: u32,
-        cutoff: Millis,
-        max: usize,
-    ) -> Result<usize> {
+    pub async fn expire(&self, topic: &str, queue: u32, cutoff: Millis, max: usize) -> Result<usize> {
         let Some(offsets) = self.offsets(topic, queue) else {
             return Ok(0);
         };
         let mut batch = Batch::new();
         let mut next_min = offsets.min;
         while next_min < offsets.durable && ((next_min - offsets.min) as usize) < max {
-            let first = Key::MessageChunk {
-                topic: topic.into(),
-                queue,
-                offset: next_min,
-                chunk: 0,
-            }
-            .encode();
+            let first = Key::MessageChunk { topic: topic.into(), queue, offset: next_min, chunk: 0 }.encode();
             let Some(head) = self.store.get(&first)? else {
                 next_min += 1; // already gone
                 continue;
             };
-            let (stored_at, _, message_id) =
-                StoredMessage::decode_header(&head).map_err(|e| StoreError::Corrupt {
-                    key: first.clone(),
-                    detail: e.to_string(),
-                })?;
+            let (stored_at, _, message_id) = StoredMessage::decode_header(&head)
+                .map_err(|e| StoreError::Corrupt { key: first.clone(), detail: e.to_string() })?;
             if stored_at >= cutoff {
                 break;
             }
-            chunks::delete(
-                self.store.as_ref(),
-                &mut batch,
-                &Key::message_prefix(topic, queue, next_min),
-            )?;
-            batch.delete(&Key::MessageId {
-                topic: topic.into(),
-                message_id,
-            });
+            chunks::delete(self.store.as_ref(), &mut batch, &Key::message_prefix(topic, queue, next_min))?;
+            batch.delete(&Key::MessageId { topic: topic.into(), message_id });
             next_min += 1;
         }
         let deleted = (next_min - offsets.min) as usize;
@@ -329,11 +255,7 @@ impl MessageLog {
     }
 
     /// Once durable: publish the new high watermark and forget the committing ids.
-    fn after_commit(
-        &self,
-        topic: &str,
-        fresh: Vec<(String, u32, u64)>,
-    ) -> Box<dyn FnOnce() + Send> {
+    fn after_commit(&self, topic: &str, fresh: Vec<(String, u32, u64)>) -> Box<dyn FnOnce() + Send> {
         let inner = self.inner.clone();
         let topic = topic.to_string();
         Box::new(move || {
@@ -395,24 +317,12 @@ pub fn write_message(batch: &mut Batch, m: &StoredMessage) -> Result<()> {
     })?;
     let mut loc = crate::codec::Encoder::new();
     loc.u32(m.queue).u64(m.offset);
-    batch.put(
-        &Key::MessageId {
-            topic: topic.clone(),
-            message_id: m.msg.message_id.clone(),
-        },
-        loc.finish(),
-    );
+    batch.put(&Key::MessageId { topic: topic.clone(), message_id: m.msg.message_id.clone() }, loc.finish());
     Ok(())
 }
 
 fn decode_location(key: &Key, v: &[u8]) -> Result<(u32, u64)> {
     let mut d = crate::codec::Decoder::new(v);
     let loc = (|| Ok::<_, crate::codec::CodecError>((d.u32()?, d.u64()?)))();
-    loc.map_err(|e| {
-        StoreError::Corrupt {
-            key: key.encode(),
-            detail: e.to_string(),
-        }
-        .into()
-    })
+    loc.map_err(|e| StoreError::Corrupt { key: key.encode(), detail: e.to_string() }.into())
 }

@@ -33,10 +33,7 @@ impl TopicType {
 
     /// The message types this topic accepts, for routes.
     pub fn accepted(self) -> Vec<MessageType> {
-        MessageType::ALL
-            .into_iter()
-            .filter(|m| self.accepts(*m))
-            .collect()
+        MessageType::ALL.into_iter().filter(|m| self.accepts(*m)).collect()
     }
 
     pub fn as_str(self) -> &'static str {
@@ -80,11 +77,7 @@ impl std::str::FromStr for TopicType {
             "DELAY" => TopicType::Delay,
             "TRANSACTION" => TopicType::Transaction,
             "MIXED" => TopicType::Mixed,
-            _ => {
-                return Err(format!(
-                    "unknown topic type {s:?} (NORMAL, FIFO, DELAY, TRANSACTION, MIXED)"
-                ))
-            }
+            _ => return Err(format!("unknown topic type {s:?} (NORMAL, FIFO, DELAY, TRANSACTION, MIXED)")),
         })
     }
 }
@@ -102,12 +95,8 @@ pub enum MessageType {
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 4] = [
-        MessageType::Normal,
-        MessageType::Fifo,
-        MessageType::Delay,
-        MessageType::Transaction,
-    ];
+    pub const ALL: [MessageType; 4] =
+        [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction];
 
     fn to_u8(self) -> u8 {
         match self {

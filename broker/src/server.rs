@@ -45,24 +45,22 @@ pub async fn run(
     let advertised = advertised_endpoints(broker.config(), local)?;
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let clients = Arc::new(Clients::default());
     let messaging = Messaging {
         broker: broker.clone(),
-        clients: Arc::new(Clients::default()),
+        clients: clients.clone(),
         advertised,
         shutdown: token.clone(),
         tracker: tracker.clone(),
         long_polls: Arc::new(tokio::sync::Semaphore::new(broker.config().max_long_polls)),
     };
     tracker.spawn(retention_loop(broker.clone(), token.clone()));
-    let admin = AdminService {
-        broker: broker.clone(),
-    };
+    tracker.spawn(crate::grpc::checker::run(broker.clone(), clients, token.clone()));
+    let admin = AdminService { broker: broker.clone() };
     tracing::info!(listen = %local, "txmq broker serving");
     let stop = token.clone();
     tonic::transport::Server::builder()
-        .add_service(
-            MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
+        .add_service(MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(AdminServer::new(admin))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
@@ -72,9 +70,7 @@ pub async fn run(
         .await?;
     tracker.close();
     tracker.wait().await;
-    tokio::task::spawn_blocking(move || broker.shutdown())
-        .await
-        .map_err(std::io::Error::other)?;
+    tokio::task::spawn_blocking(move || broker.shutdown()).await.map_err(std::io::Error::other)?;
     tracing::info!("store flushed; broker stopped");
     Ok(())
 }
@@ -90,13 +86,13 @@ async fn retention_loop(broker: Arc<Broker>, shutdown: CancellationToken) {
         if let Err(e) = broker.enforce_retention().await {
             tracing::error!(error = %e, "retention failed");
         }
+        if let Err(e) = broker.purge_transactions().await {
+            tracing::error!(error = %e, "transaction purge failed");
+        }
     }
 }
 
-fn advertised_endpoints(
-    config: &Config,
-    local: SocketAddr,
-) -> Result<txmq_proto::v2::Endpoints, ServeError> {
+fn advertised_endpoints(config: &Config, local: SocketAddr) -> Result<txmq_proto::v2::Endpoints, ServeError> {
     let (host, port) = match &config.advertise {
         Some(a) => route::parse_host_port(a).map_err(ServeError::Config)?,
         None if local.ip().is_unspecified() => ("127.0.0.1".to_string(), local.port()),
@@ -153,9 +149,5 @@ pub async fn spawn(config: Config) -> Result<RunningBroker, ServeError> {
     let task = tokio::spawn(run(listener, broker, async move {
         let _ = stopped.await;
     }));
-    Ok(RunningBroker {
-        addr,
-        stop: Some(stop),
-        task: Some(task),
-    })
+    Ok(RunningBroker { addr, stop: Some(stop), task: Some(task) })
 }

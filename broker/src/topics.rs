@@ -27,10 +27,7 @@ pub fn validate_name(name: &str) -> Result<()> {
             name.len()
         )));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '%' | '_' | '-')))
-    {
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '%' | '_' | '-'))) {
         return Err(BrokerError::IllegalTopic(format!(
             "topic name {name:?} contains {c:?}; allowed are letters, digits, '%', '_' and '-'"
         )));
@@ -61,17 +58,11 @@ impl Topics {
         let mut map = HashMap::new();
         // Topics are few (thousands at most); the scan is bounded anyway.
         for (key, value) in scan_prefix(store, &Key::topic_prefix(), 1_000_000, false)? {
-            let record = TopicRecord::decode(&value).map_err(|e| {
-                BrokerError::Store(crate::store::StoreError::Corrupt {
-                    key,
-                    detail: e.to_string(),
-                })
-            })?;
+            let record = TopicRecord::decode(&value)
+                .map_err(|e| BrokerError::Store(crate::store::StoreError::Corrupt { key, detail: e.to_string() }))?;
             map.insert(record.name.clone(), Arc::new(record));
         }
-        Ok(Self {
-            map: RwLock::new(map),
-        })
+        Ok(Self { map: RwLock::new(map) })
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<TopicRecord>> {
@@ -80,11 +71,7 @@ impl Topics {
 
     /// All topics, sorted by name.
     pub fn list(&self) -> Vec<Arc<TopicRecord>> {
-        let mut v: Vec<_> = self
-            .map
-            .read()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
+        let mut v: Vec<_> = self.map.read().map(|m| m.values().cloned().collect()).unwrap_or_default();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -108,26 +95,12 @@ impl Topics {
 }
 
 /// A new topic record, validated.
-pub fn new_record(
-    name: &str,
-    topic_type: TopicType,
-    queue_count: u32,
-    now: Millis,
-    auto: bool,
-) -> Result<TopicRecord> {
+pub fn new_record(name: &str, topic_type: TopicType, queue_count: u32, now: Millis, auto: bool) -> Result<TopicRecord> {
     validate_name(name)?;
     if !(1..=1024).contains(&queue_count) {
-        return Err(BrokerError::BadRequest(format!(
-            "queue count {queue_count} is outside 1..=1024"
-        )));
+        return Err(BrokerError::BadRequest(format!("queue count {queue_count} is outside 1..=1024")));
     }
-    Ok(TopicRecord {
-        name: name.to_string(),
-        topic_type,
-        queue_count,
-        created_at: now,
-        auto_created: auto,
-    })
+    Ok(TopicRecord { name: name.to_string(), topic_type, queue_count, created_at: now, auto_created: auto })
 }
 
 #[cfg(test)]
@@ -137,23 +110,11 @@ mod tests {
     #[test]
     fn names_follow_rocketmq_rules() {
         assert!(validate_name("orders_v2-%x").is_ok());
-        assert!(matches!(
-            validate_name(""),
-            Err(BrokerError::IllegalTopic(_))
-        ));
-        assert!(matches!(
-            validate_name("a b"),
-            Err(BrokerError::IllegalTopic(_))
-        ));
-        assert!(matches!(
-            validate_name("a.b"),
-            Err(BrokerError::IllegalTopic(_))
-        ));
+        assert!(matches!(validate_name(""), Err(BrokerError::IllegalTopic(_))));
+        assert!(matches!(validate_name("a b"), Err(BrokerError::IllegalTopic(_))));
+        assert!(matches!(validate_name("a.b"), Err(BrokerError::IllegalTopic(_))));
         assert!(validate_name(&"a".repeat(127)).is_ok());
-        assert!(matches!(
-            validate_name(&"a".repeat(128)),
-            Err(BrokerError::IllegalTopic(_))
-        ));
+        assert!(matches!(validate_name(&"a".repeat(128)), Err(BrokerError::IllegalTopic(_))));
     }
 
     #[test]

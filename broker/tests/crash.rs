@@ -41,10 +41,7 @@ fn start_broker(dir: &std::path::Path) -> (Child, String) {
 
 fn message(i: usize, round: usize) -> v2::Message {
     v2::Message {
-        topic: Some(v2::Resource {
-            resource_namespace: String::new(),
-            name: "crash".into(),
-        }),
+        topic: Some(v2::Resource { resource_namespace: String::new(), name: "crash".into() }),
         user_properties: HashMap::new(),
         system_properties: Some(v2::SystemProperties {
             message_id: format!("R{round:02}M{i:04}"),
@@ -87,21 +84,14 @@ async fn acked_sends_survive_sigkill() {
         let (killed_tx, killed_rx) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         for _ in 0..CONCURRENCY {
-            let (mut client, acked, next, killed_tx) = (
-                client.clone(),
-                acked.clone(),
-                next.clone(),
-                killed_tx.clone(),
-            );
+            let (mut client, acked, next, killed_tx) = (client.clone(), acked.clone(), next.clone(), killed_tx.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if i >= SENDS_PER_ROUND {
                         return;
                     }
-                    let req = v2::SendMessageRequest {
-                        messages: vec![message(i, round)],
-                    };
+                    let req = v2::SendMessageRequest { messages: vec![message(i, round)] };
                     let Ok(resp) = client.send_message(req).await else {
                         return;
                     };
@@ -127,25 +117,14 @@ async fn acked_sends_survive_sigkill() {
             let _ = t.await;
         }
         let acked = acked.lock().unwrap().clone();
-        assert!(
-            acked.len() >= kill_after.min(SENDS_PER_ROUND),
-            "round {round}: only {} acks",
-            acked.len()
-        );
+        assert!(acked.len() >= kill_after.min(SENDS_PER_ROUND), "round {round}: only {} acks", acked.len());
 
         let broker = Broker::open(Config::with_data_dir(dir.path())).unwrap();
         for i in &acked {
             let id = format!("R{round:02}M{i:04}");
-            let (q, o) = broker
-                .log()
-                .locate("crash", &id)
-                .unwrap()
-                .unwrap_or_else(|| panic!("round {round}: acked {id} lost"));
-            let m = broker
-                .log()
-                .read("crash", q, o)
-                .unwrap()
-                .expect("stored message readable");
+            let (q, o) =
+                broker.log().locate("crash", &id).unwrap().unwrap_or_else(|| panic!("round {round}: acked {id} lost"));
+            let m = broker.log().read("crash", q, o).unwrap().expect("stored message readable");
             assert_eq!(m.msg.body, body(*i, round), "round {round}: {id} corrupted");
         }
         verified += acked.len();

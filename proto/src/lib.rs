@@ -8,13 +8,7 @@
 //!
 //! Nothing here is hand-written Rust: the modules are `include!`s of prost/tonic output.
 
-#![allow(
-    missing_docs,
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used
-)]
+#![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
 
 /// `apache.rocketmq.v2`: messages, enums and the `MessagingService` client and server.
 pub mod v2 {

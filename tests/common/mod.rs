@@ -28,8 +28,16 @@ pub fn client_option(broker: &RunningBroker) -> ClientOption {
 }
 
 /// A started producer of the official client, announcing `topics`.
+/// The official client logs every RPC to the terminal by default; send its log to
+/// `logs/rocketmq_client.log` instead (the client needs the directory to exist).
+pub fn quiet_logs() -> rocketmq::conf::LoggingFormat {
+    std::fs::create_dir_all("logs").unwrap();
+    rocketmq::conf::LoggingFormat::Json
+}
+
 pub async fn producer(broker: &RunningBroker, topics: &[&str]) -> Producer {
     let mut opt = ProducerOption::default();
+    opt.set_logging_format(quiet_logs());
     opt.set_topics(topics.to_vec());
     let mut p = Producer::new(opt, client_option(broker)).unwrap();
     p.start().await.expect("producer starts");
@@ -61,6 +69,7 @@ pub fn fast_config(dir: &Path) -> Config {
 /// A started simple consumer of the official client.
 pub async fn consumer(broker: &RunningBroker, group: &str, topics: &[&str]) -> SimpleConsumer {
     let mut opt = SimpleConsumerOption::default();
+    opt.set_logging_format(quiet_logs());
     opt.set_consumer_group(group);
     opt.set_topics(topics.to_vec());
     let mut c = SimpleConsumer::new(opt, client_option(broker)).unwrap();
@@ -103,4 +112,55 @@ pub async fn send_n(p: &Producer, topic: &str, prefix: &str, n: usize) -> Vec<St
         ids.push(p.send(m).await.expect("send").message_id().to_string());
     }
     ids
+}
+
+use rocketmq::model::transaction::TransactionResolution;
+use txmq_proto::admin as pb;
+
+/// Broker config for transaction tests: checks after 1 s, every 1 s, at most 3.
+pub fn txn_config(dir: &Path) -> Config {
+    let mut c = fast_config(dir);
+    c.txn_timeout = Duration::from_secs(1);
+    c.txn_check_interval = Duration::from_secs(1);
+    c.txn_max_checks = 3;
+    c
+}
+
+/// A started transaction producer of the official client whose checker answers `answer`.
+pub async fn txn_producer(
+    broker: &RunningBroker,
+    topics: &[&str],
+    answer: impl Fn() -> TransactionResolution + Send + Sync + 'static,
+) -> Producer {
+    let mut opt = ProducerOption::default();
+    opt.set_logging_format(quiet_logs());
+    opt.set_topics(topics.to_vec());
+    let checker = Box::new(move |_txn_id: String, _msg: MessageView| answer());
+    let mut p = Producer::new_transaction_producer(opt, client_option(broker), checker).unwrap();
+    p.start().await.expect("transaction producer starts");
+    p
+}
+
+pub async fn admin(broker: &RunningBroker) -> pb::admin_client::AdminClient<tonic::transport::Channel> {
+    pb::admin_client::AdminClient::connect(format!("http://{}", broker.addr)).await.unwrap()
+}
+
+/// The transaction with its timeline.
+pub async fn txn(broker: &RunningBroker, id: &str) -> pb::Transaction {
+    let r =
+        admin(broker).await.get_transaction(pb::GetTransactionRequest { id: id.into() }).await.unwrap().into_inner();
+    r.transaction.unwrap_or_else(|| panic!("no transaction {id}: {:?}", r.status))
+}
+
+/// Polls until the transaction reaches `state` (or panics after 30 s).
+pub async fn wait_state(broker: &RunningBroker, id: &str, state: pb::TxnState) -> pb::Transaction {
+    let started = Instant::now();
+    loop {
+        let t = txn(broker, id).await;
+        if t.state == state as i32 {
+            return t;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "transaction {id} stuck in {:?}", t.state);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -17,13 +17,8 @@ impl Filter {
             return Ok(Filter::All);
         }
         let tags: Vec<String> = e.split("||").map(|t| t.trim().to_string()).collect();
-        if tags
-            .iter()
-            .any(|t| t.is_empty() || t.chars().any(char::is_control))
-        {
-            return Err(BrokerError::IllegalFilter(format!(
-                "tag expression {expression:?} has an empty tag"
-            )));
+        if tags.iter().any(|t| t.is_empty() || t.chars().any(char::is_control)) {
+            return Err(BrokerError::IllegalFilter(format!("tag expression {expression:?} has an empty tag")));
         }
         if tags.iter().any(|t| t == "*") {
             return Ok(Filter::All);
@@ -50,9 +45,6 @@ mod tests {
         let f = Filter::tags("a || b").unwrap();
         assert!(f.matches(Some("a")) && f.matches(Some("b")));
         assert!(!f.matches(Some("c")) && !f.matches(None));
-        assert!(matches!(
-            Filter::tags("a||"),
-            Err(BrokerError::IllegalFilter(_))
-        ));
+        assert!(matches!(Filter::tags("a||"), Err(BrokerError::IllegalFilter(_))));
     }
 }

@@ -39,17 +39,10 @@ pub const MAX_GROUP_LEN: usize = 120;
 /// Checks a consumer group name: letters, digits, `%`, `_`, `-`; at most 120 characters.
 pub fn validate_group(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_GROUP_LEN {
-        return Err(BrokerError::IllegalGroup(format!(
-            "group name must be 1 to {MAX_GROUP_LEN} characters"
-        )));
+        return Err(BrokerError::IllegalGroup(format!("group name must be 1 to {MAX_GROUP_LEN} characters")));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '%' | '_' | '-')))
-    {
-        return Err(BrokerError::IllegalGroup(format!(
-            "group name {name:?} contains {c:?}"
-        )));
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '%' | '_' | '-'))) {
+        return Err(BrokerError::IllegalGroup(format!("group name {name:?} contains {c:?}")));
     }
     Ok(())
 }
@@ -91,10 +84,7 @@ impl GroupRecord {
     pub fn decode(bytes: &[u8]) -> std::result::Result<Self, crate::codec::CodecError> {
         let mut d = Decoder::new(bytes);
         d.u8()?;
-        let r = GroupRecord {
-            name: d.str()?,
-            created_at: d.i64()?,
-        };
+        let r = GroupRecord { name: d.str()?, created_at: d.i64()? };
         d.finish()?;
         Ok(r)
     }
@@ -109,10 +99,7 @@ pub struct Shared {
 
 impl Shared {
     fn new(state: GroupTopic) -> Self {
-        Self {
-            state: Mutex::new(state),
-            signal: watch::channel(0).0,
-        }
+        Self { state: Mutex::new(state), signal: watch::channel(0).0 }
     }
 
     pub fn wake(&self) {
@@ -128,11 +115,7 @@ pub struct Groups {
 }
 
 fn corrupt(key: Vec<u8>, e: impl std::fmt::Display) -> BrokerError {
-    StoreError::Corrupt {
-        key,
-        detail: e.to_string(),
-    }
-    .into()
+    StoreError::Corrupt { key, detail: e.to_string() }.into()
 }
 
 impl Groups {
@@ -143,12 +126,7 @@ impl Groups {
         for (k, v) in scan_prefix(store, &Key::group_prefix(), usize::MAX, false)? {
             let g = GroupRecord::decode(&v).map_err(|e| corrupt(k.clone(), e))?;
             for (k, v) in scan_prefix(store, &Key::cursor_prefix(&g.name), usize::MAX, false)? {
-                let Ok(Key::Cursor {
-                    group,
-                    topic,
-                    queue,
-                }) = Key::decode(&k)
-                else {
+                let Ok(Key::Cursor { group, topic, queue }) = Key::decode(&k) else {
                     return Err(corrupt(k, "not a cursor key"));
                 };
                 let next = Decoder::new(&v).u64().map_err(|e| corrupt(k.clone(), e))?;
@@ -158,13 +136,7 @@ impl Groups {
                     .load_cursor(queue, next);
             }
             for (k, v) in scan_prefix(store, &Key::inflight_prefix(&g.name), usize::MAX, false)? {
-                let Ok(Key::Inflight {
-                    group,
-                    topic,
-                    queue,
-                    offset,
-                }) = Key::decode(&k)
-                else {
+                let Ok(Key::Inflight { group, topic, queue, offset }) = Key::decode(&k) else {
                     return Err(corrupt(k, "not an in-flight key"));
                 };
                 let rec = Inflight::decode(&v).map_err(|e| corrupt(k.clone(), e))?;
@@ -175,14 +147,8 @@ impl Groups {
             }
             groups.insert(g.name.clone(), g);
         }
-        let states = states
-            .into_iter()
-            .map(|(k, s)| (k, Arc::new(Shared::new(s))))
-            .collect();
-        Ok(Self {
-            groups: RwLock::new(groups),
-            states: RwLock::new(states),
-        })
+        let states = states.into_iter().map(|(k, s)| (k, Arc::new(Shared::new(s)))).collect();
+        Ok(Self { groups: RwLock::new(groups), states: RwLock::new(states) })
     }
 
     pub fn group(&self, name: &str) -> Option<GroupRecord> {
@@ -197,22 +163,14 @@ impl Groups {
 
     /// All groups, sorted by name.
     pub fn list(&self) -> Vec<GroupRecord> {
-        let mut v: Vec<_> = self
-            .groups
-            .read()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
+        let mut v: Vec<_> = self.groups.read().map(|m| m.values().cloned().collect()).unwrap_or_default();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     /// The state of `group` on `topic`, if it has received from it.
     pub fn get(&self, group: &str, topic: &str) -> Option<Arc<Shared>> {
-        self.states
-            .read()
-            .ok()?
-            .get(&(group.to_string(), topic.to_string()))
-            .cloned()
+        self.states.read().ok()?.get(&(group.to_string(), topic.to_string())).cloned()
     }
 
     /// The state of `group` on `topic`, created empty when new.
@@ -220,10 +178,7 @@ impl Groups {
         if let Some(s) = self.get(group, topic) {
             return Ok(s);
         }
-        let mut m = self
-            .states
-            .write()
-            .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+        let mut m = self.states.write().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
         Ok(m.entry((group.to_string(), topic.to_string()))
             .or_insert_with(|| Arc::new(Shared::new(GroupTopic::new(group, topic))))
             .clone())
@@ -234,11 +189,8 @@ impl Groups {
         let Ok(m) = self.states.read() else {
             return Vec::new();
         };
-        let mut v: Vec<_> = m
-            .iter()
-            .filter(|((g, _), _)| g == group)
-            .map(|((_, t), s)| (t.clone(), s.clone()))
-            .collect();
+        let mut v: Vec<_> =
+            m.iter().filter(|((g, _), _)| g == group).map(|((_, t), s)| (t.clone(), s.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }

@@ -67,9 +67,7 @@ fn next_nonce() -> u64 {
 fn invalid_handle(e: HandleError) -> BrokerError {
     BrokerError::InvalidReceiptHandle(
         match e {
-            HandleError::NotInFlight => {
-                "nothing in flight for this handle (acked already, dead-lettered or unknown)"
-            }
+            HandleError::NotInFlight => "nothing in flight for this handle (acked already, dead-lettered or unknown)",
             HandleError::Stale => "the message was delivered again since this handle was issued",
         }
         .into(),
@@ -87,10 +85,7 @@ impl Broker {
         if let Some(g) = self.groups().group(name) {
             return Ok(g);
         }
-        let g = GroupRecord {
-            name: name.to_string(),
-            created_at: now_ms(),
-        };
+        let g = GroupRecord { name: name.to_string(), created_at: now_ms() };
         let mut batch = Batch::new();
         batch.put(&Key::Group(name.to_string()), g.encode());
         self.committer().commit(batch).await?;
@@ -101,15 +96,9 @@ impl Broker {
 
     /// Delivers up to `req.batch` messages, waiting up to `req.poll` for one to be ready.
     /// An empty answer means nothing was ready in time (or the broker is shutting down).
-    pub async fn receive(
-        &self,
-        req: &ReceiveRequest<'_>,
-        shutdown: &CancellationToken,
-    ) -> Result<Vec<Delivery>> {
+    pub async fn receive(&self, req: &ReceiveRequest<'_>, shutdown: &CancellationToken) -> Result<Vec<Delivery>> {
         self.ensure_group(&req.group).await?;
-        let topic = self
-            .topic(&req.topic)
-            .ok_or_else(|| BrokerError::TopicNotFound(req.topic.clone()))?;
+        let topic = self.topic(&req.topic).ok_or_else(|| BrokerError::TopicNotFound(req.topic.clone()))?;
         let shared = self.groups().get_or_create(&req.group, &req.topic)?;
         let mut topic_rx = self
             .log()
@@ -120,8 +109,7 @@ impl Broker {
         loop {
             topic_rx.borrow_and_update();
             group_rx.borrow_and_update();
-            let (deliveries, dead, next_due) =
-                self.poll_once(&shared, topic.queue_count, req).await?;
+            let (deliveries, dead, next_due) = self.poll_once(&shared, topic.queue_count, req).await?;
             for (pos, message) in dead {
                 self.dead_letter(&shared, pos, message).await?;
             }
@@ -157,11 +145,7 @@ impl Broker {
         let slot = self.committer().reserve().await?;
         let now = now_ms();
         let max_attempts = self.config().max_delivery_attempts;
-        let invisible_ms = if req.auto_renew {
-            AUTO_RENEW_INVISIBLE_MS
-        } else {
-            req.invisible.as_millis() as Millis
-        };
+        let invisible_ms = if req.auto_renew { AUTO_RENEW_INVISIBLE_MS } else { req.invisible.as_millis() as Millis };
         let mut batch = Batch::new();
         let mut out: Vec<Delivery> = Vec::new();
         let mut dead = Vec::new();
@@ -169,10 +153,7 @@ impl Broker {
         let log = self.log();
         let topic = req.topic.as_str();
         let (pending, next_due) = {
-            let mut st = shared
-                .state
-                .lock()
-                .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
             let fresh = |attempt: u32, msg: &StoredMessage| Inflight {
                 attempt,
                 visible_at: now + invisible_ms,
@@ -196,10 +177,7 @@ impl Broker {
                     && (req.alive)(&rec.client)
                     && now - rec.delivered_at < AUTO_RENEW_LIMIT_MS
                 {
-                    let renewed = Inflight {
-                        visible_at: now + AUTO_RENEW_INVISIBLE_MS,
-                        ..rec
-                    };
+                    let renewed = Inflight { visible_at: now + AUTO_RENEW_INVISIBLE_MS, ..rec };
                     st.deliver(pos, renewed, &mut batch);
                     continue;
                 }
@@ -258,22 +236,12 @@ impl Broker {
                         continue;
                     }
                     if let Some(at) = msg.msg.delivery_timestamp.filter(|at| *at > now) {
-                        let deferred = Inflight {
-                            attempt: 0,
-                            visible_at: at,
-                            nonce: 0,
-                            ..fresh(0, &msg)
-                        };
+                        let deferred = Inflight { attempt: 0, visible_at: at, nonce: 0, ..fresh(0, &msg) };
                         st.deliver((q, cur), deferred, &mut batch);
                         cur += 1;
                         continue;
                     }
-                    if msg
-                        .msg
-                        .message_group
-                        .as_deref()
-                        .is_some_and(|g| st.is_busy(g))
-                    {
+                    if msg.msg.message_group.as_deref().is_some_and(|g| st.is_busy(g)) {
                         break; // FIFO: this queue waits until the group's message is acked
                     }
                     if !out.is_empty() && bytes + msg.msg.body.len() > MAX_BATCH_BYTES {
@@ -307,10 +275,7 @@ impl Broker {
     /// Idempotent: the copy keeps its message id, so a repeat after a crash stores nothing new.
     async fn dead_letter(&self, shared: &Shared, pos: Pos, message: StoredMessage) -> Result<()> {
         let (group, topic) = {
-            let st = shared
-                .state
-                .lock()
-                .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
             (st.group.clone(), st.topic.clone())
         };
         let dlq = format!("{DLQ_PREFIX}{group}");
@@ -318,65 +283,37 @@ impl Broker {
         let mut copy = message.msg.clone();
         copy.origin_topic = Some(copy.origin_topic.take().unwrap_or_else(|| topic.clone()));
         copy.topic = dlq.clone();
-        self.log()
-            .append(
-                &dlq,
-                dlq_topic.queue_count,
-                vec![copy],
-                &message.producer,
-                now_ms(),
-            )
-            .await?;
+        self.log().append(&dlq, dlq_topic.queue_count, vec![copy], &message.producer, now_ms(), Batch::new()).await?;
         let slot = self.committer().reserve().await?;
         let pending = {
-            let mut st = shared
-                .state
-                .lock()
-                .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
             let mut batch = Batch::new();
             st.remove(pos, &mut batch);
             slot.submit(batch, None)
         };
         pending.durable().await?;
         shared.wake();
-        tracing::warn!(
-            group,
-            topic,
-            message_id = message.msg.message_id,
-            "message dead-lettered to {dlq}"
-        );
+        tracing::warn!(group, topic, message_id = message.msg.message_id, "message dead-lettered to {dlq}");
         Ok(())
     }
 
     fn shared_for(&self, group: &str, topic: &str) -> Result<Arc<Shared>> {
         self.groups().get(group, topic).ok_or_else(|| {
-            BrokerError::InvalidReceiptHandle(format!(
-                "group {group} has received nothing from {topic}"
-            ))
+            BrokerError::InvalidReceiptHandle(format!("group {group} has received nothing from {topic}"))
         })
     }
 
     /// Acknowledges deliveries; one result per `(message id, handle)`, in order.
-    pub async fn ack(
-        &self,
-        group: &str,
-        topic: &str,
-        handles: &[String],
-    ) -> Result<Vec<Result<()>>> {
+    pub async fn ack(&self, group: &str, topic: &str, handles: &[String]) -> Result<Vec<Result<()>>> {
         let shared = self.shared_for(group, topic)?;
         let slot = self.committer().reserve().await?;
         let mut results = Vec::with_capacity(handles.len());
         let pending = {
-            let mut st = shared
-                .state
-                .lock()
-                .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
             let mut batch = Batch::new();
             for h in handles {
                 results.push(match handle::decode(h) {
-                    None => Err(BrokerError::InvalidReceiptHandle(format!(
-                        "{h:?} is not a receipt handle"
-                    ))),
+                    None => Err(BrokerError::InvalidReceiptHandle(format!("{h:?} is not a receipt handle"))),
                     Some((pos, nonce)) => st.ack(pos, nonce, &mut batch).map_err(invalid_handle),
                 });
             }
@@ -398,26 +335,18 @@ impl Broker {
         invisible: Duration,
     ) -> Result<String> {
         if invisible > MAX_INVISIBLE {
-            return Err(BrokerError::IllegalInvisibleTime(format!(
-                "{} s is over the 12 h limit",
-                invisible.as_secs()
-            )));
+            return Err(BrokerError::IllegalInvisibleTime(format!("{} s is over the 12 h limit", invisible.as_secs())));
         }
         let shared = self.shared_for(group, topic)?;
-        let (pos, nonce) = handle::decode(receipt).ok_or_else(|| {
-            BrokerError::InvalidReceiptHandle(format!("{receipt:?} is not a receipt handle"))
-        })?;
+        let (pos, nonce) = handle::decode(receipt)
+            .ok_or_else(|| BrokerError::InvalidReceiptHandle(format!("{receipt:?} is not a receipt handle")))?;
         let slot = self.committer().reserve().await?;
         let new_nonce = next_nonce();
         let pending = {
-            let mut st = shared
-                .state
-                .lock()
-                .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
             let mut batch = Batch::new();
             let visible_at = now_ms() + invisible.as_millis() as Millis;
-            st.change_invisible(pos, nonce, visible_at, new_nonce, &mut batch)
-                .map_err(invalid_handle)?;
+            st.change_invisible(pos, nonce, visible_at, new_nonce, &mut batch).map_err(invalid_handle)?;
             slot.submit(batch, None)
         };
         pending.durable().await?;
@@ -426,31 +355,20 @@ impl Broker {
     }
 
     /// Moves a delivered message to the group's dead-letter topic now (consumer's decision).
-    pub async fn forward_to_dead_letter(
-        &self,
-        group: &str,
-        topic: &str,
-        receipt: &str,
-    ) -> Result<()> {
+    pub async fn forward_to_dead_letter(&self, group: &str, topic: &str, receipt: &str) -> Result<()> {
         let shared = self.shared_for(group, topic)?;
-        let (pos, nonce) = handle::decode(receipt).ok_or_else(|| {
-            BrokerError::InvalidReceiptHandle(format!("{receipt:?} is not a receipt handle"))
-        })?;
+        let (pos, nonce) = handle::decode(receipt)
+            .ok_or_else(|| BrokerError::InvalidReceiptHandle(format!("{receipt:?} is not a receipt handle")))?;
         {
-            let mut st = shared
-                .state
-                .lock()
-                .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
             st.check(pos, nonce).map_err(invalid_handle)?;
             st.park(pos);
         }
         let Some(message) = self.log().read(topic, pos.0, pos.1)? else {
             let slot = self.committer().reserve().await?;
             let pending = {
-                let mut st = shared
-                    .state
-                    .lock()
-                    .map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+                let mut st =
+                    shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
                 let mut batch = Batch::new();
                 st.remove(pos, &mut batch);
                 slot.submit(batch, None)

@@ -126,12 +126,7 @@ impl GroupTopic {
     }
 
     fn key(&self, pos: Pos) -> Key {
-        Key::Inflight {
-            group: self.group.clone(),
-            topic: self.topic.clone(),
-            queue: pos.0,
-            offset: pos.1,
-        }
+        Key::Inflight { group: self.group.clone(), topic: self.topic.clone(), queue: pos.0, offset: pos.1 }
     }
 
     pub fn cursor(&self, queue: u32) -> Option<u64> {
@@ -145,11 +140,7 @@ impl GroupTopic {
             return;
         }
         *cur = next;
-        let key = Key::Cursor {
-            group: self.group.clone(),
-            topic: self.topic.clone(),
-            queue,
-        };
+        let key = Key::Cursor { group: self.group.clone(), topic: self.topic.clone(), queue };
         batch.put(&key, next.to_be_bytes().to_vec());
     }
 
@@ -159,12 +150,7 @@ impl GroupTopic {
 
     /// In-flight messages whose invisibility ended at or before `now`, earliest first.
     pub fn due(&self, now: Millis, limit: usize) -> Vec<Pos> {
-        self.due
-            .iter()
-            .take_while(|(t, _, _)| *t <= now)
-            .take(limit)
-            .map(|(_, q, o)| (*q, *o))
-            .collect()
+        self.due.iter().take_while(|(t, _, _)| *t <= now).take(limit).map(|(_, q, o)| (*q, *o)).collect()
     }
 
     /// When the next in-flight message becomes due, if any.
@@ -305,10 +291,7 @@ mod tests {
         s.deliver((0, 0), rec(1, 10, 1, Some("order-1")), &mut b);
         assert!(s.is_busy("order-1"));
         s.change_invisible((0, 0), 1, 50, 2, &mut b).unwrap();
-        assert!(
-            s.is_busy("order-1"),
-            "invisibility changes keep the group busy"
-        );
+        assert!(s.is_busy("order-1"), "invisibility changes keep the group busy");
         s.ack((0, 0), 2, &mut b).unwrap();
         assert!(!s.is_busy("order-1"));
     }

@@ -2,7 +2,9 @@
 
 use crate::broker::Broker;
 use crate::error::BrokerError;
-use crate::model::{TopicRecord, TopicType};
+use crate::model::{StoredMessage, TopicRecord, TopicType};
+use crate::txn::service::TxnFilter;
+use crate::txn::state::{Actor, Event, Resolution, Txn, TxnState};
 use pb::admin_server::Admin;
 use std::sync::Arc;
 use tonic::{Request, Response};
@@ -16,10 +18,7 @@ pub struct AdminService {
 }
 
 fn ok() -> Option<pb::Status> {
-    Some(pb::Status {
-        code: pb::StatusCode::Ok as i32,
-        message: "OK".into(),
-    })
+    Some(pb::Status { code: pb::StatusCode::Ok as i32, message: "OK".into() })
 }
 
 /// The admin status for a broker error (the admin API has its own small code set).
@@ -29,14 +28,13 @@ fn status(e: &BrokerError) -> Option<pb::Status> {
         BrokerError::TopicNotFound(_) => C::NotFound,
         BrokerError::TopicExists(_) => C::AlreadyExists,
         BrokerError::NotImplemented(_) => C::NotImplemented,
+        BrokerError::InvalidTransactionId(_) => C::NotFound,
+        BrokerError::PreconditionFailed(_) => C::FailedPrecondition,
         BrokerError::Store(_) => C::Unavailable,
         BrokerError::Internal(_) => C::Internal,
         _ => C::InvalidArgument,
     };
-    Some(pb::Status {
-        code: code as i32,
-        message: e.to_string(),
-    })
+    Some(pb::Status { code: code as i32, message: e.to_string() })
 }
 
 fn topic_type(t: pb::TopicType) -> Option<TopicType> {
@@ -69,46 +67,22 @@ fn wire_topic(t: &TopicRecord) -> pb::Topic {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn create_topic(
-        &self,
-        req: Request<pb::CreateTopicRequest>,
-    ) -> GrpcResult<pb::CreateTopicResponse> {
+    async fn create_topic(&self, req: Request<pb::CreateTopicRequest>) -> GrpcResult<pb::CreateTopicResponse> {
         let req = req.into_inner();
-        let ty = pb::TopicType::try_from(req.r#type)
-            .ok()
-            .and_then(topic_type)
-            .unwrap_or(TopicType::Mixed);
-        let res = self
-            .broker
-            .create_topic(&req.name, ty, req.queue_count)
-            .await;
+        let ty = pb::TopicType::try_from(req.r#type).ok().and_then(topic_type).unwrap_or(TopicType::Mixed);
+        let res = self.broker.create_topic(&req.name, ty, req.queue_count).await;
         Ok(Response::new(match res {
-            Ok(t) => pb::CreateTopicResponse {
-                status: ok(),
-                topic: Some(wire_topic(&t)),
-            },
-            Err(e) => pb::CreateTopicResponse {
-                status: status(&e),
-                topic: None,
-            },
+            Ok(t) => pb::CreateTopicResponse { status: ok(), topic: Some(wire_topic(&t)) },
+            Err(e) => pb::CreateTopicResponse { status: status(&e), topic: None },
         }))
     }
 
-    async fn list_topics(
-        &self,
-        _req: Request<pb::ListTopicsRequest>,
-    ) -> GrpcResult<pb::ListTopicsResponse> {
+    async fn list_topics(&self, _req: Request<pb::ListTopicsRequest>) -> GrpcResult<pb::ListTopicsResponse> {
         let topics = self.broker.topics().iter().map(|t| wire_topic(t)).collect();
-        Ok(Response::new(pb::ListTopicsResponse {
-            status: ok(),
-            topics,
-        }))
+        Ok(Response::new(pb::ListTopicsResponse { status: ok(), topics }))
     }
 
-    async fn describe_topic(
-        &self,
-        req: Request<pb::DescribeTopicRequest>,
-    ) -> GrpcResult<pb::DescribeTopicResponse> {
+    async fn describe_topic(&self, req: Request<pb::DescribeTopicRequest>) -> GrpcResult<pb::DescribeTopicResponse> {
         let name = req.into_inner().name;
         let Some(topic) = self.broker.topic(&name) else {
             return Ok(Response::new(pb::DescribeTopicResponse {
@@ -120,16 +94,9 @@ impl Admin for AdminService {
             .broker
             .queue_offsets(&topic)
             .into_iter()
-            .map(|q| pb::QueueStats {
-                queue_id: q.queue,
-                min_offset: q.min,
-                max_offset: q.durable,
-            })
+            .map(|q| pb::QueueStats { queue_id: q.queue, min_offset: q.min, max_offset: q.durable })
             .collect();
-        let message_count = queues
-            .iter()
-            .map(|q| q.max_offset.saturating_sub(q.min_offset))
-            .sum();
+        let message_count = queues.iter().map(|q| q.max_offset.saturating_sub(q.min_offset)).sum();
         Ok(Response::new(pb::DescribeTopicResponse {
             status: ok(),
             topic: Some(wire_topic(&topic)),
@@ -138,10 +105,32 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn broker_status(
+    async fn list_transactions(
         &self,
-        _req: Request<pb::BrokerStatusRequest>,
-    ) -> GrpcResult<pb::BrokerStatusResponse> {
+        req: Request<pb::ListTransactionsRequest>,
+    ) -> GrpcResult<pb::ListTransactionsResponse> {
+        Ok(Response::new(self.list_txns(req.into_inner()).await))
+    }
+
+    async fn get_transaction(&self, req: Request<pb::GetTransactionRequest>) -> GrpcResult<pb::GetTransactionResponse> {
+        Ok(Response::new(self.get_txn(req.into_inner()).await))
+    }
+
+    async fn resolve_transaction(
+        &self,
+        req: Request<pb::ResolveTransactionRequest>,
+    ) -> GrpcResult<pb::ResolveTransactionResponse> {
+        Ok(Response::new(self.resolve_txn(req.into_inner()).await))
+    }
+
+    async fn resume_transaction(
+        &self,
+        req: Request<pb::ResumeTransactionRequest>,
+    ) -> GrpcResult<pb::ResumeTransactionResponse> {
+        Ok(Response::new(self.resume_txn(req.into_inner()).await))
+    }
+
+    async fn broker_status(&self, _req: Request<pb::BrokerStatusRequest>) -> GrpcResult<pb::BrokerStatusResponse> {
         let s = self.broker.status();
         Ok(Response::new(pb::BrokerStatusResponse {
             status: ok(),
@@ -153,5 +142,155 @@ impl Admin for AdminService {
             flush_count: s.commits.flushes,
             flushed_write_count: s.commits.jobs,
         }))
+    }
+}
+
+/// Wire form of a transaction; the timeline only when `with_timeline`.
+fn wire_txn(t: &Txn, half: Option<&StoredMessage>, with_timeline: bool) -> pb::Transaction {
+    let resolution = |r: Resolution| match r {
+        Resolution::Commit => "COMMIT",
+        Resolution::Rollback => "ROLLBACK",
+        Resolution::Unknown => "UNKNOWN",
+    };
+    let timeline = if with_timeline {
+        t.history
+            .iter()
+            .map(|e| match e {
+                Event::Sent { at, client } => {
+                    pb::TxnEvent { at_ms: *at, kind: "sent".into(), client: client.clone(), ..Default::default() }
+                }
+                Event::Checked { at, client, answer } => pb::TxnEvent {
+                    at_ms: *at,
+                    kind: "check".into(),
+                    client: client.clone(),
+                    resolution: answer.map(|(r, _)| resolution(r).to_string()).unwrap_or_default(),
+                    by: "check".into(),
+                    latency_ms: answer.map(|(_, l)| l).unwrap_or(0),
+                    answered: answer.is_some(),
+                    ..Default::default()
+                },
+                Event::Answered { at, resolution: r, by } => pb::TxnEvent {
+                    at_ms: *at,
+                    kind: "answer".into(),
+                    resolution: resolution(*r).into(),
+                    by: by.as_str().into(),
+                    ..Default::default()
+                },
+                Event::Decided { at, resolution: r, by, reason } => pb::TxnEvent {
+                    at_ms: *at,
+                    kind: "decision".into(),
+                    resolution: resolution(*r).into(),
+                    by: by.as_str().into(),
+                    reason: reason.clone().unwrap_or_default(),
+                    ..Default::default()
+                },
+                Event::Parked { at } => {
+                    pb::TxnEvent { at_ms: *at, kind: "parked".into(), by: "policy".into(), ..Default::default() }
+                }
+                Event::Resumed { at, reason } => pb::TxnEvent {
+                    at_ms: *at,
+                    kind: "resumed".into(),
+                    by: "operator".into(),
+                    reason: reason.clone().unwrap_or_default(),
+                    ..Default::default()
+                },
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let state = match t.state {
+        TxnState::Pending => pb::TxnState::Pending,
+        TxnState::Committed => pb::TxnState::Committed,
+        TxnState::RolledBack => pb::TxnState::RolledBack,
+        TxnState::Parked => pb::TxnState::Parked,
+    };
+    pb::Transaction {
+        id: t.id.clone(),
+        topic: t.topic.clone(),
+        message_id: t.message_id.clone(),
+        producer: t.producer.clone(),
+        created_at_ms: t.created_at,
+        state: state as i32,
+        checks: t.checks,
+        next_check_ms: t.next_check.unwrap_or(0),
+        resolved_at_ms: t.resolved_at.unwrap_or(0),
+        last_answer: t.last_answer().map(|r| resolution(r).to_string()).unwrap_or_default(),
+        timeline,
+        tag: half.and_then(|h| h.msg.tag.clone()).unwrap_or_default(),
+        keys: half.map(|h| h.msg.keys.clone()).unwrap_or_default(),
+        body_size: half.map(|h| h.msg.body.len() as u32).unwrap_or(0),
+    }
+}
+
+impl AdminService {
+    /// A transaction with its half-message summary and timeline.
+    fn full_txn(&self, t: &Txn) -> pb::Transaction {
+        let half = self.broker.half_message(&t.id).ok().flatten();
+        wire_txn(t, half.as_ref(), true)
+    }
+}
+
+fn txn_state(s: i32) -> Option<TxnState> {
+    match pb::TxnState::try_from(s).ok()? {
+        pb::TxnState::Unspecified => None,
+        pb::TxnState::Pending => Some(TxnState::Pending),
+        pb::TxnState::Committed => Some(TxnState::Committed),
+        pb::TxnState::RolledBack => Some(TxnState::RolledBack),
+        pb::TxnState::Parked => Some(TxnState::Parked),
+    }
+}
+
+fn not_found(id: &str) -> Option<pb::Status> {
+    Some(pb::Status { code: pb::StatusCode::NotFound as i32, message: format!("no transaction {id}") })
+}
+
+fn reason(r: String) -> Option<String> {
+    (!r.trim().is_empty()).then_some(r)
+}
+
+/// The transaction RPCs, called from the `Admin` impl.
+impl AdminService {
+    pub(crate) async fn list_txns(&self, req: pb::ListTransactionsRequest) -> pb::ListTransactionsResponse {
+        let filter = TxnFilter {
+            state: txn_state(req.state),
+            topic: (!req.topic.is_empty()).then_some(req.topic),
+            older_than_ms: (req.older_than_ms > 0).then_some(req.older_than_ms),
+            limit: if req.limit == 0 { 1000 } else { req.limit as usize },
+        };
+        match self.broker.list_transactions(&filter) {
+            Ok(list) => pb::ListTransactionsResponse {
+                status: ok(),
+                transactions: list.iter().map(|t| wire_txn(t, None, false)).collect(),
+            },
+            Err(e) => pb::ListTransactionsResponse { status: status(&e), transactions: Vec::new() },
+        }
+    }
+
+    pub(crate) async fn get_txn(&self, req: pb::GetTransactionRequest) -> pb::GetTransactionResponse {
+        match self.broker.transaction(&req.id) {
+            Ok(Some(t)) => pb::GetTransactionResponse { status: ok(), transaction: Some(self.full_txn(&t)) },
+            Ok(None) => pb::GetTransactionResponse { status: not_found(&req.id), transaction: None },
+            Err(e) => pb::GetTransactionResponse { status: status(&e), transaction: None },
+        }
+    }
+
+    pub(crate) async fn resolve_txn(&self, req: pb::ResolveTransactionRequest) -> pb::ResolveTransactionResponse {
+        let resolution = if req.commit { Resolution::Commit } else { Resolution::Rollback };
+        let Ok(Some(t)) = self.broker.transaction(&req.id) else {
+            return pb::ResolveTransactionResponse { status: not_found(&req.id), transaction: None };
+        };
+        match self.broker.end_transaction(&t.topic, "", &req.id, resolution, Actor::Operator, reason(req.reason)).await
+        {
+            Ok(t) => pb::ResolveTransactionResponse { status: ok(), transaction: Some(self.full_txn(&t)) },
+            Err(e) => pb::ResolveTransactionResponse { status: status(&e), transaction: None },
+        }
+    }
+
+    pub(crate) async fn resume_txn(&self, req: pb::ResumeTransactionRequest) -> pb::ResumeTransactionResponse {
+        match self.broker.resume_transaction(&req.id, reason(req.reason)).await {
+            Ok(t) => pb::ResumeTransactionResponse { status: ok(), transaction: Some(self.full_txn(&t)) },
+            Err(e) => pb::ResumeTransactionResponse { status: status(&e), transaction: None },
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! per address spelling and closes extra ones soon after). Only streams that are still open are
 //! kept, oldest first: the oldest is the access-point stream, the one the Rust client keeps.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -25,15 +25,14 @@ struct Client {
     last_seen: Instant,
     settings: Option<v2::Settings>,
     streams: Vec<StreamHandle>,
+    /// Topics it publishes to (from its Settings, or transactional sends): it can answer
+    /// check-backs for them.
+    topics: HashSet<String>,
 }
 
 impl Client {
     fn new() -> Self {
-        Self {
-            last_seen: Instant::now(),
-            settings: None,
-            streams: Vec::new(),
-        }
+        Self { last_seen: Instant::now(), settings: None, streams: Vec::new(), topics: HashSet::new() }
     }
 }
 
@@ -47,9 +46,7 @@ pub struct Clients {
 impl Clients {
     fn with<R>(&self, client_id: &str, f: impl FnOnce(&mut Client) -> R) -> Option<R> {
         let mut inner = self.inner.lock().ok()?;
-        let client = inner
-            .entry(client_id.to_string())
-            .or_insert_with(Client::new);
+        let client = inner.entry(client_id.to_string()).or_insert_with(Client::new);
         client.last_seen = Instant::now();
         Some(f(client))
     }
@@ -76,7 +73,33 @@ impl Clients {
     }
 
     pub fn set_settings(&self, client_id: &str, settings: v2::Settings) {
-        self.with(client_id, |c| c.settings = Some(settings));
+        self.with(client_id, |c| {
+            if let Some(v2::settings::PubSub::Publishing(p)) = &settings.pub_sub {
+                c.topics.extend(p.topics.iter().map(|t| t.name.clone()));
+            }
+            c.settings = Some(settings);
+        });
+    }
+
+    /// Records that a client publishes transactional messages to `topic`.
+    pub fn register_topic(&self, client_id: &str, topic: &str) {
+        self.with(client_id, |c| {
+            if !c.topics.contains(topic) {
+                c.topics.insert(topic.to_string());
+            }
+        });
+    }
+
+    /// Clients with a live stream that publish to `topic`, most recently seen first.
+    pub fn producers_of(&self, topic: &str) -> Vec<String> {
+        let Ok(inner) = self.inner.lock() else { return Vec::new() };
+        let mut v: Vec<(&String, Instant)> = inner
+            .iter()
+            .filter(|(_, c)| !c.streams.is_empty() && c.topics.contains(topic))
+            .map(|(id, c)| (id, c.last_seen))
+            .collect();
+        v.sort_by_key(|c| std::cmp::Reverse(c.1));
+        v.into_iter().map(|(id, _)| id.clone()).collect()
     }
 
     pub fn settings(&self, client_id: &str) -> Option<v2::Settings> {
@@ -88,10 +111,7 @@ impl Clients {
         let Ok(inner) = self.inner.lock() else {
             return Vec::new();
         };
-        inner
-            .get(client_id)
-            .map(|c| c.streams.clone())
-            .unwrap_or_default()
+        inner.get(client_id).map(|c| c.streams.clone()).unwrap_or_default()
     }
 
     /// Whether the client showed a sign of life within `window` or holds an open stream.
@@ -99,9 +119,7 @@ impl Clients {
         let Ok(inner) = self.inner.lock() else {
             return false;
         };
-        inner
-            .get(client_id)
-            .is_some_and(|c| !c.streams.is_empty() || c.last_seen.elapsed() <= window)
+        inner.get(client_id).is_some_and(|c| !c.streams.is_empty() || c.last_seen.elapsed() <= window)
     }
 
     /// Drops everything known about a client that announced its termination.

@@ -86,16 +86,11 @@ fn has_control(s: &str) -> bool {
 }
 
 fn millis(ts: &prost_types::Timestamp) -> Option<Millis> {
-    ts.seconds
-        .checked_mul(1000)?
-        .checked_add(i64::from(ts.nanos) / 1_000_000)
+    ts.seconds.checked_mul(1000)?.checked_add(i64::from(ts.nanos) / 1_000_000)
 }
 
 pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 /// The topic name of a wire resource (namespaces are not used by txmq).
@@ -113,9 +108,7 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
         _ => return Err(BrokerError::IllegalTopic("message topic is missing".into())),
     };
     topics::validate_name(&topic)?;
-    let sp = m
-        .system_properties
-        .ok_or_else(|| BrokerError::BadRequest("system_properties is missing".into()))?;
+    let sp = m.system_properties.ok_or_else(|| BrokerError::BadRequest("system_properties is missing".into()))?;
 
     let message_id = sp.message_id;
     if message_id.trim().is_empty() {
@@ -132,20 +125,12 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
         return Err(BrokerError::BadRequest("message body is empty".into()));
     }
     if m.body.len() > limits.max_body_size {
-        return Err(BrokerError::BodyTooLarge {
-            size: m.body.len(),
-            limit: limits.max_body_size,
-        });
+        return Err(BrokerError::BodyTooLarge { size: m.body.len(), limit: limits.max_body_size });
     }
     match v2::Encoding::try_from(sp.body_encoding) {
         Ok(v2::Encoding::Identity | v2::Encoding::Unspecified) => {}
         Ok(v2::Encoding::Gzip) => return Err(BrokerError::NotImplemented("GZIP message bodies")),
-        Err(_) => {
-            return Err(BrokerError::BadRequest(format!(
-                "unknown body encoding {}",
-                sp.body_encoding
-            )))
-        }
+        Err(_) => return Err(BrokerError::BadRequest(format!("unknown body encoding {}", sp.body_encoding))),
     }
 
     let mut property_bytes = 0usize;
@@ -158,16 +143,11 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
         property_bytes += tag.len();
     }
     if sp.keys.len() > MAX_KEYS {
-        return Err(BrokerError::IllegalKey(format!(
-            "{} keys, the limit is {MAX_KEYS}",
-            sp.keys.len()
-        )));
+        return Err(BrokerError::IllegalKey(format!("{} keys, the limit is {MAX_KEYS}", sp.keys.len())));
     }
     for key in &sp.keys {
         if key.trim().is_empty() || has_control(key) {
-            return Err(BrokerError::IllegalKey(format!(
-                "key {key:?} must be non-blank, without control characters"
-            )));
+            return Err(BrokerError::IllegalKey(format!("key {key:?} must be non-blank, without control characters")));
         }
         property_bytes += key.len();
     }
@@ -203,9 +183,7 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
     let delivery_timestamp = match &sp.delivery_timestamp {
         None => None,
         Some(ts) => {
-            let at = millis(ts).ok_or_else(|| {
-                BrokerError::IllegalDeliveryTime("delivery time out of range".into())
-            })?;
+            let at = millis(ts).ok_or_else(|| BrokerError::IllegalDeliveryTime("delivery time out of range".into()))?;
             if at > now.saturating_add(limits.max_delay_ms) {
                 return Err(BrokerError::IllegalDeliveryTime(format!(
                     "delivery time is more than {} s ahead",
@@ -218,24 +196,15 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
     let recovery_duration_ms = match &sp.orphaned_transaction_recovery_duration {
         None => None,
         Some(d) => {
-            let ms = d
-                .seconds
-                .saturating_mul(1000)
-                .saturating_add(i64::from(d.nanos) / 1_000_000);
+            let ms = d.seconds.saturating_mul(1000).saturating_add(i64::from(d.nanos) / 1_000_000);
             if !(0..=MAX_RECOVERY_MS).contains(&ms) {
-                return Err(BrokerError::BadRequest(
-                    "transaction recovery duration must be within 0..=3600 s".into(),
-                ));
+                return Err(BrokerError::BadRequest("transaction recovery duration must be within 0..=3600 s".into()));
             }
             Some(ms)
         }
     };
 
-    let message_type = message_type(
-        sp.message_type,
-        sp.message_group.is_some(),
-        delivery_timestamp.is_some(),
-    )?;
+    let message_type = message_type(sp.message_type, sp.message_group.is_some(), delivery_timestamp.is_some())?;
     Ok(NewMessage {
         topic,
         message_id,
@@ -278,12 +247,15 @@ fn message_type(declared: i32, has_group: bool, has_delivery: bool) -> Result<Me
         }
     };
     let conflict = match t {
-        MessageType::Normal => (has_group || has_delivery)
-            .then_some("a NORMAL message has neither a message group nor a delivery time"),
-        MessageType::Fifo => (!has_group || has_delivery)
-            .then_some("a FIFO message needs a message group and no delivery time"),
-        MessageType::Delay => (!has_delivery || has_group)
-            .then_some("a DELAY message needs a delivery time and no message group"),
+        MessageType::Normal => {
+            (has_group || has_delivery).then_some("a NORMAL message has neither a message group nor a delivery time")
+        }
+        MessageType::Fifo => {
+            (!has_group || has_delivery).then_some("a FIFO message needs a message group and no delivery time")
+        }
+        MessageType::Delay => {
+            (!has_delivery || has_group).then_some("a DELAY message needs a delivery time and no message group")
+        }
         MessageType::Transaction => (has_group || has_delivery)
             .then_some("a TRANSACTION message cannot have a message group or a delivery time"),
     };
@@ -306,19 +278,13 @@ pub fn wire_message_type(t: MessageType) -> v2::MessageType {
 pub fn wire_message(s: &StoredMessage) -> v2::Message {
     let m = &s.msg;
     v2::Message {
-        topic: Some(v2::Resource {
-            resource_namespace: String::new(),
-            name: m.topic.clone(),
-        }),
+        topic: Some(v2::Resource { resource_namespace: String::new(), name: m.topic.clone() }),
         user_properties: m.user_properties.clone().into_iter().collect(),
         system_properties: Some(v2::SystemProperties {
             tag: m.tag.clone(),
             keys: m.keys.clone(),
             message_id: m.message_id.clone(),
-            body_digest: Some(v2::Digest {
-                r#type: v2::DigestType::Md5 as i32,
-                checksum: s.body_md5.clone(),
-            }),
+            body_digest: Some(v2::Digest { r#type: v2::DigestType::Md5 as i32, checksum: s.body_md5.clone() }),
             body_encoding: v2::Encoding::Identity as i32,
             message_type: wire_message_type(m.message_type) as i32,
             born_timestamp: Some(timestamp(m.born_timestamp)),
@@ -339,18 +305,12 @@ pub fn wire_message(s: &StoredMessage) -> v2::Message {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        max_body_size: 1024,
-        max_delay_ms: 86_400_000,
-    };
+    const LIMITS: Limits = Limits { max_body_size: 1024, max_delay_ms: 86_400_000 };
     const NOW: Millis = 1_800_000_000_000;
 
     fn msg() -> v2::Message {
         v2::Message {
-            topic: Some(v2::Resource {
-                resource_namespace: String::new(),
-                name: "orders".into(),
-            }),
+            topic: Some(v2::Resource { resource_namespace: String::new(), name: "orders".into() }),
             user_properties: [("k".to_string(), "v".to_string())].into(),
             system_properties: Some(v2::SystemProperties {
                 message_id: "01ABC".into(),
@@ -384,46 +344,16 @@ mod tests {
 
     #[test]
     fn each_bad_field_gets_its_own_error() {
-        assert!(matches!(
-            with(|m| m.topic = None),
-            Err(BrokerError::IllegalTopic(_))
-        ));
-        assert!(matches!(
-            with(|m| m.topic.as_mut().unwrap().name = "a b".into()),
-            Err(BrokerError::IllegalTopic(_))
-        ));
-        assert!(matches!(
-            with(|m| m.system_properties = None),
-            Err(BrokerError::BadRequest(_))
-        ));
-        assert!(matches!(
-            with(|m| sp(m).message_id.clear()),
-            Err(BrokerError::IllegalMessageId(_))
-        ));
-        assert!(matches!(
-            with(|m| m.body.clear()),
-            Err(BrokerError::BadRequest(_))
-        ));
-        assert!(matches!(
-            with(|m| m.body = vec![0; 1025]),
-            Err(BrokerError::BodyTooLarge {
-                size: 1025,
-                limit: 1024
-            })
-        ));
+        assert!(matches!(with(|m| m.topic = None), Err(BrokerError::IllegalTopic(_))));
+        assert!(matches!(with(|m| m.topic.as_mut().unwrap().name = "a b".into()), Err(BrokerError::IllegalTopic(_))));
+        assert!(matches!(with(|m| m.system_properties = None), Err(BrokerError::BadRequest(_))));
+        assert!(matches!(with(|m| sp(m).message_id.clear()), Err(BrokerError::IllegalMessageId(_))));
+        assert!(matches!(with(|m| m.body.clear()), Err(BrokerError::BadRequest(_))));
+        assert!(matches!(with(|m| m.body = vec![0; 1025]), Err(BrokerError::BodyTooLarge { size: 1025, limit: 1024 })));
         assert!(with(|m| m.body = vec![0; 1024]).is_ok());
-        assert!(matches!(
-            with(|m| sp(m).tag = Some("a||b".into())),
-            Err(BrokerError::IllegalTag(_))
-        ));
-        assert!(matches!(
-            with(|m| sp(m).tag = Some(" ".into())),
-            Err(BrokerError::IllegalTag(_))
-        ));
-        assert!(matches!(
-            with(|m| sp(m).keys = vec!["".into()]),
-            Err(BrokerError::IllegalKey(_))
-        ));
+        assert!(matches!(with(|m| sp(m).tag = Some("a||b".into())), Err(BrokerError::IllegalTag(_))));
+        assert!(matches!(with(|m| sp(m).tag = Some(" ".into())), Err(BrokerError::IllegalTag(_))));
+        assert!(matches!(with(|m| sp(m).keys = vec!["".into()]), Err(BrokerError::IllegalKey(_))));
         assert!(matches!(
             with(|m| {
                 m.user_properties.insert("UNIQ_KEY".into(), "x".into());
@@ -431,25 +361,17 @@ mod tests {
             Err(BrokerError::IllegalPropertyKey(_))
         ));
         assert!(matches!(
-            with(|m| m.user_properties =
-                (0..129).map(|i| (format!("k{i}"), String::new())).collect()),
+            with(|m| m.user_properties = (0..129).map(|i| (format!("k{i}"), String::new())).collect()),
             Err(BrokerError::PropertiesTooLarge(_))
         ));
         assert!(matches!(
             with(|m| {
-                m.user_properties
-                    .insert("big".into(), "x".repeat(MAX_PROPERTIES_BYTES));
+                m.user_properties.insert("big".into(), "x".repeat(MAX_PROPERTIES_BYTES));
             }),
             Err(BrokerError::PropertiesTooLarge(_))
         ));
-        assert!(matches!(
-            with(|m| sp(m).message_type = 99),
-            Err(BrokerError::BadRequest(_))
-        ));
-        assert!(matches!(
-            with(|m| sp(m).body_encoding = 7),
-            Err(BrokerError::BadRequest(_))
-        ));
+        assert!(matches!(with(|m| sp(m).message_type = 99), Err(BrokerError::BadRequest(_))));
+        assert!(matches!(with(|m| sp(m).body_encoding = 7), Err(BrokerError::BadRequest(_))));
     }
 
     #[test]
@@ -496,10 +418,7 @@ mod tests {
             sp(m).message_type = v2::MessageType::Delay as i32;
             sp(m).delivery_timestamp = Some(timestamp(NOW + 86_400_000 + 1000));
         };
-        assert!(matches!(
-            with(too_far),
-            Err(BrokerError::IllegalDeliveryTime(_))
-        ));
+        assert!(matches!(with(too_far), Err(BrokerError::IllegalDeliveryTime(_))));
     }
 
     #[test]

@@ -13,6 +13,8 @@ use crate::broker::{now_ms, Broker};
 use crate::consume::filter::Filter;
 use crate::consume::service::{Delivery, ReceiveRequest, MAX_BATCH, MAX_INVISIBLE};
 use crate::error::BrokerError;
+use crate::model::MessageType;
+use crate::txn::state::{Actor, Resolution};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -43,11 +45,7 @@ pub struct Messaging {
 
 /// The caller's client id (`x-mq-client-id`), or one made from its address.
 fn client_id<T>(req: &Request<T>) -> String {
-    match req
-        .metadata()
-        .get("x-mq-client-id")
-        .and_then(|v| v.to_str().ok())
-    {
+    match req.metadata().get("x-mq-client-id").and_then(|v| v.to_str().ok()) {
         Some(id) if !id.is_empty() => id.to_string(),
         _ => match req.remote_addr() {
             Some(addr) => format!("anonymous@{addr}"),
@@ -61,16 +59,12 @@ fn not_implemented(what: &'static str) -> v2::Status {
 }
 
 fn receive_status(st: v2::Status) -> v2::ReceiveMessageResponse {
-    v2::ReceiveMessageResponse {
-        content: Some(receive_message_response::Content::Status(st)),
-    }
+    v2::ReceiveMessageResponse { content: Some(receive_message_response::Content::Status(st)) }
 }
 
 fn receive_time() -> v2::ReceiveMessageResponse {
     v2::ReceiveMessageResponse {
-        content: Some(receive_message_response::Content::DeliveryTimestamp(
-            convert::timestamp(now_ms()),
-        )),
+        content: Some(receive_message_response::Content::DeliveryTimestamp(convert::timestamp(now_ms()))),
     }
 }
 
@@ -80,14 +74,11 @@ fn delivered(d: Delivery) -> v2::Message {
     if let Some(sp) = m.system_properties.as_mut() {
         sp.receipt_handle = Some(d.handle);
         sp.delivery_attempt = Some(d.attempt as i32);
-        sp.invisible_duration = Some(telemetry::duration(std::time::Duration::from_millis(
-            d.invisible_ms.max(0) as u64,
-        )));
+        sp.invisible_duration =
+            Some(telemetry::duration(std::time::Duration::from_millis(d.invisible_ms.max(0) as u64)));
         if let Some(origin) = &d.message.msg.origin_topic {
-            sp.dead_letter_queue = Some(v2::DeadLetterQueue {
-                topic: origin.clone(),
-                message_id: d.message.msg.message_id.clone(),
-            });
+            sp.dead_letter_queue =
+                Some(v2::DeadLetterQueue { topic: origin.clone(), message_id: d.message.msg.message_id.clone() });
         }
     }
     m
@@ -125,10 +116,7 @@ fn single_status_stream<T: Send + 'static>(item: T) -> BoxStream<T> {
 impl Messaging {
     fn limits(&self) -> Limits {
         let c = self.broker.config();
-        Limits {
-            max_body_size: c.max_body_size,
-            max_delay_ms: c.max_delay.as_millis() as i64,
-        }
+        Limits { max_body_size: c.max_body_size, max_delay_ms: c.max_delay.as_millis() as i64 }
     }
 
     fn announced(&self) -> Announced {
@@ -151,27 +139,14 @@ impl Messaging {
         let group = convert::resource_name(req.group.as_ref(), "group")?;
         let topic = match req.message_queue.as_ref().and_then(|q| q.topic.as_ref()) {
             Some(t) if !t.name.is_empty() => t.name.clone(),
-            _ => {
-                return Err(BrokerError::IllegalTopic(
-                    "message_queue.topic is missing".into(),
-                ))
-            }
+            _ => return Err(BrokerError::IllegalTopic("message_queue.topic is missing".into())),
         };
         let filter = match req.filter_expression {
             None => Filter::All,
             Some(f) => match v2::FilterType::try_from(f.r#type) {
-                Ok(v2::FilterType::Tag | v2::FilterType::Unspecified) => {
-                    Filter::tags(&f.expression)?
-                }
-                Ok(v2::FilterType::Sql) => {
-                    return Err(BrokerError::NotImplemented("SQL92 filter expressions"))
-                }
-                Err(_) => {
-                    return Err(BrokerError::IllegalFilter(format!(
-                        "unknown filter type {}",
-                        f.r#type
-                    )))
-                }
+                Ok(v2::FilterType::Tag | v2::FilterType::Unspecified) => Filter::tags(&f.expression)?,
+                Ok(v2::FilterType::Sql) => return Err(BrokerError::NotImplemented("SQL92 filter expressions")),
+                Err(_) => return Err(BrokerError::IllegalFilter(format!("unknown filter type {}", f.r#type))),
             },
         };
         let invisible = match req.invisible_duration {
@@ -194,18 +169,18 @@ impl Messaging {
         if let Some(left) = deadline {
             poll = poll.min(left.saturating_sub(std::time::Duration::from_secs(1)));
         }
-        let permit = self.long_polls.clone().try_acquire_owned().map_err(|_| {
-            BrokerError::TooManyRequests("too many receives waiting at once".into())
-        })?;
+        let permit = self
+            .long_polls
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| BrokerError::TooManyRequests("too many receives waiting at once".into()))?;
         let clients = self.clients.clone();
         let alive = move |id: &str| clients.alive(id, std::time::Duration::from_secs(90));
         let receive = ReceiveRequest {
             group,
             topic,
             filter,
-            batch: usize::try_from(req.batch_size)
-                .unwrap_or(0)
-                .clamp(1, MAX_BATCH),
+            batch: usize::try_from(req.batch_size).unwrap_or(0).clamp(1, MAX_BATCH),
             invisible,
             auto_renew: req.auto_renew,
             poll,
@@ -224,18 +199,11 @@ impl Messaging {
     ) -> Result<Vec<v2::SendResultEntry>, (BrokerError, Vec<String>)> {
         let ids: Vec<String> = messages
             .iter()
-            .map(|m| {
-                m.system_properties
-                    .as_ref()
-                    .map(|s| s.message_id.clone())
-                    .unwrap_or_default()
-            })
+            .map(|m| m.system_properties.as_ref().map(|s| s.message_id.clone()).unwrap_or_default())
             .collect();
         let fail = |e: BrokerError| (e, ids.clone());
         if messages.is_empty() {
-            return Err(fail(BrokerError::BadRequest(
-                "no messages in the request".into(),
-            )));
+            return Err(fail(BrokerError::BadRequest("no messages in the request".into())));
         }
         if messages.len() > MAX_MESSAGES_PER_SEND {
             return Err(fail(BrokerError::PayloadTooLarge(format!(
@@ -254,22 +222,21 @@ impl Messaging {
         }
         let topic = converted[0].topic.clone();
         if converted.iter().any(|m| m.topic != topic) {
-            return Err(fail(BrokerError::BadRequest(
-                "all messages of one request must share a topic".into(),
-            )));
+            return Err(fail(BrokerError::BadRequest("all messages of one request must share a topic".into())));
         }
-        let placements = self
-            .broker
-            .send(&topic, converted, producer)
-            .await
-            .map_err(fail)?;
+        let transactional = converted.iter().any(|m| m.message_type == MessageType::Transaction);
+        let placements = self.broker.send(&topic, converted, producer).await.map_err(fail)?;
+        if transactional {
+            // This client can answer check-backs for the topic from now on.
+            self.clients.register_topic(producer, &topic);
+        }
         Ok(placements
             .into_iter()
             .zip(&ids)
             .map(|(p, id)| v2::SendResultEntry {
                 status: Some(ok()),
                 message_id: id.clone(),
-                transaction_id: String::new(),
+                transaction_id: p.transaction_id.unwrap_or_default(),
                 offset: p.offset as i64,
                 recall_handle: String::new(),
             })
@@ -279,10 +246,7 @@ impl Messaging {
 
 #[tonic::async_trait]
 impl MessagingService for Messaging {
-    async fn query_route(
-        &self,
-        req: Request<v2::QueryRouteRequest>,
-    ) -> GrpcResult<v2::QueryRouteResponse> {
+    async fn query_route(&self, req: Request<v2::QueryRouteRequest>) -> GrpcResult<v2::QueryRouteResponse> {
         let client = client_id(&req);
         self.clients.touch(&client);
         let req = req.into_inner();
@@ -291,46 +255,27 @@ impl MessagingService for Messaging {
                 .map_err(|_| BrokerError::IllegalTopic("topic is missing".into()))?;
             let topic = self.broker.topic_or_create(&name).await?;
             let at = route::route_endpoints(&self.advertised, req.endpoints.as_ref());
-            let namespace = req
-                .topic
-                .as_ref()
-                .map(|r| r.resource_namespace.clone())
-                .unwrap_or_default();
+            let namespace = req.topic.as_ref().map(|r| r.resource_namespace.clone()).unwrap_or_default();
             Ok::<_, BrokerError>(route::queues(&topic, &namespace, &at))
         }
         .await;
         Ok(Response::new(match answer {
-            Ok(message_queues) => v2::QueryRouteResponse {
-                status: Some(ok()),
-                message_queues,
-            },
-            Err(e) => v2::QueryRouteResponse {
-                status: Some(status::status(&e)),
-                message_queues: Vec::new(),
-            },
+            Ok(message_queues) => v2::QueryRouteResponse { status: Some(ok()), message_queues },
+            Err(e) => v2::QueryRouteResponse { status: Some(status::status(&e)), message_queues: Vec::new() },
         }))
     }
 
-    async fn heartbeat(
-        &self,
-        req: Request<v2::HeartbeatRequest>,
-    ) -> GrpcResult<v2::HeartbeatResponse> {
+    async fn heartbeat(&self, req: Request<v2::HeartbeatRequest>) -> GrpcResult<v2::HeartbeatResponse> {
         self.clients.touch(&client_id(&req));
         Ok(Response::new(v2::HeartbeatResponse { status: Some(ok()) }))
     }
 
-    async fn send_message(
-        &self,
-        req: Request<v2::SendMessageRequest>,
-    ) -> GrpcResult<v2::SendMessageResponse> {
+    async fn send_message(&self, req: Request<v2::SendMessageRequest>) -> GrpcResult<v2::SendMessageResponse> {
         let producer = client_id(&req);
         self.clients.touch(&producer);
         let messages = req.into_inner().messages;
         let response = match self.send(&producer, messages).await {
-            Ok(entries) => v2::SendMessageResponse {
-                status: Some(ok()),
-                entries,
-            },
+            Ok(entries) => v2::SendMessageResponse { status: Some(ok()), entries },
             Err((e, ids)) => {
                 tracing::debug!(client_id = producer, error = %e, "send refused");
                 let st = status::status(&e);
@@ -343,10 +288,7 @@ impl MessagingService for Messaging {
                         ..Default::default()
                     })
                     .collect();
-                v2::SendMessageResponse {
-                    status: Some(st),
-                    entries,
-                }
+                v2::SendMessageResponse { status: Some(st), entries }
             }
         };
         Ok(Response::new(response))
@@ -369,43 +311,24 @@ impl MessagingService for Messaging {
                 q.id = -1;
                 q.topic = req.topic.clone();
             }
-            Ok::<_, BrokerError>(
-                queue
-                    .map(|q| v2::Assignment {
-                        message_queue: Some(q),
-                    })
-                    .into_iter()
-                    .collect(),
-            )
+            Ok::<_, BrokerError>(queue.map(|q| v2::Assignment { message_queue: Some(q) }).into_iter().collect())
         }
         .await;
         Ok(Response::new(match answer {
-            Ok(assignments) => v2::QueryAssignmentResponse {
-                status: Some(ok()),
-                assignments,
-            },
-            Err(e) => v2::QueryAssignmentResponse {
-                status: Some(status::status(&e)),
-                assignments: Vec::new(),
-            },
+            Ok(assignments) => v2::QueryAssignmentResponse { status: Some(ok()), assignments },
+            Err(e) => v2::QueryAssignmentResponse { status: Some(status::status(&e)), assignments: Vec::new() },
         }))
     }
 
     type ReceiveMessageStream = BoxStream<v2::ReceiveMessageResponse>;
 
-    async fn receive_message(
-        &self,
-        req: Request<v2::ReceiveMessageRequest>,
-    ) -> GrpcResult<Self::ReceiveMessageStream> {
+    async fn receive_message(&self, req: Request<v2::ReceiveMessageRequest>) -> GrpcResult<Self::ReceiveMessageStream> {
         let client = client_id(&req);
         self.clients.touch(&client);
         let deadline = grpc_deadline(&req);
         let items = match self.receive(&client, req.into_inner(), deadline).await {
             Ok(deliveries) if deliveries.is_empty() => {
-                vec![
-                    receive_status(status::with(Code::MessageNotFound, "no new message")),
-                    receive_time(),
-                ]
+                vec![receive_status(status::with(Code::MessageNotFound, "no new message")), receive_time()]
             }
             Ok(deliveries) => {
                 let mut items = Vec::with_capacity(deliveries.len() + 2);
@@ -418,15 +341,10 @@ impl MessagingService for Messaging {
             }
             Err(e) => vec![receive_status(status::status(&e)), receive_time()],
         };
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            items.into_iter().map(Ok),
-        ))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(items.into_iter().map(Ok)))))
     }
 
-    async fn ack_message(
-        &self,
-        req: Request<v2::AckMessageRequest>,
-    ) -> GrpcResult<v2::AckMessageResponse> {
+    async fn ack_message(&self, req: Request<v2::AckMessageRequest>) -> GrpcResult<v2::AckMessageResponse> {
         self.clients.touch(&client_id(&req));
         let req = req.into_inner();
         let entries = req.entries;
@@ -441,10 +359,7 @@ impl MessagingService for Messaging {
         }
         .await;
         let results: Vec<v2::Status> = match outcome {
-            Ok(results) => results
-                .iter()
-                .map(|r| r.as_ref().map_or_else(status::status, |_| ok()))
-                .collect(),
+            Ok(results) => results.iter().map(|r| r.as_ref().map_or_else(status::status, |_| ok())).collect(),
             Err(e) => vec![status::status(&e); entries.len().max(1)],
         };
         let top = common_status(&results);
@@ -459,15 +374,9 @@ impl MessagingService for Messaging {
             .collect();
         if out.is_empty() {
             // The Rust client reads entries[0]: never answer with none.
-            out.push(v2::AckMessageResultEntry {
-                status: Some(top.clone()),
-                ..Default::default()
-            });
+            out.push(v2::AckMessageResultEntry { status: Some(top.clone()), ..Default::default() });
         }
-        Ok(Response::new(v2::AckMessageResponse {
-            status: Some(top),
-            entries: out,
-        }))
+        Ok(Response::new(v2::AckMessageResponse { status: Some(top), entries: out }))
     }
 
     async fn forward_message_to_dead_letter_queue(
@@ -479,76 +388,65 @@ impl MessagingService for Messaging {
         let outcome = async {
             let group = convert::resource_name(req.group.as_ref(), "group")?;
             let topic = convert::resource_name(req.topic.as_ref(), "topic")?;
-            self.broker
-                .forward_to_dead_letter(&group, &topic, &req.receipt_handle)
-                .await
+            self.broker.forward_to_dead_letter(&group, &topic, &req.receipt_handle).await
         }
         .await;
         let st = outcome.map_or_else(|e| status::status(&e), |()| ok());
-        Ok(Response::new(v2::ForwardMessageToDeadLetterQueueResponse {
-            status: Some(st),
-        }))
+        Ok(Response::new(v2::ForwardMessageToDeadLetterQueueResponse { status: Some(st) }))
     }
 
     type PullMessageStream = BoxStream<v2::PullMessageResponse>;
 
-    async fn pull_message(
-        &self,
-        _req: Request<v2::PullMessageRequest>,
-    ) -> GrpcResult<Self::PullMessageStream> {
-        Ok(Response::new(single_status_stream(
-            v2::PullMessageResponse {
-                content: Some(v2::pull_message_response::Content::Status(not_implemented(
-                    "PullMessage",
-                ))),
-            },
-        )))
+    async fn pull_message(&self, _req: Request<v2::PullMessageRequest>) -> GrpcResult<Self::PullMessageStream> {
+        Ok(Response::new(single_status_stream(v2::PullMessageResponse {
+            content: Some(v2::pull_message_response::Content::Status(not_implemented("PullMessage"))),
+        })))
     }
 
-    async fn update_offset(
-        &self,
-        _req: Request<v2::UpdateOffsetRequest>,
-    ) -> GrpcResult<v2::UpdateOffsetResponse> {
-        Ok(Response::new(v2::UpdateOffsetResponse {
-            status: Some(not_implemented("UpdateOffset")),
-        }))
+    async fn update_offset(&self, _req: Request<v2::UpdateOffsetRequest>) -> GrpcResult<v2::UpdateOffsetResponse> {
+        Ok(Response::new(v2::UpdateOffsetResponse { status: Some(not_implemented("UpdateOffset")) }))
     }
 
-    async fn get_offset(
-        &self,
-        _req: Request<v2::GetOffsetRequest>,
-    ) -> GrpcResult<v2::GetOffsetResponse> {
-        Ok(Response::new(v2::GetOffsetResponse {
-            status: Some(not_implemented("GetOffset")),
-            offset: 0,
-        }))
+    async fn get_offset(&self, _req: Request<v2::GetOffsetRequest>) -> GrpcResult<v2::GetOffsetResponse> {
+        Ok(Response::new(v2::GetOffsetResponse { status: Some(not_implemented("GetOffset")), offset: 0 }))
     }
 
-    async fn query_offset(
-        &self,
-        _req: Request<v2::QueryOffsetRequest>,
-    ) -> GrpcResult<v2::QueryOffsetResponse> {
-        Ok(Response::new(v2::QueryOffsetResponse {
-            status: Some(not_implemented("QueryOffset")),
-            offset: 0,
-        }))
+    async fn query_offset(&self, _req: Request<v2::QueryOffsetRequest>) -> GrpcResult<v2::QueryOffsetResponse> {
+        Ok(Response::new(v2::QueryOffsetResponse { status: Some(not_implemented("QueryOffset")), offset: 0 }))
     }
 
-    async fn end_transaction(
-        &self,
-        _req: Request<v2::EndTransactionRequest>,
-    ) -> GrpcResult<v2::EndTransactionResponse> {
-        Ok(Response::new(v2::EndTransactionResponse {
-            status: Some(not_implemented("EndTransaction")),
-        }))
+    async fn end_transaction(&self, req: Request<v2::EndTransactionRequest>) -> GrpcResult<v2::EndTransactionResponse> {
+        let client = client_id(&req);
+        self.clients.touch(&client);
+        let req = req.into_inner();
+        let outcome = async {
+            let topic = req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+            let resolution = match v2::TransactionResolution::try_from(req.resolution) {
+                Ok(v2::TransactionResolution::Commit) => Resolution::Commit,
+                Ok(v2::TransactionResolution::Rollback) => Resolution::Rollback,
+                Ok(v2::TransactionResolution::Unspecified) => Resolution::Unknown,
+                Err(_) => return Err(BrokerError::BadRequest(format!("unknown resolution {}", req.resolution))),
+            };
+            let by = match v2::TransactionSource::try_from(req.source) {
+                Ok(v2::TransactionSource::SourceServerCheck) => Actor::Check,
+                _ => Actor::Producer,
+            };
+            self.broker.end_transaction(&topic, &req.message_id, &req.transaction_id, resolution, by, None).await
+        }
+        .await;
+        let st = match outcome {
+            Ok(_) => ok(),
+            Err(e) => {
+                tracing::debug!(client_id = client, transaction_id = req.transaction_id, error = %e, "end transaction refused");
+                status::status(&e)
+            }
+        };
+        Ok(Response::new(v2::EndTransactionResponse { status: Some(st) }))
     }
 
     type TelemetryStream = ReceiverStream<Result<v2::TelemetryCommand, tonic::Status>>;
 
-    async fn telemetry(
-        &self,
-        req: Request<Streaming<v2::TelemetryCommand>>,
-    ) -> GrpcResult<Self::TelemetryStream> {
+    async fn telemetry(&self, req: Request<Streaming<v2::TelemetryCommand>>) -> GrpcResult<Self::TelemetryStream> {
         let client = client_id(&req);
         let rx = telemetry::serve(
             client,
@@ -568,9 +466,7 @@ impl MessagingService for Messaging {
         let client = client_id(&req);
         tracing::debug!(client_id = client, "client terminated");
         self.clients.terminate(&client);
-        Ok(Response::new(v2::NotifyClientTerminationResponse {
-            status: Some(ok()),
-        }))
+        Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(ok()) }))
     }
 
     async fn change_invisible_duration(
@@ -582,23 +478,18 @@ impl MessagingService for Messaging {
         let outcome = async {
             let group = convert::resource_name(req.group.as_ref(), "group")?;
             let topic = convert::resource_name(req.topic.as_ref(), "topic")?;
-            let d = req.invisible_duration.ok_or_else(|| {
-                BrokerError::IllegalInvisibleTime("invisible_duration is missing".into())
-            })?;
+            let d = req
+                .invisible_duration
+                .ok_or_else(|| BrokerError::IllegalInvisibleTime("invisible_duration is missing".into()))?;
             let d = std::time::Duration::try_from(d)
                 .map_err(|_| BrokerError::IllegalInvisibleTime("negative duration".into()))?;
-            self.broker
-                .change_invisible(&group, &topic, &req.receipt_handle, d)
-                .await
+            self.broker.change_invisible(&group, &topic, &req.receipt_handle, d).await
         }
         .await;
         // Python replaces its handle with ours before checking the status: on failure give its
         // own back, so a later ack still names the delivery it holds.
         let response = match outcome {
-            Ok(handle) => v2::ChangeInvisibleDurationResponse {
-                status: Some(ok()),
-                receipt_handle: handle,
-            },
+            Ok(handle) => v2::ChangeInvisibleDurationResponse { status: Some(ok()), receipt_handle: handle },
             Err(e) => v2::ChangeInvisibleDurationResponse {
                 status: Some(status::status(&e)),
                 receipt_handle: req.receipt_handle,
@@ -607,10 +498,7 @@ impl MessagingService for Messaging {
         Ok(Response::new(response))
     }
 
-    async fn recall_message(
-        &self,
-        _req: Request<v2::RecallMessageRequest>,
-    ) -> GrpcResult<v2::RecallMessageResponse> {
+    async fn recall_message(&self, _req: Request<v2::RecallMessageRequest>) -> GrpcResult<v2::RecallMessageResponse> {
         Ok(Response::new(v2::RecallMessageResponse {
             status: Some(not_implemented("RecallMessage")),
             message_id: String::new(),
@@ -621,8 +509,6 @@ impl MessagingService for Messaging {
         &self,
         _req: Request<v2::SyncLiteSubscriptionRequest>,
     ) -> GrpcResult<v2::SyncLiteSubscriptionResponse> {
-        Ok(Response::new(v2::SyncLiteSubscriptionResponse {
-            status: Some(not_implemented("SyncLiteSubscription")),
-        }))
+        Ok(Response::new(v2::SyncLiteSubscriptionResponse { status: Some(not_implemented("SyncLiteSubscription")) }))
     }
 }

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`messaging`]: the RocketMQ 5 RPCs.
 //! - [`telemetry`]: the Telemetry stream and the Settings the broker announces.
+//! - [`checker`]: the transaction check-back loop.
 //! - [`clients`]: connected clients and their live streams.
 //! - [`route`]: queues and endpoints in routes.
 //! - [`convert`]: wire ↔ domain conversion with edge validation.
@@ -12,6 +13,7 @@
 //! [`Broker`]: crate::broker::Broker
 
 pub mod admin;
+pub mod checker;
 pub mod clients;
 pub mod convert;
 pub mod messaging;

@@ -10,9 +10,7 @@ use txmq_proto::v2;
 
 /// Splits `host:port` (IPv6 as `[::1]:8081`).
 pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{s:?} is not host:port"))?;
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
     let port: u16 = port.parse().map_err(|_| format!("invalid port in {s:?}"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
@@ -30,18 +28,12 @@ pub fn endpoints(host: &str, port: u16) -> v2::Endpoints {
     };
     v2::Endpoints {
         scheme: scheme as i32,
-        addresses: vec![v2::Address {
-            host: host.to_string(),
-            port: i32::from(port),
-        }],
+        addresses: vec![v2::Address { host: host.to_string(), port: i32::from(port) }],
     }
 }
 
 /// The endpoints to put in a route answered to a client that dialled `requested`.
-pub fn route_endpoints(
-    advertised: &v2::Endpoints,
-    requested: Option<&v2::Endpoints>,
-) -> v2::Endpoints {
+pub fn route_endpoints(advertised: &v2::Endpoints, requested: Option<&v2::Endpoints>) -> v2::Endpoints {
     let our_port = advertised.addresses.first().map(|a| a.port);
     match requested {
         Some(r)
@@ -58,25 +50,14 @@ pub fn route_endpoints(
 
 /// One readable, writable queue per queue id of the topic.
 pub fn queues(topic: &TopicRecord, namespace: &str, at: &v2::Endpoints) -> Vec<v2::MessageQueue> {
-    let accept: Vec<i32> = topic
-        .topic_type
-        .accepted()
-        .into_iter()
-        .map(|t| super::convert::wire_message_type(t) as i32)
-        .collect();
+    let accept: Vec<i32> =
+        topic.topic_type.accepted().into_iter().map(|t| super::convert::wire_message_type(t) as i32).collect();
     (0..topic.queue_count)
         .map(|id| v2::MessageQueue {
-            topic: Some(v2::Resource {
-                resource_namespace: namespace.to_string(),
-                name: topic.name.clone(),
-            }),
+            topic: Some(v2::Resource { resource_namespace: namespace.to_string(), name: topic.name.clone() }),
             id: id as i32,
             permission: v2::Permission::ReadWrite as i32,
-            broker: Some(v2::Broker {
-                name: "txmq".into(),
-                id: 0,
-                endpoints: Some(at.clone()),
-            }),
+            broker: Some(v2::Broker { name: "txmq".into(), id: 0, endpoints: Some(at.clone()) }),
             accept_message_types: accept.clone(),
         })
         .collect()
@@ -88,10 +69,7 @@ mod tests {
 
     #[test]
     fn host_port_parsing() {
-        assert_eq!(
-            parse_host_port("127.0.0.1:8081").unwrap(),
-            ("127.0.0.1".into(), 8081)
-        );
+        assert_eq!(parse_host_port("127.0.0.1:8081").unwrap(), ("127.0.0.1".into(), 8081));
         assert_eq!(parse_host_port("[::1]:9").unwrap(), ("::1".into(), 9));
         assert!(parse_host_port("nohost").is_err());
         assert!(parse_host_port(":80").is_err());
@@ -102,14 +80,8 @@ mod tests {
         let ours = endpoints("127.0.0.1", 8081);
         let asked = endpoints("localhost", 8081);
         assert_eq!(route_endpoints(&ours, Some(&asked)), asked);
-        assert_eq!(
-            route_endpoints(&ours, Some(&endpoints("localhost", 9999))),
-            ours
-        );
+        assert_eq!(route_endpoints(&ours, Some(&endpoints("localhost", 9999))), ours);
         assert_eq!(route_endpoints(&ours, None), ours);
-        assert_eq!(
-            endpoints("localhost", 1).scheme,
-            v2::AddressScheme::DomainName as i32
-        );
+        assert_eq!(endpoints("localhost", 1).scheme, v2::AddressScheme::DomainName as i32);
     }
 }

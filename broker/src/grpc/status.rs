@@ -20,17 +20,11 @@ pub const NEVER_SENT: [Code; 7] = [
 ];
 
 pub fn ok() -> Status {
-    Status {
-        code: Code::Ok as i32,
-        message: "OK".into(),
-    }
+    Status { code: Code::Ok as i32, message: "OK".into() }
 }
 
 pub fn with(code: Code, message: impl Into<String>) -> Status {
-    Status {
-        code: code as i32,
-        message: message.into(),
-    }
+    Status { code: code as i32, message: message.into() }
 }
 
 /// The RocketMQ code for an error.
@@ -55,6 +49,8 @@ pub fn code(err: &BrokerError) -> Code {
         BrokerError::IllegalInvisibleTime(_) => Code::IllegalInvisibleTime,
         BrokerError::InvalidReceiptHandle(_) => Code::InvalidReceiptHandle,
         BrokerError::IllegalPollingTime(_) => Code::IllegalPollingTime,
+        BrokerError::InvalidTransactionId(_) => Code::InvalidTransactionId,
+        BrokerError::PreconditionFailed(_) => Code::PreconditionFailed,
         BrokerError::NotImplemented(_) => Code::NotImplemented,
         BrokerError::TooManyRequests(_) => Code::TooManyRequests,
         BrokerError::Store(StoreError::Closed) => Code::InternalServerError,
@@ -94,6 +90,8 @@ mod tests {
             BrokerError::IllegalInvisibleTime(String::new()),
             BrokerError::InvalidReceiptHandle(String::new()),
             BrokerError::IllegalPollingTime(String::new()),
+            BrokerError::InvalidTransactionId(String::new()),
+            BrokerError::PreconditionFailed(String::new()),
             BrokerError::NotImplemented("x"),
             BrokerError::TooManyRequests(String::new()),
             BrokerError::Store(StoreError::Closed),

@@ -22,13 +22,11 @@ const STREAM_BUFFER: usize = 64;
 fn producer_backoff() -> v2::RetryPolicy {
     v2::RetryPolicy {
         max_attempts: 3,
-        strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(
-            v2::ExponentialBackoff {
-                initial: Some(duration(Duration::from_millis(10))),
-                max: Some(duration(Duration::from_secs(1))),
-                multiplier: 2.0,
-            },
-        )),
+        strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(v2::ExponentialBackoff {
+            initial: Some(duration(Duration::from_millis(10))),
+            max: Some(duration(Duration::from_secs(1))),
+            multiplier: 2.0,
+        })),
     }
 }
 
@@ -36,21 +34,16 @@ fn producer_backoff() -> v2::RetryPolicy {
 fn consumer_backoff(max_attempts: i32) -> v2::RetryPolicy {
     v2::RetryPolicy {
         max_attempts,
-        strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(
-            v2::ExponentialBackoff {
-                initial: Some(duration(Duration::from_secs(1))),
-                max: Some(duration(Duration::from_secs(60))),
-                multiplier: 2.0,
-            },
-        )),
+        strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(v2::ExponentialBackoff {
+            initial: Some(duration(Duration::from_secs(1))),
+            max: Some(duration(Duration::from_secs(60))),
+            multiplier: 2.0,
+        })),
     }
 }
 
 pub fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 /// Limits the broker announces in its Settings replies.
@@ -89,10 +82,7 @@ pub fn complete_settings(mut s: v2::Settings, a: Announced) -> v2::Settings {
             }
         }
     }
-    s.metric = Some(v2::Metric {
-        on: false,
-        endpoints: None,
-    });
+    s.metric = Some(v2::Metric { on: false, endpoints: None });
     s
 }
 
@@ -119,10 +109,7 @@ pub fn serve(
                     clients.touch(&client_id);
                     if let Some(reply) = handle(&client_id, cmd, &clients, announced) {
                         if tx.try_send(Ok(reply)).is_err() {
-                            tracing::warn!(
-                                client_id,
-                                "telemetry stream is not being read; reply dropped"
-                            );
+                            tracing::warn!(client_id, "telemetry stream is not being read; reply dropped");
                         }
                     }
                 }
@@ -139,20 +126,12 @@ pub fn serve(
     rx
 }
 
-fn handle(
-    client_id: &str,
-    cmd: v2::TelemetryCommand,
-    clients: &Clients,
-    a: Announced,
-) -> Option<v2::TelemetryCommand> {
+fn handle(client_id: &str, cmd: v2::TelemetryCommand, clients: &Clients, a: Announced) -> Option<v2::TelemetryCommand> {
     match cmd.command {
         Some(Command::Settings(settings)) => {
             let completed = complete_settings(settings, a);
             clients.set_settings(client_id, completed.clone());
-            Some(v2::TelemetryCommand {
-                status: Some(status::ok()),
-                command: Some(Command::Settings(completed)),
-            })
+            Some(v2::TelemetryCommand { status: Some(status::ok()), command: Some(Command::Settings(completed)) })
         }
         Some(other) => {
             tracing::debug!(client_id, command = ?std::mem::discriminant(&other), "telemetry command ignored");
@@ -166,30 +145,22 @@ fn handle(
 mod tests {
     use super::*;
 
-    const A: Announced = Announced {
-        max_body_size: 4000,
-        long_polling_timeout: Duration::from_secs(20),
-        max_delivery_attempts: 17,
-    };
+    const A: Announced =
+        Announced { max_body_size: 4000, long_polling_timeout: Duration::from_secs(20), max_delivery_attempts: 17 };
 
     #[test]
     fn producers_always_get_a_body_limit_and_a_retry_policy() {
         let rust_settings = v2::Settings {
             client_type: Some(v2::ClientType::Producer as i32),
             pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing {
-                topics: vec![v2::Resource {
-                    resource_namespace: String::new(),
-                    name: "t".into(),
-                }],
+                topics: vec![v2::Resource { resource_namespace: String::new(), name: "t".into() }],
                 max_body_size: 0,
                 validate_message_type: true,
             })),
             ..Default::default()
         };
         let s = complete_settings(rust_settings, A);
-        let Some(v2::settings::PubSub::Publishing(p)) = s.pub_sub else {
-            panic!("publishing missing")
-        };
+        let Some(v2::settings::PubSub::Publishing(p)) = s.pub_sub else { panic!("publishing missing") };
         assert_eq!(p.max_body_size, 4000);
         assert_eq!(p.topics.len(), 1);
         assert_eq!(s.backoff_policy.unwrap().max_attempts, 3);
@@ -200,16 +171,12 @@ mod tests {
         let s = complete_settings(
             v2::Settings {
                 client_type: Some(v2::ClientType::SimpleConsumer as i32),
-                pub_sub: Some(v2::settings::PubSub::Subscription(
-                    v2::Subscription::default(),
-                )),
+                pub_sub: Some(v2::settings::PubSub::Subscription(v2::Subscription::default())),
                 ..Default::default()
             },
             A,
         );
-        let Some(v2::settings::PubSub::Subscription(sub)) = s.pub_sub else {
-            panic!("subscription missing")
-        };
+        let Some(v2::settings::PubSub::Subscription(sub)) = s.pub_sub else { panic!("subscription missing") };
         assert_eq!(sub.long_polling_timeout.unwrap().seconds, 20);
         assert_eq!(sub.receive_batch_size, Some(32));
         assert_eq!(s.backoff_policy.unwrap().max_attempts, 17);

@@ -48,14 +48,9 @@ pub fn join(prefix: &[u8], entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<u8>, 
     let mut out = Vec::with_capacity(entries.iter().map(|(_, v)| v.len()).sum());
     for (i, (k, v)) in entries.into_iter().enumerate() {
         let expected = i as u16;
-        let ok = k.len() == prefix.len() + 2
-            && k.starts_with(prefix)
-            && k[prefix.len()..] == expected.to_be_bytes();
+        let ok = k.len() == prefix.len() + 2 && k.starts_with(prefix) && k[prefix.len()..] == expected.to_be_bytes();
         if !ok {
-            return Err(StoreError::Corrupt {
-                key: k,
-                detail: format!("expected chunk {i}"),
-            });
+            return Err(StoreError::Corrupt { key: k, detail: format!("expected chunk {i}") });
         }
         out.extend_from_slice(&v);
     }

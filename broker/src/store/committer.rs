@@ -66,10 +66,7 @@ struct Shared {
 
 impl Shared {
     fn poisoned(&self) -> Option<String> {
-        self.poison
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
+        self.poison.lock().map(|p| p.clone()).unwrap_or_else(|e| e.into_inner().clone())
     }
 
     fn poison(&self, why: String) {
@@ -115,10 +112,7 @@ impl Committer {
     /// Starts the writer thread over `store`, with room for `capacity` queued writes.
     pub fn start(store: Arc<dyn Store>, capacity: usize) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let shared = Arc::new(Shared {
-            poison: Mutex::new(None),
-            counters: Counters::default(),
-        });
+        let shared = Arc::new(Shared { poison: Mutex::new(None), counters: Counters::default() });
         let thread = std::thread::Builder::new()
             .name("txmq-committer".into())
             .spawn({
@@ -126,11 +120,7 @@ impl Committer {
                 move || writer_loop(store, rx, shared)
             })
             .map_err(|e| StoreError::Io(format!("cannot start the committer thread: {e}")))?;
-        Ok(Self {
-            tx,
-            shared,
-            thread: Mutex::new(Some(thread)),
-        })
+        Ok(Self { tx, shared, thread: Mutex::new(Some(thread)) })
     }
 
     /// Waits for room in the queue. Fails fast when poisoned or closed.
@@ -243,8 +233,7 @@ fn commit_group(store: &dyn Store, shared: &Shared, group: Vec<Job>) {
             let n = waiters.len() as u64;
             c.flushes.fetch_add(1, Ordering::Relaxed);
             c.jobs.fetch_add(n, Ordering::Relaxed);
-            c.flush_micros
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            c.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             c.max_group.fetch_max(n, Ordering::Relaxed);
             for (after, done) in waiters {
                 if let Some(f) = after {

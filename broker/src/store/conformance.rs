@@ -29,111 +29,44 @@ fn get_set_delete(store: &dyn Store) {
 
 fn later_writes_in_a_batch_win(store: &dyn Store) {
     let mut b = Batch::new();
-    b.put_raw(k("x"), k("1"))
-        .delete_raw(k("x"))
-        .put_raw(k("y"), k("1"))
-        .put_raw(k("y"), k("2"));
+    b.put_raw(k("x"), k("1")).delete_raw(k("x")).put_raw(k("y"), k("1")).put_raw(k("y"), k("2"));
     store.apply(&b).unwrap();
     assert_eq!(store.get(b"x").unwrap(), None);
     assert_eq!(store.get(b"y").unwrap(), Some(k("2")));
 }
 
 fn scans_are_ordered_bounded_and_reversible(store: &dyn Store) {
-    put(
-        store,
-        &[
-            ("p1", "a"),
-            ("p3", "c"),
-            ("p2", "b"),
-            ("q1", "z"),
-            ("o9", "y"),
-        ],
-    );
-    let keys = |v: Vec<Entry>| {
-        v.into_iter()
-            .map(|(k, _)| String::from_utf8(k).unwrap())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        keys(scan_prefix(store, b"p", 10, false).unwrap()),
-        ["p1", "p2", "p3"]
-    );
-    assert_eq!(
-        keys(scan_prefix(store, b"p", 2, false).unwrap()),
-        ["p1", "p2"]
-    );
-    assert_eq!(
-        keys(scan_prefix(store, b"p", 2, true).unwrap()),
-        ["p3", "p2"]
-    );
-    assert_eq!(
-        keys(
-            store
-                .scan(Excluded(b"p1"), Included(b"p3"), 10, false)
-                .unwrap()
-        ),
-        ["p2", "p3"]
-    );
-    assert_eq!(
-        keys(store.scan(Unbounded, Excluded(b"p2"), 10, false).unwrap()),
-        ["o9", "p1"]
-    );
-    assert!(store
-        .scan(Included(b"z"), Excluded(b"a"), 10, false)
-        .unwrap()
-        .is_empty());
-    assert!(store
-        .scan(Excluded(b"p1"), Excluded(b"p1"), 10, false)
-        .unwrap()
-        .is_empty());
-    assert_eq!(
-        keys(
-            store
-                .scan(Included(b"p1"), Included(b"p1"), 10, false)
-                .unwrap()
-        ),
-        ["p1"]
-    );
+    put(store, &[("p1", "a"), ("p3", "c"), ("p2", "b"), ("q1", "z"), ("o9", "y")]);
+    let keys = |v: Vec<Entry>| v.into_iter().map(|(k, _)| String::from_utf8(k).unwrap()).collect::<Vec<_>>();
+    assert_eq!(keys(scan_prefix(store, b"p", 10, false).unwrap()), ["p1", "p2", "p3"]);
+    assert_eq!(keys(scan_prefix(store, b"p", 2, false).unwrap()), ["p1", "p2"]);
+    assert_eq!(keys(scan_prefix(store, b"p", 2, true).unwrap()), ["p3", "p2"]);
+    assert_eq!(keys(store.scan(Excluded(b"p1"), Included(b"p3"), 10, false).unwrap()), ["p2", "p3"]);
+    assert_eq!(keys(store.scan(Unbounded, Excluded(b"p2"), 10, false).unwrap()), ["o9", "p1"]);
+    assert!(store.scan(Included(b"z"), Excluded(b"a"), 10, false).unwrap().is_empty());
+    assert!(store.scan(Excluded(b"p1"), Excluded(b"p1"), 10, false).unwrap().is_empty());
+    assert_eq!(keys(store.scan(Included(b"p1"), Included(b"p1"), 10, false).unwrap()), ["p1"]);
     assert!(scan_prefix(store, b"p", 0, false).unwrap().is_empty());
 }
 
 fn binary_keys_and_empty_values(store: &dyn Store) {
     let mut b = Batch::new();
-    b.put_raw(vec![0, 0xFF, 0], Vec::new())
-        .put_raw(vec![0xFF; 3], vec![0; 5]);
+    b.put_raw(vec![0, 0xFF, 0], Vec::new()).put_raw(vec![0xFF; 3], vec![0; 5]);
     store.apply(&b).unwrap();
     assert_eq!(store.get(&[0, 0xFF, 0]).unwrap(), Some(Vec::new()));
-    assert_eq!(
-        scan_prefix(store, &[0xFF, 0xFF], 10, false).unwrap().len(),
-        1
-    );
+    assert_eq!(scan_prefix(store, &[0xFF, 0xFF], 10, false).unwrap().len(), 1);
 }
 
 fn chunked_records_roundtrip(store: &dyn Store) {
-    let key = |chunk| Key::MessageChunk {
-        topic: "t".into(),
-        queue: 0,
-        offset: 7,
-        chunk,
-    };
+    let key = |chunk| Key::MessageChunk { topic: "t".into(), queue: 0, offset: 7, chunk };
     let prefix = Key::message_prefix("t", 0, 7);
-    for len in [
-        0,
-        1,
-        chunks::CHUNK_SIZE,
-        chunks::CHUNK_SIZE + 1,
-        3 * chunks::CHUNK_SIZE + 17,
-    ] {
+    for len in [0, 1, chunks::CHUNK_SIZE, chunks::CHUNK_SIZE + 1, 3 * chunks::CHUNK_SIZE + 17] {
         let value: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         let mut b = Batch::new();
         chunks::delete(store, &mut b, &prefix).unwrap();
         chunks::put(&mut b, &value, key).unwrap();
         store.apply(&b).unwrap();
-        assert_eq!(
-            chunks::get(store, &prefix).unwrap(),
-            Some(value),
-            "length {len}"
-        );
+        assert_eq!(chunks::get(store, &prefix).unwrap(), Some(value), "length {len}");
     }
     let mut b = Batch::new();
     chunks::delete(store, &mut b, &prefix).unwrap();
@@ -142,10 +75,7 @@ fn chunked_records_roundtrip(store: &dyn Store) {
 }
 
 fn committer_groups_and_orders_writes(store: Arc<dyn Store>) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
     let committer = Arc::new(Committer::start(store.clone(), 64).unwrap());
     rt.block_on(async {
         let mut tasks = Vec::new();
@@ -161,10 +91,7 @@ fn committer_groups_and_orders_writes(store: Arc<dyn Store>) {
             t.await.unwrap().unwrap();
         }
         // Same key written twice in one queue: the later submit wins.
-        let (s1, s2) = (
-            committer.reserve().await.unwrap(),
-            committer.reserve().await.unwrap(),
-        );
+        let (s1, s2) = (committer.reserve().await.unwrap(), committer.reserve().await.unwrap());
         let mut b1 = Batch::new();
         b1.put_raw(k("order"), k("first"));
         let mut b2 = Batch::new();
@@ -173,12 +100,7 @@ fn committer_groups_and_orders_writes(store: Arc<dyn Store>) {
         p1.durable().await.unwrap();
         p2.durable().await.unwrap();
     });
-    assert_eq!(
-        scan_prefix(store.as_ref(), b"c", 1000, false)
-            .unwrap()
-            .len(),
-        200
-    );
+    assert_eq!(scan_prefix(store.as_ref(), b"c", 1000, false).unwrap().len(), 200);
     assert_eq!(store.get(b"order").unwrap(), Some(k("second")));
     let stats = committer.stats();
     assert_eq!(stats.jobs, 202);
@@ -220,23 +142,14 @@ fn sled_keeps_large_records_out_of_unsynced_blob_files() {
     let body = vec![0xAB_u8; 4 * 1024 * 1024 - 64 * 1024];
     for offset in 0..4 {
         let mut b = Batch::new();
-        chunks::put(&mut b, &body, |chunk| Key::MessageChunk {
-            topic: "big".into(),
-            queue: 0,
-            offset,
-            chunk,
-        })
-        .unwrap();
+        chunks::put(&mut b, &body, |chunk| Key::MessageChunk { topic: "big".into(), queue: 0, offset, chunk }).unwrap();
         store.apply(&b).unwrap();
         store.flush().unwrap();
     }
     assert_eq!(store.blob_file_count(), 0);
     drop(store);
     let store = SledStore::open(dir.path()).unwrap();
-    assert_eq!(
-        chunks::get(&store, &Key::message_prefix("big", 0, 3)).unwrap(),
-        Some(body)
-    );
+    assert_eq!(chunks::get(&store, &Key::message_prefix("big", 0, 3)).unwrap(), Some(body));
 }
 
 #[test]
@@ -280,9 +193,7 @@ impl Store for FailingFlush {
 
 #[test]
 fn committer_poisons_after_a_failed_flush() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let committer = Committer::start(Arc::new(FailingFlush(MemoryStore::new())), 8).unwrap();
     rt.block_on(async {
         let first = committer.commit(Batch::new()).await;

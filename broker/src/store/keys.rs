@@ -18,29 +18,25 @@ pub enum Key {
     Topic(String),
     /// One chunk of a stored message: records are split into chunks so that no sled value
     /// grows large enough to leave sled's fsynced log (see `store::chunks`).
-    MessageChunk {
-        topic: String,
-        queue: u32,
-        offset: u64,
-        chunk: u16,
-    },
+    MessageChunk { topic: String, queue: u32, offset: u64, chunk: u16 },
     /// `(topic, message id)` → `(queue, offset)`: makes sends idempotent and ids searchable.
     MessageId { topic: String, message_id: String },
     /// A consumer group's configuration.
     Group(String),
     /// A group's next never-delivered offset in one queue.
-    Cursor {
-        group: String,
-        topic: String,
-        queue: u32,
-    },
+    Cursor { group: String, topic: String, queue: u32 },
     /// A message delivered to a group (or deferred until its delivery time) and not yet acked.
-    Inflight {
-        group: String,
-        topic: String,
-        queue: u32,
-        offset: u64,
-    },
+    Inflight { group: String, topic: String, queue: u32, offset: u64 },
+    /// A transaction's state and timeline.
+    Txn(String),
+    /// One chunk of a transaction's half message.
+    HalfChunk { txn: String, chunk: u16 },
+    /// `(topic, message id)` → transaction id: makes half sends idempotent.
+    TxnByMessage { topic: String, message_id: String },
+    /// Pending transactions by next check time: the check scheduler reads `..=now`.
+    TxnDue { at: i64, txn: String },
+    /// Resolved transactions by resolution time: purged after the retention period.
+    TxnResolved { at: i64, txn: String },
 }
 
 mod tag {
@@ -51,6 +47,11 @@ mod tag {
     pub const GROUP: u8 = 0x10;
     pub const CURSOR: u8 = 0x11;
     pub const INFLIGHT: u8 = 0x12;
+    pub const TXN: u8 = 0x20;
+    pub const HALF_CHUNK: u8 = 0x21;
+    pub const TXN_BY_MESSAGE: u8 = 0x22;
+    pub const TXN_DUE: u8 = 0x23;
+    pub const TXN_RESOLVED: u8 = 0x24;
 }
 
 impl Key {
@@ -59,42 +60,22 @@ impl Key {
         match self {
             Key::Meta(name) => e.u8(tag::META).ordered_str(name),
             Key::Topic(name) => e.u8(tag::TOPIC).ordered_str(name),
-            Key::MessageChunk {
-                topic,
-                queue,
-                offset,
-                chunk,
-            } => e
-                .u8(tag::MESSAGE_CHUNK)
-                .ordered_str(topic)
-                .u32(*queue)
-                .u64(*offset)
-                .u16(*chunk),
-            Key::MessageId { topic, message_id } => e
-                .u8(tag::MESSAGE_ID)
-                .ordered_str(topic)
-                .ordered_str(message_id),
+            Key::MessageChunk { topic, queue, offset, chunk } => {
+                e.u8(tag::MESSAGE_CHUNK).ordered_str(topic).u32(*queue).u64(*offset).u16(*chunk)
+            }
+            Key::MessageId { topic, message_id } => e.u8(tag::MESSAGE_ID).ordered_str(topic).ordered_str(message_id),
             Key::Group(name) => e.u8(tag::GROUP).ordered_str(name),
-            Key::Cursor {
-                group,
-                topic,
-                queue,
-            } => e
-                .u8(tag::CURSOR)
-                .ordered_str(group)
-                .ordered_str(topic)
-                .u32(*queue),
-            Key::Inflight {
-                group,
-                topic,
-                queue,
-                offset,
-            } => e
-                .u8(tag::INFLIGHT)
-                .ordered_str(group)
-                .ordered_str(topic)
-                .u32(*queue)
-                .u64(*offset),
+            Key::Cursor { group, topic, queue } => e.u8(tag::CURSOR).ordered_str(group).ordered_str(topic).u32(*queue),
+            Key::Inflight { group, topic, queue, offset } => {
+                e.u8(tag::INFLIGHT).ordered_str(group).ordered_str(topic).u32(*queue).u64(*offset)
+            }
+            Key::Txn(id) => e.u8(tag::TXN).ordered_str(id),
+            Key::HalfChunk { txn, chunk } => e.u8(tag::HALF_CHUNK).ordered_str(txn).u16(*chunk),
+            Key::TxnByMessage { topic, message_id } => {
+                e.u8(tag::TXN_BY_MESSAGE).ordered_str(topic).ordered_str(message_id)
+            }
+            Key::TxnDue { at, txn } => e.u8(tag::TXN_DUE).i64(*at).ordered_str(txn),
+            Key::TxnResolved { at, txn } => e.u8(tag::TXN_RESOLVED).i64(*at).ordered_str(txn),
         };
         e.finish()
     }
@@ -104,28 +85,20 @@ impl Key {
         let key = match d.u8()? {
             tag::META => Key::Meta(d.ordered_str()?),
             tag::TOPIC => Key::Topic(d.ordered_str()?),
-            tag::MESSAGE_CHUNK => Key::MessageChunk {
-                topic: d.ordered_str()?,
-                queue: d.u32()?,
-                offset: d.u64()?,
-                chunk: d.u16()?,
-            },
-            tag::MESSAGE_ID => Key::MessageId {
-                topic: d.ordered_str()?,
-                message_id: d.ordered_str()?,
-            },
+            tag::MESSAGE_CHUNK => {
+                Key::MessageChunk { topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()?, chunk: d.u16()? }
+            }
+            tag::MESSAGE_ID => Key::MessageId { topic: d.ordered_str()?, message_id: d.ordered_str()? },
             tag::GROUP => Key::Group(d.ordered_str()?),
-            tag::CURSOR => Key::Cursor {
-                group: d.ordered_str()?,
-                topic: d.ordered_str()?,
-                queue: d.u32()?,
-            },
-            tag::INFLIGHT => Key::Inflight {
-                group: d.ordered_str()?,
-                topic: d.ordered_str()?,
-                queue: d.u32()?,
-                offset: d.u64()?,
-            },
+            tag::CURSOR => Key::Cursor { group: d.ordered_str()?, topic: d.ordered_str()?, queue: d.u32()? },
+            tag::INFLIGHT => {
+                Key::Inflight { group: d.ordered_str()?, topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? }
+            }
+            tag::TXN => Key::Txn(d.ordered_str()?),
+            tag::HALF_CHUNK => Key::HalfChunk { txn: d.ordered_str()?, chunk: d.u16()? },
+            tag::TXN_BY_MESSAGE => Key::TxnByMessage { topic: d.ordered_str()?, message_id: d.ordered_str()? },
+            tag::TXN_DUE => Key::TxnDue { at: d.i64()?, txn: d.ordered_str()? },
+            tag::TXN_RESOLVED => Key::TxnResolved { at: d.i64()?, txn: d.ordered_str()? },
             other => return Err(invalid("key tag", other)),
         };
         d.finish()?;
@@ -139,6 +112,25 @@ impl Key {
 
     pub fn group_prefix() -> Vec<u8> {
         vec![tag::GROUP]
+    }
+
+    pub fn txn_prefix() -> Vec<u8> {
+        vec![tag::TXN]
+    }
+
+    pub fn txn_due_prefix() -> Vec<u8> {
+        vec![tag::TXN_DUE]
+    }
+
+    pub fn txn_resolved_prefix() -> Vec<u8> {
+        vec![tag::TXN_RESOLVED]
+    }
+
+    /// All chunks of one half message.
+    pub fn half_prefix(txn: &str) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.u8(tag::HALF_CHUNK).ordered_str(txn);
+        e.finish()
     }
 
     /// Every cursor of one group.
@@ -165,10 +157,7 @@ impl Key {
     /// All chunks of one message.
     pub fn message_prefix(topic: &str, queue: u32, offset: u64) -> Vec<u8> {
         let mut e = Encoder::new();
-        e.u8(tag::MESSAGE_CHUNK)
-            .ordered_str(topic)
-            .u32(queue)
-            .u64(offset);
+        e.u8(tag::MESSAGE_CHUNK).ordered_str(topic).u32(queue).u64(offset);
         e.finish()
     }
 }
@@ -196,31 +185,18 @@ mod tests {
         prop_oneof![
             s.prop_map(Key::Meta),
             s.prop_map(Key::Topic),
-            (s, any::<u32>(), any::<u64>(), any::<u16>()).prop_map(
-                |(topic, queue, offset, chunk)| {
-                    Key::MessageChunk {
-                        topic,
-                        queue,
-                        offset,
-                        chunk,
-                    }
-                }
-            ),
+            (s, any::<u32>(), any::<u64>(), any::<u16>())
+                .prop_map(|(topic, queue, offset, chunk)| { Key::MessageChunk { topic, queue, offset, chunk } }),
             (s, s).prop_map(|(topic, message_id)| Key::MessageId { topic, message_id }),
             s.prop_map(Key::Group),
-            (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::Cursor {
-                group,
-                topic,
-                queue
-            }),
-            (s, s, any::<u32>(), any::<u64>()).prop_map(|(group, topic, queue, offset)| {
-                Key::Inflight {
-                    group,
-                    topic,
-                    queue,
-                    offset,
-                }
-            }),
+            (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::Cursor { group, topic, queue }),
+            (s, s, any::<u32>(), any::<u64>())
+                .prop_map(|(group, topic, queue, offset)| { Key::Inflight { group, topic, queue, offset } }),
+            s.prop_map(Key::Txn),
+            (s, any::<u16>()).prop_map(|(txn, chunk)| Key::HalfChunk { txn, chunk }),
+            (s, s).prop_map(|(topic, message_id)| Key::TxnByMessage { topic, message_id }),
+            (any::<i64>(), s).prop_map(|(at, txn)| Key::TxnDue { at, txn }),
+            (any::<i64>(), s).prop_map(|(at, txn)| Key::TxnResolved { at, txn }),
         ]
     }
 
@@ -243,13 +219,7 @@ mod tests {
 
     #[test]
     fn message_chunks_sit_inside_their_prefixes() {
-        let k = Key::MessageChunk {
-            topic: "t".into(),
-            queue: 3,
-            offset: 9,
-            chunk: 2,
-        }
-        .encode();
+        let k = Key::MessageChunk { topic: "t".into(), queue: 3, offset: 9, chunk: 2 }.encode();
         for prefix in [Key::queue_prefix("t", 3), Key::message_prefix("t", 3, 9)] {
             assert!(k.starts_with(&prefix));
             assert!(k < prefix_end(&prefix).unwrap());

@@ -34,9 +34,7 @@ impl Store for MemoryStore {
         reverse: bool,
     ) -> Result<Vec<Entry>, StoreError> {
         let map = self.map.read().map_err(|_| poisoned())?;
-        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) =
-            (start, end)
-        {
+        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) = (start, end) {
             // BTreeMap::range panics on inverted or empty-exclusive ranges; both are just empty.
             let both_included = matches!((start, end), (Bound::Included(_), Bound::Included(_)));
             if s > e || (s == e && !both_included) {
@@ -45,11 +43,7 @@ impl Store for MemoryStore {
         }
         let range = map.range::<[u8], _>((start, end));
         let clone = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
-        Ok(if reverse {
-            range.rev().take(limit).map(clone).collect()
-        } else {
-            range.take(limit).map(clone).collect()
-        })
+        Ok(if reverse { range.rev().take(limit).map(clone).collect() } else { range.take(limit).map(clone).collect() })
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {

@@ -136,12 +136,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Scan helper: up to `limit` entries whose keys start with `prefix`.
-pub fn scan_prefix(
-    store: &dyn Store,
-    prefix: &[u8],
-    limit: usize,
-    reverse: bool,
-) -> Result<Vec<Entry>, StoreError> {
+pub fn scan_prefix(store: &dyn Store, prefix: &[u8], limit: usize, reverse: bool) -> Result<Vec<Entry>, StoreError> {
     let end = keys::prefix_end(prefix);
     let end_bound = match &end {
         Some(e) => Bound::Excluded(e.as_slice()),

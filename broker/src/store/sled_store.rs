@@ -40,27 +40,17 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .open()
-            .map_err(io)?;
+        let db = sled::Config::new().path(dir).cache_capacity(CACHE_CAPACITY_BYTES).open().map_err(io)?;
         let log_file = File::open(dir.join("db")).map_err(io)?;
         // The directory entry of a freshly created log file must be durable too.
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        Ok(Self {
-            db,
-            log_file,
-            dir: dir.to_path_buf(),
-        })
+        Ok(Self { db, log_file, dir: dir.to_path_buf() })
     }
 
     /// Files in sled's `blobs/` directory: values that escaped the fsynced log. Always 0 when
     /// callers respect the chunking rule.
     pub fn blob_file_count(&self) -> usize {
-        std::fs::read_dir(self.dir.join("blobs"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        std::fs::read_dir(self.dir.join("blobs")).map(|d| d.count()).unwrap_or(0)
     }
 }
 
@@ -84,17 +74,13 @@ impl Store for SledStore {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<Entry>, StoreError> {
-        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) =
-            (start, end)
-        {
+        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) = (start, end) {
             let both_included = matches!((start, end), (Bound::Included(_), Bound::Included(_)));
             if s > e || (s == e && !both_included) {
                 return Ok(Vec::new());
             }
         }
-        let iter = self
-            .db
-            .range::<Vec<u8>, _>((to_bound(start), to_bound(end)));
+        let iter = self.db.range::<Vec<u8>, _>((to_bound(start), to_bound(end)));
         let mut out = Vec::new();
         let mut push = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<(), StoreError> {
             let (k, v) = item.map_err(io)?;

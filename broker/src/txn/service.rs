@@ -1,0 +1,347 @@
+//! Half sends, EndTransaction, check steps and operator actions over the store.
+//!
+//! Every change to one transaction happens under that transaction's lock (striped by id) and
+//! is durable before the lock is released, so EndTransaction, checks and operators never race.
+
+use super::state::{Actor, Effect, Resolution, Txn, TxnError, TxnState};
+use crate::broker::{now_ms, Broker};
+use crate::error::{BrokerError, Result};
+use crate::model::{md5_hex, Millis, NewMessage, StoredMessage};
+use crate::store::{chunks, scan_prefix, Batch, Key, StoreError};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What the max-checks policy does with a transaction nobody decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxChecksPolicy {
+    /// Roll it back (recorded as decided by the policy).
+    Rollback,
+    /// Keep it pending without further checks, for an operator to decide.
+    Park,
+}
+
+impl std::str::FromStr for MaxChecksPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "rollback" => Ok(MaxChecksPolicy::Rollback),
+            "park" => Ok(MaxChecksPolicy::Park),
+            _ => Err(format!("{s:?} is not rollback or park")),
+        }
+    }
+}
+
+/// Number of transaction lock stripes.
+pub const TXN_LOCKS: usize = 64;
+
+/// How a due check went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// The command was written to this client's stream.
+    Sent { client: String },
+    /// No live producer could take it; retried later without counting.
+    Unreachable,
+    /// Out of checks: the policy applied.
+    Exhausted { state: TxnState },
+    /// The transaction was decided or rescheduled meanwhile.
+    NotDue,
+}
+
+/// Filter for listing transactions.
+#[derive(Debug, Clone, Default)]
+pub struct TxnFilter {
+    pub state: Option<TxnState>,
+    pub topic: Option<String>,
+    /// Only transactions created at least this long ago.
+    pub older_than_ms: Option<Millis>,
+    pub limit: usize,
+}
+
+static TXN_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A new transaction id: creation time and a sequence number, in hex (sorts by time).
+fn new_txn_id(now: Millis) -> String {
+    format!("{:012X}{:08X}", now, TXN_SEQ.fetch_add(1, Ordering::Relaxed) as u32)
+}
+
+fn stripe(key: &str) -> usize {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)) as usize
+        % TXN_LOCKS
+}
+
+fn corrupt(key: &Key, e: impl std::fmt::Display) -> BrokerError {
+    StoreError::Corrupt { key: key.encode(), detail: e.to_string() }.into()
+}
+
+fn txn_error(e: TxnError, id: &str) -> BrokerError {
+    match e {
+        TxnError::Contrary { state } => BrokerError::PreconditionFailed(format!(
+            "transaction {id} is already {}; a contrary decision changes nothing",
+            state.as_str()
+        )),
+        TxnError::NotParked { state } => {
+            BrokerError::PreconditionFailed(format!("transaction {id} is {}, not parked", state.as_str()))
+        }
+    }
+}
+
+impl Broker {
+    fn txn_lock(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        &self.txn_locks()[stripe(key)]
+    }
+
+    /// Stores a half message (invisible to consumers) and returns its transaction id.
+    /// Idempotent on `(topic, message id)`: a retried send gets the first transaction back.
+    pub(crate) async fn send_half(&self, msg: NewMessage, producer: &str) -> Result<String> {
+        let by_message = Key::TxnByMessage { topic: msg.topic.clone(), message_id: msg.message_id.clone() };
+        let _guard = self.txn_lock(&format!("{}\0{}", msg.topic, msg.message_id)).lock().await;
+        if let Some(id) = self.store().get(&by_message.encode())? {
+            return String::from_utf8(id).map_err(|e| corrupt(&by_message, e));
+        }
+        let now = now_ms();
+        let c = self.config();
+        let first_check = now + msg.recovery_duration_ms.unwrap_or(c.txn_timeout.as_millis() as Millis);
+        let id = new_txn_id(now);
+        let txn =
+            Txn::new(id.clone(), msg.topic.clone(), msg.message_id.clone(), producer.to_string(), now, first_check);
+        let half = StoredMessage {
+            body_md5: md5_hex(&msg.body),
+            msg,
+            queue: 0,
+            offset: 0,
+            store_timestamp: now,
+            producer: producer.to_string(),
+        };
+        let mut batch = Batch::new();
+        chunks::put(&mut batch, &half.encode(), |chunk| Key::HalfChunk { txn: id.clone(), chunk })?;
+        batch.put(&Key::Txn(id.clone()), super::encode(&txn));
+        batch.put(&by_message, id.clone().into_bytes());
+        batch.put(&Key::TxnDue { at: first_check, txn: id.clone() }, Vec::new());
+        self.committer().commit(batch).await?;
+        tracing::debug!(
+            transaction_id = id,
+            topic = half.msg.topic,
+            message_id = half.msg.message_id,
+            "half message stored"
+        );
+        Ok(id)
+    }
+
+    /// The transaction record, if it exists (pending, or resolved within the retention).
+    pub fn transaction(&self, id: &str) -> Result<Option<Txn>> {
+        let key = Key::Txn(id.to_string());
+        match self.store().get(&key.encode())? {
+            None => Ok(None),
+            Some(v) => super::decode(&v).map(Some).map_err(|e| corrupt(&key, e)),
+        }
+    }
+
+    /// The half message of a transaction.
+    pub fn half_message(&self, id: &str) -> Result<Option<StoredMessage>> {
+        let prefix = Key::half_prefix(id);
+        match chunks::get(self.store().as_ref(), &prefix)? {
+            None => Ok(None),
+            Some(bytes) => StoredMessage::decode(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { key: prefix, detail: e.to_string() }.into()),
+        }
+    }
+
+    /// Finds a transaction id from the id or, when blank, from `(topic, message id)`.
+    fn resolve_txn_id(&self, topic: &str, message_id: &str, txn_id: &str) -> Result<String> {
+        if !txn_id.trim().is_empty() {
+            return Ok(txn_id.to_string());
+        }
+        let key = Key::TxnByMessage { topic: topic.to_string(), message_id: message_id.to_string() };
+        match self.store().get(&key.encode())? {
+            Some(id) if !message_id.is_empty() => String::from_utf8(id).map_err(|e| corrupt(&key, e)),
+            _ => Err(BrokerError::InvalidTransactionId("transaction id is blank".into())),
+        }
+    }
+
+    /// Ends (or answers) a transaction. COMMIT appends the message to its topic in the same
+    /// durable write as the new state; repeats are accepted; a contrary decision after the
+    /// outcome is fixed is refused with `PreconditionFailed` and changes nothing.
+    pub async fn end_transaction(
+        &self,
+        topic: &str,
+        message_id: &str,
+        txn_id: &str,
+        resolution: Resolution,
+        by: Actor,
+        reason: Option<String>,
+    ) -> Result<Txn> {
+        let id = self.resolve_txn_id(topic, message_id, txn_id)?;
+        let _guard = self.txn_lock(&id).lock().await;
+        let mut txn = self
+            .transaction(&id)?
+            .ok_or_else(|| BrokerError::InvalidTransactionId(format!("unknown transaction {id}")))?;
+        if !message_id.is_empty() && txn.message_id != message_id {
+            return Err(BrokerError::InvalidTransactionId(format!(
+                "transaction {id} belongs to message {}, not {message_id}",
+                txn.message_id
+            )));
+        }
+        let now = now_ms();
+        let due_before = txn.next_check;
+        let effect = txn.end(resolution, by, reason, now).map_err(|e| txn_error(e, &id))?;
+        let batch = self.txn_write(&txn, due_before);
+        match effect {
+            Effect::Publish => {
+                let half = self
+                    .half_message(&id)?
+                    .ok_or_else(|| BrokerError::Internal(format!("half message of {id} is missing")))?;
+                let record = self.topic_or_create(&txn.topic).await?;
+                self.log().append(&txn.topic, record.queue_count, vec![half.msg], &txn.producer, now, batch).await?;
+                tracing::info!(transaction_id = id, topic = txn.topic, by = by.as_str(), "transaction committed");
+            }
+            Effect::Discard => {
+                self.committer().commit(batch).await?;
+                tracing::info!(transaction_id = id, topic = txn.topic, by = by.as_str(), "transaction rolled back");
+            }
+            Effect::None => self.committer().commit(batch).await?,
+        }
+        Ok(txn)
+    }
+
+    /// The writes that store `txn` after a change, moving its due-index entry.
+    fn txn_write(&self, txn: &Txn, due_before: Option<Millis>) -> Batch {
+        let mut batch = Batch::new();
+        batch.put(&Key::Txn(txn.id.clone()), super::encode(txn));
+        if due_before != txn.next_check {
+            if let Some(at) = due_before {
+                batch.delete(&Key::TxnDue { at, txn: txn.id.clone() });
+            }
+            if let Some(at) = txn.next_check {
+                batch.put(&Key::TxnDue { at, txn: txn.id.clone() }, Vec::new());
+            }
+        }
+        if let (true, Some(at)) = (txn.state.is_final(), txn.resolved_at) {
+            batch.put(&Key::TxnResolved { at, txn: txn.id.clone() }, Vec::new());
+        }
+        batch
+    }
+
+    /// Transactions whose check is due at `now`: `(due time, id)`, earliest first.
+    pub fn due_transactions(&self, now: Millis, limit: usize) -> Result<Vec<(Millis, String)>> {
+        let start = Key::txn_due_prefix();
+        let end = Key::TxnDue { at: now.saturating_add(1), txn: String::new() }.encode();
+        let mut out = Vec::new();
+        for (k, _) in self.store().scan(Bound::Included(&start), Bound::Excluded(&end), limit, false)? {
+            match Key::decode(&k) {
+                Ok(Key::TxnDue { at, txn }) => out.push((at, txn)),
+                _ => return Err(StoreError::Corrupt { key: k, detail: "not a due-index key".into() }.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs one due check of `id` (found in the due index at `due`). `deliver` writes the check
+    /// command to a live stream and names the client it reached, or `None` if none took it.
+    pub async fn check_transaction(
+        &self,
+        id: &str,
+        due: Millis,
+        deliver: impl FnOnce(&Txn, &StoredMessage) -> Option<String>,
+    ) -> Result<CheckOutcome> {
+        let _guard = self.txn_lock(id).lock().await;
+        let now = now_ms();
+        let Some(mut txn) = self.transaction(id)? else {
+            let mut batch = Batch::new();
+            batch.delete(&Key::TxnDue { at: due, txn: id.to_string() });
+            self.committer().commit(batch).await?;
+            return Ok(CheckOutcome::NotDue);
+        };
+        if txn.next_check != Some(due) || !txn.is_due(now) {
+            if txn.next_check != Some(due) {
+                let mut batch = Batch::new();
+                batch.delete(&Key::TxnDue { at: due, txn: id.to_string() });
+                self.committer().commit(batch).await?;
+            }
+            return Ok(CheckOutcome::NotDue);
+        }
+        let c = self.config();
+        if txn.checks >= c.txn_max_checks {
+            txn.exhaust(c.txn_max_checks_policy == MaxChecksPolicy::Park, now);
+            self.committer().commit(self.txn_write(&txn, Some(due))).await?;
+            tracing::warn!(
+                transaction_id = id,
+                topic = txn.topic,
+                state = txn.state.as_str(),
+                "transaction out of checks"
+            );
+            return Ok(CheckOutcome::Exhausted { state: txn.state });
+        }
+        let half =
+            self.half_message(id)?.ok_or_else(|| BrokerError::Internal(format!("half message of {id} is missing")))?;
+        let interval = c.txn_check_interval.as_millis() as Millis;
+        let outcome = match deliver(&txn, &half) {
+            Some(client) => {
+                txn.checked(&client, now, interval);
+                CheckOutcome::Sent { client }
+            }
+            None => {
+                txn.unreachable(now + interval.min(2000));
+                CheckOutcome::Unreachable
+            }
+        };
+        self.committer().commit(self.txn_write(&txn, Some(due))).await?;
+        Ok(outcome)
+    }
+
+    /// Operator action: resume checks of a parked transaction.
+    pub async fn resume_transaction(&self, id: &str, reason: Option<String>) -> Result<Txn> {
+        let _guard = self.txn_lock(id).lock().await;
+        let mut txn = self
+            .transaction(id)?
+            .ok_or_else(|| BrokerError::InvalidTransactionId(format!("unknown transaction {id}")))?;
+        let due_before = txn.next_check;
+        txn.resume(reason, now_ms()).map_err(|e| txn_error(e, id))?;
+        self.committer().commit(self.txn_write(&txn, due_before)).await?;
+        Ok(txn)
+    }
+
+    /// Transactions matching `filter`, oldest first. Reads at most 100,000 records.
+    pub fn list_transactions(&self, filter: &TxnFilter) -> Result<Vec<Txn>> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for (k, v) in scan_prefix(self.store().as_ref(), &Key::txn_prefix(), 100_000, false)? {
+            let t = super::decode(&v).map_err(|e| StoreError::Corrupt { key: k, detail: e.to_string() })?;
+            let keep = filter.state.is_none_or(|s| s == t.state)
+                && filter.topic.as_deref().is_none_or(|x| x == t.topic)
+                && filter.older_than_ms.is_none_or(|age| now - t.created_at >= age);
+            if keep {
+                out.push(t);
+                if out.len() >= filter.limit.max(1) {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes resolved transactions older than the transaction retention, in bounded steps.
+    pub async fn purge_transactions(&self) -> Result<usize> {
+        let cutoff = now_ms() - self.config().txn_retention.as_millis() as Millis;
+        let start = Key::txn_resolved_prefix();
+        let end = Key::TxnResolved { at: cutoff, txn: String::new() }.encode();
+        let entries = self.store().scan(Bound::Included(&start), Bound::Excluded(&end), 256, false)?;
+        let mut batch = Batch::new();
+        let mut purged = 0;
+        for (k, _) in entries {
+            let Ok(Key::TxnResolved { txn, .. }) = Key::decode(&k) else { continue };
+            if let Some(t) = self.transaction(&txn)? {
+                batch.delete(&Key::TxnByMessage { topic: t.topic.clone(), message_id: t.message_id.clone() });
+            }
+            batch.delete(&Key::Txn(txn.clone()));
+            chunks::delete(self.store().as_ref(), &mut batch, &Key::half_prefix(&txn))?;
+            batch.delete_raw(k);
+            purged += 1;
+        }
+        if purged > 0 {
+            self.committer().commit(batch).await?;
+            tracing::info!(purged, "purged resolved transactions past retention");
+        }
+        Ok(purged)
+    }
+}
