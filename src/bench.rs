@@ -20,6 +20,23 @@ use v2::messaging_service_client::MessagingServiceClient;
 pub enum BenchCommand {
     /// Normal sends: each is stored and fsynced before its OK.
     Send(LoadArgs),
+    /// Transactional messages: half send + commit, each fsynced before its OK.
+    Txn(LoadArgs),
+    /// Receive + ack of a pre-filled backlog (acks fsynced), by several consumers.
+    Consume(ConsumeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConsumeArgs {
+    /// Messages stored before consumption starts.
+    #[arg(long, default_value_t = 100_000)]
+    pub backlog: u64,
+    /// Concurrent consumers (each receives up to 32 and acks them one by one, concurrently).
+    #[arg(long, default_value_t = 4)]
+    pub consumers: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -60,7 +77,15 @@ pub struct Report {
 pub async fn run(broker: &str, cmd: BenchCommand, out: Output) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Send(args) => {
-            let report = send(broker, &args).await?;
+            let report = load(broker, &args, Scenario::Send).await?;
+            out.emit(&report, || render(&report))
+        }
+        BenchCommand::Txn(args) => {
+            let report = load(broker, &args, Scenario::Txn).await?;
+            out.emit(&report, || render(&report))
+        }
+        BenchCommand::Consume(args) => {
+            let report = consume(broker, &args).await?;
             out.emit(&report, || render(&report))
         }
     }
@@ -75,13 +100,23 @@ fn render(r: &Report) -> String {
     )
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Send,
+    Txn,
+}
+
 fn message(topic: &str, id: String, body: &[u8]) -> v2::Message {
+    typed_message(topic, id, body, v2::MessageType::Normal)
+}
+
+fn typed_message(topic: &str, id: String, body: &[u8], t: v2::MessageType) -> v2::Message {
     v2::Message {
         topic: Some(v2::Resource { resource_namespace: String::new(), name: topic.to_string() }),
         user_properties: Default::default(),
         system_properties: Some(v2::SystemProperties {
             message_id: id,
-            message_type: v2::MessageType::Normal as i32,
+            message_type: t as i32,
             body_encoding: v2::Encoding::Identity as i32,
             born_host: "txmq-bench".into(),
             ..Default::default()
@@ -90,15 +125,52 @@ fn message(topic: &str, id: String, body: &[u8]) -> v2::Message {
     }
 }
 
-async fn send(broker: &str, args: &LoadArgs) -> anyhow::Result<Report> {
-    if args.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
+fn ok(s: Option<&v2::Status>) -> bool {
+    s.is_some_and(|s| s.code == v2::Code::Ok as i32)
+}
+
+/// One unit of load: a send, or a half send plus its commit.
+async fn one(client: &mut Client, scenario: Scenario, topic: &str, id: String, body: &[u8]) -> bool {
+    match scenario {
+        Scenario::Send => {
+            let req = v2::SendMessageRequest { messages: vec![message(topic, id, body)] };
+            matches!(client.send_message(req).await, Ok(r) if ok(r.get_ref().status.as_ref()))
+        }
+        Scenario::Txn => {
+            let req = v2::SendMessageRequest {
+                messages: vec![typed_message(topic, id.clone(), body, v2::MessageType::Transaction)],
+            };
+            let Ok(r) = client.send_message(req).await else { return false };
+            let r = r.into_inner();
+            let Some(entry) = r.entries.first().filter(|e| ok(e.status.as_ref())) else { return false };
+            let end = v2::EndTransactionRequest {
+                topic: Some(v2::Resource { resource_namespace: String::new(), name: topic.to_string() }),
+                message_id: id,
+                transaction_id: entry.transaction_id.clone(),
+                resolution: v2::TransactionResolution::Commit as i32,
+                source: v2::TransactionSource::SourceClient as i32,
+                trace_context: String::new(),
+            };
+            matches!(client.end_transaction(end).await, Ok(r) if ok(r.get_ref().status.as_ref()))
+        }
     }
+}
+
+type Client = MessagingServiceClient<tonic::transport::Channel>;
+
+async fn connect(broker: &str) -> anyhow::Result<Client> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{broker}"))?
         .connect()
         .await
         .with_context(|| format!("cannot reach the broker at {broker}"))?;
-    let client = MessagingServiceClient::new(channel);
+    Ok(MessagingServiceClient::new(channel))
+}
+
+async fn load(broker: &str, args: &LoadArgs, scenario: Scenario) -> anyhow::Result<Report> {
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let client = connect(broker).await?;
     let mut admin = admin::connect(broker).await?;
     // Warm up: creates the topic so that its creation is not measured.
     let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros();
@@ -127,17 +199,13 @@ async fn send(broker: &str, args: &LoadArgs) -> anyhow::Result<Report> {
                     break;
                 }
                 let t = Instant::now();
-                let req = v2::SendMessageRequest { messages: vec![message(&topic, format!("B{run_id}-{i}"), &body)] };
-                match client.send_message(req).await {
-                    Ok(r) if r.get_ref().status.as_ref().is_some_and(|s| s.code == v2::Code::Ok as i32) => {
-                        if let Some(h) = local.as_mut() {
-                            let _ = h.record(t.elapsed().as_micros() as u64);
-                        }
-                        done.fetch_add(1, Ordering::Relaxed);
+                if one(&mut client, scenario, &topic, format!("B{run_id}-{i}"), &body).await {
+                    if let Some(h) = local.as_mut() {
+                        let _ = h.record(t.elapsed().as_micros() as u64);
                     }
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
             if let (Some(l), Ok(mut h)) = (local, histogram.lock()) {
@@ -169,11 +237,131 @@ async fn send(broker: &str, args: &LoadArgs) -> anyhow::Result<Report> {
     let flushes = after.flushes.saturating_sub(before.flushes);
     let writes = after.flushed_writes.saturating_sub(before.flushed_writes);
     Ok(Report {
-        scenario: "send".into(),
+        scenario: match scenario {
+            Scenario::Send => "send".into(),
+            Scenario::Txn => "txn (half + commit)".into(),
+        },
         concurrency: args.concurrency,
         size: args.size,
         messages,
         errors: errors.load(Ordering::Relaxed),
+        seconds,
+        msgs_per_sec: messages as f64 / seconds,
+        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
+        flushes,
+        writes_per_flush: if flushes == 0 { 0.0 } else { writes as f64 / flushes as f64 },
+    })
+}
+
+/// Fills a fresh topic with `backlog` messages (batched sends), then measures receive + ack.
+async fn consume(broker: &str, args: &ConsumeArgs) -> anyhow::Result<Report> {
+    let client = connect(broker).await?;
+    let mut admin = admin::connect(broker).await?;
+    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros();
+    let topic = format!("bench-consume-{run_id}");
+    let group = format!("bench-group-{run_id}");
+    let body = vec![b'x'; args.size];
+    eprintln!("filling {} messages into {topic}", args.backlog);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut fillers = Vec::new();
+    for _ in 0..16 {
+        let (mut client, next, topic, body, backlog) =
+            (client.clone(), next.clone(), topic.clone(), body.clone(), args.backlog);
+        fillers.push(tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(64, Ordering::Relaxed);
+                if start >= backlog {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let messages = (start..(start + 64).min(backlog))
+                    .map(|i| message(&topic, format!("C{run_id}-{i}"), &body))
+                    .collect();
+                let r = client.send_message(v2::SendMessageRequest { messages }).await?.into_inner();
+                if !ok(r.status.as_ref()) {
+                    bail!("fill failed: {:?}", r.status);
+                }
+            }
+        }));
+    }
+    for f in fillers {
+        f.await??;
+    }
+    let before = admin::fetch_status(&mut admin).await?;
+    let done = Arc::new(AtomicU64::new(0));
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let started = Instant::now();
+    let mut consumers = Vec::new();
+    for _ in 0..args.consumers.max(1) {
+        let (client, done, topic, group, backlog, histogram) =
+            (client.clone(), done.clone(), topic.clone(), group.clone(), args.backlog, histogram.clone());
+        consumers.push(tokio::spawn(async move {
+            let resource =
+                |name: &str| Some(v2::Resource { resource_namespace: String::new(), name: name.to_string() });
+            while done.load(Ordering::Relaxed) < backlog {
+                let req = v2::ReceiveMessageRequest {
+                    group: resource(&group),
+                    message_queue: Some(v2::MessageQueue { topic: resource(&topic), ..Default::default() }),
+                    filter_expression: Some(v2::FilterExpression {
+                        r#type: v2::FilterType::Tag as i32,
+                        expression: "*".into(),
+                    }),
+                    batch_size: 32,
+                    invisible_duration: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+                    auto_renew: false,
+                    long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                    attempt_id: None,
+                };
+                let t = Instant::now();
+                let mut stream = client.clone().receive_message(req).await?.into_inner();
+                let mut acks = tokio::task::JoinSet::new();
+                while let Some(item) = stream.message().await? {
+                    let Some(v2::receive_message_response::Content::Message(m)) = item.content else { continue };
+                    let sp = m.system_properties.unwrap_or_default();
+                    let ack = v2::AckMessageRequest {
+                        group: resource(&group),
+                        topic: resource(&topic),
+                        entries: vec![v2::AckMessageEntry {
+                            message_id: sp.message_id,
+                            receipt_handle: sp.receipt_handle.unwrap_or_default(),
+                            lite_topic: None,
+                        }],
+                    };
+                    let mut c = client.clone();
+                    acks.spawn(async move { c.ack_message(ack).await.map(|r| ok(r.get_ref().status.as_ref())) });
+                }
+                let mut acked = 0;
+                while let Some(r) = acks.join_next().await {
+                    if matches!(r, Ok(Ok(true))) {
+                        acked += 1;
+                    }
+                }
+                if acked > 0 {
+                    if let Ok(mut h) = histogram.lock() {
+                        let _ = h.record(t.elapsed().as_micros() as u64);
+                    }
+                }
+                done.fetch_add(acked, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for c in consumers {
+        c.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let after = admin::fetch_status(&mut admin).await?;
+    let h = histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let messages = done.load(Ordering::Relaxed);
+    let flushes = after.flushes.saturating_sub(before.flushes);
+    let writes = after.flushed_writes.saturating_sub(before.flushed_writes);
+    Ok(Report {
+        scenario: format!("consume (receive 32 + ack each, backlog {})", args.backlog),
+        concurrency: args.consumers,
+        size: args.size,
+        messages,
+        errors: 0,
         seconds,
         msgs_per_sec: messages as f64 / seconds,
         p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,

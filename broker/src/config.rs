@@ -144,7 +144,7 @@ pub struct Args {
     /// Longest delay of a delay message [default: 24h].
     #[arg(long, env = "TXMQ_MAX_DELAY")]
     pub max_delay: Option<HumanDuration>,
-    /// Deliveries of a message to a group before it moves to %DLQ%<group> [default: 17].
+    /// Deliveries of a message to a group before it moves to `%DLQ%<group>` [default: 17].
     #[arg(long, env = "TXMQ_MAX_DELIVERY_ATTEMPTS")]
     pub max_delivery_attempts: Option<u32>,
     /// Where a new consumer group starts: earliest or latest [default: earliest].

@@ -9,6 +9,8 @@
 //! Nothing here is hand-written Rust: the modules are `include!`s of prost/tonic output.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
+// Comments of the .proto files become docs verbatim; they are prose, not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls, rustdoc::broken_intra_doc_links)]
 
 /// `apache.rocketmq.v2`: messages, enums and the `MessagingService` client and server.
 pub mod v2 {

@@ -36,6 +36,14 @@ pub fn put(batch: &mut Batch, value: &[u8], key: impl Fn(u16) -> Key) -> Result<
 
 /// Reads back a record written by [`put`] under `prefix`; `None` if absent.
 pub fn get(store: &dyn Store, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    // Most records are one chunk: a point read is much cheaper than a range scan in sled.
+    let mut first = prefix.to_vec();
+    first.extend_from_slice(&0u16.to_be_bytes());
+    match store.get(&first)? {
+        None => return Ok(None),
+        Some(v) if v.len() < CHUNK_SIZE => return Ok(Some(v)),
+        Some(_) => {}
+    }
     let entries = scan_prefix(store, prefix, MAX_CHUNKS, false)?;
     if entries.is_empty() {
         return Ok(None);
