@@ -7,7 +7,8 @@ use crate::config::Config;
 use crate::consume::Groups;
 use crate::error::{BrokerError, Result};
 use crate::log::{MessageLog, QueueOffsets};
-use crate::model::{MessageType, Millis, NewMessage, TopicRecord, TopicType};
+use crate::metrics::{Gauges, Metrics};
+use crate::model::{MessageType, Millis, NewMessage, StoredMessage, TopicRecord, TopicType};
 use crate::store::{Batch, CommitStats, Committer, Key, SledStore, Store};
 use crate::topics::{self, Topics};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub struct Broker {
     topics: Topics,
     log: MessageLog,
     groups: Groups,
+    metrics: Arc<Metrics>,
     /// Per-transaction locks, striped by id (see `txn::service`).
     txn_locks: Vec<tokio::sync::Mutex<()>>,
     /// Serializes topic and group creation, so two concurrent auto-creates store one record.
@@ -68,6 +70,12 @@ impl Broker {
             log.open_topic(&t.name, t.queue_count)?;
         }
         let groups = Groups::load(store.as_ref())?;
+        let metrics = Arc::new(Metrics::default());
+        let m = metrics.clone();
+        committer.observe(Box::new(move |n, took| {
+            m.flush_batch.observe(n as f64);
+            m.flush_latency.observe(took.as_secs_f64());
+        }));
         Ok(Arc::new(Self {
             config,
             store,
@@ -75,6 +83,7 @@ impl Broker {
             topics,
             log,
             groups,
+            metrics,
             txn_locks: (0..crate::txn::service::TXN_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             create_lock: tokio::sync::Mutex::new(()),
             started_at: now_ms(),
@@ -163,6 +172,8 @@ impl Broker {
         let transactional = messages.iter().filter(|m| m.message_type == MessageType::Transaction).count();
         if transactional == 0 {
             let placed = self.log.append(topic, record.queue_count, messages, producer, now_ms(), Batch::new()).await?;
+            let fresh = placed.iter().filter(|p| !p.duplicate).count() as u64;
+            self.metrics.messages_in.add(&[topic], fresh);
             return Ok(placed.into_iter().map(|p| SendOutcome { offset: p.offset, transaction_id: None }).collect());
         }
         if transactional != messages.len() {
@@ -176,12 +187,77 @@ impl Broker {
         Ok(out)
     }
 
+    /// Messages by id (in `topic`, or in every topic when `topic` is empty) or by key in
+    /// `topic`; at most `limit`.
+    pub fn find_messages(&self, topic: &str, message_id: &str, key: &str, limit: usize) -> Result<Vec<StoredMessage>> {
+        if !key.is_empty() {
+            if topic.is_empty() {
+                return Err(BrokerError::BadRequest("finding by key needs a topic".into()));
+            }
+            return self.log.find_by_key(topic, key, limit);
+        }
+        if message_id.is_empty() {
+            return Err(BrokerError::BadRequest("give a message id or a key".into()));
+        }
+        let topics: Vec<String> = if topic.is_empty() {
+            self.topics.list().iter().map(|t| t.name.clone()).collect()
+        } else {
+            vec![topic.into()]
+        };
+        let mut out = Vec::new();
+        for t in topics {
+            if let Some((q, o)) = self.log.locate(&t, message_id)? {
+                if let Some(m) = self.log.read(&t, q, o)? {
+                    out.push(m);
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     pub fn log(&self) -> &MessageLog {
         &self.log
     }
 
     pub fn groups(&self) -> &Groups {
         &self.groups
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Values for the metrics endpoint that are computed when scraped.
+    pub fn gauges(&self) -> Gauges {
+        let now = now_ms();
+        let mut g = Gauges {
+            store_bytes: self.store.size_on_disk(),
+            store_writable: self.committer.poisoned().is_none(),
+            ..Gauges::default()
+        };
+        let all = crate::txn::service::TxnFilter { limit: 100_000, ..Default::default() };
+        for t in self.list_transactions(&all).unwrap_or_default() {
+            match t.state {
+                crate::txn::state::TxnState::Pending => {
+                    g.pending_transactions += 1;
+                    let age = (now - t.created_at).max(0) as f64 / 1000.0;
+                    g.oldest_pending_age_seconds = g.oldest_pending_age_seconds.max(age);
+                }
+                crate::txn::state::TxnState::Parked => g.parked_transactions += 1,
+                _ => {}
+            }
+        }
+        for group in self.groups.list() {
+            if let Some(stats) = self.group_stats(&group.name) {
+                for t in stats.topics {
+                    g.groups.push((group.name.clone(), t.topic, t.backlog, t.in_flight));
+                }
+            }
+        }
+        g
     }
 
     pub(crate) fn txn_locks(&self) -> &[tokio::sync::Mutex<()>] {

@@ -76,6 +76,8 @@ pub struct Config {
     pub txn_max_checks_policy: MaxChecksPolicy,
     /// How long resolved transactions (and their timelines) are kept.
     pub txn_retention: Duration,
+    /// Address of the Prometheus endpoint (`GET /metrics`); `None` turns it off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -101,6 +103,7 @@ impl Default for Config {
             txn_max_checks: 15,
             txn_max_checks_policy: MaxChecksPolicy::Rollback,
             txn_retention: Duration::from_secs(72 * 3600),
+            metrics_listen: None,
         }
     }
 }
@@ -171,6 +174,9 @@ pub struct Args {
     /// Keep resolved transactions this long [default: 72h].
     #[arg(long, env = "TXMQ_TXN_RETENTION")]
     pub txn_retention: Option<HumanDuration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, env = "TXMQ_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The TOML file: the same keys as the flags, all optional.
@@ -193,6 +199,7 @@ struct FileConfig {
     txn_max_checks: Option<u32>,
     txn_max_checks_policy: Option<String>,
     txn_retention: Option<HumanDuration>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl Args {
@@ -248,6 +255,7 @@ impl Args {
                 (None, None) => d.txn_max_checks_policy,
             },
             txn_retention: self.txn_retention.or(file.txn_retention).map(|h| h.0).unwrap_or(d.txn_retention),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen).or(d.metrics_listen),
         };
         config.validate()?;
         Ok(config)

@@ -22,6 +22,7 @@ pub mod consume;
 pub mod error;
 pub mod grpc;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod store;

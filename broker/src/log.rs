@@ -192,6 +192,19 @@ impl MessageLog {
         self.store.get(&key.encode())?.map(|v| decode_location(&key, &v)).transpose()
     }
 
+    /// Messages of `topic` carrying `key`, oldest first, at most `limit`.
+    pub fn find_by_key(&self, topic: &str, key: &str, limit: usize) -> Result<Vec<StoredMessage>> {
+        let mut out = Vec::new();
+        for (k, _) in scan_prefix(self.store.as_ref(), &Key::message_key_prefix(topic, key), limit, false)? {
+            if let Ok(Key::MessageKey { queue, offset, .. }) = Key::decode(&k) {
+                if let Some(m) = self.read(topic, queue, offset)? {
+                    out.push(m);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Offsets of one queue, if the queue exists.
     pub fn offsets(&self, topic: &str, queue: u32) -> Option<QueueOffsets> {
         let inner = self.inner.lock().ok()?;
@@ -226,13 +239,21 @@ impl MessageLog {
                 next_min += 1; // already gone
                 continue;
             };
-            let (stored_at, _, message_id) = StoredMessage::decode_header(&head)
+            let (stored_at, _, _) = StoredMessage::decode_header(&head)
                 .map_err(|e| StoreError::Corrupt { key: first.clone(), detail: e.to_string() })?;
             if stored_at >= cutoff {
                 break;
             }
-            chunks::delete(self.store.as_ref(), &mut batch, &Key::message_prefix(topic, queue, next_min))?;
-            batch.delete(&Key::MessageId { topic: topic.into(), message_id });
+            let prefix = Key::message_prefix(topic, queue, next_min);
+            if let Some(bytes) = chunks::get(self.store.as_ref(), &prefix)? {
+                let m = StoredMessage::decode(&bytes)
+                    .map_err(|e| StoreError::Corrupt { key: first, detail: e.to_string() })?;
+                for key in m.msg.keys {
+                    batch.delete(&Key::MessageKey { topic: topic.into(), key, queue, offset: next_min });
+                }
+                batch.delete(&Key::MessageId { topic: topic.into(), message_id: m.msg.message_id });
+            }
+            chunks::delete(self.store.as_ref(), &mut batch, &prefix)?;
             next_min += 1;
         }
         let deleted = (next_min - offsets.min) as usize;
@@ -315,6 +336,12 @@ pub fn write_message(batch: &mut Batch, m: &StoredMessage) -> Result<()> {
         offset: m.offset,
         chunk,
     })?;
+    for key in &m.msg.keys {
+        batch.put(
+            &Key::MessageKey { topic: topic.clone(), key: key.clone(), queue: m.queue, offset: m.offset },
+            Vec::new(),
+        );
+    }
     let mut loc = crate::codec::Encoder::new();
     loc.u32(m.queue).u64(m.offset);
     batch.put(&Key::MessageId { topic: topic.clone(), message_id: m.msg.message_id.clone() }, loc.finish());

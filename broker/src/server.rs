@@ -35,9 +35,24 @@ pub enum ServeError {
     Config(String),
 }
 
-/// Serves `broker` on `listener` until `shutdown` completes, then shuts down gracefully.
+/// Serves `broker` on `listener` (and metrics on `--metrics-listen`, when set) until
+/// `shutdown` completes, then shuts down gracefully.
 pub async fn run(
     listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let metrics = match broker.config().metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    run_with_metrics(listener, metrics, broker, shutdown).await
+}
+
+/// [`run`] with an already-bound metrics listener.
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
     broker: Arc<Broker>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -55,6 +70,10 @@ pub async fn run(
         long_polls: Arc::new(tokio::sync::Semaphore::new(broker.config().max_long_polls)),
     };
     tracker.spawn(retention_loop(broker.clone(), token.clone()));
+    if let Some(l) = metrics {
+        tracing::info!(metrics = %l.local_addr()?, "serving Prometheus metrics at /metrics");
+        tracker.spawn(crate::grpc::metrics_http::serve(l, broker.clone(), token.clone(), tracker.clone()));
+    }
     tracker.spawn(crate::grpc::checker::run(broker.clone(), clients, token.clone()));
     let admin = AdminService { broker: broker.clone() };
     tracing::info!(listen = %local, "txmq broker serving");
@@ -105,6 +124,8 @@ fn advertised_endpoints(config: &Config, local: SocketAddr) -> Result<txmq_proto
 pub struct RunningBroker {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The metrics endpoint's address, when `metrics_listen` was set.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
 }
@@ -144,10 +165,15 @@ pub async fn spawn(config: Config) -> Result<RunningBroker, ServeError> {
     if config.advertise.is_none() {
         config.advertise = Some(addr.to_string());
     }
+    let metrics = match config.metrics_listen {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
     let broker = Broker::open(config).map_err(|e| ServeError::Config(e.to_string()))?;
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(run(listener, broker, async move {
+    let task = tokio::spawn(run_with_metrics(listener, metrics, broker, async move {
         let _ = stopped.await;
     }));
-    Ok(RunningBroker { addr, stop: Some(stop), task: Some(task) })
+    Ok(RunningBroker { addr, metrics_addr, stop: Some(stop), task: Some(task) })
 }

@@ -17,8 +17,10 @@
 //! # Layout
 //! - [`state`]: the pure per-(group, topic) state machine.
 //! - [`service`]: receive / ack / change-invisible / dead-letter over the store (async).
+//! - [`admin`]: group statistics, dead-letter listing and resend.
 //! - [`filter`], [`handle`]: tag filters and receipt handles.
 
+pub mod admin;
 pub mod filter;
 pub mod handle;
 pub mod service;

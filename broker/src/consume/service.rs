@@ -114,6 +114,7 @@ impl Broker {
                 self.dead_letter(&shared, pos, message).await?;
             }
             if !deliveries.is_empty() {
+                self.metrics().messages_out.add(&[&req.group, &req.topic], deliveries.len() as u64);
                 return Ok(deliveries);
             }
             let now = Instant::now();
@@ -293,6 +294,7 @@ impl Broker {
         };
         pending.durable().await?;
         shared.wake();
+        self.metrics().dead_letters.add(&[&group], 1);
         tracing::warn!(group, topic, message_id = message.msg.message_id, "message dead-lettered to {dlq}");
         Ok(())
     }
@@ -323,6 +325,8 @@ impl Broker {
             p.durable().await?;
             shared.wake();
         }
+        let acked = results.iter().filter(|r| r.is_ok()).count() as u64;
+        self.metrics().acks.add(&[group, topic], acked);
         Ok(results)
     }
 

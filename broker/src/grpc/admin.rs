@@ -1,6 +1,7 @@
 //! `txmq.admin.v1.Admin`: the operator API behind the `txmq` CLI.
 
 use crate::broker::Broker;
+use crate::consume::admin::GroupStats;
 use crate::error::BrokerError;
 use crate::model::{StoredMessage, TopicRecord, TopicType};
 use crate::txn::service::TxnFilter;
@@ -132,6 +133,9 @@ impl Admin for AdminService {
 
     async fn broker_status(&self, _req: Request<pb::BrokerStatusRequest>) -> GrpcResult<pb::BrokerStatusResponse> {
         let s = self.broker.status();
+        let g = self.broker.gauges();
+        let message_count =
+            self.broker.topics().iter().flat_map(|t| self.broker.queue_offsets(t)).map(|q| q.durable - q.min).sum();
         Ok(Response::new(pb::BrokerStatusResponse {
             status: ok(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -141,6 +145,71 @@ impl Admin for AdminService {
             topic_count: s.topic_count as u64,
             flush_count: s.commits.flushes,
             flushed_write_count: s.commits.jobs,
+            store_bytes: s.store_bytes,
+            message_count,
+            group_count: self.broker.groups().list().len() as u64,
+            pending_transactions: g.pending_transactions,
+            parked_transactions: g.parked_transactions,
+        }))
+    }
+
+    async fn list_groups(&self, _req: Request<pb::ListGroupsRequest>) -> GrpcResult<pb::ListGroupsResponse> {
+        let groups = self
+            .broker
+            .groups()
+            .list()
+            .iter()
+            .filter_map(|g| self.broker.group_stats(&g.name))
+            .map(wire_group)
+            .collect();
+        Ok(Response::new(pb::ListGroupsResponse { status: ok(), groups }))
+    }
+
+    async fn describe_group(&self, req: Request<pb::DescribeGroupRequest>) -> GrpcResult<pb::DescribeGroupResponse> {
+        let name = req.into_inner().name;
+        Ok(Response::new(match self.broker.group_stats(&name) {
+            Some(g) => pb::DescribeGroupResponse { status: ok(), group: Some(wire_group(g)) },
+            None => pb::DescribeGroupResponse {
+                status: Some(pb::Status { code: pb::StatusCode::NotFound as i32, message: format!("no group {name}") }),
+                group: None,
+            },
+        }))
+    }
+
+    async fn find_messages(&self, req: Request<pb::FindMessagesRequest>) -> GrpcResult<pb::FindMessagesResponse> {
+        let req = req.into_inner();
+        let limit = if req.limit == 0 { 100 } else { req.limit as usize };
+        let found = self.broker.find_messages(&req.topic, &req.message_id, &req.key, limit);
+        Ok(Response::new(match found {
+            Ok(ms) => pb::FindMessagesResponse { status: ok(), messages: ms.iter().map(wire_stored).collect() },
+            Err(e) => pb::FindMessagesResponse { status: status(&e), messages: Vec::new() },
+        }))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        req: Request<pb::ListDeadLettersRequest>,
+    ) -> GrpcResult<pb::ListDeadLettersResponse> {
+        let req = req.into_inner();
+        let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
+        Ok(Response::new(match self.broker.dead_letters(&req.group, limit) {
+            Ok(ms) => pb::ListDeadLettersResponse { status: ok(), messages: ms.iter().map(wire_stored).collect() },
+            Err(e) => pb::ListDeadLettersResponse { status: status(&e), messages: Vec::new() },
+        }))
+    }
+
+    async fn resend_dead_letters(
+        &self,
+        req: Request<pb::ResendDeadLettersRequest>,
+    ) -> GrpcResult<pb::ResendDeadLettersResponse> {
+        let req = req.into_inner();
+        if !req.all && req.message_ids.is_empty() {
+            let e = BrokerError::BadRequest("name message ids or ask for all".into());
+            return Ok(Response::new(pb::ResendDeadLettersResponse { status: status(&e), resent: 0 }));
+        }
+        Ok(Response::new(match self.broker.resend_dead_letters(&req.group, &req.message_ids, req.all).await {
+            Ok(n) => pb::ResendDeadLettersResponse { status: ok(), resent: n as u32 },
+            Err(e) => pb::ResendDeadLettersResponse { status: status(&e), resent: 0 },
         }))
     }
 }
@@ -292,5 +361,51 @@ impl AdminService {
             Ok(t) => pb::ResumeTransactionResponse { status: ok(), transaction: Some(self.full_txn(&t)) },
             Err(e) => pb::ResumeTransactionResponse { status: status(&e), transaction: None },
         }
+    }
+}
+
+fn wire_group(g: GroupStats) -> pb::Group {
+    pb::Group {
+        name: g.name,
+        created_at_ms: g.created_at,
+        dead_letters: g.dead_letters,
+        topics: g
+            .topics
+            .into_iter()
+            .map(|t| pb::GroupTopicStats {
+                topic: t.topic,
+                backlog: t.backlog,
+                in_flight: t.in_flight,
+                retrying: t.retrying,
+                deferred: t.deferred,
+            })
+            .collect(),
+    }
+}
+
+/// Wire form of a stored message, with a short text preview of the body.
+fn wire_stored(m: &StoredMessage) -> pb::StoredMessage {
+    let preview = match std::str::from_utf8(&m.msg.body) {
+        Ok(s) if s.len() <= 256 => s.to_string(),
+        _ => String::new(),
+    };
+    pb::StoredMessage {
+        topic: m.msg.topic.clone(),
+        queue: m.queue,
+        offset: m.offset,
+        message_id: m.msg.message_id.clone(),
+        message_type: format!("{:?}", m.msg.message_type).to_uppercase(),
+        tag: m.msg.tag.clone().unwrap_or_default(),
+        keys: m.msg.keys.clone(),
+        message_group: m.msg.message_group.clone().unwrap_or_default(),
+        born_at_ms: m.msg.born_timestamp,
+        born_host: m.msg.born_host.clone(),
+        stored_at_ms: m.store_timestamp,
+        deliver_at_ms: m.msg.delivery_timestamp.unwrap_or(0),
+        properties: m.msg.user_properties.clone().into_iter().collect(),
+        body_size: m.msg.body.len() as u32,
+        body_preview: preview,
+        producer: m.producer.clone(),
+        origin_topic: m.msg.origin_topic.clone().unwrap_or_default(),
     }
 }

@@ -113,7 +113,24 @@ fn single_status_stream<T: Send + 'static>(item: T) -> BoxStream<T> {
     Box::pin(tokio_stream::iter([Ok(item)]))
 }
 
+/// Records an RPC's latency when dropped.
+pub(crate) struct RpcTimer<'a> {
+    broker: &'a Broker,
+    rpc: &'static str,
+    started: std::time::Instant,
+}
+
+impl Drop for RpcTimer<'_> {
+    fn drop(&mut self) {
+        self.broker.metrics().rpc(self.rpc, self.started.elapsed());
+    }
+}
+
 impl Messaging {
+    fn timer(&self, rpc: &'static str) -> RpcTimer<'_> {
+        RpcTimer { broker: &self.broker, rpc, started: std::time::Instant::now() }
+    }
+
     fn limits(&self) -> Limits {
         let c = self.broker.config();
         Limits { max_body_size: c.max_body_size, max_delay_ms: c.max_delay.as_millis() as i64 }
@@ -247,6 +264,7 @@ impl Messaging {
 #[tonic::async_trait]
 impl MessagingService for Messaging {
     async fn query_route(&self, req: Request<v2::QueryRouteRequest>) -> GrpcResult<v2::QueryRouteResponse> {
+        let _timer = self.timer("QueryRoute");
         let client = client_id(&req);
         self.clients.touch(&client);
         let req = req.into_inner();
@@ -266,11 +284,13 @@ impl MessagingService for Messaging {
     }
 
     async fn heartbeat(&self, req: Request<v2::HeartbeatRequest>) -> GrpcResult<v2::HeartbeatResponse> {
+        let _timer = self.timer("Heartbeat");
         self.clients.touch(&client_id(&req));
         Ok(Response::new(v2::HeartbeatResponse { status: Some(ok()) }))
     }
 
     async fn send_message(&self, req: Request<v2::SendMessageRequest>) -> GrpcResult<v2::SendMessageResponse> {
+        let _timer = self.timer("SendMessage");
         let producer = client_id(&req);
         self.clients.touch(&producer);
         let messages = req.into_inner().messages;
@@ -298,6 +318,7 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::QueryAssignmentRequest>,
     ) -> GrpcResult<v2::QueryAssignmentResponse> {
+        let _timer = self.timer("QueryAssignment");
         self.clients.touch(&client_id(&req));
         let req = req.into_inner();
         let answer = async {
@@ -323,6 +344,7 @@ impl MessagingService for Messaging {
     type ReceiveMessageStream = BoxStream<v2::ReceiveMessageResponse>;
 
     async fn receive_message(&self, req: Request<v2::ReceiveMessageRequest>) -> GrpcResult<Self::ReceiveMessageStream> {
+        let _timer = self.timer("ReceiveMessage");
         let client = client_id(&req);
         self.clients.touch(&client);
         let deadline = grpc_deadline(&req);
@@ -345,6 +367,7 @@ impl MessagingService for Messaging {
     }
 
     async fn ack_message(&self, req: Request<v2::AckMessageRequest>) -> GrpcResult<v2::AckMessageResponse> {
+        let _timer = self.timer("AckMessage");
         self.clients.touch(&client_id(&req));
         let req = req.into_inner();
         let entries = req.entries;
@@ -383,6 +406,7 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
     ) -> GrpcResult<v2::ForwardMessageToDeadLetterQueueResponse> {
+        let _timer = self.timer("ForwardMessageToDeadLetterQueue");
         self.clients.touch(&client_id(&req));
         let req = req.into_inner();
         let outcome = async {
@@ -416,6 +440,7 @@ impl MessagingService for Messaging {
     }
 
     async fn end_transaction(&self, req: Request<v2::EndTransactionRequest>) -> GrpcResult<v2::EndTransactionResponse> {
+        let _timer = self.timer("EndTransaction");
         let client = client_id(&req);
         self.clients.touch(&client);
         let req = req.into_inner();
@@ -463,6 +488,7 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::NotifyClientTerminationRequest>,
     ) -> GrpcResult<v2::NotifyClientTerminationResponse> {
+        let _timer = self.timer("NotifyClientTermination");
         let client = client_id(&req);
         tracing::debug!(client_id = client, "client terminated");
         self.clients.terminate(&client);
@@ -473,6 +499,7 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::ChangeInvisibleDurationRequest>,
     ) -> GrpcResult<v2::ChangeInvisibleDurationResponse> {
+        let _timer = self.timer("ChangeInvisibleDuration");
         self.clients.touch(&client_id(&req));
         let req = req.into_inner();
         let outcome = async {

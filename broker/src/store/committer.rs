@@ -59,9 +59,13 @@ pub struct CommitStats {
     pub max_group: u64,
 }
 
+/// Called after every successful group commit with its size and duration.
+pub type FlushObserver = Box<dyn Fn(usize, std::time::Duration) + Send + Sync>;
+
 struct Shared {
     poison: Mutex<Option<String>>,
     counters: Counters,
+    observer: std::sync::OnceLock<FlushObserver>,
 }
 
 impl Shared {
@@ -112,7 +116,11 @@ impl Committer {
     /// Starts the writer thread over `store`, with room for `capacity` queued writes.
     pub fn start(store: Arc<dyn Store>, capacity: usize) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let shared = Arc::new(Shared { poison: Mutex::new(None), counters: Counters::default() });
+        let shared = Arc::new(Shared {
+            poison: Mutex::new(None),
+            counters: Counters::default(),
+            observer: std::sync::OnceLock::new(),
+        });
         let thread = std::thread::Builder::new()
             .name("txmq-committer".into())
             .spawn({
@@ -135,6 +143,11 @@ impl Committer {
     /// Writes `batch` and waits until it is durable.
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         self.reserve().await?.submit(batch, None).durable().await
+    }
+
+    /// Installs the observer of group commits (metrics). Only the first call has effect.
+    pub fn observe(&self, f: FlushObserver) {
+        let _ = self.shared.observer.set(f);
     }
 
     /// Why the store refuses writes, if it does.
@@ -235,6 +248,9 @@ fn commit_group(store: &dyn Store, shared: &Shared, group: Vec<Job>) {
             c.jobs.fetch_add(n, Ordering::Relaxed);
             c.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             c.max_group.fetch_max(n, Ordering::Relaxed);
+            if let Some(observe) = shared.observer.get() {
+                observe(waiters.len(), started.elapsed());
+            }
             for (after, done) in waiters {
                 if let Some(f) = after {
                     f();

@@ -21,6 +21,8 @@ pub enum Key {
     MessageChunk { topic: String, queue: u32, offset: u64, chunk: u16 },
     /// `(topic, message id)` → `(queue, offset)`: makes sends idempotent and ids searchable.
     MessageId { topic: String, message_id: String },
+    /// Secondary index: a message key (business id) → the messages carrying it.
+    MessageKey { topic: String, key: String, queue: u32, offset: u64 },
     /// A consumer group's configuration.
     Group(String),
     /// A group's next never-delivered offset in one queue.
@@ -44,6 +46,7 @@ mod tag {
     pub const TOPIC: u8 = 0x02;
     pub const MESSAGE_CHUNK: u8 = 0x03;
     pub const MESSAGE_ID: u8 = 0x04;
+    pub const MESSAGE_KEY: u8 = 0x05;
     pub const GROUP: u8 = 0x10;
     pub const CURSOR: u8 = 0x11;
     pub const INFLIGHT: u8 = 0x12;
@@ -76,6 +79,9 @@ impl Key {
             }
             Key::TxnDue { at, txn } => e.u8(tag::TXN_DUE).i64(*at).ordered_str(txn),
             Key::TxnResolved { at, txn } => e.u8(tag::TXN_RESOLVED).i64(*at).ordered_str(txn),
+            Key::MessageKey { topic, key, queue, offset } => {
+                e.u8(tag::MESSAGE_KEY).ordered_str(topic).ordered_str(key).u32(*queue).u64(*offset)
+            }
         };
         e.finish()
     }
@@ -89,6 +95,9 @@ impl Key {
                 Key::MessageChunk { topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()?, chunk: d.u16()? }
             }
             tag::MESSAGE_ID => Key::MessageId { topic: d.ordered_str()?, message_id: d.ordered_str()? },
+            tag::MESSAGE_KEY => {
+                Key::MessageKey { topic: d.ordered_str()?, key: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? }
+            }
             tag::GROUP => Key::Group(d.ordered_str()?),
             tag::CURSOR => Key::Cursor { group: d.ordered_str()?, topic: d.ordered_str()?, queue: d.u32()? },
             tag::INFLIGHT => {
@@ -130,6 +139,13 @@ impl Key {
     pub fn half_prefix(txn: &str) -> Vec<u8> {
         let mut e = Encoder::new();
         e.u8(tag::HALF_CHUNK).ordered_str(txn);
+        e.finish()
+    }
+
+    /// Every message carrying `key` in `topic`.
+    pub fn message_key_prefix(topic: &str, key: &str) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.u8(tag::MESSAGE_KEY).ordered_str(topic).ordered_str(key);
         e.finish()
     }
 
@@ -197,6 +213,12 @@ mod tests {
             (s, s).prop_map(|(topic, message_id)| Key::TxnByMessage { topic, message_id }),
             (any::<i64>(), s).prop_map(|(at, txn)| Key::TxnDue { at, txn }),
             (any::<i64>(), s).prop_map(|(at, txn)| Key::TxnResolved { at, txn }),
+            (s, s, any::<u32>(), any::<u64>()).prop_map(|(topic, key, queue, offset)| Key::MessageKey {
+                topic,
+                key,
+                queue,
+                offset
+            }),
         ]
     }
 

@@ -40,7 +40,7 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
-        let db = sled::Config::new().path(dir).cache_capacity(CACHE_CAPACITY_BYTES).open().map_err(io)?;
+        let db = open_db(dir)?;
         let log_file = File::open(dir.join("db")).map_err(io)?;
         // The directory entry of a freshly created log file must be durable too.
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
@@ -51,6 +51,24 @@ impl SledStore {
     /// callers respect the chunking rule.
     pub fn blob_file_count(&self) -> usize {
         std::fs::read_dir(self.dir.join("blobs")).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+/// Opens sled, waiting up to 5 s for its file lock: after a `SledStore` is dropped, sled's
+/// background flusher may hold the database for up to one flush period (500 ms), so an
+/// immediate reopen in the same process (a restart) would otherwise fail.
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new().path(dir).cache_capacity(CACHE_CAPACITY_BYTES).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(io(e)),
+        }
     }
 }
 

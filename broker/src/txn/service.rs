@@ -64,6 +64,14 @@ fn new_txn_id(now: Millis) -> String {
     format!("{:012X}{:08X}", now, TXN_SEQ.fetch_add(1, Ordering::Relaxed) as u32)
 }
 
+fn resolution_name(r: Resolution) -> &'static str {
+    match r {
+        Resolution::Commit => "commit",
+        Resolution::Rollback => "rollback",
+        Resolution::Unknown => "unknown",
+    }
+}
+
 fn stripe(key: &str) -> usize {
     key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)) as usize
         % TXN_LOCKS
@@ -185,6 +193,16 @@ impl Broker {
         let now = now_ms();
         let due_before = txn.next_check;
         let effect = txn.end(resolution, by, reason, now).map_err(|e| txn_error(e, &id))?;
+        let m = self.metrics();
+        if by == Actor::Check {
+            m.check_answers.add(&[resolution_name(resolution)], 1);
+        }
+        if matches!(effect, Effect::Publish | Effect::Discard) {
+            m.txn_decisions.add(&[resolution_name(resolution), by.as_str()], 1);
+        }
+        if effect == Effect::Publish {
+            m.messages_in.add(&[&txn.topic], 1);
+        }
         let batch = self.txn_write(&txn, due_before);
         match effect {
             Effect::Publish => {
@@ -262,8 +280,14 @@ impl Broker {
         }
         let c = self.config();
         if txn.checks >= c.txn_max_checks {
-            txn.exhaust(c.txn_max_checks_policy == MaxChecksPolicy::Park, now);
+            let park = c.txn_max_checks_policy == MaxChecksPolicy::Park;
+            txn.exhaust(park, now);
             self.committer().commit(self.txn_write(&txn, Some(due))).await?;
+            if park {
+                self.metrics().txn_parked.add(&[&txn.topic], 1);
+            } else {
+                self.metrics().txn_decisions.add(&["rollback", "policy"], 1);
+            }
             tracing::warn!(
                 transaction_id = id,
                 topic = txn.topic,
@@ -278,6 +302,7 @@ impl Broker {
         let outcome = match deliver(&txn, &half) {
             Some(client) => {
                 txn.checked(&client, now, interval);
+                self.metrics().checks_sent.add(&[&txn.topic], 1);
                 CheckOutcome::Sent { client }
             }
             None => {

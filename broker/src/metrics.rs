@@ -1,0 +1,251 @@
+//! Counters and histograms for the Prometheus endpoint (`--metrics-listen`), rendered in the
+//! text exposition format. Gauges (backlogs, pending transactions) are computed at scrape time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of latency buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Upper bounds of batch-size buckets.
+const SIZE_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
+/// A fixed-bucket histogram.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one value (seconds for latencies, a count for sizes).
+    pub fn observe(&self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros.fetch_add((v * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// Counters keyed by label values.
+#[derive(Debug, Default)]
+pub struct Counter {
+    values: Mutex<BTreeMap<Vec<String>, u64>>,
+}
+
+impl Counter {
+    pub fn add(&self, labels: &[&str], n: u64) {
+        if let Ok(mut m) = self.values.lock() {
+            *m.entry(labels.iter().map(|s| s.to_string()).collect()).or_insert(0) += n;
+        }
+    }
+
+    fn render(&self, out: &mut String, name: &str, label_names: &[&str]) {
+        let Ok(m) = self.values.lock() else { return };
+        for (values, v) in m.iter() {
+            let labels: Vec<String> =
+                label_names.iter().zip(values).map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            let _ = writeln!(out, "{name}{{{}}} {v}", labels.join(","));
+        }
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Every metric the broker keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    pub messages_in: Counter,
+    pub messages_out: Counter,
+    pub acks: Counter,
+    pub dead_letters: Counter,
+    pub checks_sent: Counter,
+    pub check_answers: Counter,
+    pub txn_decisions: Counter,
+    pub txn_parked: Counter,
+    pub rpc_latency: Mutex<BTreeMap<&'static str, std::sync::Arc<Histogram>>>,
+    pub flush_latency: Histogram,
+    pub flush_batch: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            messages_in: Counter::default(),
+            messages_out: Counter::default(),
+            acks: Counter::default(),
+            dead_letters: Counter::default(),
+            checks_sent: Counter::default(),
+            check_answers: Counter::default(),
+            txn_decisions: Counter::default(),
+            txn_parked: Counter::default(),
+            rpc_latency: Mutex::new(BTreeMap::new()),
+            flush_latency: Histogram::new(&LATENCY_BUCKETS),
+            flush_batch: Histogram::new(&SIZE_BUCKETS),
+        }
+    }
+}
+
+/// Values computed at scrape time.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub pending_transactions: u64,
+    pub oldest_pending_age_seconds: f64,
+    pub parked_transactions: u64,
+    /// `(group, topic, backlog, in flight)`.
+    pub groups: Vec<(String, String, u64, u64)>,
+    pub store_bytes: u64,
+    pub store_writable: bool,
+}
+
+impl Metrics {
+    /// Records the latency of one RPC.
+    pub fn rpc(&self, rpc: &'static str, took: Duration) {
+        let h = match self.rpc_latency.lock() {
+            Ok(mut m) => m.entry(rpc).or_insert_with(|| std::sync::Arc::new(Histogram::new(&LATENCY_BUCKETS))).clone(),
+            Err(_) => return,
+        };
+        h.observe(took.as_secs_f64());
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::new();
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        family(
+            &mut out,
+            "txmq_messages_in_total",
+            "counter",
+            "Messages stored, by topic (sends and transaction commits).",
+        );
+        self.messages_in.render(&mut out, "txmq_messages_in_total", &["topic"]);
+        family(&mut out, "txmq_messages_out_total", "counter", "Deliveries to consumers, by group and topic.");
+        self.messages_out.render(&mut out, "txmq_messages_out_total", &["group", "topic"]);
+        family(&mut out, "txmq_acks_total", "counter", "Acknowledged deliveries, by group and topic.");
+        self.acks.render(&mut out, "txmq_acks_total", &["group", "topic"]);
+        family(&mut out, "txmq_dead_letters_total", "counter", "Messages moved to a dead-letter topic, by group.");
+        self.dead_letters.render(&mut out, "txmq_dead_letters_total", &["group"]);
+        family(&mut out, "txmq_transaction_checks_total", "counter", "Check-backs written to a live producer stream.");
+        self.checks_sent.render(&mut out, "txmq_transaction_checks_total", &["topic"]);
+        family(&mut out, "txmq_transaction_check_answers_total", "counter", "Check-back answers, by answer.");
+        self.check_answers.render(&mut out, "txmq_transaction_check_answers_total", &["answer"]);
+        family(
+            &mut out,
+            "txmq_transaction_decisions_total",
+            "counter",
+            "Commits and rollbacks, by source (producer, check, operator, policy).",
+        );
+        self.txn_decisions.render(&mut out, "txmq_transaction_decisions_total", &["decision", "source"]);
+        family(&mut out, "txmq_transactions_parked_total", "counter", "Transactions parked by the max-checks policy.");
+        self.txn_parked.render(&mut out, "txmq_transactions_parked_total", &["topic"]);
+        family(
+            &mut out,
+            "txmq_transactions_pending",
+            "gauge",
+            "Half messages waiting for a decision (excluding parked).",
+        );
+        let _ = writeln!(out, "txmq_transactions_pending {}", g.pending_transactions);
+        family(&mut out, "txmq_transactions_parked", "gauge", "Parked half messages waiting for an operator.");
+        let _ = writeln!(out, "txmq_transactions_parked {}", g.parked_transactions);
+        family(
+            &mut out,
+            "txmq_transaction_oldest_pending_age_seconds",
+            "gauge",
+            "Age of the oldest pending half message.",
+        );
+        let _ = writeln!(out, "txmq_transaction_oldest_pending_age_seconds {}", g.oldest_pending_age_seconds);
+        family(&mut out, "txmq_consumer_backlog", "gauge", "Messages never delivered to a group, by group and topic.");
+        for (group, topic, backlog, _) in &g.groups {
+            let _ = writeln!(
+                out,
+                "txmq_consumer_backlog{{group=\"{}\",topic=\"{}\"}} {backlog}",
+                escape(group),
+                escape(topic)
+            );
+        }
+        family(&mut out, "txmq_consumer_in_flight", "gauge", "Messages delivered and not acked, by group and topic.");
+        for (group, topic, _, inflight) in &g.groups {
+            let _ = writeln!(
+                out,
+                "txmq_consumer_in_flight{{group=\"{}\",topic=\"{}\"}} {inflight}",
+                escape(group),
+                escape(topic)
+            );
+        }
+        family(&mut out, "txmq_rpc_duration_seconds", "histogram", "RocketMQ RPC latency, by RPC.");
+        if let Ok(m) = self.rpc_latency.lock() {
+            for (rpc, h) in m.iter() {
+                h.render(&mut out, "txmq_rpc_duration_seconds", &format!("rpc=\"{rpc}\""));
+            }
+        }
+        family(&mut out, "txmq_store_flush_duration_seconds", "histogram", "Group commit: apply + fsync time.");
+        self.flush_latency.render(&mut out, "txmq_store_flush_duration_seconds", "");
+        family(&mut out, "txmq_store_flush_batch_size", "histogram", "Group commit: writes per flush.");
+        self.flush_batch.render(&mut out, "txmq_store_flush_batch_size", "");
+        family(&mut out, "txmq_store_bytes", "gauge", "Bytes the store uses on disk.");
+        let _ = writeln!(out, "txmq_store_bytes {}", g.store_bytes);
+        family(&mut out, "txmq_store_writable", "gauge", "1 while the store accepts writes; 0 after a failed flush.");
+        let _ = writeln!(out, "txmq_store_writable {}", u8::from(g.store_writable));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative() {
+        let m = Metrics::default();
+        m.flush_batch.observe(3.0);
+        m.flush_batch.observe(40.0);
+        let text = m.render(&Gauges::default());
+        assert!(text.contains("txmq_store_flush_batch_size_bucket{le=\"4\"} 1"), "{text}");
+        assert!(text.contains("txmq_store_flush_batch_size_bucket{le=\"64\"} 2"));
+        assert!(text.contains("txmq_store_flush_batch_size_count 2"));
+    }
+
+    #[test]
+    fn counters_render_with_labels() {
+        let m = Metrics::default();
+        m.messages_in.add(&["orders"], 3);
+        m.txn_decisions.add(&["commit", "check"], 1);
+        let text = m.render(&Gauges::default());
+        assert!(text.contains("txmq_messages_in_total{topic=\"orders\"} 3"));
+        assert!(text.contains("txmq_transaction_decisions_total{decision=\"commit\",source=\"check\"} 1"));
+    }
+}
