@@ -32,7 +32,7 @@ pub async fn connect(broker: &str) -> anyhow::Result<AdminClient<Channel>> {
 }
 
 /// Turns a non-OK admin status into an error.
-fn check(status: Option<pb::Status>) -> anyhow::Result<()> {
+pub fn check(status: Option<pb::Status>) -> anyhow::Result<()> {
     match status {
         Some(s) if s.code == pb::StatusCode::Ok as i32 => Ok(()),
         Some(s) => {
@@ -144,6 +144,11 @@ pub struct StatusView {
     pub topics: u64,
     pub flushes: u64,
     pub flushed_writes: u64,
+    pub store_bytes: u64,
+    pub messages: u64,
+    pub groups: u64,
+    pub pending_transactions: u64,
+    pub parked_transactions: u64,
 }
 
 pub async fn fetch_status(c: &mut AdminClient<Channel>) -> anyhow::Result<StatusView> {
@@ -158,6 +163,11 @@ pub async fn fetch_status(c: &mut AdminClient<Channel>) -> anyhow::Result<Status
         topics: r.topic_count,
         flushes: r.flush_count,
         flushed_writes: r.flushed_write_count,
+        store_bytes: r.store_bytes,
+        messages: r.message_count,
+        groups: r.group_count,
+        pending_transactions: r.pending_transactions,
+        parked_transactions: r.parked_transactions,
     })
 }
 
@@ -167,8 +177,17 @@ pub async fn status(broker: &str, out: Output) -> anyhow::Result<()> {
     out.emit(&s, || {
         let store = if s.store_writable { "writable".to_string() } else { format!("READ-ONLY: {}", s.store_error) };
         format!(
-            "txmq {} up {}s\nstore: {store}\ntopics: {}\nflushes: {} covering {} writes\n",
-            s.version, s.uptime_s, s.topics, s.flushes, s.flushed_writes
+            "txmq {} up {}s\nstore: {store}, {} MiB on disk\ntopics: {}, messages stored: {}, consumer groups: {}\ntransactions: {} pending, {} parked\nflushes: {} covering {} writes\n",
+            s.version,
+            s.uptime_s,
+            s.store_bytes / (1024 * 1024),
+            s.topics,
+            s.messages,
+            s.groups,
+            s.pending_transactions,
+            s.parked_transactions,
+            s.flushes,
+            s.flushed_writes
         )
     })
 }

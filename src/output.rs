@@ -19,6 +19,23 @@ impl Output {
     }
 }
 
+/// A Unix-epoch millisecond time as `YYYY-MM-DD HH:MM:SS.mmm` UTC.
+pub fn time(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_millis(t).to_string().replace('T', " ").trim_end_matches('Z').to_string()
+}
+
+/// How long ago a Unix-epoch millisecond time was, like `3m 12s`.
+pub fn age(ms: i64) -> String {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let secs = ((now - ms).max(0) / 1000) as u64;
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+}
+
 /// Formats rows as a table with a header, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

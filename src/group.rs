@@ -1,0 +1,154 @@
+//! `txmq group` and `txmq dlq`: consumer groups, their backlogs and dead letters.
+
+use crate::admin::{check, connect};
+use crate::msg::{render_messages, MessageView};
+use crate::output::{table, Output};
+use anyhow::Context;
+use clap::Subcommand;
+use serde::Serialize;
+use txmq_proto::admin as pb;
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// List consumer groups.
+    List,
+    /// Per topic: backlog, in flight, retrying, deferred; and the dead-letter count.
+    Describe { group: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Messages in a group's dead-letter topic (%DLQ%<group>).
+    List {
+        group: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Deliver dead letters to the group again (same message id, attempts start over).
+    Resend {
+        group: String,
+        #[arg(long = "message-id", conflicts_with = "all")]
+        message_ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct TopicView {
+    topic: String,
+    backlog: u64,
+    in_flight: u64,
+    retrying: u64,
+    deferred: u64,
+}
+
+#[derive(Serialize)]
+struct GroupView {
+    name: String,
+    created_at_ms: i64,
+    dead_letters: u64,
+    topics: Vec<TopicView>,
+}
+
+fn view(g: pb::Group) -> GroupView {
+    GroupView {
+        name: g.name,
+        created_at_ms: g.created_at_ms,
+        dead_letters: g.dead_letters,
+        topics: g
+            .topics
+            .into_iter()
+            .map(|t| TopicView {
+                topic: t.topic,
+                backlog: t.backlog,
+                in_flight: t.in_flight,
+                retrying: t.retrying,
+                deferred: t.deferred,
+            })
+            .collect(),
+    }
+}
+
+pub async fn group(broker: &str, cmd: GroupCommand, out: Output) -> anyhow::Result<()> {
+    let mut c = connect(broker).await?;
+    match cmd {
+        GroupCommand::List => {
+            let r = c.list_groups(pb::ListGroupsRequest {}).await?.into_inner();
+            check(r.status)?;
+            let groups: Vec<GroupView> = r.groups.into_iter().map(view).collect();
+            out.emit(&groups, || {
+                let rows: Vec<Vec<String>> = groups
+                    .iter()
+                    .map(|g| {
+                        let backlog: u64 = g.topics.iter().map(|t| t.backlog).sum();
+                        let in_flight: u64 = g.topics.iter().map(|t| t.in_flight).sum();
+                        vec![
+                            g.name.clone(),
+                            g.topics.len().to_string(),
+                            backlog.to_string(),
+                            in_flight.to_string(),
+                            g.dead_letters.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["GROUP", "TOPICS", "BACKLOG", "IN-FLIGHT", "DEAD-LETTERS"], &rows)
+            })
+        }
+        GroupCommand::Describe { group } => {
+            let r = c.describe_group(pb::DescribeGroupRequest { name: group }).await?.into_inner();
+            check(r.status)?;
+            let g = view(r.group.context("no group in the answer")?);
+            out.emit(&g, || {
+                let rows: Vec<Vec<String>> = g
+                    .topics
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.topic.clone(),
+                            t.backlog.to_string(),
+                            t.in_flight.to_string(),
+                            t.retrying.to_string(),
+                            t.deferred.to_string(),
+                        ]
+                    })
+                    .collect();
+                format!(
+                    "group {} ({} dead letters)\n{}",
+                    g.name,
+                    g.dead_letters,
+                    table(&["TOPIC", "BACKLOG", "IN-FLIGHT", "RETRYING", "DEFERRED"], &rows)
+                )
+            })
+        }
+    }
+}
+
+pub async fn dlq(broker: &str, cmd: DlqCommand, out: Output) -> anyhow::Result<()> {
+    let mut c = connect(broker).await?;
+    match cmd {
+        DlqCommand::List { group, limit } => {
+            let r = c.list_dead_letters(pb::ListDeadLettersRequest { group, limit }).await?.into_inner();
+            check(r.status)?;
+            let ms: Vec<MessageView> = r.messages.into_iter().map(MessageView::from).collect();
+            out.emit(&ms, || render_messages(&ms))
+        }
+        DlqCommand::Resend { group, message_ids, all } => {
+            if !all && message_ids.is_empty() {
+                anyhow::bail!("give --message-id ID (repeatable) or --all");
+            }
+            let r = c
+                .resend_dead_letters(pb::ResendDeadLettersRequest { group: group.clone(), message_ids, all })
+                .await?
+                .into_inner();
+            check(r.status)?;
+            #[derive(Serialize)]
+            struct Resent {
+                group: String,
+                resent: u32,
+            }
+            let v = Resent { group, resent: r.resent };
+            out.emit(&v, || format!("resent {} dead letters to group {}\n", v.resent, v.group))
+        }
+    }
+}

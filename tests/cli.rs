@@ -1,0 +1,189 @@
+//! The `txmq` CLI against an in-process broker: topics, an in-doubt transaction from list to
+//! operator commit, groups, message lookup, `--json`, errors, and the metrics endpoint.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{consumer, drain, start, tags, txn_config, txn_producer};
+use rocketmq::model::message::MessageBuilder;
+use rocketmq::model::transaction::{Transaction, TransactionResolution};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// Runs `txmq --broker ADDR ARGS…`; returns (success, stdout, stderr).
+async fn txmq(broker: &str, args: &[&str]) -> (bool, String, String) {
+    let mut full = vec!["--broker".to_string(), broker.to_string()];
+    full.extend(args.iter().map(|s| s.to_string()));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_txmq")).args(&full).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn json(broker: &str, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let (ok, out, err) = txmq(broker, &a).await;
+    assert!(ok, "txmq {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("txmq {args:?} printed invalid JSON ({e}): {out}"))
+}
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
+}
+
+/// The value of the first sample line starting with `series`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_find_and_resolve_in_doubt_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = txn_config(dir.path());
+    config.txn_max_checks = 100;
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let broker = start(config).await;
+    let addr = broker.access_point();
+
+    let (ok, out, _) = txmq(&addr, &["topic", "create", "orders", "--type", "TRANSACTION", "--queues", "4"]).await;
+    assert!(ok && out.contains("created topic orders"), "{out}");
+    let topics = json(&addr, &["topic", "list"]).await;
+    assert_eq!(topics[0]["name"], "orders");
+    assert_eq!(topics[0]["type"], "TRANSACTION");
+
+    // A producer that sends a half message and never decides; its checker says "unknown".
+    let p = txn_producer(&broker, &["orders"], || TransactionResolution::UNKNOWN).await;
+    let msg = MessageBuilder::transaction_message_builder("orders", b"order 42 paid".to_vec())
+        .set_keys(vec!["order-42"])
+        .build()
+        .unwrap();
+    let t = p.send_transaction_message(msg).await.unwrap();
+    let (id, message_id) = (t.transaction_id().to_string(), t.message_id().to_string());
+
+    let pending = json(&addr, &["txn", "list", "--state", "pending"]).await;
+    assert!(pending.as_array().unwrap().iter().any(|t| t["id"] == id.as_str()), "{pending}");
+    let (ok, table, _) = txmq(&addr, &["txn", "list", "--topic", "orders"]).await;
+    assert!(ok && table.contains(&id) && table.contains("pending"), "{table}");
+
+    // Its checks show up in the timeline with the producer's answer.
+    let started = Instant::now();
+    loop {
+        let shown = json(&addr, &["txn", "show", &id]).await;
+        let answered =
+            shown["timeline"].as_array().unwrap().iter().any(|e| e["kind"] == "check" && e["answered"] == true);
+        if answered {
+            assert_eq!(shown["last_answer"], "UNKNOWN");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no answered check: {shown}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, text, _) = txmq(&addr, &["txn", "show", &id]).await;
+    assert!(ok && text.contains("check sent to") && text.contains("answered UNKNOWN"), "{text}");
+
+    // The operator commits it; the timeline records who and why; the message is delivered.
+    let (ok, _, err) = txmq(&addr, &["txn", "commit", &id]).await;
+    assert!(!ok && err.contains("--reason"), "a reason is required: {err}");
+    let (ok, out, err) = txmq(&addr, &["txn", "commit", &id, "--reason", "payment confirmed with the bank"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("committed"), "{out}");
+    let shown = json(&addr, &["txn", "show", &id]).await;
+    let last = shown["timeline"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["by"].as_str(), last["reason"].as_str()),
+        (Some("operator"), Some("payment confirmed with the bank"))
+    );
+    let (ok, _, err) = txmq(&addr, &["txn", "rollback", &id, "--reason", "changed my mind"]).await;
+    assert!(!ok && err.contains("FAILED_PRECONDITION"), "{err}");
+
+    let c = consumer(&broker, "inventory", &["orders"]).await;
+    let got = drain(&c, "orders", &tags("*"), 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message_id(), message_id);
+
+    // Lookup by id and key, groups, status.
+    let found = json(&addr, &["msg", "show", &message_id]).await;
+    assert_eq!(found[0]["topic"], "orders");
+    let by_key = json(&addr, &["msg", "find", "--topic", "orders", "--key", "order-42"]).await;
+    assert_eq!(by_key[0]["message_id"], message_id.as_str());
+    let group = json(&addr, &["group", "describe", "inventory"]).await;
+    assert_eq!(group["topics"][0]["topic"], "orders");
+    assert_eq!(group["topics"][0]["backlog"], 0);
+    let status = json(&addr, &["status"]).await;
+    assert_eq!(status["store_writable"], true);
+    assert_eq!(status["pending_transactions"], 0);
+
+    // Clear errors and exit codes.
+    let (ok, _, err) = txmq(&addr, &["txn", "show", "NO-SUCH-ID"]).await;
+    assert!(!ok && err.contains("NOT_FOUND"), "{err}");
+    let (ok, _, err) = txmq("127.0.0.1:1", &["status"]).await;
+    assert!(!ok && err.contains("cannot reach the broker"), "{err}");
+
+    // The metrics endpoint tells the same story.
+    let m = scrape(broker.metrics_addr.unwrap());
+    assert_eq!(sample(&m, "txmq_messages_in_total{topic=\"orders\"}"), 1.0);
+    assert!(sample(&m, "txmq_transaction_checks_total{topic=\"orders\"}") >= 1.0);
+    assert!(sample(&m, "txmq_transaction_check_answers_total{answer=\"unknown\"}") >= 1.0);
+    assert_eq!(sample(&m, "txmq_transaction_decisions_total{decision=\"commit\",source=\"operator\"}"), 1.0);
+    assert_eq!(sample(&m, "txmq_transactions_pending"), 0.0);
+    assert_eq!(sample(&m, "txmq_messages_out_total{group=\"inventory\",topic=\"orders\"}"), 1.0);
+    assert_eq!(sample(&m, "txmq_acks_total{group=\"inventory\",topic=\"orders\"}"), 1.0);
+    assert_eq!(sample(&m, "txmq_consumer_backlog{group=\"inventory\",topic=\"orders\"}"), 0.0);
+    assert_eq!(sample(&m, "txmq_consumer_in_flight{group=\"inventory\",topic=\"orders\"}"), 0.0);
+    assert!(sample(&m, "txmq_rpc_duration_seconds_count{rpc=\"SendMessage\"}") >= 1.0);
+    assert!(sample(&m, "txmq_store_flush_batch_size_count") >= 1.0);
+    assert_eq!(sample(&m, "txmq_store_writable"), 1.0);
+    for family in [
+        "txmq_dead_letters_total",
+        "txmq_transactions_parked_total",
+        "txmq_transaction_oldest_pending_age_seconds",
+        "txmq_store_flush_duration_seconds",
+    ] {
+        assert!(m.contains(&format!("# TYPE {family} ")), "family {family} missing");
+    }
+    drop(p);
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_listed_and_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::fast_config(dir.path());
+    config.max_delivery_attempts = 1;
+    let broker = start(config).await;
+    let addr = broker.access_point();
+    let p = common::producer(&broker, &["jobs"]).await;
+    let id = common::send_n(&p, "jobs", "job", 1).await.remove(0);
+    let c = consumer(&broker, "workers", &["jobs"]).await;
+    assert_eq!(c.receive_with("jobs", &tags("*"), 1, Duration::from_secs(1)).await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(c.receive_with("jobs", &tags("*"), 1, Duration::from_secs(1)).await.unwrap().is_empty());
+
+    let dead = json(&addr, &["dlq", "list", "workers"]).await;
+    assert_eq!(dead[0]["message_id"], id.as_str());
+    assert_eq!(dead[0]["origin_topic"], "jobs");
+    let resent = json(&addr, &["dlq", "resend", "workers", "--all"]).await;
+    assert_eq!(resent["resent"], 1);
+    let back = drain(&c, "jobs", &tags("*"), 1, Duration::from_secs(5)).await;
+    assert_eq!(back.len(), 1, "the resent message is delivered to the group again");
+    assert_eq!(back[0].message_id(), id);
+    broker.stop().await.unwrap();
+}
