@@ -18,7 +18,7 @@ pub enum GroupCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
-    /// Messages in a group's dead-letter topic (%DLQ%<group>).
+    /// Messages in a group's dead-letter topic (`%DLQ%<group>`).
     List {
         group: String,
         #[arg(long, default_value_t = 100)]
