@@ -1,0 +1,67 @@
+//! The SDK's error type.
+
+use thiserror::Error;
+
+/// Why an SDK call failed. Branch on the variant, or ask [`Error::is_retryable`].
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The broker could not be reached (connection refused, reset, DNS, TLS).
+    #[error("broker unreachable: {0}")]
+    Unavailable(String),
+    /// The broker did not answer in time.
+    #[error("request timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The broker answered with a RocketMQ status other than OK.
+    #[error("broker refused: {code_name} ({code}): {message}")]
+    Broker {
+        /// The RocketMQ status code (for example 40002 for ILLEGAL_TOPIC).
+        code: i32,
+        /// Its name, such as `ILLEGAL_TOPIC`.
+        code_name: String,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The call's arguments are invalid (checked before anything is sent).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The database failed (transaction log, outbox, idempotency records).
+    #[cfg(feature = "sqlite")]
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The client was shut down.
+    #[error("client is shut down")]
+    Closed,
+}
+
+impl Error {
+    /// True when the same call may succeed if retried later (with the same message id).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unavailable(_) | Error::Timeout(_) => true,
+            // TOO_MANY_REQUESTS, INTERNAL_*, HA_NOT_AVAILABLE, PROXY_TIMEOUT, *_PERSISTENCE_TIMEOUT.
+            Error::Broker { code, .. } => matches!(code, 42900 | 50000 | 50001 | 50002 | 50400 | 50401 | 50402),
+            _ => false,
+        }
+    }
+
+    /// True when the broker could not be reached at all (the outbox fallback's trigger).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Timeout(_))
+    }
+
+    pub(crate) fn from_status(s: &tonic::Status, timeout: std::time::Duration) -> Self {
+        match s.code() {
+            tonic::Code::DeadlineExceeded => Error::Timeout(timeout),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                Error::Unavailable(s.message().to_string())
+            }
+            other => {
+                Error::Broker { code: 50000, code_name: format!("GRPC_{other:?}"), message: s.message().to_string() }
+            }
+        }
+    }
+}
+
+/// Result alias of the SDK.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,150 @@
+//! Producers: normal, FIFO, delay and batch sends with retries.
+
+use crate::error::{Error, Result};
+use crate::message::{Message, SendReceipt};
+use crate::session::{CommandHandler, Session};
+use crate::transport::{self, ClientConfig};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use txmq_proto::v2;
+
+/// How long a topic's route is trusted before it is queried again.
+const ROUTE_TTL: Duration = Duration::from_secs(30);
+/// Send attempts for retryable failures (the same message id each time).
+const SEND_ATTEMPTS: u32 = 3;
+
+/// Sends messages. Cheap to clone; every clone shares one connection.
+///
+/// Sends are retried on retryable failures with the same message id, which the broker
+/// deduplicates: a retried send is stored once.
+///
+/// ```no_run
+/// # async fn demo() -> txmq_client::Result<()> {
+/// use txmq_client::{ClientConfig, Message, Producer};
+/// let producer = Producer::connect(ClientConfig::new("127.0.0.1:8081"), &["orders"]).await?;
+/// let receipt = producer.send(Message::new("orders", "order 42 created").with_key("order-42")).await?;
+/// println!("stored as {}", receipt.message_id);
+/// producer.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Producer {
+    pub(crate) session: Arc<Session>,
+    routes: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl Producer {
+    /// Connects and checks that `topics` exist (or are auto-created) on the broker.
+    pub async fn connect(config: ClientConfig, topics: &[&str]) -> Result<Self> {
+        Self::connect_with(config, topics, None).await
+    }
+
+    pub(crate) async fn connect_with(
+        config: ClientConfig,
+        topics: &[&str],
+        on_command: Option<CommandHandler>,
+    ) -> Result<Self> {
+        let settings = v2::Settings {
+            client_type: Some(v2::ClientType::Producer as i32),
+            request_timeout: Some(prost_types::Duration { seconds: config.request_timeout.as_secs() as i64, nanos: 0 }),
+            pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing {
+                topics: topics.iter().filter_map(|t| transport::resource(t)).collect(),
+                max_body_size: 0,
+                validate_message_type: true,
+            })),
+            ..Default::default()
+        };
+        let session = Session::start(config, settings, v2::ClientType::Producer, None, on_command)?;
+        let p = Producer { session, routes: Arc::new(Mutex::new(HashMap::new())) };
+        for t in topics {
+            p.route(t).await?;
+        }
+        Ok(p)
+    }
+
+    /// The client id the broker knows this producer by.
+    pub fn client_id(&self) -> &str {
+        &self.session.client_id
+    }
+
+    /// Queries the topic's route unless a fresh one is cached.
+    async fn route(&self, topic: &str) -> Result<()> {
+        let fresh =
+            self.routes.lock().ok().and_then(|m| m.get(topic).copied()).is_some_and(|t| t.elapsed() < ROUTE_TTL);
+        if fresh {
+            return Ok(());
+        }
+        let req = v2::QueryRouteRequest { topic: transport::resource(topic), endpoints: None };
+        let r = transport::call(self.session.config.request_timeout, self.session.rpc.clone().query_route(req)).await?;
+        transport::check(r.status.as_ref())?;
+        if let Ok(mut m) = self.routes.lock() {
+            m.insert(topic.to_string(), Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Sends one message; durable on the broker when this returns Ok.
+    pub async fn send(&self, message: Message) -> Result<SendReceipt> {
+        let mut r = self.send_batch(vec![message]).await?;
+        r.pop().ok_or_else(|| Error::Broker { code: 0, code_name: "NO_ENTRY".into(), message: "no send result".into() })
+    }
+
+    /// Sends several messages of one topic in one request (stored together, in one queue).
+    pub async fn send_batch(&self, mut messages: Vec<Message>) -> Result<Vec<SendReceipt>> {
+        let entries = self.send_wire(&mut messages, false).await?;
+        Ok(entries
+            .into_iter()
+            .map(|e| SendReceipt { message_id: e.message_id, offset: e.offset.max(0) as u64 })
+            .collect())
+    }
+
+    /// Sends with retries; returns the broker's entries (one per message).
+    pub(crate) async fn send_wire(
+        &self,
+        messages: &mut [Message],
+        transactional: bool,
+    ) -> Result<Vec<v2::SendResultEntry>> {
+        let Some(topic) = messages.first().map(|m| m.topic.clone()) else {
+            return Err(Error::InvalidArgument("no messages to send".into()));
+        };
+        if messages.iter().any(|m| m.topic != topic) {
+            return Err(Error::InvalidArgument("all messages of one send must share a topic".into()));
+        }
+        let wire: Vec<v2::Message> = messages
+            .iter_mut()
+            .map(|m| {
+                let id = m.ensure_id();
+                m.to_wire(&id, transactional)
+            })
+            .collect();
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            let result = async {
+                self.route(&topic).await?;
+                let req = v2::SendMessageRequest { messages: wire.clone() };
+                let r =
+                    transport::call(self.session.config.request_timeout, self.session.rpc.clone().send_message(req))
+                        .await?;
+                transport::check(r.status.as_ref())?;
+                Ok::<_, Error>(r.entries)
+            }
+            .await;
+            match result {
+                Err(e) if e.is_retryable() && attempt < SEND_ATTEMPTS => {
+                    tracing::debug!(attempt, error = %e, "send failed; retrying with the same message id");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Stops heartbeats and Telemetry and tells the broker this producer is gone.
+    pub async fn shutdown(self) -> Result<()> {
+        self.session.close().await
+    }
+}

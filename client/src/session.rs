@@ -1,0 +1,132 @@
+//! A client session: the channel, periodic heartbeats, and a Telemetry stream that is re-opened
+//! whenever it breaks (the official Rust 5.0.0 client never re-opens it; we do, so check-backs
+//! keep arriving after a broker restart).
+
+use crate::error::Result;
+use crate::transport::{self, ClientConfig, Rpc};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use txmq_proto::v2;
+
+/// Heartbeat period (the broker treats a client as gone after ~90 s of silence).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// Longest wait between attempts to re-open the Telemetry stream.
+const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Handles a command the broker sent on the Telemetry stream.
+pub(crate) type CommandHandler = Arc<dyn Fn(v2::TelemetryCommand) + Send + Sync>;
+
+pub(crate) struct Session {
+    pub rpc: Rpc,
+    pub config: ClientConfig,
+    pub client_id: String,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    group: Option<String>,
+}
+
+impl Session {
+    /// Starts heartbeats and the Telemetry supervisor. Does not wait for the broker.
+    pub fn start(
+        config: ClientConfig,
+        settings: v2::Settings,
+        client_type: v2::ClientType,
+        group: Option<String>,
+        on_command: Option<CommandHandler>,
+    ) -> Result<Arc<Self>> {
+        let client_id = transport::new_client_id();
+        let rpc = transport::connect(&config, &client_id)?;
+        let session = Arc::new(Session {
+            rpc,
+            config,
+            client_id,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            group,
+        });
+        session.tracker.spawn(heartbeats(session.clone(), client_type));
+        session.tracker.spawn(telemetry(session.clone(), settings, on_command));
+        Ok(session)
+    }
+
+    /// Tells the broker we are leaving, stops the background tasks and waits for them.
+    pub async fn close(&self) -> Result<()> {
+        let req = v2::NotifyClientTerminationRequest { group: self.group.as_deref().and_then(transport::resource) };
+        let result =
+            transport::call(self.config.request_timeout, self.rpc.clone().notify_client_termination(req)).await;
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        transport::check(result?.status.as_ref())
+    }
+}
+
+async fn heartbeats(s: Arc<Session>, client_type: v2::ClientType) {
+    loop {
+        let req = v2::HeartbeatRequest {
+            group: s.group.as_deref().and_then(transport::resource),
+            client_type: client_type as i32,
+        };
+        if let Err(e) = transport::call(s.config.request_timeout, s.rpc.clone().heartbeat(req)).await {
+            tracing::debug!(error = %e, "heartbeat failed");
+        }
+        tokio::select! {
+            _ = s.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+        }
+    }
+}
+
+/// Keeps one Telemetry stream open: sends Settings, dispatches commands, re-opens on failure.
+async fn telemetry(s: Arc<Session>, settings: v2::Settings, on_command: Option<CommandHandler>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let (tx, rx) = mpsc::channel(8);
+        let hello = v2::TelemetryCommand {
+            status: None,
+            command: Some(v2::telemetry_command::Command::Settings(settings.clone())),
+        };
+        let _ = tx.send(hello).await;
+        let mut rpc = s.rpc.clone();
+        let opened = tokio::select! {
+            _ = s.shutdown.cancelled() => return,
+            r = rpc.telemetry(ReceiverStream::new(rx)) => r,
+        };
+        match opened {
+            Ok(response) => {
+                backoff = Duration::from_millis(50);
+                let mut inbound = response.into_inner();
+                loop {
+                    let next = tokio::select! {
+                        _ = s.shutdown.cancelled() => return,
+                        n = inbound.message() => n,
+                    };
+                    match next {
+                        Ok(Some(cmd)) => {
+                            if let (
+                                Some(h),
+                                Some(v2::telemetry_command::Command::RecoverOrphanedTransactionCommand(_)),
+                            ) = (&on_command, &cmd.command)
+                            {
+                                h(cmd);
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                drop(tx);
+                tracing::info!(client_id = s.client_id, "telemetry stream ended; re-opening");
+            }
+            Err(e) => tracing::debug!(error = %e, "telemetry stream could not be opened"),
+        }
+        tokio::select! {
+            _ = s.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_REOPEN_BACKOFF);
+    }
+}

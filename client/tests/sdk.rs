@@ -1,0 +1,265 @@
+//! The SDK against an in-process broker: local-transaction outcomes, check-back from the
+//! transaction log, the barrier, the outbox with its relay, idempotent consumption, and the
+//! Telemetry stream surviving a broker restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::Row;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use txmq_broker::config::Config;
+use txmq_broker::server::{self, RunningBroker};
+use txmq_client::db::{self, send_in_db_transaction, Outbox, OutboxRelay, Published, TxnLog};
+use txmq_client::{ClientConfig, Message, SimpleConsumer, TransactionProducer};
+
+fn broker_config(dir: &Path, listen: SocketAddr) -> Config {
+    let mut c = Config::with_data_dir(dir);
+    c.listen = listen;
+    c.long_polling_max = Duration::from_secs(1);
+    c.txn_timeout = Duration::from_secs(1);
+    c.txn_check_interval = Duration::from_secs(1);
+    c
+}
+
+async fn start(dir: &Path) -> RunningBroker {
+    server::spawn(broker_config(dir, "127.0.0.1:0".parse().unwrap())).await.unwrap()
+}
+
+async fn restart(dir: &Path, addr: SocketAddr) -> RunningBroker {
+    server::spawn(broker_config(dir, addr)).await.unwrap()
+}
+
+async fn database(dir: &Path) -> SqlitePool {
+    let options = SqliteConnectOptions::new()
+        .filename(dir.join("app.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.unwrap();
+    sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY, status TEXT NOT NULL)").execute(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE stock (message_id TEXT NOT NULL)").execute(&pool).await.unwrap();
+    db::migrate(&pool).await.unwrap();
+    pool
+}
+
+async fn orders(pool: &SqlitePool) -> Vec<String> {
+    sqlx::query("SELECT id FROM orders ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get("id"))
+        .collect()
+}
+
+/// Everything a fresh consumer group receives within `wait` (acked).
+async fn consume_all(broker: &RunningBroker, group: &str, topic: &str, wait: Duration) -> Vec<String> {
+    let c = SimpleConsumer::connect(ClientConfig::new(broker.access_point()), group).await.unwrap();
+    let started = Instant::now();
+    let mut bodies = Vec::new();
+    while started.elapsed() < wait {
+        for m in c.receive_for(topic, "*", 32, Duration::from_secs(30), Duration::from_millis(500)).await.unwrap() {
+            c.ack(&m).await.unwrap();
+            bodies.push(String::from_utf8(m.body).unwrap());
+        }
+    }
+    bodies.sort();
+    bodies
+}
+
+async fn producer(broker: &RunningBroker, log: &TxnLog) -> TransactionProducer {
+    TransactionProducer::connect(ClientConfig::new(broker.access_point()), &["orders"], Arc::new(log.clone()))
+        .await
+        .unwrap()
+}
+
+async fn insert_order(mut tx: db::DbTx, id: &str) -> Result<(db::DbTx, ()), sqlx::Error> {
+    sqlx::query("INSERT INTO orders (id, status) VALUES (?, 'created')").bind(id).execute(&mut *tx).await?;
+    Ok((tx, ()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_transaction_decides_commit_or_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let pool = database(dir.path()).await;
+    let log = TxnLog::new(pool.clone()).await.unwrap();
+    let p = producer(&broker, &log).await;
+
+    let ok = send_in_db_transaction(&p, &log, Message::new("orders", "created o-1"), |tx, ctx| async move {
+        assert!(ctx.is_some());
+        insert_order(tx, "o-1").await
+    })
+    .await
+    .unwrap();
+    assert!(matches!(ok, Ok(((), Published::Transactional { .. }))));
+
+    let failed: Result<((), Published), sqlx::Error> =
+        send_in_db_transaction(&p, &log, Message::new("orders", "created o-2"), |tx, _| async move {
+            let (_tx, ()) = insert_order(tx, "o-2").await?;
+            Err(sqlx::Error::Protocol("payment service said no".into()))
+        })
+        .await
+        .unwrap();
+    assert!(failed.is_err());
+
+    assert_eq!(orders(&pool).await, ["o-1"]);
+    assert_eq!(consume_all(&broker, "inventory", "orders", Duration::from_secs(3)).await, ["created o-1"]);
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_producer_resolves_a_dead_producers_transaction_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let pool = database(dir.path()).await;
+    let log = TxnLog::new(pool.clone()).await.unwrap();
+
+    // Producer A stores the half message and commits its database transaction, then dies
+    // before telling the broker.
+    let a = producer(&broker, &log).await;
+    let pending = a.begin(Message::new("orders", "created o-7")).await.unwrap();
+    let txn_id = pending.context().transaction_id.clone();
+    let (mut tx, ()) = insert_order(pool.begin().await.unwrap(), "o-7").await.unwrap();
+    TxnLog::record_commit(&mut tx, &txn_id).await.unwrap();
+    tx.commit().await.unwrap();
+    std::mem::forget(pending);
+    a.shutdown().await.unwrap();
+
+    // Producer B, in another "process", answers the check from the same database.
+    let _b = producer(&broker, &log).await;
+    assert_eq!(consume_all(&broker, "inventory", "orders", Duration::from_secs(6)).await, ["created o-7"]);
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_during_a_slow_local_transaction_makes_it_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let pool = database(dir.path()).await;
+    let log = TxnLog::new(pool.clone()).await.unwrap();
+    let p = producer(&broker, &log).await;
+
+    let watcher = pool.clone();
+    let outcome: Result<((), Published), sqlx::Error> =
+        send_in_db_transaction(&p, &log, Message::new("orders", "created o-9"), |tx, ctx| async move {
+            // The local transaction stalls past the check-back (1 s here)...
+            let id = ctx.unwrap().transaction_id;
+            let started = Instant::now();
+            loop {
+                let row = sqlx::query("SELECT state FROM txmq_txn_log WHERE transaction_id = ?")
+                    .bind(&id)
+                    .fetch_optional(&watcher)
+                    .await?;
+                if row.is_some() {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(15), "no check arrived");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // ...then tries to finish its work.
+            insert_order(tx, "o-9").await
+        })
+        .await
+        .unwrap();
+    assert!(outcome.is_err(), "the barrier refuses the late commit");
+    assert!(orders(&pool).await.is_empty(), "the business change rolled back");
+    assert!(consume_all(&broker, "inventory", "orders", Duration::from_secs(3)).await.is_empty(), "never delivered");
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_when_the_broker_is_down_then_relay_and_idempotent_consumers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let addr = broker.addr;
+    let pool = database(dir.path()).await;
+    let log = TxnLog::new(pool.clone()).await.unwrap();
+    let p = producer(&broker, &log).await;
+    broker.stop().await.unwrap();
+
+    // Broker down: the message lands in the outbox, in the same database transaction.
+    let stored =
+        send_in_db_transaction(&p, &log, Message::new("orders", "created o-3").with_key("o-3"), |tx, ctx| async move {
+            assert!(ctx.is_none());
+            insert_order(tx, "o-3").await
+        })
+        .await
+        .unwrap();
+    assert!(matches!(stored, Ok(((), Published::Outbox { .. }))));
+    assert_eq!(Outbox::pending(&pool).await.unwrap(), 1);
+    // A failed local transaction leaves no outbox row behind.
+    let failed: Result<((), Published), sqlx::Error> =
+        send_in_db_transaction(&p, &log, Message::new("orders", "created o-4"), |tx, _| async move {
+            let _ = insert_order(tx, "o-4").await?;
+            Err(sqlx::Error::Protocol("declined".into()))
+        })
+        .await
+        .unwrap();
+    assert!(failed.is_err());
+    assert_eq!(Outbox::pending(&pool).await.unwrap(), 1);
+    assert_eq!(orders(&pool).await, ["o-3"]);
+
+    // Broker back: the relay delivers it.
+    let broker = restart(dir.path(), addr).await;
+    let relay = OutboxRelay::new(pool.clone(), p.producer().clone());
+    let started = Instant::now();
+    while Outbox::pending(&pool).await.unwrap() > 0 {
+        relay.run_once().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(20), "relay did not drain");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An idempotent consumer applies it once, even though it is delivered twice (the first
+    // delivery is processed but never acked, as if the consumer crashed before the ack).
+    let c = SimpleConsumer::connect(ClientConfig::new(broker.access_point()), "inventory").await.unwrap();
+    let mut deliveries = 0;
+    let mut applied = 0;
+    let started = Instant::now();
+    while deliveries < 2 && started.elapsed() < Duration::from_secs(20) {
+        for m in c.receive_for("orders", "*", 8, Duration::from_secs(1), Duration::from_millis(500)).await.unwrap() {
+            deliveries += 1;
+            let id = m.message_id.clone();
+            let done = db::process_once(&pool, "inventory", &m.message_id, |mut tx| async move {
+                sqlx::query("INSERT INTO stock (message_id) VALUES (?)").bind(&id).execute(&mut *tx).await?;
+                Ok::<_, sqlx::Error>((tx, ()))
+            })
+            .await
+            .unwrap();
+            if done.is_some() {
+                applied += 1;
+            }
+            if deliveries >= 2 {
+                c.ack(&m).await.unwrap();
+            }
+        }
+    }
+    assert_eq!((deliveries, applied), (2, 1));
+    let rows = sqlx::query("SELECT COUNT(*) AS n FROM stock").fetch_one(&pool).await.unwrap().get::<i64, _>("n");
+    assert_eq!(rows, 1);
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_still_arrive_after_the_broker_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let addr = broker.addr;
+    let pool = database(dir.path()).await;
+    let log = TxnLog::new(pool.clone()).await.unwrap();
+    let p = producer(&broker, &log).await;
+    broker.stop().await.unwrap();
+    let broker = restart(dir.path(), addr).await;
+
+    // The commit "gets lost": only the check-back can publish this message, and it can only
+    // reach the producer on a re-opened Telemetry stream.
+    let pending = p.begin(Message::new("orders", "created o-5")).await.unwrap();
+    let (mut tx, ()) = insert_order(pool.begin().await.unwrap(), "o-5").await.unwrap();
+    TxnLog::record_commit(&mut tx, &pending.context().transaction_id).await.unwrap();
+    tx.commit().await.unwrap();
+    std::mem::forget(pending);
+    assert_eq!(consume_all(&broker, "inventory", "orders", Duration::from_secs(8)).await, ["created o-5"]);
+    broker.stop().await.unwrap();
+}
