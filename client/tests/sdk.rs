@@ -263,3 +263,54 @@ async fn checks_still_arrive_after_the_broker_restarts() {
     assert_eq!(consume_all(&broker, "inventory", "orders", Duration::from_secs(8)).await, ["created o-5"]);
     broker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_acks_successes_and_retries_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let config = ClientConfig::new(broker.access_point());
+    let p = txmq_client::Producer::connect(config.clone(), &["events"]).await.unwrap();
+    for i in 0..5 {
+        p.send(Message::new("events", format!("e{i}"))).await.unwrap();
+    }
+    let consumer = txmq_client::Consumer::new(SimpleConsumer::connect(config, "handlers").await.unwrap()).with_concurrency(4);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, u32)>::new()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            while seen.lock().unwrap().iter().filter(|(_, a)| *a >= 1).count() < 6 && started.elapsed() < Duration::from_secs(20) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = stop_tx.send(());
+        })
+    };
+    let record = seen.clone();
+    consumer
+        .subscribe("events", "*")
+        .run(
+            move |m| {
+                let record = record.clone();
+                async move {
+                    let body = String::from_utf8(m.body).unwrap();
+                    record.lock().unwrap().push((body.clone(), m.delivery_attempt));
+                    // e3 fails on its first delivery and succeeds on the retry.
+                    if body == "e3" && m.delivery_attempt == 1 {
+                        return Err("transient failure");
+                    }
+                    Ok(())
+                }
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+        .unwrap();
+    watcher.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert!(seen.contains(&("e3".to_string(), 2)), "the failed message came back as attempt 2: {seen:?}");
+    broker.stop().await.unwrap();
+}
