@@ -41,7 +41,10 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("quickstart failed: {e:#}");
             if e.downcast_ref::<txmq_client::Error>().is_some_and(|e| e.is_unreachable()) {
-                eprintln!("is the broker running at {}? start it with: cargo run --release -p txmq-broker", args.broker);
+                eprintln!(
+                    "is the broker running at {}? start it with: cargo run --release -p txmq-broker",
+                    args.broker
+                );
             }
             ExitCode::FAILURE
         }
@@ -70,7 +73,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let mut seen = 0;
     let started = Instant::now();
     while seen < 2 && started.elapsed() < Duration::from_secs(30) {
-        for m in consumer.receive_for(topic, "normal||txn", 16, Duration::from_secs(30), Duration::from_secs(2)).await? {
+        for m in consumer.receive_for(topic, "normal||txn", 16, Duration::from_secs(30), Duration::from_secs(2)).await?
+        {
             let body = String::from_utf8_lossy(&m.body).into_owned();
             consumer.ack(&m).await?;
             if body.contains(&run_id) {

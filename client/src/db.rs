@@ -174,6 +174,32 @@ where
     Fut: Future<Output = std::result::Result<(DbTx, T), E>>,
     E: From<sqlx::Error>,
 {
+    send_in_db_transaction_then(producer, log, message, local, Finish::End).await
+}
+
+/// What [`send_in_db_transaction_then`] does after the database commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Commit the message right away (normal operation).
+    End,
+    /// Do not tell the broker: behave as if the process crashed right after the database
+    /// commit, leaving the message to the check-back. For failure drills and tests.
+    LeaveToCheckBack,
+}
+
+/// [`send_in_db_transaction`] with a choice of what happens after the database commit.
+pub async fn send_in_db_transaction_then<F, Fut, T, E>(
+    producer: &TransactionProducer,
+    log: &TxnLog,
+    message: Message,
+    local: F,
+    finish: Finish,
+) -> Result<std::result::Result<(T, Published), E>>
+where
+    F: FnOnce(DbTx, Option<TxnContext>) -> Fut,
+    Fut: Future<Output = std::result::Result<(DbTx, T), E>>,
+    E: From<sqlx::Error>,
+{
     let mut message = message;
     let message_id = message.ensure_id();
     let pending = match producer.begin(message.clone()).await {
@@ -217,7 +243,9 @@ where
         let _ = pending.rollback().await;
         return Ok(Err(E::from(e)));
     }
-    if let Err(e) = pending.commit().await {
+    if finish == Finish::LeaveToCheckBack {
+        drop(pending);
+    } else if let Err(e) = pending.commit().await {
         tracing::warn!(transaction_id, error = %e, "commit did not reach the broker; the check-back will commit");
     }
     Ok(Ok((value, Published::Transactional { transaction_id })))

@@ -273,14 +273,17 @@ async fn a_subscription_acks_successes_and_retries_failures() {
     for i in 0..5 {
         p.send(Message::new("events", format!("e{i}"))).await.unwrap();
     }
-    let consumer = txmq_client::Consumer::new(SimpleConsumer::connect(config, "handlers").await.unwrap()).with_concurrency(4);
+    let consumer =
+        txmq_client::Consumer::new(SimpleConsumer::connect(config, "handlers").await.unwrap()).with_concurrency(4);
     let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, u32)>::new()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let watcher = {
         let seen = seen.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            while seen.lock().unwrap().iter().filter(|(_, a)| *a >= 1).count() < 6 && started.elapsed() < Duration::from_secs(20) {
+            while seen.lock().unwrap().iter().filter(|(_, a)| *a >= 1).count() < 6
+                && started.elapsed() < Duration::from_secs(20)
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let _ = stop_tx.send(());
