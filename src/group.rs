@@ -10,6 +10,8 @@ use txmq_proto::admin as pb;
 
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
+    /// Create a consumer group before its first consumer starts.
+    Create { group: String },
     /// List consumer groups.
     List,
     /// Per topic: backlog, in flight, retrying, deferred; and the dead-letter count.
@@ -73,6 +75,12 @@ fn view(g: pb::Group) -> GroupView {
 pub async fn group(broker: &str, cmd: GroupCommand, out: Output) -> anyhow::Result<()> {
     let mut c = connect(broker).await?;
     match cmd {
+        GroupCommand::Create { group } => {
+            let r = c.create_group(pb::CreateGroupRequest { name: group }).await?.into_inner();
+            check(r.status)?;
+            let g = view(r.group.context("no group in the answer")?);
+            out.emit(&g, || format!("group {} exists\n", g.name))
+        }
         GroupCommand::List => {
             let r = c.list_groups(pb::ListGroupsRequest {}).await?.into_inner();
             check(r.status)?;

@@ -124,6 +124,12 @@ async fn operators_find_and_resolve_in_doubt_transactions() {
     assert_eq!(found[0]["topic"], "orders");
     let by_key = json(&addr, &["msg", "find", "--topic", "orders", "--key", "order-42"]).await;
     assert_eq!(by_key[0]["message_id"], message_id.as_str());
+    let created = json(&addr, &["group", "create", "billing"]).await;
+    assert_eq!(created["name"], "billing");
+    let (ok, _, err) = txmq(&addr, &["group", "create", "bad|name"]).await;
+    assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
+    let groups = json(&addr, &["group", "list"]).await;
+    assert_eq!(groups.as_array().unwrap().len(), 2, "{groups}");
     let group = json(&addr, &["group", "describe", "inventory"]).await;
     assert_eq!(group["topics"][0]["topic"], "orders");
     assert_eq!(group["topics"][0]["backlog"], 0);

@@ -153,6 +153,14 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn create_group(&self, req: Request<pb::CreateGroupRequest>) -> GrpcResult<pb::CreateGroupResponse> {
+        let name = req.into_inner().name;
+        Ok(Response::new(match self.broker.ensure_group(&name).await {
+            Ok(_) => pb::CreateGroupResponse { status: ok(), group: self.broker.group_stats(&name).map(wire_group) },
+            Err(e) => pb::CreateGroupResponse { status: status(&e), group: None },
+        }))
+    }
+
     async fn list_groups(&self, _req: Request<pb::ListGroupsRequest>) -> GrpcResult<pb::ListGroupsResponse> {
         let groups = self
             .broker
