@@ -34,12 +34,8 @@ impl Store for MemoryStore {
         reverse: bool,
     ) -> Result<Vec<Entry>, StoreError> {
         let map = self.map.read().map_err(|_| poisoned())?;
-        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) = (start, end) {
-            // BTreeMap::range panics on inverted or empty-exclusive ranges; both are just empty.
-            let both_included = matches!((start, end), (Bound::Included(_), Bound::Included(_)));
-            if s > e || (s == e && !both_included) {
-                return Ok(Vec::new());
-            }
+        if super::is_empty_range(start, end) {
+            return Ok(Vec::new());
         }
         let range = map.range::<[u8], _>((start, end));
         let clone = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());

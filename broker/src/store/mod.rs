@@ -135,6 +135,16 @@ pub trait Store: Send + Sync + 'static {
     fn size_on_disk(&self) -> u64;
 }
 
+/// True for ranges that hold no key: inverted, or empty with an excluded bound. (Both
+/// `BTreeMap::range` and sled panic on some of these, so stores check first.)
+pub fn is_empty_range(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
+    match (start, end) {
+        (Bound::Included(s), Bound::Included(e)) => s > e,
+        (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) => s >= e,
+        _ => false,
+    }
+}
+
 /// Scan helper: up to `limit` entries whose keys start with `prefix`.
 pub fn scan_prefix(store: &dyn Store, prefix: &[u8], limit: usize, reverse: bool) -> Result<Vec<Entry>, StoreError> {
     let end = keys::prefix_end(prefix);

@@ -92,11 +92,8 @@ impl Store for SledStore {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<Entry>, StoreError> {
-        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) = (start, end) {
-            let both_included = matches!((start, end), (Bound::Included(_), Bound::Included(_)));
-            if s > e || (s == e && !both_included) {
-                return Ok(Vec::new());
-            }
+        if super::is_empty_range(start, end) {
+            return Ok(Vec::new());
         }
         let iter = self.db.range::<Vec<u8>, _>((to_bound(start), to_bound(end)));
         let mut out = Vec::new();
