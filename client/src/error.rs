@@ -26,7 +26,7 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// The database failed (transaction log, outbox, idempotency records).
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     /// The client was shut down.

@@ -7,7 +7,7 @@
 //! - [`Producer`]: normal, FIFO, delay and batch sends, retried with the same message id.
 //! - [`TransactionProducer`]: half messages, [`TransactionProducer::send_in_transaction`], and
 //!   check-backs answered by a [`TransactionChecker`].
-//! - [`db`] (feature `sqlite`, default): a transaction log whose checker answers from the
+//! - [`db`] (feature `sqlite`, default; `postgres` for PostgreSQL): a transaction log whose checker answers from the
 //!   application's database with a barrier against slow local transactions, the outbox used
 //!   when the broker is down (and its relay), and idempotent consumption.
 //! - [`SimpleConsumer`] and [`Consumer`]: receive/ack by hand, or run a handler with bounded
@@ -20,7 +20,7 @@
 #![deny(missing_docs)]
 
 mod consumer;
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod db;
 mod error;
 mod message;

@@ -202,6 +202,12 @@ async fn outbox_when_the_broker_is_down_then_relay_and_idempotent_consumers() {
     assert_eq!(Outbox::pending(&pool).await.unwrap(), 1);
     assert_eq!(orders(&pool).await, ["o-3"]);
 
+    // While the broker is down the relay cannot send, and its gauge shows the backlog.
+    let probe = OutboxRelay::new(pool.clone(), p.producer().clone());
+    let backlog = probe.backlog_gauge();
+    probe.run(std::future::ready(())).await.unwrap();
+    assert_eq!(backlog.load(std::sync::atomic::Ordering::Relaxed), 1);
+
     // Broker back: the relay delivers it.
     let broker = restart(dir.path(), addr).await;
     let relay = OutboxRelay::new(pool.clone(), p.producer().clone());

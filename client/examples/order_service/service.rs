@@ -90,14 +90,32 @@ impl OrderService {
         Ok(Self { pool, log, producer, crash_rate })
     }
 
-    async fn publish<F, Fut, T>(&self, event: Message, salt: &str, local: F) -> anyhow::Result<Result<T, Local>>
+    async fn publish_once<F, Fut, T>(&self, event: Message, salt: &str, local: &F) -> anyhow::Result<Result<T, Local>>
     where
-        F: FnOnce(db::DbTx) -> Fut,
+        F: Fn(db::DbTx) -> Fut,
         Fut: std::future::Future<Output = Result<(db::DbTx, T), Local>>,
     {
         let finish = if coin(self.crash_rate, salt) { Finish::LeaveToCheckBack } else { Finish::End };
         let r = db::send_in_db_transaction_then(&self.producer, &self.log, event, |tx, _ctx| local(tx), finish).await?;
         Ok(r.map(|(v, _)| v))
+    }
+
+    /// [`OrderService::publish_once`] again while a check-back beats a slow local transaction
+    /// (the barrier refused it: nothing happened, so the operation is simply retried).
+    async fn publish<F, Fut, T>(&self, event: Message, salt: &str, local: F) -> anyhow::Result<Result<T, Local>>
+    where
+        F: Fn(db::DbTx) -> Fut,
+        Fut: std::future::Future<Output = Result<(db::DbTx, T), Local>>,
+    {
+        for attempt in 1.. {
+            match self.publish_once(event.clone(), salt, &local).await? {
+                Err(Local::Db(e)) if db::is_barrier_refusal(&e) && attempt < 5 => {
+                    tracing::info!(attempt, "a check-back overtook the local transaction; running it again");
+                }
+                other => return Ok(other),
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     /// Creates an order for `token`, or returns the order already created with it.
@@ -106,23 +124,27 @@ impl OrderService {
         let event = Message::new(TOPIC, format!("created:{id}")).with_tag("created").with_key(&id);
         let (t, oid) = (token.to_string(), id.clone());
         let r = self
-            .publish(event, &format!("c{token}"), |mut tx| async move {
-                // Write first: in SQLite a transaction that reads before writing can lose its
-                // snapshot to a concurrent writer; the unique key decides duplicates anyway.
-                let inserted =
-                    sqlx::query("INSERT INTO orders (id, request_token, status, amount) VALUES (?, ?, 'paying', ?)")
-                        .bind(&oid)
-                        .bind(&t)
-                        .bind(amount)
-                        .execute(&mut *tx)
-                        .await;
-                match inserted {
-                    Ok(_) => Ok((tx, ())),
-                    // A concurrent submit with the same token won the unique key.
-                    Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
-                        Err(Local::Duplicate(oid))
+            .publish(event, &format!("c{token}"), move |mut tx| {
+                let (t, oid) = (t.clone(), oid.clone());
+                async move {
+                    // Write first: in SQLite a transaction that reads before writing can lose its
+                    // snapshot to a concurrent writer; the unique key decides duplicates anyway.
+                    let inserted = sqlx::query(
+                        "INSERT INTO orders (id, request_token, status, amount) VALUES (?, ?, 'paying', ?)",
+                    )
+                    .bind(&oid)
+                    .bind(&t)
+                    .bind(amount)
+                    .execute(&mut *tx)
+                    .await;
+                    match inserted {
+                        Ok(_) => Ok((tx, ())),
+                        // A concurrent submit with the same token won the unique key.
+                        Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                            Err(Local::Duplicate(oid))
+                        }
+                        Err(e) => Err(e.into()),
                     }
-                    Err(e) => Err(e.into()),
                 }
             })
             .await?;
@@ -144,27 +166,31 @@ impl OrderService {
             let event = Message::new(TOPIC, format!("paid:{order_id}")).with_tag("paid").with_key(order_id);
             let (cb, oid) = (callback_id.to_string(), order_id.to_string());
             let r = self
-                .publish(event, &format!("p{callback_id}"), |mut tx| async move {
-                    let changed = sqlx::query("UPDATE orders SET status = 'paid' WHERE id = ? AND status = 'paying'")
-                        .bind(&oid)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if changed == 0 {
-                        return Err(Local::LostRace);
-                    }
-                    let recorded =
-                        sqlx::query("INSERT INTO payments (callback_id, order_id, answer) VALUES (?, ?, 'paid')")
-                            .bind(&cb)
-                            .bind(&oid)
-                            .execute(&mut *tx)
-                            .await;
-                    match recorded {
-                        Ok(_) => Ok((tx, ())),
-                        Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
-                            Err(Local::AlreadyProcessed)
+                .publish(event, &format!("p{callback_id}"), move |mut tx| {
+                    let (cb, oid) = (cb.clone(), oid.clone());
+                    async move {
+                        let changed =
+                            sqlx::query("UPDATE orders SET status = 'paid' WHERE id = ? AND status = 'paying'")
+                                .bind(&oid)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected();
+                        if changed == 0 {
+                            return Err(Local::LostRace);
                         }
-                        Err(e) => Err(e.into()),
+                        let recorded =
+                            sqlx::query("INSERT INTO payments (callback_id, order_id, answer) VALUES (?, ?, 'paid')")
+                                .bind(&cb)
+                                .bind(&oid)
+                                .execute(&mut *tx)
+                                .await;
+                        match recorded {
+                            Ok(_) => Ok((tx, ())),
+                            Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                                Err(Local::AlreadyProcessed)
+                            }
+                            Err(e) => Err(e.into()),
+                        }
                     }
                 })
                 .await?;
@@ -223,16 +249,20 @@ impl OrderService {
         let event = Message::new(TOPIC, format!("cancelled:{order_id}")).with_tag("cancelled").with_key(order_id);
         let oid = order_id.to_string();
         let r = self
-            .publish(event, &format!("x{order_id}"), |mut tx| async move {
-                let changed = sqlx::query("UPDATE orders SET status = 'cancelled' WHERE id = ? AND status = 'paying'")
-                    .bind(&oid)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if changed == 0 {
-                    return Err(Local::LostRace);
+            .publish(event, &format!("x{order_id}"), move |mut tx| {
+                let oid = oid.clone();
+                async move {
+                    let changed =
+                        sqlx::query("UPDATE orders SET status = 'cancelled' WHERE id = ? AND status = 'paying'")
+                            .bind(&oid)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                    if changed == 0 {
+                        return Err(Local::LostRace);
+                    }
+                    Ok((tx, ()))
                 }
-                Ok((tx, ()))
             })
             .await?;
         match r {

@@ -64,7 +64,10 @@ fn broker_config(dir: &Path, listen: SocketAddr) -> Config {
     let mut c = Config::with_data_dir(dir.join("broker"));
     c.listen = listen;
     c.long_polling_max = Duration::from_secs(1);
-    c.txn_timeout = Duration::from_secs(1);
+    // Short enough that the check-back variant finishes quickly; long enough that a local
+    // transaction slowed down by a loaded machine rarely loses to the check (when it does,
+    // the barrier refuses it and the service runs the operation again).
+    c.txn_timeout = Duration::from_secs(3);
     c.txn_check_interval = Duration::from_secs(1);
     c
 }

@@ -1,4 +1,4 @@
-//! Database integration on SQLite (sqlx): the transaction log that lets a checker answer from
+//! Database integration (sqlx; SQLite by default, PostgreSQL with the `postgres` feature): the transaction log that lets a checker answer from
 //! the application's own database, the outbox used when the broker is unreachable, and
 //! idempotent consumption.
 //!
@@ -13,8 +13,8 @@
 //!   message is discarded. Without this barrier a slow local transaction could commit after
 //!   the check had already rolled the message back: the change would happen and the event
 //!   would be lost.
-//!   (If the local transaction already holds SQLite's write lock, the check waits for it and
-//!   then sees its outcome.)
+//!   (If the local transaction already holds the row or SQLite's write lock, the check waits
+//!   for it and then sees its outcome.)
 //!
 //! # The outbox
 //! When the broker cannot be reached, the message is written to `txmq_outbox` inside the same
@@ -26,51 +26,77 @@
 //! [`process_once`] records `(group, message key)` in the consumer's own transaction, so the
 //! business effect and the dedup record commit together and a redelivered message is skipped.
 
-use crate::error::Result;
-use crate::message::Message;
-use crate::producer::Producer;
-use crate::transaction::{CheckRequest, Resolution, TransactionChecker, TransactionProducer, TxnContext};
-use sqlx::sqlite::SqlitePool;
-use sqlx::Row;
-use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+//! # Backends
+//! `sqlite` (feature `sqlite`, default; its items are also re-exported here) and
+//! `postgres` (feature `postgres`) offer the same API over their own pool and transaction
+//! types; the code is written once (the `backend!` macro) with `$1`-style placeholders, which
+//! both databases accept. The outbox relay claims rows with a lease in one statement (with
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL), so several relays can run side by side.
 
-/// A transaction on the application's SQLite database.
-pub type DbTx = sqlx::Transaction<'static, sqlx::Sqlite>;
-
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS txmq_txn_log (
-        transaction_id TEXT PRIMARY KEY,
-        state TEXT NOT NULL CHECK (state IN ('committed', 'rolled_back')),
-        recorded_at INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS txmq_outbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        message_id TEXT NOT NULL UNIQUE,
-        topic TEXT NOT NULL,
-        tag TEXT,
-        keys TEXT NOT NULL,
-        properties TEXT NOT NULL,
-        body BLOB NOT NULL,
-        created_at INTEGER NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at INTEGER NOT NULL,
-        sent_at INTEGER,
-        last_error TEXT)",
-    "CREATE INDEX IF NOT EXISTS txmq_outbox_pending ON txmq_outbox (sent_at, next_attempt_at)",
-    "CREATE TABLE IF NOT EXISTS txmq_consumed (
-        consumer_group TEXT NOT NULL,
-        message_key TEXT NOT NULL,
-        consumed_at INTEGER NOT NULL,
-        PRIMARY KEY (consumer_group, message_key))",
-];
+use std::time::{SystemTime, UNIX_EPOCH};
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// True when `e` is the barrier refusing a local transaction: a check-back found no outcome
+/// and recorded a rollback first, so this transaction must not commit (its message was rolled
+/// back). Nothing happened; the application may run the whole operation again.
+pub fn is_barrier_refusal(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| d.is_unique_violation() && d.message().contains("txmq_txn_log"))
+}
+
+/// How long a relay's claim on an outbox row lasts before another relay may take it.
+const CLAIM_LEASE_MS: i64 = 30_000;
+
+/// How a message left a database transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// As a transactional message, committed (or left to the check-back if the commit did not
+    /// reach the broker).
+    Transactional {
+        /// The broker's transaction id.
+        transaction_id: String,
+    },
+    /// Into the outbox, because the broker was unreachable; the relay sends it later.
+    Outbox {
+        /// The message id it will be sent with.
+        message_id: String,
+    },
+}
+
+/// What [`send_in_db_transaction_then`] does after the database commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Commit the message right away (normal operation).
+    End,
+    /// Do not tell the broker: behave as if the process crashed right after the database
+    /// commit, leaving the message to the check-back. For failure drills and tests.
+    LeaveToCheckBack,
+}
+
+/// The SDK's items for one sqlx database: `backend!(Database type, schema, claim lock clause)`.
+macro_rules! backend {
+    ($db:ty, $schema:expr, $claim_lock:expr) => {
+        use super::{now_ms, Finish, Published, CLAIM_LEASE_MS};
+        use crate::error::Result;
+        use crate::message::Message;
+        use crate::producer::Producer;
+        use crate::transaction::{CheckRequest, Resolution, TransactionChecker, TransactionProducer, TxnContext};
+        use sqlx::Row;
+        use std::future::Future;
+        use std::time::Duration;
+
+
+/// A transaction on the application's database.
+pub type DbTx = sqlx::Transaction<'static, $db>;
+
+/// The application's connection pool.
+pub type DbPool = sqlx::Pool<$db>;
+
 /// Creates the SDK's tables if they do not exist (idempotent).
-pub async fn migrate(pool: &SqlitePool) -> Result<()> {
-    for stmt in SCHEMA {
+pub async fn migrate(pool: &DbPool) -> Result<()> {
+    for stmt in $schema {
         sqlx::query(stmt).execute(pool).await?;
     }
     Ok(())
@@ -79,25 +105,25 @@ pub async fn migrate(pool: &SqlitePool) -> Result<()> {
 /// The transaction log: records local outcomes and answers check-backs from them.
 #[derive(Debug, Clone)]
 pub struct TxnLog {
-    pool: SqlitePool,
+    pool: DbPool,
 }
 
 impl TxnLog {
     /// Uses `pool` (and creates the SDK's tables).
-    pub async fn new(pool: SqlitePool) -> Result<Self> {
+    pub async fn new(pool: DbPool) -> Result<Self> {
         migrate(&pool).await?;
         Ok(Self { pool })
     }
 
     /// The pool it uses.
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &DbPool {
         &self.pool
     }
 
     /// Records, inside the local transaction, that `transaction_id` committed. Fails if a
     /// check already rolled it back (the barrier): then the local transaction must not commit.
     pub async fn record_commit(tx: &mut DbTx, transaction_id: &str) -> std::result::Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO txmq_txn_log (transaction_id, state, recorded_at) VALUES (?, 'committed', ?)")
+        sqlx::query("INSERT INTO txmq_txn_log (transaction_id, state, recorded_at) VALUES ($1, 'committed', $2)")
             .bind(transaction_id)
             .bind(now_ms())
             .execute(&mut **tx)
@@ -108,14 +134,14 @@ impl TxnLog {
     /// The recorded outcome, placing a rollback marker first if there is none.
     pub async fn resolve(&self, transaction_id: &str) -> Result<Resolution> {
         sqlx::query(
-            "INSERT INTO txmq_txn_log (transaction_id, state, recorded_at) VALUES (?, 'rolled_back', ?)
+            "INSERT INTO txmq_txn_log (transaction_id, state, recorded_at) VALUES ($1, 'rolled_back', $2)
              ON CONFLICT (transaction_id) DO NOTHING",
         )
         .bind(transaction_id)
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        let row = sqlx::query("SELECT state FROM txmq_txn_log WHERE transaction_id = ?")
+        let row = sqlx::query("SELECT state FROM txmq_txn_log WHERE transaction_id = $1")
             .bind(transaction_id)
             .fetch_one(&self.pool)
             .await?;
@@ -135,22 +161,6 @@ impl TransactionChecker for TxnLog {
             }
         }
     }
-}
-
-/// How a message left a database transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Published {
-    /// As a transactional message, committed (or left to the check-back if the commit did not
-    /// reach the broker).
-    Transactional {
-        /// The broker's transaction id.
-        transaction_id: String,
-    },
-    /// Into the outbox, because the broker was unreachable; the relay sends it later.
-    Outbox {
-        /// The message id it will be sent with.
-        message_id: String,
-    },
 }
 
 /// Runs `local` in a database transaction and publishes `message` with it, safely:
@@ -175,16 +185,6 @@ where
     E: From<sqlx::Error>,
 {
     send_in_db_transaction_then(producer, log, message, local, Finish::End).await
-}
-
-/// What [`send_in_db_transaction_then`] does after the database commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    /// Commit the message right away (normal operation).
-    End,
-    /// Do not tell the broker: behave as if the process crashed right after the database
-    /// commit, leaving the message to the check-back. For failure drills and tests.
-    LeaveToCheckBack,
 }
 
 /// [`send_in_db_transaction`] with a choice of what happens after the database commit.
@@ -261,7 +261,7 @@ impl Outbox {
         let props: Vec<String> = message.properties.iter().map(|(k, v)| format!("{k}\u{1f}{v}")).collect();
         sqlx::query(
             "INSERT INTO txmq_outbox (message_id, topic, tag, keys, properties, body, created_at, next_attempt_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(message_id)
         .bind(&message.topic)
@@ -277,7 +277,7 @@ impl Outbox {
     }
 
     /// Messages waiting to be sent.
-    pub async fn pending(pool: &SqlitePool) -> Result<i64> {
+    pub async fn pending(pool: &DbPool) -> Result<i64> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM txmq_outbox WHERE sent_at IS NULL").fetch_one(pool).await?;
         Ok(row.try_get("n")?)
     }
@@ -285,28 +285,39 @@ impl Outbox {
 
 /// Sends outbox rows when the broker is reachable: bounded batches, backoff per row.
 pub struct OutboxRelay {
-    pool: SqlitePool,
+    pool: DbPool,
     producer: Producer,
     batch: i64,
     idle: Duration,
+    backlog: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl OutboxRelay {
     /// A relay over `pool` sending with `producer` (batches of 64, polling every 200 ms).
-    pub fn new(pool: SqlitePool, producer: Producer) -> Self {
-        Self { pool, producer, batch: 64, idle: Duration::from_millis(200) }
+    pub fn new(pool: DbPool, producer: Producer) -> Self {
+        Self { pool, producer, batch: 64, idle: Duration::from_millis(200), backlog: Default::default() }
+    }
+
+    /// A gauge of unsent outbox rows, updated after every round of [`OutboxRelay::run`]:
+    /// export it to your metrics system (it is also logged while non-zero).
+    pub fn backlog_gauge(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.backlog.clone()
     }
 
     /// One round: sends what is due; returns how many were sent.
     pub async fn run_once(&self) -> Result<usize> {
-        let rows = sqlx::query(
-            "SELECT id, message_id, topic, tag, keys, properties, body, attempts FROM txmq_outbox
-             WHERE sent_at IS NULL AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-        )
-        .bind(now_ms())
-        .bind(self.batch)
-        .fetch_all(&self.pool)
-        .await?;
+        // Claim due rows with a lease in one statement: another relay skips them until the
+        // lease ends (and on PostgreSQL does not even wait for their row locks).
+        let claim = format!(
+            "UPDATE txmq_outbox SET next_attempt_at = $1 WHERE id IN (
+                 SELECT id FROM txmq_outbox WHERE sent_at IS NULL AND next_attempt_at <= $2
+                 ORDER BY id LIMIT $3{}
+             ) RETURNING id, message_id, topic, tag, keys, properties, body, attempts",
+            $claim_lock
+        );
+        let now = now_ms();
+        let mut rows = sqlx::query(&claim).bind(now + CLAIM_LEASE_MS).bind(now).bind(self.batch).fetch_all(&self.pool).await?;
+        rows.sort_by_key(|r| r.try_get::<i64, _>("id").unwrap_or(0));
         let mut sent = 0;
         for row in rows {
             let id: i64 = row.try_get("id")?;
@@ -326,7 +337,7 @@ impl OutboxRelay {
             }
             match self.producer.send(m).await {
                 Ok(_) => {
-                    sqlx::query("UPDATE txmq_outbox SET sent_at = ?, attempts = attempts + 1 WHERE id = ?")
+                    sqlx::query("UPDATE txmq_outbox SET sent_at = $1, attempts = attempts + 1 WHERE id = $2")
                         .bind(now_ms())
                         .bind(id)
                         .execute(&self.pool)
@@ -336,7 +347,7 @@ impl OutboxRelay {
                 Err(e) => {
                     let attempts: i64 = row.try_get("attempts")?;
                     let delay = 200i64.saturating_mul(1 << attempts.clamp(0, 8)).min(30_000);
-                    sqlx::query("UPDATE txmq_outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?")
+                    sqlx::query("UPDATE txmq_outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2 WHERE id = $3")
                         .bind(now_ms() + delay)
                         .bind(e.to_string())
                         .bind(id)
@@ -362,9 +373,10 @@ impl OutboxRelay {
                     0
                 }
             };
-            if sent > 0 {
-                let left = Outbox::pending(&self.pool).await.unwrap_or(-1);
-                tracing::info!(sent, left, "outbox relay sent messages");
+            let left = Outbox::pending(&self.pool).await.unwrap_or(0).max(0) as u64;
+            let before = self.backlog.swap(left, std::sync::atomic::Ordering::Relaxed);
+            if sent > 0 || left != before {
+                tracing::info!(sent, backlog = left, "outbox relay round");
             }
             if sent == 0 {
                 tokio::select! {
@@ -379,7 +391,7 @@ impl OutboxRelay {
 /// Runs `effect` at most once per `(group, key)`: the dedup record and the effect commit in one
 /// database transaction. Returns `Ok(None)` for a duplicate (nothing ran).
 pub async fn process_once<F, Fut, T, E>(
-    pool: &SqlitePool,
+    pool: &DbPool,
     group: &str,
     key: &str,
     effect: F,
@@ -391,7 +403,7 @@ where
 {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO txmq_consumed (consumer_group, message_key, consumed_at) VALUES (?, ?, ?)
+        "INSERT INTO txmq_consumed (consumer_group, message_key, consumed_at) VALUES ($1, $2, $3)
          ON CONFLICT (consumer_group, message_key) DO NOTHING",
     )
     .bind(group)
@@ -408,3 +420,73 @@ where
     tx.commit().await?;
     Ok(Some(value))
 }
+    };
+}
+
+/// SQLite: the default backend (its items are re-exported at [`crate::db`]).
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    const SCHEMA: &[&str] = &[
+        "CREATE TABLE IF NOT EXISTS txmq_txn_log (
+            transaction_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL CHECK (state IN ('committed', 'rolled_back')),
+            recorded_at INTEGER NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS txmq_outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            message_id TEXT NOT NULL UNIQUE,
+            topic TEXT NOT NULL,
+            tag TEXT,
+            keys TEXT NOT NULL,
+            properties TEXT NOT NULL,
+            body BLOB NOT NULL,
+            created_at INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER NOT NULL,
+            sent_at INTEGER,
+            last_error TEXT)",
+        "CREATE INDEX IF NOT EXISTS txmq_outbox_pending ON txmq_outbox (sent_at, next_attempt_at)",
+        "CREATE TABLE IF NOT EXISTS txmq_consumed (
+            consumer_group TEXT NOT NULL,
+            message_key TEXT NOT NULL,
+            consumed_at INTEGER NOT NULL,
+            PRIMARY KEY (consumer_group, message_key))",
+    ];
+
+    backend!(sqlx::Sqlite, SCHEMA, "");
+}
+
+/// PostgreSQL (feature `postgres`): the same API; the relay claims rows with
+/// `FOR UPDATE SKIP LOCKED`.
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    const SCHEMA: &[&str] = &[
+        "CREATE TABLE IF NOT EXISTS txmq_txn_log (
+            transaction_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL CHECK (state IN ('committed', 'rolled_back')),
+            recorded_at BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS txmq_outbox (
+            id BIGSERIAL PRIMARY KEY,
+            message_id TEXT NOT NULL UNIQUE,
+            topic TEXT NOT NULL,
+            tag TEXT,
+            keys TEXT NOT NULL,
+            properties TEXT NOT NULL,
+            body BYTEA NOT NULL,
+            created_at BIGINT NOT NULL,
+            attempts BIGINT NOT NULL DEFAULT 0,
+            next_attempt_at BIGINT NOT NULL,
+            sent_at BIGINT,
+            last_error TEXT)",
+        "CREATE INDEX IF NOT EXISTS txmq_outbox_pending ON txmq_outbox (sent_at, next_attempt_at)",
+        "CREATE TABLE IF NOT EXISTS txmq_consumed (
+            consumer_group TEXT NOT NULL,
+            message_key TEXT NOT NULL,
+            consumed_at BIGINT NOT NULL,
+            PRIMARY KEY (consumer_group, message_key))",
+    ];
+
+    backend!(sqlx::Postgres, SCHEMA, " FOR UPDATE SKIP LOCKED");
+}
+
+#[cfg(feature = "sqlite")]
+pub use sqlite::*;
