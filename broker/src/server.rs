@@ -159,6 +159,15 @@ impl Drop for RunningBroker {
 /// Opens the store in `config.data_dir`, binds `config.listen` (port 0 picks one) and serves
 /// in a background task.
 pub async fn spawn(config: Config) -> Result<RunningBroker, ServeError> {
+    spawn_with(config, None).await
+}
+
+/// [`spawn`] over a given store instead of the sled store in `config.data_dir` (fault
+/// injection, in-memory tests).
+pub async fn spawn_with(
+    config: Config,
+    store: Option<Arc<dyn crate::store::Store>>,
+) -> Result<RunningBroker, ServeError> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let mut config = config;
@@ -170,7 +179,11 @@ pub async fn spawn(config: Config) -> Result<RunningBroker, ServeError> {
         None => None,
     };
     let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
-    let broker = Broker::open(config).map_err(|e| ServeError::Config(e.to_string()))?;
+    let broker = match store {
+        Some(store) => Broker::with_store(config, store),
+        None => Broker::open(config),
+    }
+    .map_err(|e| ServeError::Config(e.to_string()))?;
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(run_with_metrics(listener, metrics, broker, async move {
         let _ = stopped.await;

@@ -17,9 +17,11 @@
 //! - [`sled_store`]: the sled implementation (the only module that names `sled`).
 //! - [`memory`]: an in-memory implementation for tests.
 //! - [`committer`]: the group-commit writer thread.
+//! - [`faults`]: a store wrapper that fails on command, for fault-injection tests.
 
 pub mod chunks;
 pub mod committer;
+pub mod faults;
 pub mod keys;
 pub mod memory;
 pub mod sled_store;

@@ -1,0 +1,89 @@
+//! A [`Store`] wrapper that fails on command, for fault-injection tests: writes (apply) or
+//! flushes can be made to fail, once or until cleared, to check that the broker answers
+//! errors, never acknowledges unflushed data, and refuses writes after a failed flush.
+
+use super::{Batch, Entry, Store, StoreError};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// What fails next.
+#[derive(Debug, Default)]
+pub struct Faults {
+    fail_applies: AtomicU32,
+    fail_flushes: AtomicU32,
+    injected: AtomicU32,
+}
+
+impl Faults {
+    /// The next `n` applies fail.
+    pub fn fail_applies(&self, n: u32) {
+        self.fail_applies.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` flushes fail.
+    pub fn fail_flushes(&self, n: u32) {
+        self.fail_flushes.store(n, Ordering::SeqCst);
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u32 {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    fn take(&self, counter: &AtomicU32) -> bool {
+        let hit = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if hit {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+        }
+        hit
+    }
+}
+
+/// `inner`, failing as [`Faults`] says.
+pub struct FaultyStore<S> {
+    inner: S,
+    faults: Arc<Faults>,
+}
+
+impl<S: Store> FaultyStore<S> {
+    /// Wraps `inner`; returns the store and the handle that injects faults.
+    pub fn new(inner: S) -> (Self, Arc<Faults>) {
+        let faults = Arc::new(Faults::default());
+        (Self { inner, faults: faults.clone() }, faults)
+    }
+}
+
+impl<S: Store> Store for FaultyStore<S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+
+    fn scan(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.inner.scan(start, end, limit, reverse)
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        if self.faults.take(&self.faults.fail_applies) {
+            return Err(StoreError::Io("injected write failure".into()));
+        }
+        self.inner.apply(batch)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.faults.take(&self.faults.fail_flushes) {
+            return Err(StoreError::Io("injected fsync failure".into()));
+        }
+        self.inner.flush()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.inner.size_on_disk()
+    }
+}
