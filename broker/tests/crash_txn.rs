@@ -1,0 +1,315 @@
+//! Crash suite under mixed load: a broker child process runs normal sends, transactional sends
+//! (committed, rolled back, or left to the check-back), a consumer group acking, and a checker
+//! on a Telemetry stream — and is killed with SIGKILL at a random moment, 20 times. At the end:
+//! every acknowledged send is there; every transaction ends as its producer intended (nothing
+//! rolled back or undecided is ever delivered, nothing is delivered twice); no half message is
+//! left pending; and messages the group acked (and saw acknowledged) never come back to it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use txmq_proto::admin as pb;
+use txmq_proto::v2;
+use v2::messaging_service_client::MessagingServiceClient;
+
+type Client = MessagingServiceClient<tonic::transport::Channel>;
+
+const ROUNDS: u64 = 20;
+const TOPIC: &str = "mixed";
+
+fn res(n: &str) -> Option<v2::Resource> {
+    Some(v2::Resource { resource_namespace: String::new(), name: n.into() })
+}
+
+/// What the producer intends for transaction number `i` (the checker answers the same).
+fn intended_commit(i: u64) -> bool {
+    match i % 3 {
+        0 => true,
+        1 => false,
+        _ => i % 2 == 0,
+    }
+}
+
+fn start(dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_txmq-broker"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--txn-timeout",
+            "1s",
+            "--txn-check-interval",
+            "1s",
+            "--long-polling-max",
+            "1s",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("broker printed its address").unwrap();
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn message(id: &str, t: v2::MessageType) -> v2::Message {
+    v2::Message {
+        topic: res(TOPIC),
+        user_properties: Default::default(),
+        system_properties: Some(v2::SystemProperties {
+            message_id: id.into(),
+            message_type: t as i32,
+            body_encoding: v2::Encoding::Identity as i32,
+            ..Default::default()
+        }),
+        body: id.as_bytes().to_vec(),
+    }
+}
+
+fn ok(s: Option<&v2::Status>) -> bool {
+    s.is_some_and(|s| s.code == v2::Code::Ok as i32)
+}
+
+async fn end(c: &mut Client, id: &str, txn: &str, commit: bool, source: v2::TransactionSource) -> bool {
+    let resolution = if commit { v2::TransactionResolution::Commit } else { v2::TransactionResolution::Rollback };
+    let req = v2::EndTransactionRequest {
+        topic: res(TOPIC),
+        message_id: id.into(),
+        transaction_id: txn.into(),
+        resolution: resolution as i32,
+        source: source as i32,
+        trace_context: String::new(),
+    };
+    matches!(c.end_transaction(req).await, Ok(r) if ok(r.get_ref().status.as_ref()))
+}
+
+/// A producer's Telemetry stream answering check-backs by the rule, until `stop`.
+async fn checker(mut c: Client, stop: CancellationToken) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let settings = v2::Settings {
+        client_type: Some(v2::ClientType::Producer as i32),
+        pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing {
+            topics: vec![res(TOPIC).unwrap()],
+            max_body_size: 0,
+            validate_message_type: true,
+        })),
+        ..Default::default()
+    };
+    let _ = tx
+        .send(v2::TelemetryCommand { status: None, command: Some(v2::telemetry_command::Command::Settings(settings)) })
+        .await;
+    let Ok(resp) = c.telemetry(tokio_stream::wrappers::ReceiverStream::new(rx)).await else { return };
+    let mut inbound = resp.into_inner();
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            n = inbound.message() => n,
+        };
+        let Ok(Some(cmd)) = next else { return };
+        if let Some(v2::telemetry_command::Command::RecoverOrphanedTransactionCommand(r)) = cmd.command {
+            let id = r.message.and_then(|m| m.system_properties).map(|s| s.message_id).unwrap_or_default();
+            let i: u64 = id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(1);
+            end(&mut c, &id, &r.transaction_id, intended_commit(i), v2::TransactionSource::SourceServerCheck).await;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Ledger {
+    sends_acked: HashSet<String>,
+    halves_acked: HashSet<String>,
+    group_acked: HashSet<String>,
+}
+
+async fn receive(c: &mut Client, group: &str, invisible: i64) -> Vec<(String, String)> {
+    let req = v2::ReceiveMessageRequest {
+        group: res(group),
+        message_queue: Some(v2::MessageQueue { topic: res(TOPIC), ..Default::default() }),
+        filter_expression: None,
+        batch_size: 32,
+        invisible_duration: Some(prost_types::Duration { seconds: invisible, nanos: 0 }),
+        auto_renew: false,
+        long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+        attempt_id: None,
+    };
+    let Ok(r) = c.receive_message(req).await else { return Vec::new() };
+    let mut s = r.into_inner();
+    let mut out = Vec::new();
+    while let Ok(Some(item)) = s.message().await {
+        if let Some(v2::receive_message_response::Content::Message(m)) = item.content {
+            let sp = m.system_properties.unwrap_or_default();
+            out.push((sp.message_id, sp.receipt_handle.unwrap_or_default()));
+        }
+    }
+    out
+}
+
+async fn ack(c: &mut Client, group: &str, id: &str, handle: &str) -> bool {
+    let req = v2::AckMessageRequest {
+        group: res(group),
+        topic: res(TOPIC),
+        entries: vec![v2::AckMessageEntry { message_id: id.into(), receipt_handle: handle.into(), lite_topic: None }],
+    };
+    matches!(c.ack_message(req).await, Ok(r) if ok(r.get_ref().status.as_ref()))
+}
+
+/// One round of load until `stop`.
+async fn load(c: Client, round: u64, ledger: Arc<Mutex<Ledger>>, stop: CancellationToken) {
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let (mut c, ledger, stop) = (c.clone(), ledger.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while !stop.is_cancelled() {
+                let id = format!("N{round}-{i}");
+                if let Ok(r) = c
+                    .send_message(v2::SendMessageRequest { messages: vec![message(&id, v2::MessageType::Normal)] })
+                    .await
+                {
+                    if ok(r.get_ref().status.as_ref()) {
+                        ledger.lock().unwrap().sends_acked.insert(id);
+                    }
+                }
+                let id = format!("T{round}-{i}");
+                let Ok(r) = c
+                    .send_message(v2::SendMessageRequest { messages: vec![message(&id, v2::MessageType::Transaction)] })
+                    .await
+                else {
+                    continue;
+                };
+                let r = r.into_inner();
+                let Some(e) = r.entries.first().filter(|e| ok(e.status.as_ref())) else { continue };
+                ledger.lock().unwrap().halves_acked.insert(id.clone());
+                if i % 3 != 2 {
+                    end(&mut c, &id, &e.transaction_id, intended_commit(i), v2::TransactionSource::SourceClient).await;
+                }
+                i += 4;
+            }
+        }));
+    }
+    {
+        let (mut c, ledger, stop) = (c.clone(), ledger.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                for (id, handle) in receive(&mut c, "g", 30).await {
+                    if ack(&mut c, "g", &id, &handle).await {
+                        ledger.lock().unwrap().group_acked.insert(id);
+                    }
+                }
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(checker(c, stop)));
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_load_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    for round in 0..ROUNDS {
+        let (mut child, addr) = start(dir.path());
+        let c = loop {
+            match MessagingServiceClient::connect(format!("http://{addr}")).await {
+                Ok(c) => break c,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(load(c, round, ledger.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_millis(300 + (round * 7919) % 700)).await;
+        child.kill().unwrap(); // SIGKILL mid-load
+        child.wait().unwrap();
+        stop.cancel();
+        let _ = running.await;
+    }
+
+    // Recovery: a live checker resolves every pending transaction.
+    let (mut child, addr) = start(dir.path());
+    let c = MessagingServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let stop = CancellationToken::new();
+    let check = tokio::spawn(checker(c.clone(), stop.clone()));
+    let mut admin = pb::admin_client::AdminClient::connect(format!("http://{addr}")).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let pending = admin
+            .list_transactions(pb::ListTransactionsRequest {
+                state: pb::TxnState::Pending as i32,
+                limit: 100_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .transactions
+            .len();
+        if pending == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{pending} transactions still pending");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Everything a fresh group can read, counted per id.
+    let mut c2 = c.clone();
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut idle = 0;
+    while idle < 3 {
+        let got = receive(&mut c2, "verify", 300).await;
+        if got.is_empty() {
+            idle += 1;
+        }
+        for (id, handle) in got {
+            *seen.entry(id.clone()).or_default() += 1;
+            assert!(ack(&mut c2, "verify", &id, &handle).await);
+        }
+    }
+    let ledger = ledger.lock().unwrap();
+    for id in &ledger.sends_acked {
+        assert_eq!(seen.get(id), Some(&1), "acked send {id} delivered exactly once");
+    }
+    for (id, n) in &seen {
+        assert_eq!(*n, 1, "{id} delivered {n} times");
+        if let Some(i) = id.strip_prefix('T').and_then(|r| r.rsplit('-').next()).and_then(|n| n.parse::<u64>().ok()) {
+            assert!(intended_commit(i), "{id} was delivered although its producer meant to roll it back");
+        }
+    }
+    for id in &ledger.halves_acked {
+        let i: u64 = id.rsplit('-').next().unwrap().parse().unwrap();
+        if intended_commit(i) {
+            assert_eq!(seen.get(id), Some(&1), "committed transaction {id} delivered once");
+        }
+    }
+    // Acks the group saw acknowledged stay acked: none of them come back to it.
+    let mut back = 0;
+    for _ in 0..3 {
+        for (id, _) in receive(&mut c2, "g", 300).await {
+            back += u32::from(ledger.group_acked.contains(&id));
+        }
+    }
+    assert_eq!(back, 0, "acknowledged acks were lost");
+    eprintln!(
+        "{ROUNDS} SIGKILL rounds: {} acked sends, {} acked half messages, {} acked acks verified; {} messages delivered",
+        ledger.sends_acked.len(),
+        ledger.halves_acked.len(),
+        ledger.group_acked.len(),
+        seen.len()
+    );
+    stop.cancel();
+    let _ = check.await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
