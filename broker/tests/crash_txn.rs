@@ -277,7 +277,7 @@ async fn mixed_load_survives_sigkill() {
             assert!(ack(&mut c2, "verify", &id, &handle).await);
         }
     }
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     for id in &ledger.sends_acked {
         assert_eq!(seen.get(id), Some(&1), "acked send {id} delivered exactly once");
     }
