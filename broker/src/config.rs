@@ -78,6 +78,11 @@ pub struct Config {
     pub txn_retention: Duration,
     /// Address of the Prometheus endpoint (`GET /metrics`); `None` turns it off.
     pub metrics_listen: Option<SocketAddr>,
+    /// Open client connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// RocketMQ requests one client id may have in progress at once; more get
+    /// TOO_MANY_REQUESTS.
+    pub max_inflight_per_client: usize,
 }
 
 impl Default for Config {
@@ -104,6 +109,8 @@ impl Default for Config {
             txn_max_checks_policy: MaxChecksPolicy::Rollback,
             txn_retention: Duration::from_secs(72 * 3600),
             metrics_listen: None,
+            max_connections: 10_000,
+            max_inflight_per_client: 1024,
         }
     }
 }
@@ -177,6 +184,9 @@ pub struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
     #[arg(long, env = "TXMQ_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Most open client connections [default: 10000].
+    #[arg(long, env = "TXMQ_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags, all optional.
@@ -200,6 +210,7 @@ struct FileConfig {
     txn_max_checks_policy: Option<String>,
     txn_retention: Option<HumanDuration>,
     metrics_listen: Option<SocketAddr>,
+    max_connections: Option<usize>,
 }
 
 impl Args {
@@ -256,6 +267,8 @@ impl Args {
             },
             txn_retention: self.txn_retention.or(file.txn_retention).map(|h| h.0).unwrap_or(d.txn_retention),
             metrics_listen: self.metrics_listen.or(file.metrics_listen).or(d.metrics_listen),
+            max_connections: self.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
+            max_inflight_per_client: d.max_inflight_per_client,
         };
         config.validate()?;
         Ok(config)

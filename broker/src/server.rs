@@ -81,7 +81,7 @@ pub async fn run_with_metrics(
     tonic::transport::Server::builder()
         .add_service(MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(AdminServer::new(admin))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(limited(listener, broker.config().max_connections), async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, ending streams");
             stop.cancel();
@@ -92,6 +92,85 @@ pub async fn run_with_metrics(
     tokio::task::spawn_blocking(move || broker.shutdown()).await.map_err(std::io::Error::other)?;
     tracing::info!("store flushed; broker stopped");
     Ok(())
+}
+
+/// Accepted connections, at most `max` open at once: beyond it a new connection is closed at
+/// once (before any HTTP/2), and the broker keeps serving the others.
+fn limited(
+    listener: TcpListener,
+    max: usize,
+) -> impl tokio_stream::Stream<Item = std::io::Result<LimitedConn>> + Send + 'static {
+    use tokio_stream::StreamExt;
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    TcpListenerStream::new(listener).filter_map(move |conn| match conn {
+        Ok(stream) => match permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(Ok(LimitedConn { stream, _permit: permit })),
+            Err(_) => {
+                tracing::warn!(max, "connection limit reached; closing a new connection");
+                None
+            }
+        },
+        Err(e) => Some(Err(e)),
+    })
+}
+
+/// A connection holding one of the limited connection slots until it closes.
+struct LimitedConn {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for LimitedConn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for LimitedConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LimitedConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
 
 /// Deletes expired messages every `retention_interval` until shutdown.

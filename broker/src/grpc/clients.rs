@@ -41,6 +41,27 @@ impl Client {
 pub struct Clients {
     inner: Mutex<HashMap<String, Client>>,
     next_stream: AtomicU64,
+    /// Requests in progress per client id.
+    inflight: Mutex<HashMap<String, usize>>,
+}
+
+/// One request in progress for a client; released when dropped.
+pub struct InFlight<'a> {
+    clients: &'a Clients,
+    client_id: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.clients.inflight.lock() {
+            if let Some(n) = m.get_mut(&self.client_id) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.client_id);
+                }
+            }
+        }
+    }
 }
 
 impl Clients {
@@ -49,6 +70,17 @@ impl Clients {
         let client = inner.entry(client_id.to_string()).or_insert_with(Client::new);
         client.last_seen = Instant::now();
         Some(f(client))
+    }
+
+    /// Admits one more request of `client_id`, unless it already has `max` in progress.
+    pub fn admit(&self, client_id: &str, max: usize) -> Option<InFlight<'_>> {
+        let mut m = self.inflight.lock().ok()?;
+        let n = m.entry(client_id.to_string()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(InFlight { clients: self, client_id: client_id.to_string() })
     }
 
     /// Records any sign of life (heartbeat, send, stream message).

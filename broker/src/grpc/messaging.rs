@@ -58,6 +58,11 @@ fn not_implemented(what: &'static str) -> v2::Status {
     status::status(&BrokerError::NotImplemented(what))
 }
 
+/// The answer to a client over its in-flight limit.
+fn busy() -> v2::Status {
+    status::status(&BrokerError::TooManyRequests("too many requests in progress for this client".into()))
+}
+
 fn receive_status(st: v2::Status) -> v2::ReceiveMessageResponse {
     v2::ReceiveMessageResponse { content: Some(receive_message_response::Content::Status(st)) }
 }
@@ -127,6 +132,16 @@ impl Drop for RpcTimer<'_> {
 }
 
 impl Messaging {
+    /// Counts a request against its client's in-flight limit; `None` when over it.
+    fn admit(&self, client: &str) -> Option<super::clients::InFlight<'_>> {
+        let max = self.broker.config().max_inflight_per_client;
+        let slot = self.clients.admit(client, max);
+        if slot.is_none() {
+            tracing::debug!(client_id = client, max, "client over its in-flight limit");
+        }
+        slot
+    }
+
     fn timer(&self, rpc: &'static str) -> RpcTimer<'_> {
         RpcTimer { broker: &self.broker, rpc, started: std::time::Instant::now() }
     }
@@ -294,6 +309,17 @@ impl MessagingService for Messaging {
         let producer = client_id(&req);
         self.clients.touch(&producer);
         let messages = req.into_inner().messages;
+        let Some(_slot) = self.admit(&producer) else {
+            let entries = messages
+                .iter()
+                .map(|m| v2::SendResultEntry {
+                    status: Some(busy()),
+                    message_id: m.system_properties.as_ref().map(|s| s.message_id.clone()).unwrap_or_default(),
+                    ..Default::default()
+                })
+                .collect();
+            return Ok(Response::new(v2::SendMessageResponse { status: Some(busy()), entries }));
+        };
         let response = match self.send(&producer, messages).await {
             Ok(entries) => v2::SendMessageResponse { status: Some(ok()), entries },
             Err((e, ids)) => {
@@ -348,6 +374,9 @@ impl MessagingService for Messaging {
         let client = client_id(&req);
         self.clients.touch(&client);
         let deadline = grpc_deadline(&req);
+        let Some(_slot) = self.admit(&client) else {
+            return Ok(Response::new(single_status_stream(receive_status(busy()))));
+        };
         let items = match self.receive(&client, req.into_inner(), deadline).await {
             Ok(deliveries) if deliveries.is_empty() => {
                 vec![receive_status(status::with(Code::MessageNotFound, "no new message")), receive_time()]
@@ -368,9 +397,24 @@ impl MessagingService for Messaging {
 
     async fn ack_message(&self, req: Request<v2::AckMessageRequest>) -> GrpcResult<v2::AckMessageResponse> {
         let _timer = self.timer("AckMessage");
-        self.clients.touch(&client_id(&req));
+        let client = client_id(&req);
+        self.clients.touch(&client);
         let req = req.into_inner();
         let entries = req.entries;
+        let Some(_slot) = self.admit(&client) else {
+            let mut out: Vec<v2::AckMessageResultEntry> = entries
+                .into_iter()
+                .map(|e| v2::AckMessageResultEntry {
+                    message_id: e.message_id,
+                    receipt_handle: e.receipt_handle,
+                    status: Some(busy()),
+                })
+                .collect();
+            if out.is_empty() {
+                out.push(v2::AckMessageResultEntry { status: Some(busy()), ..Default::default() });
+            }
+            return Ok(Response::new(v2::AckMessageResponse { status: Some(busy()), entries: out }));
+        };
         let handles: Vec<String> = entries.iter().map(|e| e.receipt_handle.clone()).collect();
         let outcome = async {
             let group = convert::resource_name(req.group.as_ref(), "group")?;
@@ -407,8 +451,12 @@ impl MessagingService for Messaging {
         req: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
     ) -> GrpcResult<v2::ForwardMessageToDeadLetterQueueResponse> {
         let _timer = self.timer("ForwardMessageToDeadLetterQueue");
-        self.clients.touch(&client_id(&req));
+        let client = client_id(&req);
+        self.clients.touch(&client);
         let req = req.into_inner();
+        let Some(_slot) = self.admit(&client) else {
+            return Ok(Response::new(v2::ForwardMessageToDeadLetterQueueResponse { status: Some(busy()) }));
+        };
         let outcome = async {
             let group = convert::resource_name(req.group.as_ref(), "group")?;
             let topic = convert::resource_name(req.topic.as_ref(), "topic")?;
@@ -444,6 +492,9 @@ impl MessagingService for Messaging {
         let client = client_id(&req);
         self.clients.touch(&client);
         let req = req.into_inner();
+        let Some(_slot) = self.admit(&client) else {
+            return Ok(Response::new(v2::EndTransactionResponse { status: Some(busy()) }));
+        };
         let outcome = async {
             let topic = req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
             let resolution = match v2::TransactionResolution::try_from(req.resolution) {
@@ -500,8 +551,16 @@ impl MessagingService for Messaging {
         req: Request<v2::ChangeInvisibleDurationRequest>,
     ) -> GrpcResult<v2::ChangeInvisibleDurationResponse> {
         let _timer = self.timer("ChangeInvisibleDuration");
-        self.clients.touch(&client_id(&req));
+        let client = client_id(&req);
+        self.clients.touch(&client);
         let req = req.into_inner();
+        let Some(_slot) = self.admit(&client) else {
+            let handle = req.receipt_handle;
+            return Ok(Response::new(v2::ChangeInvisibleDurationResponse {
+                status: Some(busy()),
+                receipt_handle: handle,
+            }));
+        };
         let outcome = async {
             let group = convert::resource_name(req.group.as_ref(), "group")?;
             let topic = convert::resource_name(req.topic.as_ref(), "topic")?;
