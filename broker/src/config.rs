@@ -83,6 +83,9 @@ pub struct Config {
     /// RocketMQ requests one client id may have in progress at once; more get
     /// TOO_MANY_REQUESTS.
     pub max_inflight_per_client: usize,
+    /// Message bytes being stored at once (all senders); sends beyond it get
+    /// TOO_MANY_REQUESTS, which bounds memory under a flood.
+    pub max_inflight_bytes: usize,
 }
 
 impl Default for Config {
@@ -111,6 +114,7 @@ impl Default for Config {
             metrics_listen: None,
             max_connections: 10_000,
             max_inflight_per_client: 1024,
+            max_inflight_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -269,6 +273,7 @@ impl Args {
             metrics_listen: self.metrics_listen.or(file.metrics_listen).or(d.metrics_listen),
             max_connections: self.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
             max_inflight_per_client: d.max_inflight_per_client,
+            max_inflight_bytes: d.max_inflight_bytes,
         };
         config.validate()?;
         Ok(config)

@@ -68,6 +68,7 @@ pub async fn run_with_metrics(
         shutdown: token.clone(),
         tracker: tracker.clone(),
         long_polls: Arc::new(tokio::sync::Semaphore::new(broker.config().max_long_polls)),
+        send_budget: Arc::new(tokio::sync::Semaphore::new((broker.config().max_inflight_bytes / 1024).max(4096))),
     };
     tracker.spawn(retention_loop(broker.clone(), token.clone()));
     if let Some(l) = metrics {

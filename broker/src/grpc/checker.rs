@@ -27,10 +27,19 @@ fn tick(broker: &Broker) -> Duration {
 /// Runs until `shutdown`.
 pub async fn run(broker: Arc<Broker>, clients: Arc<Clients>, shutdown: CancellationToken) {
     let every = tick(&broker);
+    let mut swept = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+        }
+        if swept.elapsed() > Duration::from_secs(60) {
+            // Clients gone without NotifyClientTermination leave the registry after 10 minutes.
+            let forgotten = clients.sweep(Duration::from_secs(600));
+            if forgotten > 0 {
+                tracing::debug!(forgotten, "forgot idle clients");
+            }
+            swept = std::time::Instant::now();
         }
         let due = match broker.due_transactions(now_ms(), BATCH) {
             Ok(d) => d,

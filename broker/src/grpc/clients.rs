@@ -154,6 +154,14 @@ impl Clients {
         inner.get(client_id).is_some_and(|c| !c.streams.is_empty() || c.last_seen.elapsed() <= window)
     }
 
+    /// Forgets clients with no live stream that showed no sign of life for `idle`.
+    pub fn sweep(&self, idle: std::time::Duration) -> usize {
+        let Ok(mut inner) = self.inner.lock() else { return 0 };
+        let before = inner.len();
+        inner.retain(|_, c| !c.streams.is_empty() || c.last_seen.elapsed() < idle);
+        before - inner.len()
+    }
+
     /// Drops everything known about a client that announced its termination.
     pub fn terminate(&self, client_id: &str) {
         if let Ok(mut inner) = self.inner.lock() {
@@ -168,5 +176,28 @@ impl Clients {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_clients_without_streams_are_swept_and_limits_count_per_client() {
+        let c = Clients::default();
+        c.touch("idle");
+        let (tx, _rx) = mpsc::channel(1);
+        c.open_stream("streaming", tx);
+        assert_eq!(c.sweep(std::time::Duration::ZERO), 1);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.streams("streaming").len(), 1);
+
+        let a = c.admit("x", 2).unwrap();
+        let _b = c.admit("x", 2).unwrap();
+        assert!(c.admit("x", 2).is_none());
+        assert!(c.admit("y", 2).is_some());
+        drop(a);
+        assert!(c.admit("x", 2).is_some());
     }
 }

@@ -26,6 +26,9 @@ use txmq_proto::v2;
 use v2::messaging_service_server::MessagingService;
 use v2::{receive_message_response, Code};
 
+/// Longest client id kept.
+pub const MAX_CLIENT_ID_LEN: usize = 256;
+
 /// Most messages in one SendMessage request.
 pub const MAX_MESSAGES_PER_SEND: usize = 1024;
 
@@ -41,12 +44,15 @@ pub struct Messaging {
     pub(crate) tracker: TaskTracker,
     /// Bounds the receives that may wait at once.
     pub(crate) long_polls: Arc<tokio::sync::Semaphore>,
+    /// Message bytes being stored at once, in KiB permits.
+    pub(crate) send_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// The caller's client id (`x-mq-client-id`), or one made from its address.
 fn client_id<T>(req: &Request<T>) -> String {
     match req.metadata().get("x-mq-client-id").and_then(|v| v.to_str().ok()) {
-        Some(id) if !id.is_empty() => id.to_string(),
+        // Official ids are ~40 characters; a longer one is cut so it cannot bloat the registry.
+        Some(id) if !id.is_empty() => id.chars().take(MAX_CLIENT_ID_LEN).collect(),
         _ => match req.remote_addr() {
             Some(addr) => format!("anonymous@{addr}"),
             None => "anonymous".to_string(),
@@ -243,6 +249,11 @@ impl Messaging {
                 messages.len()
             ))));
         }
+        let kib: usize = messages.iter().map(|m| m.body.len() / 1024 + 1).sum();
+        let _budget =
+            u32::try_from(kib).ok().and_then(|n| self.send_budget.clone().try_acquire_many_owned(n).ok()).ok_or_else(
+                || fail(BrokerError::TooManyRequests("too many message bytes being stored; retry shortly".into())),
+            )?;
         let (limits, now) = (self.limits(), now_ms());
         let mut converted = Vec::with_capacity(messages.len());
         for (i, m) in messages.into_iter().enumerate() {
