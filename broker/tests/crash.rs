@@ -2,9 +2,9 @@
 //! send it acknowledged is found intact after a restart. 20 rounds of 500 sends.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use txmq_broker::broker::Broker;
@@ -15,29 +15,6 @@ use v2::messaging_service_client::MessagingServiceClient;
 const ROUNDS: usize = 20;
 const SENDS_PER_ROUND: usize = 500;
 const CONCURRENCY: usize = 32;
-
-/// Starts `txmq-broker` on a free loopback port; returns the child and its address.
-fn start_broker(dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_txmq-broker"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("broker binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("broker printed its address").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
 
 fn message(i: usize, round: usize) -> v2::Message {
     v2::Message {
@@ -71,7 +48,7 @@ async fn acked_sends_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut verified = 0usize;
     for round in 0..ROUNDS {
-        let (mut child, addr) = start_broker(dir.path());
+        let (mut child, addr, _log) = common::start_broker(dir.path(), &[]);
         let client = loop {
             match MessagingServiceClient::connect(format!("http://{addr}")).await {
                 Ok(c) => break c,

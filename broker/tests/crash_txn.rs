@@ -6,9 +6,9 @@
 //! left pending; and messages the group acked (and saw acknowledged) never come back to it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,7 @@ type Client = MessagingServiceClient<tonic::transport::Channel>;
 
 const ROUNDS: u64 = 20;
 const TOPIC: &str = "mixed";
+const ARGS: &[&str] = &["--txn-timeout", "1s", "--txn-check-interval", "1s", "--long-polling-max", "1s"];
 
 fn res(n: &str) -> Option<v2::Resource> {
     Some(v2::Resource { resource_namespace: String::new(), name: n.into() })
@@ -32,35 +33,6 @@ fn intended_commit(i: u64) -> bool {
         1 => false,
         _ => i % 2 == 0,
     }
-}
-
-fn start(dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_txmq-broker"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--txn-timeout",
-            "1s",
-            "--txn-check-interval",
-            "1s",
-            "--long-polling-max",
-            "1s",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("broker printed its address").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
 }
 
 fn message(id: &str, t: v2::MessageType) -> v2::Message {
@@ -221,7 +193,7 @@ async fn mixed_load_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     for round in 0..ROUNDS {
-        let (mut child, addr) = start(dir.path());
+        let (mut child, addr, _log) = common::start_broker(dir.path(), ARGS);
         let c = loop {
             match MessagingServiceClient::connect(format!("http://{addr}")).await {
                 Ok(c) => break c,
@@ -238,7 +210,7 @@ async fn mixed_load_survives_sigkill() {
     }
 
     // Recovery: a live checker resolves every pending transaction.
-    let (mut child, addr) = start(dir.path());
+    let (mut child, addr, _log) = common::start_broker(dir.path(), ARGS);
     let c = MessagingServiceClient::connect(format!("http://{addr}")).await.unwrap();
     let stop = CancellationToken::new();
     let check = tokio::spawn(checker(c.clone(), stop.clone()));

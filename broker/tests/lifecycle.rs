@@ -2,8 +2,9 @@
 //! everything acknowledged on disk; `--auto-create-topics false` answers TOPIC_NOT_FOUND.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use txmq_broker::broker::Broker;
 use txmq_broker::config::Config;
 use txmq_proto::v2;
@@ -28,21 +29,7 @@ fn send_request(topic: &str, id: &str) -> v2::SendMessageRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_flushes_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_txmq-broker"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let (child, addr, drain) = common::start_broker(dir.path(), &[]);
     let mut client = MessagingServiceClient::connect(format!("http://{addr}")).await.unwrap();
     for i in 0..50 {
         let r = client.send_message(send_request("shutdown", &format!("m{i}"))).await.unwrap().into_inner();
@@ -52,6 +39,7 @@ async fn sigterm_drains_flushes_and_exits_zero() {
     let (_tx, rx) = tokio::sync::mpsc::channel::<v2::TelemetryCommand>(1);
     let _stream = client.telemetry(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap();
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let mut child = child;
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
     let log = drain.join().unwrap().join("\n");
