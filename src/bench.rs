@@ -24,6 +24,24 @@ pub enum BenchCommand {
     Txn(LoadArgs),
     /// Receive + ack of a pre-filled backlog (acks fsynced), by several consumers.
     Consume(ConsumeArgs),
+    /// End to end: producers send (or half + commit with --txn) while consumers receive and
+    /// ack; latency is from the send to the consumer's receipt.
+    E2e(E2eArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct E2eArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Transactional messages (half + commit) instead of normal sends.
+    #[arg(long)]
+    pub txn: bool,
+    /// Messages per second across all producers (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Concurrent consumers (each receives up to 32 and acks them concurrently).
+    #[arg(long, default_value_t = 4)]
+    pub consumers: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -86,6 +104,10 @@ pub async fn run(broker: &str, cmd: BenchCommand, out: Output) -> anyhow::Result
         }
         BenchCommand::Consume(args) => {
             let report = consume(broker, &args).await?;
+            out.emit(&report, || render(&report))
+        }
+        BenchCommand::E2e(args) => {
+            let report = e2e(broker, &args).await?;
             out.emit(&report, || render(&report))
         }
     }
@@ -362,6 +384,150 @@ async fn consume(broker: &str, args: &ConsumeArgs) -> anyhow::Result<Report> {
         size: args.size,
         messages,
         errors: 0,
+        seconds,
+        msgs_per_sec: messages as f64 / seconds,
+        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
+        flushes,
+        writes_per_flush: if flushes == 0 { 0.0 } else { writes as f64 / flushes as f64 },
+    })
+}
+
+fn micros_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Producers and consumers at once on a fresh topic; latency from send start to receipt.
+async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
+    let client = connect(broker).await?;
+    let mut admin = admin::connect(broker).await?;
+    let run_id = micros_now();
+    let topic = format!("bench-e2e-{run_id}");
+    let group = format!("bench-e2e-group-{run_id}");
+    let load = &args.load;
+    // Creates the topic and the group (at the earliest offset) before measuring.
+    one(&mut client.clone(), Scenario::Send, &topic, format!("W{run_id}"), b"warm-up").await;
+    let before = admin::fetch_status(&mut admin).await?;
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let (next, received, errors) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let limit = load.count.unwrap_or(u64::MAX);
+    let started = Instant::now();
+    let deadline = if load.count.is_some() { None } else { Some(started + load.duration) };
+    let scenario = if args.txn { Scenario::Txn } else { Scenario::Send };
+    let pace = (args.rate > 0).then(|| Duration::from_secs_f64(load.concurrency as f64 / args.rate as f64));
+    let mut producers = Vec::new();
+    for _ in 0..load.concurrency.max(1) {
+        let (mut client, next, errors, topic) = (client.clone(), next.clone(), errors.clone(), topic.clone());
+        let size = load.size;
+        producers.push(tokio::spawn(async move {
+            let mut tick = pace.map(tokio::time::interval);
+            loop {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= limit || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                // The body starts with the send time, so the consumer can measure latency.
+                let mut body = micros_now().to_be_bytes().to_vec();
+                body.resize(size.max(8), b'x');
+                if !one(&mut client, scenario, &topic, format!("E{run_id}-{i}"), &body).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let producing_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut consumers = Vec::new();
+    for _ in 0..args.consumers.max(1) {
+        let (client, received, histogram, topic, group, next, done) = (
+            client.clone(),
+            received.clone(),
+            histogram.clone(),
+            topic.clone(),
+            group.clone(),
+            next.clone(),
+            producing_done.clone(),
+        );
+        consumers.push(tokio::spawn(async move {
+            let resource =
+                |name: &str| Some(v2::Resource { resource_namespace: String::new(), name: name.to_string() });
+            let mut idle_after_done = 0;
+            loop {
+                let sent = next.load(Ordering::Relaxed).min(limit);
+                if done.load(Ordering::Relaxed) && (received.load(Ordering::Relaxed) + 1 >= sent || idle_after_done > 3)
+                {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let req = v2::ReceiveMessageRequest {
+                    group: resource(&group),
+                    message_queue: Some(v2::MessageQueue { topic: resource(&topic), ..Default::default() }),
+                    filter_expression: None,
+                    batch_size: 32,
+                    invisible_duration: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+                    auto_renew: false,
+                    long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                    attempt_id: None,
+                };
+                let mut stream = client.clone().receive_message(req).await?.into_inner();
+                let mut acks = tokio::task::JoinSet::new();
+                let mut got = 0;
+                while let Some(item) = stream.message().await? {
+                    let Some(v2::receive_message_response::Content::Message(m)) = item.content else { continue };
+                    let now = micros_now();
+                    let sent_at =
+                        m.body.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(now);
+                    if m.body != b"warm-up" {
+                        if let Ok(mut h) = histogram.lock() {
+                            let _ = h.record(now.saturating_sub(sent_at).max(1));
+                        }
+                        got += 1;
+                    }
+                    let sp = m.system_properties.unwrap_or_default();
+                    let ack = v2::AckMessageRequest {
+                        group: resource(&group),
+                        topic: resource(&topic),
+                        entries: vec![v2::AckMessageEntry {
+                            message_id: sp.message_id,
+                            receipt_handle: sp.receipt_handle.unwrap_or_default(),
+                            lite_topic: None,
+                        }],
+                    };
+                    let mut c = client.clone();
+                    acks.spawn(async move { c.ack_message(ack).await.map(|r| ok(r.get_ref().status.as_ref())) });
+                }
+                while acks.join_next().await.is_some() {}
+                received.fetch_add(got, Ordering::Relaxed);
+                idle_after_done = if got == 0 && done.load(Ordering::Relaxed) { idle_after_done + 1 } else { 0 };
+            }
+        }));
+    }
+    for p in producers {
+        p.await?;
+    }
+    producing_done.store(true, Ordering::Relaxed);
+    for c in consumers {
+        c.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let after = admin::fetch_status(&mut admin).await?;
+    let h = histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let messages = received.load(Ordering::Relaxed);
+    let flushes = after.flushes.saturating_sub(before.flushes);
+    let writes = after.flushed_writes.saturating_sub(before.flushed_writes);
+    Ok(Report {
+        scenario: format!(
+            "e2e {} (send to receipt{})",
+            if args.txn { "txn" } else { "normal" },
+            if args.rate > 0 { format!(", paced at {}/s", args.rate) } else { String::new() }
+        ),
+        concurrency: load.concurrency,
+        size: load.size,
+        messages,
+        errors: errors.load(Ordering::Relaxed),
         seconds,
         msgs_per_sec: messages as f64 / seconds,
         p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
