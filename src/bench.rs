@@ -92,6 +92,41 @@ pub struct Report {
     pub writes_per_flush: f64,
 }
 
+impl Report {
+    /// The report of a run: throughput over `seconds`, latency percentiles, and the broker's
+    /// flushes between the `before` and `after` status readings.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        scenario: String,
+        concurrency: usize,
+        size: usize,
+        messages: u64,
+        errors: u64,
+        seconds: f64,
+        histogram: &Mutex<Histogram<u64>>,
+        before: &admin::StatusView,
+        after: &admin::StatusView,
+    ) -> anyhow::Result<Self> {
+        let h = histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+        let flushes = after.flushes.saturating_sub(before.flushes);
+        let writes = after.flushed_writes.saturating_sub(before.flushed_writes);
+        Ok(Report {
+            scenario,
+            concurrency,
+            size,
+            messages,
+            errors,
+            seconds,
+            msgs_per_sec: messages as f64 / seconds,
+            p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+            p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
+            flushes,
+            writes_per_flush: if flushes == 0 { 0.0 } else { writes as f64 / flushes as f64 },
+        })
+    }
+}
+
 pub async fn run(broker: &str, cmd: BenchCommand, out: Output) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Send(args) => {
@@ -254,27 +289,61 @@ async fn load(broker: &str, args: &LoadArgs, scenario: Scenario) -> anyhow::Resu
     progress.abort();
     eprintln!();
     let after = admin::fetch_status(&mut admin).await?;
-    let h = histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
     let messages = done.load(Ordering::Relaxed);
-    let flushes = after.flushes.saturating_sub(before.flushes);
-    let writes = after.flushed_writes.saturating_sub(before.flushed_writes);
-    Ok(Report {
-        scenario: match scenario {
-            Scenario::Send => "send".into(),
-            Scenario::Txn => "txn (half + commit)".into(),
-        },
-        concurrency: args.concurrency,
-        size: args.size,
-        messages,
-        errors: errors.load(Ordering::Relaxed),
-        seconds,
-        msgs_per_sec: messages as f64 / seconds,
-        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-        p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
-        flushes,
-        writes_per_flush: if flushes == 0 { 0.0 } else { writes as f64 / flushes as f64 },
-    })
+    let errors = errors.load(Ordering::Relaxed);
+    let scenario = match scenario {
+        Scenario::Send => "send".into(),
+        Scenario::Txn => "txn (half + commit)".into(),
+    };
+    Report::new(scenario, args.concurrency, args.size, messages, errors, seconds, &histogram, &before, &after)
+}
+
+fn resource(name: &str) -> Option<v2::Resource> {
+    Some(v2::Resource { resource_namespace: String::new(), name: name.to_string() })
+}
+
+/// Receives up to 32 messages of `topic` for `group` (1 s long poll, 60 s invisible) and acks
+/// each one concurrently, as the official clients do (one ack per call); returns when the
+/// receive answered (microseconds since the epoch) and the messages whose ack succeeded.
+async fn receive_and_ack(client: &Client, group: &str, topic: &str) -> anyhow::Result<(u64, Vec<v2::Message>)> {
+    let req = v2::ReceiveMessageRequest {
+        group: resource(group),
+        message_queue: Some(v2::MessageQueue { topic: resource(topic), ..Default::default() }),
+        filter_expression: Some(v2::FilterExpression { r#type: v2::FilterType::Tag as i32, expression: "*".into() }),
+        batch_size: 32,
+        invisible_duration: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+        auto_renew: false,
+        long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+        attempt_id: None,
+    };
+    let mut stream = client.clone().receive_message(req).await?.into_inner();
+    let mut acks = tokio::task::JoinSet::new();
+    let mut received_at = micros_now();
+    while let Some(item) = stream.message().await? {
+        received_at = micros_now();
+        let Some(v2::receive_message_response::Content::Message(m)) = item.content else { continue };
+        let sp = m.system_properties.clone().unwrap_or_default();
+        let ack = v2::AckMessageRequest {
+            group: resource(group),
+            topic: resource(topic),
+            entries: vec![v2::AckMessageEntry {
+                message_id: sp.message_id,
+                receipt_handle: sp.receipt_handle.unwrap_or_default(),
+                lite_topic: None,
+            }],
+        };
+        let mut c = client.clone();
+        acks.spawn(
+            async move { matches!(c.ack_message(ack).await, Ok(r) if ok(r.get_ref().status.as_ref())).then_some(m) },
+        );
+    }
+    let mut acked = Vec::new();
+    while let Some(r) = acks.join_next().await {
+        if let Ok(Some(m)) = r {
+            acked.push(m);
+        }
+    }
+    Ok((received_at, acked))
 }
 
 /// Fills a fresh topic with `backlog` messages (batched sends), then measures receive + ack.
@@ -319,46 +388,9 @@ async fn consume(broker: &str, args: &ConsumeArgs) -> anyhow::Result<Report> {
         let (client, done, topic, group, backlog, histogram) =
             (client.clone(), done.clone(), topic.clone(), group.clone(), args.backlog, histogram.clone());
         consumers.push(tokio::spawn(async move {
-            let resource =
-                |name: &str| Some(v2::Resource { resource_namespace: String::new(), name: name.to_string() });
             while done.load(Ordering::Relaxed) < backlog {
-                let req = v2::ReceiveMessageRequest {
-                    group: resource(&group),
-                    message_queue: Some(v2::MessageQueue { topic: resource(&topic), ..Default::default() }),
-                    filter_expression: Some(v2::FilterExpression {
-                        r#type: v2::FilterType::Tag as i32,
-                        expression: "*".into(),
-                    }),
-                    batch_size: 32,
-                    invisible_duration: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
-                    auto_renew: false,
-                    long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-                    attempt_id: None,
-                };
                 let t = Instant::now();
-                let mut stream = client.clone().receive_message(req).await?.into_inner();
-                let mut acks = tokio::task::JoinSet::new();
-                while let Some(item) = stream.message().await? {
-                    let Some(v2::receive_message_response::Content::Message(m)) = item.content else { continue };
-                    let sp = m.system_properties.unwrap_or_default();
-                    let ack = v2::AckMessageRequest {
-                        group: resource(&group),
-                        topic: resource(&topic),
-                        entries: vec![v2::AckMessageEntry {
-                            message_id: sp.message_id,
-                            receipt_handle: sp.receipt_handle.unwrap_or_default(),
-                            lite_topic: None,
-                        }],
-                    };
-                    let mut c = client.clone();
-                    acks.spawn(async move { c.ack_message(ack).await.map(|r| ok(r.get_ref().status.as_ref())) });
-                }
-                let mut acked = 0;
-                while let Some(r) = acks.join_next().await {
-                    if matches!(r, Ok(Ok(true))) {
-                        acked += 1;
-                    }
-                }
+                let acked = receive_and_ack(&client, &group, &topic).await?.1.len() as u64;
                 if acked > 0 {
                     if let Ok(mut h) = histogram.lock() {
                         let _ = h.record(t.elapsed().as_micros() as u64);
@@ -374,24 +406,10 @@ async fn consume(broker: &str, args: &ConsumeArgs) -> anyhow::Result<Report> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let after = admin::fetch_status(&mut admin).await?;
-    let h = histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
     let messages = done.load(Ordering::Relaxed);
-    let flushes = after.flushes.saturating_sub(before.flushes);
-    let writes = after.flushed_writes.saturating_sub(before.flushed_writes);
-    Ok(Report {
-        scenario: format!("consume (receive 32 + ack each, backlog {})", args.backlog),
-        concurrency: args.consumers,
-        size: args.size,
-        messages,
-        errors: 0,
-        seconds,
-        msgs_per_sec: messages as f64 / seconds,
-        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-        p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
-        flushes,
-        writes_per_flush: if flushes == 0 { 0.0 } else { writes as f64 / flushes as f64 },
-    })
+    let errors = 0;
+    let scenario = format!("consume (receive 32 + ack each, backlog {})", args.backlog);
+    Report::new(scenario, args.consumers, args.size, messages, errors, seconds, &histogram, &before, &after)
 }
 
 fn micros_now() -> u64 {
@@ -453,8 +471,6 @@ async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
             producing_done.clone(),
         );
         consumers.push(tokio::spawn(async move {
-            let resource =
-                |name: &str| Some(v2::Resource { resource_namespace: String::new(), name: name.to_string() });
             let mut idle_after_done = 0;
             loop {
                 let sent = next.load(Ordering::Relaxed).min(limit);
@@ -462,22 +478,9 @@ async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
                 {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let req = v2::ReceiveMessageRequest {
-                    group: resource(&group),
-                    message_queue: Some(v2::MessageQueue { topic: resource(&topic), ..Default::default() }),
-                    filter_expression: None,
-                    batch_size: 32,
-                    invisible_duration: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
-                    auto_renew: false,
-                    long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-                    attempt_id: None,
-                };
-                let mut stream = client.clone().receive_message(req).await?.into_inner();
-                let mut acks = tokio::task::JoinSet::new();
                 let mut got = 0;
-                while let Some(item) = stream.message().await? {
-                    let Some(v2::receive_message_response::Content::Message(m)) = item.content else { continue };
-                    let now = micros_now();
+                let (now, messages) = receive_and_ack(&client, &group, &topic).await?;
+                for m in messages {
                     let sent_at =
                         m.body.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(now);
                     if m.body != b"warm-up" {
@@ -486,20 +489,7 @@ async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
                         }
                         got += 1;
                     }
-                    let sp = m.system_properties.unwrap_or_default();
-                    let ack = v2::AckMessageRequest {
-                        group: resource(&group),
-                        topic: resource(&topic),
-                        entries: vec![v2::AckMessageEntry {
-                            message_id: sp.message_id,
-                            receipt_handle: sp.receipt_handle.unwrap_or_default(),
-                            lite_topic: None,
-                        }],
-                    };
-                    let mut c = client.clone();
-                    acks.spawn(async move { c.ack_message(ack).await.map(|r| ok(r.get_ref().status.as_ref())) });
                 }
-                while acks.join_next().await.is_some() {}
                 received.fetch_add(got, Ordering::Relaxed);
                 idle_after_done = if got == 0 && done.load(Ordering::Relaxed) { idle_after_done + 1 } else { 0 };
             }
@@ -514,26 +504,12 @@ async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let after = admin::fetch_status(&mut admin).await?;
-    let h = histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
     let messages = received.load(Ordering::Relaxed);
-    let flushes = after.flushes.saturating_sub(before.flushes);
-    let writes = after.flushed_writes.saturating_sub(before.flushed_writes);
-    Ok(Report {
-        scenario: format!(
-            "e2e {} (send to receipt{})",
-            if args.txn { "txn" } else { "normal" },
-            if args.rate > 0 { format!(", paced at {}/s", args.rate) } else { String::new() }
-        ),
-        concurrency: load.concurrency,
-        size: load.size,
-        messages,
-        errors: errors.load(Ordering::Relaxed),
-        seconds,
-        msgs_per_sec: messages as f64 / seconds,
-        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-        p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
-        flushes,
-        writes_per_flush: if flushes == 0 { 0.0 } else { writes as f64 / flushes as f64 },
-    })
+    let errors = errors.load(Ordering::Relaxed);
+    let scenario = format!(
+        "e2e {} (send to receipt{})",
+        if args.txn { "txn" } else { "normal" },
+        if args.rate > 0 { format!(", paced at {}/s", args.rate) } else { String::new() }
+    );
+    Report::new(scenario, load.concurrency, load.size, messages, errors, seconds, &histogram, &before, &after)
 }
