@@ -28,12 +28,14 @@ async fn official_client_sends_normal_fifo_and_delay_messages() {
         assert!(ids.insert(receipt.message_id().to_string()), "ids are unique");
     }
 
+    let mut fifo_ids = Vec::new();
     for i in 0..10 {
         let msg = MessageBuilder::fifo_message_builder("orders", format!("step {i}").into_bytes(), "order-7")
             .build()
             .unwrap();
         let receipt = producer.send(msg).await.expect("fifo send");
         assert!(ids.insert(receipt.message_id().to_string()));
+        fifo_ids.push(receipt.message_id().to_string());
     }
 
     let in_ten_seconds =
@@ -46,7 +48,15 @@ async fn official_client_sends_normal_fifo_and_delay_messages() {
     let admin = txmq_broker_admin(&broker).await;
     let d = admin.describe("orders").await;
     assert_eq!(d.message_count, 111);
-    // All FIFO messages of one group went to one queue, in order.
+    // All FIFO messages of one group went to one queue, in send order.
+    let mut places = Vec::new();
+    for id in &fifo_ids {
+        let found = admin.find(id).await;
+        assert_eq!(found.len(), 1, "{id} stored once");
+        places.push((found[0].queue, found[0].offset));
+    }
+    assert!(places.iter().all(|(q, _)| *q == places[0].0), "{places:?}");
+    assert!(places.windows(2).all(|w| w[0].1 < w[1].1), "{places:?}");
     producer.shutdown().await.expect("clean shutdown");
     broker.stop().await.unwrap();
 }
@@ -92,6 +102,12 @@ async fn txmq_broker_admin(broker: &txmq_broker::server::RunningBroker) -> Admin
 }
 
 impl Admin {
+    async fn find(&self, message_id: &str) -> Vec<txmq_proto::admin::StoredMessage> {
+        let mut c = self.0.clone();
+        let req = txmq_proto::admin::FindMessagesRequest { message_id: message_id.into(), ..Default::default() };
+        c.find_messages(req).await.unwrap().into_inner().messages
+    }
+
     async fn describe(&self, topic: &str) -> txmq_proto::admin::DescribeTopicResponse {
         let mut c = self.0.clone();
         c.describe_topic(txmq_proto::admin::DescribeTopicRequest { name: topic.into() }).await.unwrap().into_inner()
