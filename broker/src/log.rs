@@ -110,6 +110,15 @@ impl MessageLog {
         now: Millis,
         extra: Batch,
     ) -> Result<Vec<Placement>> {
+        // Refuse a request that names one id twice before any offset is handed out (a refusal
+        // later would leave a hole in the queue).
+        let mut ids = std::collections::HashSet::with_capacity(messages.len());
+        if let Some(dup) = messages.iter().find(|m| !ids.insert(m.message_id.as_str())) {
+            return Err(BrokerError::IllegalMessageId(format!(
+                "message id {} appears twice in one request",
+                dup.message_id
+            )));
+        }
         let slot = self.committer.reserve().await?;
         let mut placements = Vec::with_capacity(messages.len());
         let mut waits = Vec::new();
@@ -118,38 +127,47 @@ impl MessageLog {
             let mut batch = Batch::new();
             let mut fresh = Vec::new();
             let mut batch_queue = None;
-            for msg in messages {
-                let id_key = (topic.to_string(), msg.message_id.clone());
-                if let Some(found) = self.find_id(&inner, &id_key)? {
-                    waits.push(found);
-                    placements.push(Placement { queue: found.0, offset: found.1, duplicate: true });
-                    continue;
+            // Offsets are handed out as messages are placed; if a later step fails, they are
+            // taken back so that the queue never gets a hole.
+            let mut first_fresh: Option<(u32, u64)> = None;
+            let placed = (|| -> Result<()> {
+                for msg in messages {
+                    let id_key = (topic.to_string(), msg.message_id.clone());
+                    if let Some(found) = self.find_id(&inner, &id_key)? {
+                        waits.push(found);
+                        placements.push(Placement { queue: found.0, offset: found.1, duplicate: true });
+                        continue;
+                    }
+                    // One request's messages share a queue (RocketMQ batches are one queue).
+                    let queue = *batch_queue.get_or_insert_with(|| pick_queue(&mut inner, &msg, queue_count));
+                    let state = inner
+                        .queues
+                        .get_mut(&(topic.to_string(), queue))
+                        .ok_or_else(|| BrokerError::Internal(format!("queue {topic}/{queue} is not open")))?;
+                    let offset = state.next;
+                    first_fresh.get_or_insert((queue, offset));
+                    state.next += 1;
+                    let stored = StoredMessage {
+                        body_md5: md5_hex(&msg.body),
+                        msg,
+                        queue,
+                        offset,
+                        store_timestamp: now,
+                        producer: producer.to_string(),
+                    };
+                    write_message(&mut batch, &stored)?;
+                    fresh.push((stored.msg.message_id.clone(), queue, offset));
+                    placements.push(Placement { queue, offset, duplicate: false });
                 }
-                if fresh.iter().any(|(id, _, _): &(String, u32, u64)| *id == msg.message_id) {
-                    return Err(BrokerError::IllegalMessageId(format!(
-                        "message id {} appears twice in one request",
-                        msg.message_id
-                    )));
+                Ok(())
+            })();
+            if let Err(e) = placed {
+                if let Some((queue, offset)) = first_fresh {
+                    if let Some(state) = inner.queues.get_mut(&(topic.to_string(), queue)) {
+                        state.next = offset;
+                    }
                 }
-                // One request's messages share a queue (RocketMQ batches are one queue).
-                let queue = *batch_queue.get_or_insert_with(|| pick_queue(&mut inner, &msg, queue_count));
-                let state = inner
-                    .queues
-                    .get_mut(&(topic.to_string(), queue))
-                    .ok_or_else(|| BrokerError::Internal(format!("queue {topic}/{queue} is not open")))?;
-                let offset = state.next;
-                state.next += 1;
-                let stored = StoredMessage {
-                    body_md5: md5_hex(&msg.body),
-                    msg,
-                    queue,
-                    offset,
-                    store_timestamp: now,
-                    producer: producer.to_string(),
-                };
-                write_message(&mut batch, &stored)?;
-                fresh.push((stored.msg.message_id.clone(), queue, offset));
-                placements.push(Placement { queue, offset, duplicate: false });
+                return Err(e);
             }
             // `extra` rides in the same atomic write (a transaction's new state with its commit).
             batch.extend(extra);
@@ -352,4 +370,33 @@ fn decode_location(key: &Key, v: &[u8]) -> Result<(u32, u64)> {
     let mut d = crate::codec::Decoder::new(v);
     let loc = (|| Ok::<_, crate::codec::CodecError>((d.u32()?, d.u64()?)))();
     loc.map_err(|e| StoreError::Corrupt { key: key.encode(), detail: e.to_string() }.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::sample_message;
+    use crate::store::MemoryStore;
+
+    fn log() -> MessageLog {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let committer = Arc::new(Committer::start(store.clone(), 16).unwrap());
+        let log = MessageLog::new(store, committer);
+        log.open_topic("t", 1).unwrap();
+        log
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_leaves_no_hole_in_the_queue() {
+        let log = log();
+        let first = log.append("t", 1, vec![sample_message("t", "a")], "p", 1, Batch::new()).await.unwrap();
+        assert_eq!(first[0].offset, 0);
+        let twice = vec![sample_message("t", "b"), sample_message("t", "b")];
+        assert!(matches!(log.append("t", 1, twice, "p", 2, Batch::new()).await, Err(BrokerError::IllegalMessageId(_))));
+        let next = log.append("t", 1, vec![sample_message("t", "c")], "p", 3, Batch::new()).await.unwrap();
+        assert_eq!(next[0].offset, 1, "offsets stay dense");
+        let again = log.append("t", 1, vec![sample_message("t", "a")], "p", 4, Batch::new()).await.unwrap();
+        assert_eq!((again[0].offset, again[0].duplicate), (0, true), "a retried id gets its first place back");
+        assert_eq!(log.offsets("t", 0).unwrap().durable, 2);
+    }
 }
