@@ -238,18 +238,10 @@ impl Broker {
             store_writable: self.committer.poisoned().is_none(),
             ..Gauges::default()
         };
-        let all = crate::txn::service::TxnFilter { limit: 100_000, ..Default::default() };
-        for t in self.list_transactions(&all).unwrap_or_default() {
-            match t.state {
-                crate::txn::state::TxnState::Pending => {
-                    g.pending_transactions += 1;
-                    let age = (now - t.created_at).max(0) as f64 / 1000.0;
-                    g.oldest_pending_age_seconds = g.oldest_pending_age_seconds.max(age);
-                }
-                crate::txn::state::TxnState::Parked => g.parked_transactions += 1,
-                _ => {}
-            }
-        }
+        let counts = self.transaction_counts().unwrap_or_default();
+        g.pending_transactions = counts.pending;
+        g.parked_transactions = counts.parked;
+        g.oldest_pending_age_seconds = counts.oldest_pending.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
         for group in self.groups.list() {
             if let Some(stats) = self.group_stats(&group.name) {
                 for t in stats.topics {

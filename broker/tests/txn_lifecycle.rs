@@ -76,3 +76,27 @@ async fn recovery_duration_parking_resume_and_purge() {
     assert!(b.transaction(&slow).unwrap().is_some(), "pending ones are never purged");
     b.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_and_counting_read_past_the_first_pages() {
+    let store = std::sync::Arc::new(txmq_broker::store::MemoryStore::new());
+    let b = Broker::with_store(Config::with_data_dir("/unused"), store).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..2_500 {
+        ids.push(send_half(&b, &format!("m{i}"), None).await);
+    }
+    // The oldest 2,450 are resolved; the 50 newest stay pending, behind 2 full pages.
+    for id in &ids[..2_450] {
+        b.end_transaction("orders", "", id, Resolution::Rollback, Actor::Producer, None).await.unwrap();
+    }
+    let filter =
+        txmq_broker::txn::service::TxnFilter { state: Some(TxnState::Pending), limit: 1000, ..Default::default() };
+    let pending = b.list_transactions(&filter).unwrap();
+    assert_eq!(pending.len(), 50);
+    assert_eq!(pending[0].id, ids[2_450]);
+    let counts = b.transaction_counts().unwrap();
+    assert_eq!((counts.pending, counts.parked), (50, 0));
+    let all = txmq_broker::txn::service::TxnFilter { limit: 10_000, ..Default::default() };
+    assert_eq!(b.list_transactions(&all).unwrap().len(), 2_500);
+    b.shutdown();
+}

@@ -133,7 +133,7 @@ impl Admin for AdminService {
 
     async fn broker_status(&self, _req: Request<pb::BrokerStatusRequest>) -> GrpcResult<pb::BrokerStatusResponse> {
         let s = self.broker.status();
-        let g = self.broker.gauges();
+        let txns = self.broker.transaction_counts().unwrap_or_default();
         let message_count =
             self.broker.topics().iter().flat_map(|t| self.broker.queue_offsets(t)).map(|q| q.durable - q.min).sum();
         Ok(Response::new(pb::BrokerStatusResponse {
@@ -148,8 +148,8 @@ impl Admin for AdminService {
             store_bytes: s.store_bytes,
             message_count,
             group_count: self.broker.groups().list().len() as u64,
-            pending_transactions: g.pending_transactions,
-            parked_transactions: g.parked_transactions,
+            pending_transactions: txns.pending,
+            parked_transactions: txns.parked,
         }))
     }
 

@@ -7,7 +7,7 @@ use super::state::{Actor, Effect, Resolution, Txn, TxnError, TxnState};
 use crate::broker::{now_ms, Broker};
 use crate::error::{BrokerError, Result};
 use crate::model::{md5_hex, Millis, NewMessage, StoredMessage};
-use crate::store::{chunks, scan_prefix, Batch, Key, StoreError};
+use crate::store::{chunks, Batch, Key, StoreError};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -45,6 +45,15 @@ pub enum CheckOutcome {
     Exhausted { state: TxnState },
     /// The transaction was decided or rescheduled meanwhile.
     NotDue,
+}
+
+/// Counts for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxnCounts {
+    pub pending: u64,
+    pub parked: u64,
+    /// Creation time of the oldest pending transaction.
+    pub oldest_pending: Option<Millis>,
 }
 
 /// Filter for listing transactions.
@@ -326,23 +335,61 @@ impl Broker {
         Ok(txn)
     }
 
-    /// Transactions matching `filter`, oldest first. Reads at most 100,000 records.
+    /// Visits every stored transaction, oldest first, reading the store in pages of 1,000 so
+    /// that memory stays bounded; stops when `visit` returns false.
+    fn for_each_transaction(&self, mut visit: impl FnMut(Txn) -> bool) -> Result<()> {
+        let prefix = Key::txn_prefix();
+        let end = crate::store::keys::prefix_end(&prefix);
+        let mut from: Vec<u8> = prefix.clone();
+        let mut inclusive = true;
+        loop {
+            let start = if inclusive { Bound::Included(from.as_slice()) } else { Bound::Excluded(from.as_slice()) };
+            let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let page = self.store().scan(start, end, 1000, false)?;
+            let Some(last) = page.last().map(|(k, _)| k.clone()) else { return Ok(()) };
+            for (k, v) in page {
+                let t = super::decode(&v).map_err(|e| StoreError::Corrupt { key: k, detail: e.to_string() })?;
+                if !visit(t) {
+                    return Ok(());
+                }
+            }
+            from = last;
+            inclusive = false;
+        }
+    }
+
+    /// Transactions matching `filter`, oldest first, at most `filter.limit`.
     pub fn list_transactions(&self, filter: &TxnFilter) -> Result<Vec<Txn>> {
         let now = now_ms();
         let mut out = Vec::new();
-        for (k, v) in scan_prefix(self.store().as_ref(), &Key::txn_prefix(), 100_000, false)? {
-            let t = super::decode(&v).map_err(|e| StoreError::Corrupt { key: k, detail: e.to_string() })?;
+        self.for_each_transaction(|t| {
             let keep = filter.state.is_none_or(|s| s == t.state)
                 && filter.topic.as_deref().is_none_or(|x| x == t.topic)
                 && filter.older_than_ms.is_none_or(|age| now - t.created_at >= age);
             if keep {
                 out.push(t);
-                if out.len() >= filter.limit.max(1) {
-                    break;
-                }
             }
-        }
+            out.len() < filter.limit.max(1)
+        })?;
         Ok(out)
+    }
+
+    /// Pending and parked counts and the oldest pending transaction's creation time, over
+    /// every stored transaction.
+    pub fn transaction_counts(&self) -> Result<TxnCounts> {
+        let mut c = TxnCounts::default();
+        self.for_each_transaction(|t| {
+            match t.state {
+                TxnState::Pending => {
+                    c.pending += 1;
+                    c.oldest_pending = Some(c.oldest_pending.map_or(t.created_at, |o: Millis| o.min(t.created_at)));
+                }
+                TxnState::Parked => c.parked += 1,
+                _ => {}
+            }
+            true
+        })?;
+        Ok(c)
     }
 
     /// Deletes resolved transactions older than the transaction retention, in bounded steps.
