@@ -105,7 +105,14 @@ fn limited(
     let permits = Arc::new(tokio::sync::Semaphore::new(max));
     TcpListenerStream::new(listener).filter_map(move |conn| match conn {
         Ok(stream) => match permits.clone().try_acquire_owned() {
-            Ok(permit) => Some(Ok(LimitedConn { stream, _permit: permit })),
+            Ok(permit) => {
+                // Without TCP_NODELAY a small response written after a partial segment waits for
+                // the peer's delayed ACK (about 40 ms on Linux): a flat 40-45 ms p99 under load.
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                Some(Ok(LimitedConn { stream, _permit: permit }))
+            }
             Err(_) => {
                 tracing::warn!(max, "connection limit reached; closing a new connection");
                 None
