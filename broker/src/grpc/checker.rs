@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use txmq_proto::v2;
 
-/// Due checks handled per round.
+/// Due checks handled per round, concurrently.
 const BATCH: usize = 256;
 
 /// How often the loop looks for due checks: a tenth of the shortest timing, 20 ms to 1 s.
@@ -41,29 +41,42 @@ pub async fn run(broker: Arc<Broker>, clients: Arc<Clients>, shutdown: Cancellat
             }
             swept = std::time::Instant::now();
         }
-        let due = match broker.due_transactions(now_ms(), BATCH) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read due transactions");
-                continue;
+        // Due checks run concurrently so that their writes share group commits; a full round
+        // means more are due, so the next round starts at once.
+        let mut full = true;
+        while full && !shutdown.is_cancelled() {
+            let due = match broker.due_transactions(now_ms(), BATCH) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read due transactions");
+                    break;
+                }
+            };
+            full = due.len() == BATCH;
+            let mut round = tokio::task::JoinSet::new();
+            for (at, id) in due {
+                let (broker, clients) = (broker.clone(), clients.clone());
+                round.spawn(async move {
+                    let result = broker.check_transaction(&id, at, |txn, half| deliver(&clients, txn, half)).await;
+                    log_outcome(&id, result);
+                });
             }
-        };
-        for (at, id) in due {
-            let result = broker.check_transaction(&id, at, |txn, half| deliver(&clients, txn, half)).await;
-            match result {
-                Ok(CheckOutcome::Sent { client }) => {
-                    tracing::debug!(transaction_id = id, client_id = client, "check sent")
-                }
-                Ok(CheckOutcome::Unreachable) => {
-                    tracing::debug!(transaction_id = id, "no live producer for the check; will retry")
-                }
-                Ok(CheckOutcome::Exhausted { state }) => {
-                    tracing::info!(transaction_id = id, state = state.as_str(), "checks exhausted")
-                }
-                Ok(CheckOutcome::NotDue) => {}
-                Err(e) => tracing::error!(transaction_id = id, error = %e, "check failed"),
-            }
+            while round.join_next().await.is_some() {}
         }
+    }
+}
+
+fn log_outcome(id: &str, result: crate::error::Result<CheckOutcome>) {
+    match result {
+        Ok(CheckOutcome::Sent { client }) => tracing::debug!(transaction_id = id, client_id = client, "check sent"),
+        Ok(CheckOutcome::Unreachable) => {
+            tracing::debug!(transaction_id = id, "no live producer for the check; will retry")
+        }
+        Ok(CheckOutcome::Exhausted { state }) => {
+            tracing::info!(transaction_id = id, state = state.as_str(), "checks exhausted")
+        }
+        Ok(CheckOutcome::NotDue) => {}
+        Err(e) => tracing::error!(transaction_id = id, error = %e, "check failed"),
     }
 }
 
