@@ -2,7 +2,8 @@
 //!
 //! Each operation reserves a place in the group-commit queue first, then changes the in-memory
 //! state and submits its writes under the state's lock (so writes reach the store in the order
-//! the state changed), and answers once they are durable.
+//! the state changed), and answers once they are durable — except a receive, whose delivery
+//! records only need to reach the store before anything that depends on them (see `poll_once`).
 //!
 //! [`GroupTopic`]: super::state::GroupTopic
 
@@ -153,7 +154,7 @@ impl Broker {
         let mut bytes = 0usize;
         let log = self.log();
         let topic = req.topic.as_str();
-        let (pending, next_due) = {
+        let next_due = {
             let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
             let fresh = |attempt: u32, msg: &StoredMessage| Inflight {
                 attempt,
@@ -263,12 +264,16 @@ impl Broker {
                     st.set_cursor(q, cur, &mut batch);
                 }
             }
-            let pending = (!batch.is_empty()).then(|| slot.submit(batch, None));
-            (pending, st.next_due())
+            // The delivery records are queued for the next group commit, but the messages go out
+            // without waiting for it: if the broker dies first, the records are lost and the
+            // messages are simply delivered again (at least once), with the old receipt handles
+            // refused. An ack or invisibility change of these deliveries is queued after them,
+            // so it is never durable before the delivery it refers to.
+            if !batch.is_empty() {
+                drop(slot.submit(batch, None));
+            }
+            st.next_due()
         };
-        if let Some(p) = pending {
-            p.durable().await?;
-        }
         Ok((out, dead, next_due))
     }
 
