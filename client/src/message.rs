@@ -22,6 +22,7 @@ pub struct Message {
     pub(crate) message_group: Option<String>,
     pub(crate) deliver_at: Option<SystemTime>,
     pub(crate) id: Option<String>,
+    pub(crate) check_after: Option<Duration>,
 }
 
 impl Message {
@@ -36,6 +37,7 @@ impl Message {
             message_group: None,
             deliver_at: None,
             id: None,
+            check_after: None,
         }
     }
 
@@ -77,6 +79,13 @@ impl Message {
     /// Uses this message id instead of a generated one (sends are idempotent on it).
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
+        self
+    }
+
+    /// For a transactional message: how long the broker waits for the commit or rollback
+    /// before its first check-back (instead of the broker's `--txn-check-immunity`).
+    pub fn with_check_after(mut self, wait: Duration) -> Self {
+        self.check_after = Some(wait);
         self
     }
 
@@ -141,6 +150,12 @@ impl Message {
                 born_host: std::env::var("HOSTNAME").unwrap_or_else(|_| "txmq-client".into()),
                 message_group: if transactional { None } else { self.message_group.clone() },
                 delivery_timestamp: if transactional { None } else { self.deliver_at.map(ts) },
+                orphaned_transaction_recovery_duration: if transactional {
+                    self.check_after
+                        .map(|d| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 })
+                } else {
+                    None
+                },
                 ..Default::default()
             }),
             body: self.body.clone(),
