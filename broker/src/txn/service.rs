@@ -31,8 +31,9 @@ impl std::str::FromStr for MaxChecksPolicy {
     }
 }
 
-/// Number of transaction lock stripes.
-pub const TXN_LOCKS: usize = 64;
+/// Number of transaction lock stripes: a lock is held across a commit, so with 64 requests in
+/// flight a small table would make unrelated transactions wait for each other.
+pub const TXN_LOCKS: usize = 1024;
 
 /// How a due check went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,11 +221,11 @@ impl Broker {
                     .ok_or_else(|| BrokerError::Internal(format!("half message of {id} is missing")))?;
                 let record = self.topic_or_create(&txn.topic).await?;
                 self.log().append(&txn.topic, record.queue_count, vec![half.msg], &txn.producer, now, batch).await?;
-                tracing::info!(transaction_id = id, topic = txn.topic, by = by.as_str(), "transaction committed");
+                log_end(&id, &txn.topic, by, "committed");
             }
             Effect::Discard => {
                 self.committer().commit(batch).await?;
-                tracing::info!(transaction_id = id, topic = txn.topic, by = by.as_str(), "transaction rolled back");
+                log_end(&id, &txn.topic, by, "rolled back");
             }
             Effect::None => self.committer().commit(batch).await?,
         }
@@ -415,5 +416,15 @@ impl Broker {
             tracing::info!(purged, "purged resolved transactions past retention");
         }
         Ok(purged)
+    }
+}
+
+/// Logs how a transaction ended: at debug level when its producer ended it (the common case, at
+/// the send rate), at info level when a check-back or an operator did.
+fn log_end(id: &str, topic: &str, by: Actor, outcome: &str) {
+    if by == Actor::Producer {
+        tracing::debug!(transaction_id = id, topic, by = by.as_str(), "transaction {outcome}");
+    } else {
+        tracing::info!(transaction_id = id, topic, by = by.as_str(), "transaction {outcome}");
     }
 }
