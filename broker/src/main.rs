@@ -6,6 +6,9 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use txmq_broker::{broker::Broker, config::Args, server};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
