@@ -14,8 +14,9 @@ use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-/// sled's cache; RSS grows to a few times this (sled issue #1309), so keep it modest.
-const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's cache; RSS grows to a few times this (sled issue #1309). 32 MiB keeps the broker under
+/// 160 MiB with a million stored messages (64 MiB reached 202 MiB) at the same send rate.
+const CACHE_CAPACITY_BYTES: u64 = 32 * 1024 * 1024;
 
 /// A sled database in a directory, made power-loss durable by an explicit `fdatasync`.
 pub struct SledStore {
