@@ -96,6 +96,9 @@ pub struct LoadArgs {
     /// Topic to use (created on first use).
     #[arg(long, default_value = "bench")]
     pub topic: String,
+    /// HTTP/2 connections the requests are spread over (the official clients use one).
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -346,7 +349,11 @@ async fn load(broker: &str, args: &LoadArgs, scenario: Scenario) -> anyhow::Resu
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let client = connect(broker).await?;
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        clients.push(connect(broker).await?);
+    }
+    let client = clients[0].clone();
     let mut admin = admin::connect(broker).await?;
     // Warm up: creates the topic so that its creation is not measured.
     let run_id = micros_now();
@@ -364,9 +371,9 @@ async fn load(broker: &str, args: &LoadArgs, scenario: Scenario) -> anyhow::Resu
     let deadline = if args.count.is_some() { None } else { Some(started + args.duration) };
     let progress = Progress::start("acked", done.clone());
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
+    for task in 0..args.concurrency {
         let (mut client, latency, next, done, errors) =
-            (client.clone(), latency.clone(), next.clone(), done.clone(), errors.clone());
+            (clients[task % clients.len()].clone(), latency.clone(), next.clone(), done.clone(), errors.clone());
         let (topic, body) = (args.topic.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let mut local = histogram();

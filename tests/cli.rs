@@ -193,3 +193,51 @@ async fn dead_letters_can_be_listed_and_resent() {
     assert_eq!(back[0].message_id(), id);
     broker.stop().await.unwrap();
 }
+
+/// `txmq --json bench …` against a small broker: every scenario reports exactly what it did
+/// (counts the broker agrees with, no errors), and the text form ends with the peers' RESULT line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_scenarios_report_what_they_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(txn_config(dir.path())).await;
+    let addr = broker.access_point();
+    let messages = |s: &serde_json::Value| s["messages"].as_u64().unwrap();
+
+    let before = json(&addr, &["status"]).await;
+    let send = json(&addr, &["bench", "send", "--count", "200", "--concurrency", "8", "--topic", "b1"]).await;
+    assert_eq!((messages(&send), send["errors"].as_u64()), (200, Some(0)), "{send}");
+    assert_eq!(send["result_name"], "send-durable-256B");
+    assert!(send["p50_ms"].as_f64().unwrap() > 0.0 && send["p999_ms"].as_f64() >= send["p50_ms"].as_f64());
+    let after = json(&addr, &["status"]).await;
+    // The 200 measured sends plus the warm-up one are stored.
+    assert_eq!(after["messages"].as_u64().unwrap() - before["messages"].as_u64().unwrap(), 201);
+
+    let txn = json(&addr, &["bench", "txn", "--count", "100", "--concurrency", "8", "--topic", "b2"]).await;
+    assert_eq!((messages(&txn), txn["errors"].as_u64()), (100, Some(0)), "{txn}");
+    assert_eq!(json(&addr, &["status"]).await["pending_transactions"], 0);
+
+    let e2e = json(&addr, &["bench", "e2e", "--txn", "--count", "100", "--concurrency", "8", "--consumers", "2"]).await;
+    assert_eq!((messages(&e2e), e2e["errors"].as_u64()), (100, Some(0)), "{e2e}");
+    assert!(e2e["commit_to_receipt"]["p99_ms"].as_f64().unwrap() > 0.0, "{e2e}");
+    let paced = json(&addr, &["bench", "e2e", "--count", "100", "--rate", "400", "--consumers", "1"]).await;
+    assert_eq!((messages(&paced), paced["errors"].as_u64()), (100, Some(0)), "{paced}");
+    // 100 messages at 400/s cannot take less than a quarter of a second.
+    assert!(paced["seconds"].as_f64().unwrap() >= 0.24, "{paced}");
+
+    let consume = json(&addr, &["bench", "consume", "--backlog", "300", "--consumers", "2"]).await;
+    assert_eq!((messages(&consume), consume["errors"].as_u64()), (300, Some(0)), "{consume}");
+
+    let check =
+        json(&addr, &["bench", "checkback", "--count", "50", "--concurrency", "8", "--check-after", "1s"]).await;
+    assert_eq!((messages(&check), check["errors"].as_u64()), (50, Some(0)), "{check}");
+    assert_eq!(json(&addr, &["status"]).await["pending_transactions"], 0, "check-backs committed every half message");
+
+    let (ok, out, err) = txmq(&addr, &["bench", "send", "--count", "10", "--concurrency", "2", "--topic", "b1"]).await;
+    assert!(ok, "{err}");
+    let result = out.lines().last().unwrap();
+    assert!(
+        result.starts_with("RESULT system=txmq scenario=send-durable-256B clients=2 msgs=10 "),
+        "the last line is the peers' RESULT line: {out}"
+    );
+    broker.stop().await.unwrap();
+}
