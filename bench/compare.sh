@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# bench/compare.sh: txmq and the peers users would pick instead, in one run on this machine,
+# then one table of the issue's targets with ratios (BENCHMARKS.md explains every row).
+#
+# usage: bench/compare.sh [SECTION ...]   sections: install txmq restart pg rabbit nats redis fsync grpc sled
+#        (default: txmq restart pg rabbit). `install` (root, Debian 12) installs the peers' servers
+#        and tools and builds their load generators; run it once on a new machine.
+# env:   REPS (3) runs per scenario, SECS (5) seconds per run, OUT (RESULT file),
+#        PEERS (../shared/peers), PEERS_BUILD (/var/tmp/txmq-peers), RESTART_MESSAGES (1000000).
+# Every server listens on 127.0.0.1 only and is stopped by PID; every load is bounded in time.
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PEERS=${PEERS:-$ROOT/../shared/peers}
+# Not under /root: RabbitMQ runs as user rabbitmq and must reach its data directory here.
+export PEERS_BUILD=${PEERS_BUILD:-/var/tmp/txmq-peers}
+export REPS=${REPS:-3} SECS=${SECS:-5}
+mkdir -p "$PEERS_BUILD/results"
+export OUT=${OUT:-$PEERS_BUILD/results/compare-$(date +%Y%m%d-%H%M%S).txt}
+MEASURE="python3 $PEERS/tools/measure.py"
+ADDR=127.0.0.1:18181
+DATA=$PEERS_BUILD/txmq-data
+TXMQ="$ROOT/target/release/txmq --broker $ADDR"
+log() { echo "# $(date +%T) $*" | tee -a "$OUT" >&2; }
+
+start_broker() { # fresh unless $1 = keep
+  [ "${1:-}" = keep ] || rm -rf "$DATA"
+  "$ROOT/target/release/txmq-broker" --data-dir "$DATA" --listen $ADDR > "$PEERS_BUILD/txmq-broker.log" 2>&1 &
+  BROKER=$!
+  local i; for i in $(seq 200); do $TXMQ status > /dev/null 2>&1 && return 0; sleep 0.05; done
+  log "txmq broker did not start"; return 1
+}
+stop_broker() { kill -TERM "$BROKER" 2>/dev/null; wait "$BROKER" 2>/dev/null; }
+run() { $MEASURE --srv-pid "$BROKER" -- $TXMQ bench "$@" --duration "${SECS}s" 2>/dev/null | grep '^RESULT' | tee -a "$OUT"; }
+
+do_txmq() {
+  (cd "$ROOT" && cargo build --release -q -p txmq-broker -p txmq) || return 1
+  start_broker || return 1
+  log "txmq $($TXMQ status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])') pid=$BROKER"
+  log "loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
+  for r in $(seq "$REPS"); do
+    run send --concurrency 1
+    run send --concurrency 64
+    run txn --concurrency 64
+    $MEASURE --srv-pid "$BROKER" -- $TXMQ bench consume --backlog 100000 2>/dev/null | grep '^RESULT' | tee -a "$OUT"
+    run e2e --concurrency 64
+    run e2e --concurrency 64 --rate "${E2E_RATE:-2000}"
+    run e2e --txn --concurrency 64
+    run e2e --txn --concurrency 64 --rate "${E2E_RATE:-2000}"
+    $MEASURE --srv-pid "$BROKER" -- $TXMQ bench checkback --count 10000 --check-after 6s 2>/dev/null | grep '^RESULT' | tee -a "$OUT"
+  done
+  stop_broker
+}
+
+rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+
+do_restart() { # RESTART_MESSAGES stored, then a graceful restart: time to serving and RSS
+  (cd "$ROOT" && cargo build --release -q -p txmq-broker -p txmq) || return 1
+  local n=${RESTART_MESSAGES:-1000000}
+  start_broker || return 1
+  log "filling $n messages"
+  $TXMQ bench send --count "$n" --concurrency 64 --topic restart > /dev/null 2>&1
+  local full; full=$(rss_mib "$BROKER")
+  local disk; disk=$(du -sm "$DATA" | cut -f1)
+  stop_broker
+  local t0; t0=$(date +%s.%N)
+  start_broker keep || return 1
+  local secs; secs=$(echo "$(date +%s.%N) - $t0" | bc)
+  local stored; stored=$($TXMQ status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"])')
+  echo "RESULT system=txmq scenario=restart-to-serving clients=1 msgs=$stored secs=$secs rate=$(echo "$stored / $secs" | bc) p50_us=- p99_us=- durability=fsync-before-ok extra=rss_mib_after_restart=$(rss_mib "$BROKER"),rss_mib_after_fill=$full,disk_mib=$disk" | tee -a "$OUT"
+  stop_broker
+}
+
+[ $# -eq 0 ] && set -- txmq restart pg rabbit
+do_install() {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql rabbitmq-server nats-server redis-server fio \
+    protobuf-compiler bc python3-venv > /dev/null
+  [ -x "$PEERS_BUILD/venv/bin/python" ] || python3 -m venv "$PEERS_BUILD/venv"
+  "$PEERS_BUILD/venv/bin/pip" install -q "psycopg[binary]"
+  "$PEERS/run.sh" build >&2
+}
+
+for s in "$@"; do
+  case $s in
+    install) do_install ;;
+    txmq) do_txmq ;;
+    restart) do_restart ;;
+    pg|rabbit|nats|redis|fsync|grpc|sled)
+      "$PEERS/run.sh" "$s" > /dev/null ;;
+    *) echo "unknown section $s" >&2; exit 2 ;;
+  esac
+done
+echo "raw results: $OUT" >&2
+python3 "$PEERS/tools/median.py" "$OUT"
+echo
+python3 "$ROOT/bench/targets.py" "$OUT"
