@@ -423,48 +423,118 @@ fn take(h: &Mutex<Histogram<u64>>) -> Histogram<u64> {
     h.lock().map(|mut h| std::mem::replace(&mut *h, histogram())).unwrap_or_else(|_| histogram())
 }
 
-/// Receives up to 32 messages of `topic` for `group` (1 s long poll, 60 s invisible) and acks
-/// each one concurrently, as the official clients do (one ack per call); returns when the
-/// receive answered (microseconds since the epoch) and the messages whose ack succeeded.
-async fn receive_and_ack(client: &Client, group: &str, topic: &str) -> anyhow::Result<(u64, Vec<v2::Message>)> {
-    let req = v2::ReceiveMessageRequest {
-        group: resource(group),
-        message_queue: Some(v2::MessageQueue { topic: resource(topic), ..Default::default() }),
-        filter_expression: Some(v2::FilterExpression { r#type: v2::FilterType::Tag as i32, expression: "*".into() }),
-        batch_size: 32,
-        invisible_duration: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
-        auto_renew: false,
-        long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-        attempt_id: None,
-    };
-    let mut stream = client.clone().receive_message(req).await?.into_inner();
-    let mut acks = tokio::task::JoinSet::new();
-    let mut received_at = micros_now();
-    while let Some(item) = stream.message().await? {
-        let Some(v2::receive_message_response::Content::Message(m)) = item.content else { continue };
-        received_at = micros_now();
-        let sp = m.system_properties.clone().unwrap_or_default();
-        let ack = v2::AckMessageRequest {
-            group: resource(group),
-            topic: resource(topic),
-            entries: vec![v2::AckMessageEntry {
-                message_id: sp.message_id,
-                receipt_handle: sp.receipt_handle.unwrap_or_default(),
-                lite_topic: None,
-            }],
-        };
-        let mut c = client.clone();
-        acks.spawn(
-            async move { matches!(c.ack_message(ack).await, Ok(r) if ok(r.get_ref().status.as_ref())).then_some(m) },
-        );
-    }
-    let mut acked = Vec::new();
-    while let Some(r) = acks.join_next().await {
-        if let Ok(Some(m)) = r {
-            acked.push(m);
+/// Most acks a bench consumer has in flight before it waits for one.
+const MAX_UNACKED: usize = 256;
+
+/// A consumer that keeps receiving while its acks are in flight, as a push consumer does: each
+/// receive asks for up to 32 messages (1 s long poll, 60 s invisible), and every message gets
+/// its own ack call, as the official clients send them. A message counts once its ack succeeded.
+struct AckingConsumer {
+    client: Client,
+    group: String,
+    topic: String,
+    /// Each ack call; a successful one yields when it finished (µs since the epoch).
+    acks: tokio::task::JoinSet<Option<u64>>,
+}
+
+/// Acks that finished successfully, and when the last of them did (µs since the epoch).
+#[derive(Default)]
+struct Acked {
+    count: u64,
+    last: u64,
+}
+
+impl Acked {
+    fn add(&mut self, r: Option<Result<Option<u64>, tokio::task::JoinError>>) {
+        if let Some(Ok(Some(at))) = r {
+            self.count += 1;
+            self.last = self.last.max(at);
         }
     }
-    Ok((received_at, acked))
+
+    /// Adds these acks to the run's totals.
+    fn publish(&self, total: &AtomicU64, last: &AtomicU64) {
+        if self.count > 0 {
+            total.fetch_add(self.count, Ordering::Relaxed);
+            last.fetch_max(self.last, Ordering::Relaxed);
+        }
+    }
+}
+
+impl AckingConsumer {
+    fn new(client: Client, group: &str, topic: &str) -> Self {
+        Self { client, group: group.to_string(), topic: topic.to_string(), acks: tokio::task::JoinSet::new() }
+    }
+
+    /// One receive; starts the acks of what it got. Returns when it answered (µs since the
+    /// epoch) and the messages.
+    async fn receive(&mut self) -> anyhow::Result<(u64, Vec<v2::Message>)> {
+        let req = v2::ReceiveMessageRequest {
+            group: resource(&self.group),
+            message_queue: Some(v2::MessageQueue { topic: resource(&self.topic), ..Default::default() }),
+            filter_expression: Some(v2::FilterExpression {
+                r#type: v2::FilterType::Tag as i32,
+                expression: "*".into(),
+            }),
+            batch_size: 32,
+            invisible_duration: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+            auto_renew: false,
+            long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+            attempt_id: None,
+        };
+        let mut stream = self.client.clone().receive_message(req).await?.into_inner();
+        let mut received_at = micros_now();
+        let mut messages = Vec::new();
+        while let Some(item) = stream.message().await? {
+            if let Some(v2::receive_message_response::Content::Message(m)) = item.content {
+                received_at = micros_now();
+                messages.push(m);
+            }
+        }
+        for m in &messages {
+            let sp = m.system_properties.clone().unwrap_or_default();
+            let ack = v2::AckMessageRequest {
+                group: resource(&self.group),
+                topic: resource(&self.topic),
+                entries: vec![v2::AckMessageEntry {
+                    message_id: sp.message_id,
+                    receipt_handle: sp.receipt_handle.unwrap_or_default(),
+                    lite_topic: None,
+                }],
+            };
+            let mut c = self.client.clone();
+            self.acks.spawn(async move {
+                matches!(c.ack_message(ack).await, Ok(r) if ok(r.get_ref().status.as_ref())).then(micros_now)
+            });
+        }
+        Ok((received_at, messages))
+    }
+
+    /// Successful acks finished so far; waits for one first when too many are in flight.
+    async fn reap(&mut self) -> Acked {
+        let mut acked = Acked::default();
+        if self.acks.len() >= MAX_UNACKED {
+            acked.add(self.acks.join_next().await);
+        }
+        while let Some(r) = self.acks.try_join_next() {
+            acked.add(Some(r));
+        }
+        acked
+    }
+
+    /// Acks still in flight.
+    fn unacked(&self) -> u64 {
+        self.acks.len() as u64
+    }
+
+    /// Waits for every ack; returns the successful ones.
+    async fn finish(&mut self) -> Acked {
+        let mut acked = Acked::default();
+        while let Some(r) = self.acks.join_next().await {
+            acked.add(Some(r));
+        }
+        acked
+    }
 }
 
 /// Fills a fresh topic with `backlog` messages (batched sends), then measures receive + ack.
@@ -510,16 +580,18 @@ async fn consume(broker: &str, args: &ConsumeArgs) -> anyhow::Result<Report> {
         let (client, done, topic, group, backlog, latency) =
             (client.clone(), done.clone(), topic.clone(), group.clone(), args.backlog, latency.clone());
         consumers.push(tokio::spawn(async move {
+            let mut consumer = AckingConsumer::new(client, &group, &topic);
             let mut idle = 0;
-            while done.load(Ordering::Relaxed) < backlog && idle < 5 {
+            while done.load(Ordering::Relaxed) + consumer.unacked() < backlog && idle < 5 {
                 let t = Instant::now();
-                let acked = receive_and_ack(&client, &group, &topic).await?.1.len() as u64;
-                if acked > 0 {
+                let got = consumer.receive().await?.1.len();
+                if got > 0 {
                     record(&latency, t.elapsed().as_micros() as u64);
                 }
-                idle = if acked == 0 { idle + 1 } else { 0 };
-                done.fetch_add(acked, Ordering::Relaxed);
+                idle = if got == 0 { idle + 1 } else { 0 };
+                done.fetch_add(consumer.reap().await.count, Ordering::Relaxed);
             }
+            done.fetch_add(consumer.finish().await.count, Ordering::Relaxed);
             Ok::<_, anyhow::Error>(())
         }));
     }
@@ -574,7 +646,7 @@ async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
     );
-    let last_receipt = Arc::new(AtomicU64::new(0));
+    let (last_receipt, warm_ups) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let limit = load.count.unwrap_or(u64::MAX);
     let started = Instant::now();
     let started_us = micros_now();
@@ -627,22 +699,26 @@ async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
             commits.clone(),
             last_receipt.clone(),
         );
+        let warm_ups = warm_ups.clone();
         consumers.push(tokio::spawn(async move {
+            let mut consumer = AckingConsumer::new(client, &group, &topic);
             let mut quiet_since: Option<Instant> = None;
             loop {
+                consumer.reap().await.publish(&received, &last_receipt);
                 if done.load(Ordering::Relaxed) {
-                    if received.load(Ordering::Relaxed) >= sent.load(Ordering::Relaxed) {
+                    // A message that does not arrive within 5 s of the end is reported missing.
+                    let quiet = quiet_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(5);
+                    let expected = sent.load(Ordering::Relaxed) + warm_ups.load(Ordering::Relaxed);
+                    if quiet || received.load(Ordering::Relaxed) + consumer.unacked() >= expected {
+                        consumer.finish().await.publish(&received, &last_receipt);
                         return Ok::<_, anyhow::Error>(());
                     }
-                    // A message that does not arrive within 5 s of the end is reported missing.
-                    if quiet_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(5) {
-                        return Ok(());
-                    }
                 }
-                let (now, messages) = receive_and_ack(&client, &group, &topic).await?;
+                let (now, messages) = consumer.receive().await?;
                 let mut got = 0;
                 for m in messages {
                     if m.body == b"warm-up" {
+                        warm_ups.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     record(&latency, now.saturating_sub(stamp(&m.body).unwrap_or(now)));
@@ -657,8 +733,6 @@ async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
                     got += 1;
                 }
                 if got > 0 {
-                    received.fetch_add(got, Ordering::Relaxed);
-                    last_receipt.fetch_max(now, Ordering::Relaxed);
                     quiet_since = None;
                 }
             }
@@ -673,7 +747,8 @@ async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
     }
     drop(progress);
     let after = admin::fetch_status(&mut admin).await?;
-    let messages = received.load(Ordering::Relaxed);
+    // The warm-up message is received and acked too, but is not part of the run.
+    let messages = received.load(Ordering::Relaxed).saturating_sub(warm_ups.load(Ordering::Relaxed));
     let missing = sent.load(Ordering::Relaxed).saturating_sub(messages);
     if missing > 0 {
         eprintln!("{missing} acknowledged sends were not received within 5 s of the end");
