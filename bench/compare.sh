@@ -46,6 +46,11 @@ do_txmq() {
     run e2e --concurrency 64 --rate "${E2E_RATE:-2000}"
     run e2e --txn --concurrency 64
     run e2e --txn --concurrency 64 --rate "${E2E_RATE:-2000}"
+    # The same with one AckMessage call per receive (the protocol allows it; the official
+    # clients send one per message).
+    $MEASURE --srv-pid "$BROKER" -- $TXMQ bench consume --backlog 100000 --ack-batch 2>/dev/null | grep '^RESULT' | tee -a "$OUT"
+    run e2e --concurrency 64 --ack-batch
+    run e2e --txn --concurrency 64 --ack-batch
     $MEASURE --srv-pid "$BROKER" -- $TXMQ bench checkback --count 10000 --check-after 6s 2>/dev/null | grep '^RESULT' | tee -a "$OUT"
   done
   stop_broker
@@ -64,7 +69,7 @@ do_restart() { # RESTART_MESSAGES stored, then a graceful restart: time to servi
   stop_broker
   local t0; t0=$(date +%s.%N)
   start_broker keep || return 1
-  local secs; secs=$(echo "$(date +%s.%N) - $t0" | bc)
+  local secs; secs=$(printf '%.3f' "$(echo "$(date +%s.%N) - $t0" | bc)")
   local stored; stored=$($TXMQ status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"])')
   echo "RESULT system=txmq scenario=restart-to-serving clients=1 msgs=$stored secs=$secs rate=$(echo "$stored / $secs" | bc) p50_us=- p99_us=- durability=fsync-before-ok extra=rss_mib_after_restart=$(rss_mib "$BROKER"),rss_mib_after_fill=$full,disk_mib=$disk" | tee -a "$OUT"
   stop_broker

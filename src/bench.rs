@@ -64,6 +64,10 @@ pub struct E2eArgs {
     /// Concurrent consumers (each receives up to 32 and acks them concurrently).
     #[arg(long, default_value_t = 4)]
     pub consumers: usize,
+    /// Ack each receive's messages with one AckMessage call (the protocol allows several
+    /// entries; the official clients send one per message).
+    #[arg(long)]
+    pub ack_batch: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -77,6 +81,9 @@ pub struct ConsumeArgs {
     /// Body size in bytes.
     #[arg(long, default_value_t = 256)]
     pub size: usize,
+    /// Ack each receive's messages with one AckMessage call.
+    #[arg(long)]
+    pub ack_batch: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -433,8 +440,13 @@ struct AckingConsumer {
     client: Client,
     group: String,
     topic: String,
-    /// Each ack call; a successful one yields when it finished (µs since the epoch).
-    acks: tokio::task::JoinSet<Option<u64>>,
+    /// Each ack call: how many of its entries succeeded, and when it finished (µs since the
+    /// epoch).
+    acks: tokio::task::JoinSet<(u64, u64, u64)>,
+    /// Messages whose ack call has not answered yet.
+    unacked: u64,
+    /// One ack call per receive instead of one per message.
+    batch: bool,
 }
 
 /// Acks that finished successfully, and when the last of them did (µs since the epoch).
@@ -445,10 +457,17 @@ struct Acked {
 }
 
 impl Acked {
-    fn add(&mut self, r: Option<Result<Option<u64>, tokio::task::JoinError>>) {
-        if let Some(Ok(Some(at))) = r {
-            self.count += 1;
-            self.last = self.last.max(at);
+    /// Counts one finished ack call; returns how many messages it carried.
+    fn add(&mut self, r: Option<Result<(u64, u64, u64), tokio::task::JoinError>>) -> u64 {
+        match r {
+            Some(Ok((sent, acked, at))) => {
+                if acked > 0 {
+                    self.count += acked;
+                    self.last = self.last.max(at);
+                }
+                sent
+            }
+            _ => 0,
         }
     }
 
@@ -462,8 +481,9 @@ impl Acked {
 }
 
 impl AckingConsumer {
-    fn new(client: Client, group: &str, topic: &str) -> Self {
-        Self { client, group: group.to_string(), topic: topic.to_string(), acks: tokio::task::JoinSet::new() }
+    fn new(client: Client, group: &str, topic: &str, batch: bool) -> Self {
+        let acks = tokio::task::JoinSet::new();
+        Self { client, group: group.to_string(), topic: topic.to_string(), acks, unacked: 0, batch }
     }
 
     /// One receive; starts the acks of what it got. Returns when it answered (µs since the
@@ -491,20 +511,33 @@ impl AckingConsumer {
                 messages.push(m);
             }
         }
-        for m in &messages {
-            let sp = m.system_properties.clone().unwrap_or_default();
-            let ack = v2::AckMessageRequest {
-                group: resource(&self.group),
-                topic: resource(&self.topic),
-                entries: vec![v2::AckMessageEntry {
+        let entries: Vec<v2::AckMessageEntry> = messages
+            .iter()
+            .map(|m| {
+                let sp = m.system_properties.clone().unwrap_or_default();
+                v2::AckMessageEntry {
                     message_id: sp.message_id,
                     receipt_handle: sp.receipt_handle.unwrap_or_default(),
                     lite_topic: None,
-                }],
-            };
+                }
+            })
+            .collect();
+        let calls: Vec<Vec<v2::AckMessageEntry>> = if self.batch {
+            vec![entries].into_iter().filter(|e| !e.is_empty()).collect()
+        } else {
+            entries.into_iter().map(|e| vec![e]).collect()
+        };
+        for entries in calls {
+            self.unacked += entries.len() as u64;
+            let ack = v2::AckMessageRequest { group: resource(&self.group), topic: resource(&self.topic), entries };
             let mut c = self.client.clone();
             self.acks.spawn(async move {
-                matches!(c.ack_message(ack).await, Ok(r) if ok(r.get_ref().status.as_ref())).then(micros_now)
+                let sent = ack.entries.len() as u64;
+                let acked = match c.ack_message(ack).await {
+                    Ok(r) => r.get_ref().entries.iter().filter(|e| ok(e.status.as_ref())).count() as u64,
+                    Err(_) => 0,
+                };
+                (sent, acked, micros_now())
             });
         }
         Ok((received_at, messages))
@@ -514,24 +547,24 @@ impl AckingConsumer {
     async fn reap(&mut self) -> Acked {
         let mut acked = Acked::default();
         if self.acks.len() >= MAX_UNACKED {
-            acked.add(self.acks.join_next().await);
+            self.unacked -= acked.add(self.acks.join_next().await);
         }
         while let Some(r) = self.acks.try_join_next() {
-            acked.add(Some(r));
+            self.unacked -= acked.add(Some(r));
         }
         acked
     }
 
     /// Acks still in flight.
     fn unacked(&self) -> u64 {
-        self.acks.len() as u64
+        self.unacked
     }
 
     /// Waits for every ack; returns the successful ones.
     async fn finish(&mut self) -> Acked {
         let mut acked = Acked::default();
         while let Some(r) = self.acks.join_next().await {
-            acked.add(Some(r));
+            self.unacked -= acked.add(Some(r));
         }
         acked
     }
@@ -576,11 +609,12 @@ async fn consume(broker: &str, args: &ConsumeArgs) -> anyhow::Result<Report> {
     let started = Instant::now();
     let progress = Progress::start("received and acked", done.clone());
     let mut consumers = Vec::new();
+    let ack_batch = args.ack_batch;
     for _ in 0..args.consumers.max(1) {
         let (client, done, topic, group, backlog, latency) =
             (client.clone(), done.clone(), topic.clone(), group.clone(), args.backlog, latency.clone());
         consumers.push(tokio::spawn(async move {
-            let mut consumer = AckingConsumer::new(client, &group, &topic);
+            let mut consumer = AckingConsumer::new(client, &group, &topic, ack_batch);
             let mut idle = 0;
             while done.load(Ordering::Relaxed) + consumer.unacked() < backlog && idle < 5 {
                 let t = Instant::now();
@@ -604,10 +638,15 @@ async fn consume(broker: &str, args: &ConsumeArgs) -> anyhow::Result<Report> {
     let messages = done.load(Ordering::Relaxed);
     let run = Run {
         scenario: format!(
-            "consume (receive 32 + ack each, backlog {}; latency of one receive + its acks)",
+            "consume (receive 32 + {}, backlog {}; latency of one receive)",
+            if args.ack_batch { "one ack call for them" } else { "one ack call each" },
             args.backlog
         ),
-        result_name: format!("consume-receive32+ack-each-{}B", args.size),
+        result_name: format!(
+            "consume-receive32+ack-{}-{}B",
+            if args.ack_batch { "batched" } else { "each" },
+            args.size
+        ),
         concurrency: args.consumers,
         size: args.size,
         messages,
@@ -685,6 +724,7 @@ async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
         }));
     }
     let producing_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ack_batch = args.ack_batch;
     let mut consumers = Vec::new();
     for _ in 0..args.consumers.max(1) {
         let (client, received, latency, commit_latency, topic, group, sent, done, commits, last_receipt) = (
@@ -701,7 +741,7 @@ async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
         );
         let warm_ups = warm_ups.clone();
         consumers.push(tokio::spawn(async move {
-            let mut consumer = AckingConsumer::new(client, &group, &topic);
+            let mut consumer = AckingConsumer::new(client, &group, &topic, ack_batch);
             let mut quiet_since: Option<Instant> = None;
             loop {
                 consumer.reap().await.publish(&received, &last_receipt);
@@ -761,11 +801,12 @@ async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
             if args.txn { "txn" } else { "normal" },
             if args.rate > 0 { format!(", paced at {}/s", args.rate) } else { String::new() }
         ),
-        result_name: if args.txn {
-            format!("e2e-txn-half+commit+receive+ack-{}B{paced}", load.size)
-        } else {
-            format!("e2e-send+receive+ack-{}B{paced}", load.size)
-        },
+        result_name: format!(
+            "e2e-{}+receive+ack{}-{}B{paced}",
+            if args.txn { "txn-half+commit" } else { "send" },
+            if args.ack_batch { "-batched" } else { "" },
+            load.size
+        ),
         concurrency: load.concurrency,
         size: load.size,
         messages,

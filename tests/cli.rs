@@ -226,6 +226,12 @@ async fn bench_scenarios_report_what_they_measured() {
 
     let consume = json(&addr, &["bench", "consume", "--backlog", "300", "--consumers", "2"]).await;
     assert_eq!((messages(&consume), consume["errors"].as_u64()), (300, Some(0)), "{consume}");
+    // One AckMessage call per receive: every entry is counted, none twice.
+    let batched = json(&addr, &["bench", "consume", "--backlog", "300", "--consumers", "2", "--ack-batch"]).await;
+    assert_eq!((messages(&batched), batched["errors"].as_u64()), (300, Some(0)), "{batched}");
+    assert_eq!(batched["result_name"], "consume-receive32+ack-batched-256B");
+    let e2e = json(&addr, &["bench", "e2e", "--txn", "--count", "100", "--concurrency", "8", "--ack-batch"]).await;
+    assert_eq!((messages(&e2e), e2e["errors"].as_u64()), (100, Some(0)), "{e2e}");
 
     let check =
         json(&addr, &["bench", "checkback", "--count", "50", "--concurrency", "8", "--check-after", "1s"]).await;
