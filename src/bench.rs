@@ -430,8 +430,10 @@ fn take(h: &Mutex<Histogram<u64>>) -> Histogram<u64> {
     h.lock().map(|mut h| std::mem::replace(&mut *h, histogram())).unwrap_or_else(|_| histogram())
 }
 
-/// Most acks a bench consumer has in flight before it waits for one.
-const MAX_UNACKED: usize = 256;
+/// Most ack calls a bench consumer has in flight before it waits for one. Four consumers stay
+/// well under the broker's per-client limit (`--max-inflight-per-client`, 1,024), beyond
+/// which calls are answered "too many requests".
+const MAX_UNACKED: usize = 128;
 
 /// A consumer that keeps receiving while its acks are in flight, as a push consumer does: each
 /// receive asks for up to 32 messages (1 s long poll, 60 s invisible), and every message gets
