@@ -431,8 +431,8 @@ fn take(h: &Mutex<Histogram<u64>>) -> Histogram<u64> {
 }
 
 /// Most ack calls a bench consumer has in flight before it waits for one. Four consumers stay
-/// well under the broker's per-client limit (`--max-inflight-per-client`, 1,024), beyond
-/// which calls are answered "too many requests".
+/// well under the broker's limit of 1,024 requests in progress per client, beyond which calls
+/// are answered "too many requests".
 const MAX_UNACKED: usize = 128;
 
 /// A consumer that keeps receiving while its acks are in flight, as a push consumer does: each
