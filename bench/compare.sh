@@ -81,8 +81,8 @@ do_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql rabbitmq-server nats-server redis-server fio \
     protobuf-compiler bc python3-venv > /dev/null
   [ -x "$PEERS_BUILD/venv/bin/python" ] || python3 -m venv "$PEERS_BUILD/venv"
-  "$PEERS_BUILD/venv/bin/pip" install -q "psycopg[binary]"
-  "$PEERS/run.sh" build >&2
+  "$PEERS_BUILD/venv/bin/python" -m pip install -q "psycopg[binary]"
+  OUT=/dev/null "$PEERS/run.sh" build > /dev/null
 }
 
 for s in "$@"; do
@@ -95,6 +95,7 @@ for s in "$@"; do
     *) echo "unknown section $s" >&2; exit 2 ;;
   esac
 done
+grep -q '^RESULT' "$OUT" 2>/dev/null || exit 0
 echo "raw results: $OUT" >&2
 python3 "$PEERS/tools/median.py" "$OUT"
 echo
