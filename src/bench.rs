@@ -100,12 +100,9 @@ pub struct LoadArgs {
     /// Body size in bytes.
     #[arg(long, default_value_t = 256)]
     pub size: usize,
-    /// Topic to use (created on first use).
+    /// Topic for `send` and `txn` (created on first use); `e2e` uses a fresh topic each run.
     #[arg(long, default_value = "bench")]
     pub topic: String,
-    /// HTTP/2 connections the requests are spread over (the official clients use one).
-    #[arg(long, default_value_t = 1)]
-    pub connections: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -356,11 +353,7 @@ async fn load(broker: &str, args: &LoadArgs, scenario: Scenario) -> anyhow::Resu
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let mut clients = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        clients.push(connect(broker).await?);
-    }
-    let client = clients[0].clone();
+    let client = connect(broker).await?;
     let mut admin = admin::connect(broker).await?;
     // Warm up: creates the topic so that its creation is not measured.
     let run_id = micros_now();
@@ -378,9 +371,9 @@ async fn load(broker: &str, args: &LoadArgs, scenario: Scenario) -> anyhow::Resu
     let deadline = if args.count.is_some() { None } else { Some(started + args.duration) };
     let progress = Progress::start("acked", done.clone());
     let mut tasks = Vec::new();
-    for task in 0..args.concurrency {
+    for _ in 0..args.concurrency {
         let (mut client, latency, next, done, errors) =
-            (clients[task % clients.len()].clone(), latency.clone(), next.clone(), done.clone(), errors.clone());
+            (client.clone(), latency.clone(), next.clone(), done.clone(), errors.clone());
         let (topic, body) = (args.topic.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let mut local = histogram();
@@ -704,10 +697,13 @@ async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
         producers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= limit {
+                    break;
+                }
                 if rate > 0 {
                     tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate as f64)).into()).await;
                 }
-                if i >= limit || deadline.is_some_and(|d| Instant::now() >= d) {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
                 // The body starts with the send time, so the consumer can measure latency.
