@@ -199,7 +199,11 @@ async fn dead_letters_can_be_listed_and_resent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_scenarios_report_what_they_measured() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(txn_config(dir.path())).await;
+    let mut config = txn_config(dir.path());
+    // The broker would not check a transaction for an hour: `bench checkback` finishes only if
+    // the 1 s it sets on each half message (`with_check_after`) reaches the broker.
+    config.txn_timeout = Duration::from_secs(3600);
+    let broker = start(config).await;
     let addr = broker.access_point();
     let messages = |s: &serde_json::Value| s["messages"].as_u64().unwrap();
 

@@ -83,7 +83,7 @@ impl Message {
     }
 
     /// For a transactional message: how long the broker waits for the commit or rollback
-    /// before its first check-back (instead of the broker's `--txn-check-immunity`).
+    /// before its first check-back (instead of the broker's `--txn-timeout`).
     pub fn with_check_after(mut self, wait: Duration) -> Self {
         self.check_after = Some(wait);
         self
