@@ -45,6 +45,8 @@ pub struct MessageView {
     body_preview: String,
     producer: String,
     origin_topic: String,
+    /// Dead letters: when an operator last resent it (0: never).
+    resent_at_ms: i64,
 }
 
 impl From<pb::StoredMessage> for MessageView {
@@ -67,6 +69,7 @@ impl From<pb::StoredMessage> for MessageView {
             body_preview: m.body_preview,
             producer: m.producer,
             origin_topic: m.origin_topic,
+            resent_at_ms: m.resent_at_ms,
         }
     }
 }
@@ -84,10 +87,11 @@ pub fn render_messages(ms: &[MessageView]) -> String {
                 time(m.stored_at_ms),
                 m.body_size.to_string(),
                 if m.origin_topic.is_empty() { "-".into() } else { m.origin_topic.clone() },
+                if m.resent_at_ms == 0 { "-".into() } else { time(m.resent_at_ms) },
             ]
         })
         .collect();
-    table(&["MESSAGE-ID", "TOPIC", "QUEUE:OFFSET", "TAG", "STORED", "BYTES", "ORIGIN"], &rows)
+    table(&["MESSAGE-ID", "TOPIC", "QUEUE:OFFSET", "TAG", "STORED", "BYTES", "ORIGIN", "RESENT"], &rows)
 }
 
 fn render_one(m: &MessageView) -> String {

@@ -118,6 +118,11 @@ impl Broker {
         if !dead_letter && topics::is_reserved(name) {
             return Err(BrokerError::IllegalTopic(format!("{name} is a reserved system topic name")));
         }
+        // A dead-letter topic exists only for a real group: a route request for any `%DLQ%…`
+        // name must not create durable state.
+        if dead_letter && self.groups.group(&name[topics::DLQ_PREFIX.len()..]).is_none() {
+            return Err(BrokerError::TopicNotFound(name.to_string()));
+        }
         if !self.config.auto_create_topics && !dead_letter {
             return Err(BrokerError::TopicNotFound(name.to_string()));
         }
@@ -131,7 +136,15 @@ impl Broker {
         self.store_topic(record).await
     }
 
+    /// Stores a new topic; the caller holds the creation lock and checked it is new.
     async fn store_topic(&self, record: TopicRecord) -> Result<Arc<TopicRecord>> {
+        let max = self.config.max_topics;
+        if self.topics.len() >= max {
+            return Err(BrokerError::QuotaExceeded(format!(
+                "{max} topics exist (max-topics); {} was not created",
+                record.name
+            )));
+        }
         let mut batch = Batch::new();
         batch.put(&Key::Topic(record.name.clone()), record.encode());
         self.committer.commit(batch).await?;

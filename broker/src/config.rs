@@ -86,6 +86,16 @@ pub struct Config {
     /// Message bytes being stored at once (all senders); sends beyond it get
     /// TOO_MANY_REQUESTS, which bounds memory under a flood.
     pub max_inflight_bytes: usize,
+    /// Topics at most (dead-letter topics included); creating more is refused (FORBIDDEN).
+    pub max_topics: usize,
+    /// Consumer groups at most; a receive that would create one more is refused (FORBIDDEN).
+    pub max_groups: usize,
+    /// How long a check-back may go unanswered before its stream counts as silent and the
+    /// next check goes to another producer.
+    pub txn_check_timeout: Duration,
+    /// How long a pending transaction may find no producer to check with before the
+    /// max-checks policy applies to it.
+    pub txn_unreachable_max_age: Duration,
 }
 
 impl Default for Config {
@@ -115,6 +125,10 @@ impl Default for Config {
             max_connections: 10_000,
             max_inflight_per_client: 1024,
             max_inflight_bytes: 256 * 1024 * 1024,
+            max_topics: 10_000,
+            max_groups: 10_000,
+            txn_check_timeout: Duration::from_secs(10),
+            txn_unreachable_max_age: Duration::from_secs(3600),
         }
     }
 }
@@ -191,6 +205,20 @@ pub struct Args {
     /// Most open client connections [default: 10000].
     #[arg(long, env = "TXMQ_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Most topics, dead-letter topics included [default: 10000].
+    #[arg(long, env = "TXMQ_MAX_TOPICS")]
+    pub max_topics: Option<usize>,
+    /// Most consumer groups [default: 10000].
+    #[arg(long, env = "TXMQ_MAX_GROUPS")]
+    pub max_groups: Option<usize>,
+    /// A check-back unanswered this long marks its stream silent; the next check goes to
+    /// another producer [default: 10s].
+    #[arg(long, env = "TXMQ_TXN_CHECK_TIMEOUT")]
+    pub txn_check_timeout: Option<HumanDuration>,
+    /// A pending transaction with no reachable producer for this long gets the max-checks
+    /// policy [default: 1h].
+    #[arg(long, env = "TXMQ_TXN_UNREACHABLE_MAX_AGE")]
+    pub txn_unreachable_max_age: Option<HumanDuration>,
 }
 
 /// The TOML file: the same keys as the flags, all optional.
@@ -215,6 +243,10 @@ struct FileConfig {
     txn_retention: Option<HumanDuration>,
     metrics_listen: Option<SocketAddr>,
     max_connections: Option<usize>,
+    max_topics: Option<usize>,
+    max_groups: Option<usize>,
+    txn_check_timeout: Option<HumanDuration>,
+    txn_unreachable_max_age: Option<HumanDuration>,
 }
 
 impl Args {
@@ -274,6 +306,18 @@ impl Args {
             max_connections: self.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
             max_inflight_per_client: d.max_inflight_per_client,
             max_inflight_bytes: d.max_inflight_bytes,
+            max_topics: self.max_topics.or(file.max_topics).unwrap_or(d.max_topics),
+            max_groups: self.max_groups.or(file.max_groups).unwrap_or(d.max_groups),
+            txn_check_timeout: self
+                .txn_check_timeout
+                .or(file.txn_check_timeout)
+                .map(|h| h.0)
+                .unwrap_or(d.txn_check_timeout),
+            txn_unreachable_max_age: self
+                .txn_unreachable_max_age
+                .or(file.txn_unreachable_max_age)
+                .map(|h| h.0)
+                .unwrap_or(d.txn_unreachable_max_age),
         };
         config.validate()?;
         Ok(config)
@@ -295,6 +339,12 @@ impl Config {
         }
         if self.txn_check_interval.is_zero() {
             return Err("txn-check-interval must be positive".into());
+        }
+        if self.txn_check_timeout.is_zero() {
+            return Err("txn-check-timeout must be positive".into());
+        }
+        if self.max_topics == 0 || self.max_groups == 0 {
+            return Err("max-topics and max-groups must be at least 1".into());
         }
         if self.max_delivery_attempts == 0 {
             return Err("max-delivery-attempts must be at least 1".into());

@@ -58,6 +58,9 @@ pub enum BrokerError {
     /// A bound was hit (connections, in-flight work, long polls).
     #[error("too many requests: {0}")]
     TooManyRequests(String),
+    /// A configured quota (topics, groups) is full; nothing was created.
+    #[error("limit reached: {0}")]
+    QuotaExceeded(String),
     /// The store refuses writes (failed flush) or failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -113,7 +113,7 @@ impl MessageLog {
         // Refuse a request that names one id twice before any offset is handed out (a refusal
         // later would leave a hole in the queue).
         let mut ids = std::collections::HashSet::with_capacity(messages.len());
-        if let Some(dup) = messages.iter().find(|m| !ids.insert(m.message_id.as_str())) {
+        if let Some(dup) = messages.iter().find(|m| !ids.insert(m.index_id())) {
             return Err(BrokerError::IllegalMessageId(format!(
                 "message id {} appears twice in one request",
                 dup.message_id
@@ -132,7 +132,7 @@ impl MessageLog {
             let mut first_fresh: Option<(u32, u64)> = None;
             let placed = (|| -> Result<()> {
                 for msg in messages {
-                    let id_key = (topic.to_string(), msg.message_id.clone());
+                    let id_key = (topic.to_string(), msg.index_id().into_owned());
                     if let Some(found) = self.find_id(&inner, &id_key)? {
                         waits.push(found);
                         placements.push(Placement { queue: found.0, offset: found.1, duplicate: true });
@@ -156,7 +156,7 @@ impl MessageLog {
                         producer: producer.to_string(),
                     };
                     write_message(&mut batch, &stored)?;
-                    fresh.push((stored.msg.message_id.clone(), queue, offset));
+                    fresh.push((stored.msg.index_id().into_owned(), queue, offset));
                     placements.push(Placement { queue, offset, duplicate: false });
                 }
                 Ok(())
@@ -266,12 +266,15 @@ impl MessageLog {
             if let Some(bytes) = chunks::get(self.store.as_ref(), &prefix)? {
                 let m = StoredMessage::decode(&bytes)
                     .map_err(|e| StoreError::Corrupt { key: first, detail: e.to_string() })?;
-                for key in m.msg.keys {
-                    batch.delete(&Key::MessageKey { topic: topic.into(), key, queue, offset: next_min });
+                for key in &m.msg.keys {
+                    batch.delete(&Key::MessageKey { topic: topic.into(), key: key.clone(), queue, offset: next_min });
                 }
-                batch.delete(&Key::MessageId { topic: topic.into(), message_id: m.msg.message_id });
+                batch.delete(&Key::MessageId { topic: topic.into(), message_id: m.msg.index_id().into_owned() });
             }
             chunks::delete(self.store.as_ref(), &mut batch, &prefix)?;
+            if topic.starts_with(crate::topics::DLQ_PREFIX) {
+                batch.delete(&Key::DeadLetterResent { topic: topic.into(), queue, offset: next_min });
+            }
             next_min += 1;
         }
         let deleted = (next_min - offsets.min) as usize;
@@ -362,7 +365,7 @@ pub fn write_message(batch: &mut Batch, m: &StoredMessage) -> Result<()> {
     }
     let mut loc = crate::codec::Encoder::new();
     loc.u32(m.queue).u64(m.offset);
-    batch.put(&Key::MessageId { topic: topic.clone(), message_id: m.msg.message_id.clone() }, loc.finish());
+    batch.put(&Key::MessageId { topic: topic.clone(), message_id: m.msg.index_id().into_owned() }, loc.finish());
     Ok(())
 }
 

@@ -91,6 +91,7 @@ pub struct Metrics {
     pub messages_out: Counter,
     pub acks: Counter,
     pub dead_letters: Counter,
+    pub dead_letter_failures: Counter,
     pub checks_sent: Counter,
     pub check_answers: Counter,
     pub txn_decisions: Counter,
@@ -107,6 +108,7 @@ impl Default for Metrics {
             messages_out: Counter::default(),
             acks: Counter::default(),
             dead_letters: Counter::default(),
+            dead_letter_failures: Counter::default(),
             checks_sent: Counter::default(),
             check_answers: Counter::default(),
             txn_decisions: Counter::default(),
@@ -159,6 +161,13 @@ impl Metrics {
         self.acks.render(&mut out, "txmq_acks_total", &["group", "topic"]);
         family(&mut out, "txmq_dead_letters_total", "counter", "Messages moved to a dead-letter topic, by group.");
         self.dead_letters.render(&mut out, "txmq_dead_letters_total", &["group"]);
+        family(
+            &mut out,
+            "txmq_dead_letter_failures_total",
+            "counter",
+            "Dead-letter moves that failed (retried), by group.",
+        );
+        self.dead_letter_failures.render(&mut out, "txmq_dead_letter_failures_total", &["group"]);
         family(&mut out, "txmq_transaction_checks_total", "counter", "Check-backs written to a live producer stream.");
         self.checks_sent.render(&mut out, "txmq_transaction_checks_total", &["topic"]);
         family(&mut out, "txmq_transaction_check_answers_total", "counter", "Check-back answers, by answer.");

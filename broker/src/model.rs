@@ -178,6 +178,24 @@ pub struct NewMessage {
     pub body: Vec<u8>,
 }
 
+impl NewMessage {
+    /// The id the topic's id index (idempotent appends, lookups) files this message under: the
+    /// message id, except for a dead-lettered copy, whose id is only unique together with the
+    /// topic it came from (one group may dead-letter two topics' messages with the same id).
+    pub fn index_id(&self) -> std::borrow::Cow<'_, str> {
+        match &self.origin_topic {
+            Some(origin) => dead_letter_index_id(&self.message_id, origin).into(),
+            None => self.message_id.as_str().into(),
+        }
+    }
+}
+
+/// The index id of the dead-lettered copy of message `message_id` of `origin_topic`. Topic
+/// names never contain `@`, so the split is unambiguous.
+pub fn dead_letter_index_id(message_id: &str, origin_topic: &str) -> String {
+    format!("{message_id}@{origin_topic}")
+}
+
 /// A stored message: the producer's message plus where and when the broker stored it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {

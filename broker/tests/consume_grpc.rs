@@ -3,6 +3,8 @@
 //! QueryAssignment, filter and handle errors; and `--new-group-start latest`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 use tonic::transport::Channel;
 use txmq_broker::config::Config;
@@ -183,5 +185,327 @@ async fn a_latest_group_skips_what_came_before_it() {
         got.iter().map(|m| m.system_properties.as_ref().unwrap().message_id.as_str()).collect::<Vec<_>>(),
         ["after"]
     );
+    broker.stop().await.unwrap();
+}
+
+fn as_client<T>(client_id: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("x-mq-client-id", client_id.parse().unwrap());
+    r
+}
+
+/// A receive as the Python push consumer makes it: `auto_renew` on, as client `client_id`.
+async fn receive_auto_renewed(c: &mut Client, client_id: &str, group: &str, topic: &str) -> Vec<v2::Message> {
+    let req = v2::ReceiveMessageRequest {
+        group: res(group),
+        message_queue: Some(v2::MessageQueue { topic: res(topic), ..Default::default() }),
+        filter_expression: Some(all()),
+        batch_size: 16,
+        invisible_duration: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+        auto_renew: true,
+        long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+        attempt_id: None,
+    };
+    let mut stream = c.receive_message(as_client(client_id, req)).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Some(item) = stream.message().await.unwrap() {
+        if let Some(v2::receive_message_response::Content::Message(m)) = item.content {
+            out.push(m);
+        }
+    }
+    out
+}
+
+fn forward_req(group: &str, topic: &str, handle: String, id: &str) -> v2::ForwardMessageToDeadLetterQueueRequest {
+    v2::ForwardMessageToDeadLetterQueueRequest {
+        group: res(group),
+        topic: res(topic),
+        receipt_handle: handle,
+        message_id: id.into(),
+        delivery_attempt: 1,
+        max_delivery_attempts: 16,
+        lite_topic: None,
+    }
+}
+
+/// Finding 1: the Python push consumer receives with `auto_renew` and nacks a failed message
+/// with ChangeInvisibleDuration(backoff); the message must come back after the backoff, not
+/// be renewed for hours because its consumer is still alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_auto_renewed_delivery_comes_back_after_its_backoff() {
+    let (broker, mut c, _dir) = start(|_| {}).await;
+    send(&mut c, "jobs", "n1").await;
+    let got = receive_auto_renewed(&mut c, "push-1", "g", "jobs").await;
+    assert_eq!(got.len(), 1);
+    let nack = v2::ChangeInvisibleDurationRequest {
+        group: res("g"),
+        topic: res("jobs"),
+        receipt_handle: handle(&got[0]),
+        invisible_duration: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+        message_id: "n1".into(),
+        lite_topic: None,
+        suspend: None,
+    };
+    let r = c.change_invisible_duration(as_client("push-1", nack)).await.unwrap().into_inner();
+    assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
+    // The consumer stays alive (heartbeats) while its backoff runs out.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2000) {
+        let hb = v2::HeartbeatRequest { group: res("g"), client_type: v2::ClientType::PushConsumer as i32 };
+        c.heartbeat(as_client("push-1", hb)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let again = receive_auto_renewed(&mut c, "push-1", "g", "jobs").await;
+    assert_eq!(again.len(), 1, "the nacked message is delivered again after its 1 s backoff");
+    let sp = again[0].system_properties.as_ref().unwrap();
+    assert_eq!((sp.message_id.as_str(), sp.delivery_attempt), ("n1", Some(2)));
+    broker.stop().await.unwrap();
+}
+
+/// Finding 7: the Python client retries ForwardMessageToDeadLetterQueue every second until OK;
+/// a retry after a lost reply must be answered OK, and leave one dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_forward_to_the_dead_letter_queue_answers_ok_once_forwarded() {
+    let (broker, mut c, _dir) = start(|_| {}).await;
+    send(&mut c, "orders", "o1").await;
+    let (_, got) = receive(&mut c, "g", "orders", all(), 60).await;
+    for attempt in 0..2 {
+        let r = c.forward_message_to_dead_letter_queue(forward_req("g", "orders", handle(&got[0]), "o1")).await;
+        assert_eq!(r.unwrap().into_inner().status.unwrap().code, v2::Code::Ok as i32, "forward #{attempt}");
+    }
+    let (_, dead) = receive(&mut c, "dlq-reader", "%DLQ%g", all(), 60).await;
+    assert_eq!(dead.len(), 1);
+    // A handle that never named a forwarded message is still refused.
+    let r = c.forward_message_to_dead_letter_queue(forward_req("g", "orders", "0.0.99.1".into(), "o1")).await;
+    assert_eq!(r.unwrap().into_inner().status.unwrap().code, v2::Code::InvalidReceiptHandle as i32);
+    broker.stop().await.unwrap();
+}
+
+/// Finding 10: one group consuming two topics whose messages share an id gets two dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_two_topics_with_the_same_message_id_are_both_kept() {
+    let (broker, mut c, _dir) = start(|_| {}).await;
+    for topic in ["orders", "refunds"] {
+        send(&mut c, topic, "same-id").await;
+        let (_, got) = receive(&mut c, "g", topic, all(), 60).await;
+        let r = c.forward_message_to_dead_letter_queue(forward_req("g", topic, handle(&got[0]), "same-id")).await;
+        assert_eq!(r.unwrap().into_inner().status.unwrap().code, v2::Code::Ok as i32);
+    }
+    let (_, dead) = receive(&mut c, "dlq-reader", "%DLQ%g", all(), 60).await;
+    let mut origins: Vec<String> = dead
+        .iter()
+        .map(|m| m.system_properties.as_ref().unwrap().dead_letter_queue.as_ref().unwrap().topic.clone())
+        .collect();
+    origins.sort();
+    assert_eq!(origins, ["orders", "refunds"]);
+    broker.stop().await.unwrap();
+}
+
+/// Finding 8: requests naming unknown groups and topics create no durable state, and the
+/// number of topics and groups is capped with a clear answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_names_create_no_state_and_topics_and_groups_are_capped() {
+    let (broker, mut c, _dir) = start(|c| {
+        c.auto_create_topics = false;
+        c.max_topics = 3;
+        c.max_groups = 2;
+    })
+    .await;
+    let mut admin =
+        txmq_proto::admin::admin_client::AdminClient::connect(format!("http://{}", broker.addr)).await.unwrap();
+    let groups = |admin: &mut txmq_proto::admin::admin_client::AdminClient<Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            let r = admin.list_groups(txmq_proto::admin::ListGroupsRequest {}).await.unwrap().into_inner();
+            r.groups.into_iter().map(|g| g.name).collect::<Vec<_>>()
+        }
+    };
+    let topics = |admin: &mut txmq_proto::admin::admin_client::AdminClient<Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            let r = admin.list_topics(txmq_proto::admin::ListTopicsRequest {}).await.unwrap().into_inner();
+            r.topics.into_iter().map(|t| t.name).collect::<Vec<_>>()
+        }
+    };
+    // A receive from a topic that does not exist creates no group.
+    assert_eq!(receive(&mut c, "ghost", "nowhere", all(), 30).await.0, v2::Code::TopicNotFound as i32);
+    assert!(groups(&mut admin).await.is_empty());
+    // Routes of dead-letter topics of groups that do not exist create nothing.
+    for name in ["%DLQ%nobody", "%DLQ%ghost"] {
+        let r = c.query_route(v2::QueryRouteRequest { topic: res(name), endpoints: None }).await.unwrap().into_inner();
+        assert_eq!(r.status.unwrap().code, v2::Code::TopicNotFound as i32, "{name}");
+        let a = c
+            .query_assignment(v2::QueryAssignmentRequest { topic: res(name), group: res("x"), endpoints: None })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(a.status.unwrap().code, v2::Code::TopicNotFound as i32, "{name}");
+    }
+    assert!(topics(&mut admin).await.is_empty());
+    // Within the caps, topics and groups are created; the dead-letter topic of a real group
+    // is routable.
+    for t in ["a", "b"] {
+        let r = admin
+            .create_topic(txmq_proto::admin::CreateTopicRequest {
+                name: t.into(),
+                queue_count: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status.unwrap().code, txmq_proto::admin::StatusCode::Ok as i32, "{t}");
+    }
+    send(&mut c, "a", "m1").await;
+    assert_eq!(receive(&mut c, "g1", "a", all(), 30).await.0, v2::Code::Ok as i32);
+    assert_eq!(receive(&mut c, "g2", "a", all(), 30).await.0, v2::Code::Ok as i32);
+    let r = c.query_route(v2::QueryRouteRequest { topic: res("%DLQ%g1"), endpoints: None }).await.unwrap();
+    assert_eq!(r.into_inner().status.unwrap().code, v2::Code::Ok as i32);
+    // Over the caps: a clear refusal, nothing stored.
+    assert_eq!(receive(&mut c, "g3", "a", all(), 30).await.0, v2::Code::Forbidden as i32);
+    let r = c.query_route(v2::QueryRouteRequest { topic: res("%DLQ%g2"), endpoints: None }).await.unwrap();
+    let st = r.into_inner().status.unwrap();
+    assert_eq!(st.code, v2::Code::Forbidden as i32);
+    assert!(st.message.contains("topics"), "{}", st.message);
+    assert_eq!(groups(&mut admin).await, ["g1", "g2"]);
+    assert_eq!(topics(&mut admin).await.len(), 3);
+    broker.stop().await.unwrap();
+}
+
+/// Finding 11: a dead-letter move that fails (here: the dead-letter topic cannot be created,
+/// the topic quota is full) must not fail the consumer's receive nor park the message until a
+/// restart: it is reported and retried, and succeeds once the cause is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dead_letter_move_is_reported_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |max_topics: usize| {
+        let mut c = Config::with_data_dir(dir.path());
+        c.listen = "127.0.0.1:0".parse().unwrap();
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.long_polling_max = Duration::from_secs(1);
+        c.max_delivery_attempts = 1;
+        c.max_topics = max_topics;
+        c
+    };
+    let broker = txmq_broker::server::spawn(config(1)).await.unwrap();
+    let mut c = MessagingServiceClient::connect(format!("http://{}", broker.addr)).await.unwrap();
+    send(&mut c, "jobs", "j1").await;
+    let (_, got) = receive(&mut c, "g", "jobs", all(), 1).await;
+    assert_eq!(got.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Its one attempt is used up; the move fails (no room for %DLQ%g), the receive does not.
+    let failures = r#"txmq_dead_letter_failures_total{group="g"}"#;
+    let started = std::time::Instant::now();
+    while common::sample(&common::scrape(broker.metrics_addr.unwrap()), failures) < 2.0 {
+        let (code, got) = receive(&mut c, "g", "jobs", all(), 1).await;
+        assert_eq!((code, got.len()), (v2::Code::MessageNotFound as i32, 0));
+        assert!(started.elapsed() < Duration::from_secs(10), "the failed move was not retried");
+    }
+    broker.stop().await.unwrap();
+    // With room for the dead-letter topic, the retried move succeeds.
+    let broker = txmq_broker::server::spawn(config(2)).await.unwrap();
+    let mut c = MessagingServiceClient::connect(format!("http://{}", broker.addr)).await.unwrap();
+    let _ = receive(&mut c, "g", "jobs", all(), 1).await;
+    let (_, dead) = receive(&mut c, "g", "%DLQ%g", all(), 30).await;
+    assert_eq!(
+        dead.iter().map(|m| m.system_properties.as_ref().unwrap().message_id.as_str()).collect::<Vec<_>>(),
+        ["j1"]
+    );
+    broker.stop().await.unwrap();
+}
+
+/// A memory store that records, for reads of one topic's message chunks, the most read
+/// between two writes: how many messages an operation holds before it writes anything.
+struct ReadCounter {
+    inner: txmq_broker::store::MemoryStore,
+    prefix: Vec<u8>,
+    since_write: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl txmq_broker::store::Store for ReadCounter {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, txmq_broker::store::StoreError> {
+        if key.starts_with(&self.prefix) {
+            let n = self.since_write.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            self.peak.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.get(key)
+    }
+    fn scan(
+        &self,
+        start: std::ops::Bound<&[u8]>,
+        end: std::ops::Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<txmq_broker::store::Entry>, txmq_broker::store::StoreError> {
+        self.inner.scan(start, end, limit, reverse)
+    }
+    fn apply(&self, batch: &txmq_broker::store::Batch) -> Result<(), txmq_broker::store::StoreError> {
+        self.since_write.store(0, std::sync::atomic::Ordering::SeqCst);
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> Result<(), txmq_broker::store::StoreError> {
+        self.inner.flush()
+    }
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+}
+
+/// Finding 12 and its companions: `dlq resend --all` works in bounded pages (never holds
+/// more than a page of dead letters before writing), marks what it resent so a second
+/// `--all` resends nothing, and resent messages count as backlog, not as deferred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resending_all_dead_letters_works_in_pages_and_marks_them() {
+    use txmq_proto::admin as pb;
+    const N: usize = 600;
+    let store = std::sync::Arc::new(ReadCounter {
+        inner: txmq_broker::store::MemoryStore::new(),
+        prefix: txmq_broker::store::Key::queue_prefix("%DLQ%g", 0),
+        since_write: Default::default(),
+        peak: Default::default(),
+    });
+    let mut config = Config::with_data_dir("/nonexistent");
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.long_polling_max = Duration::from_secs(1);
+    let broker = txmq_broker::server::spawn_with(config, Some(store.clone())).await.unwrap();
+    let url = format!("http://{}", broker.addr);
+    let mut c = MessagingServiceClient::connect(url.clone()).await.unwrap();
+    let mut admin = pb::admin_client::AdminClient::connect(url).await.unwrap();
+    for i in 0..N {
+        send(&mut c, "jobs", &format!("m{i}")).await;
+    }
+    let mut forwarded = 0;
+    while forwarded < N {
+        let (_, got) = receive(&mut c, "g", "jobs", all(), 60).await;
+        for m in got {
+            let id = m.system_properties.as_ref().unwrap().message_id.clone();
+            let r = c.forward_message_to_dead_letter_queue(forward_req("g", "jobs", handle(&m), &id)).await;
+            assert_eq!(r.unwrap().into_inner().status.unwrap().code, v2::Code::Ok as i32);
+            forwarded += 1;
+        }
+    }
+    let resend = |admin: &mut pb::admin_client::AdminClient<Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            let req = pb::ResendDeadLettersRequest { group: "g".into(), message_ids: Vec::new(), all: true };
+            admin.resend_dead_letters(req).await.unwrap().into_inner().resent
+        }
+    };
+    store.peak.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(resend(&mut admin).await, N as u32);
+    let peak = store.peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(txmq_broker::consume::admin::RESEND_PAGE, 256);
+    assert!(peak <= 256, "read {peak} dead letters before writing any");
+    // Marked: listed as resent, and a second --all has nothing left to resend.
+    let listed = admin.list_dead_letters(pb::ListDeadLettersRequest { group: "g".into(), limit: 0 }).await.unwrap();
+    let listed = listed.into_inner().messages;
+    assert_eq!(listed.len(), N);
+    assert!(listed.iter().all(|m| m.resent_at_ms > 0));
+    assert_eq!(resend(&mut admin).await, 0);
+    // Waiting for delivery again: backlog, not deferred delay messages.
+    let g = admin.describe_group(pb::DescribeGroupRequest { name: "g".into() }).await.unwrap().into_inner();
+    let t = &g.group.unwrap().topics[0];
+    assert_eq!((t.backlog, t.deferred), (N as u64, 0));
     broker.stop().await.unwrap();
 }

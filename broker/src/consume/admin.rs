@@ -4,14 +4,15 @@ use super::state::Inflight;
 use crate::broker::{now_ms, Broker};
 use crate::error::{BrokerError, Result};
 use crate::model::StoredMessage;
-use crate::store::Batch;
+use crate::store::{Batch, Key};
 use crate::topics::DLQ_PREFIX;
 
 /// A group's position on one topic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupTopicStats {
     pub topic: String,
-    /// Stored messages never delivered to the group.
+    /// Stored messages never delivered to the group, and dead letters resent to it and not
+    /// delivered yet.
     pub backlog: u64,
     /// Delivered and not acked (including those waiting for redelivery).
     pub in_flight: u64,
@@ -19,6 +20,17 @@ pub struct GroupTopicStats {
     pub retrying: u64,
     /// Delay messages held until their delivery time.
     pub deferred: u64,
+}
+
+/// Dead letters resent per durable step of `resend_dead_letters`.
+pub const RESEND_PAGE: usize = 256;
+
+/// A message in a dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub message: StoredMessage,
+    /// When an operator last resent it to its group.
+    pub resent_at: Option<i64>,
 }
 
 /// A group and its positions.
@@ -48,9 +60,13 @@ impl Broker {
                 });
                 s.backlog += q.durable.saturating_sub(from.max(q.min));
             }
+            let now = now_ms();
             for (_, r) in st.inflight() {
                 match r.attempt {
-                    0 => s.deferred += 1,
+                    // Attempt 0: waiting for a first delivery: a delay message not due yet, or
+                    // (due now) one resent from the dead-letter topic, which is backlog.
+                    0 if r.visible_at > now => s.deferred += 1,
+                    0 => s.backlog += 1,
                     1 => s.in_flight += 1,
                     _ => {
                         s.in_flight += 1;
@@ -67,62 +83,112 @@ impl Broker {
         Some(GroupStats { name: record.name, created_at: record.created_at, topics, dead_letters })
     }
 
-    /// Messages in the group's dead-letter topic, oldest first.
-    pub fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<StoredMessage>> {
-        let Some(t) = self.topic(&format!("{DLQ_PREFIX}{group}")) else { return Ok(Vec::new()) };
+    /// Messages in the group's dead-letter topic, oldest first, at most `limit`, each with
+    /// when it was last resent (if it was).
+    pub fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         let mut out = Vec::new();
-        for q in self.queue_offsets(&t) {
-            for offset in q.min..q.durable {
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-                if let Some(m) = self.log().read(&t.name, q.queue, offset)? {
-                    out.push(m);
-                }
-            }
-        }
+        self.for_each_dead_letter(group, |letter| {
+            out.push(letter);
+            out.len() < limit
+        })?;
         Ok(out)
     }
 
+    /// Visits the group's dead letters oldest first, reading one message at a time so that
+    /// memory stays bounded whatever their number; stops when `visit` returns false.
+    fn for_each_dead_letter(&self, group: &str, mut visit: impl FnMut(DeadLetter) -> bool) -> Result<()> {
+        let Some(t) = self.topic(&format!("{DLQ_PREFIX}{group}")) else { return Ok(()) };
+        for q in self.queue_offsets(&t) {
+            for offset in q.min..q.durable {
+                if let Some(letter) = self.dead_letter_at(&t.name, q.queue, offset)? {
+                    if !visit(letter) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter_at(&self, dlq: &str, queue: u32, offset: u64) -> Result<Option<DeadLetter>> {
+        let Some(message) = self.log().read(dlq, queue, offset)? else { return Ok(None) };
+        let marker = Key::DeadLetterResent { topic: dlq.to_string(), queue, offset };
+        let resent_at = self
+            .store()
+            .get(&marker.encode())?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(i64::from_be_bytes);
+        Ok(Some(DeadLetter { message, resent_at }))
+    }
+
     /// Makes dead letters of `group` deliverable to it again: each original message is put
-    /// back in flight for the group, due now, with its attempts starting over. The copies stay
-    /// in the dead-letter topic as a record. Returns how many were resent.
+    /// back in flight for the group, due now, with its attempts starting over, and its copy in
+    /// the dead-letter topic is marked resent (it stays there as a record until retention).
+    /// `all` resends every dead letter not resent before; `ids` names messages to resend
+    /// whether or not they were. Reads at most [`RESEND_PAGE`] messages, resends them durably,
+    /// then reads the next page. Returns how many were resent.
     pub async fn resend_dead_letters(&self, group: &str, ids: &[String], all: bool) -> Result<usize> {
-        let letters = self.dead_letters(group, 100_000)?;
+        let Some(t) = self.topic(&format!("{DLQ_PREFIX}{group}")) else { return Ok(0) };
         let mut resent = 0;
-        for m in letters.into_iter().filter(|m| all || ids.contains(&m.msg.message_id)) {
-            let Some(origin) = m.msg.origin_topic.clone() else { continue };
-            let Some((queue, offset)) = self.log().locate(&origin, &m.msg.message_id)? else {
-                tracing::warn!(
-                    group,
-                    topic = origin,
-                    message_id = m.msg.message_id,
-                    "original message is gone; not resent"
-                );
-                continue;
-            };
-            let shared = self.groups().get_or_create(group, &origin)?;
-            let slot = self.committer().reserve().await?;
-            let pending = {
-                let mut st =
-                    shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
-                let mut batch = Batch::new();
-                let rec = Inflight {
-                    attempt: 0,
-                    visible_at: now_ms(),
-                    nonce: 0,
-                    message_group: m.msg.message_group.clone(),
-                    client: String::new(),
-                    auto_renew: false,
-                    delivered_at: now_ms(),
-                };
-                st.deliver((queue, offset), rec, &mut batch);
-                slot.submit(batch, None)
-            };
-            pending.durable().await?;
-            shared.wake();
-            resent += 1;
+        for q in self.queue_offsets(&t) {
+            let mut from = q.min;
+            while from < q.durable {
+                let to = q.durable.min(from + RESEND_PAGE as u64);
+                let mut page = Vec::with_capacity(RESEND_PAGE);
+                for offset in from..to {
+                    let Some(letter) = self.dead_letter_at(&t.name, q.queue, offset)? else { continue };
+                    let wanted =
+                        if all { letter.resent_at.is_none() } else { ids.contains(&letter.message.msg.message_id) };
+                    if wanted {
+                        page.push(letter.message);
+                    }
+                }
+                for m in page {
+                    if self.resend_one(group, m).await? {
+                        resent += 1;
+                    }
+                }
+                from = to;
+            }
         }
         Ok(resent)
+    }
+
+    /// Puts the original of one dead letter back in flight for `group` and marks the copy.
+    async fn resend_one(&self, group: &str, dead: StoredMessage) -> Result<bool> {
+        let Some(origin) = dead.msg.origin_topic.clone() else { return Ok(false) };
+        let Some((queue, offset)) = self.log().locate(&origin, &dead.msg.message_id)? else {
+            tracing::warn!(
+                group,
+                topic = origin,
+                message_id = dead.msg.message_id,
+                "original message is gone; not resent"
+            );
+            return Ok(false);
+        };
+        let shared = self.groups().get_or_create(group, &origin)?;
+        let slot = self.committer().reserve().await?;
+        let pending = {
+            let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut batch = Batch::new();
+            let now = now_ms();
+            let rec = Inflight {
+                attempt: 0,
+                visible_at: now,
+                nonce: 0,
+                message_group: dead.msg.message_group.clone(),
+                client: String::new(),
+                auto_renew: false,
+                delivered_at: now,
+            };
+            st.deliver((queue, offset), rec, &mut batch);
+            let marker =
+                Key::DeadLetterResent { topic: dead.msg.topic.clone(), queue: dead.queue, offset: dead.offset };
+            batch.put(&marker, now.to_be_bytes().to_vec());
+            slot.submit(batch, None)
+        };
+        pending.durable().await?;
+        shared.wake();
+        Ok(true)
     }
 }

@@ -12,7 +12,7 @@ use super::state::{HandleError, Inflight, Pos};
 use super::{handle, validate_group, GroupRecord, Shared, StartAt};
 use crate::broker::{now_ms, Broker};
 use crate::error::{BrokerError, Result};
-use crate::model::{Millis, StoredMessage};
+use crate::model::{dead_letter_index_id, Millis, StoredMessage};
 use crate::store::{Batch, Key};
 use crate::topics::DLQ_PREFIX;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 const AUTO_RENEW_INVISIBLE_MS: Millis = 60_000;
 /// Renewals stop after this long, and the message is redelivered.
 const AUTO_RENEW_LIMIT_MS: Millis = 3 * 3600 * 1000;
+/// Pause before a failed dead-letter move is tried again.
+pub const DEAD_LETTER_RETRY_MS: Millis = 1000;
 /// Longest invisible duration a receive may ask for.
 pub const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
 /// Most messages one receive returns.
@@ -86,6 +88,12 @@ impl Broker {
         if let Some(g) = self.groups().group(name) {
             return Ok(g);
         }
+        let max = self.config().max_groups;
+        if self.groups().list().len() >= max {
+            return Err(BrokerError::QuotaExceeded(format!(
+                "{max} consumer groups exist (max-groups); {name} was not created"
+            )));
+        }
         let g = GroupRecord { name: name.to_string(), created_at: now_ms() };
         let mut batch = Batch::new();
         batch.put(&Key::Group(name.to_string()), g.encode());
@@ -98,8 +106,9 @@ impl Broker {
     /// Delivers up to `req.batch` messages, waiting up to `req.poll` for one to be ready.
     /// An empty answer means nothing was ready in time (or the broker is shutting down).
     pub async fn receive(&self, req: &ReceiveRequest<'_>, shutdown: &CancellationToken) -> Result<Vec<Delivery>> {
-        self.ensure_group(&req.group).await?;
+        // The topic first: a receive from a topic that does not exist creates no group.
         let topic = self.topic(&req.topic).ok_or_else(|| BrokerError::TopicNotFound(req.topic.clone()))?;
+        self.ensure_group(&req.group).await?;
         let shared = self.groups().get_or_create(&req.group, &req.topic)?;
         let mut topic_rx = self
             .log()
@@ -112,7 +121,9 @@ impl Broker {
             group_rx.borrow_and_update();
             let (deliveries, dead, next_due) = self.poll_once(&shared, topic.queue_count, req).await?;
             for (pos, message) in dead {
-                self.dead_letter(&shared, pos, message).await?;
+                // A failed move is reported and retried by a later poll; it must not fail
+                // this consumer's receive.
+                let _ = self.dead_letter(&shared, pos, message).await;
             }
             if !deliveries.is_empty() {
                 self.metrics().messages_out.add(&[&req.group, &req.topic], deliveries.len() as u64);
@@ -278,8 +289,32 @@ impl Broker {
     }
 
     /// Moves a message that used up its attempts to `%DLQ%<group>` and forgets it for the group.
-    /// Idempotent: the copy keeps its message id, so a repeat after a crash stores nothing new.
+    /// The message must be parked (out of the due index) by the caller. If the move fails, the
+    /// failure is counted and logged and the message is due again after
+    /// [`DEAD_LETTER_RETRY_MS`], so a later poll retries the move (a FIFO group waits behind it,
+    /// as it must, but not until a restart).
     async fn dead_letter(&self, shared: &Shared, pos: Pos, message: StoredMessage) -> Result<()> {
+        let result = self.move_to_dead_letters(shared, pos, &message).await;
+        if let Err(e) = &result {
+            let group = shared.state.lock().map(|st| st.group.clone()).unwrap_or_default();
+            self.metrics().dead_letter_failures.add(&[&group], 1);
+            tracing::error!(
+                group,
+                message_id = message.msg.message_id,
+                error = %e,
+                "cannot move a message to the dead-letter topic; will retry"
+            );
+            if let Ok(mut st) = shared.state.lock() {
+                st.unpark(pos, now_ms() + DEAD_LETTER_RETRY_MS);
+            }
+            shared.wake();
+        }
+        result
+    }
+
+    /// The dead-letter move itself. Idempotent: the copy is filed under its message id and
+    /// origin topic, so a repeat after a crash or a lost reply stores nothing new.
+    async fn move_to_dead_letters(&self, shared: &Shared, pos: Pos, message: &StoredMessage) -> Result<()> {
         let (group, topic) = {
             let st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
             (st.group.clone(), st.topic.clone())
@@ -289,12 +324,19 @@ impl Broker {
         let mut copy = message.msg.clone();
         copy.origin_topic = Some(copy.origin_topic.take().unwrap_or_else(|| topic.clone()));
         copy.topic = dlq.clone();
-        self.log().append(&dlq, dlq_topic.queue_count, vec![copy], &message.producer, now_ms(), Batch::new()).await?;
+        let placed = self
+            .log()
+            .append(&dlq, dlq_topic.queue_count, vec![copy], &message.producer, now_ms(), Batch::new())
+            .await?;
         let slot = self.committer().reserve().await?;
         let pending = {
             let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
             let mut batch = Batch::new();
             st.remove(pos, &mut batch);
+            // Dead again after a resend: the existing copy is the record again, no longer resent.
+            for p in placed.iter().filter(|p| p.duplicate) {
+                batch.delete(&Key::DeadLetterResent { topic: dlq.clone(), queue: p.queue, offset: p.offset });
+            }
             slot.submit(batch, None)
         };
         pending.durable().await?;
@@ -302,6 +344,13 @@ impl Broker {
         self.metrics().dead_letters.add(&[&group], 1);
         tracing::warn!(group, topic, message_id = message.msg.message_id, "message dead-lettered to {dlq}");
         Ok(())
+    }
+
+    /// Whether the message at `pos` of `topic` already sits in `group`'s dead-letter topic.
+    fn already_dead_lettered(&self, group: &str, topic: &str, pos: Pos) -> Result<bool> {
+        let Some(message) = self.log().read(topic, pos.0, pos.1)? else { return Ok(false) };
+        let id = dead_letter_index_id(&message.msg.message_id, topic);
+        Ok(self.log().locate(&format!("{DLQ_PREFIX}{group}"), &id)?.is_some())
     }
 
     fn shared_for(&self, group: &str, topic: &str) -> Result<Arc<Shared>> {
@@ -368,11 +417,15 @@ impl Broker {
         let shared = self.shared_for(group, topic)?;
         let (pos, nonce) = handle::decode(receipt)
             .ok_or_else(|| BrokerError::InvalidReceiptHandle(format!("{receipt:?} is not a receipt handle")))?;
-        {
+        let parked_from = {
             let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
-            st.check(pos, nonce).map_err(invalid_handle)?;
-            st.park(pos);
-        }
+            match st.check(pos, nonce) {
+                Ok(_) => st.park(pos),
+                // A retry after a lost reply: the first call moved it already.
+                Err(HandleError::NotInFlight) if self.already_dead_lettered(group, topic, pos)? => return Ok(()),
+                Err(e) => return Err(invalid_handle(e)),
+            }
+        };
         let Some(message) = self.log().read(topic, pos.0, pos.1)? else {
             let slot = self.committer().reserve().await?;
             let pending = {
@@ -384,6 +437,13 @@ impl Broker {
             };
             return pending.durable().await.map_err(Into::into);
         };
-        self.dead_letter(&shared, pos, message).await
+        let result = self.move_to_dead_letters(&shared, pos, &message).await;
+        if result.is_err() {
+            // The consumer gets the error and may retry with the same handle.
+            if let (Ok(mut st), Some(at)) = (shared.state.lock(), parked_from) {
+                st.unpark(pos, at);
+            }
+        }
+        result
     }
 }

@@ -191,6 +191,9 @@ impl GroupTopic {
     }
 
     /// Makes the delivery `nonce` of `pos` visible again at `visible_at`, under `new_nonce`.
+    /// The consumer chose the time, so broker-side auto-renewal of this delivery ends (as the
+    /// reference proxy drops the handle from its renew set): when `visible_at` passes, the
+    /// message is delivered again even though its consumer is alive.
     pub fn change_invisible(
         &mut self,
         pos: Pos,
@@ -202,6 +205,7 @@ impl GroupTopic {
         let mut rec = self.check(pos, nonce)?.clone();
         rec.visible_at = visible_at;
         rec.nonce = new_nonce;
+        rec.auto_renew = false;
         self.deliver(pos, rec, batch);
         Ok(())
     }
@@ -219,12 +223,24 @@ impl GroupTopic {
     }
 
     /// Takes `pos` out of the due index without forgetting it (a dead-letter move is under way).
-    pub fn park(&mut self, pos: Pos) {
-        if let Some(rec) = self.inflight.get_mut(&pos) {
-            self.due.remove(&(rec.visible_at, pos.0, pos.1));
-            rec.visible_at = Millis::MAX;
-            self.due.insert((Millis::MAX, pos.0, pos.1));
-        }
+    /// Returns when it was due, for [`GroupTopic::unpark`] if the move fails.
+    pub fn park(&mut self, pos: Pos) -> Option<Millis> {
+        self.reschedule(pos, Millis::MAX)
+    }
+
+    /// Makes a parked `pos` due again at `at` (its dead-letter move failed).
+    pub fn unpark(&mut self, pos: Pos, at: Millis) {
+        self.reschedule(pos, at);
+    }
+
+    /// Moves `pos` in the due index (memory only: the stored record keeps its visibility).
+    fn reschedule(&mut self, pos: Pos, at: Millis) -> Option<Millis> {
+        let rec = self.inflight.get_mut(&pos)?;
+        let before = rec.visible_at;
+        self.due.remove(&(before, pos.0, pos.1));
+        rec.visible_at = at;
+        self.due.insert((at, pos.0, pos.1));
+        Some(before)
     }
 
     /// In-flight positions and attempts, for inspection.
@@ -294,6 +310,16 @@ mod tests {
         assert!(s.is_busy("order-1"), "invisibility changes keep the group busy");
         s.ack((0, 0), 2, &mut b).unwrap();
         assert!(!s.is_busy("order-1"));
+    }
+
+    #[test]
+    fn changing_invisibility_ends_auto_renewal() {
+        let mut s = GroupTopic::new("g", "t");
+        let mut b = Batch::new();
+        s.deliver((0, 0), Inflight { auto_renew: true, ..rec(1, 60_000, 1, None) }, &mut b);
+        s.change_invisible((0, 0), 1, 1000, 2, &mut b).unwrap();
+        assert!(!s.get((0, 0)).unwrap().auto_renew);
+        assert_eq!(s.due(1000, 1), vec![(0, 0)]);
     }
 
     #[test]

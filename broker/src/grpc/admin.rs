@@ -30,7 +30,7 @@ fn status(e: &BrokerError) -> Option<pb::Status> {
         BrokerError::TopicExists(_) => C::AlreadyExists,
         BrokerError::NotImplemented(_) => C::NotImplemented,
         BrokerError::InvalidTransactionId(_) => C::NotFound,
-        BrokerError::PreconditionFailed(_) => C::FailedPrecondition,
+        BrokerError::PreconditionFailed(_) | BrokerError::QuotaExceeded(_) => C::FailedPrecondition,
         BrokerError::Store(_) => C::Unavailable,
         BrokerError::Internal(_) => C::Internal,
         _ => C::InvalidArgument,
@@ -201,7 +201,13 @@ impl Admin for AdminService {
         let req = req.into_inner();
         let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
         Ok(Response::new(match self.broker.dead_letters(&req.group, limit) {
-            Ok(ms) => pb::ListDeadLettersResponse { status: ok(), messages: ms.iter().map(wire_stored).collect() },
+            Ok(letters) => pb::ListDeadLettersResponse {
+                status: ok(),
+                messages: letters
+                    .iter()
+                    .map(|l| pb::StoredMessage { resent_at_ms: l.resent_at.unwrap_or(0), ..wire_stored(&l.message) })
+                    .collect(),
+            },
             Err(e) => pb::ListDeadLettersResponse { status: status(&e), messages: Vec::new() },
         }))
     }
@@ -415,5 +421,6 @@ fn wire_stored(m: &StoredMessage) -> pb::StoredMessage {
         body_preview: preview,
         producer: m.producer.clone(),
         origin_topic: m.msg.origin_topic.clone().unwrap_or_default(),
+        resent_at_ms: 0,
     }
 }

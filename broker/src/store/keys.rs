@@ -29,6 +29,8 @@ pub enum Key {
     Cursor { group: String, topic: String, queue: u32 },
     /// A message delivered to a group (or deferred until its delivery time) and not yet acked.
     Inflight { group: String, topic: String, queue: u32, offset: u64 },
+    /// A dead letter (in its `%DLQ%` topic) that an operator resent to its group → when.
+    DeadLetterResent { topic: String, queue: u32, offset: u64 },
     /// A transaction's state and timeline.
     Txn(String),
     /// One chunk of a transaction's half message.
@@ -50,6 +52,7 @@ mod tag {
     pub const GROUP: u8 = 0x10;
     pub const CURSOR: u8 = 0x11;
     pub const INFLIGHT: u8 = 0x12;
+    pub const DEAD_LETTER_RESENT: u8 = 0x13;
     pub const TXN: u8 = 0x20;
     pub const HALF_CHUNK: u8 = 0x21;
     pub const TXN_BY_MESSAGE: u8 = 0x22;
@@ -71,6 +74,9 @@ impl Key {
             Key::Cursor { group, topic, queue } => e.u8(tag::CURSOR).ordered_str(group).ordered_str(topic).u32(*queue),
             Key::Inflight { group, topic, queue, offset } => {
                 e.u8(tag::INFLIGHT).ordered_str(group).ordered_str(topic).u32(*queue).u64(*offset)
+            }
+            Key::DeadLetterResent { topic, queue, offset } => {
+                e.u8(tag::DEAD_LETTER_RESENT).ordered_str(topic).u32(*queue).u64(*offset)
             }
             Key::Txn(id) => e.u8(tag::TXN).ordered_str(id),
             Key::HalfChunk { txn, chunk } => e.u8(tag::HALF_CHUNK).ordered_str(txn).u16(*chunk),
@@ -102,6 +108,9 @@ impl Key {
             tag::CURSOR => Key::Cursor { group: d.ordered_str()?, topic: d.ordered_str()?, queue: d.u32()? },
             tag::INFLIGHT => {
                 Key::Inflight { group: d.ordered_str()?, topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? }
+            }
+            tag::DEAD_LETTER_RESENT => {
+                Key::DeadLetterResent { topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? }
             }
             tag::TXN => Key::Txn(d.ordered_str()?),
             tag::HALF_CHUNK => Key::HalfChunk { txn: d.ordered_str()?, chunk: d.u16()? },
@@ -208,6 +217,11 @@ mod tests {
             (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::Cursor { group, topic, queue }),
             (s, s, any::<u32>(), any::<u64>())
                 .prop_map(|(group, topic, queue, offset)| { Key::Inflight { group, topic, queue, offset } }),
+            (s, any::<u32>(), any::<u64>()).prop_map(|(topic, queue, offset)| Key::DeadLetterResent {
+                topic,
+                queue,
+                offset
+            }),
             s.prop_map(Key::Txn),
             (s, any::<u16>()).prop_map(|(txn, chunk)| Key::HalfChunk { txn, chunk }),
             (s, s).prop_map(|(topic, message_id)| Key::TxnByMessage { topic, message_id }),
