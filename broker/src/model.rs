@@ -212,6 +212,25 @@ pub struct StoredMessage {
 const MESSAGE_VERSION: u8 = 1;
 
 impl StoredMessage {
+    /// About how many bytes this message takes on the wire when delivered: body, every stored
+    /// string, and a fixed allowance for ids, handles and field tags.
+    pub fn wire_len(&self) -> usize {
+        let m = &self.msg;
+        m.body.len()
+            + m.topic.len()
+            + m.message_id.len()
+            + m.tag.as_ref().map_or(0, String::len)
+            + m.keys.iter().map(String::len).sum::<usize>()
+            + m.message_group.as_ref().map_or(0, String::len)
+            + m.born_host.len()
+            + m.trace_context.as_ref().map_or(0, String::len)
+            + m.origin_topic.as_ref().map_or(0, String::len)
+            + m.user_properties.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>()
+            + 512
+    }
+}
+
+impl StoredMessage {
     /// Layout: a header readable from the first chunk alone (version, store time, place, topic,
     /// id), then the rest. Retention reads only the header.
     pub fn encode(&self) -> Vec<u8> {

@@ -158,3 +158,66 @@ fn hostile_requests_get_decodable_statuses_and_the_broker_keeps_serving() {
     eprintln!("tried {} hostile send requests", tried.into_inner());
     rt.block_on(broker.stop()).unwrap();
 }
+
+/// Finding 9: system-property strings are bounded, so no accepted message can outgrow what a
+/// client decodes (4 MiB per gRPC message for the Rust client and tonic's default): the
+/// largest message the broker accepts is delivered to a client with that limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_property_strings_are_refused_and_the_largest_message_is_deliverable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::with_data_dir(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.long_polling_max = std::time::Duration::from_secs(1);
+    let max_body = config.max_body_size;
+    let broker = txmq_broker::server::spawn(config).await.unwrap();
+    // The default decoding limit of a tonic client is the Rust client's: 4 MiB.
+    let mut c = MessagingServiceClient::connect(format!("http://{}", broker.addr))
+        .await
+        .unwrap()
+        .max_decoding_message_size(4 * 1024 * 1024);
+    let res = |n: &str| Some(v2::Resource { resource_namespace: String::new(), name: n.into() });
+    let message = |id: &str, born_host: String, trace_context: Option<String>| v2::Message {
+        topic: res("big"),
+        user_properties: (0..7).map(|i| (format!("p{i}"), "v".repeat(2000))).collect(),
+        system_properties: Some(v2::SystemProperties {
+            message_id: id.into(),
+            tag: Some("t".repeat(100)),
+            keys: (0..4).map(|i| format!("{i}{}", "k".repeat(99))).collect(),
+            message_type: v2::MessageType::Normal as i32,
+            body_encoding: v2::Encoding::Identity as i32,
+            born_host,
+            trace_context,
+            ..Default::default()
+        }),
+        body: vec![b'x'; max_body],
+    };
+    let code = |r: v2::SendMessageResponse| r.status.unwrap().code;
+    let huge_host = message("huge-host", "h".repeat(300 * 1024), None);
+    let r = c.send_message(v2::SendMessageRequest { messages: vec![huge_host] }).await.unwrap().into_inner();
+    assert_eq!(code(r), v2::Code::BadRequest as i32);
+    let huge_trace = message("huge-trace", "host".into(), Some("t".repeat(2048)));
+    let r = c.send_message(v2::SendMessageRequest { messages: vec![huge_trace] }).await.unwrap().into_inner();
+    assert_eq!(code(r), v2::Code::BadRequest as i32);
+    let largest = message("largest", "h".repeat(255), Some("t".repeat(1024)));
+    let r = c.send_message(v2::SendMessageRequest { messages: vec![largest] }).await.unwrap().into_inner();
+    assert_eq!(code(r), v2::Code::Ok as i32);
+    let req = v2::ReceiveMessageRequest {
+        group: res("g"),
+        message_queue: Some(v2::MessageQueue { topic: res("big"), ..Default::default() }),
+        filter_expression: None,
+        batch_size: 32,
+        invisible_duration: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+        auto_renew: false,
+        long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+        attempt_id: None,
+    };
+    let mut stream = c.receive_message(req).await.unwrap().into_inner();
+    let mut ids = Vec::new();
+    while let Some(item) = stream.message().await.expect("every delivery fits the client's limit") {
+        if let Some(v2::receive_message_response::Content::Message(m)) = item.content {
+            ids.push(m.system_properties.unwrap().message_id);
+        }
+    }
+    assert_eq!(ids, ["largest"]);
+    broker.stop().await.unwrap();
+}

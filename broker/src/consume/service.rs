@@ -31,7 +31,8 @@ pub const DEAD_LETTER_RETRY_MS: Millis = 1000;
 pub const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
 /// Most messages one receive returns.
 pub const MAX_BATCH: usize = 64;
-/// Most body bytes one receive returns (each message is also its own gRPC message).
+/// Most message bytes (as delivered) one receive returns; each message is also its own gRPC
+/// message, which input limits keep under the clients' 4 MiB.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// A receive call, validated.
@@ -199,11 +200,11 @@ impl Broker {
                     dead.push((pos, msg));
                     continue;
                 }
-                if !out.is_empty() && bytes + msg.msg.body.len() > MAX_BATCH_BYTES {
+                if !out.is_empty() && bytes + msg.wire_len() > MAX_BATCH_BYTES {
                     break;
                 }
                 let rec = fresh(rec.attempt + 1, &msg);
-                bytes += msg.msg.body.len();
+                bytes += msg.wire_len();
                 out.push(Delivery {
                     handle: handle::encode(pos, rec.nonce),
                     attempt: rec.attempt,
@@ -257,11 +258,11 @@ impl Broker {
                     if msg.msg.message_group.as_deref().is_some_and(|g| st.is_busy(g)) {
                         break; // FIFO: this queue waits until the group's message is acked
                     }
-                    if !out.is_empty() && bytes + msg.msg.body.len() > MAX_BATCH_BYTES {
+                    if !out.is_empty() && bytes + msg.wire_len() > MAX_BATCH_BYTES {
                         break 'queues;
                     }
                     let rec = fresh(1, &msg);
-                    bytes += msg.msg.body.len();
+                    bytes += msg.wire_len();
                     out.push(Delivery {
                         handle: handle::encode((q, cur), rec.nonce),
                         attempt: 1,

@@ -26,6 +26,10 @@ pub const MAX_MESSAGE_ID_LEN: usize = 128;
 pub const MAX_MESSAGE_GROUP_LEN: usize = 64;
 /// Most keys on one message.
 pub const MAX_KEYS: usize = 64;
+/// Longest `born_host` (a host name or address; DNS names are at most 253 bytes).
+pub const MAX_BORN_HOST_LEN: usize = 255;
+/// Longest `trace_context` (a W3C traceparent is 55 bytes; the reference allows about 1 KiB).
+pub const MAX_TRACE_CONTEXT_LEN: usize = 1024;
 /// Longest transaction recovery duration a producer may ask for.
 pub const MAX_RECOVERY_MS: i64 = 3_600_000;
 
@@ -177,6 +181,21 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
     if property_bytes > MAX_PROPERTIES_BYTES {
         return Err(BrokerError::PropertiesTooLarge(format!(
             "properties, tag and keys take {property_bytes} bytes, the limit is {MAX_PROPERTIES_BYTES}"
+        )));
+    }
+
+    // Every stored string ends up in each delivery: unbounded ones would let one message
+    // outgrow the 4 MiB a client decodes and poison every receive that includes it.
+    if sp.born_host.len() > MAX_BORN_HOST_LEN {
+        return Err(BrokerError::BadRequest(format!(
+            "born_host is {} bytes, the limit is {MAX_BORN_HOST_LEN}",
+            sp.born_host.len()
+        )));
+    }
+    if let Some(t) = sp.trace_context.as_ref().filter(|t| t.len() > MAX_TRACE_CONTEXT_LEN) {
+        return Err(BrokerError::BadRequest(format!(
+            "trace_context is {} bytes, the limit is {MAX_TRACE_CONTEXT_LEN}",
+            t.len()
         )));
     }
 
