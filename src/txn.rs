@@ -54,6 +54,11 @@ struct EventView {
     reason: String,
     latency_ms: i64,
     answered: bool,
+    /// Checks: the broker's id of the Telemetry stream it was written to.
+    stream: u64,
+    /// "unreachable": attempts that found no producer, the latest at `last_ms`.
+    attempts: u32,
+    last_ms: i64,
 }
 
 #[derive(Serialize)]
@@ -111,6 +116,9 @@ fn view(t: pb::Transaction) -> TxnView {
                 reason: e.reason,
                 latency_ms: e.latency_ms,
                 answered: e.answered,
+                stream: e.stream,
+                attempts: e.attempts,
+                last_ms: e.last_ms,
             })
             .collect(),
         id: t.id,
@@ -131,10 +139,16 @@ fn view(t: pb::Transaction) -> TxnView {
 fn describe_event(e: &EventView) -> String {
     match e.kind.as_str() {
         "sent" => format!("half message stored, sent by {}", e.client),
-        "check" if e.answered => {
-            format!("check sent to {} -> answered {} in {} ms", e.client, e.resolution, e.latency_ms)
-        }
-        "check" => format!("check sent to {} -> no answer yet", e.client),
+        "check" if e.answered => format!(
+            "check sent to {} (stream {}) -> answered {} in {} ms",
+            e.client, e.stream, e.resolution, e.latency_ms
+        ),
+        "check" => format!("check sent to {} (stream {}) -> no answer", e.client, e.stream),
+        "unreachable" => format!(
+            "no producer online to check with: {} attempts, the latest at {}",
+            e.attempts,
+            crate::output::time(e.last_ms)
+        ),
         "answer" => format!("{} answered {} (no change)", e.by, e.resolution),
         "decision" if e.reason.is_empty() => format!("{} by {}", e.resolution, e.by),
         "decision" => format!("{} by {}: {}", e.resolution, e.by, e.reason),

@@ -32,6 +32,8 @@ pub struct Broker {
     txn_locks: Vec<tokio::sync::Mutex<()>>,
     /// Serializes topic and group creation, so two concurrent auto-creates store one record.
     create_lock: tokio::sync::Mutex<()>,
+    /// Pending and parked transaction counts.
+    txn_open: crate::txn::service::OpenCounts,
     started_at: Millis,
 }
 
@@ -63,6 +65,8 @@ impl Broker {
 
     /// Loads the broker's state from `store`.
     pub fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>> {
+        // Before the writer starts: it may build the open-transaction index of an older store.
+        let txn_open = crate::txn::service::OpenCounts::load(store.as_ref())?;
         let committer = Arc::new(Committer::start(store.clone(), config.writer_queue)?);
         let topics = Topics::load(store.as_ref())?;
         let log = MessageLog::new(store.clone(), committer.clone());
@@ -86,6 +90,7 @@ impl Broker {
             metrics,
             txn_locks: (0..crate::txn::service::TXN_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             create_lock: tokio::sync::Mutex::new(()),
+            txn_open,
             started_at: now_ms(),
         }))
     }
@@ -275,6 +280,10 @@ impl Broker {
 
     pub(crate) fn committer(&self) -> &Committer {
         &self.committer
+    }
+
+    pub(crate) fn txn_open(&self) -> &crate::txn::service::OpenCounts {
+        &self.txn_open
     }
 
     pub(crate) fn create_lock(&self) -> &tokio::sync::Mutex<()> {

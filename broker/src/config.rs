@@ -96,6 +96,10 @@ pub struct Config {
     /// How long a pending transaction may find no producer to check with before the
     /// max-checks policy applies to it.
     pub txn_unreachable_max_age: Duration,
+    /// HTTP/2 ping interval on every client connection.
+    pub keepalive_interval: Duration,
+    /// A connection whose ping is not answered within this is closed.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Config {
@@ -129,6 +133,8 @@ impl Default for Config {
             max_groups: 10_000,
             txn_check_timeout: Duration::from_secs(10),
             txn_unreachable_max_age: Duration::from_secs(3600),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -318,6 +324,8 @@ impl Args {
                 .or(file.txn_unreachable_max_age)
                 .map(|h| h.0)
                 .unwrap_or(d.txn_unreachable_max_age),
+            keepalive_interval: d.keepalive_interval,
+            keepalive_timeout: d.keepalive_timeout,
         };
         config.validate()?;
         Ok(config)

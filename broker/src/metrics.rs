@@ -93,6 +93,8 @@ pub struct Metrics {
     pub dead_letters: Counter,
     pub dead_letter_failures: Counter,
     pub checks_sent: Counter,
+    pub checks_unanswered: Counter,
+    pub checks_unreachable: Counter,
     pub check_answers: Counter,
     pub txn_decisions: Counter,
     pub txn_parked: Counter,
@@ -110,6 +112,8 @@ impl Default for Metrics {
             dead_letters: Counter::default(),
             dead_letter_failures: Counter::default(),
             checks_sent: Counter::default(),
+            checks_unanswered: Counter::default(),
+            checks_unreachable: Counter::default(),
             check_answers: Counter::default(),
             txn_decisions: Counter::default(),
             txn_parked: Counter::default(),
@@ -170,6 +174,20 @@ impl Metrics {
         self.dead_letter_failures.render(&mut out, "txmq_dead_letter_failures_total", &["group"]);
         family(&mut out, "txmq_transaction_checks_total", "counter", "Check-backs written to a live producer stream.");
         self.checks_sent.render(&mut out, "txmq_transaction_checks_total", &["topic"]);
+        family(
+            &mut out,
+            "txmq_transaction_checks_unanswered_total",
+            "counter",
+            "Check-backs not answered within --txn-check-timeout (their stream is then tried last).",
+        );
+        self.checks_unanswered.render(&mut out, "txmq_transaction_checks_unanswered_total", &["topic"]);
+        family(
+            &mut out,
+            "txmq_transaction_checks_unreachable_total",
+            "counter",
+            "Check attempts that found no live producer stream (retried with backoff, not counted as checks).",
+        );
+        self.checks_unreachable.render(&mut out, "txmq_transaction_checks_unreachable_total", &["topic"]);
         family(&mut out, "txmq_transaction_check_answers_total", "counter", "Check-back answers, by answer.");
         self.check_answers.render(&mut out, "txmq_transaction_check_answers_total", &["answer"]);
         family(

@@ -80,6 +80,11 @@ pub async fn run_with_metrics(
     tracing::info!(listen = %local, "txmq broker serving");
     let stop = token.clone();
     tonic::transport::Server::builder()
+        // Ping every connection; one whose peer vanished without closing (no ping answer) is
+        // closed, and with it its Telemetry streams, in seconds rather than the kernel's
+        // ~15 minutes of retransmissions.
+        .http2_keepalive_interval(Some(broker.config().keepalive_interval))
+        .http2_keepalive_timeout(Some(broker.config().keepalive_timeout))
         .add_service(MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(AdminServer::new(admin))
         .serve_with_incoming_shutdown(limited(listener, broker.config().max_connections), async move {

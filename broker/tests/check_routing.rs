@@ -1,6 +1,8 @@
-//! A Telemetry stream that breaks in the middle of a check: the check it swallowed counts, and
-//! the next check goes to another live stream, which resolves the transaction.
+//! Where check-backs go: a stream that breaks in the middle of a check, a producer that stops
+//! answering while its connection stays up, and transactions with no producer at all.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::time::{Duration, Instant};
 use tonic::metadata::MetadataValue;
@@ -124,5 +126,177 @@ async fn a_check_lost_with_a_broken_stream_is_retried_on_another() {
     assert_eq!(checks.last(), Some(&"producer-b"));
     assert!(t.timeline.iter().any(|e| e.kind == "check" && e.client == "producer-b" && e.answered));
     drop(b_tx);
+    broker.stop().await.unwrap();
+}
+
+fn half_message(id: &str) -> v2::Message {
+    v2::Message {
+        topic: res("orders"),
+        user_properties: Default::default(),
+        system_properties: Some(v2::SystemProperties {
+            message_id: id.into(),
+            message_type: v2::MessageType::Transaction as i32,
+            body_encoding: v2::Encoding::Identity as i32,
+            ..Default::default()
+        }),
+        body: id.as_bytes().to_vec(),
+    }
+}
+
+type Commands = tonic::Streaming<v2::TelemetryCommand>;
+
+/// Opens a producer's Telemetry stream (Settings for topic `orders`); keep the sender alive.
+async fn producer_stream(
+    c: &mut MessagingServiceClient<tonic::transport::Channel>,
+    client_id: &str,
+) -> (tokio::sync::mpsc::Sender<v2::TelemetryCommand>, Commands) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(settings()).await.unwrap();
+    let stream = c.telemetry(as_client(client_id, tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap();
+    (tx, stream.into_inner())
+}
+
+/// Finding 3: producer P1 sends a half message, then stops reading its stream and stops
+/// heartbeating but keeps its connection. Its check goes unanswered; the next check goes to
+/// P2, a live producer of the same topic, whose COMMIT decides — instead of every check
+/// being spent on P1 and the max-checks policy rolling back what P2 could commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_producer_stream_loses_the_next_check_to_a_live_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::with_data_dir(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.txn_timeout = Duration::from_millis(300);
+    config.txn_check_interval = Duration::from_millis(1500);
+    config.txn_check_timeout = Duration::from_millis(600);
+    config.txn_max_checks = 3;
+    let broker = txmq_broker::server::spawn(config).await.unwrap();
+    let url = format!("http://{}", broker.addr);
+    let mut c = MessagingServiceClient::connect(url.clone()).await.unwrap();
+
+    // P2 first: a producer of the topic (it sent and committed a transaction of its own).
+    let (_p2_tx, mut p2) = producer_stream(&mut c, "producer-2").await;
+    let own = c.send_message(as_client("producer-2", v2::SendMessageRequest { messages: vec![half_message("p2-own")] }));
+    let own = own.await.unwrap().into_inner().entries[0].transaction_id.clone();
+    let end = |txn: String, id: &str| v2::EndTransactionRequest {
+        topic: res("orders"),
+        message_id: id.into(),
+        transaction_id: txn,
+        resolution: v2::TransactionResolution::Commit as i32,
+        source: v2::TransactionSource::SourceClient as i32,
+        trace_context: String::new(),
+    };
+    c.end_transaction(as_client("producer-2", end(own, "p2-own"))).await.unwrap();
+
+    // P1 sends the half message, then goes silent: its stream is never read again and it
+    // sends no more heartbeats, but the connection (and the stream) stay open.
+    let (_p1_tx, _p1_never_read) = producer_stream(&mut c, "producer-1").await;
+    let sent = c.send_message(as_client("producer-1", v2::SendMessageRequest { messages: vec![half_message("m-1")] }));
+    let txn = sent.await.unwrap().into_inner().entries[0].transaction_id.clone();
+
+    // P2 answers the checks it gets.
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(15), "P2 never got the check");
+        let cmd = tokio::time::timeout(Duration::from_secs(15), p2.message()).await.unwrap().unwrap().unwrap();
+        if let Some(v2::telemetry_command::Command::RecoverOrphanedTransactionCommand(r)) = cmd.command {
+            assert_eq!(r.transaction_id, txn);
+            let answer = v2::EndTransactionRequest {
+                source: v2::TransactionSource::SourceServerCheck as i32,
+                ..end(r.transaction_id, "m-1")
+            };
+            let r = c.end_transaction(as_client("producer-2", answer)).await.unwrap().into_inner();
+            assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
+            break;
+        }
+    }
+    let mut admin = txmq_proto::admin::admin_client::AdminClient::connect(url).await.unwrap();
+    let t = admin
+        .get_transaction(txmq_proto::admin::GetTransactionRequest { id: txn })
+        .await
+        .unwrap()
+        .into_inner()
+        .transaction
+        .unwrap();
+    assert_eq!(t.state, txmq_proto::admin::TxnState::Committed as i32);
+    let checks: Vec<(&str, u64, bool)> =
+        t.timeline.iter().filter(|e| e.kind == "check").map(|e| (e.client.as_str(), e.stream, e.answered)).collect();
+    eprintln!("checks (client, stream, answered): {checks:?}");
+    assert_eq!(checks.len(), 2, "one check to P1, then one to P2: {checks:?}");
+    assert_eq!((checks[0].0, checks[0].2), ("producer-1", false));
+    assert_eq!((checks[1].0, checks[1].2), ("producer-2", true));
+    assert!(checks[0].1 != 0 && checks[1].1 != 0 && checks[0].1 != checks[1].1, "each check names its stream");
+    let decided = t.timeline.iter().find(|e| e.kind == "decision").unwrap();
+    assert_eq!((decided.resolution.as_str(), decided.by.as_str()), ("COMMIT", "check"));
+    broker.stop().await.unwrap();
+}
+
+/// Finding 5: transactions whose producer is gone (the Rust 5.0.0 client never re-opens
+/// Telemetry after a broker restart) are retried with a growing pause, not every 2 s with an
+/// fsynced write each, their attempts show in the timeline, and the max-checks policy applies
+/// once no producer was reachable for `txn_unreachable_max_age`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_nobody_can_answer_back_off_and_end_by_policy() {
+    const N: usize = 10_000;
+    let mut config = Config::with_data_dir("/nonexistent");
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.txn_timeout = Duration::from_millis(200);
+    config.txn_check_interval = Duration::from_secs(30);
+    config.txn_unreachable_max_age = Duration::from_secs(20);
+    let store = std::sync::Arc::new(txmq_broker::store::MemoryStore::new());
+    let broker = txmq_broker::server::spawn_with(config, Some(store)).await.unwrap();
+    let metrics = broker.metrics_addr.unwrap();
+    let c = MessagingServiceClient::connect(format!("http://{}", broker.addr)).await.unwrap();
+    let first_sent = Instant::now();
+    let mut sends = tokio::task::JoinSet::new();
+    for r in 0..10 {
+        let mut c = c.clone();
+        sends.spawn(async move {
+            let messages = (0..N / 10).map(|i| half_message(&format!("m-{r}-{i}"))).collect();
+            let out = c.send_message(as_client("gone", v2::SendMessageRequest { messages })).await.unwrap();
+            assert_eq!(out.into_inner().status.unwrap().code, v2::Code::Ok as i32);
+        });
+    }
+    while let Some(r) = sends.join_next().await {
+        r.unwrap();
+    }
+    let last_sent = first_sent.elapsed();
+    assert!(last_sent < Duration::from_secs(5), "sending took {last_sent:?}; the quiet window below needs < 5 s");
+    // Each transaction's first check is due 0.2 s after its send and finds nobody; the next
+    // attempts follow 1, 2, 4 and 8 s later (at +1.2, +3.2, +7.2, +15.2 s), then the policy at
+    // +20.2 s. Between the +7.2 s attempts of the last sends and the +15.2 s attempts of the
+    // first ones, nothing is due.
+    let writes = || common::sample(&common::scrape(metrics), "txmq_store_flush_batch_size_sum");
+    let quiet_from = last_sent + Duration::from_secs(9);
+    let quiet_to = Duration::from_millis(14_500);
+    tokio::time::sleep(quiet_from.saturating_sub(first_sent.elapsed())).await;
+    let before = writes();
+    tokio::time::sleep(quiet_to.saturating_sub(first_sent.elapsed())).await;
+    let during = writes() - before;
+    eprintln!("writes in the quiet window {quiet_from:?}..{quiet_to:?}: {during}");
+    assert!(during < 100.0, "{during} writes while every transaction was backing off");
+    // Unreachable for 12 s: the policy (rollback) ends every one of them.
+    let rolled_back = r#"txmq_transaction_decisions_total{decision="rollback",source="policy"}"#;
+    loop {
+        let m = common::scrape(metrics);
+        if common::sample(&m, rolled_back) as usize == N {
+            assert_eq!(common::sample(&m, "txmq_transactions_pending"), 0.0);
+            break;
+        }
+        assert!(first_sent.elapsed() < Duration::from_secs(35), "policy not applied: {}", common::sample(&m, rolled_back));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let total = writes();
+    eprintln!("writes in all (sends, attempts, policy): {total}");
+    let mut admin =
+        txmq_proto::admin::admin_client::AdminClient::connect(format!("http://{}", broker.addr)).await.unwrap();
+    let list = txmq_proto::admin::ListTransactionsRequest { limit: 1, ..Default::default() };
+    let id = admin.list_transactions(list).await.unwrap().into_inner().transactions[0].id.clone();
+    let t = admin.get_transaction(txmq_proto::admin::GetTransactionRequest { id }).await.unwrap().into_inner();
+    let t = t.transaction.unwrap();
+    let unreachable = t.timeline.iter().find(|e| e.kind == "unreachable").expect("attempts in the timeline");
+    assert!(unreachable.attempts >= 4, "{unreachable:?}");
+    let decision = t.timeline.iter().find(|e| e.kind == "decision").unwrap();
+    assert!(decision.reason.contains("no producer reachable"), "{}", decision.reason);
     broker.stop().await.unwrap();
 }

@@ -84,3 +84,29 @@ async fn a_failed_fsync_is_never_acked_and_poisons_writes() {
         broker.stop().await.unwrap();
     }
 }
+
+/// Finding 4: a half send whose flush failed was answered with an error; the client's retry
+/// (same message id) must not be answered OK from the applied-but-never-durable record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_half_send_after_a_failed_flush_is_not_acked() {
+    let (store, faults) = FaultyStore::new(MemoryStore::new());
+    let mut config = Config::with_data_dir("/nonexistent");
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let broker = txmq_broker::server::spawn_with(config, Some(Arc::new(store))).await.unwrap();
+    let mut c = MessagingServiceClient::connect(format!("http://{}", broker.addr)).await.unwrap();
+    let ok = c.send_message(send_req("creates-the-topic")).await.unwrap().into_inner();
+    assert_eq!(ok.status.unwrap().code, v2::Code::Ok as i32);
+    let mut half = send_req("half-1");
+    half.messages[0].system_properties.as_mut().unwrap().message_type = v2::MessageType::Transaction as i32;
+    faults.fail_flushes(1);
+    let first = c.send_message(half.clone()).await.unwrap().into_inner();
+    assert_eq!(first.status.unwrap().code, v2::Code::InternalServerError as i32);
+    let retry = c.send_message(half).await.unwrap().into_inner();
+    let entry = &retry.entries[0];
+    assert_eq!(
+        (retry.status.unwrap().code, entry.transaction_id.as_str()),
+        (v2::Code::InternalServerError as i32, ""),
+        "the retry must not be acknowledged"
+    );
+    broker.stop().await.unwrap();
+}

@@ -6,7 +6,8 @@ use std::time::Duration;
 use txmq_broker::broker::{now_ms, Broker};
 use txmq_broker::config::Config;
 use txmq_broker::model::{MessageType, NewMessage};
-use txmq_broker::txn::service::{CheckOutcome, MaxChecksPolicy};
+use txmq_broker::store::{Key, MemoryStore, Store};
+use txmq_broker::txn::service::{CheckOutcome, CheckTarget, MaxChecksPolicy, TxnFilter};
 use txmq_broker::txn::state::{Actor, Resolution, TxnState};
 
 fn half(id: &str, recovery_ms: Option<i64>) -> NewMessage {
@@ -52,11 +53,12 @@ async fn recovery_duration_parking_resume_and_purge() {
     // One check (max 1), then the park policy; then an operator resumes it.
     let id = send_half(&b, "parked", Some(0)).await;
     let due = b.transaction(&id).unwrap().unwrap().next_check.unwrap();
-    let sent = b.check_transaction(&id, due, |_, _| Some("producer-2".into())).await.unwrap();
-    assert_eq!(sent, CheckOutcome::Sent { client: "producer-2".into() });
+    let target = || Some(CheckTarget { client: "producer-2".into(), stream: 1 });
+    let sent = b.check_transaction(&id, due, |_, _| target()).await.unwrap();
+    assert_eq!(sent, CheckOutcome::Sent { client: "producer-2".into(), stream: 1 });
     let due = b.transaction(&id).unwrap().unwrap().next_check.unwrap();
     tokio::time::sleep(Duration::from_millis((due - now_ms()).max(0) as u64 + 10)).await;
-    let exhausted = b.check_transaction(&id, due, |_, _| Some("producer-2".into())).await.unwrap();
+    let exhausted = b.check_transaction(&id, due, |_, _| target()).await.unwrap();
     assert_eq!(exhausted, CheckOutcome::Exhausted { state: TxnState::Parked });
     assert!(
         !b.due_transactions(now_ms() + 3_600_000, 10).unwrap().iter().any(|(_, t)| *t == id),
@@ -89,14 +91,162 @@ async fn listing_and_counting_read_past_the_first_pages() {
     for id in &ids[..2_450] {
         b.end_transaction("orders", "", id, Resolution::Rollback, Actor::Producer, None).await.unwrap();
     }
-    let filter =
-        txmq_broker::txn::service::TxnFilter { state: Some(TxnState::Pending), limit: 1000, ..Default::default() };
+    let filter = TxnFilter { state: Some(TxnState::Pending), limit: 1000, ..Default::default() };
     let pending = b.list_transactions(&filter).unwrap();
     assert_eq!(pending.len(), 50);
     assert_eq!(pending[0].id, ids[2_450]);
     let counts = b.transaction_counts().unwrap();
     assert_eq!((counts.pending, counts.parked), (50, 0));
-    let all = txmq_broker::txn::service::TxnFilter { limit: 10_000, ..Default::default() };
+    let all = TxnFilter { limit: 10_000, ..Default::default() };
     assert_eq!(b.list_transactions(&all).unwrap().len(), 2_500);
+    b.shutdown();
+}
+
+/// Sends `n` half messages and resolves all but the last `pending` of them, 8 at a time.
+async fn resolved_and_pending(b: &std::sync::Arc<Broker>, n: usize, pending: usize) -> Vec<String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let b = b.clone();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in (w..n).step_by(8) {
+                let id = send_half(&b, &format!("m{i}"), None).await;
+                if i < n - pending {
+                    b.end_transaction("orders", "", &id, Resolution::Commit, Actor::Producer, None).await.unwrap();
+                }
+                ids.push(id);
+            }
+            ids
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        ids.extend(r.unwrap());
+    }
+    ids
+}
+
+fn count_keys(store: &dyn Store, kind: &Key) -> usize {
+    let prefix = kind.kind_prefix();
+    let end = txmq_broker::store::keys::prefix_end(&prefix).unwrap();
+    store.scan(std::ops::Bound::Included(&prefix), std::ops::Bound::Excluded(&end), usize::MAX, false).unwrap().len()
+}
+
+/// Finding 2: one retention pass purges every resolved transaction past the retention, however
+/// many (it used to purge 256 a minute while the broker resolves thousands a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_purge_pass_removes_twenty_thousand_resolved_transactions() {
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let mut config = Config::with_data_dir("/unused");
+    config.txn_retention = Duration::from_millis(1);
+    let b = Broker::with_store(config, store.clone()).unwrap();
+    resolved_and_pending(&b, 20_000, 0).await;
+    let kinds = [
+        Key::Txn(String::new()),
+        Key::HalfChunk { txn: String::new(), chunk: 0 },
+        Key::TxnByMessage { topic: String::new(), message_id: String::new() },
+        Key::TxnResolved { at: 0, txn: String::new() },
+    ];
+    for k in &kinds {
+        assert!(count_keys(store.as_ref(), k) >= 20_000, "{k:?} written");
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(b.purge_transactions().await.unwrap(), 20_000);
+    for k in &kinds {
+        assert_eq!(count_keys(store.as_ref(), k), 0, "{k:?} left after one pass");
+    }
+    // The committed messages themselves stay (message retention is separate).
+    assert_eq!(b.queue_offsets(&b.topic("orders").unwrap()).iter().map(|q| q.durable - q.min).sum::<u64>(), 20_000);
+    b.shutdown();
+}
+
+/// A memory store that counts reads of transaction records (point reads and scanned entries).
+#[derive(Default)]
+struct TxnReads {
+    inner: MemoryStore,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl TxnReads {
+    fn take(&self) -> usize {
+        self.reads.swap(0, std::sync::atomic::Ordering::SeqCst)
+    }
+    fn is_txn(key: &[u8]) -> bool {
+        key.starts_with(&Key::txn_prefix())
+    }
+}
+
+impl Store for TxnReads {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, txmq_broker::store::StoreError> {
+        if Self::is_txn(key) {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.get(key)
+    }
+    fn scan(
+        &self,
+        start: std::ops::Bound<&[u8]>,
+        end: std::ops::Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<txmq_broker::store::Entry>, txmq_broker::store::StoreError> {
+        let entries = self.inner.scan(start, end, limit, reverse)?;
+        let n = entries.iter().filter(|(k, _)| Self::is_txn(k)).count();
+        self.reads.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        Ok(entries)
+    }
+    fn apply(&self, batch: &txmq_broker::store::Batch) -> Result<(), txmq_broker::store::StoreError> {
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> Result<(), txmq_broker::store::StoreError> {
+        self.inner.flush()
+    }
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+}
+
+/// Finding 6: counting pending and parked transactions (every `/metrics` scrape, `txmq
+/// status`) reads no transaction record, and listing the pending ones reads only those — not
+/// the whole history. A store written before the open index existed gets it at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_and_pending_lists_cost_what_is_open_not_the_history() {
+    let store = std::sync::Arc::new(TxnReads::default());
+    let b = Broker::with_store(Config::with_data_dir("/unused"), store.clone()).unwrap();
+    let ids = resolved_and_pending(&b, 2_005, 5).await;
+    let pending_ids: std::collections::HashSet<&String> = ids.iter().filter(|id| {
+        b.transaction(id).unwrap().unwrap().state == TxnState::Pending
+    }).collect();
+    assert_eq!(pending_ids.len(), 5);
+    store.take();
+    let counts = b.transaction_counts().unwrap();
+    assert_eq!((counts.pending, counts.parked), (5, 0));
+    assert!(counts.oldest_pending.is_some());
+    assert_eq!(store.take(), 0, "counting read transaction records");
+    let g = b.gauges();
+    assert_eq!(g.pending_transactions, 5);
+    assert_eq!(store.take(), 0, "a metrics scrape read transaction records");
+    let filter = TxnFilter { state: Some(TxnState::Pending), limit: 100, ..Default::default() };
+    let listed = b.list_transactions(&filter).unwrap();
+    assert_eq!(listed.len(), 5);
+    assert!(listed.iter().all(|t| pending_ids.contains(&t.id)));
+    let reads = store.take();
+    assert!(reads <= 5, "listing 5 pending of 2,005 read {reads} records");
+    b.shutdown();
+
+    // An older store (no open index yet): the index is built once at start.
+    let mut batch = txmq_broker::store::Batch::new();
+    for state in [1u8, 4] {
+        let prefix = Key::txn_open_prefix(state);
+        let end = txmq_broker::store::keys::prefix_end(&prefix).unwrap();
+        for (k, _) in store.scan(std::ops::Bound::Included(&prefix), std::ops::Bound::Excluded(&end), usize::MAX, false).unwrap() {
+            batch.delete_raw(k);
+        }
+    }
+    batch.delete(&Key::Meta("txn-open-index".into()));
+    store.apply(&batch).unwrap();
+    let b = Broker::with_store(Config::with_data_dir("/unused"), store.clone()).unwrap();
+    assert_eq!(b.transaction_counts().unwrap().pending, 5);
+    assert_eq!(b.list_transactions(&filter).unwrap().len(), 5);
     b.shutdown();
 }

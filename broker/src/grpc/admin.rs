@@ -242,10 +242,11 @@ fn wire_txn(t: &Txn, half: Option<&StoredMessage>, with_timeline: bool) -> pb::T
                 Event::Sent { at, client } => {
                     pb::TxnEvent { at_ms: *at, kind: "sent".into(), client: client.clone(), ..Default::default() }
                 }
-                Event::Checked { at, client, answer } => pb::TxnEvent {
+                Event::Checked { at, client, stream, answer } => pb::TxnEvent {
                     at_ms: *at,
                     kind: "check".into(),
                     client: client.clone(),
+                    stream: *stream,
                     resolution: answer.map(|(r, _)| resolution(r).to_string()).unwrap_or_default(),
                     by: "check".into(),
                     latency_ms: answer.map(|(_, l)| l).unwrap_or(0),
@@ -270,6 +271,13 @@ fn wire_txn(t: &Txn, half: Option<&StoredMessage>, with_timeline: bool) -> pb::T
                 Event::Parked { at } => {
                     pb::TxnEvent { at_ms: *at, kind: "parked".into(), by: "policy".into(), ..Default::default() }
                 }
+                Event::Unreachable { since, attempts, last } => pb::TxnEvent {
+                    at_ms: *since,
+                    kind: "unreachable".into(),
+                    attempts: *attempts,
+                    last_ms: *last,
+                    ..Default::default()
+                },
                 Event::Resumed { at, reason } => pb::TxnEvent {
                     at_ms: *at,
                     kind: "resumed".into(),

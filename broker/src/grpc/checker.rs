@@ -1,14 +1,17 @@
 //! The check-back loop: finds due transactions and writes `RecoverOrphanedTransactionCommand`
 //! to a live Telemetry stream — the sending producer's oldest live stream first (for the Rust
-//! client that is its access-point stream, the one it keeps), then any other live producer of
-//! the topic. A write that a stream refuses (closed or full) moves on to the next stream; with
-//! no stream at all, the transaction is retried later without using up a check.
+//! client that is its access-point stream, the one it keeps), then the streams of the topic's
+//! other transactional producers, then of clients that declared the topic. A stream whose
+//! earlier check went unanswered past `--txn-check-timeout` is tried last, and so is the client
+//! whose check of this transaction went unanswered. A write that a stream refuses (closed or
+//! full) moves on to the next stream; with no stream at all, the transaction is retried with
+//! backoff without using up a check (see `txn::state::Txn::unreachable`).
 
 use super::clients::Clients;
 use super::convert;
 use crate::broker::{now_ms, Broker};
 use crate::model::StoredMessage;
-use crate::txn::service::CheckOutcome;
+use crate::txn::service::{CheckOutcome, CheckTarget};
 use crate::txn::state::Txn;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +21,11 @@ use txmq_proto::v2;
 /// Due checks handled per round, concurrently. Each producer's Telemetry stream buffers this
 /// many commands, so one round never overflows a stream.
 pub(super) const BATCH: usize = 256;
+
+/// How often idle clients are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Clients gone without NotifyClientTermination and without a stream are forgotten after this.
+const IDLE_CLIENT: Duration = Duration::from_secs(600);
 
 /// How often the loop looks for due checks: a tenth of the shortest timing, 20 ms to 1 s.
 fn tick(broker: &Broker) -> Duration {
@@ -34,13 +42,21 @@ pub async fn run(broker: Arc<Broker>, clients: Arc<Clients>, shutdown: Cancellat
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        if swept.elapsed() > Duration::from_secs(60) {
-            // Clients gone without NotifyClientTermination leave the registry after 10 minutes.
-            let forgotten = clients.sweep(Duration::from_secs(600));
+        if swept.elapsed() > SWEEP_EVERY {
+            let forgotten = clients.sweep(IDLE_CLIENT);
             if forgotten > 0 {
                 tracing::debug!(forgotten, "forgot idle clients");
             }
             swept = std::time::Instant::now();
+        }
+        for u in clients.expire_checks(broker.config().txn_check_timeout) {
+            broker.metrics().checks_unanswered.add(&[&u.topic], 1);
+            tracing::info!(
+                transaction_id = u.transaction_id,
+                client_id = u.client,
+                stream = u.stream,
+                "check-back unanswered; that stream is tried last from now on"
+            );
         }
         // Due checks run concurrently so that their writes share group commits; a full round
         // means more are due, so the next round starts at once.
@@ -69,9 +85,11 @@ pub async fn run(broker: Arc<Broker>, clients: Arc<Clients>, shutdown: Cancellat
 
 fn log_outcome(id: &str, result: crate::error::Result<CheckOutcome>) {
     match result {
-        Ok(CheckOutcome::Sent { client }) => tracing::debug!(transaction_id = id, client_id = client, "check sent"),
-        Ok(CheckOutcome::Unreachable) => {
-            tracing::debug!(transaction_id = id, "no live producer for the check; will retry")
+        Ok(CheckOutcome::Sent { client, stream }) => {
+            tracing::debug!(transaction_id = id, client_id = client, stream, "check sent")
+        }
+        Ok(CheckOutcome::Unreachable { retry_at }) => {
+            tracing::debug!(transaction_id = id, retry_at, "no live producer for the check; will retry")
         }
         Ok(CheckOutcome::Exhausted { state }) => {
             tracing::info!(transaction_id = id, state = state.as_str(), "checks exhausted")
@@ -94,16 +112,13 @@ pub fn command(txn: &Txn, half: &StoredMessage) -> v2::TelemetryCommand {
     }
 }
 
-/// Writes the check to the first live stream that takes it; names that stream's client.
-fn deliver(clients: &Clients, txn: &Txn, half: &StoredMessage) -> Option<String> {
+/// Writes the check to the first candidate stream that takes it; names where it went.
+fn deliver(clients: &Clients, txn: &Txn, half: &StoredMessage) -> Option<CheckTarget> {
     let cmd = command(txn, half);
-    let mut candidates = vec![txn.producer.clone()];
-    candidates.extend(clients.producers_of(&txn.topic).into_iter().filter(|c| *c != txn.producer));
-    for client in candidates {
-        for stream in clients.streams(&client) {
-            if stream.tx.try_send(Ok(cmd.clone())).is_ok() {
-                return Some(client);
-            }
+    for (client, stream) in clients.check_candidates(&txn.topic, &txn.producer, txn.unanswered_check()) {
+        if stream.tx.try_send(Ok(cmd.clone())).is_ok() {
+            clients.check_sent(&txn.id, &txn.topic, &client, stream.id);
+            return Some(CheckTarget { client, stream: stream.id });
         }
     }
     None

@@ -1,39 +1,83 @@
-//! Connected clients: their last sign of life, their Settings, and their live Telemetry streams.
+//! Connected clients: their last sign of life, their Settings, their live Telemetry streams, and
+//! the check-backs written to those streams and not answered yet.
 //!
 //! A client id (`x-mq-client-id`) may hold several Telemetry streams (the Rust client opens one
 //! per address spelling and closes extra ones soon after). Only streams that are still open are
 //! kept, oldest first: the oldest is the access-point stream, the one the Rust client keeps.
+//!
+//! A stream whose check-back got no answer within the check timeout is *silent*: later checks
+//! try every other stream first, and a client whose streams are all silent and who showed no
+//! other sign of life for the liveness window is swept (its streams are ended). An answer from
+//! a stream's client makes it responsive again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use txmq_proto::v2;
 
 /// Where server commands for one Telemetry stream are written.
 pub type CommandSender = mpsc::Sender<Result<v2::TelemetryCommand, tonic::Status>>;
+
+/// A client counts as alive while it showed a sign of life (heartbeat, request, stream message)
+/// this recently: three Rust-client heartbeat intervals (30 s each).
+pub const ALIVE_WINDOW: Duration = Duration::from_secs(90);
 
 /// A live Telemetry stream of a client.
 #[derive(Clone)]
 pub struct StreamHandle {
     pub id: u64,
     pub tx: CommandSender,
+    /// Ends the stream from the broker's side (the client was swept).
+    pub cancel: CancellationToken,
+}
+
+struct Stream {
+    handle: StreamHandle,
+    /// A check written to it went unanswered past the check timeout.
+    silent: bool,
 }
 
 struct Client {
     last_seen: Instant,
     settings: Option<v2::Settings>,
-    streams: Vec<StreamHandle>,
-    /// Topics it publishes to (from its Settings, or transactional sends): it can answer
-    /// check-backs for them.
-    topics: HashSet<String>,
+    streams: Vec<Stream>,
+    /// Topics it sent transactional messages to: it is one of the topic's transactional
+    /// producers (RocketMQ's producer group of a gRPC producer is its topic).
+    sends_txn: HashSet<String>,
+    /// Topics it announced in its Settings: it may answer check-backs for them.
+    declared: HashSet<String>,
 }
 
 impl Client {
     fn new() -> Self {
-        Self { last_seen: Instant::now(), settings: None, streams: Vec::new(), topics: HashSet::new() }
+        Self {
+            last_seen: Instant::now(),
+            settings: None,
+            streams: Vec::new(),
+            sends_txn: HashSet::new(),
+            declared: HashSet::new(),
+        }
     }
+}
+
+/// A check written to a stream and not answered yet.
+struct PendingCheck {
+    client: String,
+    stream: u64,
+    topic: String,
+    sent: Instant,
+}
+
+/// A check that went unanswered: its stream is now silent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanswered {
+    pub transaction_id: String,
+    pub client: String,
+    pub stream: u64,
+    pub topic: String,
 }
 
 /// The registry of clients, keyed by client id.
@@ -43,6 +87,8 @@ pub struct Clients {
     next_stream: AtomicU64,
     /// Requests in progress per client id.
     inflight: Mutex<HashMap<String, usize>>,
+    /// Checks written and not answered, by transaction id (one per pending transaction).
+    checks: Mutex<HashMap<String, PendingCheck>>,
 }
 
 /// One request in progress for a client; released when dropped.
@@ -88,18 +134,19 @@ impl Clients {
         self.with(client_id, |_| ());
     }
 
-    /// Registers a new Telemetry stream; returns its id.
-    pub fn open_stream(&self, client_id: &str, tx: CommandSender) -> u64 {
-        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        self.with(client_id, |c| c.streams.push(StreamHandle { id, tx }));
-        id
+    /// Registers a new Telemetry stream; returns its handle (id and cancel token).
+    pub fn open_stream(&self, client_id: &str, tx: CommandSender) -> StreamHandle {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed) + 1;
+        let handle = StreamHandle { id, tx, cancel: CancellationToken::new() };
+        self.with(client_id, |c| c.streams.push(Stream { handle: handle.clone(), silent: false }));
+        handle
     }
 
     /// Forgets a stream that ended.
     pub fn close_stream(&self, client_id: &str, stream_id: u64) {
         if let Ok(mut inner) = self.inner.lock() {
             if let Some(c) = inner.get_mut(client_id) {
-                c.streams.retain(|s| s.id != stream_id);
+                c.streams.retain(|s| s.handle.id != stream_id);
             }
         }
     }
@@ -107,7 +154,7 @@ impl Clients {
     pub fn set_settings(&self, client_id: &str, settings: v2::Settings) {
         self.with(client_id, |c| {
             if let Some(v2::settings::PubSub::Publishing(p)) = &settings.pub_sub {
-                c.topics.extend(p.topics.iter().map(|t| t.name.clone()));
+                c.declared.extend(p.topics.iter().map(|t| t.name.clone()));
             }
             c.settings = Some(settings);
         });
@@ -116,22 +163,86 @@ impl Clients {
     /// Records that a client publishes transactional messages to `topic`.
     pub fn register_topic(&self, client_id: &str, topic: &str) {
         self.with(client_id, |c| {
-            if !c.topics.contains(topic) {
-                c.topics.insert(topic.to_string());
+            if !c.sends_txn.contains(topic) {
+                c.sends_txn.insert(topic.to_string());
             }
         });
     }
 
-    /// Clients with a live stream that publish to `topic`, most recently seen first.
-    pub fn producers_of(&self, topic: &str) -> Vec<String> {
+    /// Streams a check of a transaction of `topic` sent by `originator` may go to, best first:
+    /// the originator's, then those of the topic's other transactional producers (most recently
+    /// seen first), then those of clients that only declared the topic; within that order,
+    /// responsive streams before silent ones, and `avoid` (the client whose last check went
+    /// unanswered) after every other client.
+    pub fn check_candidates(&self, topic: &str, originator: &str, avoid: Option<&str>) -> Vec<(String, StreamHandle)> {
         let Ok(inner) = self.inner.lock() else { return Vec::new() };
-        let mut v: Vec<(&String, Instant)> = inner
-            .iter()
-            .filter(|(_, c)| !c.streams.is_empty() && c.topics.contains(topic))
-            .map(|(id, c)| (id, c.last_seen))
-            .collect();
-        v.sort_by_key(|c| std::cmp::Reverse(c.1));
-        v.into_iter().map(|(id, _)| id.clone()).collect()
+        let mut ranked: Vec<((bool, bool, u8, std::cmp::Reverse<Instant>, u64), String, StreamHandle)> = Vec::new();
+        for (id, c) in inner.iter() {
+            let rank = if id == originator {
+                0
+            } else if c.sends_txn.contains(topic) {
+                1
+            } else if c.declared.contains(topic) {
+                2
+            } else {
+                continue;
+            };
+            let avoided = avoid == Some(id.as_str());
+            for s in &c.streams {
+                let key = (s.silent, avoided, rank, std::cmp::Reverse(c.last_seen), s.handle.id);
+                ranked.push((key, id.clone(), s.handle.clone()));
+            }
+        }
+        ranked.sort_by(|a, b| a.0.cmp(&b.0));
+        ranked.into_iter().map(|(_, id, h)| (id, h)).collect()
+    }
+
+    /// Records a check of `transaction_id` written to `stream` of `client`.
+    pub fn check_sent(&self, transaction_id: &str, topic: &str, client: &str, stream: u64) {
+        if let Ok(mut m) = self.checks.lock() {
+            let check = PendingCheck { client: client.to_string(), stream, topic: topic.to_string(), sent: Instant::now() };
+            m.insert(transaction_id.to_string(), check);
+        }
+    }
+
+    /// Records `client`'s answer to a check of `transaction_id`: the stream that carried the
+    /// check is responsive again.
+    pub fn check_answered(&self, transaction_id: &str, client: &str) {
+        let Some(check) = self.checks.lock().ok().and_then(|mut m| m.remove(transaction_id)) else { return };
+        if let Ok(mut inner) = self.inner.lock() {
+            for c in [check.client.as_str(), client] {
+                if let Some(s) = inner.get_mut(c).and_then(|c| c.streams.iter_mut().find(|s| s.handle.id == check.stream))
+                {
+                    s.silent = false;
+                }
+            }
+        }
+    }
+
+    /// Ends the wait for checks older than `timeout`: their streams become silent. Returns
+    /// them, for logs and metrics.
+    pub fn expire_checks(&self, timeout: Duration) -> Vec<Unanswered> {
+        let expired: Vec<(String, PendingCheck)> = match self.checks.lock() {
+            Ok(mut m) => {
+                let ids: Vec<String> =
+                    m.iter().filter(|(_, c)| c.sent.elapsed() >= timeout).map(|(id, _)| id.clone()).collect();
+                ids.into_iter().filter_map(|id| m.remove(&id).map(|c| (id, c))).collect()
+            }
+            Err(_) => return Vec::new(),
+        };
+        if let Ok(mut inner) = self.inner.lock() {
+            for (_, check) in &expired {
+                if let Some(s) =
+                    inner.get_mut(&check.client).and_then(|c| c.streams.iter_mut().find(|s| s.handle.id == check.stream))
+                {
+                    s.silent = true;
+                }
+            }
+        }
+        expired
+            .into_iter()
+            .map(|(id, c)| Unanswered { transaction_id: id, client: c.client, stream: c.stream, topic: c.topic })
+            .collect()
     }
 
     pub fn settings(&self, client_id: &str) -> Option<v2::Settings> {
@@ -143,22 +254,35 @@ impl Clients {
         let Ok(inner) = self.inner.lock() else {
             return Vec::new();
         };
-        inner.get(client_id).map(|c| c.streams.clone()).unwrap_or_default()
+        inner.get(client_id).map(|c| c.streams.iter().map(|s| s.handle.clone()).collect()).unwrap_or_default()
     }
 
-    /// Whether the client showed a sign of life within `window` or holds an open stream.
-    pub fn alive(&self, client_id: &str, window: std::time::Duration) -> bool {
+    /// Whether the client showed a sign of life within `window`. An open stream alone does not
+    /// count: a peer that vanished without closing keeps its streams until keepalive ends them.
+    pub fn alive(&self, client_id: &str, window: Duration) -> bool {
         let Ok(inner) = self.inner.lock() else {
             return false;
         };
-        inner.get(client_id).is_some_and(|c| !c.streams.is_empty() || c.last_seen.elapsed() <= window)
+        inner.get(client_id).is_some_and(|c| c.last_seen.elapsed() <= window)
     }
 
-    /// Forgets clients with no live stream that showed no sign of life for `idle`.
-    pub fn sweep(&self, idle: std::time::Duration) -> usize {
+    /// Forgets clients with no live stream that showed no sign of life for `idle`, and ends
+    /// the streams of clients whose streams are all silent and who showed no sign of life for
+    /// [`ALIVE_WINDOW`]. Returns how many clients were forgotten.
+    pub fn sweep(&self, idle: Duration) -> usize {
         let Ok(mut inner) = self.inner.lock() else { return 0 };
         let before = inner.len();
-        inner.retain(|_, c| !c.streams.is_empty() || c.last_seen.elapsed() < idle);
+        inner.retain(|id, c| {
+            let all_silent = !c.streams.is_empty() && c.streams.iter().all(|s| s.silent);
+            if all_silent && c.last_seen.elapsed() > ALIVE_WINDOW {
+                tracing::info!(client_id = id, streams = c.streams.len(), "ending the streams of a silent client");
+                for s in &c.streams {
+                    s.handle.cancel.cancel();
+                }
+                return false;
+            }
+            !c.streams.is_empty() || c.last_seen.elapsed() < idle
+        });
         before - inner.len()
     }
 
@@ -189,7 +313,7 @@ mod tests {
         c.touch("idle");
         let (tx, _rx) = mpsc::channel(1);
         c.open_stream("streaming", tx);
-        assert_eq!(c.sweep(std::time::Duration::ZERO), 1);
+        assert_eq!(c.sweep(Duration::ZERO), 1);
         assert_eq!(c.len(), 1);
         assert_eq!(c.streams("streaming").len(), 1);
 
@@ -199,5 +323,36 @@ mod tests {
         assert!(c.admit("y", 2).is_some());
         drop(a);
         assert!(c.admit("x", 2).is_some());
+    }
+
+    #[test]
+    fn unanswered_checks_send_the_next_one_elsewhere_until_an_answer() {
+        let c = Clients::default();
+        let (tx, _rx) = mpsc::channel(4);
+        let p1 = c.open_stream("p1", tx.clone());
+        let p2 = c.open_stream("p2", tx.clone());
+        let other = c.open_stream("declares", tx);
+        c.register_topic("p1", "orders");
+        c.register_topic("p2", "orders");
+        c.set_settings(
+            "declares",
+            v2::Settings {
+                pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing {
+                    topics: vec![v2::Resource { resource_namespace: String::new(), name: "orders".into() }],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+        );
+        let order = |avoid| c.check_candidates("orders", "p1", avoid).into_iter().map(|(_, h)| h.id).collect::<Vec<_>>();
+        assert_eq!(order(None), [p1.id, p2.id, other.id], "originator, its topic's producers, declarers");
+        assert_eq!(order(Some("p1")), [p2.id, other.id, p1.id]);
+        c.check_sent("t1", "orders", "p1", p1.id);
+        let expired = c.expire_checks(Duration::ZERO);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(order(None), [p2.id, other.id, p1.id], "a silent stream is tried last");
+        c.check_sent("t2", "orders", "p1", p1.id);
+        c.check_answered("t2", "p1");
+        assert_eq!(order(None), [p1.id, p2.id, other.id], "an answer makes it responsive again");
     }
 }

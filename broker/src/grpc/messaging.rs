@@ -213,7 +213,7 @@ impl Messaging {
             .try_acquire_owned()
             .map_err(|_| BrokerError::TooManyRequests("too many receives waiting at once".into()))?;
         let clients = self.clients.clone();
-        let alive = move |id: &str| clients.alive(id, std::time::Duration::from_secs(90));
+        let alive = move |id: &str| clients.alive(id, super::clients::ALIVE_WINDOW);
         let receive = ReceiveRequest {
             group,
             topic,
@@ -518,6 +518,10 @@ impl MessagingService for Messaging {
                 Ok(v2::TransactionSource::SourceServerCheck) => Actor::Check,
                 _ => Actor::Producer,
             };
+            if by == Actor::Check && !req.transaction_id.is_empty() {
+                // The stream that carried the check is responsive, whatever the answer does.
+                self.clients.check_answered(&req.transaction_id, &client);
+            }
             self.broker.end_transaction(&topic, &req.message_id, &req.transaction_id, resolution, by, None).await
         }
         .await;

@@ -1,8 +1,10 @@
 //! The Telemetry stream: client Settings in, completed Settings (and later server commands) out.
 //!
 //! The response headers go out as soon as the call is accepted (the Rust client's `start()`
-//! waits for them). The server never ends a stream on its own except at shutdown: the Rust
-//! 5.0.0 client never re-opens one, and losing it would silently cut transaction check-backs.
+//! waits for them). The server ends a stream on its own only at shutdown, or when its client
+//! was swept as silent (every stream unanswered and no sign of life for the liveness window):
+//! the Rust 5.0.0 client never re-opens one, and losing it would silently cut transaction
+//! check-backs. Streams of peers that vanished without closing end through HTTP/2 keepalive.
 
 use super::clients::Clients;
 use super::status;
@@ -96,12 +98,14 @@ pub fn serve(
     tracker: &TaskTracker,
 ) -> mpsc::Receiver<Result<v2::TelemetryCommand, tonic::Status>> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    let stream_id = clients.open_stream(&client_id, tx.clone());
+    let opened = clients.open_stream(&client_id, tx.clone());
+    let (stream_id, swept) = (opened.id, opened.cancel);
     tracing::debug!(client_id, stream_id, "telemetry stream opened");
     tracker.spawn(async move {
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = swept.cancelled() => break,
                 next = inbound.message() => next,
             };
             match next {

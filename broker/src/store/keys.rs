@@ -41,6 +41,9 @@ pub enum Key {
     TxnDue { at: i64, txn: String },
     /// Resolved transactions by resolution time: purged after the retention period.
     TxnResolved { at: i64, txn: String },
+    /// Open (pending or parked) transactions by state, then creation time: counts, the oldest
+    /// pending one and `txn list --state` cost O(open), never O(history).
+    TxnOpen { state: u8, created_at: i64, txn: String },
 }
 
 mod tag {
@@ -58,6 +61,7 @@ mod tag {
     pub const TXN_BY_MESSAGE: u8 = 0x22;
     pub const TXN_DUE: u8 = 0x23;
     pub const TXN_RESOLVED: u8 = 0x24;
+    pub const TXN_OPEN: u8 = 0x25;
 }
 
 impl Key {
@@ -85,6 +89,7 @@ impl Key {
             }
             Key::TxnDue { at, txn } => e.u8(tag::TXN_DUE).i64(*at).ordered_str(txn),
             Key::TxnResolved { at, txn } => e.u8(tag::TXN_RESOLVED).i64(*at).ordered_str(txn),
+            Key::TxnOpen { state, created_at, txn } => e.u8(tag::TXN_OPEN).u8(*state).i64(*created_at).ordered_str(txn),
             Key::MessageKey { topic, key, queue, offset } => {
                 e.u8(tag::MESSAGE_KEY).ordered_str(topic).ordered_str(key).u32(*queue).u64(*offset)
             }
@@ -117,6 +122,7 @@ impl Key {
             tag::TXN_BY_MESSAGE => Key::TxnByMessage { topic: d.ordered_str()?, message_id: d.ordered_str()? },
             tag::TXN_DUE => Key::TxnDue { at: d.i64()?, txn: d.ordered_str()? },
             tag::TXN_RESOLVED => Key::TxnResolved { at: d.i64()?, txn: d.ordered_str()? },
+            tag::TXN_OPEN => Key::TxnOpen { state: d.u8()?, created_at: d.i64()?, txn: d.ordered_str()? },
             other => return Err(invalid("key tag", other)),
         };
         d.finish()?;
@@ -142,6 +148,17 @@ impl Key {
 
     pub fn txn_resolved_prefix() -> Vec<u8> {
         vec![tag::TXN_RESOLVED]
+    }
+
+    /// Open transactions in one state (by its record code), oldest first.
+    pub fn txn_open_prefix(state: u8) -> Vec<u8> {
+        vec![tag::TXN_OPEN, state]
+    }
+
+    /// Every key of the same kind as this one (its tag byte): for counting keys in tests and
+    /// tools.
+    pub fn kind_prefix(&self) -> Vec<u8> {
+        self.encode()[..1].to_vec()
     }
 
     /// All chunks of one half message.
@@ -227,6 +244,7 @@ mod tests {
             (s, s).prop_map(|(topic, message_id)| Key::TxnByMessage { topic, message_id }),
             (any::<i64>(), s).prop_map(|(at, txn)| Key::TxnDue { at, txn }),
             (any::<i64>(), s).prop_map(|(at, txn)| Key::TxnResolved { at, txn }),
+            (any::<u8>(), any::<i64>(), s).prop_map(|(state, created_at, txn)| Key::TxnOpen { state, created_at, txn }),
             (s, s, any::<u32>(), any::<u64>()).prop_map(|(topic, key, queue, offset)| Key::MessageKey {
                 topic,
                 key,

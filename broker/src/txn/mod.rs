@@ -26,9 +26,11 @@ pub mod state;
 use crate::codec::{invalid, CodecError, Decoder, Encoder};
 use state::{Actor, Event, Resolution, Txn, TxnState};
 
-const TXN_VERSION: u8 = 1;
+/// Version 2 adds the unreachable run; version 1 records are still read.
+const TXN_VERSION: u8 = 2;
 
-fn state_to_u8(s: TxnState) -> u8 {
+/// The code of a state in records and in the `TxnOpen` index.
+pub fn state_to_u8(s: TxnState) -> u8 {
     match s {
         TxnState::Pending => 1,
         TxnState::Committed => 2,
@@ -88,8 +90,8 @@ fn encode_event(e: &mut Encoder, ev: &Event) {
         Event::Sent { at, client } => {
             e.u8(1).i64(*at).str(client);
         }
-        Event::Checked { at, client, answer } => {
-            e.u8(2).i64(*at).str(client);
+        Event::Checked { at, client, stream, answer } => {
+            e.u8(7).i64(*at).str(client).u64(*stream);
             match answer {
                 Some((r, latency)) => e.u8(1).u8(resolution_to_u8(*r)).i64(*latency),
                 None => e.u8(0),
@@ -107,16 +109,21 @@ fn encode_event(e: &mut Encoder, ev: &Event) {
         Event::Resumed { at, reason } => {
             e.u8(6).i64(*at).opt_str(reason.as_deref());
         }
+        Event::Unreachable { since, attempts, last } => {
+            e.u8(8).i64(*since).u32(*attempts).i64(*last);
+        }
     }
 }
 
 fn decode_event(d: &mut Decoder<'_>) -> Result<Event, CodecError> {
     Ok(match d.u8()? {
         1 => Event::Sent { at: d.i64()?, client: d.str()? },
-        2 => {
+        // 2: a check before stream ids were recorded (stream 0 = unknown); 7: with its stream.
+        tag @ (2 | 7) => {
             let (at, client) = (d.i64()?, d.str()?);
+            let stream = if tag == 7 { d.u64()? } else { 0 };
             let answer = if d.bool()? { Some((resolution_from_u8(d.u8()?)?, d.i64()?)) } else { None };
-            Event::Checked { at, client, answer }
+            Event::Checked { at, client, stream, answer }
         }
         3 => Event::Answered { at: d.i64()?, resolution: resolution_from_u8(d.u8()?)?, by: actor_from_u8(d.u8()?)? },
         4 => Event::Decided {
@@ -127,6 +134,7 @@ fn decode_event(d: &mut Decoder<'_>) -> Result<Event, CodecError> {
         },
         5 => Event::Parked { at: d.i64()? },
         6 => Event::Resumed { at: d.i64()?, reason: d.opt_str()? },
+        8 => Event::Unreachable { since: d.i64()?, attempts: d.u32()?, last: d.i64()? },
         o => return Err(invalid("timeline event", o)),
     })
 }
@@ -148,16 +156,17 @@ pub fn encode(t: &Txn) -> Vec<u8> {
     for ev in &t.history {
         encode_event(&mut e, ev);
     }
+    e.opt_i64(t.unreachable_since).u32(t.unreachable_attempts);
     e.finish()
 }
 
 /// Decodes a transaction record.
 pub fn decode(bytes: &[u8]) -> Result<Txn, CodecError> {
     let mut d = Decoder::new(bytes);
-    match d.u8()? {
-        TXN_VERSION => {}
+    let version = match d.u8()? {
+        v @ (1 | TXN_VERSION) => v,
         v => return Err(invalid("transaction record version", v)),
-    }
+    };
     let mut t = Txn {
         id: d.str()?,
         topic: d.str()?,
@@ -168,11 +177,17 @@ pub fn decode(bytes: &[u8]) -> Result<Txn, CodecError> {
         checks: d.u32()?,
         next_check: d.opt_i64()?,
         resolved_at: d.opt_i64()?,
+        unreachable_since: None,
+        unreachable_attempts: 0,
         history: Vec::new(),
     };
     let n = d.u32()?;
     for _ in 0..n {
         t.history.push(decode_event(&mut d)?);
+    }
+    if version >= 2 {
+        t.unreachable_since = d.opt_i64()?;
+        t.unreachable_attempts = d.u32()?;
     }
     d.finish()?;
     Ok(t)
@@ -186,13 +201,28 @@ mod tests {
     #[test]
     fn records_roundtrip_with_every_event() {
         let mut t = Txn::new("id".into(), "t".into(), "m".into(), "p".into(), 5, 10);
-        t.checked("p", 10, 100);
+        t.unreachable(8, 100, 1000);
+        t.checked("p", 4, 10, 100);
         t.end(Resolution::Unknown, Actor::Check, None, 12).unwrap();
         t.end(Resolution::Unknown, Actor::Producer, None, 13).unwrap();
-        t.exhaust(true, 20);
+        t.unreachable(14, 100, 1000);
+        assert_eq!(decode(&encode(&t)).unwrap(), t);
+        t.exhaust(true, "why".into(), 20);
         t.resume(Some("why".into()), 30).unwrap();
         t.end(Resolution::Commit, Actor::Operator, Some("ok".into()), 40).unwrap();
         assert_eq!(decode(&encode(&t)).unwrap(), t);
+    }
+
+    #[test]
+    fn version_1_records_still_decode() {
+        // A pending transaction with one unanswered check, as version 1 wrote it.
+        let mut e = Encoder::new();
+        e.u8(1).str("id").str("t").str("m").str("p").i64(5).u8(1).u32(1).opt_i64(Some(40)).opt_i64(None).u32(2);
+        e.u8(1).i64(5).str("p");
+        e.u8(2).i64(10).str("p").u8(0);
+        let t = decode(&e.finish()).unwrap();
+        assert_eq!((t.checks, t.next_check, t.unreachable_since), (1, Some(40), None));
+        assert!(matches!(&t.history[1], Event::Checked { stream: 0, answer: None, .. }));
     }
 
     proptest! {

@@ -7,7 +7,7 @@ use super::state::{Actor, Effect, Resolution, Txn, TxnError, TxnState};
 use crate::broker::{now_ms, Broker};
 use crate::error::{BrokerError, Result};
 use crate::model::{md5_hex, Millis, NewMessage, StoredMessage};
-use crate::store::{chunks, Batch, Key, StoreError};
+use crate::store::{chunks, Batch, Key, Store, StoreError};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,13 +35,20 @@ impl std::str::FromStr for MaxChecksPolicy {
 /// flight a small table would make unrelated transactions wait for each other.
 pub const TXN_LOCKS: usize = 1024;
 
+/// Where a check command was written: a client and one of its Telemetry streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckTarget {
+    pub client: String,
+    pub stream: u64,
+}
+
 /// How a due check went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckOutcome {
     /// The command was written to this client's stream.
-    Sent { client: String },
-    /// No live producer could take it; retried later without counting.
-    Unreachable,
+    Sent { client: String, stream: u64 },
+    /// No live producer could take it; retried at `retry_at` (backing off) without counting.
+    Unreachable { retry_at: Millis },
     /// Out of checks: the policy applied.
     Exhausted { state: TxnState },
     /// The transaction was decided or rescheduled meanwhile.
@@ -66,6 +73,137 @@ pub struct TxnFilter {
     pub older_than_ms: Option<Millis>,
     pub limit: usize,
 }
+
+/// Pending and parked counts, changed with every durable state change and loaded from the
+/// `TxnOpen` index at start, so a metrics scrape never reads the transaction history.
+#[derive(Debug, Default)]
+pub struct OpenCounts {
+    pending: AtomicU64,
+    parked: AtomicU64,
+}
+
+/// Marks a store whose `TxnOpen` index is complete (built once for stores made before it).
+const OPEN_INDEX_META: &str = "txn-open-index";
+
+impl OpenCounts {
+    /// Counts the open transactions of `store`, first building the `TxnOpen` index if the
+    /// store predates it. Runs before the group-commit writer starts.
+    pub fn load(store: &dyn Store) -> Result<Self> {
+        let meta = Key::Meta(OPEN_INDEX_META.into()).encode();
+        if store.get(&meta)?.is_none() {
+            let mut batch = Batch::new();
+            for_each_txn(store, |t| {
+                if is_open(t.state) {
+                    batch.put(&open_key(t.state, &t), Vec::new());
+                }
+                true
+            })?;
+            batch.put_raw(meta, vec![1]);
+            store.apply(&batch)?;
+            store.flush()?;
+        }
+        let count = |state| -> Result<u64> {
+            let mut n = 0u64;
+            for_each_open(store, state, |_, _| {
+                n += 1;
+                true
+            })?;
+            Ok(n)
+        };
+        Ok(Self {
+            pending: AtomicU64::new(count(TxnState::Pending)?),
+            parked: AtomicU64::new(count(TxnState::Parked)?),
+        })
+    }
+
+    fn counter(&self, s: TxnState) -> Option<&AtomicU64> {
+        match s {
+            TxnState::Pending => Some(&self.pending),
+            TxnState::Parked => Some(&self.parked),
+            _ => None,
+        }
+    }
+
+    /// Records a durable change from `before` (`None`: a new transaction) to `after`.
+    fn changed(&self, before: Option<TxnState>, after: TxnState) {
+        if before == Some(after) {
+            return;
+        }
+        if let Some(c) = before.and_then(|b| self.counter(b)) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(c) = self.counter(after) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn is_open(s: TxnState) -> bool {
+    matches!(s, TxnState::Pending | TxnState::Parked)
+}
+
+fn open_key(state: TxnState, t: &Txn) -> Key {
+    Key::TxnOpen { state: super::state_to_u8(state), created_at: t.created_at, txn: t.id.clone() }
+}
+
+/// Visits the open transactions in `state` oldest first as `(created_at, id)`, in pages of
+/// 1,000 keys; stops when `visit` returns false.
+fn for_each_open(store: &dyn Store, state: TxnState, mut visit: impl FnMut(Millis, String) -> bool) -> Result<()> {
+    let prefix = Key::txn_open_prefix(super::state_to_u8(state));
+    for_each_page(store, &prefix, |k, _| match Key::decode(&k) {
+        Ok(Key::TxnOpen { created_at, txn, .. }) => Ok(visit(created_at, txn)),
+        _ => Err(StoreError::Corrupt { key: k, detail: "not an open-transaction key".into() }.into()),
+    })
+}
+
+/// Visits every stored transaction record, oldest id first, in pages of 1,000.
+fn for_each_txn(store: &dyn Store, mut visit: impl FnMut(Txn) -> bool) -> Result<()> {
+    for_each_page(store, &Key::txn_prefix(), |k, v| {
+        let t = super::decode(&v).map_err(|e| StoreError::Corrupt { key: k, detail: e.to_string() })?;
+        Ok(visit(t))
+    })
+}
+
+/// Visits the entries under `prefix` in pages of 1,000 so that memory stays bounded; stops when
+/// `visit` returns false.
+fn for_each_page(
+    store: &dyn Store,
+    prefix: &[u8],
+    mut visit: impl FnMut(Vec<u8>, Vec<u8>) -> Result<bool>,
+) -> Result<()> {
+    let end = crate::store::keys::prefix_end(prefix);
+    let mut from: Vec<u8> = prefix.to_vec();
+    let mut inclusive = true;
+    loop {
+        let start = if inclusive { Bound::Included(from.as_slice()) } else { Bound::Excluded(from.as_slice()) };
+        let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let page = store.scan(start, end, 1000, false)?;
+        let Some(last) = page.last().map(|(k, _)| k.clone()) else { return Ok(()) };
+        for (k, v) in page {
+            if !visit(k, v)? {
+                return Ok(());
+            }
+        }
+        from = last;
+        inclusive = false;
+    }
+}
+
+/// A transaction's scheduling and state before a change, for [`Broker::txn_write`].
+#[derive(Debug, Clone, Copy)]
+struct Before {
+    next_check: Option<Millis>,
+    state: Option<TxnState>,
+}
+
+impl Before {
+    fn of(t: &Txn) -> Self {
+        Before { next_check: t.next_check, state: Some(t.state) }
+    }
+}
+
+/// Resolved transactions purged per durable step.
+const PURGE_PAGE: usize = 256;
 
 static TXN_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -114,6 +252,11 @@ impl Broker {
         let by_message = Key::TxnByMessage { topic: msg.topic.clone(), message_id: msg.message_id.clone() };
         let _guard = self.txn_lock(&format!("{}\0{}", msg.topic, msg.message_id)).lock().await;
         if let Some(id) = self.store().get(&by_message.encode())? {
+            // Found, but possibly only applied: after a failed flush the store keeps what it
+            // applied, and the first send was answered with an error. Not durable, not OK.
+            if let Some(why) = self.committer().poisoned() {
+                return Err(StoreError::Poisoned(why).into());
+            }
             return String::from_utf8(id).map_err(|e| corrupt(&by_message, e));
         }
         let now = now_ms();
@@ -130,12 +273,11 @@ impl Broker {
             store_timestamp: now,
             producer: producer.to_string(),
         };
-        let mut batch = Batch::new();
+        let mut batch = self.txn_write(&txn, Before { next_check: None, state: None });
         chunks::put(&mut batch, &half.encode(), |chunk| Key::HalfChunk { txn: id.clone(), chunk })?;
-        batch.put(&Key::Txn(id.clone()), super::encode(&txn));
         batch.put(&by_message, id.clone().into_bytes());
-        batch.put(&Key::TxnDue { at: first_check, txn: id.clone() }, Vec::new());
         self.committer().commit(batch).await?;
+        self.txn_open().changed(None, txn.state);
         tracing::debug!(
             transaction_id = id,
             topic = half.msg.topic,
@@ -201,7 +343,7 @@ impl Broker {
             )));
         }
         let now = now_ms();
-        let due_before = txn.next_check;
+        let before = Before::of(&txn);
         let effect = txn.end(resolution, by, reason, now).map_err(|e| txn_error(e, &id))?;
         let m = self.metrics();
         if by == Actor::Check {
@@ -213,7 +355,7 @@ impl Broker {
         if effect == Effect::Publish {
             m.messages_in.add(&[&txn.topic], 1);
         }
-        let batch = self.txn_write(&txn, due_before);
+        let batch = self.txn_write(&txn, before);
         match effect {
             Effect::Publish => {
                 let half = self
@@ -229,25 +371,42 @@ impl Broker {
             }
             Effect::None => self.committer().commit(batch).await?,
         }
+        self.txn_open().changed(before.state, txn.state);
         Ok(txn)
     }
 
-    /// The writes that store `txn` after a change, moving its due-index entry.
-    fn txn_write(&self, txn: &Txn, due_before: Option<Millis>) -> Batch {
+    /// The writes that store `txn` after a change from `before`: the record, its due-index
+    /// entry, its open-index entry and, once final, its resolution-index entry.
+    fn txn_write(&self, txn: &Txn, before: Before) -> Batch {
         let mut batch = Batch::new();
         batch.put(&Key::Txn(txn.id.clone()), super::encode(txn));
-        if due_before != txn.next_check {
-            if let Some(at) = due_before {
+        if before.next_check != txn.next_check {
+            if let Some(at) = before.next_check {
                 batch.delete(&Key::TxnDue { at, txn: txn.id.clone() });
             }
             if let Some(at) = txn.next_check {
                 batch.put(&Key::TxnDue { at, txn: txn.id.clone() }, Vec::new());
             }
         }
+        if before.state != Some(txn.state) {
+            if let Some(old) = before.state.filter(|s| is_open(*s)) {
+                batch.delete(&open_key(old, txn));
+            }
+            if is_open(txn.state) {
+                batch.put(&open_key(txn.state, txn), Vec::new());
+            }
+        }
         if let (true, Some(at)) = (txn.state.is_final(), txn.resolved_at) {
             batch.put(&Key::TxnResolved { at, txn: txn.id.clone() }, Vec::new());
         }
         batch
+    }
+
+    /// Commits a transaction's change from `before` and counts it.
+    async fn commit_txn(&self, txn: &Txn, before: Before) -> Result<()> {
+        self.committer().commit(self.txn_write(txn, before)).await?;
+        self.txn_open().changed(before.state, txn.state);
+        Ok(())
     }
 
     /// Transactions whose check is due at `now`: `(due time, id)`, earliest first.
@@ -265,12 +424,14 @@ impl Broker {
     }
 
     /// Runs one due check of `id` (found in the due index at `due`). `deliver` writes the check
-    /// command to a live stream and names the client it reached, or `None` if none took it.
+    /// command to a live stream and names where, or `None` if no stream took it. Applies the
+    /// max-checks policy after the last check, or once no producer was reachable for
+    /// `txn_unreachable_max_age`.
     pub async fn check_transaction(
         &self,
         id: &str,
         due: Millis,
-        deliver: impl FnOnce(&Txn, &StoredMessage) -> Option<String>,
+        deliver: impl FnOnce(&Txn, &StoredMessage) -> Option<CheckTarget>,
     ) -> Result<CheckOutcome> {
         let _guard = self.txn_lock(id).lock().await;
         let now = now_ms();
@@ -289,38 +450,47 @@ impl Broker {
             return Ok(CheckOutcome::NotDue);
         }
         let c = self.config();
-        if txn.checks >= c.txn_max_checks {
+        let max_age = c.txn_unreachable_max_age.as_millis() as Millis;
+        let before = Before { next_check: Some(due), state: Some(txn.state) };
+        let why = if txn.checks >= c.txn_max_checks {
+            Some(format!("no decision after {} checks", txn.checks))
+        } else if txn.unreachable_too_long(now, max_age) {
+            Some(format!(
+                "no producer reachable for {} ({} attempts)",
+                humantime::format_duration(std::time::Duration::from_secs(c.txn_unreachable_max_age.as_secs())),
+                txn.unreachable_attempts
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
             let park = c.txn_max_checks_policy == MaxChecksPolicy::Park;
-            txn.exhaust(park, now);
-            self.committer().commit(self.txn_write(&txn, Some(due))).await?;
+            txn.exhaust(park, why.clone(), now);
+            self.commit_txn(&txn, before).await?;
             if park {
                 self.metrics().txn_parked.add(&[&txn.topic], 1);
             } else {
                 self.metrics().txn_decisions.add(&["rollback", "policy"], 1);
             }
-            tracing::warn!(
-                transaction_id = id,
-                topic = txn.topic,
-                state = txn.state.as_str(),
-                "transaction out of checks"
-            );
+            tracing::warn!(transaction_id = id, topic = txn.topic, state = txn.state.as_str(), why, "max-checks policy applied");
             return Ok(CheckOutcome::Exhausted { state: txn.state });
         }
         let half =
             self.half_message(id)?.ok_or_else(|| BrokerError::Internal(format!("half message of {id} is missing")))?;
         let interval = c.txn_check_interval.as_millis() as Millis;
         let outcome = match deliver(&txn, &half) {
-            Some(client) => {
-                txn.checked(&client, now, interval);
+            Some(CheckTarget { client, stream }) => {
+                txn.checked(&client, stream, now, interval);
                 self.metrics().checks_sent.add(&[&txn.topic], 1);
-                CheckOutcome::Sent { client }
+                CheckOutcome::Sent { client, stream }
             }
             None => {
-                txn.unreachable(now + interval.min(2000));
-                CheckOutcome::Unreachable
+                txn.unreachable(now, interval, max_age);
+                self.metrics().checks_unreachable.add(&[&txn.topic], 1);
+                CheckOutcome::Unreachable { retry_at: txn.next_check.unwrap_or(now) }
             }
         };
-        self.committer().commit(self.txn_write(&txn, Some(due))).await?;
+        self.commit_txn(&txn, before).await?;
         Ok(outcome)
     }
 
@@ -330,92 +500,110 @@ impl Broker {
         let mut txn = self
             .transaction(id)?
             .ok_or_else(|| BrokerError::InvalidTransactionId(format!("unknown transaction {id}")))?;
-        let due_before = txn.next_check;
+        let before = Before::of(&txn);
         txn.resume(reason, now_ms()).map_err(|e| txn_error(e, id))?;
-        self.committer().commit(self.txn_write(&txn, due_before)).await?;
+        self.commit_txn(&txn, before).await?;
         Ok(txn)
     }
 
-    /// Visits every stored transaction, oldest first, reading the store in pages of 1,000 so
-    /// that memory stays bounded; stops when `visit` returns false.
-    fn for_each_transaction(&self, mut visit: impl FnMut(Txn) -> bool) -> Result<()> {
-        let prefix = Key::txn_prefix();
-        let end = crate::store::keys::prefix_end(&prefix);
-        let mut from: Vec<u8> = prefix.clone();
-        let mut inclusive = true;
-        loop {
-            let start = if inclusive { Bound::Included(from.as_slice()) } else { Bound::Excluded(from.as_slice()) };
-            let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-            let page = self.store().scan(start, end, 1000, false)?;
-            let Some(last) = page.last().map(|(k, _)| k.clone()) else { return Ok(()) };
-            for (k, v) in page {
-                let t = super::decode(&v).map_err(|e| StoreError::Corrupt { key: k, detail: e.to_string() })?;
-                if !visit(t) {
-                    return Ok(());
-                }
-            }
-            from = last;
-            inclusive = false;
-        }
-    }
-
-    /// Transactions matching `filter`, oldest first, at most `filter.limit`.
+    /// Transactions matching `filter`, oldest first, at most `filter.limit`. Listing pending or
+    /// parked ones reads only open transactions (O(open)), through the `TxnOpen` index.
     pub fn list_transactions(&self, filter: &TxnFilter) -> Result<Vec<Txn>> {
         let now = now_ms();
-        let mut out = Vec::new();
-        self.for_each_transaction(|t| {
-            let keep = filter.state.is_none_or(|s| s == t.state)
+        let limit = filter.limit.max(1);
+        let keep = |t: &Txn| {
+            filter.state.is_none_or(|s| s == t.state)
                 && filter.topic.as_deref().is_none_or(|x| x == t.topic)
-                && filter.older_than_ms.is_none_or(|age| now - t.created_at >= age);
-            if keep {
-                out.push(t);
+                && filter.older_than_ms.is_none_or(|age| now - t.created_at >= age)
+        };
+        let mut out = Vec::new();
+        match filter.state {
+            Some(state) if is_open(state) => {
+                let mut failed = None;
+                for_each_open(self.store().as_ref(), state, |created_at, id| {
+                    // Oldest first: once one is too young, so are the rest.
+                    if filter.older_than_ms.is_some_and(|age| now - created_at < age) {
+                        return false;
+                    }
+                    match self.transaction(&id) {
+                        Ok(Some(t)) if keep(&t) => out.push(t),
+                        Ok(_) => {}
+                        Err(e) => failed = Some(e),
+                    }
+                    failed.is_none() && out.len() < limit
+                })?;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
             }
-            out.len() < filter.limit.max(1)
-        })?;
+            _ => for_each_txn(self.store().as_ref(), |t| {
+                if keep(&t) {
+                    out.push(t);
+                }
+                out.len() < limit
+            })?,
+        }
         Ok(out)
     }
 
-    /// Pending and parked counts and the oldest pending transaction's creation time, over
-    /// every stored transaction.
+    /// Pending and parked counts and the oldest pending transaction's creation time: O(1)
+    /// (counters and the first key of the open index).
     pub fn transaction_counts(&self) -> Result<TxnCounts> {
-        let mut c = TxnCounts::default();
-        self.for_each_transaction(|t| {
-            match t.state {
-                TxnState::Pending => {
-                    c.pending += 1;
-                    c.oldest_pending = Some(c.oldest_pending.map_or(t.created_at, |o: Millis| o.min(t.created_at)));
-                }
-                TxnState::Parked => c.parked += 1,
-                _ => {}
-            }
-            true
+        let mut oldest_pending = None;
+        for_each_open(self.store().as_ref(), TxnState::Pending, |created_at, _| {
+            oldest_pending = Some(created_at);
+            false
         })?;
-        Ok(c)
+        let open = self.txn_open();
+        Ok(TxnCounts {
+            pending: open.pending.load(Ordering::Relaxed),
+            parked: open.parked.load(Ordering::Relaxed),
+            oldest_pending,
+        })
     }
 
-    /// Deletes resolved transactions older than the transaction retention, in bounded steps.
+    /// Deletes resolved transactions older than the transaction retention (record, half
+    /// message, indexes), one durable page of [`PURGE_PAGE`] at a time until none is left, so
+    /// purging keeps up with any transaction rate while other writes get their turn between
+    /// pages. Returns how many were purged.
     pub async fn purge_transactions(&self) -> Result<usize> {
         let cutoff = now_ms() - self.config().txn_retention.as_millis() as Millis;
+        let mut purged = 0;
+        loop {
+            let n = self.purge_page(cutoff).await?;
+            purged += n;
+            if n < PURGE_PAGE {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if purged > 0 {
+            tracing::info!(purged, "purged resolved transactions past retention");
+        }
+        Ok(purged)
+    }
+
+    async fn purge_page(&self, cutoff: Millis) -> Result<usize> {
         let start = Key::txn_resolved_prefix();
         let end = Key::TxnResolved { at: cutoff, txn: String::new() }.encode();
-        let entries = self.store().scan(Bound::Included(&start), Bound::Excluded(&end), 256, false)?;
+        let entries = self.store().scan(Bound::Included(&start), Bound::Excluded(&end), PURGE_PAGE, false)?;
         let mut batch = Batch::new();
-        let mut purged = 0;
+        let n = entries.len();
         for (k, _) in entries {
-            let Ok(Key::TxnResolved { txn, .. }) = Key::decode(&k) else { continue };
+            let Ok(Key::TxnResolved { txn, .. }) = Key::decode(&k) else {
+                return Err(StoreError::Corrupt { key: k, detail: "not a resolution-index key".into() }.into());
+            };
             if let Some(t) = self.transaction(&txn)? {
                 batch.delete(&Key::TxnByMessage { topic: t.topic.clone(), message_id: t.message_id.clone() });
             }
             batch.delete(&Key::Txn(txn.clone()));
             chunks::delete(self.store().as_ref(), &mut batch, &Key::half_prefix(&txn))?;
             batch.delete_raw(k);
-            purged += 1;
         }
-        if purged > 0 {
+        if n > 0 {
             self.committer().commit(batch).await?;
-            tracing::info!(purged, "purged resolved transactions past retention");
         }
-        Ok(purged)
+        Ok(n)
     }
 }
 

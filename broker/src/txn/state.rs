@@ -81,11 +81,19 @@ pub enum Event {
         at: Millis,
         client: String,
     },
-    /// A check was written to `client`'s Telemetry stream; `answer` once it came back.
+    /// A check was written to Telemetry stream `stream` of `client`; `answer` once it came back.
     Checked {
         at: Millis,
         client: String,
+        stream: u64,
         answer: Option<(Resolution, Millis)>,
+    },
+    /// Checks found no live producer stream from `since` on; `attempts` so far, the latest at
+    /// `last`. One entry per run of failed attempts, updated in place.
+    Unreachable {
+        since: Millis,
+        attempts: u32,
+        last: Millis,
     },
     /// An answer or decision that did not change the state (unknown, or a repeat).
     Answered {
@@ -148,8 +156,16 @@ pub struct Txn {
     pub next_check: Option<Millis>,
     /// When the state became final.
     pub resolved_at: Option<Millis>,
+    /// Since when checks have found no live producer (`None` once one was reached).
+    pub unreachable_since: Option<Millis>,
+    /// Check attempts that found no live producer since `unreachable_since`.
+    pub unreachable_attempts: u32,
     pub history: Vec<Event>,
 }
+
+/// First pause after a check found no producer; it doubles per attempt up to the check
+/// interval, so transactions nobody can answer cost few writes.
+pub const UNREACHABLE_BACKOFF_MS: Millis = 1000;
 
 impl Txn {
     /// A new pending transaction, first checked at `first_check`.
@@ -172,6 +188,8 @@ impl Txn {
             checks: 0,
             next_check: Some(first_check),
             resolved_at: None,
+            unreachable_since: None,
+            unreachable_attempts: 0,
             history,
         }
     }
@@ -230,20 +248,53 @@ impl Txn {
         self.state == TxnState::Pending && self.next_check.is_some_and(|t| t <= now)
     }
 
-    /// Records a check written to `client`'s stream; the next one is due after `interval`.
-    pub fn checked(&mut self, client: &str, now: Millis, interval: Millis) {
+    /// Records a check written to stream `stream` of `client`; the next one is due after
+    /// `interval`.
+    pub fn checked(&mut self, client: &str, stream: u64, now: Millis, interval: Millis) {
         self.checks += 1;
         self.next_check = Some(now + interval);
-        self.push(Event::Checked { at: now, client: client.to_string(), answer: None });
+        self.unreachable_since = None;
+        self.unreachable_attempts = 0;
+        self.push(Event::Checked { at: now, client: client.to_string(), stream, answer: None });
     }
 
-    /// No producer could be reached: try again at `retry_at`, without counting a check.
-    pub fn unreachable(&mut self, retry_at: Millis) {
-        self.next_check = Some(retry_at);
+    /// The client of the latest check if it went unanswered: the next check should try
+    /// another producer first.
+    pub fn unanswered_check(&self) -> Option<&str> {
+        match self.history.iter().rev().find(|e| matches!(e, Event::Checked { .. })) {
+            Some(Event::Checked { client, answer: None, .. }) => Some(client),
+            _ => None,
+        }
     }
 
-    /// Applies the max-checks policy: roll back, or park for an operator.
-    pub fn exhaust(&mut self, park: bool, now: Millis) -> Effect {
+    /// No producer could be reached at `now`: the next attempt waits [`UNREACHABLE_BACKOFF_MS`],
+    /// doubling per attempt up to `interval`, and never past `since + max_age`, when the policy
+    /// applies (see [`Txn::unreachable_too_long`]). Checks are not counted.
+    pub fn unreachable(&mut self, now: Millis, interval: Millis, max_age: Millis) {
+        let since = *self.unreachable_since.get_or_insert(now);
+        self.unreachable_attempts = self.unreachable_attempts.saturating_add(1);
+        let shift = (self.unreachable_attempts - 1).min(20);
+        let backoff = UNREACHABLE_BACKOFF_MS.saturating_mul(1 << shift).min(interval.max(1));
+        self.next_check = Some((now + backoff).min(since.saturating_add(max_age)).max(now + 1));
+        let attempts = self.unreachable_attempts;
+        match self.history.last_mut() {
+            Some(Event::Unreachable { since: s, attempts: a, last }) if *s == since => {
+                *a = attempts;
+                *last = now;
+            }
+            _ => self.push(Event::Unreachable { since, attempts, last: now }),
+        }
+    }
+
+    /// Whether checks have found no producer for `max_age` or longer.
+    pub fn unreachable_too_long(&self, now: Millis, max_age: Millis) -> bool {
+        self.unreachable_since.is_some_and(|since| now - since >= max_age)
+    }
+
+    /// Applies the max-checks policy: roll back, or park for an operator. `why` is recorded.
+    pub fn exhaust(&mut self, park: bool, why: String, now: Millis) -> Effect {
+        self.unreachable_since = None;
+        self.unreachable_attempts = 0;
         if park {
             self.state = TxnState::Parked;
             self.next_check = None;
@@ -253,8 +304,7 @@ impl Txn {
             self.state = TxnState::RolledBack;
             self.next_check = None;
             self.resolved_at = Some(now);
-            let reason = Some(format!("no decision after {} checks", self.checks));
-            self.push(Event::Decided { at: now, resolution: Resolution::Rollback, by: Actor::Policy, reason });
+            self.push(Event::Decided { at: now, resolution: Resolution::Rollback, by: Actor::Policy, reason: Some(why) });
             Effect::Discard
         }
     }
@@ -308,7 +358,7 @@ mod tests {
         let mut t = txn();
         assert!(!t.is_due(6999));
         assert!(t.is_due(7000));
-        t.checked("p1", 7000, 30_000);
+        t.checked("p1", 3, 7000, 30_000);
         assert_eq!(t.end(Resolution::Unknown, Actor::Check, None, 7005), Ok(Effect::None));
         assert_eq!(t.state, TxnState::Pending);
         assert_eq!(t.last_answer(), Some(Resolution::Unknown));
@@ -319,13 +369,13 @@ mod tests {
     #[test]
     fn exhausted_checks_roll_back_or_park() {
         let mut t = txn();
-        assert_eq!(t.exhaust(false, 9000), Effect::Discard);
+        assert_eq!(t.exhaust(false, "no decision".into(), 9000), Effect::Discard);
         assert_eq!(t.state, TxnState::RolledBack);
         assert!(matches!(t.history.last(), Some(Event::Decided { by: Actor::Policy, .. })));
 
         let mut t = txn();
-        t.checked("p1", 7000, 1000);
-        assert_eq!(t.exhaust(true, 9000), Effect::None);
+        t.checked("p1", 1, 7000, 1000);
+        assert_eq!(t.exhaust(true, "no decision".into(), 9000), Effect::None);
         assert_eq!(t.state, TxnState::Parked);
         assert!(!t.is_due(Millis::MAX));
         t.resume(Some("db fixed".into()), 10_000).unwrap();
@@ -336,7 +386,7 @@ mod tests {
     #[test]
     fn a_parked_transaction_can_still_be_decided() {
         let mut t = txn();
-        t.exhaust(true, 9000);
+        t.exhaust(true, "no decision".into(), 9000);
         assert_eq!(
             t.end(Resolution::Commit, Actor::Operator, Some("checked the ledger".into()), 9500),
             Ok(Effect::Publish)
@@ -345,10 +395,27 @@ mod tests {
     }
 
     #[test]
-    fn unreachable_producers_do_not_use_up_checks() {
+    fn unreachable_producers_back_off_without_using_up_checks() {
         let mut t = txn();
-        t.unreachable(8000);
-        assert_eq!((t.checks, t.next_check), (0, Some(8000)));
+        let (interval, max_age) = (8_000, 12_000);
+        let mut at = 7000;
+        let mut waits = Vec::new();
+        while !t.unreachable_too_long(at, max_age) {
+            t.unreachable(at, interval, max_age);
+            let next = t.next_check.unwrap();
+            waits.push(next - at);
+            at = next;
+        }
+        // 1 s, 2 s, 4 s, then the interval cap, cut short where the policy applies (age 12 s).
+        assert_eq!(waits, vec![1000, 2000, 4000, 5000]);
+        assert_eq!(t.checks, 0);
+        assert!(matches!(t.history.last(), Some(Event::Unreachable { since: 7000, attempts: 4, last: 14_000 })));
+        assert_eq!(t.history.len(), 2, "one timeline entry per run of failed attempts");
+        t.checked("p2", 9, at, interval);
+        assert_eq!((t.unreachable_since, t.unreachable_attempts), (None, 0));
+        assert_eq!(t.unanswered_check(), Some("p2"));
+        t.end(Resolution::Unknown, Actor::Check, None, at + 5).unwrap();
+        assert_eq!(t.unanswered_check(), None);
     }
 
     fn any_resolution() -> impl Strategy<Value = Resolution> {
@@ -371,8 +438,8 @@ mod tests {
             for (r, a, extra) in ops {
                 now += 10;
                 match extra {
-                    0 => t.checked("p", now, 100),
-                    1 if t.state == TxnState::Pending => { t.exhaust(true, now); }
+                    0 => t.checked("p", 1, now, 100),
+                    1 if t.state == TxnState::Pending => { t.exhaust(true, String::new(), now); }
                     2 => { let _ = t.resume(None, now); }
                     _ => {}
                 }
