@@ -175,7 +175,8 @@ async fn a_silent_producer_stream_loses_the_next_check_to_a_live_one() {
 
     // P2 first: a producer of the topic (it sent and committed a transaction of its own).
     let (_p2_tx, mut p2) = producer_stream(&mut c, "producer-2").await;
-    let own = c.send_message(as_client("producer-2", v2::SendMessageRequest { messages: vec![half_message("p2-own")] }));
+    let own =
+        c.send_message(as_client("producer-2", v2::SendMessageRequest { messages: vec![half_message("p2-own")] }));
     let own = own.await.unwrap().into_inner().entries[0].transaction_id.clone();
     let end = |txn: String, id: &str| v2::EndTransactionRequest {
         topic: res("orders"),
@@ -283,7 +284,11 @@ async fn transactions_nobody_can_answer_back_off_and_end_by_policy() {
             assert_eq!(common::sample(&m, "txmq_transactions_pending"), 0.0);
             break;
         }
-        assert!(first_sent.elapsed() < Duration::from_secs(35), "policy not applied: {}", common::sample(&m, rolled_back));
+        assert!(
+            first_sent.elapsed() < Duration::from_secs(35),
+            "policy not applied: {}",
+            common::sample(&m, rolled_back)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let total = writes();
@@ -298,5 +303,81 @@ async fn transactions_nobody_can_answer_back_off_and_end_by_policy() {
     assert!(unreachable.attempts >= 4, "{unreachable:?}");
     let decision = t.timeline.iter().find(|e| e.kind == "decision").unwrap();
     assert!(decision.reason.contains("no producer reachable"), "{}", decision.reason);
+    broker.stop().await.unwrap();
+}
+
+/// A loopback TCP proxy to `target` for one connection that can be frozen: frozen, it stops
+/// forwarding in both directions (bytes are read and dropped) but keeps both sockets open, as
+/// a peer that vanished without closing looks from the broker. It reports when the broker
+/// closes its side.
+async fn freezable_proxy(
+    target: std::net::SocketAddr,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>, tokio::sync::oneshot::Receiver<Instant>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    let f = frozen.clone();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(target).await.unwrap();
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let f2 = f.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n) = cr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if !f2.load(Ordering::SeqCst) && sw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            // Keep the broker-side socket open while frozen.
+            std::future::pending::<()>().await;
+        });
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if !f.load(Ordering::SeqCst) {
+                        let _ = cw.write_all(&buf[..n]).await;
+                    }
+                }
+            }
+        }
+        let _ = closed_tx.send(Instant::now());
+        std::future::pending::<()>().await;
+    });
+    (addr, frozen, closed_rx)
+}
+
+/// Finding 3 (keepalive): a producer whose machine vanished (no FIN, no answers) keeps its
+/// connection, and so its Telemetry stream, open for the kernel's ~15 minutes of
+/// retransmissions unless the broker pings; with HTTP/2 keepalive the broker closes it within
+/// interval + timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_peers_connection_is_closed_by_keepalive() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::with_data_dir(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.keepalive_interval = Duration::from_millis(300);
+    config.keepalive_timeout = Duration::from_millis(300);
+    let broker = txmq_broker::server::spawn(config).await.unwrap();
+    let (proxy, frozen, closed) = freezable_proxy(broker.addr).await;
+    let mut c = MessagingServiceClient::connect(format!("http://{proxy}")).await.unwrap();
+    let (_tx, _stream) = producer_stream(&mut c, "vanishing").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    let froze_at = Instant::now();
+    let closed_at = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the broker kept a vanished peer's connection open")
+        .unwrap();
+    eprintln!("closed {:?} after the peer vanished", closed_at - froze_at);
     broker.stop().await.unwrap();
 }

@@ -214,9 +214,8 @@ async fn counts_and_pending_lists_cost_what_is_open_not_the_history() {
     let store = std::sync::Arc::new(TxnReads::default());
     let b = Broker::with_store(Config::with_data_dir("/unused"), store.clone()).unwrap();
     let ids = resolved_and_pending(&b, 2_005, 5).await;
-    let pending_ids: std::collections::HashSet<&String> = ids.iter().filter(|id| {
-        b.transaction(id).unwrap().unwrap().state == TxnState::Pending
-    }).collect();
+    let pending_ids: std::collections::HashSet<&String> =
+        ids.iter().filter(|id| b.transaction(id).unwrap().unwrap().state == TxnState::Pending).collect();
     assert_eq!(pending_ids.len(), 5);
     store.take();
     let counts = b.transaction_counts().unwrap();
@@ -239,7 +238,9 @@ async fn counts_and_pending_lists_cost_what_is_open_not_the_history() {
     for state in [1u8, 4] {
         let prefix = Key::txn_open_prefix(state);
         let end = txmq_broker::store::keys::prefix_end(&prefix).unwrap();
-        for (k, _) in store.scan(std::ops::Bound::Included(&prefix), std::ops::Bound::Excluded(&end), usize::MAX, false).unwrap() {
+        for (k, _) in
+            store.scan(std::ops::Bound::Included(&prefix), std::ops::Bound::Excluded(&end), usize::MAX, false).unwrap()
+        {
             batch.delete_raw(k);
         }
     }

@@ -43,7 +43,7 @@ pub async fn run(broker: Arc<Broker>, clients: Arc<Clients>, shutdown: Cancellat
             _ = tokio::time::sleep(every) => {}
         }
         if swept.elapsed() > SWEEP_EVERY {
-            let forgotten = clients.sweep(IDLE_CLIENT);
+            let forgotten = clients.sweep(IDLE_CLIENT, super::clients::ALIVE_WINDOW);
             if forgotten > 0 {
                 tracing::debug!(forgotten, "forgot idle clients");
             }

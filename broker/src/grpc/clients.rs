@@ -200,7 +200,8 @@ impl Clients {
     /// Records a check of `transaction_id` written to `stream` of `client`.
     pub fn check_sent(&self, transaction_id: &str, topic: &str, client: &str, stream: u64) {
         if let Ok(mut m) = self.checks.lock() {
-            let check = PendingCheck { client: client.to_string(), stream, topic: topic.to_string(), sent: Instant::now() };
+            let check =
+                PendingCheck { client: client.to_string(), stream, topic: topic.to_string(), sent: Instant::now() };
             m.insert(transaction_id.to_string(), check);
         }
     }
@@ -211,7 +212,8 @@ impl Clients {
         let Some(check) = self.checks.lock().ok().and_then(|mut m| m.remove(transaction_id)) else { return };
         if let Ok(mut inner) = self.inner.lock() {
             for c in [check.client.as_str(), client] {
-                if let Some(s) = inner.get_mut(c).and_then(|c| c.streams.iter_mut().find(|s| s.handle.id == check.stream))
+                if let Some(s) =
+                    inner.get_mut(c).and_then(|c| c.streams.iter_mut().find(|s| s.handle.id == check.stream))
                 {
                     s.silent = false;
                 }
@@ -232,8 +234,9 @@ impl Clients {
         };
         if let Ok(mut inner) = self.inner.lock() {
             for (_, check) in &expired {
-                if let Some(s) =
-                    inner.get_mut(&check.client).and_then(|c| c.streams.iter_mut().find(|s| s.handle.id == check.stream))
+                if let Some(s) = inner
+                    .get_mut(&check.client)
+                    .and_then(|c| c.streams.iter_mut().find(|s| s.handle.id == check.stream))
                 {
                     s.silent = true;
                 }
@@ -268,13 +271,13 @@ impl Clients {
 
     /// Forgets clients with no live stream that showed no sign of life for `idle`, and ends
     /// the streams of clients whose streams are all silent and who showed no sign of life for
-    /// [`ALIVE_WINDOW`]. Returns how many clients were forgotten.
-    pub fn sweep(&self, idle: Duration) -> usize {
+    /// `alive` (the broker uses [`ALIVE_WINDOW`]). Returns how many clients were forgotten.
+    pub fn sweep(&self, idle: Duration, alive: Duration) -> usize {
         let Ok(mut inner) = self.inner.lock() else { return 0 };
         let before = inner.len();
         inner.retain(|id, c| {
             let all_silent = !c.streams.is_empty() && c.streams.iter().all(|s| s.silent);
-            if all_silent && c.last_seen.elapsed() > ALIVE_WINDOW {
+            if all_silent && c.last_seen.elapsed() > alive {
                 tracing::info!(client_id = id, streams = c.streams.len(), "ending the streams of a silent client");
                 for s in &c.streams {
                     s.handle.cancel.cancel();
@@ -313,7 +316,7 @@ mod tests {
         c.touch("idle");
         let (tx, _rx) = mpsc::channel(1);
         c.open_stream("streaming", tx);
-        assert_eq!(c.sweep(Duration::ZERO), 1);
+        assert_eq!(c.sweep(Duration::ZERO, ALIVE_WINDOW), 1);
         assert_eq!(c.len(), 1);
         assert_eq!(c.streams("streaming").len(), 1);
 
@@ -323,6 +326,16 @@ mod tests {
         assert!(c.admit("y", 2).is_some());
         drop(a);
         assert!(c.admit("x", 2).is_some());
+    }
+
+    #[test]
+    fn an_open_stream_alone_does_not_keep_a_client_alive() {
+        let c = Clients::default();
+        let (tx, _rx) = mpsc::channel(1);
+        c.open_stream("push-consumer", tx);
+        assert!(c.alive("push-consumer", Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!c.alive("push-consumer", Duration::from_millis(1)), "no sign of life within the window");
     }
 
     #[test]
@@ -344,7 +357,8 @@ mod tests {
                 ..Default::default()
             },
         );
-        let order = |avoid| c.check_candidates("orders", "p1", avoid).into_iter().map(|(_, h)| h.id).collect::<Vec<_>>();
+        let order =
+            |avoid| c.check_candidates("orders", "p1", avoid).into_iter().map(|(_, h)| h.id).collect::<Vec<_>>();
         assert_eq!(order(None), [p1.id, p2.id, other.id], "originator, its topic's producers, declarers");
         assert_eq!(order(Some("p1")), [p2.id, other.id, p1.id]);
         c.check_sent("t1", "orders", "p1", p1.id);
@@ -354,5 +368,23 @@ mod tests {
         c.check_sent("t2", "orders", "p1", p1.id);
         c.check_answered("t2", "p1");
         assert_eq!(order(None), [p1.id, p2.id, other.id], "an answer makes it responsive again");
+    }
+
+    #[test]
+    fn a_client_whose_streams_are_all_silent_is_swept_and_its_streams_ended() {
+        let c = Clients::default();
+        let (tx, _rx) = mpsc::channel(4);
+        let silent = c.open_stream("silent", tx.clone());
+        let answering = c.open_stream("answering", tx);
+        c.check_sent("t1", "orders", "silent", silent.id);
+        c.check_sent("t2", "orders", "answering", answering.id);
+        c.check_answered("t2", "answering");
+        c.expire_checks(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(c.sweep(Duration::from_secs(600), Duration::from_millis(1)), 1);
+        assert!(silent.cancel.is_cancelled(), "the silent client's stream is ended");
+        assert!(!answering.cancel.is_cancelled());
+        assert!(c.streams("silent").is_empty());
+        assert_eq!(c.streams("answering").len(), 1);
     }
 }

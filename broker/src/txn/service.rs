@@ -472,7 +472,13 @@ impl Broker {
             } else {
                 self.metrics().txn_decisions.add(&["rollback", "policy"], 1);
             }
-            tracing::warn!(transaction_id = id, topic = txn.topic, state = txn.state.as_str(), why, "max-checks policy applied");
+            tracing::warn!(
+                transaction_id = id,
+                topic = txn.topic,
+                state = txn.state.as_str(),
+                why,
+                "max-checks policy applied"
+            );
             return Ok(CheckOutcome::Exhausted { state: txn.state });
         }
         let half =

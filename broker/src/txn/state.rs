@@ -304,7 +304,12 @@ impl Txn {
             self.state = TxnState::RolledBack;
             self.next_check = None;
             self.resolved_at = Some(now);
-            self.push(Event::Decided { at: now, resolution: Resolution::Rollback, by: Actor::Policy, reason: Some(why) });
+            self.push(Event::Decided {
+                at: now,
+                resolution: Resolution::Rollback,
+                by: Actor::Policy,
+                reason: Some(why),
+            });
             Effect::Discard
         }
     }
