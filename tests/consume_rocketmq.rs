@@ -68,7 +68,9 @@ async fn messages_past_max_attempts_go_to_the_dead_letter_topic() {
     let broker = start(config).await;
     let p = producer(&broker, &["payments"]).await;
     let id = send_n(&p, "payments", "poison", 1).await.remove(0);
-    let c = consumer(&broker, "ledger", &["payments", "%DLQ%ledger"]).await;
+    // Only `payments` at start: like RocketMQ, txmq has no `%DLQ%ledger` until the group
+    // exists (its first receive); the consumer routes the dead-letter topic when it reads it.
+    let c = consumer(&broker, "ledger", &["payments"]).await;
 
     for attempt in 1..=2 {
         let started = Instant::now();

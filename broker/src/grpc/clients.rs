@@ -80,6 +80,10 @@ pub struct Unanswered {
     pub topic: String,
 }
 
+/// Sort key of a check candidate, best first: silent?, the client to avoid?, originator (0) /
+/// the topic's producer (1) / a declarer (2), most recently seen, oldest stream.
+type CandidateRank = (bool, bool, u8, std::cmp::Reverse<Instant>, u64);
+
 /// The registry of clients, keyed by client id.
 #[derive(Default)]
 pub struct Clients {
@@ -176,7 +180,7 @@ impl Clients {
     /// unanswered) after every other client.
     pub fn check_candidates(&self, topic: &str, originator: &str, avoid: Option<&str>) -> Vec<(String, StreamHandle)> {
         let Ok(inner) = self.inner.lock() else { return Vec::new() };
-        let mut ranked: Vec<((bool, bool, u8, std::cmp::Reverse<Instant>, u64), String, StreamHandle)> = Vec::new();
+        let mut ranked: Vec<(CandidateRank, String, StreamHandle)> = Vec::new();
         for (id, c) in inner.iter() {
             let rank = if id == originator {
                 0
@@ -193,7 +197,7 @@ impl Clients {
                 ranked.push((key, id.clone(), s.handle.clone()));
             }
         }
-        ranked.sort_by(|a, b| a.0.cmp(&b.0));
+        ranked.sort_by_key(|r| r.0);
         ranked.into_iter().map(|(_, id, h)| (id, h)).collect()
     }
 
