@@ -1,5 +1,7 @@
 //! Crash safety: a broker child process is killed with SIGKILL while sends are in flight; every
-//! send it acknowledged is found intact after a restart. 20 rounds of 500 sends.
+//! send it acknowledged is found intact after a restart. 20 rounds of 500 sends, each killed
+//! after a random number of acks (seeded: the seed is printed, and `TXMQ_CRASH_SEED=n` replays
+//! a run); after the last round every acked send of every round is checked again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -34,19 +36,52 @@ fn body(i: usize, round: usize) -> Vec<u8> {
     format!("round {round} message {i} {}", "z".repeat(i % 300)).into_bytes()
 }
 
-/// Small xorshift generator: the kill point varies per round without a dependency.
-fn kill_point(seed: u64) -> usize {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    50 + (x as usize % (SENDS_PER_ROUND - 50))
+/// The run's seed: `TXMQ_CRASH_SEED`, or the clock.
+fn seed() -> u64 {
+    std::env::var("TXMQ_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    })
+}
+
+/// Small xorshift generator over (seed, round): the number of acks after which a round is
+/// killed, between 1 and the round's sends.
+fn kill_point(seed: u64, round: usize) -> usize {
+    let mut x = (seed ^ (round as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+    for _ in 0..3 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    1 + (x as usize % (SENDS_PER_ROUND - 1))
+}
+
+/// Checks that every acked send of `rounds` is stored intact in the store at `dir`.
+fn verify(dir: &std::path::Path, acked: &[(usize, Vec<usize>)], when: &str) -> usize {
+    let broker = Broker::open(Config::with_data_dir(dir)).unwrap();
+    let mut n = 0;
+    for (round, sends) in acked {
+        for i in sends {
+            let id = format!("R{round:02}M{i:04}");
+            let (q, o) = broker
+                .log()
+                .locate("crash", &id)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{when}: round {round}: acked {id} lost"));
+            let m = broker.log().read("crash", q, o).unwrap().expect("stored message readable");
+            assert_eq!(m.msg.body, body(*i, *round), "{when}: round {round}: {id} corrupted");
+            n += 1;
+        }
+    }
+    broker.shutdown();
+    n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_sends_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let mut verified = 0usize;
+    let seed = seed();
+    eprintln!("crash seed {seed} (TXMQ_CRASH_SEED={seed} replays these kill points)");
+    let mut all_acked: Vec<(usize, Vec<usize>)> = Vec::new();
     for round in 0..ROUNDS {
         let (mut child, addr, _log) = common::start_broker(dir.path(), &[]);
         let client = loop {
@@ -56,7 +91,7 @@ async fn acked_sends_survive_sigkill() {
             }
         };
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let kill_after = kill_point(round as u64 + 1);
+        let kill_after = kill_point(seed, round);
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (killed_tx, killed_rx) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
@@ -91,22 +126,17 @@ async fn acked_sends_survive_sigkill() {
         child.kill().unwrap(); // SIGKILL, with sends still in flight
         child.wait().unwrap();
         for t in tasks {
-            let _ = t.await;
+            t.await.expect("a send task panicked");
         }
         let acked = acked.lock().unwrap().clone();
-        assert!(acked.len() >= kill_after.min(SENDS_PER_ROUND), "round {round}: only {} acks", acked.len());
-
-        let broker = Broker::open(Config::with_data_dir(dir.path())).unwrap();
-        for i in &acked {
-            let id = format!("R{round:02}M{i:04}");
-            let (q, o) =
-                broker.log().locate("crash", &id).unwrap().unwrap_or_else(|| panic!("round {round}: acked {id} lost"));
-            let m = broker.log().read("crash", q, o).unwrap().expect("stored message readable");
-            assert_eq!(m.msg.body, body(*i, round), "round {round}: {id} corrupted");
-        }
-        verified += acked.len();
-        broker.shutdown();
-        drop(broker);
+        assert!(acked.len() >= kill_after, "round {round}: only {} acks, killed after {kill_after}", acked.len());
+        eprintln!("round {round}: killed after {kill_after} acks, {} acked in all", acked.len());
+        all_acked.push((round, acked));
+        verify(dir.path(), &all_acked[all_acked.len() - 1..], "after its crash");
     }
-    eprintln!("verified {verified} acknowledged sends across {ROUNDS} SIGKILL rounds");
+    // Later rounds' crashes and restarts must not have lost earlier rounds' messages.
+    let verified = verify(dir.path(), &all_acked, "after the last crash");
+    eprintln!(
+        "verified {verified} acknowledged sends of {ROUNDS} SIGKILL rounds again after the last one (seed {seed})"
+    );
 }

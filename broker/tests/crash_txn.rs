@@ -3,7 +3,12 @@
 //! on a Telemetry stream — and is killed with SIGKILL at a random moment, 20 times. At the end:
 //! every acknowledged send is there; every transaction ends as its producer intended (nothing
 //! rolled back or undecided is ever delivered, nothing is delivered twice); no half message is
-//! left pending; and messages the group acked (and saw acknowledged) never come back to it.
+//! left pending; and, draining the group completely, no message whose ack was acknowledged
+//! comes back to it while every message it never acked does.
+//!
+//! The checker answers the *opposite* of the producer's decision for every transaction whose
+//! EndTransaction was acknowledged: the broker must refuse that answer, so a decision it
+//! acknowledged and then lost shows up as a wrong outcome instead of being silently redone.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -21,6 +26,9 @@ type Client = MessagingServiceClient<tonic::transport::Channel>;
 const ROUNDS: u64 = 20;
 const TOPIC: &str = "mixed";
 const ARGS: &[&str] = &["--txn-timeout", "1s", "--txn-check-interval", "1s", "--long-polling-max", "1s"];
+/// Invisible duration of the load's deliveries: short, so that after the last restart every
+/// unacked delivery is visible again within a few seconds.
+const LOAD_INVISIBLE_S: i64 = 2;
 
 fn res(n: &str) -> Option<v2::Resource> {
     Some(v2::Resource { resource_namespace: String::new(), name: n.into() })
@@ -66,8 +74,10 @@ async fn end(c: &mut Client, id: &str, txn: &str, commit: bool, source: v2::Tran
     matches!(c.end_transaction(req).await, Ok(r) if ok(r.get_ref().status.as_ref()))
 }
 
-/// A producer's Telemetry stream answering check-backs by the rule, until `stop`.
-async fn checker(mut c: Client, stop: CancellationToken) {
+/// A producer's Telemetry stream answering check-backs until `stop`: the intended decision for
+/// transactions nobody decided yet, the opposite for those whose producer's decision the
+/// broker acknowledged (`decided`), which the broker must refuse.
+async fn checker(mut c: Client, decided: Arc<Mutex<HashMap<String, bool>>>, stop: CancellationToken) {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let settings = v2::Settings {
         client_type: Some(v2::ClientType::Producer as i32),
@@ -92,7 +102,15 @@ async fn checker(mut c: Client, stop: CancellationToken) {
         if let Some(v2::telemetry_command::Command::RecoverOrphanedTransactionCommand(r)) = cmd.command {
             let id = r.message.and_then(|m| m.system_properties).map(|s| s.message_id).unwrap_or_default();
             let i: u64 = id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(1);
-            end(&mut c, &id, &r.transaction_id, intended_commit(i), v2::TransactionSource::SourceServerCheck).await;
+            let acked = decided.lock().unwrap().get(&id).copied();
+            let answer = match acked {
+                Some(commit) => !commit,
+                None => intended_commit(i),
+            };
+            let accepted = end(&mut c, &id, &r.transaction_id, answer, v2::TransactionSource::SourceServerCheck).await;
+            if accepted && acked.is_some() {
+                decided.lock().unwrap().insert(format!("LOST:{id}"), answer);
+            }
         }
     }
 }
@@ -101,7 +119,10 @@ async fn checker(mut c: Client, stop: CancellationToken) {
 struct Ledger {
     sends_acked: HashSet<String>,
     halves_acked: HashSet<String>,
+    /// Messages whose ack by group `g` was acknowledged.
     group_acked: HashSet<String>,
+    /// Messages whose ack was sent but not acknowledged (it may or may not have been applied).
+    group_ack_unsure: HashSet<String>,
 }
 
 async fn receive(c: &mut Client, group: &str, invisible: i64) -> Vec<(String, String)> {
@@ -137,10 +158,16 @@ async fn ack(c: &mut Client, group: &str, id: &str, handle: &str) -> bool {
 }
 
 /// One round of load until `stop`.
-async fn load(c: Client, round: u64, ledger: Arc<Mutex<Ledger>>, stop: CancellationToken) {
+async fn load(
+    c: Client,
+    round: u64,
+    ledger: Arc<Mutex<Ledger>>,
+    decided: Arc<Mutex<HashMap<String, bool>>>,
+    stop: CancellationToken,
+) {
     let mut tasks = Vec::new();
     for w in 0..4u64 {
-        let (mut c, ledger, stop) = (c.clone(), ledger.clone(), stop.clone());
+        let (mut c, ledger, decided, stop) = (c.clone(), ledger.clone(), decided.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = w;
             while !stop.is_cancelled() {
@@ -164,7 +191,10 @@ async fn load(c: Client, round: u64, ledger: Arc<Mutex<Ledger>>, stop: Cancellat
                 let Some(e) = r.entries.first().filter(|e| ok(e.status.as_ref())) else { continue };
                 ledger.lock().unwrap().halves_acked.insert(id.clone());
                 if i % 3 != 2 {
-                    end(&mut c, &id, &e.transaction_id, intended_commit(i), v2::TransactionSource::SourceClient).await;
+                    let commit = intended_commit(i);
+                    if end(&mut c, &id, &e.transaction_id, commit, v2::TransactionSource::SourceClient).await {
+                        decided.lock().unwrap().insert(id.clone(), commit);
+                    }
                 }
                 i += 4;
             }
@@ -174,17 +204,21 @@ async fn load(c: Client, round: u64, ledger: Arc<Mutex<Ledger>>, stop: Cancellat
         let (mut c, ledger, stop) = (c.clone(), ledger.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.is_cancelled() {
-                for (id, handle) in receive(&mut c, "g", 30).await {
-                    if ack(&mut c, "g", &id, &handle).await {
-                        ledger.lock().unwrap().group_acked.insert(id);
+                for (id, handle) in receive(&mut c, "g", LOAD_INVISIBLE_S).await {
+                    let acked = ack(&mut c, "g", &id, &handle).await;
+                    let mut l = ledger.lock().unwrap();
+                    if acked {
+                        l.group_acked.insert(id);
+                    } else {
+                        l.group_ack_unsure.insert(id);
                     }
                 }
             }
         }));
     }
-    tasks.push(tokio::spawn(checker(c, stop)));
+    tasks.push(tokio::spawn(checker(c, decided, stop)));
     for t in tasks {
-        let _ = t.await;
+        t.await.expect("a load task panicked");
     }
 }
 
@@ -192,6 +226,7 @@ async fn load(c: Client, round: u64, ledger: Arc<Mutex<Ledger>>, stop: Cancellat
 async fn mixed_load_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let decided = Arc::new(Mutex::new(HashMap::new()));
     for round in 0..ROUNDS {
         let (mut child, addr, _log) = common::start_broker(dir.path(), ARGS);
         let c = loop {
@@ -201,19 +236,19 @@ async fn mixed_load_survives_sigkill() {
             }
         };
         let stop = CancellationToken::new();
-        let running = tokio::spawn(load(c, round, ledger.clone(), stop.clone()));
+        let running = tokio::spawn(load(c, round, ledger.clone(), decided.clone(), stop.clone()));
         tokio::time::sleep(Duration::from_millis(300 + (round * 7919) % 700)).await;
         child.kill().unwrap(); // SIGKILL mid-load
         child.wait().unwrap();
         stop.cancel();
-        let _ = running.await;
+        running.await.expect("the load panicked");
     }
 
     // Recovery: a live checker resolves every pending transaction.
     let (mut child, addr, _log) = common::start_broker(dir.path(), ARGS);
     let c = MessagingServiceClient::connect(format!("http://{addr}")).await.unwrap();
     let stop = CancellationToken::new();
-    let check = tokio::spawn(checker(c.clone(), stop.clone()));
+    let check = tokio::spawn(checker(c.clone(), decided.clone(), stop.clone()));
     let mut admin = pb::admin_client::AdminClient::connect(format!("http://{addr}")).await.unwrap();
     let started = Instant::now();
     loop {
@@ -265,23 +300,52 @@ async fn mixed_load_survives_sigkill() {
             assert_eq!(seen.get(id), Some(&1), "committed transaction {id} delivered once");
         }
     }
-    // Acks the group saw acknowledged stay acked: none of them come back to it.
-    let mut back = 0;
-    for _ in 0..3 {
-        for (id, _) in receive(&mut c2, "g", 300).await {
-            back += u32::from(ledger.group_acked.contains(&id));
+    // Decisions the broker acknowledged were never replaced by the checker's contrary answer.
+    let lost: Vec<String> = decided.lock().unwrap().keys().filter(|k| k.starts_with("LOST:")).cloned().collect();
+    assert!(lost.is_empty(), "acknowledged decisions lost (the contrary check answer was accepted): {lost:?}");
+    let decisions = decided.lock().unwrap().len();
+    for (id, commit) in decided.lock().unwrap().iter().filter(|(k, _)| !k.starts_with("LOST:")) {
+        assert_eq!(
+            seen.get(id).is_some(),
+            *commit,
+            "{id}: acknowledged {} but delivered {:?}",
+            if *commit { "commit" } else { "rollback" },
+            seen.get(id)
+        );
+    }
+
+    // Drain group `g` completely, past the load's invisible time: a message whose ack was
+    // acknowledged never comes back; every message it never acked does.
+    tokio::time::sleep(Duration::from_secs(LOAD_INVISIBLE_S as u64 + 1)).await;
+    let mut again: HashSet<String> = HashSet::new();
+    let mut idle = 0;
+    while idle < 3 {
+        let got = receive(&mut c2, "g", 300).await;
+        idle = if got.is_empty() { idle + 1 } else { 0 };
+        again.extend(got.into_iter().map(|(id, _)| id));
+    }
+    let came_back: Vec<&String> = again.iter().filter(|id| ledger.group_acked.contains(*id)).collect();
+    assert!(came_back.is_empty(), "acknowledged acks were lost: {came_back:?}");
+    let mut missing = Vec::new();
+    for id in seen.keys() {
+        if !ledger.group_acked.contains(id) && !ledger.group_ack_unsure.contains(id) && !again.contains(id) {
+            missing.push(id.clone());
         }
     }
-    assert_eq!(back, 0, "acknowledged acks were lost");
+    assert!(missing.is_empty(), "never acked by g, yet not delivered to it again: {missing:?}");
     eprintln!(
-        "{ROUNDS} SIGKILL rounds: {} acked sends, {} acked half messages, {} acked acks verified; {} messages delivered",
+        "{ROUNDS} SIGKILL rounds: {} acked sends, {} acked half messages, {decisions} acknowledged decisions held \
+         against contrary check answers, {} acked acks never redelivered, {} unacked messages redelivered \
+         ({} acks of unknown outcome); {} messages delivered",
         ledger.sends_acked.len(),
         ledger.halves_acked.len(),
         ledger.group_acked.len(),
+        again.len(),
+        ledger.group_ack_unsure.len(),
         seen.len()
     );
     stop.cancel();
-    let _ = check.await;
+    check.await.expect("the checker panicked");
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -1,6 +1,8 @@
 //! A [`Store`] wrapper that fails on command, for fault-injection tests: writes (apply) or
 //! flushes can be made to fail, once or until cleared, to check that the broker answers
-//! errors, never acknowledges unflushed data, and refuses writes after a failed flush.
+//! errors, never acknowledges unflushed data, and refuses writes after a failed flush. Applies
+//! can also be held, so that requests pile up behind the write in progress and share the next
+//! group commit.
 
 use super::{Batch, Entry, Store, StoreError};
 use std::ops::Bound;
@@ -12,7 +14,13 @@ use std::sync::Arc;
 pub struct Faults {
     fail_applies: AtomicU32,
     fail_flushes: AtomicU32,
+    /// Flushes to let through before `fail_flushes` applies.
+    flushes_before_failing: AtomicU32,
+    /// Applies to let through before `fail_applies` applies.
+    applies_before_failing: AtomicU32,
     injected: AtomicU32,
+    hold: std::sync::atomic::AtomicBool,
+    applies: AtomicU32,
 }
 
 impl Faults {
@@ -24,6 +32,32 @@ impl Faults {
     /// The next `n` flushes fail.
     pub fn fail_flushes(&self, n: u32) {
         self.fail_flushes.store(n, Ordering::SeqCst);
+    }
+
+    /// The flush after the next `ok` ones fails (once).
+    pub fn fail_flush_after(&self, ok: u32) {
+        self.flushes_before_failing.store(ok, Ordering::SeqCst);
+        self.fail_flushes.store(1, Ordering::SeqCst);
+    }
+
+    /// The apply after the next `ok` ones fails (once), and nothing of it is written.
+    pub fn fail_apply_after(&self, ok: u32) {
+        self.applies_before_failing.store(ok, Ordering::SeqCst);
+        self.fail_applies.store(1, Ordering::SeqCst);
+    }
+
+    /// Applies wait until [`Faults::release`] (the writer thread blocks, requests queue).
+    pub fn hold_applies(&self) {
+        self.hold.store(true, Ordering::SeqCst);
+    }
+
+    pub fn release(&self) {
+        self.hold.store(false, Ordering::SeqCst);
+    }
+
+    /// Applies started so far (held ones included).
+    pub fn applies(&self) -> u32 {
+        self.applies.load(Ordering::SeqCst)
     }
 
     /// Faults injected so far.
@@ -70,14 +104,22 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-        if self.faults.take(&self.faults.fail_applies) {
+        self.faults.applies.fetch_add(1, Ordering::SeqCst);
+        while self.faults.hold.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let skip =
+            self.faults.applies_before_failing.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if skip.is_err() && self.faults.take(&self.faults.fail_applies) {
             return Err(StoreError::Io("injected write failure".into()));
         }
         self.inner.apply(batch)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        if self.faults.take(&self.faults.fail_flushes) {
+        let skip =
+            self.faults.flushes_before_failing.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if skip.is_err() && self.faults.take(&self.faults.fail_flushes) {
             return Err(StoreError::Io("injected fsync failure".into()));
         }
         self.inner.flush()
