@@ -43,7 +43,9 @@ impl SledStore {
         std::fs::create_dir_all(dir).map_err(io)?;
         let db = open_db(dir)?;
         let log_file = File::open(dir.join("db")).map_err(io)?;
-        // The directory entry of a freshly created log file must be durable too.
+        // sled writes its `conf` file (read at every open) without an fsync; the directory
+        // entries of a freshly created log and conf must be durable too.
+        File::open(dir.join("conf")).and_then(|f| f.sync_all()).map_err(io)?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         Ok(Self { db, log_file, dir: dir.to_path_buf() })
     }

@@ -8,7 +8,26 @@ use std::process::{Child, Command, Stdio};
 /// Starts the `txmq-broker` binary on a free loopback port with `args`; returns the child, its
 /// address, and a thread collecting the rest of its log (joined once the child exits).
 pub fn start_broker(dir: &Path, args: &[&str]) -> (Child, String, std::thread::JoinHandle<Vec<String>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_txmq-broker"))
+    start_broker_under(&[], dir, args)
+}
+
+/// [`start_broker`] run by `wrapper` (for example `strace -f -o FILE`), which must pass the
+/// broker's stderr through.
+pub fn start_broker_under(
+    wrapper: &[&str],
+    dir: &Path,
+    args: &[&str],
+) -> (Child, String, std::thread::JoinHandle<Vec<String>>) {
+    let broker = env!("CARGO_BIN_EXE_txmq-broker");
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(broker);
+            c
+        }
+        None => Command::new(broker),
+    };
+    let mut child = command
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .arg("--data-dir")
