@@ -219,6 +219,9 @@ async fn bench_scenarios_report_what_they_measured() {
     let txn = json(&addr, &["bench", "txn", "--count", "100", "--concurrency", "8", "--topic", "b2"]).await;
     assert_eq!((messages(&txn), txn["errors"].as_u64()), (100, Some(0)), "{txn}");
     assert_eq!(json(&addr, &["status"]).await["pending_transactions"], 0);
+    // Every measured transaction was committed into its topic (plus the warm-up message).
+    let b2 = json(&addr, &["topic", "describe", "b2"]).await;
+    assert_eq!(b2["message_count"].as_u64(), Some(101), "{b2}");
 
     let e2e = json(&addr, &["bench", "e2e", "--txn", "--count", "100", "--concurrency", "8", "--consumers", "2"]).await;
     assert_eq!((messages(&e2e), e2e["errors"].as_u64()), (100, Some(0)), "{e2e}");
@@ -237,10 +240,25 @@ async fn bench_scenarios_report_what_they_measured() {
     let e2e = json(&addr, &["bench", "e2e", "--txn", "--count", "100", "--concurrency", "8", "--ack-batch"]).await;
     assert_eq!((messages(&e2e), e2e["errors"].as_u64()), (100, Some(0)), "{e2e}");
 
+    // Every consumer group of the e2e and consume runs received and acked everything.
+    let groups = json(&addr, &["group", "list"]).await;
+    let bench_groups: Vec<&serde_json::Value> =
+        groups.as_array().unwrap().iter().filter(|g| g["name"].as_str().unwrap().starts_with("bench-")).collect();
+    assert_eq!(bench_groups.len(), 5, "three e2e runs and two consume runs: {groups}");
+    for g in &bench_groups {
+        for t in g["topics"].as_array().unwrap() {
+            assert_eq!((t["backlog"].as_u64(), t["in_flight"].as_u64()), (Some(0), Some(0)), "{g}");
+        }
+    }
+
+    let before = json(&addr, &["status"]).await;
     let check =
         json(&addr, &["bench", "checkback", "--count", "50", "--concurrency", "8", "--check-after", "1s"]).await;
     assert_eq!((messages(&check), check["errors"].as_u64()), (50, Some(0)), "{check}");
-    assert_eq!(json(&addr, &["status"]).await["pending_transactions"], 0, "check-backs committed every half message");
+    let after = json(&addr, &["status"]).await;
+    assert_eq!(after["pending_transactions"], 0, "check-backs committed every half message");
+    // 50 commits by check-back plus the warm-up send.
+    assert_eq!(after["messages"].as_u64().unwrap() - before["messages"].as_u64().unwrap(), 51);
 
     let (ok, out, err) = txmq(&addr, &["bench", "send", "--count", "10", "--concurrency", "2", "--topic", "b1"]).await;
     assert!(ok, "{err}");

@@ -279,8 +279,9 @@ async fn a_subscription_acks_successes_and_retries_failures() {
     for i in 0..5 {
         p.send(Message::new("events", format!("e{i}"))).await.unwrap();
     }
-    let consumer =
-        txmq_client::Consumer::new(SimpleConsumer::connect(config, "handlers").await.unwrap()).with_concurrency(4);
+    let consumer = txmq_client::Consumer::new(SimpleConsumer::connect(config, "handlers").await.unwrap())
+        .with_concurrency(4)
+        .with_invisible_duration(Duration::from_secs(2));
     let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, u32)>::new()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let watcher = {
@@ -292,6 +293,9 @@ async fn a_subscription_acks_successes_and_retries_failures() {
             {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            // Keep consuming past the 2 s invisible duration: a success that was not acked
+            // would be delivered again meanwhile.
+            tokio::time::sleep(Duration::from_millis(3500)).await;
             let _ = stop_tx.send(());
         })
     };
@@ -319,7 +323,8 @@ async fn a_subscription_acks_successes_and_retries_failures() {
         .unwrap();
     watcher.await.unwrap();
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert_eq!(seen.len(), 6, "each success delivered once (acked), e3 twice: {seen:?}");
     assert!(seen.contains(&("e3".to_string(), 2)), "the failed message came back as attempt 2: {seen:?}");
+    assert!(seen.iter().all(|(b, a)| *a == 1 || b == "e3"), "an acked message came back: {seen:?}");
     broker.stop().await.unwrap();
 }

@@ -1,7 +1,7 @@
 //! One suite, run against every [`Store`] implementation: the contract in `store/mod.rs`.
 
 use super::*;
-use std::ops::Bound::{Excluded, Included, Unbounded};
+use std::ops::Bound::{self, Excluded, Included, Unbounded};
 use std::sync::Arc;
 
 fn k(s: &str) -> Vec<u8> {
@@ -74,37 +74,87 @@ fn chunked_records_roundtrip(store: &dyn Store) {
     assert_eq!(chunks::get(store, &prefix).unwrap(), None);
 }
 
+/// `inner`, whose applies wait while `held` is set: lets a test queue writes behind one in
+/// progress.
+struct Gate {
+    inner: Arc<dyn Store>,
+    held: std::sync::atomic::AtomicBool,
+    applying: std::sync::atomic::AtomicBool,
+}
+
+impl Store for Gate {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn scan(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.inner.scan(start, end, limit, reverse)
+    }
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.applying.store(true, std::sync::atomic::Ordering::SeqCst);
+        while self.held.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+    fn size_on_disk(&self) -> u64 {
+        self.inner.size_on_disk()
+    }
+}
+
+/// Writes queued while one is being applied share the next apply and flush (group commit),
+/// in submission order; every waiter hears only after its flush.
 fn committer_groups_and_orders_writes(store: Arc<dyn Store>) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
-    let committer = Arc::new(Committer::start(store.clone(), 64).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
+    let gate = Arc::new(Gate {
+        inner: store.clone(),
+        held: std::sync::atomic::AtomicBool::new(true),
+        applying: std::sync::atomic::AtomicBool::new(false),
+    });
+    let committer = Arc::new(Committer::start(gate.clone(), 256).unwrap());
     rt.block_on(async {
-        let mut tasks = Vec::new();
+        // The first write holds the writer in its apply; 200 more queue behind it.
+        let mut first = Batch::new();
+        first.put_raw(k("first"), k("x"));
+        let first = committer.reserve().await.unwrap().submit(first, None);
+        while !gate.applying.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let mut queued = Vec::new();
         for i in 0..200u32 {
-            let c = committer.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut b = Batch::new();
-                b.put_raw(format!("c{i:04}").into_bytes(), i.to_be_bytes().to_vec());
-                c.commit(b).await
-            }));
+            let mut b = Batch::new();
+            b.put_raw(format!("c{i:04}").into_bytes(), i.to_be_bytes().to_vec());
+            queued.push(committer.reserve().await.unwrap().submit(b, None));
         }
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
-        // Same key written twice in one queue: the later submit wins.
+        // Same key written twice in one group: the later submit wins.
         let (s1, s2) = (committer.reserve().await.unwrap(), committer.reserve().await.unwrap());
         let mut b1 = Batch::new();
         b1.put_raw(k("order"), k("first"));
         let mut b2 = Batch::new();
         b2.put_raw(k("order"), k("second"));
         let (p1, p2) = (s1.submit(b1, None), s2.submit(b2, None));
+        gate.held.store(false, std::sync::atomic::Ordering::SeqCst);
+        first.durable().await.unwrap();
+        for p in queued {
+            p.durable().await.unwrap();
+        }
         p1.durable().await.unwrap();
         p2.durable().await.unwrap();
     });
     assert_eq!(scan_prefix(store.as_ref(), b"c", 1000, false).unwrap().len(), 200);
     assert_eq!(store.get(b"order").unwrap(), Some(k("second")));
     let stats = committer.stats();
-    assert_eq!(stats.jobs, 202);
-    assert!(stats.flushes >= 1 && stats.flushes <= 202);
+    assert_eq!(stats.jobs, 203);
+    assert_eq!(stats.flushes, 2, "one flush for the held write, one for the 202 queued behind it");
+    assert_eq!(stats.max_group, 202);
     committer.shutdown();
     let after = rt.block_on(committer.commit(Batch::new()));
     assert!(matches!(after, Err(StoreError::Closed)), "{after:?}");
