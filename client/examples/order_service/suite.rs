@@ -12,7 +12,23 @@ use std::time::{Duration, Instant};
 use txmq_broker::config::Config;
 use txmq_broker::server::{self, RunningBroker};
 use txmq_client::db::{OutboxRelay, TxnLog};
-use txmq_client::{ClientConfig, Consumer, SimpleConsumer, TransactionProducer};
+use txmq_client::{
+    CheckRequest, ClientConfig, Consumer, Resolution, SimpleConsumer, TransactionChecker, TransactionProducer,
+};
+
+/// The transaction log as the producer's checker, counting the check-backs it answers.
+struct CountingChecker {
+    log: TxnLog,
+    checks: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl TransactionChecker for CountingChecker {
+    async fn check(&self, request: &CheckRequest) -> Resolution {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        self.log.check(request).await
+    }
+}
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -37,7 +53,10 @@ pub struct Report {
     pub paid: usize,
     pub cancelled: usize,
     pub cancelled_refunded: usize,
+    /// Submits that found their order already created by the other one (measured).
     pub duplicate_submits: usize,
+    /// Check-backs the producer's checker answered.
+    pub checks_answered: usize,
     pub duplicate_callbacks: usize,
     pub events_applied: usize,
     pub duplicate_deliveries_skipped: usize,
@@ -47,7 +66,7 @@ pub struct Report {
 impl Report {
     pub fn line(&self) -> String {
         format!(
-            "orders={} paid={} cancelled={} cancelled_refunded={} duplicate_submits={} duplicate_callbacks={} events_applied={} duplicate_deliveries_skipped={}",
+            "orders={} paid={} cancelled={} cancelled_refunded={} duplicate_submits={} duplicate_callbacks={} events_applied={} duplicate_deliveries_skipped={} checks_answered={}",
             self.orders,
             self.paid,
             self.cancelled,
@@ -55,7 +74,8 @@ impl Report {
             self.duplicate_submits,
             self.duplicate_callbacks,
             self.events_applied,
-            self.duplicate_deliveries_skipped
+            self.duplicate_deliveries_skipped,
+            self.checks_answered
         )
     }
 }
@@ -98,7 +118,9 @@ pub async fn run(dir: &Path, opts: Options) -> anyhow::Result<Report> {
     let config = ClientConfig::new(&addr);
     let orders_db = open_db(&dir.join("orders.db")).await?;
     let log = TxnLog::new(orders_db.clone()).await?;
-    let producer = TransactionProducer::connect(config.clone(), &[TOPIC], Arc::new(log.clone())).await?;
+    let checks = Arc::new(AtomicUsize::new(0));
+    let checker = Arc::new(CountingChecker { log: log.clone(), checks: checks.clone() });
+    let producer = TransactionProducer::connect(config.clone(), &[TOPIC], checker).await?;
     let service = Arc::new(OrderService::new(orders_db.clone(), producer.clone(), log, opts.crash_rate).await?);
     let inventory = Arc::new(Inventory::new(open_db(&dir.join("inventory.db")).await?).await?);
 
@@ -134,6 +156,7 @@ pub async fn run(dir: &Path, opts: Options) -> anyhow::Result<Report> {
 
     let mut report = Report { orders: opts.orders, ..Report::default() };
     let started = Arc::new(AtomicUsize::new(0));
+    let duplicates = Arc::new(AtomicUsize::new(0));
     let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     let mut rng = Rng(opts.seed | 1);
     let mut tasks = tokio::task::JoinSet::new();
@@ -152,7 +175,7 @@ pub async fn run(dir: &Path, opts: Options) -> anyhow::Result<Report> {
             }
         }
         let permit = permits.clone().acquire_owned().await?;
-        let (svc, started) = (service.clone(), started.clone());
+        let (svc, started, duplicates) = (service.clone(), started.clone(), duplicates.clone());
         let (pay_delay, cancel_delay) = (rng.next() % 10, rng.next() % 30);
         // One order in five is abandoned: no payment ever arrives.
         let abandoned = rng.next() % 5 == 0;
@@ -164,6 +187,7 @@ pub async fn run(dir: &Path, opts: Options) -> anyhow::Result<Report> {
             let (a, b) = tokio::join!(svc.create(&token, 100 + i as i64), svc.create(&token, 100 + i as i64));
             let ((id, first), (id2, second)) = (a?, b?);
             anyhow::ensure!(id == id2 && (first ^ second), "duplicate submit of {token} made {id} and {id2}");
+            duplicates.fetch_add(usize::from(!first) + usize::from(!second), Ordering::Relaxed);
             let callback = format!("cb-{i}");
             let pay = async {
                 if abandoned {
@@ -232,7 +256,8 @@ pub async fn run(dir: &Path, opts: Options) -> anyhow::Result<Report> {
     }
     // Let redeliveries of the last events arrive, so duplicates are counted too.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    report.duplicate_submits = opts.orders;
+    report.duplicate_submits = duplicates.load(Ordering::Relaxed);
+    report.checks_answered = checks.load(Ordering::Relaxed);
     report.duplicate_callbacks =
         sqlx::query("SELECT COUNT(*) AS n FROM payments").fetch_one(&orders_db).await?.get::<i64, _>("n") as usize;
     report.duplicate_deliveries_skipped = skipped.load(Ordering::Relaxed);
