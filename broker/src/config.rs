@@ -211,6 +211,10 @@ pub struct Args {
     /// Most open client connections [default: 10000].
     #[arg(long, env = "TXMQ_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Message bytes being stored at once, all senders together; sends beyond it get
+    /// TOO_MANY_REQUESTS [default: 268435456 = 256 MiB].
+    #[arg(long, env = "TXMQ_MAX_INFLIGHT_BYTES")]
+    pub max_inflight_bytes: Option<usize>,
     /// Most topics, dead-letter topics included [default: 10000].
     #[arg(long, env = "TXMQ_MAX_TOPICS")]
     pub max_topics: Option<usize>,
@@ -249,6 +253,7 @@ struct FileConfig {
     txn_retention: Option<HumanDuration>,
     metrics_listen: Option<SocketAddr>,
     max_connections: Option<usize>,
+    max_inflight_bytes: Option<usize>,
     max_topics: Option<usize>,
     max_groups: Option<usize>,
     txn_check_timeout: Option<HumanDuration>,
@@ -311,7 +316,7 @@ impl Args {
             metrics_listen: self.metrics_listen.or(file.metrics_listen).or(d.metrics_listen),
             max_connections: self.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
             max_inflight_per_client: d.max_inflight_per_client,
-            max_inflight_bytes: d.max_inflight_bytes,
+            max_inflight_bytes: self.max_inflight_bytes.or(file.max_inflight_bytes).unwrap_or(d.max_inflight_bytes),
             max_topics: self.max_topics.or(file.max_topics).unwrap_or(d.max_topics),
             max_groups: self.max_groups.or(file.max_groups).unwrap_or(d.max_groups),
             txn_check_timeout: self

@@ -12,6 +12,8 @@ use txmq_broker::grpc::status::NEVER_SENT;
 use txmq_proto::v2;
 use v2::messaging_service_client::MessagingServiceClient;
 
+/// Whether the official Rust client decodes `code`: every code but UNSPECIFIED and
+/// `NEVER_SENT`, a set `tests/send_rocketmq.rs` checks against the client's own `Code` enum.
 fn decodable(code: i32) -> bool {
     matches!(v2::Code::try_from(code), Ok(c) if !NEVER_SENT.contains(&c) && c != v2::Code::Unspecified)
 }

@@ -65,41 +65,52 @@ pub fn status(err: &BrokerError) -> Status {
     with(code(err), err.to_string())
 }
 
+/// One error of every kind, for checking the codes the mapping can answer.
+fn one_of_each_error() -> Vec<BrokerError> {
+    vec![
+        BrokerError::BadRequest(String::new()),
+        BrokerError::IllegalTopic(String::new()),
+        BrokerError::TopicNotFound(String::new()),
+        BrokerError::TopicExists(String::new()),
+        BrokerError::IllegalGroup(String::new()),
+        BrokerError::IllegalMessageId(String::new()),
+        BrokerError::IllegalTag(String::new()),
+        BrokerError::IllegalKey(String::new()),
+        BrokerError::IllegalMessageGroup(String::new()),
+        BrokerError::IllegalPropertyKey(String::new()),
+        BrokerError::PropertiesTooLarge(String::new()),
+        BrokerError::BodyTooLarge { size: 0, limit: 0 },
+        BrokerError::PayloadTooLarge(String::new()),
+        BrokerError::IllegalDeliveryTime(String::new()),
+        BrokerError::TypeConflict(String::new()),
+        BrokerError::IllegalFilter(String::new()),
+        BrokerError::IllegalInvisibleTime(String::new()),
+        BrokerError::InvalidReceiptHandle(String::new()),
+        BrokerError::IllegalPollingTime(String::new()),
+        BrokerError::InvalidTransactionId(String::new()),
+        BrokerError::PreconditionFailed(String::new()),
+        BrokerError::NotImplemented("x"),
+        BrokerError::TooManyRequests(String::new()),
+        BrokerError::QuotaExceeded(String::new()),
+        BrokerError::Store(StoreError::Closed),
+        BrokerError::Store(StoreError::Poisoned(String::new())),
+        BrokerError::Internal(String::new()),
+    ]
+}
+
+/// Every code [`code`] answers, one per error kind: tests check them against the codes the
+/// official clients decode.
+pub fn all_error_codes() -> Vec<Code> {
+    one_of_each_error().iter().map(code).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn no_error_maps_to_a_code_the_rust_client_cannot_decode() {
-        let all = [
-            BrokerError::BadRequest(String::new()),
-            BrokerError::IllegalTopic(String::new()),
-            BrokerError::TopicNotFound(String::new()),
-            BrokerError::TopicExists(String::new()),
-            BrokerError::IllegalGroup(String::new()),
-            BrokerError::IllegalMessageId(String::new()),
-            BrokerError::IllegalTag(String::new()),
-            BrokerError::IllegalKey(String::new()),
-            BrokerError::IllegalMessageGroup(String::new()),
-            BrokerError::IllegalPropertyKey(String::new()),
-            BrokerError::PropertiesTooLarge(String::new()),
-            BrokerError::BodyTooLarge { size: 0, limit: 0 },
-            BrokerError::PayloadTooLarge(String::new()),
-            BrokerError::IllegalDeliveryTime(String::new()),
-            BrokerError::TypeConflict(String::new()),
-            BrokerError::IllegalFilter(String::new()),
-            BrokerError::IllegalInvisibleTime(String::new()),
-            BrokerError::InvalidReceiptHandle(String::new()),
-            BrokerError::IllegalPollingTime(String::new()),
-            BrokerError::InvalidTransactionId(String::new()),
-            BrokerError::PreconditionFailed(String::new()),
-            BrokerError::NotImplemented("x"),
-            BrokerError::TooManyRequests(String::new()),
-            BrokerError::QuotaExceeded(String::new()),
-            BrokerError::Store(StoreError::Closed),
-            BrokerError::Store(StoreError::Poisoned(String::new())),
-            BrokerError::Internal(String::new()),
-        ];
+        let all = one_of_each_error();
         for e in &all {
             let c = code(e);
             assert!(!NEVER_SENT.contains(&c), "{e:?} maps to {c:?}");
