@@ -57,6 +57,8 @@ do_txmq() {
 }
 
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+# The process's peak resident set so far (VmHWM): what "memory while filling" means.
+peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
 do_restart() { # RESTART_MESSAGES stored, then a graceful restart: time to serving and RSS
   (cd "$ROOT" && cargo build --release -q -p txmq-broker -p txmq) || return 1
@@ -65,13 +67,14 @@ do_restart() { # RESTART_MESSAGES stored, then a graceful restart: time to servi
   log "filling $n messages"
   $TXMQ bench send --count "$n" --concurrency 64 --topic restart > /dev/null 2>&1
   local full; full=$(rss_mib "$BROKER")
+  local peak; peak=$(peak_rss_mib "$BROKER")
   local disk; disk=$(du -sm "$DATA" | cut -f1)
   stop_broker
   local t0; t0=$(date +%s.%N)
   start_broker keep || return 1
   local secs; secs=$(printf '%.3f' "$(echo "$(date +%s.%N) - $t0" | bc)")
   local stored; stored=$($TXMQ status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"])')
-  echo "RESULT system=txmq scenario=restart-to-serving clients=1 msgs=$stored secs=$secs rate=$(echo "$stored / $secs" | bc) p50_us=- p99_us=- durability=fsync-before-ok extra=rss_mib_after_restart=$(rss_mib "$BROKER"),rss_mib_after_fill=$full,disk_mib=$disk" | tee -a "$OUT"
+  echo "RESULT system=txmq scenario=restart-to-serving clients=1 msgs=$stored secs=$secs rate=$(echo "$stored / $secs" | bc) p50_us=- p99_us=- durability=fsync-before-ok extra=rss_mib_after_restart=$(rss_mib "$BROKER"),rss_mib_after_fill=$full,peak_rss_mib_fill=$peak,disk_mib=$disk" | tee -a "$OUT"
   stop_broker
 }
 
