@@ -414,44 +414,6 @@ async fn a_failed_dead_letter_move_is_reported_and_retried() {
     broker.stop().await.unwrap();
 }
 
-/// A memory store that records, for reads of one topic's message chunks, the most read
-/// between two writes: how many messages an operation holds before it writes anything.
-struct ReadCounter {
-    inner: txmq_broker::store::MemoryStore,
-    prefix: Vec<u8>,
-    since_write: std::sync::atomic::AtomicUsize,
-    peak: std::sync::atomic::AtomicUsize,
-}
-
-impl txmq_broker::store::Store for ReadCounter {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, txmq_broker::store::StoreError> {
-        if key.starts_with(&self.prefix) {
-            let n = self.since_write.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            self.peak.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
-        }
-        self.inner.get(key)
-    }
-    fn scan(
-        &self,
-        start: std::ops::Bound<&[u8]>,
-        end: std::ops::Bound<&[u8]>,
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Vec<txmq_broker::store::Entry>, txmq_broker::store::StoreError> {
-        self.inner.scan(start, end, limit, reverse)
-    }
-    fn apply(&self, batch: &txmq_broker::store::Batch) -> Result<(), txmq_broker::store::StoreError> {
-        self.since_write.store(0, std::sync::atomic::Ordering::SeqCst);
-        self.inner.apply(batch)
-    }
-    fn flush(&self) -> Result<(), txmq_broker::store::StoreError> {
-        self.inner.flush()
-    }
-    fn size_on_disk(&self) -> u64 {
-        0
-    }
-}
-
 /// Finding 12 and its companions: `dlq resend --all` works in bounded pages (never holds
 /// more than a page of dead letters before writing), marks what it resent so a second
 /// `--all` resends nothing, and resent messages count as backlog, not as deferred.
@@ -459,16 +421,24 @@ impl txmq_broker::store::Store for ReadCounter {
 async fn resending_all_dead_letters_works_in_pages_and_marks_them() {
     use txmq_proto::admin as pb;
     const N: usize = 600;
-    let store = std::sync::Arc::new(ReadCounter {
-        inner: txmq_broker::store::MemoryStore::new(),
-        prefix: txmq_broker::store::Key::queue_prefix("%DLQ%g", 0),
-        since_write: Default::default(),
-        peak: Default::default(),
-    });
+    // The most dead-letter chunks read between two writes: how many messages resend holds.
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let (since_write, peak) = (std::sync::Arc::new(AtomicUsize::new(0)), std::sync::Arc::new(AtomicUsize::new(0)));
+    let prefix = txmq_broker::store::Key::queue_prefix("%DLQ%g", 0);
+    let store = std::sync::Arc::new(common::ObservedStore::new({
+        let (since_write, peak) = (since_write.clone(), peak.clone());
+        move |e: common::StoreEvent<'_>| match e {
+            common::StoreEvent::Read(k) if k.starts_with(&prefix) => {
+                peak.fetch_max(since_write.fetch_add(1, SeqCst) + 1, SeqCst);
+            }
+            common::StoreEvent::Read(_) => {}
+            common::StoreEvent::Apply => since_write.store(0, SeqCst),
+        }
+    }));
     let mut config = Config::with_data_dir("/nonexistent");
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.long_polling_max = Duration::from_secs(1);
-    let broker = txmq_broker::server::spawn_with(config, Some(store.clone())).await.unwrap();
+    let broker = txmq_broker::server::spawn_with(config, Some(store)).await.unwrap();
     let url = format!("http://{}", broker.addr);
     let mut c = MessagingServiceClient::connect(url.clone()).await.unwrap();
     let mut admin = pb::admin_client::AdminClient::connect(url).await.unwrap();
@@ -492,9 +462,9 @@ async fn resending_all_dead_letters_works_in_pages_and_marks_them() {
             admin.resend_dead_letters(req).await.unwrap().into_inner().resent
         }
     };
-    store.peak.store(0, std::sync::atomic::Ordering::SeqCst);
+    peak.store(0, SeqCst);
     assert_eq!(resend(&mut admin).await, N as u32);
-    let peak = store.peak.load(std::sync::atomic::Ordering::SeqCst);
+    let peak = peak.load(SeqCst);
     assert_eq!(txmq_broker::consume::admin::RESEND_PAGE, 256);
     assert!(peak <= 256, "read {peak} dead letters before writing any");
     // Marked: listed as resent, and a second --all has nothing left to resend.

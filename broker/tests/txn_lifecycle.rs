@@ -2,6 +2,8 @@
 //! and operator resume, and purging resolved transactions after their retention.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 use txmq_broker::broker::{now_ms, Broker};
 use txmq_broker::config::Config;
@@ -160,76 +162,40 @@ async fn one_purge_pass_removes_twenty_thousand_resolved_transactions() {
     b.shutdown();
 }
 
-/// A memory store that counts reads of transaction records (point reads and scanned entries).
-#[derive(Default)]
-struct TxnReads {
-    inner: MemoryStore,
-    reads: std::sync::atomic::AtomicUsize,
-}
-
-impl TxnReads {
-    fn take(&self) -> usize {
-        self.reads.swap(0, std::sync::atomic::Ordering::SeqCst)
-    }
-    fn is_txn(key: &[u8]) -> bool {
-        key.starts_with(&Key::txn_prefix())
-    }
-}
-
-impl Store for TxnReads {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, txmq_broker::store::StoreError> {
-        if Self::is_txn(key) {
-            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        self.inner.get(key)
-    }
-    fn scan(
-        &self,
-        start: std::ops::Bound<&[u8]>,
-        end: std::ops::Bound<&[u8]>,
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Vec<txmq_broker::store::Entry>, txmq_broker::store::StoreError> {
-        let entries = self.inner.scan(start, end, limit, reverse)?;
-        let n = entries.iter().filter(|(k, _)| Self::is_txn(k)).count();
-        self.reads.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
-        Ok(entries)
-    }
-    fn apply(&self, batch: &txmq_broker::store::Batch) -> Result<(), txmq_broker::store::StoreError> {
-        self.inner.apply(batch)
-    }
-    fn flush(&self) -> Result<(), txmq_broker::store::StoreError> {
-        self.inner.flush()
-    }
-    fn size_on_disk(&self) -> u64 {
-        0
-    }
-}
-
 /// Finding 6: counting pending and parked transactions (every `/metrics` scrape, `txmq
 /// status`) reads no transaction record, and listing the pending ones reads only those — not
 /// the whole history. A store written before the open index existed gets it at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_and_pending_lists_cost_what_is_open_not_the_history() {
-    let store = std::sync::Arc::new(TxnReads::default());
+    // Reads of transaction records (point reads and scanned entries).
+    let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let store = std::sync::Arc::new(common::ObservedStore::new({
+        let reads = reads.clone();
+        move |e: common::StoreEvent<'_>| {
+            if matches!(e, common::StoreEvent::Read(k) if k.starts_with(&Key::txn_prefix())) {
+                reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }));
+    let take = || reads.swap(0, std::sync::atomic::Ordering::SeqCst);
     let b = Broker::with_store(Config::with_data_dir("/unused"), store.clone()).unwrap();
     let ids = resolved_and_pending(&b, 2_005, 5).await;
     let pending_ids: std::collections::HashSet<&String> =
         ids.iter().filter(|id| b.transaction(id).unwrap().unwrap().state == TxnState::Pending).collect();
     assert_eq!(pending_ids.len(), 5);
-    store.take();
+    take();
     let counts = b.transaction_counts().unwrap();
     assert_eq!((counts.pending, counts.parked), (5, 0));
     assert!(counts.oldest_pending.is_some());
-    assert_eq!(store.take(), 0, "counting read transaction records");
+    assert_eq!(take(), 0, "counting read transaction records");
     let g = b.gauges();
     assert_eq!(g.pending_transactions, 5);
-    assert_eq!(store.take(), 0, "a metrics scrape read transaction records");
+    assert_eq!(take(), 0, "a metrics scrape read transaction records");
     let filter = TxnFilter { state: Some(TxnState::Pending), limit: 100, ..Default::default() };
     let listed = b.list_transactions(&filter).unwrap();
     assert_eq!(listed.len(), 5);
     assert!(listed.iter().all(|t| pending_ids.contains(&t.id)));
-    let reads = store.take();
+    let reads = take();
     assert!(reads <= 5, "listing 5 pending of 2,005 read {reads} records");
     b.shutdown();
 

@@ -1,7 +1,7 @@
 //! One suite, run against every [`Store`] implementation: the contract in `store/mod.rs`.
 
 use super::*;
-use std::ops::Bound::{self, Excluded, Included, Unbounded};
+use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::sync::Arc;
 
 fn k(s: &str) -> Vec<u8> {
@@ -74,58 +74,19 @@ fn chunked_records_roundtrip(store: &dyn Store) {
     assert_eq!(chunks::get(store, &prefix).unwrap(), None);
 }
 
-/// `inner`, whose applies wait while `held` is set: lets a test queue writes behind one in
-/// progress.
-struct Gate {
-    inner: Arc<dyn Store>,
-    held: std::sync::atomic::AtomicBool,
-    applying: std::sync::atomic::AtomicBool,
-}
-
-impl Store for Gate {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(key)
-    }
-    fn scan(
-        &self,
-        start: Bound<&[u8]>,
-        end: Bound<&[u8]>,
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Vec<Entry>, StoreError> {
-        self.inner.scan(start, end, limit, reverse)
-    }
-    fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-        self.applying.store(true, std::sync::atomic::Ordering::SeqCst);
-        while self.held.load(std::sync::atomic::Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        self.inner.apply(batch)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush()
-    }
-    fn size_on_disk(&self) -> u64 {
-        self.inner.size_on_disk()
-    }
-}
-
 /// Writes queued while one is being applied share the next apply and flush (group commit),
 /// in submission order; every waiter hears only after its flush.
 fn committer_groups_and_orders_writes(store: Arc<dyn Store>) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
-    let gate = Arc::new(Gate {
-        inner: store.clone(),
-        held: std::sync::atomic::AtomicBool::new(true),
-        applying: std::sync::atomic::AtomicBool::new(false),
-    });
-    let committer = Arc::new(Committer::start(gate.clone(), 256).unwrap());
+    let (gate, faults) = faults::FaultyStore::new(store.clone());
+    faults.hold_applies();
+    let committer = Arc::new(Committer::start(Arc::new(gate), 256).unwrap());
     rt.block_on(async {
         // The first write holds the writer in its apply; 200 more queue behind it.
         let mut first = Batch::new();
         first.put_raw(k("first"), k("x"));
         let first = committer.reserve().await.unwrap().submit(first, None);
-        while !gate.applying.load(std::sync::atomic::Ordering::SeqCst) {
+        while faults.applies() == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         let mut queued = Vec::new();
@@ -141,7 +102,7 @@ fn committer_groups_and_orders_writes(store: Arc<dyn Store>) {
         let mut b2 = Batch::new();
         b2.put_raw(k("order"), k("second"));
         let (p1, p2) = (s1.submit(b1, None), s2.submit(b2, None));
-        gate.held.store(false, std::sync::atomic::Ordering::SeqCst);
+        faults.release();
         first.durable().await.unwrap();
         for p in queued {
             p.durable().await.unwrap();

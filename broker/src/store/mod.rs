@@ -30,6 +30,7 @@ pub mod sled_store;
 mod conformance;
 
 use std::ops::Bound;
+use std::sync::Arc;
 use thiserror::Error;
 
 pub use committer::{CommitStats, Committer};
@@ -135,6 +136,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Bytes used on disk (0 for memory stores).
     fn size_on_disk(&self) -> u64;
+}
+
+/// A shared store is a store: lets wrappers such as `faults::FaultyStore` sit over one that
+/// others hold too.
+impl Store for Arc<dyn Store> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(key)
+    }
+
+    fn scan(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        (**self).scan(start, end, limit, reverse)
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        (**self).apply(batch)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        (**self).flush()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        (**self).size_on_disk()
+    }
 }
 
 /// True for ranges that hold no key: inverted, or empty with an excluded bound. (Both

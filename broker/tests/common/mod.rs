@@ -69,3 +69,54 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// What an [`ObservedStore`] reports.
+pub enum StoreEvent<'a> {
+    /// A key read: a point read, or one entry a scan returned.
+    Read(&'a [u8]),
+    /// A batch applied.
+    Apply,
+}
+
+/// A memory store that tells `observe` about every read key and every apply, for tests that
+/// count what an operation reads or how much it reads before it writes.
+pub struct ObservedStore<F> {
+    inner: txmq_broker::store::MemoryStore,
+    observe: F,
+}
+
+impl<F: Fn(StoreEvent<'_>) + Send + Sync + 'static> ObservedStore<F> {
+    pub fn new(observe: F) -> Self {
+        Self { inner: txmq_broker::store::MemoryStore::new(), observe }
+    }
+}
+
+impl<F: Fn(StoreEvent<'_>) + Send + Sync + 'static> txmq_broker::store::Store for ObservedStore<F> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, txmq_broker::store::StoreError> {
+        (self.observe)(StoreEvent::Read(key));
+        self.inner.get(key)
+    }
+    fn scan(
+        &self,
+        start: std::ops::Bound<&[u8]>,
+        end: std::ops::Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<txmq_broker::store::Entry>, txmq_broker::store::StoreError> {
+        let entries = self.inner.scan(start, end, limit, reverse)?;
+        for (k, _) in &entries {
+            (self.observe)(StoreEvent::Read(k));
+        }
+        Ok(entries)
+    }
+    fn apply(&self, batch: &txmq_broker::store::Batch) -> Result<(), txmq_broker::store::StoreError> {
+        (self.observe)(StoreEvent::Apply);
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> Result<(), txmq_broker::store::StoreError> {
+        self.inner.flush()
+    }
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+}
