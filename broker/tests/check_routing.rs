@@ -267,15 +267,26 @@ async fn transactions_nobody_can_answer_back_off_and_end_by_policy() {
     // attempts follow 1, 2, 4 and 8 s later (at +1.2, +3.2, +7.2, +15.2 s), then the policy at
     // +20.2 s. Between the +7.2 s attempts of the last sends and the +15.2 s attempts of the
     // first ones, nothing is due.
-    let writes = || common::sample(&common::scrape(metrics), "txmq_store_flush_batch_size_sum");
+    // Writes and flushes (group commits) so far, from the metrics.
+    let counts = || {
+        let m = common::scrape(metrics);
+        (common::sample(&m, "txmq_store_flush_batch_size_sum"), common::sample(&m, "txmq_store_flush_batch_size_count"))
+    };
+    let writes = || counts().0;
     let quiet_from = last_sent + Duration::from_secs(9);
     let quiet_to = Duration::from_millis(14_500);
     tokio::time::sleep(quiet_from.saturating_sub(first_sent.elapsed())).await;
-    let before = writes();
+    let before = counts();
     tokio::time::sleep(quiet_to.saturating_sub(first_sent.elapsed())).await;
-    let during = writes() - before;
-    eprintln!("writes in the quiet window {quiet_from:?}..{quiet_to:?}: {during}");
+    let after = counts();
+    let (during, flushes) = (after.0 - before.0, after.1 - before.1);
+    let secs = quiet_to.saturating_sub(quiet_from).as_secs_f64();
+    eprintln!(
+        "quiet window {quiet_from:?}..{quiet_to:?}: {during} writes, {flushes} flushes ({:.1}/s)",
+        flushes / secs
+    );
     assert!(during < 100.0, "{during} writes while every transaction was backing off");
+    assert!(flushes / secs < 5.0, "{flushes} flushes in {secs:.1} s while every transaction was backing off");
     // Unreachable for 12 s: the policy (rollback) ends every one of them.
     let rolled_back = r#"txmq_transaction_decisions_total{decision="rollback",source="policy"}"#;
     loop {
