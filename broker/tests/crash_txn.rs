@@ -306,7 +306,7 @@ async fn mixed_load_survives_sigkill() {
     let decisions = decided.lock().unwrap().len();
     for (id, commit) in decided.lock().unwrap().iter().filter(|(k, _)| !k.starts_with("LOST:")) {
         assert_eq!(
-            seen.get(id).is_some(),
+            seen.contains_key(id),
             *commit,
             "{id}: acknowledged {} but delivered {:?}",
             if *commit { "commit" } else { "rollback" },

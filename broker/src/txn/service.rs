@@ -569,7 +569,7 @@ impl Broker {
     }
 
     /// Deletes resolved transactions older than the transaction retention (record, half
-    /// message, indexes), one durable page of [`PURGE_PAGE`] at a time until none is left, so
+    /// message, indexes), one durable page of 256 at a time until none is left, so
     /// purging keeps up with any transaction rate while other writes get their turn between
     /// pages. Returns how many were purged.
     pub async fn purge_transactions(&self) -> Result<usize> {
