@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`v2`]: `apache.rocketmq.v2`, the Apache RocketMQ 5 gRPC protocol (`MessagingService`),
-//!   written here from the protocol spec with the official names and field numbers, so the
+//!   written for txmq with the official names and field numbers (docs/protocol.md), so the
 //!   official RocketMQ clients talk to txmq unchanged.
 //! - [`admin`]: `txmq.admin.v1`, our own operator API (`Admin`), served on the same port.
 //!

@@ -10,8 +10,10 @@
 //! FIFO messages: one message per message group is in flight at a time. Delay messages: not
 //! delivered before their delivery time. Filters: tag expressions (`*`, `a||b`).
 //!
-//! Durability: every change (delivery, ack, invisibility change, cursor move) is fsynced before
-//! the RPC answers, and the in-memory state is rebuilt from the store at start: acked messages
+//! Durability: acks, invisibility changes and dead-letter moves are fsynced before the RPC
+//! answers; a receive's delivery records (in-flight entry, cursor) are queued for the next
+//! group commit and the messages go out without waiting (a lost record means the message is
+//! delivered again). The in-memory state is rebuilt from the store at start: acked messages
 //! stay acked across restarts, un-acked ones come back.
 //!
 //! # Layout

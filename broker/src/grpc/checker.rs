@@ -99,7 +99,7 @@ fn log_outcome(id: &str, result: crate::error::Result<CheckOutcome>) {
     }
 }
 
-/// The check command: the complete half message, as the clients require (spec §4.5).
+/// The check command: the complete half message, as the clients require (docs/protocol.md §5).
 pub fn command(txn: &Txn, half: &StoredMessage) -> v2::TelemetryCommand {
     v2::TelemetryCommand {
         status: None,

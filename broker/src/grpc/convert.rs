@@ -1,7 +1,7 @@
 //! Conversions between wire messages and the broker's own types, with edge validation.
 //!
 //! Every check a producer's message must pass lives in [`new_message`]; each failure names the
-//! field and maps to the RocketMQ code a client expects (protocol spec §3.3).
+//! field and maps to the RocketMQ code a client expects (docs/protocol.md §1).
 
 use crate::error::{BrokerError, Result};
 use crate::model::{MessageType, Millis, NewMessage, StoredMessage};

@@ -1,7 +1,7 @@
 //! The one place where broker errors become RocketMQ status codes.
 //!
 //! Only codes the official Rust 5.0.0 client can decode are ever produced: it panics on any
-//! other value (protocol spec §1.2). `NEVER_SENT` lists the ones to avoid, and a test checks
+//! other value (docs/protocol.md §1). `NEVER_SENT` lists the ones to avoid, and a test checks
 //! every error variant against it.
 
 use crate::error::BrokerError;

@@ -56,7 +56,7 @@ pub struct Announced {
     pub max_delivery_attempts: i32,
 }
 
-/// The client's Settings completed with the broker's values (spec §3.5): producers always get
+/// The client's Settings completed with the broker's values (docs/protocol.md §3): producers always get
 /// `publishing.max_body_size > 0` and `validate_message_type` (Python fails every send without
 /// them); consumers get long-polling time, batch size and retry policy.
 pub fn complete_settings(mut s: v2::Settings, a: Announced) -> v2::Settings {

@@ -11,7 +11,7 @@
 //! interval up to the max checks, then the policy rolls back or parks the transaction for an
 //! operator. Every step is kept in the transaction's timeline.
 //!
-//! Unlike the reference broker (protocol spec §5–§6), state lives in one authoritative record
+//! Unlike the reference broker (docs/protocol.md §6), state lives in one authoritative record
 //! per transaction (no op log to reconcile), checks are scheduled by a due-time index (never a
 //! scan of all half messages), a check only counts when it reached a live stream, and a late
 //! commit resolves the transaction whatever checks did before.
