@@ -65,7 +65,10 @@ impl Broker {
 
     /// Loads the broker's state from `store`.
     pub fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>> {
-        // Before the writer starts: it may build the open-transaction index of an older store.
+        // Before the writer starts: refuse a store of a newer broker, stamp an older one with
+        // our schema version, and upgrade it (the open-transaction index, built in one
+        // atomic batch with its own marker, so a crash midway simply builds it again).
+        crate::store::check_schema(store.as_ref())?;
         let txn_open = crate::txn::service::OpenCounts::load(store.as_ref())?;
         let committer = Arc::new(Committer::start(store.clone(), config.writer_queue)?);
         let topics = Topics::load(store.as_ref())?;

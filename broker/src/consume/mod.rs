@@ -87,7 +87,10 @@ impl GroupRecord {
 
     pub fn decode(bytes: &[u8]) -> std::result::Result<Self, crate::codec::CodecError> {
         let mut d = Decoder::new(bytes);
-        d.u8()?;
+        match d.u8()? {
+            1 => {}
+            v => return Err(crate::codec::invalid("group record version", v)),
+        }
         let r = GroupRecord { name: d.str()?, created_at: d.i64()? };
         d.finish()?;
         Ok(r)

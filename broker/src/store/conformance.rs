@@ -226,3 +226,16 @@ fn sled_blob_detector_sees_an_oversized_value() {
     store.flush().unwrap();
     assert!(store.blob_file_count() > 0);
 }
+
+#[test]
+fn a_newer_store_is_refused_and_an_older_one_stamped() {
+    let store = MemoryStore::new();
+    check_schema(&store).unwrap();
+    let key = Key::Meta("schema-version".into()).encode();
+    assert_eq!(store.get(&key).unwrap(), Some(SCHEMA_VERSION.to_be_bytes().to_vec()));
+    let mut b = Batch::new();
+    b.put_raw(key, (SCHEMA_VERSION + 1).to_be_bytes().to_vec());
+    store.apply(&b).unwrap();
+    let err = check_schema(&store).unwrap_err().to_string();
+    assert!(err.contains("newer txmq"), "{err}");
+}

@@ -138,6 +138,40 @@ pub trait Store: Send + Sync + 'static {
     fn size_on_disk(&self) -> u64;
 }
 
+/// The layout version of the store: the key schema and record encodings a broker writes.
+/// Version 1: everything up to the open-transaction index and dead-letter resent marks; 2 adds
+/// them (a version-1 store is upgraded in place at open, see `txn::service::OpenCounts`).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Checks the store's schema version at open, writing ours into a new or older store. A store
+/// written by a newer broker is refused: this one could misread it.
+pub fn check_schema(store: &dyn Store) -> Result<(), StoreError> {
+    let key = Key::Meta("schema-version".into()).encode();
+    let found = match store.get(&key)? {
+        Some(v) => {
+            let bytes: [u8; 4] = v.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+                key: key.clone(),
+                detail: format!("schema version of {} bytes", v.len()),
+            })?;
+            u32::from_be_bytes(bytes)
+        }
+        None => 0,
+    };
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::Io(format!(
+            "the store was written by a newer txmq (schema version {found}; this broker reads up to {SCHEMA_VERSION}); \
+             run that version, or a newer one"
+        )));
+    }
+    if found < SCHEMA_VERSION {
+        let mut batch = Batch::new();
+        batch.put_raw(key, SCHEMA_VERSION.to_be_bytes().to_vec());
+        store.apply(&batch)?;
+        store.flush()?;
+    }
+    Ok(())
+}
+
 /// A shared store is a store: lets wrappers such as `faults::FaultyStore` sit over one that
 /// others hold too.
 impl Store for Arc<dyn Store> {
