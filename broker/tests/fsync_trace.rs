@@ -31,12 +31,14 @@ struct Call {
 }
 
 /// Parses `strace -f -ttt -T -y` output, joining `<unfinished ...>` / `<... resumed>` pairs.
+/// Lines look like `1234  1796110077.914559 write(11</dir/conf>, …) = 58 <0.000094>`.
 fn parse(trace: &str) -> Vec<Call> {
     let mut calls = Vec::new();
     let mut unfinished: HashMap<String, (String, String)> = HashMap::new();
     for line in trace.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(ts), Some(rest)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        // `PID TIMESTAMP CALL…`; strace pads short pids with spaces.
+        let Some((pid, rest)) = line.trim_start().split_once(char::is_whitespace) else { continue };
+        let Some((ts, rest)) = rest.trim_start().split_once(' ') else { continue };
         let Ok(ts) = ts.parse::<f64>() else { continue };
         let path_of = |s: &str| s.split_once('<').and_then(|(_, p)| p.split_once('>')).map(|(p, _)| p.to_string());
         if let Some(resumed) = rest.strip_prefix("<... ") {
@@ -61,6 +63,18 @@ fn parse(trace: &str) -> Vec<Call> {
         calls.push(Call { name: name.to_string(), path, done: ts + took });
     }
     calls
+}
+
+#[test]
+fn trace_lines_parse_whatever_the_pid_width() {
+    let trace = "7999  1796110077.961305 fsync(13</d/conf>) = 0 <0.000898>\n\
+                 30415 1796110078.000000 fdatasync(12</d/db> <unfinished ...>\n\
+                 30415 1796110078.000300 <... fdatasync resumed>) = 0 <0.000300>\n";
+    let calls = parse(trace);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!((calls[0].name.as_str(), calls[0].path.as_str()), ("fsync", "/d/conf"));
+    assert_eq!((calls[1].name.as_str(), calls[1].path.as_str()), ("fdatasync", "/d/db"));
+    assert!((calls[1].done - 1796110078.0003).abs() < 1e-6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
