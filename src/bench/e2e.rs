@@ -1,0 +1,173 @@
+//! `txmq bench e2e`: producers and consumers at once, latency from send (or commit) to receipt.
+
+use super::consume::AckingConsumer;
+use super::report::{histogram, record, take, Progress, Report, Run};
+use super::*;
+use crate::admin;
+use anyhow::bail;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Producers and consumers at once on a fresh topic. Latency is from the send (with --txn also
+/// from the commit) to the consumer's receipt; throughput counts messages received and acked,
+/// up to the last receipt.
+pub(super) async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> {
+    let load = &args.load;
+    if load.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let producer_client = connect(broker).await?;
+    let consumer_client = connect(broker).await?;
+    let mut admin = admin::connect(broker).await?;
+    let run_id = micros_now();
+    let topic = format!("bench-e2e-{run_id}");
+    let group = format!("bench-e2e-group-{run_id}");
+    // Creates the topic and the group (at the earliest offset) before measuring.
+    one(&mut producer_client.clone(), Scenario::Send, &topic, format!("W{run_id}"), b"warm-up", || {}).await;
+    let before = admin::fetch_status(&mut admin).await?;
+    let latency = Arc::new(Mutex::new(histogram()));
+    let commit_latency = Arc::new(Mutex::new(histogram()));
+    // Transactional runs: message index -> when its commit was sent (µs since the epoch).
+    let commits: Arc<Mutex<std::collections::HashMap<u64, u64>>> = Arc::default();
+    let (next, sent, received, errors) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let (last_receipt, warm_ups) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let limit = load.count.unwrap_or(u64::MAX);
+    let started = Instant::now();
+    let started_us = micros_now();
+    let deadline = if load.count.is_some() { None } else { Some(started + load.duration) };
+    let scenario = if args.txn { Scenario::Txn } else { Scenario::Send };
+    // Open-loop pacing as in the peers' benchmarks: message i is due at start + i / rate.
+    let rate = args.rate;
+    let progress = Progress::start("received and acked", received.clone());
+    let mut producers = Vec::new();
+    for _ in 0..load.concurrency {
+        let (mut client, next, sent, errors, topic, commits) =
+            (producer_client.clone(), next.clone(), sent.clone(), errors.clone(), topic.clone(), commits.clone());
+        let size = load.size;
+        producers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= limit {
+                    break;
+                }
+                if rate > 0 {
+                    tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate as f64)).into()).await;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                // The body starts with the send time, so the consumer can measure latency.
+                let body = stamped_body(size);
+                let committing = || {
+                    if let Ok(mut c) = commits.lock() {
+                        c.insert(i, micros_now());
+                    }
+                };
+                if one(&mut client, scenario, &topic, format!("E{run_id}-{i}"), &body, committing).await {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let producing_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ack_batch = args.ack_batch;
+    let mut consumers = Vec::new();
+    for _ in 0..args.consumers.max(1) {
+        let (client, received, latency, commit_latency, topic, group, sent, done, commits, last_receipt) = (
+            consumer_client.clone(),
+            received.clone(),
+            latency.clone(),
+            commit_latency.clone(),
+            topic.clone(),
+            group.clone(),
+            sent.clone(),
+            producing_done.clone(),
+            commits.clone(),
+            last_receipt.clone(),
+        );
+        let warm_ups = warm_ups.clone();
+        consumers.push(tokio::spawn(async move {
+            let mut consumer = AckingConsumer::new(client, &group, &topic, ack_batch);
+            let mut quiet_since: Option<Instant> = None;
+            loop {
+                consumer.reap().await.publish(&received, &last_receipt);
+                if done.load(Ordering::Relaxed) {
+                    // A message that does not arrive within 5 s of the end is reported missing.
+                    let quiet = quiet_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(5);
+                    let expected = sent.load(Ordering::Relaxed) + warm_ups.load(Ordering::Relaxed);
+                    if quiet || received.load(Ordering::Relaxed) + consumer.unacked() >= expected {
+                        consumer.finish().await.publish(&received, &last_receipt);
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                }
+                let (now, messages) = consumer.receive().await?;
+                let mut got = 0;
+                for m in messages {
+                    if m.body == b"warm-up" {
+                        warm_ups.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    record(&latency, now.saturating_sub(stamp(&m.body).unwrap_or(now)));
+                    let index = m
+                        .system_properties
+                        .as_ref()
+                        .and_then(|sp| sp.message_id.rsplit('-').next().and_then(|i| i.parse::<u64>().ok()));
+                    let committed_at = index.and_then(|i| commits.lock().ok().and_then(|mut c| c.remove(&i)));
+                    if let Some(at) = committed_at {
+                        record(&commit_latency, now.saturating_sub(at));
+                    }
+                    got += 1;
+                }
+                if got > 0 {
+                    quiet_since = None;
+                }
+            }
+        }));
+    }
+    for p in producers {
+        p.await?;
+    }
+    producing_done.store(true, Ordering::Relaxed);
+    for c in consumers {
+        c.await??;
+    }
+    drop(progress);
+    let after = admin::fetch_status(&mut admin).await?;
+    // The warm-up message is received and acked too, but is not part of the run.
+    let messages = received.load(Ordering::Relaxed).saturating_sub(warm_ups.load(Ordering::Relaxed));
+    let missing = sent.load(Ordering::Relaxed).saturating_sub(messages);
+    if missing > 0 {
+        eprintln!("{missing} acknowledged sends were not received within 5 s of the end");
+    }
+    let seconds = (last_receipt.load(Ordering::Relaxed).saturating_sub(started_us)) as f64 / 1e6;
+    let paced = if args.rate > 0 { format!("-paced{}", args.rate) } else { String::new() };
+    let run = Run {
+        scenario: format!(
+            "e2e {} (send to receipt{})",
+            if args.txn { "txn" } else { "normal" },
+            if args.rate > 0 { format!(", paced at {}/s", args.rate) } else { String::new() }
+        ),
+        result_name: format!(
+            "e2e-{}+receive+ack{}-{}B{paced}",
+            if args.txn { "txn-half+commit" } else { "send" },
+            if args.ack_batch { "-batched" } else { "" },
+            load.size
+        ),
+        concurrency: load.concurrency,
+        size: load.size,
+        messages,
+        errors: errors.load(Ordering::Relaxed) + missing,
+        seconds,
+        latency: take(&latency),
+        commit_latency: args.txn.then(|| take(&commit_latency)),
+    };
+    Ok(Report::new(run, &before, &after))
+}

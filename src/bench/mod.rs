@@ -1,0 +1,221 @@
+//! `txmq bench`: load generators against a running broker over real gRPC.
+//!
+//! Every send is acknowledged durably by the broker (fsync before OK), as a user's would be.
+//! The report gives throughput and latency percentiles, and the broker's own count of flushes
+//! during the run, so `writes per flush` shows how well group commit batches.
+//!
+//! # Layout
+//! - this module: the commands and their arguments, and the client helpers every scenario uses;
+//! - [`report`]: what a run measured, its text and JSON forms, the live progress line;
+//! - [`load`]: `send` and `txn`; [`consume`]: `consume`; [`e2e`]: `e2e`;
+//!   [`checkback`]: `checkback`.
+
+mod checkback;
+mod consume;
+mod e2e;
+mod load;
+mod report;
+
+use crate::output::Output;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::time::Duration;
+use txmq_proto::v2;
+use v2::messaging_service_client::MessagingServiceClient;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Normal sends: each is stored and fsynced before its OK.
+    Send(LoadArgs),
+    /// Transactional messages: half send + commit, each fsynced before its OK.
+    Txn(LoadArgs),
+    /// Receive + ack of a pre-filled backlog (acks fsynced), by several consumers.
+    Consume(ConsumeArgs),
+    /// End to end: producers send (or half + commit with --txn) while consumers receive and
+    /// ack; latency is from the send to the consumer's receipt (and, with --txn, also from the
+    /// commit to the receipt).
+    E2e(E2eArgs),
+    /// Check-back: many half messages left pending, then resolved by the broker's check-backs
+    /// over the Telemetry stream (answered "commit" by this producer); measures checks/s.
+    Checkback(CheckbackArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckbackArgs {
+    /// Half messages to leave pending.
+    #[arg(long, default_value_t = 10_000)]
+    pub count: u64,
+    /// Half sends in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Age at which the broker first checks each half message (set on the message); longer
+    /// than sending them all takes, so that the checks run as one burst.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub check_after: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct E2eArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Transactional messages (half + commit) instead of normal sends.
+    #[arg(long)]
+    pub txn: bool,
+    /// Messages per second across all producers (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Concurrent consumers (each receives up to 32 and acks them concurrently).
+    #[arg(long, default_value_t = 4)]
+    pub consumers: usize,
+    /// Ack each receive's messages with one AckMessage call (the protocol allows several
+    /// entries; the official clients send one per message).
+    #[arg(long)]
+    pub ack_batch: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConsumeArgs {
+    /// Messages stored before consumption starts.
+    #[arg(long, default_value_t = 100_000)]
+    pub backlog: u64,
+    /// Concurrent consumers (each receives up to 32 and acks them one by one, concurrently).
+    #[arg(long, default_value_t = 4)]
+    pub consumers: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Ack each receive's messages with one AckMessage call.
+    #[arg(long)]
+    pub ack_batch: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// How long to run (e.g. 10s); ignored when --count is given.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Topic for `send` and `txn` (created on first use); `e2e` uses a fresh topic each run.
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+}
+
+/// Runs one scenario against `broker` and prints its report.
+pub async fn run(broker: &str, cmd: BenchCommand, out: Output) -> anyhow::Result<()> {
+    let report = match cmd {
+        BenchCommand::Send(args) => load::load(broker, &args, Scenario::Send).await?,
+        BenchCommand::Txn(args) => load::load(broker, &args, Scenario::Txn).await?,
+        BenchCommand::Consume(args) => consume::consume(broker, &args).await?,
+        BenchCommand::E2e(args) => e2e::e2e(broker, &args).await?,
+        BenchCommand::Checkback(args) => checkback::checkback(broker, &args).await?,
+    };
+    out.emit(&report, || report::render(&report))
+}
+
+/// What one unit of `send`/`txn` load is: a send, or a half send plus its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scenario {
+    Send,
+    Txn,
+}
+
+pub(super) fn resource(name: &str) -> Option<v2::Resource> {
+    Some(v2::Resource { resource_namespace: String::new(), name: name.to_string() })
+}
+
+pub(super) fn message(topic: &str, id: String, body: &[u8]) -> v2::Message {
+    typed_message(topic, id, body, v2::MessageType::Normal)
+}
+
+pub(super) fn typed_message(topic: &str, id: String, body: &[u8], t: v2::MessageType) -> v2::Message {
+    v2::Message {
+        topic: resource(topic),
+        user_properties: Default::default(),
+        system_properties: Some(v2::SystemProperties {
+            message_id: id,
+            message_type: t as i32,
+            body_encoding: v2::Encoding::Identity as i32,
+            born_host: "txmq-bench".into(),
+            ..Default::default()
+        }),
+        body: body.to_vec(),
+    }
+}
+
+pub(super) fn ok(s: Option<&v2::Status>) -> bool {
+    s.is_some_and(|s| s.code == v2::Code::Ok as i32)
+}
+
+/// One unit of load: a send, or a half send plus its commit (`committing` runs just before the
+/// commit is sent). True when every call answered OK.
+pub(super) async fn one(
+    client: &mut Client,
+    scenario: Scenario,
+    topic: &str,
+    id: String,
+    body: &[u8],
+    committing: impl FnOnce(),
+) -> bool {
+    match scenario {
+        Scenario::Send => {
+            let req = v2::SendMessageRequest { messages: vec![message(topic, id, body)] };
+            matches!(client.send_message(req).await, Ok(r) if ok(r.get_ref().status.as_ref()))
+        }
+        Scenario::Txn => {
+            let req = v2::SendMessageRequest {
+                messages: vec![typed_message(topic, id.clone(), body, v2::MessageType::Transaction)],
+            };
+            let Ok(r) = client.send_message(req).await else { return false };
+            let r = r.into_inner();
+            let Some(entry) = r.entries.first().filter(|e| ok(e.status.as_ref())) else { return false };
+            let end = v2::EndTransactionRequest {
+                topic: resource(topic),
+                message_id: id,
+                transaction_id: entry.transaction_id.clone(),
+                resolution: v2::TransactionResolution::Commit as i32,
+                source: v2::TransactionSource::SourceClient as i32,
+                trace_context: String::new(),
+            };
+            committing();
+            matches!(client.end_transaction(end).await, Ok(r) if ok(r.get_ref().status.as_ref()))
+        }
+    }
+}
+
+pub(super) type Client = MessagingServiceClient<tonic::transport::Channel>;
+
+/// One HTTP/2 connection to the broker (`TCP_NODELAY`, as every gRPC client sets).
+pub(super) async fn connect(broker: &str) -> anyhow::Result<Client> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{broker}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the broker at {broker}"))?;
+    Ok(MessagingServiceClient::new(channel))
+}
+
+pub(super) fn micros_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// A body of `size` bytes (at least 8) that starts with the current time in microseconds.
+pub(super) fn stamped_body(size: usize) -> Vec<u8> {
+    let mut body = micros_now().to_be_bytes().to_vec();
+    body.resize(size.max(8), b'x');
+    body
+}
+
+pub(super) fn stamp(body: &[u8]) -> Option<u64> {
+    body.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+}
