@@ -223,6 +223,12 @@ fn utf8(bytes: Vec<u8>) -> Result<String, CodecError> {
     String::from_utf8(bytes).map_err(|e| invalid("utf-8 string", e))
 }
 
+/// FNV-1a of `s`: a stable hash (the same in every process and release) for spreading keys
+/// over queues and lock stripes.
+pub fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,8 +46,6 @@ pub enum BrokerError {
     /// The receipt handle is malformed, stale (the message was redelivered) or already used.
     #[error("invalid receipt handle: {0}")]
     InvalidReceiptHandle(String),
-    #[error("illegal polling time: {0}")]
-    IllegalPollingTime(String),
     #[error("invalid transaction id: {0}")]
     InvalidTransactionId(String),
     /// The request conflicts with the current state (a contrary transaction decision).

@@ -14,6 +14,7 @@
 //! - [`codec`]: the byte codec of keys and records.
 //! - [`config`]: flags, environment, TOML file.
 //! - [`error`]: the broker's error enum.
+//! - [`sync`]: the one policy for poisoned locks.
 
 pub mod broker;
 pub mod codec;
@@ -26,5 +27,6 @@ pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod topics;
 pub mod txn;

@@ -59,15 +59,6 @@ pub struct MessageLog {
     inner: Arc<Mutex<Inner>>,
 }
 
-fn lock_err() -> BrokerError {
-    BrokerError::Internal("message log lock poisoned".into())
-}
-
-/// FNV-1a: a stable hash, so a message group maps to the same queue across restarts.
-fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-}
-
 impl MessageLog {
     pub fn new(store: Arc<dyn Store>, committer: Arc<Committer>) -> Self {
         Self { store, committer, inner: Arc::new(Mutex::new(Inner::default())) }
@@ -75,7 +66,7 @@ impl MessageLog {
 
     /// Registers the queues of a topic, reading their offsets from the store. Idempotent.
     pub fn open_topic(&self, topic: &str, queue_count: u32) -> Result<()> {
-        let mut inner = self.inner.lock().map_err(|_| lock_err())?;
+        let mut inner = crate::sync::lock(&self.inner);
         for queue in 0..queue_count {
             if inner.queues.contains_key(&(topic.to_string(), queue)) {
                 continue;
@@ -123,7 +114,7 @@ impl MessageLog {
         let mut placements = Vec::with_capacity(messages.len());
         let mut waits = Vec::new();
         let pending = {
-            let mut inner = self.inner.lock().map_err(|_| lock_err())?;
+            let mut inner = crate::sync::lock(&self.inner);
             let mut batch = Batch::new();
             let mut fresh = Vec::new();
             let mut batch_queue = None;
@@ -225,7 +216,7 @@ impl MessageLog {
 
     /// Offsets of one queue, if the queue exists.
     pub fn offsets(&self, topic: &str, queue: u32) -> Option<QueueOffsets> {
-        let inner = self.inner.lock().ok()?;
+        let inner = crate::sync::lock(&self.inner);
         let s = inner.queues.get(&(topic.to_string(), queue))?;
         let durable = *s.durable.borrow();
         Some(QueueOffsets { queue, min: s.min, durable })
@@ -233,14 +224,14 @@ impl MessageLog {
 
     /// A receiver that changes whenever the queue's durable high watermark moves.
     pub fn watch(&self, topic: &str, queue: u32) -> Option<watch::Receiver<u64>> {
-        let inner = self.inner.lock().ok()?;
+        let inner = crate::sync::lock(&self.inner);
         Some(inner.queues.get(&(topic.to_string(), queue))?.durable.subscribe())
     }
 
     /// A receiver that changes whenever the topic gets new durable messages.
-    pub fn topic_watch(&self, topic: &str) -> Option<watch::Receiver<u64>> {
-        let mut inner = self.inner.lock().ok()?;
-        Some(inner.topic_signals.entry(topic.to_string()).or_insert_with(|| watch::channel(0).0).subscribe())
+    pub fn topic_watch(&self, topic: &str) -> watch::Receiver<u64> {
+        let mut inner = crate::sync::lock(&self.inner);
+        inner.topic_signals.entry(topic.to_string()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
     /// Deletes up to `max` of the oldest messages of a queue stored before `cutoff`, durably.
@@ -282,7 +273,7 @@ impl MessageLog {
             return Ok(0);
         }
         self.committer.commit(batch).await?;
-        let mut inner = self.inner.lock().map_err(|_| lock_err())?;
+        let mut inner = crate::sync::lock(&self.inner);
         if let Some(state) = inner.queues.get_mut(&(topic.to_string(), queue)) {
             state.min = state.min.max(next_min);
         }
@@ -301,7 +292,7 @@ impl MessageLog {
         let inner = self.inner.clone();
         let topic = topic.to_string();
         Box::new(move || {
-            let Ok(mut inner) = inner.lock() else { return };
+            let mut inner = crate::sync::lock(&inner);
             if let Some(signal) = inner.topic_signals.get(&topic) {
                 signal.send_modify(|g| *g = g.wrapping_add(1));
             }
@@ -339,7 +330,7 @@ impl MessageLog {
 fn pick_queue(inner: &mut Inner, msg: &NewMessage, queue_count: u32) -> u32 {
     let n = u64::from(queue_count.max(1));
     let h = match (&msg.message_type, &msg.message_group) {
-        (MessageType::Fifo, Some(group)) => stable_hash(group),
+        (MessageType::Fifo, Some(group)) => crate::codec::fnv1a(group),
         _ => {
             inner.round_robin = inner.round_robin.wrapping_add(1);
             inner.round_robin

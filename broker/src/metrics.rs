@@ -65,13 +65,14 @@ pub struct Counter {
 
 impl Counter {
     pub fn add(&self, labels: &[&str], n: u64) {
-        if let Ok(mut m) = self.values.lock() {
+        {
+            let mut m = crate::sync::lock(&self.values);
             *m.entry(labels.iter().map(|s| s.to_string()).collect()).or_insert(0) += n;
         }
     }
 
     fn render(&self, out: &mut String, name: &str, label_names: &[&str]) {
-        let Ok(m) = self.values.lock() else { return };
+        let m = crate::sync::lock(&self.values);
         for (values, v) in m.iter() {
             let labels: Vec<String> =
                 label_names.iter().zip(values).map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
@@ -139,10 +140,10 @@ pub struct Gauges {
 impl Metrics {
     /// Records the latency of one RPC.
     pub fn rpc(&self, rpc: &'static str, took: Duration) {
-        let h = match self.rpc_latency.lock() {
-            Ok(mut m) => m.entry(rpc).or_insert_with(|| std::sync::Arc::new(Histogram::new(&LATENCY_BUCKETS))).clone(),
-            Err(_) => return,
-        };
+        let h = crate::sync::lock(&self.rpc_latency)
+            .entry(rpc)
+            .or_insert_with(|| std::sync::Arc::new(Histogram::new(&LATENCY_BUCKETS)))
+            .clone();
         h.observe(took.as_secs_f64());
     }
 
@@ -234,7 +235,8 @@ impl Metrics {
             );
         }
         family(&mut out, "txmq_rpc_duration_seconds", "histogram", "RocketMQ RPC latency, by RPC.");
-        if let Ok(m) = self.rpc_latency.lock() {
+        {
+            let m = crate::sync::lock(&self.rpc_latency);
             for (rpc, h) in m.iter() {
                 h.render(&mut out, "txmq_rpc_duration_seconds", &format!("rpc=\"{rpc}\""));
             }

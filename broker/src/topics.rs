@@ -66,18 +66,21 @@ impl Topics {
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<TopicRecord>> {
-        self.map.read().ok()?.get(name).cloned()
+        crate::sync::read(&self.map).get(name).cloned()
     }
 
     /// All topics, sorted by name.
     pub fn list(&self) -> Vec<Arc<TopicRecord>> {
-        let mut v: Vec<_> = self.map.read().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let mut v: Vec<_> = crate::sync::read(&self.map).values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     pub fn len(&self) -> usize {
-        self.map.read().map(|m| m.len()).unwrap_or(0)
+        {
+            let m = crate::sync::read(&self.map);
+            m.len()
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -87,7 +90,8 @@ impl Topics {
     /// Records a topic once it is durable.
     pub fn insert(&self, record: TopicRecord) -> Arc<TopicRecord> {
         let record = Arc::new(record);
-        if let Ok(mut m) = self.map.write() {
+        {
+            let mut m = crate::sync::write(&self.map);
             m.insert(record.name.clone(), record.clone());
         }
         record

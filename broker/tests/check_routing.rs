@@ -5,14 +5,11 @@
 mod common;
 
 use std::time::{Duration, Instant};
-use tonic::metadata::MetadataValue;
 use txmq_broker::config::Config;
 use txmq_proto::v2;
 use v2::messaging_service_client::MessagingServiceClient;
 
-fn res(n: &str) -> Option<v2::Resource> {
-    Some(v2::Resource { resource_namespace: String::new(), name: n.into() })
-}
+use common::{as_client, res};
 
 fn settings() -> v2::TelemetryCommand {
     v2::TelemetryCommand {
@@ -26,12 +23,6 @@ fn settings() -> v2::TelemetryCommand {
             ..Default::default()
         })),
     }
-}
-
-fn as_client<T>(client_id: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("x-mq-client-id", MetadataValue::try_from(client_id).unwrap());
-    r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,17 +121,7 @@ async fn a_check_lost_with_a_broken_stream_is_retried_on_another() {
 }
 
 fn half_message(id: &str) -> v2::Message {
-    v2::Message {
-        topic: res("orders"),
-        user_properties: Default::default(),
-        system_properties: Some(v2::SystemProperties {
-            message_id: id.into(),
-            message_type: v2::MessageType::Transaction as i32,
-            body_encoding: v2::Encoding::Identity as i32,
-            ..Default::default()
-        }),
-        body: id.as_bytes().to_vec(),
-    }
+    common::message("orders", id, v2::MessageType::Transaction, id.as_bytes())
 }
 
 type Commands = tonic::Streaming<v2::TelemetryCommand>;

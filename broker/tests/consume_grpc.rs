@@ -14,23 +14,10 @@ use v2::messaging_service_client::MessagingServiceClient;
 
 type Client = MessagingServiceClient<Channel>;
 
-fn res(name: &str) -> Option<v2::Resource> {
-    Some(v2::Resource { resource_namespace: String::new(), name: name.into() })
-}
+use common::{as_client, res};
 
 async fn send(c: &mut Client, topic: &str, id: &str) {
-    let m = v2::Message {
-        topic: res(topic),
-        user_properties: Default::default(),
-        system_properties: Some(v2::SystemProperties {
-            message_id: id.into(),
-            message_type: v2::MessageType::Normal as i32,
-            body_encoding: v2::Encoding::Identity as i32,
-            ..Default::default()
-        }),
-        body: id.as_bytes().to_vec(),
-    };
-    let r = c.send_message(v2::SendMessageRequest { messages: vec![m] }).await.unwrap().into_inner();
+    let r = c.send_message(common::send_request(topic, id)).await.unwrap().into_inner();
     assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
 }
 
@@ -186,12 +173,6 @@ async fn a_latest_group_skips_what_came_before_it() {
         ["after"]
     );
     broker.stop().await.unwrap();
-}
-
-fn as_client<T>(client_id: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("x-mq-client-id", client_id.parse().unwrap());
-    r
 }
 
 /// A receive as the Python push consumer makes it: `auto_renew` on, as client `client_id`.

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use txmq_broker::broker::Broker;
@@ -19,17 +18,7 @@ const SENDS_PER_ROUND: usize = 500;
 const CONCURRENCY: usize = 32;
 
 fn message(i: usize, round: usize) -> v2::Message {
-    v2::Message {
-        topic: Some(v2::Resource { resource_namespace: String::new(), name: "crash".into() }),
-        user_properties: HashMap::new(),
-        system_properties: Some(v2::SystemProperties {
-            message_id: format!("R{round:02}M{i:04}"),
-            message_type: v2::MessageType::Normal as i32,
-            body_encoding: v2::Encoding::Identity as i32,
-            ..Default::default()
-        }),
-        body: body(i, round),
-    }
+    common::message("crash", &format!("R{round:02}M{i:04}"), v2::MessageType::Normal, &body(i, round))
 }
 
 fn body(i: usize, round: usize) -> Vec<u8> {

@@ -30,9 +30,7 @@ const ARGS: &[&str] = &["--txn-timeout", "1s", "--txn-check-interval", "1s", "--
 /// unacked delivery is visible again within a few seconds.
 const LOAD_INVISIBLE_S: i64 = 2;
 
-fn res(n: &str) -> Option<v2::Resource> {
-    Some(v2::Resource { resource_namespace: String::new(), name: n.into() })
-}
+use common::res;
 
 /// What the producer intends for transaction number `i` (the checker answers the same).
 fn intended_commit(i: u64) -> bool {
@@ -44,17 +42,7 @@ fn intended_commit(i: u64) -> bool {
 }
 
 fn message(id: &str, t: v2::MessageType) -> v2::Message {
-    v2::Message {
-        topic: res(TOPIC),
-        user_properties: Default::default(),
-        system_properties: Some(v2::SystemProperties {
-            message_id: id.into(),
-            message_type: t as i32,
-            body_encoding: v2::Encoding::Identity as i32,
-            ..Default::default()
-        }),
-        body: id.as_bytes().to_vec(),
-    }
+    common::message(TOPIC, id, t, id.as_bytes())
 }
 
 fn ok(s: Option<&v2::Status>) -> bool {

@@ -3,6 +3,8 @@
 //! status says what happened. Nothing unflushed is ever visible to consumers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 use txmq_broker::config::Config;
@@ -13,19 +15,7 @@ use txmq_proto::v2;
 use v2::messaging_service_client::MessagingServiceClient;
 
 fn send_req(id: &str) -> v2::SendMessageRequest {
-    v2::SendMessageRequest {
-        messages: vec![v2::Message {
-            topic: Some(v2::Resource { resource_namespace: String::new(), name: "t".into() }),
-            user_properties: Default::default(),
-            system_properties: Some(v2::SystemProperties {
-                message_id: id.into(),
-                message_type: v2::MessageType::Normal as i32,
-                body_encoding: v2::Encoding::Identity as i32,
-                ..Default::default()
-            }),
-            body: id.as_bytes().to_vec(),
-        }],
-    }
+    common::send_request("t", id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,9 +103,7 @@ async fn a_retried_half_send_after_a_failed_flush_is_not_acked() {
 
 type Messaging = MessagingServiceClient<tonic::transport::Channel>;
 
-fn res(n: &str) -> Option<v2::Resource> {
-    Some(v2::Resource { resource_namespace: String::new(), name: n.into() })
-}
+use common::res;
 
 async fn receive(c: &mut Messaging, group: &str) -> Result<Vec<(String, String)>, i32> {
     let req = v2::ReceiveMessageRequest {

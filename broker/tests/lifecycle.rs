@@ -11,21 +11,7 @@ use txmq_broker::config::Config;
 use txmq_proto::v2;
 use v2::messaging_service_client::MessagingServiceClient;
 
-fn send_request(topic: &str, id: &str) -> v2::SendMessageRequest {
-    v2::SendMessageRequest {
-        messages: vec![v2::Message {
-            topic: Some(v2::Resource { resource_namespace: String::new(), name: topic.into() }),
-            user_properties: Default::default(),
-            system_properties: Some(v2::SystemProperties {
-                message_id: id.into(),
-                message_type: v2::MessageType::Normal as i32,
-                body_encoding: v2::Encoding::Identity as i32,
-                ..Default::default()
-            }),
-            body: b"x".to_vec(),
-        }],
-    }
-}
+use common::send_request;
 
 /// SIGTERM with work in flight: 16 senders keep sending and a consumer's long poll is
 /// waiting. The broker answers the long poll (no transport error), lets the sends in flight

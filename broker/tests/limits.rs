@@ -3,15 +3,15 @@
 //! TOO_MANY_REQUESTS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 use tonic::metadata::MetadataValue;
 use txmq_broker::config::Config;
 use txmq_proto::v2;
 use v2::messaging_service_client::MessagingServiceClient;
 
-fn res(n: &str) -> Option<v2::Resource> {
-    Some(v2::Resource { resource_namespace: String::new(), name: n.into() })
-}
+use common::res;
 
 async fn spawn(tune: impl FnOnce(&mut Config)) -> (txmq_broker::server::RunningBroker, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,8 @@
 //! behind skips ahead to what is left.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use txmq_broker::broker::Broker;
@@ -11,22 +13,7 @@ use txmq_broker::consume::service::ReceiveRequest;
 use txmq_broker::model::{MessageType, NewMessage};
 
 fn msg(id: &str) -> NewMessage {
-    NewMessage {
-        topic: "logs".into(),
-        message_id: id.into(),
-        message_type: MessageType::Normal,
-        tag: None,
-        keys: Vec::new(),
-        message_group: None,
-        born_timestamp: 0,
-        born_host: "test".into(),
-        delivery_timestamp: None,
-        trace_context: None,
-        recovery_duration_ms: None,
-        origin_topic: None,
-        user_properties: Default::default(),
-        body: id.as_bytes().to_vec(),
-    }
+    common::new_message("logs", id, MessageType::Normal)
 }
 
 fn request<'a>(

@@ -14,20 +14,9 @@ use txmq_broker::txn::state::{Actor, Resolution, TxnState};
 
 fn half(id: &str, recovery_ms: Option<i64>) -> NewMessage {
     NewMessage {
-        topic: "orders".into(),
-        message_id: id.into(),
-        message_type: MessageType::Transaction,
-        tag: None,
-        keys: Vec::new(),
-        message_group: None,
-        born_timestamp: 0,
-        born_host: "test".into(),
-        delivery_timestamp: None,
-        trace_context: None,
         recovery_duration_ms: recovery_ms,
-        origin_topic: None,
-        user_properties: Default::default(),
         body: b"x".to_vec(),
+        ..common::new_message("orders", id, MessageType::Transaction)
     }
 }
 

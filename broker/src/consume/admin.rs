@@ -2,7 +2,7 @@
 
 use super::state::Inflight;
 use crate::broker::{now_ms, Broker};
-use crate::error::{BrokerError, Result};
+use crate::error::Result;
 use crate::model::StoredMessage;
 use crate::store::{Batch, Key};
 use crate::topics::DLQ_PREFIX;
@@ -51,7 +51,7 @@ impl Broker {
         let mut topics = Vec::new();
         for (topic, shared) in self.groups().topics_of(name) {
             let Some(t) = self.topic(&topic) else { continue };
-            let Ok(st) = shared.state.lock() else { continue };
+            let st = crate::sync::lock(&shared.state);
             let mut s = GroupTopicStats { topic: topic.clone(), ..Default::default() };
             for q in self.queue_offsets(&t) {
                 let from = st.cursor(q.queue).unwrap_or(match start {
@@ -169,7 +169,7 @@ impl Broker {
         let shared = self.groups().get_or_create(group, &origin)?;
         let slot = self.committer().reserve().await?;
         let pending = {
-            let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut st = crate::sync::lock(&shared.state);
             let mut batch = Batch::new();
             let now = now_ms();
             let rec = Inflight {

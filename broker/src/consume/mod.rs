@@ -159,25 +159,26 @@ impl Groups {
     }
 
     pub fn group(&self, name: &str) -> Option<GroupRecord> {
-        self.groups.read().ok()?.get(name).cloned()
+        crate::sync::read(&self.groups).get(name).cloned()
     }
 
     pub fn insert_group(&self, g: GroupRecord) {
-        if let Ok(mut m) = self.groups.write() {
+        {
+            let mut m = crate::sync::write(&self.groups);
             m.insert(g.name.clone(), g);
         }
     }
 
     /// All groups, sorted by name.
     pub fn list(&self) -> Vec<GroupRecord> {
-        let mut v: Vec<_> = self.groups.read().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let mut v: Vec<_> = crate::sync::read(&self.groups).values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     /// The state of `group` on `topic`, if it has received from it.
     pub fn get(&self, group: &str, topic: &str) -> Option<Arc<Shared>> {
-        self.states.read().ok()?.get(&(group.to_string(), topic.to_string())).cloned()
+        crate::sync::read(&self.states).get(&(group.to_string(), topic.to_string())).cloned()
     }
 
     /// The state of `group` on `topic`, created empty when new.
@@ -185,7 +186,7 @@ impl Groups {
         if let Some(s) = self.get(group, topic) {
             return Ok(s);
         }
-        let mut m = self.states.write().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+        let mut m = crate::sync::write(&self.states);
         Ok(m.entry((group.to_string(), topic.to_string()))
             .or_insert_with(|| Arc::new(Shared::new(GroupTopic::new(group, topic))))
             .clone())
@@ -193,9 +194,7 @@ impl Groups {
 
     /// Topics a group has state on.
     pub fn topics_of(&self, group: &str) -> Vec<(String, Arc<Shared>)> {
-        let Ok(m) = self.states.read() else {
-            return Vec::new();
-        };
+        let m = crate::sync::read(&self.states);
         let mut v: Vec<_> =
             m.iter().filter(|((g, _), _)| g == group).map(|((_, t), s)| (t.clone(), s.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));

@@ -111,10 +111,7 @@ impl Broker {
         let topic = self.topic(&req.topic).ok_or_else(|| BrokerError::TopicNotFound(req.topic.clone()))?;
         self.ensure_group(&req.group).await?;
         let shared = self.groups().get_or_create(&req.group, &req.topic)?;
-        let mut topic_rx = self
-            .log()
-            .topic_watch(&req.topic)
-            .ok_or_else(|| BrokerError::Internal("message log lock poisoned".into()))?;
+        let mut topic_rx = self.log().topic_watch(&req.topic);
         let mut group_rx = shared.signal.subscribe();
         let deadline = Instant::now() + req.poll;
         loop {
@@ -167,7 +164,7 @@ impl Broker {
         let log = self.log();
         let topic = req.topic.as_str();
         let next_due = {
-            let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut st = crate::sync::lock(&shared.state);
             let fresh = |attempt: u32, msg: &StoredMessage| Inflight {
                 attempt,
                 visible_at: now + invisible_ms,
@@ -297,7 +294,10 @@ impl Broker {
     async fn dead_letter(&self, shared: &Shared, pos: Pos, message: StoredMessage) -> Result<()> {
         let result = self.move_to_dead_letters(shared, pos, &message).await;
         if let Err(e) = &result {
-            let group = shared.state.lock().map(|st| st.group.clone()).unwrap_or_default();
+            let group = {
+                let st = crate::sync::lock(&shared.state);
+                st.group.clone()
+            };
             self.metrics().dead_letter_failures.add(&[&group], 1);
             tracing::error!(
                 group,
@@ -305,7 +305,8 @@ impl Broker {
                 error = %e,
                 "cannot move a message to the dead-letter topic; will retry"
             );
-            if let Ok(mut st) = shared.state.lock() {
+            {
+                let mut st = crate::sync::lock(&shared.state);
                 st.unpark(pos, now_ms() + DEAD_LETTER_RETRY_MS);
             }
             shared.wake();
@@ -317,7 +318,7 @@ impl Broker {
     /// origin topic, so a repeat after a crash or a lost reply stores nothing new.
     async fn move_to_dead_letters(&self, shared: &Shared, pos: Pos, message: &StoredMessage) -> Result<()> {
         let (group, topic) = {
-            let st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let st = crate::sync::lock(&shared.state);
             (st.group.clone(), st.topic.clone())
         };
         let dlq = format!("{DLQ_PREFIX}{group}");
@@ -331,7 +332,7 @@ impl Broker {
             .await?;
         let slot = self.committer().reserve().await?;
         let pending = {
-            let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut st = crate::sync::lock(&shared.state);
             let mut batch = Batch::new();
             st.remove(pos, &mut batch);
             // Dead again after a resend: the existing copy is the record again, no longer resent.
@@ -366,7 +367,7 @@ impl Broker {
         let slot = self.committer().reserve().await?;
         let mut results = Vec::with_capacity(handles.len());
         let pending = {
-            let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut st = crate::sync::lock(&shared.state);
             let mut batch = Batch::new();
             for h in handles {
                 results.push(match handle::decode(h) {
@@ -402,7 +403,7 @@ impl Broker {
         let slot = self.committer().reserve().await?;
         let new_nonce = next_nonce();
         let pending = {
-            let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut st = crate::sync::lock(&shared.state);
             let mut batch = Batch::new();
             let visible_at = now_ms() + invisible.as_millis() as Millis;
             st.change_invisible(pos, nonce, visible_at, new_nonce, &mut batch).map_err(invalid_handle)?;
@@ -419,7 +420,7 @@ impl Broker {
         let (pos, nonce) = handle::decode(receipt)
             .ok_or_else(|| BrokerError::InvalidReceiptHandle(format!("{receipt:?} is not a receipt handle")))?;
         let parked_from = {
-            let mut st = shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+            let mut st = crate::sync::lock(&shared.state);
             match st.check(pos, nonce) {
                 Ok(_) => st.park(pos),
                 // A retry after a lost reply: the first call moved it already.
@@ -430,8 +431,7 @@ impl Broker {
         let Some(message) = self.log().read(topic, pos.0, pos.1)? else {
             let slot = self.committer().reserve().await?;
             let pending = {
-                let mut st =
-                    shared.state.lock().map_err(|_| BrokerError::Internal("group state lock poisoned".into()))?;
+                let mut st = crate::sync::lock(&shared.state);
                 let mut batch = Batch::new();
                 st.remove(pos, &mut batch);
                 slot.submit(batch, None)
@@ -441,7 +441,8 @@ impl Broker {
         let result = self.move_to_dead_letters(&shared, pos, &message).await;
         if result.is_err() {
             // The consumer gets the error and may retry with the same handle.
-            if let (Ok(mut st), Some(at)) = (shared.state.lock(), parked_from) {
+            if let Some(at) = parked_from {
+                let mut st = crate::sync::lock(&shared.state);
                 st.unpark(pos, at);
             }
         }

@@ -103,7 +103,8 @@ pub struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.clients.inflight.lock() {
+        {
+            let mut m = crate::sync::lock(&self.clients.inflight);
             if let Some(n) = m.get_mut(&self.client_id) {
                 *n -= 1;
                 if *n == 0 {
@@ -115,16 +116,16 @@ impl Drop for InFlight<'_> {
 }
 
 impl Clients {
-    fn with<R>(&self, client_id: &str, f: impl FnOnce(&mut Client) -> R) -> Option<R> {
-        let mut inner = self.inner.lock().ok()?;
+    fn with<R>(&self, client_id: &str, f: impl FnOnce(&mut Client) -> R) -> R {
+        let mut inner = crate::sync::lock(&self.inner);
         let client = inner.entry(client_id.to_string()).or_insert_with(Client::new);
         client.last_seen = Instant::now();
-        Some(f(client))
+        f(client)
     }
 
     /// Admits one more request of `client_id`, unless it already has `max` in progress.
     pub fn admit(&self, client_id: &str, max: usize) -> Option<InFlight<'_>> {
-        let mut m = self.inflight.lock().ok()?;
+        let mut m = crate::sync::lock(&self.inflight);
         let n = m.entry(client_id.to_string()).or_insert(0);
         if *n >= max {
             return None;
@@ -148,7 +149,8 @@ impl Clients {
 
     /// Forgets a stream that ended.
     pub fn close_stream(&self, client_id: &str, stream_id: u64) {
-        if let Ok(mut inner) = self.inner.lock() {
+        {
+            let mut inner = crate::sync::lock(&self.inner);
             if let Some(c) = inner.get_mut(client_id) {
                 c.streams.retain(|s| s.handle.id != stream_id);
             }
@@ -179,7 +181,7 @@ impl Clients {
     /// responsive streams before silent ones, and `avoid` (the client whose last check went
     /// unanswered) after every other client.
     pub fn check_candidates(&self, topic: &str, originator: &str, avoid: Option<&str>) -> Vec<(String, StreamHandle)> {
-        let Ok(inner) = self.inner.lock() else { return Vec::new() };
+        let inner = crate::sync::lock(&self.inner);
         let mut ranked: Vec<(CandidateRank, String, StreamHandle)> = Vec::new();
         for (id, c) in inner.iter() {
             let rank = if id == originator {
@@ -203,7 +205,8 @@ impl Clients {
 
     /// Records a check of `transaction_id` written to `stream` of `client`.
     pub fn check_sent(&self, transaction_id: &str, topic: &str, client: &str, stream: u64) {
-        if let Ok(mut m) = self.checks.lock() {
+        {
+            let mut m = crate::sync::lock(&self.checks);
             let check =
                 PendingCheck { client: client.to_string(), stream, topic: topic.to_string(), sent: Instant::now() };
             m.insert(transaction_id.to_string(), check);
@@ -213,8 +216,9 @@ impl Clients {
     /// Records `client`'s answer to a check of `transaction_id`: the stream that carried the
     /// check is responsive again.
     pub fn check_answered(&self, transaction_id: &str, client: &str) {
-        let Some(check) = self.checks.lock().ok().and_then(|mut m| m.remove(transaction_id)) else { return };
-        if let Ok(mut inner) = self.inner.lock() {
+        let Some(check) = crate::sync::lock(&self.checks).remove(transaction_id) else { return };
+        {
+            let mut inner = crate::sync::lock(&self.inner);
             for c in [check.client.as_str(), client] {
                 if let Some(s) =
                     inner.get_mut(c).and_then(|c| c.streams.iter_mut().find(|s| s.handle.id == check.stream))
@@ -228,15 +232,14 @@ impl Clients {
     /// Ends the wait for checks older than `timeout`: their streams become silent. Returns
     /// them, for logs and metrics.
     pub fn expire_checks(&self, timeout: Duration) -> Vec<Unanswered> {
-        let expired: Vec<(String, PendingCheck)> = match self.checks.lock() {
-            Ok(mut m) => {
-                let ids: Vec<String> =
-                    m.iter().filter(|(_, c)| c.sent.elapsed() >= timeout).map(|(id, _)| id.clone()).collect();
-                ids.into_iter().filter_map(|id| m.remove(&id).map(|c| (id, c))).collect()
-            }
-            Err(_) => return Vec::new(),
+        let expired: Vec<(String, PendingCheck)> = {
+            let mut m = crate::sync::lock(&self.checks);
+            let ids: Vec<String> =
+                m.iter().filter(|(_, c)| c.sent.elapsed() >= timeout).map(|(id, _)| id.clone()).collect();
+            ids.into_iter().filter_map(|id| m.remove(&id).map(|c| (id, c))).collect()
         };
-        if let Ok(mut inner) = self.inner.lock() {
+        {
+            let mut inner = crate::sync::lock(&self.inner);
             for (_, check) in &expired {
                 if let Some(s) = inner
                     .get_mut(&check.client)
@@ -253,23 +256,19 @@ impl Clients {
     }
 
     pub fn settings(&self, client_id: &str) -> Option<v2::Settings> {
-        self.inner.lock().ok()?.get(client_id)?.settings.clone()
+        crate::sync::lock(&self.inner).get(client_id)?.settings.clone()
     }
 
     /// Live streams of a client, oldest first.
     pub fn streams(&self, client_id: &str) -> Vec<StreamHandle> {
-        let Ok(inner) = self.inner.lock() else {
-            return Vec::new();
-        };
+        let inner = crate::sync::lock(&self.inner);
         inner.get(client_id).map(|c| c.streams.iter().map(|s| s.handle.clone()).collect()).unwrap_or_default()
     }
 
     /// Whether the client showed a sign of life within `window`. An open stream alone does not
     /// count: a peer that vanished without closing keeps its streams until keepalive ends them.
     pub fn alive(&self, client_id: &str, window: Duration) -> bool {
-        let Ok(inner) = self.inner.lock() else {
-            return false;
-        };
+        let inner = crate::sync::lock(&self.inner);
         inner.get(client_id).is_some_and(|c| c.last_seen.elapsed() <= window)
     }
 
@@ -277,7 +276,7 @@ impl Clients {
     /// the streams of clients whose streams are all silent and who showed no sign of life for
     /// `alive` (the broker uses [`ALIVE_WINDOW`]). Returns how many clients were forgotten.
     pub fn sweep(&self, idle: Duration, alive: Duration) -> usize {
-        let Ok(mut inner) = self.inner.lock() else { return 0 };
+        let mut inner = crate::sync::lock(&self.inner);
         let before = inner.len();
         inner.retain(|id, c| {
             let all_silent = !c.streams.is_empty() && c.streams.iter().all(|s| s.silent);
@@ -295,14 +294,18 @@ impl Clients {
 
     /// Drops everything known about a client that announced its termination.
     pub fn terminate(&self, client_id: &str) {
-        if let Ok(mut inner) = self.inner.lock() {
+        {
+            let mut inner = crate::sync::lock(&self.inner);
             inner.remove(client_id);
         }
     }
 
     /// Number of clients seen and not terminated.
     pub fn len(&self) -> usize {
-        self.inner.lock().map(|m| m.len()).unwrap_or(0)
+        {
+            let m = crate::sync::lock(&self.inner);
+            m.len()
+        }
     }
 
     pub fn is_empty(&self) -> bool {

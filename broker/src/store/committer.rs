@@ -70,11 +70,11 @@ struct Shared {
 
 impl Shared {
     fn poisoned(&self) -> Option<String> {
-        self.poison.lock().map(|p| p.clone()).unwrap_or_else(|e| e.into_inner().clone())
+        crate::sync::lock(&self.poison).clone()
     }
 
     fn poison(&self, why: String) {
-        let mut guard = self.poison.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = crate::sync::lock(&self.poison);
         guard.get_or_insert(why);
     }
 }
@@ -173,7 +173,7 @@ impl Committer {
             mpsc::error::TrySendError::Full(m) => self.tx.blocking_send(m).map_err(|_| ()),
             mpsc::error::TrySendError::Closed(_) => Ok(()),
         });
-        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = crate::sync::lock(&self.thread).take();
         if let Some(h) = handle {
             let _ = h.join();
         }

@@ -17,13 +17,9 @@ impl MemoryStore {
     }
 }
 
-fn poisoned() -> StoreError {
-    StoreError::Io("memory store lock poisoned".into())
-}
-
 impl Store for MemoryStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.map.read().map_err(|_| poisoned())?.get(key).cloned())
+        Ok(crate::sync::read(&self.map).get(key).cloned())
     }
 
     fn scan(
@@ -33,7 +29,7 @@ impl Store for MemoryStore {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<Entry>, StoreError> {
-        let map = self.map.read().map_err(|_| poisoned())?;
+        let map = crate::sync::read(&self.map);
         if super::is_empty_range(start, end) {
             return Ok(Vec::new());
         }
@@ -43,7 +39,7 @@ impl Store for MemoryStore {
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-        let mut map = self.map.write().map_err(|_| poisoned())?;
+        let mut map = crate::sync::write(&self.map);
         for op in batch.ops() {
             match op {
                 Op::Put(k, v) => {

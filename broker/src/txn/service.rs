@@ -221,8 +221,7 @@ fn resolution_name(r: Resolution) -> &'static str {
 }
 
 fn stripe(key: &str) -> usize {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)) as usize
-        % TXN_LOCKS
+    (crate::codec::fnv1a(key) % TXN_LOCKS as u64) as usize
 }
 
 fn corrupt(key: &Key, e: impl std::fmt::Display) -> BrokerError {

@@ -120,3 +120,57 @@ impl<F: Fn(StoreEvent<'_>) + Send + Sync + 'static> txmq_broker::store::Store fo
         0
     }
 }
+
+/// A RocketMQ resource (topic or group) in no namespace.
+pub fn res(name: &str) -> Option<txmq_proto::v2::Resource> {
+    Some(txmq_proto::v2::Resource { resource_namespace: String::new(), name: name.into() })
+}
+
+/// A message as a producer sends it: `id`, of type `t`, with `body`.
+pub fn message(topic: &str, id: &str, t: txmq_proto::v2::MessageType, body: &[u8]) -> txmq_proto::v2::Message {
+    txmq_proto::v2::Message {
+        topic: res(topic),
+        user_properties: Default::default(),
+        system_properties: Some(txmq_proto::v2::SystemProperties {
+            message_id: id.into(),
+            message_type: t as i32,
+            body_encoding: txmq_proto::v2::Encoding::Identity as i32,
+            ..Default::default()
+        }),
+        body: body.to_vec(),
+    }
+}
+
+/// A SendMessage request of one NORMAL message whose body is its id.
+pub fn send_request(topic: &str, id: &str) -> txmq_proto::v2::SendMessageRequest {
+    txmq_proto::v2::SendMessageRequest {
+        messages: vec![message(topic, id, txmq_proto::v2::MessageType::Normal, id.as_bytes())],
+    }
+}
+
+/// `msg` sent as client `client_id` (`x-mq-client-id`).
+pub fn as_client<T>(client_id: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("x-mq-client-id", client_id.parse().unwrap());
+    r
+}
+
+/// A validated message for the in-process broker API: `id` of type `t` in `topic`, body = id.
+pub fn new_message(topic: &str, id: &str, t: txmq_broker::model::MessageType) -> txmq_broker::model::NewMessage {
+    txmq_broker::model::NewMessage {
+        topic: topic.into(),
+        message_id: id.into(),
+        message_type: t,
+        tag: None,
+        keys: Vec::new(),
+        message_group: None,
+        born_timestamp: 0,
+        born_host: "test".into(),
+        delivery_timestamp: None,
+        trace_context: None,
+        recovery_duration_ms: None,
+        origin_topic: None,
+        user_properties: Default::default(),
+        body: id.as_bytes().to_vec(),
+    }
+}
