@@ -4,6 +4,8 @@
 //! Rust client can decode (one entry per message), and the broker keeps serving.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 use std::collections::HashMap;
@@ -203,17 +205,7 @@ async fn oversized_property_strings_are_refused_and_the_largest_message_is_deliv
     let largest = message("largest", "h".repeat(255), Some("t".repeat(1024)));
     let r = c.send_message(v2::SendMessageRequest { messages: vec![largest] }).await.unwrap().into_inner();
     assert_eq!(code(r), v2::Code::Ok as i32);
-    let req = v2::ReceiveMessageRequest {
-        group: res("g"),
-        message_queue: Some(v2::MessageQueue { topic: res("big"), ..Default::default() }),
-        filter_expression: None,
-        batch_size: 32,
-        invisible_duration: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
-        auto_renew: false,
-        long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-        attempt_id: None,
-    };
-    let mut stream = c.receive_message(req).await.unwrap().into_inner();
+    let mut stream = c.receive_message(common::receive_request("g", "big", 30)).await.unwrap().into_inner();
     let mut ids = Vec::new();
     while let Some(item) = stream.message().await.expect("every delivery fits the client's limit") {
         if let Some(v2::receive_message_response::Content::Message(m)) = item.content {

@@ -103,14 +103,7 @@ async fn a_check_lost_with_a_broken_stream_is_retried_on_another() {
         }
         assert!(started.elapsed() < Duration::from_secs(10));
     }
-    let mut admin = txmq_proto::admin::admin_client::AdminClient::connect(url).await.unwrap();
-    let t = admin
-        .get_transaction(txmq_proto::admin::GetTransactionRequest { id: txn })
-        .await
-        .unwrap()
-        .into_inner()
-        .transaction
-        .unwrap();
+    let t = common::admin_transaction(&url, &txn).await;
     assert_eq!(t.state, txmq_proto::admin::TxnState::Committed as i32);
     let checks: Vec<&str> = t.timeline.iter().filter(|e| e.kind == "check").map(|e| e.client.as_str()).collect();
     assert_eq!(checks.first(), Some(&"producer-a"));
@@ -191,14 +184,7 @@ async fn a_silent_producer_stream_loses_the_next_check_to_a_live_one() {
             break;
         }
     }
-    let mut admin = txmq_proto::admin::admin_client::AdminClient::connect(url).await.unwrap();
-    let t = admin
-        .get_transaction(txmq_proto::admin::GetTransactionRequest { id: txn })
-        .await
-        .unwrap()
-        .into_inner()
-        .transaction
-        .unwrap();
+    let t = common::admin_transaction(&url, &txn).await;
     assert_eq!(t.state, txmq_proto::admin::TxnState::Committed as i32);
     let checks: Vec<(&str, u64, bool)> =
         t.timeline.iter().filter(|e| e.kind == "check").map(|e| (e.client.as_str(), e.stream, e.answered)).collect();

@@ -106,17 +106,7 @@ type Messaging = MessagingServiceClient<tonic::transport::Channel>;
 use common::res;
 
 async fn receive(c: &mut Messaging, group: &str) -> Result<Vec<(String, String)>, i32> {
-    let req = v2::ReceiveMessageRequest {
-        group: res(group),
-        message_queue: Some(v2::MessageQueue { topic: res("t"), ..Default::default() }),
-        filter_expression: None,
-        batch_size: 32,
-        invisible_duration: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
-        auto_renew: false,
-        long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-        attempt_id: None,
-    };
-    let mut stream = c.receive_message(req).await.unwrap().into_inner();
+    let mut stream = c.receive_message(common::receive_request(group, "t", 2)).await.unwrap().into_inner();
     let mut out = Vec::new();
     while let Some(item) = stream.message().await.unwrap() {
         match item.content {

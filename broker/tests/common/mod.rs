@@ -174,3 +174,25 @@ pub fn new_message(topic: &str, id: &str, t: txmq_broker::model::MessageType) ->
         body: id.as_bytes().to_vec(),
     }
 }
+
+/// A ReceiveMessage request: up to 32 messages of `topic` for `group`, invisible for
+/// `invisible_s`, long-polling 1 s.
+pub fn receive_request(group: &str, topic: &str, invisible_s: i64) -> txmq_proto::v2::ReceiveMessageRequest {
+    txmq_proto::v2::ReceiveMessageRequest {
+        group: res(group),
+        message_queue: Some(txmq_proto::v2::MessageQueue { topic: res(topic), ..Default::default() }),
+        filter_expression: None,
+        batch_size: 32,
+        invisible_duration: Some(prost_types::Duration { seconds: invisible_s, nanos: 0 }),
+        auto_renew: false,
+        long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+        attempt_id: None,
+    }
+}
+
+/// A transaction as the admin API shows it, with its timeline.
+pub async fn admin_transaction(url: &str, id: &str) -> txmq_proto::admin::Transaction {
+    let mut admin = txmq_proto::admin::admin_client::AdminClient::connect(url.to_string()).await.unwrap();
+    let req = txmq_proto::admin::GetTransactionRequest { id: id.into() };
+    admin.get_transaction(req).await.unwrap().into_inner().transaction.unwrap()
+}
