@@ -15,6 +15,7 @@
 //! - [`config`]: flags, environment, TOML file.
 //! - [`error`]: the broker's error enum.
 //! - [`sync`]: the one policy for poisoned locks.
+//! - [`tasks`]: background work: check-backs, retention, client sweeps, the metrics endpoint.
 
 pub mod broker;
 pub mod codec;
@@ -28,5 +29,6 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod tasks;
 pub mod topics;
 pub mod txn;

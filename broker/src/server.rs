@@ -70,12 +70,13 @@ pub async fn run_with_metrics(
         long_polls: Arc::new(tokio::sync::Semaphore::new(broker.config().max_long_polls)),
         send_budget: Arc::new(tokio::sync::Semaphore::new((broker.config().max_inflight_bytes / 1024).max(4096))),
     };
-    tracker.spawn(retention_loop(broker.clone(), token.clone()));
+    tracker.spawn(crate::tasks::retention::run(broker.clone(), token.clone()));
     if let Some(l) = metrics {
         tracing::info!(metrics = %l.local_addr()?, "serving Prometheus metrics at /metrics");
-        tracker.spawn(crate::grpc::metrics_http::serve(l, broker.clone(), token.clone(), tracker.clone()));
+        tracker.spawn(crate::tasks::metrics_http::serve(l, broker.clone(), token.clone(), tracker.clone()));
     }
-    tracker.spawn(crate::grpc::checker::run(broker.clone(), clients, token.clone()));
+    tracker.spawn(crate::tasks::sweep::run(clients.clone(), token.clone()));
+    tracker.spawn(crate::tasks::checkback::run(broker.clone(), clients, token.clone()));
     let admin = AdminService { broker: broker.clone() };
     tracing::info!(listen = %local, "txmq broker serving");
     let stop = token.clone();
@@ -183,23 +184,6 @@ impl tokio::io::AsyncWrite for LimitedConn {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
-    }
-}
-
-/// Deletes expired messages every `retention_interval` until shutdown.
-async fn retention_loop(broker: Arc<Broker>, shutdown: CancellationToken) {
-    let every = broker.config().retention_interval;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        if let Err(e) = broker.enforce_retention().await {
-            tracing::error!(error = %e, "retention failed");
-        }
-        if let Err(e) = broker.purge_transactions().await {
-            tracing::error!(error = %e, "transaction purge failed");
-        }
     }
 }
 

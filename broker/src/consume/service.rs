@@ -35,6 +35,15 @@ pub const MAX_BATCH: usize = 64;
 /// message, which input limits keep under the clients' 4 MiB.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
+/// The invisible-duration rule: between `min` (`--min-invisible` for receives; none for
+/// ChangeInvisibleDuration, where 0 means "visible again now") and [`MAX_INVISIBLE`].
+pub fn check_invisible(d: Duration, min: Duration) -> Result<()> {
+    if d < min || d > MAX_INVISIBLE {
+        return Err(BrokerError::IllegalInvisibleTime(format!("invisible duration {d:?} is outside {min:?} to 12 h")));
+    }
+    Ok(())
+}
+
 /// A receive call, validated.
 pub struct ReceiveRequest<'a> {
     pub group: String,
@@ -394,9 +403,7 @@ impl Broker {
         receipt: &str,
         invisible: Duration,
     ) -> Result<String> {
-        if invisible > MAX_INVISIBLE {
-            return Err(BrokerError::IllegalInvisibleTime(format!("{} s is over the 12 h limit", invisible.as_secs())));
-        }
+        check_invisible(invisible, Duration::ZERO)?;
         let shared = self.shared_for(group, topic)?;
         let (pos, nonce) = handle::decode(receipt)
             .ok_or_else(|| BrokerError::InvalidReceiptHandle(format!("{receipt:?} is not a receipt handle")))?;

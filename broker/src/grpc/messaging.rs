@@ -11,7 +11,7 @@ use super::status::{self, ok};
 use super::telemetry::{self, Announced};
 use crate::broker::{now_ms, Broker};
 use crate::consume::filter::Filter;
-use crate::consume::service::{Delivery, ReceiveRequest, MAX_BATCH, MAX_INVISIBLE};
+use crate::consume::service::{Delivery, ReceiveRequest, MAX_BATCH};
 use crate::error::BrokerError;
 use crate::model::MessageType;
 use crate::txn::state::{Actor, Resolution};
@@ -148,8 +148,12 @@ impl Messaging {
         slot
     }
 
-    fn timer(&self, rpc: &'static str) -> RpcTimer<'_> {
-        RpcTimer { broker: &self.broker, rpc, started: std::time::Instant::now() }
+    /// What every RPC does first: start its latency timer, name the caller (`x-mq-client-id`)
+    /// and record the call as a sign of life.
+    fn begin<T>(&self, rpc: &'static str, req: &Request<T>) -> (RpcTimer<'_>, String) {
+        let client = client_id(req);
+        self.clients.touch(&client);
+        (RpcTimer { broker: &self.broker, rpc, started: std::time::Instant::now() }, client)
     }
 
     fn limits(&self) -> Limits {
@@ -192,11 +196,8 @@ impl Messaging {
             Some(d) => std::time::Duration::try_from(d)
                 .map_err(|_| BrokerError::IllegalInvisibleTime("negative duration".into()))?,
         };
-        if !req.auto_renew && (invisible < config.min_invisible || invisible > MAX_INVISIBLE) {
-            return Err(BrokerError::IllegalInvisibleTime(format!(
-                "invisible duration must be between {:?} and 12 h",
-                config.min_invisible
-            )));
+        if !req.auto_renew {
+            crate::consume::service::check_invisible(invisible, config.min_invisible)?;
         }
         let requested = req
             .long_polling_timeout
@@ -290,9 +291,7 @@ impl Messaging {
 #[tonic::async_trait]
 impl MessagingService for Messaging {
     async fn query_route(&self, req: Request<v2::QueryRouteRequest>) -> GrpcResult<v2::QueryRouteResponse> {
-        let _timer = self.timer("QueryRoute");
-        let client = client_id(&req);
-        self.clients.touch(&client);
+        let (_timer, _client) = self.begin("QueryRoute", &req);
         let req = req.into_inner();
         let answer = async {
             let name = convert::resource_name(req.topic.as_ref(), "topic")
@@ -310,15 +309,12 @@ impl MessagingService for Messaging {
     }
 
     async fn heartbeat(&self, req: Request<v2::HeartbeatRequest>) -> GrpcResult<v2::HeartbeatResponse> {
-        let _timer = self.timer("Heartbeat");
-        self.clients.touch(&client_id(&req));
+        let (_timer, _client) = self.begin("Heartbeat", &req);
         Ok(Response::new(v2::HeartbeatResponse { status: Some(ok()) }))
     }
 
     async fn send_message(&self, req: Request<v2::SendMessageRequest>) -> GrpcResult<v2::SendMessageResponse> {
-        let _timer = self.timer("SendMessage");
-        let producer = client_id(&req);
-        self.clients.touch(&producer);
+        let (_timer, producer) = self.begin("SendMessage", &req);
         let messages = req.into_inner().messages;
         let Some(_slot) = self.admit(&producer) else {
             let entries = messages
@@ -355,8 +351,7 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::QueryAssignmentRequest>,
     ) -> GrpcResult<v2::QueryAssignmentResponse> {
-        let _timer = self.timer("QueryAssignment");
-        self.clients.touch(&client_id(&req));
+        let (_timer, _client) = self.begin("QueryAssignment", &req);
         let req = req.into_inner();
         let answer = async {
             let name = convert::resource_name(req.topic.as_ref(), "topic")?;
@@ -381,9 +376,7 @@ impl MessagingService for Messaging {
     type ReceiveMessageStream = BoxStream<v2::ReceiveMessageResponse>;
 
     async fn receive_message(&self, req: Request<v2::ReceiveMessageRequest>) -> GrpcResult<Self::ReceiveMessageStream> {
-        let _timer = self.timer("ReceiveMessage");
-        let client = client_id(&req);
-        self.clients.touch(&client);
+        let (_timer, client) = self.begin("ReceiveMessage", &req);
         let deadline = grpc_deadline(&req);
         let Some(_slot) = self.admit(&client) else {
             return Ok(Response::new(single_status_stream(receive_status(busy()))));
@@ -407,9 +400,7 @@ impl MessagingService for Messaging {
     }
 
     async fn ack_message(&self, req: Request<v2::AckMessageRequest>) -> GrpcResult<v2::AckMessageResponse> {
-        let _timer = self.timer("AckMessage");
-        let client = client_id(&req);
-        self.clients.touch(&client);
+        let (_timer, client) = self.begin("AckMessage", &req);
         let req = req.into_inner();
         let entries = req.entries;
         let Some(_slot) = self.admit(&client) else {
@@ -461,9 +452,7 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
     ) -> GrpcResult<v2::ForwardMessageToDeadLetterQueueResponse> {
-        let _timer = self.timer("ForwardMessageToDeadLetterQueue");
-        let client = client_id(&req);
-        self.clients.touch(&client);
+        let (_timer, client) = self.begin("ForwardMessageToDeadLetterQueue", &req);
         let req = req.into_inner();
         let Some(_slot) = self.admit(&client) else {
             return Ok(Response::new(v2::ForwardMessageToDeadLetterQueueResponse { status: Some(busy()) }));
@@ -499,9 +488,7 @@ impl MessagingService for Messaging {
     }
 
     async fn end_transaction(&self, req: Request<v2::EndTransactionRequest>) -> GrpcResult<v2::EndTransactionResponse> {
-        let _timer = self.timer("EndTransaction");
-        let client = client_id(&req);
-        self.clients.touch(&client);
+        let (_timer, client) = self.begin("EndTransaction", &req);
         let req = req.into_inner();
         let Some(_slot) = self.admit(&client) else {
             return Ok(Response::new(v2::EndTransactionResponse { status: Some(busy()) }));
@@ -554,8 +541,7 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::NotifyClientTerminationRequest>,
     ) -> GrpcResult<v2::NotifyClientTerminationResponse> {
-        let _timer = self.timer("NotifyClientTermination");
-        let client = client_id(&req);
+        let (_timer, client) = self.begin("NotifyClientTermination", &req);
         tracing::debug!(client_id = client, "client terminated");
         self.clients.terminate(&client);
         Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(ok()) }))
@@ -565,9 +551,7 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::ChangeInvisibleDurationRequest>,
     ) -> GrpcResult<v2::ChangeInvisibleDurationResponse> {
-        let _timer = self.timer("ChangeInvisibleDuration");
-        let client = client_id(&req);
-        self.clients.touch(&client);
+        let (_timer, client) = self.begin("ChangeInvisibleDuration", &req);
         let req = req.into_inner();
         let Some(_slot) = self.admit(&client) else {
             let handle = req.receipt_handle;

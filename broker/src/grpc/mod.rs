@@ -3,9 +3,7 @@
 //! # Layout
 //! - [`messaging`]: the RocketMQ 5 RPCs.
 //! - [`telemetry`]: the Telemetry stream and the Settings the broker announces.
-//! - [`checker`]: the transaction check-back loop.
 //! - [`clients`]: connected clients and their live streams.
-//! - [`metrics_http`]: the Prometheus text endpoint.
 //! - [`route`]: queues and endpoints in routes.
 //! - [`convert`]: wire ↔ domain conversion with edge validation.
 //! - [`status`]: broker errors → RocketMQ codes (the only place).
@@ -14,11 +12,9 @@
 //! [`Broker`]: crate::broker::Broker
 
 pub mod admin;
-pub mod checker;
 pub mod clients;
 pub mod convert;
 pub mod messaging;
-pub mod metrics_http;
 pub mod route;
 pub mod status;
 pub mod telemetry;

@@ -18,7 +18,7 @@ use txmq_proto::v2;
 use v2::telemetry_command::Command;
 
 /// Commands buffered per stream before writes to it are refused: one round of check-backs.
-const STREAM_BUFFER: usize = super::checker::BATCH;
+const STREAM_BUFFER: usize = crate::tasks::checkback::BATCH;
 
 /// Producer retry policy (RocketMQ proxy defaults): 3 attempts, 10 ms doubling to 1 s.
 fn producer_backoff() -> v2::RetryPolicy {

@@ -7,9 +7,9 @@
 //! full) moves on to the next stream; with no stream at all, the transaction is retried with
 //! backoff without using up a check (see `txn::state::Txn::unreachable`).
 
-use super::clients::Clients;
-use super::convert;
 use crate::broker::{now_ms, Broker};
+use crate::grpc::clients::Clients;
+use crate::grpc::convert;
 use crate::model::StoredMessage;
 use crate::txn::service::{CheckOutcome, CheckTarget};
 use crate::txn::state::Txn;
@@ -20,12 +20,7 @@ use txmq_proto::v2;
 
 /// Due checks handled per round, concurrently. Each producer's Telemetry stream buffers this
 /// many commands, so one round never overflows a stream.
-pub(super) const BATCH: usize = 256;
-
-/// How often idle clients are looked for.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// Clients gone without NotifyClientTermination and without a stream are forgotten after this.
-const IDLE_CLIENT: Duration = Duration::from_secs(600);
+pub const BATCH: usize = 256;
 
 /// How often the loop looks for due checks: a tenth of the shortest timing, 20 ms to 1 s.
 fn tick(broker: &Broker) -> Duration {
@@ -36,18 +31,10 @@ fn tick(broker: &Broker) -> Duration {
 /// Runs until `shutdown`.
 pub async fn run(broker: Arc<Broker>, clients: Arc<Clients>, shutdown: CancellationToken) {
     let every = tick(&broker);
-    let mut swept = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
-        }
-        if swept.elapsed() > SWEEP_EVERY {
-            let forgotten = clients.sweep(IDLE_CLIENT, super::clients::ALIVE_WINDOW);
-            if forgotten > 0 {
-                tracing::debug!(forgotten, "forgot idle clients");
-            }
-            swept = std::time::Instant::now();
         }
         for u in clients.expire_checks(broker.config().txn_check_timeout) {
             broker.metrics().checks_unanswered.add(&[&u.topic], 1);
