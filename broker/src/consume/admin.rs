@@ -54,10 +54,7 @@ impl Broker {
             let st = crate::sync::lock(&shared.state);
             let mut s = GroupTopicStats { topic: topic.clone(), ..Default::default() };
             for q in self.queue_offsets(&t) {
-                let from = st.cursor(q.queue).unwrap_or(match start {
-                    super::StartAt::Earliest => q.min,
-                    super::StartAt::Latest => q.durable,
-                });
+                let from = st.cursor(q.queue).unwrap_or_else(|| super::state::start_offset(start, &q));
                 s.backlog += q.durable.saturating_sub(from.max(q.min));
             }
             let now = now_ms();

@@ -8,8 +8,8 @@
 //! [`GroupTopic`]: super::state::GroupTopic
 
 use super::filter::Filter;
-use super::state::{HandleError, Inflight, Pos};
-use super::{handle, validate_group, GroupRecord, Shared, StartAt};
+use super::state::{HandleError, PollRules, Pos};
+use super::{handle, validate_group, GroupRecord, Shared};
 use crate::broker::{now_ms, Broker};
 use crate::error::{BrokerError, Result};
 use crate::model::{dead_letter_index_id, Millis, StoredMessage};
@@ -154,8 +154,11 @@ impl Broker {
         }
     }
 
-    /// One pass: redeliver due messages, then hand out new ones. Returns deliveries, messages
-    /// past their attempt limit (to dead-letter), and the next due time.
+    /// One pass of the group's state machine ([`GroupTopic::poll`]) over the topic's queues.
+    /// Returns deliveries, messages past their attempt limit (to dead-letter), and the next due
+    /// time.
+    ///
+    /// [`GroupTopic::poll`]: super::state::GroupTopic::poll
     async fn poll_once(
         &self,
         shared: &Shared,
@@ -164,135 +167,54 @@ impl Broker {
     ) -> Result<(Vec<Delivery>, Vec<(Pos, StoredMessage)>, Option<Millis>)> {
         let slot = self.committer().reserve().await?;
         let now = now_ms();
-        let max_attempts = self.config().max_delivery_attempts;
         let invisible_ms = if req.auto_renew { AUTO_RENEW_INVISIBLE_MS } else { req.invisible.as_millis() as Millis };
-        let mut batch = Batch::new();
-        let mut out: Vec<Delivery> = Vec::new();
-        let mut dead = Vec::new();
-        let mut bytes = 0usize;
-        let log = self.log();
         let topic = req.topic.as_str();
-        let next_due = {
+        let log = self.log();
+        let queues: Vec<_> = (0..queue_count).filter_map(|q| log.offsets(topic, q)).collect();
+        let accept = |m: &StoredMessage| req.filter.matches(m.msg.tag.as_deref());
+        let rules = PollRules {
+            now,
+            batch: req.batch,
+            max_bytes: MAX_BATCH_BYTES,
+            max_attempts: self.config().max_delivery_attempts,
+            invisible_ms,
+            auto_renew: req.auto_renew,
+            renew_ms: AUTO_RENEW_INVISIBLE_MS,
+            renew_limit_ms: AUTO_RENEW_LIMIT_MS,
+            client: &req.client,
+            start: self.config().new_group_start,
+            alive: req.alive,
+            accept: &accept,
+        };
+        let mut batch = Batch::new();
+        let rotate = (now as u64 % queues.len().max(1) as u64) as usize;
+        let (poll, next_due) = {
             let mut st = crate::sync::lock(&shared.state);
-            let fresh = |attempt: u32, msg: &StoredMessage| Inflight {
-                attempt,
-                visible_at: now + invisible_ms,
-                nonce: next_nonce(),
-                message_group: msg.msg.message_group.clone(),
-                client: req.client.clone(),
-                auto_renew: req.auto_renew,
-                delivered_at: now,
-            };
-            // 1. Messages whose invisibility ended (or whose delay passed).
-            for pos in st.due(now, req.batch) {
-                let Some(rec) = st.get(pos).cloned() else {
-                    continue;
-                };
-                let Some(msg) = log.read(topic, pos.0, pos.1)? else {
-                    st.remove(pos, &mut batch); // removed by retention meanwhile
-                    continue;
-                };
-                if rec.auto_renew
-                    && rec.attempt > 0
-                    && (req.alive)(&rec.client)
-                    && now - rec.delivered_at < AUTO_RENEW_LIMIT_MS
-                {
-                    let renewed = Inflight { visible_at: now + AUTO_RENEW_INVISIBLE_MS, ..rec };
-                    st.deliver(pos, renewed, &mut batch);
-                    continue;
-                }
-                if rec.attempt >= max_attempts {
-                    st.park(pos);
-                    dead.push((pos, msg));
-                    continue;
-                }
-                if !out.is_empty() && bytes + msg.wire_len() > MAX_BATCH_BYTES {
-                    break;
-                }
-                let rec = fresh(rec.attempt + 1, &msg);
-                bytes += msg.wire_len();
-                out.push(Delivery {
-                    handle: handle::encode(pos, rec.nonce),
-                    attempt: rec.attempt,
-                    invisible_ms,
-                    message: msg,
-                });
-                st.deliver(pos, rec, &mut batch);
-            }
-            // 2. New messages, starting at a rotating queue so that all queues get served.
-            let start = (now as u64 % u64::from(queue_count.max(1))) as u32;
-            'queues: for i in 0..queue_count {
-                if out.len() >= req.batch {
-                    break;
-                }
-                let q = (start + i) % queue_count;
-                let Some(offsets) = log.offsets(topic, q) else {
-                    continue;
-                };
-                let initial = match self.config().new_group_start {
-                    StartAt::Earliest => offsets.min,
-                    StartAt::Latest => offsets.durable,
-                };
-                let before = st.cursor(q);
-                let mut cur = before.unwrap_or(initial);
-                if cur < offsets.min {
-                    tracing::warn!(
-                        group = req.group,
-                        topic,
-                        queue = q,
-                        from = cur,
-                        to = offsets.min,
-                        "group is behind retention; skipping ahead"
-                    );
-                    cur = offsets.min;
-                }
-                while out.len() < req.batch && cur < offsets.durable {
-                    let Some(msg) = log.read(topic, q, cur)? else {
-                        cur += 1;
-                        continue;
-                    };
-                    if !req.filter.matches(msg.msg.tag.as_deref()) {
-                        cur += 1;
-                        continue;
-                    }
-                    if let Some(at) = msg.msg.delivery_timestamp.filter(|at| *at > now) {
-                        let deferred = Inflight { attempt: 0, visible_at: at, nonce: 0, ..fresh(0, &msg) };
-                        st.deliver((q, cur), deferred, &mut batch);
-                        cur += 1;
-                        continue;
-                    }
-                    if msg.msg.message_group.as_deref().is_some_and(|g| st.is_busy(g)) {
-                        break; // FIFO: this queue waits until the group's message is acked
-                    }
-                    if !out.is_empty() && bytes + msg.wire_len() > MAX_BATCH_BYTES {
-                        break 'queues;
-                    }
-                    let rec = fresh(1, &msg);
-                    bytes += msg.wire_len();
-                    out.push(Delivery {
-                        handle: handle::encode((q, cur), rec.nonce),
-                        attempt: 1,
-                        invisible_ms,
-                        message: msg,
-                    });
-                    st.deliver((q, cur), rec, &mut batch);
-                    cur += 1;
-                }
-                if before != Some(cur) {
-                    st.set_cursor(q, cur, &mut batch);
-                }
-            }
-            // The delivery records are queued for the next group commit, but the messages go out
-            // without waiting for it: if the broker dies first, the records are lost and the
-            // messages are simply delivered again (at least once), with the old receipt handles
-            // refused. An ack or invisibility change of these deliveries is queued after them,
-            // so it is never durable before the delivery it refers to.
+            let poll = st.poll(&rules, &queues, rotate, |(q, o)| log.read(topic, q, o), next_nonce, &mut batch)?;
+            // The delivery records are queued for the next group commit, but the messages go
+            // out without waiting for it: if the broker dies first, the records are lost and
+            // the messages are simply delivered again (at least once), with the old receipt
+            // handles refused. An ack or invisibility change of these deliveries is queued
+            // after them, so it is never durable before the delivery it refers to.
             if !batch.is_empty() {
                 drop(slot.submit(batch, None));
             }
-            st.next_due()
+            (poll, st.next_due())
         };
-        Ok((out, dead, next_due))
+        for (queue, from, to) in &poll.skipped {
+            tracing::warn!(group = req.group, topic, queue, from, to, "group is behind retention; skipping ahead");
+        }
+        let deliveries = poll
+            .deliveries
+            .into_iter()
+            .map(|(pos, message, rec)| Delivery {
+                handle: handle::encode(pos, rec.nonce),
+                attempt: rec.attempt,
+                invisible_ms,
+                message,
+            })
+            .collect();
+        Ok((deliveries, poll.dead, next_due))
     }
 
     /// Moves a message that used up its attempts to `%DLQ%<group>` and forgets it for the group.

@@ -11,7 +11,8 @@
 //! letter, so the group's next message waits.
 
 use crate::codec::{CodecError, Decoder, Encoder};
-use crate::model::Millis;
+use crate::log::QueueOffsets;
+use crate::model::{Millis, StoredMessage};
 use crate::store::{Batch, Key};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -249,6 +250,161 @@ impl GroupTopic {
     }
 }
 
+/// Where a group with no cursor on a queue starts reading it.
+pub fn start_offset(start: super::StartAt, q: &QueueOffsets) -> u64 {
+    match start {
+        super::StartAt::Earliest => q.min,
+        super::StartAt::Latest => q.durable,
+    }
+}
+
+/// The rules of one poll, as plain values (the caller's clock, limits and client).
+pub struct PollRules<'a> {
+    pub now: Millis,
+    /// Most messages to hand out.
+    pub batch: usize,
+    /// Most delivered bytes (`StoredMessage::wire_len`) in one answer; the first message always goes.
+    pub max_bytes: usize,
+    /// Deliveries after which a due message is dead-lettered instead.
+    pub max_attempts: u32,
+    /// Invisibility of a new delivery.
+    pub invisible_ms: Millis,
+    /// The broker renews these deliveries while their consumer lives.
+    pub auto_renew: bool,
+    /// Invisibility of each renewal, and how long renewals may go on.
+    pub renew_ms: Millis,
+    pub renew_limit_ms: Millis,
+    pub client: &'a str,
+    /// Where a group with no cursor on a queue starts.
+    pub start: super::StartAt,
+    /// Whether a client still shows signs of life.
+    pub alive: &'a dyn Fn(&str) -> bool,
+    /// Whether the receive's filter accepts a message.
+    pub accept: &'a dyn Fn(&StoredMessage) -> bool,
+}
+
+/// What one poll decided.
+#[derive(Debug, Default)]
+pub struct Poll {
+    /// Messages to hand out, each with its new in-flight record.
+    pub deliveries: Vec<(Pos, StoredMessage, Inflight)>,
+    /// Messages past their attempt limit, parked: move them to the dead-letter topic.
+    pub dead: Vec<(Pos, StoredMessage)>,
+    /// Queues whose group was behind retention: `(queue, from, to)`.
+    pub skipped: Vec<(u32, u64, u64)>,
+}
+
+impl GroupTopic {
+    /// One pass: redeliver due messages (or renew, or dead-letter them), then hand out new ones
+    /// from `queues`, starting at index `rotate` so that every queue gets served. `read` fetches
+    /// a stored message (`None`: gone, e.g. expired), `nonce` makes delivery nonces. Every state
+    /// change is recorded in `batch`. Rules: a due message whose message is gone is forgotten;
+    /// an auto-renewed delivery of a live client is renewed (up to the renew limit); past the
+    /// attempt limit a message is parked for dead-lettering; a delay message not yet due is
+    /// deferred (attempt 0) and skipped; a FIFO message waits while its group has one in
+    /// flight, and so does its queue; filtered-out messages are passed; a group behind
+    /// retention skips ahead; the byte budget ends the answer.
+    pub fn poll<E>(
+        &mut self,
+        rules: &PollRules<'_>,
+        queues: &[QueueOffsets],
+        rotate: usize,
+        mut read: impl FnMut(Pos) -> Result<Option<StoredMessage>, E>,
+        mut nonce: impl FnMut() -> u64,
+        batch: &mut Batch,
+    ) -> Result<Poll, E> {
+        let now = rules.now;
+        let mut out = Poll::default();
+        let mut bytes = 0usize;
+        let mut fresh = |attempt: u32, msg: &StoredMessage| Inflight {
+            attempt,
+            visible_at: now + rules.invisible_ms,
+            nonce: nonce(),
+            message_group: msg.msg.message_group.clone(),
+            client: rules.client.to_string(),
+            auto_renew: rules.auto_renew,
+            delivered_at: now,
+        };
+        // 1. Messages whose invisibility ended (or whose delay passed).
+        for pos in self.due(now, rules.batch) {
+            let Some(rec) = self.get(pos).cloned() else { continue };
+            let Some(msg) = read(pos)? else {
+                self.remove(pos, batch);
+                continue;
+            };
+            if rec.auto_renew
+                && rec.attempt > 0
+                && (rules.alive)(&rec.client)
+                && now - rec.delivered_at < rules.renew_limit_ms
+            {
+                self.deliver(pos, Inflight { visible_at: now + rules.renew_ms, ..rec }, batch);
+                continue;
+            }
+            if rec.attempt >= rules.max_attempts {
+                self.park(pos);
+                out.dead.push((pos, msg));
+                continue;
+            }
+            if !out.deliveries.is_empty() && bytes + msg.wire_len() > rules.max_bytes {
+                break;
+            }
+            let rec = fresh(rec.attempt + 1, &msg);
+            bytes += msg.wire_len();
+            self.deliver(pos, rec.clone(), batch);
+            out.deliveries.push((pos, msg, rec));
+        }
+        // 2. New messages.
+        let n = queues.len();
+        'queues: for i in 0..n {
+            if out.deliveries.len() >= rules.batch {
+                break;
+            }
+            let offsets = &queues[(rotate + i) % n];
+            let q = offsets.queue;
+            let before = self.cursor(q);
+            let mut cur = before.unwrap_or_else(|| start_offset(rules.start, offsets));
+            if cur < offsets.min {
+                out.skipped.push((q, cur, offsets.min));
+                cur = offsets.min;
+            }
+            while out.deliveries.len() < rules.batch && cur < offsets.durable {
+                let Some(msg) = read((q, cur))? else {
+                    cur += 1;
+                    continue;
+                };
+                if !(rules.accept)(&msg) {
+                    cur += 1;
+                    continue;
+                }
+                if let Some(at) = msg.msg.delivery_timestamp.filter(|at| *at > now) {
+                    let deferred = Inflight { attempt: 0, visible_at: at, nonce: 0, ..fresh(0, &msg) };
+                    self.deliver((q, cur), deferred, batch);
+                    cur += 1;
+                    continue;
+                }
+                if msg.msg.message_group.as_deref().is_some_and(|g| self.is_busy(g)) {
+                    break; // FIFO: this queue waits until the group's message is acked
+                }
+                if !out.deliveries.is_empty() && bytes + msg.wire_len() > rules.max_bytes {
+                    if before != Some(cur) {
+                        self.set_cursor(q, cur, batch);
+                    }
+                    break 'queues;
+                }
+                let rec = fresh(1, &msg);
+                bytes += msg.wire_len();
+                self.deliver((q, cur), rec.clone(), batch);
+                out.deliveries.push(((q, cur), msg, rec));
+                cur += 1;
+            }
+            if before != Some(cur) {
+                self.set_cursor(q, cur, batch);
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,6 +486,161 @@ mod tests {
         s.set_cursor(0, 4, &mut b);
         assert_eq!(s.cursor(0), Some(10));
         assert_eq!(b.len(), 1);
+    }
+
+    /// A queue of stored messages for `poll`: `(offset, message group, delivery time, tag)`.
+    /// `(offset, message group, delivery time, tag)` of a stored test message.
+    type Spec<'a> = (u64, Option<&'a str>, Option<Millis>, Option<&'a str>);
+
+    fn stored(q: u32, specs: &[Spec<'_>]) -> HashMap<Pos, StoredMessage> {
+        specs
+            .iter()
+            .map(|(o, group, at, tag)| {
+                let mut msg = crate::model::tests::sample_message("t", &format!("m{o}"));
+                msg.message_group = group.map(str::to_string);
+                msg.delivery_timestamp = *at;
+                msg.tag = tag.map(str::to_string);
+                let m = StoredMessage {
+                    msg,
+                    queue: q,
+                    offset: *o,
+                    store_timestamp: 0,
+                    producer: "p".into(),
+                    body_md5: String::new(),
+                };
+                ((q, *o), m)
+            })
+            .collect()
+    }
+
+    fn run_poll(
+        s: &mut GroupTopic,
+        log: &HashMap<Pos, StoredMessage>,
+        queues: &[QueueOffsets],
+        rules: &PollRules<'_>,
+    ) -> Poll {
+        let mut n = 100;
+        let mut b = Batch::new();
+        s.poll::<()>(
+            rules,
+            queues,
+            0,
+            |p| Ok(log.get(&p).cloned()),
+            || {
+                n += 1;
+                n
+            },
+            &mut b,
+        )
+        .unwrap()
+    }
+
+    fn offsets(queue: u32, min: u64, durable: u64) -> QueueOffsets {
+        QueueOffsets { queue, min, durable }
+    }
+
+    fn ids(p: &Poll) -> Vec<String> {
+        p.deliveries.iter().map(|(_, m, _)| m.msg.message_id.clone()).collect()
+    }
+
+    const LIVE: &dyn Fn(&str) -> bool = &|_| true;
+    const ALL: &dyn Fn(&StoredMessage) -> bool = &|_| true;
+
+    fn rules(now: Millis) -> PollRules<'static> {
+        PollRules {
+            now,
+            batch: 32,
+            max_bytes: usize::MAX,
+            max_attempts: 3,
+            invisible_ms: 1000,
+            auto_renew: false,
+            renew_ms: 60_000,
+            renew_limit_ms: 3_600_000,
+            client: "c",
+            start: crate::consume::StartAt::Earliest,
+            alive: LIVE,
+            accept: ALL,
+        }
+    }
+
+    #[test]
+    fn poll_defers_delays_blocks_fifo_groups_and_filters() {
+        let mut s = GroupTopic::new("g", "t");
+        let log = stored(0, &[(0, Some("o1"), None, None), (1, Some("o1"), None, None), (2, None, None, None)]);
+        let mut log1 =
+            stored(1, &[(0, None, Some(5000), None), (1, None, None, Some("skip")), (2, None, None, Some("keep"))]);
+        log1.extend(log);
+        let queues = [offsets(0, 0, 3), offsets(1, 0, 3)];
+        let keep: &dyn Fn(&StoredMessage) -> bool = &|m| m.msg.tag.as_deref() != Some("skip");
+        let r = PollRules { accept: keep, ..rules(1000) };
+        let p = run_poll(&mut s, &log1, &queues, &r);
+        // Queue 0 stops at o1's second message (its group is busy); queue 1 defers the delay
+        // message and passes the filtered one.
+        assert_eq!(ids(&p), ["m0", "m2"]);
+        assert_eq!((s.cursor(0), s.cursor(1)), (Some(1), Some(3)));
+        assert_eq!(s.get((1, 0)).map(|r| (r.attempt, r.visible_at)), Some((0, 5000)));
+        // Once o1's message is acked, the next of its group goes; at 5000 the delay message does.
+        let nonce = s.get((0, 0)).unwrap().nonce;
+        s.ack((0, 0), nonce, &mut Batch::new()).unwrap();
+        let p = run_poll(&mut s, &log1, &queues, &rules(5000));
+        let mut got = ids(&p);
+        got.sort();
+        // The due delay message (queue 1, m0), then queue 0 behind o1: its second message and
+        // m2 (which had waited behind the busy group), and queue 1's m2 again (never acked, its
+        // 1 s invisibility ended at 2000).
+        assert_eq!(got, ["m0", "m1", "m2", "m2"]);
+        let mut attempts: Vec<(Pos, u32)> = p.deliveries.iter().map(|(pos, _, r)| (*pos, r.attempt)).collect();
+        attempts.sort();
+        assert_eq!(attempts, [((0, 1), 1), ((0, 2), 1), ((1, 0), 1), ((1, 2), 2)]);
+    }
+
+    #[test]
+    fn poll_redelivers_renews_and_dead_letters() {
+        let mut s = GroupTopic::new("g", "t");
+        let log = stored(0, &[(0, None, None, None), (1, None, None, None)]);
+        let queues = [offsets(0, 0, 2)];
+        let renewing = PollRules { auto_renew: true, ..rules(0) };
+        run_poll(&mut s, &log, &queues, &renewing);
+        // Due at 1000: auto-renewed for a live client, so not delivered again.
+        let p = run_poll(&mut s, &log, &queues, &rules(1000));
+        assert!(p.deliveries.is_empty());
+        assert_eq!(s.get((0, 0)).unwrap().visible_at, 61_000);
+        // A dead client's deliveries come back, attempt 2, then 3, then dead-lettered.
+        let gone: &dyn Fn(&str) -> bool = &|_| false;
+        let p = run_poll(&mut s, &log, &queues, &PollRules { alive: gone, ..rules(61_000) });
+        assert_eq!(p.deliveries.iter().map(|(_, _, r)| r.attempt).collect::<Vec<_>>(), [2, 2]);
+        let p = run_poll(&mut s, &log, &queues, &rules(62_000));
+        assert_eq!(p.deliveries.iter().map(|(_, _, r)| r.attempt).collect::<Vec<_>>(), [3, 3]);
+        let p = run_poll(&mut s, &log, &queues, &rules(63_000));
+        assert!(p.deliveries.is_empty());
+        assert_eq!(p.dead.len(), 2);
+        assert_eq!(s.next_due(), Some(Millis::MAX), "parked while the move runs");
+    }
+
+    #[test]
+    fn poll_skips_ahead_past_retention_and_keeps_the_cursor_when_the_byte_budget_ends_it() {
+        let mut s = GroupTopic::new("g", "t");
+        let mut b = Batch::new();
+        s.set_cursor(0, 2, &mut b);
+        let log = stored(0, &[(5, None, None, None), (6, None, None, None), (7, None, None, None)]);
+        let one = log[&(0, 5)].wire_len();
+        let r = PollRules { max_bytes: one * 2, ..rules(0) };
+        let p = run_poll(&mut s, &log, &[offsets(0, 5, 8)], &r);
+        assert_eq!(p.skipped, vec![(0, 2, 5)]);
+        assert_eq!(ids(&p), ["m5", "m6"]);
+        assert_eq!(s.cursor(0), Some(7), "the byte budget ended the answer after m6: m7 is next");
+        let p = run_poll(&mut s, &log, &[offsets(0, 5, 8)], &rules(0));
+        assert_eq!(ids(&p), ["m7"], "nothing delivered twice");
+    }
+
+    #[test]
+    fn a_latest_group_starts_at_the_end() {
+        let mut s = GroupTopic::new("g", "t");
+        let log = stored(0, &[(0, None, None, None), (1, None, None, None)]);
+        let r = PollRules { start: crate::consume::StartAt::Latest, ..rules(0) };
+        let p = run_poll(&mut s, &log, &[offsets(0, 0, 2)], &r);
+        assert!(p.deliveries.is_empty());
+        assert_eq!(s.cursor(0), Some(2));
     }
 
     proptest! {
