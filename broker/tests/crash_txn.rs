@@ -114,17 +114,7 @@ struct Ledger {
 }
 
 async fn receive(c: &mut Client, group: &str, invisible: i64) -> Vec<(String, String)> {
-    let req = v2::ReceiveMessageRequest {
-        group: res(group),
-        message_queue: Some(v2::MessageQueue { topic: res(TOPIC), ..Default::default() }),
-        filter_expression: None,
-        batch_size: 32,
-        invisible_duration: Some(prost_types::Duration { seconds: invisible, nanos: 0 }),
-        auto_renew: false,
-        long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-        attempt_id: None,
-    };
-    let Ok(r) = c.receive_message(req).await else { return Vec::new() };
+    let Ok(r) = c.receive_message(common::receive_request(group, TOPIC, invisible)).await else { return Vec::new() };
     let mut s = r.into_inner();
     let mut out = Vec::new();
     while let Ok(Some(item)) = s.message().await {
