@@ -320,6 +320,49 @@ pub fn wire_message(s: &StoredMessage) -> v2::Message {
     }
 }
 
+/// A delivery as the client sees it: the stored message plus its receipt for this delivery.
+pub fn delivered(d: crate::consume::service::Delivery) -> v2::Message {
+    let mut m = wire_message(&d.message);
+    if let Some(sp) = m.system_properties.as_mut() {
+        sp.receipt_handle = Some(d.handle);
+        sp.delivery_attempt = Some(d.attempt as i32);
+        sp.invisible_duration =
+            Some(super::telemetry::duration(std::time::Duration::from_millis(d.invisible_ms.max(0) as u64)));
+        if let Some(origin) = &d.message.msg.origin_topic {
+            sp.dead_letter_queue =
+                Some(v2::DeadLetterQueue { topic: origin.clone(), message_id: d.message.msg.message_id.clone() });
+        }
+    }
+    m
+}
+
+/// A receive's filter: tag expressions; SQL92 is not implemented.
+pub fn filter(f: Option<&v2::FilterExpression>) -> Result<crate::consume::filter::Filter> {
+    use crate::consume::filter::Filter;
+    let Some(f) = f else { return Ok(Filter::All) };
+    match v2::FilterType::try_from(f.r#type) {
+        Ok(v2::FilterType::Tag | v2::FilterType::Unspecified) => Filter::tags(&f.expression),
+        Ok(v2::FilterType::Sql) => Err(BrokerError::NotImplemented("SQL92 filter expressions")),
+        Err(_) => Err(BrokerError::IllegalFilter(format!("unknown filter type {}", f.r#type))),
+    }
+}
+
+/// An EndTransaction's resolution and who made it (a check-back answer or the producer).
+pub fn decision(resolution: i32, source: i32) -> Result<(crate::txn::state::Resolution, crate::txn::state::Actor)> {
+    use crate::txn::state::{Actor, Resolution};
+    let resolution = match v2::TransactionResolution::try_from(resolution) {
+        Ok(v2::TransactionResolution::Commit) => Resolution::Commit,
+        Ok(v2::TransactionResolution::Rollback) => Resolution::Rollback,
+        Ok(v2::TransactionResolution::Unspecified) => Resolution::Unknown,
+        Err(_) => return Err(BrokerError::BadRequest(format!("unknown resolution {resolution}"))),
+    };
+    let by = match v2::TransactionSource::try_from(source) {
+        Ok(v2::TransactionSource::SourceServerCheck) => Actor::Check,
+        _ => Actor::Producer,
+    };
+    Ok((resolution, by))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,11 +10,10 @@ use super::route;
 use super::status::{self, ok};
 use super::telemetry::{self, Announced};
 use crate::broker::{now_ms, Broker};
-use crate::consume::filter::Filter;
 use crate::consume::service::{Delivery, ReceiveRequest, MAX_BATCH};
 use crate::error::BrokerError;
 use crate::model::MessageType;
-use crate::txn::state::{Actor, Resolution};
+use crate::txn::state::Actor;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -77,22 +76,6 @@ fn receive_time() -> v2::ReceiveMessageResponse {
     v2::ReceiveMessageResponse {
         content: Some(receive_message_response::Content::DeliveryTimestamp(convert::timestamp(now_ms()))),
     }
-}
-
-/// A delivery as the client sees it: the stored message plus its receipt for this delivery.
-fn delivered(d: Delivery) -> v2::Message {
-    let mut m = convert::wire_message(&d.message);
-    if let Some(sp) = m.system_properties.as_mut() {
-        sp.receipt_handle = Some(d.handle);
-        sp.delivery_attempt = Some(d.attempt as i32);
-        sp.invisible_duration =
-            Some(telemetry::duration(std::time::Duration::from_millis(d.invisible_ms.max(0) as u64)));
-        if let Some(origin) = &d.message.msg.origin_topic {
-            sp.dead_letter_queue =
-                Some(v2::DeadLetterQueue { topic: origin.clone(), message_id: d.message.msg.message_id.clone() });
-        }
-    }
-    m
 }
 
 /// The status shared by all entries, or MULTIPLE_RESULTS when they differ.
@@ -183,14 +166,7 @@ impl Messaging {
             Some(t) if !t.name.is_empty() => t.name.clone(),
             _ => return Err(BrokerError::IllegalTopic("message_queue.topic is missing".into())),
         };
-        let filter = match req.filter_expression {
-            None => Filter::All,
-            Some(f) => match v2::FilterType::try_from(f.r#type) {
-                Ok(v2::FilterType::Tag | v2::FilterType::Unspecified) => Filter::tags(&f.expression)?,
-                Ok(v2::FilterType::Sql) => return Err(BrokerError::NotImplemented("SQL92 filter expressions")),
-                Err(_) => return Err(BrokerError::IllegalFilter(format!("unknown filter type {}", f.r#type))),
-            },
-        };
+        let filter = convert::filter(req.filter_expression.as_ref())?;
         let invisible = match req.invisible_duration {
             None => std::time::Duration::from_secs(30),
             Some(d) => std::time::Duration::try_from(d)
@@ -389,7 +365,7 @@ impl MessagingService for Messaging {
                 let mut items = Vec::with_capacity(deliveries.len() + 2);
                 items.push(receive_status(ok()));
                 items.extend(deliveries.into_iter().map(|d| v2::ReceiveMessageResponse {
-                    content: Some(receive_message_response::Content::Message(delivered(d))),
+                    content: Some(receive_message_response::Content::Message(convert::delivered(d))),
                 }));
                 items.push(receive_time());
                 items
@@ -495,16 +471,7 @@ impl MessagingService for Messaging {
         };
         let outcome = async {
             let topic = req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
-            let resolution = match v2::TransactionResolution::try_from(req.resolution) {
-                Ok(v2::TransactionResolution::Commit) => Resolution::Commit,
-                Ok(v2::TransactionResolution::Rollback) => Resolution::Rollback,
-                Ok(v2::TransactionResolution::Unspecified) => Resolution::Unknown,
-                Err(_) => return Err(BrokerError::BadRequest(format!("unknown resolution {}", req.resolution))),
-            };
-            let by = match v2::TransactionSource::try_from(req.source) {
-                Ok(v2::TransactionSource::SourceServerCheck) => Actor::Check,
-                _ => Actor::Producer,
-            };
+            let (resolution, by) = convert::decision(req.resolution, req.source)?;
             if by == Actor::Check && !req.transaction_id.is_empty() {
                 // The stream that carried the check is responsive, whatever the answer does.
                 self.clients.check_answered(&req.transaction_id, &client);
