@@ -65,10 +65,7 @@ pub struct Counter {
 
 impl Counter {
     pub fn add(&self, labels: &[&str], n: u64) {
-        {
-            let mut m = crate::sync::lock(&self.values);
-            *m.entry(labels.iter().map(|s| s.to_string()).collect()).or_insert(0) += n;
-        }
+        *crate::sync::lock(&self.values).entry(labels.iter().map(|s| s.to_string()).collect()).or_insert(0) += n;
     }
 
     fn render(&self, out: &mut String, name: &str, label_names: &[&str]) {
@@ -235,11 +232,8 @@ impl Metrics {
             );
         }
         family(&mut out, "txmq_rpc_duration_seconds", "histogram", "RocketMQ RPC latency, by RPC.");
-        {
-            let m = crate::sync::lock(&self.rpc_latency);
-            for (rpc, h) in m.iter() {
-                h.render(&mut out, "txmq_rpc_duration_seconds", &format!("rpc=\"{rpc}\""));
-            }
+        for (rpc, h) in crate::sync::lock(&self.rpc_latency).iter() {
+            h.render(&mut out, "txmq_rpc_duration_seconds", &format!("rpc=\"{rpc}\""));
         }
         family(&mut out, "txmq_store_flush_duration_seconds", "histogram", "Group commit: apply + fsync time.");
         self.flush_latency.render(&mut out, "txmq_store_flush_duration_seconds", "");

@@ -77,10 +77,7 @@ impl Topics {
     }
 
     pub fn len(&self) -> usize {
-        {
-            let m = crate::sync::read(&self.map);
-            m.len()
-        }
+        crate::sync::read(&self.map).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,10 +87,7 @@ impl Topics {
     /// Records a topic once it is durable.
     pub fn insert(&self, record: TopicRecord) -> Arc<TopicRecord> {
         let record = Arc::new(record);
-        {
-            let mut m = crate::sync::write(&self.map);
-            m.insert(record.name.clone(), record.clone());
-        }
+        crate::sync::write(&self.map).insert(record.name.clone(), record.clone());
         record
     }
 }

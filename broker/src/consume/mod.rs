@@ -163,10 +163,16 @@ impl Groups {
     }
 
     pub fn insert_group(&self, g: GroupRecord) {
-        {
-            let mut m = crate::sync::write(&self.groups);
-            m.insert(g.name.clone(), g);
-        }
+        crate::sync::write(&self.groups).insert(g.name.clone(), g);
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        crate::sync::read(&self.groups).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// All groups, sorted by name.

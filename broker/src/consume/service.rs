@@ -99,7 +99,7 @@ impl Broker {
             return Ok(g);
         }
         let max = self.config().max_groups;
-        if self.groups().list().len() >= max {
+        if self.groups().len() >= max {
             return Err(BrokerError::QuotaExceeded(format!(
                 "{max} consumer groups exist (max-groups); {name} was not created"
             )));
@@ -225,10 +225,7 @@ impl Broker {
     async fn dead_letter(&self, shared: &Shared, pos: Pos, message: StoredMessage) -> Result<()> {
         let result = self.move_to_dead_letters(shared, pos, &message).await;
         if let Err(e) = &result {
-            let group = {
-                let st = crate::sync::lock(&shared.state);
-                st.group.clone()
-            };
+            let group = crate::sync::lock(&shared.state).group.clone();
             self.metrics().dead_letter_failures.add(&[&group], 1);
             tracing::error!(
                 group,
@@ -236,10 +233,7 @@ impl Broker {
                 error = %e,
                 "cannot move a message to the dead-letter topic; will retry"
             );
-            {
-                let mut st = crate::sync::lock(&shared.state);
-                st.unpark(pos, now_ms() + DEAD_LETTER_RETRY_MS);
-            }
+            crate::sync::lock(&shared.state).unpark(pos, now_ms() + DEAD_LETTER_RETRY_MS);
             shared.wake();
         }
         result
@@ -348,14 +342,18 @@ impl Broker {
         let shared = self.shared_for(group, topic)?;
         let (pos, nonce) = handle::decode(receipt)
             .ok_or_else(|| BrokerError::InvalidReceiptHandle(format!("{receipt:?} is not a receipt handle")))?;
-        let parked_from = {
+        let checked = {
             let mut st = crate::sync::lock(&shared.state);
             match st.check(pos, nonce) {
-                Ok(_) => st.park(pos),
-                // A retry after a lost reply: the first call moved it already.
-                Err(HandleError::NotInFlight) if self.already_dead_lettered(group, topic, pos)? => return Ok(()),
-                Err(e) => return Err(invalid_handle(e)),
+                Ok(_) => Ok(st.park(pos)),
+                Err(e) => Err(e),
             }
+        };
+        let parked_from = match checked {
+            Ok(at) => at,
+            // A retry after a lost reply: the first call moved it already.
+            Err(HandleError::NotInFlight) if self.already_dead_lettered(group, topic, pos)? => return Ok(()),
+            Err(e) => return Err(invalid_handle(e)),
         };
         let Some(message) = self.log().read(topic, pos.0, pos.1)? else {
             let slot = self.committer().reserve().await?;
@@ -371,8 +369,7 @@ impl Broker {
         if result.is_err() {
             // The consumer gets the error and may retry with the same handle.
             if let Some(at) = parked_from {
-                let mut st = crate::sync::lock(&shared.state);
-                st.unpark(pos, at);
+                crate::sync::lock(&shared.state).unpark(pos, at);
             }
         }
         result

@@ -103,13 +103,11 @@ pub struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        {
-            let mut m = crate::sync::lock(&self.clients.inflight);
-            if let Some(n) = m.get_mut(&self.client_id) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&self.client_id);
-                }
+        let mut m = crate::sync::lock(&self.clients.inflight);
+        if let Some(n) = m.get_mut(&self.client_id) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.client_id);
             }
         }
     }
@@ -149,11 +147,16 @@ impl Clients {
 
     /// Forgets a stream that ended.
     pub fn close_stream(&self, client_id: &str, stream_id: u64) {
-        {
-            let mut inner = crate::sync::lock(&self.inner);
-            if let Some(c) = inner.get_mut(client_id) {
-                c.streams.retain(|s| s.handle.id != stream_id);
-            }
+        if let Some(c) = crate::sync::lock(&self.inner).get_mut(client_id) {
+            c.streams.retain(|s| s.handle.id != stream_id);
+        }
+    }
+
+    /// Marks stream `stream` of `client` silent (a check went unanswered) or responsive.
+    fn set_silent(&self, client: &str, stream: u64, silent: bool) {
+        let mut inner = crate::sync::lock(&self.inner);
+        if let Some(s) = inner.get_mut(client).and_then(|c| c.streams.iter_mut().find(|s| s.handle.id == stream)) {
+            s.silent = silent;
         }
     }
 
@@ -205,27 +208,17 @@ impl Clients {
 
     /// Records a check of `transaction_id` written to `stream` of `client`.
     pub fn check_sent(&self, transaction_id: &str, topic: &str, client: &str, stream: u64) {
-        {
-            let mut m = crate::sync::lock(&self.checks);
-            let check =
-                PendingCheck { client: client.to_string(), stream, topic: topic.to_string(), sent: Instant::now() };
-            m.insert(transaction_id.to_string(), check);
-        }
+        let check = PendingCheck { client: client.to_string(), stream, topic: topic.to_string(), sent: Instant::now() };
+        crate::sync::lock(&self.checks).insert(transaction_id.to_string(), check);
     }
 
-    /// Records `client`'s answer to a check of `transaction_id`: the stream that carried the
-    /// check is responsive again.
+    /// Records `client`'s answer to a check of `transaction_id`: no longer waited for, and if
+    /// the answer came from the client the check was written to, its stream is responsive
+    /// again.
     pub fn check_answered(&self, transaction_id: &str, client: &str) {
         let Some(check) = crate::sync::lock(&self.checks).remove(transaction_id) else { return };
-        {
-            let mut inner = crate::sync::lock(&self.inner);
-            for c in [check.client.as_str(), client] {
-                if let Some(s) =
-                    inner.get_mut(c).and_then(|c| c.streams.iter_mut().find(|s| s.handle.id == check.stream))
-                {
-                    s.silent = false;
-                }
-            }
+        if check.client == client {
+            self.set_silent(&check.client, check.stream, false);
         }
     }
 
@@ -236,18 +229,10 @@ impl Clients {
             let mut m = crate::sync::lock(&self.checks);
             let ids: Vec<String> =
                 m.iter().filter(|(_, c)| c.sent.elapsed() >= timeout).map(|(id, _)| id.clone()).collect();
-            ids.into_iter().filter_map(|id| m.remove(&id).map(|c| (id, c))).collect()
+            ids.iter().filter_map(|id| m.remove_entry(id)).collect()
         };
-        {
-            let mut inner = crate::sync::lock(&self.inner);
-            for (_, check) in &expired {
-                if let Some(s) = inner
-                    .get_mut(&check.client)
-                    .and_then(|c| c.streams.iter_mut().find(|s| s.handle.id == check.stream))
-                {
-                    s.silent = true;
-                }
-            }
+        for (_, check) in &expired {
+            self.set_silent(&check.client, check.stream, true);
         }
         expired
             .into_iter()
@@ -294,18 +279,12 @@ impl Clients {
 
     /// Drops everything known about a client that announced its termination.
     pub fn terminate(&self, client_id: &str) {
-        {
-            let mut inner = crate::sync::lock(&self.inner);
-            inner.remove(client_id);
-        }
+        crate::sync::lock(&self.inner).remove(client_id);
     }
 
     /// Number of clients seen and not terminated.
     pub fn len(&self) -> usize {
-        {
-            let m = crate::sync::lock(&self.inner);
-            m.len()
-        }
+        crate::sync::lock(&self.inner).len()
     }
 
     pub fn is_empty(&self) -> bool {

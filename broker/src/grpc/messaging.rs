@@ -473,7 +473,8 @@ impl MessagingService for Messaging {
             let topic = req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
             let (resolution, by) = convert::decision(req.resolution, req.source)?;
             if by == Actor::Check && !req.transaction_id.is_empty() {
-                // The stream that carried the check is responsive, whatever the answer does.
+                // The check is answered: no longer waited for (and its stream responsive again,
+                // when it went to this client), whatever the answer decides.
                 self.clients.check_answered(&req.transaction_id, &client);
             }
             self.broker.end_transaction(&topic, &req.message_id, &req.transaction_id, resolution, by, None).await

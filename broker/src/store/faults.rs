@@ -65,7 +65,12 @@ impl Faults {
         self.injected.load(Ordering::SeqCst)
     }
 
-    fn take(&self, counter: &AtomicU32) -> bool {
+    /// Whether this operation fails: not while `skip` lets operations through, then once per
+    /// count left in `counter`.
+    fn take(&self, skip: &AtomicU32, counter: &AtomicU32) -> bool {
+        if skip.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return false;
+        }
         let hit = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         if hit {
             self.injected.fetch_add(1, Ordering::SeqCst);
@@ -108,18 +113,14 @@ impl<S: Store> Store for FaultyStore<S> {
         while self.faults.hold.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        let skip =
-            self.faults.applies_before_failing.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if skip.is_err() && self.faults.take(&self.faults.fail_applies) {
+        if self.faults.take(&self.faults.applies_before_failing, &self.faults.fail_applies) {
             return Err(StoreError::Io("injected write failure".into()));
         }
         self.inner.apply(batch)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        let skip =
-            self.faults.flushes_before_failing.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if skip.is_err() && self.faults.take(&self.faults.fail_flushes) {
+        if self.faults.take(&self.faults.flushes_before_failing, &self.faults.fail_flushes) {
             return Err(StoreError::Io("injected fsync failure".into()));
         }
         self.inner.flush()

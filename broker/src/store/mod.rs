@@ -213,6 +213,31 @@ pub fn is_empty_range(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
 }
 
 /// Scan helper: up to `limit` entries whose keys start with `prefix`.
+/// Visits the entries under `prefix` in key order, reading pages of 1,000 so that memory
+/// stays bounded whatever their number; stops when `visit` returns false.
+pub fn for_each_in_prefix<E: From<StoreError>>(
+    store: &dyn Store,
+    prefix: &[u8],
+    mut visit: impl FnMut(Vec<u8>, Vec<u8>) -> Result<bool, E>,
+) -> Result<(), E> {
+    let end = keys::prefix_end(prefix);
+    let mut from: Vec<u8> = prefix.to_vec();
+    let mut inclusive = true;
+    loop {
+        let start = if inclusive { Bound::Included(from.as_slice()) } else { Bound::Excluded(from.as_slice()) };
+        let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let page = store.scan(start, end, 1000, false)?;
+        let Some(last) = page.last().map(|(k, _)| k.clone()) else { return Ok(()) };
+        for (k, v) in page {
+            if !visit(k, v)? {
+                return Ok(());
+            }
+        }
+        from = last;
+        inclusive = false;
+    }
+}
+
 pub fn scan_prefix(store: &dyn Store, prefix: &[u8], limit: usize, reverse: bool) -> Result<Vec<Entry>, StoreError> {
     let end = keys::prefix_end(prefix);
     let end_bound = match &end {

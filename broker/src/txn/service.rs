@@ -150,7 +150,7 @@ fn open_key(state: TxnState, t: &Txn) -> Key {
 /// 1,000 keys; stops when `visit` returns false.
 fn for_each_open(store: &dyn Store, state: TxnState, mut visit: impl FnMut(Millis, String) -> bool) -> Result<()> {
     let prefix = Key::txn_open_prefix(super::state_to_u8(state));
-    for_each_page(store, &prefix, |k, _| match Key::decode(&k) {
+    crate::store::for_each_in_prefix(store, &prefix, |k, _| match Key::decode(&k) {
         Ok(Key::TxnOpen { created_at, txn, .. }) => Ok(visit(created_at, txn)),
         _ => Err(StoreError::Corrupt { key: k, detail: "not an open-transaction key".into() }.into()),
     })
@@ -158,35 +158,10 @@ fn for_each_open(store: &dyn Store, state: TxnState, mut visit: impl FnMut(Milli
 
 /// Visits every stored transaction record, oldest id first, in pages of 1,000.
 fn for_each_txn(store: &dyn Store, mut visit: impl FnMut(Txn) -> bool) -> Result<()> {
-    for_each_page(store, &Key::txn_prefix(), |k, v| {
+    crate::store::for_each_in_prefix(store, &Key::txn_prefix(), |k, v| {
         let t = super::decode(&v).map_err(|e| StoreError::Corrupt { key: k, detail: e.to_string() })?;
         Ok(visit(t))
     })
-}
-
-/// Visits the entries under `prefix` in pages of 1,000 so that memory stays bounded; stops when
-/// `visit` returns false.
-fn for_each_page(
-    store: &dyn Store,
-    prefix: &[u8],
-    mut visit: impl FnMut(Vec<u8>, Vec<u8>) -> Result<bool>,
-) -> Result<()> {
-    let end = crate::store::keys::prefix_end(prefix);
-    let mut from: Vec<u8> = prefix.to_vec();
-    let mut inclusive = true;
-    loop {
-        let start = if inclusive { Bound::Included(from.as_slice()) } else { Bound::Excluded(from.as_slice()) };
-        let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let page = store.scan(start, end, 1000, false)?;
-        let Some(last) = page.last().map(|(k, _)| k.clone()) else { return Ok(()) };
-        for (k, v) in page {
-            if !visit(k, v)? {
-                return Ok(());
-            }
-        }
-        from = last;
-        inclusive = false;
-    }
 }
 
 /// A transaction's scheduling and state before a change, for [`Broker::txn_write`].
@@ -450,13 +425,13 @@ impl Broker {
         }
         let c = self.config();
         let max_age = c.txn_unreachable_max_age.as_millis() as Millis;
-        let before = Before { next_check: Some(due), state: Some(txn.state) };
+        let before = Before::of(&txn); // next_check == Some(due): checked above
         let why = if txn.checks >= c.txn_max_checks {
             Some(format!("no decision after {} checks", txn.checks))
         } else if txn.unreachable_too_long(now, max_age) {
             Some(format!(
                 "no producer reachable for {} ({} attempts)",
-                humantime::format_duration(std::time::Duration::from_secs(c.txn_unreachable_max_age.as_secs())),
+                crate::config::Value::show(&c.txn_unreachable_max_age),
                 txn.unreachable_attempts
             ))
         } else {
