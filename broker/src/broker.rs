@@ -1,39 +1,46 @@
-//! The broker core: topics and the message log over one store, independent of gRPC.
+//! The broker: the parts wired together, independent of gRPC.
 //!
-//! The gRPC layer (`grpc`) converts requests into calls on [`Broker`] and its errors into
-//! RocketMQ status codes; the admin API uses the same calls.
+//! [`Broker`] owns four parts, each with its own state behind its own API:
+//! - [`Topics`]: the topic registry, its creation lock and quota;
+//! - [`MessageLog`]: the queues of every topic and their messages;
+//! - [`Consumers`]: consumer groups and their consumption state;
+//! - [`Transactions`]: transaction records, half messages, their locks and check schedule.
+//!
+//! It keeps the operations that span parts — a send (topic, then log or transactions), a commit
+//! (transactions, then the log in the same write), a receive (consumers over topics and log)
+//! — and answers for the whole (status, gauges, shutdown). The gRPC layer (`grpc`) converts
+//! requests into calls on [`Broker`] and its errors into RocketMQ status codes; the admin API
+//! uses the same calls. No part reaches into another: the store and the group-commit writer
+//! are shared, but each part writes only its own keys.
 
 use crate::config::Config;
-use crate::consume::Groups;
+use crate::consume::admin::{DeadLetter, GroupStats};
+use crate::consume::service::{Delivery, ReceiveRequest};
+use crate::consume::{ConsumeSettings, Consumers, GroupRecord, Source};
 use crate::error::{BrokerError, Result};
 use crate::log::{MessageLog, QueueOffsets};
 use crate::metrics::{Gauges, Metrics};
 use crate::model::{MessageType, Millis, NewMessage, StoredMessage, TopicRecord, TopicType};
-use crate::store::{Batch, CommitStats, Committer, Key, SledStore, Store};
-use crate::topics::{self, Topics};
+use crate::store::{Batch, CommitStats, Committer, SledStore, Store};
+use crate::topics::{self, IfExists, Topics};
+use crate::txn::service::{CheckOutcome, CheckTarget, Transactions, TxnCounts, TxnFilter, TxnSettings};
+use crate::txn::state::{Actor, Resolution, Txn};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
 
-/// The broker's clock: milliseconds since the Unix epoch.
-pub fn now_ms() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
-/// A running broker's state. Shared behind an `Arc` by every service.
+/// A running broker. Shared behind an `Arc` by every service.
 pub struct Broker {
     config: Config,
+    /// Kept for the size on disk; the parts hold their own handles.
     store: Arc<dyn Store>,
     committer: Arc<Committer>,
     topics: Topics,
     log: MessageLog,
-    groups: Groups,
+    consumers: Consumers,
+    txns: Transactions,
     metrics: Arc<Metrics>,
-    /// Per-transaction locks, striped by id (see `txn::service`).
-    txn_locks: Vec<tokio::sync::Mutex<()>>,
-    /// Serializes topic and group creation, so two concurrent auto-creates store one record.
-    create_lock: tokio::sync::Mutex<()>,
-    /// Pending and parked transaction counts.
-    txn_open: crate::txn::service::OpenCounts,
     started_at: Millis,
 }
 
@@ -65,42 +72,50 @@ impl Broker {
 
     /// Loads the broker's state from `store`.
     pub fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>> {
-        // Before the writer starts: refuse a store of a newer broker, stamp an older one with
-        // our schema version, and upgrade it (the open-transaction index, built in one
-        // atomic batch with its own marker, so a crash midway simply builds it again).
+        // Before the writer starts: refuse a store of a newer broker and stamp an older one
+        // with our schema version; the transactions part upgrades its indexes (in one atomic
+        // batch with its own marker, so a crash midway simply builds them again).
         crate::store::check_schema(store.as_ref())?;
-        let txn_open = crate::txn::service::OpenCounts::load(store.as_ref())?;
+        let metrics = Arc::new(Metrics::default());
+        let txn_settings = TxnSettings {
+            timeout: config.txn_timeout,
+            check_interval: config.txn_check_interval,
+            max_checks: config.txn_max_checks,
+            max_checks_policy: config.txn_max_checks_policy,
+            unreachable_max_age: config.txn_unreachable_max_age,
+            retention: config.txn_retention,
+        };
         let committer = Arc::new(Committer::start(store.clone(), config.writer_queue)?);
-        let topics = Topics::load(store.as_ref())?;
+        // First, before anything is written through the committer: it may upgrade the store.
+        let txns = Transactions::load(store.clone(), committer.clone(), metrics.clone(), txn_settings)?;
+        let topics = Topics::load(store.as_ref(), committer.clone(), config.max_topics)?;
         let log = MessageLog::new(store.clone(), committer.clone());
         for t in topics.list() {
             log.open_topic(&t.name, t.queue_count)?;
         }
-        let groups = Groups::load(store.as_ref())?;
-        let metrics = Arc::new(Metrics::default());
+        let consume_settings = ConsumeSettings {
+            max_groups: config.max_groups,
+            max_delivery_attempts: config.max_delivery_attempts,
+            new_group_start: config.new_group_start,
+        };
+        let consumers = Consumers::load(store.clone(), committer.clone(), metrics.clone(), consume_settings)?;
         let m = metrics.clone();
         committer.observe(Box::new(move |n, took| {
             m.flush_batch.observe(n as f64);
             m.flush_latency.observe(took.as_secs_f64());
         }));
-        Ok(Arc::new(Self {
-            config,
-            store,
-            committer,
-            topics,
-            log,
-            groups,
-            metrics,
-            txn_locks: (0..crate::txn::service::TXN_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
-            create_lock: tokio::sync::Mutex::new(()),
-            txn_open,
-            started_at: now_ms(),
-        }))
+        Ok(Arc::new(Self { config, store, committer, topics, log, consumers, txns, metrics, started_at: now_ms() }))
     }
 
     pub fn config(&self) -> &Config {
         &self.config
     }
+
+    fn source(&self) -> Source<'_> {
+        Source { topics: &self.topics, log: &self.log }
+    }
+
+    // ---- topics ----
 
     /// Creates a topic durably. Fails with `TopicExists` if it exists.
     pub async fn create_topic(&self, name: &str, topic_type: TopicType, queue_count: u32) -> Result<Arc<TopicRecord>> {
@@ -109,11 +124,7 @@ impl Broker {
         if topics::is_reserved(name) {
             return Err(BrokerError::IllegalTopic(format!("{name} is a reserved system topic name")));
         }
-        let _guard = self.create_lock.lock().await;
-        if self.topics.get(name).is_some() {
-            return Err(BrokerError::TopicExists(name.to_string()));
-        }
-        self.store_topic(record).await
+        self.topics.create(record, IfExists::Fail, |r| self.log.open_topic(&r.name, r.queue_count)).await
     }
 
     /// The topic, auto-created as MIXED when allowed. Used by routes and sends.
@@ -128,36 +139,15 @@ impl Broker {
         }
         // A dead-letter topic exists only for a real group: a route request for any `%DLQ%…`
         // name must not create durable state.
-        if dead_letter && self.groups.group(&name[topics::DLQ_PREFIX.len()..]).is_none() {
+        if dead_letter && self.consumers.group(&name[topics::DLQ_PREFIX.len()..]).is_none() {
             return Err(BrokerError::TopicNotFound(name.to_string()));
         }
         if !self.config.auto_create_topics && !dead_letter {
             return Err(BrokerError::TopicNotFound(name.to_string()));
         }
-        let _guard = self.create_lock.lock().await;
-        if let Some(t) = self.topics.get(name) {
-            return Ok(t);
-        }
         let queues = if dead_letter { 1 } else { self.config.default_queue_count };
         let record = topics::new_record(name, TopicType::Mixed, queues, now_ms(), true)?;
-        tracing::info!(topic = name, queues, "auto-created topic");
-        self.store_topic(record).await
-    }
-
-    /// Stores a new topic; the caller holds the creation lock and checked it is new.
-    async fn store_topic(&self, record: TopicRecord) -> Result<Arc<TopicRecord>> {
-        let max = self.config.max_topics;
-        if self.topics.len() >= max {
-            return Err(BrokerError::QuotaExceeded(format!(
-                "{max} topics exist (max-topics); {} was not created",
-                record.name
-            )));
-        }
-        let mut batch = Batch::new();
-        batch.put(&Key::Topic(record.name.clone()), record.encode());
-        self.committer.commit(batch).await?;
-        self.log.open_topic(&record.name, record.queue_count)?;
-        Ok(self.topics.insert(record))
+        self.topics.create(record, IfExists::Use, |r| self.log.open_topic(&r.name, r.queue_count)).await
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<TopicRecord>> {
@@ -170,8 +160,10 @@ impl Broker {
 
     /// Offsets of every queue of a topic.
     pub fn queue_offsets(&self, topic: &TopicRecord) -> Vec<QueueOffsets> {
-        (0..topic.queue_count).filter_map(|q| self.log.offsets(&topic.name, q)).collect()
+        self.source().queue_offsets(topic)
     }
+
+    // ---- sending ----
 
     /// Stores validated messages of one topic durably; idempotent on message id.
     /// TRANSACTION messages become half messages (one transaction each); others are appended
@@ -202,7 +194,7 @@ impl Broker {
         }
         let mut out = Vec::with_capacity(messages.len());
         for m in messages {
-            let id = self.send_half(m, producer).await?;
+            let id = self.txns.send_half(m, producer).await?;
             out.push(SendOutcome { offset: 0, transaction_id: Some(id) });
         }
         Ok(out)
@@ -243,9 +235,130 @@ impl Broker {
         &self.log
     }
 
-    pub fn groups(&self) -> &Groups {
-        &self.groups
+    // ---- consuming ----
+
+    /// The group, created durably on first use.
+    pub async fn ensure_group(&self, name: &str) -> Result<GroupRecord> {
+        self.consumers.ensure_group(name).await
     }
+
+    /// Every consumer group, sorted by name.
+    pub fn groups(&self) -> Vec<GroupRecord> {
+        self.consumers.list()
+    }
+
+    /// Delivers up to `req.batch` messages, waiting up to `req.poll` for one to be ready.
+    /// An empty answer means nothing was ready in time (or the broker is shutting down).
+    pub async fn receive(&self, req: &ReceiveRequest<'_>, shutdown: &CancellationToken) -> Result<Vec<Delivery>> {
+        self.consumers.receive(self.source(), req, shutdown).await
+    }
+
+    /// Acknowledges deliveries; one result per handle, in order.
+    pub async fn ack(&self, group: &str, topic: &str, handles: &[String]) -> Result<Vec<Result<()>>> {
+        self.consumers.ack(group, topic, handles).await
+    }
+
+    /// Makes a delivery visible again after `invisible` from now; returns its new handle.
+    pub async fn change_invisible(
+        &self,
+        group: &str,
+        topic: &str,
+        receipt: &str,
+        invisible: std::time::Duration,
+    ) -> Result<String> {
+        self.consumers.change_invisible(group, topic, receipt, invisible).await
+    }
+
+    /// Moves a delivered message to the group's dead-letter topic now (consumer's decision).
+    pub async fn forward_to_dead_letter(&self, group: &str, topic: &str, receipt: &str) -> Result<()> {
+        self.consumers.forward_to_dead_letter(self.source(), group, topic, receipt).await
+    }
+
+    /// The group's backlog, in-flight and dead-letter counts per topic.
+    pub fn group_stats(&self, name: &str) -> Option<GroupStats> {
+        self.consumers.group_stats(self.source(), name)
+    }
+
+    /// Messages in the group's dead-letter topic, oldest first, at most `limit`.
+    pub fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.consumers.dead_letters(self.source(), group, limit)
+    }
+
+    /// Makes dead letters of `group` deliverable to it again (see
+    /// [`Consumers::resend_dead_letters`]). Returns how many were resent.
+    pub async fn resend_dead_letters(&self, group: &str, ids: &[String], all: bool) -> Result<usize> {
+        self.consumers.resend_dead_letters(self.source(), group, ids, all).await
+    }
+
+    // ---- transactions ----
+
+    /// Ends (or answers) a transaction. COMMIT appends the message to its topic in the same
+    /// durable write as the new state; repeats are accepted; a contrary decision after the
+    /// outcome is fixed is refused with `PreconditionFailed` and changes nothing.
+    pub async fn end_transaction(
+        &self,
+        topic: &str,
+        message_id: &str,
+        txn_id: &str,
+        resolution: Resolution,
+        by: Actor,
+        reason: Option<String>,
+    ) -> Result<Txn> {
+        let publish = |half: StoredMessage, writes: Batch, now: Millis| async move {
+            let record = self.topic_or_create(&half.msg.topic).await?;
+            let topic = half.msg.topic.clone();
+            self.log.append(&topic, record.queue_count, vec![half.msg], &half.producer, now, writes).await?;
+            Ok(())
+        };
+        self.txns.end(topic, message_id, txn_id, resolution, by, reason, publish).await
+    }
+
+    /// The transaction record, if it exists (pending, or resolved within the retention).
+    pub fn transaction(&self, id: &str) -> Result<Option<Txn>> {
+        self.txns.transaction(id)
+    }
+
+    /// The half message of a transaction.
+    pub fn half_message(&self, id: &str) -> Result<Option<StoredMessage>> {
+        self.txns.half_message(id)
+    }
+
+    /// Transactions whose check is due at `now`: `(due time, id)`, earliest first.
+    pub fn due_transactions(&self, now: Millis, limit: usize) -> Result<Vec<(Millis, String)>> {
+        self.txns.due_transactions(now, limit)
+    }
+
+    /// Runs one due check of `id` (see [`Transactions::check_transaction`]).
+    pub async fn check_transaction(
+        &self,
+        id: &str,
+        due: Millis,
+        deliver: impl FnOnce(&Txn, &StoredMessage) -> Option<CheckTarget>,
+    ) -> Result<CheckOutcome> {
+        self.txns.check_transaction(id, due, deliver).await
+    }
+
+    /// Operator action: resume checks of a parked transaction.
+    pub async fn resume_transaction(&self, id: &str, reason: Option<String>) -> Result<Txn> {
+        self.txns.resume_transaction(id, reason).await
+    }
+
+    /// Transactions matching `filter`, oldest first.
+    pub fn list_transactions(&self, filter: &TxnFilter) -> Result<Vec<Txn>> {
+        self.txns.list_transactions(filter)
+    }
+
+    /// Pending and parked counts and the oldest pending transaction's creation time.
+    pub fn transaction_counts(&self) -> Result<TxnCounts> {
+        self.txns.transaction_counts()
+    }
+
+    /// Deletes resolved transactions past the transaction retention. Returns how many.
+    pub async fn purge_transactions(&self) -> Result<usize> {
+        self.txns.purge_transactions().await
+    }
+
+    // ---- the whole ----
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -263,7 +376,7 @@ impl Broker {
         g.pending_transactions = counts.pending;
         g.parked_transactions = counts.parked;
         g.oldest_pending_age_seconds = counts.oldest_pending.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
-        for group in self.groups.list() {
+        for group in self.consumers.list() {
             if let Some(stats) = self.group_stats(&group.name) {
                 for t in stats.topics {
                     g.groups.push((group.name.clone(), t.topic, t.backlog, t.in_flight));
@@ -271,26 +384,6 @@ impl Broker {
             }
         }
         g
-    }
-
-    pub(crate) fn txn_locks(&self) -> &[tokio::sync::Mutex<()>] {
-        &self.txn_locks
-    }
-
-    pub(crate) fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    pub(crate) fn committer(&self) -> &Committer {
-        &self.committer
-    }
-
-    pub(crate) fn txn_open(&self) -> &crate::txn::service::OpenCounts {
-        &self.txn_open
-    }
-
-    pub(crate) fn create_lock(&self) -> &tokio::sync::Mutex<()> {
-        &self.create_lock
     }
 
     /// Deletes messages older than the retention period, in bounded steps. Returns how many

@@ -7,6 +7,11 @@
 //! - *length-prefixed* (values): a `u32` length, then the bytes.
 //!
 //! Decoding never panics: truncated or malformed input is a [`CodecError`].
+//!
+//! Every stored record (topic, message, group, in-flight delivery, transaction) implements
+//! [`Record`]: a one-byte version, then its fields, nothing after them. Index values that hold
+//! a single number or id (a cursor's next offset, a resend time, a transaction id) are stored
+//! bare, with no version: their meaning is fixed by their key.
 
 use thiserror::Error;
 
@@ -221,6 +226,50 @@ pub(crate) fn invalid(what: &'static str, detail: impl std::fmt::Display) -> Cod
 
 fn utf8(bytes: Vec<u8>) -> Result<String, CodecError> {
     String::from_utf8(bytes).map_err(|e| invalid("utf-8 string", e))
+}
+
+/// A stored record: one version byte, then the fields [`Record::write`] puts, nothing after.
+/// A layout change bumps [`Record::VERSION`]; [`Record::read`] gets the version it finds, so
+/// records written by an older broker (down to [`Record::OLDEST`]) are still read.
+pub trait Record: Sized {
+    /// What the record is, for errors ("transaction record").
+    const KIND: &'static str;
+    /// The version this broker writes.
+    const VERSION: u8;
+    /// The oldest version this broker still reads.
+    const OLDEST: u8 = Self::VERSION;
+
+    /// Writes the fields (after the version byte).
+    fn write(&self, e: &mut Encoder);
+
+    /// Reads the fields of a record of `version`.
+    fn read(d: &mut Decoder<'_>, version: u8) -> Result<Self, CodecError>;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.u8(Self::VERSION);
+        self.write(&mut e);
+        e.finish()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut d = Decoder::new(bytes);
+        let version = read_version::<Self>(&mut d)?;
+        let r = Self::read(&mut d, version)?;
+        d.finish()?;
+        Ok(r)
+    }
+}
+
+/// Reads and checks the version byte of a `R` record (for partial reads of its first fields).
+pub fn read_version<R: Record>(d: &mut Decoder<'_>) -> Result<u8, CodecError> {
+    match d.u8()? {
+        v if (R::OLDEST..=R::VERSION).contains(&v) => Ok(v),
+        v => Err(CodecError::Invalid {
+            what: R::KIND,
+            detail: format!("version {v} (this broker reads {} to {})", R::OLDEST, R::VERSION),
+        }),
+    }
 }
 
 /// FNV-1a of `s`: a stable hash (the same in every process and release) for spreading keys

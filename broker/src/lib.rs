@@ -4,20 +4,23 @@
 //! - [`server`]: binds, serves both gRPC services, shuts down gracefully.
 //! - [`grpc`]: the async shell: RocketMQ `MessagingService`, Telemetry, the admin API, and the
 //!   single mapping from broker errors to RocketMQ status codes.
-//! - [`broker`]: the core facade: topics and the message log over one store.
+//! - [`broker`]: the broker: its parts (topics, message log, consumers, transactions) wired
+//!   together, and the operations that span them.
 //! - [`consume`]: consumer groups, POP-style receive/ack, redelivery, dead letters, FIFO.
 //! - [`txn`]: transactional (half) messages: lifecycle, EndTransaction, check-back, timelines.
 //! - [`log`]: queues of messages, offsets, durable high watermarks, idempotent appends.
 //! - [`topics`]: topic names and the topic registry.
 //! - [`model`]: domain types and their on-disk records.
 //! - [`store`]: the storage trait, sled and memory stores, group commit.
-//! - [`codec`]: the byte codec of keys and records.
+//! - [`codec`]: the byte codec of keys and records (one versioned `Record` style).
+//! - [`clock`]: the broker's clock.
 //! - [`config`]: flags, environment, TOML file.
 //! - [`error`]: the broker's error enum.
 //! - [`sync`]: the one policy for poisoned locks.
 //! - [`tasks`]: background work: check-backs, retention, client sweeps, the metrics endpoint.
 
 pub mod broker;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod consume;

@@ -8,7 +8,12 @@
 //!
 //! Sends are idempotent on `(topic, message id)`: a retry of a stored (or still committing)
 //! message gets the first copy's place back and stores nothing.
+//!
+//! Owns: message records, the message-id index and each queue's offsets and watermark. Never
+//! touches topic records (the registry is `topics`), consumption state or transactions; a
+//! caller may hand it other parts' writes to make durable in the same batch as an append.
 
+use crate::codec::Record;
 use crate::error::{BrokerError, Result};
 use crate::model::{md5_hex, MessageType, Millis, NewMessage, StoredMessage};
 use crate::store::{chunks, scan_prefix, Batch, Committer, Key, Store, StoreError};

@@ -1,8 +1,8 @@
 //! Domain types shared by the broker's layers, with the record encodings stored on disk.
 //!
-//! Records start with a one-byte format version so that a future layout can be told apart.
+//! Records implement [`Record`]: a one-byte format version, then the fields.
 
-use crate::codec::{invalid, CodecError, Decoder, Encoder};
+use crate::codec::{invalid, read_version, CodecError, Decoder, Encoder, Record};
 use std::collections::BTreeMap;
 
 /// Milliseconds since the Unix epoch, on the broker's clock.
@@ -128,32 +128,26 @@ pub struct TopicRecord {
     pub auto_created: bool,
 }
 
-const TOPIC_VERSION: u8 = 1;
+impl Record for TopicRecord {
+    const KIND: &'static str = "topic record";
+    const VERSION: u8 = 1;
 
-impl TopicRecord {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::new();
-        e.u8(TOPIC_VERSION)
-            .str(&self.name)
+    fn write(&self, e: &mut Encoder) {
+        e.str(&self.name)
             .u8(self.topic_type.to_u8())
             .u32(self.queue_count)
             .i64(self.created_at)
             .bool(self.auto_created);
-        e.finish()
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        let mut d = Decoder::new(bytes);
-        version(&mut d, TOPIC_VERSION)?;
-        let r = TopicRecord {
+    fn read(d: &mut Decoder<'_>, _version: u8) -> Result<Self, CodecError> {
+        Ok(TopicRecord {
             name: d.str()?,
             topic_type: TopicType::from_u8(d.u8()?)?,
             queue_count: d.u32()?,
             created_at: d.i64()?,
             auto_created: d.bool()?,
-        };
-        d.finish()?;
-        Ok(r)
+        })
     }
 }
 
@@ -209,8 +203,6 @@ pub struct StoredMessage {
     pub body_md5: String,
 }
 
-const MESSAGE_VERSION: u8 = 1;
-
 impl StoredMessage {
     /// About how many bytes this message takes on the wire when delivered: body, every stored
     /// string, and a fixed allowance for ids, handles and field tags.
@@ -230,14 +222,15 @@ impl StoredMessage {
     }
 }
 
-impl StoredMessage {
-    /// Layout: a header readable from the first chunk alone (version, store time, place, topic,
-    /// id), then the rest. Retention reads only the header.
-    pub fn encode(&self) -> Vec<u8> {
+/// Layout: a header readable from the first chunk alone (version, store time, place, topic,
+/// id), then the rest. Retention reads only the header.
+impl Record for StoredMessage {
+    const KIND: &'static str = "message record";
+    const VERSION: u8 = 1;
+
+    fn write(&self, e: &mut Encoder) {
         let m = &self.msg;
-        let mut e = Encoder::with_capacity(128 + m.body.len());
-        e.u8(MESSAGE_VERSION)
-            .i64(self.store_timestamp)
+        e.i64(self.store_timestamp)
             .u32(self.queue)
             .u64(self.offset)
             .str(&m.topic)
@@ -260,22 +253,16 @@ impl StoredMessage {
             e.str(k).str(v);
         }
         e.str(&self.producer).str(&self.body_md5).bytes(&m.body);
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::with_capacity(128 + self.msg.body.len());
+        e.u8(Self::VERSION);
+        self.write(&mut e);
         e.finish()
     }
 
-    /// Reads only the header: `(store time, topic, message id)`. Works on the first chunk.
-    pub fn decode_header(bytes: &[u8]) -> Result<(Millis, String, String), CodecError> {
-        let mut d = Decoder::new(bytes);
-        version(&mut d, MESSAGE_VERSION)?;
-        let store_timestamp = d.i64()?;
-        let _queue = d.u32()?;
-        let _offset = d.u64()?;
-        Ok((store_timestamp, d.str()?, d.str()?))
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        let mut d = Decoder::new(bytes);
-        version(&mut d, MESSAGE_VERSION)?;
+    fn read(d: &mut Decoder<'_>, _version: u8) -> Result<Self, CodecError> {
         let store_timestamp = d.i64()?;
         let queue = d.u32()?;
         let offset = d.u64()?;
@@ -304,7 +291,6 @@ impl StoredMessage {
         let producer = d.str()?;
         let body_md5 = d.str()?;
         let body = d.bytes()?.to_vec();
-        d.finish()?;
         Ok(StoredMessage {
             msg: NewMessage {
                 topic,
@@ -331,6 +317,18 @@ impl StoredMessage {
     }
 }
 
+impl StoredMessage {
+    /// Reads only the header: `(store time, topic, message id)`. Works on the first chunk.
+    pub fn decode_header(bytes: &[u8]) -> Result<(Millis, String, String), CodecError> {
+        let mut d = Decoder::new(bytes);
+        read_version::<Self>(&mut d)?;
+        let store_timestamp = d.i64()?;
+        let _queue = d.u32()?;
+        let _offset = d.u64()?;
+        Ok((store_timestamp, d.str()?, d.str()?))
+    }
+}
+
 /// Upper-case hex MD5 of `body`.
 pub fn md5_hex(body: &[u8]) -> String {
     use md5::{Digest, Md5};
@@ -340,13 +338,6 @@ pub fn md5_hex(body: &[u8]) -> String {
         s.push_str(&format!("{b:02X}"));
     }
     s
-}
-
-fn version(d: &mut Decoder<'_>, expected: u8) -> Result<(), CodecError> {
-    match d.u8()? {
-        v if v == expected => Ok(()),
-        other => Err(invalid("record version", other)),
-    }
 }
 
 #[cfg(test)]

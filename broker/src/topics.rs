@@ -3,10 +3,15 @@
 //! Names follow RocketMQ: `^[%a-zA-Z0-9_-]+$`, at most 127 characters. Names reserved by
 //! RocketMQ for its internals (`RMQ_SYS_*`, `TRANS_CHECK_MAX_TIME_TOPIC`, `SCHEDULE_TOPIC_XXXX`,
 //! `%RETRY%…`) and our dead-letter topics (`%DLQ%<group>`) cannot be produced to directly.
+//!
+//! Owns: the topic registry and the durable topic records, the creation lock (two concurrent
+//! auto-creates store one record) and the topic quota. Never touches queues or messages: the
+//! caller readies a new topic's queues through the `open` step of [`Topics::create`].
 
+use crate::codec::Record;
 use crate::error::{BrokerError, Result};
 use crate::model::{Millis, TopicRecord, TopicType};
-use crate::store::{scan_prefix, Key, Store};
+use crate::store::{scan_prefix, Batch, Committer, Key, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -46,15 +51,28 @@ pub fn is_reserved(name: &str) -> bool {
         || upper == "SCHEDULE_TOPIC_XXXX"
 }
 
-/// The in-memory view of every topic, loaded from the store at start.
-#[derive(Debug, Default)]
+/// Every topic, loaded from the store at start; new ones stored durably before they are seen.
 pub struct Topics {
     map: RwLock<HashMap<String, Arc<TopicRecord>>>,
+    committer: Arc<Committer>,
+    /// Serializes creation, so two concurrent auto-creates store one record.
+    create_lock: tokio::sync::Mutex<()>,
+    max_topics: usize,
+}
+
+/// Whether [`Topics::create`] may return a topic that exists already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfExists {
+    /// Fail with `TopicExists`.
+    Fail,
+    /// Return the existing topic.
+    Use,
 }
 
 impl Topics {
-    /// Loads every stored topic.
-    pub fn load(store: &dyn Store) -> Result<Self> {
+    /// Loads every stored topic; new topics are written through `committer`, at most
+    /// `max_topics` in all.
+    pub fn load(store: &dyn Store, committer: Arc<Committer>, max_topics: usize) -> Result<Self> {
         let mut map = HashMap::new();
         // Topics are few (thousands at most); the scan is bounded anyway.
         for (key, value) in scan_prefix(store, &Key::topic_prefix(), 1_000_000, false)? {
@@ -62,7 +80,38 @@ impl Topics {
                 .map_err(|e| BrokerError::Store(crate::store::StoreError::Corrupt { key, detail: e.to_string() }))?;
             map.insert(record.name.clone(), Arc::new(record));
         }
-        Ok(Self { map: RwLock::new(map) })
+        Ok(Self { map: RwLock::new(map), committer, create_lock: tokio::sync::Mutex::new(()), max_topics })
+    }
+
+    /// Stores `record` durably, then runs `open` (which readies its queues) and makes it
+    /// visible. A topic of the same name is an error or the answer, as `if_exists` says.
+    pub async fn create(
+        &self,
+        record: TopicRecord,
+        if_exists: IfExists,
+        open: impl FnOnce(&TopicRecord) -> Result<()>,
+    ) -> Result<Arc<TopicRecord>> {
+        let _guard = self.create_lock.lock().await;
+        if let Some(t) = self.get(&record.name) {
+            return match if_exists {
+                IfExists::Use => Ok(t),
+                IfExists::Fail => Err(BrokerError::TopicExists(record.name)),
+            };
+        }
+        let max = self.max_topics;
+        if self.len() >= max {
+            return Err(BrokerError::QuotaExceeded(format!(
+                "{max} topics exist (max-topics); {} was not created",
+                record.name
+            )));
+        }
+        let mut batch = Batch::new();
+        batch.put(&Key::Topic(record.name.clone()), record.encode());
+        self.committer.commit(batch).await?;
+        open(&record)?;
+        let record = Arc::new(record);
+        crate::sync::write(&self.map).insert(record.name.clone(), record.clone());
+        Ok(record)
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<TopicRecord>> {
@@ -82,13 +131,6 @@ impl Topics {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Records a topic once it is durable.
-    pub fn insert(&self, record: TopicRecord) -> Arc<TopicRecord> {
-        let record = Arc::new(record);
-        crate::sync::write(&self.map).insert(record.name.clone(), record.clone());
-        record
     }
 }
 

@@ -1,8 +1,10 @@
-//! Operator views of consumer groups and dead letters.
+//! Operator views of consumer groups and dead letters, and the dead-letter resend.
 
+use super::service::{Consumers, Source};
 use super::state::Inflight;
-use crate::broker::{now_ms, Broker};
+use crate::clock::now_ms;
 use crate::error::Result;
+use crate::log::MessageLog;
 use crate::model::StoredMessage;
 use crate::store::{Batch, Key};
 use crate::topics::DLQ_PREFIX;
@@ -43,17 +45,17 @@ pub struct GroupStats {
     pub dead_letters: u64,
 }
 
-impl Broker {
+impl Consumers {
     /// The group's backlog, in-flight and dead-letter counts per topic.
-    pub fn group_stats(&self, name: &str) -> Option<GroupStats> {
-        let record = self.groups().group(name)?;
-        let start = self.config().new_group_start;
+    pub fn group_stats(&self, src: Source<'_>, name: &str) -> Option<GroupStats> {
+        let record = self.groups.group(name)?;
+        let start = self.settings.new_group_start;
         let mut topics = Vec::new();
-        for (topic, shared) in self.groups().topics_of(name) {
-            let Some(t) = self.topic(&topic) else { continue };
+        for (topic, shared) in self.groups.topics_of(name) {
+            let Some(t) = src.topics.get(&topic) else { continue };
             let st = crate::sync::lock(&shared.state);
             let mut s = GroupTopicStats { topic: topic.clone(), ..Default::default() };
-            for q in self.queue_offsets(&t) {
+            for q in src.queue_offsets(&t) {
                 let from = st.cursor(q.queue).unwrap_or_else(|| super::state::start_offset(start, &q));
                 s.backlog += q.durable.saturating_sub(from.max(q.min));
             }
@@ -73,18 +75,19 @@ impl Broker {
             }
             topics.push(s);
         }
-        let dead_letters = self
-            .topic(&format!("{DLQ_PREFIX}{name}"))
-            .map(|t| self.queue_offsets(&t).iter().map(|q| q.durable - q.min).sum())
+        let dead_letters = src
+            .topics
+            .get(&format!("{DLQ_PREFIX}{name}"))
+            .map(|t| src.queue_offsets(&t).iter().map(|q| q.durable - q.min).sum())
             .unwrap_or(0);
         Some(GroupStats { name: record.name, created_at: record.created_at, topics, dead_letters })
     }
 
     /// Messages in the group's dead-letter topic, oldest first, at most `limit`, each with
     /// when it was last resent (if it was).
-    pub fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+    pub fn dead_letters(&self, src: Source<'_>, group: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         let mut out = Vec::new();
-        self.for_each_dead_letter(group, |letter| {
+        self.for_each_dead_letter(src, group, |letter| {
             out.push(letter);
             out.len() < limit
         })?;
@@ -93,11 +96,16 @@ impl Broker {
 
     /// Visits the group's dead letters oldest first, reading one message at a time so that
     /// memory stays bounded whatever their number; stops when `visit` returns false.
-    fn for_each_dead_letter(&self, group: &str, mut visit: impl FnMut(DeadLetter) -> bool) -> Result<()> {
-        let Some(t) = self.topic(&format!("{DLQ_PREFIX}{group}")) else { return Ok(()) };
-        for q in self.queue_offsets(&t) {
+    fn for_each_dead_letter(
+        &self,
+        src: Source<'_>,
+        group: &str,
+        mut visit: impl FnMut(DeadLetter) -> bool,
+    ) -> Result<()> {
+        let Some(t) = src.topics.get(&format!("{DLQ_PREFIX}{group}")) else { return Ok(()) };
+        for q in src.queue_offsets(&t) {
             for offset in q.min..q.durable {
-                if let Some(letter) = self.dead_letter_at(&t.name, q.queue, offset)? {
+                if let Some(letter) = self.dead_letter_at(src, &t.name, q.queue, offset)? {
                     if !visit(letter) {
                         return Ok(());
                     }
@@ -107,11 +115,11 @@ impl Broker {
         Ok(())
     }
 
-    fn dead_letter_at(&self, dlq: &str, queue: u32, offset: u64) -> Result<Option<DeadLetter>> {
-        let Some(message) = self.log().read(dlq, queue, offset)? else { return Ok(None) };
+    fn dead_letter_at(&self, src: Source<'_>, dlq: &str, queue: u32, offset: u64) -> Result<Option<DeadLetter>> {
+        let Some(message) = src.log.read(dlq, queue, offset)? else { return Ok(None) };
         let marker = Key::DeadLetterResent { topic: dlq.to_string(), queue, offset };
         let resent_at = self
-            .store()
+            .store
             .get(&marker.encode())?
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map(i64::from_be_bytes);
@@ -124,16 +132,16 @@ impl Broker {
     /// `all` resends every dead letter not resent before; `ids` names messages to resend
     /// whether or not they were. Reads at most [`RESEND_PAGE`] messages, resends them durably,
     /// then reads the next page. Returns how many were resent.
-    pub async fn resend_dead_letters(&self, group: &str, ids: &[String], all: bool) -> Result<usize> {
-        let Some(t) = self.topic(&format!("{DLQ_PREFIX}{group}")) else { return Ok(0) };
+    pub async fn resend_dead_letters(&self, src: Source<'_>, group: &str, ids: &[String], all: bool) -> Result<usize> {
+        let Some(t) = src.topics.get(&format!("{DLQ_PREFIX}{group}")) else { return Ok(0) };
         let mut resent = 0;
-        for q in self.queue_offsets(&t) {
+        for q in src.queue_offsets(&t) {
             let mut from = q.min;
             while from < q.durable {
                 let to = q.durable.min(from + RESEND_PAGE as u64);
                 let mut page = Vec::with_capacity(RESEND_PAGE);
                 for offset in from..to {
-                    let Some(letter) = self.dead_letter_at(&t.name, q.queue, offset)? else { continue };
+                    let Some(letter) = self.dead_letter_at(src, &t.name, q.queue, offset)? else { continue };
                     let wanted =
                         if all { letter.resent_at.is_none() } else { ids.contains(&letter.message.msg.message_id) };
                     if wanted {
@@ -141,7 +149,7 @@ impl Broker {
                     }
                 }
                 for m in page {
-                    if self.resend_one(group, m).await? {
+                    if self.resend_one(src.log, group, m).await? {
                         resent += 1;
                     }
                 }
@@ -152,9 +160,9 @@ impl Broker {
     }
 
     /// Puts the original of one dead letter back in flight for `group` and marks the copy.
-    async fn resend_one(&self, group: &str, dead: StoredMessage) -> Result<bool> {
+    async fn resend_one(&self, log: &MessageLog, group: &str, dead: StoredMessage) -> Result<bool> {
         let Some(origin) = dead.msg.origin_topic.clone() else { return Ok(false) };
-        let Some((queue, offset)) = self.log().locate(&origin, &dead.msg.message_id)? else {
+        let Some((queue, offset)) = log.locate(&origin, &dead.msg.message_id)? else {
             tracing::warn!(
                 group,
                 topic = origin,
@@ -163,8 +171,8 @@ impl Broker {
             );
             return Ok(false);
         };
-        let shared = self.groups().get_or_create(group, &origin)?;
-        let slot = self.committer().reserve().await?;
+        let shared = self.groups.get_or_create(group, &origin)?;
+        let slot = self.committer.reserve().await?;
         let pending = {
             let mut st = crate::sync::lock(&shared.state);
             let mut batch = Batch::new();

@@ -18,7 +18,8 @@
 //!
 //! # Layout
 //! - [`state`]: the pure per-(group, topic) state machine.
-//! - [`service`]: receive / ack / change-invisible / dead-letter over the store (async).
+//! - [`service`]: [`Consumers`], the part that owns groups and their state: receive / ack /
+//!   change-invisible / dead-letter over the store (async).
 //! - [`admin`]: group statistics, dead-letter listing and resend.
 //! - [`filter`], [`handle`]: tag filters and receipt handles.
 
@@ -28,7 +29,9 @@ pub mod handle;
 pub mod service;
 pub mod state;
 
-use crate::codec::{Decoder, Encoder};
+pub use service::{ConsumeSettings, Consumers, Source};
+
+use crate::codec::{CodecError, Decoder, Encoder, Record};
 use crate::error::{BrokerError, Result};
 use crate::model::Millis;
 use crate::store::{scan_prefix, Key, Store, StoreError};
@@ -78,22 +81,16 @@ pub struct GroupRecord {
     pub created_at: Millis,
 }
 
-impl GroupRecord {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::new();
-        e.u8(1).str(&self.name).i64(self.created_at);
-        e.finish()
+impl Record for GroupRecord {
+    const KIND: &'static str = "group record";
+    const VERSION: u8 = 1;
+
+    fn write(&self, e: &mut Encoder) {
+        e.str(&self.name).i64(self.created_at);
     }
 
-    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, crate::codec::CodecError> {
-        let mut d = Decoder::new(bytes);
-        match d.u8()? {
-            1 => {}
-            v => return Err(crate::codec::invalid("group record version", v)),
-        }
-        let r = GroupRecord { name: d.str()?, created_at: d.i64()? };
-        d.finish()?;
-        Ok(r)
+    fn read(d: &mut Decoder<'_>, _version: u8) -> std::result::Result<Self, CodecError> {
+        Ok(GroupRecord { name: d.str()?, created_at: d.i64()? })
     }
 }
 

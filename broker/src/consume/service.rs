@@ -1,4 +1,10 @@
-//! Receive, ack, change invisibility and dead-letter: the async shell around [`GroupTopic`].
+//! [`Consumers`]: receive, ack, change invisibility and dead-letter — the async shell around
+//! [`GroupTopic`].
+//!
+//! Owns: consumer groups (records, their creation lock and quota) and every group's
+//! consumption state (cursors, in-flight records, resend markers). Reads topics and queues
+//! through a [`Source`] and appends only to dead-letter topics; never touches transactions or
+//! another part's keys.
 //!
 //! Each operation reserves a place in the group-commit queue first, then changes the in-memory
 //! state and submits its writes under the state's lock (so writes reach the store in the order
@@ -9,12 +15,15 @@
 
 use super::filter::Filter;
 use super::state::{HandleError, PollRules, Pos};
-use super::{handle, validate_group, GroupRecord, Shared};
-use crate::broker::{now_ms, Broker};
+use super::{handle, validate_group, GroupRecord, Groups, Shared, StartAt};
+use crate::clock::now_ms;
+use crate::codec::Record;
 use crate::error::{BrokerError, Result};
-use crate::model::{dead_letter_index_id, Millis, StoredMessage};
-use crate::store::{Batch, Key};
-use crate::topics::DLQ_PREFIX;
+use crate::log::{MessageLog, QueueOffsets};
+use crate::metrics::Metrics;
+use crate::model::{dead_letter_index_id, Millis, StoredMessage, TopicRecord, TopicType};
+use crate::store::{Batch, Committer, Key, Store};
+use crate::topics::{self, IfExists, Topics, DLQ_PREFIX};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,19 +96,85 @@ fn invalid_handle(e: HandleError) -> BrokerError {
     )
 }
 
-impl Broker {
+/// The consumption settings of the broker's configuration.
+#[derive(Debug, Clone)]
+pub struct ConsumeSettings {
+    pub max_groups: usize,
+    /// Deliveries of one message to a group before it is dead-lettered.
+    pub max_delivery_attempts: u32,
+    pub new_group_start: StartAt,
+}
+
+/// What consumption reads of the rest of the broker: the topics and their queues. It appends
+/// only to dead-letter topics, which it may create.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub topics: &'a Topics,
+    pub log: &'a MessageLog,
+}
+
+impl Source<'_> {
+    /// Offsets of every queue of a topic.
+    pub fn queue_offsets(&self, topic: &TopicRecord) -> Vec<QueueOffsets> {
+        (0..topic.queue_count).filter_map(|q| self.log.offsets(&topic.name, q)).collect()
+    }
+
+    /// The group's dead-letter topic, created (one queue) on first use.
+    async fn dead_letter_topic(&self, group: &str) -> Result<Arc<TopicRecord>> {
+        let name = format!("{DLQ_PREFIX}{group}");
+        if let Some(t) = self.topics.get(&name) {
+            return Ok(t);
+        }
+        let record = topics::new_record(&name, TopicType::Mixed, 1, now_ms(), true)?;
+        self.topics.create(record, IfExists::Use, |r| self.log.open_topic(&r.name, r.queue_count)).await
+    }
+}
+
+/// Every consumer group and its consumption state.
+pub struct Consumers {
+    pub(super) groups: Groups,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) committer: Arc<Committer>,
+    metrics: Arc<Metrics>,
+    pub(super) settings: ConsumeSettings,
+    /// Serializes group creation, so two concurrent first receives store one record.
+    create_lock: tokio::sync::Mutex<()>,
+}
+
+impl Consumers {
+    /// Loads every group's state from `store`; changes are written through `committer`.
+    pub fn load(
+        store: Arc<dyn Store>,
+        committer: Arc<Committer>,
+        metrics: Arc<Metrics>,
+        settings: ConsumeSettings,
+    ) -> Result<Self> {
+        let groups = Groups::load(store.as_ref())?;
+        Ok(Self { groups, store, committer, metrics, settings, create_lock: tokio::sync::Mutex::new(()) })
+    }
+
+    /// A group's record.
+    pub fn group(&self, name: &str) -> Option<GroupRecord> {
+        self.groups.group(name)
+    }
+
+    /// Every group, sorted by name.
+    pub fn list(&self) -> Vec<GroupRecord> {
+        self.groups.list()
+    }
+
     /// The group, created durably on first use.
     pub async fn ensure_group(&self, name: &str) -> Result<GroupRecord> {
         validate_group(name)?;
-        if let Some(g) = self.groups().group(name) {
+        if let Some(g) = self.groups.group(name) {
             return Ok(g);
         }
-        let _guard = self.create_lock().lock().await;
-        if let Some(g) = self.groups().group(name) {
+        let _guard = self.create_lock.lock().await;
+        if let Some(g) = self.groups.group(name) {
             return Ok(g);
         }
-        let max = self.config().max_groups;
-        if self.groups().len() >= max {
+        let max = self.settings.max_groups;
+        if self.groups.len() >= max {
             return Err(BrokerError::QuotaExceeded(format!(
                 "{max} consumer groups exist (max-groups); {name} was not created"
             )));
@@ -107,33 +182,38 @@ impl Broker {
         let g = GroupRecord { name: name.to_string(), created_at: now_ms() };
         let mut batch = Batch::new();
         batch.put(&Key::Group(name.to_string()), g.encode());
-        self.committer().commit(batch).await?;
+        self.committer.commit(batch).await?;
         tracing::info!(group = name, "consumer group created");
-        self.groups().insert_group(g.clone());
+        self.groups.insert_group(g.clone());
         Ok(g)
     }
 
     /// Delivers up to `req.batch` messages, waiting up to `req.poll` for one to be ready.
     /// An empty answer means nothing was ready in time (or the broker is shutting down).
-    pub async fn receive(&self, req: &ReceiveRequest<'_>, shutdown: &CancellationToken) -> Result<Vec<Delivery>> {
+    pub async fn receive(
+        &self,
+        src: Source<'_>,
+        req: &ReceiveRequest<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<Delivery>> {
         // The topic first: a receive from a topic that does not exist creates no group.
-        let topic = self.topic(&req.topic).ok_or_else(|| BrokerError::TopicNotFound(req.topic.clone()))?;
+        let topic = src.topics.get(&req.topic).ok_or_else(|| BrokerError::TopicNotFound(req.topic.clone()))?;
         self.ensure_group(&req.group).await?;
-        let shared = self.groups().get_or_create(&req.group, &req.topic)?;
-        let mut topic_rx = self.log().topic_watch(&req.topic);
+        let shared = self.groups.get_or_create(&req.group, &req.topic)?;
+        let mut topic_rx = src.log.topic_watch(&req.topic);
         let mut group_rx = shared.signal.subscribe();
         let deadline = Instant::now() + req.poll;
         loop {
             topic_rx.borrow_and_update();
             group_rx.borrow_and_update();
-            let (deliveries, dead, next_due) = self.poll_once(&shared, topic.queue_count, req).await?;
+            let (deliveries, dead, next_due) = self.poll_once(src.log, &shared, topic.queue_count, req).await?;
             for (pos, message) in dead {
                 // A failed move is reported and retried by a later poll; it must not fail
                 // this consumer's receive.
-                let _ = self.dead_letter(&shared, pos, message).await;
+                let _ = self.dead_letter(src, &shared, pos, message).await;
             }
             if !deliveries.is_empty() {
-                self.metrics().messages_out.add(&[&req.group, &req.topic], deliveries.len() as u64);
+                self.metrics.messages_out.add(&[&req.group, &req.topic], deliveries.len() as u64);
                 return Ok(deliveries);
             }
             let now = Instant::now();
@@ -161,28 +241,28 @@ impl Broker {
     /// [`GroupTopic::poll`]: super::state::GroupTopic::poll
     async fn poll_once(
         &self,
+        log: &MessageLog,
         shared: &Shared,
         queue_count: u32,
         req: &ReceiveRequest<'_>,
     ) -> Result<(Vec<Delivery>, Vec<(Pos, StoredMessage)>, Option<Millis>)> {
-        let slot = self.committer().reserve().await?;
+        let slot = self.committer.reserve().await?;
         let now = now_ms();
         let invisible_ms = if req.auto_renew { AUTO_RENEW_INVISIBLE_MS } else { req.invisible.as_millis() as Millis };
         let topic = req.topic.as_str();
-        let log = self.log();
         let queues: Vec<_> = (0..queue_count).filter_map(|q| log.offsets(topic, q)).collect();
         let accept = |m: &StoredMessage| req.filter.matches(m.msg.tag.as_deref());
         let rules = PollRules {
             now,
             batch: req.batch,
             max_bytes: MAX_BATCH_BYTES,
-            max_attempts: self.config().max_delivery_attempts,
+            max_attempts: self.settings.max_delivery_attempts,
             invisible_ms,
             auto_renew: req.auto_renew,
             renew_ms: AUTO_RENEW_INVISIBLE_MS,
             renew_limit_ms: AUTO_RENEW_LIMIT_MS,
             client: &req.client,
-            start: self.config().new_group_start,
+            start: self.settings.new_group_start,
             alive: req.alive,
             accept: &accept,
         };
@@ -222,11 +302,11 @@ impl Broker {
     /// failure is counted and logged and the message is due again after
     /// [`DEAD_LETTER_RETRY_MS`], so a later poll retries the move (a FIFO group waits behind it,
     /// as it must, but not until a restart).
-    async fn dead_letter(&self, shared: &Shared, pos: Pos, message: StoredMessage) -> Result<()> {
-        let result = self.move_to_dead_letters(shared, pos, &message).await;
+    async fn dead_letter(&self, src: Source<'_>, shared: &Shared, pos: Pos, message: StoredMessage) -> Result<()> {
+        let result = self.move_to_dead_letters(src, shared, pos, &message).await;
         if let Err(e) = &result {
             let group = crate::sync::lock(&shared.state).group.clone();
-            self.metrics().dead_letter_failures.add(&[&group], 1);
+            self.metrics.dead_letter_failures.add(&[&group], 1);
             tracing::error!(
                 group,
                 message_id = message.msg.message_id,
@@ -241,21 +321,25 @@ impl Broker {
 
     /// The dead-letter move itself. Idempotent: the copy is filed under its message id and
     /// origin topic, so a repeat after a crash or a lost reply stores nothing new.
-    async fn move_to_dead_letters(&self, shared: &Shared, pos: Pos, message: &StoredMessage) -> Result<()> {
+    async fn move_to_dead_letters(
+        &self,
+        src: Source<'_>,
+        shared: &Shared,
+        pos: Pos,
+        message: &StoredMessage,
+    ) -> Result<()> {
         let (group, topic) = {
             let st = crate::sync::lock(&shared.state);
             (st.group.clone(), st.topic.clone())
         };
-        let dlq = format!("{DLQ_PREFIX}{group}");
-        let dlq_topic = self.topic_or_create(&dlq).await?;
+        let dlq_topic = src.dead_letter_topic(&group).await?;
+        let dlq = dlq_topic.name.clone();
         let mut copy = message.msg.clone();
         copy.origin_topic = Some(copy.origin_topic.take().unwrap_or_else(|| topic.clone()));
         copy.topic = dlq.clone();
-        let placed = self
-            .log()
-            .append(&dlq, dlq_topic.queue_count, vec![copy], &message.producer, now_ms(), Batch::new())
-            .await?;
-        let slot = self.committer().reserve().await?;
+        let placed =
+            src.log.append(&dlq, dlq_topic.queue_count, vec![copy], &message.producer, now_ms(), Batch::new()).await?;
+        let slot = self.committer.reserve().await?;
         let pending = {
             let mut st = crate::sync::lock(&shared.state);
             let mut batch = Batch::new();
@@ -268,20 +352,20 @@ impl Broker {
         };
         pending.durable().await?;
         shared.wake();
-        self.metrics().dead_letters.add(&[&group], 1);
+        self.metrics.dead_letters.add(&[&group], 1);
         tracing::warn!(group, topic, message_id = message.msg.message_id, "message dead-lettered to {dlq}");
         Ok(())
     }
 
     /// Whether the message at `pos` of `topic` already sits in `group`'s dead-letter topic.
-    fn already_dead_lettered(&self, group: &str, topic: &str, pos: Pos) -> Result<bool> {
-        let Some(message) = self.log().read(topic, pos.0, pos.1)? else { return Ok(false) };
+    fn already_dead_lettered(log: &MessageLog, group: &str, topic: &str, pos: Pos) -> Result<bool> {
+        let Some(message) = log.read(topic, pos.0, pos.1)? else { return Ok(false) };
         let id = dead_letter_index_id(&message.msg.message_id, topic);
-        Ok(self.log().locate(&format!("{DLQ_PREFIX}{group}"), &id)?.is_some())
+        Ok(log.locate(&format!("{DLQ_PREFIX}{group}"), &id)?.is_some())
     }
 
     fn shared_for(&self, group: &str, topic: &str) -> Result<Arc<Shared>> {
-        self.groups().get(group, topic).ok_or_else(|| {
+        self.groups.get(group, topic).ok_or_else(|| {
             BrokerError::InvalidReceiptHandle(format!("group {group} has received nothing from {topic}"))
         })
     }
@@ -289,7 +373,7 @@ impl Broker {
     /// Acknowledges deliveries; one result per `(message id, handle)`, in order.
     pub async fn ack(&self, group: &str, topic: &str, handles: &[String]) -> Result<Vec<Result<()>>> {
         let shared = self.shared_for(group, topic)?;
-        let slot = self.committer().reserve().await?;
+        let slot = self.committer.reserve().await?;
         let mut results = Vec::with_capacity(handles.len());
         let pending = {
             let mut st = crate::sync::lock(&shared.state);
@@ -307,7 +391,7 @@ impl Broker {
             shared.wake();
         }
         let acked = results.iter().filter(|r| r.is_ok()).count() as u64;
-        self.metrics().acks.add(&[group, topic], acked);
+        self.metrics.acks.add(&[group, topic], acked);
         Ok(results)
     }
 
@@ -323,7 +407,7 @@ impl Broker {
         let shared = self.shared_for(group, topic)?;
         let (pos, nonce) = handle::decode(receipt)
             .ok_or_else(|| BrokerError::InvalidReceiptHandle(format!("{receipt:?} is not a receipt handle")))?;
-        let slot = self.committer().reserve().await?;
+        let slot = self.committer.reserve().await?;
         let new_nonce = next_nonce();
         let pending = {
             let mut st = crate::sync::lock(&shared.state);
@@ -338,7 +422,7 @@ impl Broker {
     }
 
     /// Moves a delivered message to the group's dead-letter topic now (consumer's decision).
-    pub async fn forward_to_dead_letter(&self, group: &str, topic: &str, receipt: &str) -> Result<()> {
+    pub async fn forward_to_dead_letter(&self, src: Source<'_>, group: &str, topic: &str, receipt: &str) -> Result<()> {
         let shared = self.shared_for(group, topic)?;
         let (pos, nonce) = handle::decode(receipt)
             .ok_or_else(|| BrokerError::InvalidReceiptHandle(format!("{receipt:?} is not a receipt handle")))?;
@@ -352,11 +436,11 @@ impl Broker {
         let parked_from = match checked {
             Ok(at) => at,
             // A retry after a lost reply: the first call moved it already.
-            Err(HandleError::NotInFlight) if self.already_dead_lettered(group, topic, pos)? => return Ok(()),
+            Err(HandleError::NotInFlight) if Self::already_dead_lettered(src.log, group, topic, pos)? => return Ok(()),
             Err(e) => return Err(invalid_handle(e)),
         };
-        let Some(message) = self.log().read(topic, pos.0, pos.1)? else {
-            let slot = self.committer().reserve().await?;
+        let Some(message) = src.log.read(topic, pos.0, pos.1)? else {
+            let slot = self.committer.reserve().await?;
             let pending = {
                 let mut st = crate::sync::lock(&shared.state);
                 let mut batch = Batch::new();
@@ -365,7 +449,7 @@ impl Broker {
             };
             return pending.durable().await.map_err(Into::into);
         };
-        let result = self.move_to_dead_letters(&shared, pos, &message).await;
+        let result = self.move_to_dead_letters(src, &shared, pos, &message).await;
         if result.is_err() {
             // The consumer gets the error and may retry with the same handle.
             if let Some(at) = parked_from {

@@ -10,7 +10,7 @@
 //! delivery time. A FIFO message keeps its message group *busy* from delivery until ack or dead
 //! letter, so the group's next message waits.
 
-use crate::codec::{CodecError, Decoder, Encoder};
+use crate::codec::{CodecError, Decoder, Encoder, Record};
 use crate::log::QueueOffsets;
 use crate::model::{Millis, StoredMessage};
 use crate::store::{Batch, Key};
@@ -37,29 +37,22 @@ pub struct Inflight {
     pub delivered_at: Millis,
 }
 
-const INFLIGHT_VERSION: u8 = 1;
+impl Record for Inflight {
+    const KIND: &'static str = "in-flight record";
+    const VERSION: u8 = 1;
 
-impl Inflight {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::new();
-        e.u8(INFLIGHT_VERSION)
-            .u32(self.attempt)
+    fn write(&self, e: &mut Encoder) {
+        e.u32(self.attempt)
             .i64(self.visible_at)
             .u64(self.nonce)
             .opt_str(self.message_group.as_deref())
             .str(&self.client)
             .bool(self.auto_renew)
             .i64(self.delivered_at);
-        e.finish()
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        let mut d = Decoder::new(bytes);
-        match d.u8()? {
-            INFLIGHT_VERSION => {}
-            v => return Err(crate::codec::invalid("in-flight record version", v)),
-        }
-        let r = Inflight {
+    fn read(d: &mut Decoder<'_>, _version: u8) -> Result<Self, CodecError> {
+        Ok(Inflight {
             attempt: d.u32()?,
             visible_at: d.i64()?,
             nonce: d.u64()?,
@@ -67,9 +60,7 @@ impl Inflight {
             client: d.str()?,
             auto_renew: d.bool()?,
             delivered_at: d.i64()?,
-        };
-        d.finish()?;
-        Ok(r)
+        })
     }
 }
 

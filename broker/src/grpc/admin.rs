@@ -147,7 +147,7 @@ impl Admin for AdminService {
             flushed_write_count: s.commits.jobs,
             store_bytes: s.store_bytes,
             message_count,
-            group_count: self.broker.groups().list().len() as u64,
+            group_count: self.broker.groups().len() as u64,
             pending_transactions: txns.pending,
             parked_transactions: txns.parked,
         }))
@@ -162,14 +162,8 @@ impl Admin for AdminService {
     }
 
     async fn list_groups(&self, _req: Request<pb::ListGroupsRequest>) -> GrpcResult<pb::ListGroupsResponse> {
-        let groups = self
-            .broker
-            .groups()
-            .list()
-            .iter()
-            .filter_map(|g| self.broker.group_stats(&g.name))
-            .map(wire_group)
-            .collect();
+        let groups =
+            self.broker.groups().iter().filter_map(|g| self.broker.group_stats(&g.name)).map(wire_group).collect();
         Ok(Response::new(pb::ListGroupsResponse { status: ok(), groups }))
     }
 

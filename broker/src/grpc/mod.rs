@@ -9,6 +9,9 @@
 //! - [`status`]: broker errors → RocketMQ codes (the only place).
 //! - [`admin`]: the operator API.
 //!
+//! Owns: connected clients and their streams ([`clients`]). Never touches the store or a
+//! part of the broker directly: every call goes through [`Broker`].
+//!
 //! [`Broker`]: crate::broker::Broker
 
 pub mod admin;

@@ -17,8 +17,9 @@ use tonic::Streaming;
 use txmq_proto::v2;
 use v2::telemetry_command::Command;
 
-/// Commands buffered per stream before writes to it are refused: one round of check-backs.
-const STREAM_BUFFER: usize = crate::tasks::checkback::BATCH;
+/// Commands buffered per stream before writes to it are refused. The check-back loop sends at
+/// most this many commands per round, so one round never overflows a stream.
+pub const STREAM_BUFFER: usize = 256;
 
 /// Producer retry policy (RocketMQ proxy defaults): 3 attempts, 10 ms doubling to 1 s.
 fn producer_backoff() -> v2::RetryPolicy {

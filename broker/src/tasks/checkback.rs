@@ -18,9 +18,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use txmq_proto::v2;
 
-/// Due checks handled per round, concurrently. Each producer's Telemetry stream buffers this
-/// many commands, so one round never overflows a stream.
-pub const BATCH: usize = 256;
+/// Due checks handled per round, concurrently: as many as each producer's Telemetry stream
+/// buffers, so one round never overflows a stream.
+pub const BATCH: usize = crate::grpc::telemetry::STREAM_BUFFER;
 
 /// How often the loop looks for due checks: a tenth of the shortest timing, 20 ms to 1 s.
 fn tick(broker: &Broker) -> Duration {

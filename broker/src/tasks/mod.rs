@@ -1,5 +1,8 @@
 //! Background work that is not an RPC: each task runs until the broker shuts down.
 //!
+//! Owns nothing durable: each task calls the [`Broker`](crate::broker::Broker) (and the client
+//! registry of `grpc::clients`); none touches the store.
+//!
 //! # Layout
 //! - [`checkback`]: finds due transactions and writes check-back commands to producers' streams.
 //! - [`retention`]: deletes expired messages and purges resolved transactions.

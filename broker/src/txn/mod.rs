@@ -23,11 +23,8 @@
 pub mod service;
 pub mod state;
 
-use crate::codec::{invalid, CodecError, Decoder, Encoder};
+use crate::codec::{invalid, CodecError, Decoder, Encoder, Record};
 use state::{Actor, Event, Resolution, Txn, TxnState};
-
-/// Version 2 adds the unreachable run; version 1 records are still read.
-const TXN_VERSION: u8 = 2;
 
 /// The code of a state in records and in the `TxnOpen` index.
 pub fn state_to_u8(s: TxnState) -> u8 {
@@ -139,58 +136,55 @@ fn decode_event(d: &mut Decoder<'_>) -> Result<Event, CodecError> {
     })
 }
 
-/// Encodes a transaction record.
-pub fn encode(t: &Txn) -> Vec<u8> {
-    let mut e = Encoder::new();
-    e.u8(TXN_VERSION)
-        .str(&t.id)
-        .str(&t.topic)
-        .str(&t.message_id)
-        .str(&t.producer)
-        .i64(t.created_at)
-        .u8(state_to_u8(t.state))
-        .u32(t.checks)
-        .opt_i64(t.next_check)
-        .opt_i64(t.resolved_at)
-        .u32(t.history.len() as u32);
-    for ev in &t.history {
-        encode_event(&mut e, ev);
-    }
-    e.opt_i64(t.unreachable_since).u32(t.unreachable_attempts);
-    e.finish()
-}
+/// Version 2 adds the unreachable run; version 1 records are still read.
+impl Record for Txn {
+    const KIND: &'static str = "transaction record";
+    const VERSION: u8 = 2;
+    const OLDEST: u8 = 1;
 
-/// Decodes a transaction record.
-pub fn decode(bytes: &[u8]) -> Result<Txn, CodecError> {
-    let mut d = Decoder::new(bytes);
-    let version = match d.u8()? {
-        v @ (1 | TXN_VERSION) => v,
-        v => return Err(invalid("transaction record version", v)),
-    };
-    let mut t = Txn {
-        id: d.str()?,
-        topic: d.str()?,
-        message_id: d.str()?,
-        producer: d.str()?,
-        created_at: d.i64()?,
-        state: state_from_u8(d.u8()?)?,
-        checks: d.u32()?,
-        next_check: d.opt_i64()?,
-        resolved_at: d.opt_i64()?,
-        unreachable_since: None,
-        unreachable_attempts: 0,
-        history: Vec::new(),
-    };
-    let n = d.u32()?;
-    for _ in 0..n {
-        t.history.push(decode_event(&mut d)?);
+    fn write(&self, e: &mut Encoder) {
+        let t = self;
+        e.str(&t.id)
+            .str(&t.topic)
+            .str(&t.message_id)
+            .str(&t.producer)
+            .i64(t.created_at)
+            .u8(state_to_u8(t.state))
+            .u32(t.checks)
+            .opt_i64(t.next_check)
+            .opt_i64(t.resolved_at)
+            .u32(t.history.len() as u32);
+        for ev in &t.history {
+            encode_event(e, ev);
+        }
+        e.opt_i64(t.unreachable_since).u32(t.unreachable_attempts);
     }
-    if version >= 2 {
-        t.unreachable_since = d.opt_i64()?;
-        t.unreachable_attempts = d.u32()?;
+
+    fn read(d: &mut Decoder<'_>, version: u8) -> Result<Self, CodecError> {
+        let mut t = Txn {
+            id: d.str()?,
+            topic: d.str()?,
+            message_id: d.str()?,
+            producer: d.str()?,
+            created_at: d.i64()?,
+            state: state_from_u8(d.u8()?)?,
+            checks: d.u32()?,
+            next_check: d.opt_i64()?,
+            resolved_at: d.opt_i64()?,
+            unreachable_since: None,
+            unreachable_attempts: 0,
+            history: Vec::new(),
+        };
+        let n = d.u32()?;
+        for _ in 0..n {
+            t.history.push(decode_event(d)?);
+        }
+        if version >= 2 {
+            t.unreachable_since = d.opt_i64()?;
+            t.unreachable_attempts = d.u32()?;
+        }
+        Ok(t)
     }
-    d.finish()?;
-    Ok(t)
 }
 
 #[cfg(test)]
@@ -206,11 +200,11 @@ mod tests {
         t.end(Resolution::Unknown, Actor::Check, None, 12).unwrap();
         t.end(Resolution::Unknown, Actor::Producer, None, 13).unwrap();
         t.unreachable(14, 100, 1000);
-        assert_eq!(decode(&encode(&t)).unwrap(), t);
+        assert_eq!(Txn::decode(&t.encode()).unwrap(), t);
         t.exhaust(true, "why".into(), 20);
         t.resume(Some("why".into()), 30).unwrap();
         t.end(Resolution::Commit, Actor::Operator, Some("ok".into()), 40).unwrap();
-        assert_eq!(decode(&encode(&t)).unwrap(), t);
+        assert_eq!(Txn::decode(&t.encode()).unwrap(), t);
     }
 
     #[test]
@@ -220,7 +214,7 @@ mod tests {
         e.u8(1).str("id").str("t").str("m").str("p").i64(5).u8(1).u32(1).opt_i64(Some(40)).opt_i64(None).u32(2);
         e.u8(1).i64(5).str("p");
         e.u8(2).i64(10).str("p").u8(0);
-        let t = decode(&e.finish()).unwrap();
+        let t = Txn::decode(&e.finish()).unwrap();
         assert_eq!((t.checks, t.next_check, t.unreachable_since), (1, Some(40), None));
         assert!(matches!(&t.history[1], Event::Checked { stream: 0, answer: None, .. }));
     }
@@ -228,7 +222,7 @@ mod tests {
     proptest! {
         #[test]
         fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = decode(&bytes);
+            let _ = Txn::decode(&bytes);
         }
     }
 }

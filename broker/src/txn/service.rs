@@ -1,15 +1,25 @@
-//! Half sends, EndTransaction, check steps and operator actions over the store.
+//! [`Transactions`]: half sends, EndTransaction, check steps and operator actions over the store.
+//!
+//! Owns: transaction records, half messages and their indexes (by message, due time, open
+//! state, resolution time), the per-transaction lock stripes and the open counts. Never
+//! touches topic queues: a commit hands the half message and its write batch to the caller's
+//! `publish` step, which appends both in one durable write.
 //!
 //! Every change to one transaction happens under that transaction's lock (striped by id) and
 //! is durable before the lock is released, so EndTransaction, checks and operators never race.
 
 use super::state::{Actor, Effect, Resolution, Txn, TxnError, TxnState};
-use crate::broker::{now_ms, Broker};
+use crate::clock::now_ms;
+use crate::codec::Record;
 use crate::error::{BrokerError, Result};
+use crate::metrics::Metrics;
 use crate::model::{md5_hex, Millis, NewMessage, StoredMessage};
-use crate::store::{chunks, Batch, Key, Store, StoreError};
+use crate::store::{chunks, Batch, Committer, Key, Store, StoreError};
+use std::future::Future;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// What the max-checks policy does with a transaction nobody decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +84,35 @@ pub struct TxnFilter {
     pub limit: usize,
 }
 
+/// The transaction settings of the broker's configuration.
+#[derive(Debug, Clone)]
+pub struct TxnSettings {
+    /// First check this long after the half send, unless the message asks otherwise.
+    pub timeout: Duration,
+    pub check_interval: Duration,
+    pub max_checks: u32,
+    pub max_checks_policy: MaxChecksPolicy,
+    /// The policy applies once no producer was reachable for this long.
+    pub unreachable_max_age: Duration,
+    /// Resolved transactions are purged this long after their resolution.
+    pub retention: Duration,
+}
+
+/// Every transaction of the broker, over its store.
+pub struct Transactions {
+    store: Arc<dyn Store>,
+    committer: Arc<Committer>,
+    metrics: Arc<Metrics>,
+    settings: TxnSettings,
+    /// Per-transaction locks, striped by id.
+    locks: Vec<tokio::sync::Mutex<()>>,
+    open: OpenCounts,
+}
+
 /// Pending and parked counts, changed with every durable state change and loaded from the
 /// `TxnOpen` index at start, so a metrics scrape never reads the transaction history.
 #[derive(Debug, Default)]
-pub struct OpenCounts {
+struct OpenCounts {
     pending: AtomicU64,
     parked: AtomicU64,
 }
@@ -88,7 +123,7 @@ const OPEN_INDEX_META: &str = "txn-open-index";
 impl OpenCounts {
     /// Counts the open transactions of `store`, first building the `TxnOpen` index if the
     /// store predates it. Runs before the group-commit writer starts.
-    pub fn load(store: &dyn Store) -> Result<Self> {
+    fn load(store: &dyn Store) -> Result<Self> {
         let meta = Key::Meta(OPEN_INDEX_META.into()).encode();
         if store.get(&meta)?.is_none() {
             let mut batch = Batch::new();
@@ -159,12 +194,12 @@ fn for_each_open(store: &dyn Store, state: TxnState, mut visit: impl FnMut(Milli
 /// Visits every stored transaction record, oldest id first, in pages of 1,000.
 fn for_each_txn(store: &dyn Store, mut visit: impl FnMut(Txn) -> bool) -> Result<()> {
     crate::store::for_each_in_prefix(store, &Key::txn_prefix(), |k, v| {
-        let t = super::decode(&v).map_err(|e| StoreError::Corrupt { key: k, detail: e.to_string() })?;
+        let t = Txn::decode(&v).map_err(|e| StoreError::Corrupt { key: k, detail: e.to_string() })?;
         Ok(visit(t))
     })
 }
 
-/// A transaction's scheduling and state before a change, for [`Broker::txn_write`].
+/// A transaction's scheduling and state before a change, for [`Transactions::txn_write`].
 #[derive(Debug, Clone, Copy)]
 struct Before {
     next_check: Option<Millis>,
@@ -215,27 +250,39 @@ fn txn_error(e: TxnError, id: &str) -> BrokerError {
     }
 }
 
-impl Broker {
+impl Transactions {
+    /// Loads the open counts of `store`, first building the open index if the store predates
+    /// it (written directly, not through `committer`: call before anything else writes).
+    pub fn load(
+        store: Arc<dyn Store>,
+        committer: Arc<Committer>,
+        metrics: Arc<Metrics>,
+        settings: TxnSettings,
+    ) -> Result<Self> {
+        let open = OpenCounts::load(store.as_ref())?;
+        let locks = (0..TXN_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect();
+        Ok(Self { store, committer, metrics, settings, locks, open })
+    }
+
     fn txn_lock(&self, key: &str) -> &tokio::sync::Mutex<()> {
-        &self.txn_locks()[stripe(key)]
+        &self.locks[stripe(key)]
     }
 
     /// Stores a half message (invisible to consumers) and returns its transaction id.
     /// Idempotent on `(topic, message id)`: a retried send gets the first transaction back.
-    pub(crate) async fn send_half(&self, msg: NewMessage, producer: &str) -> Result<String> {
+    pub async fn send_half(&self, msg: NewMessage, producer: &str) -> Result<String> {
         let by_message = Key::TxnByMessage { topic: msg.topic.clone(), message_id: msg.message_id.clone() };
         let _guard = self.txn_lock(&format!("{}\0{}", msg.topic, msg.message_id)).lock().await;
-        if let Some(id) = self.store().get(&by_message.encode())? {
+        if let Some(id) = self.store.get(&by_message.encode())? {
             // Found, but possibly only applied: after a failed flush the store keeps what it
             // applied, and the first send was answered with an error. Not durable, not OK.
-            if let Some(why) = self.committer().poisoned() {
+            if let Some(why) = self.committer.poisoned() {
                 return Err(StoreError::Poisoned(why).into());
             }
             return String::from_utf8(id).map_err(|e| corrupt(&by_message, e));
         }
         let now = now_ms();
-        let c = self.config();
-        let first_check = now + msg.recovery_duration_ms.unwrap_or(c.txn_timeout.as_millis() as Millis);
+        let first_check = now + msg.recovery_duration_ms.unwrap_or(self.settings.timeout.as_millis() as Millis);
         let id = new_txn_id(now);
         let txn =
             Txn::new(id.clone(), msg.topic.clone(), msg.message_id.clone(), producer.to_string(), now, first_check);
@@ -250,8 +297,8 @@ impl Broker {
         let mut batch = self.txn_write(&txn, Before { next_check: None, state: None });
         chunks::put(&mut batch, &half.encode(), |chunk| Key::HalfChunk { txn: id.clone(), chunk })?;
         batch.put(&by_message, id.clone().into_bytes());
-        self.committer().commit(batch).await?;
-        self.txn_open().changed(None, txn.state);
+        self.committer.commit(batch).await?;
+        self.open.changed(None, txn.state);
         tracing::debug!(
             transaction_id = id,
             topic = half.msg.topic,
@@ -264,16 +311,16 @@ impl Broker {
     /// The transaction record, if it exists (pending, or resolved within the retention).
     pub fn transaction(&self, id: &str) -> Result<Option<Txn>> {
         let key = Key::Txn(id.to_string());
-        match self.store().get(&key.encode())? {
+        match self.store.get(&key.encode())? {
             None => Ok(None),
-            Some(v) => super::decode(&v).map(Some).map_err(|e| corrupt(&key, e)),
+            Some(v) => Txn::decode(&v).map(Some).map_err(|e| corrupt(&key, e)),
         }
     }
 
     /// The half message of a transaction.
     pub fn half_message(&self, id: &str) -> Result<Option<StoredMessage>> {
         let prefix = Key::half_prefix(id);
-        match chunks::get(self.store().as_ref(), &prefix)? {
+        match chunks::get(self.store.as_ref(), &prefix)? {
             None => Ok(None),
             Some(bytes) => StoredMessage::decode(&bytes)
                 .map(Some)
@@ -287,16 +334,18 @@ impl Broker {
             return Ok(txn_id.to_string());
         }
         let key = Key::TxnByMessage { topic: topic.to_string(), message_id: message_id.to_string() };
-        match self.store().get(&key.encode())? {
+        match self.store.get(&key.encode())? {
             Some(id) if !message_id.is_empty() => String::from_utf8(id).map_err(|e| corrupt(&key, e)),
             _ => Err(BrokerError::InvalidTransactionId("transaction id is blank".into())),
         }
     }
 
-    /// Ends (or answers) a transaction. COMMIT appends the message to its topic in the same
-    /// durable write as the new state; repeats are accepted; a contrary decision after the
-    /// outcome is fixed is refused with `PreconditionFailed` and changes nothing.
-    pub async fn end_transaction(
+    /// Ends (or answers) a transaction. On COMMIT, `publish(half message, writes, now)` must
+    /// append the message to its topic in the same durable write as the transaction's new
+    /// state (`writes`); repeats are accepted; a contrary decision after the outcome is fixed
+    /// is refused with `PreconditionFailed` and changes nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn end<F, Fut>(
         &self,
         topic: &str,
         message_id: &str,
@@ -304,7 +353,12 @@ impl Broker {
         resolution: Resolution,
         by: Actor,
         reason: Option<String>,
-    ) -> Result<Txn> {
+        publish: F,
+    ) -> Result<Txn>
+    where
+        F: FnOnce(StoredMessage, Batch, Millis) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
         let id = self.resolve_txn_id(topic, message_id, txn_id)?;
         let _guard = self.txn_lock(&id).lock().await;
         let mut txn = self
@@ -319,7 +373,7 @@ impl Broker {
         let now = now_ms();
         let before = Before::of(&txn);
         let effect = txn.end(resolution, by, reason, now).map_err(|e| txn_error(e, &id))?;
-        let m = self.metrics();
+        let m = &self.metrics;
         if by == Actor::Check {
             m.check_answers.add(&[resolution_name(resolution)], 1);
         }
@@ -335,17 +389,16 @@ impl Broker {
                 let half = self
                     .half_message(&id)?
                     .ok_or_else(|| BrokerError::Internal(format!("half message of {id} is missing")))?;
-                let record = self.topic_or_create(&txn.topic).await?;
-                self.log().append(&txn.topic, record.queue_count, vec![half.msg], &txn.producer, now, batch).await?;
+                publish(half, batch, now).await?;
                 log_end(&id, &txn.topic, by, "committed");
             }
             Effect::Discard => {
-                self.committer().commit(batch).await?;
+                self.committer.commit(batch).await?;
                 log_end(&id, &txn.topic, by, "rolled back");
             }
-            Effect::None => self.committer().commit(batch).await?,
+            Effect::None => self.committer.commit(batch).await?,
         }
-        self.txn_open().changed(before.state, txn.state);
+        self.open.changed(before.state, txn.state);
         Ok(txn)
     }
 
@@ -353,7 +406,7 @@ impl Broker {
     /// entry, its open-index entry and, once final, its resolution-index entry.
     fn txn_write(&self, txn: &Txn, before: Before) -> Batch {
         let mut batch = Batch::new();
-        batch.put(&Key::Txn(txn.id.clone()), super::encode(txn));
+        batch.put(&Key::Txn(txn.id.clone()), txn.encode());
         if before.next_check != txn.next_check {
             if let Some(at) = before.next_check {
                 batch.delete(&Key::TxnDue { at, txn: txn.id.clone() });
@@ -378,8 +431,8 @@ impl Broker {
 
     /// Commits a transaction's change from `before` and counts it.
     async fn commit_txn(&self, txn: &Txn, before: Before) -> Result<()> {
-        self.committer().commit(self.txn_write(txn, before)).await?;
-        self.txn_open().changed(before.state, txn.state);
+        self.committer.commit(self.txn_write(txn, before)).await?;
+        self.open.changed(before.state, txn.state);
         Ok(())
     }
 
@@ -388,7 +441,7 @@ impl Broker {
         let start = Key::txn_due_prefix();
         let end = Key::TxnDue { at: now.saturating_add(1), txn: String::new() }.encode();
         let mut out = Vec::new();
-        for (k, _) in self.store().scan(Bound::Included(&start), Bound::Excluded(&end), limit, false)? {
+        for (k, _) in self.store.scan(Bound::Included(&start), Bound::Excluded(&end), limit, false)? {
             match Key::decode(&k) {
                 Ok(Key::TxnDue { at, txn }) => out.push((at, txn)),
                 _ => return Err(StoreError::Corrupt { key: k, detail: "not a due-index key".into() }.into()),
@@ -412,39 +465,39 @@ impl Broker {
         let Some(mut txn) = self.transaction(id)? else {
             let mut batch = Batch::new();
             batch.delete(&Key::TxnDue { at: due, txn: id.to_string() });
-            self.committer().commit(batch).await?;
+            self.committer.commit(batch).await?;
             return Ok(CheckOutcome::NotDue);
         };
         if txn.next_check != Some(due) || !txn.is_due(now) {
             if txn.next_check != Some(due) {
                 let mut batch = Batch::new();
                 batch.delete(&Key::TxnDue { at: due, txn: id.to_string() });
-                self.committer().commit(batch).await?;
+                self.committer.commit(batch).await?;
             }
             return Ok(CheckOutcome::NotDue);
         }
-        let c = self.config();
-        let max_age = c.txn_unreachable_max_age.as_millis() as Millis;
+        let c = &self.settings;
+        let max_age = c.unreachable_max_age.as_millis() as Millis;
         let before = Before::of(&txn); // next_check == Some(due): checked above
-        let why = if txn.checks >= c.txn_max_checks {
+        let why = if txn.checks >= c.max_checks {
             Some(format!("no decision after {} checks", txn.checks))
         } else if txn.unreachable_too_long(now, max_age) {
             Some(format!(
                 "no producer reachable for {} ({} attempts)",
-                crate::config::Value::show(&c.txn_unreachable_max_age),
+                humantime::format_duration(c.unreachable_max_age),
                 txn.unreachable_attempts
             ))
         } else {
             None
         };
         if let Some(why) = why {
-            let park = c.txn_max_checks_policy == MaxChecksPolicy::Park;
+            let park = c.max_checks_policy == MaxChecksPolicy::Park;
             txn.exhaust(park, why.clone(), now);
             self.commit_txn(&txn, before).await?;
             if park {
-                self.metrics().txn_parked.add(&[&txn.topic], 1);
+                self.metrics.txn_parked.add(&[&txn.topic], 1);
             } else {
-                self.metrics().txn_decisions.add(&["rollback", "policy"], 1);
+                self.metrics.txn_decisions.add(&["rollback", "policy"], 1);
             }
             tracing::warn!(
                 transaction_id = id,
@@ -457,16 +510,16 @@ impl Broker {
         }
         let half =
             self.half_message(id)?.ok_or_else(|| BrokerError::Internal(format!("half message of {id} is missing")))?;
-        let interval = c.txn_check_interval.as_millis() as Millis;
+        let interval = c.check_interval.as_millis() as Millis;
         let outcome = match deliver(&txn, &half) {
             Some(CheckTarget { client, stream }) => {
                 txn.checked(&client, stream, now, interval);
-                self.metrics().checks_sent.add(&[&txn.topic], 1);
+                self.metrics.checks_sent.add(&[&txn.topic], 1);
                 CheckOutcome::Sent { client, stream }
             }
             None => {
                 txn.unreachable(now, interval, max_age);
-                self.metrics().checks_unreachable.add(&[&txn.topic], 1);
+                self.metrics.checks_unreachable.add(&[&txn.topic], 1);
                 CheckOutcome::Unreachable { retry_at: txn.next_check.unwrap_or(now) }
             }
         };
@@ -500,7 +553,7 @@ impl Broker {
         match filter.state {
             Some(state) if is_open(state) => {
                 let mut failed = None;
-                for_each_open(self.store().as_ref(), state, |created_at, id| {
+                for_each_open(self.store.as_ref(), state, |created_at, id| {
                     // Oldest first: once one is too young, so are the rest.
                     if filter.older_than_ms.is_some_and(|age| now - created_at < age) {
                         return false;
@@ -516,7 +569,7 @@ impl Broker {
                     return Err(e);
                 }
             }
-            _ => for_each_txn(self.store().as_ref(), |t| {
+            _ => for_each_txn(self.store.as_ref(), |t| {
                 if keep(&t) {
                     out.push(t);
                 }
@@ -530,11 +583,11 @@ impl Broker {
     /// (counters and the first key of the open index).
     pub fn transaction_counts(&self) -> Result<TxnCounts> {
         let mut oldest_pending = None;
-        for_each_open(self.store().as_ref(), TxnState::Pending, |created_at, _| {
+        for_each_open(self.store.as_ref(), TxnState::Pending, |created_at, _| {
             oldest_pending = Some(created_at);
             false
         })?;
-        let open = self.txn_open();
+        let open = &self.open;
         Ok(TxnCounts {
             pending: open.pending.load(Ordering::Relaxed),
             parked: open.parked.load(Ordering::Relaxed),
@@ -547,7 +600,7 @@ impl Broker {
     /// purging keeps up with any transaction rate while other writes get their turn between
     /// pages. Returns how many were purged.
     pub async fn purge_transactions(&self) -> Result<usize> {
-        let cutoff = now_ms() - self.config().txn_retention.as_millis() as Millis;
+        let cutoff = now_ms() - self.settings.retention.as_millis() as Millis;
         let mut purged = 0;
         loop {
             let n = self.purge_page(cutoff).await?;
@@ -566,7 +619,7 @@ impl Broker {
     async fn purge_page(&self, cutoff: Millis) -> Result<usize> {
         let start = Key::txn_resolved_prefix();
         let end = Key::TxnResolved { at: cutoff, txn: String::new() }.encode();
-        let entries = self.store().scan(Bound::Included(&start), Bound::Excluded(&end), PURGE_PAGE, false)?;
+        let entries = self.store.scan(Bound::Included(&start), Bound::Excluded(&end), PURGE_PAGE, false)?;
         let mut batch = Batch::new();
         let n = entries.len();
         for (k, _) in entries {
@@ -577,11 +630,11 @@ impl Broker {
                 batch.delete(&Key::TxnByMessage { topic: t.topic.clone(), message_id: t.message_id.clone() });
             }
             batch.delete(&Key::Txn(txn.clone()));
-            chunks::delete(self.store().as_ref(), &mut batch, &Key::half_prefix(&txn))?;
+            chunks::delete(self.store.as_ref(), &mut batch, &Key::half_prefix(&txn))?;
             batch.delete_raw(k);
         }
         if n > 0 {
-            self.committer().commit(batch).await?;
+            self.committer.commit(batch).await?;
         }
         Ok(n)
     }
