@@ -4,7 +4,6 @@
 use super::report::{histogram, record, take, Progress, Report, Run};
 use super::*;
 use crate::admin;
-use anyhow::bail;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -159,12 +158,15 @@ pub(super) async fn consume(broker: &str, args: &ConsumeArgs) -> anyhow::Result<
     let topic = format!("bench-consume-{run_id}");
     let group = format!("bench-group-{run_id}");
     let body = vec![b'x'; args.size];
+    let producer = txmq_client::Producer::connect(txmq_client::ClientConfig::new(broker), &[&topic])
+        .await
+        .with_context(|| format!("cannot reach the broker at {broker}"))?;
     eprintln!("filling {} messages into {topic}", args.backlog);
     let next = Arc::new(AtomicU64::new(0));
     let mut fillers = Vec::new();
     for _ in 0..16 {
-        let (mut client, next, topic, body, backlog) =
-            (client.clone(), next.clone(), topic.clone(), body.clone(), args.backlog);
+        let (producer, next, topic, body, backlog) =
+            (producer.clone(), next.clone(), topic.clone(), body.clone(), args.backlog);
         fillers.push(tokio::spawn(async move {
             loop {
                 let start = next.fetch_add(64, Ordering::Relaxed);
@@ -172,12 +174,9 @@ pub(super) async fn consume(broker: &str, args: &ConsumeArgs) -> anyhow::Result<
                     return Ok::<_, anyhow::Error>(());
                 }
                 let messages = (start..(start + 64).min(backlog))
-                    .map(|i| message(&topic, format!("C{run_id}-{i}"), &body))
+                    .map(|i| txmq_client::Message::new(topic.as_str(), body.clone()).with_id(format!("C{run_id}-{i}")))
                     .collect();
-                let r = client.send_message(v2::SendMessageRequest { messages }).await?.into_inner();
-                if !ok(r.status.as_ref()) {
-                    bail!("fill failed: {:?}", r.status);
-                }
+                producer.send_batch(messages).await.context("fill failed")?;
             }
         }));
     }

@@ -17,14 +17,15 @@ pub(super) async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> 
     if load.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let producer_client = connect(broker).await?;
-    let consumer_client = connect(broker).await?;
-    let mut admin = admin::connect(broker).await?;
     let run_id = micros_now();
     let topic = format!("bench-e2e-{run_id}");
     let group = format!("bench-e2e-group-{run_id}");
+    let scenario = if args.txn { Scenario::Txn } else { Scenario::Send };
+    let sender = Sender::connect(broker, scenario, &topic).await?;
+    let consumer_client = connect(broker).await?;
+    let mut admin = admin::connect(broker).await?;
     // Creates the topic and the group (at the earliest offset) before measuring.
-    one(&mut producer_client.clone(), Scenario::Send, &topic, format!("W{run_id}"), b"warm-up", || {}).await;
+    sender.send(&topic, format!("W{run_id}"), b"warm-up").await?;
     let before = admin::fetch_status(&mut admin).await?;
     let latency = Arc::new(Mutex::new(histogram()));
     let commit_latency = Arc::new(Mutex::new(histogram()));
@@ -41,14 +42,13 @@ pub(super) async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> 
     let started = Instant::now();
     let started_us = micros_now();
     let deadline = if load.count.is_some() { None } else { Some(started + load.duration) };
-    let scenario = if args.txn { Scenario::Txn } else { Scenario::Send };
     // Open-loop pacing as in the peers' benchmarks: message i is due at start + i / rate.
     let rate = args.rate;
     let progress = Progress::start("received and acked", received.clone());
     let mut producers = Vec::new();
     for _ in 0..load.concurrency {
-        let (mut client, next, sent, errors, topic, commits) =
-            (producer_client.clone(), next.clone(), sent.clone(), errors.clone(), topic.clone(), commits.clone());
+        let (sender, next, sent, errors, topic, commits) =
+            (sender.clone(), next.clone(), sent.clone(), errors.clone(), topic.clone(), commits.clone());
         let size = load.size;
         producers.push(tokio::spawn(async move {
             loop {
@@ -69,7 +69,7 @@ pub(super) async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> 
                         c.insert(i, micros_now());
                     }
                 };
-                if one(&mut client, scenario, &topic, format!("E{run_id}-{i}"), &body, committing).await {
+                if sender.one(&topic, format!("E{run_id}-{i}"), &body, committing).await {
                     sent.fetch_add(1, Ordering::Relaxed);
                 } else {
                     errors.fetch_add(1, Ordering::Relaxed);

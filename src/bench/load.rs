@@ -12,15 +12,12 @@ pub(super) async fn load(broker: &str, args: &LoadArgs, scenario: Scenario) -> a
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let client = connect(broker).await?;
+    let sender = Sender::connect(broker, scenario, &args.topic).await?;
     let mut admin = admin::connect(broker).await?;
     // Warm up: creates the topic so that its creation is not measured.
     let run_id = micros_now();
     let body = vec![b'x'; args.size];
-    client
-        .clone()
-        .send_message(v2::SendMessageRequest { messages: vec![message(&args.topic, format!("W{run_id}"), &body)] })
-        .await?;
+    sender.send(&args.topic, format!("W{run_id}"), &body).await?;
 
     let before = admin::fetch_status(&mut admin).await?;
     let latency = Arc::new(Mutex::new(histogram()));
@@ -31,8 +28,8 @@ pub(super) async fn load(broker: &str, args: &LoadArgs, scenario: Scenario) -> a
     let progress = Progress::start("acked", done.clone());
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (mut client, latency, next, done, errors) =
-            (client.clone(), latency.clone(), next.clone(), done.clone(), errors.clone());
+        let (sender, latency, next, done, errors) =
+            (sender.clone(), latency.clone(), next.clone(), done.clone(), errors.clone());
         let (topic, body) = (args.topic.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let mut local = histogram();
@@ -42,7 +39,7 @@ pub(super) async fn load(broker: &str, args: &LoadArgs, scenario: Scenario) -> a
                     break;
                 }
                 let t = Instant::now();
-                if one(&mut client, scenario, &topic, format!("B{run_id}-{i}"), &body, || {}).await {
+                if sender.one(&topic, format!("B{run_id}-{i}"), &body, || {}).await {
                     let _ = local.record((t.elapsed().as_micros() as u64).max(1));
                     done.fetch_add(1, Ordering::Relaxed);
                 } else {

@@ -5,7 +5,9 @@
 //! during the run, so `writes per flush` shows how well group commit batches.
 //!
 //! # Layout
-//! - this module: the commands and their arguments, and the client helpers every scenario uses;
+//! - this module: the commands and their arguments, and the client helpers every scenario uses
+//!   (producers are the SDK's; consumers speak raw gRPC where the SDK has no equivalent call:
+//!   one receive of up to 32 messages, acked in one call with `--ack-batch`);
 //! - [`report`]: what a run measured, its text and JSON forms, the live progress line;
 //! - [`load`]: `send` and `txn`; [`consume`]: `consume`; [`e2e`]: `e2e`;
 //!   [`checkback`]: `checkback`.
@@ -134,62 +136,68 @@ pub(super) fn resource(name: &str) -> Option<v2::Resource> {
     Some(v2::Resource { resource_namespace: String::new(), name: name.to_string() })
 }
 
-pub(super) fn message(topic: &str, id: String, body: &[u8]) -> v2::Message {
-    typed_message(topic, id, body, v2::MessageType::Normal)
-}
-
-pub(super) fn typed_message(topic: &str, id: String, body: &[u8], t: v2::MessageType) -> v2::Message {
-    v2::Message {
-        topic: resource(topic),
-        user_properties: Default::default(),
-        system_properties: Some(v2::SystemProperties {
-            message_id: id,
-            message_type: t as i32,
-            body_encoding: v2::Encoding::Identity as i32,
-            born_host: "txmq-bench".into(),
-            ..Default::default()
-        }),
-        body: body.to_vec(),
-    }
-}
-
 pub(super) fn ok(s: Option<&v2::Status>) -> bool {
     s.is_some_and(|s| s.code == v2::Code::Ok as i32)
 }
 
-/// One unit of load: a send, or a half send plus its commit (`committing` runs just before the
-/// commit is sent). True when every call answered OK.
-pub(super) async fn one(
-    client: &mut Client,
-    scenario: Scenario,
-    topic: &str,
-    id: String,
-    body: &[u8],
-    committing: impl FnOnce(),
-) -> bool {
-    match scenario {
-        Scenario::Send => {
-            let req = v2::SendMessageRequest { messages: vec![message(topic, id, body)] };
-            matches!(client.send_message(req).await, Ok(r) if ok(r.get_ref().status.as_ref()))
+/// The SDK producer a scenario sends with: plain, or transactional (whose check-backs, if any
+/// come, answer "commit": every half message of a run is committed by the run itself).
+#[derive(Clone)]
+pub(super) enum Sender {
+    Plain(txmq_client::Producer),
+    Txn(std::sync::Arc<txmq_client::TransactionProducer>),
+}
+
+impl Sender {
+    /// Connects one SDK producer (one HTTP/2 connection, shared by every task of the run).
+    pub(super) async fn connect(broker: &str, scenario: Scenario, topic: &str) -> anyhow::Result<Self> {
+        let config = txmq_client::ClientConfig::new(broker);
+        Ok(match scenario {
+            Scenario::Send => Sender::Plain(
+                txmq_client::Producer::connect(config, &[topic])
+                    .await
+                    .with_context(|| format!("cannot reach the broker at {broker}"))?,
+            ),
+            Scenario::Txn => Sender::Txn(std::sync::Arc::new(
+                txmq_client::TransactionProducer::connect(config, &[topic], std::sync::Arc::new(CommitAll))
+                    .await
+                    .with_context(|| format!("cannot reach the broker at {broker}"))?,
+            )),
+        })
+    }
+
+    /// One unit of load: a send, or a half send plus its commit (`committing` runs just before
+    /// the commit is sent). True when every call answered OK.
+    pub(super) async fn one(&self, topic: &str, id: String, body: &[u8], committing: impl FnOnce()) -> bool {
+        let message = txmq_client::Message::new(topic, body.to_vec()).with_id(id);
+        match self {
+            Sender::Plain(p) => p.send(message).await.is_ok(),
+            Sender::Txn(p) => {
+                let Ok(pending) = p.begin(message).await else { return false };
+                committing();
+                pending.commit().await.is_ok()
+            }
         }
-        Scenario::Txn => {
-            let req = v2::SendMessageRequest {
-                messages: vec![typed_message(topic, id.clone(), body, v2::MessageType::Transaction)],
-            };
-            let Ok(r) = client.send_message(req).await else { return false };
-            let r = r.into_inner();
-            let Some(entry) = r.entries.first().filter(|e| ok(e.status.as_ref())) else { return false };
-            let end = v2::EndTransactionRequest {
-                topic: resource(topic),
-                message_id: id,
-                transaction_id: entry.transaction_id.clone(),
-                resolution: v2::TransactionResolution::Commit as i32,
-                source: v2::TransactionSource::SourceClient as i32,
-                trace_context: String::new(),
-            };
-            committing();
-            matches!(client.end_transaction(end).await, Ok(r) if ok(r.get_ref().status.as_ref()))
-        }
+    }
+
+    /// Sends one plain message (warm-ups), whatever the scenario.
+    pub(super) async fn send(&self, topic: &str, id: String, body: &[u8]) -> anyhow::Result<()> {
+        let p = match self {
+            Sender::Plain(p) => p,
+            Sender::Txn(p) => p.producer(),
+        };
+        p.send(txmq_client::Message::new(topic, body.to_vec()).with_id(id)).await?;
+        Ok(())
+    }
+}
+
+/// Answers every check-back with commit.
+struct CommitAll;
+
+#[async_trait::async_trait]
+impl txmq_client::TransactionChecker for CommitAll {
+    async fn check(&self, _request: &txmq_client::CheckRequest) -> txmq_client::Resolution {
+        txmq_client::Resolution::Commit
     }
 }
 
