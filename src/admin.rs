@@ -5,7 +5,6 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use pb::admin_client::AdminClient;
 use serde::Serialize;
-use tonic::transport::Channel;
 use txmq_proto::admin as pb;
 
 #[derive(Debug, Subcommand)]
@@ -26,9 +25,11 @@ pub enum TopicCommand {
     Describe { name: String },
 }
 
-pub async fn connect(broker: &str) -> anyhow::Result<AdminClient<Channel>> {
-    let endpoint = format!("http://{broker}");
-    AdminClient::connect(endpoint).await.with_context(|| format!("cannot reach the broker at {broker}"))
+/// The admin API over one signed (and, if asked, TLS) connection.
+pub type Admin = AdminClient<crate::connection::Signed>;
+
+pub async fn connect(broker: &str) -> anyhow::Result<Admin> {
+    Ok(AdminClient::new(crate::connection::connect(broker).await?))
 }
 
 /// Turns a non-OK admin status into an error.
@@ -151,7 +152,7 @@ pub struct StatusView {
     pub parked_transactions: u64,
 }
 
-pub async fn fetch_status(c: &mut AdminClient<Channel>) -> anyhow::Result<StatusView> {
+pub async fn fetch_status(c: &mut Admin) -> anyhow::Result<StatusView> {
     let r = c.broker_status(pb::BrokerStatusRequest {}).await?.into_inner();
     check(r.status)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;

@@ -6,15 +6,19 @@
 //! - `txn`: in-doubt transactions: list, timeline, operator decisions.
 //! - `group`: consumer groups and dead letters.
 //! - `msg`: messages by id or key.
+//! - `users`: users and access policies (`user`, `acl`).
+//! - `connection`: credentials and TLS of every connection.
 //! - `bench`: load generators that print throughput and latency.
 //! - `output`: human tables and `--json`.
 
 mod admin;
 mod bench;
+mod connection;
 mod group;
 mod msg;
 mod output;
 mod txn;
+mod users;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -32,6 +36,16 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Access key to sign requests with (a broker run with --auth); the secret is read from
+    /// TXMQ_SECRET_KEY, never from a flag.
+    #[arg(long, global = true, env = "TXMQ_ACCESS_KEY")]
+    access_key: Option<String>,
+    /// Connect over TLS (trusting the system's roots, or --ca-file).
+    #[arg(long, global = true, env = "TXMQ_TLS")]
+    tls: bool,
+    /// CA certificates (PEM) to trust for the broker's TLS certificate; implies --tls.
+    #[arg(long, global = true, env = "TXMQ_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +69,12 @@ enum Command {
     Dlq(group::DlqCommand),
     /// Broker version, uptime, store state and counters.
     Status,
+    /// Users of a broker run with --auth: create, list, delete.
+    #[command(subcommand)]
+    User(users::UserCommand),
+    /// Access policies of users: grant, revoke, list.
+    #[command(subcommand)]
+    Acl(users::AclCommand),
     /// Measure the broker.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -64,6 +84,16 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = output::Output { json: cli.json };
+    let credentials = match (&cli.access_key, std::env::var("TXMQ_SECRET_KEY")) {
+        (Some(ak), Ok(sk)) => Some(txmq_client::Credentials::new(ak.clone(), sk)),
+        (Some(_), Err(_)) => {
+            eprintln!("txmq: --access-key needs the secret in the TXMQ_SECRET_KEY environment variable");
+            return ExitCode::FAILURE;
+        }
+        (None, _) => None,
+    };
+    let tls = (cli.tls || cli.ca_file.is_some()).then(|| cli.ca_file.clone());
+    connection::configure(connection::Connection { credentials, tls });
     let result = match cli.command {
         Command::Topic(cmd) => admin::topic(&cli.broker, cmd, out).await,
         Command::Txn(cmd) => txn::run(&cli.broker, cmd, out).await,
@@ -71,6 +101,8 @@ async fn main() -> ExitCode {
         Command::Msg(cmd) => msg::run(&cli.broker, cmd, out).await,
         Command::Dlq(cmd) => group::dlq(&cli.broker, cmd, out).await,
         Command::Status => admin::status(&cli.broker, out).await,
+        Command::User(cmd) => users::user(&cli.broker, cmd, out).await,
+        Command::Acl(cmd) => users::acl(&cli.broker, cmd, out).await,
         Command::Bench(cmd) => bench::run(&cli.broker, cmd, out).await,
     };
     match result {

@@ -233,7 +233,7 @@ pub async fn run(broker: &str, cmd: TxnCommand, out: Output) -> anyhow::Result<(
 }
 
 async fn decide(
-    c: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
+    c: &mut crate::admin::Admin,
     id: String,
     commit: bool,
     reason: String,

@@ -1,10 +1,11 @@
 //! The broker: the parts wired together, independent of gRPC.
 //!
-//! [`Broker`] owns four parts, each with its own state behind its own API:
+//! [`Broker`] owns five parts, each with its own state behind its own API:
 //! - [`Topics`]: the topic registry, its creation lock and quota;
 //! - [`MessageLog`]: the queues of every topic and their messages;
 //! - [`Consumers`]: consumer groups and their consumption state;
-//! - [`Transactions`]: transaction records, half messages, their locks and check schedule.
+//! - [`Transactions`]: transaction records, half messages, their locks and check schedule;
+//! - [`Auth`]: users, their secrets and access policies.
 //!
 //! It keeps the operations that span parts — a send (topic, then log or transactions), a commit
 //! (transactions, then the log in the same write), a receive (consumers over topics and log)
@@ -13,6 +14,7 @@
 //! uses the same calls. No part reaches into another: the store and the group-commit writer
 //! are shared, but each part writes only its own keys.
 
+use crate::auth::{Auth, AuthSettings, UserKind};
 use crate::config::Config;
 use crate::consume::admin::{DeadLetter, GroupStats};
 use crate::consume::service::{Delivery, ReceiveRequest};
@@ -40,6 +42,7 @@ pub struct Broker {
     log: MessageLog,
     consumers: Consumers,
     txns: Transactions,
+    auth: Auth,
     metrics: Arc<Metrics>,
     started_at: Millis,
 }
@@ -99,12 +102,29 @@ impl Broker {
             new_group_start: config.new_group_start,
         };
         let consumers = Consumers::load(store.clone(), committer.clone(), metrics.clone(), consume_settings)?;
+        let auth_settings = AuthSettings {
+            enabled: config.auth,
+            max_skew: config.auth_max_skew,
+            key_file: config.auth_key_file.clone(),
+        };
+        let auth = Auth::load(store.as_ref(), committer.clone(), auth_settings)?;
         let m = metrics.clone();
         committer.observe(Box::new(move |n, took| {
             m.flush_batch.observe(n as f64);
             m.flush_latency.observe(took.as_secs_f64());
         }));
-        Ok(Arc::new(Self { config, store, committer, topics, log, consumers, txns, metrics, started_at: now_ms() }))
+        Ok(Arc::new(Self {
+            config,
+            store,
+            committer,
+            topics,
+            log,
+            consumers,
+            txns,
+            auth,
+            metrics,
+            started_at: now_ms(),
+        }))
     }
 
     pub fn config(&self) -> &Config {
@@ -356,6 +376,30 @@ impl Broker {
     /// Deletes resolved transactions past the transaction retention. Returns how many.
     pub async fn purge_transactions(&self) -> Result<usize> {
         self.txns.purge_transactions().await
+    }
+
+    // ---- users ----
+
+    /// Users, their authentication and their policies.
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// Creates the first super user (`--auth-init-user`, secret from `secret`) on a store that
+    /// has no user yet; does nothing when users exist. Never logs the secret.
+    pub async fn init_user(&self, secret: Option<&str>) -> Result<()> {
+        let Some(name) = self.config.auth_init_user.as_deref() else { return Ok(()) };
+        if !self.auth.is_empty() {
+            return Ok(());
+        }
+        let secret = secret.ok_or_else(|| {
+            BrokerError::Config(
+                "--auth-init-user needs the secret in the TXMQ_AUTH_INIT_SECRET environment variable".into(),
+            )
+        })?;
+        self.auth.create_user(name, secret, UserKind::Super, now_ms()).await?;
+        tracing::info!(user = name, "created the first super user");
+        Ok(())
     }
 
     // ---- the whole ----

@@ -8,6 +8,7 @@
 //! Durations are written like `500ms`, `6s`, `5m`, `72h`.
 
 use crate::consume::StartAt;
+use crate::tls::TlsMode;
 use crate::txn::service::MaxChecksPolicy;
 use clap::Parser;
 use std::net::SocketAddr;
@@ -92,6 +93,19 @@ impl Value for MaxChecksPolicy {
         match self {
             MaxChecksPolicy::Rollback => "rollback",
             MaxChecksPolicy::Park => "park",
+        }
+        .into()
+    }
+}
+
+impl Value for TlsMode {
+    fn parse_arg(s: &str) -> Result<Self, String> {
+        s.trim().parse()
+    }
+    fn show(&self) -> String {
+        match self {
+            TlsMode::Permissive => "permissive",
+            TlsMode::Required => "required",
         }
         .into()
     }
@@ -275,6 +289,23 @@ options! {
     keepalive_interval: Duration = Duration::from_secs(10), "keepalive-interval", "TXMQ_KEEPALIVE_INTERVAL";
     /// A connection whose ping is not answered within this is closed (with its Telemetry streams).
     keepalive_timeout: Duration = Duration::from_secs(10), "keepalive-timeout", "TXMQ_KEEPALIVE_TIMEOUT";
+    /// Require signed requests (the RocketMQ clients' access key and secret) and check each
+    /// caller's access policy (`txmq user`, `txmq acl`).
+    auth: bool = false, "auth", "TXMQ_AUTH";
+    /// How far a request's signed date may be from the broker's clock (0s: not checked).
+    auth_max_skew: Duration = Duration::from_secs(15 * 60), "auth-max-skew", "TXMQ_AUTH_MAX_SKEW";
+    /// On a store without users, create this super user; its secret is read from the
+    /// `TXMQ_AUTH_INIT_SECRET` environment variable (never a flag).
+    auth_init_user: Maybe<String> = None, "auth-init-user", "TXMQ_AUTH_INIT_USER", shown "none";
+    /// File whose contents seal user secrets at rest (at least 16 random bytes).
+    auth_key_file: Maybe<PathBuf> = None, "auth-key-file", "TXMQ_AUTH_KEY_FILE", shown "none: secrets unsealed";
+    /// TLS certificate chain (PEM) of the gRPC port; read again on SIGHUP.
+    tls_cert: Maybe<PathBuf> = None, "tls-cert", "TXMQ_TLS_CERT", shown "none: plaintext only";
+    /// Private key (PEM) of `--tls-cert`.
+    tls_key: Maybe<PathBuf> = None, "tls-key", "TXMQ_TLS_KEY", shown "none";
+    /// With a certificate: `permissive` takes TLS and plaintext on the one port, `required`
+    /// closes plaintext connections.
+    tls_mode: TlsMode = TlsMode::Permissive, "tls-mode", "TXMQ_TLS_MODE";
 }
 
 impl Config {
@@ -314,6 +345,12 @@ impl Config {
         }
         if let Some(a) = &self.advertise {
             crate::grpc::route::parse_host_port(a).map_err(|e| format!("invalid advertise address: {e}"))?;
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls-cert and tls-key go together".into());
+        }
+        if self.tls_mode == TlsMode::Required && self.tls_cert.is_none() {
+            return Err("tls-mode required needs tls-cert and tls-key".into());
         }
         Ok(())
     }

@@ -56,6 +56,18 @@ pub enum BrokerError {
     /// A bound was hit (connections, in-flight work, long polls).
     #[error("too many requests: {0}")]
     TooManyRequests(String),
+    /// The request is not signed, or its signature, access key or date is wrong.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The caller is known but its policy does not allow this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// An admin request names something that does not exist (a user).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The broker's configuration (or a file it names) is unusable; only at start.
+    #[error("configuration: {0}")]
+    Config(String),
     /// A configured quota (topics, groups) is full; nothing was created.
     #[error("limit reached: {0}")]
     QuotaExceeded(String),

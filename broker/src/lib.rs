@@ -7,6 +7,7 @@
 //! - [`broker`]: the broker: its parts (topics, message log, consumers, transactions) wired
 //!   together, and the operations that span them.
 //! - [`consume`]: consumer groups, POP-style receive/ack, redelivery, dead letters, FIFO.
+//! - [`auth`]: users, signed requests, access policies.
 //! - [`txn`]: transactional (half) messages: lifecycle, EndTransaction, check-back, timelines.
 //! - [`log`]: queues of messages, offsets, durable high watermarks, idempotent appends.
 //! - [`topics`]: topic names and the topic registry.
@@ -17,8 +18,10 @@
 //! - [`config`]: flags, environment, TOML file.
 //! - [`error`]: the broker's error enum.
 //! - [`sync`]: the one policy for poisoned locks.
+//! - [`tls`]: TLS beside plaintext on the one port, reloaded on SIGHUP.
 //! - [`tasks`]: background work: check-backs, retention, client sweeps, the metrics endpoint.
 
+pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod codec;
@@ -33,5 +36,6 @@ pub mod server;
 pub mod store;
 pub mod sync;
 pub mod tasks;
+pub mod tls;
 pub mod topics;
 pub mod txn;

@@ -90,6 +90,7 @@ pub struct Metrics {
     pub acks: Counter,
     pub dead_letters: Counter,
     pub dead_letter_failures: Counter,
+    pub auth_failures: Counter,
     pub checks_sent: Counter,
     pub checks_unanswered: Counter,
     pub checks_unreachable: Counter,
@@ -109,6 +110,7 @@ impl Default for Metrics {
             acks: Counter::default(),
             dead_letters: Counter::default(),
             dead_letter_failures: Counter::default(),
+            auth_failures: Counter::default(),
             checks_sent: Counter::default(),
             checks_unanswered: Counter::default(),
             checks_unreachable: Counter::default(),
@@ -170,6 +172,13 @@ impl Metrics {
             "Dead-letter moves that failed (retried), by group.",
         );
         self.dead_letter_failures.render(&mut out, "txmq_dead_letter_failures_total", &["group"]);
+        family(
+            &mut out,
+            "txmq_auth_failures_total",
+            "counter",
+            "Requests refused because their signature, access key or date was wrong or missing, by RPC.",
+        );
+        self.auth_failures.render(&mut out, "txmq_auth_failures_total", &["rpc"]);
         family(&mut out, "txmq_transaction_checks_total", "counter", "Check-backs written to a live producer stream.");
         self.checks_sent.render(&mut out, "txmq_transaction_checks_total", &["topic"]);
         family(

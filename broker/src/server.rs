@@ -6,15 +6,15 @@
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::grpc::admin::AdminService;
+use crate::grpc::admin::{AdminGate, AdminService};
 use crate::grpc::clients::Clients;
 use crate::grpc::messaging::Messaging;
 use crate::grpc::route;
+use crate::tls::{Tls, TlsMode};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use txmq_proto::admin::admin_server::AdminServer;
@@ -57,6 +57,10 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr()?;
+    broker
+        .init_user(std::env::var("TXMQ_AUTH_INIT_SECRET").ok().as_deref())
+        .await
+        .map_err(|e| ServeError::Config(e.to_string()))?;
     let advertised = advertised_endpoints(broker.config(), local)?;
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -77,6 +81,17 @@ pub async fn run_with_metrics(
     }
     tracker.spawn(crate::tasks::sweep::run(clients.clone(), token.clone()));
     tracker.spawn(crate::tasks::checkback::run(broker.clone(), clients, token.clone()));
+    let tls = match (&broker.config().tls_cert, &broker.config().tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = Arc::new(
+                Tls::load(cert, key, broker.config().tls_mode).map_err(|e| ServeError::Config(e.to_string()))?,
+            );
+            tracing::info!(mode = ?tls.mode, "TLS on the gRPC port");
+            tracker.spawn(reload_on_hangup(tls.clone(), token.clone()));
+            Some(tls)
+        }
+        _ => None,
+    };
     let admin = AdminService { broker: broker.clone() };
     tracing::info!(listen = %local, "txmq broker serving");
     let stop = token.clone();
@@ -87,8 +102,8 @@ pub async fn run_with_metrics(
         .http2_keepalive_interval(Some(broker.config().keepalive_interval))
         .http2_keepalive_timeout(Some(broker.config().keepalive_timeout))
         .add_service(MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(AdminServer::new(admin))
-        .serve_with_incoming_shutdown(limited(listener, broker.config().max_connections), async move {
+        .add_service(AdminServer::with_interceptor(admin, AdminGate { broker: broker.clone() }))
+        .serve_with_incoming_shutdown(incoming(listener, broker.config().max_connections, tls), async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, ending streams");
             stop.cancel();
@@ -101,89 +116,190 @@ pub async fn run_with_metrics(
     Ok(())
 }
 
-/// Accepted connections, at most `max` open at once: beyond it a new connection is closed at
-/// once (before any HTTP/2), and the broker keeps serving the others.
-fn limited(
+/// How long a new connection may take to send its first byte and finish a TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepted connections, at most `max` open at once (more are closed at once), each plain or
+/// TLS as its first byte says when `tls` is set. Accepting and handshakes run in their own
+/// tasks, so a slow handshake never holds up the next connection.
+fn incoming(
     listener: TcpListener,
     max: usize,
-) -> impl tokio_stream::Stream<Item = std::io::Result<LimitedConn>> + Send + 'static {
-    use tokio_stream::StreamExt;
-    let permits = Arc::new(tokio::sync::Semaphore::new(max));
-    TcpListenerStream::new(listener).filter_map(move |conn| match conn {
-        Ok(stream) => match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                // Without TCP_NODELAY a small response written after a partial segment waits for
-                // the peer's delayed ACK (about 40 ms on Linux): a flat 40-45 ms p99 under load.
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    tls: Option<Arc<Tls>>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Conn>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Conn>>(64);
+    tokio::spawn(async move {
+        let permits = Arc::new(tokio::sync::Semaphore::new(max));
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = tx.closed() => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
                 }
-                Some(Ok(LimitedConn { stream, _permit: permit }))
-            }
-            Err(_) => {
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
                 tracing::warn!(max, "connection limit reached; closing a new connection");
-                None
+                continue;
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
-        },
-        Err(e) => Some(Err(e)),
-    })
+            match &tls {
+                None => {
+                    if tx.send(Ok(Conn { io: Io::Plain(stream), _permit: permit })).await.is_err() {
+                        return;
+                    }
+                }
+                Some(tls) => {
+                    let (tls, tx) = (tls.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        if let Some(io) = sniff(stream, &tls).await {
+                            let _ = tx.send(Ok(Conn { io, _permit: permit })).await;
+                        }
+                    });
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// A connection holding one of the limited connection slots until it closes.
-struct LimitedConn {
-    stream: tokio::net::TcpStream,
+/// TLS when the first byte is a handshake record, else plaintext (or nothing, when TLS is
+/// required). `None` also for a connection that sends nothing or fails its handshake in time.
+async fn sniff(stream: tokio::net::TcpStream, tls: &Tls) -> Option<Io> {
+    let peer = stream.peer_addr().ok();
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return None,
+    }
+    if first[0] != crate::tls::HANDSHAKE {
+        if tls.mode == TlsMode::Required {
+            tracing::debug!(?peer, "plaintext connection closed: TLS is required");
+            return None;
+        }
+        return Some(Io::Plain(stream));
+    }
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => Some(Io::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            tracing::debug!(?peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Reads the TLS certificate again on every SIGHUP until shutdown.
+async fn reload_on_hangup(tls: Arc<Tls>, shutdown: CancellationToken) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; the TLS certificate will not be reloaded");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hangups.recv() => match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the current one"),
+            },
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// An accepted connection and its place under the connection limit.
+struct Conn {
+    io: Io,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-impl tonic::transport::server::Connected for LimitedConn {
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        match &self.io {
+            Io::Plain(s) => s.connect_info(),
+            Io::Tls(s) => s.get_ref().0.connect_info(),
+        }
     }
 }
 
-impl tokio::io::AsyncRead for LimitedConn {
+/// Delegates to the plain or TLS stream.
+macro_rules! both {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.get_mut().io {
+            Io::Plain($s) => {
+                let $s = std::pin::Pin::new($s);
+                $e
+            }
+            Io::Tls($s) => {
+                let $s = std::pin::Pin::new($s.as_mut());
+                $e
+            }
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for Conn {
     fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+        both!(self, s => s.poll_read(cx, buf))
     }
 }
 
-impl tokio::io::AsyncWrite for LimitedConn {
+impl tokio::io::AsyncWrite for Conn {
     fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+        both!(self, s => s.poll_write(cx, buf))
     }
 
     fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+        both!(self, s => s.poll_flush(cx))
     }
 
     fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+        both!(self, s => s.poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        both!(self, s => s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
     }
 }
 

@@ -15,18 +15,118 @@ pub struct ClientConfig {
     pub endpoint: String,
     /// Deadline of each unary call.
     pub request_timeout: Duration,
+    /// Access key and secret: every request is signed (for a broker run with `--auth`).
+    pub credentials: Option<Credentials>,
+    /// Connect over TLS. `Some(None)`: trust the system's roots; `Some(Some(file))`: trust the
+    /// CA certificates (PEM) in `file`.
+    pub tls: Option<Option<std::path::PathBuf>>,
 }
 
 impl ClientConfig {
-    /// Defaults (3 s requests) for the broker at `endpoint` (`host:port`).
+    /// Defaults (3 s requests, no credentials) for the broker at `endpoint` (`host:port`).
     pub fn new(endpoint: impl Into<String>) -> Self {
-        Self { endpoint: endpoint.into(), request_timeout: Duration::from_secs(3) }
+        Self { endpoint: endpoint.into(), request_timeout: Duration::from_secs(3), credentials: None, tls: None }
     }
+
+    /// Connects over TLS, trusting the CA certificates in `ca_file` (PEM) or, without one, the
+    /// system's roots. The broker's certificate must name the endpoint's host (an IP address
+    /// needs an IP subject alternative name).
+    pub fn with_tls(mut self, ca_file: Option<std::path::PathBuf>) -> Self {
+        self.tls = Some(ca_file);
+        self
+    }
+
+    /// The endpoint to dial, with TLS when configured; connects lazily.
+    pub fn endpoint(&self) -> Result<Endpoint> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.endpoint))
+            .map_err(|e| Error::InvalidArgument(format!("bad endpoint {:?}: {e}", self.endpoint)))?
+            .connect_timeout(self.request_timeout)
+            .tcp_nodelay(true);
+        if let Some(ca_file) = &self.tls {
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            tls = match ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|e| {
+                        Error::InvalidArgument(format!("cannot read the CA file {}: {e}", path.display()))
+                    })?;
+                    tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                }
+                None => tls.with_native_roots(),
+            };
+            endpoint = endpoint.tls_config(tls).map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))?;
+        }
+        Ok(endpoint)
+    }
+
+    /// Signs every request with `access_key` and `secret_key`.
+    pub fn with_credentials(mut self, access_key: impl Into<String>, secret_key: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials::new(access_key, secret_key));
+        self
+    }
+}
+
+/// An access key and its secret, as the RocketMQ clients take them. `Debug` never shows the
+/// secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The access key (the broker's user name).
+    pub access_key: String,
+    secret_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("access_key", &self.access_key).finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// An access key and its secret.
+    pub fn new(access_key: impl Into<String>, secret_key: impl Into<String>) -> Self {
+        Self { access_key: access_key.into(), secret_key: secret_key.into() }
+    }
+
+    /// Adds `x-mq-date-time` (now, RFC 3339 in UTC) and its signature in `authorization`:
+    /// `MQv2-HMAC-SHA1 Credential=…, SignedHeaders=x-mq-date-time, Signature=<hex HMAC-SHA1>`.
+    pub fn sign(&self, md: &mut tonic::metadata::MetadataMap) -> Result<()> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let date = rfc3339_utc(now);
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, self.secret_key.as_bytes());
+        let signature: String =
+            ring::hmac::sign(&key, date.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let value = format!(
+            "MQv2-HMAC-SHA1 Credential={}, SignedHeaders=x-mq-date-time, Signature={signature}",
+            self.access_key
+        );
+        let bad = |_| Error::InvalidArgument("the access key is not a valid header value".into());
+        md.insert("x-mq-date-time", date.parse().map_err(bad)?);
+        md.insert("authorization", value.parse().map_err(bad)?);
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time since the epoch.
+fn rfc3339_utc(t: Duration) -> String {
+    let secs = t.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, t.subsec_millis())
 }
 
 #[derive(Clone)]
 pub(crate) struct Headers {
     client_id: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    credentials: Option<Credentials>,
 }
 
 impl tonic::service::Interceptor for Headers {
@@ -36,6 +136,9 @@ impl tonic::service::Interceptor for Headers {
         md.insert("x-mq-language", tonic::metadata::MetadataValue::from_static("RUST"));
         md.insert("x-mq-protocol-version", tonic::metadata::MetadataValue::from_static("2.0.0"));
         md.insert("x-mq-client-version", tonic::metadata::MetadataValue::from_static(env!("CARGO_PKG_VERSION")));
+        if let Some(c) = &self.credentials {
+            c.sign(md).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        }
         Ok(req)
     }
 }
@@ -54,15 +157,14 @@ pub(crate) fn new_client_id() -> String {
 /// A lazily connected channel: calls fail with [`Error::Unavailable`] while the broker is down
 /// and work again once it is back.
 pub(crate) fn connect(config: &ClientConfig, client_id: &str) -> Result<Rpc> {
-    let endpoint = Endpoint::from_shared(format!("http://{}", config.endpoint))
-        .map_err(|e| Error::InvalidArgument(format!("bad endpoint {:?}: {e}", config.endpoint)))?
-        .connect_timeout(config.request_timeout)
-        .tcp_nodelay(true);
-    let channel = endpoint.connect_lazy();
+    let channel = config.endpoint()?.connect_lazy();
     let client_id = client_id
         .parse()
         .map_err(|_| Error::InvalidArgument(format!("client id {client_id:?} is not a valid header value")))?;
-    Ok(MessagingServiceClient::with_interceptor(channel, Headers { client_id }))
+    Ok(MessagingServiceClient::with_interceptor(
+        channel,
+        Headers { client_id, credentials: config.credentials.clone() },
+    ))
 }
 
 /// Checks a response status: OK passes, anything else is [`Error::Broker`].
@@ -96,4 +198,16 @@ where
 
 pub(crate) fn resource(name: &str) -> Option<v2::Resource> {
     Some(v2::Resource { resource_namespace: String::new(), name: name.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_rfc3339_in_utc() {
+        assert_eq!(rfc3339_utc(Duration::ZERO), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_utc(Duration::from_millis(951_868_800_250)), "2000-03-01T00:00:00.250Z");
+        assert_eq!(rfc3339_utc(Duration::from_secs(1_798_761_599)), "2026-12-31T23:59:59.000Z");
+    }
 }

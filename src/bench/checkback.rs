@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use txmq_client::{CheckRequest, ClientConfig, Resolution, TransactionChecker, TransactionProducer};
+use txmq_client::{CheckRequest, Resolution, TransactionChecker, TransactionProducer};
 
 /// Answers every check-back "commit" and records how late each check came.
 struct BenchChecker {
@@ -49,7 +49,9 @@ pub(super) async fn checkback(broker: &str, args: &CheckbackArgs) -> anyhow::Res
         last: AtomicU64::new(0),
         lateness: Mutex::new(histogram()),
     });
-    let producer = TransactionProducer::connect(ClientConfig::new(broker), &[topic.as_str()], checker.clone()).await?;
+    let producer =
+        TransactionProducer::connect(crate::connection::client_config(broker), &[topic.as_str()], checker.clone())
+            .await?;
     producer.producer().send(txmq_client::Message::new(topic.clone(), b"warm-up".to_vec())).await?;
     let before = admin::fetch_status(&mut admin).await?;
     let (next, sent, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

@@ -158,7 +158,7 @@ pub(super) async fn consume(broker: &str, args: &ConsumeArgs) -> anyhow::Result<
     let topic = format!("bench-consume-{run_id}");
     let group = format!("bench-group-{run_id}");
     let body = vec![b'x'; args.size];
-    let producer = txmq_client::Producer::connect(txmq_client::ClientConfig::new(broker), &[&topic])
+    let producer = txmq_client::Producer::connect(crate::connection::client_config(broker), &[&topic])
         .await
         .with_context(|| format!("cannot reach the broker at {broker}"))?;
     eprintln!("filling {} messages into {topic}", args.backlog);

@@ -151,7 +151,7 @@ pub(super) enum Sender {
 impl Sender {
     /// Connects one SDK producer (one HTTP/2 connection, shared by every task of the run).
     pub(super) async fn connect(broker: &str, scenario: Scenario, topic: &str) -> anyhow::Result<Self> {
-        let config = txmq_client::ClientConfig::new(broker);
+        let config = crate::connection::client_config(broker);
         Ok(match scenario {
             Scenario::Send => Sender::Plain(
                 txmq_client::Producer::connect(config, &[topic])
@@ -201,16 +201,11 @@ impl txmq_client::TransactionChecker for CommitAll {
     }
 }
 
-pub(super) type Client = MessagingServiceClient<tonic::transport::Channel>;
+pub(super) type Client = MessagingServiceClient<crate::connection::Signed>;
 
 /// One HTTP/2 connection to the broker (`TCP_NODELAY`, as every gRPC client sets).
 pub(super) async fn connect(broker: &str) -> anyhow::Result<Client> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{broker}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the broker at {broker}"))?;
-    Ok(MessagingServiceClient::new(channel))
+    Ok(MessagingServiceClient::new(crate::connection::connect(broker).await?))
 }
 
 pub(super) fn micros_now() -> u64 {

@@ -141,8 +141,33 @@ pub async fn txn_producer(
     p
 }
 
-pub async fn admin(broker: &RunningBroker) -> pb::admin_client::AdminClient<tonic::transport::Channel> {
-    pb::admin_client::AdminClient::connect(format!("http://{}", broker.addr)).await.unwrap()
+/// Signs admin requests when given credentials.
+#[derive(Clone)]
+pub struct Signer(pub Option<txmq_client::Credentials>);
+
+impl tonic::service::Interceptor for Signer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(c) = &self.0 {
+            c.sign(r.metadata_mut()).unwrap();
+        }
+        Ok(r)
+    }
+}
+
+pub type Admin =
+    pb::admin_client::AdminClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Signer>>;
+
+/// The credentials `admin` signs with (tests of a broker with authentication set them).
+pub static ADMIN_AS: std::sync::OnceLock<txmq_client::Credentials> = std::sync::OnceLock::new();
+
+pub async fn admin(broker: &RunningBroker) -> Admin {
+    admin_with(broker, ADMIN_AS.get().cloned()).await
+}
+
+pub async fn admin_with(broker: &RunningBroker, credentials: Option<txmq_client::Credentials>) -> Admin {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", broker.addr)).unwrap().connect().await.unwrap();
+    pb::admin_client::AdminClient::with_interceptor(channel, Signer(credentials))
 }
 
 /// The transaction with its timeline.
@@ -162,5 +187,41 @@ pub async fn wait_state(broker: &RunningBroker, id: &str, state: pb::TxnState) -
         }
         assert!(started.elapsed() < Duration::from_secs(30), "transaction {id} stuck in {:?}", t.state);
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A certificate authority and a broker certificate it signed (for 127.0.0.1 and localhost),
+/// written as PEM files in a temporary directory.
+pub struct TestCerts {
+    pub dir: tempfile::TempDir,
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TestCerts {
+    pub fn new(name: &str) -> TestCerts {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = (dir.path().join("ca.pem"), dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let certs = TestCerts { dir, ca, cert, key };
+        certs.issue(name);
+        certs
+    }
+
+    /// Makes a new CA and broker certificate under the same file names.
+    pub fn issue(&self, name: &str) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "txmq broker");
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(&self.ca, ca.pem()).unwrap();
+        std::fs::write(&self.cert, cert.pem()).unwrap();
+        std::fs::write(&self.key, key.serialize_pem()).unwrap();
     }
 }

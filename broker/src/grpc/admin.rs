@@ -1,6 +1,9 @@
 //! `txmq.admin.v1.Admin`: the operator API behind the `txmq` CLI.
 
-use crate::broker::Broker;
+use super::caller::Caller;
+use crate::auth::acl::{Action, Actions, Decision, Pattern, Resource};
+use crate::auth::UserKind;
+use crate::broker::{now_ms, Broker};
 use crate::consume::admin::GroupStats;
 use crate::error::BrokerError;
 use crate::model::{StoredMessage, TopicRecord, TopicType};
@@ -12,6 +15,30 @@ use tonic::{Request, Response};
 use txmq_proto::admin as pb;
 
 type GrpcResult<T> = Result<Response<T>, tonic::Status>;
+
+/// The admin API's gate when authentication is on: the caller must be a super user or hold an
+/// Admin grant on `Cluster:*`. Refusals are gRPC errors (UNAUTHENTICATED, PERMISSION_DENIED):
+/// the admin API is ours, and its clients read them.
+#[derive(Clone)]
+pub struct AdminGate {
+    pub broker: Arc<Broker>,
+}
+
+impl tonic::service::Interceptor for AdminGate {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, tonic::Status> {
+        if !self.broker.auth().enabled() {
+            return Ok(req);
+        }
+        let client =
+            req.metadata().get("x-mq-client-id").and_then(|v| v.to_str().ok()).unwrap_or("txmq-cli").to_string();
+        let caller = Caller::of(&self.broker, &req, &client, "Admin");
+        match caller.allow(&[(Resource::cluster(), Action::Admin)]) {
+            Ok(()) => Ok(req),
+            Err(BrokerError::Forbidden(why)) => Err(tonic::Status::permission_denied(why)),
+            Err(e) => Err(tonic::Status::unauthenticated(e.to_string())),
+        }
+    }
+}
 
 /// The admin service over the shared broker.
 pub struct AdminService {
@@ -26,7 +53,7 @@ fn ok() -> Option<pb::Status> {
 fn status(e: &BrokerError) -> Option<pb::Status> {
     use pb::StatusCode as C;
     let code = match e {
-        BrokerError::TopicNotFound(_) => C::NotFound,
+        BrokerError::TopicNotFound(_) | BrokerError::NotFound(_) => C::NotFound,
         BrokerError::TopicExists(_) => C::AlreadyExists,
         BrokerError::NotImplemented(_) => C::NotImplemented,
         BrokerError::InvalidTransactionId(_) => C::NotFound,
@@ -68,6 +95,74 @@ fn wire_topic(t: &TopicRecord) -> pb::Topic {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn create_user(&self, req: Request<pb::CreateUserRequest>) -> GrpcResult<pb::CreateUserResponse> {
+        let r = req.into_inner();
+        let outcome = async {
+            let kind = UserKind::parse(&r.r#type)?;
+            self.broker.auth().create_user(&r.name, &r.secret, kind, now_ms()).await
+        }
+        .await;
+        tracing::info!(user = r.name, ok = outcome.is_ok(), "admin: create user");
+        Ok(Response::new(pb::CreateUserResponse { status: outcome.map_or_else(|e| status(&e), |()| ok()) }))
+    }
+
+    async fn delete_user(&self, req: Request<pb::DeleteUserRequest>) -> GrpcResult<pb::DeleteUserResponse> {
+        let r = req.into_inner();
+        let outcome = self.broker.auth().delete_user(&r.name).await;
+        tracing::info!(user = r.name, ok = outcome.is_ok(), "admin: delete user");
+        Ok(Response::new(pb::DeleteUserResponse { status: outcome.map_or_else(|e| status(&e), |()| ok()) }))
+    }
+
+    async fn list_users(&self, _req: Request<pb::ListUsersRequest>) -> GrpcResult<pb::ListUsersResponse> {
+        let users = self
+            .broker
+            .auth()
+            .users()
+            .iter()
+            .map(|u| pb::User {
+                name: u.name.clone(),
+                r#type: u.kind.as_str().into(),
+                created_at: u.created_at,
+                policy: u
+                    .policy
+                    .iter()
+                    .map(|e| pb::AclEntry {
+                        resource: e.resource.to_string(),
+                        actions: e.actions.to_string(),
+                        allow: e.decision == Decision::Allow,
+                        sources: e.sources.iter().map(|c| c.to_string()).collect(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListUsersResponse { status: ok(), users }))
+    }
+
+    async fn grant_acl(&self, req: Request<pb::GrantAclRequest>) -> GrpcResult<pb::GrantAclResponse> {
+        let r = req.into_inner();
+        let outcome = async {
+            let e = r.entry.ok_or_else(|| BrokerError::BadRequest("no entry to grant".into()))?;
+            let entry = crate::auth::entry(&e.resource, &e.actions, e.allow, &e.sources)?;
+            self.broker.auth().grant(&r.user, entry).await
+        }
+        .await;
+        tracing::info!(user = r.user, ok = outcome.is_ok(), "admin: grant");
+        Ok(Response::new(pb::GrantAclResponse { status: outcome.map_or_else(|e| status(&e), |()| ok()) }))
+    }
+
+    async fn revoke_acl(&self, req: Request<pb::RevokeAclRequest>) -> GrpcResult<pb::RevokeAclResponse> {
+        let r = req.into_inner();
+        let outcome = async {
+            let bad = |e: String| BrokerError::BadRequest(e);
+            let resource = Pattern::parse(&r.resource).map_err(bad)?;
+            let actions = Actions::parse(&r.actions).map_err(bad)?;
+            self.broker.auth().revoke(&r.user, &resource, actions).await
+        }
+        .await;
+        tracing::info!(user = r.user, ok = outcome.is_ok(), "admin: revoke");
+        Ok(Response::new(pb::RevokeAclResponse { status: outcome.map_or_else(|e| status(&e), |()| ok()) }))
+    }
+
     async fn create_topic(&self, req: Request<pb::CreateTopicRequest>) -> GrpcResult<pb::CreateTopicResponse> {
         let req = req.into_inner();
         let ty = pb::TopicType::try_from(req.r#type).ok().and_then(topic_type).unwrap_or(TopicType::Mixed);

@@ -10,9 +10,12 @@
 //! other sign of life for the liveness window is swept (its streams are ended). An answer from
 //! a stream's client makes it responsive again.
 
+use crate::auth::acl::{Action, Resource};
+use crate::auth::{Auth, User};
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +52,9 @@ struct Client {
     sends_txn: HashSet<String>,
     /// Topics it announced in its Settings: it may answer check-backs for them.
     declared: HashSet<String>,
+    /// The user its Telemetry stream authenticated as (authentication on), and from where:
+    /// check-backs of a topic go only to clients whose user may publish to it.
+    identity: Option<(Arc<User>, Option<IpAddr>)>,
 }
 
 impl Client {
@@ -59,6 +65,7 @@ impl Client {
             streams: Vec::new(),
             sends_txn: HashSet::new(),
             declared: HashSet::new(),
+            identity: None,
         }
     }
 }
@@ -196,6 +203,11 @@ impl Clients {
             } else {
                 continue;
             };
+            if let Some((user, from)) = &c.identity {
+                if !Auth::allowed(user, Resource::topic(topic), Action::Pub, *from) {
+                    continue;
+                }
+            }
             let avoided = avoid == Some(id.as_str());
             for s in &c.streams {
                 let key = (s.silent, avoided, rank, std::cmp::Reverse(c.last_seen), s.handle.id);
@@ -204,6 +216,12 @@ impl Clients {
         }
         ranked.sort_by_key(|r| r.0);
         ranked.into_iter().map(|(_, id, h)| (id, h)).collect()
+    }
+
+    /// Records the user a client's Telemetry stream authenticated as (`None`: authentication is
+    /// off).
+    pub fn set_identity(&self, client_id: &str, user: Option<Arc<User>>, from: Option<IpAddr>) {
+        self.with(client_id, |c| c.identity = user.map(|u| (u, from)));
     }
 
     /// Records a check of `transaction_id` written to `stream` of `client`.
@@ -312,6 +330,27 @@ mod tests {
         assert!(c.admit("y", 2).is_some());
         drop(a);
         assert!(c.admit("x", 2).is_some());
+    }
+
+    #[test]
+    fn check_backs_go_only_to_clients_whose_user_may_publish_to_the_topic() {
+        use crate::auth::{entry, UserKind};
+        let c = Clients::default();
+        let (tx, _rx) = mpsc::channel(4);
+        let allowed = c.open_stream("allowed", tx.clone());
+        let _other = c.open_stream("other-topic-only", tx);
+        let user = |name: &str, grant: &str| {
+            Arc::new(User::new(name, UserKind::Normal, "secret-123", vec![entry(grant, "Pub", true, &[]).unwrap()]))
+        };
+        let local = Some("127.0.0.1".parse().unwrap());
+        c.set_identity("allowed", Some(user("a", "Topic:orders")), local);
+        c.set_identity("other-topic-only", Some(user("b", "Topic:payments")), local);
+        c.register_topic("allowed", "orders");
+        c.register_topic("other-topic-only", "orders");
+        let ids: Vec<_> =
+            c.check_candidates("orders", "other-topic-only", None).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["allowed"], "even the originator is skipped once its user may not publish");
+        assert_eq!(c.check_candidates("orders", "x", None)[0].1.id, allowed.id);
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! status is a transport error to the clients). RPCs whose feature has not landed answer
 //! `NOT_IMPLEMENTED`.
 
+use super::caller::Caller;
 use super::clients::Clients;
 use super::convert::{self, Limits};
 use super::route;
 use super::status::{self, ok};
 use super::telemetry::{self, Announced};
+use crate::auth::acl::{Action, Resource};
 use crate::broker::{now_ms, Broker};
 use crate::consume::service::{Delivery, ReceiveRequest, MAX_BATCH};
 use crate::error::BrokerError;
@@ -133,10 +135,15 @@ impl Messaging {
 
     /// What every RPC does first: start its latency timer, name the caller (`x-mq-client-id`)
     /// and record the call as a sign of life.
-    fn begin<T>(&self, rpc: &'static str, req: &Request<T>) -> (RpcTimer<'_>, String) {
+    /// and who it is (an unauthenticated call is no sign of life); the RPC then checks what
+    /// the caller may do.
+    fn begin<T>(&self, rpc: &'static str, req: &Request<T>) -> (RpcTimer<'_>, String, Caller) {
         let client = client_id(req);
-        self.clients.touch(&client);
-        (RpcTimer { broker: &self.broker, rpc, started: std::time::Instant::now() }, client)
+        let caller = Caller::of(&self.broker, req, &client, rpc);
+        if caller.authenticated() {
+            self.clients.touch(&client);
+        }
+        (RpcTimer { broker: &self.broker, rpc, started: std::time::Instant::now() }, client, caller)
     }
 
     fn limits(&self) -> Limits {
@@ -157,6 +164,7 @@ impl Messaging {
     async fn receive(
         &self,
         client: &str,
+        caller: &Caller,
         req: v2::ReceiveMessageRequest,
         deadline: Option<std::time::Duration>,
     ) -> Result<Vec<Delivery>, BrokerError> {
@@ -166,6 +174,7 @@ impl Messaging {
             Some(t) if !t.name.is_empty() => t.name.clone(),
             _ => return Err(BrokerError::IllegalTopic("message_queue.topic is missing".into())),
         };
+        caller.allow(&[(Resource::topic(&topic), Action::Sub), (Resource::group(&group), Action::Sub)])?;
         let filter = convert::filter(req.filter_expression.as_ref())?;
         let invisible = match req.invisible_duration {
             None => std::time::Duration::from_secs(30),
@@ -210,6 +219,7 @@ impl Messaging {
     async fn send(
         &self,
         producer: &str,
+        caller: &Caller,
         messages: Vec<v2::Message>,
     ) -> Result<Vec<v2::SendResultEntry>, (BrokerError, Vec<String>)> {
         let ids: Vec<String> = messages
@@ -220,6 +230,7 @@ impl Messaging {
         if messages.is_empty() {
             return Err(fail(BrokerError::BadRequest("no messages in the request".into())));
         }
+        caller.user().map_err(fail)?;
         if messages.len() > MAX_MESSAGES_PER_SEND {
             return Err(fail(BrokerError::PayloadTooLarge(format!(
                 "{} messages in one request, the limit is {MAX_MESSAGES_PER_SEND}",
@@ -244,6 +255,7 @@ impl Messaging {
         if converted.iter().any(|m| m.topic != topic) {
             return Err(fail(BrokerError::BadRequest("all messages of one request must share a topic".into())));
         }
+        caller.allow(&[(Resource::topic(&topic), Action::Pub)]).map_err(fail)?;
         let transactional = converted.iter().any(|m| m.message_type == MessageType::Transaction);
         let placements = self.broker.send(&topic, converted, producer).await.map_err(fail)?;
         if transactional {
@@ -267,11 +279,13 @@ impl Messaging {
 #[tonic::async_trait]
 impl MessagingService for Messaging {
     async fn query_route(&self, req: Request<v2::QueryRouteRequest>) -> GrpcResult<v2::QueryRouteResponse> {
-        let (_timer, _client) = self.begin("QueryRoute", &req);
+        let (_timer, _client, caller) = self.begin("QueryRoute", &req);
         let req = req.into_inner();
         let answer = async {
             let name = convert::resource_name(req.topic.as_ref(), "topic")
                 .map_err(|_| BrokerError::IllegalTopic("topic is missing".into()))?;
+            let t = Resource::topic(&name);
+            caller.allow_any(&[(t, Action::Pub), (t, Action::Sub)])?;
             let topic = self.broker.topic_or_create(&name).await?;
             let at = route::route_endpoints(&self.advertised, req.endpoints.as_ref());
             let namespace = req.topic.as_ref().map(|r| r.resource_namespace.clone()).unwrap_or_default();
@@ -285,12 +299,18 @@ impl MessagingService for Messaging {
     }
 
     async fn heartbeat(&self, req: Request<v2::HeartbeatRequest>) -> GrpcResult<v2::HeartbeatResponse> {
-        let (_timer, _client) = self.begin("Heartbeat", &req);
-        Ok(Response::new(v2::HeartbeatResponse { status: Some(ok()) }))
+        let (_timer, _client, caller) = self.begin("Heartbeat", &req);
+        let group = req.get_ref().group.as_ref().map(|g| g.name.as_str()).filter(|g| !g.is_empty());
+        let allowed = match group {
+            Some(g) => caller.allow(&[(Resource::group(g), Action::Sub)]),
+            None => caller.allow(&[]),
+        };
+        let st = allowed.map_or_else(|e| status::status(&e), |()| ok());
+        Ok(Response::new(v2::HeartbeatResponse { status: Some(st) }))
     }
 
     async fn send_message(&self, req: Request<v2::SendMessageRequest>) -> GrpcResult<v2::SendMessageResponse> {
-        let (_timer, producer) = self.begin("SendMessage", &req);
+        let (_timer, producer, caller) = self.begin("SendMessage", &req);
         let messages = req.into_inner().messages;
         let Some(_slot) = self.admit(&producer) else {
             let entries = messages
@@ -303,7 +323,7 @@ impl MessagingService for Messaging {
                 .collect();
             return Ok(Response::new(v2::SendMessageResponse { status: Some(busy()), entries }));
         };
-        let response = match self.send(&producer, messages).await {
+        let response = match self.send(&producer, &caller, messages).await {
             Ok(entries) => v2::SendMessageResponse { status: Some(ok()), entries },
             Err((e, ids)) => {
                 tracing::debug!(client_id = producer, error = %e, "send refused");
@@ -327,10 +347,14 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::QueryAssignmentRequest>,
     ) -> GrpcResult<v2::QueryAssignmentResponse> {
-        let (_timer, _client) = self.begin("QueryAssignment", &req);
+        let (_timer, _client, caller) = self.begin("QueryAssignment", &req);
         let req = req.into_inner();
         let answer = async {
             let name = convert::resource_name(req.topic.as_ref(), "topic")?;
+            if caller.user()?.is_some() {
+                let group = convert::resource_name(req.group.as_ref(), "group")?;
+                caller.allow(&[(Resource::topic(&name), Action::Sub), (Resource::group(&group), Action::Sub)])?;
+            }
             let topic = self.broker.topic_or_create(&name).await?;
             let at = route::route_endpoints(&self.advertised, req.endpoints.as_ref());
             // Every receive is served from all queues, so one assignment ("any queue of this
@@ -352,12 +376,12 @@ impl MessagingService for Messaging {
     type ReceiveMessageStream = BoxStream<v2::ReceiveMessageResponse>;
 
     async fn receive_message(&self, req: Request<v2::ReceiveMessageRequest>) -> GrpcResult<Self::ReceiveMessageStream> {
-        let (_timer, client) = self.begin("ReceiveMessage", &req);
+        let (_timer, client, caller) = self.begin("ReceiveMessage", &req);
         let deadline = grpc_deadline(&req);
         let Some(_slot) = self.admit(&client) else {
             return Ok(Response::new(single_status_stream(receive_status(busy()))));
         };
-        let items = match self.receive(&client, req.into_inner(), deadline).await {
+        let items = match self.receive(&client, &caller, req.into_inner(), deadline).await {
             Ok(deliveries) if deliveries.is_empty() => {
                 vec![receive_status(status::with(Code::MessageNotFound, "no new message")), receive_time()]
             }
@@ -376,7 +400,7 @@ impl MessagingService for Messaging {
     }
 
     async fn ack_message(&self, req: Request<v2::AckMessageRequest>) -> GrpcResult<v2::AckMessageResponse> {
-        let (_timer, client) = self.begin("AckMessage", &req);
+        let (_timer, client, caller) = self.begin("AckMessage", &req);
         let req = req.into_inner();
         let entries = req.entries;
         let Some(_slot) = self.admit(&client) else {
@@ -397,6 +421,7 @@ impl MessagingService for Messaging {
         let outcome = async {
             let group = convert::resource_name(req.group.as_ref(), "group")?;
             let topic = convert::resource_name(req.topic.as_ref(), "topic")?;
+            caller.allow(&[(Resource::topic(&topic), Action::Sub), (Resource::group(&group), Action::Sub)])?;
             if handles.is_empty() {
                 return Err(BrokerError::BadRequest("no entries to ack".into()));
             }
@@ -428,7 +453,7 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
     ) -> GrpcResult<v2::ForwardMessageToDeadLetterQueueResponse> {
-        let (_timer, client) = self.begin("ForwardMessageToDeadLetterQueue", &req);
+        let (_timer, client, caller) = self.begin("ForwardMessageToDeadLetterQueue", &req);
         let req = req.into_inner();
         let Some(_slot) = self.admit(&client) else {
             return Ok(Response::new(v2::ForwardMessageToDeadLetterQueueResponse { status: Some(busy()) }));
@@ -436,6 +461,7 @@ impl MessagingService for Messaging {
         let outcome = async {
             let group = convert::resource_name(req.group.as_ref(), "group")?;
             let topic = convert::resource_name(req.topic.as_ref(), "topic")?;
+            caller.allow(&[(Resource::topic(&topic), Action::Sub), (Resource::group(&group), Action::Sub)])?;
             self.broker.forward_to_dead_letter(&group, &topic, &req.receipt_handle).await
         }
         .await;
@@ -464,7 +490,7 @@ impl MessagingService for Messaging {
     }
 
     async fn end_transaction(&self, req: Request<v2::EndTransactionRequest>) -> GrpcResult<v2::EndTransactionResponse> {
-        let (_timer, client) = self.begin("EndTransaction", &req);
+        let (_timer, client, caller) = self.begin("EndTransaction", &req);
         let req = req.into_inner();
         let Some(_slot) = self.admit(&client) else {
             return Ok(Response::new(v2::EndTransactionResponse { status: Some(busy()) }));
@@ -472,6 +498,14 @@ impl MessagingService for Messaging {
         let outcome = async {
             let topic = req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
             let (resolution, by) = convert::decision(req.resolution, req.source)?;
+            if caller.user()?.is_some() {
+                // The policy is checked on the transaction's own topic, whatever the request says.
+                let own = match req.transaction_id.trim() {
+                    "" => None,
+                    id => self.broker.transaction(id)?.map(|t| t.topic),
+                };
+                caller.allow(&[(Resource::topic(own.as_deref().unwrap_or(&topic)), Action::Pub)])?;
+            }
             if by == Actor::Check && !req.transaction_id.is_empty() {
                 // The check is answered: no longer waited for (and its stream responsive again,
                 // when it went to this client), whatever the answer decides.
@@ -494,6 +528,11 @@ impl MessagingService for Messaging {
 
     async fn telemetry(&self, req: Request<Streaming<v2::TelemetryCommand>>) -> GrpcResult<Self::TelemetryStream> {
         let client = client_id(&req);
+        let caller = Caller::of(&self.broker, &req, &client, "Telemetry");
+        // Refused at the start: the clients report a failed start instead of waiting on a
+        // stream that will never carry a command.
+        let user = caller.user().map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+        self.clients.set_identity(&client, user.cloned(), caller.from);
         let rx = telemetry::serve(
             client,
             req.into_inner(),
@@ -509,7 +548,10 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::NotifyClientTerminationRequest>,
     ) -> GrpcResult<v2::NotifyClientTerminationResponse> {
-        let (_timer, client) = self.begin("NotifyClientTermination", &req);
+        let (_timer, client, caller) = self.begin("NotifyClientTermination", &req);
+        if let Err(e) = caller.allow(&[]) {
+            return Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(status::status(&e)) }));
+        }
         tracing::debug!(client_id = client, "client terminated");
         self.clients.terminate(&client);
         Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(ok()) }))
@@ -519,7 +561,7 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::ChangeInvisibleDurationRequest>,
     ) -> GrpcResult<v2::ChangeInvisibleDurationResponse> {
-        let (_timer, client) = self.begin("ChangeInvisibleDuration", &req);
+        let (_timer, client, caller) = self.begin("ChangeInvisibleDuration", &req);
         let req = req.into_inner();
         let Some(_slot) = self.admit(&client) else {
             let handle = req.receipt_handle;
@@ -531,6 +573,7 @@ impl MessagingService for Messaging {
         let outcome = async {
             let group = convert::resource_name(req.group.as_ref(), "group")?;
             let topic = convert::resource_name(req.topic.as_ref(), "topic")?;
+            caller.allow(&[(Resource::group(&group), Action::Sub)])?;
             let d = req
                 .invisible_duration
                 .ok_or_else(|| BrokerError::IllegalInvisibleTime("invisible_duration is missing".into()))?;

@@ -8,6 +8,7 @@
 //! - [`convert`]: wire ↔ domain conversion with edge validation.
 //! - [`status`]: broker errors → RocketMQ codes (the only place).
 //! - [`admin`]: the operator API.
+//! - [`caller`]: who is calling, and what they may do.
 //!
 //! Owns: connected clients and their streams ([`clients`]). Never touches the store or a
 //! part of the broker directly: every call goes through [`Broker`].
@@ -15,6 +16,7 @@
 //! [`Broker`]: crate::broker::Broker
 
 pub mod admin;
+pub mod caller;
 pub mod clients;
 pub mod convert;
 pub mod messaging;

@@ -53,6 +53,10 @@ pub fn code(err: &BrokerError) -> Code {
         BrokerError::NotImplemented(_) => Code::NotImplemented,
         BrokerError::TooManyRequests(_) => Code::TooManyRequests,
         BrokerError::QuotaExceeded(_) => Code::Forbidden,
+        BrokerError::Unauthorized(_) => Code::Unauthorized,
+        BrokerError::Forbidden(_) => Code::Forbidden,
+        BrokerError::NotFound(_) => Code::NotFound,
+        BrokerError::Config(_) => Code::InternalError,
         BrokerError::Store(StoreError::Closed) => Code::InternalServerError,
         BrokerError::Store(_) => Code::InternalServerError,
         BrokerError::Internal(_) => Code::InternalError,
@@ -68,6 +72,10 @@ pub fn status(err: &BrokerError) -> Status {
 fn one_of_each_error() -> Vec<BrokerError> {
     vec![
         BrokerError::BadRequest(String::new()),
+        BrokerError::Unauthorized(String::new()),
+        BrokerError::Forbidden(String::new()),
+        BrokerError::NotFound(String::new()),
+        BrokerError::Config(String::new()),
         BrokerError::IllegalTopic(String::new()),
         BrokerError::TopicNotFound(String::new()),
         BrokerError::TopicExists(String::new()),

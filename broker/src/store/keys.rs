@@ -44,6 +44,9 @@ pub enum Key {
     /// Open (pending or parked) transactions by state, then creation time: counts, the oldest
     /// pending one and `txn list --state` cost O(open), never O(history).
     TxnOpen { state: u8, created_at: i64, txn: String },
+    /// A user of the broker (authentication) with its secret (sealed when a key is given) and
+    /// its access policy.
+    User(String),
 }
 
 mod tag {
@@ -62,6 +65,7 @@ mod tag {
     pub const TXN_DUE: u8 = 0x23;
     pub const TXN_RESOLVED: u8 = 0x24;
     pub const TXN_OPEN: u8 = 0x25;
+    pub const USER: u8 = 0x30;
 }
 
 impl Key {
@@ -90,6 +94,7 @@ impl Key {
             Key::TxnDue { at, txn } => e.u8(tag::TXN_DUE).i64(*at).ordered_str(txn),
             Key::TxnResolved { at, txn } => e.u8(tag::TXN_RESOLVED).i64(*at).ordered_str(txn),
             Key::TxnOpen { state, created_at, txn } => e.u8(tag::TXN_OPEN).u8(*state).i64(*created_at).ordered_str(txn),
+            Key::User(name) => e.u8(tag::USER).ordered_str(name),
             Key::MessageKey { topic, key, queue, offset } => {
                 e.u8(tag::MESSAGE_KEY).ordered_str(topic).ordered_str(key).u32(*queue).u64(*offset)
             }
@@ -123,6 +128,7 @@ impl Key {
             tag::TXN_DUE => Key::TxnDue { at: d.i64()?, txn: d.ordered_str()? },
             tag::TXN_RESOLVED => Key::TxnResolved { at: d.i64()?, txn: d.ordered_str()? },
             tag::TXN_OPEN => Key::TxnOpen { state: d.u8()?, created_at: d.i64()?, txn: d.ordered_str()? },
+            tag::USER => Key::User(d.ordered_str()?),
             other => return Err(invalid("key tag", other)),
         };
         d.finish()?;
@@ -153,6 +159,10 @@ impl Key {
     /// Open transactions in one state (by its record code), oldest first.
     pub fn txn_open_prefix(state: u8) -> Vec<u8> {
         vec![tag::TXN_OPEN, state]
+    }
+
+    pub fn user_prefix() -> Vec<u8> {
+        vec![tag::USER]
     }
 
     /// Every key of the same kind as this one (its tag byte): for counting keys in tests and
@@ -231,6 +241,7 @@ mod tests {
                 .prop_map(|(topic, queue, offset, chunk)| { Key::MessageChunk { topic, queue, offset, chunk } }),
             (s, s).prop_map(|(topic, message_id)| Key::MessageId { topic, message_id }),
             s.prop_map(Key::Group),
+            s.prop_map(Key::User),
             (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::Cursor { group, topic, queue }),
             (s, s, any::<u32>(), any::<u64>())
                 .prop_map(|(group, topic, queue, offset)| { Key::Inflight { group, topic, queue, offset } }),

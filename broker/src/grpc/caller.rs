@@ -1,0 +1,73 @@
+//! Who is calling: the authenticated user of a request (or why it is not authenticated), and
+//! the checks of what that user may do. One place for every service: messaging, Telemetry and
+//! the admin API.
+
+use crate::auth::acl::{Action, Resource};
+use crate::auth::header::DATE_HEADER;
+use crate::auth::{Auth, User};
+use crate::broker::{now_ms, Broker};
+use crate::error::BrokerError;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tonic::Request;
+
+/// The caller of one request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// `Ok(None)`: authentication is off. `Err`: why the request is not authenticated.
+    identity: Result<Option<Arc<User>>, String>,
+    pub from: Option<IpAddr>,
+}
+
+impl Caller {
+    /// Authenticates `req` (counting and logging a failure, at most ten lines a second).
+    pub fn of<T>(broker: &Broker, req: &Request<T>, client_id: &str, rpc: &'static str) -> Caller {
+        let from = req.remote_addr().map(|a| a.ip());
+        let header = |name: &str| req.metadata().get(name).and_then(|v| v.to_str().ok());
+        let now = now_ms();
+        let auth = broker.auth();
+        let identity = auth.authenticate(header("authorization"), header(DATE_HEADER), now).map_err(|f| {
+            broker.metrics().auth_failures.add(&[rpc], 1);
+            if auth.log_failure_now(now) {
+                tracing::warn!(
+                    client_id,
+                    rpc,
+                    source = ?from,
+                    access_key = f.access_key.as_deref().unwrap_or(""),
+                    reason = f.reason,
+                    "authentication failed"
+                );
+            }
+            f.reason
+        });
+        Caller { identity, from }
+    }
+
+    /// The authenticated user (`None` when authentication is off).
+    pub fn user(&self) -> Result<Option<&Arc<User>>, BrokerError> {
+        match &self.identity {
+            Ok(u) => Ok(u.as_ref()),
+            Err(why) => Err(BrokerError::Unauthorized(why.clone())),
+        }
+    }
+
+    /// Whether the request is authenticated (or authentication is off).
+    pub fn authenticated(&self) -> bool {
+        self.identity.is_ok()
+    }
+
+    /// Checks that the caller may do every `(resource, action)` of `needs`.
+    pub fn allow(&self, needs: &[(Resource<'_>, Action)]) -> Result<(), BrokerError> {
+        let Some(user) = self.user()? else { return Ok(()) };
+        needs.iter().try_for_each(|(r, a)| Auth::authorize(user, *r, *a, self.from))
+    }
+
+    /// Checks that the caller may do at least one `(resource, action)` of `options`.
+    pub fn allow_any(&self, options: &[(Resource<'_>, Action)]) -> Result<(), BrokerError> {
+        let Some(user) = self.user()? else { return Ok(()) };
+        if options.iter().any(|(r, a)| Auth::allowed(user, *r, *a, self.from)) {
+            return Ok(());
+        }
+        self.allow(&options[..1])
+    }
+}
