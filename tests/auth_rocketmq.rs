@@ -49,7 +49,18 @@ impl std::io::Write for LogWriter {
     }
 }
 
-/// A broker with authentication on and the super user `root`.
+/// The certificates of this file's brokers; the official client trusts their CA through
+/// `SSL_CERT_FILE` (process-wide, so one CA for every test here).
+fn certs() -> &'static common::TestCerts {
+    static CERTS: OnceLock<common::TestCerts> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        let certs = common::TestCerts::new("auth");
+        std::env::set_var("SSL_CERT_FILE", &certs.ca);
+        certs
+    })
+}
+
+/// A broker with authentication on, the super user `root`, TLS beside plaintext, and metrics.
 async fn start_secured(dir: &std::path::Path) -> RunningBroker {
     log();
     let _ = common::ADMIN_AS.set(txmq_client::Credentials::new(ROOT, ROOT_SECRET));
@@ -58,6 +69,9 @@ async fn start_secured(dir: &std::path::Path) -> RunningBroker {
     let mut config = txn_config(dir);
     config.auth = true;
     config.auth_init_user = Some(ROOT.into());
+    config.tls_cert = Some(certs().cert.clone());
+    config.tls_key = Some(certs().key.clone());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     common::start(config).await
 }
 
@@ -91,10 +105,12 @@ async fn create_user(broker: &RunningBroker, name: &str, secret: &str, grants: &
     }
 }
 
+/// The official client's options: signing with `ak`/`sk`, over TLS.
 fn option(broker: &RunningBroker, ak: &str, sk: &str) -> ClientOption {
     let mut o = common::client_option(broker);
     o.set_access_key(ak);
     o.set_secret_key(sk);
+    o.set_enable_tls(true);
     o
 }
 
@@ -354,6 +370,15 @@ async fn every_clients_header_variant_is_checked_the_same_way() {
     broker.stop().await.unwrap();
 }
 
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
 /// Runs `txmq --broker ADDR ARGS…` with `env`; returns (success, stdout, stderr).
 async fn txmq(broker: &RunningBroker, env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_txmq"));
@@ -423,6 +448,21 @@ async fn the_cli_signs_admin_calls_and_manages_users_without_showing_secrets() {
     assert!(ok, "{err}");
     let (ok, _, _) = txmq(&broker, &alice, &["topic", "list"]).await;
     assert!(!ok);
+
+    // The CLI over TLS, trusting the broker's CA.
+    let ca = certs().ca.to_str().unwrap();
+    let (ok, _, err) = txmq(&broker, &root, &["--ca-file", ca, "topic", "list"]).await;
+    assert!(ok, "{err}");
+
+    // The metrics count the failures and show no secret.
+    let metrics = scrape(broker.metrics_addr.unwrap());
+    let failures: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("txmq_auth_failures_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failures >= 3.0, "{metrics}");
+    assert!(!metrics.contains(ROOT_SECRET) && !metrics.contains(ALICE_SECRET));
     broker.stop().await.unwrap();
 
     // The broker logged the failures and the user changes, and no secret.

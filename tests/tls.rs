@@ -105,3 +105,103 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
     open.send(Message::new("secure", b"same connection".to_vec())).await.expect("the open connection was kept");
     broker.stop().await.unwrap();
 }
+
+/// A client certificate named `cn`, signed by a new CA: `(ca pem, cert pem, key pem)`.
+fn client_certificate(cn: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.distinguished_name.push(DnType::CommonName, "clients CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+async fn send_over_mtls(
+    broker: &RunningBroker,
+    server_ca: &std::path::Path,
+    identity: Option<(&str, &str)>,
+    topic: &str,
+) -> i32 {
+    use txmq_proto::v2;
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(server_ca).unwrap()));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", broker.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let message = v2::Message {
+        topic: Some(v2::Resource { resource_namespace: String::new(), name: topic.into() }),
+        user_properties: Default::default(),
+        system_properties: Some(v2::SystemProperties {
+            message_id: format!(
+                "{:X}",
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            ),
+            body_encoding: v2::Encoding::Identity as i32,
+            message_type: v2::MessageType::Normal as i32,
+            born_timestamp: Some(prost_types::Timestamp { seconds: 1, nanos: 0 }),
+            born_host: "test".into(),
+            ..Default::default()
+        }),
+        body: b"over mTLS".to_vec(),
+    };
+    let r = v2::messaging_service_client::MessagingServiceClient::new(channel)
+        .send_message(v2::SendMessageRequest { messages: vec![message] })
+        .await
+        .unwrap()
+        .into_inner();
+    r.status.unwrap().code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_logs_in_as_the_user_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new("mtls");
+    let (client_ca, cert, key) = client_certificate("cert-user");
+    let client_ca_file = certs.dir.path().join("clients-ca.pem");
+    std::fs::write(&client_ca_file, client_ca).unwrap();
+    std::env::set_var("TXMQ_AUTH_INIT_SECRET", "root-secret-mtls");
+    let mut config = common::fast_config(dir.path());
+    config.tls_cert = Some(certs.cert.clone());
+    config.tls_key = Some(certs.key.clone());
+    config.tls_client_ca = Some(client_ca_file);
+    config.auth = true;
+    config.auth_init_user = Some("root".into());
+    let broker = common::start(config).await;
+    let mut admin = common::admin_with(&broker, Some(txmq_client::Credentials::new("root", "root-secret-mtls"))).await;
+    use txmq_proto::admin as pb;
+    let r = admin
+        .create_user(pb::CreateUserRequest {
+            name: "cert-user".into(),
+            secret: "unused-secret-1".into(),
+            r#type: "normal".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
+    let entry = pb::AclEntry { resource: "Topic:orders".into(), actions: "Pub".into(), allow: true, sources: vec![] };
+    admin.grant_acl(pb::GrantAclRequest { user: "cert-user".into(), entry: Some(entry) }).await.unwrap();
+
+    use txmq_proto::v2::Code;
+    let id = Some((cert.as_str(), key.as_str()));
+    assert_eq!(send_over_mtls(&broker, &certs.ca, id, "orders").await, Code::Ok as i32);
+    assert_eq!(send_over_mtls(&broker, &certs.ca, id, "payments").await, Code::Forbidden as i32);
+    assert_eq!(
+        send_over_mtls(&broker, &certs.ca, None, "orders").await,
+        Code::Unauthorized as i32,
+        "no certificate, no signature"
+    );
+    broker.stop().await.unwrap();
+}

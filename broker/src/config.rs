@@ -306,6 +306,9 @@ options! {
     /// With a certificate: `permissive` takes TLS and plaintext on the one port, `required`
     /// closes plaintext connections.
     tls_mode: TlsMode = TlsMode::Permissive, "tls-mode", "TXMQ_TLS_MODE";
+    /// CA certificates (PEM) of client certificates (mutual TLS): a client presenting one is
+    /// the user named by its subject's common name, without signing its requests.
+    tls_client_ca: Maybe<PathBuf> = None, "tls-client-ca", "TXMQ_TLS_CLIENT_CA", shown "none";
 }
 
 impl Config {
@@ -348,6 +351,9 @@ impl Config {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls-cert and tls-key go together".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err("tls-client-ca needs tls-cert and tls-key".into());
         }
         if self.tls_mode == TlsMode::Required && self.tls_cert.is_none() {
             return Err("tls-mode required needs tls-cert and tls-key".into());

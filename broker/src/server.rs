@@ -7,6 +7,7 @@
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::grpc::admin::{AdminGate, AdminService};
+use crate::grpc::caller::ConnInfo;
 use crate::grpc::clients::Clients;
 use crate::grpc::messaging::Messaging;
 use crate::grpc::route;
@@ -83,9 +84,10 @@ pub async fn run_with_metrics(
     tracker.spawn(crate::tasks::checkback::run(broker.clone(), clients, token.clone()));
     let tls = match (&broker.config().tls_cert, &broker.config().tls_key) {
         (Some(cert), Some(key)) => {
-            let tls = Arc::new(
-                Tls::load(cert, key, broker.config().tls_mode).map_err(|e| ServeError::Config(e.to_string()))?,
-            );
+            let c = broker.config();
+            let tls = Tls::load(cert, key, c.tls_client_ca.as_deref(), c.tls_mode)
+                .map_err(|e| ServeError::Config(e.to_string()))?;
+            let tls = Arc::new(tls);
             tracing::info!(mode = ?tls.mode, "TLS on the gRPC port");
             tracker.spawn(reload_on_hangup(tls.clone(), token.clone()));
             Some(tls)
@@ -153,7 +155,7 @@ fn incoming(
             }
             match &tls {
                 None => {
-                    if tx.send(Ok(Conn { io: Io::Plain(stream), _permit: permit })).await.is_err() {
+                    if tx.send(Ok(Conn { io: Io::Plain(stream), client_cn: None, _permit: permit })).await.is_err() {
                         return;
                     }
                 }
@@ -161,7 +163,16 @@ fn incoming(
                     let (tls, tx) = (tls.clone(), tx.clone());
                     tokio::spawn(async move {
                         if let Some(io) = sniff(stream, &tls).await {
-                            let _ = tx.send(Ok(Conn { io, _permit: permit })).await;
+                            let client_cn = match &io {
+                                Io::Tls(s) => s
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .and_then(|c| crate::tls::subject_common_name(c)),
+                                Io::Plain(_) => None,
+                            };
+                            let _ = tx.send(Ok(Conn { io, client_cn, _permit: permit })).await;
                         }
                     });
                 }
@@ -220,6 +231,8 @@ async fn reload_on_hangup(tls: Arc<Tls>, shutdown: CancellationToken) {
 /// An accepted connection and its place under the connection limit.
 struct Conn {
     io: Io,
+    /// The common name of the client's certificate (mutual TLS).
+    client_cn: Option<String>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -229,12 +242,13 @@ enum Io {
 }
 
 impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        match &self.io {
-            Io::Plain(s) => s.connect_info(),
-            Io::Tls(s) => s.get_ref().0.connect_info(),
-        }
+        let tcp = match &self.io {
+            Io::Plain(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        };
+        ConnInfo { remote: tcp.peer_addr().ok(), client_cn: self.client_cn.clone() }
     }
 }
 

@@ -201,6 +201,18 @@ impl Auth {
         Ok(Some(user))
     }
 
+    /// The user a verified client certificate names (mutual TLS): its subject's common name.
+    pub fn authenticate_certificate(&self, common_name: &str) -> std::result::Result<Option<Arc<User>>, AuthFailure> {
+        if !self.settings.enabled {
+            return Ok(None);
+        }
+        crate::sync::read(&self.users)
+            .get(common_name)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| AuthFailure::new(Some(common_name), "the client certificate names no user"))
+    }
+
     /// Whether the failure should be logged now: at most 10 lines a second, so a flood of bad
     /// requests cannot flood the log.
     pub fn log_failure_now(&self, now: Millis) -> bool {

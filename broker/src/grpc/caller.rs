@@ -11,6 +11,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use tonic::Request;
 
+/// What each request of a connection knows about it (the server puts it in the request's
+/// extensions).
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: Option<std::net::SocketAddr>,
+    /// The common name of the client's TLS certificate, when it presented one.
+    pub client_cn: Option<String>,
+}
+
 /// The caller of one request.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -20,13 +29,25 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The peer's address, when the connection has one.
+    pub fn peer<T>(req: &Request<T>) -> Option<std::net::SocketAddr> {
+        req.extensions().get::<ConnInfo>().and_then(|c| c.remote)
+    }
+
     /// Authenticates `req` (counting and logging a failure, at most ten lines a second).
     pub fn of<T>(broker: &Broker, req: &Request<T>, client_id: &str, rpc: &'static str) -> Caller {
-        let from = req.remote_addr().map(|a| a.ip());
+        let conn = req.extensions().get::<ConnInfo>();
+        let from = conn.and_then(|c| c.remote).map(|a| a.ip());
         let header = |name: &str| req.metadata().get(name).and_then(|v| v.to_str().ok());
         let now = now_ms();
         let auth = broker.auth();
-        let identity = auth.authenticate(header("authorization"), header(DATE_HEADER), now).map_err(|f| {
+        let certificate = conn.and_then(|c| c.client_cn.as_deref());
+        let identity = match (header("authorization"), certificate) {
+            // A client certificate stands for the signature when the request carries none.
+            (None, Some(cn)) => auth.authenticate_certificate(cn),
+            (authorization, _) => auth.authenticate(authorization, header(DATE_HEADER), now),
+        };
+        let identity = identity.map_err(|f| {
             broker.metrics().auth_failures.add(&[rpc], 1);
             if auth.log_failure_now(now) {
                 tracing::warn!(

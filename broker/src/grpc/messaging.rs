@@ -54,7 +54,7 @@ fn client_id<T>(req: &Request<T>) -> String {
     match req.metadata().get("x-mq-client-id").and_then(|v| v.to_str().ok()) {
         // Official ids are ~40 characters; a longer one is cut so it cannot bloat the registry.
         Some(id) if !id.is_empty() => id.chars().take(MAX_CLIENT_ID_LEN).collect(),
-        _ => match req.remote_addr() {
+        _ => match Caller::peer(req) {
             Some(addr) => format!("anonymous@{addr}"),
             None => "anonymous".to_string(),
         },
