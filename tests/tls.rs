@@ -90,7 +90,9 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
     certs.issue("second");
     // The broker listens for SIGHUP from its start; give its task a moment to be running.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = std::process::Command::new("kill").args(["-HUP", &std::process::id().to_string()]).status().unwrap();
+    // The shell's own `kill`, present wherever `sh` is.
+    let hup = format!("kill -HUP {}", std::process::id());
+    let status = std::process::Command::new("sh").args(["-c", &hup]).status().unwrap();
     assert!(status.success());
 
     let started = std::time::Instant::now();

@@ -23,6 +23,10 @@ pub type Maybe<T> = Option<T>;
 pub trait Value: Sized + Clone + Send + Sync + 'static {
     fn parse_arg(s: &str) -> Result<Self, String>;
     fn show(&self) -> String;
+    /// The value of the flag given bare (`--auth` for `--auth true`); `None`: a value is needed.
+    fn bare() -> Option<&'static str> {
+        None
+    }
     fn from_toml(v: &toml::Value) -> Result<Self, String> {
         match v {
             toml::Value::String(s) => Self::parse_arg(s),
@@ -45,7 +49,19 @@ macro_rules! from_str_value {
         }
     )*};
 }
-from_str_value!(SocketAddr, String, bool, u32, usize);
+from_str_value!(SocketAddr, String, u32, usize);
+
+impl Value for bool {
+    fn parse_arg(s: &str) -> Result<Self, String> {
+        s.trim().parse::<bool>().map_err(|e| format!("invalid value {s:?}: {e}"))
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+    fn bare() -> Option<&'static str> {
+        Some("true")
+    }
+}
 
 impl Value for PathBuf {
     fn parse_arg(s: &str) -> Result<Self, String> {
@@ -178,6 +194,8 @@ macro_rules! options {
             pub config: Option<PathBuf>,
             $(
                 #[arg(long = $flag, env = $env, value_parser = <$ty as Value>::parse_arg,
+                      num_args = if <$ty as Value>::bare().is_some() { 0..=1 } else { 1..=1 },
+                      default_missing_value = <$ty as Value>::bare(),
                       help = help(concat!($($doc),+), options!(@shown Config::default().$name $(, $shown)?)))]
                 pub $name: Option<$ty>,
             )*
@@ -383,7 +401,11 @@ mod tests {
         assert!(readme.contains(&table), "README.md's options table differs; it should be:\n{table}");
         let help = <Args as clap::CommandFactory>::command().render_long_help().to_string();
         for o in options() {
-            assert!(help.contains(&format!("--{} <", o.flag)), "--{} missing from --help", o.flag);
+            assert!(
+                help.contains(&format!("--{} <", o.flag)) || help.contains(&format!("--{} [<", o.flag)),
+                "--{} missing from --help",
+                o.flag
+            );
             assert!(help.contains(o.env), "{} missing from --help", o.env);
             assert!(help.contains(&format!("[default: {}]", o.default)), "default of --{} missing from --help", o.flag);
         }
@@ -411,6 +433,15 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
         assert_eq!(c.max_delay, Duration::from_secs(7200));
         assert!(c.auto_create_topics);
+    }
+
+    #[test]
+    fn boolean_flags_may_be_given_bare() {
+        let c = Args::parse_from(["txmq-broker", "--auth", "--tls-mode", "permissive"]).resolve().unwrap();
+        assert!(c.auth);
+        let c = Args::parse_from(["txmq-broker", "--auth", "false", "--auto-create-topics=false"]).resolve().unwrap();
+        assert!(!c.auth && !c.auto_create_topics);
+        assert!(!Args::parse_from(["txmq-broker"]).resolve().unwrap().auth);
     }
 
     #[test]
