@@ -367,6 +367,19 @@ async fn every_clients_header_variant_is_checked_the_same_way() {
         .unwrap()
         .into_inner();
     assert_eq!(r.status.unwrap().code, unauthorized);
+
+    // The SDK signs the same way, over TLS too.
+    let sdk = |sk: &str| {
+        txmq_client::ClientConfig::new(broker.access_point())
+            .with_credentials("app", sk)
+            .with_tls(Some(certs().ca.clone()))
+    };
+    let p = txmq_client::Producer::connect(sdk("app-secret-123"), &["orders"]).await.expect("the SDK signs in");
+    p.send(txmq_client::Message::new("orders", b"from the SDK".to_vec())).await.expect("allowed");
+    let e = p.send(txmq_client::Message::new("payments", b"x".to_vec())).await.unwrap_err();
+    assert!(e.to_string().contains("FORBIDDEN"), "{e}");
+    let Err(e) = txmq_client::Producer::connect(sdk("wrong-secret-1"), &["orders"]).await else { panic!("signed in") };
+    assert!(e.to_string().contains("UNAUTHORIZED"), "{e}");
     broker.stop().await.unwrap();
 }
 
