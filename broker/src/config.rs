@@ -336,6 +336,17 @@ impl Config {
     }
 }
 
+/// Splits `host:port` (IPv6 as `[::1]:8081`).
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("invalid port in {s:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("empty host in {s:?}"));
+    }
+    Ok((host.to_string(), port))
+}
+
 impl Config {
     /// Rejects values the broker cannot run with.
     pub fn validate(&self) -> Result<(), String> {
@@ -365,7 +376,7 @@ impl Config {
             return Err("long-polling-max must be at most 30s (the Rust client's deadline is 40s)".into());
         }
         if let Some(a) = &self.advertise {
-            crate::grpc::route::parse_host_port(a).map_err(|e| format!("invalid advertise address: {e}"))?;
+            parse_host_port(a).map_err(|e| format!("invalid advertise address: {e}"))?;
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls-cert and tls-key go together".into());
@@ -433,6 +444,14 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
         assert_eq!(c.max_delay, Duration::from_secs(7200));
         assert!(c.auto_create_topics);
+    }
+
+    #[test]
+    fn host_ports_parse() {
+        assert_eq!(parse_host_port("127.0.0.1:8081").unwrap(), ("127.0.0.1".into(), 8081));
+        assert_eq!(parse_host_port("[::1]:9").unwrap(), ("::1".into(), 9));
+        assert!(parse_host_port("nohost").is_err());
+        assert!(parse_host_port(":80").is_err());
     }
 
     #[test]

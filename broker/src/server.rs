@@ -319,7 +319,7 @@ impl tokio::io::AsyncWrite for Conn {
 
 fn advertised_endpoints(config: &Config, local: SocketAddr) -> Result<txmq_proto::v2::Endpoints, ServeError> {
     let (host, port) = match &config.advertise {
-        Some(a) => route::parse_host_port(a).map_err(ServeError::Config)?,
+        Some(a) => crate::config::parse_host_port(a).map_err(ServeError::Config)?,
         None if local.ip().is_unspecified() => ("127.0.0.1".to_string(), local.port()),
         None => (local.ip().to_string(), local.port()),
     };

@@ -8,17 +8,6 @@ use crate::model::TopicRecord;
 use std::net::IpAddr;
 use txmq_proto::v2;
 
-/// Splits `host:port` (IPv6 as `[::1]:8081`).
-pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
-    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
-    let port: u16 = port.parse().map_err(|_| format!("invalid port in {s:?}"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("empty host in {s:?}"));
-    }
-    Ok((host.to_string(), port))
-}
-
 /// Endpoints for one `host:port`.
 pub fn endpoints(host: &str, port: u16) -> v2::Endpoints {
     let scheme = match host.parse::<IpAddr>() {
@@ -66,14 +55,6 @@ pub fn queues(topic: &TopicRecord, namespace: &str, at: &v2::Endpoints) -> Vec<v
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_port_parsing() {
-        assert_eq!(parse_host_port("127.0.0.1:8081").unwrap(), ("127.0.0.1".into(), 8081));
-        assert_eq!(parse_host_port("[::1]:9").unwrap(), ("::1".into(), 9));
-        assert!(parse_host_port("nohost").is_err());
-        assert!(parse_host_port(":80").is_err());
-    }
 
     #[test]
     fn the_clients_spelling_is_echoed_only_for_our_port() {
