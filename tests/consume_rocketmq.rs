@@ -188,6 +188,42 @@ async fn tag_filters_select_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql92_filters_select_exactly_the_matching_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(fast_config(dir.path())).await;
+    let p = producer(&broker, &["orders"]).await;
+    // (region, amount, tag); the filter wants European orders over 100 that were paid.
+    let batch = [("eu", "150", "paid"), ("us", "150", "paid"), ("eu", "50", "paid"), ("eu", "500", "created")];
+    for (i, (region, amount, tag)) in batch.iter().enumerate() {
+        let props = std::collections::HashMap::from([("region", *region), ("amount", *amount)]);
+        let m = MessageBuilder::builder()
+            .set_topic("orders")
+            .set_tag(*tag)
+            .set_properties(props)
+            .set_body(format!("{i}").into_bytes())
+            .build()
+            .unwrap();
+        p.send(m).await.unwrap();
+    }
+    let no_props = MessageBuilder::builder().set_topic("orders").set_body(b"4".to_vec()).build().unwrap();
+    p.send(no_props).await.unwrap();
+    let sql = rocketmq::model::common::FilterExpression::new(
+        rocketmq::model::common::FilterType::Sql,
+        "region IN ('eu', 'uk') AND amount > 100 AND TAGS = 'paid'",
+    );
+    let c = consumer(&broker, "eu-payments", &["orders"]).await;
+    let got = drain(&c, "orders", &sql, 2, Duration::from_secs(5)).await;
+    let bodies: Vec<String> = got.iter().map(|m| String::from_utf8(m.body().to_vec()).unwrap()).collect();
+    assert_eq!(bodies, ["0"], "only the paid European order over 100");
+    assert!(c.receive("orders".to_string(), &sql).await.unwrap().is_empty());
+    // A malformed expression is refused with its position.
+    let bad = rocketmq::model::common::FilterExpression::new(rocketmq::model::common::FilterType::Sql, "amount >");
+    let Err(e) = c.receive("orders".to_string(), &bad).await else { panic!("accepted") };
+    assert_eq!(common::code_of(&e), "ILLEGAL_FILTER_EXPRESSION");
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_receive_answers_before_the_client_deadline() {
     let dir = tempfile::tempdir().unwrap();
     // Default long polling (20 s) against the Rust client's 40 s deadline.

@@ -136,8 +136,8 @@ async fn assignments_filters_and_handles() {
         .into_inner();
     assert_eq!(a.status.unwrap().code, v2::Code::Ok as i32);
     assert_eq!(a.assignments.len(), 1);
-    let sql = v2::FilterExpression { r#type: v2::FilterType::Sql as i32, expression: "a > 1".into() };
-    assert_eq!(receive(&mut c, "g", "orders", sql, 30).await.0, v2::Code::NotImplemented as i32);
+    let sql = v2::FilterExpression { r#type: v2::FilterType::Sql as i32, expression: "a > ".into() };
+    assert_eq!(receive(&mut c, "g", "orders", sql, 30).await.0, v2::Code::IllegalFilterExpression as i32);
     let empty_tag = v2::FilterExpression { r#type: v2::FilterType::Tag as i32, expression: "a||".into() };
     assert_eq!(receive(&mut c, "g", "orders", empty_tag, 30).await.0, v2::Code::IllegalFilterExpression as i32);
     assert_eq!(receive(&mut c, "g", "orders", all(), 0).await.0, v2::Code::IllegalInvisibleTime as i32);

@@ -1,12 +1,27 @@
-//! Tag filters: `*` (or empty) matches everything, `a||b` matches messages tagged `a` or `b`.
+//! Subscription filters: tag expressions (`*` or empty matches everything, `a||b` matches
+//! messages tagged `a` or `b`) and SQL92 expressions over properties ([`super::sql`]).
 
+use super::sql::{Props, Sql};
 use crate::error::{BrokerError, Result};
+use crate::model::NewMessage;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A parsed subscription filter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
     All,
     Tags(Vec<String>),
+    Sql(Arc<Sql>),
+}
+
+/// Compiled SQL92 expressions by text: a subscription sends its expression with every receive,
+/// and it is parsed once. Bounded: emptied when it holds this many.
+const SQL_CACHE: usize = 1024;
+
+fn sql_cache() -> &'static Mutex<HashMap<String, Arc<Sql>>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Sql>>>> = OnceLock::new();
+    CACHE.get_or_init(Mutex::default)
 }
 
 impl Filter {
@@ -26,10 +41,29 @@ impl Filter {
         Ok(Filter::Tags(tags))
     }
 
-    pub fn matches(&self, tag: Option<&str>) -> bool {
+    /// Parses a SQL92 expression (or takes it compiled from the cache).
+    pub fn sql(expression: &str) -> Result<Self> {
+        if let Some(sql) = crate::sync::lock(sql_cache()).get(expression) {
+            return Ok(Filter::Sql(sql.clone()));
+        }
+        let sql = Arc::new(
+            Sql::parse(expression)
+                .map_err(|e| BrokerError::IllegalFilter(format!("SQL92 expression {expression:?}: {e}")))?,
+        );
+        let mut cache = crate::sync::lock(sql_cache());
+        if cache.len() >= SQL_CACHE {
+            cache.clear();
+        }
+        cache.insert(expression.to_string(), sql.clone());
+        Ok(Filter::Sql(sql))
+    }
+
+    /// Whether a message passes the filter.
+    pub fn matches(&self, m: &NewMessage) -> bool {
         match self {
             Filter::All => true,
-            Filter::Tags(tags) => tag.is_some_and(|t| tags.iter().any(|x| x == t)),
+            Filter::Tags(tags) => m.tag.as_deref().is_some_and(|t| tags.iter().any(|x| x == t)),
+            Filter::Sql(sql) => sql.matches(&Props { tag: m.tag.as_deref(), user: &m.user_properties }),
         }
     }
 }
@@ -38,13 +72,29 @@ impl Filter {
 mod tests {
     use super::*;
 
+    fn tagged(tag: Option<&str>) -> NewMessage {
+        let mut m = crate::model::tests::sample_message("t", "id");
+        m.tag = tag.map(str::to_string);
+        m
+    }
+
     #[test]
     fn star_and_alternatives() {
-        assert!(Filter::tags("*").unwrap().matches(None));
-        assert!(Filter::tags("").unwrap().matches(Some("x")));
+        assert!(Filter::tags("*").unwrap().matches(&tagged(None)));
+        assert!(Filter::tags("").unwrap().matches(&tagged(Some("x"))));
         let f = Filter::tags("a || b").unwrap();
-        assert!(f.matches(Some("a")) && f.matches(Some("b")));
-        assert!(!f.matches(Some("c")) && !f.matches(None));
+        assert!(f.matches(&tagged(Some("a"))) && f.matches(&tagged(Some("b"))));
+        assert!(!f.matches(&tagged(Some("c"))) && !f.matches(&tagged(None)));
         assert!(matches!(Filter::tags("a||"), Err(BrokerError::IllegalFilter(_))));
+    }
+
+    #[test]
+    fn sql_filters_read_properties_and_the_tag_and_errors_name_the_position() {
+        let mut m = tagged(Some("paid"));
+        m.user_properties.insert("amount".into(), "120".into());
+        assert!(Filter::sql("amount > 100 AND TAGS = 'paid'").unwrap().matches(&m));
+        assert!(!Filter::sql("amount > 200").unwrap().matches(&m));
+        let Err(BrokerError::IllegalFilter(why)) = Filter::sql("amount >") else { panic!() };
+        assert!(why.contains("position 8"), "{why}");
     }
 }

@@ -27,6 +27,7 @@ pub mod admin;
 pub mod filter;
 pub mod handle;
 pub mod service;
+pub mod sql;
 pub mod state;
 
 pub use service::{ConsumeSettings, Consumers, Source};

@@ -251,7 +251,7 @@ impl Consumers {
         let invisible_ms = if req.auto_renew { AUTO_RENEW_INVISIBLE_MS } else { req.invisible.as_millis() as Millis };
         let topic = req.topic.as_str();
         let queues: Vec<_> = (0..queue_count).filter_map(|q| log.offsets(topic, q)).collect();
-        let accept = |m: &StoredMessage| req.filter.matches(m.msg.tag.as_deref());
+        let accept = |m: &StoredMessage| req.filter.matches(&m.msg);
         let rules = PollRules {
             now,
             batch: req.batch,

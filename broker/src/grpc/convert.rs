@@ -342,7 +342,7 @@ pub fn filter(f: Option<&v2::FilterExpression>) -> Result<crate::consume::filter
     let Some(f) = f else { return Ok(Filter::All) };
     match v2::FilterType::try_from(f.r#type) {
         Ok(v2::FilterType::Tag | v2::FilterType::Unspecified) => Filter::tags(&f.expression),
-        Ok(v2::FilterType::Sql) => Err(BrokerError::NotImplemented("SQL92 filter expressions")),
+        Ok(v2::FilterType::Sql) => Filter::sql(&f.expression),
         Err(_) => Err(BrokerError::IllegalFilter(format!("unknown filter type {}", f.r#type))),
     }
 }
