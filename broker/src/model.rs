@@ -170,6 +170,9 @@ pub struct NewMessage {
     pub origin_topic: Option<String>,
     pub user_properties: BTreeMap<String, String>,
     pub body: Vec<u8>,
+    /// The body is GZIP-compressed, as the producer sent it (stored and delivered as is; the
+    /// consuming client decompresses it).
+    pub body_gzip: bool,
 }
 
 impl NewMessage {
@@ -223,10 +226,12 @@ impl StoredMessage {
 }
 
 /// Layout: a header readable from the first chunk alone (version, store time, place, topic,
-/// id), then the rest. Retention reads only the header.
+/// id), then the rest. Retention reads only the header. Version 2 adds the body encoding after
+/// the body; version 1 records are identity-encoded.
 impl Record for StoredMessage {
     const KIND: &'static str = "message record";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
+    const OLDEST: u8 = 1;
 
     fn write(&self, e: &mut Encoder) {
         let m = &self.msg;
@@ -252,7 +257,7 @@ impl Record for StoredMessage {
         for (k, v) in &m.user_properties {
             e.str(k).str(v);
         }
-        e.str(&self.producer).str(&self.body_md5).bytes(&m.body);
+        e.str(&self.producer).str(&self.body_md5).bytes(&m.body).bool(m.body_gzip);
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -262,7 +267,7 @@ impl Record for StoredMessage {
         e.finish()
     }
 
-    fn read(d: &mut Decoder<'_>, _version: u8) -> Result<Self, CodecError> {
+    fn read(d: &mut Decoder<'_>, version: u8) -> Result<Self, CodecError> {
         let store_timestamp = d.i64()?;
         let queue = d.u32()?;
         let offset = d.u64()?;
@@ -291,6 +296,7 @@ impl Record for StoredMessage {
         let producer = d.str()?;
         let body_md5 = d.str()?;
         let body = d.bytes()?.to_vec();
+        let body_gzip = version >= 2 && d.bool()?;
         Ok(StoredMessage {
             msg: NewMessage {
                 topic,
@@ -307,6 +313,7 @@ impl Record for StoredMessage {
                 origin_topic,
                 user_properties,
                 body,
+                body_gzip,
             },
             queue,
             offset,
@@ -361,6 +368,7 @@ pub(crate) mod tests {
             origin_topic: None,
             user_properties: [("a".to_string(), "b".to_string())].into(),
             body: b"hello".to_vec(),
+            body_gzip: false,
         }
     }
 
@@ -369,9 +377,10 @@ pub(crate) mod tests {
         fn stored_messages_roundtrip(body in proptest::collection::vec(any::<u8>(), 0..300),
                                      tag in proptest::option::of("[a-z]{0,8}"),
                                      delivery in proptest::option::of(any::<i64>()),
-                                     queue in any::<u32>(), offset in any::<u64>()) {
+                                     queue in any::<u32>(), offset in any::<u64>(), gzip in any::<bool>()) {
             let mut msg = sample_message("t", "id");
             msg.body = body;
+            msg.body_gzip = gzip;
             msg.tag = tag;
             msg.delivery_timestamp = delivery;
             let stored = StoredMessage { body_md5: md5_hex(&msg.body), msg, queue, offset,
@@ -387,6 +396,25 @@ pub(crate) mod tests {
             let _ = StoredMessage::decode(&bytes);
             let _ = TopicRecord::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn version_1_message_records_still_decode_as_identity_encoded() {
+        let stored = StoredMessage {
+            body_md5: md5_hex(b"body"),
+            msg: NewMessage { body: b"body".to_vec(), ..sample_message("t", "id") },
+            queue: 1,
+            offset: 2,
+            store_timestamp: 5,
+            producer: "p".into(),
+        };
+        let mut v1 = stored.encode();
+        v1[0] = 1;
+        v1.pop(); // version 1 ends with the body
+        assert_eq!(StoredMessage::decode(&v1).unwrap(), stored);
+        let mut v3 = stored.encode();
+        v3[0] = 3;
+        assert!(StoredMessage::decode(&v3).is_err(), "a newer record is refused");
     }
 
     #[test]

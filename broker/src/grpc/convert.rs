@@ -131,11 +131,13 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
     if m.body.len() > limits.max_body_size {
         return Err(BrokerError::BodyTooLarge { size: m.body.len(), limit: limits.max_body_size });
     }
-    match v2::Encoding::try_from(sp.body_encoding) {
-        Ok(v2::Encoding::Identity | v2::Encoding::Unspecified) => {}
-        Ok(v2::Encoding::Gzip) => return Err(BrokerError::NotImplemented("GZIP message bodies")),
+    // GZIP bodies are stored and delivered as sent (the size limit applies to those bytes);
+    // like RocketMQ's broker, we never decompress them.
+    let body_gzip = match v2::Encoding::try_from(sp.body_encoding) {
+        Ok(v2::Encoding::Identity | v2::Encoding::Unspecified) => false,
+        Ok(v2::Encoding::Gzip) => true,
         Err(_) => return Err(BrokerError::BadRequest(format!("unknown body encoding {}", sp.body_encoding))),
-    }
+    };
 
     let mut property_bytes = 0usize;
     if let Some(tag) = &sp.tag {
@@ -239,6 +241,7 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
         origin_topic: None,
         user_properties,
         body: m.body,
+        body_gzip,
     })
 }
 
@@ -304,7 +307,7 @@ pub fn wire_message(s: &StoredMessage) -> v2::Message {
             keys: m.keys.clone(),
             message_id: m.message_id.clone(),
             body_digest: Some(v2::Digest { r#type: v2::DigestType::Md5 as i32, checksum: s.body_md5.clone() }),
-            body_encoding: v2::Encoding::Identity as i32,
+            body_encoding: if m.body_gzip { v2::Encoding::Gzip } else { v2::Encoding::Identity } as i32,
             message_type: wire_message_type(m.message_type) as i32,
             born_timestamp: Some(timestamp(m.born_timestamp)),
             born_host: m.born_host.clone(),

@@ -140,8 +140,10 @@ pub trait Store: Send + Sync + 'static {
 
 /// The layout version of the store: the key schema and record encodings a broker writes.
 /// Version 1: everything up to the open-transaction index and dead-letter resent marks; 2 adds
-/// them (a version-1 store is upgraded in place at open, see `txn::service::OpenCounts`).
-pub const SCHEMA_VERSION: u32 = 2;
+/// them (a version-1 store is upgraded in place at open, see `txn::service::OpenCounts`); 3
+/// adds users and version-2 message records (the body encoding), which a broker of schema 2
+/// would misread, so it refuses the store.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Checks the store's schema version at open, writing ours into a new or older store. A store
 /// written by a newer broker is refused: this one could misread it.

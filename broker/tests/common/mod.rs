@@ -172,6 +172,7 @@ pub fn new_message(topic: &str, id: &str, t: txmq_broker::model::MessageType) ->
         origin_topic: None,
         user_properties: Default::default(),
         body: id.as_bytes().to_vec(),
+        body_gzip: false,
     }
 }
 
