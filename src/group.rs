@@ -51,6 +51,15 @@ struct GroupView {
     created_at_ms: i64,
     dead_letters: u64,
     topics: Vec<TopicView>,
+    pull_offsets: Vec<PullOffsetView>,
+}
+
+#[derive(Serialize)]
+struct PullOffsetView {
+    topic: String,
+    queue: u32,
+    offset: u64,
+    end: u64,
 }
 
 fn view(g: pb::Group) -> GroupView {
@@ -58,6 +67,11 @@ fn view(g: pb::Group) -> GroupView {
         name: g.name,
         created_at_ms: g.created_at_ms,
         dead_letters: g.dead_letters,
+        pull_offsets: g
+            .pull_offsets
+            .into_iter()
+            .map(|p| PullOffsetView { topic: p.topic, queue: p.queue, offset: p.offset, end: p.end })
+            .collect(),
         topics: g
             .topics
             .into_iter()
@@ -121,12 +135,25 @@ pub async fn group(broker: &str, cmd: GroupCommand, out: Output) -> anyhow::Resu
                         ]
                     })
                     .collect();
-                format!(
+                let mut s = format!(
                     "group {} ({} dead letters)\n{}",
                     g.name,
                     g.dead_letters,
                     table(&["TOPIC", "BACKLOG", "IN-FLIGHT", "RETRYING", "DEFERRED"], &rows)
-                )
+                );
+                if !g.pull_offsets.is_empty() {
+                    let rows: Vec<Vec<String>> = g
+                        .pull_offsets
+                        .iter()
+                        .map(|p| {
+                            let behind = p.end.saturating_sub(p.offset);
+                            vec![p.topic.clone(), p.queue.to_string(), p.offset.to_string(), behind.to_string()]
+                        })
+                        .collect();
+                    s.push_str("pull offsets\n");
+                    s.push_str(&table(&["TOPIC", "QUEUE", "OFFSET", "BEHIND"], &rows));
+                }
+                s
             })
         }
     }

@@ -269,3 +269,34 @@ async fn bench_scenarios_report_what_they_measured() {
     );
     broker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_describe_shows_pull_offsets() {
+    use txmq_proto::v2;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::fast_config(dir.path());
+    config.default_queue_count = 1;
+    let broker = start(config).await;
+    let addr = broker.access_point();
+    let p = common::producer(&broker, &["ledger"]).await;
+    common::send_n(&p, "ledger", "m", 5).await;
+    let mut c = v2::messaging_service_client::MessagingServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let res = |n: &str| Some(v2::Resource { resource_namespace: String::new(), name: n.into() });
+    let r = c
+        .update_offset(v2::UpdateOffsetRequest {
+            group: res("auditors"),
+            message_queue: Some(v2::MessageQueue { topic: res("ledger"), id: 0, ..Default::default() }),
+            offset: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
+    let g = json(&addr, &["group", "describe", "auditors"]).await;
+    assert_eq!(g["pull_offsets"][0]["topic"], "ledger");
+    assert_eq!(g["pull_offsets"][0]["offset"], 2);
+    assert_eq!(g["pull_offsets"][0]["end"], 5);
+    let (ok, out, _) = txmq(&addr, &["group", "describe", "auditors"]).await;
+    assert!(ok && out.contains("pull offsets") && out.contains("BEHIND"), "{out}");
+    broker.stop().await.unwrap();
+}

@@ -17,6 +17,7 @@
 use crate::auth::{Auth, AuthSettings, UserKind};
 use crate::config::Config;
 use crate::consume::admin::{DeadLetter, GroupStats};
+use crate::consume::pull::{OffsetQuery, PullRequest, Pulled};
 use crate::consume::service::{Delivery, ReceiveRequest};
 use crate::consume::{ConsumeSettings, Consumers, GroupRecord, Source};
 use crate::error::{BrokerError, Result};
@@ -308,6 +309,31 @@ impl Broker {
     /// [`Consumers::resend_dead_letters`]). Returns how many were resent.
     pub async fn resend_dead_letters(&self, group: &str, ids: &[String], all: bool) -> Result<usize> {
         self.consumers.resend_dead_letters(self.source(), group, ids, all).await
+    }
+
+    /// Reads one queue from an offset (pull consumers).
+    pub async fn pull(&self, req: &PullRequest, shutdown: &CancellationToken) -> Result<Pulled> {
+        self.consumers.pull(self.source(), req, shutdown).await
+    }
+
+    /// Commits a pull group's offset in one queue.
+    pub async fn update_offset(&self, group: &str, topic: &str, queue: u32, offset: u64) -> Result<()> {
+        self.consumers.update_offset(self.source(), group, topic, queue, offset).await
+    }
+
+    /// The offset a pull group last committed in one queue.
+    pub fn get_offset(&self, group: &str, topic: &str, queue: u32) -> Result<u64> {
+        self.consumers.get_offset(self.source(), group, topic, queue)
+    }
+
+    /// The beginning or end of a queue, or its first message at or after a time.
+    pub fn query_offset(&self, topic: &str, queue: u32, at: OffsetQuery) -> Result<u64> {
+        crate::consume::pull::query_offset(self.source(), topic, queue, at)
+    }
+
+    /// A pull group's committed offsets: `(topic, queue, offset)`.
+    pub fn pull_offsets(&self, group: &str) -> Vec<(String, u32, u64)> {
+        self.consumers.pull_offsets(group)
     }
 
     // ---- transactions ----

@@ -43,6 +43,8 @@ pub struct GroupStats {
     pub topics: Vec<GroupTopicStats>,
     /// Messages in the group's dead-letter topic.
     pub dead_letters: u64,
+    /// Offsets its pull consumers committed: `(topic, queue, offset, end of the queue)`.
+    pub pull_offsets: Vec<(String, u32, u64, u64)>,
 }
 
 impl Consumers {
@@ -80,7 +82,15 @@ impl Consumers {
             .get(&format!("{DLQ_PREFIX}{name}"))
             .map(|t| src.queue_offsets(&t).iter().map(|q| q.durable - q.min).sum())
             .unwrap_or(0);
-        Some(GroupStats { name: record.name, created_at: record.created_at, topics, dead_letters })
+        let pull_offsets = self
+            .pull_offsets(name)
+            .into_iter()
+            .map(|(t, q, o)| {
+                let end = src.log.offsets(&t, q).map_or(o, |x| x.durable);
+                (t, q, o, end)
+            })
+            .collect();
+        Some(GroupStats { name: record.name, created_at: record.created_at, topics, dead_letters, pull_offsets })
     }
 
     /// Messages in the group's dead-letter topic, oldest first, at most `limit`, each with

@@ -21,11 +21,13 @@
 //! - [`service`]: [`Consumers`], the part that owns groups and their state: receive / ack /
 //!   change-invisible / dead-letter over the store (async).
 //! - [`admin`]: group statistics, dead-letter listing and resend.
+//! - [`pull`]: pull consumers: offset reads of one queue and committed offsets.
 //! - [`filter`], [`handle`]: tag filters and receipt handles.
 
 pub mod admin;
 pub mod filter;
 pub mod handle;
+pub mod pull;
 pub mod service;
 pub mod sql;
 pub mod state;

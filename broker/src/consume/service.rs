@@ -2,7 +2,7 @@
 //! [`GroupTopic`].
 //!
 //! Owns: consumer groups (records, their creation lock and quota) and every group's
-//! consumption state (cursors, in-flight records, resend markers). Reads topics and queues
+//! consumption state (cursors, in-flight records, resend markers, pull offsets). Reads topics and queues
 //! through a [`Source`] and appends only to dead-letter topics; never touches transactions or
 //! another part's keys.
 //!
@@ -137,6 +137,7 @@ pub struct Consumers {
     pub(super) committer: Arc<Committer>,
     metrics: Arc<Metrics>,
     pub(super) settings: ConsumeSettings,
+    pub(super) pull_offsets: super::pull::PullOffsets,
     /// Serializes group creation, so two concurrent first receives store one record.
     create_lock: tokio::sync::Mutex<()>,
 }
@@ -150,7 +151,8 @@ impl Consumers {
         settings: ConsumeSettings,
     ) -> Result<Self> {
         let groups = Groups::load(store.as_ref())?;
-        Ok(Self { groups, store, committer, metrics, settings, create_lock: tokio::sync::Mutex::new(()) })
+        let pull_offsets = super::pull::PullOffsets::load(store.as_ref())?;
+        Ok(Self { groups, store, committer, metrics, settings, pull_offsets, create_lock: tokio::sync::Mutex::new(()) })
     }
 
     /// A group's record.

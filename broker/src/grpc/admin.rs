@@ -480,6 +480,11 @@ fn wire_group(g: GroupStats) -> pb::Group {
         name: g.name,
         created_at_ms: g.created_at,
         dead_letters: g.dead_letters,
+        pull_offsets: g
+            .pull_offsets
+            .into_iter()
+            .map(|(topic, queue, offset, end)| pb::PullOffset { topic, queue, offset, end })
+            .collect(),
         topics: g
             .topics
             .into_iter()

@@ -350,6 +350,27 @@ pub fn filter(f: Option<&v2::FilterExpression>) -> Result<crate::consume::filter
     }
 }
 
+/// The topic and queue id a request names in its `message_queue`.
+pub fn queue_of(q: Option<&v2::MessageQueue>) -> Result<(String, u32)> {
+    let q = q.ok_or_else(|| BrokerError::BadRequest("message_queue is missing".into()))?;
+    let topic = resource_name(q.topic.as_ref(), "topic")?;
+    let id = u32::try_from(q.id).map_err(|_| BrokerError::BadRequest(format!("queue id {} is not a queue", q.id)))?;
+    Ok((topic, id))
+}
+
+/// A QueryOffset policy (and its timestamp).
+pub fn offset_query(policy: i32, at: Option<&prost_types::Timestamp>) -> Result<crate::consume::pull::OffsetQuery> {
+    use crate::consume::pull::OffsetQuery;
+    Ok(match v2::QueryOffsetPolicy::try_from(policy) {
+        Ok(v2::QueryOffsetPolicy::Beginning) => OffsetQuery::Beginning,
+        Ok(v2::QueryOffsetPolicy::End) => OffsetQuery::End,
+        Ok(v2::QueryOffsetPolicy::Timestamp) => OffsetQuery::Time(
+            at.and_then(millis).ok_or_else(|| BrokerError::BadRequest("a TIMESTAMP query needs a timestamp".into()))?,
+        ),
+        Err(_) => return Err(BrokerError::BadRequest(format!("unknown query offset policy {policy}"))),
+    })
+}
+
 /// An EndTransaction's resolution and who made it (a check-back answer or the producer).
 pub fn decision(resolution: i32, source: i32) -> Result<(crate::txn::state::Resolution, crate::txn::state::Actor)> {
     use crate::txn::state::{Actor, Resolution};

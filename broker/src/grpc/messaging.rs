@@ -12,6 +12,7 @@ use super::status::{self, ok};
 use super::telemetry::{self, Announced};
 use crate::auth::acl::{Action, Resource};
 use crate::broker::{now_ms, Broker};
+use crate::consume::pull::PullRequest;
 use crate::consume::service::{Delivery, ReceiveRequest, MAX_BATCH};
 use crate::error::BrokerError;
 use crate::model::MessageType;
@@ -471,22 +472,103 @@ impl MessagingService for Messaging {
 
     type PullMessageStream = BoxStream<v2::PullMessageResponse>;
 
-    async fn pull_message(&self, _req: Request<v2::PullMessageRequest>) -> GrpcResult<Self::PullMessageStream> {
-        Ok(Response::new(single_status_stream(v2::PullMessageResponse {
-            content: Some(v2::pull_message_response::Content::Status(not_implemented("PullMessage"))),
-        })))
+    async fn pull_message(&self, req: Request<v2::PullMessageRequest>) -> GrpcResult<Self::PullMessageStream> {
+        use v2::pull_message_response::Content;
+        let (_timer, client, caller) = self.begin("PullMessage", &req);
+        let deadline = grpc_deadline(&req);
+        let status_only =
+            |st| Response::new(single_status_stream(v2::PullMessageResponse { content: Some(Content::Status(st)) }));
+        let Some(_slot) = self.admit(&client) else { return Ok(status_only(busy())) };
+        let req = req.into_inner();
+        let pulled = async {
+            let group = convert::resource_name(req.group.as_ref(), "group")?;
+            let (topic, queue) = convert::queue_of(req.message_queue.as_ref())?;
+            caller.allow(&[(Resource::topic(&topic), Action::Sub), (Resource::group(&group), Action::Sub)])?;
+            let offset = u64::try_from(req.offset).map_err(|_| BrokerError::BadRequest("negative offset".into()))?;
+            let config = self.broker.config();
+            let mut poll = req
+                .long_polling_timeout
+                .and_then(|d| std::time::Duration::try_from(d).ok())
+                .unwrap_or(config.long_polling_max)
+                .min(config.long_polling_max);
+            if let Some(left) = deadline {
+                poll = poll.min(left.saturating_sub(std::time::Duration::from_secs(1)));
+            }
+            let _permit = self
+                .long_polls
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| BrokerError::TooManyRequests("too many long polls waiting at once".into()))?;
+            let pull = PullRequest {
+                group,
+                topic,
+                queue,
+                offset,
+                batch: usize::try_from(req.batch_size).unwrap_or(0),
+                filter: convert::filter(req.filter_expression.as_ref())?,
+                poll,
+            };
+            self.broker.pull(&pull, &self.shutdown).await
+        }
+        .await;
+        let pulled = match pulled {
+            Ok(p) => p,
+            Err(e) => return Ok(status_only(status::status(&e))),
+        };
+        let mut items = Vec::with_capacity(pulled.messages.len() + 2);
+        let st = if pulled.messages.is_empty() { status::with(Code::MessageNotFound, "no new message") } else { ok() };
+        items.push(v2::PullMessageResponse { content: Some(Content::Status(st)) });
+        for m in &pulled.messages {
+            items.push(v2::PullMessageResponse { content: Some(Content::Message(convert::wire_message(m))) });
+        }
+        items.push(v2::PullMessageResponse { content: Some(Content::NextOffset(pulled.next_offset as i64)) });
+        Ok(Response::new(Box::pin(tokio_stream::iter(items.into_iter().map(Ok)))))
     }
 
-    async fn update_offset(&self, _req: Request<v2::UpdateOffsetRequest>) -> GrpcResult<v2::UpdateOffsetResponse> {
-        Ok(Response::new(v2::UpdateOffsetResponse { status: Some(not_implemented("UpdateOffset")) }))
+    async fn update_offset(&self, req: Request<v2::UpdateOffsetRequest>) -> GrpcResult<v2::UpdateOffsetResponse> {
+        let (_timer, _client, caller) = self.begin("UpdateOffset", &req);
+        let req = req.into_inner();
+        let outcome = async {
+            let group = convert::resource_name(req.group.as_ref(), "group")?;
+            let (topic, queue) = convert::queue_of(req.message_queue.as_ref())?;
+            caller.allow(&[(Resource::topic(&topic), Action::Sub), (Resource::group(&group), Action::Sub)])?;
+            let offset = u64::try_from(req.offset).map_err(|_| BrokerError::BadRequest("negative offset".into()))?;
+            self.broker.update_offset(&group, &topic, queue, offset).await
+        }
+        .await;
+        Ok(Response::new(v2::UpdateOffsetResponse {
+            status: Some(outcome.map_or_else(|e| status::status(&e), |()| ok())),
+        }))
     }
 
-    async fn get_offset(&self, _req: Request<v2::GetOffsetRequest>) -> GrpcResult<v2::GetOffsetResponse> {
-        Ok(Response::new(v2::GetOffsetResponse { status: Some(not_implemented("GetOffset")), offset: 0 }))
+    async fn get_offset(&self, req: Request<v2::GetOffsetRequest>) -> GrpcResult<v2::GetOffsetResponse> {
+        let (_timer, _client, caller) = self.begin("GetOffset", &req);
+        let req = req.into_inner();
+        let outcome = (|| {
+            let group = convert::resource_name(req.group.as_ref(), "group")?;
+            let (topic, queue) = convert::queue_of(req.message_queue.as_ref())?;
+            caller.allow(&[(Resource::topic(&topic), Action::Sub), (Resource::group(&group), Action::Sub)])?;
+            self.broker.get_offset(&group, &topic, queue)
+        })();
+        Ok(Response::new(match outcome {
+            Ok(offset) => v2::GetOffsetResponse { status: Some(ok()), offset: offset as i64 },
+            Err(e) => v2::GetOffsetResponse { status: Some(status::status(&e)), offset: 0 },
+        }))
     }
 
-    async fn query_offset(&self, _req: Request<v2::QueryOffsetRequest>) -> GrpcResult<v2::QueryOffsetResponse> {
-        Ok(Response::new(v2::QueryOffsetResponse { status: Some(not_implemented("QueryOffset")), offset: 0 }))
+    async fn query_offset(&self, req: Request<v2::QueryOffsetRequest>) -> GrpcResult<v2::QueryOffsetResponse> {
+        let (_timer, _client, caller) = self.begin("QueryOffset", &req);
+        let req = req.into_inner();
+        let outcome = (|| {
+            let (topic, queue) = convert::queue_of(req.message_queue.as_ref())?;
+            caller.allow(&[(Resource::topic(&topic), Action::Sub)])?;
+            let at = convert::offset_query(req.query_offset_policy, req.timestamp.as_ref())?;
+            self.broker.query_offset(&topic, queue, at)
+        })();
+        Ok(Response::new(match outcome {
+            Ok(offset) => v2::QueryOffsetResponse { status: Some(ok()), offset: offset as i64 },
+            Err(e) => v2::QueryOffsetResponse { status: Some(status::status(&e)), offset: 0 },
+        }))
     }
 
     async fn end_transaction(&self, req: Request<v2::EndTransactionRequest>) -> GrpcResult<v2::EndTransactionResponse> {

@@ -31,6 +31,8 @@ pub enum Key {
     Inflight { group: String, topic: String, queue: u32, offset: u64 },
     /// A dead letter (in its `%DLQ%` topic) that an operator resent to its group → when.
     DeadLetterResent { topic: String, queue: u32, offset: u64 },
+    /// A pull consumer group's committed offset in one queue (UpdateOffset) → the offset.
+    PullOffset { group: String, topic: String, queue: u32 },
     /// A transaction's state and timeline.
     Txn(String),
     /// One chunk of a transaction's half message.
@@ -59,6 +61,7 @@ mod tag {
     pub const CURSOR: u8 = 0x11;
     pub const INFLIGHT: u8 = 0x12;
     pub const DEAD_LETTER_RESENT: u8 = 0x13;
+    pub const PULL_OFFSET: u8 = 0x14;
     pub const TXN: u8 = 0x20;
     pub const HALF_CHUNK: u8 = 0x21;
     pub const TXN_BY_MESSAGE: u8 = 0x22;
@@ -82,6 +85,9 @@ impl Key {
             Key::Cursor { group, topic, queue } => e.u8(tag::CURSOR).ordered_str(group).ordered_str(topic).u32(*queue),
             Key::Inflight { group, topic, queue, offset } => {
                 e.u8(tag::INFLIGHT).ordered_str(group).ordered_str(topic).u32(*queue).u64(*offset)
+            }
+            Key::PullOffset { group, topic, queue } => {
+                e.u8(tag::PULL_OFFSET).ordered_str(group).ordered_str(topic).u32(*queue)
             }
             Key::DeadLetterResent { topic, queue, offset } => {
                 e.u8(tag::DEAD_LETTER_RESENT).ordered_str(topic).u32(*queue).u64(*offset)
@@ -119,6 +125,7 @@ impl Key {
             tag::INFLIGHT => {
                 Key::Inflight { group: d.ordered_str()?, topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? }
             }
+            tag::PULL_OFFSET => Key::PullOffset { group: d.ordered_str()?, topic: d.ordered_str()?, queue: d.u32()? },
             tag::DEAD_LETTER_RESENT => {
                 Key::DeadLetterResent { topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? }
             }
@@ -185,6 +192,11 @@ impl Key {
         e.finish()
     }
 
+    /// Every pull offset of every group.
+    pub fn pull_offset_prefix() -> Vec<u8> {
+        vec![tag::PULL_OFFSET]
+    }
+
     /// Every cursor of one group.
     pub fn cursor_prefix(group: &str) -> Vec<u8> {
         let mut e = Encoder::new();
@@ -242,6 +254,7 @@ mod tests {
             (s, s).prop_map(|(topic, message_id)| Key::MessageId { topic, message_id }),
             s.prop_map(Key::Group),
             s.prop_map(Key::User),
+            (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::PullOffset { group, topic, queue }),
             (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::Cursor { group, topic, queue }),
             (s, s, any::<u32>(), any::<u64>())
                 .prop_map(|(group, topic, queue, offset)| { Key::Inflight { group, topic, queue, offset } }),
