@@ -47,6 +47,9 @@ pub struct MessageView {
     origin_topic: String,
     /// Dead letters: when an operator last resent it (0: never).
     resent_at_ms: i64,
+    /// Delay messages: when its producer recalled it (0: never).
+    recalled_at_ms: i64,
+    body_gzip: bool,
 }
 
 impl From<pb::StoredMessage> for MessageView {
@@ -70,6 +73,8 @@ impl From<pb::StoredMessage> for MessageView {
             producer: m.producer,
             origin_topic: m.origin_topic,
             resent_at_ms: m.resent_at_ms,
+            recalled_at_ms: m.recalled_at_ms,
+            body_gzip: m.body_gzip,
         }
     }
 }
@@ -115,6 +120,12 @@ fn render_one(m: &MessageView) -> String {
     }
     if m.deliver_at_ms > 0 {
         s.push_str(&format!("  deliver:  {}\n", time(m.deliver_at_ms)));
+    }
+    if m.recalled_at_ms > 0 {
+        s.push_str(&format!("  recalled: {} (never delivered)\n", time(m.recalled_at_ms)));
+    }
+    if m.body_gzip {
+        s.push_str("  encoding: gzip\n");
     }
     for (k, v) in &m.properties {
         s.push_str(&format!("  property: {k}={v}\n"));

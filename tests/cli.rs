@@ -300,3 +300,38 @@ async fn group_describe_shows_pull_offsets() {
     assert!(ok && out.contains("pull offsets") && out.contains("BEHIND"), "{out}");
     broker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msg_show_marks_a_recalled_message() {
+    use txmq_proto::v2;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(common::fast_config(dir.path())).await;
+    let addr = broker.access_point();
+    let mut c = v2::messaging_service_client::MessagingServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let res = |n: &str| Some(v2::Resource { resource_namespace: String::new(), name: n.into() });
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + 600;
+    let m = v2::Message {
+        topic: res("reminders"),
+        user_properties: Default::default(),
+        system_properties: Some(v2::SystemProperties {
+            message_id: "R1".into(),
+            message_type: v2::MessageType::Delay as i32,
+            delivery_timestamp: Some(prost_types::Timestamp { seconds: at, nanos: 0 }),
+            ..Default::default()
+        }),
+        body: b"later".to_vec(),
+    };
+    let sent = c.send_message(v2::SendMessageRequest { messages: vec![m] }).await.unwrap().into_inner();
+    let handle = sent.entries[0].recall_handle.clone();
+    let r = c
+        .recall_message(v2::RecallMessageRequest { topic: res("reminders"), recall_handle: handle })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
+    let shown = json(&addr, &["msg", "show", "R1", "--topic", "reminders"]).await;
+    assert!(shown[0]["recalled_at_ms"].as_i64().unwrap() > 0, "{shown}");
+    let (ok, out, _) = txmq(&addr, &["msg", "show", "R1"]).await;
+    assert!(ok && out.contains("recalled:"), "{out}");
+    broker.stop().await.unwrap();
+}

@@ -46,3 +46,8 @@ async fn python_sql92_subscription_receives_exactly_the_matching_messages() {
 async fn python_receives_a_gzip_body_byte_for_byte() {
     scenario("gzip").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_recalls_a_delay_message_that_is_then_never_delivered() {
+    scenario("recall").await;
+}

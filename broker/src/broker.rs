@@ -51,7 +51,8 @@ pub struct Broker {
 /// What a send produced for one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendOutcome {
-    /// Queue offset (0 for half messages, which are in no queue yet).
+    /// Queue and offset (0 for half messages, which are in no queue yet).
+    pub queue: u32,
     pub offset: u64,
     /// The transaction id of a half message.
     pub transaction_id: Option<String>,
@@ -93,7 +94,7 @@ impl Broker {
         // First, before anything is written through the committer: it may upgrade the store.
         let txns = Transactions::load(store.clone(), committer.clone(), metrics.clone(), txn_settings)?;
         let topics = Topics::load(store.as_ref(), committer.clone(), config.max_topics)?;
-        let log = MessageLog::new(store.clone(), committer.clone());
+        let log = MessageLog::open(store.clone(), committer.clone())?;
         for t in topics.list() {
             log.open_topic(&t.name, t.queue_count)?;
         }
@@ -208,7 +209,10 @@ impl Broker {
             let placed = self.log.append(topic, record.queue_count, messages, producer, now_ms(), Batch::new()).await?;
             let fresh = placed.iter().filter(|p| !p.duplicate).count() as u64;
             self.metrics.messages_in.add(&[topic], fresh);
-            return Ok(placed.into_iter().map(|p| SendOutcome { offset: p.offset, transaction_id: None }).collect());
+            return Ok(placed
+                .into_iter()
+                .map(|p| SendOutcome { queue: p.queue, offset: p.offset, transaction_id: None })
+                .collect());
         }
         if transactional != messages.len() {
             return Err(BrokerError::BadRequest("a request cannot mix transactional and other messages".into()));
@@ -216,7 +220,7 @@ impl Broker {
         let mut out = Vec::with_capacity(messages.len());
         for m in messages {
             let id = self.txns.send_half(m, producer).await?;
-            out.push(SendOutcome { offset: 0, transaction_id: Some(id) });
+            out.push(SendOutcome { queue: 0, offset: 0, transaction_id: Some(id) });
         }
         Ok(out)
     }
@@ -241,7 +245,7 @@ impl Broker {
         let mut out = Vec::new();
         for t in topics {
             if let Some((q, o)) = self.log.locate(&t, message_id)? {
-                if let Some(m) = self.log.read(&t, q, o)? {
+                if let Some(m) = self.log.read_stored(&t, q, o)? {
                     out.push(m);
                 }
             }
@@ -250,6 +254,24 @@ impl Broker {
             }
         }
         Ok(out)
+    }
+
+    /// When a stored message was recalled, if it was.
+    pub fn recalled_at(&self, m: &StoredMessage) -> Option<Millis> {
+        self.log.recalled_at(&m.msg.topic, m.queue, m.offset)
+    }
+
+    /// Recalls a delay message before its delivery time (see [`MessageLog::recall`]); returns
+    /// its id.
+    pub async fn recall(&self, topic: &str, handle: &str) -> Result<String> {
+        let (queue, offset, id) = crate::log::parse_recall_handle(handle)
+            .ok_or_else(|| BrokerError::BadRequest("the recall handle is not one this broker gave".into()))?;
+        if self.topics.get(topic).is_none() {
+            return Err(BrokerError::TopicNotFound(topic.to_string()));
+        }
+        self.log.recall(topic, queue, offset, &id, now_ms()).await?;
+        tracing::info!(topic, message_id = id, "delay message recalled");
+        Ok(id)
     }
 
     pub fn log(&self) -> &MessageLog {

@@ -62,11 +62,48 @@ pub struct MessageLog {
     store: Arc<dyn Store>,
     committer: Arc<Committer>,
     inner: Arc<Mutex<Inner>>,
+    /// Recalled delay messages → when (few: kept in memory, so a read checks no store key).
+    recalled: Mutex<HashMap<(String, u32, u64), Millis>>,
+}
+
+/// The handle a producer recalls a delay message with: opaque to it, `queue:offset:id` in hex
+/// to us (the topic comes with the recall request).
+pub fn recall_handle(queue: u32, offset: u64, message_id: &str) -> String {
+    format!("{queue:x}:{offset:x}:{message_id}").bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The place and id a recall handle names; `None` if it is not one.
+pub fn parse_recall_handle(handle: &str) -> Option<(u32, u64, String)> {
+    if handle.len() % 2 != 0 || handle.len() > 1024 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..handle.len()).step_by(2).map(|i| u8::from_str_radix(handle.get(i..i + 2)?, 16).ok()).collect();
+    let text = String::from_utf8(bytes?).ok()?;
+    let mut parts = text.splitn(3, ':');
+    let queue = u32::from_str_radix(parts.next()?, 16).ok()?;
+    let offset = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let id = parts.next().filter(|id| !id.is_empty())?;
+    Some((queue, offset, id.to_string()))
+}
+
+/// Why a recall was refused.
+fn recall_refused(why: &str) -> BrokerError {
+    BrokerError::NotFound(format!("nothing to recall: {why}"))
 }
 
 impl MessageLog {
-    pub fn new(store: Arc<dyn Store>, committer: Arc<Committer>) -> Self {
-        Self { store, committer, inner: Arc::new(Mutex::new(Inner::default())) }
+    /// The log over `store`, with the recall marks it holds.
+    pub fn open(store: Arc<dyn Store>, committer: Arc<Committer>) -> Result<Self> {
+        let mut recalled = HashMap::new();
+        for (k, v) in scan_prefix(store.as_ref(), &Key::recalled_prefix(), usize::MAX, false)? {
+            let Ok(Key::Recalled { topic, queue, offset }) = Key::decode(&k) else {
+                return Err(StoreError::Corrupt { key: k, detail: "not a recall key".into() }.into());
+            };
+            let at = <[u8; 8]>::try_from(v.as_slice()).map(i64::from_be_bytes).unwrap_or(0);
+            recalled.insert((topic, queue, offset), at);
+        }
+        Ok(Self { store, committer, inner: Arc::new(Mutex::new(Inner::default())), recalled: Mutex::new(recalled) })
     }
 
     /// Registers the queues of a topic, reading their offsets from the store. Idempotent.
@@ -185,8 +222,50 @@ impl MessageLog {
         Ok(placements)
     }
 
-    /// Reads one message; `None` if it is not stored (or not durable yet).
+    /// Reads one deliverable message; `None` if it is not stored (or not durable yet), or
+    /// was recalled.
     pub fn read(&self, topic: &str, queue: u32, offset: u64) -> Result<Option<StoredMessage>> {
+        if self.recalled_at(topic, queue, offset).is_some() {
+            return Ok(None);
+        }
+        self.read_stored(topic, queue, offset)
+    }
+
+    /// When the message at this place was recalled, if it was.
+    pub fn recalled_at(&self, topic: &str, queue: u32, offset: u64) -> Option<Millis> {
+        let recalled = crate::sync::lock(&self.recalled);
+        if recalled.is_empty() {
+            return None;
+        }
+        recalled.get(&(topic.to_string(), queue, offset)).copied()
+    }
+
+    /// Recalls the delay message `message_id` at `(queue, offset)` of `topic` before its
+    /// delivery time: durably marked, never delivered from then on (it stays readable for
+    /// lookups until retention). Refused (`NotFound`) when there is no such message, it was
+    /// recalled already, or its delivery time has come.
+    pub async fn recall(&self, topic: &str, queue: u32, offset: u64, message_id: &str, now: Millis) -> Result<()> {
+        if self.recalled_at(topic, queue, offset).is_some() {
+            return Err(recall_refused("the message was recalled already"));
+        }
+        let m = self.read_stored(topic, queue, offset)?.ok_or_else(|| recall_refused("no such message"))?;
+        if m.msg.message_id != message_id {
+            return Err(recall_refused("no such message"));
+        }
+        match m.msg.delivery_timestamp {
+            None => return Err(recall_refused("only delay messages can be recalled")),
+            Some(at) if at <= now => return Err(recall_refused("its delivery time has passed")),
+            Some(_) => {}
+        }
+        let mut batch = Batch::new();
+        batch.put(&Key::Recalled { topic: topic.into(), queue, offset }, now.to_be_bytes().to_vec());
+        self.committer.commit(batch).await?;
+        crate::sync::lock(&self.recalled).insert((topic.to_string(), queue, offset), now);
+        Ok(())
+    }
+
+    /// Reads one stored message, recalled or not.
+    pub fn read_stored(&self, topic: &str, queue: u32, offset: u64) -> Result<Option<StoredMessage>> {
         let durable = self.offsets(topic, queue).map(|o| o.durable).unwrap_or(0);
         if offset >= durable {
             return Ok(None);
@@ -271,6 +350,7 @@ impl MessageLog {
             if topic.starts_with(crate::topics::DLQ_PREFIX) {
                 batch.delete(&Key::DeadLetterResent { topic: topic.into(), queue, offset: next_min });
             }
+            batch.delete(&Key::Recalled { topic: topic.into(), queue, offset: next_min });
             next_min += 1;
         }
         let deleted = (next_min - offsets.min) as usize;
@@ -282,6 +362,7 @@ impl MessageLog {
         if let Some(state) = inner.queues.get_mut(&(topic.to_string(), queue)) {
             state.min = state.min.max(next_min);
         }
+        crate::sync::lock(&self.recalled).retain(|(t, q, o), _| !(t == topic && *q == queue && *o < next_min));
         Ok(deleted)
     }
 
@@ -380,9 +461,18 @@ mod tests {
     fn log() -> MessageLog {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let committer = Arc::new(Committer::start(store.clone(), 16).unwrap());
-        let log = MessageLog::new(store, committer);
+        let log = MessageLog::open(store, committer).unwrap();
         log.open_topic("t", 1).unwrap();
         log
+    }
+
+    #[test]
+    fn recall_handles_round_trip_and_garbage_is_refused() {
+        let h = recall_handle(3, 77, "01ABC");
+        assert_eq!(parse_recall_handle(&h), Some((3, 77, "01ABC".to_string())));
+        for bad in ["", "zz", "0", "61", &recall_handle(3, 77, "")] {
+            assert_eq!(parse_recall_handle(bad), None, "{bad}");
+        }
     }
 
     #[tokio::test]

@@ -79,7 +79,37 @@ def gzip_body(address):
     assert got[0].body == original, "the decompressed body differs"
 
 
+def recall(address):
+    topic, group = "py-reminders", "py-reminded-" + uuid.uuid4().hex[:8]
+    producer = Producer(config(address), (topic,))
+    producer.startup()
+    receipts = {}
+    for body in ("recalled", "kept"):
+        m = Message()
+        m.topic = topic
+        m.body = body.encode()
+        m.delivery_timestamp = int(time.time()) + 3  # seconds, as the Python client sends it
+        receipts[body] = producer.send(m)
+    handle = receipts["recalled"].recall_handle
+    assert handle, "a delay message's receipt has a recall handle"
+    assert producer.recall_message(topic, handle) == receipts["recalled"].message_id
+    try:
+        producer.recall_message(topic, handle)
+        raise AssertionError("a second recall succeeded")
+    except AssertionError:
+        raise
+    except Exception as e:  # the client raises the broker's status as an exception
+        assert "NOT_FOUND" in str(e) or "40400" in str(e), f"unexpected error: {e!r}"
+    producer.shutdown()
+    consumer = SimpleConsumer(config(address), group, {topic: FilterExpression()}, await_duration=2)
+    consumer.startup()
+    got = drain(consumer, 2, seconds=7)
+    consumer.shutdown()
+    bodies = sorted(m.body.decode() for m in got)
+    assert bodies == ["kept"], f"received {bodies}"
+
+
 if __name__ == "__main__":
     address, scenario = sys.argv[1], sys.argv[2]
-    {"sql92": sql92, "gzip": gzip_body}[scenario](address)
+    {"sql92": sql92, "gzip": gzip_body, "recall": recall}[scenario](address)
     print("ok")

@@ -278,7 +278,16 @@ impl Admin for AdminService {
         let limit = if req.limit == 0 { 100 } else { req.limit as usize };
         let found = self.broker.find_messages(&req.topic, &req.message_id, &req.key, limit);
         Ok(Response::new(match found {
-            Ok(ms) => pb::FindMessagesResponse { status: ok(), messages: ms.iter().map(wire_stored).collect() },
+            Ok(ms) => pb::FindMessagesResponse {
+                status: ok(),
+                messages: ms
+                    .iter()
+                    .map(|m| pb::StoredMessage {
+                        recalled_at_ms: self.broker.recalled_at(m).unwrap_or(0),
+                        ..wire_stored(m)
+                    })
+                    .collect(),
+            },
             Err(e) => pb::FindMessagesResponse { status: status(&e), messages: Vec::new() },
         }))
     }
@@ -524,5 +533,7 @@ fn wire_stored(m: &StoredMessage) -> pb::StoredMessage {
         producer: m.producer.clone(),
         origin_topic: m.msg.origin_topic.clone().unwrap_or_default(),
         resent_at_ms: 0,
+        recalled_at_ms: 0,
+        body_gzip: m.msg.body_gzip,
     }
 }

@@ -258,6 +258,7 @@ impl Messaging {
         }
         caller.allow(&[(Resource::topic(&topic), Action::Pub)]).map_err(fail)?;
         let transactional = converted.iter().any(|m| m.message_type == MessageType::Transaction);
+        let delayed: Vec<bool> = converted.iter().map(|m| m.delivery_timestamp.is_some()).collect();
         let placements = self.broker.send(&topic, converted, producer).await.map_err(fail)?;
         if transactional {
             // This client can answer check-backs for the topic from now on.
@@ -265,13 +266,18 @@ impl Messaging {
         }
         Ok(placements
             .into_iter()
-            .zip(&ids)
-            .map(|(p, id)| v2::SendResultEntry {
+            .zip(ids.iter().zip(delayed))
+            .map(|(p, (id, delayed))| v2::SendResultEntry {
                 status: Some(ok()),
                 message_id: id.clone(),
+                // A delay message can be recalled until its delivery time.
+                recall_handle: if delayed && p.transaction_id.is_none() {
+                    crate::log::recall_handle(p.queue, p.offset, id)
+                } else {
+                    String::new()
+                },
                 transaction_id: p.transaction_id.unwrap_or_default(),
                 offset: p.offset as i64,
-                recall_handle: String::new(),
             })
             .collect())
     }
@@ -676,10 +682,18 @@ impl MessagingService for Messaging {
         Ok(Response::new(response))
     }
 
-    async fn recall_message(&self, _req: Request<v2::RecallMessageRequest>) -> GrpcResult<v2::RecallMessageResponse> {
-        Ok(Response::new(v2::RecallMessageResponse {
-            status: Some(not_implemented("RecallMessage")),
-            message_id: String::new(),
+    async fn recall_message(&self, req: Request<v2::RecallMessageRequest>) -> GrpcResult<v2::RecallMessageResponse> {
+        let (_timer, _client, caller) = self.begin("RecallMessage", &req);
+        let req = req.into_inner();
+        let outcome = async {
+            let topic = convert::resource_name(req.topic.as_ref(), "topic")?;
+            caller.allow(&[(Resource::topic(&topic), Action::Pub)])?;
+            self.broker.recall(&topic, &req.recall_handle).await
+        }
+        .await;
+        Ok(Response::new(match outcome {
+            Ok(message_id) => v2::RecallMessageResponse { status: Some(ok()), message_id },
+            Err(e) => v2::RecallMessageResponse { status: Some(status::status(&e)), message_id: String::new() },
         }))
     }
 

@@ -33,6 +33,9 @@ pub enum Key {
     DeadLetterResent { topic: String, queue: u32, offset: u64 },
     /// A pull consumer group's committed offset in one queue (UpdateOffset) → the offset.
     PullOffset { group: String, topic: String, queue: u32 },
+    /// A delay message its producer recalled before its delivery time → when. The message
+    /// stays stored (for lookups) until retention, and is never delivered.
+    Recalled { topic: String, queue: u32, offset: u64 },
     /// A transaction's state and timeline.
     Txn(String),
     /// One chunk of a transaction's half message.
@@ -62,6 +65,7 @@ mod tag {
     pub const INFLIGHT: u8 = 0x12;
     pub const DEAD_LETTER_RESENT: u8 = 0x13;
     pub const PULL_OFFSET: u8 = 0x14;
+    pub const RECALLED: u8 = 0x06;
     pub const TXN: u8 = 0x20;
     pub const HALF_CHUNK: u8 = 0x21;
     pub const TXN_BY_MESSAGE: u8 = 0x22;
@@ -86,6 +90,7 @@ impl Key {
             Key::Inflight { group, topic, queue, offset } => {
                 e.u8(tag::INFLIGHT).ordered_str(group).ordered_str(topic).u32(*queue).u64(*offset)
             }
+            Key::Recalled { topic, queue, offset } => e.u8(tag::RECALLED).ordered_str(topic).u32(*queue).u64(*offset),
             Key::PullOffset { group, topic, queue } => {
                 e.u8(tag::PULL_OFFSET).ordered_str(group).ordered_str(topic).u32(*queue)
             }
@@ -125,6 +130,7 @@ impl Key {
             tag::INFLIGHT => {
                 Key::Inflight { group: d.ordered_str()?, topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? }
             }
+            tag::RECALLED => Key::Recalled { topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? },
             tag::PULL_OFFSET => Key::PullOffset { group: d.ordered_str()?, topic: d.ordered_str()?, queue: d.u32()? },
             tag::DEAD_LETTER_RESENT => {
                 Key::DeadLetterResent { topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? }
@@ -192,6 +198,11 @@ impl Key {
         e.finish()
     }
 
+    /// Every recall mark.
+    pub fn recalled_prefix() -> Vec<u8> {
+        vec![tag::RECALLED]
+    }
+
     /// Every pull offset of every group.
     pub fn pull_offset_prefix() -> Vec<u8> {
         vec![tag::PULL_OFFSET]
@@ -254,6 +265,7 @@ mod tests {
             (s, s).prop_map(|(topic, message_id)| Key::MessageId { topic, message_id }),
             s.prop_map(Key::Group),
             s.prop_map(Key::User),
+            (s, any::<u32>(), any::<u64>()).prop_map(|(topic, queue, offset)| Key::Recalled { topic, queue, offset }),
             (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::PullOffset { group, topic, queue }),
             (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::Cursor { group, topic, queue }),
             (s, s, any::<u32>(), any::<u64>())
