@@ -23,6 +23,9 @@ pub enum Key {
     MessageId { topic: String, message_id: String },
     /// Secondary index: a message key (business id) → the messages carrying it.
     MessageKey { topic: String, key: String, queue: u32, offset: u64 },
+    /// A delay message its producer recalled before its delivery time → when. The message
+    /// stays stored (for lookups) until retention, and is never delivered.
+    Recalled { topic: String, queue: u32, offset: u64 },
     /// A consumer group's configuration.
     Group(String),
     /// A group's next never-delivered offset in one queue.
@@ -33,9 +36,6 @@ pub enum Key {
     DeadLetterResent { topic: String, queue: u32, offset: u64 },
     /// A pull consumer group's committed offset in one queue (UpdateOffset) → the offset.
     PullOffset { group: String, topic: String, queue: u32 },
-    /// A delay message its producer recalled before its delivery time → when. The message
-    /// stays stored (for lookups) until retention, and is never delivered.
-    Recalled { topic: String, queue: u32, offset: u64 },
     /// A transaction's state and timeline.
     Txn(String),
     /// One chunk of a transaction's half message.
