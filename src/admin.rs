@@ -12,7 +12,7 @@ pub enum TopicCommand {
     /// Create a topic.
     Create {
         name: String,
-        /// NORMAL, FIFO, DELAY, TRANSACTION or MIXED.
+        /// NORMAL, FIFO, DELAY, TRANSACTION, MIXED or PRIORITY.
         #[arg(long = "type", default_value = "MIXED")]
         topic_type: String,
         /// Number of queues (0 = the broker's default).

@@ -50,6 +50,8 @@ pub struct MessageView {
     /// Delay messages: when its producer recalled it (0: never).
     recalled_at_ms: i64,
     body_gzip: bool,
+    /// PRIORITY messages: the priority (-1: none).
+    priority: i32,
 }
 
 impl From<pb::StoredMessage> for MessageView {
@@ -75,6 +77,7 @@ impl From<pb::StoredMessage> for MessageView {
             resent_at_ms: m.resent_at_ms,
             recalled_at_ms: m.recalled_at_ms,
             body_gzip: m.body_gzip,
+            priority: m.priority,
         }
     }
 }
@@ -126,6 +129,9 @@ fn render_one(m: &MessageView) -> String {
     }
     if m.body_gzip {
         s.push_str("  encoding: gzip\n");
+    }
+    if m.priority >= 0 {
+        s.push_str(&format!("  priority: {}\n", m.priority));
     }
     for (k, v) in &m.properties {
         s.push_str(&format!("  property: {k}={v}\n"));

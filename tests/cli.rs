@@ -335,3 +335,33 @@ async fn msg_show_marks_a_recalled_message() {
     assert!(ok && out.contains("recalled:"), "{out}");
     broker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_topics_are_created_and_priorities_shown() {
+    use txmq_proto::v2;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(common::fast_config(dir.path())).await;
+    let addr = broker.access_point();
+    let created = json(&addr, &["topic", "create", "urgent", "--type", "priority", "--queues", "4"]).await;
+    assert_eq!(created["type"], "PRIORITY");
+    let mut c = v2::messaging_service_client::MessagingServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let m = v2::Message {
+        topic: Some(v2::Resource { resource_namespace: String::new(), name: "urgent".into() }),
+        user_properties: Default::default(),
+        system_properties: Some(v2::SystemProperties {
+            message_id: "P1".into(),
+            message_type: v2::MessageType::Priority as i32,
+            priority: Some(2),
+            ..Default::default()
+        }),
+        body: b"now".to_vec(),
+    };
+    let r = c.send_message(v2::SendMessageRequest { messages: vec![m] }).await.unwrap().into_inner();
+    assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
+    let shown = json(&addr, &["msg", "show", "P1", "--topic", "urgent"]).await;
+    assert_eq!(shown[0]["priority"], 2);
+    assert_eq!(shown[0]["queue"], 2, "priority p is stored in queue p");
+    let (ok, out, _) = txmq(&addr, &["msg", "show", "P1"]).await;
+    assert!(ok && out.contains("priority: 2"), "{out}");
+    broker.stop().await.unwrap();
+}

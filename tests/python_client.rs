@@ -22,8 +22,19 @@ fn python() -> PathBuf {
 }
 
 async fn scenario(name: &str) {
+    scenario_after(name, |_| async {}).await;
+}
+
+/// Runs a scenario after `setup` prepared the broker (through its admin API).
+async fn scenario_after<F, Fut>(name: &str, setup: F)
+where
+    F: FnOnce(txmq_proto::admin::admin_client::AdminClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let dir = tempfile::tempdir().unwrap();
     let broker = common::start(common::fast_config(dir.path())).await;
+    let admin = txmq_proto::admin::admin_client::AdminClient::connect(format!("http://{}", broker.addr)).await.unwrap();
+    setup(admin).await;
     let script = format!("{}/tests/python/e2e.py", env!("CARGO_MANIFEST_DIR"));
     let (python, addr, name_owned) = (python(), broker.access_point(), name.to_string());
     let out = tokio::task::spawn_blocking(move || {
@@ -50,4 +61,22 @@ async fn python_receives_a_gzip_body_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_recalls_a_delay_message_that_is_then_never_delivered() {
     scenario("recall").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_priority_messages_arrive_highest_first() {
+    use txmq_proto::admin as pb;
+    scenario_after("priority", |mut admin| async move {
+        let r = admin
+            .create_topic(pb::CreateTopicRequest {
+                name: "py-urgent".into(),
+                r#type: pb::TopicType::Priority as i32,
+                queue_count: 4,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
+    })
+    .await;
 }

@@ -203,6 +203,13 @@ impl Broker {
                     m.message_type
                 )));
             }
+            if m.priority.is_some_and(|p| p >= record.queue_count) {
+                return Err(BrokerError::BadRequest(format!(
+                    "priority {} is outside 0..={} (the queues of topic {topic})",
+                    m.priority.unwrap_or(0),
+                    record.queue_count - 1
+                )));
+            }
         }
         let transactional = messages.iter().filter(|m| m.message_type == MessageType::Transaction).count();
         if transactional == 0 {

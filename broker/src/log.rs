@@ -171,8 +171,12 @@ impl MessageLog {
                         placements.push(Placement { queue: found.0, offset: found.1, duplicate: true });
                         continue;
                     }
-                    // One request's messages share a queue (RocketMQ batches are one queue).
-                    let queue = *batch_queue.get_or_insert_with(|| pick_queue(&mut inner, &msg, queue_count));
+                    // One request's messages share a queue (RocketMQ batches are one queue), but
+                    // a PRIORITY message's queue is its priority.
+                    let queue = match msg.priority {
+                        Some(p) => p.min(queue_count.saturating_sub(1)),
+                        None => *batch_queue.get_or_insert_with(|| pick_queue(&mut inner, &msg, queue_count)),
+                    };
                     let state = inner
                         .queues
                         .get_mut(&(topic.to_string(), queue))

@@ -15,15 +15,18 @@ pub enum TopicType {
     Fifo,
     Delay,
     Transaction,
-    /// Accepts all four message types.
+    /// Accepts NORMAL, FIFO, DELAY and TRANSACTION messages.
     Mixed,
+    /// PRIORITY messages: priority p goes to queue p, and consumers get higher queues first.
+    Priority,
 }
 
 impl TopicType {
     pub fn accepts(self, m: MessageType) -> bool {
         matches!(
             (self, m),
-            (TopicType::Mixed, _)
+            (TopicType::Mixed, MessageType::Normal | MessageType::Fifo | MessageType::Delay | MessageType::Transaction)
+                | (TopicType::Priority, MessageType::Priority)
                 | (TopicType::Normal, MessageType::Normal)
                 | (TopicType::Fifo, MessageType::Fifo)
                 | (TopicType::Delay, MessageType::Delay)
@@ -43,6 +46,7 @@ impl TopicType {
             TopicType::Delay => "DELAY",
             TopicType::Transaction => "TRANSACTION",
             TopicType::Mixed => "MIXED",
+            TopicType::Priority => "PRIORITY",
         }
     }
 
@@ -53,6 +57,7 @@ impl TopicType {
             TopicType::Delay => 3,
             TopicType::Transaction => 4,
             TopicType::Mixed => 5,
+            TopicType::Priority => 6,
         }
     }
 
@@ -63,6 +68,7 @@ impl TopicType {
             3 => TopicType::Delay,
             4 => TopicType::Transaction,
             5 => TopicType::Mixed,
+            6 => TopicType::Priority,
             other => return Err(invalid("topic type", other)),
         })
     }
@@ -77,7 +83,8 @@ impl std::str::FromStr for TopicType {
             "DELAY" => TopicType::Delay,
             "TRANSACTION" => TopicType::Transaction,
             "MIXED" => TopicType::Mixed,
-            _ => return Err(format!("unknown topic type {s:?} (NORMAL, FIFO, DELAY, TRANSACTION, MIXED)")),
+            "PRIORITY" => TopicType::Priority,
+            _ => return Err(format!("unknown topic type {s:?} (NORMAL, FIFO, DELAY, TRANSACTION, MIXED, PRIORITY)")),
         })
     }
 }
@@ -92,11 +99,13 @@ pub enum MessageType {
     Delay,
     /// A half message until its transaction is committed.
     Transaction,
+    /// Delivered before lower priorities (see [`TopicType::Priority`]).
+    Priority,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 4] =
-        [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction];
+    pub const ALL: [MessageType; 5] =
+        [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction, MessageType::Priority];
 
     fn to_u8(self) -> u8 {
         match self {
@@ -104,6 +113,7 @@ impl MessageType {
             MessageType::Fifo => 2,
             MessageType::Delay => 3,
             MessageType::Transaction => 4,
+            MessageType::Priority => 5,
         }
     }
 
@@ -113,6 +123,7 @@ impl MessageType {
             2 => MessageType::Fifo,
             3 => MessageType::Delay,
             4 => MessageType::Transaction,
+            5 => MessageType::Priority,
             other => return Err(invalid("message type", other)),
         })
     }
@@ -173,6 +184,8 @@ pub struct NewMessage {
     /// The body is GZIP-compressed, as the producer sent it (stored and delivered as is; the
     /// consuming client decompresses it).
     pub body_gzip: bool,
+    /// A PRIORITY message's priority: its queue on the topic, higher delivered first.
+    pub priority: Option<u32>,
 }
 
 impl NewMessage {
@@ -226,8 +239,8 @@ impl StoredMessage {
 }
 
 /// Layout: a header readable from the first chunk alone (version, store time, place, topic,
-/// id), then the rest. Retention reads only the header. Version 2 adds the body encoding after
-/// the body; version 1 records are identity-encoded.
+/// id), then the rest. Retention reads only the header. Version 2 adds the body encoding and
+/// the priority after the body; version 1 records are identity-encoded, without priority.
 impl Record for StoredMessage {
     const KIND: &'static str = "message record";
     const VERSION: u8 = 2;
@@ -258,6 +271,7 @@ impl Record for StoredMessage {
             e.str(k).str(v);
         }
         e.str(&self.producer).str(&self.body_md5).bytes(&m.body).bool(m.body_gzip);
+        e.opt_i64(m.priority.map(i64::from));
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -297,6 +311,7 @@ impl Record for StoredMessage {
         let body_md5 = d.str()?;
         let body = d.bytes()?.to_vec();
         let body_gzip = version >= 2 && d.bool()?;
+        let priority = if version >= 2 { d.opt_i64()?.map(|p| p as u32) } else { None };
         Ok(StoredMessage {
             msg: NewMessage {
                 topic,
@@ -314,6 +329,7 @@ impl Record for StoredMessage {
                 user_properties,
                 body,
                 body_gzip,
+                priority,
             },
             queue,
             offset,
@@ -369,6 +385,7 @@ pub(crate) mod tests {
             user_properties: [("a".to_string(), "b".to_string())].into(),
             body: b"hello".to_vec(),
             body_gzip: false,
+            priority: None,
         }
     }
 
@@ -410,7 +427,7 @@ pub(crate) mod tests {
         };
         let mut v1 = stored.encode();
         v1[0] = 1;
-        v1.pop(); // version 1 ends with the body
+        v1.truncate(v1.len() - 2); // version 1 ends with the body
         assert_eq!(StoredMessage::decode(&v1).unwrap(), stored);
         let mut v3 = stored.encode();
         v3[0] = 3;
@@ -425,6 +442,7 @@ pub(crate) mod tests {
     #[test]
     fn mixed_topics_accept_everything_others_only_their_type() {
         assert_eq!(TopicType::Mixed.accepted().len(), 4);
+        assert_eq!(TopicType::Priority.accepted(), [MessageType::Priority]);
         assert!(TopicType::Fifo.accepts(MessageType::Fifo));
         assert!(!TopicType::Normal.accepts(MessageType::Transaction));
     }

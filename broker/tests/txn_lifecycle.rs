@@ -17,6 +17,7 @@ fn half(id: &str, recovery_ms: Option<i64>) -> NewMessage {
         recovery_duration_ms: recovery_ms,
         body: b"x".to_vec(),
         body_gzip: false,
+        priority: None,
         ..common::new_message("orders", id, MessageType::Transaction)
     }
 }

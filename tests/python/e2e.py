@@ -109,7 +109,31 @@ def recall(address):
     assert bodies == ["kept"], f"received {bodies}"
 
 
+def priority(address):
+    # The test created py-urgent as a PRIORITY topic with 4 queues (priorities 0 to 3).
+    topic, group = "py-urgent", "py-workers-" + uuid.uuid4().hex[:8]
+    producer = Producer(config(address), (topic,))
+    producer.startup()
+    for body, p in (("low-1", 0), ("low-2", 0), ("high", 3), ("mid", 1)):
+        m = Message()
+        m.topic = topic
+        m.body = body.encode()
+        m.priority = p
+        producer.send(m)
+    producer.shutdown()
+    consumer = SimpleConsumer(config(address), group, {topic: FilterExpression()}, await_duration=2)
+    consumer.startup()
+    got = []
+    deadline = time.time() + 8
+    while len(got) < 4 and time.time() < deadline:
+        for m in consumer.receive(16, 15) or []:
+            consumer.ack(m)
+            got.append((m.body.decode(), m.priority))
+    consumer.shutdown()
+    assert got == [("high", 3), ("mid", 1), ("low-1", 0), ("low-2", 0)], f"received {got}"
+
+
 if __name__ == "__main__":
     address, scenario = sys.argv[1], sys.argv[2]
-    {"sql92": sql92, "gzip": gzip_body, "recall": recall}[scenario](address)
+    {"sql92": sql92, "gzip": gzip_body, "recall": recall, "priority": priority}[scenario](address)
     print("ok")

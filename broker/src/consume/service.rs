@@ -208,7 +208,7 @@ impl Consumers {
         loop {
             topic_rx.borrow_and_update();
             group_rx.borrow_and_update();
-            let (deliveries, dead, next_due) = self.poll_once(src.log, &shared, topic.queue_count, req).await?;
+            let (deliveries, dead, next_due) = self.poll_once(src.log, &shared, &topic, req).await?;
             for (pos, message) in dead {
                 // A failed move is reported and retried by a later poll; it must not fail
                 // this consumer's receive.
@@ -245,14 +245,14 @@ impl Consumers {
         &self,
         log: &MessageLog,
         shared: &Shared,
-        queue_count: u32,
+        record: &TopicRecord,
         req: &ReceiveRequest<'_>,
     ) -> Result<(Vec<Delivery>, Vec<(Pos, StoredMessage)>, Option<Millis>)> {
         let slot = self.committer.reserve().await?;
         let now = now_ms();
         let invisible_ms = if req.auto_renew { AUTO_RENEW_INVISIBLE_MS } else { req.invisible.as_millis() as Millis };
         let topic = req.topic.as_str();
-        let queues: Vec<_> = (0..queue_count).filter_map(|q| log.offsets(topic, q)).collect();
+        let mut queues: Vec<_> = (0..record.queue_count).filter_map(|q| log.offsets(topic, q)).collect();
         let accept = |m: &StoredMessage| req.filter.matches(&m.msg);
         let rules = PollRules {
             now,
@@ -269,7 +269,14 @@ impl Consumers {
             accept: &accept,
         };
         let mut batch = Batch::new();
-        let rotate = (now as u64 % queues.len().max(1) as u64) as usize;
+        // New messages are read queue by queue: from a rotating start, so that every queue gets
+        // its turn, or, on a PRIORITY topic, highest queue (priority) first.
+        let rotate = if record.topic_type == TopicType::Priority {
+            queues.reverse();
+            0
+        } else {
+            (now as u64 % queues.len().max(1) as u64) as usize
+        };
         let (poll, next_due) = {
             let mut st = crate::sync::lock(&shared.state);
             let poll = st.poll(&rules, &queues, rotate, |(q, o)| log.read(topic, q, o), next_nonce, &mut batch)?;

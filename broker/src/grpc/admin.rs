@@ -73,6 +73,7 @@ fn topic_type(t: pb::TopicType) -> Option<TopicType> {
         pb::TopicType::Delay => TopicType::Delay,
         pb::TopicType::Transaction => TopicType::Transaction,
         pb::TopicType::Mixed => TopicType::Mixed,
+        pb::TopicType::Priority => TopicType::Priority,
     })
 }
 
@@ -83,6 +84,7 @@ fn wire_topic(t: &TopicRecord) -> pb::Topic {
         TopicType::Delay => pb::TopicType::Delay,
         TopicType::Transaction => pb::TopicType::Transaction,
         TopicType::Mixed => pb::TopicType::Mixed,
+        TopicType::Priority => pb::TopicType::Priority,
     };
     pb::Topic {
         name: t.name.clone(),
@@ -535,5 +537,6 @@ fn wire_stored(m: &StoredMessage) -> pb::StoredMessage {
         resent_at_ms: 0,
         recalled_at_ms: 0,
         body_gzip: m.msg.body_gzip,
+        priority: m.msg.priority.map_or(-1, |p| p as i32),
     }
 }

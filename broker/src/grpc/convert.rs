@@ -226,6 +226,17 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
     };
 
     let message_type = message_type(sp.message_type, sp.message_group.is_some(), delivery_timestamp.is_some())?;
+    // The range of a priority is its topic's queues; the broker checks it against the topic.
+    let priority = match (message_type, sp.priority) {
+        (MessageType::Priority, Some(p)) => {
+            Some(u32::try_from(p).map_err(|_| BrokerError::BadRequest(format!("priority {p} is negative")))?)
+        }
+        (MessageType::Priority, None) => {
+            return Err(BrokerError::TypeConflict("a PRIORITY message needs a priority".into()))
+        }
+        (_, Some(_)) => return Err(BrokerError::TypeConflict("only PRIORITY messages carry a priority".into())),
+        (_, None) => None,
+    };
     Ok(NewMessage {
         topic,
         message_id,
@@ -242,6 +253,7 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
         user_properties,
         body: m.body,
         body_gzip,
+        priority,
     })
 }
 
@@ -264,23 +276,24 @@ fn message_type(declared: i32, has_group: bool, has_delivery: bool) -> Result<Me
         v2::MessageType::Fifo => MessageType::Fifo,
         v2::MessageType::Delay => MessageType::Delay,
         v2::MessageType::Transaction => MessageType::Transaction,
-        v2::MessageType::Lite | v2::MessageType::Priority => {
-            return Err(BrokerError::NotImplemented("LITE and PRIORITY messages"))
-        }
+        v2::MessageType::Priority => MessageType::Priority,
+        v2::MessageType::Lite => return Err(BrokerError::NotImplemented("LITE messages (lite topics)")),
     };
-    let conflict = match t {
-        MessageType::Normal => {
-            (has_group || has_delivery).then_some("a NORMAL message has neither a message group nor a delivery time")
-        }
-        MessageType::Fifo => {
-            (!has_group || has_delivery).then_some("a FIFO message needs a message group and no delivery time")
-        }
-        MessageType::Delay => {
-            (!has_delivery || has_group).then_some("a DELAY message needs a delivery time and no message group")
-        }
-        MessageType::Transaction => (has_group || has_delivery)
-            .then_some("a TRANSACTION message cannot have a message group or a delivery time"),
-    };
+    let conflict =
+        match t {
+            MessageType::Normal => (has_group || has_delivery)
+                .then_some("a NORMAL message has neither a message group nor a delivery time"),
+            MessageType::Fifo => {
+                (!has_group || has_delivery).then_some("a FIFO message needs a message group and no delivery time")
+            }
+            MessageType::Delay => {
+                (!has_delivery || has_group).then_some("a DELAY message needs a delivery time and no message group")
+            }
+            MessageType::Transaction => (has_group || has_delivery)
+                .then_some("a TRANSACTION message cannot have a message group or a delivery time"),
+            MessageType::Priority => (has_group || has_delivery)
+                .then_some("a PRIORITY message cannot have a message group or a delivery time"),
+        };
     match conflict {
         Some(why) => Err(BrokerError::TypeConflict(why.into())),
         None => Ok(t),
@@ -293,6 +306,7 @@ pub fn wire_message_type(t: MessageType) -> v2::MessageType {
         MessageType::Fifo => v2::MessageType::Fifo,
         MessageType::Delay => v2::MessageType::Delay,
         MessageType::Transaction => v2::MessageType::Transaction,
+        MessageType::Priority => v2::MessageType::Priority,
     }
 }
 
@@ -316,6 +330,7 @@ pub fn wire_message(s: &StoredMessage) -> v2::Message {
             queue_id: s.queue as i32,
             queue_offset: Some(s.offset as i64),
             message_group: m.message_group.clone(),
+            priority: m.priority.map(|p| p as i32),
             trace_context: m.trace_context.clone(),
             ..Default::default()
         }),

@@ -173,6 +173,7 @@ pub fn new_message(topic: &str, id: &str, t: txmq_broker::model::MessageType) ->
         user_properties: Default::default(),
         body: id.as_bytes().to_vec(),
         body_gzip: false,
+        priority: None,
     }
 }
 
