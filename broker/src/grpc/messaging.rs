@@ -62,6 +62,18 @@ fn client_id<T>(req: &Request<T>) -> String {
     }
 }
 
+/// The group and queue a pull-side request names, once the caller may consume them.
+fn group_queue(
+    caller: &Caller,
+    group: Option<&v2::Resource>,
+    queue: Option<&v2::MessageQueue>,
+) -> Result<(String, String, u32), BrokerError> {
+    let group = convert::resource_name(group, "group")?;
+    let (topic, queue) = convert::queue_of(queue)?;
+    caller.allow(&[(Resource::topic(&topic), Action::Sub), (Resource::group(&group), Action::Sub)])?;
+    Ok((group, topic, queue))
+}
+
 fn not_implemented(what: &'static str) -> v2::Status {
     status::status(&BrokerError::NotImplemented(what))
 }
@@ -487,9 +499,7 @@ impl MessagingService for Messaging {
         let Some(_slot) = self.admit(&client) else { return Ok(status_only(busy())) };
         let req = req.into_inner();
         let pulled = async {
-            let group = convert::resource_name(req.group.as_ref(), "group")?;
-            let (topic, queue) = convert::queue_of(req.message_queue.as_ref())?;
-            caller.allow(&[(Resource::topic(&topic), Action::Sub), (Resource::group(&group), Action::Sub)])?;
+            let (group, topic, queue) = group_queue(&caller, req.group.as_ref(), req.message_queue.as_ref())?;
             let offset = u64::try_from(req.offset).map_err(|_| BrokerError::BadRequest("negative offset".into()))?;
             let config = self.broker.config();
             let mut poll = req
@@ -535,9 +545,7 @@ impl MessagingService for Messaging {
         let (_timer, _client, caller) = self.begin("UpdateOffset", &req);
         let req = req.into_inner();
         let outcome = async {
-            let group = convert::resource_name(req.group.as_ref(), "group")?;
-            let (topic, queue) = convert::queue_of(req.message_queue.as_ref())?;
-            caller.allow(&[(Resource::topic(&topic), Action::Sub), (Resource::group(&group), Action::Sub)])?;
+            let (group, topic, queue) = group_queue(&caller, req.group.as_ref(), req.message_queue.as_ref())?;
             let offset = u64::try_from(req.offset).map_err(|_| BrokerError::BadRequest("negative offset".into()))?;
             self.broker.update_offset(&group, &topic, queue, offset).await
         }
@@ -551,9 +559,7 @@ impl MessagingService for Messaging {
         let (_timer, _client, caller) = self.begin("GetOffset", &req);
         let req = req.into_inner();
         let outcome = (|| {
-            let group = convert::resource_name(req.group.as_ref(), "group")?;
-            let (topic, queue) = convert::queue_of(req.message_queue.as_ref())?;
-            caller.allow(&[(Resource::topic(&topic), Action::Sub), (Resource::group(&group), Action::Sub)])?;
+            let (group, topic, queue) = group_queue(&caller, req.group.as_ref(), req.message_queue.as_ref())?;
             self.broker.get_offset(&group, &topic, queue)
         })();
         Ok(Response::new(match outcome {
