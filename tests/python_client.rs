@@ -25,20 +25,40 @@ async fn scenario(name: &str) {
     scenario_after(name, |_| async {}).await;
 }
 
+/// A broker's admin API, signing as `credentials` when given.
+type Admin = common::Admin;
+
 /// Runs a scenario after `setup` prepared the broker (through its admin API).
 async fn scenario_after<F, Fut>(name: &str, setup: F)
 where
-    F: FnOnce(txmq_proto::admin::admin_client::AdminClient<tonic::transport::Channel>) -> Fut,
+    F: FnOnce(Admin) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    scenario_with(name, |_| {}, None, &[], setup).await;
+}
+
+/// Runs a scenario against a broker configured by `tweak`, whose admin API `setup` uses (signing
+/// as `admin_as`), with `env` for the script.
+async fn scenario_with<F, Fut>(
+    name: &str,
+    tweak: impl FnOnce(&mut txmq_broker::config::Config),
+    admin_as: Option<txmq_client::Credentials>,
+    env: &[(&str, &str)],
+    setup: F,
+) where
+    F: FnOnce(Admin) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
-    let broker = common::start(common::fast_config(dir.path())).await;
-    let admin = txmq_proto::admin::admin_client::AdminClient::connect(format!("http://{}", broker.addr)).await.unwrap();
-    setup(admin).await;
+    let mut config = common::fast_config(dir.path());
+    tweak(&mut config);
+    let broker = common::start(config).await;
+    setup(common::admin_with(&broker, admin_as).await).await;
     let script = format!("{}/tests/python/e2e.py", env!("CARGO_MANIFEST_DIR"));
     let (python, addr, name_owned) = (python(), broker.access_point(), name.to_string());
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python).arg(script).arg(addr).arg(name_owned).output()
+        std::process::Command::new(python).arg(script).arg(addr).arg(name_owned).envs(env).output()
     })
     .await
     .unwrap()
@@ -77,6 +97,36 @@ async fn python_priority_messages_arrive_highest_first() {
             .unwrap()
             .into_inner();
         assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_signs_in_with_its_own_date_format_and_a_wrong_secret_is_refused() {
+    use txmq_proto::admin as pb;
+    // The first super user's secret comes from the environment, as for an operator.
+    std::env::set_var("TXMQ_AUTH_INIT_SECRET", "root-secret-python");
+    let tweak = |c: &mut txmq_broker::config::Config| {
+        c.auth = true;
+        c.auth_init_user = Some("root".into());
+    };
+    let root = txmq_client::Credentials::new("root", "root-secret-python");
+    scenario_with("auth", tweak, Some(root), &[("PY_APP_SECRET", "py-app-secret-1")], |mut admin| async move {
+        let r = admin
+            .create_user(pb::CreateUserRequest {
+                name: "py-app".into(),
+                secret: "py-app-secret-1".into(),
+                r#type: "normal".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
+        for (resource, actions) in [("Topic:py-secured", "Pub,Sub"), ("Group:py-readers", "Sub")] {
+            let entry =
+                pb::AclEntry { resource: resource.into(), actions: actions.into(), allow: true, sources: vec![] };
+            admin.grant_acl(pb::GrantAclRequest { user: "py-app".into(), entry: Some(entry) }).await.unwrap();
+        }
     })
     .await;
 }

@@ -133,7 +133,45 @@ def priority(address):
     assert got == [("high", 3), ("mid", 1), ("low-1", 0), ("low-2", 0)], f"received {got}"
 
 
+def auth(address):
+    # The test runs a broker with --auth where py-app may publish to and consume py-secured as
+    # py-readers (its secret in the environment); the Python client signs with its own format.
+    import os
+    topic, group = "py-secured", "py-readers"
+    secret = os.environ["PY_APP_SECRET"]
+    signed = ClientConfiguration(address, Credentials("py-app", secret), request_timeout=5)
+    producer = Producer(signed, (topic,))
+    producer.startup()
+    m = Message()
+    m.topic = topic
+    m.body = b"signed by python"
+    producer.send(m)
+    producer.shutdown()
+    consumer = SimpleConsumer(signed, group, {topic: FilterExpression()}, await_duration=2)
+    consumer.startup()
+    got = drain(consumer, 1)
+    consumer.shutdown()
+    assert [x.body for x in got] == [b"signed by python"], got
+    # A wrong secret: refused with UNAUTHORIZED.
+    wrong = ClientConfiguration(address, Credentials("py-app", "not-the-secret"), request_timeout=5)
+    bad = Producer(wrong, (topic,))
+    try:
+        bad.startup()
+        m2 = Message()
+        m2.topic = topic
+        m2.body = b"x"
+        bad.send(m2)
+        raise AssertionError("a wrong secret was accepted")
+    except AssertionError:
+        raise
+    except Exception as e:
+        # The client reports the refused route query (UNAUTHORIZED) as a failed route fetch.
+        text = str(e).upper()
+        assert "40100" in text or "UNAUTHORIZED" in text or "ROUTE" in text, f"unexpected error: {e!r}"
+
+
 if __name__ == "__main__":
     address, scenario = sys.argv[1], sys.argv[2]
-    {"sql92": sql92, "gzip": gzip_body, "recall": recall, "priority": priority}[scenario](address)
+    scenarios = {"sql92": sql92, "gzip": gzip_body, "recall": recall, "priority": priority, "auth": auth}
+    scenarios[scenario](address)
     print("ok")
