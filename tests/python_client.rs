@@ -34,7 +34,7 @@ where
     F: FnOnce(Admin) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    scenario_with(name, |_| {}, None, &[], setup).await;
+    scenario_with(name, |_| {}, None, None, &[], setup).await;
 }
 
 /// Runs a scenario against a broker configured by `tweak`, whose admin API `setup` uses (signing
@@ -43,6 +43,7 @@ async fn scenario_with<F, Fut>(
     name: &str,
     tweak: impl FnOnce(&mut txmq_broker::config::Config),
     admin_as: Option<txmq_client::Credentials>,
+    tls_ca: Option<std::path::PathBuf>,
     env: &[(&str, &str)],
     setup: F,
 ) where
@@ -53,7 +54,7 @@ async fn scenario_with<F, Fut>(
     let mut config = common::fast_config(dir.path());
     tweak(&mut config);
     let broker = common::start(config).await;
-    setup(common::admin_with(&broker, admin_as).await).await;
+    setup(common::admin_over(&broker, admin_as, tls_ca).await).await;
     let script = format!("{}/tests/python/e2e.py", env!("CARGO_MANIFEST_DIR"));
     let (python, addr, name_owned) = (python(), broker.access_point(), name.to_string());
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -102,16 +103,23 @@ async fn python_priority_messages_arrive_highest_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_signs_in_with_its_own_date_format_and_a_wrong_secret_is_refused() {
+async fn python_signs_in_over_tls_with_its_own_date_format_and_a_wrong_secret_is_refused() {
     use txmq_proto::admin as pb;
     // The first super user's secret comes from the environment, as for an operator.
     std::env::set_var("TXMQ_AUTH_INIT_SECRET", "root-secret-python");
-    let tweak = |c: &mut txmq_broker::config::Config| {
+    let certs = common::TestCerts::new("python");
+    let (cert, key) = (certs.cert.clone(), certs.key.clone());
+    let tweak = move |c: &mut txmq_broker::config::Config| {
         c.auth = true;
         c.auth_init_user = Some("root".into());
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+        c.tls_mode = txmq_broker::tls::TlsMode::Required;
     };
     let root = txmq_client::Credentials::new("root", "root-secret-python");
-    scenario_with("auth", tweak, Some(root), &[("PY_APP_SECRET", "py-app-secret-1")], |mut admin| async move {
+    let ca = certs.ca.to_str().unwrap().to_string();
+    let env = [("PY_APP_SECRET", "py-app-secret-1"), ("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", ca.as_str())];
+    scenario_with("auth", tweak, Some(root), Some(certs.ca.clone()), &env, |mut admin| async move {
         let r = admin
             .create_user(pb::CreateUserRequest {
                 name: "py-app".into(),

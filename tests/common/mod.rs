@@ -165,8 +165,18 @@ pub async fn admin(broker: &RunningBroker) -> Admin {
 }
 
 pub async fn admin_with(broker: &RunningBroker, credentials: Option<txmq_client::Credentials>) -> Admin {
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", broker.addr)).unwrap().connect().await.unwrap();
+    admin_over(broker, credentials, None).await
+}
+
+/// An admin client over TLS when `ca` (the broker's CA, PEM) is given.
+pub async fn admin_over(
+    broker: &RunningBroker,
+    credentials: Option<txmq_client::Credentials>,
+    ca: Option<std::path::PathBuf>,
+) -> Admin {
+    let mut config = txmq_client::ClientConfig::new(broker.access_point());
+    config.tls = ca.map(Some);
+    let channel = config.endpoint().unwrap().connect().await.unwrap();
     pb::admin_client::AdminClient::with_interceptor(channel, Signer(credentials))
 }
 

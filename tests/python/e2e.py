@@ -134,27 +134,28 @@ def priority(address):
 
 
 def auth(address):
-    # The test runs a broker with --auth where py-app may publish to and consume py-secured as
-    # py-readers (its secret in the environment); the Python client signs with its own format.
+    # The test runs a broker with --auth and TLS where py-app may publish to and consume
+    # py-secured as py-readers (its secret in the environment; the broker's CA in
+    # GRPC_DEFAULT_SSL_ROOTS_FILE_PATH); the Python client signs with its own format.
     import os
     topic, group = "py-secured", "py-readers"
     secret = os.environ["PY_APP_SECRET"]
     signed = ClientConfiguration(address, Credentials("py-app", secret), request_timeout=5)
-    producer = Producer(signed, (topic,))
+    producer = Producer(signed, (topic,), tls_enable=True)
     producer.startup()
     m = Message()
     m.topic = topic
     m.body = b"signed by python"
     producer.send(m)
     producer.shutdown()
-    consumer = SimpleConsumer(signed, group, {topic: FilterExpression()}, await_duration=2)
+    consumer = SimpleConsumer(signed, group, {topic: FilterExpression()}, await_duration=2, tls_enable=True)
     consumer.startup()
     got = drain(consumer, 1)
     consumer.shutdown()
     assert [x.body for x in got] == [b"signed by python"], got
     # A wrong secret: refused with UNAUTHORIZED.
     wrong = ClientConfiguration(address, Credentials("py-app", "not-the-secret"), request_timeout=5)
-    bad = Producer(wrong, (topic,))
+    bad = Producer(wrong, (topic,), tls_enable=True)
     try:
         bad.startup()
         m2 = Message()
