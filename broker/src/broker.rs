@@ -379,13 +379,28 @@ impl Broker {
         by: Actor,
         reason: Option<String>,
     ) -> Result<Txn> {
+        self.end_transaction_if(topic, message_id, txn_id, resolution, by, reason, |_| Ok(())).await
+    }
+
+    /// [`Broker::end_transaction`] when `may_end(the transaction's own topic)` allows it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn end_transaction_if(
+        &self,
+        topic: &str,
+        message_id: &str,
+        txn_id: &str,
+        resolution: Resolution,
+        by: Actor,
+        reason: Option<String>,
+        may_end: impl FnOnce(&str) -> Result<()>,
+    ) -> Result<Txn> {
         let publish = |half: StoredMessage, writes: Batch, now: Millis| async move {
             let record = self.topic_or_create(&half.msg.topic).await?;
             let topic = half.msg.topic.clone();
             self.log.append(&topic, record.queue_count, vec![half.msg], &half.producer, now, writes).await?;
             Ok(())
         };
-        self.txns.end(topic, message_id, txn_id, resolution, by, reason, publish).await
+        self.txns.end(topic, message_id, txn_id, resolution, by, reason, may_end, publish).await
     }
 
     /// The transaction record, if it exists (pending, or resolved within the retention).

@@ -592,20 +592,17 @@ impl MessagingService for Messaging {
         let outcome = async {
             let topic = req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
             let (resolution, by) = convert::decision(req.resolution, req.source)?;
-            if caller.user()?.is_some() {
-                // The policy is checked on the transaction's own topic, whatever the request says.
-                let own = match req.transaction_id.trim() {
-                    "" => None,
-                    id => self.broker.transaction(id)?.map(|t| t.topic),
-                };
-                caller.allow(&[(Resource::topic(own.as_deref().unwrap_or(&topic)), Action::Pub)])?;
-            }
+            caller.user()?;
             if by == Actor::Check && !req.transaction_id.is_empty() {
                 // The check is answered: no longer waited for (and its stream responsive again,
                 // when it went to this client), whatever the answer decides.
                 self.clients.check_answered(&req.transaction_id, &client);
             }
-            self.broker.end_transaction(&topic, &req.message_id, &req.transaction_id, resolution, by, None).await
+            // The policy is checked on the transaction's own topic, whatever the request names.
+            let may_end = |own: &str| caller.allow(&[(Resource::topic(own), Action::Pub)]);
+            self.broker
+                .end_transaction_if(&topic, &req.message_id, &req.transaction_id, resolution, by, None, may_end)
+                .await
         }
         .await;
         let st = match outcome {

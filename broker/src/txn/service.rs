@@ -340,10 +340,12 @@ impl Transactions {
         }
     }
 
-    /// Ends (or answers) a transaction. On COMMIT, `publish(half message, writes, now)` must
-    /// append the message to its topic in the same durable write as the transaction's new
-    /// state (`writes`); repeats are accepted; a contrary decision after the outcome is fixed
-    /// is refused with `PreconditionFailed` and changes nothing.
+    /// Ends (or answers) a transaction. `may_end(its topic)` decides first whether the caller
+    /// may (the topic stored with the transaction, whatever the request named). On COMMIT,
+    /// `publish(half message, writes, now)` must append the message to its topic in the same
+    /// durable write as the transaction's new state (`writes`); repeats are accepted; a
+    /// contrary decision after the outcome is fixed is refused with `PreconditionFailed` and
+    /// changes nothing.
     #[allow(clippy::too_many_arguments)]
     pub async fn end<F, Fut>(
         &self,
@@ -353,6 +355,7 @@ impl Transactions {
         resolution: Resolution,
         by: Actor,
         reason: Option<String>,
+        may_end: impl FnOnce(&str) -> Result<()>,
         publish: F,
     ) -> Result<Txn>
     where
@@ -364,6 +367,7 @@ impl Transactions {
         let mut txn = self
             .transaction(&id)?
             .ok_or_else(|| BrokerError::InvalidTransactionId(format!("unknown transaction {id}")))?;
+        may_end(&txn.topic)?;
         if !message_id.is_empty() && txn.message_id != message_id {
             return Err(BrokerError::InvalidTransactionId(format!(
                 "transaction {id} belongs to message {}, not {message_id}",
