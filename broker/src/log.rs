@@ -268,6 +268,16 @@ impl MessageLog {
         Ok(())
     }
 
+    /// When the message at this place was stored, read from its first chunk alone (the record's
+    /// header); `None` if it is not stored.
+    pub fn stored_at(&self, topic: &str, queue: u32, offset: u64) -> Result<Option<Millis>> {
+        let first = Key::MessageChunk { topic: topic.into(), queue, offset, chunk: 0 }.encode();
+        let Some(head) = self.store.get(&first)? else { return Ok(None) };
+        let (stored_at, _, _) = StoredMessage::decode_header(&head)
+            .map_err(|e| StoreError::Corrupt { key: first, detail: e.to_string() })?;
+        Ok(Some(stored_at))
+    }
+
     /// Reads one stored message, recalled or not.
     pub fn read_stored(&self, topic: &str, queue: u32, offset: u64) -> Result<Option<StoredMessage>> {
         let durable = self.offsets(topic, queue).map(|o| o.durable).unwrap_or(0);
@@ -331,20 +341,17 @@ impl MessageLog {
         let mut batch = Batch::new();
         let mut next_min = offsets.min;
         while next_min < offsets.durable && ((next_min - offsets.min) as usize) < max {
-            let first = Key::MessageChunk { topic: topic.into(), queue, offset: next_min, chunk: 0 }.encode();
-            let Some(head) = self.store.get(&first)? else {
+            let Some(stored_at) = self.stored_at(topic, queue, next_min)? else {
                 next_min += 1; // already gone
                 continue;
             };
-            let (stored_at, _, _) = StoredMessage::decode_header(&head)
-                .map_err(|e| StoreError::Corrupt { key: first.clone(), detail: e.to_string() })?;
             if stored_at >= cutoff {
                 break;
             }
             let prefix = Key::message_prefix(topic, queue, next_min);
             if let Some(bytes) = chunks::get(self.store.as_ref(), &prefix)? {
                 let m = StoredMessage::decode(&bytes)
-                    .map_err(|e| StoreError::Corrupt { key: first, detail: e.to_string() })?;
+                    .map_err(|e| StoreError::Corrupt { key: prefix.clone(), detail: e.to_string() })?;
                 for key in &m.msg.keys {
                     batch.delete(&Key::MessageKey { topic: topic.into(), key: key.clone(), queue, offset: next_min });
                 }

@@ -177,8 +177,9 @@ pub fn query_offset(src: Source<'_>, topic: &str, q: u32, at: OffsetQuery) -> Re
     let (mut lo, mut hi) = (offsets.min, offsets.durable);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        // A message removed meanwhile (retention) counts as older than any time asked.
-        let older = src.log.read(topic, q, mid)?.is_none_or(|m| m.store_timestamp < time);
+        // A message removed meanwhile (retention) counts as older than any time asked. Only the
+        // record's header is read.
+        let older = src.log.stored_at(topic, q, mid)?.is_none_or(|at| at < time);
         if older {
             lo = mid + 1;
         } else {
