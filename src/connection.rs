@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use txmq_client::{ClientConfig, Credentials};
+use txmq_client::{ClientConfig, Credentials, Signer};
 
 /// Credentials and TLS for every connection of this run.
 #[derive(Debug, Clone, Default)]
@@ -35,19 +35,6 @@ pub fn client_config(broker: &str) -> ClientConfig {
     config.credentials = c.credentials.clone();
     config.tls = c.tls.clone();
     config
-}
-
-/// Signs each request when credentials are given.
-#[derive(Clone)]
-pub struct Signer(Option<Credentials>);
-
-impl tonic::service::Interceptor for Signer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(c) = &self.0 {
-            c.sign(req.metadata_mut()).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        }
-        Ok(req)
-    }
 }
 
 /// A channel that signs its requests.

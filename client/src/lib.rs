@@ -36,4 +36,4 @@ pub use producer::Producer;
 pub use transaction::{
     CheckRequest, PendingTransaction, Resolution, TransactionChecker, TransactionProducer, TxnContext,
 };
-pub use transport::{ClientConfig, Credentials};
+pub use transport::{ClientConfig, Credentials, Signer};

@@ -123,10 +123,24 @@ fn rfc3339_utc(t: Duration) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, t.subsec_millis())
 }
 
+/// Signs each request of a channel when it has credentials (for clients of other services on
+/// the broker's port, such as the admin API).
+#[derive(Clone, Debug, Default)]
+pub struct Signer(pub Option<Credentials>);
+
+impl tonic::service::Interceptor for Signer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(c) = &self.0 {
+            c.sign(req.metadata_mut()).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        }
+        Ok(req)
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct Headers {
     client_id: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
-    credentials: Option<Credentials>,
+    signer: Signer,
 }
 
 impl tonic::service::Interceptor for Headers {
@@ -136,10 +150,7 @@ impl tonic::service::Interceptor for Headers {
         md.insert("x-mq-language", tonic::metadata::MetadataValue::from_static("RUST"));
         md.insert("x-mq-protocol-version", tonic::metadata::MetadataValue::from_static("2.0.0"));
         md.insert("x-mq-client-version", tonic::metadata::MetadataValue::from_static(env!("CARGO_PKG_VERSION")));
-        if let Some(c) = &self.credentials {
-            c.sign(md).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        }
-        Ok(req)
+        self.signer.call(req)
     }
 }
 
@@ -163,7 +174,7 @@ pub(crate) fn connect(config: &ClientConfig, client_id: &str) -> Result<Rpc> {
         .map_err(|_| Error::InvalidArgument(format!("client id {client_id:?} is not a valid header value")))?;
     Ok(MessagingServiceClient::with_interceptor(
         channel,
-        Headers { client_id, credentials: config.credentials.clone() },
+        Headers { client_id, signer: Signer(config.credentials.clone()) },
     ))
 }
 

@@ -141,21 +141,9 @@ pub async fn txn_producer(
     p
 }
 
-/// Signs admin requests when given credentials.
-#[derive(Clone)]
-pub struct Signer(pub Option<txmq_client::Credentials>);
-
-impl tonic::service::Interceptor for Signer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(c) = &self.0 {
-            c.sign(r.metadata_mut()).unwrap();
-        }
-        Ok(r)
-    }
-}
-
-pub type Admin =
-    pb::admin_client::AdminClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Signer>>;
+pub type Admin = pb::admin_client::AdminClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, txmq_client::Signer>,
+>;
 
 /// The credentials `admin` signs with (tests of a broker with authentication set them).
 pub static ADMIN_AS: std::sync::OnceLock<txmq_client::Credentials> = std::sync::OnceLock::new();
@@ -177,7 +165,7 @@ pub async fn admin_over(
     let mut config = txmq_client::ClientConfig::new(broker.access_point());
     config.tls = ca.map(Some);
     let channel = config.endpoint().unwrap().connect().await.unwrap();
-    pb::admin_client::AdminClient::with_interceptor(channel, Signer(credentials))
+    pb::admin_client::AdminClient::with_interceptor(channel, txmq_client::Signer(credentials))
 }
 
 /// The transaction with its timeline.
