@@ -272,6 +272,31 @@ pub fn read_version<R: Record>(d: &mut Decoder<'_>) -> Result<u8, CodecError> {
     }
 }
 
+/// `bytes` as hex digits, lower or upper case.
+pub fn hex(bytes: &[u8], upper: bool) -> String {
+    let digits: &[u8; 16] = if upper { b"0123456789ABCDEF" } else { b"0123456789abcdef" };
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(digits[usize::from(b >> 4)]));
+        s.push(char::from(digits[usize::from(b & 0xF)]));
+    }
+    s
+}
+
+/// The bytes of hex digits of either case; `None` for anything else (odd length, a sign, …).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    s.as_bytes().chunks(2).map(|p| Some(digit(p[0])? << 4 | digit(p[1])?)).collect()
+}
+
 /// FNV-1a of `s`: a stable hash (the same in every process and release) for spreading keys
 /// over queues and lock stripes.
 pub fn fnv1a(s: &str) -> u64 {
@@ -282,6 +307,16 @@ pub fn fnv1a(s: &str) -> u64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn hex_round_trips_in_either_case_and_refuses_the_rest() {
+        assert_eq!(hex(&[0x0f, 0xa0], false), "0fa0");
+        assert_eq!(hex(&[0x0f, 0xa0], true), "0FA0");
+        assert_eq!(unhex("0fA0"), Some(vec![0x0f, 0xa0]));
+        for bad in ["0", "zz", "+1", "0g"] {
+            assert_eq!(unhex(bad), None, "{bad}");
+        }
+    }
 
     proptest! {
         #[test]

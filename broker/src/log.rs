@@ -69,17 +69,15 @@ pub struct MessageLog {
 /// The handle a producer recalls a delay message with: opaque to it, `queue:offset:id` in hex
 /// to us (the topic comes with the recall request).
 pub fn recall_handle(queue: u32, offset: u64, message_id: &str) -> String {
-    format!("{queue:x}:{offset:x}:{message_id}").bytes().map(|b| format!("{b:02x}")).collect()
+    crate::codec::hex(format!("{queue:x}:{offset:x}:{message_id}").as_bytes(), false)
 }
 
 /// The place and id a recall handle names; `None` if it is not one.
 pub fn parse_recall_handle(handle: &str) -> Option<(u32, u64, String)> {
-    if handle.len() % 2 != 0 || handle.len() > 1024 {
+    if handle.len() > 1024 {
         return None;
     }
-    let bytes: Option<Vec<u8>> =
-        (0..handle.len()).step_by(2).map(|i| u8::from_str_radix(handle.get(i..i + 2)?, 16).ok()).collect();
-    let text = String::from_utf8(bytes?).ok()?;
+    let text = String::from_utf8(crate::codec::unhex(handle)?).ok()?;
     let mut parts = text.splitn(3, ':');
     let queue = u32::from_str_radix(parts.next()?, 16).ok()?;
     let offset = u64::from_str_radix(parts.next()?, 16).ok()?;

@@ -355,12 +355,7 @@ impl StoredMessage {
 /// Upper-case hex MD5 of `body`.
 pub fn md5_hex(body: &[u8]) -> String {
     use md5::{Digest, Md5};
-    let digest = Md5::digest(body);
-    let mut s = String::with_capacity(32);
-    for b in digest {
-        s.push_str(&format!("{b:02X}"));
-    }
-    s
+    crate::codec::hex(&Md5::digest(body), true)
 }
 
 #[cfg(test)]

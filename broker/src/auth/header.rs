@@ -45,26 +45,12 @@ pub fn parse(value: &str) -> Result<Signed, &'static str> {
     if !signed_headers.is_some_and(|h| h.eq_ignore_ascii_case(DATE_HEADER)) {
         return Err("the authorization must sign x-mq-date-time");
     }
-    let signature = decode_hex(signature.ok_or("no signature in the authorization")?)?;
+    let signature = signature.ok_or("no signature in the authorization")?;
+    let signature = crate::codec::unhex(signature).ok_or("the signature is not hex")?;
     if signature.len() != 20 {
         return Err("the signature is not 20 bytes of HMAC-SHA1");
     }
     Ok(Signed { access_key: access_key.to_string(), signature })
-}
-
-fn decode_hex(s: &str) -> Result<Vec<u8>, &'static str> {
-    if s.len() % 2 != 0 {
-        return Err("the signature is not hex");
-    }
-    let digit = |c: u8| -> Result<u8, &'static str> {
-        match c {
-            b'0'..=b'9' => Ok(c - b'0'),
-            b'a'..=b'f' => Ok(c - b'a' + 10),
-            b'A'..=b'F' => Ok(c - b'A' + 10),
-            _ => Err("the signature is not hex"),
-        }
-    };
-    s.as_bytes().chunks(2).map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?)).collect()
 }
 
 /// Whether `signature` is the HMAC-SHA1 of `date` under `secret` (compared in constant time).
@@ -170,7 +156,7 @@ pub fn fresh(at: SignedAt, now: Millis, max_skew: Millis) -> bool {
 pub fn sign(access_key: &str, secret: &str, date: &str) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
     let tag = ring::hmac::sign(&key, date.as_bytes());
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::codec::hex(tag.as_ref(), false);
     format!("{ALGORITHM} Credential={access_key}, SignedHeaders={DATE_HEADER}, Signature={hex}")
 }
 
