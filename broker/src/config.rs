@@ -88,43 +88,30 @@ impl Value for Duration {
     }
 }
 
-impl Value for StartAt {
-    fn parse_arg(s: &str) -> Result<Self, String> {
-        s.trim().parse()
-    }
-    fn show(&self) -> String {
-        match self {
-            StartAt::Earliest => "earliest",
-            StartAt::Latest => "latest",
+/// Options whose value is one of a few words: each word is written once, here.
+macro_rules! word_values {
+    ($($t:ident { $($variant:ident => $word:literal),+ $(,)? })*) => {$(
+        impl Value for $t {
+            fn parse_arg(s: &str) -> Result<Self, String> {
+                match s.trim() {
+                    $($word => Ok($t::$variant),)+
+                    other => Err(format!("{other:?} is not {}", [$($word),+].join(" or "))),
+                }
+            }
+            fn show(&self) -> String {
+                match self {
+                    $($t::$variant => $word,)+
+                }
+                .into()
+            }
         }
-        .into()
-    }
+    )*};
 }
 
-impl Value for MaxChecksPolicy {
-    fn parse_arg(s: &str) -> Result<Self, String> {
-        s.trim().parse()
-    }
-    fn show(&self) -> String {
-        match self {
-            MaxChecksPolicy::Rollback => "rollback",
-            MaxChecksPolicy::Park => "park",
-        }
-        .into()
-    }
-}
-
-impl Value for TlsMode {
-    fn parse_arg(s: &str) -> Result<Self, String> {
-        s.trim().parse()
-    }
-    fn show(&self) -> String {
-        match self {
-            TlsMode::Permissive => "permissive",
-            TlsMode::Required => "required",
-        }
-        .into()
-    }
+word_values! {
+    StartAt { Earliest => "earliest", Latest => "latest" }
+    MaxChecksPolicy { Rollback => "rollback", Park => "park" }
+    TlsMode { Permissive => "permissive", Required => "required" }
 }
 
 impl<T: Value> Value for Option<T> {

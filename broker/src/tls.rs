@@ -29,17 +29,6 @@ pub enum TlsMode {
     Required,
 }
 
-impl std::str::FromStr for TlsMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "permissive" => Ok(TlsMode::Permissive),
-            "required" => Ok(TlsMode::Required),
-            _ => Err(format!("{s:?} is not permissive or required")),
-        }
-    }
-}
-
 /// The first byte of a TLS handshake record (a ClientHello).
 pub const HANDSHAKE: u8 = 0x16;
 

@@ -66,17 +66,6 @@ pub enum StartAt {
     Latest,
 }
 
-impl std::str::FromStr for StartAt {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "earliest" => Ok(StartAt::Earliest),
-            "latest" => Ok(StartAt::Latest),
-            _ => Err(format!("{s:?} is not earliest or latest")),
-        }
-    }
-}
-
 /// A consumer group as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupRecord {

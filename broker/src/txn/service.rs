@@ -30,17 +30,6 @@ pub enum MaxChecksPolicy {
     Park,
 }
 
-impl std::str::FromStr for MaxChecksPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "rollback" => Ok(MaxChecksPolicy::Rollback),
-            "park" => Ok(MaxChecksPolicy::Park),
-            _ => Err(format!("{s:?} is not rollback or park")),
-        }
-    }
-}
-
 /// Number of transaction lock stripes: a lock is held across a commit, so with 64 requests in
 /// flight a small table would make unrelated transactions wait for each other.
 pub const TXN_LOCKS: usize = 1024;
