@@ -18,7 +18,7 @@ use crate::error::{BrokerError, Result};
 use crate::model::{md5_hex, MessageType, Millis, NewMessage, StoredMessage};
 use crate::store::{chunks, scan_prefix, Batch, Committer, Key, Store, StoreError};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 
 /// Where a sent message landed.
@@ -63,7 +63,7 @@ pub struct MessageLog {
     committer: Arc<Committer>,
     inner: Arc<Mutex<Inner>>,
     /// Recalled delay messages → when (few: kept in memory, so a read checks no store key).
-    recalled: Mutex<HashMap<(String, u32, u64), Millis>>,
+    recalled: RwLock<HashMap<(String, u32, u64), Millis>>,
 }
 
 /// The handle a producer recalls a delay message with: opaque to it, `queue:offset:id` in hex
@@ -101,7 +101,7 @@ impl MessageLog {
             let at = <[u8; 8]>::try_from(v.as_slice()).map(i64::from_be_bytes).unwrap_or(0);
             recalled.insert((topic, queue, offset), at);
         }
-        Ok(Self { store, committer, inner: Arc::new(Mutex::new(Inner::default())), recalled: Mutex::new(recalled) })
+        Ok(Self { store, committer, inner: Arc::new(Mutex::new(Inner::default())), recalled: RwLock::new(recalled) })
     }
 
     /// Registers the queues of a topic, reading their offsets from the store. Idempotent.
@@ -235,7 +235,7 @@ impl MessageLog {
 
     /// When the message at this place was recalled, if it was.
     pub fn recalled_at(&self, topic: &str, queue: u32, offset: u64) -> Option<Millis> {
-        let recalled = crate::sync::lock(&self.recalled);
+        let recalled = crate::sync::read(&self.recalled);
         if recalled.is_empty() {
             return None;
         }
@@ -262,7 +262,7 @@ impl MessageLog {
         let mut batch = Batch::new();
         batch.put(&Key::Recalled { topic: topic.into(), queue, offset }, now.to_be_bytes().to_vec());
         self.committer.commit(batch).await?;
-        crate::sync::lock(&self.recalled).insert((topic.to_string(), queue, offset), now);
+        crate::sync::write(&self.recalled).insert((topic.to_string(), queue, offset), now);
         Ok(())
     }
 
@@ -371,7 +371,7 @@ impl MessageLog {
         if let Some(state) = inner.queues.get_mut(&(topic.to_string(), queue)) {
             state.min = state.min.max(next_min);
         }
-        crate::sync::lock(&self.recalled).retain(|(t, q, o), _| !(t == topic && *q == queue && *o < next_min));
+        crate::sync::write(&self.recalled).retain(|(t, q, o), _| !(t == topic && *q == queue && *o < next_min));
         Ok(deleted)
     }
 
