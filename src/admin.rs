@@ -68,7 +68,7 @@ fn view(t: &pb::Topic) -> TopicView {
 fn parse_type(s: &str) -> anyhow::Result<pb::TopicType> {
     pb::TopicType::from_str_name(&s.to_ascii_uppercase())
         .filter(|t| *t != pb::TopicType::Unspecified)
-        .with_context(|| format!("unknown topic type {s:?} (NORMAL, FIFO, DELAY, TRANSACTION, MIXED)"))
+        .with_context(|| format!("unknown topic type {s:?} (NORMAL, FIFO, DELAY, TRANSACTION, MIXED, PRIORITY, LITE)"))
 }
 
 pub async fn topic(broker: &str, cmd: TopicCommand, out: Output) -> anyhow::Result<()> {
@@ -103,20 +103,29 @@ pub async fn topic(broker: &str, cmd: TopicCommand, out: Output) -> anyhow::Resu
                 queue: u32,
                 min_offset: u64,
                 max_offset: u64,
+                #[serde(skip_serializing_if = "String::is_empty")]
+                lite_topic: String,
             }
             #[derive(Serialize)]
             struct Described {
                 topic: TopicView,
                 message_count: u64,
+                lite_topic_count: u64,
                 queues: Vec<Queue>,
             }
             let d = Described {
                 topic: view(&r.topic.context("no topic in the answer")?),
                 message_count: r.message_count,
+                lite_topic_count: r.lite_topic_count,
                 queues: r
                     .queues
-                    .iter()
-                    .map(|q| Queue { queue: q.queue_id, min_offset: q.min_offset, max_offset: q.max_offset })
+                    .into_iter()
+                    .map(|q| Queue {
+                        queue: q.queue_id,
+                        min_offset: q.min_offset,
+                        max_offset: q.max_offset,
+                        lite_topic: q.lite_topic,
+                    })
                     .collect(),
             };
             out.emit(&d, || {
@@ -124,12 +133,17 @@ pub async fn topic(broker: &str, cmd: TopicCommand, out: Output) -> anyhow::Resu
                     "topic {} ({}, {} queues), {} messages stored\n",
                     d.topic.name, d.topic.topic_type, d.topic.queues, d.message_count
                 );
-                let rows: Vec<Vec<String>> = d
-                    .queues
-                    .iter()
-                    .map(|q| vec![q.queue.to_string(), q.min_offset.to_string(), q.max_offset.to_string()])
-                    .collect();
-                s.push_str(&table(&["QUEUE", "MIN-OFFSET", "MAX-OFFSET"], &rows));
+                let row = |q: &Queue| vec![q.queue.to_string(), q.min_offset.to_string(), q.max_offset.to_string()];
+                if d.topic.topic_type == "LITE" {
+                    let shown = if d.lite_topic_count > d.queues.len() as u64 { " (first by name)" } else { "" };
+                    s.push_str(&format!("{} lite topics{shown}\n", d.lite_topic_count));
+                    let rows: Vec<Vec<String>> =
+                        d.queues.iter().map(|q| [vec![q.lite_topic.clone()], row(q)].concat()).collect();
+                    s.push_str(&table(&["LITE-TOPIC", "QUEUE", "MIN-OFFSET", "MAX-OFFSET"], &rows));
+                } else {
+                    let rows: Vec<Vec<String>> = d.queues.iter().map(row).collect();
+                    s.push_str(&table(&["QUEUE", "MIN-OFFSET", "MAX-OFFSET"], &rows));
+                }
                 s
             })
         }

@@ -52,6 +52,16 @@ struct GroupView {
     dead_letters: u64,
     topics: Vec<TopicView>,
     pull_offsets: Vec<PullOffsetView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    lite_subscriptions: Vec<LiteSubscriptionView>,
+}
+
+#[derive(Serialize)]
+struct LiteSubscriptionView {
+    client_id: String,
+    topic: String,
+    /// Lite topic → the group's backlog in it.
+    lite_topics: Vec<(String, u64)>,
 }
 
 #[derive(Serialize)]
@@ -71,6 +81,15 @@ fn view(g: pb::Group) -> GroupView {
             .pull_offsets
             .into_iter()
             .map(|p| PullOffsetView { topic: p.topic, queue: p.queue, offset: p.offset, end: p.end })
+            .collect(),
+        lite_subscriptions: g
+            .lite_subscriptions
+            .into_iter()
+            .map(|l| LiteSubscriptionView {
+                client_id: l.client_id,
+                topic: l.topic,
+                lite_topics: l.lite_topics.into_iter().map(|b| (b.lite_topic, b.backlog)).collect(),
+            })
             .collect(),
         topics: g
             .topics
@@ -152,6 +171,19 @@ pub async fn group(broker: &str, cmd: GroupCommand, out: Output) -> anyhow::Resu
                         .collect();
                     s.push_str("pull offsets\n");
                     s.push_str(&table(&["TOPIC", "QUEUE", "OFFSET", "BEHIND"], &rows));
+                }
+                if !g.lite_subscriptions.is_empty() {
+                    let rows: Vec<Vec<String>> = g
+                        .lite_subscriptions
+                        .iter()
+                        .flat_map(|l| {
+                            l.lite_topics.iter().map(|(lite, backlog)| {
+                                vec![l.client_id.clone(), l.topic.clone(), lite.clone(), backlog.to_string()]
+                            })
+                        })
+                        .collect();
+                    s.push_str("lite subscriptions\n");
+                    s.push_str(&table(&["CLIENT", "TOPIC", "LITE-TOPIC", "BACKLOG"], &rows));
                 }
                 s
             })

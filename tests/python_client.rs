@@ -85,6 +85,24 @@ async fn python_recalls_a_delay_message_that_is_then_never_delivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_lite_consumer_receives_only_the_lite_topics_it_subscribes_to() {
+    use txmq_proto::admin as pb;
+    scenario_after("lite", |mut admin| async move {
+        let r = admin
+            .create_topic(pb::CreateTopicRequest {
+                name: "py-chat".into(),
+                r#type: pb::TopicType::Lite as i32,
+                queue_count: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_priority_messages_arrive_highest_first() {
     use txmq_proto::admin as pb;
     scenario_after("priority", |mut admin| async move {

@@ -17,11 +17,12 @@
 use crate::auth::{Auth, AuthSettings, UserKind};
 use crate::config::Config;
 use crate::consume::admin::{DeadLetter, GroupStats};
+use crate::consume::lite::{Evicted, SubscriptionView, SyncAction};
 use crate::consume::pull::{OffsetQuery, PullRequest, Pulled};
-use crate::consume::service::{Delivery, ReceiveRequest};
+use crate::consume::service::{Delivery, LiteStart, ReceiveRequest};
 use crate::consume::{ConsumeSettings, Consumers, GroupRecord, Source};
 use crate::error::{BrokerError, Result};
-use crate::log::{MessageLog, QueueOffsets};
+use crate::log::{MessageLog, Placement, QueueOffsets, Target};
 use crate::metrics::{Gauges, Metrics};
 use crate::model::{MessageType, Millis, NewMessage, StoredMessage, TopicRecord, TopicType};
 use crate::store::{Batch, CommitStats, Committer, SledStore, Store};
@@ -93,15 +94,22 @@ impl Broker {
         let committer = Arc::new(Committer::start(store.clone(), config.writer_queue)?);
         // First, before anything is written through the committer: it may upgrade the store.
         let txns = Transactions::load(store.clone(), committer.clone(), metrics.clone(), txn_settings)?;
-        let topics = Topics::load(store.as_ref(), committer.clone(), config.max_topics)?;
+        let topics = Topics::load(store.as_ref(), committer.clone(), config.max_topics, config.max_lite_topics)?;
         let log = MessageLog::open(store.clone(), committer.clone())?;
         for t in topics.list() {
             log.open_topic(&t.name, t.queue_count)?;
+            if t.topic_type == TopicType::Lite {
+                for q in topics.queues(&t) {
+                    log.open_queue(&t.name, q)?;
+                }
+            }
         }
         let consume_settings = ConsumeSettings {
             max_groups: config.max_groups,
             max_delivery_attempts: config.max_delivery_attempts,
             new_group_start: config.new_group_start,
+            max_lite_subscriptions: config.max_lite_subscriptions,
+            lite_exclusive: config.lite_exclusive,
         };
         let consumers = Consumers::load(store.clone(), committer.clone(), metrics.clone(), consume_settings)?;
         let auth_settings = AuthSettings {
@@ -180,6 +188,17 @@ impl Broker {
         self.topics.list()
     }
 
+    /// Up to `limit` lite topics of a LITE topic with their queues (by name), and how many it
+    /// has.
+    pub fn lite_topics(&self, topic: &str, limit: usize) -> (Vec<(Arc<str>, u32)>, usize) {
+        (self.topics.lite_topics(topic, limit), self.topics.lite_count(topic))
+    }
+
+    /// Offsets of one queue of a topic.
+    pub fn offsets(&self, topic: &str, queue: u32) -> Option<QueueOffsets> {
+        self.log.offsets(topic, queue)
+    }
+
     /// Offsets of every queue of a topic.
     pub fn queue_offsets(&self, topic: &TopicRecord) -> Vec<QueueOffsets> {
         self.source().queue_offsets(topic)
@@ -213,7 +232,13 @@ impl Broker {
         }
         let transactional = messages.iter().filter(|m| m.message_type == MessageType::Transaction).count();
         if transactional == 0 {
-            let placed = self.log.append(topic, record.queue_count, messages, producer, now_ms(), Batch::new()).await?;
+            let placed = if record.topic_type == TopicType::Lite {
+                self.append_lite(&record, messages, producer).await?
+            } else {
+                self.log
+                    .append(topic, Target::Spread(record.queue_count), messages, producer, now_ms(), Batch::new())
+                    .await?
+            };
             let fresh = placed.iter().filter(|p| !p.duplicate).count() as u64;
             self.metrics.messages_in.add(&[topic], fresh);
             return Ok(placed
@@ -230,6 +255,33 @@ impl Broker {
             out.push(SendOutcome { queue: 0, offset: 0, transaction_id: Some(id) });
         }
         Ok(out)
+    }
+
+    /// Appends LITE messages, each to its lite topic's queue (created on first use); a run of
+    /// messages to one lite topic is one append.
+    async fn append_lite(
+        &self,
+        record: &TopicRecord,
+        messages: Vec<NewMessage>,
+        producer: &str,
+    ) -> Result<Vec<Placement>> {
+        let mut placed = Vec::with_capacity(messages.len());
+        let mut rest = messages.into_iter().peekable();
+        while let Some(first) = rest.next() {
+            let lite = first.lite_topic.clone().unwrap_or_default();
+            let mut run = vec![first];
+            while let Some(m) = rest.next_if(|m| m.lite_topic.as_deref() == Some(lite.as_str())) {
+                run.push(m);
+            }
+            let queue = self
+                .topics
+                .lite_queue_or_create(record, &lite, now_ms(), |q| self.log.open_queue(&record.name, q))
+                .await?;
+            placed.extend(
+                self.log.append(&record.name, Target::Queue(queue), run, producer, now_ms(), Batch::new()).await?,
+            );
+        }
+        Ok(placed)
     }
 
     /// Messages by id (in `topic`, or in every topic when `topic` is empty) or by key in
@@ -301,6 +353,49 @@ impl Broker {
     /// An empty answer means nothing was ready in time (or the broker is shutting down).
     pub async fn receive(&self, req: &ReceiveRequest<'_>, shutdown: &CancellationToken) -> Result<Vec<Delivery>> {
         self.consumers.receive(self.source(), req, shutdown).await
+    }
+
+    /// Applies a lite consumer's SyncLiteSubscription (see `consume::lite`); returns the
+    /// subscriptions other consumers lost to it, to be told to them.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sync_lite(
+        &self,
+        client: &str,
+        group: &str,
+        topic: &str,
+        action: SyncAction,
+        lites: &[String],
+        version: Option<i64>,
+        start: Option<LiteStart>,
+    ) -> Result<Vec<Evicted>> {
+        self.consumers.sync_lite(self.source(), client, group, topic, action, lites, version, start).await
+    }
+
+    /// Forgets what a terminated client subscribed to.
+    pub fn forget_client(&self, client: &str) {
+        self.consumers.forget_client(client);
+    }
+
+    /// What each lite consumer of a group subscribes to, with the group's backlog in each lite
+    /// topic.
+    pub fn lite_subscriptions(&self, group: &str) -> Vec<(SubscriptionView, Vec<u64>)> {
+        let views = self.consumers.lite_subscriptions(group);
+        views
+            .into_iter()
+            .map(|v| {
+                let backlog = v
+                    .lite_topics
+                    .iter()
+                    .map(|lite| {
+                        let Some(q) = self.topics.lite_queue(&v.topic, lite) else { return 0 };
+                        let Some(o) = self.log.offsets(&v.topic, q) else { return 0 };
+                        let cursor = self.consumers.cursor(group, &v.topic, q).unwrap_or(o.min);
+                        o.durable.saturating_sub(cursor.max(o.min))
+                    })
+                    .collect();
+                (v, backlog)
+            })
+            .collect()
     }
 
     /// Acknowledges deliveries; one result per handle, in order.
@@ -397,7 +492,9 @@ impl Broker {
         let publish = |half: StoredMessage, writes: Batch, now: Millis| async move {
             let record = self.topic_or_create(&half.msg.topic).await?;
             let topic = half.msg.topic.clone();
-            self.log.append(&topic, record.queue_count, vec![half.msg], &half.producer, now, writes).await?;
+            self.log
+                .append(&topic, Target::Spread(record.queue_count), vec![half.msg], &half.producer, now, writes)
+                .await?;
             Ok(())
         };
         self.txns.end(topic, message_id, txn_id, resolution, by, reason, may_end, publish).await
@@ -506,7 +603,7 @@ impl Broker {
         let cutoff = now_ms() - self.config.retention.as_millis() as Millis;
         let mut deleted = 0;
         for t in self.topics.list() {
-            for q in 0..t.queue_count {
+            for q in self.topics.queues(&t) {
                 loop {
                     let n = self.log.expire(&t.name, q, cutoff, 256).await?;
                     deleted += n;

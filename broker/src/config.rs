@@ -290,6 +290,12 @@ options! {
     max_topics: usize = 10_000, "max-topics", "TXMQ_MAX_TOPICS";
     /// Consumer groups at most; a receive that would create one more is refused (FORBIDDEN).
     max_groups: usize = 10_000, "max-groups", "TXMQ_MAX_GROUPS";
+    /// Lite topics at most in one LITE topic; a message to one more is refused (LITE_TOPIC_QUOTA_EXCEEDED).
+    max_lite_topics: usize = 1_000_000, "max-lite-topics", "TXMQ_MAX_LITE_TOPICS";
+    /// Lite subscriptions at most (each lite topic a consumer subscribes to counts once); more are refused (LITE_SUBSCRIPTION_QUOTA_EXCEEDED).
+    max_lite_subscriptions: usize = 1_000_000, "max-lite-subscriptions", "TXMQ_MAX_LITE_SUBSCRIPTIONS";
+    /// A lite topic has one subscriber per consumer group: a new subscriber takes it over and the previous one gets NotifyUnsubscribeLiteCommand.
+    lite_exclusive: bool = false, "lite-exclusive", "TXMQ_LITE_EXCLUSIVE";
     /// HTTP/2 ping interval on every client connection.
     keepalive_interval: Duration = Duration::from_secs(10), "keepalive-interval", "TXMQ_KEEPALIVE_INTERVAL";
     /// A connection whose ping is not answered within this is closed (with its Telemetry streams).
@@ -353,8 +359,9 @@ impl Config {
         if self.txn_check_timeout.is_zero() {
             return Err("txn-check-timeout must be positive".into());
         }
-        if self.max_topics == 0 || self.max_groups == 0 {
-            return Err("max-topics and max-groups must be at least 1".into());
+        if self.max_topics == 0 || self.max_groups == 0 || self.max_lite_topics == 0 || self.max_lite_subscriptions == 0
+        {
+            return Err("max-topics, max-groups, max-lite-topics and max-lite-subscriptions must be at least 1".into());
         }
         if self.max_delivery_attempts == 0 {
             return Err("max-delivery-attempts must be at least 1".into());

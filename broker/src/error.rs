@@ -71,6 +71,16 @@ pub enum BrokerError {
     /// A configured quota (topics, groups) is full; nothing was created.
     #[error("limit reached: {0}")]
     QuotaExceeded(String),
+    /// A lite topic name is malformed. Only on lite paths (LITE messages, lite
+    /// subscriptions), which the Rust 5.0.0 client cannot reach: its code is one it lacks.
+    #[error("illegal lite topic: {0}")]
+    IllegalLiteTopic(String),
+    /// A LITE topic has as many lite topics as allowed (lite paths only, as above).
+    #[error("lite topic quota exceeded: {0}")]
+    LiteTopicQuotaExceeded(String),
+    /// The broker holds as many lite subscriptions as allowed (lite paths only, as above).
+    #[error("lite subscription quota exceeded: {0}")]
+    LiteSubscriptionQuotaExceeded(String),
     /// The store refuses writes (failed flush) or failed.
     #[error(transparent)]
     Store(#[from] StoreError),

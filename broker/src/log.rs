@@ -30,6 +30,16 @@ pub struct Placement {
     pub duplicate: bool,
 }
 
+/// Which queue an append's messages go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// One of the topic's `n` routed queues: by message group for FIFO messages, by priority
+    /// for PRIORITY ones, round robin otherwise.
+    Spread(u32),
+    /// This queue (a lite topic's).
+    Queue(u32),
+}
+
 /// Offsets of one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueOffsets {
@@ -44,17 +54,30 @@ struct QueueState {
     /// Next offset to hand out.
     next: u64,
     min: u64,
-    durable: watch::Sender<u64>,
+    /// First offset not yet durable. Waiters watch the topic's signal (a queue holds no
+    /// channel of its own: a LITE topic may have a million queues).
+    durable: u64,
 }
 
 #[derive(Default)]
 struct Inner {
-    queues: HashMap<(String, u32), QueueState>,
+    /// By topic, then queue (no key allocation per lookup; a topic's name is kept once).
+    queues: HashMap<String, HashMap<u32, QueueState>>,
     /// Message ids submitted but not yet durable (the store cannot answer for them yet).
     committing: HashMap<(String, String), (u32, u64)>,
     round_robin: u64,
     /// Bumped whenever a topic gets new durable messages; long polls wait on it.
     topic_signals: HashMap<String, watch::Sender<u64>>,
+}
+
+impl Inner {
+    fn queue(&self, topic: &str, queue: u32) -> Option<&QueueState> {
+        self.queues.get(topic)?.get(&queue)
+    }
+
+    fn queue_mut(&mut self, topic: &str, queue: u32) -> Option<&mut QueueState> {
+        self.queues.get_mut(topic)?.get_mut(&queue)
+    }
 }
 
 /// The message log over the store. See the module docs.
@@ -106,36 +129,39 @@ impl MessageLog {
 
     /// Registers the queues of a topic, reading their offsets from the store. Idempotent.
     pub fn open_topic(&self, topic: &str, queue_count: u32) -> Result<()> {
+        (0..queue_count).try_for_each(|queue| self.open_queue(topic, queue))
+    }
+
+    /// Registers one queue of a topic (a routed queue, or a lite topic's), reading its offsets
+    /// from the store. Idempotent.
+    pub fn open_queue(&self, topic: &str, queue: u32) -> Result<()> {
         let mut inner = crate::sync::lock(&self.inner);
-        for queue in 0..queue_count {
-            if inner.queues.contains_key(&(topic.to_string(), queue)) {
-                continue;
-            }
-            let prefix = Key::queue_prefix(topic, queue);
-            let offset_of = |entries: Vec<(Vec<u8>, Vec<u8>)>| -> Result<Option<u64>> {
-                match entries.into_iter().next() {
-                    None => Ok(None),
-                    Some((k, _)) => match Key::decode(&k) {
-                        Ok(Key::MessageChunk { offset, .. }) => Ok(Some(offset)),
-                        _ => Err(StoreError::Corrupt { key: k, detail: "not a message key".into() }.into()),
-                    },
-                }
-            };
-            let min = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, false)?)?.unwrap_or(0);
-            let next = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, true)?)?.map_or(0, |o| o + 1);
-            let (durable, _) = watch::channel(next);
-            inner.queues.insert((topic.to_string(), queue), QueueState { next, min, durable });
+        if inner.queue(topic, queue).is_some() {
+            return Ok(());
         }
+        let prefix = Key::queue_prefix(topic, queue);
+        let offset_of = |entries: Vec<(Vec<u8>, Vec<u8>)>| -> Result<Option<u64>> {
+            match entries.into_iter().next() {
+                None => Ok(None),
+                Some((k, _)) => match Key::decode(&k) {
+                    Ok(Key::MessageChunk { offset, .. }) => Ok(Some(offset)),
+                    _ => Err(StoreError::Corrupt { key: k, detail: "not a message key".into() }.into()),
+                },
+            }
+        };
+        let min = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, false)?)?.unwrap_or(0);
+        let next = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, true)?)?.map_or(0, |o| o + 1);
+        inner.queues.entry(topic.to_string()).or_default().insert(queue, QueueState { next, min, durable: next });
         Ok(())
     }
 
-    /// Appends `messages` (all of one topic with `queue_count` queues) durably, together with
-    /// the writes of `extra` in the same atomic batch. Returns one placement per message, in
-    /// order. The messages must be validated already.
+    /// Appends `messages` (all of one topic, to queues as `target` says) durably, together
+    /// with the writes of `extra` in the same atomic batch. Returns one placement per message,
+    /// in order. The messages must be validated already.
     pub async fn append(
         &self,
         topic: &str,
-        queue_count: u32,
+        target: Target,
         messages: Vec<NewMessage>,
         producer: &str,
         now: Millis,
@@ -171,13 +197,15 @@ impl MessageLog {
                     }
                     // One request's messages share a queue (RocketMQ batches are one queue), but
                     // a PRIORITY message's queue is its priority.
-                    let queue = match msg.priority {
-                        Some(p) => p.min(queue_count.saturating_sub(1)),
-                        None => *batch_queue.get_or_insert_with(|| pick_queue(&mut inner, &msg, queue_count)),
+                    let queue = match (target, msg.priority) {
+                        (Target::Queue(q), _) => q,
+                        (Target::Spread(n), Some(p)) => p.min(n.saturating_sub(1)),
+                        (Target::Spread(n), None) => {
+                            *batch_queue.get_or_insert_with(|| pick_queue(&mut inner, &msg, n))
+                        }
                     };
                     let state = inner
-                        .queues
-                        .get_mut(&(topic.to_string(), queue))
+                        .queue_mut(topic, queue)
                         .ok_or_else(|| BrokerError::Internal(format!("queue {topic}/{queue} is not open")))?;
                     let offset = state.next;
                     first_fresh.get_or_insert((queue, offset));
@@ -198,7 +226,7 @@ impl MessageLog {
             })();
             if let Err(e) = placed {
                 if let Some((queue, offset)) = first_fresh {
-                    if let Some(state) = inner.queues.get_mut(&(topic.to_string(), queue)) {
+                    if let Some(state) = inner.queue_mut(topic, queue) {
                         state.next = offset;
                     }
                 }
@@ -313,15 +341,8 @@ impl MessageLog {
     /// Offsets of one queue, if the queue exists.
     pub fn offsets(&self, topic: &str, queue: u32) -> Option<QueueOffsets> {
         let inner = crate::sync::lock(&self.inner);
-        let s = inner.queues.get(&(topic.to_string(), queue))?;
-        let durable = *s.durable.borrow();
-        Some(QueueOffsets { queue, min: s.min, durable })
-    }
-
-    /// A receiver that changes whenever the queue's durable high watermark moves.
-    pub fn watch(&self, topic: &str, queue: u32) -> Option<watch::Receiver<u64>> {
-        let inner = crate::sync::lock(&self.inner);
-        Some(inner.queues.get(&(topic.to_string(), queue))?.durable.subscribe())
+        let s = inner.queue(topic, queue)?;
+        Some(QueueOffsets { queue, min: s.min, durable: s.durable })
     }
 
     /// A receiver that changes whenever the topic gets new durable messages.
@@ -368,7 +389,7 @@ impl MessageLog {
         }
         self.committer.commit(batch).await?;
         let mut inner = crate::sync::lock(&self.inner);
-        if let Some(state) = inner.queues.get_mut(&(topic.to_string(), queue)) {
+        if let Some(state) = inner.queue_mut(topic, queue) {
             state.min = state.min.max(next_min);
         }
         crate::sync::write(&self.recalled).retain(|(t, q, o), _| !(t == topic && *q == queue && *o < next_min));
@@ -388,29 +409,28 @@ impl MessageLog {
         let topic = topic.to_string();
         Box::new(move || {
             let mut inner = crate::sync::lock(&inner);
-            if let Some(signal) = inner.topic_signals.get(&topic) {
-                signal.send_modify(|g| *g = g.wrapping_add(1));
-            }
             for (id, queue, offset) in fresh {
                 inner.committing.remove(&(topic.clone(), id));
-                if let Some(state) = inner.queues.get(&(topic.clone(), queue)) {
-                    state.durable.send_if_modified(|d| {
-                        let moved = *d < offset + 1;
-                        *d = (*d).max(offset + 1);
-                        moved
-                    });
+                if let Some(state) = inner.queue_mut(&topic, queue) {
+                    state.durable = state.durable.max(offset + 1);
                 }
+            }
+            // Under the same lock as the watermarks: a waiter that read an old watermark
+            // before subscribing is woken.
+            if let Some(signal) = inner.topic_signals.get(&topic) {
+                signal.send_modify(|g| *g = g.wrapping_add(1));
             }
         })
     }
 
     async fn wait_durable(&self, topic: &str, queue: u32, offset: u64) -> Result<()> {
-        let Some(mut rx) = self.watch(topic, queue) else {
-            return Ok(());
-        };
+        let mut rx = self.topic_watch(topic);
         loop {
-            if *rx.borrow_and_update() > offset {
-                return Ok(());
+            rx.borrow_and_update();
+            match self.offsets(topic, queue) {
+                None => return Ok(()),
+                Some(o) if o.durable > offset => return Ok(()),
+                Some(_) => {}
             }
             if let Some(why) = self.committer.poisoned() {
                 return Err(StoreError::Poisoned(why).into());
@@ -487,13 +507,19 @@ mod tests {
     #[tokio::test]
     async fn a_refused_request_leaves_no_hole_in_the_queue() {
         let log = log();
-        let first = log.append("t", 1, vec![sample_message("t", "a")], "p", 1, Batch::new()).await.unwrap();
+        let first =
+            log.append("t", Target::Spread(1), vec![sample_message("t", "a")], "p", 1, Batch::new()).await.unwrap();
         assert_eq!(first[0].offset, 0);
         let twice = vec![sample_message("t", "b"), sample_message("t", "b")];
-        assert!(matches!(log.append("t", 1, twice, "p", 2, Batch::new()).await, Err(BrokerError::IllegalMessageId(_))));
-        let next = log.append("t", 1, vec![sample_message("t", "c")], "p", 3, Batch::new()).await.unwrap();
+        assert!(matches!(
+            log.append("t", Target::Spread(1), twice, "p", 2, Batch::new()).await,
+            Err(BrokerError::IllegalMessageId(_))
+        ));
+        let next =
+            log.append("t", Target::Spread(1), vec![sample_message("t", "c")], "p", 3, Batch::new()).await.unwrap();
         assert_eq!(next[0].offset, 1, "offsets stay dense");
-        let again = log.append("t", 1, vec![sample_message("t", "a")], "p", 4, Batch::new()).await.unwrap();
+        let again =
+            log.append("t", Target::Spread(1), vec![sample_message("t", "a")], "p", 4, Batch::new()).await.unwrap();
         assert_eq!((again[0].offset, again[0].duplicate), (0, true), "a retried id gets its first place back");
         assert_eq!(log.offsets("t", 0).unwrap().durable, 2);
     }

@@ -19,6 +19,9 @@ pub enum TopicType {
     Mixed,
     /// PRIORITY messages: priority p goes to queue p, and consumers get higher queues first.
     Priority,
+    /// LITE messages: each names a lite topic, a lightweight sub-topic of this one with a queue
+    /// of its own (see `topics` for how lite topics are kept).
+    Lite,
 }
 
 impl TopicType {
@@ -27,6 +30,7 @@ impl TopicType {
             (self, m),
             (TopicType::Mixed, MessageType::Normal | MessageType::Fifo | MessageType::Delay | MessageType::Transaction)
                 | (TopicType::Priority, MessageType::Priority)
+                | (TopicType::Lite, MessageType::Lite)
                 | (TopicType::Normal, MessageType::Normal)
                 | (TopicType::Fifo, MessageType::Fifo)
                 | (TopicType::Delay, MessageType::Delay)
@@ -47,6 +51,7 @@ impl TopicType {
             TopicType::Transaction => "TRANSACTION",
             TopicType::Mixed => "MIXED",
             TopicType::Priority => "PRIORITY",
+            TopicType::Lite => "LITE",
         }
     }
 
@@ -58,6 +63,7 @@ impl TopicType {
             TopicType::Transaction => 4,
             TopicType::Mixed => 5,
             TopicType::Priority => 6,
+            TopicType::Lite => 7,
         }
     }
 
@@ -69,6 +75,7 @@ impl TopicType {
             4 => TopicType::Transaction,
             5 => TopicType::Mixed,
             6 => TopicType::Priority,
+            7 => TopicType::Lite,
             other => return Err(invalid("topic type", other)),
         })
     }
@@ -84,7 +91,12 @@ impl std::str::FromStr for TopicType {
             "TRANSACTION" => TopicType::Transaction,
             "MIXED" => TopicType::Mixed,
             "PRIORITY" => TopicType::Priority,
-            _ => return Err(format!("unknown topic type {s:?} (NORMAL, FIFO, DELAY, TRANSACTION, MIXED, PRIORITY)")),
+            "LITE" => TopicType::Lite,
+            _ => {
+                return Err(format!(
+                    "unknown topic type {s:?} (NORMAL, FIFO, DELAY, TRANSACTION, MIXED, PRIORITY, LITE)"
+                ))
+            }
         })
     }
 }
@@ -101,11 +113,19 @@ pub enum MessageType {
     Transaction,
     /// Delivered before lower priorities (see [`TopicType::Priority`]).
     Priority,
+    /// Addressed to a lite topic (see [`TopicType::Lite`]).
+    Lite,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 5] =
-        [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction, MessageType::Priority];
+    pub const ALL: [MessageType; 6] = [
+        MessageType::Normal,
+        MessageType::Fifo,
+        MessageType::Delay,
+        MessageType::Transaction,
+        MessageType::Priority,
+        MessageType::Lite,
+    ];
 
     fn to_u8(self) -> u8 {
         match self {
@@ -114,6 +134,7 @@ impl MessageType {
             MessageType::Delay => 3,
             MessageType::Transaction => 4,
             MessageType::Priority => 5,
+            MessageType::Lite => 6,
         }
     }
 
@@ -124,6 +145,7 @@ impl MessageType {
             3 => MessageType::Delay,
             4 => MessageType::Transaction,
             5 => MessageType::Priority,
+            6 => MessageType::Lite,
             other => return Err(invalid("message type", other)),
         })
     }
@@ -186,6 +208,8 @@ pub struct NewMessage {
     pub body_gzip: bool,
     /// A PRIORITY message's priority: its queue on the topic, higher delivered first.
     pub priority: Option<u32>,
+    /// A LITE message's lite topic.
+    pub lite_topic: Option<String>,
 }
 
 impl NewMessage {
@@ -233,6 +257,7 @@ impl StoredMessage {
             + m.born_host.len()
             + m.trace_context.as_ref().map_or(0, String::len)
             + m.origin_topic.as_ref().map_or(0, String::len)
+            + m.lite_topic.as_ref().map_or(0, String::len)
             + m.user_properties.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>()
             + 512
     }
@@ -240,10 +265,11 @@ impl StoredMessage {
 
 /// Layout: a header readable from the first chunk alone (version, store time, place, topic,
 /// id), then the rest. Retention reads only the header. Version 2 adds the body encoding and
-/// the priority after the body; version 1 records are identity-encoded, without priority.
+/// the priority after the body, version 3 the lite topic after them; version 1 records are
+/// identity-encoded, without priority.
 impl Record for StoredMessage {
     const KIND: &'static str = "message record";
-    const VERSION: u8 = 2;
+    const VERSION: u8 = 3;
     const OLDEST: u8 = 1;
 
     fn write(&self, e: &mut Encoder) {
@@ -271,7 +297,7 @@ impl Record for StoredMessage {
             e.str(k).str(v);
         }
         e.str(&self.producer).str(&self.body_md5).bytes(&m.body).bool(m.body_gzip);
-        e.opt_i64(m.priority.map(i64::from));
+        e.opt_i64(m.priority.map(i64::from)).opt_str(m.lite_topic.as_deref());
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -312,6 +338,7 @@ impl Record for StoredMessage {
         let body = d.bytes()?.to_vec();
         let body_gzip = version >= 2 && d.bool()?;
         let priority = if version >= 2 { d.opt_i64()?.map(|p| p as u32) } else { None };
+        let lite_topic = if version >= 3 { d.opt_str()? } else { None };
         Ok(StoredMessage {
             msg: NewMessage {
                 topic,
@@ -330,6 +357,7 @@ impl Record for StoredMessage {
                 body,
                 body_gzip,
                 priority,
+                lite_topic,
             },
             queue,
             offset,
@@ -381,6 +409,7 @@ pub(crate) mod tests {
             body: b"hello".to_vec(),
             body_gzip: false,
             priority: None,
+            lite_topic: None,
         }
     }
 
@@ -389,8 +418,10 @@ pub(crate) mod tests {
         fn stored_messages_roundtrip(body in proptest::collection::vec(any::<u8>(), 0..300),
                                      tag in proptest::option::of("[a-z]{0,8}"),
                                      delivery in proptest::option::of(any::<i64>()),
-                                     queue in any::<u32>(), offset in any::<u64>(), gzip in any::<bool>()) {
+                                     queue in any::<u32>(), offset in any::<u64>(), gzip in any::<bool>(),
+                                     lite in proptest::option::of("[a-z]{1,8}")) {
             let mut msg = sample_message("t", "id");
+            msg.lite_topic = lite;
             msg.body = body;
             msg.body_gzip = gzip;
             msg.tag = tag;
@@ -422,11 +453,15 @@ pub(crate) mod tests {
         };
         let mut v1 = stored.encode();
         v1[0] = 1;
-        v1.truncate(v1.len() - 2); // version 1 ends with the body
+        v1.truncate(v1.len() - 3); // version 1 ends with the body
         assert_eq!(StoredMessage::decode(&v1).unwrap(), stored);
-        let mut v3 = stored.encode();
-        v3[0] = 3;
-        assert!(StoredMessage::decode(&v3).is_err(), "a newer record is refused");
+        let mut v2 = stored.encode();
+        v2[0] = 2;
+        v2.truncate(v2.len() - 1); // version 2 ends with the priority
+        assert_eq!(StoredMessage::decode(&v2).unwrap(), stored);
+        let mut v4 = stored.encode();
+        v4[0] = 4;
+        assert!(StoredMessage::decode(&v4).is_err(), "a newer record is refused");
     }
 
     #[test]
@@ -438,6 +473,7 @@ pub(crate) mod tests {
     fn mixed_topics_accept_everything_others_only_their_type() {
         assert_eq!(TopicType::Mixed.accepted().len(), 4);
         assert_eq!(TopicType::Priority.accepted(), [MessageType::Priority]);
+        assert_eq!(TopicType::Lite.accepted(), [MessageType::Lite]);
         assert!(TopicType::Fifo.accepts(MessageType::Fifo));
         assert!(!TopicType::Normal.accepts(MessageType::Transaction));
     }

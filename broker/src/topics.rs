@@ -4,11 +4,21 @@
 //! RocketMQ for its internals (`RMQ_SYS_*`, `TRANS_CHECK_MAX_TIME_TOPIC`, `SCHEDULE_TOPIC_XXXX`,
 //! `%RETRY%…`) and our dead-letter topics (`%DLQ%<group>`) cannot be produced to directly.
 //!
+//! Lite topics: a LITE topic holds any number of lite topics, lightweight sub-topics that a
+//! producer names on each message (a chat session, a device, an order's reply channel) and a
+//! consumer subscribes to by name. Each lite topic is one queue of its topic, numbered from
+//! [`LITE_QUEUE_BASE`] in order of creation (above any routed queue, which a LITE topic leaves
+//! empty), so consumption state, receipt handles and retention work on it as on any queue. A
+//! lite topic is created durably by the first message sent to it; in memory it costs its name
+//! twice and a queue number.
+//!
 //! Owns: the topic registry and the durable topic records, the creation lock (two concurrent
-//! auto-creates store one record) and the topic quota. Never touches queues or messages: the
-//! caller readies a new topic's queues through the `open` step of [`Topics::create`].
+//! auto-creates store one record) and the topic quota; the lite topics of LITE topics and
+//! their quota. Never touches queues or messages: the caller readies a new topic's (or lite
+//! topic's) queues through the `open` step of [`Topics::create`] / [`Topics::lite_queue_or_create`].
 
 use crate::codec::Record;
+use crate::codec::{CodecError, Decoder, Encoder};
 use crate::error::{BrokerError, Result};
 use crate::model::{Millis, TopicRecord, TopicType};
 use crate::store::{scan_prefix, Batch, Committer, Key, Store};
@@ -20,6 +30,71 @@ pub const MAX_TOPIC_LEN: usize = 127;
 
 /// Prefix of dead-letter topics: `%DLQ%<consumer group>`.
 pub const DLQ_PREFIX: &str = "%DLQ%";
+
+/// The queue of a LITE topic's first lite topic; later ones follow in order of creation.
+/// Above the most queues a topic can route (1024), so no routed queue is ever a lite topic.
+pub const LITE_QUEUE_BASE: u32 = 1 << 16;
+
+/// Longest lite topic name; the broker announces it to lite consumers (`max_lite_topic_size`).
+pub const MAX_LITE_TOPIC_LEN: usize = 64;
+
+/// Checks a lite topic name: 1 to 64 characters, the same characters as topic names.
+pub fn validate_lite_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_LITE_TOPIC_LEN {
+        return Err(BrokerError::IllegalLiteTopic(format!(
+            "lite topic name must be 1 to {MAX_LITE_TOPIC_LEN} characters"
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '%' | '_' | '-'))) {
+        return Err(BrokerError::IllegalLiteTopic(format!(
+            "lite topic name {name:?} contains {c:?}; allowed are letters, digits, '%', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// A lite topic as stored (under `Key::LiteTopic`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiteRecord {
+    pub queue: u32,
+    pub created_at: Millis,
+}
+
+impl Record for LiteRecord {
+    const KIND: &'static str = "lite topic record";
+    const VERSION: u8 = 1;
+
+    fn write(&self, e: &mut Encoder) {
+        e.u32(self.queue).i64(self.created_at);
+    }
+
+    fn read(d: &mut Decoder<'_>, _version: u8) -> std::result::Result<Self, CodecError> {
+        Ok(Self { queue: d.u32()?, created_at: d.i64()? })
+    }
+}
+
+/// The lite topics of one LITE topic: name → queue, and queue → name (by queue order).
+#[derive(Default)]
+struct LiteTable {
+    by_name: HashMap<Arc<str>, u32>,
+    /// `names[q - LITE_QUEUE_BASE]`.
+    names: Vec<Option<Arc<str>>>,
+}
+
+impl LiteTable {
+    fn insert(&mut self, name: Arc<str>, queue: u32) {
+        let i = (queue - LITE_QUEUE_BASE) as usize;
+        if self.names.len() <= i {
+            self.names.resize(i + 1, None);
+        }
+        self.names[i] = Some(name.clone());
+        self.by_name.insert(name, queue);
+    }
+
+    fn next_queue(&self) -> u32 {
+        LITE_QUEUE_BASE + self.names.len() as u32
+    }
+}
 
 /// Checks a topic name against RocketMQ's rules.
 pub fn validate_name(name: &str) -> Result<()> {
@@ -58,6 +133,11 @@ pub struct Topics {
     /// Serializes creation, so two concurrent auto-creates store one record.
     create_lock: tokio::sync::Mutex<()>,
     max_topics: usize,
+    /// Lite topics by LITE topic name.
+    lites: RwLock<HashMap<String, LiteTable>>,
+    /// Serializes lite topic creation, so two concurrent first sends store one record.
+    lite_lock: tokio::sync::Mutex<()>,
+    max_lite_topics: usize,
 }
 
 /// Whether [`Topics::create`] may return a topic that exists already.
@@ -70,9 +150,14 @@ pub enum IfExists {
 }
 
 impl Topics {
-    /// Loads every stored topic; new topics are written through `committer`, at most
-    /// `max_topics` in all.
-    pub fn load(store: &dyn Store, committer: Arc<Committer>, max_topics: usize) -> Result<Self> {
+    /// Loads every stored topic and lite topic; new ones are written through `committer`, at
+    /// most `max_topics` topics in all and `max_lite_topics` lite topics per LITE topic.
+    pub fn load(
+        store: &dyn Store,
+        committer: Arc<Committer>,
+        max_topics: usize,
+        max_lite_topics: usize,
+    ) -> Result<Self> {
         let mut map = HashMap::new();
         // Topics are few (thousands at most); the scan is bounded anyway.
         for (key, value) in scan_prefix(store, &Key::topic_prefix(), 1_000_000, false)? {
@@ -80,7 +165,27 @@ impl Topics {
                 .map_err(|e| BrokerError::Store(crate::store::StoreError::Corrupt { key, detail: e.to_string() }))?;
             map.insert(record.name.clone(), Arc::new(record));
         }
-        Ok(Self { map: RwLock::new(map), committer, create_lock: tokio::sync::Mutex::new(()), max_topics })
+        let mut lites: HashMap<String, LiteTable> = HashMap::new();
+        for (key, value) in scan_prefix(store, &Key::lite_topic_prefix(), usize::MAX, false)? {
+            let corrupt = |detail: String| crate::store::StoreError::Corrupt { key: key.clone(), detail };
+            let Ok(Key::LiteTopic { topic, lite }) = Key::decode(&key) else {
+                return Err(corrupt("not a lite topic key".into()).into());
+            };
+            let record = LiteRecord::decode(&value).map_err(|e| corrupt(e.to_string()))?;
+            if record.queue < LITE_QUEUE_BASE {
+                return Err(corrupt(format!("lite topic queue {} is below {LITE_QUEUE_BASE}", record.queue)).into());
+            }
+            lites.entry(topic).or_default().insert(lite.into(), record.queue);
+        }
+        Ok(Self {
+            map: RwLock::new(map),
+            committer,
+            create_lock: tokio::sync::Mutex::new(()),
+            max_topics,
+            lites: RwLock::new(lites),
+            lite_lock: tokio::sync::Mutex::new(()),
+            max_lite_topics,
+        })
     }
 
     /// Stores `record` durably, then runs `open` (which readies its queues) and makes it
@@ -131,6 +236,81 @@ impl Topics {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The queues that hold `topic`'s messages: its routed queues, or a LITE topic's lite
+    /// topics' queues.
+    pub fn queues(&self, topic: &TopicRecord) -> Vec<u32> {
+        if topic.topic_type != TopicType::Lite {
+            return (0..topic.queue_count).collect();
+        }
+        let lites = crate::sync::read(&self.lites);
+        let Some(table) = lites.get(&topic.name) else { return Vec::new() };
+        table.names.iter().enumerate().filter(|(_, n)| n.is_some()).map(|(i, _)| LITE_QUEUE_BASE + i as u32).collect()
+    }
+
+    /// The queue of a lite topic, if it exists.
+    pub fn lite_queue(&self, topic: &str, lite: &str) -> Option<u32> {
+        crate::sync::read(&self.lites).get(topic)?.by_name.get(lite).copied()
+    }
+
+    /// The lite topic a queue of `topic` holds, if it is one.
+    pub fn lite_name(&self, topic: &str, queue: u32) -> Option<Arc<str>> {
+        let i = queue.checked_sub(LITE_QUEUE_BASE)? as usize;
+        crate::sync::read(&self.lites).get(topic)?.names.get(i)?.clone()
+    }
+
+    /// How many lite topics `topic` has.
+    pub fn lite_count(&self, topic: &str) -> usize {
+        crate::sync::read(&self.lites).get(topic).map_or(0, |t| t.by_name.len())
+    }
+
+    /// Up to `limit` lite topics of `topic` with their queues, by name.
+    pub fn lite_topics(&self, topic: &str, limit: usize) -> Vec<(Arc<str>, u32)> {
+        let lites = crate::sync::read(&self.lites);
+        let Some(table) = lites.get(topic) else { return Vec::new() };
+        let mut v: Vec<_> = table.by_name.iter().map(|(n, q)| (n.clone(), *q)).collect();
+        v.sort();
+        v.truncate(limit);
+        v
+    }
+
+    /// The queue of lite topic `lite` of the LITE topic `topic`, created durably (then readied
+    /// by `open`) on first use. Refused past the lite topic quota.
+    pub async fn lite_queue_or_create(
+        &self,
+        topic: &TopicRecord,
+        lite: &str,
+        now: Millis,
+        open: impl FnOnce(u32) -> Result<()>,
+    ) -> Result<u32> {
+        if let Some(q) = self.lite_queue(&topic.name, lite) {
+            return Ok(q);
+        }
+        validate_lite_name(lite)?;
+        let _guard = self.lite_lock.lock().await;
+        if let Some(q) = self.lite_queue(&topic.name, lite) {
+            return Ok(q);
+        }
+        let (count, queue) = {
+            let lites = crate::sync::read(&self.lites);
+            let table = lites.get(&topic.name);
+            (table.map_or(0, |t| t.by_name.len()), table.map_or(LITE_QUEUE_BASE, LiteTable::next_queue))
+        };
+        let max = self.max_lite_topics;
+        if count >= max || queue == u32::MAX {
+            return Err(BrokerError::LiteTopicQuotaExceeded(format!(
+                "topic {} has {count} lite topics (max-lite-topics is {max}); {lite} was not created",
+                topic.name
+            )));
+        }
+        let mut batch = Batch::new();
+        let key = Key::LiteTopic { topic: topic.name.clone(), lite: lite.to_string() };
+        batch.put(&key, LiteRecord { queue, created_at: now }.encode());
+        self.committer.commit(batch).await?;
+        open(queue)?;
+        crate::sync::write(&self.lites).entry(topic.name.clone()).or_default().insert(lite.into(), queue);
+        Ok(queue)
     }
 }
 

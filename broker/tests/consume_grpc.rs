@@ -492,3 +492,34 @@ async fn gzip_bodies_round_trip_byte_for_byte_and_survive_a_restart() {
     assert_eq!(digest.checksum, txmq_broker::model::md5_hex(&GZIPPED), "the digest is of the bytes delivered");
     broker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_groups_backlog_counts_only_what_its_filter_accepts() {
+    use txmq_proto::admin as pb;
+    let (broker, mut c, _dir) = start(|_| {}).await;
+    let send_from = |region: &str, id: &str| {
+        let mut m = common::message("regions", id, v2::MessageType::Normal, b"x");
+        m.user_properties.insert("region".into(), region.into());
+        v2::SendMessageRequest { messages: vec![m] }
+    };
+    let backlog = |group: &'static str| {
+        let url = format!("http://{}", broker.addr);
+        async move {
+            let mut admin = pb::admin_client::AdminClient::connect(url).await.unwrap();
+            let g = admin.describe_group(pb::DescribeGroupRequest { name: group.into() }).await.unwrap();
+            g.into_inner().group.unwrap().topics[0].backlog
+        }
+    };
+    let sql = v2::FilterExpression { r#type: v2::FilterType::Sql as i32, expression: "region = 'eu'".into() };
+    c.send_message(send_from("eu", "eu-1")).await.unwrap();
+    let (_, got) = receive(&mut c, "eu-readers", "regions", sql, 30).await;
+    assert_eq!(got.len(), 1);
+    let (_, got) = receive(&mut c, "all-readers", "regions", all(), 30).await;
+    assert_eq!(got.len(), 1);
+    for (region, id) in [("us", "us-1"), ("eu", "eu-2"), ("us", "us-2"), ("apac", "apac-1")] {
+        c.send_message(send_from(region, id)).await.unwrap();
+    }
+    assert_eq!(backlog("eu-readers").await, 1, "only eu-2 is the filtered group's to consume");
+    assert_eq!(backlog("all-readers").await, 4);
+    broker.stop().await.unwrap();
+}

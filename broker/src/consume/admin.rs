@@ -1,5 +1,6 @@
 //! Operator views of consumer groups and dead letters, and the dead-letter resend.
 
+use super::filter::Filter;
 use super::service::{Consumers, Source};
 use super::state::Inflight;
 use crate::clock::now_ms;
@@ -13,8 +14,9 @@ use crate::topics::DLQ_PREFIX;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupTopicStats {
     pub topic: String,
-    /// Stored messages never delivered to the group, and dead letters resent to it and not
-    /// delivered yet.
+    /// Stored messages never delivered to the group that its filter (that of its latest
+    /// receive) accepts, and dead letters resent to it and not delivered yet. Counted by
+    /// reading up to [`BACKLOG_SCAN`] undelivered messages; past them every message counts.
     pub backlog: u64,
     /// Delivered and not acked (including those waiting for redelivery).
     pub in_flight: u64,
@@ -23,6 +25,10 @@ pub struct GroupTopicStats {
     /// Delay messages held until their delivery time.
     pub deferred: u64,
 }
+
+/// Messages `group_stats` reads per topic to count a filtered group's backlog; past them the
+/// rest counts as backlog whole (an upper bound).
+pub const BACKLOG_SCAN: u64 = 10_000;
 
 /// Dead letters resent per durable step of `resend_dead_letters`.
 pub const RESEND_PAGE: usize = 256;
@@ -47,6 +53,26 @@ pub struct GroupStats {
     pub pull_offsets: Vec<(String, u32, u64, u64)>,
 }
 
+/// Undelivered messages of `ranges` (`(queue, from, to)`) that `filter` accepts, reading at
+/// most [`BACKLOG_SCAN`] of them; the unread rest counts whole.
+fn filtered_backlog(log: &MessageLog, topic: &str, ranges: &[(u32, u64, u64)], filter: &Filter) -> u64 {
+    let mut budget = BACKLOG_SCAN;
+    let mut backlog = 0;
+    for &(queue, from, to) in ranges {
+        let mut at = from;
+        while at < to && budget > 0 {
+            // A message that cannot be read now (gone, recalled, unreadable) is not backlog.
+            if let Ok(Some(m)) = log.read(topic, queue, at) {
+                backlog += u64::from(filter.matches(&m.msg));
+            }
+            at += 1;
+            budget -= 1;
+        }
+        backlog += to - at;
+    }
+    backlog
+}
+
 impl Consumers {
     /// The group's backlog, in-flight and dead-letter counts per topic.
     pub fn group_stats(&self, src: Source<'_>, name: &str) -> Option<GroupStats> {
@@ -55,12 +81,25 @@ impl Consumers {
         let mut topics = Vec::new();
         for (topic, shared) in self.groups.topics_of(name) {
             let Some(t) = src.topics.get(&topic) else { continue };
-            let st = crate::sync::lock(&shared.state);
             let mut s = GroupTopicStats { topic: topic.clone(), ..Default::default() };
-            for q in src.queue_offsets(&t) {
-                let from = st.cursor(q.queue).unwrap_or_else(|| super::state::start_offset(start, &q));
-                s.backlog += q.durable.saturating_sub(from.max(q.min));
-            }
+            // Undelivered ranges under the lock; the filtered count reads messages after it.
+            let (ranges, filter) = {
+                let st = crate::sync::lock(&shared.state);
+                let ranges: Vec<(u32, u64, u64)> = src
+                    .queue_offsets(&t)
+                    .into_iter()
+                    .map(|q| {
+                        let from = st.cursor(q.queue).unwrap_or_else(|| super::state::start_offset(start, &q));
+                        (q.queue, from.max(q.min), q.durable)
+                    })
+                    .collect();
+                (ranges, st.filter.clone().filter(|f| *f != Filter::All))
+            };
+            s.backlog = match filter {
+                None => ranges.iter().map(|(_, from, to)| to.saturating_sub(*from)).sum(),
+                Some(f) => filtered_backlog(src.log, &topic, &ranges, &f),
+            };
+            let st = crate::sync::lock(&shared.state);
             let now = now_ms();
             for (_, r) in st.inflight() {
                 match r.attempt {

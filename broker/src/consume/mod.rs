@@ -27,6 +27,7 @@
 pub mod admin;
 pub mod filter;
 pub mod handle;
+pub mod lite;
 pub mod pull;
 pub mod service;
 pub mod sql;

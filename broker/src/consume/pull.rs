@@ -86,9 +86,10 @@ impl Consumers {
     /// Messages the filter rejects are passed over; `next_offset` is past every message read.
     pub async fn pull(&self, src: Source<'_>, req: &PullRequest, shutdown: &CancellationToken) -> Result<Pulled> {
         validate_group(&req.group)?;
-        let mut watch = src.log.watch(&req.topic, req.queue);
+        let mut watch = src.log.topic_watch(&req.topic);
         let deadline = Instant::now() + req.poll;
         loop {
+            watch.borrow_and_update();
             let offsets = queue(src, &req.topic, req.queue)?;
             if req.offset > offsets.durable {
                 return Err(BrokerError::BadRequest(format!(
@@ -113,9 +114,8 @@ impl Consumers {
             if cur > start || Instant::now() >= deadline {
                 return Ok(Pulled { messages, next_offset: cur });
             }
-            let Some(w) = watch.as_mut() else { return Ok(Pulled { messages, next_offset: cur }) };
             tokio::select! {
-                _ = w.changed() => {}
+                _ = watch.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = shutdown.cancelled() => return Ok(Pulled { messages, next_offset: cur }),
             }

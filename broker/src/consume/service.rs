@@ -14,12 +14,13 @@
 //! [`GroupTopic`]: super::state::GroupTopic
 
 use super::filter::Filter;
+use super::lite::{Evicted, LiteSubscriptions, SubscriptionView, SyncAction};
 use super::state::{HandleError, PollRules, Pos};
 use super::{handle, validate_group, GroupRecord, Groups, Shared, StartAt};
 use crate::clock::now_ms;
 use crate::codec::Record;
 use crate::error::{BrokerError, Result};
-use crate::log::{MessageLog, QueueOffsets};
+use crate::log::{MessageLog, QueueOffsets, Target};
 use crate::metrics::Metrics;
 use crate::model::{dead_letter_index_id, Millis, StoredMessage, TopicRecord, TopicType};
 use crate::store::{Batch, Committer, Key, Store};
@@ -68,6 +69,18 @@ pub struct ReceiveRequest<'a> {
     pub alive: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
+/// Where a lite subscriber starts in a lite topic it subscribes to (SyncLiteSubscription's
+/// `offset_option`); without one, the group goes on where it was, or from the lite topic's
+/// oldest message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiteStart {
+    Oldest,
+    End,
+    Offset(u64),
+    /// This many messages before the end.
+    Tail(u64),
+}
+
 /// One message handed to a consumer.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -103,6 +116,10 @@ pub struct ConsumeSettings {
     /// Deliveries of one message to a group before it is dead-lettered.
     pub max_delivery_attempts: u32,
     pub new_group_start: StartAt,
+    /// Lite topics subscribed at most, all lite consumers together.
+    pub max_lite_subscriptions: usize,
+    /// A lite topic has one subscriber per group at a time (see `consume::lite`).
+    pub lite_exclusive: bool,
 }
 
 /// What consumption reads of the rest of the broker: the topics and their queues. It appends
@@ -114,9 +131,9 @@ pub struct Source<'a> {
 }
 
 impl Source<'_> {
-    /// Offsets of every queue of a topic.
+    /// Offsets of every queue of a topic (a LITE topic's: of its lite topics).
     pub fn queue_offsets(&self, topic: &TopicRecord) -> Vec<QueueOffsets> {
-        (0..topic.queue_count).filter_map(|q| self.log.offsets(&topic.name, q)).collect()
+        self.topics.queues(topic).into_iter().filter_map(|q| self.log.offsets(&topic.name, q)).collect()
     }
 
     /// The group's dead-letter topic, created (one queue) on first use.
@@ -138,6 +155,7 @@ pub struct Consumers {
     metrics: Arc<Metrics>,
     pub(super) settings: ConsumeSettings,
     pub(super) pull_offsets: super::pull::PullOffsets,
+    pub(super) lite: LiteSubscriptions,
     /// Serializes group creation, so two concurrent first receives store one record.
     create_lock: tokio::sync::Mutex<()>,
 }
@@ -152,7 +170,17 @@ impl Consumers {
     ) -> Result<Self> {
         let groups = Groups::load(store.as_ref())?;
         let pull_offsets = super::pull::PullOffsets::load(store.as_ref())?;
-        Ok(Self { groups, store, committer, metrics, settings, pull_offsets, create_lock: tokio::sync::Mutex::new(()) })
+        let lite = LiteSubscriptions::new(settings.max_lite_subscriptions, settings.lite_exclusive);
+        Ok(Self {
+            groups,
+            store,
+            committer,
+            metrics,
+            settings,
+            pull_offsets,
+            lite,
+            create_lock: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// A group's record.
@@ -205,10 +233,14 @@ impl Consumers {
         let mut topic_rx = src.log.topic_watch(&req.topic);
         let mut group_rx = shared.signal.subscribe();
         let deadline = Instant::now() + req.poll;
+        let lite = topic.topic_type == TopicType::Lite;
         loop {
             topic_rx.borrow_and_update();
             group_rx.borrow_and_update();
-            let (deliveries, dead, next_due) = self.poll_once(src.log, &shared, &topic, req).await?;
+            // A lite consumer reads the lite topics it subscribes to now (its set may change
+            // while it waits); anyone else every queue of the topic.
+            let queues = if lite { self.lite_queues(src, req) } else { src.topics.queues(&topic) };
+            let (deliveries, dead, next_due) = self.poll_once(src.log, &shared, &topic, &queues, req).await?;
             for (pos, message) in dead {
                 // A failed move is reported and retried by a later poll; it must not fail
                 // this consumer's receive.
@@ -246,14 +278,25 @@ impl Consumers {
         log: &MessageLog,
         shared: &Shared,
         record: &TopicRecord,
+        serve: &[u32],
         req: &ReceiveRequest<'_>,
     ) -> Result<(Vec<Delivery>, Vec<(Pos, StoredMessage)>, Option<Millis>)> {
         let slot = self.committer.reserve().await?;
         let now = now_ms();
         let invisible_ms = if req.auto_renew { AUTO_RENEW_INVISIBLE_MS } else { req.invisible.as_millis() as Millis };
         let topic = req.topic.as_str();
-        let mut queues: Vec<_> = (0..record.queue_count).filter_map(|q| log.offsets(topic, q)).collect();
+        let mut queues: Vec<_> = serve.iter().filter_map(|q| log.offsets(topic, *q)).collect();
         let accept = |m: &StoredMessage| req.filter.matches(&m.msg);
+        let lite = record.topic_type == TopicType::Lite;
+        // A LITE topic's queues are few per consumer: a sorted list is the cheapest lookup.
+        let serving: Vec<u32> = if lite {
+            let mut v = serve.to_vec();
+            v.sort_unstable();
+            v
+        } else {
+            Vec::new()
+        };
+        let serves = |q: u32| !lite || serving.binary_search(&q).is_ok();
         let rules = PollRules {
             now,
             batch: req.batch,
@@ -264,9 +307,11 @@ impl Consumers {
             renew_ms: AUTO_RENEW_INVISIBLE_MS,
             renew_limit_ms: AUTO_RENEW_LIMIT_MS,
             client: &req.client,
-            start: self.settings.new_group_start,
+            // A lite topic is a mailbox: a group reads it from its oldest message.
+            start: if lite { StartAt::Earliest } else { self.settings.new_group_start },
             alive: req.alive,
             accept: &accept,
+            serves: &serves,
         };
         let mut batch = Batch::new();
         // New messages are read queue by queue: from a rotating start, so that every queue gets
@@ -279,6 +324,9 @@ impl Consumers {
         };
         let (poll, next_due) = {
             let mut st = crate::sync::lock(&shared.state);
+            if st.filter.as_ref() != Some(&req.filter) {
+                st.filter = Some(req.filter.clone());
+            }
             let poll = st.poll(&rules, &queues, rotate, |(q, o)| log.read(topic, q, o), next_nonce, &mut batch)?;
             // The delivery records are queued for the next group commit, but the messages go
             // out without waiting for it: if the broker dies first, the records are lost and
@@ -288,7 +336,7 @@ impl Consumers {
             if !batch.is_empty() {
                 drop(slot.submit(batch, None));
             }
-            (poll, st.next_due())
+            (poll, st.next_due_in(&serves))
         };
         for (queue, from, to) in &poll.skipped {
             tracing::warn!(group = req.group, topic, queue, from, to, "group is behind retention; skipping ahead");
@@ -346,8 +394,10 @@ impl Consumers {
         let mut copy = message.msg.clone();
         copy.origin_topic = Some(copy.origin_topic.take().unwrap_or_else(|| topic.clone()));
         copy.topic = dlq.clone();
-        let placed =
-            src.log.append(&dlq, dlq_topic.queue_count, vec![copy], &message.producer, now_ms(), Batch::new()).await?;
+        let placed = src
+            .log
+            .append(&dlq, Target::Spread(dlq_topic.queue_count), vec![copy], &message.producer, now_ms(), Batch::new())
+            .await?;
         let slot = self.committer.reserve().await?;
         let pending = {
             let mut st = crate::sync::lock(&shared.state);
@@ -466,5 +516,90 @@ impl Consumers {
             }
         }
         result
+    }
+}
+
+/// Lite consumers (see `consume::lite`).
+impl Consumers {
+    /// Applies a lite consumer's SyncLiteSubscription. The topic must be a LITE topic; the group
+    /// is created on first use. With `start`, the group's position in each lite topic the call
+    /// adds (that exists) moves there, durably. Returns the subscriptions other consumers lost
+    /// to this one (exclusive mode), to be told to them.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sync_lite(
+        &self,
+        src: Source<'_>,
+        client: &str,
+        group: &str,
+        topic: &str,
+        action: SyncAction,
+        lites: &[String],
+        version: Option<i64>,
+        start: Option<LiteStart>,
+    ) -> Result<Vec<Evicted>> {
+        let record = src.topics.get(topic).ok_or_else(|| BrokerError::TopicNotFound(topic.into()))?;
+        if record.topic_type != TopicType::Lite {
+            return Err(BrokerError::TypeConflict(format!(
+                "topic {topic} is {}, not LITE: it has no lite topics",
+                record.topic_type.as_str()
+            )));
+        }
+        for lite in lites {
+            topics::validate_lite_name(lite)?;
+        }
+        self.ensure_group(group).await?;
+        let before = self.lite.subscribed(client, group, topic);
+        let evicted = self.lite.sync(client, group, topic, action, lites, version)?;
+        // A receive of this consumer waiting now reads its new set.
+        if let Some(shared) = self.groups.get(group, topic) {
+            shared.wake();
+        }
+        let Some(start) = start.filter(|_| matches!(action, SyncAction::PartialAdd | SyncAction::CompleteAdd)) else {
+            return Ok(evicted);
+        };
+        let shared = self.groups.get_or_create(group, topic)?;
+        let slot = self.committer.reserve().await?;
+        let pending = {
+            let mut st = crate::sync::lock(&shared.state);
+            let mut batch = Batch::new();
+            for lite in lites.iter().filter(|l| !before.contains(l)) {
+                let Some(q) = src.topics.lite_queue(topic, lite) else { continue };
+                let Some(o) = src.log.offsets(topic, q) else { continue };
+                let at = match start {
+                    LiteStart::Oldest => o.min,
+                    LiteStart::End => o.durable,
+                    LiteStart::Offset(n) => n.clamp(o.min, o.durable),
+                    LiteStart::Tail(n) => o.durable.saturating_sub(n).max(o.min),
+                };
+                st.reset_cursor(q, at, &mut batch);
+            }
+            slot.submit(batch, None)
+        };
+        pending.durable().await?;
+        shared.wake();
+        Ok(evicted)
+    }
+
+    /// The queues of the lite topics a lite consumer subscribes to now (those that exist).
+    fn lite_queues(&self, src: Source<'_>, req: &ReceiveRequest<'_>) -> Vec<u32> {
+        let names = self.lite.subscribed(&req.client, &req.group, &req.topic);
+        names.iter().filter_map(|l| src.topics.lite_queue(&req.topic, l)).collect()
+    }
+
+    /// What each lite consumer of `group` subscribes to.
+    pub fn lite_subscriptions(&self, group: &str) -> Vec<SubscriptionView> {
+        self.lite.of_group(group)
+    }
+
+    /// A group's next never-delivered offset in one queue, if it read the queue.
+    pub fn cursor(&self, group: &str, topic: &str, queue: u32) -> Option<u64> {
+        let shared = self.groups.get(group, topic)?;
+        let st = crate::sync::lock(&shared.state);
+        st.cursor(queue)
+    }
+
+    /// Forgets a client's lite subscription (it terminated).
+    pub fn forget_client(&self, client: &str) {
+        self.lite.forget(client);
     }
 }

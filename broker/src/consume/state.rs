@@ -78,6 +78,9 @@ pub enum HandleError {
 pub struct GroupTopic {
     pub group: String,
     pub topic: String,
+    /// The filter of the group's latest receive on this topic: what the group consumes, so
+    /// what its backlog counts.
+    pub filter: Option<super::filter::Filter>,
     cursors: HashMap<u32, u64>,
     inflight: HashMap<Pos, Inflight>,
     due: BTreeSet<(Millis, u32, u64)>,
@@ -89,6 +92,7 @@ impl GroupTopic {
         Self {
             group: group.to_string(),
             topic: topic.to_string(),
+            filter: None,
             cursors: HashMap::new(),
             inflight: HashMap::new(),
             due: BTreeSet::new(),
@@ -142,12 +146,31 @@ impl GroupTopic {
 
     /// In-flight messages whose invisibility ended at or before `now`, earliest first.
     pub fn due(&self, now: Millis, limit: usize) -> Vec<Pos> {
-        self.due.iter().take_while(|(t, _, _)| *t <= now).take(limit).map(|(_, q, o)| (*q, *o)).collect()
+        self.due_in(now, limit, &|_| true)
+    }
+
+    /// [`Self::due`], of the queues `serves` accepts only.
+    fn due_in(&self, now: Millis, limit: usize, serves: &dyn Fn(u32) -> bool) -> Vec<Pos> {
+        let due = self.due.iter().take_while(|(t, _, _)| *t <= now);
+        due.filter(|(_, q, _)| serves(*q)).take(limit).map(|(_, q, o)| (*q, *o)).collect()
     }
 
     /// When the next in-flight message becomes due, if any.
     pub fn next_due(&self) -> Option<Millis> {
-        self.due.iter().next().map(|(t, _, _)| *t)
+        self.next_due_in(&|_| true)
+    }
+
+    /// [`Self::next_due`], of the queues `serves` accepts only.
+    pub fn next_due_in(&self, serves: &dyn Fn(u32) -> bool) -> Option<Millis> {
+        self.due.iter().find(|(_, q, _)| serves(*q)).map(|(t, _, _)| *t)
+    }
+
+    /// Moves a queue's cursor to `next`, backwards too (a lite subscriber asked to start
+    /// elsewhere), and records the write.
+    pub fn reset_cursor(&mut self, queue: u32, next: u64, batch: &mut Batch) {
+        self.cursors.insert(queue, next);
+        let key = Key::Cursor { group: self.group.clone(), topic: self.topic.clone(), queue };
+        batch.put(&key, next.to_be_bytes().to_vec());
     }
 
     /// Whether a FIFO message group has a message in flight.
@@ -272,6 +295,9 @@ pub struct PollRules<'a> {
     pub alive: &'a dyn Fn(&str) -> bool,
     /// Whether the receive's filter accepts a message.
     pub accept: &'a dyn Fn(&StoredMessage) -> bool,
+    /// Whether this receive serves a queue's due messages (a lite consumer: only the lite
+    /// topics it subscribes to).
+    pub serves: &'a dyn Fn(u32) -> bool,
 }
 
 /// What one poll decided.
@@ -317,7 +343,7 @@ impl GroupTopic {
             delivered_at: now,
         };
         // 1. Messages whose invisibility ended (or whose delay passed).
-        for pos in self.due(now, rules.batch) {
+        for pos in self.due_in(now, rules.batch, rules.serves) {
             let Some(rec) = self.get(pos).cloned() else { continue };
             let Some(msg) = read(pos)? else {
                 self.remove(pos, batch);
@@ -551,6 +577,7 @@ mod tests {
             start: crate::consume::StartAt::Earliest,
             alive: LIVE,
             accept: ALL,
+            serves: &|_| true,
         }
     }
 

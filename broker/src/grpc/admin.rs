@@ -6,6 +6,7 @@ use crate::auth::UserKind;
 use crate::broker::{now_ms, Broker};
 use crate::consume::admin::GroupStats;
 use crate::error::BrokerError;
+use crate::log::QueueOffsets;
 use crate::model::{StoredMessage, TopicRecord, TopicType};
 use crate::txn::service::TxnFilter;
 use crate::txn::state::{Actor, Event, Resolution, Txn, TxnState};
@@ -65,6 +66,9 @@ fn status(e: &BrokerError) -> Option<pb::Status> {
     Some(pb::Status { code: code as i32, message: e.to_string() })
 }
 
+/// Lite topics `DescribeTopic` lists at most (by name); the count covers all of them.
+const DESCRIBED_LITE_TOPICS: usize = 1000;
+
 fn topic_type(t: pb::TopicType) -> Option<TopicType> {
     Some(match t {
         pb::TopicType::Unspecified => return None,
@@ -74,6 +78,7 @@ fn topic_type(t: pb::TopicType) -> Option<TopicType> {
         pb::TopicType::Transaction => TopicType::Transaction,
         pb::TopicType::Mixed => TopicType::Mixed,
         pb::TopicType::Priority => TopicType::Priority,
+        pb::TopicType::Lite => TopicType::Lite,
     })
 }
 
@@ -85,6 +90,7 @@ fn wire_topic(t: &TopicRecord) -> pb::Topic {
         TopicType::Transaction => pb::TopicType::Transaction,
         TopicType::Mixed => pb::TopicType::Mixed,
         TopicType::Priority => pb::TopicType::Priority,
+        TopicType::Lite => pb::TopicType::Lite,
     };
     pb::Topic {
         name: t.name.clone(),
@@ -188,18 +194,30 @@ impl Admin for AdminService {
                 ..Default::default()
             }));
         };
-        let queues: Vec<pb::QueueStats> = self
-            .broker
-            .queue_offsets(&topic)
-            .into_iter()
-            .map(|q| pb::QueueStats { queue_id: q.queue, min_offset: q.min, max_offset: q.durable })
-            .collect();
-        let message_count = queues.iter().map(|q| q.max_offset.saturating_sub(q.min_offset)).sum();
+        let all = self.broker.queue_offsets(&topic);
+        let message_count = all.iter().map(|q| q.durable.saturating_sub(q.min)).sum();
+        let stats = |q: QueueOffsets, lite_topic: String| pb::QueueStats {
+            queue_id: q.queue,
+            min_offset: q.min,
+            max_offset: q.durable,
+            lite_topic,
+        };
+        let (queues, lite_topic_count) = if topic.topic_type == TopicType::Lite {
+            let (lites, count) = self.broker.lite_topics(&topic.name, DESCRIBED_LITE_TOPICS);
+            let queues = lites
+                .into_iter()
+                .filter_map(|(name, q)| Some(stats(self.broker.offsets(&topic.name, q)?, name.to_string())))
+                .collect();
+            (queues, count as u64)
+        } else {
+            (all.into_iter().map(|q| stats(q, String::new())).collect(), 0)
+        };
         Ok(Response::new(pb::DescribeTopicResponse {
             status: ok(),
             topic: Some(wire_topic(&topic)),
             queues,
             message_count,
+            lite_topic_count,
         }))
     }
 
@@ -267,7 +285,25 @@ impl Admin for AdminService {
     async fn describe_group(&self, req: Request<pb::DescribeGroupRequest>) -> GrpcResult<pb::DescribeGroupResponse> {
         let name = req.into_inner().name;
         Ok(Response::new(match self.broker.group_stats(&name) {
-            Some(g) => pb::DescribeGroupResponse { status: ok(), group: Some(wire_group(g)) },
+            Some(g) => {
+                let mut group = wire_group(g);
+                group.lite_subscriptions = self
+                    .broker
+                    .lite_subscriptions(&name)
+                    .into_iter()
+                    .map(|(v, backlog)| pb::LiteSubscription {
+                        client_id: v.client,
+                        topic: v.topic,
+                        lite_topics: v
+                            .lite_topics
+                            .into_iter()
+                            .zip(backlog)
+                            .map(|(lite_topic, backlog)| pb::LiteBacklog { lite_topic, backlog })
+                            .collect(),
+                    })
+                    .collect();
+                pb::DescribeGroupResponse { status: ok(), group: Some(group) }
+            }
             None => pb::DescribeGroupResponse {
                 status: Some(pb::Status { code: pb::StatusCode::NotFound as i32, message: format!("no group {name}") }),
                 group: None,
@@ -507,6 +543,7 @@ fn wire_group(g: GroupStats) -> pb::Group {
                 deferred: t.deferred,
             })
             .collect(),
+        lite_subscriptions: Vec::new(),
     }
 }
 

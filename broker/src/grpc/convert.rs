@@ -3,6 +3,8 @@
 //! Every check a producer's message must pass lives in [`new_message`]; each failure names the
 //! field and maps to the RocketMQ code a client expects (docs/protocol.md §1).
 
+use crate::consume::lite::SyncAction;
+use crate::consume::service::LiteStart;
 use crate::error::{BrokerError, Result};
 use crate::model::{MessageType, Millis, NewMessage, StoredMessage};
 use crate::topics;
@@ -237,6 +239,15 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
         (_, Some(_)) => return Err(BrokerError::TypeConflict("only PRIORITY messages carry a priority".into())),
         (_, None) => None,
     };
+    let lite_topic = match (message_type, sp.lite_topic) {
+        (MessageType::Lite, Some(lite)) => {
+            topics::validate_lite_name(&lite)?;
+            Some(lite)
+        }
+        (MessageType::Lite, None) => return Err(BrokerError::TypeConflict("a LITE message needs a lite topic".into())),
+        (_, Some(_)) => return Err(BrokerError::TypeConflict("only LITE messages carry a lite topic".into())),
+        (_, None) => None,
+    };
     Ok(NewMessage {
         topic,
         message_id,
@@ -254,6 +265,7 @@ pub fn new_message(m: v2::Message, limits: Limits, now: Millis) -> Result<NewMes
         body: m.body,
         body_gzip,
         priority,
+        lite_topic,
     })
 }
 
@@ -277,7 +289,7 @@ fn message_type(declared: i32, has_group: bool, has_delivery: bool) -> Result<Me
         v2::MessageType::Delay => MessageType::Delay,
         v2::MessageType::Transaction => MessageType::Transaction,
         v2::MessageType::Priority => MessageType::Priority,
-        v2::MessageType::Lite => return Err(BrokerError::NotImplemented("LITE messages (lite topics)")),
+        v2::MessageType::Lite => MessageType::Lite,
     };
     let conflict =
         match t {
@@ -293,6 +305,9 @@ fn message_type(declared: i32, has_group: bool, has_delivery: bool) -> Result<Me
                 .then_some("a TRANSACTION message cannot have a message group or a delivery time"),
             MessageType::Priority => (has_group || has_delivery)
                 .then_some("a PRIORITY message cannot have a message group or a delivery time"),
+            MessageType::Lite => {
+                (has_group || has_delivery).then_some("a LITE message cannot have a message group or a delivery time")
+            }
         };
     match conflict {
         Some(why) => Err(BrokerError::TypeConflict(why.into())),
@@ -307,6 +322,7 @@ pub fn wire_message_type(t: MessageType) -> v2::MessageType {
         MessageType::Delay => v2::MessageType::Delay,
         MessageType::Transaction => v2::MessageType::Transaction,
         MessageType::Priority => v2::MessageType::Priority,
+        MessageType::Lite => v2::MessageType::Lite,
     }
 }
 
@@ -331,6 +347,7 @@ pub fn wire_message(s: &StoredMessage) -> v2::Message {
             queue_offset: Some(s.offset as i64),
             message_group: m.message_group.clone(),
             priority: m.priority.map(|p| p as i32),
+            lite_topic: m.lite_topic.clone(),
             trace_context: m.trace_context.clone(),
             ..Default::default()
         }),
@@ -400,6 +417,39 @@ pub fn decision(resolution: i32, source: i32) -> Result<(crate::txn::state::Reso
         _ => Actor::Producer,
     };
     Ok((resolution, by))
+}
+
+/// The action of a SyncLiteSubscription.
+pub fn lite_action(action: i32) -> Result<SyncAction> {
+    Ok(match v2::LiteSubscriptionAction::try_from(action) {
+        Ok(v2::LiteSubscriptionAction::PartialAdd) => SyncAction::PartialAdd,
+        Ok(v2::LiteSubscriptionAction::PartialRemove) => SyncAction::PartialRemove,
+        Ok(v2::LiteSubscriptionAction::CompleteAdd) => SyncAction::CompleteAdd,
+        Ok(v2::LiteSubscriptionAction::CompleteRemove) => SyncAction::CompleteRemove,
+        Err(_) => return Err(BrokerError::BadRequest(format!("unknown lite subscription action {action}"))),
+    })
+}
+
+/// Where a lite subscriber starts (`offset_option`). `LAST` and a timestamp keep the group's
+/// position, as RocketMQ's broker does (it ignores timestamps for lite topics).
+pub fn lite_start(option: Option<&v2::OffsetOption>) -> Result<Option<LiteStart>> {
+    use v2::offset_option::{OffsetType, Policy};
+    let Some(kind) = option.and_then(|o| o.offset_type) else { return Ok(None) };
+    Ok(match kind {
+        OffsetType::Policy(p) => match Policy::try_from(p) {
+            Ok(Policy::Last) => None,
+            Ok(Policy::Min) => Some(LiteStart::Oldest),
+            Ok(Policy::Max) => Some(LiteStart::End),
+            Err(_) => return Err(BrokerError::BadRequest(format!("unknown offset policy {p}"))),
+        },
+        OffsetType::Offset(n) => Some(LiteStart::Offset(
+            u64::try_from(n).map_err(|_| BrokerError::BadRequest(format!("offset {n} is negative")))?,
+        )),
+        OffsetType::TailN(n) => Some(LiteStart::Tail(
+            u64::try_from(n).map_err(|_| BrokerError::BadRequest(format!("tail_n {n} is negative")))?,
+        )),
+        OffsetType::Timestamp(_) => None,
+    })
 }
 
 #[cfg(test)]

@@ -74,10 +74,6 @@ fn group_queue(
     Ok((group, topic, queue))
 }
 
-fn not_implemented(what: &'static str) -> v2::Status {
-    status::status(&BrokerError::NotImplemented(what))
-}
-
 /// The answer to a client over its in-flight limit.
 fn busy() -> v2::Status {
     status::status(&BrokerError::TooManyRequests("too many requests in progress for this client".into()))
@@ -150,6 +146,28 @@ impl Messaging {
     /// and record the call as a sign of life.
     /// and who it is (an unauthenticated call is no sign of life); the RPC then checks what
     /// the caller may do.
+    /// Tells a lite consumer it no longer subscribes to `lite_topic` (another consumer of its
+    /// group took it over), on each of its Telemetry streams. Best effort, as in RocketMQ: the
+    /// broker's set is what receives read, so a consumer that misses the notice (or, like the
+    /// Python 5.1.2 client, ignores it) gets nothing more of that lite topic either way.
+    fn notify_unsubscribe_lite(&self, client: &str, lite_topic: &str) {
+        let command = v2::TelemetryCommand {
+            status: Some(ok()),
+            command: Some(v2::telemetry_command::Command::NotifyUnsubscribeLiteCommand(
+                v2::NotifyUnsubscribeLiteCommand { lite_topic: lite_topic.to_string() },
+            )),
+        };
+        for stream in self.clients.streams(client) {
+            if stream.tx.try_send(Ok(command.clone())).is_err() {
+                tracing::debug!(
+                    client_id = client,
+                    lite_topic,
+                    "NotifyUnsubscribeLiteCommand not written (stream full or gone)"
+                );
+            }
+        }
+    }
+
     fn begin<T>(&self, rpc: &'static str, req: &Request<T>) -> (RpcTimer<'_>, String, Caller) {
         let client = client_id(req);
         let caller = Caller::of(&self.broker, req, &client, rpc);
@@ -170,6 +188,7 @@ impl Messaging {
             max_body_size: c.max_body_size,
             long_polling_timeout: c.long_polling_max,
             max_delivery_attempts: c.max_delivery_attempts as i32,
+            lite_subscription_quota: i32::try_from(c.max_lite_subscriptions).unwrap_or(i32::MAX),
         }
     }
 
@@ -645,6 +664,7 @@ impl MessagingService for Messaging {
         }
         tracing::debug!(client_id = client, "client terminated");
         self.clients.terminate(&client);
+        self.broker.forget_client(&client);
         Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(ok()) }))
     }
 
@@ -702,8 +722,31 @@ impl MessagingService for Messaging {
 
     async fn sync_lite_subscription(
         &self,
-        _req: Request<v2::SyncLiteSubscriptionRequest>,
+        req: Request<v2::SyncLiteSubscriptionRequest>,
     ) -> GrpcResult<v2::SyncLiteSubscriptionResponse> {
-        Ok(Response::new(v2::SyncLiteSubscriptionResponse { status: Some(not_implemented("SyncLiteSubscription")) }))
+        let (_timer, client, caller) = self.begin("SyncLiteSubscription", &req);
+        let req = req.into_inner();
+        let Some(_slot) = self.admit(&client) else {
+            return Ok(Response::new(v2::SyncLiteSubscriptionResponse { status: Some(busy()) }));
+        };
+        let outcome = async {
+            let group = convert::resource_name(req.group.as_ref(), "group")?;
+            let topic = convert::resource_name(req.topic.as_ref(), "topic")?;
+            caller.allow(&[(Resource::topic(&topic), Action::Sub), (Resource::group(&group), Action::Sub)])?;
+            let action = convert::lite_action(req.action)?;
+            let start = convert::lite_start(req.offset_option.as_ref())?;
+            self.broker.sync_lite(&client, &group, &topic, action, &req.lite_topic_set, req.version, start).await
+        }
+        .await;
+        let status = match outcome {
+            Ok(evicted) => {
+                for e in evicted {
+                    self.notify_unsubscribe_lite(&e.client, &e.lite_topic);
+                }
+                ok()
+            }
+            Err(e) => status::status(&e),
+        };
+        Ok(Response::new(v2::SyncLiteSubscriptionResponse { status: Some(status) }))
     }
 }

@@ -55,11 +55,15 @@ pub struct Announced {
     pub max_body_size: usize,
     pub long_polling_timeout: Duration,
     pub max_delivery_attempts: i32,
+    /// Lite topics one lite consumer may subscribe to (the broker's whole quota).
+    pub lite_subscription_quota: i32,
 }
 
 /// The client's Settings completed with the broker's values (docs/protocol.md §3): producers always get
 /// `publishing.max_body_size > 0` and `validate_message_type` (Python fails every send without
-/// them); consumers get long-polling time, batch size and retry policy.
+/// them); consumers get long-polling time, batch size and retry policy; lite consumers also
+/// their subscription quota and the longest lite topic name (Python's lite consumers refuse
+/// every subscription until they have both).
 pub fn complete_settings(mut s: v2::Settings, a: Announced) -> v2::Settings {
     match &mut s.pub_sub {
         Some(v2::settings::PubSub::Publishing(p)) => {
@@ -71,6 +75,13 @@ pub fn complete_settings(mut s: v2::Settings, a: Announced) -> v2::Settings {
             sub.long_polling_timeout = Some(duration(a.long_polling_timeout));
             sub.receive_batch_size = Some(sub.receive_batch_size.unwrap_or(32).clamp(1, 32));
             sub.fifo = Some(sub.fifo.unwrap_or(false));
+            let lite = [v2::ClientType::LitePushConsumer, v2::ClientType::LiteSimpleConsumer]
+                .iter()
+                .any(|t| s.client_type == Some(*t as i32));
+            if lite {
+                sub.lite_subscription_quota = Some(a.lite_subscription_quota);
+                sub.max_lite_topic_size = Some(crate::topics::MAX_LITE_TOPIC_LEN as i32);
+            }
             s.backoff_policy = Some(consumer_backoff(a.max_delivery_attempts));
         }
         None => {
@@ -150,8 +161,12 @@ fn handle(client_id: &str, cmd: v2::TelemetryCommand, clients: &Clients, a: Anno
 mod tests {
     use super::*;
 
-    const A: Announced =
-        Announced { max_body_size: 4000, long_polling_timeout: Duration::from_secs(20), max_delivery_attempts: 17 };
+    const A: Announced = Announced {
+        max_body_size: 4000,
+        long_polling_timeout: Duration::from_secs(20),
+        max_delivery_attempts: 17,
+        lite_subscription_quota: 99,
+    };
 
     #[test]
     fn producers_always_get_a_body_limit_and_a_retry_policy() {
@@ -184,6 +199,21 @@ mod tests {
         let Some(v2::settings::PubSub::Subscription(sub)) = s.pub_sub else { panic!("subscription missing") };
         assert_eq!(sub.long_polling_timeout.unwrap().seconds, 20);
         assert_eq!(sub.receive_batch_size, Some(32));
+        assert_eq!(sub.lite_subscription_quota, None, "only lite consumers get lite limits");
         assert_eq!(s.backoff_policy.unwrap().max_attempts, 17);
+    }
+
+    #[test]
+    fn lite_consumers_get_their_quota_and_name_limit() {
+        let s = complete_settings(
+            v2::Settings {
+                client_type: Some(v2::ClientType::LiteSimpleConsumer as i32),
+                pub_sub: Some(v2::settings::PubSub::Subscription(v2::Subscription::default())),
+                ..Default::default()
+            },
+            A,
+        );
+        let Some(v2::settings::PubSub::Subscription(sub)) = s.pub_sub else { panic!("subscription missing") };
+        assert_eq!((sub.lite_subscription_quota, sub.max_lite_topic_size), (Some(99), Some(64)));
     }
 }

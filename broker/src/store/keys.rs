@@ -26,6 +26,8 @@ pub enum Key {
     /// A delay message its producer recalled before its delivery time → when. The message
     /// stays stored (for lookups) until retention, and is never delivered.
     Recalled { topic: String, queue: u32, offset: u64 },
+    /// A lite topic of a LITE topic → its queue in the topic and when it was created.
+    LiteTopic { topic: String, lite: String },
     /// A consumer group's configuration.
     Group(String),
     /// A group's next never-delivered offset in one queue.
@@ -66,6 +68,7 @@ mod tag {
     pub const DEAD_LETTER_RESENT: u8 = 0x13;
     pub const PULL_OFFSET: u8 = 0x14;
     pub const RECALLED: u8 = 0x06;
+    pub const LITE_TOPIC: u8 = 0x07;
     pub const TXN: u8 = 0x20;
     pub const HALF_CHUNK: u8 = 0x21;
     pub const TXN_BY_MESSAGE: u8 = 0x22;
@@ -91,6 +94,7 @@ impl Key {
                 e.u8(tag::INFLIGHT).ordered_str(group).ordered_str(topic).u32(*queue).u64(*offset)
             }
             Key::Recalled { topic, queue, offset } => e.u8(tag::RECALLED).ordered_str(topic).u32(*queue).u64(*offset),
+            Key::LiteTopic { topic, lite } => e.u8(tag::LITE_TOPIC).ordered_str(topic).ordered_str(lite),
             Key::PullOffset { group, topic, queue } => {
                 e.u8(tag::PULL_OFFSET).ordered_str(group).ordered_str(topic).u32(*queue)
             }
@@ -131,6 +135,7 @@ impl Key {
                 Key::Inflight { group: d.ordered_str()?, topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? }
             }
             tag::RECALLED => Key::Recalled { topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? },
+            tag::LITE_TOPIC => Key::LiteTopic { topic: d.ordered_str()?, lite: d.ordered_str()? },
             tag::PULL_OFFSET => Key::PullOffset { group: d.ordered_str()?, topic: d.ordered_str()?, queue: d.u32()? },
             tag::DEAD_LETTER_RESENT => {
                 Key::DeadLetterResent { topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? }
@@ -203,6 +208,11 @@ impl Key {
         vec![tag::RECALLED]
     }
 
+    /// Every lite topic of every topic.
+    pub fn lite_topic_prefix() -> Vec<u8> {
+        vec![tag::LITE_TOPIC]
+    }
+
     /// Every pull offset of every group.
     pub fn pull_offset_prefix() -> Vec<u8> {
         vec![tag::PULL_OFFSET]
@@ -266,6 +276,7 @@ mod tests {
             s.prop_map(Key::Group),
             s.prop_map(Key::User),
             (s, any::<u32>(), any::<u64>()).prop_map(|(topic, queue, offset)| Key::Recalled { topic, queue, offset }),
+            (s, s).prop_map(|(topic, lite)| Key::LiteTopic { topic, lite }),
             (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::PullOffset { group, topic, queue }),
             (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::Cursor { group, topic, queue }),
             (s, s, any::<u32>(), any::<u64>())

@@ -174,6 +174,7 @@ pub fn new_message(topic: &str, id: &str, t: txmq_broker::model::MessageType) ->
         body: id.as_bytes().to_vec(),
         body_gzip: false,
         priority: None,
+        lite_topic: None,
     }
 }
 
