@@ -142,8 +142,9 @@ pub trait Store: Send + Sync + 'static {
 /// Version 1: everything up to the open-transaction index and dead-letter resent marks; 2 adds
 /// them (a version-1 store is upgraded in place at open, see `txn::service::OpenCounts`); 3
 /// adds users and version-2 message records (the body encoding), which a broker of schema 2
-/// would misread, so it refuses the store.
-pub const SCHEMA_VERSION: u32 = 3;
+/// would misread, so it refuses the store; 4 adds lite topics (their keys and version-3
+/// message records), which a broker of schema 3 cannot read.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Checks the store's schema version at open, writing ours into a new or older store. A store
 /// written by a newer broker is refused: this one could misread it.
