@@ -206,3 +206,78 @@ pub async fn status(broker: &str, out: Output) -> anyhow::Result<()> {
         )
     })
 }
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The live nodes (as etcd lists them) and whether this node's lease is renewed.
+    Status,
+}
+
+#[derive(Serialize)]
+struct ClusterView {
+    clustered: bool,
+    node_id: String,
+    lease_healthy: bool,
+    nodes: Vec<ClusterNodeView>,
+}
+
+#[derive(Serialize)]
+struct ClusterNodeView {
+    id: String,
+    address: String,
+    member_for_s: i64,
+    epoch: i64,
+    version: String,
+}
+
+pub async fn cluster(broker: &str, cmd: ClusterCommand, out: Output) -> anyhow::Result<()> {
+    let mut c = connect(broker).await?;
+    match cmd {
+        ClusterCommand::Status => {
+            let r = c.cluster_status(pb::ClusterStatusRequest {}).await?.into_inner();
+            check(r.status)?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+            let v = ClusterView {
+                clustered: r.clustered,
+                node_id: r.node_id,
+                lease_healthy: r.lease_healthy,
+                nodes: r
+                    .nodes
+                    .into_iter()
+                    .map(|n| ClusterNodeView {
+                        id: n.id,
+                        address: n.address,
+                        member_for_s: (now - n.joined_at_ms).max(0) / 1000,
+                        epoch: n.epoch,
+                        version: n.version,
+                    })
+                    .collect(),
+            };
+            out.emit(&v, || {
+                if !v.clustered {
+                    return "standalone broker (no --etcd)\n".to_string();
+                }
+                let lease = if v.lease_healthy { "renewed" } else { "NOT RENEWED" };
+                let rows: Vec<Vec<String>> = v
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.id.clone(),
+                            n.address.clone(),
+                            format!("{}s", n.member_for_s),
+                            n.epoch.to_string(),
+                            n.version.clone(),
+                        ]
+                    })
+                    .collect();
+                format!(
+                    "answered by node {} (lease {lease}); {} live nodes\n{}",
+                    v.node_id,
+                    v.nodes.len(),
+                    table(&["NODE", "ADDRESS", "MEMBER-FOR", "EPOCH", "VERSION"], &rows)
+                )
+            })
+        }
+    }
+}

@@ -69,6 +69,9 @@ enum Command {
     Dlq(group::DlqCommand),
     /// Broker version, uptime, store state and counters.
     Status,
+    /// The cluster a broker belongs to: its live nodes.
+    #[command(subcommand)]
+    Cluster(admin::ClusterCommand),
     /// Users of a broker run with --auth: create, list, delete.
     #[command(subcommand)]
     User(users::UserCommand),
@@ -101,6 +104,7 @@ async fn main() -> ExitCode {
         Command::Msg(cmd) => msg::run(&cli.broker, cmd, out).await,
         Command::Dlq(cmd) => group::dlq(&cli.broker, cmd, out).await,
         Command::Status => admin::status(&cli.broker, out).await,
+        Command::Cluster(cmd) => admin::cluster(&cli.broker, cmd, out).await,
         Command::User(cmd) => users::user(&cli.broker, cmd, out).await,
         Command::Acl(cmd) => users::acl(&cli.broker, cmd, out).await,
         Command::Bench(cmd) => bench::run(&cli.broker, cmd, out).await,

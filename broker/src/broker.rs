@@ -571,6 +571,25 @@ impl Broker {
 
     // ---- the whole ----
 
+    /// Binds the data directory to cluster node `id`: stamped on first use, and refused when
+    /// it belongs to another node (two nodes must never serve one store's data as their own).
+    pub async fn claim_node_id(&self, id: &str) -> Result<()> {
+        let key = crate::store::Key::Meta("node-id".into());
+        match self.store.get(&key.encode())? {
+            Some(found) if found == id.as_bytes() => Ok(()),
+            Some(found) => Err(BrokerError::Config(format!(
+                "the data directory belongs to node {}, not {id}",
+                String::from_utf8_lossy(&found)
+            ))),
+            None => {
+                let mut batch = Batch::new();
+                batch.put(&key, id.as_bytes().to_vec());
+                self.committer.commit(batch).await?;
+                Ok(())
+            }
+        }
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

@@ -238,6 +238,14 @@ options! {
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8081)), "listen", "TXMQ_LISTEN";
     /// `host:port` that routes tell clients to dial.
     advertise: Maybe<String> = None, "advertise", "TXMQ_ADVERTISE", shown "the listen address";
+    /// etcd endpoints (comma-separated URLs): join the cluster they coordinate; without, the broker runs standalone.
+    etcd: Maybe<String> = None, "etcd", "TXMQ_ETCD", shown "off (standalone)";
+    /// This node's id in the cluster (letters, digits, '_', '-'); required with --etcd, and bound to the data directory.
+    node_id: Maybe<String> = None, "node-id", "TXMQ_NODE_ID", shown "none";
+    /// Key prefix of this cluster in etcd, so several clusters can share one etcd.
+    etcd_prefix: String = "/txmq".to_string(), "etcd-prefix", "TXMQ_ETCD_PREFIX";
+    /// Time-to-live of this node's etcd lease: a node that stops renewing it leaves the cluster this long after.
+    etcd_lease_ttl: Duration = Duration::from_secs(10), "etcd-lease-ttl", "TXMQ_ETCD_LEASE_TTL";
     /// Directory of the sled store.
     data_dir: PathBuf = PathBuf::from("./txmq-data"), "data-dir", "TXMQ_DATA_DIR";
     /// Create unknown topics (as MIXED) on first route or send; otherwise answer TOPIC_NOT_FOUND.
@@ -371,6 +379,17 @@ impl Config {
         }
         if let Some(a) = &self.advertise {
             parse_host_port(a).map_err(|e| format!("invalid advertise address: {e}"))?;
+        }
+        if let Some(e) = &self.etcd {
+            crate::cluster::endpoints(e)?;
+            let id = self.node_id.as_deref().ok_or("--etcd needs --node-id")?;
+            crate::cluster::validate_node_id(id)?;
+            if self.etcd_lease_ttl < Duration::from_secs(2) {
+                return Err("etcd-lease-ttl must be at least 2s".into());
+            }
+            if !self.etcd_prefix.starts_with('/') || self.etcd_prefix.ends_with('/') {
+                return Err("etcd-prefix must start with '/' and not end with one".into());
+            }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls-cert and tls-key go together".into());

@@ -24,6 +24,7 @@
 pub mod auth;
 pub mod broker;
 pub mod clock;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod consume;

@@ -94,7 +94,14 @@ pub async fn run_with_metrics(
         }
         _ => None,
     };
-    let admin = AdminService { broker: broker.clone() };
+    let cluster = match join_cluster(&broker, local).await? {
+        Some(m) => {
+            tracker.spawn(m.clone().keep_alive(token.clone()));
+            Some(m)
+        }
+        None => None,
+    };
+    let admin = AdminService { broker: broker.clone(), cluster };
     tracing::info!(listen = %local, "txmq broker serving");
     let stop = token.clone();
     tonic::transport::Server::builder()
@@ -324,6 +331,29 @@ fn advertised_endpoints(config: &Config, local: SocketAddr) -> Result<txmq_proto
         None => (local.ip().to_string(), local.port()),
     };
     Ok(route::endpoints(&host, port))
+}
+
+/// With `--etcd`: binds the data directory to this node id and joins the cluster (refused when
+/// a live node holds the id). Standalone: nothing.
+async fn join_cluster(broker: &Broker, local: SocketAddr) -> Result<Option<crate::cluster::Membership>, ServeError> {
+    let c = broker.config();
+    let (Some(etcd), Some(node_id)) = (&c.etcd, &c.node_id) else { return Ok(None) };
+    broker.claim_node_id(node_id).await.map_err(|e| ServeError::Config(e.to_string()))?;
+    let address = match &c.advertise {
+        Some(a) => a.clone(),
+        None => local.to_string(),
+    };
+    let settings = crate::cluster::ClusterSettings {
+        endpoints: crate::cluster::endpoints(etcd).map_err(ServeError::Config)?,
+        node_id: node_id.clone(),
+        address,
+        prefix: c.etcd_prefix.clone(),
+        lease_ttl: c.etcd_lease_ttl,
+    };
+    let m = crate::cluster::Membership::join(settings, crate::clock::now_ms())
+        .await
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    Ok(Some(m))
 }
 
 /// A broker running in this process, for tests and examples.

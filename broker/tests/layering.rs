@@ -72,7 +72,7 @@ fn the_modules_import_each_other_without_a_cycle() {
 #[test]
 fn the_parts_never_reach_into_the_broker_or_the_shell() {
     let graph = imports();
-    for part in ["topics", "log", "consume", "txn", "auth", "store", "codec", "model", "tls"] {
+    for part in ["topics", "log", "consume", "txn", "auth", "store", "codec", "model", "tls", "cluster"] {
         for outer in ["broker", "grpc", "tasks", "server", "config"] {
             assert!(!graph[part].contains(outer), "{part} uses {outer}");
         }

@@ -4,6 +4,7 @@ use super::caller::Caller;
 use crate::auth::acl::{Action, Actions, Decision, Pattern, Resource};
 use crate::auth::UserKind;
 use crate::broker::{now_ms, Broker};
+use crate::cluster::Membership;
 use crate::consume::admin::GroupStats;
 use crate::error::BrokerError;
 use crate::log::QueueOffsets;
@@ -44,6 +45,8 @@ impl tonic::service::Interceptor for AdminGate {
 /// The admin service over the shared broker.
 pub struct AdminService {
     pub(crate) broker: Arc<Broker>,
+    /// This node's cluster membership; `None` standalone.
+    pub(crate) cluster: Option<Membership>,
 }
 
 fn ok() -> Option<pb::Status> {
@@ -184,6 +187,39 @@ impl Admin for AdminService {
     async fn list_topics(&self, _req: Request<pb::ListTopicsRequest>) -> GrpcResult<pb::ListTopicsResponse> {
         let topics = self.broker.topics().iter().map(|t| wire_topic(t)).collect();
         Ok(Response::new(pb::ListTopicsResponse { status: ok(), topics }))
+    }
+
+    async fn cluster_status(&self, _req: Request<pb::ClusterStatusRequest>) -> GrpcResult<pb::ClusterStatusResponse> {
+        let Some(m) = &self.cluster else {
+            return Ok(Response::new(pb::ClusterStatusResponse { status: ok(), ..Default::default() }));
+        };
+        let answer = match m.members().await {
+            Ok(members) => pb::ClusterStatusResponse {
+                status: ok(),
+                clustered: true,
+                node_id: m.node_id().to_string(),
+                lease_healthy: m.healthy(),
+                nodes: members
+                    .into_iter()
+                    .map(|n| pb::ClusterNode {
+                        id: n.record.id,
+                        address: n.record.address,
+                        joined_at_ms: n.record.joined_at_ms,
+                        epoch: n.epoch,
+                        version: n.record.version,
+                    })
+                    .collect(),
+            },
+            // etcd unreachable: say so, never an empty member list that looks true.
+            Err(e) => pb::ClusterStatusResponse {
+                status: Some(pb::Status { code: pb::StatusCode::Unavailable as i32, message: e.to_string() }),
+                clustered: true,
+                node_id: m.node_id().to_string(),
+                lease_healthy: m.healthy(),
+                nodes: Vec::new(),
+            },
+        };
+        Ok(Response::new(answer))
     }
 
     async fn describe_topic(&self, req: Request<pb::DescribeTopicRequest>) -> GrpcResult<pb::DescribeTopicResponse> {

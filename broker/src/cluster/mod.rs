@@ -1,0 +1,305 @@
+//! Cluster membership over etcd, the control plane (docs/cluster.md).
+//!
+//! A node joins by holding a key `<prefix>/nodes/<node id>` under an etcd lease of its own: it
+//! grants the lease, then creates the key only if no one holds it (one transaction), so a second
+//! process with the same node id is refused while the first one lives. The key's value says
+//! where clients and peers reach the node. A background task renews the lease every third of
+//! its time to live; a node that stops renewing it (killed, stopped, cut off from etcd) leaves
+//! the member list when the lease expires, and a node that finds its lease gone joins again.
+//!
+//! Every etcd call has a deadline ([`ETCD_TIMEOUT`]); a failed call is an error to the caller,
+//! never a guess. Nothing per message goes to etcd.
+//!
+//! Owns: this node's membership key and lease, and the etcd client. Never touches the store;
+//! the data directory's node id stamp is the broker's (`Broker::claim_node_id`).
+
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait for any one etcd call.
+pub const ETCD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the cluster refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error("node id {id} is held by a live node (at {address}); stop it, or pick another --node-id")]
+    NodeIdTaken { id: String, address: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl From<etcd_client::Error> for ClusterError {
+    fn from(e: etcd_client::Error) -> Self {
+        ClusterError::Etcd(e.to_string())
+    }
+}
+
+/// How this node joins its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub endpoints: Vec<String>,
+    pub node_id: String,
+    /// `host:port` clients and peers dial.
+    pub address: String,
+    /// Key prefix of the cluster, without a trailing '/'.
+    pub prefix: String,
+    pub lease_ttl: Duration,
+}
+
+/// What a node publishes about itself under its membership key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub address: String,
+    /// When this membership began (ms since the epoch).
+    pub joined_at_ms: i64,
+    pub version: String,
+}
+
+/// A live member as etcd lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub record: NodeRecord,
+    /// The membership key's create revision: a new one each time the node (re)joins.
+    pub epoch: i64,
+    pub lease: i64,
+}
+
+/// Splits `--etcd` into endpoint URLs.
+pub fn endpoints(list: &str) -> Result<Vec<String>, String> {
+    let v: Vec<String> = list.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+    if v.is_empty() {
+        return Err("--etcd names no endpoint".into());
+    }
+    if let Some(bad) = v.iter().find(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
+        return Err(format!("etcd endpoint {bad:?} must be a URL (http://host:port)"));
+    }
+    Ok(v)
+}
+
+/// A node id: 1 to 64 letters, digits, '_' or '-'.
+pub fn validate_node_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!("node id {id:?} must be 1 to 64 letters, digits, '_' or '-'"));
+    }
+    Ok(())
+}
+
+/// Runs one etcd call with the deadline.
+async fn timed<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(ETCD_TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| ClusterError::Etcd(format!("{what}: {e}"))),
+        Err(_) => Err(ClusterError::Etcd(format!("{what}: no answer within {ETCD_TIMEOUT:?}"))),
+    }
+}
+
+/// This node's membership. Cheap to clone.
+#[derive(Clone)]
+pub struct Membership {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: ClusterSettings,
+    client: etcd_client::Client,
+    record: NodeRecord,
+    lease: AtomicI64,
+    /// The lease was renewed within its time to live.
+    healthy: AtomicBool,
+    /// When the lease was last granted or renewed.
+    renewed: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Membership {
+    fn nodes_prefix(prefix: &str) -> String {
+        format!("{prefix}/nodes/")
+    }
+
+    fn node_key(&self) -> String {
+        format!("{}{}", Self::nodes_prefix(&self.inner.settings.prefix), self.inner.settings.node_id)
+    }
+
+    /// Connects to etcd and joins: refused when a live node holds the same node id.
+    pub async fn join(settings: ClusterSettings, now_ms: i64) -> Result<Self, ClusterError> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(ETCD_TIMEOUT)
+            .with_timeout(ETCD_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), ETCD_TIMEOUT);
+        let client = timed("connect", etcd_client::Client::connect(&settings.endpoints, Some(options))).await?;
+        let record = NodeRecord {
+            id: settings.node_id.clone(),
+            address: settings.address.clone(),
+            joined_at_ms: now_ms,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let m = Membership {
+            inner: Arc::new(Inner {
+                settings,
+                client,
+                record,
+                lease: AtomicI64::new(0),
+                healthy: AtomicBool::new(false),
+                renewed: std::sync::Mutex::new(tokio::time::Instant::now()),
+            }),
+        };
+        m.claim().await?;
+        Ok(m)
+    }
+
+    /// Grants a lease and creates the membership key under it, if no one holds the key.
+    async fn claim(&self) -> Result<(), ClusterError> {
+        use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+        let mut client = self.inner.client.clone();
+        let ttl = self.inner.settings.lease_ttl.as_secs().max(2) as i64;
+        let lease = timed("lease grant", client.lease_grant(ttl, None)).await?.id();
+        let key = self.node_key();
+        let value = serde_json::to_vec(&self.inner.record).map_err(|e| ClusterError::Config(e.to_string()))?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(lease)))])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let answer = timed("join", client.txn(txn)).await?;
+        if !answer.succeeded() {
+            // Give the lease back: it holds nothing.
+            let _ = timed("lease revoke", client.lease_revoke(lease)).await;
+            let held = answer.op_responses().into_iter().find_map(|r| match r {
+                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| (kv.lease(), kv.value().to_vec())),
+                _ => None,
+            });
+            if let Some((holder, _)) = &held {
+                if *holder == self.inner.lease.load(Ordering::SeqCst) {
+                    // Still ours: the old lease lives (renewals failed on the way, not in etcd).
+                    self.mark_renewed();
+                    return Ok(());
+                }
+            }
+            let address = held
+                .and_then(|(_, v)| serde_json::from_slice::<NodeRecord>(&v).ok())
+                .map_or_else(|| "an unknown address".to_string(), |r| r.address);
+            return Err(ClusterError::NodeIdTaken { id: self.inner.settings.node_id.clone(), address });
+        }
+        self.inner.lease.store(lease, Ordering::SeqCst);
+        self.mark_renewed();
+        tracing::info!(node_id = self.inner.settings.node_id, lease, "joined the cluster");
+        Ok(())
+    }
+
+    /// Renews the lease until `shutdown`, then gives it back (the node leaves at once). A lease
+    /// found expired is claimed again (a new epoch); failures are logged and retried.
+    pub async fn keep_alive(self, shutdown: CancellationToken) {
+        let period = self.inner.settings.lease_ttl / 3;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(period) => {}
+            }
+            if let Err(e) = self.renew_once().await {
+                if self.inner.healthy.swap(false, Ordering::SeqCst) {
+                    tracing::warn!(error = %e, "cluster lease not renewed; retrying");
+                }
+                // Unrenewed for a whole time to live, the lease is gone (or soon is): claim
+                // the membership again, which succeeds once etcd has dropped the old key.
+                if self.since_renewed() > self.inner.settings.lease_ttl {
+                    if let Err(e) = self.claim().await {
+                        tracing::debug!(error = %e, "cluster membership not claimed yet");
+                    }
+                }
+            }
+        }
+        let lease = self.inner.lease.load(Ordering::SeqCst);
+        let mut client = self.inner.client.clone();
+        match timed("lease revoke", client.lease_revoke(lease)).await {
+            Ok(_) => tracing::info!("left the cluster"),
+            Err(e) => tracing::warn!(error = %e, "could not leave the cluster; the lease will expire"),
+        }
+    }
+
+    async fn renew_once(&self) -> Result<(), ClusterError> {
+        let lease = self.inner.lease.load(Ordering::SeqCst);
+        let mut client = self.inner.client.clone();
+        let (mut keeper, mut stream) = timed("lease keep-alive", client.lease_keep_alive(lease)).await?;
+        timed("lease keep-alive", keeper.keep_alive()).await?;
+        let answer = timed("lease keep-alive", stream.message()).await?;
+        match answer {
+            Some(r) if r.ttl() > 0 => {
+                if !self.inner.healthy.load(Ordering::SeqCst) {
+                    tracing::info!("cluster lease renewed again");
+                }
+                self.mark_renewed();
+                Ok(())
+            }
+            _ => {
+                tracing::warn!(lease, "cluster lease expired; joining again");
+                self.inner.healthy.store(false, Ordering::SeqCst);
+                self.claim().await
+            }
+        }
+    }
+
+    fn mark_renewed(&self) {
+        *crate::sync::lock(&self.inner.renewed) = tokio::time::Instant::now();
+        self.inner.healthy.store(true, Ordering::SeqCst);
+    }
+
+    fn since_renewed(&self) -> Duration {
+        crate::sync::lock(&self.inner.renewed).elapsed()
+    }
+
+    /// Whether the lease was renewed within its time to live.
+    pub fn healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::SeqCst)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.settings.node_id
+    }
+
+    /// The live members, by node id.
+    pub async fn members(&self) -> Result<Vec<Member>, ClusterError> {
+        let mut client = self.inner.client.clone();
+        let prefix = Self::nodes_prefix(&self.inner.settings.prefix);
+        let answer =
+            timed("list nodes", client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))).await?;
+        let mut members = Vec::new();
+        for kv in answer.kvs() {
+            match serde_json::from_slice::<NodeRecord>(kv.value()) {
+                Ok(record) => members.push(Member { record, epoch: kv.create_revision(), lease: kv.lease() }),
+                Err(e) => tracing::warn!(key = ?kv.key_str(), error = %e, "unreadable node record in etcd"),
+            }
+        }
+        members.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        Ok(members)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_and_node_ids_are_checked() {
+        assert_eq!(endpoints("http://a:1, http://b:2").unwrap(), ["http://a:1", "http://b:2"]);
+        assert!(endpoints("").is_err());
+        assert!(endpoints("a:1").is_err());
+        assert!(validate_node_id("n-1_a").is_ok());
+        assert!(validate_node_id("").is_err());
+        assert!(validate_node_id("n/1").is_err());
+        assert!(validate_node_id(&"n".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn node_records_round_trip_as_json() {
+        let r =
+            NodeRecord { id: "n1".into(), address: "127.0.0.1:8081".into(), joined_at_ms: 5, version: "0.1.0".into() };
+        let v = serde_json::to_vec(&r).unwrap();
+        assert_eq!(serde_json::from_slice::<NodeRecord>(&v).unwrap(), r);
+    }
+}

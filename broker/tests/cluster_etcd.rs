@@ -1,0 +1,113 @@
+//! Cluster membership against a real etcd and broker child processes: nodes join and see each
+//! other, a second process with a live node's id is refused, a data directory stays bound to
+//! its node id, a SIGKILLed node leaves the member list when its lease expires and joins again
+//! with a new epoch, and while etcd is stopped (SIGSTOP) the member list is an error, never a
+//! false answer, until etcd resumes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{signal_pid, start_broker, Etcd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use txmq_proto::admin as pb;
+
+type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
+
+async fn status(addr: &str) -> pb::ClusterStatusResponse {
+    let mut admin = Admin::connect(format!("http://{addr}")).await.unwrap();
+    admin.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner()
+}
+
+fn node_args<'a>(etcd: &'a str, id: &'a str) -> Vec<&'a str> {
+    vec!["--etcd", etcd, "--node-id", id, "--etcd-lease-ttl", "2s", "--metrics-listen", "off"]
+}
+
+/// Runs a broker that must refuse to start; returns its log.
+fn refused(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_txmq-broker"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the broker started");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Polls `cond` on node `addr`'s cluster status for up to `within`.
+async fn wait_for(addr: &str, within: Duration, what: &str, cond: impl Fn(&pb::ClusterStatusResponse) -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = status(addr).await;
+        if cond(&s) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}; last status {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn ids(s: &pb::ClusterStatusResponse) -> Vec<&str> {
+    s.nodes.iter().map(|n| n.id.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_leave_and_are_never_falsely_listed() {
+    let etcd = Etcd::start();
+    let (d1, d2, d3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut n1, a1, _l1) = start_broker(d1.path(), &node_args(&etcd.url, "n1"));
+    let (mut n2, a2, _l2) = start_broker(d2.path(), &node_args(&etcd.url, "n2"));
+
+    let s = status(&a1).await;
+    assert_eq!(s.status.as_ref().unwrap().code, pb::StatusCode::Ok as i32);
+    assert!(s.clustered && s.lease_healthy);
+    assert_eq!(s.node_id, "n1");
+    assert_eq!(ids(&s), ["n1", "n2"]);
+    let addresses: Vec<&str> = s.nodes.iter().map(|n| n.address.as_str()).collect();
+    assert_eq!(addresses, [a1.as_str(), a2.as_str()], "each node publishes the address it serves");
+    let first_epoch = s.nodes[1].epoch;
+
+    // A second process with a live node's id is refused, whatever its data directory.
+    let log = refused(d3.path(), &node_args(&etcd.url, "n2"));
+    assert!(log.contains("node id n2 is held by a live node"), "{log}");
+
+    // SIGKILL: n2 leaves the list once its 2 s lease expires.
+    signal_pid(n2.id(), "KILL");
+    n2.wait().unwrap();
+    wait_for(&a1, Duration::from_secs(8), "n2 gone", |s| ids(s) == ["n1"]).await;
+
+    // Its data directory is n2's: another id is refused there; n2 itself joins again, with a
+    // new epoch.
+    let log = refused(d2.path(), &node_args(&etcd.url, "n9"));
+    assert!(log.contains("the data directory belongs to node n2"), "{log}");
+    let (mut n2, _a2, _l2) = start_broker(d2.path(), &node_args(&etcd.url, "n2"));
+    wait_for(&a1, Duration::from_secs(5), "n2 back", |s| ids(s) == ["n1", "n2"]).await;
+    let s = status(&a1).await;
+    assert!(s.nodes[1].epoch > first_epoch, "a rejoin is a new epoch");
+
+    // etcd stopped: the member list is an error (never an empty or stale "OK"), and the lease
+    // is reported unrenewed; once etcd resumes, so does the cluster.
+    etcd.signal("STOP");
+    let mut admin = Admin::connect(format!("http://{a1}")).await.unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(10), admin.cluster_status(pb::ClusterStatusRequest {}))
+        .await
+        .expect("the status answers within the etcd deadline")
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.status.unwrap().code, pb::StatusCode::Unavailable as i32);
+    assert!(s.nodes.is_empty());
+    etcd.signal("CONT");
+    wait_for(&a1, Duration::from_secs(15), "etcd back", |s| {
+        s.status.as_ref().is_some_and(|x| x.code == pb::StatusCode::Ok as i32) && s.lease_healthy && ids(s).len() == 2
+    })
+    .await;
+
+    for n in [&mut n1, &mut n2] {
+        signal_pid(n.id(), "TERM");
+        n.wait().unwrap();
+    }
+}
