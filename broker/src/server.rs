@@ -66,7 +66,15 @@ pub async fn run_with_metrics(
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let clients = Arc::new(Clients::default());
+    let cluster = match join_cluster(&broker, local).await? {
+        Some(m) => {
+            tracker.spawn(m.clone().keep_alive(token.clone()));
+            Some(m)
+        }
+        None => None,
+    };
     let messaging = Messaging {
+        cluster: cluster.clone().map(|m| Arc::new(crate::grpc::forward::Forwarder::new(m))),
         broker: broker.clone(),
         clients: clients.clone(),
         advertised,
@@ -93,13 +101,6 @@ pub async fn run_with_metrics(
             Some(tls)
         }
         _ => None,
-    };
-    let cluster = match join_cluster(&broker, local).await? {
-        Some(m) => {
-            tracker.spawn(m.clone().keep_alive(token.clone()));
-            Some(m)
-        }
-        None => None,
     };
     let admin = AdminService { broker: broker.clone(), cluster };
     tracing::info!(listen = %local, "txmq broker serving");

@@ -13,6 +13,9 @@
 //! Owns: this node's membership key and lease, and the etcd client. Never touches the store;
 //! the data directory's node id stamp is the broker's (`Broker::claim_node_id`).
 
+pub mod placement;
+
+pub use placement::{Placement, Shard};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -116,6 +119,10 @@ struct Inner {
     healthy: AtomicBool,
     /// When the lease was last granted or renewed.
     renewed: std::sync::Mutex<tokio::time::Instant>,
+    /// The live members as last listed (refreshed with every renewal).
+    live: std::sync::RwLock<Vec<Member>>,
+    /// Topic placements read or created so far (they never change once made).
+    placements: std::sync::RwLock<std::collections::HashMap<String, Arc<Placement>>>,
 }
 
 impl Membership {
@@ -148,9 +155,12 @@ impl Membership {
                 lease: AtomicI64::new(0),
                 healthy: AtomicBool::new(false),
                 renewed: std::sync::Mutex::new(tokio::time::Instant::now()),
+                live: std::sync::RwLock::new(Vec::new()),
+                placements: std::sync::RwLock::new(std::collections::HashMap::new()),
             }),
         };
         m.claim().await?;
+        m.refresh_live().await?;
         Ok(m)
     }
 
@@ -200,6 +210,9 @@ impl Membership {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(period) => {}
+            }
+            if let Err(e) = self.refresh_live().await {
+                tracing::debug!(error = %e, "member list not refreshed");
             }
             if let Err(e) = self.renew_once().await {
                 if self.inner.healthy.swap(false, Ordering::SeqCst) {
@@ -260,6 +273,28 @@ impl Membership {
 
     pub fn node_id(&self) -> &str {
         &self.inner.settings.node_id
+    }
+
+    /// Re-reads the member list into the cache [`Self::live`] answers from.
+    async fn refresh_live(&self) -> Result<(), ClusterError> {
+        let members = self.members().await?;
+        *crate::sync::write(&self.inner.live) = members;
+        Ok(())
+    }
+
+    /// The live members as last listed (at most a third of the lease TTL old): no etcd request.
+    pub fn live(&self) -> Vec<Member> {
+        crate::sync::read(&self.inner.live).clone()
+    }
+
+    /// Whether node `id` was live at the last listing.
+    pub fn is_live(&self, id: &str) -> bool {
+        crate::sync::read(&self.inner.live).iter().any(|m| m.record.id == id)
+    }
+
+    /// The address of live node `id`.
+    pub fn address_of(&self, id: &str) -> Option<String> {
+        crate::sync::read(&self.inner.live).iter().find(|m| m.record.id == id).map(|m| m.record.address.clone())
     }
 
     /// The live members, by node id.

@@ -177,7 +177,10 @@ impl Admin for AdminService {
     async fn create_topic(&self, req: Request<pb::CreateTopicRequest>) -> GrpcResult<pb::CreateTopicResponse> {
         let req = req.into_inner();
         let ty = pb::TopicType::try_from(req.r#type).ok().and_then(topic_type).unwrap_or(TopicType::Mixed);
-        let res = self.broker.create_topic(&req.name, ty, req.queue_count).await;
+        let res = match &self.cluster {
+            Some(m) => self.create_placed_topic(m, &req.name, ty, req.queue_count).await,
+            None => self.broker.create_topic(&req.name, ty, req.queue_count).await,
+        };
         Ok(Response::new(match res {
             Ok(t) => pb::CreateTopicResponse { status: ok(), topic: Some(wire_topic(&t)) },
             Err(e) => pb::CreateTopicResponse { status: status(&e), topic: None },
@@ -487,6 +490,35 @@ fn wire_txn(t: &Txn, half: Option<&StoredMessage>, with_timeline: bool) -> pb::T
 }
 
 impl AdminService {
+    /// In a cluster: places the topic's queues over the live nodes (in etcd; refused if the
+    /// topic is placed already), then creates this node's shard. The topic as answered has the
+    /// whole topic's queue count.
+    async fn create_placed_topic(
+        &self,
+        m: &Membership,
+        name: &str,
+        ty: TopicType,
+        queue_count: u32,
+    ) -> Result<Arc<TopicRecord>, BrokerError> {
+        let count = if queue_count == 0 { self.broker.config().default_queue_count } else { queue_count };
+        let record = crate::topics::new_record(name, ty, count, now_ms(), false)?;
+        if crate::topics::is_reserved(name) {
+            return Err(BrokerError::IllegalTopic(format!("{name} is a reserved system topic name")));
+        }
+        let members = m.members().await.map_err(|e| BrokerError::Internal(format!("cluster: {e}")))?;
+        let nodes: Vec<String> = members.into_iter().map(|n| n.record.id).collect();
+        let proposed = crate::cluster::Placement::spread(name, ty.as_str(), count, &nodes);
+        let (placed, created) =
+            m.create_placement(proposed).await.map_err(|e| BrokerError::Internal(format!("cluster: {e}")))?;
+        if !created {
+            return Err(BrokerError::TopicExists(name.to_string()));
+        }
+        if let Some(shard) = placed.shard(m.node_id()) {
+            self.broker.create_topic(name, ty, shard.queues).await?;
+        }
+        Ok(Arc::new(record))
+    }
+
     /// A transaction with its half-message summary and timeline.
     fn full_txn(&self, t: &Txn) -> pb::Transaction {
         let half = self.broker.half_message(&t.id).ok().flatten();

@@ -7,6 +7,7 @@
 use super::caller::Caller;
 use super::clients::Clients;
 use super::convert::{self, Limits};
+use super::forward::{self, Forwarder};
 use super::route;
 use super::status::{self, ok};
 use super::telemetry::{self, Announced};
@@ -48,6 +49,8 @@ pub struct Messaging {
     pub(crate) long_polls: Arc<tokio::sync::Semaphore>,
     /// Message bytes being stored at once, in KiB permits.
     pub(crate) send_budget: Arc<tokio::sync::Semaphore>,
+    /// The cluster's data path (`--etcd`); `None` standalone.
+    pub(crate) cluster: Option<Arc<Forwarder>>,
 }
 
 /// The caller's client id (`x-mq-client-id`), or one made from its address.
@@ -317,6 +320,9 @@ impl Messaging {
 #[tonic::async_trait]
 impl MessagingService for Messaging {
     async fn query_route(&self, req: Request<v2::QueryRouteRequest>) -> GrpcResult<v2::QueryRouteResponse> {
+        if let Some(fw) = self.cluster_path(&req) {
+            return self.cluster_query_route(&fw, req).await;
+        }
         let (_timer, _client, caller) = self.begin("QueryRoute", &req);
         let req = req.into_inner();
         let answer = async {
@@ -348,6 +354,24 @@ impl MessagingService for Messaging {
     }
 
     async fn send_message(&self, req: Request<v2::SendMessageRequest>) -> GrpcResult<v2::SendMessageResponse> {
+        if let Some(fw) = self.cluster_path(&req) {
+            return self.cluster_send(&fw, req).await;
+        }
+        let topic = req.get_ref().messages.first().and_then(|m| m.topic.as_ref()).map(|t| t.name.clone());
+        if let Err(e) = self.ensure_local_topic(&req, topic.as_deref().unwrap_or_default()).await {
+            let st = status::status(&e);
+            let entries = req
+                .get_ref()
+                .messages
+                .iter()
+                .map(|m| v2::SendResultEntry {
+                    status: Some(st.clone()),
+                    message_id: m.system_properties.as_ref().map(|s| s.message_id.clone()).unwrap_or_default(),
+                    ..Default::default()
+                })
+                .collect();
+            return Ok(Response::new(v2::SendMessageResponse { status: Some(st), entries }));
+        }
         let (_timer, producer, caller) = self.begin("SendMessage", &req);
         let messages = req.into_inner().messages;
         let Some(_slot) = self.admit(&producer) else {
@@ -414,6 +438,13 @@ impl MessagingService for Messaging {
     type ReceiveMessageStream = BoxStream<v2::ReceiveMessageResponse>;
 
     async fn receive_message(&self, req: Request<v2::ReceiveMessageRequest>) -> GrpcResult<Self::ReceiveMessageStream> {
+        if let Some(fw) = self.cluster_path(&req) {
+            return self.cluster_receive(&fw, req).await;
+        }
+        let topic = req.get_ref().message_queue.as_ref().and_then(|q| q.topic.as_ref()).map(|t| t.name.clone());
+        if let Err(e) = self.ensure_local_topic(&req, topic.as_deref().unwrap_or_default()).await {
+            return Ok(Response::new(single_status_stream(receive_status(status::status(&e)))));
+        }
         let (_timer, client, caller) = self.begin("ReceiveMessage", &req);
         let deadline = grpc_deadline(&req);
         let Some(_slot) = self.admit(&client) else {
@@ -438,6 +469,9 @@ impl MessagingService for Messaging {
     }
 
     async fn ack_message(&self, req: Request<v2::AckMessageRequest>) -> GrpcResult<v2::AckMessageResponse> {
+        if let Some(fw) = self.cluster_path(&req) {
+            return self.cluster_ack(&fw, req).await;
+        }
         let (_timer, client, caller) = self.begin("AckMessage", &req);
         let req = req.into_inner();
         let entries = req.entries;
@@ -491,6 +525,9 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
     ) -> GrpcResult<v2::ForwardMessageToDeadLetterQueueResponse> {
+        if let Some(fw) = self.cluster_path(&req) {
+            return self.cluster_forward_to_dlq(&fw, req).await;
+        }
         let (_timer, client, caller) = self.begin("ForwardMessageToDeadLetterQueue", &req);
         let req = req.into_inner();
         let Some(_slot) = self.admit(&client) else {
@@ -603,6 +640,9 @@ impl MessagingService for Messaging {
     }
 
     async fn end_transaction(&self, req: Request<v2::EndTransactionRequest>) -> GrpcResult<v2::EndTransactionResponse> {
+        if let Some(fw) = self.cluster_path(&req) {
+            return self.cluster_end_transaction(&fw, req).await;
+        }
         let (_timer, client, caller) = self.begin("EndTransaction", &req);
         let req = req.into_inner();
         let Some(_slot) = self.admit(&client) else {
@@ -672,6 +712,9 @@ impl MessagingService for Messaging {
         &self,
         req: Request<v2::ChangeInvisibleDurationRequest>,
     ) -> GrpcResult<v2::ChangeInvisibleDurationResponse> {
+        if let Some(fw) = self.cluster_path(&req) {
+            return self.cluster_change_invisible(&fw, req).await;
+        }
         let (_timer, client, caller) = self.begin("ChangeInvisibleDuration", &req);
         let req = req.into_inner();
         let Some(_slot) = self.admit(&client) else {
@@ -706,6 +749,9 @@ impl MessagingService for Messaging {
     }
 
     async fn recall_message(&self, req: Request<v2::RecallMessageRequest>) -> GrpcResult<v2::RecallMessageResponse> {
+        if let Some(fw) = self.cluster_path(&req) {
+            return self.cluster_recall(&fw, req).await;
+        }
         let (_timer, _client, caller) = self.begin("RecallMessage", &req);
         let req = req.into_inner();
         let outcome = async {
@@ -748,5 +794,356 @@ impl MessagingService for Messaging {
             Err(e) => status::status(&e),
         };
         Ok(Response::new(v2::SyncLiteSubscriptionResponse { status: Some(status) }))
+    }
+}
+
+/// The cluster paths (`--etcd`): requests a client sent to this node, served by the owners of
+/// what they concern (see `grpc::forward`). A request another node passed on takes the
+/// standalone path.
+impl Messaging {
+    /// The forwarder, when this request is one to route (clustered, and not forwarded).
+    fn cluster_path<T>(&self, req: &Request<T>) -> Option<Arc<Forwarder>> {
+        self.cluster.clone().filter(|_| !forward::is_forwarded(req))
+    }
+
+    /// Makes sure this node holds its shard of `topic` as a local topic (type and queue count
+    /// from the placement) before a forwarded request uses it.
+    async fn ensure_local_topic<T>(&self, req: &Request<T>, topic: &str) -> Result<(), BrokerError> {
+        let Some(fw) = self.cluster.as_ref().filter(|_| forward::is_forwarded(req)) else { return Ok(()) };
+        if topic.is_empty() || self.broker.topic(topic).is_some() {
+            return Ok(());
+        }
+        let Some(p) = fw.placement(topic, None).await? else { return Ok(()) };
+        let Some(shard) = p.shard(fw.node_id()) else { return Ok(()) };
+        let ty: crate::model::TopicType = p.topic_type.parse().map_err(BrokerError::BadRequest)?;
+        match self.broker.create_topic(topic, ty, shard.queues).await {
+            Ok(_) | Err(BrokerError::TopicExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The placement of `topic`, created as the broker would auto-create the topic (or as
+    /// this node's local topic of that name is) when it has none.
+    async fn placement_of(&self, fw: &Forwarder, topic: &str) -> Result<Arc<crate::cluster::Placement>, BrokerError> {
+        let c = self.broker.config();
+        let local = self.broker.topic(topic);
+        let create = match &local {
+            Some(t) => Some((t.topic_type.as_str(), t.queue_count)),
+            None if c.auto_create_topics && !crate::topics::is_reserved(topic) => {
+                Some(("MIXED", c.default_queue_count))
+            }
+            None => None,
+        };
+        crate::topics::validate_name(topic)?;
+        fw.placement(topic, create).await?.ok_or_else(|| BrokerError::TopicNotFound(topic.to_string()))
+    }
+
+    async fn cluster_query_route(
+        &self,
+        fw: &Forwarder,
+        req: Request<v2::QueryRouteRequest>,
+    ) -> GrpcResult<v2::QueryRouteResponse> {
+        let (_timer, _client, caller) = self.begin("QueryRoute", &req);
+        let req = req.into_inner();
+        let answer = async {
+            let name = convert::resource_name(req.topic.as_ref(), "topic")
+                .map_err(|_| BrokerError::IllegalTopic("topic is missing".into()))?;
+            let t = Resource::topic(&name);
+            caller.allow_any(&[(t, Action::Pub), (t, Action::Sub)])?;
+            let p = self.placement_of(fw, &name).await?;
+            let ty: crate::model::TopicType = p.topic_type.parse().map_err(BrokerError::BadRequest)?;
+            let accept: Vec<i32> = ty.accepted().into_iter().map(|t| convert::wire_message_type(t) as i32).collect();
+            // Every queue at the address the client used (as RocketMQ's proxy answers): this
+            // node serves them all by forwarding; one broker name per owning node.
+            let at = route::route_endpoints(&self.advertised, req.endpoints.as_ref());
+            let namespace = req.topic.as_ref().map(|r| r.resource_namespace.clone()).unwrap_or_default();
+            let queues = p
+                .shards
+                .iter()
+                .flat_map(|s| {
+                    let (at, accept, namespace, name) = (&at, &accept, &namespace, &name);
+                    (0..s.queues).map(move |id| v2::MessageQueue {
+                        topic: Some(v2::Resource { resource_namespace: namespace.clone(), name: name.clone() }),
+                        id: id as i32,
+                        permission: v2::Permission::ReadWrite as i32,
+                        broker: Some(v2::Broker { name: s.node.clone(), id: 0, endpoints: Some(at.clone()) }),
+                        accept_message_types: accept.clone(),
+                    })
+                })
+                .collect();
+            Ok::<_, BrokerError>(queues)
+        }
+        .await;
+        Ok(Response::new(match answer {
+            Ok(message_queues) => v2::QueryRouteResponse { status: Some(ok()), message_queues },
+            Err(e) => v2::QueryRouteResponse { status: Some(status::status(&e)), message_queues: Vec::new() },
+        }))
+    }
+
+    async fn cluster_send(
+        &self,
+        fw: &Forwarder,
+        req: Request<v2::SendMessageRequest>,
+    ) -> GrpcResult<v2::SendMessageResponse> {
+        let ids: Vec<String> = req
+            .get_ref()
+            .messages
+            .iter()
+            .map(|m| m.system_properties.as_ref().map(|s| s.message_id.clone()).unwrap_or_default())
+            .collect();
+        let answer = async {
+            let first = req.get_ref().messages.first().ok_or_else(|| BrokerError::BadRequest("no message".into()))?;
+            let topic = convert::resource_name(first.topic.as_ref(), "topic")?;
+            let group = first.system_properties.as_ref().and_then(|s| s.message_group.clone());
+            let p = self.placement_of(fw, &topic).await?;
+            let owner = fw.owner_for_send(&p, group.as_deref())?;
+            let body = v2::SendMessageRequest { messages: req.get_ref().messages.clone() };
+            let fwd = forward::forwarded(&req, fw.node_id(), body);
+            let mut r = if owner == fw.node_id() {
+                <Self as MessagingService>::send_message(self, fwd).await
+            } else {
+                fw.client(&owner)?.send_message(fwd).await
+            }
+            .map_err(|s| BrokerError::Internal(format!("node {owner}: {}", s.message())))?
+            .into_inner();
+            for e in &mut r.entries {
+                if !e.transaction_id.is_empty() {
+                    e.transaction_id = forward::tag(&owner, &e.transaction_id);
+                }
+                if !e.recall_handle.is_empty() {
+                    e.recall_handle = forward::tag(&owner, &e.recall_handle);
+                }
+            }
+            Ok::<_, BrokerError>(r)
+        }
+        .await;
+        Ok(Response::new(answer.unwrap_or_else(|e| {
+            let st = status::status(&e);
+            let entries = ids
+                .into_iter()
+                .map(|message_id| v2::SendResultEntry { status: Some(st.clone()), message_id, ..Default::default() })
+                .collect();
+            v2::SendMessageResponse { status: Some(st), entries }
+        })))
+    }
+
+    async fn cluster_receive(
+        &self,
+        fw: &Forwarder,
+        req: Request<v2::ReceiveMessageRequest>,
+    ) -> GrpcResult<BoxStream<v2::ReceiveMessageResponse>> {
+        let body = req.get_ref().clone();
+        let topic =
+            body.message_queue.as_ref().and_then(|q| q.topic.as_ref()).map(|t| t.name.clone()).unwrap_or_default();
+        let asked = body.message_queue.as_ref().and_then(|q| q.broker.as_ref()).map(|b| b.name.clone());
+        // The owner of the broker name the client asked; if it is down (or the name is not a
+        // node), this node's shard, else any live owner.
+        let owner = match asked.filter(|n| fw.membership.is_live(n)) {
+            Some(n) => n,
+            None => match self.placement_of(fw, &topic).await {
+                Ok(p) => p
+                    .shard(fw.node_id())
+                    .map(|s| s.node.clone())
+                    .or_else(|| p.shards.iter().map(|s| s.node.clone()).find(|n| fw.membership.is_live(n)))
+                    .unwrap_or_else(|| fw.node_id().to_string()),
+                Err(e) => return Ok(Response::new(single_status_stream(receive_status(status::status(&e))))),
+            },
+        };
+        let timeout = grpc_deadline(&req);
+        let mut fwd = forward::forwarded(&req, fw.node_id(), body);
+        if let Some(t) = timeout {
+            fwd.set_timeout(t);
+        }
+        let stream: BoxStream<v2::ReceiveMessageResponse> = if owner == fw.node_id() {
+            <Self as MessagingService>::receive_message(self, fwd).await?.into_inner()
+        } else {
+            let mut client = match fw.client(&owner) {
+                Ok(c) => c,
+                Err(e) => return Ok(Response::new(single_status_stream(receive_status(status::status(&e))))),
+            };
+            match client.receive_message(fwd).await {
+                Ok(r) => Box::pin(r.into_inner()),
+                Err(s) => {
+                    let e = BrokerError::Internal(format!("node {owner}: {}", s.message()));
+                    return Ok(Response::new(single_status_stream(receive_status(status::status(&e)))));
+                }
+            }
+        };
+        let tagged = tokio_stream::StreamExt::map(stream, move |item| {
+            item.map(|mut r| {
+                if let Some(receive_message_response::Content::Message(m)) = r.content.as_mut() {
+                    if let Some(h) = m.system_properties.as_mut().and_then(|s| s.receipt_handle.as_mut()) {
+                        *h = forward::tag(&owner, h);
+                    }
+                }
+                r
+            })
+        });
+        Ok(Response::new(Box::pin(tagged)))
+    }
+
+    async fn cluster_ack(
+        &self,
+        fw: &Forwarder,
+        req: Request<v2::AckMessageRequest>,
+    ) -> GrpcResult<v2::AckMessageResponse> {
+        let body = req.get_ref().clone();
+        // Entries by owner, each remembering its place in the request.
+        let mut by_owner: Vec<(String, Vec<(usize, v2::AckMessageEntry)>)> = Vec::new();
+        for (i, e) in body.entries.iter().enumerate() {
+            let (owner, raw) = forward::untag(&e.receipt_handle).unwrap_or((fw.node_id(), &e.receipt_handle));
+            let entry = v2::AckMessageEntry { receipt_handle: raw.to_string(), ..e.clone() };
+            match by_owner.iter_mut().find(|(o, _)| o == owner) {
+                Some((_, v)) => v.push((i, entry)),
+                None => by_owner.push((owner.to_string(), vec![(i, entry)])),
+            }
+        }
+        let mut results: Vec<Option<v2::AckMessageResultEntry>> = vec![None; body.entries.len()];
+        for (owner, entries) in by_owner {
+            let (places, entries): (Vec<usize>, Vec<v2::AckMessageEntry>) = entries.into_iter().unzip();
+            let part = v2::AckMessageRequest { group: body.group.clone(), topic: body.topic.clone(), entries };
+            let fwd = forward::forwarded(&req, fw.node_id(), part);
+            let answer = if owner == fw.node_id() {
+                <Self as MessagingService>::ack_message(self, fwd).await
+            } else {
+                match fw.client(&owner) {
+                    Ok(mut c) => c.ack_message(fwd).await,
+                    Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+                }
+            };
+            match answer {
+                Ok(r) => {
+                    for (place, entry) in places.into_iter().zip(r.into_inner().entries) {
+                        results[place] = Some(entry);
+                    }
+                }
+                Err(s) => {
+                    let st = status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())));
+                    for place in places {
+                        results[place] =
+                            Some(v2::AckMessageResultEntry { status: Some(st.clone()), ..Default::default() });
+                    }
+                }
+            }
+        }
+        // Each entry answers with the handle and id the client sent.
+        let entries: Vec<v2::AckMessageResultEntry> = results
+            .into_iter()
+            .zip(&body.entries)
+            .map(|(r, asked)| v2::AckMessageResultEntry {
+                message_id: asked.message_id.clone(),
+                receipt_handle: asked.receipt_handle.clone(),
+                status: r.and_then(|r| r.status),
+            })
+            .collect();
+        let statuses: Vec<v2::Status> = entries.iter().filter_map(|e| e.status.clone()).collect();
+        Ok(Response::new(v2::AckMessageResponse { status: Some(common_status(&statuses)), entries }))
+    }
+
+    async fn cluster_change_invisible(
+        &self,
+        fw: &Forwarder,
+        req: Request<v2::ChangeInvisibleDurationRequest>,
+    ) -> GrpcResult<v2::ChangeInvisibleDurationResponse> {
+        let body = req.get_ref().clone();
+        let (owner, raw) = forward::untag(&body.receipt_handle).unwrap_or((fw.node_id(), &body.receipt_handle));
+        let owner = owner.to_string();
+        let part = v2::ChangeInvisibleDurationRequest { receipt_handle: raw.to_string(), ..body.clone() };
+        let fwd = forward::forwarded(&req, fw.node_id(), part);
+        let answer = if owner == fw.node_id() {
+            <Self as MessagingService>::change_invisible_duration(self, fwd).await
+        } else {
+            match fw.client(&owner) {
+                Ok(mut c) => c.change_invisible_duration(fwd).await,
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            }
+        };
+        Ok(Response::new(match answer {
+            Ok(r) => {
+                let mut r = r.into_inner();
+                r.receipt_handle = forward::tag(&owner, &r.receipt_handle);
+                r
+            }
+            Err(s) => v2::ChangeInvisibleDurationResponse {
+                status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),
+                receipt_handle: body.receipt_handle,
+            },
+        }))
+    }
+
+    async fn cluster_forward_to_dlq(
+        &self,
+        fw: &Forwarder,
+        req: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
+    ) -> GrpcResult<v2::ForwardMessageToDeadLetterQueueResponse> {
+        let body = req.get_ref().clone();
+        let (owner, raw) = forward::untag(&body.receipt_handle).unwrap_or((fw.node_id(), &body.receipt_handle));
+        let owner = owner.to_string();
+        let part = v2::ForwardMessageToDeadLetterQueueRequest { receipt_handle: raw.to_string(), ..body };
+        let fwd = forward::forwarded(&req, fw.node_id(), part);
+        let answer = if owner == fw.node_id() {
+            <Self as MessagingService>::forward_message_to_dead_letter_queue(self, fwd).await
+        } else {
+            match fw.client(&owner) {
+                Ok(mut c) => c.forward_message_to_dead_letter_queue(fwd).await,
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            }
+        };
+        Ok(answer.unwrap_or_else(|s| {
+            Response::new(v2::ForwardMessageToDeadLetterQueueResponse {
+                status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),
+            })
+        }))
+    }
+
+    async fn cluster_end_transaction(
+        &self,
+        fw: &Forwarder,
+        req: Request<v2::EndTransactionRequest>,
+    ) -> GrpcResult<v2::EndTransactionResponse> {
+        let body = req.get_ref().clone();
+        let (owner, raw) = forward::untag(&body.transaction_id).unwrap_or((fw.node_id(), &body.transaction_id));
+        let owner = owner.to_string();
+        let part = v2::EndTransactionRequest { transaction_id: raw.to_string(), ..body };
+        let fwd = forward::forwarded(&req, fw.node_id(), part);
+        let answer = if owner == fw.node_id() {
+            <Self as MessagingService>::end_transaction(self, fwd).await
+        } else {
+            match fw.client(&owner) {
+                Ok(mut c) => c.end_transaction(fwd).await,
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            }
+        };
+        Ok(answer.unwrap_or_else(|s| {
+            Response::new(v2::EndTransactionResponse {
+                status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),
+            })
+        }))
+    }
+
+    async fn cluster_recall(
+        &self,
+        fw: &Forwarder,
+        req: Request<v2::RecallMessageRequest>,
+    ) -> GrpcResult<v2::RecallMessageResponse> {
+        let body = req.get_ref().clone();
+        let (owner, raw) = forward::untag(&body.recall_handle).unwrap_or((fw.node_id(), &body.recall_handle));
+        let owner = owner.to_string();
+        let part = v2::RecallMessageRequest { recall_handle: raw.to_string(), ..body };
+        let fwd = forward::forwarded(&req, fw.node_id(), part);
+        let answer = if owner == fw.node_id() {
+            <Self as MessagingService>::recall_message(self, fwd).await
+        } else {
+            match fw.client(&owner) {
+                Ok(mut c) => c.recall_message(fwd).await,
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            }
+        };
+        Ok(answer.unwrap_or_else(|s| {
+            Response::new(v2::RecallMessageResponse {
+                status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),
+                message_id: String::new(),
+            })
+        }))
     }
 }

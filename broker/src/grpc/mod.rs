@@ -19,6 +19,7 @@ pub mod admin;
 pub mod caller;
 pub mod clients;
 pub mod convert;
+pub mod forward;
 pub mod messaging;
 pub mod route;
 pub mod status;

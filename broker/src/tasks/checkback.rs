@@ -61,7 +61,10 @@ pub async fn run(broker: Arc<Broker>, clients: Arc<Clients>, shutdown: Cancellat
             for (at, id) in due {
                 let (broker, clients) = (broker.clone(), clients.clone());
                 round.spawn(async move {
-                    let result = broker.check_transaction(&id, at, |txn, half| deliver(&clients, txn, half)).await;
+                    let c = broker.config();
+                    let node = c.etcd.as_ref().and(c.node_id.clone());
+                    let deliver = |txn: &Txn, half: &StoredMessage| deliver(&clients, txn, half, node.as_deref());
+                    let result = broker.check_transaction(&id, at, deliver).await;
                     log_outcome(&id, result);
                 });
             }
@@ -87,21 +90,26 @@ fn log_outcome(id: &str, result: crate::error::Result<CheckOutcome>) {
 }
 
 /// The check command: the complete half message, as the clients require (docs/protocol.md §5).
-pub fn command(txn: &Txn, half: &StoredMessage) -> v2::TelemetryCommand {
+/// In a cluster (`node` set) the transaction id names this node, as every id a client holds
+/// does, so the answer reaches it through any node.
+pub fn command(txn: &Txn, half: &StoredMessage, node: Option<&str>) -> v2::TelemetryCommand {
     v2::TelemetryCommand {
         status: None,
         command: Some(v2::telemetry_command::Command::RecoverOrphanedTransactionCommand(
             v2::RecoverOrphanedTransactionCommand {
                 message: Some(convert::wire_message(half)),
-                transaction_id: txn.id.clone(),
+                transaction_id: match node {
+                    Some(n) => crate::grpc::forward::tag(n, &txn.id),
+                    None => txn.id.clone(),
+                },
             },
         )),
     }
 }
 
 /// Writes the check to the first candidate stream that takes it; names where it went.
-fn deliver(clients: &Clients, txn: &Txn, half: &StoredMessage) -> Option<CheckTarget> {
-    let cmd = command(txn, half);
+fn deliver(clients: &Clients, txn: &Txn, half: &StoredMessage, node: Option<&str>) -> Option<CheckTarget> {
+    let cmd = command(txn, half, node);
     for (client, stream) in clients.check_candidates(&txn.topic, &txn.producer, txn.unanswered_check()) {
         if stream.tx.try_send(Ok(cmd.clone())).is_ok() {
             clients.check_sent(&txn.id, &txn.topic, &client, stream.id);

@@ -1,0 +1,158 @@
+//! The cluster's data path: any node serves any RocketMQ RPC by handing it to the node that
+//! owns the queues it concerns (docs/cluster.md).
+//!
+//! A request a node passes on keeps its metadata (client id, signature) and carries
+//! [`FORWARDED`]; the owner serves such a request as a standalone broker would, with its own
+//! ids. Ids a client gets back name their owner: transaction ids, receipt handles and recall
+//! handles are `<node id>~<owner's id>` ([`tag`]), so an EndTransaction, Ack,
+//! ChangeInvisibleDuration or dead-letter forward reaches the owner from any node. Requests
+//! for queues this node owns take the same path without the network hop.
+//!
+//! Placement decisions read the membership's caches (live nodes, topic placements): no etcd
+//! request per message.
+
+use crate::cluster::{Membership, Placement};
+use crate::error::BrokerError;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tonic::transport::Channel;
+use tonic::Request;
+use txmq_proto::v2;
+use v2::messaging_service_client::MessagingServiceClient;
+
+/// Metadata key of a request one node passed to another: serve it here.
+pub const FORWARDED: &str = "x-txmq-forwarded-by";
+
+/// Separates the owner's node id from an id it made (node ids never contain it).
+const SEP: char = '~';
+
+/// `raw`, an id made by node `node`, as clients see it.
+pub fn tag(node: &str, raw: &str) -> String {
+    format!("{node}{SEP}{raw}")
+}
+
+/// The owner and the owner's own id of a client-held id; `None` when it names no node (an id
+/// from before the node joined a cluster: its own).
+pub fn untag(id: &str) -> Option<(&str, &str)> {
+    id.split_once(SEP).filter(|(node, _)| crate::cluster::validate_node_id(node).is_ok())
+}
+
+/// Whether a request came from another node (or from this node's own cluster path).
+pub fn is_forwarded<T>(req: &Request<T>) -> bool {
+    req.metadata().contains_key(FORWARDED)
+}
+
+/// The cluster side of the messaging service.
+pub struct Forwarder {
+    pub membership: Membership,
+    channels: Mutex<HashMap<String, MessagingServiceClient<Channel>>>,
+    round_robin: AtomicU64,
+}
+
+impl Forwarder {
+    pub fn new(membership: Membership) -> Self {
+        Self { membership, channels: Mutex::new(HashMap::new()), round_robin: AtomicU64::new(0) }
+    }
+
+    pub fn node_id(&self) -> &str {
+        self.membership.node_id()
+    }
+
+    fn unavailable(what: impl std::fmt::Display) -> BrokerError {
+        // INTERNAL_SERVER_ERROR: every official client retries a send that gets it.
+        BrokerError::Internal(format!("cluster: {what}"))
+    }
+
+    /// A client of live node `node`'s messaging service.
+    pub fn client(&self, node: &str) -> Result<MessagingServiceClient<Channel>, BrokerError> {
+        let address =
+            self.membership.address_of(node).ok_or_else(|| Self::unavailable(format!("node {node} is not live")))?;
+        let mut channels = crate::sync::lock(&self.channels);
+        if let Some(c) = channels.get(&address) {
+            return Ok(c.clone());
+        }
+        let endpoint = Channel::from_shared(format!("http://{address}"))
+            .map_err(|e| Self::unavailable(format!("node {node} at {address}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .tcp_nodelay(true);
+        let client = MessagingServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        channels.insert(address, client.clone());
+        Ok(client)
+    }
+
+    /// The topic's placement, created (spread over the live nodes) when it has none and
+    /// `create` says how (type name, queue count).
+    pub async fn placement(
+        &self,
+        topic: &str,
+        create: Option<(&str, u32)>,
+    ) -> Result<Option<Arc<Placement>>, BrokerError> {
+        if let Some(p) = self.membership.placement(topic).await.map_err(Self::unavailable)? {
+            return Ok(Some(p));
+        }
+        let Some((topic_type, queues)) = create else { return Ok(None) };
+        // A fresh member list (topic creation is rare): the cache may predate a node's join.
+        let members = self.membership.members().await.map_err(Self::unavailable)?;
+        let mut nodes: Vec<String> = members.into_iter().map(|m| m.record.id).collect();
+        if nodes.is_empty() {
+            nodes.push(self.node_id().to_string());
+        }
+        let proposed = Placement::spread(topic, topic_type, queues, &nodes);
+        let (p, created) = self.membership.create_placement(proposed).await.map_err(Self::unavailable)?;
+        if created {
+            tracing::info!(topic, shards = ?p.shards, "topic placed over the cluster");
+        }
+        Ok(Some(p))
+    }
+
+    /// The node a send goes to: FIFO messages by their message group's hash over all queues
+    /// (one group stays on one shard), others round robin over the shards of live nodes.
+    pub fn owner_for_send(&self, p: &Placement, message_group: Option<&str>) -> Result<String, BrokerError> {
+        if let Some(g) = message_group {
+            let q = (crate::codec::fnv1a(g) % u64::from(p.total_queues().max(1))) as u32;
+            let shard = p.shard_of(q).ok_or_else(|| Self::unavailable("empty placement"))?;
+            if !self.membership.is_live(&shard.node) {
+                return Err(Self::unavailable(format!("node {} (message group {g}) is down", shard.node)));
+            }
+            return Ok(shard.node.clone());
+        }
+        let live: Vec<&str> = p.shards.iter().map(|s| s.node.as_str()).filter(|n| self.membership.is_live(n)).collect();
+        if live.is_empty() {
+            return Err(Self::unavailable(format!("no live node owns queues of {}", p.topic)));
+        }
+        let i = self.round_robin.fetch_add(1, Ordering::Relaxed) as usize % live.len();
+        Ok(live[i].to_string())
+    }
+}
+
+/// `req`'s metadata with the forwarding mark, around `body`.
+pub fn forwarded<T, U>(req: &Request<T>, by: &str, body: U) -> Request<U> {
+    let mut out = Request::new(body);
+    for kv in req.metadata().iter() {
+        if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+            if k.as_str() != "grpc-timeout" {
+                out.metadata_mut().insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if let Ok(v) = by.parse() {
+        out.metadata_mut().insert(FORWARDED, v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_their_owner() {
+        assert_eq!(tag("n3", "abc~def"), "n3~abc~def");
+        assert_eq!(untag("n3~abc~def"), Some(("n3", "abc~def")));
+        assert_eq!(untag("no-owner"), None);
+        assert_eq!(untag("bad node~x"), None);
+    }
+}
