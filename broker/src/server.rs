@@ -73,8 +73,9 @@ pub async fn run_with_metrics(
         }
         None => None,
     };
+    let forwarder = cluster.clone().map(|m| Arc::new(crate::grpc::forward::Forwarder::new(m)));
     let messaging = Messaging {
-        cluster: cluster.clone().map(|m| Arc::new(crate::grpc::forward::Forwarder::new(m))),
+        cluster: forwarder.clone(),
         broker: broker.clone(),
         clients: clients.clone(),
         advertised,
@@ -89,7 +90,8 @@ pub async fn run_with_metrics(
         tracker.spawn(crate::tasks::metrics_http::serve(l, broker.clone(), token.clone(), tracker.clone()));
     }
     tracker.spawn(crate::tasks::sweep::run(clients.clone(), token.clone()));
-    tracker.spawn(crate::tasks::checkback::run(broker.clone(), clients, token.clone()));
+    let peers = forwarder.as_ref().map(|_| crate::grpc::forward::ClusterService { clients: clients.clone() });
+    tracker.spawn(crate::tasks::checkback::run(broker.clone(), clients, forwarder, token.clone()));
     let tls = match (&broker.config().tls_cert, &broker.config().tls_key) {
         (Some(cert), Some(key)) => {
             let c = broker.config();
@@ -113,6 +115,7 @@ pub async fn run_with_metrics(
         .http2_keepalive_timeout(Some(broker.config().keepalive_timeout))
         .add_service(MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(AdminServer::with_interceptor(admin, AdminGate { broker: broker.clone() }))
+        .add_optional_service(peers.map(txmq_proto::cluster::cluster_server::ClusterServer::new))
         .serve_with_incoming_shutdown(incoming(listener, broker.config().max_connections, tls), async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, ending streams");

@@ -33,7 +33,10 @@ impl Drop for Node {
 }
 
 fn start_node(etcd: &str, id: &str) -> Node {
-    let dir = tempfile::tempdir().unwrap();
+    start_node_in(tempfile::tempdir().unwrap(), etcd, id)
+}
+
+fn start_node_in(dir: tempfile::TempDir, etcd: &str, id: &str) -> Node {
     let args = [
         "--etcd",
         etcd,
@@ -45,6 +48,10 @@ fn start_node(etcd: &str, id: &str) -> Node {
         "1s",
         "--metrics-listen",
         "off",
+        "--txn-timeout",
+        "1s",
+        "--txn-check-interval",
+        "1s",
     ];
     let (child, addr, log) = start_broker(dir.path(), &args);
     Node { child, addr, _dir: dir, _log: log }
@@ -175,4 +182,59 @@ async fn futures_join<F: std::future::Future<Output = u64>>(fs: impl Iterator<It
         out.push(f.await);
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_end_and_are_checked_back_across_nodes() {
+    use rocketmq::model::transaction::{Transaction, TransactionResolution};
+    let etcd = Etcd::start();
+    let nodes: Vec<Node> = ["n1", "n2", "n3"].iter().map(|id| start_node(&etcd.url, id)).collect();
+    for n in &nodes {
+        wait_members(&n.addr, 3).await;
+    }
+    create_topic(&nodes[0].addr, "payments", pb::TopicType::Transaction, 3).await;
+
+    // The producer talks to node 1 only; its checker commits "yes…" and rolls back the rest.
+    let mut opt = ProducerOption::default();
+    opt.set_logging_format(quiet());
+    opt.set_topics(vec!["payments"]);
+    let checker = Box::new(|_id: String, m: rocketmq::model::message::MessageView| {
+        if m.body().starts_with(b"yes") {
+            TransactionResolution::COMMIT
+        } else {
+            TransactionResolution::ROLLBACK
+        }
+    });
+    let mut p = Producer::new_transaction_producer(opt, client_option(&nodes[0].addr), checker).unwrap();
+    p.start().await.unwrap();
+    let half =
+        |body: String| MessageBuilder::transaction_message_builder("payments", body.into_bytes()).build().unwrap();
+    let mut owners = HashSet::new();
+    let mut undecided = Vec::new();
+    for i in 0..9 {
+        let t = p.send_transaction_message(half(format!("commit-{i}"))).await.unwrap();
+        owners.insert(t.transaction_id().split('~').next().unwrap().to_string());
+        t.commit().await.expect("commit through node 1");
+        let t = p.send_transaction_message(half(format!("rollback-{i}"))).await.unwrap();
+        owners.insert(t.transaction_id().split('~').next().unwrap().to_string());
+        t.rollback().await.expect("rollback through node 1");
+        // The producer "forgets" these: only a check-back decides them.
+        for body in [format!("yes-{i}"), format!("no-{i}")] {
+            let t = p.send_transaction_message(half(body)).await.unwrap();
+            undecided.push(t.transaction_id().to_string());
+        }
+    }
+    assert_eq!(owners.len(), 3, "halves landed on every node: {owners:?}");
+    assert!(undecided.iter().any(|id| !id.starts_with("n1~")), "some undecided halves are owned elsewhere");
+
+    let c = consumer(&nodes[1].addr, "ledger", &["payments"]).await;
+    let got = drain(&c, "payments", 18, Duration::from_secs(60)).await;
+    let mut bodies: Vec<String> = got.into_iter().map(|(_, b)| b).collect();
+    bodies.sort();
+    let mut want: Vec<String> = (0..9).flat_map(|i| [format!("commit-{i}"), format!("yes-{i}")]).collect();
+    want.sort();
+    assert_eq!(bodies, want, "committed and checked-back-committed halves, each once; nothing rolled back");
+    // Nothing more comes (rolled-back halves never do).
+    assert!(drain(&c, "payments", 1, Duration::from_secs(3)).await.is_empty());
+    drop(etcd);
 }

@@ -5,6 +5,7 @@
 //!   written for txmq with the official names and field numbers (docs/protocol.md), so the
 //!   official RocketMQ clients talk to txmq unchanged.
 //! - [`admin`]: `txmq.admin.v1`, our own operator API (`Admin`), served on the same port.
+//! - [`cluster`]: `txmq.cluster.v1`, between the nodes of a cluster, on the same port.
 //!
 //! Nothing here is hand-written Rust: the modules are `include!`s of prost/tonic output.
 
@@ -20,4 +21,9 @@ pub mod v2 {
 /// `txmq.admin.v1`: the operator API used by the `txmq` CLI.
 pub mod admin {
     include!(concat!(env!("OUT_DIR"), "/txmq.admin.v1.rs"));
+}
+
+/// `txmq.cluster.v1`: what the nodes of a cluster ask each other (check-backs).
+pub mod cluster {
+    include!(concat!(env!("OUT_DIR"), "/txmq.cluster.v1.rs"));
 }

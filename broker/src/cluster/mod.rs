@@ -14,6 +14,7 @@
 //! the data directory's node id stamp is the broker's (`Broker::claim_node_id`).
 
 pub mod placement;
+pub mod producers;
 
 pub use placement::{Placement, Shard};
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,10 @@ struct Inner {
     live: std::sync::RwLock<Vec<Member>>,
     /// Topic placements read or created so far (they never change once made).
     placements: std::sync::RwLock<std::collections::HashMap<String, Arc<Placement>>>,
+    /// This node's producers as last published (see `producers`).
+    published: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// Every node's producers as last read.
+    producers: std::sync::RwLock<producers::ProducerMap>,
 }
 
 impl Membership {
@@ -157,6 +162,8 @@ impl Membership {
                 renewed: std::sync::Mutex::new(tokio::time::Instant::now()),
                 live: std::sync::RwLock::new(Vec::new()),
                 placements: std::sync::RwLock::new(std::collections::HashMap::new()),
+                published: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+                producers: std::sync::RwLock::new(producers::ProducerMap::new()),
             }),
         };
         m.claim().await?;
@@ -197,6 +204,8 @@ impl Membership {
             return Err(ClusterError::NodeIdTaken { id: self.inner.settings.node_id.clone(), address });
         }
         self.inner.lease.store(lease, Ordering::SeqCst);
+        // Entries published under an earlier lease went with it: publish them again.
+        crate::sync::lock(&self.inner.published).clear();
         self.mark_renewed();
         tracing::info!(node_id = self.inner.settings.node_id, lease, "joined the cluster");
         Ok(())
@@ -277,9 +286,7 @@ impl Membership {
 
     /// Re-reads the member list into the cache [`Self::live`] answers from.
     async fn refresh_live(&self) -> Result<(), ClusterError> {
-        let members = self.members().await?;
-        *crate::sync::write(&self.inner.live) = members;
-        Ok(())
+        self.members().await.map(drop)
     }
 
     /// The live members as last listed (at most a third of the lease TTL old): no etcd request.
@@ -297,7 +304,8 @@ impl Membership {
         crate::sync::read(&self.inner.live).iter().find(|m| m.record.id == id).map(|m| m.record.address.clone())
     }
 
-    /// The live members, by node id.
+    /// The live members, by node id, read from etcd (and kept as the cache [`Self::live`]
+    /// answers from).
     pub async fn members(&self) -> Result<Vec<Member>, ClusterError> {
         let mut client = self.inner.client.clone();
         let prefix = Self::nodes_prefix(&self.inner.settings.prefix);
@@ -311,6 +319,7 @@ impl Membership {
             }
         }
         members.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        *crate::sync::write(&self.inner.live) = members.clone();
         Ok(members)
     }
 }

@@ -185,6 +185,19 @@ impl Clients {
         });
     }
 
+    /// `(topic, client id)` of every client with a live stream that produces to (sent
+    /// transactional messages to, or declared) the topic: who could answer its check-backs.
+    pub fn producers(&self) -> std::collections::BTreeSet<(String, String)> {
+        let inner = crate::sync::lock(&self.inner);
+        let mut out = std::collections::BTreeSet::new();
+        for (id, c) in inner.iter().filter(|(_, c)| !c.streams.is_empty()) {
+            for topic in c.sends_txn.iter().chain(&c.declared) {
+                out.insert((topic.clone(), id.clone()));
+            }
+        }
+        out
+    }
+
     /// Streams a check of a transaction of `topic` sent by `originator` may go to, best first:
     /// the originator's, then those of the topic's other transactional producers (most recently
     /// seen first), then those of clients that only declared the topic; within that order,

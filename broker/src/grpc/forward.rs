@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tonic::transport::Channel;
 use tonic::Request;
+use txmq_proto::cluster::cluster_client::ClusterClient;
+use txmq_proto::cluster::cluster_server::Cluster;
+use txmq_proto::cluster::{PushCheckRequest, PushCheckResponse};
 use txmq_proto::v2;
 use v2::messaging_service_client::MessagingServiceClient;
 
@@ -46,7 +49,7 @@ pub fn is_forwarded<T>(req: &Request<T>) -> bool {
 /// The cluster side of the messaging service.
 pub struct Forwarder {
     pub membership: Membership,
-    channels: Mutex<HashMap<String, MessagingServiceClient<Channel>>>,
+    channels: Mutex<HashMap<String, Channel>>,
     round_robin: AtomicU64,
 }
 
@@ -64,23 +67,50 @@ impl Forwarder {
         BrokerError::Internal(format!("cluster: {what}"))
     }
 
-    /// A client of live node `node`'s messaging service.
-    pub fn client(&self, node: &str) -> Result<MessagingServiceClient<Channel>, BrokerError> {
+    /// A channel to live node `node` (one per address, shared by every request).
+    fn channel(&self, node: &str) -> Result<Channel, BrokerError> {
         let address =
             self.membership.address_of(node).ok_or_else(|| Self::unavailable(format!("node {node} is not live")))?;
         let mut channels = crate::sync::lock(&self.channels);
         if let Some(c) = channels.get(&address) {
             return Ok(c.clone());
         }
-        let endpoint = Channel::from_shared(format!("http://{address}"))
+        let channel = Channel::from_shared(format!("http://{address}"))
             .map_err(|e| Self::unavailable(format!("node {node} at {address}: {e}")))?
             .connect_timeout(std::time::Duration::from_secs(3))
-            .tcp_nodelay(true);
-        let client = MessagingServiceClient::new(endpoint.connect_lazy())
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(address, channel.clone());
+        Ok(channel)
+    }
+
+    /// A client of live node `node`'s messaging service.
+    pub fn client(&self, node: &str) -> Result<MessagingServiceClient<Channel>, BrokerError> {
+        Ok(MessagingServiceClient::new(self.channel(node)?)
             .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024);
-        channels.insert(address, client.clone());
-        Ok(client)
+            .max_encoding_message_size(64 * 1024 * 1024))
+    }
+
+    /// Has node `node` write a check-back to a producer of `topic` it holds a stream of;
+    /// returns the client that took it, `None` when it has none now.
+    pub async fn push_check(
+        &self,
+        node: &str,
+        topic: &str,
+        originator: &str,
+        command: &v2::TelemetryCommand,
+    ) -> Result<Option<String>, BrokerError> {
+        use prost::Message;
+        let mut c = ClusterClient::new(self.channel(node)?);
+        let mut req = Request::new(PushCheckRequest {
+            topic: topic.to_string(),
+            originator: originator.to_string(),
+            command: command.encode_to_vec(),
+        });
+        req.set_timeout(std::time::Duration::from_secs(3));
+        let r = c.push_check(req).await.map_err(|s| Self::unavailable(format!("node {node}: {}", s.message())))?;
+        let r = r.into_inner();
+        Ok(r.delivered.then_some(r.client_id))
     }
 
     /// The topic's placement, created (spread over the live nodes) when it has none and
@@ -125,6 +155,33 @@ impl Forwarder {
         }
         let i = self.round_robin.fetch_add(1, Ordering::Relaxed) as usize % live.len();
         Ok(live[i].to_string())
+    }
+}
+
+/// The `txmq.cluster.v1` service: what other nodes ask of this one.
+pub struct ClusterService {
+    pub clients: Arc<super::clients::Clients>,
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn push_check(
+        &self,
+        req: Request<PushCheckRequest>,
+    ) -> Result<tonic::Response<PushCheckResponse>, tonic::Status> {
+        use prost::Message;
+        let req = req.into_inner();
+        let command = v2::TelemetryCommand::decode(req.command.as_slice())
+            .map_err(|e| tonic::Status::invalid_argument(format!("command: {e}")))?;
+        if !matches!(command.command, Some(v2::telemetry_command::Command::RecoverOrphanedTransactionCommand(_))) {
+            return Err(tonic::Status::invalid_argument("only check-back commands are pushed"));
+        }
+        for (client, stream) in self.clients.check_candidates(&req.topic, &req.originator, None) {
+            if stream.tx.try_send(Ok(command.clone())).is_ok() {
+                return Ok(tonic::Response::new(PushCheckResponse { delivered: true, client_id: client }));
+            }
+        }
+        Ok(tonic::Response::new(PushCheckResponse { delivered: false, client_id: String::new() }))
     }
 }
 

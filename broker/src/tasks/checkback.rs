@@ -10,6 +10,7 @@
 use crate::broker::{now_ms, Broker};
 use crate::grpc::clients::Clients;
 use crate::grpc::convert;
+use crate::grpc::forward::Forwarder;
 use crate::model::StoredMessage;
 use crate::txn::service::{CheckOutcome, CheckTarget};
 use crate::txn::state::Txn;
@@ -28,8 +29,14 @@ fn tick(broker: &Broker) -> Duration {
     (c.txn_timeout.min(c.txn_check_interval) / 10).clamp(Duration::from_millis(20), Duration::from_secs(1))
 }
 
-/// Runs until `shutdown`.
-pub async fn run(broker: Arc<Broker>, clients: Arc<Clients>, shutdown: CancellationToken) {
+/// Runs until `shutdown`. In a cluster (`cluster` set), a check that no local stream can take
+/// goes to a producer connected to another node (see `cluster::producers`).
+pub async fn run(
+    broker: Arc<Broker>,
+    clients: Arc<Clients>,
+    cluster: Option<Arc<Forwarder>>,
+    shutdown: CancellationToken,
+) {
     let every = tick(&broker);
     loop {
         tokio::select! {
@@ -45,6 +52,13 @@ pub async fn run(broker: Arc<Broker>, clients: Arc<Clients>, shutdown: Cancellat
                 "check-back unanswered; that stream is tried last from now on"
             );
         }
+        if let Some(fw) = &cluster {
+            // Producers connected here, for the other nodes; and theirs, for us.
+            let published = fw.membership.publish_producers(&clients.producers()).await;
+            if let Err(e) = published.and(fw.membership.refresh_producers().await) {
+                tracing::warn!(error = %e, "producer registry not synced; remote check-backs wait");
+            }
+        }
         // Due checks run concurrently so that their writes share group commits; a full round
         // means more are due, so the next round starts at once.
         let mut full = true;
@@ -59,12 +73,32 @@ pub async fn run(broker: Arc<Broker>, clients: Arc<Clients>, shutdown: Cancellat
             full = due.len() == BATCH;
             let mut round = tokio::task::JoinSet::new();
             for (at, id) in due {
-                let (broker, clients) = (broker.clone(), clients.clone());
+                let (broker, clients, cluster) = (broker.clone(), clients.clone(), cluster.clone());
                 round.spawn(async move {
-                    let c = broker.config();
-                    let node = c.etcd.as_ref().and(c.node_id.clone());
-                    let deliver = |txn: &Txn, half: &StoredMessage| deliver(&clients, txn, half, node.as_deref());
+                    let node = cluster.as_ref().map(|fw| fw.node_id().to_string());
+                    // A check for a producer on another node, written there after the check is
+                    // recorded here.
+                    let remote = std::sync::Mutex::new(None);
+                    let deliver = |txn: &Txn, half: &StoredMessage| {
+                        deliver(&clients, txn, half, node.as_deref()).or_else(|| {
+                            let fw = cluster.as_ref()?;
+                            let (client, at) = fw.membership.producer_nodes(&txn.topic, &txn.producer).into_iter().next()?;
+                            let cmd = command(txn, half, node.as_deref());
+                            *crate::sync::lock(&remote) = Some((at.clone(), txn.topic.clone(), txn.producer.clone(), cmd));
+                            Some(CheckTarget { client: format!("{client}@{at}"), stream: 0 })
+                        })
+                    };
                     let result = broker.check_transaction(&id, at, deliver).await;
+                    let pushed = crate::sync::lock(&remote).take();
+                    if let (Some(fw), Some((at, topic, producer, cmd)), Ok(CheckOutcome::Sent { .. })) =
+                        (&cluster, pushed, &result)
+                    {
+                        match fw.push_check(&at, &topic, &producer, &cmd).await {
+                            Ok(Some(client)) => tracing::debug!(transaction_id = id, node = at, client_id = client, "check pushed to another node"),
+                            Ok(None) => tracing::info!(transaction_id = id, node = at, "no producer there any more; the check is retried later"),
+                            Err(e) => tracing::warn!(transaction_id = id, node = at, error = %e, "check not pushed; retried later"),
+                        }
+                    }
                     log_outcome(&id, result);
                 });
             }
