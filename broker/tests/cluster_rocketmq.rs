@@ -21,22 +21,26 @@ type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
 struct Node {
     child: Child,
     addr: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     _log: std::thread::JoinHandle<Vec<String>>,
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        signal_pid(self.child.id(), "KILL");
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 fn start_node(etcd: &str, id: &str) -> Node {
-    start_node_in(tempfile::tempdir().unwrap(), etcd, id)
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = start_node_at(dir.path(), etcd, id, "1s");
+    n._dir = Some(dir);
+    n
 }
 
-fn start_node_in(dir: tempfile::TempDir, etcd: &str, id: &str) -> Node {
+/// A node on data directory `dir` whose transactions are first checked after `txn_timeout`.
+fn start_node_at(dir: &std::path::Path, etcd: &str, id: &str, txn_timeout: &str) -> Node {
     let args = [
         "--etcd",
         etcd,
@@ -49,12 +53,12 @@ fn start_node_in(dir: tempfile::TempDir, etcd: &str, id: &str) -> Node {
         "--metrics-listen",
         "off",
         "--txn-timeout",
-        "1s",
+        txn_timeout,
         "--txn-check-interval",
         "1s",
     ];
-    let (child, addr, log) = start_broker(dir.path(), &args);
-    Node { child, addr, _dir: dir, _log: log }
+    let (child, addr, log) = start_broker(dir, &args);
+    Node { child, addr, _dir: None, _log: log }
 }
 
 fn client_option(addr: &str) -> ClientOption {
@@ -236,5 +240,77 @@ async fn transactions_end_and_are_checked_back_across_nodes() {
     assert_eq!(bodies, want, "committed and checked-back-committed halves, each once; nothing rolled back");
     // Nothing more comes (rolled-back halves never do).
     assert!(drain(&c, "payments", 1, Duration::from_secs(3)).await.is_empty());
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_skipped_and_serves_its_messages_and_halves_when_it_returns() {
+    use rocketmq::model::transaction::{Transaction, TransactionResolution};
+    let etcd = Etcd::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Checks start after 4 s: node 3 dies with an undecided half before its first check.
+    let mut nodes: Vec<Node> =
+        ["n1", "n2", "n3"].iter().zip(&dirs).map(|(id, d)| start_node_at(d.path(), &etcd.url, id, "4s")).collect();
+    for n in &nodes {
+        wait_members(&n.addr, 3).await;
+    }
+    create_topic(&nodes[0].addr, "orders", pb::TopicType::Normal, 6).await;
+    create_topic(&nodes[0].addr, "payments", pb::TopicType::Transaction, 3).await;
+    let p = producer(&nodes[0].addr, &["orders"]).await;
+    let send = |i: usize, tag: &'static str| {
+        MessageBuilder::builder().set_topic("orders").set_body(format!("{tag}{i}").into_bytes()).build().unwrap()
+    };
+    let mut sent = HashSet::new();
+    for i in 0..60 {
+        sent.insert(p.send(send(i, "before-")).await.expect("send").message_id().to_string());
+    }
+    assert!(stored_on(&nodes[2].addr, "orders").await > 0, "node 3 holds some messages");
+
+    let mut opt = ProducerOption::default();
+    opt.set_logging_format(quiet());
+    opt.set_topics(vec!["payments"]);
+    let checker = Box::new(|_id: String, _m: rocketmq::model::message::MessageView| TransactionResolution::COMMIT);
+    let mut tp = Producer::new_transaction_producer(opt, client_option(&nodes[0].addr), checker).unwrap();
+    tp.start().await.unwrap();
+    let mut on_n3 = None;
+    for i in 0..12 {
+        let half =
+            MessageBuilder::transaction_message_builder("payments", format!("half-{i}").into_bytes()).build().unwrap();
+        let t = tp.send_transaction_message(half).await.unwrap();
+        if t.transaction_id().starts_with("n3~") {
+            on_n3 = Some(format!("half-{i}"));
+            drop(t); // undecided: only a check-back decides it
+            break;
+        }
+        t.commit().await.unwrap();
+    }
+    let on_n3 = on_n3.expect("a half landed on node 3");
+
+    // SIGKILL node 3: sends through node 1 go on without an error.
+    let mut n3 = nodes.pop().unwrap();
+    signal_pid(n3.child.id(), "KILL");
+    n3.child.wait().unwrap();
+    let started = Instant::now();
+    for i in 0..60 {
+        sent.insert(p.send(send(i, "during-")).await.expect("send while node 3 is down").message_id().to_string());
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+
+    // Node 3 returns on its data: its messages are consumed and its half is checked back
+    // (through the producer's stream on node 1) and committed.
+    let n3 = start_node_at(dirs[2].path(), &etcd.url, "n3", "4s");
+    wait_members(&nodes[0].addr, 3).await;
+    let c = consumer(&nodes[1].addr, "billing", &["orders", "payments"]).await;
+    let got = drain(&c, "orders", 120, Duration::from_secs(60)).await;
+    let ids: HashSet<String> = got.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(got.len(), 120);
+    assert_eq!(ids, sent, "every message, node 3's included, once");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut halves = Vec::new();
+    while !halves.contains(&on_n3) && Instant::now() < deadline {
+        halves.extend(drain(&c, "payments", 1, Duration::from_secs(2)).await.into_iter().map(|(_, b)| b));
+    }
+    assert!(halves.contains(&on_n3), "node 3's undecided half was checked back and committed: {halves:?}");
+    drop(n3);
     drop(etcd);
 }

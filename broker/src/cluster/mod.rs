@@ -166,7 +166,17 @@ impl Membership {
                 producers: std::sync::RwLock::new(producers::ProducerMap::new()),
             }),
         };
-        m.claim().await?;
+        // A node restarted right after it died finds its old key until the old lease expires:
+        // it waits that long before it refuses (a live holder renews and keeps the key).
+        let deadline = tokio::time::Instant::now() + m.inner.settings.lease_ttl + Duration::from_secs(1);
+        loop {
+            match m.claim().await {
+                Err(ClusterError::NodeIdTaken { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => break other?,
+            }
+        }
         m.refresh_live().await?;
         Ok(m)
     }

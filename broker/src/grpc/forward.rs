@@ -138,23 +138,26 @@ impl Forwarder {
         Ok(Some(p))
     }
 
-    /// The node a send goes to: FIFO messages by their message group's hash over all queues
-    /// (one group stays on one shard), others round robin over the shards of live nodes.
-    pub fn owner_for_send(&self, p: &Placement, message_group: Option<&str>) -> Result<String, BrokerError> {
+    /// The nodes a send may go to, in order: for FIFO messages the owner of their message
+    /// group's queue (its hash over all queues, so one group stays on one shard) alone; for
+    /// others the live owners, starting from the next in turn (round robin), so a send an owner
+    /// fails to take goes to the next.
+    pub fn owners_for_send(&self, p: &Placement, message_group: Option<&str>) -> Result<Vec<String>, BrokerError> {
         if let Some(g) = message_group {
             let q = (crate::codec::fnv1a(g) % u64::from(p.total_queues().max(1))) as u32;
             let shard = p.shard_of(q).ok_or_else(|| Self::unavailable("empty placement"))?;
             if !self.membership.is_live(&shard.node) {
                 return Err(Self::unavailable(format!("node {} (message group {g}) is down", shard.node)));
             }
-            return Ok(shard.node.clone());
+            return Ok(vec![shard.node.clone()]);
         }
-        let live: Vec<&str> = p.shards.iter().map(|s| s.node.as_str()).filter(|n| self.membership.is_live(n)).collect();
+        let live: Vec<String> =
+            p.shards.iter().map(|s| s.node.clone()).filter(|n| self.membership.is_live(n)).collect();
         if live.is_empty() {
             return Err(Self::unavailable(format!("no live node owns queues of {}", p.topic)));
         }
-        let i = self.round_robin.fetch_add(1, Ordering::Relaxed) as usize % live.len();
-        Ok(live[i].to_string())
+        let start = self.round_robin.fetch_add(1, Ordering::Relaxed) as usize % live.len();
+        Ok((0..live.len()).map(|i| live[(start + i) % live.len()].clone()).collect())
     }
 }
 

@@ -896,16 +896,37 @@ impl Messaging {
             let topic = convert::resource_name(first.topic.as_ref(), "topic")?;
             let group = first.system_properties.as_ref().and_then(|s| s.message_group.clone());
             let p = self.placement_of(fw, &topic).await?;
-            let owner = fw.owner_for_send(&p, group.as_deref())?;
-            let body = v2::SendMessageRequest { messages: req.get_ref().messages.clone() };
-            let fwd = forward::forwarded(&req, fw.node_id(), body);
-            let mut r = if owner == fw.node_id() {
-                <Self as MessagingService>::send_message(self, fwd).await
-            } else {
-                fw.client(&owner)?.send_message(fwd).await
+            let mut failed = None;
+            let mut answered = None;
+            // An owner that cannot be reached (down, its lease not expired yet) passes the send
+            // to the next; one that answers, answers for good.
+            for owner in fw.owners_for_send(&p, group.as_deref())? {
+                let body = v2::SendMessageRequest { messages: req.get_ref().messages.clone() };
+                let fwd = forward::forwarded(&req, fw.node_id(), body);
+                let r = if owner == fw.node_id() {
+                    <Self as MessagingService>::send_message(self, fwd).await
+                } else {
+                    match fw.client(&owner) {
+                        Ok(mut c) => c.send_message(fwd).await,
+                        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+                    }
+                };
+                match r {
+                    Ok(r) => {
+                        answered = Some((owner, r.into_inner()));
+                        break;
+                    }
+                    Err(s) => {
+                        tracing::debug!(node = owner, error = %s.message(), "send not forwarded; trying the next owner");
+                        failed = Some(BrokerError::Internal(format!("node {owner}: {}", s.message())));
+                    }
+                }
             }
-            .map_err(|s| BrokerError::Internal(format!("node {owner}: {}", s.message())))?
-            .into_inner();
+            let (owner, mut r) = match (answered, failed) {
+                (Some(a), _) => a,
+                (None, Some(e)) => return Err(e),
+                (None, None) => return Err(BrokerError::Internal("cluster: no owner to send to".into())),
+            };
             for e in &mut r.entries {
                 if !e.transaction_id.is_empty() {
                     e.transaction_id = forward::tag(&owner, &e.transaction_id);
