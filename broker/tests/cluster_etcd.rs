@@ -10,9 +10,10 @@ mod common;
 use common::{signal_pid, start_broker, Etcd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use txmq_proto::admin as pb;
+use txmq_proto::{admin as pb, v2};
 
 type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
+type Messaging = v2::messaging_service_client::MessagingServiceClient<tonic::transport::Channel>;
 
 async fn status(addr: &str) -> pb::ClusterStatusResponse {
     let mut admin = Admin::connect(format!("http://{addr}")).await.unwrap();
@@ -89,9 +90,28 @@ async fn nodes_join_leave_and_are_never_falsely_listed() {
     let s = status(&a1).await;
     assert!(s.nodes[1].epoch > first_epoch, "a rejoin is a new epoch");
 
+    // A topic placed while etcd is up.
+    let mut c = Messaging::connect(format!("http://{a1}")).await.unwrap();
+    let code = |r: v2::SendMessageResponse| r.status.unwrap().code;
+    assert_eq!(
+        code(c.send_message(common::send_request("orders", "m-1")).await.unwrap().into_inner()),
+        v2::Code::Ok as i32
+    );
+
     // etcd stopped: the member list is an error (never an empty or stale "OK"), and the lease
-    // is reported unrenewed; once etcd resumes, so does the cluster.
+    // is reported unrenewed; sends to placed topics need no metadata and go on, while what
+    // needs etcd (placing a new topic) fails clearly; once etcd resumes, so does the cluster.
     etcd.signal("STOP");
+    assert_eq!(
+        code(c.send_message(common::send_request("orders", "m-2")).await.unwrap().into_inner()),
+        v2::Code::Ok as i32
+    );
+    let started = Instant::now();
+    let r = c.send_message(common::send_request("fresh", "m-3")).await.unwrap().into_inner();
+    let st = r.status.unwrap();
+    assert_ne!(st.code, v2::Code::Ok as i32, "no false OK without etcd");
+    assert!(st.message.contains("etcd"), "{st:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "answered within the etcd deadline");
     let mut admin = Admin::connect(format!("http://{a1}")).await.unwrap();
     let s = tokio::time::timeout(Duration::from_secs(10), admin.cluster_status(pb::ClusterStatusRequest {}))
         .await
@@ -105,6 +125,10 @@ async fn nodes_join_leave_and_are_never_falsely_listed() {
         s.status.as_ref().is_some_and(|x| x.code == pb::StatusCode::Ok as i32) && s.lease_healthy && ids(s).len() == 2
     })
     .await;
+    assert_eq!(
+        code(c.send_message(common::send_request("fresh", "m-4")).await.unwrap().into_inner()),
+        v2::Code::Ok as i32
+    );
 
     for n in [&mut n1, &mut n2] {
         signal_pid(n.id(), "TERM");

@@ -27,6 +27,27 @@ use v2::messaging_service_client::MessagingServiceClient;
 /// Metadata key of a request one node passed to another: serve it here.
 pub const FORWARDED: &str = "x-txmq-forwarded-by";
 
+/// Metadata key telling the owner its shard of the request's topic (`TYPE:queues`), so that it
+/// can create its local topic without asking etcd.
+pub const SHARD: &str = "x-txmq-shard";
+
+/// Marks `req` with `node`'s shard of placement `p`, if it has one.
+pub fn with_shard<T>(mut req: Request<T>, p: &Placement, node: &str) -> Request<T> {
+    if let Some(s) = p.shard(node) {
+        if let Ok(v) = format!("{}:{}", p.topic_type, s.queues).parse() {
+            req.metadata_mut().insert(SHARD, v);
+        }
+    }
+    req
+}
+
+/// The shard a forwarded request names: `(type name, queues)`.
+pub fn shard_of<T>(req: &Request<T>) -> Option<(String, u32)> {
+    let v = req.metadata().get(SHARD)?.to_str().ok()?;
+    let (ty, n) = v.split_once(':')?;
+    Some((ty.to_string(), n.parse().ok()?))
+}
+
 /// Separates the owner's node id from an id it made (node ids never contain it).
 const SEP: char = '~';
 

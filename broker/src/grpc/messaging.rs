@@ -813,10 +813,17 @@ impl Messaging {
         if topic.is_empty() || self.broker.topic(topic).is_some() {
             return Ok(());
         }
-        let Some(p) = fw.placement(topic, None).await? else { return Ok(()) };
-        let Some(shard) = p.shard(fw.node_id()) else { return Ok(()) };
-        let ty: crate::model::TopicType = p.topic_type.parse().map_err(BrokerError::BadRequest)?;
-        match self.broker.create_topic(topic, ty, shard.queues).await {
+        // The forwarding node names our shard; without it (an older node), etcd does.
+        let (ty, queues) = match forward::shard_of(req) {
+            Some(s) => s,
+            None => {
+                let Some(p) = fw.placement(topic, None).await? else { return Ok(()) };
+                let Some(shard) = p.shard(fw.node_id()) else { return Ok(()) };
+                (p.topic_type.clone(), shard.queues)
+            }
+        };
+        let ty: crate::model::TopicType = ty.parse().map_err(BrokerError::BadRequest)?;
+        match self.broker.create_topic(topic, ty, queues).await {
             Ok(_) | Err(BrokerError::TopicExists(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -902,7 +909,7 @@ impl Messaging {
             // to the next; one that answers, answers for good.
             for owner in fw.owners_for_send(&p, group.as_deref())? {
                 let body = v2::SendMessageRequest { messages: req.get_ref().messages.clone() };
-                let fwd = forward::forwarded(&req, fw.node_id(), body);
+                let fwd = forward::with_shard(forward::forwarded(&req, fw.node_id(), body), &p, &owner);
                 let r = if owner == fw.node_id() {
                     <Self as MessagingService>::send_message(self, fwd).await
                 } else {
@@ -957,21 +964,22 @@ impl Messaging {
         let topic =
             body.message_queue.as_ref().and_then(|q| q.topic.as_ref()).map(|t| t.name.clone()).unwrap_or_default();
         let asked = body.message_queue.as_ref().and_then(|q| q.broker.as_ref()).map(|b| b.name.clone());
+        let p = match self.placement_of(fw, &topic).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Response::new(single_status_stream(receive_status(status::status(&e))))),
+        };
         // The owner of the broker name the client asked; if it is down (or the name is not a
         // node), this node's shard, else any live owner.
         let owner = match asked.filter(|n| fw.membership.is_live(n)) {
             Some(n) => n,
-            None => match self.placement_of(fw, &topic).await {
-                Ok(p) => p
-                    .shard(fw.node_id())
-                    .map(|s| s.node.clone())
-                    .or_else(|| p.shards.iter().map(|s| s.node.clone()).find(|n| fw.membership.is_live(n)))
-                    .unwrap_or_else(|| fw.node_id().to_string()),
-                Err(e) => return Ok(Response::new(single_status_stream(receive_status(status::status(&e))))),
-            },
+            None => p
+                .shard(fw.node_id())
+                .map(|s| s.node.clone())
+                .or_else(|| p.shards.iter().map(|s| s.node.clone()).find(|n| fw.membership.is_live(n)))
+                .unwrap_or_else(|| fw.node_id().to_string()),
         };
         let timeout = grpc_deadline(&req);
-        let mut fwd = forward::forwarded(&req, fw.node_id(), body);
+        let mut fwd = forward::with_shard(forward::forwarded(&req, fw.node_id(), body), &p, &owner);
         if let Some(t) = timeout {
             fwd.set_timeout(t);
         }
