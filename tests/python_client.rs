@@ -156,3 +156,56 @@ async fn python_signs_in_over_tls_with_its_own_date_format_and_a_wrong_secret_is
     })
     .await;
 }
+
+#[path = "../broker/tests/common/etcd.rs"]
+mod etcd;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sends_transacts_and_consumes_through_single_nodes_of_a_cluster() {
+    use txmq_proto::admin as pb;
+    let etcd = etcd::Etcd::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let mut config = common::fast_config(d.path());
+        config.etcd = Some(etcd.url.clone());
+        config.node_id = Some(format!("n{}", i + 1));
+        config.etcd_lease_ttl = std::time::Duration::from_secs(2);
+        nodes.push(common::start(config).await);
+    }
+    let mut admin = common::admin(&nodes[0]).await;
+    // Every node in the member list before the topics are placed over them.
+    for _ in 0..50 {
+        let s = admin.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner();
+        if s.nodes.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for (name, ty) in [("py-spread", pb::TopicType::Normal), ("py-pay", pb::TopicType::Transaction)] {
+        let r = admin
+            .create_topic(pb::CreateTopicRequest { name: name.into(), r#type: ty as i32, queue_count: 9 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
+    }
+    let script = format!("{}/tests/python/e2e.py", env!("CARGO_MANIFEST_DIR"));
+    let (python, addr, consume_at) = (python(), nodes[0].access_point(), nodes[1].access_point());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(addr)
+            .arg("cluster")
+            .env("PY_CONSUME_AT", consume_at)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.trim_end().ends_with("ok"), "cluster scenario failed:\n{stdout}\n{stderr}");
+    for n in nodes {
+        n.stop().await.unwrap();
+    }
+}

@@ -52,6 +52,16 @@ async fn wait_for(addr: &str, within: Duration, what: &str, cond: impl Fn(&pb::C
     }
 }
 
+/// A broker process killed when dropped (a failing test leaves none behind).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn ids(s: &pb::ClusterStatusResponse) -> Vec<&str> {
     s.nodes.iter().map(|n| n.id.as_str()).collect()
 }
@@ -60,8 +70,9 @@ fn ids(s: &pb::ClusterStatusResponse) -> Vec<&str> {
 async fn nodes_join_leave_and_are_never_falsely_listed() {
     let etcd = Etcd::start();
     let (d1, d2, d3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut n1, a1, _l1) = start_broker(d1.path(), &node_args(&etcd.url, "n1"));
-    let (mut n2, a2, _l2) = start_broker(d2.path(), &node_args(&etcd.url, "n2"));
+    let (n1, a1, _l1) = start_broker(d1.path(), &node_args(&etcd.url, "n1"));
+    let (n2, a2, _l2) = start_broker(d2.path(), &node_args(&etcd.url, "n2"));
+    let (mut n1, mut n2) = (Reaped(n1), Reaped(n2));
 
     let s = status(&a1).await;
     assert_eq!(s.status.as_ref().unwrap().code, pb::StatusCode::Ok as i32);
@@ -77,15 +88,16 @@ async fn nodes_join_leave_and_are_never_falsely_listed() {
     assert!(log.contains("node id n2 is held by a live node"), "{log}");
 
     // SIGKILL: n2 leaves the list once its 2 s lease expires.
-    signal_pid(n2.id(), "KILL");
-    n2.wait().unwrap();
+    signal_pid(n2.0.id(), "KILL");
+    n2.0.wait().unwrap();
     wait_for(&a1, Duration::from_secs(8), "n2 gone", |s| ids(s) == ["n1"]).await;
 
     // Its data directory is n2's: another id is refused there; n2 itself joins again, with a
     // new epoch.
     let log = refused(d2.path(), &node_args(&etcd.url, "n9"));
     assert!(log.contains("the data directory belongs to node n2"), "{log}");
-    let (mut n2, _a2, _l2) = start_broker(d2.path(), &node_args(&etcd.url, "n2"));
+    let (n2_again, _a2, _l2) = start_broker(d2.path(), &node_args(&etcd.url, "n2"));
+    n2 = Reaped(n2_again);
     wait_for(&a1, Duration::from_secs(5), "n2 back", |s| ids(s) == ["n1", "n2"]).await;
     let s = status(&a1).await;
     assert!(s.nodes[1].epoch > first_epoch, "a rejoin is a new epoch");
@@ -131,7 +143,7 @@ async fn nodes_join_leave_and_are_never_falsely_listed() {
     );
 
     for n in [&mut n1, &mut n2] {
-        signal_pid(n.id(), "TERM");
-        n.wait().unwrap();
+        signal_pid(n.0.id(), "TERM");
+        n.0.wait().unwrap();
     }
 }

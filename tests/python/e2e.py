@@ -179,6 +179,55 @@ def lite(address):
     consumer.shutdown()
 
 
+def cluster(address):
+    # Three nodes of one cluster (the test placed `py-spread` over them, 3 queues each, and
+    # `py-pay` as a TRANSACTION topic): the producers know node 1 only, the consumer node 2.
+    import os
+    from rocketmq.grpc_protocol import TransactionResolution
+    from rocketmq.v5.producer import TransactionChecker
+    consume_at = os.environ["PY_CONSUME_AT"]
+    producer = Producer(config(address), ("py-spread",))
+    producer.startup()
+    sent = set()
+    for i in range(60):
+        m = Message()
+        m.topic = "py-spread"
+        m.body = f"m{i}".encode()
+        sent.add(producer.send(m).message_id)
+    producer.shutdown()
+
+    class Checker(TransactionChecker):
+        def check(self, message):
+            return TransactionResolution.COMMIT
+
+    tp = Producer(config(address), ("py-pay",), Checker())
+    tp.startup()
+    committed = set()
+    for i in range(6):
+        for decision in ("commit", "rollback"):
+            transaction = tp.begin_transaction()
+            m = Message()
+            m.topic = "py-pay"
+            m.body = f"{decision}-{i}".encode()
+            receipt = tp.send(m, transaction)
+            # Python sends EndTransaction to the receipt's endpoint: node 1 here.
+            if decision == "commit":
+                transaction.commit()
+                committed.add(receipt.message_id)
+            else:
+                transaction.rollback()
+    tp.shutdown()
+
+    consumer = SimpleConsumer(config(consume_at), "py-spread-readers-" + uuid.uuid4().hex[:8],
+                              {"py-spread": FilterExpression(), "py-pay": FilterExpression()}, await_duration=1)
+    consumer.startup()
+    got = drain(consumer, 66, seconds=40)
+    consumer.shutdown()
+    ids = [m.message_id for m in got]
+    assert len(ids) == len(set(ids)), "a message arrived twice"
+    assert set(ids) == sent | committed, f"received {len(ids)}: missing {len((sent | committed) - set(ids))}, extra {len(set(ids) - (sent | committed))}"
+
+
 def auth(address):
     # The test runs a broker with --auth and TLS where py-app may publish to and consume
     # py-secured as py-readers (its secret in the environment; the broker's CA in
@@ -220,6 +269,6 @@ def auth(address):
 if __name__ == "__main__":
     address, scenario = sys.argv[1], sys.argv[2]
     scenarios = {"sql92": sql92, "gzip": gzip_body, "recall": recall, "priority": priority, "lite": lite,
-                 "auth": auth}
+                 "cluster": cluster, "auth": auth}
     scenarios[scenario](address)
     print("ok")

@@ -159,6 +159,13 @@ impl Forwarder {
         Ok(Some(p))
     }
 
+    /// The next live owner of a shard of `p`, in turn.
+    pub fn next_live_owner(&self, p: &Placement) -> Option<String> {
+        let live: Vec<&str> = p.shards.iter().map(|s| s.node.as_str()).filter(|n| self.membership.is_live(n)).collect();
+        let i = self.round_robin.fetch_add(1, Ordering::Relaxed) as usize % live.len().max(1);
+        live.get(i).map(|n| n.to_string())
+    }
+
     /// The nodes a send may go to, in order: for FIFO messages the owner of their message
     /// group's queue (its hash over all queues, so one group stays on one shard) alone; for
     /// others the live owners, starting from the next in turn (round robin), so a send an owner

@@ -968,15 +968,12 @@ impl Messaging {
             Ok(p) => p,
             Err(e) => return Ok(Response::new(single_status_stream(receive_status(status::status(&e))))),
         };
-        // The owner of the broker name the client asked; if it is down (or the name is not a
-        // node), this node's shard, else any live owner.
+        // The owner of the broker name the client asked; if it is down, or the client names no
+        // owner (a client that does not read routes), the live owners in turn, so that
+        // successive receives reach every shard.
         let owner = match asked.filter(|n| fw.membership.is_live(n)) {
             Some(n) => n,
-            None => p
-                .shard(fw.node_id())
-                .map(|s| s.node.clone())
-                .or_else(|| p.shards.iter().map(|s| s.node.clone()).find(|n| fw.membership.is_live(n)))
-                .unwrap_or_else(|| fw.node_id().to_string()),
+            None => fw.next_live_owner(&p).unwrap_or_else(|| fw.node_id().to_string()),
         };
         let timeout = grpc_deadline(&req);
         let mut fwd = forward::with_shard(forward::forwarded(&req, fw.node_id(), body), &p, &owner);

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The cost of the cluster's forwarding, and what etcd sees under load: runs `txmq bench send`
+# and `txmq bench e2e --txn` against a standalone broker and against one node of a 3-node
+# cluster (a local etcd, three brokers on loopback, all on this machine), interleaved, and
+# counts etcd's gRPC requests (its own /metrics) while each cluster run lasts.
+#
+#   bash bench/cluster.sh [REPS] [DURATION]
+#
+# Needs etcd (`apt-get install etcd-server`). Prints RESULT lines tagged with the rep and the
+# setup, and one ETCD line per cluster run: requests during the run and per 1,000 messages.
+set -euo pipefail
+reps=${1:-2} duration=${2:-10s}
+cd "$(dirname "$0")/.."
+cargo build --release -q -p txmq -p txmq-broker
+txmq=target/release/txmq broker=target/release/txmq-broker
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_up() { for _ in $(seq 100); do "$txmq" --broker "$1" status >/dev/null 2>&1 && return; sleep 0.1; done; echo "no broker at $1" >&2; exit 1; }
+etcd_requests() { curl -s "http://127.0.0.1:22379/metrics" | awk '/^grpc_server_started_total/ {s += $NF} END {printf "%d", s}'; }
+
+etcd --name bench --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:22379 \
+  --advertise-client-urls http://127.0.0.1:22379 --listen-peer-urls http://127.0.0.1:22380 \
+  --initial-advertise-peer-urls http://127.0.0.1:22380 --initial-cluster bench=http://127.0.0.1:22380 \
+  >"$work/etcd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -s http://127.0.0.1:22379/health >/dev/null 2>&1 && break; sleep 0.1; done
+
+for rep in $(seq 1 "$reps"); do
+  for setup in standalone cluster; do
+    dir="$work/$setup-$rep"
+    mkdir -p "$dir"
+    started=()
+    if [ "$setup" = standalone ]; then
+      "$broker" --listen 127.0.0.1:18291 --data-dir "$dir/n0" --metrics-listen off >"$dir/n0.log" 2>&1 &
+      started+=($!)
+    else
+      for i in 1 2 3; do
+        "$broker" --listen 127.0.0.1:1829$i --data-dir "$dir/n$i" --metrics-listen off \
+          --etcd http://127.0.0.1:22379 --etcd-prefix "/bench-$rep" --node-id "n$i" >"$dir/n$i.log" 2>&1 &
+        started+=($!)
+      done
+    fi
+    pids+=("${started[@]}")
+    wait_up 127.0.0.1:18291
+    [ "$setup" = cluster ] && { wait_up 127.0.0.1:18292; wait_up 127.0.0.1:18293; sleep 4; }
+    if [ "$setup" = cluster ]; then
+      # etcd requests with the cluster idle, for comparison: they depend on time, not load.
+      before=$(etcd_requests); sleep "${duration%s}"; after=$(etcd_requests)
+      echo "ETCD rep=$rep scenario=idle requests=$((after - before)) msgs=0"
+    fi
+    for scenario in "send" "e2e --txn"; do
+      before=$(etcd_requests)
+      # shellcheck disable=SC2086
+      out=$("$txmq" --broker 127.0.0.1:18291 bench $scenario --duration "$duration" 2>/dev/null | grep '^RESULT')
+      after=$(etcd_requests)
+      echo "rep=$rep setup=$setup $out"
+      if [ "$setup" = cluster ]; then
+        msgs=$(echo "$out" | sed -n 's/.* msgs=\([0-9]*\).*/\1/p')
+        echo "ETCD rep=$rep scenario=${scenario// /-} requests=$((after - before)) msgs=$msgs per_1000_msgs=$(awk -v r=$((after - before)) -v m="$msgs" 'BEGIN {printf "%.2f", m ? r * 1000 / m : 0}')"
+      fi
+    done
+    for p in "${started[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
+  done
+done
