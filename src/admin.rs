@@ -209,8 +209,15 @@ pub async fn status(broker: &str, out: Output) -> anyhow::Result<()> {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// The live nodes (as etcd lists them) and whether this node's lease is renewed.
+    /// The live nodes (as etcd lists them), their load, and which node owns which queues.
     Status,
+    /// Place no new queues on a node (existing ones stay), e.g. before taking it away.
+    Drain {
+        node: String,
+        /// Take the node back: new queues may go to it again.
+        #[arg(long)]
+        undo: bool,
+    },
 }
 
 #[derive(Serialize)]
@@ -219,6 +226,8 @@ struct ClusterView {
     node_id: String,
     lease_healthy: bool,
     nodes: Vec<ClusterNodeView>,
+    /// Topic → `(node, queues)` per shard.
+    placements: Vec<(String, Vec<(String, u32)>)>,
 }
 
 #[derive(Serialize)]
@@ -228,6 +237,8 @@ struct ClusterNodeView {
     member_for_s: i64,
     epoch: i64,
     version: String,
+    owned_queues: u32,
+    drained: bool,
 }
 
 pub async fn cluster(broker: &str, cmd: ClusterCommand, out: Output) -> anyhow::Result<()> {
@@ -250,7 +261,14 @@ pub async fn cluster(broker: &str, cmd: ClusterCommand, out: Output) -> anyhow::
                         member_for_s: (now - n.joined_at_ms).max(0) / 1000,
                         epoch: n.epoch,
                         version: n.version,
+                        owned_queues: n.owned_queues,
+                        drained: n.drained,
                     })
+                    .collect(),
+                placements: r
+                    .placements
+                    .into_iter()
+                    .map(|p| (p.topic, p.shards.into_iter().map(|s| (s.node, s.queues)).collect()))
                     .collect(),
             };
             out.emit(&v, || {
@@ -277,6 +295,23 @@ pub async fn cluster(broker: &str, cmd: ClusterCommand, out: Output) -> anyhow::
                     v.nodes.len(),
                     table(&["NODE", "ADDRESS", "MEMBER-FOR", "EPOCH", "VERSION"], &rows)
                 )
+            })
+        }
+        ClusterCommand::Drain { node, undo } => {
+            let r = c.drain_node(pb::DrainNodeRequest { node: node.clone(), undo }).await?.into_inner();
+            check(r.status)?;
+            #[derive(Serialize)]
+            struct Drained {
+                node: String,
+                drained: bool,
+            }
+            let d = Drained { node, drained: !undo };
+            out.emit(&d, || {
+                if d.drained {
+                    format!("node {} drained: no new queues go to it\n", d.node)
+                } else {
+                    format!("node {} takes new queues again\n", d.node)
+                }
             })
         }
     }

@@ -83,6 +83,34 @@ async fn nodes_join_leave_and_are_never_falsely_listed() {
     assert_eq!(addresses, [a1.as_str(), a2.as_str()], "each node publishes the address it serves");
     let first_epoch = s.nodes[1].epoch;
 
+    // Placement: a topic's queues spread over the nodes; a drained node gets no new ones.
+    let mut admin = Admin::connect(format!("http://{a1}")).await.unwrap();
+    let create = |name: &str, queues: u32| pb::CreateTopicRequest {
+        name: name.into(),
+        r#type: pb::TopicType::Normal as i32,
+        queue_count: queues,
+    };
+    let ok_code = pb::StatusCode::Ok as i32;
+    assert_eq!(admin.create_topic(create("spread", 4)).await.unwrap().into_inner().status.unwrap().code, ok_code);
+    let drain = pb::DrainNodeRequest { node: "n2".into(), undo: false };
+    assert_eq!(admin.drain_node(drain).await.unwrap().into_inner().status.unwrap().code, ok_code);
+    assert_eq!(admin.create_topic(create("on-n1", 3)).await.unwrap().into_inner().status.unwrap().code, ok_code);
+    let s = status(&a2).await;
+    let shards = |topic: &str| -> Vec<(String, u32)> {
+        let p = s.placements.iter().find(|p| p.topic == topic).unwrap();
+        p.shards.iter().map(|x| (x.node.clone(), x.queues)).collect()
+    };
+    assert_eq!(shards("spread"), [("n1".to_string(), 2), ("n2".to_string(), 2)]);
+    assert_eq!(shards("on-n1"), [("n1".to_string(), 3)], "nothing new on the drained node");
+    let load: Vec<(bool, u32)> = s.nodes.iter().map(|n| (n.drained, n.owned_queues)).collect();
+    assert_eq!(load, [(false, 5), (true, 2)]);
+    let undo = pb::DrainNodeRequest { node: "n2".into(), undo: true };
+    assert_eq!(admin.drain_node(undo).await.unwrap().into_inner().status.unwrap().code, ok_code);
+    assert_eq!(admin.create_topic(create("least-loaded", 1)).await.unwrap().into_inner().status.unwrap().code, ok_code);
+    let s = status(&a1).await;
+    let p = s.placements.iter().find(|p| p.topic == "least-loaded").unwrap();
+    assert_eq!(p.shards[0].node, "n2", "a new queue goes to the least-loaded node");
+
     // A second process with a live node's id is refused, whatever its data directory.
     let log = refused(d3.path(), &node_args(&etcd.url, "n2"));
     assert!(log.contains("node id n2 is held by a live node"), "{log}");

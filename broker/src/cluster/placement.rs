@@ -71,6 +71,68 @@ impl Placement {
 }
 
 impl Membership {
+    /// Every placed topic, read from etcd.
+    pub async fn placements(&self) -> Result<Vec<Placement>, ClusterError> {
+        let mut client = self.inner.client.clone();
+        let prefix = format!("{}/topics/", self.inner.settings.prefix);
+        let answer = timed("list placements", client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))).await?;
+        let mut out = Vec::new();
+        for kv in answer.kvs() {
+            match serde_json::from_slice::<Placement>(kv.value()) {
+                Ok(mut p) => {
+                    p.epoch = kv.create_revision();
+                    out.push(p);
+                }
+                Err(e) => tracing::warn!(key = ?kv.key_str(), error = %e, "unreadable placement in etcd"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn drained_prefix(&self) -> String {
+        format!("{}/drained/", self.inner.settings.prefix)
+    }
+
+    /// Marks node `node` drained (no new queues go to it), or not.
+    pub async fn set_drained(&self, node: &str, drained: bool) -> Result<(), ClusterError> {
+        let mut client = self.inner.client.clone();
+        let key = format!("{}{node}", self.drained_prefix());
+        if drained {
+            timed("drain node", client.put(key, "drained", None)).await?;
+        } else {
+            timed("undrain node", client.delete(key, None)).await?;
+        }
+        Ok(())
+    }
+
+    /// The drained nodes, read from etcd.
+    pub async fn drained(&self) -> Result<Vec<String>, ClusterError> {
+        let mut client = self.inner.client.clone();
+        let prefix = self.drained_prefix();
+        let answer =
+            timed("list drained nodes", client.get(prefix.clone(), Some(etcd_client::GetOptions::new().with_prefix()))).await?;
+        Ok(answer.kvs().iter().filter_map(|kv| kv.key_str().ok()?.strip_prefix(&prefix).map(str::to_string)).collect())
+    }
+
+    /// The nodes new queues may go to: live and not drained, least loaded (fewest owned
+    /// queues) first; all live nodes when every one is drained.
+    pub async fn placement_candidates(&self) -> Result<Vec<String>, ClusterError> {
+        let live: Vec<String> = self.members().await?.into_iter().map(|m| m.record.id).collect();
+        let drained = self.drained().await?;
+        let mut load: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+        for p in self.placements().await? {
+            for s in p.shards {
+                *load.entry(s.node).or_default() += s.queues;
+            }
+        }
+        let mut nodes: Vec<String> = live.iter().filter(|n| !drained.contains(n)).cloned().collect();
+        if nodes.is_empty() {
+            nodes = live;
+        }
+        nodes.sort_by_key(|n| (load.get(n).copied().unwrap_or(0), n.clone()));
+        Ok(nodes)
+    }
+
     fn placement_key(&self, topic: &str) -> String {
         format!("{}/topics/{topic}", self.inner.settings.prefix)
     }

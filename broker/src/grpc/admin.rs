@@ -196,33 +196,74 @@ impl Admin for AdminService {
         let Some(m) = &self.cluster else {
             return Ok(Response::new(pb::ClusterStatusResponse { status: ok(), ..Default::default() }));
         };
-        let answer = match m.members().await {
-            Ok(members) => pb::ClusterStatusResponse {
-                status: ok(),
-                clustered: true,
-                node_id: m.node_id().to_string(),
-                lease_healthy: m.healthy(),
-                nodes: members
-                    .into_iter()
+        let read = async { Ok::<_, crate::cluster::ClusterError>((m.members().await?, m.placements().await?, m.drained().await?)) };
+        let answer = match read.await {
+            Ok((members, placements, drained)) => {
+                let mut load: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+                for p in &placements {
+                    for s in &p.shards {
+                        *load.entry(s.node.as_str()).or_default() += s.queues;
+                    }
+                }
+                let nodes = members
+                    .iter()
                     .map(|n| pb::ClusterNode {
-                        id: n.record.id,
-                        address: n.record.address,
+                        id: n.record.id.clone(),
+                        address: n.record.address.clone(),
                         joined_at_ms: n.record.joined_at_ms,
                         epoch: n.epoch,
-                        version: n.record.version,
+                        version: n.record.version.clone(),
+                        owned_queues: load.get(n.record.id.as_str()).copied().unwrap_or(0),
+                        drained: drained.contains(&n.record.id),
                     })
-                    .collect(),
-            },
+                    .collect();
+                let placements = placements
+                    .iter()
+                    .map(|p| pb::TopicPlacement {
+                        topic: p.topic.clone(),
+                        r#type: p.topic_type.clone(),
+                        shards: p.shards.iter().map(|s| pb::Shard { node: s.node.clone(), queues: s.queues }).collect(),
+                    })
+                    .collect();
+                pb::ClusterStatusResponse {
+                    status: ok(),
+                    clustered: true,
+                    node_id: m.node_id().to_string(),
+                    lease_healthy: m.healthy(),
+                    nodes,
+                    placements,
+                }
+            }
             // etcd unreachable: say so, never an empty member list that looks true.
             Err(e) => pb::ClusterStatusResponse {
                 status: Some(pb::Status { code: pb::StatusCode::Unavailable as i32, message: e.to_string() }),
                 clustered: true,
                 node_id: m.node_id().to_string(),
                 lease_healthy: m.healthy(),
-                nodes: Vec::new(),
+                ..Default::default()
             },
         };
         Ok(Response::new(answer))
+    }
+
+    async fn drain_node(&self, req: Request<pb::DrainNodeRequest>) -> GrpcResult<pb::DrainNodeResponse> {
+        let req = req.into_inner();
+        let Some(m) = &self.cluster else {
+            let e = BrokerError::BadRequest("a standalone broker has no cluster to drain".into());
+            return Ok(Response::new(pb::DrainNodeResponse { status: status(&e) }));
+        };
+        if let Err(e) = crate::cluster::validate_node_id(&req.node) {
+            return Ok(Response::new(pb::DrainNodeResponse { status: status(&BrokerError::BadRequest(e)) }));
+        }
+        Ok(Response::new(match m.set_drained(&req.node, !req.undo).await {
+            Ok(()) => {
+                tracing::info!(node = req.node, drained = !req.undo, "node drain changed");
+                pb::DrainNodeResponse { status: ok() }
+            }
+            Err(e) => pb::DrainNodeResponse {
+                status: Some(pb::Status { code: pb::StatusCode::Unavailable as i32, message: e.to_string() }),
+            },
+        }))
     }
 
     async fn describe_topic(&self, req: Request<pb::DescribeTopicRequest>) -> GrpcResult<pb::DescribeTopicResponse> {
@@ -505,8 +546,7 @@ impl AdminService {
         if crate::topics::is_reserved(name) {
             return Err(BrokerError::IllegalTopic(format!("{name} is a reserved system topic name")));
         }
-        let members = m.members().await.map_err(|e| BrokerError::Internal(format!("cluster: {e}")))?;
-        let nodes: Vec<String> = members.into_iter().map(|n| n.record.id).collect();
+        let nodes = m.placement_candidates().await.map_err(|e| BrokerError::Internal(format!("cluster: {e}")))?;
         let proposed = crate::cluster::Placement::spread(name, ty.as_str(), count, &nodes);
         let (placed, created) =
             m.create_placement(proposed).await.map_err(|e| BrokerError::Internal(format!("cluster: {e}")))?;

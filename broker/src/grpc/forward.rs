@@ -145,9 +145,8 @@ impl Forwarder {
             return Ok(Some(p));
         }
         let Some((topic_type, queues)) = create else { return Ok(None) };
-        // A fresh member list (topic creation is rare): the cache may predate a node's join.
-        let members = self.membership.members().await.map_err(Self::unavailable)?;
-        let mut nodes: Vec<String> = members.into_iter().map(|m| m.record.id).collect();
+        // Fresh from etcd (topic creation is rare): live, not drained, least loaded first.
+        let mut nodes = self.membership.placement_candidates().await.map_err(Self::unavailable)?;
         if nodes.is_empty() {
             nodes.push(self.node_id().to_string());
         }
