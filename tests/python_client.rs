@@ -171,6 +171,7 @@ async fn python_sends_transacts_and_consumes_through_single_nodes_of_a_cluster()
         config.etcd = Some(etcd.url.clone());
         config.node_id = Some(format!("n{}", i + 1));
         config.etcd_lease_ttl = std::time::Duration::from_secs(2);
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         nodes.push(common::start(config).await);
     }
     let mut admin = common::admin(&nodes[0]).await;
@@ -205,6 +206,19 @@ async fn python_sends_transacts_and_consumes_through_single_nodes_of_a_cluster()
     .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && stdout.trim_end().ends_with("ok"), "cluster scenario failed:\n{stdout}\n{stderr}");
+    // Node 1 passed sends to the others, and says so in its node-labelled metrics.
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(nodes[0].metrics_addr.unwrap()).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    for to in ["n2", "n3"] {
+        let series = format!("txmq_cluster_forwards_total{{node=\"n1\",rpc=\"SendMessage\",to=\"{to}\"}} ");
+        assert!(metrics.lines().any(|l| l.starts_with(&series)), "no {series} in:\n{metrics}");
+    }
     for n in nodes {
         n.stop().await.unwrap();
     }

@@ -97,6 +97,9 @@ pub struct Metrics {
     pub check_answers: Counter,
     pub txn_decisions: Counter,
     pub txn_parked: Counter,
+    /// Requests passed to another node of the cluster, by RPC and node.
+    pub forwards: Counter,
+    pub forward_latency: Mutex<BTreeMap<&'static str, std::sync::Arc<Histogram>>>,
     pub rpc_latency: Mutex<BTreeMap<&'static str, std::sync::Arc<Histogram>>>,
     pub flush_latency: Histogram,
     pub flush_batch: Histogram,
@@ -117,6 +120,8 @@ impl Default for Metrics {
             check_answers: Counter::default(),
             txn_decisions: Counter::default(),
             txn_parked: Counter::default(),
+            forwards: Counter::default(),
+            forward_latency: Mutex::new(BTreeMap::new()),
             rpc_latency: Mutex::new(BTreeMap::new()),
             flush_latency: Histogram::new(&LATENCY_BUCKETS),
             flush_batch: Histogram::new(&SIZE_BUCKETS),
@@ -140,6 +145,16 @@ impl Metrics {
     /// Records the latency of one RPC.
     pub fn rpc(&self, rpc: &'static str, took: Duration) {
         let h = crate::sync::lock(&self.rpc_latency)
+            .entry(rpc)
+            .or_insert_with(|| std::sync::Arc::new(Histogram::new(&LATENCY_BUCKETS)))
+            .clone();
+        h.observe(took.as_secs_f64());
+    }
+
+    /// Records a request passed to node `node` and how long it took to answer.
+    pub fn forward(&self, rpc: &'static str, node: &str, took: Duration) {
+        self.forwards.add(&[rpc, node], 1);
+        let h = crate::sync::lock(&self.forward_latency)
             .entry(rpc)
             .or_insert_with(|| std::sync::Arc::new(Histogram::new(&LATENCY_BUCKETS)))
             .clone();
@@ -244,6 +259,22 @@ impl Metrics {
         for (rpc, h) in crate::sync::lock(&self.rpc_latency).iter() {
             h.render(&mut out, "txmq_rpc_duration_seconds", &format!("rpc=\"{rpc}\""));
         }
+        family(
+            &mut out,
+            "txmq_cluster_forwards_total",
+            "counter",
+            "Requests passed to the node owning what they concern, by RPC and node.",
+        );
+        self.forwards.render(&mut out, "txmq_cluster_forwards_total", &["rpc", "to"]);
+        family(
+            &mut out,
+            "txmq_cluster_forward_duration_seconds",
+            "histogram",
+            "Time for another node to answer a passed request, by RPC (receives include their long poll).",
+        );
+        for (rpc, h) in crate::sync::lock(&self.forward_latency).iter() {
+            h.render(&mut out, "txmq_cluster_forward_duration_seconds", &format!("rpc=\"{rpc}\""));
+        }
         family(&mut out, "txmq_store_flush_duration_seconds", "histogram", "Group commit: apply + fsync time.");
         self.flush_latency.render(&mut out, "txmq_store_flush_duration_seconds", "");
         family(&mut out, "txmq_store_flush_batch_size", "histogram", "Group commit: writes per flush.");
@@ -256,8 +287,46 @@ impl Metrics {
     }
 }
 
+/// `text` (an exposition) with `node="<node>"` added to every sample: the series of one cluster
+/// node, told apart from the others'.
+pub fn label_node(text: &str, node: &str) -> String {
+    let label = format!("node=\"{}\"", escape(node));
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            out.push_str(line);
+        } else if let Some(i) = line.find('{') {
+            out.push_str(&line[..=i]);
+            out.push_str(&label);
+            if !line[i + 1..].starts_with('}') {
+                out.push(',');
+            }
+            out.push_str(&line[i + 1..]);
+        } else if let Some(i) = line.find(' ') {
+            out.push_str(&line[..i]);
+            out.push('{');
+            out.push_str(&label);
+            out.push('}');
+            out.push_str(&line[i..]);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_sample_gets_the_node_label() {
+        let text = "# HELP a x\n# TYPE a gauge\na 1\nb{topic=\"t\"} 2\nc{} 3\n";
+        assert_eq!(
+            super::label_node(text, "n1"),
+            "# HELP a x\n# TYPE a gauge\na{node=\"n1\"} 1\nb{node=\"n1\",topic=\"t\"} 2\nc{node=\"n1\"} 3\n"
+        );
+    }
+
     use super::*;
 
     #[test]

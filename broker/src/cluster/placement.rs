@@ -75,7 +75,8 @@ impl Membership {
     pub async fn placements(&self) -> Result<Vec<Placement>, ClusterError> {
         let mut client = self.inner.client.clone();
         let prefix = format!("{}/topics/", self.inner.settings.prefix);
-        let answer = timed("list placements", client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))).await?;
+        let answer =
+            timed("list placements", client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))).await?;
         let mut out = Vec::new();
         for kv in answer.kvs() {
             match serde_json::from_slice::<Placement>(kv.value()) {
@@ -110,7 +111,8 @@ impl Membership {
         let mut client = self.inner.client.clone();
         let prefix = self.drained_prefix();
         let answer =
-            timed("list drained nodes", client.get(prefix.clone(), Some(etcd_client::GetOptions::new().with_prefix()))).await?;
+            timed("list drained nodes", client.get(prefix.clone(), Some(etcd_client::GetOptions::new().with_prefix())))
+                .await?;
         Ok(answer.kvs().iter().filter_map(|kv| kv.key_str().ok()?.strip_prefix(&prefix).map(str::to_string)).collect())
     }
 

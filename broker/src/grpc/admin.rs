@@ -196,7 +196,9 @@ impl Admin for AdminService {
         let Some(m) = &self.cluster else {
             return Ok(Response::new(pb::ClusterStatusResponse { status: ok(), ..Default::default() }));
         };
-        let read = async { Ok::<_, crate::cluster::ClusterError>((m.members().await?, m.placements().await?, m.drained().await?)) };
+        let read = async {
+            Ok::<_, crate::cluster::ClusterError>((m.members().await?, m.placements().await?, m.drained().await?))
+        };
         let answer = match read.await {
             Ok((members, placements, drained)) => {
                 let mut load: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();

@@ -801,6 +801,13 @@ impl MessagingService for Messaging {
 /// what they concern (see `grpc::forward`). A request another node passed on takes the
 /// standalone path.
 impl Messaging {
+    /// Counts a request passed to another node and how long it took.
+    fn note_forward(&self, rpc: &'static str, owner: &str, started: std::time::Instant) {
+        if self.cluster.as_ref().is_some_and(|fw| fw.node_id() != owner) {
+            self.broker.metrics().forward(rpc, owner, started.elapsed());
+        }
+    }
+
     /// The forwarder, when this request is one to route (clustered, and not forwarded).
     fn cluster_path<T>(&self, req: &Request<T>) -> Option<Arc<Forwarder>> {
         self.cluster.clone().filter(|_| !forward::is_forwarded(req))
@@ -910,6 +917,7 @@ impl Messaging {
             for owner in fw.owners_for_send(&p, group.as_deref())? {
                 let body = v2::SendMessageRequest { messages: req.get_ref().messages.clone() };
                 let fwd = forward::with_shard(forward::forwarded(&req, fw.node_id(), body), &p, &owner);
+                let started = std::time::Instant::now();
                 let r = if owner == fw.node_id() {
                     <Self as MessagingService>::send_message(self, fwd).await
                 } else {
@@ -918,6 +926,7 @@ impl Messaging {
                         Err(e) => Err(tonic::Status::unavailable(e.to_string())),
                     }
                 };
+                self.note_forward("SendMessage", &owner, started);
                 match r {
                     Ok(r) => {
                         answered = Some((owner, r.into_inner()));
@@ -980,6 +989,7 @@ impl Messaging {
         if let Some(t) = timeout {
             fwd.set_timeout(t);
         }
+        let started = std::time::Instant::now();
         let stream: BoxStream<v2::ReceiveMessageResponse> = if owner == fw.node_id() {
             <Self as MessagingService>::receive_message(self, fwd).await?.into_inner()
         } else {
@@ -988,7 +998,10 @@ impl Messaging {
                 Err(e) => return Ok(Response::new(single_status_stream(receive_status(status::status(&e))))),
             };
             match client.receive_message(fwd).await {
-                Ok(r) => Box::pin(r.into_inner()),
+                Ok(r) => {
+                    self.note_forward("ReceiveMessage", &owner, started);
+                    Box::pin(r.into_inner())
+                }
                 Err(s) => {
                     let e = BrokerError::Internal(format!("node {owner}: {}", s.message()));
                     return Ok(Response::new(single_status_stream(receive_status(status::status(&e)))));
@@ -1029,6 +1042,7 @@ impl Messaging {
             let (places, entries): (Vec<usize>, Vec<v2::AckMessageEntry>) = entries.into_iter().unzip();
             let part = v2::AckMessageRequest { group: body.group.clone(), topic: body.topic.clone(), entries };
             let fwd = forward::forwarded(&req, fw.node_id(), part);
+            let started = std::time::Instant::now();
             let answer = if owner == fw.node_id() {
                 <Self as MessagingService>::ack_message(self, fwd).await
             } else {
@@ -1037,6 +1051,7 @@ impl Messaging {
                     Err(e) => Err(tonic::Status::unavailable(e.to_string())),
                 }
             };
+            self.note_forward("AckMessage", &owner, started);
             match answer {
                 Ok(r) => {
                     for (place, entry) in places.into_iter().zip(r.into_inner().entries) {
@@ -1076,6 +1091,7 @@ impl Messaging {
         let owner = owner.to_string();
         let part = v2::ChangeInvisibleDurationRequest { receipt_handle: raw.to_string(), ..body.clone() };
         let fwd = forward::forwarded(&req, fw.node_id(), part);
+        let started = std::time::Instant::now();
         let answer = if owner == fw.node_id() {
             <Self as MessagingService>::change_invisible_duration(self, fwd).await
         } else {
@@ -1084,6 +1100,7 @@ impl Messaging {
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             }
         };
+        self.note_forward("ChangeInvisibleDuration", &owner, started);
         Ok(Response::new(match answer {
             Ok(r) => {
                 let mut r = r.into_inner();
@@ -1107,6 +1124,7 @@ impl Messaging {
         let owner = owner.to_string();
         let part = v2::ForwardMessageToDeadLetterQueueRequest { receipt_handle: raw.to_string(), ..body };
         let fwd = forward::forwarded(&req, fw.node_id(), part);
+        let started = std::time::Instant::now();
         let answer = if owner == fw.node_id() {
             <Self as MessagingService>::forward_message_to_dead_letter_queue(self, fwd).await
         } else {
@@ -1115,6 +1133,7 @@ impl Messaging {
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             }
         };
+        self.note_forward("ForwardMessageToDeadLetterQueue", &owner, started);
         Ok(answer.unwrap_or_else(|s| {
             Response::new(v2::ForwardMessageToDeadLetterQueueResponse {
                 status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),
@@ -1132,6 +1151,7 @@ impl Messaging {
         let owner = owner.to_string();
         let part = v2::EndTransactionRequest { transaction_id: raw.to_string(), ..body };
         let fwd = forward::forwarded(&req, fw.node_id(), part);
+        let started = std::time::Instant::now();
         let answer = if owner == fw.node_id() {
             <Self as MessagingService>::end_transaction(self, fwd).await
         } else {
@@ -1140,6 +1160,7 @@ impl Messaging {
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             }
         };
+        self.note_forward("EndTransaction", &owner, started);
         Ok(answer.unwrap_or_else(|s| {
             Response::new(v2::EndTransactionResponse {
                 status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),
@@ -1157,6 +1178,7 @@ impl Messaging {
         let owner = owner.to_string();
         let part = v2::RecallMessageRequest { recall_handle: raw.to_string(), ..body };
         let fwd = forward::forwarded(&req, fw.node_id(), part);
+        let started = std::time::Instant::now();
         let answer = if owner == fw.node_id() {
             <Self as MessagingService>::recall_message(self, fwd).await
         } else {
@@ -1165,6 +1187,7 @@ impl Messaging {
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             }
         };
+        self.note_forward("RecallMessage", &owner, started);
         Ok(answer.unwrap_or_else(|s| {
             Response::new(v2::RecallMessageResponse {
                 status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),

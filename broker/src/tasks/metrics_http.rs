@@ -43,7 +43,13 @@ async fn answer(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
     let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
     let (status, body) = if line.starts_with(b"GET /metrics") {
         let gauges = tokio::task::block_in_place(|| broker.gauges());
-        ("200 OK", broker.metrics().render(&gauges))
+        let text = broker.metrics().render(&gauges);
+        // A cluster node labels its series with its node id.
+        let c = broker.config();
+        match (&c.etcd, &c.node_id) {
+            (Some(_), Some(node)) => ("200 OK", crate::metrics::label_node(&text, node)),
+            _ => ("200 OK", text),
+        }
     } else {
         ("404 Not Found", "not found; try /metrics\n".to_string())
     };
