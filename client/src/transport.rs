@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -11,7 +12,8 @@ use v2::messaging_service_client::MessagingServiceClient;
 /// Where and how to reach the broker.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Broker address, `host:port`.
+    /// Broker address, `host:port`; several, comma-separated (nodes of one cluster), spread
+    /// requests over those that answer.
     pub endpoint: String,
     /// Deadline of each unary call.
     pub request_timeout: Duration,
@@ -36,11 +38,21 @@ impl ClientConfig {
         self
     }
 
-    /// The endpoint to dial, with TLS when configured; connects lazily.
+    /// The endpoint to dial, with TLS when configured; connects lazily. With several
+    /// addresses, the first.
     pub fn endpoint(&self) -> Result<Endpoint> {
+        self.endpoints()?.into_iter().next().ok_or_else(|| Error::InvalidArgument("no broker address".into()))
+    }
+
+    /// Every address of `endpoint`, configured like [`Self::endpoint`].
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>> {
+        self.endpoint.split(',').map(str::trim).filter(|a| !a.is_empty()).map(|a| self.endpoint_for(a)).collect()
+    }
+
+    fn endpoint_for(&self, address: &str) -> Result<Endpoint> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.endpoint))
-            .map_err(|e| Error::InvalidArgument(format!("bad endpoint {:?}: {e}", self.endpoint)))?
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| Error::InvalidArgument(format!("bad endpoint {address:?}: {e}")))?
             .connect_timeout(self.request_timeout)
             .tcp_nodelay(true);
         if let Some(ca_file) = &self.tls {
@@ -154,7 +166,7 @@ impl tonic::service::Interceptor for Headers {
     }
 }
 
-pub(crate) type Rpc = MessagingServiceClient<InterceptedService<Channel, Headers>>;
+pub(crate) type Rpc = MessagingServiceClient<InterceptedService<Spread, Headers>>;
 
 static CLIENT_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -166,16 +178,150 @@ pub(crate) fn new_client_id() -> String {
 }
 
 /// A lazily connected channel: calls fail with [`Error::Unavailable`] while the broker is down
-/// and work again once it is back.
+/// and work again once it is back. With several addresses (nodes of a cluster, any of which
+/// serves every call), see [`Spread`].
 pub(crate) fn connect(config: &ClientConfig, client_id: &str) -> Result<Rpc> {
-    let channel = config.endpoint()?.connect_lazy();
+    let endpoints = config.endpoints()?;
+    if endpoints.is_empty() {
+        return Err(Error::InvalidArgument("no broker address".into()));
+    }
     let client_id = client_id
         .parse()
         .map_err(|_| Error::InvalidArgument(format!("client id {client_id:?} is not a valid header value")))?;
     Ok(MessagingServiceClient::with_interceptor(
-        channel,
+        Spread::new(endpoints),
         Headers { client_id, signer: Signer(config.credentials.clone()) },
     ))
+}
+
+/// How often an address that failed a call is tried again (by a TCP connect) until it answers.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// The channels of a client, one per address, used in turn. An address whose call fails at the
+/// transport (refused, reset: the node is down) is left out from that moment until it accepts
+/// a connection again, so a node going away costs the calls in flight to it, not later ones.
+#[derive(Clone)]
+pub(crate) struct Spread {
+    inner: Arc<SpreadInner>,
+}
+
+struct SpreadInner {
+    channels: Vec<(String, Channel)>,
+    down: Vec<std::sync::atomic::AtomicBool>,
+    next: AtomicU64,
+    /// True once every address was tried at start (several addresses only): the first calls
+    /// wait for it (a few milliseconds), so they avoid an address that is down from the start.
+    probed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Spread {
+    fn new(endpoints: Vec<Endpoint>) -> Self {
+        let channels: Vec<(String, Channel)> = endpoints
+            .into_iter()
+            .map(|e| {
+                let uri = e.uri();
+                (format!("{}:{}", uri.host().unwrap_or_default(), uri.port_u16().unwrap_or(0)), e.connect_lazy())
+            })
+            .collect();
+        let down = channels.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
+        let single = channels.len() < 2;
+        let (done, probed) = tokio::sync::watch::channel(single);
+        let spread = Self { inner: Arc::new(SpreadInner { channels, down, next: AtomicU64::new(0), probed }) };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if !single => {
+                let inner = spread.inner.clone();
+                rt.spawn(async move {
+                    let mut probes = tokio::task::JoinSet::new();
+                    for (i, (address, _)) in inner.channels.iter().enumerate() {
+                        let address = address.clone();
+                        probes.spawn(async move {
+                            let answer =
+                                tokio::time::timeout(PROBE_EVERY, tokio::net::TcpStream::connect(address)).await;
+                            (i, matches!(answer, Ok(Ok(_))))
+                        });
+                    }
+                    while let Some(Ok((i, answers))) = probes.join_next().await {
+                        if !answers {
+                            inner.mark_down(i);
+                        }
+                    }
+                    let _ = done.send(true);
+                });
+            }
+            _ => {
+                let _ = done.send(true);
+            }
+        }
+        spread
+    }
+
+    /// The next address in turn that is not down (any, when all are).
+    fn pick(&self) -> usize {
+        let n = self.inner.channels.len();
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed) as usize;
+        (0..n).map(|k| (start + k) % n).find(|i| !self.inner.down[*i].load(Ordering::Relaxed)).unwrap_or(start % n)
+    }
+}
+
+impl SpreadInner {
+    /// Leaves address `i` out until it accepts a connection again.
+    fn mark_down(self: &Arc<Self>, i: usize) {
+        if self.channels.len() < 2 || self.down[i].swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let address = inner.channels[i].0.clone();
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                if Arc::strong_count(&inner) == 1 {
+                    return; // the client is gone
+                }
+                let probe = tokio::time::timeout(PROBE_EVERY, tokio::net::TcpStream::connect(&address)).await;
+                if matches!(probe, Ok(Ok(_))) {
+                    inner.down[i].store(false, Ordering::Relaxed);
+                    return;
+                }
+            }
+        });
+    }
+}
+
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl tonic::codegen::Service<HttpRequest> for Spread {
+    type Response = HttpResponse;
+    type Error = tonic::transport::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<HttpResponse, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        // Each call waits for its own channel's readiness.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: HttpRequest) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut probed = this.inner.probed.clone();
+            if !*probed.borrow() {
+                let _ = tokio::time::timeout(PROBE_EVERY, probed.wait_for(|done| *done)).await;
+            }
+            let i = this.pick();
+            let mut channel = this.inner.channels[i].1.clone();
+            let inner = this.inner.clone();
+            std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+            let answer = channel.call(req).await;
+            if answer.is_err() {
+                inner.mark_down(i);
+            }
+            answer
+        })
+    }
 }
 
 /// Checks a response status: OK passes, anything else is [`Error::Broker`].

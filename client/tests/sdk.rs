@@ -328,3 +328,18 @@ async fn a_subscription_acks_successes_and_retries_failures() {
     assert!(seen.iter().all(|(b, a)| *a == 1 || b == "e3"), "an acked message came back: {seen:?}");
     broker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_addresses_skip_one_that_does_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    // A port nothing listens on, beside the broker: the client leaves it out.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let both = format!("{dead},{}", broker.access_point());
+    let p = txmq_client::Producer::connect(ClientConfig::new(both.clone()), &["spread"]).await.unwrap();
+    for i in 0..40 {
+        p.send(Message::new("spread", format!("m{i}"))).await.expect("sent through the address that answers");
+    }
+    assert_eq!(consume_all(&broker, "readers", "spread", Duration::from_secs(2)).await.len(), 40);
+    broker.stop().await.unwrap();
+}

@@ -88,10 +88,16 @@ impl Forwarder {
         BrokerError::Internal(format!("cluster: {what}"))
     }
 
-    /// A channel to live node `node` (one per address, shared by every request).
-    fn channel(&self, node: &str) -> Result<Channel, BrokerError> {
-        let address =
-            self.membership.address_of(node).ok_or_else(|| Self::unavailable(format!("node {node} is not live")))?;
+    /// A channel to live node `node` (one per address, shared by every request). A node missing
+    /// from the cached member list (it joined since the last listing) is looked up in etcd.
+    async fn channel(&self, node: &str) -> Result<Channel, BrokerError> {
+        let address = match self.membership.address_of(node) {
+            Some(a) => a,
+            None => {
+                self.membership.members().await.map_err(Self::unavailable)?;
+                self.membership.address_of(node).ok_or_else(|| Self::unavailable(format!("node {node} is not live")))?
+            }
+        };
         let mut channels = crate::sync::lock(&self.channels);
         if let Some(c) = channels.get(&address) {
             return Ok(c.clone());
@@ -106,8 +112,8 @@ impl Forwarder {
     }
 
     /// A client of live node `node`'s messaging service.
-    pub fn client(&self, node: &str) -> Result<MessagingServiceClient<Channel>, BrokerError> {
-        Ok(MessagingServiceClient::new(self.channel(node)?)
+    pub async fn client(&self, node: &str) -> Result<MessagingServiceClient<Channel>, BrokerError> {
+        Ok(MessagingServiceClient::new(self.channel(node).await?)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024))
     }
@@ -122,7 +128,7 @@ impl Forwarder {
         command: &v2::TelemetryCommand,
     ) -> Result<Option<String>, BrokerError> {
         use prost::Message;
-        let mut c = ClusterClient::new(self.channel(node)?);
+        let mut c = ClusterClient::new(self.channel(node).await?);
         let mut req = Request::new(PushCheckRequest {
             topic: topic.to_string(),
             originator: originator.to_string(),

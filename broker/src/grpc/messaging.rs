@@ -921,7 +921,7 @@ impl Messaging {
                 let r = if owner == fw.node_id() {
                     <Self as MessagingService>::send_message(self, fwd).await
                 } else {
-                    match fw.client(&owner) {
+                    match fw.client(&owner).await {
                         Ok(mut c) => c.send_message(fwd).await,
                         Err(e) => Err(tonic::Status::unavailable(e.to_string())),
                     }
@@ -993,7 +993,7 @@ impl Messaging {
         let stream: BoxStream<v2::ReceiveMessageResponse> = if owner == fw.node_id() {
             <Self as MessagingService>::receive_message(self, fwd).await?.into_inner()
         } else {
-            let mut client = match fw.client(&owner) {
+            let mut client = match fw.client(&owner).await {
                 Ok(c) => c,
                 Err(e) => return Ok(Response::new(single_status_stream(receive_status(status::status(&e))))),
             };
@@ -1046,7 +1046,7 @@ impl Messaging {
             let answer = if owner == fw.node_id() {
                 <Self as MessagingService>::ack_message(self, fwd).await
             } else {
-                match fw.client(&owner) {
+                match fw.client(&owner).await {
                     Ok(mut c) => c.ack_message(fwd).await,
                     Err(e) => Err(tonic::Status::unavailable(e.to_string())),
                 }
@@ -1095,7 +1095,7 @@ impl Messaging {
         let answer = if owner == fw.node_id() {
             <Self as MessagingService>::change_invisible_duration(self, fwd).await
         } else {
-            match fw.client(&owner) {
+            match fw.client(&owner).await {
                 Ok(mut c) => c.change_invisible_duration(fwd).await,
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             }
@@ -1128,7 +1128,7 @@ impl Messaging {
         let answer = if owner == fw.node_id() {
             <Self as MessagingService>::forward_message_to_dead_letter_queue(self, fwd).await
         } else {
-            match fw.client(&owner) {
+            match fw.client(&owner).await {
                 Ok(mut c) => c.forward_message_to_dead_letter_queue(fwd).await,
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             }
@@ -1155,7 +1155,7 @@ impl Messaging {
         let answer = if owner == fw.node_id() {
             <Self as MessagingService>::end_transaction(self, fwd).await
         } else {
-            match fw.client(&owner) {
+            match fw.client(&owner).await {
                 Ok(mut c) => c.end_transaction(fwd).await,
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             }
@@ -1182,7 +1182,7 @@ impl Messaging {
         let answer = if owner == fw.node_id() {
             <Self as MessagingService>::recall_message(self, fwd).await
         } else {
-            match fw.client(&owner) {
+            match fw.client(&owner).await {
                 Ok(mut c) => c.recall_message(fwd).await,
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             }

@@ -1,0 +1,101 @@
+//! The txmq SDK against a three-node cluster (a real etcd, brokers in this process), given every
+//! node's address: transactional sends and consumption go on while a node is away, and the
+//! node's messages are consumed when it is back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../broker/tests/common/etcd.rs"]
+mod etcd;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use txmq_broker::server::RunningBroker;
+use txmq_client::{ClientConfig, Message, SimpleConsumer, TransactionProducer};
+use txmq_proto::admin as pb;
+
+struct Commit;
+
+#[async_trait::async_trait]
+impl txmq_client::TransactionChecker for Commit {
+    async fn check(&self, _request: &txmq_client::CheckRequest) -> txmq_client::Resolution {
+        txmq_client::Resolution::Commit
+    }
+}
+
+async fn node(etcd: &str, dir: &std::path::Path, id: &str, listen: &str) -> RunningBroker {
+    let mut config = common::fast_config(dir);
+    config.listen = listen.parse().unwrap();
+    config.etcd = Some(etcd.to_string());
+    config.node_id = Some(id.to_string());
+    config.etcd_lease_ttl = Duration::from_secs(2);
+    common::start(config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_given_every_node_goes_on_while_one_is_away() {
+    let etcd = etcd::Etcd::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        nodes.push(node(&etcd.url, d.path(), &format!("n{}", i + 1), "127.0.0.1:0").await);
+    }
+    let mut admin = common::admin(&nodes[0]).await;
+    for _ in 0..50 {
+        if admin.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner().nodes.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let req =
+        pb::CreateTopicRequest { name: "orders".into(), r#type: pb::TopicType::Transaction as i32, queue_count: 6 };
+    assert_eq!(admin.create_topic(req).await.unwrap().into_inner().status.unwrap().code, pb::StatusCode::Ok as i32);
+
+    let addresses: Vec<String> = nodes.iter().map(|n| n.access_point()).collect();
+    let all = addresses.join(",");
+    let p = TransactionProducer::connect(ClientConfig::new(all.clone()), &["orders"], Arc::new(Commit)).await.unwrap();
+    let mut sent = 0;
+    for i in 0..30 {
+        p.begin(Message::new("orders", format!("before-{i}"))).await.unwrap().commit().await.unwrap();
+        sent += 1;
+    }
+    // Node 3 goes away (its address too): the SDK and the other nodes go on without it.
+    let n3_addr = nodes[2].addr;
+    nodes.pop().unwrap().stop().await.unwrap();
+    let started = Instant::now();
+    let mut failed = 0;
+    for i in 0..30 {
+        match p.begin(Message::new("orders", format!("during-{i}"))).await {
+            Ok(t) => {
+                // A commit that meets node 3 before the SDK left it out is decided by the
+                // check-back instead (the checker commits): the message is delivered either way.
+                if t.commit().await.is_err() {
+                    failed += 1;
+                }
+                sent += 1;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    assert!(failed <= 2, "{failed} calls failed while node 3 was away (the SDK leaves it out within a second)");
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // Back on its data and address: its messages are consumed with everyone else's.
+    nodes.push(node(&etcd.url, dirs[2].path(), "n3", &n3_addr.to_string()).await);
+    let c = SimpleConsumer::connect(ClientConfig::new(all), "ledger").await.unwrap();
+    let mut got = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < sent && Instant::now() < deadline {
+        for m in c
+            .receive_for("orders", "*", 32, Duration::from_secs(30), Duration::from_millis(500))
+            .await
+            .unwrap_or_default()
+        {
+            c.ack(&m).await.unwrap();
+            got.insert(String::from_utf8(m.body).unwrap());
+        }
+    }
+    assert_eq!(got.len(), sent, "every committed message once");
+    for n in nodes {
+        n.stop().await.unwrap();
+    }
+}
