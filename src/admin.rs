@@ -105,6 +105,9 @@ pub async fn topic(broker: &str, cmd: TopicCommand, out: Output) -> anyhow::Resu
                 max_offset: u64,
                 #[serde(skip_serializing_if = "String::is_empty")]
                 lite_topic: String,
+                /// In a cluster: the node owning the queue.
+                #[serde(skip_serializing_if = "String::is_empty")]
+                owner: String,
             }
             #[derive(Serialize)]
             struct Described {
@@ -125,6 +128,7 @@ pub async fn topic(broker: &str, cmd: TopicCommand, out: Output) -> anyhow::Resu
                         min_offset: q.min_offset,
                         max_offset: q.max_offset,
                         lite_topic: q.lite_topic,
+                        owner: q.owner,
                     })
                     .collect(),
             };
@@ -140,6 +144,10 @@ pub async fn topic(broker: &str, cmd: TopicCommand, out: Output) -> anyhow::Resu
                     let rows: Vec<Vec<String>> =
                         d.queues.iter().map(|q| [vec![q.lite_topic.clone()], row(q)].concat()).collect();
                     s.push_str(&table(&["LITE-TOPIC", "QUEUE", "MIN-OFFSET", "MAX-OFFSET"], &rows));
+                } else if d.queues.iter().any(|q| !q.owner.is_empty()) {
+                    let rows: Vec<Vec<String>> =
+                        d.queues.iter().map(|q| [vec![q.owner.clone()], row(q)].concat()).collect();
+                    s.push_str(&table(&["OWNER", "QUEUE", "MIN-OFFSET", "MAX-OFFSET"], &rows));
                 } else {
                     let rows: Vec<Vec<String>> = d.queues.iter().map(row).collect();
                     s.push_str(&table(&["QUEUE", "MIN-OFFSET", "MAX-OFFSET"], &rows));

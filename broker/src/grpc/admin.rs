@@ -86,7 +86,17 @@ fn topic_type(t: pb::TopicType) -> Option<TopicType> {
 }
 
 fn wire_topic(t: &TopicRecord) -> pb::Topic {
-    let ty = match t.topic_type {
+    pb::Topic {
+        name: t.name.clone(),
+        r#type: topic_type_wire(t.topic_type) as i32,
+        queue_count: t.queue_count,
+        created_at_ms: t.created_at,
+        auto_created: t.auto_created,
+    }
+}
+
+fn topic_type_wire(t: TopicType) -> pb::TopicType {
+    match t {
         TopicType::Normal => pb::TopicType::Normal,
         TopicType::Fifo => pb::TopicType::Fifo,
         TopicType::Delay => pb::TopicType::Delay,
@@ -94,13 +104,6 @@ fn wire_topic(t: &TopicRecord) -> pb::Topic {
         TopicType::Mixed => pb::TopicType::Mixed,
         TopicType::Priority => pb::TopicType::Priority,
         TopicType::Lite => pb::TopicType::Lite,
-    };
-    pb::Topic {
-        name: t.name.clone(),
-        r#type: ty as i32,
-        queue_count: t.queue_count,
-        created_at_ms: t.created_at,
-        auto_created: t.auto_created,
     }
 }
 
@@ -269,6 +272,9 @@ impl Admin for AdminService {
     }
 
     async fn describe_topic(&self, req: Request<pb::DescribeTopicRequest>) -> GrpcResult<pb::DescribeTopicResponse> {
+        if let Some(m) = self.cluster.as_ref().filter(|_| !crate::grpc::forward::is_forwarded(&req)) {
+            return Ok(Response::new(self.describe_placed_topic(m, &req).await));
+        }
         let name = req.into_inner().name;
         let Some(topic) = self.broker.topic(&name) else {
             return Ok(Response::new(pb::DescribeTopicResponse {
@@ -283,6 +289,7 @@ impl Admin for AdminService {
             min_offset: q.min,
             max_offset: q.durable,
             lite_topic,
+            owner: String::new(),
         };
         let (queues, lite_topic_count) = if topic.topic_type == TopicType::Lite {
             let (lites, count) = self.broker.lite_topics(&topic.name, DESCRIBED_LITE_TOPICS);
@@ -533,6 +540,69 @@ fn wire_txn(t: &Txn, half: Option<&StoredMessage>, with_timeline: bool) -> pb::T
 }
 
 impl AdminService {
+    /// In a cluster: the topic over all its owners — each owner's queues (marked with the
+    /// owner), the message count summed. Asks each owner with the caller's own credentials.
+    async fn describe_placed_topic(
+        &self,
+        m: &Membership,
+        req: &Request<pb::DescribeTopicRequest>,
+    ) -> pb::DescribeTopicResponse {
+        let name = req.get_ref().name.clone();
+        let unavailable = |e: String| pb::DescribeTopicResponse {
+            status: Some(pb::Status { code: pb::StatusCode::Unavailable as i32, message: e }),
+            ..Default::default()
+        };
+        let p = match m.placement(&name).await {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                return pb::DescribeTopicResponse {
+                    status: status(&BrokerError::TopicNotFound(name)),
+                    ..Default::default()
+                }
+            }
+            Err(e) => return unavailable(e.to_string()),
+        };
+        let mut out = pb::DescribeTopicResponse { status: ok(), ..Default::default() };
+        for shard in &p.shards {
+            let asked = crate::grpc::forward::forwarded(req, m.node_id(), req.get_ref().clone());
+            let answer = if shard.node == m.node_id() {
+                Admin::describe_topic(self, asked).await
+            } else {
+                match m.address_of(&shard.node) {
+                    None => Err(tonic::Status::unavailable(format!("node {} is not live", shard.node))),
+                    Some(address) => match pb::admin_client::AdminClient::connect(format!("http://{address}")).await {
+                        Ok(mut c) => c.describe_topic(asked).await,
+                        Err(e) => Err(tonic::Status::unavailable(format!("node {}: {e}", shard.node))),
+                    },
+                }
+            };
+            let r = match answer {
+                Ok(r) => r.into_inner(),
+                Err(e) => return unavailable(format!("node {}: {}", shard.node, e.message())),
+            };
+            if r.status.as_ref().is_some_and(|s| s.code != pb::StatusCode::Ok as i32) && r.topic.is_none() {
+                // An owner that has not stored anything of the topic yet has no local topic.
+                out.queues.extend((0..shard.queues).map(|q| pb::QueueStats {
+                    queue_id: q,
+                    owner: shard.node.clone(),
+                    ..Default::default()
+                }));
+                continue;
+            }
+            out.message_count += r.message_count;
+            out.lite_topic_count += r.lite_topic_count;
+            out.queues.extend(r.queues.into_iter().map(|q| pb::QueueStats { owner: shard.node.clone(), ..q }));
+            if out.topic.is_none() {
+                out.topic = r.topic;
+            }
+        }
+        let ty = p.topic_type.parse::<TopicType>().map(|t| topic_type_wire(t) as i32).unwrap_or_default();
+        let topic = out.topic.get_or_insert_with(|| pb::Topic { name: name.clone(), ..Default::default() });
+        topic.r#type = ty;
+        topic.queue_count = p.total_queues();
+        out
+    }
+
     /// In a cluster: places the topic's queues over the live nodes (in etcd; refused if the
     /// topic is placed already), then creates this node's shard. The topic as answered has the
     /// whole topic's queue count.
