@@ -172,6 +172,18 @@ async fn one_nodes_address_reaches_queues_on_every_node() {
     assert_eq!(ids.len(), 3000, "received through node 2");
     assert_eq!(unique, sent, "each message exactly once");
 
+    // 30 more, not consumed: any node sums the group's backlog over every owner.
+    for i in 0..30 {
+        let m =
+            MessageBuilder::builder().set_topic("orders").set_body(format!("late{i}").into_bytes()).build().unwrap();
+        p.send(m).await.expect("send");
+    }
+    let mut admin = Admin::connect(format!("http://{}", nodes[2].addr)).await.unwrap();
+    let g = admin.describe_group(pb::DescribeGroupRequest { name: "billing".into() }).await.unwrap().into_inner();
+    let topics = g.group.unwrap().topics;
+    let orders = topics.iter().find(|t| t.topic == "orders").unwrap();
+    assert_eq!((orders.backlog, orders.in_flight), (30, 0), "{topics:?}");
+
     // FIFO: one message group's messages, sent through node 1, arrive in order through node 3.
     create_topic(&nodes[0].addr, "ledger", pb::TopicType::Fifo, 6).await;
     let p = producer(&nodes[0].addr, &["ledger"]).await;

@@ -372,6 +372,9 @@ impl Admin for AdminService {
     }
 
     async fn describe_group(&self, req: Request<pb::DescribeGroupRequest>) -> GrpcResult<pb::DescribeGroupResponse> {
+        if let Some(m) = self.cluster.as_ref().filter(|_| !crate::grpc::forward::is_forwarded(&req)) {
+            return Ok(Response::new(self.describe_group_everywhere(m, &req).await));
+        }
         let name = req.into_inner().name;
         Ok(Response::new(match self.broker.group_stats(&name) {
             Some(g) => {
@@ -540,6 +543,81 @@ fn wire_txn(t: &Txn, half: Option<&StoredMessage>, with_timeline: bool) -> pb::T
 }
 
 impl AdminService {
+    /// In a cluster: the group as every live node sees it (each holds the group's state on its
+    /// own shards), summed per topic; asked with the caller's own credentials.
+    async fn describe_group_everywhere(
+        &self,
+        m: &Membership,
+        req: &Request<pb::DescribeGroupRequest>,
+    ) -> pb::DescribeGroupResponse {
+        let members = match m.members().await {
+            Ok(members) => members,
+            Err(e) => {
+                return pb::DescribeGroupResponse {
+                    status: Some(pb::Status { code: pb::StatusCode::Unavailable as i32, message: e.to_string() }),
+                    group: None,
+                }
+            }
+        };
+        let mut merged: Option<pb::Group> = None;
+        for node in members {
+            let asked = crate::grpc::forward::forwarded(req, m.node_id(), req.get_ref().clone());
+            let answer = if node.record.id == m.node_id() {
+                Admin::describe_group(self, asked).await
+            } else {
+                match pb::admin_client::AdminClient::connect(format!("http://{}", node.record.address)).await {
+                    Ok(mut c) => c.describe_group(asked).await,
+                    Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+                }
+            };
+            let g = match answer.map(|r| r.into_inner()) {
+                Ok(pb::DescribeGroupResponse { group: Some(g), .. }) => g,
+                Ok(_) => continue, // the group has no state there
+                Err(e) => {
+                    return pb::DescribeGroupResponse {
+                        status: Some(pb::Status {
+                            code: pb::StatusCode::Unavailable as i32,
+                            message: format!("node {}: {}", node.record.id, e.message()),
+                        }),
+                        group: None,
+                    }
+                }
+            };
+            let Some(into) = merged.as_mut() else {
+                merged = Some(g);
+                continue;
+            };
+            into.created_at_ms = into.created_at_ms.min(g.created_at_ms);
+            into.dead_letters += g.dead_letters;
+            into.pull_offsets.extend(g.pull_offsets);
+            into.lite_subscriptions.extend(g.lite_subscriptions);
+            for t in g.topics {
+                match into.topics.iter_mut().find(|x| x.topic == t.topic) {
+                    Some(x) => {
+                        x.backlog += t.backlog;
+                        x.in_flight += t.in_flight;
+                        x.retrying += t.retrying;
+                        x.deferred += t.deferred;
+                    }
+                    None => into.topics.push(t),
+                }
+            }
+        }
+        match merged {
+            Some(mut g) => {
+                g.topics.sort_by(|a, b| a.topic.cmp(&b.topic));
+                pb::DescribeGroupResponse { status: ok(), group: Some(g) }
+            }
+            None => pb::DescribeGroupResponse {
+                status: Some(pb::Status {
+                    code: pb::StatusCode::NotFound as i32,
+                    message: format!("no group {}", req.get_ref().name),
+                }),
+                group: None,
+            },
+        }
+    }
+
     /// In a cluster: the topic over all its owners — each owner's queues (marked with the
     /// owner), the message count summed. Asks each owner with the caller's own credentials.
     async fn describe_placed_topic(
