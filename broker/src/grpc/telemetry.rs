@@ -124,6 +124,16 @@ pub fn serve(
                 Ok(Some(cmd)) => {
                     clients.touch(&client_id);
                     if let Some(reply) = handle(&client_id, cmd, &clients, announced) {
+                        if resend_settings(&reply) {
+                            // The Node.js client misses a Settings reply that arrives while it is
+                            // still fetching its routes (it waits for the next, five minutes
+                            // later): it gets a second copy once it has surely started waiting.
+                            let (tx, copy) = (tx.clone(), reply.clone());
+                            tokio::spawn(async move {
+                                tokio::time::sleep(SETTINGS_RESEND_AFTER).await;
+                                let _ = tx.try_send(Ok(copy));
+                            });
+                        }
                         if tx.try_send(Ok(reply)).is_err() {
                             tracing::warn!(client_id, "telemetry stream is not being read; reply dropped");
                         }
@@ -140,6 +150,21 @@ pub fn serve(
         tracing::debug!(client_id, stream_id, "telemetry stream closed");
     });
     rx
+}
+
+/// When a Node.js client gets its Settings reply again (see `serve`).
+const SETTINGS_RESEND_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether a Settings reply goes to a client that may miss it: the Node.js client (1.0.x)
+/// registers for its first Settings only after fetching every route, and drops one that came
+/// sooner. Settings may arrive at any time, so a second copy is harmless.
+fn resend_settings(reply: &v2::TelemetryCommand) -> bool {
+    match &reply.command {
+        Some(Command::Settings(s)) => {
+            s.user_agent.as_ref().is_some_and(|ua| ua.language == v2::Language::NodeJs as i32)
+        }
+        _ => false,
+    }
 }
 
 fn handle(client_id: &str, cmd: v2::TelemetryCommand, clients: &Clients, a: Announced) -> Option<v2::TelemetryCommand> {
@@ -201,6 +226,20 @@ mod tests {
         assert_eq!(sub.receive_batch_size, Some(32));
         assert_eq!(sub.lite_subscription_quota, None, "only lite consumers get lite limits");
         assert_eq!(s.backoff_policy.unwrap().max_attempts, 17);
+    }
+
+    #[test]
+    fn only_node_js_clients_get_their_settings_twice() {
+        let reply = |language: v2::Language| v2::TelemetryCommand {
+            status: None,
+            command: Some(Command::Settings(v2::Settings {
+                user_agent: Some(v2::Ua { language: language as i32, ..Default::default() }),
+                ..Default::default()
+            })),
+        };
+        assert!(resend_settings(&reply(v2::Language::NodeJs)));
+        assert!(!resend_settings(&reply(v2::Language::Rust)));
+        assert!(!resend_settings(&reply(v2::Language::Python)));
     }
 
     #[test]
