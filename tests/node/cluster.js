@@ -1,5 +1,5 @@
 // The official RocketMQ Node.js client (rocketmq-client-nodejs) through single nodes of a
-// txmq cluster, run by tests/node_client.rs: `node cluster.js PRODUCE_AT CONSUME_AT`, with
+// txmq cluster, run by broker/tests/cluster_clients.rs: `node cluster.js PRODUCE_AT CONSUME_AT`, with
 // NODE_PATH naming the client's node_modules. Prints "ok" when the scenario holds.
 'use strict';
 const { Producer, SimpleConsumer } = require('rocketmq-client-nodejs');

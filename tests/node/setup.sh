@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the official RocketMQ Node.js client (rocketmq-client-nodejs, from npm) that
-# tests/node_client.rs runs, into target/node-client; prints that directory. Idempotent.
+# broker/tests/cluster_clients.rs runs, into target/node-client; prints that directory. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir=target/node-client
