@@ -12,7 +12,7 @@ pub enum TopicCommand {
     /// Create a topic.
     Create {
         name: String,
-        /// NORMAL, FIFO, DELAY, TRANSACTION, MIXED or PRIORITY.
+        /// NORMAL, FIFO, DELAY, TRANSACTION, MIXED, PRIORITY or LITE.
         #[arg(long = "type", default_value = "MIXED")]
         topic_type: String,
         /// Number of queues (0 = the broker's default).
@@ -23,6 +23,14 @@ pub enum TopicCommand {
     List,
     /// Show a topic's queues and offsets.
     Describe { name: String },
+    /// Give a topic more queues (never fewer); in a cluster the new ones go to the least-loaded
+    /// live nodes. Clients that refresh their routes (every 30 s) start using them.
+    Scale {
+        name: String,
+        /// The topic's queue count afterwards.
+        #[arg(long)]
+        queues: u32,
+    },
 }
 
 /// The admin API over one signed (and, if asked, TLS) connection.
@@ -80,6 +88,12 @@ pub async fn topic(broker: &str, cmd: TopicCommand, out: Output) -> anyhow::Resu
             check(r.status)?;
             let t = view(&r.topic.context("no topic in the answer")?);
             out.emit(&t, || format!("created topic {} ({}, {} queues)\n", t.name, t.topic_type, t.queues))
+        }
+        TopicCommand::Scale { name, queues } => {
+            let r = c.scale_topic(pb::ScaleTopicRequest { name, queue_count: queues }).await?.into_inner();
+            check(r.status)?;
+            let t = view(&r.topic.context("no topic in the answer")?);
+            out.emit(&t, || format!("topic {} has {} queues\n", t.name, t.queues))
         }
         TopicCommand::List => {
             let r = c.list_topics(pb::ListTopicsRequest {}).await?.into_inner();

@@ -157,6 +157,11 @@ impl Broker {
         self.topics.create(record, IfExists::Fail, |r| self.log.open_topic(&r.name, r.queue_count)).await
     }
 
+    /// Gives a topic more queues (durably); its existing queues keep their messages.
+    pub async fn grow_topic(&self, name: &str, queue_count: u32) -> Result<Arc<TopicRecord>> {
+        self.topics.grow(name, queue_count, |r| self.log.open_topic(&r.name, r.queue_count)).await
+    }
+
     /// The topic, auto-created as MIXED when allowed. Used by routes and sends.
     pub async fn topic_or_create(&self, name: &str) -> Result<Arc<TopicRecord>> {
         topics::validate_name(name)?;

@@ -219,6 +219,38 @@ impl Topics {
         Ok(record)
     }
 
+    /// Gives a topic `queue_count` queues (more than it has), durably, then runs `open` (which
+    /// readies the new queues). Existing queues keep their messages; fewer queues are refused.
+    pub async fn grow(
+        &self,
+        name: &str,
+        queue_count: u32,
+        open: impl FnOnce(&TopicRecord) -> Result<()>,
+    ) -> Result<Arc<TopicRecord>> {
+        let _guard = self.create_lock.lock().await;
+        let old = self.get(name).ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
+        if queue_count == old.queue_count {
+            return Ok(old);
+        }
+        if queue_count < old.queue_count || queue_count > 1024 {
+            return Err(BrokerError::BadRequest(format!(
+                "topic {name} has {} queues; it can grow to at most 1024, never shrink",
+                old.queue_count
+            )));
+        }
+        if old.topic_type == TopicType::Lite {
+            return Err(BrokerError::BadRequest(format!("topic {name} is LITE: its lite topics are its queues")));
+        }
+        let record = TopicRecord { queue_count, ..(*old).clone() };
+        let mut batch = Batch::new();
+        batch.put(&Key::Topic(record.name.clone()), record.encode());
+        self.committer.commit(batch).await?;
+        open(&record)?;
+        let record = Arc::new(record);
+        crate::sync::write(&self.map).insert(record.name.clone(), record.clone());
+        Ok(record)
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<TopicRecord>> {
         crate::sync::read(&self.map).get(name).cloned()
     }

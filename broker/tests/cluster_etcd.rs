@@ -111,6 +111,26 @@ async fn nodes_join_leave_and_are_never_falsely_listed() {
     let p = s.placements.iter().find(|p| p.topic == "least-loaded").unwrap();
     assert_eq!(p.shards[0].node, "n2", "a new queue goes to the least-loaded node");
 
+    // Scaling adds queues on the least-loaded nodes (n1 owns 5 queues, n2 3): existing ones stay.
+    let scale = |queues: u32| pb::ScaleTopicRequest { name: "spread".into(), queue_count: queues };
+    let r = admin.scale_topic(scale(8)).await.unwrap().into_inner();
+    assert_eq!((r.status.unwrap().code, r.topic.unwrap().queue_count), (ok_code, 8));
+    let r = admin.scale_topic(scale(6)).await.unwrap().into_inner();
+    assert_eq!(r.status.unwrap().code, pb::StatusCode::InvalidArgument as i32, "a topic never shrinks");
+    let s = status(&a2).await;
+    let p = s.placements.iter().find(|p| p.topic == "spread").unwrap();
+    let shards: Vec<(String, u32)> = p.shards.iter().map(|x| (x.node.clone(), x.queues)).collect();
+    assert_eq!(shards, [("n1".to_string(), 3), ("n2".to_string(), 5)]);
+    // Sends through node 1 reach both owners, which grow their shards; describe shows all 8.
+    let mut c = Messaging::connect(format!("http://{a1}")).await.unwrap();
+    for i in 0..10 {
+        let r = c.send_message(common::send_request("spread", &format!("s-{i}"))).await.unwrap().into_inner();
+        assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
+    }
+    let d = admin.describe_topic(pb::DescribeTopicRequest { name: "spread".into() }).await.unwrap().into_inner();
+    let per_owner = |o: &str| d.queues.iter().filter(|q| q.owner == o).count();
+    assert_eq!((d.queues.len(), per_owner("n1"), per_owner("n2"), d.message_count), (8, 3, 5, 10), "{d:?}");
+
     // A second process with a live node's id is refused, whatever its data directory.
     let log = refused(d3.path(), &node_args(&etcd.url, "n2"));
     assert!(log.contains("node id n2 is held by a live node"), "{log}");

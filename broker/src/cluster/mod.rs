@@ -233,6 +233,9 @@ impl Membership {
             if let Err(e) = self.refresh_live().await {
                 tracing::debug!(error = %e, "member list not refreshed");
             }
+            if let Err(e) = self.refresh_placements().await {
+                tracing::debug!(error = %e, "placements not refreshed");
+            }
             if let Err(e) = self.renew_once().await {
                 if self.inner.healthy.swap(false, Ordering::SeqCst) {
                     tracing::warn!(error = %e, "cluster lease not renewed; retrying");

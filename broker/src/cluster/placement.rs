@@ -135,6 +135,63 @@ impl Membership {
         Ok(nodes)
     }
 
+    /// Gives a placed topic `queue_count` queues in all: the added ones go one by one to the
+    /// least-loaded live, undrained nodes (a node's shard grows, or it gets one). Changed with a
+    /// compare-and-swap on the key's revision, so two operators scaling at once cannot lose one
+    /// another's queues. Existing queues stay where they are.
+    pub async fn scale_placement(&self, topic: &str, queue_count: u32) -> Result<Arc<Placement>, ClusterError> {
+        use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+        let key = self.placement_key(topic);
+        let mut client = self.inner.client.clone();
+        for _ in 0..3 {
+            let answer = timed("read placement", client.get(key.clone(), None)).await?;
+            let kv =
+                answer.kvs().first().ok_or_else(|| ClusterError::Config(format!("topic {topic} is not placed")))?;
+            let mut p: Placement = serde_json::from_slice(kv.value())
+                .map_err(|e| ClusterError::Etcd(format!("placement of {topic}: {e}")))?;
+            let (revision, epoch) = (kv.mod_revision(), kv.create_revision());
+            let total = p.total_queues();
+            if queue_count <= total {
+                return Err(ClusterError::Config(format!(
+                    "topic {topic} has {total} queues; scaling only adds queues"
+                )));
+            }
+            let nodes = self.placement_candidates().await?;
+            let mut load: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+            for q in self.placements().await?.iter().flat_map(|p| p.shards.iter()) {
+                *load.entry(q.node.clone()).or_default() += q.queues;
+            }
+            for _ in total..queue_count {
+                let Some(node) = nodes.iter().min_by_key(|n| (load.get(*n).copied().unwrap_or(0), (*n).clone())) else {
+                    return Err(ClusterError::Config("no live node to place queues on".into()));
+                };
+                *load.entry(node.clone()).or_default() += 1;
+                match p.shards.iter_mut().find(|s| &s.node == node) {
+                    Some(s) => s.queues += 1,
+                    None => p.shards.push(Shard { node: node.clone(), queues: 1 }),
+                }
+            }
+            let value = serde_json::to_vec(&p).map_err(|e| ClusterError::Config(e.to_string()))?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
+                .and_then([TxnOp::put(key.clone(), value, None)]);
+            if timed("scale placement", client.txn(txn)).await?.succeeded() {
+                p.epoch = epoch;
+                return Ok(self.remember(p));
+            }
+            // Changed meanwhile: read it again and add to what is there now.
+        }
+        Err(ClusterError::Etcd(format!("placement of {topic} kept changing; try again")))
+    }
+
+    /// Re-reads every placement into the cache (placements grow when a topic is scaled).
+    pub async fn refresh_placements(&self) -> Result<(), ClusterError> {
+        for p in self.placements().await? {
+            self.remember(p);
+        }
+        Ok(())
+    }
+
     fn placement_key(&self, topic: &str) -> String {
         format!("{}/topics/{topic}", self.inner.settings.prefix)
     }

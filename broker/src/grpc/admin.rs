@@ -190,6 +190,30 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn scale_topic(&self, req: Request<pb::ScaleTopicRequest>) -> GrpcResult<pb::ScaleTopicResponse> {
+        let req = req.into_inner();
+        let outcome = async {
+            let Some(m) = &self.cluster else {
+                return self.broker.grow_topic(&req.name, req.queue_count).await.map(|t| wire_topic(&t));
+            };
+            let p = m.scale_placement(&req.name, req.queue_count).await.map_err(|e| match e {
+                crate::cluster::ClusterError::Config(why) => BrokerError::BadRequest(why),
+                other => BrokerError::Internal(format!("cluster: {other}")),
+            })?;
+            // This node's shard grows now; the other owners' when a request reaches them.
+            if let (Some(shard), Some(_)) = (p.shard(m.node_id()), self.broker.topic(&req.name)) {
+                self.broker.grow_topic(&req.name, shard.queues).await?;
+            }
+            let ty = p.topic_type.parse::<TopicType>().map(|t| topic_type_wire(t) as i32).unwrap_or_default();
+            Ok(pb::Topic { name: req.name.clone(), r#type: ty, queue_count: p.total_queues(), ..Default::default() })
+        }
+        .await;
+        Ok(Response::new(match outcome {
+            Ok(topic) => pb::ScaleTopicResponse { status: ok(), topic: Some(topic) },
+            Err(e) => pb::ScaleTopicResponse { status: status(&e), topic: None },
+        }))
+    }
+
     async fn list_topics(&self, _req: Request<pb::ListTopicsRequest>) -> GrpcResult<pb::ListTopicsResponse> {
         let topics = self.broker.topics().iter().map(|t| wire_topic(t)).collect();
         Ok(Response::new(pb::ListTopicsResponse { status: ok(), topics }))

@@ -817,7 +817,14 @@ impl Messaging {
     /// from the placement) before a forwarded request uses it.
     async fn ensure_local_topic<T>(&self, req: &Request<T>, topic: &str) -> Result<(), BrokerError> {
         let Some(fw) = self.cluster.as_ref().filter(|_| forward::is_forwarded(req)) else { return Ok(()) };
-        if topic.is_empty() || self.broker.topic(topic).is_some() {
+        if topic.is_empty() {
+            return Ok(());
+        }
+        // A topic here already only grows, when its shard did (`txmq topic scale`).
+        if let Some(local) = self.broker.topic(topic) {
+            if let Some((_, queues)) = forward::shard_of(req).filter(|(_, q)| *q > local.queue_count) {
+                self.broker.grow_topic(topic, queues).await?;
+            }
             return Ok(());
         }
         // The forwarding node names our shard; without it (an older node), etcd does.
