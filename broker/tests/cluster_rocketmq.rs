@@ -242,6 +242,15 @@ async fn transactions_end_and_are_checked_back_across_nodes() {
     }
     assert_eq!(owners.len(), 3, "halves landed on every node: {owners:?}");
     assert!(undecided.iter().any(|id| !id.starts_with("n1~")), "some undecided halves are owned elsewhere");
+    // Any node lists every owner's transactions under the ids clients hold, and shows one.
+    let mut admin = Admin::connect(format!("http://{}", nodes[2].addr)).await.unwrap();
+    let list = admin.list_transactions(pb::ListTransactionsRequest::default()).await.unwrap().into_inner();
+    let listed: HashSet<String> = list.transactions.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(list.transactions.len(), 36, "{listed:?}");
+    assert!(undecided.iter().all(|id| listed.contains(id)), "{undecided:?} in {listed:?}");
+    let elsewhere = undecided.iter().find(|id| !id.starts_with("n3~")).unwrap();
+    let shown = admin.get_transaction(pb::GetTransactionRequest { id: elsewhere.clone() }).await.unwrap().into_inner();
+    assert_eq!(shown.transaction.unwrap().id, *elsewhere);
 
     let c = consumer(&nodes[1].addr, "ledger", &["payments"]).await;
     let got = drain(&c, "payments", 18, Duration::from_secs(60)).await;

@@ -338,10 +338,22 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListTransactionsRequest>,
     ) -> GrpcResult<pb::ListTransactionsResponse> {
+        if let Some(m) = self.cluster.as_ref().filter(|_| !crate::grpc::forward::is_forwarded(&req)) {
+            return Ok(Response::new(self.list_txns_everywhere(m, &req).await));
+        }
         Ok(Response::new(self.list_txns(req.into_inner()).await))
     }
 
     async fn get_transaction(&self, req: Request<pb::GetTransactionRequest>) -> GrpcResult<pb::GetTransactionResponse> {
+        if let Some((m, owner, raw)) = self.txn_owner(&req, &req.get_ref().id) {
+            let asked = crate::grpc::forward::forwarded(&req, m.node_id(), pb::GetTransactionRequest { id: raw });
+            let mut r = match self.owner_admin(m, &owner).await {
+                Ok(mut c) => c.get_transaction(asked).await?.into_inner(),
+                Err(e) => pb::GetTransactionResponse { status: unavailable(e), transaction: None },
+            };
+            tag_txn(&owner, r.transaction.as_mut());
+            return Ok(Response::new(r));
+        }
         Ok(Response::new(self.get_txn(req.into_inner()).await))
     }
 
@@ -349,6 +361,16 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ResolveTransactionRequest>,
     ) -> GrpcResult<pb::ResolveTransactionResponse> {
+        if let Some((m, owner, raw)) = self.txn_owner(&req, &req.get_ref().id) {
+            let body = pb::ResolveTransactionRequest { id: raw, ..req.get_ref().clone() };
+            let asked = crate::grpc::forward::forwarded(&req, m.node_id(), body);
+            let mut r = match self.owner_admin(m, &owner).await {
+                Ok(mut c) => c.resolve_transaction(asked).await?.into_inner(),
+                Err(e) => pb::ResolveTransactionResponse { status: unavailable(e), transaction: None },
+            };
+            tag_txn(&owner, r.transaction.as_mut());
+            return Ok(Response::new(r));
+        }
         Ok(Response::new(self.resolve_txn(req.into_inner()).await))
     }
 
@@ -356,6 +378,16 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ResumeTransactionRequest>,
     ) -> GrpcResult<pb::ResumeTransactionResponse> {
+        if let Some((m, owner, raw)) = self.txn_owner(&req, &req.get_ref().id) {
+            let body = pb::ResumeTransactionRequest { id: raw, ..req.get_ref().clone() };
+            let asked = crate::grpc::forward::forwarded(&req, m.node_id(), body);
+            let mut r = match self.owner_admin(m, &owner).await {
+                Ok(mut c) => c.resume_transaction(asked).await?.into_inner(),
+                Err(e) => pb::ResumeTransactionResponse { status: unavailable(e), transaction: None },
+            };
+            tag_txn(&owner, r.transaction.as_mut());
+            return Ok(Response::new(r));
+        }
         Ok(Response::new(self.resume_txn(req.into_inner()).await))
     }
 
@@ -566,7 +598,85 @@ fn wire_txn(t: &Txn, half: Option<&StoredMessage>, with_timeline: bool) -> pb::T
     }
 }
 
+/// An UNAVAILABLE admin status.
+fn unavailable(why: impl std::fmt::Display) -> Option<pb::Status> {
+    Some(pb::Status { code: pb::StatusCode::Unavailable as i32, message: why.to_string() })
+}
+
+/// A transaction as clients and operators see it in a cluster: its id names its owner.
+fn tag_txn(owner: &str, t: Option<&mut pb::Transaction>) {
+    if let Some(t) = t {
+        t.id = crate::grpc::forward::tag(owner, &t.id);
+    }
+}
+
 impl AdminService {
+    /// In a cluster, for a request not passed on already: the owner named in transaction id
+    /// `id` and the owner's own id (an id naming no node is this node's).
+    fn txn_owner<T>(&self, req: &Request<T>, id: &str) -> Option<(&Membership, String, String)> {
+        let m = self.cluster.as_ref().filter(|_| !crate::grpc::forward::is_forwarded(req))?;
+        let (owner, raw) = crate::grpc::forward::untag(id).unwrap_or((m.node_id(), id));
+        Some((m, owner.to_string(), raw.to_string()))
+    }
+
+    /// The admin API of node `node` (this one too, over the network: simple and rare).
+    async fn owner_admin(
+        &self,
+        m: &Membership,
+        node: &str,
+    ) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>, String> {
+        let address = match m.address_of(node) {
+            Some(a) => a,
+            None => {
+                m.members().await.map_err(|e| e.to_string())?;
+                m.address_of(node).ok_or_else(|| format!("node {node} is not live"))?
+            }
+        };
+        pb::admin_client::AdminClient::connect(format!("http://{address}"))
+            .await
+            .map_err(|e| format!("node {node}: {e}"))
+    }
+
+    /// In a cluster: every live node's transactions (ids naming their owner), oldest first.
+    async fn list_txns_everywhere(
+        &self,
+        m: &Membership,
+        req: &Request<pb::ListTransactionsRequest>,
+    ) -> pb::ListTransactionsResponse {
+        let members = match m.members().await {
+            Ok(members) => members,
+            Err(e) => return pb::ListTransactionsResponse { status: unavailable(e), transactions: Vec::new() },
+        };
+        let mut all = Vec::new();
+        for node in members {
+            let asked = crate::grpc::forward::forwarded(req, m.node_id(), req.get_ref().clone());
+            let answer = match self.owner_admin(m, &node.record.id).await {
+                Ok(mut c) => {
+                    c.list_transactions(asked).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+                }
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(r) if r.status.as_ref().is_some_and(|s| s.code == pb::StatusCode::Ok as i32) => {
+                    all.extend(r.transactions.into_iter().map(|mut t| {
+                        tag_txn(&node.record.id, Some(&mut t));
+                        t
+                    }));
+                }
+                Ok(r) => return r,
+                Err(e) => {
+                    return pb::ListTransactionsResponse {
+                        status: unavailable(format!("node {}: {e}", node.record.id)),
+                        transactions: Vec::new(),
+                    }
+                }
+            }
+        }
+        all.sort_by_key(|t| t.created_at_ms);
+        all.truncate(if req.get_ref().limit == 0 { 1000 } else { req.get_ref().limit as usize });
+        pb::ListTransactionsResponse { status: ok(), transactions: all }
+    }
+
     /// In a cluster: the group as every live node sees it (each holds the group's state on its
     /// own shards), summed per topic; asked with the caller's own credentials.
     async fn describe_group_everywhere(
