@@ -797,6 +797,24 @@ impl MessagingService for Messaging {
     }
 }
 
+/// Serves a unary RPC `$method` at `$owner` — this node's standalone path, or the owner's
+/// service over the network — counting a forward; evaluates to the answer.
+macro_rules! at_owner {
+    ($self:ident, $fw:ident, $owner:ident, $fwd:ident, $method:ident, $rpc:literal) => {{
+        let started = std::time::Instant::now();
+        let answer = if $owner == $fw.node_id() {
+            <Self as MessagingService>::$method($self, $fwd).await
+        } else {
+            match $fw.client(&$owner).await {
+                Ok(mut c) => c.$method($fwd).await,
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            }
+        };
+        $self.note_forward($rpc, &$owner, started);
+        answer
+    }};
+}
+
 /// The cluster paths (`--etcd`): requests a client sent to this node, served by the owners of
 /// what they concern (see `grpc::forward`). A request another node passed on takes the
 /// standalone path.
@@ -924,16 +942,7 @@ impl Messaging {
             for owner in fw.owners_for_send(&p, group.as_deref())? {
                 let body = v2::SendMessageRequest { messages: req.get_ref().messages.clone() };
                 let fwd = forward::with_shard(forward::forwarded(&req, fw.node_id(), body), &p, &owner);
-                let started = std::time::Instant::now();
-                let r = if owner == fw.node_id() {
-                    <Self as MessagingService>::send_message(self, fwd).await
-                } else {
-                    match fw.client(&owner).await {
-                        Ok(mut c) => c.send_message(fwd).await,
-                        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-                    }
-                };
-                self.note_forward("SendMessage", &owner, started);
+                let r = at_owner!(self, fw, owner, fwd, send_message, "SendMessage");
                 match r {
                     Ok(r) => {
                         answered = Some((owner, r.into_inner()));
@@ -1049,16 +1058,7 @@ impl Messaging {
             let (places, entries): (Vec<usize>, Vec<v2::AckMessageEntry>) = entries.into_iter().unzip();
             let part = v2::AckMessageRequest { group: body.group.clone(), topic: body.topic.clone(), entries };
             let fwd = forward::forwarded(&req, fw.node_id(), part);
-            let started = std::time::Instant::now();
-            let answer = if owner == fw.node_id() {
-                <Self as MessagingService>::ack_message(self, fwd).await
-            } else {
-                match fw.client(&owner).await {
-                    Ok(mut c) => c.ack_message(fwd).await,
-                    Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-                }
-            };
-            self.note_forward("AckMessage", &owner, started);
+            let answer = at_owner!(self, fw, owner, fwd, ack_message, "AckMessage");
             match answer {
                 Ok(r) => {
                     for (place, entry) in places.into_iter().zip(r.into_inner().entries) {
@@ -1098,16 +1098,7 @@ impl Messaging {
         let owner = owner.to_string();
         let part = v2::ChangeInvisibleDurationRequest { receipt_handle: raw.to_string(), ..body.clone() };
         let fwd = forward::forwarded(&req, fw.node_id(), part);
-        let started = std::time::Instant::now();
-        let answer = if owner == fw.node_id() {
-            <Self as MessagingService>::change_invisible_duration(self, fwd).await
-        } else {
-            match fw.client(&owner).await {
-                Ok(mut c) => c.change_invisible_duration(fwd).await,
-                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-            }
-        };
-        self.note_forward("ChangeInvisibleDuration", &owner, started);
+        let answer = at_owner!(self, fw, owner, fwd, change_invisible_duration, "ChangeInvisibleDuration");
         Ok(Response::new(match answer {
             Ok(r) => {
                 let mut r = r.into_inner();
@@ -1131,16 +1122,8 @@ impl Messaging {
         let owner = owner.to_string();
         let part = v2::ForwardMessageToDeadLetterQueueRequest { receipt_handle: raw.to_string(), ..body };
         let fwd = forward::forwarded(&req, fw.node_id(), part);
-        let started = std::time::Instant::now();
-        let answer = if owner == fw.node_id() {
-            <Self as MessagingService>::forward_message_to_dead_letter_queue(self, fwd).await
-        } else {
-            match fw.client(&owner).await {
-                Ok(mut c) => c.forward_message_to_dead_letter_queue(fwd).await,
-                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-            }
-        };
-        self.note_forward("ForwardMessageToDeadLetterQueue", &owner, started);
+        let answer =
+            at_owner!(self, fw, owner, fwd, forward_message_to_dead_letter_queue, "ForwardMessageToDeadLetterQueue");
         Ok(answer.unwrap_or_else(|s| {
             Response::new(v2::ForwardMessageToDeadLetterQueueResponse {
                 status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),
@@ -1158,16 +1141,7 @@ impl Messaging {
         let owner = owner.to_string();
         let part = v2::EndTransactionRequest { transaction_id: raw.to_string(), ..body };
         let fwd = forward::forwarded(&req, fw.node_id(), part);
-        let started = std::time::Instant::now();
-        let answer = if owner == fw.node_id() {
-            <Self as MessagingService>::end_transaction(self, fwd).await
-        } else {
-            match fw.client(&owner).await {
-                Ok(mut c) => c.end_transaction(fwd).await,
-                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-            }
-        };
-        self.note_forward("EndTransaction", &owner, started);
+        let answer = at_owner!(self, fw, owner, fwd, end_transaction, "EndTransaction");
         Ok(answer.unwrap_or_else(|s| {
             Response::new(v2::EndTransactionResponse {
                 status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),
@@ -1185,16 +1159,7 @@ impl Messaging {
         let owner = owner.to_string();
         let part = v2::RecallMessageRequest { recall_handle: raw.to_string(), ..body };
         let fwd = forward::forwarded(&req, fw.node_id(), part);
-        let started = std::time::Instant::now();
-        let answer = if owner == fw.node_id() {
-            <Self as MessagingService>::recall_message(self, fwd).await
-        } else {
-            match fw.client(&owner).await {
-                Ok(mut c) => c.recall_message(fwd).await,
-                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-            }
-        };
-        self.note_forward("RecallMessage", &owner, started);
+        let answer = at_owner!(self, fw, owner, fwd, recall_message, "RecallMessage");
         Ok(answer.unwrap_or_else(|s| {
             Response::new(v2::RecallMessageResponse {
                 status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),
