@@ -130,6 +130,12 @@ async fn nodes_join_leave_and_are_never_falsely_listed() {
     let d = admin.describe_topic(pb::DescribeTopicRequest { name: "spread".into() }).await.unwrap().into_inner();
     let per_owner = |o: &str| d.queues.iter().filter(|q| q.owner == o).count();
     assert_eq!((d.queues.len(), per_owner("n1"), per_owner("n2"), d.message_count), (8, 3, 5, 10), "{d:?}");
+    // Every node lists every placed topic with its whole queue count, shard or not.
+    let mut admin2 = Admin::connect(format!("http://{a2}")).await.unwrap();
+    let listed = admin2.list_topics(pb::ListTopicsRequest {}).await.unwrap().into_inner().topics;
+    let listed: Vec<(String, u32)> = listed.into_iter().map(|t| (t.name, t.queue_count)).collect();
+    let want = [("least-loaded", 1), ("on-n1", 3), ("spread", 8)];
+    assert_eq!(listed, want.iter().map(|(n, q)| (n.to_string(), *q)).collect::<Vec<_>>());
 
     // A second process with a live node's id is refused, whatever its data directory.
     let log = refused(d3.path(), &node_args(&etcd.url, "n2"));

@@ -215,7 +215,33 @@ impl Admin for AdminService {
     }
 
     async fn list_topics(&self, _req: Request<pb::ListTopicsRequest>) -> GrpcResult<pb::ListTopicsResponse> {
-        let topics = self.broker.topics().iter().map(|t| wire_topic(t)).collect();
+        let mut topics: Vec<pb::Topic> = self.broker.topics().iter().map(|t| wire_topic(t)).collect();
+        // In a cluster: every placed topic, with its whole queue count (this node may hold
+        // a shard of it, or none).
+        if let Some(m) = &self.cluster {
+            let placements = match m.placements().await {
+                Ok(p) => p,
+                Err(e) => {
+                    return Ok(Response::new(pb::ListTopicsResponse { status: unavailable(e), topics: Vec::new() }))
+                }
+            };
+            for p in placements {
+                match topics.iter_mut().find(|t| t.name == p.topic) {
+                    Some(t) => t.queue_count = p.total_queues(),
+                    None => topics.push(pb::Topic {
+                        name: p.topic.clone(),
+                        r#type: p
+                            .topic_type
+                            .parse::<TopicType>()
+                            .map(|t| topic_type_wire(t) as i32)
+                            .unwrap_or_default(),
+                        queue_count: p.total_queues(),
+                        ..Default::default()
+                    }),
+                }
+            }
+            topics.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         Ok(Response::new(pb::ListTopicsResponse { status: ok(), topics }))
     }
 
