@@ -88,6 +88,11 @@ impl Value for Duration {
     }
 }
 
+/// Why `--etcd` and `--auth` do not go together yet.
+pub const CLUSTER_AUTH_NOT_BUILT: &str = "--auth with --etcd is not supported yet: the nodes of a cluster do not \
+    authenticate each other and users are kept per node (docs/cluster.md); run the cluster on a trusted network \
+    without --auth, or a standalone broker with it";
+
 /// Options whose value is one of a few words: each word is written once, here.
 macro_rules! word_values {
     ($($t:ident { $($variant:ident => $word:literal),+ $(,)? })*) => {$(
@@ -390,6 +395,9 @@ impl Config {
             if !self.etcd_prefix.starts_with('/') || self.etcd_prefix.ends_with('/') {
                 return Err("etcd-prefix must start with '/' and not end with one".into());
             }
+            if self.auth {
+                return Err(CLUSTER_AUTH_NOT_BUILT.into());
+            }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls-cert and tls-key go together".into());
@@ -433,6 +441,15 @@ mod tests {
             assert!(help.contains(o.env), "{} missing from --help", o.env);
             assert!(help.contains(&format!("[default: {}]", o.default)), "default of --{} missing from --help", o.flag);
         }
+    }
+
+    #[test]
+    fn a_cluster_refuses_authentication_until_nodes_authenticate_each_other() {
+        let base = ["txmq-broker", "--etcd", "http://127.0.0.1:2379", "--node-id", "n1"];
+        assert!(Args::parse_from(base).resolve().is_ok());
+        let err = Args::parse_from([&base[..], &["--auth"]].concat()).resolve().unwrap_err();
+        assert!(err.contains("not supported yet"), "{err}");
+        assert!(Args::parse_from(["txmq-broker", "--etcd", "http://127.0.0.1:2379"]).resolve().is_err(), "needs an id");
     }
 
     #[test]

@@ -342,6 +342,9 @@ fn advertised_endpoints(config: &Config, local: SocketAddr) -> Result<txmq_proto
 async fn join_cluster(broker: &Broker, local: SocketAddr) -> Result<Option<crate::cluster::Membership>, ServeError> {
     let c = broker.config();
     let (Some(etcd), Some(node_id)) = (&c.etcd, &c.node_id) else { return Ok(None) };
+    if c.auth {
+        return Err(ServeError::Config(crate::config::CLUSTER_AUTH_NOT_BUILT.into()));
+    }
     broker.claim_node_id(node_id).await.map_err(|e| ServeError::Config(e.to_string()))?;
     let address = match &c.advertise {
         Some(a) => a.clone(),
