@@ -62,6 +62,12 @@ pub fn untag(id: &str) -> Option<(&str, &str)> {
     id.split_once(SEP).filter(|(node, _)| crate::cluster::validate_node_id(node).is_ok())
 }
 
+/// The owner and the owner's own id of a client-held id, `me` (this node) when it names none.
+pub fn owner_of(me: &str, id: &str) -> (String, String) {
+    let (owner, raw) = untag(id).unwrap_or((me, id));
+    (owner.to_string(), raw.to_string())
+}
+
 /// Whether a request came from another node (or from this node's own cluster path).
 pub fn is_forwarded<T>(req: &Request<T>) -> bool {
     req.metadata().contains_key(FORWARDED)
@@ -166,9 +172,7 @@ impl Forwarder {
 
     /// The next live owner of a shard of `p`, in turn.
     pub fn next_live_owner(&self, p: &Placement) -> Option<String> {
-        let live: Vec<&str> = p.shards.iter().map(|s| s.node.as_str()).filter(|n| self.membership.is_live(n)).collect();
-        let i = self.round_robin.fetch_add(1, Ordering::Relaxed) as usize % live.len().max(1);
-        live.get(i).map(|n| n.to_string())
+        self.owners_for_send(p, None).ok()?.into_iter().next()
     }
 
     /// The nodes a send may go to, in order: for FIFO messages the owner of their message

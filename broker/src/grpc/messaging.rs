@@ -77,6 +77,27 @@ fn group_queue(
     Ok((group, topic, queue))
 }
 
+/// The status answered when node `owner` could not serve a passed request.
+fn node_failed(owner: &str, s: &tonic::Status) -> v2::Status {
+    status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))
+}
+
+/// The message ids of a SendMessage request, in order (empty for a message without them).
+fn message_ids(messages: &[v2::Message]) -> Vec<String> {
+    messages.iter().map(|m| m.system_properties.as_ref().map(|s| s.message_id.clone()).unwrap_or_default()).collect()
+}
+
+/// A SendMessage answer refusing every message with `st`: exactly one entry per message (the
+/// Rust client indexes `entries[0]`).
+fn refused(st: v2::Status, ids: Vec<String>) -> v2::SendMessageResponse {
+    let entries = ids.into_iter().map(|message_id| v2::SendResultEntry {
+        status: Some(st.clone()),
+        message_id,
+        ..Default::default()
+    });
+    v2::SendMessageResponse { entries: entries.collect(), status: Some(st) }
+}
+
 /// The answer to a client over its in-flight limit.
 fn busy() -> v2::Status {
     status::status(&BrokerError::TooManyRequests("too many requests in progress for this client".into()))
@@ -257,10 +278,7 @@ impl Messaging {
         caller: &Caller,
         messages: Vec<v2::Message>,
     ) -> Result<Vec<v2::SendResultEntry>, (BrokerError, Vec<String>)> {
-        let ids: Vec<String> = messages
-            .iter()
-            .map(|m| m.system_properties.as_ref().map(|s| s.message_id.clone()).unwrap_or_default())
-            .collect();
+        let ids = message_ids(&messages);
         let fail = |e: BrokerError| (e, ids.clone());
         if messages.is_empty() {
             return Err(fail(BrokerError::BadRequest("no messages in the request".into())));
@@ -359,47 +377,18 @@ impl MessagingService for Messaging {
         }
         let topic = req.get_ref().messages.first().and_then(|m| m.topic.as_ref()).map(|t| t.name.clone());
         if let Err(e) = self.ensure_local_topic(&req, topic.as_deref().unwrap_or_default()).await {
-            let st = status::status(&e);
-            let entries = req
-                .get_ref()
-                .messages
-                .iter()
-                .map(|m| v2::SendResultEntry {
-                    status: Some(st.clone()),
-                    message_id: m.system_properties.as_ref().map(|s| s.message_id.clone()).unwrap_or_default(),
-                    ..Default::default()
-                })
-                .collect();
-            return Ok(Response::new(v2::SendMessageResponse { status: Some(st), entries }));
+            return Ok(Response::new(refused(status::status(&e), message_ids(&req.get_ref().messages))));
         }
         let (_timer, producer, caller) = self.begin("SendMessage", &req);
         let messages = req.into_inner().messages;
         let Some(_slot) = self.admit(&producer) else {
-            let entries = messages
-                .iter()
-                .map(|m| v2::SendResultEntry {
-                    status: Some(busy()),
-                    message_id: m.system_properties.as_ref().map(|s| s.message_id.clone()).unwrap_or_default(),
-                    ..Default::default()
-                })
-                .collect();
-            return Ok(Response::new(v2::SendMessageResponse { status: Some(busy()), entries }));
+            return Ok(Response::new(refused(busy(), message_ids(&messages))));
         };
         let response = match self.send(&producer, &caller, messages).await {
             Ok(entries) => v2::SendMessageResponse { status: Some(ok()), entries },
             Err((e, ids)) => {
                 tracing::debug!(client_id = producer, error = %e, "send refused");
-                let st = status::status(&e);
-                // Exactly one entry per message: the Rust client indexes entries[0].
-                let entries = ids
-                    .into_iter()
-                    .map(|message_id| v2::SendResultEntry {
-                        status: Some(st.clone()),
-                        message_id,
-                        ..Default::default()
-                    })
-                    .collect();
-                v2::SendMessageResponse { status: Some(st), entries }
+                refused(status::status(&e), ids)
             }
         };
         Ok(Response::new(response))
@@ -924,12 +913,7 @@ impl Messaging {
         fw: &Forwarder,
         req: Request<v2::SendMessageRequest>,
     ) -> GrpcResult<v2::SendMessageResponse> {
-        let ids: Vec<String> = req
-            .get_ref()
-            .messages
-            .iter()
-            .map(|m| m.system_properties.as_ref().map(|s| s.message_id.clone()).unwrap_or_default())
-            .collect();
+        let ids = message_ids(&req.get_ref().messages);
         let answer = async {
             let first = req.get_ref().messages.first().ok_or_else(|| BrokerError::BadRequest("no message".into()))?;
             let topic = convert::resource_name(first.topic.as_ref(), "topic")?;
@@ -970,14 +954,7 @@ impl Messaging {
             Ok::<_, BrokerError>(r)
         }
         .await;
-        Ok(Response::new(answer.unwrap_or_else(|e| {
-            let st = status::status(&e);
-            let entries = ids
-                .into_iter()
-                .map(|message_id| v2::SendResultEntry { status: Some(st.clone()), message_id, ..Default::default() })
-                .collect();
-            v2::SendMessageResponse { status: Some(st), entries }
-        })))
+        Ok(Response::new(answer.unwrap_or_else(|e| refused(status::status(&e), ids))))
     }
 
     async fn cluster_receive(
@@ -1046,11 +1023,11 @@ impl Messaging {
         // Entries by owner, each remembering its place in the request.
         let mut by_owner: Vec<(String, Vec<(usize, v2::AckMessageEntry)>)> = Vec::new();
         for (i, e) in body.entries.iter().enumerate() {
-            let (owner, raw) = forward::untag(&e.receipt_handle).unwrap_or((fw.node_id(), &e.receipt_handle));
-            let entry = v2::AckMessageEntry { receipt_handle: raw.to_string(), ..e.clone() };
-            match by_owner.iter_mut().find(|(o, _)| o == owner) {
+            let (owner, raw) = forward::owner_of(fw.node_id(), &e.receipt_handle);
+            let entry = v2::AckMessageEntry { receipt_handle: raw, ..e.clone() };
+            match by_owner.iter_mut().find(|(o, _)| *o == owner) {
                 Some((_, v)) => v.push((i, entry)),
-                None => by_owner.push((owner.to_string(), vec![(i, entry)])),
+                None => by_owner.push((owner, vec![(i, entry)])),
             }
         }
         let mut results: Vec<Option<v2::AckMessageResultEntry>> = vec![None; body.entries.len()];
@@ -1066,7 +1043,7 @@ impl Messaging {
                     }
                 }
                 Err(s) => {
-                    let st = status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())));
+                    let st = node_failed(&owner, &s);
                     for place in places {
                         results[place] =
                             Some(v2::AckMessageResultEntry { status: Some(st.clone()), ..Default::default() });
@@ -1094,9 +1071,8 @@ impl Messaging {
         req: Request<v2::ChangeInvisibleDurationRequest>,
     ) -> GrpcResult<v2::ChangeInvisibleDurationResponse> {
         let body = req.get_ref().clone();
-        let (owner, raw) = forward::untag(&body.receipt_handle).unwrap_or((fw.node_id(), &body.receipt_handle));
-        let owner = owner.to_string();
-        let part = v2::ChangeInvisibleDurationRequest { receipt_handle: raw.to_string(), ..body.clone() };
+        let (owner, raw) = forward::owner_of(fw.node_id(), &body.receipt_handle);
+        let part = v2::ChangeInvisibleDurationRequest { receipt_handle: raw, ..body.clone() };
         let fwd = forward::forwarded(&req, fw.node_id(), part);
         let answer = at_owner!(self, fw, owner, fwd, change_invisible_duration, "ChangeInvisibleDuration");
         Ok(Response::new(match answer {
@@ -1106,7 +1082,7 @@ impl Messaging {
                 r
             }
             Err(s) => v2::ChangeInvisibleDurationResponse {
-                status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),
+                status: Some(node_failed(&owner, &s)),
                 receipt_handle: body.receipt_handle,
             },
         }))
@@ -1118,16 +1094,13 @@ impl Messaging {
         req: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
     ) -> GrpcResult<v2::ForwardMessageToDeadLetterQueueResponse> {
         let body = req.get_ref().clone();
-        let (owner, raw) = forward::untag(&body.receipt_handle).unwrap_or((fw.node_id(), &body.receipt_handle));
-        let owner = owner.to_string();
-        let part = v2::ForwardMessageToDeadLetterQueueRequest { receipt_handle: raw.to_string(), ..body };
+        let (owner, raw) = forward::owner_of(fw.node_id(), &body.receipt_handle);
+        let part = v2::ForwardMessageToDeadLetterQueueRequest { receipt_handle: raw, ..body };
         let fwd = forward::forwarded(&req, fw.node_id(), part);
         let answer =
             at_owner!(self, fw, owner, fwd, forward_message_to_dead_letter_queue, "ForwardMessageToDeadLetterQueue");
         Ok(answer.unwrap_or_else(|s| {
-            Response::new(v2::ForwardMessageToDeadLetterQueueResponse {
-                status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),
-            })
+            Response::new(v2::ForwardMessageToDeadLetterQueueResponse { status: Some(node_failed(&owner, &s)) })
         }))
     }
 
@@ -1137,16 +1110,12 @@ impl Messaging {
         req: Request<v2::EndTransactionRequest>,
     ) -> GrpcResult<v2::EndTransactionResponse> {
         let body = req.get_ref().clone();
-        let (owner, raw) = forward::untag(&body.transaction_id).unwrap_or((fw.node_id(), &body.transaction_id));
-        let owner = owner.to_string();
-        let part = v2::EndTransactionRequest { transaction_id: raw.to_string(), ..body };
+        let (owner, raw) = forward::owner_of(fw.node_id(), &body.transaction_id);
+        let part = v2::EndTransactionRequest { transaction_id: raw, ..body };
         let fwd = forward::forwarded(&req, fw.node_id(), part);
         let answer = at_owner!(self, fw, owner, fwd, end_transaction, "EndTransaction");
-        Ok(answer.unwrap_or_else(|s| {
-            Response::new(v2::EndTransactionResponse {
-                status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),
-            })
-        }))
+        Ok(answer
+            .unwrap_or_else(|s| Response::new(v2::EndTransactionResponse { status: Some(node_failed(&owner, &s)) })))
     }
 
     async fn cluster_recall(
@@ -1155,14 +1124,13 @@ impl Messaging {
         req: Request<v2::RecallMessageRequest>,
     ) -> GrpcResult<v2::RecallMessageResponse> {
         let body = req.get_ref().clone();
-        let (owner, raw) = forward::untag(&body.recall_handle).unwrap_or((fw.node_id(), &body.recall_handle));
-        let owner = owner.to_string();
-        let part = v2::RecallMessageRequest { recall_handle: raw.to_string(), ..body };
+        let (owner, raw) = forward::owner_of(fw.node_id(), &body.recall_handle);
+        let part = v2::RecallMessageRequest { recall_handle: raw, ..body };
         let fwd = forward::forwarded(&req, fw.node_id(), part);
         let answer = at_owner!(self, fw, owner, fwd, recall_message, "RecallMessage");
         Ok(answer.unwrap_or_else(|s| {
             Response::new(v2::RecallMessageResponse {
-                status: Some(status::status(&BrokerError::Internal(format!("node {owner}: {}", s.message())))),
+                status: Some(node_failed(&owner, &s)),
                 message_id: String::new(),
             })
         }))
