@@ -107,6 +107,22 @@ fn topic_type_wire(t: TopicType) -> pb::TopicType {
     }
 }
 
+/// Runs admin call `$method` with `$asked` at node `$node` of membership `$m`: this node's own
+/// service, or the node's over the network; evaluates to the call's result.
+macro_rules! admin_at {
+    ($self:ident, $m:expr, $node:expr, $asked:expr, $method:ident) => {{
+        let node: &str = $node;
+        if node == $m.node_id() {
+            Admin::$method($self, $asked).await
+        } else {
+            match $self.owner_admin($m, node).await {
+                Ok(mut c) => c.$method($asked).await,
+                Err(e) => Err(tonic::Status::unavailable(e)),
+            }
+        }
+    }};
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_user(&self, req: Request<pb::CreateUserRequest>) -> GrpcResult<pb::CreateUserResponse> {
@@ -373,9 +389,9 @@ impl Admin for AdminService {
     async fn get_transaction(&self, req: Request<pb::GetTransactionRequest>) -> GrpcResult<pb::GetTransactionResponse> {
         if let Some((m, owner, raw)) = self.txn_owner(&req, &req.get_ref().id) {
             let asked = crate::grpc::forward::forwarded(&req, m.node_id(), pb::GetTransactionRequest { id: raw });
-            let mut r = match self.owner_admin(m, &owner).await {
-                Ok(mut c) => c.get_transaction(asked).await?.into_inner(),
-                Err(e) => pb::GetTransactionResponse { status: unavailable(e), transaction: None },
+            let mut r = match admin_at!(self, m, &owner, asked, get_transaction) {
+                Ok(r) => r.into_inner(),
+                Err(e) => pb::GetTransactionResponse { status: unavailable(e.message()), transaction: None },
             };
             tag_txn(&owner, r.transaction.as_mut());
             return Ok(Response::new(r));
@@ -390,9 +406,9 @@ impl Admin for AdminService {
         if let Some((m, owner, raw)) = self.txn_owner(&req, &req.get_ref().id) {
             let body = pb::ResolveTransactionRequest { id: raw, ..req.get_ref().clone() };
             let asked = crate::grpc::forward::forwarded(&req, m.node_id(), body);
-            let mut r = match self.owner_admin(m, &owner).await {
-                Ok(mut c) => c.resolve_transaction(asked).await?.into_inner(),
-                Err(e) => pb::ResolveTransactionResponse { status: unavailable(e), transaction: None },
+            let mut r = match admin_at!(self, m, &owner, asked, resolve_transaction) {
+                Ok(r) => r.into_inner(),
+                Err(e) => pb::ResolveTransactionResponse { status: unavailable(e.message()), transaction: None },
             };
             tag_txn(&owner, r.transaction.as_mut());
             return Ok(Response::new(r));
@@ -407,9 +423,9 @@ impl Admin for AdminService {
         if let Some((m, owner, raw)) = self.txn_owner(&req, &req.get_ref().id) {
             let body = pb::ResumeTransactionRequest { id: raw, ..req.get_ref().clone() };
             let asked = crate::grpc::forward::forwarded(&req, m.node_id(), body);
-            let mut r = match self.owner_admin(m, &owner).await {
-                Ok(mut c) => c.resume_transaction(asked).await?.into_inner(),
-                Err(e) => pb::ResumeTransactionResponse { status: unavailable(e), transaction: None },
+            let mut r = match admin_at!(self, m, &owner, asked, resume_transaction) {
+                Ok(r) => r.into_inner(),
+                Err(e) => pb::ResumeTransactionResponse { status: unavailable(e.message()), transaction: None },
             };
             tag_txn(&owner, r.transaction.as_mut());
             return Ok(Response::new(r));
@@ -641,11 +657,11 @@ impl AdminService {
     /// `id` and the owner's own id (an id naming no node is this node's).
     fn txn_owner<T>(&self, req: &Request<T>, id: &str) -> Option<(&Membership, String, String)> {
         let m = self.cluster.as_ref().filter(|_| !crate::grpc::forward::is_forwarded(req))?;
-        let (owner, raw) = crate::grpc::forward::untag(id).unwrap_or((m.node_id(), id));
-        Some((m, owner.to_string(), raw.to_string()))
+        let (owner, raw) = crate::grpc::forward::owner_of(m.node_id(), id);
+        Some((m, owner, raw))
     }
 
-    /// The admin API of node `node` (this one too, over the network: simple and rare).
+    /// The admin API of another node `node`.
     async fn owner_admin(
         &self,
         m: &Membership,
@@ -676,12 +692,9 @@ impl AdminService {
         let mut all = Vec::new();
         for node in members {
             let asked = crate::grpc::forward::forwarded(req, m.node_id(), req.get_ref().clone());
-            let answer = match self.owner_admin(m, &node.record.id).await {
-                Ok(mut c) => {
-                    c.list_transactions(asked).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
-                }
-                Err(e) => Err(e),
-            };
+            let answer = admin_at!(self, m, &node.record.id, asked, list_transactions)
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string());
             match answer {
                 Ok(r) if r.status.as_ref().is_some_and(|s| s.code == pb::StatusCode::Ok as i32) => {
                     all.extend(r.transactions.into_iter().map(|mut t| {
@@ -722,14 +735,7 @@ impl AdminService {
         let mut merged: Option<pb::Group> = None;
         for node in members {
             let asked = crate::grpc::forward::forwarded(req, m.node_id(), req.get_ref().clone());
-            let answer = if node.record.id == m.node_id() {
-                Admin::describe_group(self, asked).await
-            } else {
-                match pb::admin_client::AdminClient::connect(format!("http://{}", node.record.address)).await {
-                    Ok(mut c) => c.describe_group(asked).await,
-                    Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-                }
-            };
+            let answer = admin_at!(self, m, &node.record.id, asked, describe_group);
             let g = match answer.map(|r| r.into_inner()) {
                 Ok(pb::DescribeGroupResponse { group: Some(g), .. }) => g,
                 Ok(_) => continue, // the group has no state there
@@ -803,17 +809,7 @@ impl AdminService {
         let mut out = pb::DescribeTopicResponse { status: ok(), ..Default::default() };
         for shard in &p.shards {
             let asked = crate::grpc::forward::forwarded(req, m.node_id(), req.get_ref().clone());
-            let answer = if shard.node == m.node_id() {
-                Admin::describe_topic(self, asked).await
-            } else {
-                match m.address_of(&shard.node) {
-                    None => Err(tonic::Status::unavailable(format!("node {} is not live", shard.node))),
-                    Some(address) => match pb::admin_client::AdminClient::connect(format!("http://{address}")).await {
-                        Ok(mut c) => c.describe_topic(asked).await,
-                        Err(e) => Err(tonic::Status::unavailable(format!("node {}: {e}", shard.node))),
-                    },
-                }
-            };
+            let answer = admin_at!(self, m, &shard.node, asked, describe_topic);
             let r = match answer {
                 Ok(r) => r.into_inner(),
                 Err(e) => return unavailable(format!("node {}: {}", shard.node, e.message())),
