@@ -84,40 +84,25 @@ async fn python_recalls_a_delay_message_that_is_then_never_delivered() {
     scenario("recall").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_lite_consumer_receives_only_the_lite_topics_it_subscribes_to() {
+/// Runs a scenario after creating `topic` of type `ty` with `queues` queues.
+async fn scenario_on_topic(name: &str, topic: &'static str, ty: txmq_proto::admin::TopicType, queues: u32) {
     use txmq_proto::admin as pb;
-    scenario_after("lite", |mut admin| async move {
-        let r = admin
-            .create_topic(pb::CreateTopicRequest {
-                name: "py-chat".into(),
-                r#type: pb::TopicType::Lite as i32,
-                queue_count: 1,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+    scenario_after(name, |mut admin| async move {
+        let req = pb::CreateTopicRequest { name: topic.into(), r#type: ty as i32, queue_count: queues };
+        let r = admin.create_topic(req).await.unwrap().into_inner();
         assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_lite_consumer_receives_only_the_lite_topics_it_subscribes_to() {
+    scenario_on_topic("lite", "py-chat", txmq_proto::admin::TopicType::Lite, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_priority_messages_arrive_highest_first() {
-    use txmq_proto::admin as pb;
-    scenario_after("priority", |mut admin| async move {
-        let r = admin
-            .create_topic(pb::CreateTopicRequest {
-                name: "py-urgent".into(),
-                r#type: pb::TopicType::Priority as i32,
-                queue_count: 4,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
-    })
-    .await;
+    scenario_on_topic("priority", "py-urgent", txmq_proto::admin::TopicType::Priority, 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
