@@ -569,8 +569,14 @@ impl Broker {
                 "--auth-init-user needs the secret in the TXMQ_AUTH_INIT_SECRET environment variable".into(),
             )
         })?;
-        self.auth.create_user(name, secret, UserKind::Super, now_ms()).await?;
-        tracing::info!(user = name, "created the first super user");
+        match self.auth.create_user(name, secret, UserKind::Super, now_ms()).await {
+            Ok(()) => tracing::info!(user = name, "created the first super user"),
+            // Another node of the cluster, starting at the same moment, made it first.
+            Err(_) if self.auth.user_exists(name).await? => {
+                tracing::info!(user = name, "the first super user was created by another node")
+            }
+            Err(e) => return Err(e),
+        }
         Ok(())
     }
 

@@ -88,11 +88,6 @@ impl Value for Duration {
     }
 }
 
-/// Why `--etcd` and `--auth` do not go together yet.
-pub const CLUSTER_AUTH_NOT_BUILT: &str = "--auth with --etcd is not supported yet: the nodes of a cluster do not \
-    authenticate each other and users are kept per node (docs/cluster.md); run the cluster on a trusted network \
-    without --auth, or a standalone broker with it";
-
 /// Options whose value is one of a few words: each word is written once, here.
 macro_rules! word_values {
     ($($t:ident { $($variant:ident => $word:literal),+ $(,)? })*) => {$(
@@ -333,6 +328,11 @@ options! {
     /// CA certificates (PEM) of client certificates (mutual TLS): a client presenting one is
     /// the user named by its subject's common name, without signing its requests.
     tls_client_ca: Maybe<PathBuf> = None, "tls-client-ca", "TXMQ_TLS_CLIENT_CA", shown "none";
+    /// In a cluster: a file of at least 16 random bytes, the same on every node; nodes sign
+    /// every request they pass each other with it and refuse unsigned ones (needed with `--auth`).
+    cluster_key_file: Maybe<PathBuf> = None, "cluster-key-file", "TXMQ_CLUSTER_KEY_FILE", shown "none: nodes trust the network";
+    /// In a cluster with TLS: the CA (PEM) the other nodes' certificates chain to, for dialing them over TLS.
+    tls_peer_ca: Maybe<PathBuf> = None, "tls-peer-ca", "TXMQ_TLS_PEER_CA", shown "system roots";
 }
 
 impl Config {
@@ -395,9 +395,13 @@ impl Config {
             if !self.etcd_prefix.starts_with('/') || self.etcd_prefix.ends_with('/') {
                 return Err("etcd-prefix must start with '/' and not end with one".into());
             }
-            if self.auth {
-                return Err(CLUSTER_AUTH_NOT_BUILT.into());
+            if self.auth && self.cluster_key_file.is_none() {
+                return Err("--auth with --etcd needs --cluster-key-file: the nodes sign what they pass each other \
+                    with it (the same file on every node)"
+                    .into());
             }
+        } else if self.cluster_key_file.is_some() || self.tls_peer_ca.is_some() {
+            return Err("cluster-key-file and tls-peer-ca are for a cluster (--etcd)".into());
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls-cert and tls-key go together".into());
@@ -444,11 +448,15 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_refuses_authentication_until_nodes_authenticate_each_other() {
+    fn a_cluster_with_authentication_needs_a_cluster_key() {
         let base = ["txmq-broker", "--etcd", "http://127.0.0.1:2379", "--node-id", "n1"];
         assert!(Args::parse_from(base).resolve().is_ok());
         let err = Args::parse_from([&base[..], &["--auth"]].concat()).resolve().unwrap_err();
-        assert!(err.contains("not supported yet"), "{err}");
+        assert!(err.contains("--cluster-key-file"), "{err}");
+        let keyed = [&base[..], &["--auth", "--cluster-key-file", "/k"]].concat();
+        assert!(Args::parse_from(keyed).resolve().is_ok());
+        let err = Args::parse_from(["txmq-broker", "--cluster-key-file", "/k"]).resolve().unwrap_err();
+        assert!(err.contains("for a cluster"), "{err}");
         assert!(Args::parse_from(["txmq-broker", "--etcd", "http://127.0.0.1:2379"]).resolve().is_err(), "needs an id");
     }
 

@@ -58,10 +58,6 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr()?;
-    broker
-        .init_user(std::env::var("TXMQ_AUTH_INIT_SECRET").ok().as_deref())
-        .await
-        .map_err(|e| ServeError::Config(e.to_string()))?;
     let advertised = advertised_endpoints(broker.config(), local)?;
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -69,10 +65,32 @@ pub async fn run_with_metrics(
     let cluster = match join_cluster(&broker, local).await? {
         Some(m) => {
             tracker.spawn(m.clone().keep_alive(token.clone()));
+            if broker.config().auth {
+                // Users are the cluster's (in etcd), the same on every node.
+                let at =
+                    broker.auth().attach_cluster(m.clone()).await.map_err(|e| ServeError::Config(e.to_string()))?;
+                let (b, stop) = (broker.clone(), token.clone());
+                tracker.spawn(async move { b.auth().follow_cluster(at, stop).await });
+            }
             Some(m)
         }
         None => None,
     };
+    broker
+        .init_user(std::env::var("TXMQ_AUTH_INIT_SECRET").ok().as_deref())
+        .await
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let gate = |peers_only| crate::grpc::forward::NodeGate {
+        clustered: cluster.is_some(),
+        key: cluster.as_ref().and_then(|m| m.peer_settings().key.clone()),
+        max_skew: match broker.config().auth_max_skew {
+            d if d.is_zero() => std::time::Duration::from_secs(15 * 60),
+            d => d,
+        },
+        peers_only,
+    };
+    let (messaging_gate, peers_gate) = (gate(false), gate(true));
+    let mut admin_gate = (gate(false), AdminGate { broker: broker.clone() });
     let forwarder = cluster.clone().map(|m| Arc::new(crate::grpc::forward::Forwarder::new(m)));
     let messaging = Messaging {
         cluster: forwarder.clone(),
@@ -113,9 +131,17 @@ pub async fn run_with_metrics(
         // ~15 minutes of retransmissions.
         .http2_keepalive_interval(Some(broker.config().keepalive_interval))
         .http2_keepalive_timeout(Some(broker.config().keepalive_timeout))
-        .add_service(MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(AdminServer::with_interceptor(admin, AdminGate { broker: broker.clone() }))
-        .add_optional_service(peers.map(txmq_proto::cluster::cluster_server::ClusterServer::new))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES),
+            messaging_gate,
+        ))
+        .add_service(AdminServer::with_interceptor(admin, move |req| {
+            use tonic::service::Interceptor;
+            admin_gate.0.call(req).and_then(|req| admin_gate.1.call(req))
+        }))
+        .add_optional_service(
+            peers.map(|p| txmq_proto::cluster::cluster_server::ClusterServer::with_interceptor(p, peers_gate)),
+        )
         .serve_with_incoming_shutdown(incoming(listener, broker.config().max_connections, tls), async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, ending streams");
@@ -342,9 +368,6 @@ fn advertised_endpoints(config: &Config, local: SocketAddr) -> Result<txmq_proto
 async fn join_cluster(broker: &Broker, local: SocketAddr) -> Result<Option<crate::cluster::Membership>, ServeError> {
     let c = broker.config();
     let (Some(etcd), Some(node_id)) = (&c.etcd, &c.node_id) else { return Ok(None) };
-    if c.auth {
-        return Err(ServeError::Config(crate::config::CLUSTER_AUTH_NOT_BUILT.into()));
-    }
     broker.claim_node_id(node_id).await.map_err(|e| ServeError::Config(e.to_string()))?;
     let address = match &c.advertise {
         Some(a) => a.clone(),
@@ -356,11 +379,33 @@ async fn join_cluster(broker: &Broker, local: SocketAddr) -> Result<Option<crate
         address,
         prefix: c.etcd_prefix.clone(),
         lease_ttl: c.etcd_lease_ttl,
+        peer: peer_settings(c)?,
     };
     let m = crate::cluster::Membership::join(settings, crate::clock::now_ms())
         .await
         .map_err(|e| ServeError::Config(e.to_string()))?;
     Ok(Some(m))
+}
+
+/// How this node signs its requests to peers and dials them: the cluster key from
+/// `--cluster-key-file`; TLS when the node serves TLS itself, trusting `--tls-peer-ca` (or the
+/// system's roots).
+fn peer_settings(c: &Config) -> Result<crate::cluster::peer::PeerSettings, ServeError> {
+    let key = match &c.cluster_key_file {
+        Some(path) => Some(Arc::new(
+            crate::cluster::peer::NodeKey::from_file(path).map_err(|e| ServeError::Config(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let tls = match (&c.tls_cert, &c.tls_peer_ca) {
+        (None, _) => None,
+        (Some(_), None) => Some(None),
+        (Some(_), Some(ca)) => Some(Some(
+            std::fs::read(ca)
+                .map_err(|e| ServeError::Config(format!("cannot read tls-peer-ca {}: {e}", ca.display())))?,
+        )),
+    };
+    Ok(crate::cluster::peer::PeerSettings { key, tls })
 }
 
 /// A broker running in this process, for tests and examples.

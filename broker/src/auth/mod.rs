@@ -17,6 +17,7 @@
 pub mod acl;
 pub mod header;
 
+use crate::cluster::Membership;
 use crate::codec::{CodecError, Decoder, Encoder, Record};
 use crate::error::{BrokerError, Result};
 use crate::model::Millis;
@@ -109,6 +110,8 @@ pub struct Auth {
     /// Serializes user changes (read, change, write of one record).
     change_lock: tokio::sync::Mutex<()>,
     failures_logged: LogLimiter,
+    /// In a cluster, users live in etcd (every node the same) instead of this node's store.
+    cluster: RwLock<Option<Membership>>,
 }
 
 impl Auth {
@@ -122,31 +125,8 @@ impl Auth {
         for (k, v) in scan_prefix(store, &Key::user_prefix(), usize::MAX, false)? {
             let stored =
                 StoredUser::decode(&v).map_err(|e| StoreError::Corrupt { key: k.clone(), detail: e.to_string() })?;
-            let secret = match (&stored.secret, &seal) {
-                (Secret::Plain(s), _) => s.clone(),
-                (Secret::Sealed(bytes), Some(seal)) => seal.open(bytes).ok_or_else(|| {
-                    BrokerError::Config(format!(
-                        "the secret of user {} does not open with the key in TXMQ_AUTH_KEY_FILE (another key?)",
-                        stored.name
-                    ))
-                })?,
-                (Secret::Sealed(_), None) => {
-                    return Err(BrokerError::Config(
-                        "users' secrets are sealed; set TXMQ_AUTH_KEY_FILE to the key file they were sealed with"
-                            .into(),
-                    ))
-                }
-            };
-            users.insert(
-                stored.name.clone(),
-                Arc::new(User {
-                    name: stored.name,
-                    kind: stored.kind,
-                    created_at: stored.created_at,
-                    policy: stored.policy,
-                    secret,
-                }),
-            );
+            let user = open_stored(seal.as_ref(), stored)?;
+            users.insert(user.name.clone(), Arc::new(user));
         }
         if settings.enabled && seal.is_none() {
             tracing::warn!("authentication is on and TXMQ_AUTH_KEY_FILE is not set: user secrets are stored unsealed");
@@ -158,6 +138,7 @@ impl Auth {
             seal,
             change_lock: tokio::sync::Mutex::new(()),
             failures_logged: LogLimiter::default(),
+            cluster: RwLock::new(None),
         })
     }
 
@@ -247,18 +228,45 @@ impl Auth {
     pub async fn create_user(&self, name: &str, secret: &str, kind: UserKind, now: Millis) -> Result<()> {
         validate_user(name, secret)?;
         let _guard = self.change_lock.lock().await;
-        if crate::sync::read(&self.users).contains_key(name) {
-            return Err(BrokerError::BadRequest(format!("user {name} exists")));
-        }
+        let exists = || BrokerError::BadRequest(format!("user {name} exists"));
         let user = User { name: name.into(), kind, created_at: now, policy: Vec::new(), secret: secret.into() };
+        if let Some(m) = self.membership() {
+            if !m.put_user_if(name, self.encode(&user)?, 0).await.map_err(cluster_error)? {
+                return Err(exists());
+            }
+            crate::sync::write(&self.users).insert(user.name.clone(), Arc::new(user));
+            return Ok(());
+        }
+        if crate::sync::read(&self.users).contains_key(name) {
+            return Err(exists());
+        }
         self.store_user(user).await
     }
 
-    /// Deletes a user durably (its requests fail from now on).
+    /// Whether user `name` exists; in a cluster, asked of etcd, and a user found there that this
+    /// node has not seen yet (its watch lags) is taken into this node's copy at once.
+    pub async fn user_exists(&self, name: &str) -> Result<bool> {
+        let Some(m) = self.membership() else { return Ok(crate::sync::read(&self.users).contains_key(name)) };
+        let Some(entry) = m.user(name).await.map_err(cluster_error)? else { return Ok(false) };
+        let user = self.decode(&entry.value)?;
+        crate::sync::write(&self.users).insert(user.name.clone(), Arc::new(user));
+        Ok(true)
+    }
+
+    /// Deletes a user durably (its requests fail from now on; on every node of a cluster as
+    /// soon as its watch sees the deletion).
     pub async fn delete_user(&self, name: &str) -> Result<()> {
         let _guard = self.change_lock.lock().await;
+        let missing = || BrokerError::NotFound(format!("no user {name}"));
+        if let Some(m) = self.membership() {
+            if !m.delete_user(name).await.map_err(cluster_error)? {
+                return Err(missing());
+            }
+            crate::sync::write(&self.users).remove(name);
+            return Ok(());
+        }
         if !crate::sync::read(&self.users).contains_key(name) {
-            return Err(BrokerError::NotFound(format!("no user {name}")));
+            return Err(missing());
         }
         let mut batch = Batch::new();
         batch.delete(&Key::User(name.into()));
@@ -291,8 +299,22 @@ impl Auth {
         .await
     }
 
-    async fn change_policy(&self, name: &str, change: impl FnOnce(&mut Vec<Entry>)) -> Result<()> {
+    async fn change_policy(&self, name: &str, change: impl Fn(&mut Vec<Entry>)) -> Result<()> {
         let _guard = self.change_lock.lock().await;
+        if let Some(m) = self.membership() {
+            // Read, change, write if no one else wrote in between; else again with theirs.
+            for _ in 0..10 {
+                let entry = m.user(name).await.map_err(cluster_error)?;
+                let entry = entry.ok_or_else(|| BrokerError::NotFound(format!("no user {name}")))?;
+                let mut user = self.decode(&entry.value)?;
+                change(&mut user.policy);
+                if m.put_user_if(name, self.encode(&user)?, entry.revision).await.map_err(cluster_error)? {
+                    crate::sync::write(&self.users).insert(user.name.clone(), Arc::new(user));
+                    return Ok(());
+                }
+            }
+            return Err(BrokerError::Internal(format!("user {name} kept changing under this change; try again")));
+        }
         let mut user = crate::sync::read(&self.users)
             .get(name)
             .map(|u| (**u).clone())
@@ -301,7 +323,8 @@ impl Auth {
         self.store_user(user).await
     }
 
-    async fn store_user(&self, user: User) -> Result<()> {
+    /// A user's record as stored (the secret sealed when there is a key).
+    fn encode(&self, user: &User) -> Result<Vec<u8>> {
         let secret = match &self.seal {
             Some(seal) => Secret::Sealed(seal.seal(&user.secret)?),
             None => Secret::Plain(user.secret.clone()),
@@ -313,12 +336,120 @@ impl Auth {
             policy: user.policy.clone(),
             secret,
         };
+        Ok(stored.encode())
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<User> {
+        let stored = StoredUser::decode(bytes).map_err(|e| BrokerError::Internal(format!("user record: {e}")))?;
+        open_stored(self.seal.as_ref(), stored)
+    }
+
+    fn membership(&self) -> Option<Membership> {
+        crate::sync::read(&self.cluster).clone()
+    }
+
+    /// Switches to the cluster's users (in etcd): this node's users are copied there when the
+    /// cluster has none yet (the first node to join with users brings them). Returns the etcd
+    /// revision they were read at, to [`Auth::follow_cluster`] from.
+    pub async fn attach_cluster(&self, m: Membership) -> Result<i64> {
+        let _guard = self.change_lock.lock().await;
+        let (mut entries, mut revision) = m.users().await.map_err(cluster_error)?;
+        if entries.is_empty() {
+            let local = self.users();
+            for user in &local {
+                m.put_user_if(&user.name, self.encode(user)?, 0).await.map_err(cluster_error)?;
+            }
+            if !local.is_empty() {
+                tracing::info!(users = local.len(), "this node's users copied to the cluster (it had none)");
+            }
+            (entries, revision) = m.users().await.map_err(cluster_error)?;
+        }
+        let mut users = HashMap::new();
+        for e in entries {
+            match self.decode(&e.value) {
+                Ok(u) => {
+                    users.insert(u.name.clone(), Arc::new(u));
+                }
+                Err(err) => return Err(BrokerError::Config(format!("user {} in etcd: {err}", e.name))),
+            }
+        }
+        *crate::sync::write(&self.users) = users;
+        *crate::sync::write(&self.cluster) = Some(m);
+        Ok(revision)
+    }
+
+    /// Applies every change to the cluster's users as etcd reports it, until `shutdown`; a
+    /// broken watch is re-established from a fresh read of every user.
+    pub async fn follow_cluster(&self, mut revision: i64, shutdown: tokio_util::sync::CancellationToken) {
+        let Some(m) = self.membership() else { return };
+        loop {
+            let apply = |c: crate::cluster::users::UserChange| match c.value {
+                None => {
+                    crate::sync::write(&self.users).remove(&c.name);
+                }
+                Some(v) => match self.decode(&v) {
+                    Ok(u) => {
+                        crate::sync::write(&self.users).insert(u.name.clone(), Arc::new(u));
+                    }
+                    Err(e) => tracing::warn!(user = c.name, error = %e, "unreadable user record in etcd; ignored"),
+                },
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                e = m.follow_users(revision, apply) => tracing::warn!(error = %e, "watch of users broken; reading them again"),
+            }
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                match m.users().await {
+                    Ok((entries, at)) => {
+                        let users = entries
+                            .iter()
+                            .filter_map(|e| self.decode(&e.value).ok().map(|u| (u.name.clone(), Arc::new(u))))
+                            .collect();
+                        *crate::sync::write(&self.users) = users;
+                        revision = at;
+                        break;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "users not read from etcd yet"),
+                }
+            }
+        }
+    }
+
+    async fn store_user(&self, user: User) -> Result<()> {
         let mut batch = Batch::new();
-        batch.put(&Key::User(user.name.clone()), stored.encode());
+        batch.put(&Key::User(user.name.clone()), self.encode(&user)?);
         self.committer.commit(batch).await?;
         crate::sync::write(&self.users).insert(user.name.clone(), Arc::new(user));
         Ok(())
     }
+}
+
+/// An etcd failure as the admin API reports it (retry later; nothing was guessed).
+fn cluster_error(e: crate::cluster::ClusterError) -> BrokerError {
+    BrokerError::Internal(format!("cluster: {e}"))
+}
+
+/// A stored user with its secret opened.
+fn open_stored(seal: Option<&Seal>, stored: StoredUser) -> Result<User> {
+    let secret = match (&stored.secret, seal) {
+        (Secret::Plain(s), _) => s.clone(),
+        (Secret::Sealed(bytes), Some(seal)) => seal.open(bytes).ok_or_else(|| {
+            BrokerError::Config(format!(
+                "the secret of user {} does not open with the key in TXMQ_AUTH_KEY_FILE (another key?)",
+                stored.name
+            ))
+        })?,
+        (Secret::Sealed(_), None) => {
+            return Err(BrokerError::Config(
+                "users' secrets are sealed; set TXMQ_AUTH_KEY_FILE to the key file they were sealed with".into(),
+            ))
+        }
+    };
+    Ok(User { name: stored.name, kind: stored.kind, created_at: stored.created_at, policy: stored.policy, secret })
 }
 
 /// Parses a policy entry as the CLI and admin API give it.

@@ -13,8 +13,10 @@
 //! Owns: this node's membership key and lease, and the etcd client. Never touches the store;
 //! the data directory's node id stamp is the broker's (`Broker::claim_node_id`).
 
+pub mod peer;
 pub mod placement;
 pub mod producers;
+pub mod users;
 
 pub use placement::{Placement, Shard};
 use serde::{Deserialize, Serialize};
@@ -53,6 +55,8 @@ pub struct ClusterSettings {
     /// Key prefix of the cluster, without a trailing '/'.
     pub prefix: String,
     pub lease_ttl: Duration,
+    /// How requests to peers are made secure.
+    pub peer: peer::PeerSettings,
 }
 
 /// What a node publishes about itself under its membership key.
@@ -128,6 +132,8 @@ struct Inner {
     published: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
     /// Every node's producers as last read.
     producers: std::sync::RwLock<producers::ProducerMap>,
+    /// Channels to peers.
+    channels: peer::Channels,
 }
 
 impl Membership {
@@ -164,6 +170,7 @@ impl Membership {
                 placements: std::sync::RwLock::new(std::collections::HashMap::new()),
                 published: std::sync::Mutex::new(std::collections::BTreeSet::new()),
                 producers: std::sync::RwLock::new(producers::ProducerMap::new()),
+                channels: peer::Channels::default(),
             }),
         };
         // A node restarted right after it died finds its old key until the old lease expires:
@@ -295,6 +302,24 @@ impl Membership {
 
     pub fn node_id(&self) -> &str {
         &self.inner.settings.node_id
+    }
+
+    /// How this node's requests to peers are secured (their signing key, TLS).
+    pub fn peer_settings(&self) -> &peer::PeerSettings {
+        &self.inner.settings.peer
+    }
+
+    /// A channel to live node `node` (one per address, shared by every request). A node missing
+    /// from the cached member list (it joined since the last listing) is looked up in etcd.
+    pub async fn channel(&self, node: &str) -> Result<tonic::transport::Channel, ClusterError> {
+        let address = match self.address_of(node) {
+            Some(a) => a,
+            None => {
+                self.members().await?;
+                self.address_of(node).ok_or_else(|| ClusterError::Config(format!("node {node} is not live")))?
+            }
+        };
+        self.inner.channels.get(&self.inner.settings.peer, node, &address)
     }
 
     /// Re-reads the member list into the cache [`Self::live`] answers from.

@@ -36,15 +36,21 @@ impl Caller {
 
     /// Authenticates `req` (counting and logging a failure, at most ten lines a second).
     pub fn of<T>(broker: &Broker, req: &Request<T>, client_id: &str, rpc: &'static str) -> Caller {
-        let conn = req.extensions().get::<ConnInfo>();
-        let from = conn.and_then(|c| c.remote).map(|a| a.ip());
+        // A request a node passed on: the address and certificate of the client that node
+        // served (it vouched for them, see `forward::NodeGate`).
+        let (from, certificate) = match req.extensions().get::<super::forward::Hop>() {
+            Some(hop) => (hop.client_addr, hop.client_cn.as_deref()),
+            None => {
+                let conn = req.extensions().get::<ConnInfo>();
+                (conn.and_then(|c| c.remote).map(|a| a.ip()), conn.and_then(|c| c.client_cn.as_deref()))
+            }
+        };
         let auth = broker.auth();
         if !auth.enabled() {
             return Caller { identity: Ok(None), from };
         }
         let header = |name: &str| req.metadata().get(name).and_then(|v| v.to_str().ok());
         let now = now_ms();
-        let certificate = conn.and_then(|c| c.client_cn.as_deref());
         let identity = match (header("authorization"), certificate) {
             // A client certificate stands for the signature when the request carries none.
             (None, Some(cn)) => auth.authenticate_certificate(cn),

@@ -13,9 +13,8 @@
 
 use crate::cluster::{Membership, Placement};
 use crate::error::BrokerError;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tonic::transport::Channel;
 use tonic::Request;
 use txmq_proto::cluster::cluster_client::ClusterClient;
@@ -26,6 +25,24 @@ use v2::messaging_service_client::MessagingServiceClient;
 
 /// Metadata key of a request one node passed to another: serve it here.
 pub const FORWARDED: &str = "x-txmq-forwarded-by";
+
+/// Metadata keys of the original client's address and certificate name, which a forwarding
+/// node vouches for (signed) so that the owner applies source-address policies and
+/// certificate identities as the first node would.
+pub const CLIENT_ADDR: &str = "x-txmq-client-addr";
+pub const CLIENT_CN: &str = "x-txmq-client-cn";
+
+/// A request another node passed on (or this node's own cluster path passed to itself), as
+/// the [`NodeGate`] accepted it: in the request's extensions. Only requests that carry it are
+/// served as forwarded.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    /// The node that passed the request on.
+    pub by: String,
+    /// The original client's address and certificate name.
+    pub client_addr: Option<std::net::IpAddr>,
+    pub client_cn: Option<String>,
+}
 
 /// Metadata key telling the owner its shard of the request's topic (`TYPE:queues`), so that it
 /// can create its local topic without asking etcd.
@@ -43,6 +60,9 @@ pub fn with_shard<T>(mut req: Request<T>, p: &Placement, node: &str) -> Request<
 
 /// The shard a forwarded request names: `(type name, queues)`.
 pub fn shard_of<T>(req: &Request<T>) -> Option<(String, u32)> {
+    if !is_forwarded(req) {
+        return None;
+    }
     let v = req.metadata().get(SHARD)?.to_str().ok()?;
     let (ty, n) = v.split_once(':')?;
     Some((ty.to_string(), n.parse().ok()?))
@@ -68,21 +88,64 @@ pub fn owner_of(me: &str, id: &str) -> (String, String) {
     (owner.to_string(), raw.to_string())
 }
 
-/// Whether a request came from another node (or from this node's own cluster path).
+/// Whether a request came from another node (or from this node's own cluster path), as
+/// the [`NodeGate`] accepted it.
 pub fn is_forwarded<T>(req: &Request<T>) -> bool {
-    req.metadata().contains_key(FORWARDED)
+    req.extensions().get::<Hop>().is_some()
+}
+
+/// The gate in front of every service of a clustered node: a request carrying the forwarding
+/// mark is accepted as forwarded (a [`Hop`]) only with a valid node signature when the cluster
+/// has a key; otherwise it is refused (UNAUTHENTICATED), never served as if a node sent it.
+/// Requests without the mark pass as client requests; `peers_only` (the cluster service)
+/// refuses those too.
+#[derive(Clone)]
+pub struct NodeGate {
+    /// This node is a cluster member (a standalone broker refuses every forwarded request).
+    pub clustered: bool,
+    pub key: Option<Arc<crate::cluster::peer::NodeKey>>,
+    pub max_skew: std::time::Duration,
+    pub peers_only: bool,
+}
+
+impl tonic::service::Interceptor for NodeGate {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, tonic::Status> {
+        let header = |name: &str| req.metadata().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let by = header(FORWARDED);
+        if by.is_empty() {
+            if self.peers_only {
+                return Err(tonic::Status::unauthenticated("only nodes of this cluster may call this service"));
+            }
+            return Ok(req);
+        }
+        if !self.clustered {
+            return Err(tonic::Status::unauthenticated("this broker is not a cluster node"));
+        }
+        let (addr, cn) = (header(CLIENT_ADDR), header(CLIENT_CN));
+        if let Some(key) = &self.key {
+            let signed = key
+                .verify(&header(crate::cluster::peer::NODE_AUTH), &addr, &cn, crate::clock::now_ms(), self.max_skew)
+                .and_then(|node| if node == by { Ok(node) } else { Err(format!("signed by {node}, not {by}")) });
+            if let Err(why) = signed {
+                tracing::warn!(forwarded_by = by, reason = why, "node authentication failed");
+                return Err(tonic::Status::unauthenticated(format!("node authentication failed: {why}")));
+            }
+        }
+        let hop = Hop { by, client_addr: addr.parse().ok(), client_cn: Some(cn).filter(|c| !c.is_empty()) };
+        req.extensions_mut().insert(hop);
+        Ok(req)
+    }
 }
 
 /// The cluster side of the messaging service.
 pub struct Forwarder {
     pub membership: Membership,
-    channels: Mutex<HashMap<String, Channel>>,
     round_robin: AtomicU64,
 }
 
 impl Forwarder {
     pub fn new(membership: Membership) -> Self {
-        Self { membership, channels: Mutex::new(HashMap::new()), round_robin: AtomicU64::new(0) }
+        Self { membership, round_robin: AtomicU64::new(0) }
     }
 
     pub fn node_id(&self) -> &str {
@@ -94,27 +157,8 @@ impl Forwarder {
         BrokerError::Internal(format!("cluster: {what}"))
     }
 
-    /// A channel to live node `node` (one per address, shared by every request). A node missing
-    /// from the cached member list (it joined since the last listing) is looked up in etcd.
     async fn channel(&self, node: &str) -> Result<Channel, BrokerError> {
-        let address = match self.membership.address_of(node) {
-            Some(a) => a,
-            None => {
-                self.membership.members().await.map_err(Self::unavailable)?;
-                self.membership.address_of(node).ok_or_else(|| Self::unavailable(format!("node {node} is not live")))?
-            }
-        };
-        let mut channels = crate::sync::lock(&self.channels);
-        if let Some(c) = channels.get(&address) {
-            return Ok(c.clone());
-        }
-        let channel = Channel::from_shared(format!("http://{address}"))
-            .map_err(|e| Self::unavailable(format!("node {node} at {address}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        channels.insert(address, channel.clone());
-        Ok(channel)
+        self.membership.channel(node).await.map_err(Self::unavailable)
     }
 
     /// A client of live node `node`'s messaging service.
@@ -135,11 +179,12 @@ impl Forwarder {
     ) -> Result<Option<String>, BrokerError> {
         use prost::Message;
         let mut c = ClusterClient::new(self.channel(node).await?);
-        let mut req = Request::new(PushCheckRequest {
+        let body = PushCheckRequest {
             topic: topic.to_string(),
             originator: originator.to_string(),
             command: command.encode_to_vec(),
-        });
+        };
+        let mut req = forwarded(&Request::new(()), &self.membership, body);
         req.set_timeout(std::time::Duration::from_secs(3));
         let r = c.push_check(req).await.map_err(|s| Self::unavailable(format!("node {node}: {}", s.message())))?;
         let r = r.into_inner();
@@ -225,19 +270,45 @@ impl Cluster for ClusterService {
     }
 }
 
-/// `req`'s metadata with the forwarding mark, around `body`.
-pub fn forwarded<T, U>(req: &Request<T>, by: &str, body: U) -> Request<U> {
+/// `req` as node `m` passes it on, around `body`: its metadata, the forwarding mark, the
+/// original client's address and certificate name, and (when the cluster has a key) this
+/// node's signature over them. It also carries the [`Hop`] itself, for this node's own path.
+pub fn forwarded<T, U>(req: &Request<T>, m: &Membership, body: U) -> Request<U> {
     let mut out = Request::new(body);
     for kv in req.metadata().iter() {
         if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
-            if k.as_str() != "grpc-timeout" {
+            let ours = [FORWARDED, CLIENT_ADDR, CLIENT_CN, crate::cluster::peer::NODE_AUTH, SHARD];
+            if k.as_str() != "grpc-timeout" && !ours.contains(&k.as_str()) {
                 out.metadata_mut().insert(k.clone(), v.clone());
             }
         }
     }
-    if let Ok(v) = by.parse() {
-        out.metadata_mut().insert(FORWARDED, v);
+    let (addr, cn) = match req.extensions().get::<Hop>() {
+        Some(h) => (h.client_addr, h.client_cn.clone()),
+        None => {
+            let conn = req.extensions().get::<super::caller::ConnInfo>();
+            (conn.and_then(|c| c.remote).map(|a| a.ip()), conn.and_then(|c| c.client_cn.clone()))
+        }
+    };
+    let by = m.node_id();
+    let addr_text = addr.map(|a| a.to_string()).unwrap_or_default();
+    let cn_text = cn.clone().unwrap_or_default();
+    let mut mark = |key: &'static str, value: &str| {
+        if let Ok(v) = value.parse() {
+            out.metadata_mut().insert(key, v);
+        }
+    };
+    mark(FORWARDED, by);
+    if !addr_text.is_empty() {
+        mark(CLIENT_ADDR, &addr_text);
     }
+    if !cn_text.is_empty() {
+        mark(CLIENT_CN, &cn_text);
+    }
+    if let Some(key) = &m.peer_settings().key {
+        mark(crate::cluster::peer::NODE_AUTH, &key.sign(by, crate::clock::now_ms(), &addr_text, &cn_text));
+    }
+    out.extensions_mut().insert(Hop { by: by.to_string(), client_addr: addr, client_cn: cn });
     out
 }
 

@@ -925,7 +925,7 @@ impl Messaging {
             // to the next; one that answers, answers for good.
             for owner in fw.owners_for_send(&p, group.as_deref())? {
                 let body = v2::SendMessageRequest { messages: req.get_ref().messages.clone() };
-                let fwd = forward::with_shard(forward::forwarded(&req, fw.node_id(), body), &p, &owner);
+                let fwd = forward::with_shard(forward::forwarded(&req, &fw.membership, body), &p, &owner);
                 let r = at_owner!(self, fw, owner, fwd, send_message, "SendMessage");
                 match r {
                     Ok(r) => {
@@ -978,7 +978,7 @@ impl Messaging {
             None => fw.next_live_owner(&p).unwrap_or_else(|| fw.node_id().to_string()),
         };
         let timeout = grpc_deadline(&req);
-        let mut fwd = forward::with_shard(forward::forwarded(&req, fw.node_id(), body), &p, &owner);
+        let mut fwd = forward::with_shard(forward::forwarded(&req, &fw.membership, body), &p, &owner);
         if let Some(t) = timeout {
             fwd.set_timeout(t);
         }
@@ -1034,7 +1034,7 @@ impl Messaging {
         for (owner, entries) in by_owner {
             let (places, entries): (Vec<usize>, Vec<v2::AckMessageEntry>) = entries.into_iter().unzip();
             let part = v2::AckMessageRequest { group: body.group.clone(), topic: body.topic.clone(), entries };
-            let fwd = forward::forwarded(&req, fw.node_id(), part);
+            let fwd = forward::forwarded(&req, &fw.membership, part);
             let answer = at_owner!(self, fw, owner, fwd, ack_message, "AckMessage");
             match answer {
                 Ok(r) => {
@@ -1073,7 +1073,7 @@ impl Messaging {
         let body = req.get_ref().clone();
         let (owner, raw) = forward::owner_of(fw.node_id(), &body.receipt_handle);
         let part = v2::ChangeInvisibleDurationRequest { receipt_handle: raw, ..body.clone() };
-        let fwd = forward::forwarded(&req, fw.node_id(), part);
+        let fwd = forward::forwarded(&req, &fw.membership, part);
         let answer = at_owner!(self, fw, owner, fwd, change_invisible_duration, "ChangeInvisibleDuration");
         Ok(Response::new(match answer {
             Ok(r) => {
@@ -1096,7 +1096,7 @@ impl Messaging {
         let body = req.get_ref().clone();
         let (owner, raw) = forward::owner_of(fw.node_id(), &body.receipt_handle);
         let part = v2::ForwardMessageToDeadLetterQueueRequest { receipt_handle: raw, ..body };
-        let fwd = forward::forwarded(&req, fw.node_id(), part);
+        let fwd = forward::forwarded(&req, &fw.membership, part);
         let answer =
             at_owner!(self, fw, owner, fwd, forward_message_to_dead_letter_queue, "ForwardMessageToDeadLetterQueue");
         Ok(answer.unwrap_or_else(|s| {
@@ -1112,7 +1112,7 @@ impl Messaging {
         let body = req.get_ref().clone();
         let (owner, raw) = forward::owner_of(fw.node_id(), &body.transaction_id);
         let part = v2::EndTransactionRequest { transaction_id: raw, ..body };
-        let fwd = forward::forwarded(&req, fw.node_id(), part);
+        let fwd = forward::forwarded(&req, &fw.membership, part);
         let answer = at_owner!(self, fw, owner, fwd, end_transaction, "EndTransaction");
         Ok(answer
             .unwrap_or_else(|s| Response::new(v2::EndTransactionResponse { status: Some(node_failed(&owner, &s)) })))
@@ -1126,7 +1126,7 @@ impl Messaging {
         let body = req.get_ref().clone();
         let (owner, raw) = forward::owner_of(fw.node_id(), &body.recall_handle);
         let part = v2::RecallMessageRequest { recall_handle: raw, ..body };
-        let fwd = forward::forwarded(&req, fw.node_id(), part);
+        let fwd = forward::forwarded(&req, &fw.membership, part);
         let answer = at_owner!(self, fw, owner, fwd, recall_message, "RecallMessage");
         Ok(answer.unwrap_or_else(|s| {
             Response::new(v2::RecallMessageResponse {
