@@ -186,6 +186,22 @@ pub struct StatusView {
     pub groups: u64,
     pub pending_transactions: u64,
     pub parked_transactions: u64,
+    /// In a cluster: each live node (the figures above are then the cluster's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeStatusView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeStatusView {
+    pub node_id: String,
+    pub version: String,
+    pub uptime_s: i64,
+    pub store_writable: bool,
+    pub store_error: String,
+    pub store_bytes: u64,
+    pub messages: u64,
+    pub pending_transactions: u64,
+    pub parked_transactions: u64,
 }
 
 pub async fn fetch_status(c: &mut Admin) -> anyhow::Result<StatusView> {
@@ -205,6 +221,21 @@ pub async fn fetch_status(c: &mut Admin) -> anyhow::Result<StatusView> {
         groups: r.group_count,
         pending_transactions: r.pending_transactions,
         parked_transactions: r.parked_transactions,
+        nodes: r
+            .nodes
+            .into_iter()
+            .map(|n| NodeStatusView {
+                node_id: n.node_id,
+                version: n.version,
+                uptime_s: (now - n.started_at_ms) / 1000,
+                store_writable: n.store_writable,
+                store_error: n.store_error,
+                store_bytes: n.store_bytes,
+                messages: n.message_count,
+                pending_transactions: n.pending_transactions,
+                parked_transactions: n.parked_transactions,
+            })
+            .collect(),
     })
 }
 
@@ -213,7 +244,25 @@ pub async fn status(broker: &str, out: Output) -> anyhow::Result<()> {
     let s = fetch_status(&mut c).await?;
     out.emit(&s, || {
         let store = if s.store_writable { "writable".to_string() } else { format!("READ-ONLY: {}", s.store_error) };
-        format!(
+        let nodes: String = s
+            .nodes
+            .iter()
+            .map(|n| {
+                let store = if n.store_writable { "writable".to_string() } else { format!("READ-ONLY: {}", n.store_error) };
+                format!(
+                    "  node {}: txmq {} up {}s, store {store}, {} MiB, {} messages, {} pending / {} parked transactions\n",
+                    n.node_id,
+                    n.version,
+                    n.uptime_s,
+                    n.store_bytes / (1024 * 1024),
+                    n.messages,
+                    n.pending_transactions,
+                    n.parked_transactions
+                )
+            })
+            .collect();
+        let cluster = if s.nodes.is_empty() { String::new() } else { format!("cluster of {} nodes:\n{nodes}", s.nodes.len()) };
+        cluster + &format!(
             "txmq {} up {}s\nstore: {store}, {} MiB on disk\ntopics: {}, messages stored: {}, consumer groups: {}\ntransactions: {} pending, {} parked\nflushes: {} covering {} writes\n",
             s.version,
             s.uptime_s,

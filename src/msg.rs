@@ -52,6 +52,9 @@ pub struct MessageView {
     body_gzip: bool,
     /// PRIORITY messages: the priority (-1: none).
     priority: i32,
+    /// In a cluster: the node that stores it (its queue numbers are that node's).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    node: String,
 }
 
 impl From<pb::StoredMessage> for MessageView {
@@ -78,6 +81,7 @@ impl From<pb::StoredMessage> for MessageView {
             recalled_at_ms: m.recalled_at_ms,
             body_gzip: m.body_gzip,
             priority: m.priority,
+            node: m.node,
         }
     }
 }
@@ -90,7 +94,11 @@ pub fn render_messages(ms: &[MessageView]) -> String {
             vec![
                 m.message_id.clone(),
                 m.topic.clone(),
-                format!("{}:{}", m.queue, m.offset),
+                if m.node.is_empty() {
+                    format!("{}:{}", m.queue, m.offset)
+                } else {
+                    format!("{}/{}:{}", m.node, m.queue, m.offset)
+                },
                 if m.tag.is_empty() { "-".into() } else { m.tag.clone() },
                 time(m.stored_at_ms),
                 m.body_size.to_string(),
@@ -118,6 +126,9 @@ fn render_one(m: &MessageView) -> String {
         m.producer,
         m.body_size,
     );
+    if !m.node.is_empty() {
+        s.push_str(&format!("  node:     {}\n", m.node));
+    }
     if !m.message_group.is_empty() {
         s.push_str(&format!("  group:    {}\n", m.message_group));
     }

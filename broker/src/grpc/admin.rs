@@ -123,6 +123,30 @@ macro_rules! admin_at {
     }};
 }
 
+/// Runs admin call `$method` with `$req` (the caller's own request, credentials kept) at every
+/// live node of membership `$m`; evaluates to `Ok([(node id, answer)])`, or `Err` naming the
+/// first node that could not answer (a partial listing is never presented as whole).
+macro_rules! everywhere {
+    ($self:ident, $m:expr, $req:expr, $method:ident) => {{
+        async {
+            let members = $m.members().await.map_err(|e| e.to_string())?;
+            let mut answers = Vec::with_capacity(members.len());
+            for node in members {
+                let asked = crate::grpc::forward::forwarded($req, $m, $req.get_ref().clone());
+                let r = admin_at!($self, $m, &node.record.id, asked, $method)
+                    .map_err(|s| format!("node {}: {}", node.record.id, s.message()))?
+                    .into_inner();
+                if let Some(s) = r.status.as_ref().filter(|s| s.code != pb::StatusCode::Ok as i32) {
+                    return Err(format!("node {}: {}", node.record.id, s.message));
+                }
+                answers.push((node.record.id, r));
+            }
+            Ok::<_, String>(answers)
+        }
+        .await
+    }};
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_user(&self, req: Request<pb::CreateUserRequest>) -> GrpcResult<pb::CreateUserResponse> {
@@ -388,7 +412,7 @@ impl Admin for AdminService {
 
     async fn get_transaction(&self, req: Request<pb::GetTransactionRequest>) -> GrpcResult<pb::GetTransactionResponse> {
         if let Some((m, owner, raw)) = self.txn_owner(&req, &req.get_ref().id) {
-            let asked = crate::grpc::forward::forwarded(&req, m.node_id(), pb::GetTransactionRequest { id: raw });
+            let asked = crate::grpc::forward::forwarded(&req, m, pb::GetTransactionRequest { id: raw });
             let mut r = match admin_at!(self, m, &owner, asked, get_transaction) {
                 Ok(r) => r.into_inner(),
                 Err(e) => pb::GetTransactionResponse { status: unavailable(e.message()), transaction: None },
@@ -405,7 +429,7 @@ impl Admin for AdminService {
     ) -> GrpcResult<pb::ResolveTransactionResponse> {
         if let Some((m, owner, raw)) = self.txn_owner(&req, &req.get_ref().id) {
             let body = pb::ResolveTransactionRequest { id: raw, ..req.get_ref().clone() };
-            let asked = crate::grpc::forward::forwarded(&req, m.node_id(), body);
+            let asked = crate::grpc::forward::forwarded(&req, m, body);
             let mut r = match admin_at!(self, m, &owner, asked, resolve_transaction) {
                 Ok(r) => r.into_inner(),
                 Err(e) => pb::ResolveTransactionResponse { status: unavailable(e.message()), transaction: None },
@@ -422,7 +446,7 @@ impl Admin for AdminService {
     ) -> GrpcResult<pb::ResumeTransactionResponse> {
         if let Some((m, owner, raw)) = self.txn_owner(&req, &req.get_ref().id) {
             let body = pb::ResumeTransactionRequest { id: raw, ..req.get_ref().clone() };
-            let asked = crate::grpc::forward::forwarded(&req, m.node_id(), body);
+            let asked = crate::grpc::forward::forwarded(&req, m, body);
             let mut r = match admin_at!(self, m, &owner, asked, resume_transaction) {
                 Ok(r) => r.into_inner(),
                 Err(e) => pb::ResumeTransactionResponse { status: unavailable(e.message()), transaction: None },
@@ -433,7 +457,10 @@ impl Admin for AdminService {
         Ok(Response::new(self.resume_txn(req.into_inner()).await))
     }
 
-    async fn broker_status(&self, _req: Request<pb::BrokerStatusRequest>) -> GrpcResult<pb::BrokerStatusResponse> {
+    async fn broker_status(&self, req: Request<pb::BrokerStatusRequest>) -> GrpcResult<pb::BrokerStatusResponse> {
+        if let Some(m) = self.cluster.as_ref().filter(|_| !crate::grpc::forward::is_forwarded(&req)) {
+            return Ok(Response::new(self.status_everywhere(m, &req).await));
+        }
         let s = self.broker.status();
         let txns = self.broker.transaction_counts().unwrap_or_default();
         let message_count =
@@ -452,6 +479,7 @@ impl Admin for AdminService {
             group_count: self.broker.groups().len() as u64,
             pending_transactions: txns.pending,
             parked_transactions: txns.parked,
+            nodes: Vec::new(),
         }))
     }
 
@@ -463,7 +491,23 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn list_groups(&self, _req: Request<pb::ListGroupsRequest>) -> GrpcResult<pb::ListGroupsResponse> {
+    async fn list_groups(&self, req: Request<pb::ListGroupsRequest>) -> GrpcResult<pb::ListGroupsResponse> {
+        if let Some(m) = self.cluster.as_ref().filter(|_| !crate::grpc::forward::is_forwarded(&req)) {
+            return Ok(Response::new(match everywhere!(self, m, &req, list_groups) {
+                Ok(answers) => {
+                    let mut groups: Vec<pb::Group> = Vec::new();
+                    for g in answers.into_iter().flat_map(|(_, r)| r.groups) {
+                        match groups.iter_mut().find(|x| x.name == g.name) {
+                            Some(into) => merge_group(into, g),
+                            None => groups.push(g),
+                        }
+                    }
+                    groups.sort_by(|a, b| a.name.cmp(&b.name));
+                    pb::ListGroupsResponse { status: ok(), groups }
+                }
+                Err(e) => pb::ListGroupsResponse { status: unavailable(e), groups: Vec::new() },
+            }));
+        }
         let groups =
             self.broker.groups().iter().filter_map(|g| self.broker.group_stats(&g.name)).map(wire_group).collect();
         Ok(Response::new(pb::ListGroupsResponse { status: ok(), groups }))
@@ -502,6 +546,13 @@ impl Admin for AdminService {
     }
 
     async fn find_messages(&self, req: Request<pb::FindMessagesRequest>) -> GrpcResult<pb::FindMessagesResponse> {
+        if let Some(m) = self.cluster.as_ref().filter(|_| !crate::grpc::forward::is_forwarded(&req)) {
+            let limit = if req.get_ref().limit == 0 { 100 } else { req.get_ref().limit as usize };
+            return Ok(Response::new(match everywhere!(self, m, &req, find_messages) {
+                Ok(answers) => pb::FindMessagesResponse { status: ok(), messages: merge_messages(answers, limit) },
+                Err(e) => pb::FindMessagesResponse { status: unavailable(e), messages: Vec::new() },
+            }));
+        }
         let req = req.into_inner();
         let limit = if req.limit == 0 { 100 } else { req.limit as usize };
         let found = self.broker.find_messages(&req.topic, &req.message_id, &req.key, limit);
@@ -524,6 +575,13 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListDeadLettersRequest>,
     ) -> GrpcResult<pb::ListDeadLettersResponse> {
+        if let Some(m) = self.cluster.as_ref().filter(|_| !crate::grpc::forward::is_forwarded(&req)) {
+            let limit = if req.get_ref().limit == 0 { 1000 } else { req.get_ref().limit as usize };
+            return Ok(Response::new(match everywhere!(self, m, &req, list_dead_letters) {
+                Ok(answers) => pb::ListDeadLettersResponse { status: ok(), messages: merge_messages(answers, limit) },
+                Err(e) => pb::ListDeadLettersResponse { status: unavailable(e), messages: Vec::new() },
+            }));
+        }
         let req = req.into_inner();
         let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
         Ok(Response::new(match self.broker.dead_letters(&req.group, limit) {
@@ -542,6 +600,15 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ResendDeadLettersRequest>,
     ) -> GrpcResult<pb::ResendDeadLettersResponse> {
+        if let Some(m) = self.cluster.as_ref().filter(|_| !crate::grpc::forward::is_forwarded(&req)) {
+            // Each node resends the dead letters it stores; the count is the sum.
+            return Ok(Response::new(match everywhere!(self, m, &req, resend_dead_letters) {
+                Ok(answers) => {
+                    pb::ResendDeadLettersResponse { status: ok(), resent: answers.iter().map(|(_, r)| r.resent).sum() }
+                }
+                Err(e) => pb::ResendDeadLettersResponse { status: unavailable(e), resent: 0 },
+            }));
+        }
         let req = req.into_inner();
         if !req.all && req.message_ids.is_empty() {
             let e = BrokerError::BadRequest("name message ids or ask for all".into());
@@ -551,6 +618,58 @@ impl Admin for AdminService {
             Ok(n) => pb::ResendDeadLettersResponse { status: ok(), resent: n as u32 },
             Err(e) => pb::ResendDeadLettersResponse { status: status(&e), resent: 0 },
         }))
+    }
+}
+
+/// Adds node `g`'s view of a group to `into` (the same group on another node): counts summed.
+fn merge_group(into: &mut pb::Group, g: pb::Group) {
+    into.created_at_ms = into.created_at_ms.min(g.created_at_ms);
+    into.dead_letters += g.dead_letters;
+    into.pull_offsets.extend(g.pull_offsets);
+    into.lite_subscriptions.extend(g.lite_subscriptions);
+    for t in g.topics {
+        match into.topics.iter_mut().find(|x| x.topic == t.topic) {
+            Some(x) => {
+                x.backlog += t.backlog;
+                x.in_flight += t.in_flight;
+                x.retrying += t.retrying;
+                x.deferred += t.deferred;
+            }
+            None => into.topics.push(t),
+        }
+    }
+}
+
+/// Every node's messages, each marked with its node, oldest stored first, at most `limit`.
+fn merge_messages<R: HasMessages>(answers: Vec<(String, R)>, limit: usize) -> Vec<pb::StoredMessage> {
+    let mut all: Vec<pb::StoredMessage> = answers
+        .into_iter()
+        .flat_map(|(node, r)| {
+            r.messages().into_iter().map(move |mut m| {
+                m.node = node.clone();
+                m
+            })
+        })
+        .collect();
+    all.sort_by_key(|m| m.stored_at_ms);
+    all.truncate(limit);
+    all
+}
+
+/// Answers that list stored messages.
+trait HasMessages {
+    fn messages(self) -> Vec<pb::StoredMessage>;
+}
+
+impl HasMessages for pb::FindMessagesResponse {
+    fn messages(self) -> Vec<pb::StoredMessage> {
+        self.messages
+    }
+}
+
+impl HasMessages for pb::ListDeadLettersResponse {
+    fn messages(self) -> Vec<pb::StoredMessage> {
+        self.messages
     }
 }
 
@@ -667,16 +786,8 @@ impl AdminService {
         m: &Membership,
         node: &str,
     ) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>, String> {
-        let address = match m.address_of(node) {
-            Some(a) => a,
-            None => {
-                m.members().await.map_err(|e| e.to_string())?;
-                m.address_of(node).ok_or_else(|| format!("node {node} is not live"))?
-            }
-        };
-        pb::admin_client::AdminClient::connect(format!("http://{address}"))
-            .await
-            .map_err(|e| format!("node {node}: {e}"))
+        let channel = m.channel(node).await.map_err(|e| e.to_string())?;
+        Ok(pb::admin_client::AdminClient::new(channel))
     }
 
     /// In a cluster: every live node's transactions (ids naming their owner), oldest first.
@@ -691,7 +802,7 @@ impl AdminService {
         };
         let mut all = Vec::new();
         for node in members {
-            let asked = crate::grpc::forward::forwarded(req, m.node_id(), req.get_ref().clone());
+            let asked = crate::grpc::forward::forwarded(req, m, req.get_ref().clone());
             let answer = admin_at!(self, m, &node.record.id, asked, list_transactions)
                 .map(|r| r.into_inner())
                 .map_err(|s| s.message().to_string());
@@ -716,6 +827,63 @@ impl AdminService {
         pb::ListTransactionsResponse { status: ok(), transactions: all }
     }
 
+    /// In a cluster: every live node's status, and the cluster's (counts summed, writable only
+    /// if every store is, groups counted once by name, topics as placed).
+    async fn status_everywhere(
+        &self,
+        m: &Membership,
+        req: &Request<pb::BrokerStatusRequest>,
+    ) -> pb::BrokerStatusResponse {
+        let failed = |e: String| pb::BrokerStatusResponse { status: unavailable(e), ..Default::default() };
+        let answers = match everywhere!(self, m, req, broker_status) {
+            Ok(a) => a,
+            Err(e) => return failed(e),
+        };
+        let groups_asked = crate::grpc::forward::forwarded(req, m, pb::ListGroupsRequest {});
+        let groups = match Admin::list_groups(self, groups_asked).await.map(|r| r.into_inner()) {
+            Ok(r) if r.status.as_ref().is_some_and(|s| s.code == pb::StatusCode::Ok as i32) => r.groups.len(),
+            Ok(r) => return failed(r.status.map(|s| s.message).unwrap_or_default()),
+            Err(s) => return failed(s.message().to_string()),
+        };
+        let topics = match m.placements().await {
+            Ok(p) => p.len(),
+            Err(e) => return failed(e.to_string()),
+        };
+        let mut total = pb::BrokerStatusResponse {
+            status: ok(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_ms: self.broker.status().started_at,
+            store_writable: true,
+            topic_count: topics as u64,
+            group_count: groups as u64,
+            ..Default::default()
+        };
+        for (node, s) in answers {
+            total.store_writable &= s.store_writable;
+            if !s.store_error.is_empty() && total.store_error.is_empty() {
+                total.store_error = format!("node {node}: {}", s.store_error);
+            }
+            total.flush_count += s.flush_count;
+            total.flushed_write_count += s.flushed_write_count;
+            total.store_bytes += s.store_bytes;
+            total.message_count += s.message_count;
+            total.pending_transactions += s.pending_transactions;
+            total.parked_transactions += s.parked_transactions;
+            total.nodes.push(pb::NodeStatus {
+                node_id: node,
+                started_at_ms: s.started_at_ms,
+                store_writable: s.store_writable,
+                store_error: s.store_error,
+                store_bytes: s.store_bytes,
+                message_count: s.message_count,
+                pending_transactions: s.pending_transactions,
+                parked_transactions: s.parked_transactions,
+                version: s.version,
+            });
+        }
+        total
+    }
+
     /// In a cluster: the group as every live node sees it (each holds the group's state on its
     /// own shards), summed per topic; asked with the caller's own credentials.
     async fn describe_group_everywhere(
@@ -734,7 +902,7 @@ impl AdminService {
         };
         let mut merged: Option<pb::Group> = None;
         for node in members {
-            let asked = crate::grpc::forward::forwarded(req, m.node_id(), req.get_ref().clone());
+            let asked = crate::grpc::forward::forwarded(req, m, req.get_ref().clone());
             let answer = admin_at!(self, m, &node.record.id, asked, describe_group);
             let g = match answer.map(|r| r.into_inner()) {
                 Ok(pb::DescribeGroupResponse { group: Some(g), .. }) => g,
@@ -753,21 +921,7 @@ impl AdminService {
                 merged = Some(g);
                 continue;
             };
-            into.created_at_ms = into.created_at_ms.min(g.created_at_ms);
-            into.dead_letters += g.dead_letters;
-            into.pull_offsets.extend(g.pull_offsets);
-            into.lite_subscriptions.extend(g.lite_subscriptions);
-            for t in g.topics {
-                match into.topics.iter_mut().find(|x| x.topic == t.topic) {
-                    Some(x) => {
-                        x.backlog += t.backlog;
-                        x.in_flight += t.in_flight;
-                        x.retrying += t.retrying;
-                        x.deferred += t.deferred;
-                    }
-                    None => into.topics.push(t),
-                }
-            }
+            merge_group(into, g);
         }
         match merged {
             Some(mut g) => {
@@ -808,7 +962,7 @@ impl AdminService {
         };
         let mut out = pb::DescribeTopicResponse { status: ok(), ..Default::default() };
         for shard in &p.shards {
-            let asked = crate::grpc::forward::forwarded(req, m.node_id(), req.get_ref().clone());
+            let asked = crate::grpc::forward::forwarded(req, m, req.get_ref().clone());
             let answer = admin_at!(self, m, &shard.node, asked, describe_topic);
             let r = match answer {
                 Ok(r) => r.into_inner(),
@@ -989,5 +1143,6 @@ fn wire_stored(m: &StoredMessage) -> pb::StoredMessage {
         recalled_at_ms: 0,
         body_gzip: m.msg.body_gzip,
         priority: m.msg.priority.map_or(-1, |p| p as i32),
+        node: String::new(),
     }
 }
