@@ -299,6 +299,31 @@ struct ClusterView {
     nodes: Vec<ClusterNodeView>,
     /// Topic → `(node, queues)` per shard.
     placements: Vec<(String, Vec<(String, u32)>)>,
+    /// With --replicas: each shard's leader, epoch, in-sync set and replicas.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shards: Vec<ShardView>,
+}
+
+#[derive(Serialize)]
+struct ShardView {
+    shard: String,
+    leader: String,
+    epoch: i64,
+    seq: u64,
+    in_sync: Vec<String>,
+    replicas: Vec<ReplicaView>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    error: String,
+}
+
+#[derive(Serialize)]
+struct ReplicaView {
+    node: String,
+    acked_seq: u64,
+    lag: u64,
+    in_sync: bool,
+    connected: bool,
+    snapshots: u64,
 }
 
 #[derive(Serialize)]
@@ -341,6 +366,30 @@ pub async fn cluster(broker: &str, cmd: ClusterCommand, out: Output) -> anyhow::
                     .into_iter()
                     .map(|p| (p.topic, p.shards.into_iter().map(|s| (s.node, s.queues)).collect()))
                     .collect(),
+                shards: r
+                    .shards
+                    .into_iter()
+                    .map(|s| ShardView {
+                        shard: s.shard,
+                        leader: s.leader,
+                        epoch: s.epoch,
+                        seq: s.seq,
+                        in_sync: s.in_sync,
+                        replicas: s
+                            .replicas
+                            .into_iter()
+                            .map(|r| ReplicaView {
+                                node: r.node,
+                                acked_seq: r.acked_seq,
+                                lag: r.lag,
+                                in_sync: r.in_sync,
+                                connected: r.connected,
+                                snapshots: r.snapshots,
+                            })
+                            .collect(),
+                        error: s.error,
+                    })
+                    .collect(),
             };
             out.emit(&v, || {
                 if !v.clustered {
@@ -360,12 +409,38 @@ pub async fn cluster(broker: &str, cmd: ClusterCommand, out: Output) -> anyhow::
                         ]
                     })
                     .collect();
-                format!(
+                let mut text = format!(
                     "answered by node {} (lease {lease}); {} live nodes\n{}",
                     v.node_id,
                     v.nodes.len(),
                     table(&["NODE", "ADDRESS", "MEMBER-FOR", "EPOCH", "VERSION"], &rows)
-                )
+                );
+                if !v.shards.is_empty() {
+                    let rows: Vec<Vec<String>> = v
+                        .shards
+                        .iter()
+                        .map(|s| {
+                            let replicas: Vec<String> = s
+                                .replicas
+                                .iter()
+                                .map(|r| {
+                                    let state = if r.in_sync { "in sync" } else { "OUT OF SYNC" };
+                                    format!("{} ({state}, lag {})", r.node, r.lag)
+                                })
+                                .collect();
+                            vec![
+                                s.shard.clone(),
+                                s.leader.clone(),
+                                s.epoch.to_string(),
+                                s.seq.to_string(),
+                                if s.error.is_empty() { replicas.join(", ") } else { s.error.clone() },
+                            ]
+                        })
+                        .collect();
+                    text.push_str("\nreplication:\n");
+                    text.push_str(&table(&["SHARD", "LEADER", "EPOCH", "SEQ", "REPLICAS"], &rows));
+                }
+                text
             })
         }
         ClusterCommand::Drain { node, undo } => {

@@ -40,6 +40,8 @@ pub struct Broker {
     /// Kept for the size on disk; the parts hold their own handles.
     store: Arc<dyn Store>,
     committer: Arc<Committer>,
+    /// This node's store replication (cluster with replicas).
+    leader: std::sync::OnceLock<Arc<crate::replication::leader::Leader>>,
     topics: Topics,
     log: MessageLog,
     consumers: Consumers,
@@ -127,6 +129,7 @@ impl Broker {
             config,
             store,
             committer,
+            leader: std::sync::OnceLock::new(),
             topics,
             log,
             consumers,
@@ -581,6 +584,24 @@ impl Broker {
     }
 
     // ---- the whole ----
+
+    /// Replicates this node's store from now on (a cluster with `--replicas` above 1): every
+    /// write is acknowledged only once the in-sync replicas hold it.
+    pub fn replicate(
+        &self,
+        settings: crate::replication::Settings,
+        m: crate::cluster::Membership,
+    ) -> Result<Arc<crate::replication::leader::Leader>> {
+        let leader = crate::replication::leader::Leader::new(settings, self.store.clone(), m)?;
+        self.committer.replicate_with(leader.clone());
+        let _ = self.leader.set(leader.clone());
+        Ok(leader)
+    }
+
+    /// What this node's store replication looks like, when it replicates.
+    pub fn replication(&self) -> Option<crate::replication::leader::LeaderStatus> {
+        self.leader.get().map(|l| l.status())
+    }
 
     /// Binds the data directory to cluster node `id`: stamped on first use, and refused when
     /// it belongs to another node (two nodes must never serve one store's data as their own).

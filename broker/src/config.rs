@@ -244,6 +244,14 @@ options! {
     node_id: Maybe<String> = None, "node-id", "TXMQ_NODE_ID", shown "none";
     /// Key prefix of this cluster in etcd, so several clusters can share one etcd.
     etcd_prefix: String = "/txmq".to_string(), "etcd-prefix", "TXMQ_ETCD_PREFIX";
+    /// In a cluster: copies of this node's store, its own included (1: none; needs that many nodes).
+    replicas: usize = 1, "replicas", "TXMQ_REPLICAS";
+    /// In a cluster with replicas: copies a write must be on before it is acknowledged; writes are refused with fewer in sync (0: the lesser of 2 and --replicas).
+    min_insync_replicas: usize = 0, "min-insync-replicas", "TXMQ_MIN_INSYNC_REPLICAS", shown "min(2, replicas)";
+    /// How long a write waits for an in-sync replica before that replica leaves the in-sync set.
+    replica_ack_timeout: Duration = Duration::from_secs(3), "replica-ack-timeout", "TXMQ_REPLICA_ACK_TIMEOUT";
+    /// Bytes of recent writes kept for replicas catching up; one further behind gets a snapshot.
+    replication_log_bytes: usize = 64 * 1024 * 1024, "replication-log-bytes", "TXMQ_REPLICATION_LOG_BYTES";
     /// Time-to-live of this node's etcd lease: a node that stops renewing it leaves the cluster this long after.
     etcd_lease_ttl: Duration = Duration::from_secs(10), "etcd-lease-ttl", "TXMQ_ETCD_LEASE_TTL";
     /// Directory of the sled store.
@@ -400,6 +408,14 @@ impl Config {
                     with it (the same file on every node)"
                     .into());
             }
+            if self.replicas == 0 || self.replicas > 7 {
+                return Err("replicas must be between 1 and 7".into());
+            }
+            if self.min_insync_replicas > self.replicas {
+                return Err("min-insync-replicas cannot exceed replicas".into());
+            }
+        } else if self.replicas != 1 {
+            return Err("replicas are for a cluster (--etcd)".into());
         } else if self.cluster_key_file.is_some() || self.tls_peer_ca.is_some() {
             return Err("cluster-key-file and tls-peer-ca are for a cluster (--etcd)".into());
         }

@@ -13,6 +13,8 @@
 //! - [`topics`]: topic names and the topic registry.
 //! - [`model`]: domain types and their on-disk records.
 //! - [`store`]: the storage trait, sled and memory stores, group commit.
+//! - [`cluster`]: membership, placement, users and replica sets in etcd; peer security.
+//! - [`replication`]: a node's store copied to followers; acknowledgement by the in-sync set.
 //! - [`codec`]: the byte codec of keys and records (one versioned `Record` style).
 //! - [`clock`]: the broker's clock.
 //! - [`config`]: flags, environment, TOML file.
@@ -33,6 +35,7 @@ pub mod grpc;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod replication;
 pub mod server;
 pub mod store;
 pub mod sync;

@@ -108,7 +108,16 @@ pub async fn run_with_metrics(
         tracker.spawn(crate::tasks::metrics_http::serve(l, broker.clone(), token.clone(), tracker.clone()));
     }
     tracker.spawn(crate::tasks::sweep::run(clients.clone(), token.clone()));
-    let peers = forwarder.as_ref().map(|_| crate::grpc::forward::ClusterService { clients: clients.clone() });
+    let peers = forwarder.as_ref().map(|_| crate::grpc::forward::ClusterService {
+        clients: clients.clone(),
+        replicas: Arc::new(crate::replication::follower::Replicas::new(&broker.config().data_dir)),
+    });
+    if let (Some(m), true) = (&cluster, broker.config().replicas > 1) {
+        let leader = broker
+            .replicate(replication_settings(broker.config()), m.clone())
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        tracker.spawn(leader.run(token.clone()));
+    }
     tracker.spawn(crate::tasks::checkback::run(broker.clone(), clients, forwarder, token.clone()));
     let tls = match (&broker.config().tls_cert, &broker.config().tls_key) {
         (Some(cert), Some(key)) => {
@@ -385,6 +394,15 @@ async fn join_cluster(broker: &Broker, local: SocketAddr) -> Result<Option<crate
         .await
         .map_err(|e| ServeError::Config(e.to_string()))?;
     Ok(Some(m))
+}
+
+fn replication_settings(c: &Config) -> crate::replication::Settings {
+    crate::replication::Settings {
+        replicas: c.replicas,
+        min_insync: if c.min_insync_replicas == 0 { c.replicas.min(2) } else { c.min_insync_replicas },
+        ack_timeout: c.replica_ack_timeout,
+        log_bytes: c.replication_log_bytes,
+    }
 }
 
 /// How this node signs its requests to peers and dials them: the cluster key from

@@ -16,6 +16,7 @@
 pub mod peer;
 pub mod placement;
 pub mod producers;
+pub mod shards;
 pub mod users;
 
 pub use placement::{Placement, Shard};

@@ -17,6 +17,22 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 /// Metadata key of the node signature: `<node id>:<ms since the epoch>:<hex HMAC>`.
 pub const NODE_AUTH: &str = "x-txmq-node-auth";
 
+/// Metadata key naming the node that made (or passed on) a request.
+pub const FORWARDED_BY: &str = "x-txmq-forwarded-by";
+
+/// Marks a request this node makes of a peer as its own, signed when the cluster has a key.
+pub fn mark_as_node<T>(m: &super::Membership, req: &mut tonic::Request<T>) {
+    let by = m.node_id();
+    if let Ok(v) = by.parse() {
+        req.metadata_mut().insert(FORWARDED_BY, v);
+    }
+    if let Some(key) = &m.peer_settings().key {
+        if let Ok(v) = key.sign(by, crate::clock::now_ms(), "", "").parse() {
+            req.metadata_mut().insert(NODE_AUTH, v);
+        }
+    }
+}
+
 /// The cluster's shared key.
 pub struct NodeKey {
     key: ring::hmac::Key,

@@ -285,7 +285,7 @@ impl Admin for AdminService {
         Ok(Response::new(pb::ListTopicsResponse { status: ok(), topics }))
     }
 
-    async fn cluster_status(&self, _req: Request<pb::ClusterStatusRequest>) -> GrpcResult<pb::ClusterStatusResponse> {
+    async fn cluster_status(&self, req: Request<pb::ClusterStatusRequest>) -> GrpcResult<pb::ClusterStatusResponse> {
         let Some(m) = &self.cluster else {
             return Ok(Response::new(pb::ClusterStatusResponse { status: ok(), ..Default::default() }));
         };
@@ -320,6 +320,18 @@ impl Admin for AdminService {
                         shards: p.shards.iter().map(|s| pb::Shard { node: s.node.clone(), queues: s.queues }).collect(),
                     })
                     .collect();
+                let shards = match self.shard_statuses(m, &req, &members).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let status =
+                            Some(pb::Status { code: pb::StatusCode::Unavailable as i32, message: e.to_string() });
+                        return Ok(Response::new(pb::ClusterStatusResponse {
+                            status,
+                            clustered: true,
+                            ..Default::default()
+                        }));
+                    }
+                };
                 pb::ClusterStatusResponse {
                     status: ok(),
                     clustered: true,
@@ -327,6 +339,7 @@ impl Admin for AdminService {
                     lease_healthy: m.healthy(),
                     nodes,
                     placements,
+                    shards,
                 }
             }
             // etcd unreachable: say so, never an empty member list that looks true.
@@ -480,6 +493,26 @@ impl Admin for AdminService {
             pending_transactions: txns.pending,
             parked_transactions: txns.parked,
             nodes: Vec::new(),
+            replication: self.broker.replication().map(|r| pb::ShardStatus {
+                shard: r.shard.clone(),
+                leader: r.shard,
+                epoch: r.epoch,
+                seq: r.seq,
+                in_sync: r.followers.iter().filter(|(_, f)| f.in_sync).map(|(n, _)| n.clone()).collect(),
+                replicas: r
+                    .followers
+                    .into_iter()
+                    .map(|(node, f)| pb::ReplicaStatus {
+                        node,
+                        acked_seq: f.acked,
+                        lag: r.seq.saturating_sub(f.acked),
+                        in_sync: f.in_sync,
+                        connected: f.connected,
+                        snapshots: f.snapshots,
+                    })
+                    .collect(),
+                error: String::new(),
+            }),
         }))
     }
 
@@ -825,6 +858,57 @@ impl AdminService {
         all.sort_by_key(|t| t.created_at_ms);
         all.truncate(if req.get_ref().limit == 0 { 1000 } else { req.get_ref().limit as usize });
         pb::ListTransactionsResponse { status: ok(), transactions: all }
+    }
+
+    /// Every replicated shard: its replica set from etcd, with the figures of its leader when
+    /// the leader is live (asked with the caller's credentials).
+    async fn shard_statuses(
+        &self,
+        m: &Membership,
+        req: &Request<pb::ClusterStatusRequest>,
+        members: &[crate::cluster::Member],
+    ) -> Result<Vec<pb::ShardStatus>, crate::cluster::ClusterError> {
+        let mut out = Vec::new();
+        for record in m.shard_records().await? {
+            let leader = members.iter().find(|n| n.record.id == record.shard);
+            let mut shard = pb::ShardStatus {
+                shard: record.shard.clone(),
+                leader: record.shard.clone(),
+                epoch: leader.map_or(0, |n| n.epoch),
+                in_sync: record.in_sync.clone(),
+                replicas: record
+                    .followers
+                    .iter()
+                    .map(|f| pb::ReplicaStatus {
+                        node: f.clone(),
+                        in_sync: record.in_sync.contains(f),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            if leader.is_none() {
+                shard.error = format!("leader {} is not live", record.shard);
+                out.push(shard);
+                continue;
+            }
+            let asked = crate::grpc::forward::forwarded(req, m, pb::BrokerStatusRequest {});
+            match admin_at!(self, m, &record.shard, asked, broker_status).map(|r| r.into_inner().replication) {
+                Ok(Some(mut live)) => {
+                    live.in_sync = record.in_sync.clone();
+                    out.push(live);
+                }
+                Ok(None) => {
+                    shard.error = format!("node {} does not replicate (started without --replicas?)", record.shard);
+                    out.push(shard);
+                }
+                Err(s) => {
+                    shard.error = format!("node {}: {}", record.shard, s.message());
+                    out.push(shard);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// In a cluster: every live node's status, and the cluster's (counts summed, writable only

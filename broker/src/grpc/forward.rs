@@ -19,12 +19,12 @@ use tonic::transport::Channel;
 use tonic::Request;
 use txmq_proto::cluster::cluster_client::ClusterClient;
 use txmq_proto::cluster::cluster_server::Cluster;
-use txmq_proto::cluster::{PushCheckRequest, PushCheckResponse};
+use txmq_proto::cluster::{PushCheckRequest, PushCheckResponse, ReplicateRequest, ReplicateResponse};
 use txmq_proto::v2;
 use v2::messaging_service_client::MessagingServiceClient;
 
 /// Metadata key of a request one node passed to another: serve it here.
-pub const FORWARDED: &str = "x-txmq-forwarded-by";
+pub const FORWARDED: &str = crate::cluster::peer::FORWARDED_BY;
 
 /// Metadata keys of the original client's address and certificate name, which a forwarding
 /// node vouches for (signed) so that the owner applies source-address policies and
@@ -246,10 +246,25 @@ impl Forwarder {
 /// The `txmq.cluster.v1` service: what other nodes ask of this one.
 pub struct ClusterService {
     pub clients: Arc<super::clients::Clients>,
+    /// This node's copies of other nodes' stores.
+    pub replicas: Arc<crate::replication::follower::Replicas>,
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
+    type ReplicateStream = tokio_stream::wrappers::ReceiverStream<Result<ReplicateResponse, tonic::Status>>;
+
+    async fn replicate(
+        &self,
+        req: Request<tonic::Streaming<ReplicateRequest>>,
+    ) -> Result<tonic::Response<Self::ReplicateStream>, tonic::Status> {
+        let mut stream = req.into_inner();
+        let first = stream.message().await?.ok_or_else(|| tonic::Status::invalid_argument("empty stream"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(self.replicas.clone().follow(first, stream, tx));
+        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     async fn push_check(
         &self,
         req: Request<PushCheckRequest>,

@@ -59,6 +59,21 @@ pub struct CommitStats {
     pub max_group: u64,
 }
 
+/// Replication of committed groups (a cluster shard with replicas, docs/replication.md). The
+/// writer thread calls it; it may block.
+pub trait Replicator: Send + Sync + 'static {
+    /// Whether enough in-sync replicas exist to take writes now; a group is refused (nothing
+    /// applied) when they do not.
+    fn writable(&self) -> Result<(), String>;
+    /// Numbers the group about to be applied (adding its sequence to `batch`, so a replica's
+    /// state names the sequence it stands at); returns that sequence.
+    fn prepare(&self, batch: &mut Batch) -> u64;
+    /// Called once group `seq` is applied and flushed here: returns once enough in-sync
+    /// replicas hold it durably, or why not yet (the writer then tries again: the group's
+    /// waiters are answered only when it is acknowledged).
+    fn replicate(&self, seq: u64, batch: &Batch) -> Result<(), String>;
+}
+
 /// Called after every successful group commit with its size and duration.
 pub type FlushObserver = Box<dyn Fn(usize, std::time::Duration) + Send + Sync>;
 
@@ -66,6 +81,8 @@ struct Shared {
     poison: Mutex<Option<String>>,
     counters: Counters,
     observer: std::sync::OnceLock<FlushObserver>,
+    replicator: std::sync::OnceLock<Arc<dyn Replicator>>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -120,6 +137,8 @@ impl Committer {
             poison: Mutex::new(None),
             counters: Counters::default(),
             observer: std::sync::OnceLock::new(),
+            replicator: std::sync::OnceLock::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         let thread = std::thread::Builder::new()
             .name("txmq-committer".into())
@@ -131,10 +150,14 @@ impl Committer {
         Ok(Self { tx, shared, thread: Mutex::new(Some(thread)) })
     }
 
-    /// Waits for room in the queue. Fails fast when poisoned or closed.
+    /// Waits for room in the queue. Fails fast when poisoned, closed, or short of in-sync
+    /// replicas.
     pub async fn reserve(&self) -> Result<Slot<'_>, StoreError> {
         if let Some(why) = self.shared.poisoned() {
             return Err(StoreError::Poisoned(why));
+        }
+        if let Some(r) = self.shared.replicator.get() {
+            r.writable().map_err(StoreError::NotEnoughReplicas)?;
         }
         let permit = self.tx.reserve().await.map_err(|_| StoreError::Closed)?;
         Ok(Slot { permit })
@@ -143,6 +166,12 @@ impl Committer {
     /// Writes `batch` and waits until it is durable.
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         self.reserve().await?.submit(batch, None).durable().await
+    }
+
+    /// Replicates every group from now on (before its waiters are answered). Only the first
+    /// call has effect.
+    pub fn replicate_with(&self, r: Arc<dyn Replicator>) {
+        let _ = self.shared.replicator.set(r);
     }
 
     /// Installs the observer of group commits (metrics). Only the first call has effect.
@@ -168,6 +197,7 @@ impl Committer {
     /// Finishes every queued write, flushes, and stops the thread. Later writes get
     /// [`StoreError::Closed`]. Blocks: call it from a blocking context or at the very end.
     pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
         // A closed channel means the thread is gone already; either way we join below.
         let _ = self.tx.try_send(Msg::Stop).or_else(|e| match e {
             mpsc::error::TrySendError::Full(m) => self.tx.blocking_send(m).map_err(|_| ()),
@@ -232,14 +262,50 @@ fn commit_group(store: &dyn Store, shared: &Shared, group: Vec<Job>) {
         }
         return;
     }
+    let replicator = shared.replicator.get();
+    if let Some(Err(why)) = replicator.map(|r| r.writable()) {
+        for job in group {
+            let _ = job.done.send(Err(StoreError::NotEnoughReplicas(why.clone())));
+        }
+        return;
+    }
     let started = Instant::now();
     let mut merged = Batch::new();
     let mut waiters = Vec::with_capacity(group.len());
     for job in group {
         merged.extend(job.batch);
-        waiters.push((job.after, job.done));
+        waiters.push((job.after, Some(job.done)));
     }
-    let result = store.apply(&merged).and_then(|()| store.flush());
+    let seq = replicator.map(|r| r.prepare(&mut merged));
+    let mut result = store.apply(&merged).and_then(|()| store.flush());
+    if let (Ok(()), Some(r), Some(seq)) = (&result, replicator, seq) {
+        // Applied here, not acknowledged until the in-sync replicas hold it. When they cannot
+        // (too few in sync), its writers are told so at once (they retry; new writes are
+        // refused meanwhile), and the group is offered again until it is acknowledged: only
+        // then is it published here (its `after` work), as it may be visible to consumers.
+        let mut logged = false;
+        loop {
+            match r.replicate(seq, &merged) {
+                Ok(()) => break,
+                Err(why) => {
+                    if !logged {
+                        tracing::warn!(seq, reason = %why, "write not acknowledged by enough replicas; retrying");
+                        logged = true;
+                        for (_, done) in &mut waiters {
+                            if let Some(done) = done.take() {
+                                let _ = done.send(Err(StoreError::NotEnoughReplicas(why.clone())));
+                            }
+                        }
+                    }
+                    if shared.stopping.load(Ordering::SeqCst) {
+                        result = Err(StoreError::NotEnoughReplicas(why));
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
+    }
     let c = &shared.counters;
     match result {
         Ok(()) => {
@@ -255,14 +321,23 @@ fn commit_group(store: &dyn Store, shared: &Shared, group: Vec<Job>) {
                 if let Some(f) = after {
                     f();
                 }
-                let _ = done.send(Ok(()));
+                if let Some(done) = done {
+                    let _ = done.send(Ok(()));
+                }
+            }
+        }
+        Err(StoreError::NotEnoughReplicas(why)) => {
+            // Stopping with a group applied here but not acknowledged: its writers were told it
+            // failed; it stays in this store and is offered to replicas after the restart.
+            for done in waiters.into_iter().filter_map(|(_, d)| d) {
+                let _ = done.send(Err(StoreError::NotEnoughReplicas(why.clone())));
             }
         }
         Err(e) => {
             let why = e.to_string();
             tracing::error!(error = %why, "store write failed; refusing further writes until restart");
             shared.poison(why.clone());
-            for (_, done) in waiters {
+            for done in waiters.into_iter().filter_map(|(_, d)| d) {
                 let _ = done.send(Err(StoreError::Poisoned(why.clone())));
             }
         }

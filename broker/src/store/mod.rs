@@ -33,7 +33,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use thiserror::Error;
 
-pub use committer::{CommitStats, Committer};
+pub use committer::{CommitStats, Committer, Replicator};
 pub use keys::Key;
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
@@ -53,6 +53,10 @@ pub enum StoreError {
     /// The broker is shutting down and the writer no longer accepts work.
     #[error("store is shutting down")]
     Closed,
+    /// Fewer in-sync replicas than `--min-insync-replicas` hold the shard: nothing was written
+    /// (or, for a write caught while replicas were lost, it is not acknowledged yet).
+    #[error("not enough in-sync replicas: {0}")]
+    NotEnoughReplicas(String),
 }
 
 /// One write of a [`Batch`].
@@ -108,6 +112,35 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// The batch as bytes (replication ships batches between nodes).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = crate::codec::Encoder::new();
+        e.u32(self.ops.len() as u32);
+        for op in &self.ops {
+            match op {
+                Op::Put(k, v) => e.u8(1).bytes(k).bytes(v),
+                Op::Delete(k) => e.u8(2).bytes(k),
+            };
+        }
+        e.finish()
+    }
+
+    /// A batch [`Batch::encode`] made.
+    pub fn decode(bytes: &[u8]) -> Result<Batch, crate::codec::CodecError> {
+        let mut d = crate::codec::Decoder::new(bytes);
+        let n = d.u32()?;
+        let mut ops = Vec::with_capacity((n as usize).min(65_536));
+        for _ in 0..n {
+            ops.push(match d.u8()? {
+                1 => Op::Put(d.bytes()?.to_vec(), d.bytes()?.to_vec()),
+                2 => Op::Delete(d.bytes()?.to_vec()),
+                v => return Err(crate::codec::invalid("batch op", v)),
+            });
+        }
+        d.finish()?;
+        Ok(Batch { ops })
     }
 }
 

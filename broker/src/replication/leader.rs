@@ -1,0 +1,448 @@
+//! The leader side: numbers each group commit, keeps recent batches, streams them to every
+//! follower (one task per follower), and decides when a group is acknowledged.
+//!
+//! A group is acknowledged once every in-sync follower has fsynced it. A follower that has not
+//! within `ack_timeout` is dropped from the in-sync set: in etcd first (compare-and-swap), so
+//! the set etcd holds always contains every copy that has every acknowledged write; then the
+//! group is acknowledged if at least `min_insync` copies (the leader's included) remain, and
+//! otherwise stays unacknowledged (the committer retries; new writes are refused). A follower
+//! that has caught up with the leader's latest sequence joins the set again, in etcd first.
+
+use super::{Position, Settings};
+use crate::cluster::shards::ShardRecord;
+use crate::cluster::Membership;
+use crate::store::{Batch, Replicator, Store};
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use txmq_proto::cluster::cluster_client::ClusterClient;
+use txmq_proto::cluster::{replicate_request::Item, Append, Hello, ReplicateRequest, SnapshotChunk};
+
+/// One follower as the leader sees it.
+#[derive(Debug, Clone, Default)]
+pub struct FollowerState {
+    /// Highest sequence it acknowledged as durable.
+    pub acked: u64,
+    pub in_sync: bool,
+    /// A stream to it is open.
+    pub connected: bool,
+    /// Snapshots sent to it since this leader started.
+    pub snapshots: u64,
+}
+
+struct State {
+    /// Last sequence given to a group.
+    seq: u64,
+    /// Recent batches, oldest first.
+    log: VecDeque<(u64, Arc<Vec<u8>>)>,
+    log_bytes: usize,
+    /// Snapshots under way need the log from these sequences on.
+    pins: Vec<u64>,
+    followers: BTreeMap<String, FollowerState>,
+    /// The replica set as etcd holds it (`None` until read or created).
+    record: Option<ShardRecord>,
+}
+
+/// A shard's leader.
+pub struct Leader {
+    shard: String,
+    settings: Settings,
+    store: Arc<dyn Store>,
+    membership: Membership,
+    rt: tokio::runtime::Handle,
+    state: Mutex<State>,
+    acked: Condvar,
+    /// The latest sequence in the log (link tasks wait on it).
+    latest: watch::Sender<u64>,
+}
+
+/// What `cluster status` shows of a shard this node leads.
+#[derive(Debug, Clone)]
+pub struct LeaderStatus {
+    pub shard: String,
+    pub epoch: i64,
+    pub seq: u64,
+    pub followers: BTreeMap<String, FollowerState>,
+}
+
+impl Leader {
+    /// The leader of this node's own shard over `store`, continuing from the position it holds.
+    pub fn new(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        membership: Membership,
+    ) -> Result<Arc<Leader>, crate::store::StoreError> {
+        let at = Position::read(store.as_ref())?;
+        let (latest, _) = watch::channel(at.seq);
+        Ok(Arc::new(Leader {
+            shard: membership.node_id().to_string(),
+            settings,
+            store,
+            membership,
+            rt: tokio::runtime::Handle::current(),
+            state: Mutex::new(State {
+                seq: at.seq,
+                log: VecDeque::new(),
+                log_bytes: 0,
+                pins: Vec::new(),
+                followers: BTreeMap::new(),
+                record: None,
+            }),
+            acked: Condvar::new(),
+            latest,
+        }))
+    }
+
+    pub fn status(&self) -> LeaderStatus {
+        let st = crate::sync::lock(&self.state);
+        LeaderStatus {
+            shard: self.shard.clone(),
+            epoch: self.membership.epoch(),
+            seq: st.seq,
+            followers: st.followers.clone(),
+        }
+    }
+
+    /// Finds (or, once enough nodes are live, creates) the shard's replica set in etcd, then
+    /// keeps a stream open to each follower until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let record = loop {
+            match self.replica_set().await {
+                Ok(Some(r)) => break r,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "replica set not read yet"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        };
+        tracing::info!(shard = self.shard, followers = ?record.followers, in_sync = ?record.in_sync, "replicating");
+        {
+            let mut st = crate::sync::lock(&self.state);
+            for f in &record.followers {
+                let in_sync = record.in_sync.contains(f);
+                st.followers.insert(f.clone(), FollowerState { in_sync, ..Default::default() });
+            }
+            st.record = Some(record.clone());
+        }
+        self.acked.notify_all();
+        let tasks = tokio_util::task::TaskTracker::new();
+        for f in record.followers {
+            let (me, stop) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move { me.link(f, stop).await });
+        }
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    /// The shard's replica set: read, or created from live nodes when there is none and
+    /// enough are live (`None`: not yet).
+    async fn replica_set(&self) -> Result<Option<ShardRecord>, crate::cluster::ClusterError> {
+        if let Some(r) = self.membership.shard_record(&self.shard).await? {
+            return Ok(Some(r));
+        }
+        let wanted = self.settings.replicas.saturating_sub(1);
+        let mut others: Vec<String> =
+            self.membership.members().await?.into_iter().map(|m| m.record.id).filter(|id| *id != self.shard).collect();
+        if others.len() < wanted {
+            return Ok(None);
+        }
+        // Spread: start after this node in id order, so each node's followers differ.
+        others.sort();
+        let start = others.iter().position(|id| *id > self.shard).unwrap_or(0);
+        let followers: Vec<String> = (0..wanted).map(|i| others[(start + i) % others.len()].clone()).collect();
+        let record = ShardRecord { shard: self.shard.clone(), followers, in_sync: Vec::new(), revision: 0 };
+        match self.membership.put_shard_record_if(&record).await? {
+            Some(r) => Ok(Some(r)),
+            None => self.membership.shard_record(&self.shard).await,
+        }
+    }
+
+    /// Writes the in-sync set with `node` added or removed, by compare-and-swap.
+    async fn set_in_sync(&self, node: &str, in_sync: bool) -> Result<(), String> {
+        for _ in 0..10 {
+            let current = match self.membership.shard_record(&self.shard).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Err("the shard has no replica set in etcd".into()),
+                Err(e) => return Err(e.to_string()),
+            };
+            let mut next = current.clone();
+            next.in_sync.retain(|n| n != node);
+            if in_sync {
+                next.in_sync.push(node.to_string());
+                next.in_sync.sort();
+            }
+            if next.in_sync == current.in_sync {
+                crate::sync::lock(&self.state).record = Some(current);
+                return Ok(());
+            }
+            match self.membership.put_shard_record_if(&next).await {
+                Ok(Some(r)) => {
+                    crate::sync::lock(&self.state).record = Some(r);
+                    tracing::info!(shard = self.shard, node, in_sync, "in-sync set changed");
+                    return Ok(());
+                }
+                Ok(None) => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("the replica set kept changing".into())
+    }
+
+    fn in_sync_copies(st: &State) -> usize {
+        1 + st.followers.values().filter(|f| f.in_sync).count()
+    }
+
+    /// Keeps a stream open to follower `node`, reconnecting after failures.
+    async fn link(self: Arc<Self>, node: String, shutdown: CancellationToken) {
+        let mut logged = false;
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.stream_to(&node, &shutdown).await {
+                if !logged {
+                    tracing::warn!(shard = self.shard, follower = node, error = %e, "replication stream broken; reconnecting");
+                    logged = true;
+                }
+            } else {
+                logged = false;
+            }
+            if let Some(f) = crate::sync::lock(&self.state).followers.get_mut(&node) {
+                f.connected = false;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            }
+        }
+    }
+
+    fn request(&self, item: Item) -> ReplicateRequest {
+        ReplicateRequest { shard: self.shard.clone(), epoch: self.membership.epoch(), item: Some(item) }
+    }
+
+    async fn stream_to(&self, node: &str, shutdown: &CancellationToken) -> Result<(), String> {
+        let channel = self.membership.channel(node).await.map_err(|e| e.to_string())?;
+        let mut client = ClusterClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        let (tx, rx) = mpsc::channel::<ReplicateRequest>(256);
+        tx.send(self.request(Item::Hello(Hello {}))).await.map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        crate::cluster::peer::mark_as_node(&self.membership, &mut req);
+        let mut answers = client.replicate(req).await.map_err(|s| s.message().to_string())?.into_inner();
+        let hello = answers.message().await.map_err(|s| s.message().to_string())?.ok_or("no answer")?;
+        let (last, oldest) = {
+            let mut st = crate::sync::lock(&self.state);
+            let f = st.followers.entry(node.to_string()).or_default();
+            f.connected = true;
+            f.acked = hello.acked_seq;
+            (st.seq, st.log.front().map(|(s, _)| *s))
+        };
+        // From the log when it holds everything after the follower's position; else a snapshot.
+        // A fresh copy (at 0) gets a snapshot too: the store holds what was written before it
+        // was replicated.
+        let mut next = hello.acked_seq + 1;
+        let from_log = hello.acked_seq > 0 && hello.acked_seq <= last && oldest.is_none_or(|o| o <= next);
+        if from_log {
+            self.on_ack(node, hello.acked_seq).await;
+        } else {
+            next = self.send_snapshot(node, &tx).await? + 1;
+        }
+        let mut latest = self.latest.subscribe();
+        loop {
+            // Everything in the log from `next` on.
+            let batches: Vec<(u64, Arc<Vec<u8>>)> = {
+                let st = crate::sync::lock(&self.state);
+                if st.log.front().is_some_and(|(s, _)| *s > next) && st.seq >= next {
+                    return Err(format!("the log no longer holds sequence {next}; a snapshot follows"));
+                }
+                st.log.iter().filter(|(s, _)| *s >= next).cloned().collect()
+            };
+            for (seq, bytes) in batches {
+                tx.send(self.request(Item::Append(Append { seq, batch: bytes.to_vec() })))
+                    .await
+                    .map_err(|_| "stream closed".to_string())?;
+                next = seq + 1;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                changed = latest.changed() => changed.map_err(|e| e.to_string())?,
+                answer = answers.message() => {
+                    let a = answer.map_err(|s| s.message().to_string())?.ok_or("the follower closed the stream")?;
+                    self.on_ack(node, a.acked_seq).await;
+                }
+            }
+        }
+    }
+
+    /// Records follower `node`'s acknowledgement; a caught-up follower outside the in-sync set
+    /// joins it (etcd first).
+    async fn on_ack(&self, node: &str, acked: u64) {
+        let rejoin = {
+            let mut st = crate::sync::lock(&self.state);
+            let seq = st.seq;
+            let Some(f) = st.followers.get_mut(node) else { return };
+            f.acked = f.acked.max(acked);
+            !f.in_sync && f.acked >= seq
+        };
+        self.acked.notify_all();
+        if rejoin {
+            match self.set_in_sync(node, true).await {
+                Ok(()) => {
+                    if let Some(f) = crate::sync::lock(&self.state).followers.get_mut(node) {
+                        f.in_sync = true;
+                    }
+                    self.acked.notify_all();
+                }
+                Err(e) => tracing::warn!(shard = self.shard, follower = node, error = %e, "in-sync set not updated"),
+            }
+        }
+    }
+
+    /// Sends a snapshot of the whole store; returns the sequence it stands at. Writes go on
+    /// meanwhile: the follower then gets every batch after that sequence, which brings each
+    /// key a page read while it changed to its latest value (puts and deletes of whole keys,
+    /// applied in order, are idempotent).
+    async fn send_snapshot(&self, node: &str, tx: &mpsc::Sender<ReplicateRequest>) -> Result<u64, String> {
+        let at = {
+            let mut st = crate::sync::lock(&self.state);
+            let at = st.seq;
+            st.pins.push(at);
+            if let Some(f) = st.followers.get_mut(node) {
+                f.snapshots += 1;
+            }
+            at
+        };
+        let result = self.snapshot_pages(at, tx).await;
+        let mut st = crate::sync::lock(&self.state);
+        if let Some(i) = st.pins.iter().position(|p| *p == at) {
+            st.pins.remove(i);
+        }
+        drop(st);
+        tracing::info!(shard = self.shard, follower = node, at, ok = result.is_ok(), "snapshot sent");
+        result.map(|()| at)
+    }
+
+    async fn snapshot_pages(&self, at: u64, tx: &mpsc::Sender<ReplicateRequest>) -> Result<(), String> {
+        let mut after: Option<Vec<u8>> = None;
+        let mut first = true;
+        loop {
+            let store = self.store.clone();
+            let from = after.clone();
+            let page = tokio::task::spawn_blocking(move || {
+                let start = from.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                store.scan(start, Bound::Unbounded, 512, false)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            let last = page.len() < 512;
+            after = page.last().map(|(k, _)| k.clone()).or(after);
+            let mut batch = Batch::new();
+            for (k, v) in page {
+                batch.put_raw(k, v);
+            }
+            let chunk = SnapshotChunk { first, entries: batch.encode(), done_at_seq: at, last };
+            tx.send(self.request(Item::Snapshot(chunk))).await.map_err(|_| "stream closed".to_string())?;
+            first = false;
+            if last {
+                return Ok(());
+            }
+        }
+    }
+
+    fn trim(&self, st: &mut State) {
+        let keep_from = st.pins.iter().min().map_or(u64::MAX, |p| p + 1);
+        while st.log_bytes > self.settings.log_bytes {
+            match st.log.front() {
+                Some((s, b)) if *s < keep_from => {
+                    st.log_bytes -= b.len();
+                    st.log.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+impl Replicator for Leader {
+    fn writable(&self) -> Result<(), String> {
+        let st = crate::sync::lock(&self.state);
+        if st.record.is_none() {
+            return Err(format!("shard {} has no replica set yet (waiting for nodes to join)", self.shard));
+        }
+        let have = Self::in_sync_copies(&st);
+        if have < self.settings.min_insync {
+            return Err(format!(
+                "shard {}: {have} in-sync copies, --min-insync-replicas is {}",
+                self.shard, self.settings.min_insync
+            ));
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, batch: &mut Batch) -> u64 {
+        let mut st = crate::sync::lock(&self.state);
+        st.seq += 1;
+        Position { epoch: self.membership.epoch(), seq: st.seq }.write(batch);
+        st.seq
+    }
+
+    fn replicate(&self, seq: u64, batch: &Batch) -> Result<(), String> {
+        {
+            let mut st = crate::sync::lock(&self.state);
+            if st.log.back().is_none_or(|(s, _)| *s < seq) {
+                let bytes = Arc::new(batch.encode());
+                st.log_bytes += bytes.len();
+                st.log.push_back((seq, bytes));
+                self.trim(&mut st);
+            }
+        }
+        self.latest.send_replace(seq);
+        let deadline = Instant::now() + self.settings.ack_timeout;
+        let mut st = crate::sync::lock(&self.state);
+        let lagging = |st: &State| -> Vec<String> {
+            st.followers.iter().filter(|(_, f)| f.in_sync && f.acked < seq).map(|(n, _)| n.clone()).collect()
+        };
+        loop {
+            if lagging(&st).is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            st = match self.acked.wait_timeout(st, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        let late = lagging(&st);
+        drop(st);
+        // Out of the in-sync set in etcd before anything is acknowledged without them.
+        for node in &late {
+            self.rt.block_on(self.set_in_sync(node, false))?;
+            if let Some(f) = crate::sync::lock(&self.state).followers.get_mut(node) {
+                f.in_sync = false;
+            }
+            tracing::warn!(
+                shard = self.shard,
+                follower = node,
+                seq,
+                "follower left the in-sync set (no acknowledgement in time)"
+            );
+        }
+        let st = crate::sync::lock(&self.state);
+        let have = Self::in_sync_copies(&st);
+        if have < self.settings.min_insync {
+            return Err(format!(
+                "sequence {seq} is on {have} in-sync copies, --min-insync-replicas is {}",
+                self.settings.min_insync
+            ));
+        }
+        Ok(())
+    }
+}
