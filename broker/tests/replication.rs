@@ -3,7 +3,8 @@
 //! three copies gone, writes are refused with a retryable status within a bounded time and
 //! never acknowledged; a returning replica catches up (from the log, or from a snapshot when
 //! it missed more than the log keeps) and service resumes with nothing lost; at rest, each
-//! follower's copy is the leader's store, key for key.
+//! follower's copy is the leader's store, key for key; and a node whose disk is lost comes back
+//! on a follower's copy with every acknowledged message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -208,5 +209,47 @@ async fn acknowledged_writes_are_on_the_in_sync_copies_and_quorum_is_enforced() 
         assert_eq!(got.len(), want.len(), "copy in {:?}", d.path());
         assert!(got == want, "the copy differs from the leader's store");
     }
+    drop(leader);
+
+    // Node 1's disk is lost: node 1 comes back on a copy of node 3's replica of its store, and
+    // every acknowledged message is consumed (through node 2).
+    let restored = tempfile::tempdir().unwrap();
+    copy_dir(&dirs[2].path().join("replicas").join("n1"), restored.path());
+    std::fs::remove_dir_all(dirs[0].path()).unwrap();
+    nodes[0] = Some(start(&etcd.url, restored.path(), "n1"));
+    nodes[1] = Some(start(&etcd.url, dirs[1].path(), "n2"));
+    nodes[2] = Some(start(&etcd.url, dirs[2].path(), "n3"));
+    let n2 = nodes[1].as_ref().unwrap().addr.clone();
+    wait_in_sync(&n2, &ids, Duration::from_secs(30)).await;
+    let mut acked: std::collections::BTreeSet<String> = (0..150).map(|i| format!("a{i}")).collect();
+    acked.insert("after-n2".into());
+    acked.extend((0..400).map(|i| format!("big{i}")));
+    let mut consumer = Messaging::connect(format!("http://{n2}")).await.unwrap();
+    let mut got = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !acked.is_subset(&got) && Instant::now() < deadline {
+        let mut stream =
+            consumer.receive_message(common::receive_request("audit", "orders", 60)).await.unwrap().into_inner();
+        while let Some(item) = stream.message().await.unwrap() {
+            if let Some(v2::receive_message_response::Content::Message(m)) = item.content {
+                got.insert(m.system_properties.unwrap().message_id);
+            }
+        }
+    }
+    let missing: Vec<&String> = acked.difference(&got).collect();
+    assert!(missing.is_empty(), "acknowledged messages lost with node 1's disk: {missing:?}");
     drop(etcd);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
