@@ -5,11 +5,14 @@
 # counts etcd's gRPC requests (its own /metrics) while each cluster run lasts.
 #
 #   bash bench/cluster.sh [REPS] [DURATION]
+#   SETUPS="cluster replicated" bash bench/cluster.sh   # 3 nodes with 1 copy vs 3 copies each
 #
+# Setups: `standalone` (one broker), `cluster` (3 nodes, --replicas 1), `replicated` (3 nodes,
+# --replicas 3 --min-insync-replicas 2: each write fsynced on its node and both followers).
 # Needs etcd (`apt-get install etcd-server`). Prints RESULT lines tagged with the rep and the
 # setup, and one ETCD line per cluster run: requests during the run and per 1,000 messages.
 set -euo pipefail
-reps=${1:-2} duration=${2:-10s}
+reps=${1:-2} duration=${2:-10s} setups=${SETUPS:-standalone cluster}
 cd "$(dirname "$0")/.."
 cargo build --release -q -p txmq -p txmq-broker
 txmq=target/release/txmq broker=target/release/txmq-broker
@@ -29,7 +32,7 @@ pids+=($!)
 for _ in $(seq 100); do curl -s http://127.0.0.1:22379/health >/dev/null 2>&1 && break; sleep 0.1; done
 
 for rep in $(seq 1 "$reps"); do
-  for setup in standalone cluster; do
+  for setup in $setups; do
     dir="$work/$setup-$rep"
     mkdir -p "$dir"
     started=()
@@ -37,16 +40,26 @@ for rep in $(seq 1 "$reps"); do
       "$broker" --listen 127.0.0.1:18291 --data-dir "$dir/n0" --metrics-listen off >"$dir/n0.log" 2>&1 &
       started+=($!)
     else
+      copies=1
+      [ "$setup" = replicated ] && copies=3
       for i in 1 2 3; do
-        "$broker" --listen 127.0.0.1:1829$i --data-dir "$dir/n$i" --metrics-listen off \
-          --etcd http://127.0.0.1:22379 --etcd-prefix "/bench-$rep" --node-id "n$i" >"$dir/n$i.log" 2>&1 &
+        "$broker" --listen 127.0.0.1:1829$i --data-dir "$dir/n$i" --metrics-listen off --replicas "$copies" \
+          --etcd http://127.0.0.1:22379 --etcd-prefix "/bench-$rep-$setup" --node-id "n$i" >"$dir/n$i.log" 2>&1 &
         started+=($!)
       done
     fi
     pids+=("${started[@]}")
     wait_up 127.0.0.1:18291
-    [ "$setup" = cluster ] && { wait_up 127.0.0.1:18292; wait_up 127.0.0.1:18293; sleep 4; }
-    if [ "$setup" = cluster ]; then
+    [ "$setup" != standalone ] && { wait_up 127.0.0.1:18292; wait_up 127.0.0.1:18293; sleep 4; }
+    if [ "$setup" = replicated ]; then
+      # Until every shard has both followers in sync.
+      for _ in $(seq 100); do
+        synced=$("$txmq" --broker 127.0.0.1:18291 --json cluster status | grep -o '"in_sync":true' | wc -l)
+        [ "$synced" -ge 6 ] && break
+        sleep 0.2
+      done
+    fi
+    if [ "$setup" != standalone ]; then
       # etcd requests with the cluster idle, for comparison: they depend on time, not load.
       before=$(etcd_requests); sleep "${duration%s}"; after=$(etcd_requests)
       echo "ETCD rep=$rep scenario=idle requests=$((after - before)) msgs=0"
@@ -57,7 +70,7 @@ for rep in $(seq 1 "$reps"); do
       out=$("$txmq" --broker 127.0.0.1:18291 bench $scenario --duration "$duration" 2>/dev/null | grep '^RESULT')
       after=$(etcd_requests)
       echo "rep=$rep setup=$setup $out"
-      if [ "$setup" = cluster ]; then
+      if [ "$setup" != standalone ]; then
         msgs=$(echo "$out" | sed -n 's/.* msgs=\([0-9]*\).*/\1/p')
         echo "ETCD rep=$rep scenario=${scenario// /-} requests=$((after - before)) msgs=$msgs per_1000_msgs=$(awk -v r=$((after - before)) -v m="$msgs" 'BEGIN {printf "%.2f", m ? r * 1000 / m : 0}')"
       fi
