@@ -54,7 +54,7 @@ for rep in $(seq 1 "$reps"); do
     if [ "$setup" = replicated ]; then
       # Until every shard has both followers in sync.
       for _ in $(seq 100); do
-        synced=$("$txmq" --broker 127.0.0.1:18291 --json cluster status | grep -o '"in_sync":true' | wc -l)
+        synced=$({ "$txmq" --broker 127.0.0.1:18291 --json cluster status 2>/dev/null || true; } | grep -o '"in_sync":true' | wc -l || true)
         [ "$synced" -ge 6 ] && break
         sleep 0.2
       done

@@ -42,6 +42,10 @@ pub struct Broker {
     committer: Arc<Committer>,
     /// This node's store replication (cluster with replicas).
     leader: std::sync::OnceLock<Arc<crate::replication::leader::Leader>>,
+    /// Set when this broker serves another node's shard from a copy (failover): that node.
+    acting_on: std::sync::OnceLock<String>,
+    /// A returning node's standby announcement, withdrawn once it holds its id again.
+    standby: std::sync::OnceLock<tokio_util::sync::CancellationToken>,
     topics: Topics,
     log: MessageLog,
     consumers: Consumers,
@@ -130,6 +134,8 @@ impl Broker {
             store,
             committer,
             leader: std::sync::OnceLock::new(),
+            acting_on: std::sync::OnceLock::new(),
+            standby: std::sync::OnceLock::new(),
             topics,
             log,
             consumers,
@@ -596,6 +602,30 @@ impl Broker {
         self.committer.replicate_with(leader.clone());
         let _ = self.leader.set(leader.clone());
         Ok(leader)
+    }
+
+    /// Marks this broker as serving a shard from a copy on node `host` (before it joins).
+    pub fn set_acting_on(&self, host: &str) {
+        let _ = self.acting_on.set(host.to_string());
+    }
+
+    /// Keeps a returning node's standby announcement until it has joined.
+    pub fn set_standby(&self, done: tokio_util::sync::CancellationToken) {
+        let _ = self.standby.set(done);
+    }
+
+    pub fn standby(&self) -> Option<&tokio_util::sync::CancellationToken> {
+        self.standby.get()
+    }
+
+    /// The node serving this shard from its copy, when this is a failover.
+    pub fn acting_on(&self) -> Option<&str> {
+        self.acting_on.get().map(String::as_str)
+    }
+
+    /// This node's store replication, when it replicates.
+    pub fn leader(&self) -> Option<&Arc<crate::replication::leader::Leader>> {
+        self.leader.get()
     }
 
     /// What this node's store replication looks like, when it replicates.

@@ -34,13 +34,26 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: txmq_broker::config::Config) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    tracing::info!(data_dir = %config.data_dir.display(), "opening store");
-    let broker = Broker::open(config)?;
-    server::run(listener, broker, shutdown_signal()).await?;
-    Ok(())
+    loop {
+        // A node replaced after a failover (its shard served from a copy) runs again: it stands
+        // by until the shard is handed back, then serves it.
+        let standby = txmq_broker::replication::rejoin::rejoin(&config).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        tracing::info!(data_dir = %config.data_dir.display(), "opening store");
+        let broker = Broker::open(config.clone())?;
+        if let Some(s) = standby {
+            broker.set_standby(s);
+        }
+        match server::run(listener, broker, shutdown_signal()).await {
+            Err(server::ServeError::Superseded) => {
+                tracing::warn!("this node was replaced while it was cut off; rejoining");
+                continue;
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -99,8 +99,10 @@ async fn stored(addr: &str, topic: &str) -> u64 {
     r.into_inner().message_count
 }
 
-/// Every key and value of a store.
+/// Every key and value of a store, but the fence a copy keeps for itself (the highest leader
+/// epoch that fed it).
 fn contents(store: &dyn Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let fence = txmq_broker::store::Key::Meta("repl-fence".into()).encode();
     let mut out = Vec::new();
     let mut after: Option<Vec<u8>> = None;
     loop {
@@ -110,7 +112,7 @@ fn contents(store: &dyn Store) -> Vec<(Vec<u8>, Vec<u8>)> {
             return out;
         }
         after = page.last().map(|(k, _)| k.clone());
-        out.extend(page);
+        out.extend(page.into_iter().filter(|(k, _)| *k != fence));
     }
 }
 

@@ -58,6 +58,8 @@ pub struct ClusterSettings {
     pub lease_ttl: Duration,
     /// How requests to peers are made secure.
     pub peer: peer::PeerSettings,
+    /// For a shard served from a copy after a failover: the node serving it.
+    pub acting_on: Option<String>,
 }
 
 /// What a node publishes about itself under its membership key.
@@ -68,6 +70,9 @@ pub struct NodeRecord {
     /// When this membership began (ms since the epoch).
     pub joined_at_ms: i64,
     pub version: String,
+    /// Set when this is a shard served from a copy by another node (failover): that node's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acting_on: Option<String>,
 }
 
 /// A live member as etcd lists it.
@@ -121,6 +126,8 @@ struct Inner {
     client: etcd_client::Client,
     record: NodeRecord,
     lease: AtomicI64,
+    /// This process's epoch: the create revision of the membership key it created.
+    epoch: AtomicI64,
     /// The lease was renewed within its time to live.
     healthy: AtomicBool,
     /// When the lease was last granted or renewed.
@@ -135,6 +142,8 @@ struct Inner {
     producers: std::sync::RwLock<producers::ProducerMap>,
     /// Channels to peers.
     channels: peer::Channels,
+    /// Fired when another process holds this node id now (this one was replaced).
+    superseded: CancellationToken,
 }
 
 impl Membership {
@@ -148,32 +157,7 @@ impl Membership {
 
     /// Connects to etcd and joins: refused when a live node holds the same node id.
     pub async fn join(settings: ClusterSettings, now_ms: i64) -> Result<Self, ClusterError> {
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(ETCD_TIMEOUT)
-            .with_timeout(ETCD_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(5), ETCD_TIMEOUT);
-        let client = timed("connect", etcd_client::Client::connect(&settings.endpoints, Some(options))).await?;
-        let record = NodeRecord {
-            id: settings.node_id.clone(),
-            address: settings.address.clone(),
-            joined_at_ms: now_ms,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        let m = Membership {
-            inner: Arc::new(Inner {
-                settings,
-                client,
-                record,
-                lease: AtomicI64::new(0),
-                healthy: AtomicBool::new(false),
-                renewed: std::sync::Mutex::new(tokio::time::Instant::now()),
-                live: std::sync::RwLock::new(Vec::new()),
-                placements: std::sync::RwLock::new(std::collections::HashMap::new()),
-                published: std::sync::Mutex::new(std::collections::BTreeSet::new()),
-                producers: std::sync::RwLock::new(producers::ProducerMap::new()),
-                channels: peer::Channels::default(),
-            }),
-        };
+        let m = Self::connect(settings, now_ms).await?;
         // A node restarted right after it died finds its old key until the old lease expires:
         // it waits that long before it refuses (a live holder renews and keeps the key).
         let deadline = tokio::time::Instant::now() + m.inner.settings.lease_ttl + Duration::from_secs(1);
@@ -186,6 +170,40 @@ impl Membership {
             }
         }
         m.refresh_live().await?;
+        Ok(m)
+    }
+
+    /// Connects to etcd without joining (to look around before joining).
+    pub async fn connect(settings: ClusterSettings, now_ms: i64) -> Result<Self, ClusterError> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(ETCD_TIMEOUT)
+            .with_timeout(ETCD_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), ETCD_TIMEOUT);
+        let client = timed("connect", etcd_client::Client::connect(&settings.endpoints, Some(options))).await?;
+        let record = NodeRecord {
+            id: settings.node_id.clone(),
+            address: settings.address.clone(),
+            joined_at_ms: now_ms,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            acting_on: settings.acting_on.clone(),
+        };
+        let m = Membership {
+            inner: Arc::new(Inner {
+                settings,
+                client,
+                record,
+                lease: AtomicI64::new(0),
+                epoch: AtomicI64::new(0),
+                healthy: AtomicBool::new(false),
+                renewed: std::sync::Mutex::new(tokio::time::Instant::now()),
+                live: std::sync::RwLock::new(Vec::new()),
+                placements: std::sync::RwLock::new(std::collections::HashMap::new()),
+                published: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+                producers: std::sync::RwLock::new(producers::ProducerMap::new()),
+                channels: peer::Channels::default(),
+                superseded: CancellationToken::new(),
+            }),
+        };
         Ok(m)
     }
 
@@ -222,6 +240,10 @@ impl Membership {
             return Err(ClusterError::NodeIdTaken { id: self.inner.settings.node_id.clone(), address });
         }
         self.inner.lease.store(lease, Ordering::SeqCst);
+        if let Some(h) = answer.header() {
+            // The key was created by this transaction: its create revision is the revision.
+            self.inner.epoch.store(h.revision(), Ordering::SeqCst);
+        }
         // Entries published under an earlier lease went with it: publish them again.
         crate::sync::lock(&self.inner.published).clear();
         self.mark_renewed();
@@ -251,8 +273,14 @@ impl Membership {
                 // Unrenewed for a whole time to live, the lease is gone (or soon is): claim
                 // the membership again, which succeeds once etcd has dropped the old key.
                 if self.since_renewed() > self.inner.settings.lease_ttl {
-                    if let Err(e) = self.claim().await {
-                        tracing::debug!(error = %e, "cluster membership not claimed yet");
+                    match self.claim().await {
+                        Err(ClusterError::NodeIdTaken { address, .. }) => {
+                            tracing::error!(holder = address, "another process holds this node id now: stepping down");
+                            self.supersede();
+                            return;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cluster membership not claimed yet"),
+                        Ok(()) => {}
                     }
                 }
             }
@@ -294,6 +322,29 @@ impl Membership {
 
     fn since_renewed(&self) -> Duration {
         crate::sync::lock(&self.inner.renewed).elapsed()
+    }
+
+    /// For a shard served from a copy: the node serving it.
+    pub fn acting_on(&self) -> Option<&str> {
+        self.inner.settings.acting_on.as_deref()
+    }
+
+    /// Marks this node as replaced: whoever watches [`Self::superseded`] stops serving.
+    pub fn supersede(&self) {
+        self.inner.superseded.cancel();
+    }
+
+    /// Fired once this node is replaced by another holder of its id.
+    pub fn superseded(&self) -> CancellationToken {
+        self.inner.superseded.clone()
+    }
+
+    /// The record of the node holding id `id`, if any (read from etcd).
+    pub async fn holder(&self, id: &str) -> Result<Option<NodeRecord>, ClusterError> {
+        let mut client = self.inner.client.clone();
+        let key = format!("{}{id}", Self::nodes_prefix(&self.inner.settings.prefix));
+        let answer = timed("read node", client.get(key, None)).await?;
+        Ok(answer.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok()))
     }
 
     /// Whether the lease was renewed within its time to live.
@@ -380,8 +431,13 @@ mod tests {
 
     #[test]
     fn node_records_round_trip_as_json() {
-        let r =
-            NodeRecord { id: "n1".into(), address: "127.0.0.1:8081".into(), joined_at_ms: 5, version: "0.1.0".into() };
+        let r = NodeRecord {
+            id: "n1".into(),
+            address: "127.0.0.1:8081".into(),
+            joined_at_ms: 5,
+            version: "0.1.0".into(),
+            acting_on: None,
+        };
         let v = serde_json::to_vec(&r).unwrap();
         assert_eq!(serde_json::from_slice::<NodeRecord>(&v).unwrap(), r);
     }

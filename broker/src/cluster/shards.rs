@@ -16,6 +16,10 @@ pub struct ShardRecord {
     pub followers: Vec<String>,
     /// Followers that hold every acknowledged write (the leader is always in sync).
     pub in_sync: Vec<String>,
+    /// The epoch of the leader that last took the shard; in-sync changes by any other leader
+    /// are refused (a superseded leader cannot touch its successor's set).
+    #[serde(default)]
+    pub leader_epoch: i64,
     /// The key's modification revision when read.
     #[serde(skip)]
     pub revision: i64,
@@ -75,8 +79,44 @@ impl Membership {
         Ok(Some(ShardRecord { revision, ..record.clone() }))
     }
 
-    /// This node's epoch: its membership key's create revision as last listed (0 before).
+    fn standby_key(&self, id: &str) -> String {
+        format!("{}/standby/{id}", self.inner.settings.prefix)
+    }
+
+    /// Announces that this process, returning as node `id` while a copy serves that node's
+    /// shard, waits for it to be handed back: a leased key (kept until `done` fires, then
+    /// removed), so that no other node takes the shard over meanwhile.
+    pub async fn stand_by(&self, id: &str, done: tokio_util::sync::CancellationToken) -> Result<(), ClusterError> {
+        let mut client = self.inner.client.clone();
+        let ttl = self.inner.settings.lease_ttl.as_secs().max(2) as i64;
+        let lease = timed("lease grant", client.lease_grant(ttl, None)).await?.id();
+        let options = etcd_client::PutOptions::new().with_lease(lease);
+        timed("put standby", client.put(self.standby_key(id), self.node_id(), Some(options))).await?;
+        let period = self.inner.settings.lease_ttl / 3;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = done.cancelled() => break,
+                    _ = tokio::time::sleep(period) => {}
+                }
+                if let Ok((mut keeper, _)) = client.lease_keep_alive(lease).await {
+                    let _ = keeper.keep_alive().await;
+                }
+            }
+            let _ = timed("lease revoke", client.lease_revoke(lease)).await;
+        });
+        Ok(())
+    }
+
+    /// Whether a returning node waits for shard `id` to be handed back.
+    pub async fn standing_by(&self, id: &str) -> Result<bool, ClusterError> {
+        let mut client = self.inner.client.clone();
+        Ok(!timed("read standby", client.get(self.standby_key(id), None)).await?.kvs().is_empty())
+    }
+
+    /// This process's epoch: the create revision of the membership key it created (0 before it
+    /// joined). Not the current holder's: a replaced process keeps its own, older epoch.
     pub fn epoch(&self) -> i64 {
-        crate::sync::read(&self.inner.live).iter().find(|m| m.record.id == self.node_id()).map_or(0, |m| m.epoch)
+        self.inner.epoch.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

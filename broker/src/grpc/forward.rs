@@ -243,25 +243,46 @@ impl Forwarder {
     }
 }
 
+impl ClusterService {
+    fn replicas(&self) -> Result<Arc<crate::replication::follower::Replicas>, tonic::Status> {
+        self.replicas.clone().ok_or_else(|| {
+            tonic::Status::failed_precondition("this broker serves a shard from a copy and holds no copies")
+        })
+    }
+}
+
 /// The `txmq.cluster.v1` service: what other nodes ask of this one.
 pub struct ClusterService {
     pub clients: Arc<super::clients::Clients>,
-    /// This node's copies of other nodes' stores.
-    pub replicas: Arc<crate::replication::follower::Replicas>,
+    /// This node's copies of other nodes' stores (`None` for a broker serving a shard from a
+    /// copy after a failover: it holds no copies; the node hosting it does).
+    pub replicas: Option<Arc<crate::replication::follower::Replicas>>,
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     type ReplicateStream = tokio_stream::wrappers::ReceiverStream<Result<ReplicateResponse, tonic::Status>>;
+    type FetchCopyStream = tokio_stream::wrappers::ReceiverStream<Result<ReplicateRequest, tonic::Status>>;
+
+    async fn fetch_copy(
+        &self,
+        req: Request<txmq_proto::cluster::FetchCopyRequest>,
+    ) -> Result<tonic::Response<Self::FetchCopyStream>, tonic::Status> {
+        let replicas = self.replicas()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(replicas.fetch(req.into_inner().shard, tx));
+        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
 
     async fn replicate(
         &self,
         req: Request<tonic::Streaming<ReplicateRequest>>,
     ) -> Result<tonic::Response<Self::ReplicateStream>, tonic::Status> {
+        let replicas = self.replicas()?;
         let mut stream = req.into_inner();
         let first = stream.message().await?.ok_or_else(|| tonic::Status::invalid_argument("empty stream"))?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(self.replicas.clone().follow(first, stream, tx));
+        tokio::spawn(replicas.follow(first, stream, tx));
         Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 

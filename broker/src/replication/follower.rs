@@ -13,16 +13,26 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use txmq_proto::cluster::{replicate_request::Item, ReplicateRequest, ReplicateResponse};
 
-/// One copy: its store, and the lock that lets one leader stream feed it at a time.
+/// One copy: its store, the lock that lets one leader stream feed it at a time, and the
+/// highest leader epoch it has seen (streams of lower epochs are refused).
 struct Copy {
     store: Arc<SledStore>,
     feeding: tokio::sync::Mutex<()>,
+    fence: std::sync::atomic::AtomicI64,
+}
+
+fn fence_key() -> Vec<u8> {
+    crate::store::Key::Meta("repl-fence".into()).encode()
 }
 
 /// Every copy this node holds.
 pub struct Replicas {
     dir: PathBuf,
     open: Mutex<HashMap<String, Arc<Copy>>>,
+    /// Shards this node serves from its copy now (failover): their copies are not fed.
+    acting: Mutex<std::collections::HashSet<String>>,
+    /// Fired when the node shuts down: every leader stream ends.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 fn store_error(e: StoreError) -> Status {
@@ -30,13 +40,26 @@ fn store_error(e: StoreError) -> Status {
 }
 
 impl Replicas {
-    /// Copies kept under `data_dir/replicas`.
-    pub fn new(data_dir: &std::path::Path) -> Self {
-        Replicas { dir: data_dir.join("replicas"), open: Mutex::new(HashMap::new()) }
+    /// Copies kept under `data_dir/replicas`; leader streams end when `shutdown` fires.
+    pub fn new(data_dir: &std::path::Path, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        Replicas {
+            dir: data_dir.join("replicas"),
+            open: Mutex::new(HashMap::new()),
+            acting: Mutex::new(std::collections::HashSet::new()),
+            shutdown,
+        }
+    }
+
+    /// Where the copy of `shard` lives.
+    pub fn path(&self, shard: &str) -> PathBuf {
+        self.dir.join(shard)
     }
 
     async fn copy(&self, shard: &str) -> Result<Arc<Copy>, Status> {
         crate::cluster::validate_node_id(shard).map_err(Status::invalid_argument)?;
+        if crate::sync::lock(&self.acting).contains(shard) {
+            return Err(Status::failed_precondition(format!("this node serves shard {shard} from its copy now")));
+        }
         if let Some(c) = crate::sync::lock(&self.open).get(shard) {
             return Ok(c.clone());
         }
@@ -48,8 +71,74 @@ impl Replicas {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(store_error)?;
-        let copy = Arc::new(Copy { store: Arc::new(store), feeding: tokio::sync::Mutex::new(()) });
+        let fence = match store.get(&fence_key()).map_err(store_error)? {
+            Some(v) if v.len() == 8 => i64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])),
+            _ => 0,
+        };
+        let copy = Arc::new(Copy {
+            store: Arc::new(store),
+            feeding: tokio::sync::Mutex::new(()),
+            fence: std::sync::atomic::AtomicI64::new(fence),
+        });
         Ok(crate::sync::lock(&self.open).entry(shard.to_string()).or_insert(copy).clone())
+    }
+
+    /// Stops feeding the copy of `shard` and closes it, so that this node can serve the shard
+    /// from it (failover). Waits for a stream still feeding it to end.
+    pub async fn release(&self, shard: &str) {
+        crate::sync::lock(&self.acting).insert(shard.to_string());
+        let Some(copy) = crate::sync::lock(&self.open).remove(shard) else { return };
+        let _ = copy.feeding.lock().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Arc::strong_count(&copy) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Feeds the copy of `shard` again (after handing the shard back).
+    pub fn resume(&self, shard: &str) {
+        crate::sync::lock(&self.acting).remove(shard);
+    }
+
+    /// Sends this node's copy of `shard` as snapshot chunks on `out` (to its returning node).
+    pub async fn fetch(self: Arc<Self>, shard: String, out: mpsc::Sender<Result<ReplicateRequest, Status>>) {
+        let result = async {
+            let copy = self.copy(&shard).await?;
+            let _feeding = copy.feeding.lock().await;
+            let at = Position::read(copy.store.as_ref()).map_err(store_error)?;
+            let mut after: Option<Vec<u8>> = None;
+            let mut first = true;
+            loop {
+                let store = copy.store.clone();
+                let from = after.clone();
+                let page = tokio::task::spawn_blocking(move || {
+                    let start = from.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                    store.scan(start, Bound::Unbounded, 512, false)
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(store_error)?;
+                let last = page.len() < 512;
+                after = page.last().map(|(k, _)| k.clone()).or(after);
+                let mut batch = Batch::new();
+                for (k, v) in page {
+                    batch.put_raw(k, v);
+                }
+                let chunk =
+                    txmq_proto::cluster::SnapshotChunk { first, entries: batch.encode(), done_at_seq: at.seq, last };
+                let item =
+                    ReplicateRequest { shard: shard.clone(), epoch: at.epoch, item: Some(Item::Snapshot(chunk)) };
+                out.send(Ok(item)).await.map_err(|_| Status::cancelled("gone"))?;
+                first = false;
+                if last {
+                    return Ok::<(), Status>(());
+                }
+            }
+        }
+        .await;
+        if let Err(s) = result {
+            let _ = out.send(Err(s)).await;
+        }
     }
 
     /// The position of this node's copy of `shard` (zero when it holds none).
@@ -85,20 +174,44 @@ impl Replicas {
             .await
             .map_err(|_| Status::unavailable(format!("another leader stream feeds the copy of {shard}")))?;
         let mut at = Position::read(copy.store.as_ref()).map_err(store_error)?;
-        let fence = |epoch: i64, at: &Position| {
-            if epoch < at.epoch {
+        use std::sync::atomic::Ordering;
+        let fence = |epoch: i64| {
+            let seen = copy.fence.load(Ordering::SeqCst);
+            if epoch < seen {
                 return Err(Status::failed_precondition(format!(
-                    "fenced: epoch {epoch} of shard {shard} is older than epoch {} this copy has seen",
-                    at.epoch
+                    "fenced: epoch {epoch} of shard {shard} is older than epoch {seen} this copy has seen"
                 )));
             }
             Ok(())
         };
-        fence(first.epoch, &at)?;
+        fence(first.epoch.max(0))?;
+        if first.epoch < at.epoch {
+            return Err(Status::failed_precondition(format!(
+                "fenced: epoch {} of shard {shard} is older than the copy's latest write (epoch {})",
+                first.epoch, at.epoch
+            )));
+        }
+        // From now on no leader of an older epoch feeds this copy, even before this one writes.
+        if first.epoch > copy.fence.load(Ordering::SeqCst) {
+            let store = copy.store.clone();
+            let epoch = first.epoch;
+            blocking(move || {
+                let mut b = Batch::new();
+                b.put_raw(fence_key(), epoch.to_be_bytes().to_vec());
+                store.apply(&b).and_then(|()| store.flush())
+            })
+            .await?;
+            copy.fence.store(epoch, Ordering::SeqCst);
+        }
         let answer = |at: Position| ReplicateResponse { acked_seq: at.seq, epoch: at.epoch };
         out.send(Ok(answer(at))).await.map_err(|_| Status::cancelled("leader gone"))?;
-        while let Some(req) = stream.message().await? {
-            fence(req.epoch, &at)?;
+        loop {
+            let next = tokio::select! {
+                m = stream.message() => m?,
+                _ = self.shutdown.cancelled() => return Err(Status::unavailable("the node is shutting down")),
+            };
+            let Some(req) = next else { break };
+            fence(req.epoch)?;
             match req.item {
                 Some(Item::Append(a)) => {
                     if a.seq <= at.seq {

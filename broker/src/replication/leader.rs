@@ -8,7 +8,7 @@
 //! otherwise stays unacknowledged (the committer retries; new writes are refused). A follower
 //! that has caught up with the leader's latest sequence joins the set again, in etcd first.
 
-use super::{Position, Settings};
+use super::{History, Position, Settings};
 use crate::cluster::shards::ShardRecord;
 use crate::cluster::Membership;
 use crate::store::{Batch, Replicator, Store};
@@ -27,6 +27,9 @@ pub struct FollowerState {
     /// Highest sequence it acknowledged as durable.
     pub acked: u64,
     pub in_sync: bool,
+    /// Joining the in-sync set: every group after this sequence waits for it; it joins (in
+    /// etcd) once it has acknowledged this sequence, so it then holds every acknowledged write.
+    pub joining_from: Option<u64>,
     /// A stream to it is open.
     pub connected: bool,
     /// Snapshots sent to it since this leader started.
@@ -44,6 +47,14 @@ struct State {
     followers: BTreeMap<String, FollowerState>,
     /// The replica set as etcd holds it (`None` until read or created).
     record: Option<ShardRecord>,
+    /// The shard's epochs and their first sequences.
+    history: History,
+    /// A group is between `prepare` and its acknowledgement.
+    in_progress: bool,
+    /// The highest sequence acknowledged to writers.
+    acknowledged: u64,
+    /// Handing the shard back: no new writes.
+    handing_back: bool,
 }
 
 /// A shard's leader.
@@ -76,6 +87,7 @@ impl Leader {
         membership: Membership,
     ) -> Result<Arc<Leader>, crate::store::StoreError> {
         let at = Position::read(store.as_ref())?;
+        let history = History::read(store.as_ref())?;
         let (latest, _) = watch::channel(at.seq);
         Ok(Arc::new(Leader {
             shard: membership.node_id().to_string(),
@@ -90,6 +102,10 @@ impl Leader {
                 pins: Vec::new(),
                 followers: BTreeMap::new(),
                 record: None,
+                history,
+                in_progress: false,
+                acknowledged: at.seq,
+                handing_back: false,
             }),
             acked: Condvar::new(),
             latest,
@@ -120,7 +136,17 @@ impl Leader {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         };
-        tracing::info!(shard = self.shard, followers = ?record.followers, in_sync = ?record.in_sync, "replicating");
+        let record = loop {
+            match self.adopt(record.clone()).await {
+                Ok(r) => break r,
+                Err(e) => tracing::warn!(error = %e, "replica set not taken over yet"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        };
+        tracing::info!(shard = self.shard, epoch = record.leader_epoch, followers = ?record.followers, in_sync = ?record.in_sync, "replicating");
         {
             let mut st = crate::sync::lock(&self.state);
             for f in &record.followers {
@@ -155,10 +181,62 @@ impl Leader {
         others.sort();
         let start = others.iter().position(|id| *id > self.shard).unwrap_or(0);
         let followers: Vec<String> = (0..wanted).map(|i| others[(start + i) % others.len()].clone()).collect();
-        let record = ShardRecord { shard: self.shard.clone(), followers, in_sync: Vec::new(), revision: 0 };
+        let record = ShardRecord {
+            shard: self.shard.clone(),
+            followers,
+            in_sync: Vec::new(),
+            leader_epoch: self.membership.epoch(),
+            revision: 0,
+        };
         match self.membership.put_shard_record_if(&record).await? {
             Some(r) => Ok(Some(r)),
             None => self.membership.shard_record(&self.shard).await,
+        }
+    }
+
+    /// Makes the replica set this leader's (its epoch), by compare-and-swap: a leader serving
+    /// the shard from a copy on another node (failover) drops that node from the followers,
+    /// as its copy is now this leader's store.
+    async fn adopt(&self, mut record: ShardRecord) -> Result<ShardRecord, String> {
+        let epoch = self.membership.epoch();
+        loop {
+            if record.leader_epoch == epoch {
+                return Ok(record);
+            }
+            let mut next = record.clone();
+            next.leader_epoch = epoch;
+            if let Some(host) = self.membership.acting_on() {
+                next.followers.retain(|f| f != host);
+                next.in_sync.retain(|f| f != host);
+            }
+            match self.membership.put_shard_record_if(&next).await.map_err(|e| e.to_string())? {
+                Some(r) => return Ok(r),
+                None => {
+                    record = self
+                        .membership
+                        .shard_record(&self.shard)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .ok_or("the replica set is gone")?;
+                }
+            }
+        }
+    }
+
+    /// Stops taking writes and waits (up to 10 s) until none is in progress, before the
+    /// shard is handed back to its returning node.
+    pub async fn quiesce(&self) -> u64 {
+        crate::sync::lock(&self.state).handing_back = true;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (busy, seq) = {
+                let st = crate::sync::lock(&self.state);
+                (st.in_progress, st.seq)
+            };
+            if !busy || Instant::now() > deadline {
+                return seq;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -170,6 +248,15 @@ impl Leader {
                 Ok(None) => return Err("the shard has no replica set in etcd".into()),
                 Err(e) => return Err(e.to_string()),
             };
+            let epoch = self.membership.epoch();
+            if current.leader_epoch != epoch {
+                // Another leader took the shard (this one was stopped or cut off past its lease).
+                self.membership.supersede();
+                return Err(format!(
+                    "superseded: the shard is led at epoch {}, this leader's is {epoch}",
+                    current.leader_epoch
+                ));
+            }
             let mut next = current.clone();
             next.in_sync.retain(|n| n != node);
             if in_sync {
@@ -201,7 +288,11 @@ impl Leader {
     async fn link(self: Arc<Self>, node: String, shutdown: CancellationToken) {
         let mut logged = false;
         while !shutdown.is_cancelled() {
-            if let Err(e) = self.stream_to(&node, &shutdown).await {
+            let streamed = tokio::select! {
+                r = self.stream_to(&node, &shutdown) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            if let Err(e) = streamed {
                 if !logged {
                     tracing::warn!(shard = self.shard, follower = node, error = %e, "replication stream broken; reconnecting");
                     logged = true;
@@ -234,21 +325,37 @@ impl Leader {
         crate::cluster::peer::mark_as_node(&self.membership, &mut req);
         let mut answers = client.replicate(req).await.map_err(|s| s.message().to_string())?.into_inner();
         let hello = answers.message().await.map_err(|s| s.message().to_string())?.ok_or("no answer")?;
-        let (last, oldest) = {
+        // A copy whose latest write is at an epoch this shard's history left before that
+        // sequence holds writes its successors never had: it gets a snapshot (truncation).
+        let (last, oldest, diverged) = {
             let mut st = crate::sync::lock(&self.state);
+            let diverged = st.history.successor_start(hello.epoch).is_some_and(|s| hello.acked_seq >= s);
+            let (last, oldest) = (st.seq, st.log.front().map(|(s, _)| *s));
             let f = st.followers.entry(node.to_string()).or_default();
             f.connected = true;
-            f.acked = hello.acked_seq;
-            (st.seq, st.log.front().map(|(s, _)| *s))
+            f.acked = if diverged || hello.acked_seq > last { 0 } else { hello.acked_seq };
+            (last, oldest, diverged)
         };
         // From the log when it holds everything after the follower's position; else a snapshot.
         // A fresh copy (at 0) gets a snapshot too: the store holds what was written before it
         // was replicated.
         let mut next = hello.acked_seq + 1;
-        let from_log = hello.acked_seq > 0 && hello.acked_seq <= last && oldest.is_none_or(|o| o <= next);
+        let from_log = !diverged
+            && hello.acked_seq > 0
+            && hello.acked_seq <= last
+            && (hello.acked_seq == last || oldest.is_some_and(|o| o <= next));
         if from_log {
             self.on_ack(node, hello.acked_seq).await;
         } else {
+            if diverged {
+                tracing::warn!(
+                    shard = self.shard,
+                    follower = node,
+                    epoch = hello.epoch,
+                    seq = hello.acked_seq,
+                    "follower's copy diverged from the shard's history; sending a snapshot"
+                );
+            }
             next = self.send_snapshot(node, &tx).await? + 1;
         }
         let mut latest = self.latest.subscribe();
@@ -278,15 +385,18 @@ impl Leader {
         }
     }
 
-    /// Records follower `node`'s acknowledgement; a caught-up follower outside the in-sync set
-    /// joins it (etcd first).
+    /// Records follower `node`'s acknowledgement; a follower outside the in-sync set that holds
+    /// every acknowledged write joins it (etcd first); from then on writes wait for it too.
     async fn on_ack(&self, node: &str, acked: u64) {
         let rejoin = {
             let mut st = crate::sync::lock(&self.state);
-            let seq = st.seq;
+            let (acknowledged, prepared) = (st.acknowledged, st.seq);
             let Some(f) = st.followers.get_mut(node) else { return };
             f.acked = f.acked.max(acked);
-            !f.in_sync && f.acked >= seq
+            if !f.in_sync && f.joining_from.is_none() && f.acked >= acknowledged {
+                f.joining_from = Some(prepared);
+            }
+            !f.in_sync && f.joining_from.is_some_and(|j| f.acked >= j)
         };
         self.acked.notify_all();
         if rejoin {
@@ -294,6 +404,7 @@ impl Leader {
                 Ok(()) => {
                     if let Some(f) = crate::sync::lock(&self.state).followers.get_mut(node) {
                         f.in_sync = true;
+                        f.joining_from = None;
                     }
                     self.acked.notify_all();
                 }
@@ -369,10 +480,20 @@ impl Leader {
 }
 
 impl Replicator for Leader {
+    fn abandoned(&self) -> bool {
+        self.membership.superseded().is_cancelled()
+    }
+
     fn writable(&self) -> Result<(), String> {
+        if self.abandoned() {
+            return Err(format!("shard {} is served by another process now", self.shard));
+        }
         let st = crate::sync::lock(&self.state);
         if st.record.is_none() {
             return Err(format!("shard {} has no replica set yet (waiting for nodes to join)", self.shard));
+        }
+        if st.handing_back {
+            return Err(format!("shard {} is being handed back to its node", self.shard));
         }
         let have = Self::in_sync_copies(&st);
         if have < self.settings.min_insync {
@@ -387,7 +508,14 @@ impl Replicator for Leader {
     fn prepare(&self, batch: &mut Batch) -> u64 {
         let mut st = crate::sync::lock(&self.state);
         st.seq += 1;
-        Position { epoch: self.membership.epoch(), seq: st.seq }.write(batch);
+        st.in_progress = true;
+        let epoch = self.membership.epoch();
+        if st.history.0.last().is_none_or(|(e, _)| *e != epoch) {
+            let seq = st.seq;
+            st.history.0.push((epoch, seq));
+            st.history.write(batch);
+        }
+        Position { epoch, seq: st.seq }.write(batch);
         st.seq
     }
 
@@ -404,8 +532,13 @@ impl Replicator for Leader {
         self.latest.send_replace(seq);
         let deadline = Instant::now() + self.settings.ack_timeout;
         let mut st = crate::sync::lock(&self.state);
+        // In-sync followers, and joining ones for the groups after their joining point.
         let lagging = |st: &State| -> Vec<String> {
-            st.followers.iter().filter(|(_, f)| f.in_sync && f.acked < seq).map(|(n, _)| n.clone()).collect()
+            st.followers
+                .iter()
+                .filter(|(_, f)| (f.in_sync || f.joining_from.is_some_and(|j| j < seq)) && f.acked < seq)
+                .map(|(n, _)| n.clone())
+                .collect()
         };
         loop {
             if lagging(&st).is_empty() {
@@ -422,8 +555,22 @@ impl Replicator for Leader {
         }
         let late = lagging(&st);
         drop(st);
-        // Out of the in-sync set in etcd before anything is acknowledged without them.
+        // Out of the in-sync set in etcd before anything is acknowledged without them (a
+        // joining follower just stops joining).
         for node in &late {
+            let joining = {
+                let mut st = crate::sync::lock(&self.state);
+                match st.followers.get_mut(node) {
+                    Some(f) if !f.in_sync => {
+                        f.joining_from = None;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if joining {
+                continue;
+            }
             self.rt.block_on(self.set_in_sync(node, false))?;
             if let Some(f) = crate::sync::lock(&self.state).followers.get_mut(node) {
                 f.in_sync = false;
@@ -435,7 +582,7 @@ impl Replicator for Leader {
                 "follower left the in-sync set (no acknowledgement in time)"
             );
         }
-        let st = crate::sync::lock(&self.state);
+        let mut st = crate::sync::lock(&self.state);
         let have = Self::in_sync_copies(&st);
         if have < self.settings.min_insync {
             return Err(format!(
@@ -443,6 +590,8 @@ impl Replicator for Leader {
                 self.settings.min_insync
             ));
         }
+        st.in_progress = false;
+        st.acknowledged = st.acknowledged.max(seq);
         Ok(())
     }
 }

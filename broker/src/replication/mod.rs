@@ -13,6 +13,7 @@
 
 pub mod follower;
 pub mod leader;
+pub mod rejoin;
 
 use crate::store::{Batch, Key, Store, StoreError};
 use std::time::Duration;
@@ -40,6 +41,48 @@ pub struct Position {
 
 fn position_key() -> Vec<u8> {
     Key::Meta("repl-pos".into()).encode()
+}
+
+fn history_key() -> Vec<u8> {
+    Key::Meta("repl-epochs".into()).encode()
+}
+
+/// Each epoch of a shard and the first sequence its leader wrote, oldest first: where a
+/// returning leader's history parts from its successor's.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct History(pub Vec<(i64, u64)>);
+
+impl History {
+    pub fn read(store: &dyn Store) -> Result<History, StoreError> {
+        let key = history_key();
+        let Some(v) = store.get(&key)? else { return Ok(History::default()) };
+        if v.len() % 16 != 0 {
+            return Err(StoreError::Corrupt { key, detail: format!("epoch history of {} bytes", v.len()) });
+        }
+        let mut out = Vec::new();
+        for c in v.chunks(16) {
+            let (e, s) = c.split_at(8);
+            let e: [u8; 8] = e.try_into().map_err(|_| StoreError::Io("epoch".into()))?;
+            let s: [u8; 8] = s.try_into().map_err(|_| StoreError::Io("seq".into()))?;
+            out.push((i64::from_be_bytes(e), u64::from_be_bytes(s)));
+        }
+        Ok(History(out))
+    }
+
+    pub fn write(&self, batch: &mut Batch) {
+        let mut v = Vec::with_capacity(self.0.len() * 16);
+        for (e, s) in &self.0 {
+            v.extend_from_slice(&e.to_be_bytes());
+            v.extend_from_slice(&s.to_be_bytes());
+        }
+        batch.put_raw(history_key(), v);
+    }
+
+    /// The first sequence written in an epoch after `epoch`, if any: a store at `epoch` holds
+    /// nothing of its successors' history from there on.
+    pub fn successor_start(&self, epoch: i64) -> Option<u64> {
+        self.0.iter().find(|(e, _)| *e > epoch).map(|(_, s)| *s)
+    }
 }
 
 impl Position {

@@ -72,6 +72,9 @@ pub trait Replicator: Send + Sync + 'static {
     /// replicas hold it durably, or why not yet (the writer then tries again: the group's
     /// waiters are answered only when it is acknowledged).
     fn replicate(&self, seq: u64, batch: &Batch) -> Result<(), String>;
+    /// Whether groups not yet acknowledged never will be (this leader was replaced): the
+    /// writer then stops offering them.
+    fn abandoned(&self) -> bool;
 }
 
 /// Called after every successful group commit with its size and duration.
@@ -297,7 +300,7 @@ fn commit_group(store: &dyn Store, shared: &Shared, group: Vec<Job>) {
                             }
                         }
                     }
-                    if shared.stopping.load(Ordering::SeqCst) {
+                    if shared.stopping.load(Ordering::SeqCst) || r.abandoned() {
                         result = Err(StoreError::NotEnoughReplicas(why));
                         break;
                     }

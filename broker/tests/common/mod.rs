@@ -38,11 +38,15 @@ pub fn start_broker_under(
         .spawn()
         .expect("broker binary starts");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
     let addr = loop {
-        let line = lines.next().expect("broker printed its address").unwrap();
+        let Some(Ok(line)) = lines.next() else {
+            panic!("broker exited before printing its address:\n{}", seen.join("\n"))
+        };
         if let Some(rest) = line.split("listen=").nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
+        seen.push(line);
     };
     // Keep draining the log so the child never blocks on a full pipe.
     let log = std::thread::spawn(move || lines.map_while(Result::ok).collect());

@@ -4,6 +4,8 @@
 //! `127.0.0.1:0`. Shutdown order: stop accepting, end Telemetry streams and long polls, wait
 //! for in-flight calls and tracked tasks, then flush the store and stop its writer.
 
+mod failover;
+
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::grpc::admin::{AdminGate, AdminService};
@@ -34,6 +36,10 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Another process holds this node id now (this node was replaced after a failover); run
+    /// again, it rejoins as the shard's returning node.
+    #[error("superseded: another process serves this node's shard now")]
+    Superseded,
 }
 
 /// Serves `broker` on `listener` (and metrics on `--metrics-listen`, when set) until
@@ -76,6 +82,10 @@ pub async fn run_with_metrics(
         }
         None => None,
     };
+    // A returning node stood by until its shard was handed back; it holds its id now.
+    if let Some(standby) = broker.standby() {
+        standby.cancel();
+    }
     broker
         .init_user(std::env::var("TXMQ_AUTH_INIT_SECRET").ok().as_deref())
         .await
@@ -108,16 +118,23 @@ pub async fn run_with_metrics(
         tracker.spawn(crate::tasks::metrics_http::serve(l, broker.clone(), token.clone(), tracker.clone()));
     }
     tracker.spawn(crate::tasks::sweep::run(clients.clone(), token.clone()));
+    let replicas = Arc::new(crate::replication::follower::Replicas::new(&broker.config().data_dir, token.clone()));
     let peers = forwarder.as_ref().map(|_| crate::grpc::forward::ClusterService {
         clients: clients.clone(),
-        replicas: Arc::new(crate::replication::follower::Replicas::new(&broker.config().data_dir)),
+        replicas: broker.acting_on().is_none().then(|| replicas.clone()),
     });
     if let (Some(m), true) = (&cluster, broker.config().replicas > 1) {
         let leader = broker
             .replicate(replication_settings(broker.config()), m.clone())
             .map_err(|e| ServeError::Config(e.to_string()))?;
         tracker.spawn(leader.run(token.clone()));
+        if broker.acting_on().is_none() {
+            // This node takes over the shards of dead nodes it holds in-sync copies of.
+            let host = Arc::new(failover::Host::new(broker.config().clone(), m.clone(), replicas.clone(), local));
+            tracker.spawn(host.run(token.clone()));
+        }
     }
+    let superseded = cluster.as_ref().map(|m| m.superseded()).unwrap_or_default();
     tracker.spawn(crate::tasks::checkback::run(broker.clone(), clients, forwarder, token.clone()));
     let tls = match (&broker.config().tls_cert, &broker.config().tls_key) {
         (Some(cert), Some(key)) => {
@@ -151,16 +168,25 @@ pub async fn run_with_metrics(
         .add_optional_service(
             peers.map(|p| txmq_proto::cluster::cluster_server::ClusterServer::with_interceptor(p, peers_gate)),
         )
-        .serve_with_incoming_shutdown(incoming(listener, broker.config().max_connections, tls), async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, ending streams");
-            stop.cancel();
+        .serve_with_incoming_shutdown(incoming(listener, broker.config().max_connections, tls), {
+            let superseded = superseded.clone();
+            async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = superseded.cancelled() => {}
+                }
+                tracing::info!("shutting down: no new connections, ending streams");
+                stop.cancel();
+            }
         })
         .await?;
     tracker.close();
     tracker.wait().await;
     tokio::task::spawn_blocking(move || broker.shutdown()).await.map_err(std::io::Error::other)?;
     tracing::info!("store flushed; broker stopped");
+    if superseded.is_cancelled() {
+        return Err(ServeError::Superseded);
+    }
     Ok(())
 }
 
@@ -389,11 +415,28 @@ async fn join_cluster(broker: &Broker, local: SocketAddr) -> Result<Option<crate
         prefix: c.etcd_prefix.clone(),
         lease_ttl: c.etcd_lease_ttl,
         peer: peer_settings(c)?,
+        acting_on: broker.acting_on().map(str::to_string),
     };
-    let m = crate::cluster::Membership::join(settings, crate::clock::now_ms())
-        .await
-        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let replicated = c.replicas > 1;
+    let m = match crate::cluster::Membership::join(settings.clone(), crate::clock::now_ms()).await {
+        Ok(m) => m,
+        // Another node took this node's shard over while it was starting: run again, as a
+        // returning node (it stands by and gets the shard back).
+        Err(crate::cluster::ClusterError::NodeIdTaken { .. }) if replicated && acting_holder(settings).await => {
+            return Err(ServeError::Superseded);
+        }
+        Err(e) => return Err(ServeError::Config(e.to_string())),
+    };
     Ok(Some(m))
+}
+
+/// Whether the holder of this node's id is a broker serving its shard from a copy.
+async fn acting_holder(settings: crate::cluster::ClusterSettings) -> bool {
+    let id = settings.node_id.clone();
+    match crate::cluster::Membership::connect(settings, crate::clock::now_ms()).await {
+        Ok(m) => matches!(m.holder(&id).await, Ok(Some(h)) if h.acting_on.is_some()),
+        Err(_) => false,
+    }
 }
 
 fn replication_settings(c: &Config) -> crate::replication::Settings {
@@ -432,6 +475,8 @@ pub struct RunningBroker {
     pub addr: SocketAddr,
     /// The metrics endpoint's address, when `metrics_listen` was set.
     pub metrics_addr: Option<SocketAddr>,
+    /// The broker it serves.
+    pub broker: Arc<Broker>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
 }
@@ -474,11 +519,41 @@ pub async fn spawn_with(
     config: Config,
     store: Option<Arc<dyn crate::store::Store>>,
 ) -> Result<RunningBroker, ServeError> {
+    spawn_inner(config, store, None).await
+}
+
+/// A broker serving another node's shard from this node's copy (`host`: this node) after a
+/// failover. (Boxed: the serving task it starts may start such brokers itself.)
+fn spawn_acting(
+    config: Config,
+    host: String,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<RunningBroker, ServeError>> + Send>> {
+    Box::pin(spawn_inner(config, None, Some(host)))
+}
+
+/// [`spawn`] over a given store, or for a broker acting on node `acting_on` (see
+/// [`spawn_acting`]).
+async fn spawn_inner(
+    config: Config,
+    store: Option<Arc<dyn crate::store::Store>>,
+    acting_on: Option<String>,
+) -> Result<RunningBroker, ServeError> {
+    let standby = match (&store, &acting_on) {
+        (None, None) => {
+            crate::replication::rejoin::rejoin(&config).await.map_err(|e| ServeError::Config(e.to_string()))?
+        }
+        _ => None,
+    };
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let mut config = config;
-    if config.advertise.is_none() {
-        config.advertise = Some(addr.to_string());
+    match &config.advertise {
+        None => config.advertise = Some(addr.to_string()),
+        // A host name with port 0: the port bound.
+        Some(a) if a.ends_with(":0") => {
+            config.advertise = Some(format!("{}:{}", &a[..a.len() - 2], addr.port()));
+        }
+        Some(_) => {}
     }
     let metrics = match config.metrics_listen {
         Some(a) => Some(TcpListener::bind(a).await?),
@@ -490,9 +565,15 @@ pub async fn spawn_with(
         None => Broker::open(config),
     }
     .map_err(|e| ServeError::Config(e.to_string()))?;
+    if let Some(host) = &acting_on {
+        broker.set_acting_on(host);
+    }
+    if let Some(s) = standby {
+        broker.set_standby(s);
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(run_with_metrics(listener, metrics, broker, async move {
+    let task = tokio::spawn(run_with_metrics(listener, metrics, broker.clone(), async move {
         let _ = stopped.await;
     }));
-    Ok(RunningBroker { addr, metrics_addr, stop: Some(stop), task: Some(task) })
+    Ok(RunningBroker { addr, metrics_addr, broker, stop: Some(stop), task: Some(task) })
 }

@@ -1,0 +1,156 @@
+//! A node returning while another node serves its shard from a copy (failover): before it
+//! opens its store, it stands by until the shard is handed back, then replaces its store with
+//! a copy of the one that served — truncating what it wrote that its successor never had (the
+//! sequences from the successor's first one on, as the epoch history says) — and joins.
+
+use super::{History, Position};
+use crate::cluster::{ClusterSettings, Membership};
+use crate::config::Config;
+use crate::error::{BrokerError, Result};
+use crate::store::{Batch, SledStore, Store, StoreError};
+use std::ops::Bound;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use txmq_proto::cluster::cluster_client::ClusterClient;
+use txmq_proto::cluster::{replicate_request::Item, FetchCopyRequest};
+
+fn cluster_error(e: crate::cluster::ClusterError) -> BrokerError {
+    BrokerError::Config(format!("cluster: {e}"))
+}
+
+/// With `--etcd` and `--replicas` above 1: when this node's id is held by a broker serving its
+/// shard from a copy, stands by until it is handed back and loads that copy. Returns the
+/// standby announcement, to withdraw once this node has joined (`None`: nothing to do).
+pub async fn rejoin(config: &Config) -> Result<Option<CancellationToken>> {
+    let (Some(etcd), Some(id), true) = (&config.etcd, &config.node_id, config.replicas > 1) else { return Ok(None) };
+    let settings = ClusterSettings {
+        endpoints: crate::cluster::endpoints(etcd).map_err(BrokerError::Config)?,
+        node_id: id.clone(),
+        address: String::new(),
+        prefix: config.etcd_prefix.clone(),
+        lease_ttl: config.etcd_lease_ttl,
+        peer: crate::cluster::peer::PeerSettings {
+            key: match &config.cluster_key_file {
+                Some(p) => {
+                    Some(std::sync::Arc::new(crate::cluster::peer::NodeKey::from_file(p).map_err(cluster_error)?))
+                }
+                None => None,
+            },
+            tls: match (&config.tls_cert, &config.tls_peer_ca) {
+                (None, _) => None,
+                (Some(_), None) => Some(None),
+                (Some(_), Some(ca)) => Some(Some(std::fs::read(ca).map_err(|e| BrokerError::Config(e.to_string()))?)),
+            },
+        },
+        acting_on: None,
+    };
+    let m = Membership::connect(settings, crate::clock::now_ms()).await.map_err(cluster_error)?;
+    let Some(host) = m.holder(id).await.map_err(cluster_error)?.and_then(|h| h.acting_on) else { return Ok(None) };
+    tracing::warn!(
+        node_id = id,
+        host,
+        "this node's shard is served from a copy on {host}; standing by until it is handed back"
+    );
+    let done = CancellationToken::new();
+    m.stand_by(id, done.clone()).await.map_err(cluster_error)?;
+    while m.holder(id).await.map_err(cluster_error)?.is_some() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let record = m
+        .shard_record(id)
+        .await
+        .map_err(cluster_error)?
+        .ok_or_else(|| BrokerError::Config(format!("shard {id} has no replica set in etcd")))?;
+    // The serving node closes the store it served with just after it lets the id go: retry.
+    let mut last_error = String::from("no in-sync copy to load");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        for node in &record.in_sync {
+            match load_copy(&m, node, id, &config.data_dir).await {
+                Ok(()) => return Ok(Some(done)),
+                Err(e) => {
+                    tracing::debug!(node, error = %e, "copy of this node's shard not loaded yet");
+                    last_error = e.to_string();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    done.cancel();
+    Err(BrokerError::Config(format!("cannot load a copy of shard {id}: {last_error}")))
+}
+
+/// Replaces the store in `data_dir` with `node`'s copy of `shard`.
+async fn load_copy(m: &Membership, node: &str, shard: &str, data_dir: &std::path::Path) -> Result<()> {
+    let channel = m.channel(node).await.map_err(cluster_error)?;
+    let mut client = ClusterClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let mut req = tonic::Request::new(FetchCopyRequest { shard: shard.to_string() });
+    crate::cluster::peer::mark_as_node(m, &mut req);
+    let mut stream = client
+        .fetch_copy(req)
+        .await
+        .map_err(|s| BrokerError::Internal(format!("node {node}: {}", s.message())))?
+        .into_inner();
+    let dir = data_dir.to_path_buf();
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
+        .await
+        .map_err(|e| BrokerError::Internal(e.to_string()))??;
+    let store = std::sync::Arc::new(store);
+    let mine = Position::read(store.as_ref())?;
+    let mut history = None;
+    while let Some(item) = stream.message().await.map_err(|s| BrokerError::Internal(s.message().to_string()))? {
+        let Some(Item::Snapshot(chunk)) = item.item else { continue };
+        let entries = Batch::decode(&chunk.entries).map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let s = store.clone();
+        let first = chunk.first;
+        tokio::task::spawn_blocking(move || -> std::result::Result<(), StoreError> {
+            if first {
+                clear(s.as_ref())?;
+            }
+            s.apply(&entries)
+        })
+        .await
+        .map_err(|e| BrokerError::Internal(e.to_string()))??;
+        if chunk.last {
+            let theirs = Position { epoch: item.epoch, seq: chunk.done_at_seq };
+            let h = History::read(store.as_ref())?;
+            if let Some(start) = h.successor_start(mine.epoch) {
+                if mine.seq >= start {
+                    // What this node wrote at its epoch from there on, its successor never had.
+                    tracing::warn!(
+                        epoch = mine.epoch,
+                        first = start,
+                        last = mine.seq,
+                        "truncated sequences {start}..={} of epoch {} that the shard's next leader never had",
+                        mine.seq,
+                        mine.epoch
+                    );
+                }
+            }
+            tracing::info!(node, at = theirs.seq, epoch = theirs.epoch, "loaded the copy of this node's shard");
+            history = Some(h);
+            break;
+        }
+    }
+    if history.is_none() {
+        return Err(BrokerError::Internal(format!("node {node} ended the copy early")));
+    }
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.flush()).await.map_err(|e| BrokerError::Internal(e.to_string()))??;
+    drop(store);
+    Ok(())
+}
+
+fn clear(store: &dyn Store) -> std::result::Result<(), StoreError> {
+    loop {
+        let page = store.scan(Bound::Unbounded, Bound::Unbounded, 1000, false)?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for (k, _) in page {
+            batch.delete_raw(k);
+        }
+        store.apply(&batch)?;
+    }
+}

@@ -1,0 +1,140 @@
+//! Failover (docs/replication.md): a node serves a dead node's shard from its in-sync copy, and
+//! hands it back when that node returns.
+//!
+//! Every third of the lease TTL, each node with `--replicas` above 1 looks at the replica sets:
+//! a shard whose node is not live, with no returning node standing by for it, is taken over by
+//! the first live node of its in-sync set, which starts a broker for that shard (its own
+//! listener, in this process) over its copy. That broker joins as the shard's node id (a new,
+//! higher epoch), so placements and forwarding are unchanged; it makes the replica set its own
+//! (the serving node leaves the followers). When the shard's node returns and stands by, the
+//! acting broker stops taking writes, the replica set names this node as in-sync follower with
+//! the very store that served, and the acting broker stops (its lease revoked): the returning
+//! node loads a copy of that store and claims its id again.
+
+use super::{spawn_acting, RunningBroker};
+use crate::cluster::{ClusterError, Membership};
+use crate::config::Config;
+use crate::replication::follower::Replicas;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// This node as a host of other nodes' shards.
+pub struct Host {
+    config: Config,
+    membership: Membership,
+    replicas: Arc<Replicas>,
+    /// Where this node listens (the acting brokers listen on the same address, another port).
+    local: SocketAddr,
+    acting: tokio::sync::Mutex<HashMap<String, RunningBroker>>,
+}
+
+impl Host {
+    pub fn new(config: Config, membership: Membership, replicas: Arc<Replicas>, local: SocketAddr) -> Self {
+        Host { config, membership, replicas, local, acting: tokio::sync::Mutex::new(HashMap::new()) }
+    }
+
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let period = (self.config.etcd_lease_ttl / 3).max(std::time::Duration::from_millis(300));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(period) => {}
+            }
+            if let Err(e) = self.round().await {
+                tracing::debug!(error = %e, "failover round skipped");
+            }
+        }
+        for (shard, running) in self.acting.lock().await.drain() {
+            if let Err(e) = running.stop().await {
+                tracing::warn!(shard, error = %e, "acting broker did not stop cleanly");
+            }
+        }
+    }
+
+    async fn round(&self) -> Result<(), ClusterError> {
+        let me = self.membership.node_id().to_string();
+        let live: HashSet<String> = self.membership.members().await?.into_iter().map(|m| m.record.id).collect();
+        let acting: Vec<String> = self.acting.lock().await.keys().cloned().collect();
+        for shard in &acting {
+            if self.membership.standing_by(shard).await? {
+                self.hand_back(shard).await?;
+            }
+        }
+        for r in self.membership.shard_records().await? {
+            if r.shard == me || acting.contains(&r.shard) || live.contains(&r.shard) || !r.in_sync.contains(&me) {
+                continue;
+            }
+            // The first live node of the in-sync set takes it: every in-sync copy holds every
+            // acknowledged write.
+            if r.in_sync.iter().find(|n| live.contains(*n)) != Some(&me) {
+                continue;
+            }
+            if self.membership.standing_by(&r.shard).await? {
+                continue;
+            }
+            // Fence the old leader first: from this write on, no in-sync change of its succeeds,
+            // so it cannot acknowledge anything without this node's copy, which stops here.
+            let mut fenced = r.clone();
+            fenced.leader_epoch = 0;
+            if self.membership.put_shard_record_if(&fenced).await?.is_none() {
+                continue;
+            }
+            self.take_over(&r.shard).await;
+        }
+        Ok(())
+    }
+
+    async fn take_over(&self, shard: &str) {
+        let started = std::time::Instant::now();
+        tracing::warn!(shard, "node is gone: serving its shard from this node's copy");
+        self.replicas.release(shard).await;
+        let mut c = self.config.clone();
+        c.node_id = Some(shard.to_string());
+        c.data_dir = self.replicas.path(shard);
+        c.listen = SocketAddr::new(self.local.ip(), 0);
+        // On this node's advertised host, at the port the acting broker binds.
+        c.advertise = self.config.advertise.as_ref().and_then(|a| a.rsplit_once(':')).map(|(h, _)| format!("{h}:0"));
+        c.metrics_listen = None;
+        c.auth_init_user = None;
+        match spawn_acting(c, self.membership.node_id().to_string()).await {
+            Ok(running) => {
+                tracing::info!(shard, at = %running.addr, took_ms = started.elapsed().as_millis() as u64, "acting broker started");
+                self.acting.lock().await.insert(shard.to_string(), running);
+            }
+            Err(e) => {
+                tracing::error!(shard, error = %e, "cannot serve the shard from this node's copy");
+                self.replicas.resume(shard);
+            }
+        }
+    }
+
+    /// Hands `shard` back to its returning node.
+    async fn hand_back(&self, shard: &str) -> Result<(), ClusterError> {
+        let Some(running) = self.acting.lock().await.remove(shard) else { return Ok(()) };
+        let me = self.membership.node_id().to_string();
+        let seq = match running.broker.leader() {
+            Some(l) => l.quiesce().await,
+            None => 0,
+        };
+        // This node follows again, with the store that served: in sync at `seq`. The others
+        // catch up from the returning node and rejoin the set.
+        loop {
+            let Some(mut r) = self.membership.shard_record(shard).await? else { break };
+            if !r.followers.contains(&me) {
+                r.followers.push(me.clone());
+            }
+            r.in_sync = vec![me.clone()];
+            if self.membership.put_shard_record_if(&r).await?.is_some() {
+                break;
+            }
+        }
+        if let Err(e) = running.stop().await {
+            tracing::warn!(shard, error = %e, "acting broker did not stop cleanly");
+        }
+        self.replicas.resume(shard);
+        tracing::info!(shard, seq, "shard handed back to its returning node");
+        Ok(())
+    }
+}
