@@ -522,6 +522,27 @@ async fn kill_suite() {
         ids: std::collections::BTreeMap<String, (String, String)>,
     }
     let seen = Arc::new(Mutex::new(Seen::default()));
+    /// Records a delivery (by message id, or body for transactions) and acks it.
+    async fn take(
+        c: &rocketmq::SimpleConsumer,
+        topic: &str,
+        m: &rocketmq::model::message::MessageView,
+        seen: &Mutex<Seen>,
+    ) {
+        let key =
+            if topic == "orders" { m.message_id().to_string() } else { String::from_utf8_lossy(m.body()).to_string() };
+        {
+            let mut s = seen.lock().unwrap();
+            if s.ack_acknowledged.contains(&key) {
+                s.delivered_after_ack.push(key.clone());
+            }
+            s.delivered.insert(key.clone());
+            s.ids.insert(key.clone(), (topic.to_string(), m.message_id().to_string()));
+        }
+        if c.ack(m).await.is_ok() {
+            seen.lock().unwrap().ack_acknowledged.insert(key);
+        }
+    }
     let stop = tokio_util::sync::CancellationToken::new();
 
     // Normal sends through node 3.
@@ -582,22 +603,7 @@ async fn kill_suite() {
                         continue;
                     };
                     for m in ms {
-                        let key = if topic == "orders" {
-                            m.message_id().to_string()
-                        } else {
-                            String::from_utf8_lossy(m.body()).to_string()
-                        };
-                        {
-                            let mut s = seen.lock().unwrap();
-                            if s.ack_acknowledged.contains(&key) {
-                                s.delivered_after_ack.push(key.clone());
-                            }
-                            s.delivered.insert(key.clone());
-                            s.ids.insert(key.clone(), (topic.to_string(), m.message_id().to_string()));
-                        }
-                        if consumer.ack(&m).await.is_ok() {
-                            seen.lock().unwrap().ack_acknowledged.insert(key);
-                        }
+                        take(&consumer, topic, &m, &seen).await;
                     }
                 }
             }
@@ -662,22 +668,7 @@ async fn kill_suite() {
         for topic in ["orders", "payments"] {
             let Ok(ms) = drain.receive_with(topic, &filter, 32, Duration::from_secs(20)).await else { continue };
             for m in ms {
-                let key = if topic == "orders" {
-                    m.message_id().to_string()
-                } else {
-                    String::from_utf8_lossy(m.body()).to_string()
-                };
-                {
-                    let mut s = seen.lock().unwrap();
-                    if s.ack_acknowledged.contains(&key) {
-                        s.delivered_after_ack.push(key.clone());
-                    }
-                    s.delivered.insert(key.clone());
-                    s.ids.insert(key.clone(), (topic.to_string(), m.message_id().to_string()));
-                }
-                if drain.ack(&m).await.is_ok() {
-                    seen.lock().unwrap().ack_acknowledged.insert(key);
-                }
+                take(&drain, topic, &m, &seen).await;
             }
         }
     }

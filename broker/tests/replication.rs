@@ -179,13 +179,22 @@ async fn acknowledged_writes_are_on_the_in_sync_copies_and_quorum_is_enforced() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Node 3 missed more than node 1 keeps in its log (64 KiB): 400 messages of 1 KiB.
+    // Node 3 missed more than node 1 keeps in its log (64 KiB): 400 messages of 1 KiB. (Node 3's
+    // shard is served from a copy meanwhile, and refuses writes until that has two copies in
+    // sync again: a refused send is retried, as clients do.)
     let body = vec![b'x'; 1024];
+    let deadline = Instant::now() + Duration::from_secs(60);
     for i in 0..400 {
-        let mut req = send_request("orders", &format!("big{i}"));
-        req.messages[0].body = body.clone();
-        let r = client.send_message(req).await.unwrap().into_inner();
-        assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32, "big{i}");
+        loop {
+            let mut req = send_request("orders", &format!("big{i}"));
+            req.messages[0].body = body.clone();
+            let r = client.send_message(req).await.unwrap().into_inner();
+            if r.status.unwrap().code == v2::Code::Ok as i32 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "big{i} not accepted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     nodes[2] = Some(start(&etcd.url, dirs[2].path(), "n3"));
     let s = wait_in_sync(&n1, &ids, Duration::from_secs(60)).await;
@@ -193,10 +202,10 @@ async fn acknowledged_writes_are_on_the_in_sync_copies_and_quorum_is_enforced() 
         s.iter().find(|s| s.shard == "n1").unwrap().replicas.iter().find(|r| r.node == "n3").unwrap().clone();
     assert!(n3_of_n1.snapshots >= 1, "node 3 caught up on node 1's shard by a snapshot: {n3_of_n1:?}");
 
-    // Nothing acknowledged is lost (refused writes may be stored too: they were applied on
-    // node 1 before its followers were found gone, and are replicated once they return).
+    // Nothing acknowledged is lost (refused writes may be stored too: applied on node 1 before
+    // its followers were found gone, replicated once they return; the ids are checked below).
     let count = stored(&n1, "orders").await;
-    assert!((551..=557).contains(&count), "150 + 1 + 400 acknowledged, at most 6 refused: {count}");
+    assert!(count >= 551, "150 + 1 + 400 acknowledged: {count}");
 
     // At rest, each follower's copy of node 1's store is that store, key for key.
     for n in nodes.iter_mut() {

@@ -3,10 +3,9 @@
 //! acknowledged; a stream from a leader of an older epoch than the copy has seen is refused
 //! (fencing); a snapshot's first chunk clears the copy.
 
-use super::Position;
+use super::{clear, snapshot_page, Position};
 use crate::store::{Batch, SledStore, Store, StoreError};
 use std::collections::HashMap;
-use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -109,21 +108,9 @@ impl Replicas {
             let mut after: Option<Vec<u8>> = None;
             let mut first = true;
             loop {
-                let store = copy.store.clone();
-                let from = after.clone();
-                let page = tokio::task::spawn_blocking(move || {
-                    let start = from.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-                    store.scan(start, Bound::Unbounded, 512, false)
-                })
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(store_error)?;
-                let last = page.len() < 512;
-                after = page.last().map(|(k, _)| k.clone()).or(after);
-                let mut batch = Batch::new();
-                for (k, v) in page {
-                    batch.put_raw(k, v);
-                }
+                let store: Arc<dyn Store> = copy.store.clone();
+                let (batch, next, last) = snapshot_page(store, after.take()).await.map_err(store_error)?;
+                after = next;
                 let chunk =
                     txmq_proto::cluster::SnapshotChunk { first, entries: batch.encode(), done_at_seq: at.seq, last };
                 let item =
@@ -260,19 +247,4 @@ impl Replicas {
 
 async fn blocking(f: impl FnOnce() -> Result<(), StoreError> + Send + 'static) -> Result<(), Status> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?.map_err(store_error)
-}
-
-/// Deletes every key of `store` (before a snapshot is loaded into it).
-fn clear(store: &dyn Store) -> Result<(), StoreError> {
-    loop {
-        let page = store.scan(Bound::Unbounded, Bound::Unbounded, 1000, false)?;
-        if page.is_empty() {
-            return Ok(());
-        }
-        let mut batch = Batch::new();
-        for (k, _) in page {
-            batch.delete_raw(k);
-        }
-        store.apply(&batch)?;
-    }
 }

@@ -13,7 +13,6 @@ use crate::cluster::shards::ShardRecord;
 use crate::cluster::Membership;
 use crate::store::{Batch, Replicator, Store};
 use std::collections::{BTreeMap, VecDeque};
-use std::ops::Bound;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -441,21 +440,9 @@ impl Leader {
         let mut after: Option<Vec<u8>> = None;
         let mut first = true;
         loop {
-            let store = self.store.clone();
-            let from = after.clone();
-            let page = tokio::task::spawn_blocking(move || {
-                let start = from.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-                store.scan(start, Bound::Unbounded, 512, false)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-            let last = page.len() < 512;
-            after = page.last().map(|(k, _)| k.clone()).or(after);
-            let mut batch = Batch::new();
-            for (k, v) in page {
-                batch.put_raw(k, v);
-            }
+            let (batch, next, last) =
+                super::snapshot_page(self.store.clone(), after.take()).await.map_err(|e| e.to_string())?;
+            after = next;
             let chunk = SnapshotChunk { first, entries: batch.encode(), done_at_seq: at, last };
             tx.send(self.request(Item::Snapshot(chunk))).await.map_err(|_| "stream closed".to_string())?;
             first = false;

@@ -105,6 +105,45 @@ impl Position {
     }
 }
 
+/// Deletes every key of `store` (before a snapshot is loaded into it).
+fn clear(store: &dyn Store) -> Result<(), StoreError> {
+    loop {
+        let page = store.scan(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, 1000, false)?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for (k, _) in page {
+            batch.delete_raw(k);
+        }
+        store.apply(&batch)?;
+    }
+}
+
+/// Entries of a snapshot page.
+const SNAPSHOT_PAGE: usize = 512;
+
+/// The next page of a snapshot of `store` after key `after` (from the start when `None`), as
+/// a batch of puts; with the last key read (for the next page) and whether it was the last.
+async fn snapshot_page(
+    store: std::sync::Arc<dyn Store>,
+    after: Option<Vec<u8>>,
+) -> Result<(Batch, Option<Vec<u8>>, bool), StoreError> {
+    tokio::task::spawn_blocking(move || {
+        let start = after.as_deref().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let page = store.scan(start, std::ops::Bound::Unbounded, SNAPSHOT_PAGE, false)?;
+        let last = page.len() < SNAPSHOT_PAGE;
+        let next = page.last().map(|(k, _)| k.clone()).or(after);
+        let mut batch = Batch::new();
+        for (k, v) in page {
+            batch.put_raw(k, v);
+        }
+        Ok((batch, next, last))
+    })
+    .await
+    .map_err(|e| StoreError::Io(e.to_string()))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,12 +3,11 @@
 //! a copy of the one that served — truncating what it wrote that its successor never had (the
 //! sequences from the successor's first one on, as the epoch history says) — and joins.
 
-use super::{History, Position};
+use super::{clear, History, Position};
 use crate::cluster::{ClusterSettings, Membership};
 use crate::config::Config;
 use crate::error::{BrokerError, Result};
 use crate::store::{Batch, SledStore, Store, StoreError};
-use std::ops::Bound;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use txmq_proto::cluster::cluster_client::ClusterClient;
@@ -139,18 +138,4 @@ async fn load_copy(m: &Membership, node: &str, shard: &str, data_dir: &std::path
     tokio::task::spawn_blocking(move || s.flush()).await.map_err(|e| BrokerError::Internal(e.to_string()))??;
     drop(store);
     Ok(())
-}
-
-fn clear(store: &dyn Store) -> std::result::Result<(), StoreError> {
-    loop {
-        let page = store.scan(Bound::Unbounded, Bound::Unbounded, 1000, false)?;
-        if page.is_empty() {
-            return Ok(());
-        }
-        let mut batch = Batch::new();
-        for (k, _) in page {
-            batch.delete_raw(k);
-        }
-        store.apply(&batch)?;
-    }
 }
