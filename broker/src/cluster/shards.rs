@@ -20,6 +20,9 @@ pub struct ShardRecord {
     /// are refused (a superseded leader cannot touch its successor's set).
     #[serde(default)]
     pub leader_epoch: i64,
+    /// The node taking the shard over (a failover under way), until the new leader adopts it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub taken_by: String,
     /// The key's modification revision when read.
     #[serde(skip)]
     pub revision: i64,

@@ -264,6 +264,14 @@ impl Cluster for ClusterService {
     type ReplicateStream = tokio_stream::wrappers::ReceiverStream<Result<ReplicateResponse, tonic::Status>>;
     type FetchCopyStream = tokio_stream::wrappers::ReceiverStream<Result<ReplicateRequest, tonic::Status>>;
 
+    async fn copy_position(
+        &self,
+        req: Request<txmq_proto::cluster::CopyPositionRequest>,
+    ) -> Result<tonic::Response<txmq_proto::cluster::CopyPositionResponse>, tonic::Status> {
+        let at = self.replicas()?.position(&req.into_inner().shard).await?;
+        Ok(tonic::Response::new(txmq_proto::cluster::CopyPositionResponse { epoch: at.epoch, seq: at.seq }))
+    }
+
     async fn fetch_copy(
         &self,
         req: Request<txmq_proto::cluster::FetchCopyRequest>,

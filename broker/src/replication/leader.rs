@@ -185,6 +185,7 @@ impl Leader {
             followers,
             in_sync: Vec::new(),
             leader_epoch: self.membership.epoch(),
+            taken_by: String::new(),
             revision: 0,
         };
         match self.membership.put_shard_record_if(&record).await? {
@@ -204,6 +205,7 @@ impl Leader {
             }
             let mut next = record.clone();
             next.leader_epoch = epoch;
+            next.taken_by.clear();
             if let Some(host) = self.membership.acting_on() {
                 next.followers.retain(|f| f != host);
                 next.in_sync.retain(|f| f != host);

@@ -66,9 +66,14 @@ impl Host {
             if r.shard == me || acting.contains(&r.shard) || live.contains(&r.shard) || !r.in_sync.contains(&me) {
                 continue;
             }
-            // The first live node of the in-sync set takes it: every in-sync copy holds every
-            // acknowledged write.
-            if r.in_sync.iter().find(|n| live.contains(*n)) != Some(&me) {
+            // Another live node is taking it over already.
+            if !r.taken_by.is_empty() && r.taken_by != me && live.contains(&r.taken_by) {
+                continue;
+            }
+            // The in-sync copy furthest ahead takes it (every in-sync copy holds every
+            // acknowledged write; the furthest also keeps what was written but not yet
+            // acknowledged); ties go to the first in the set.
+            if self.furthest_copy(&r.shard, &r.in_sync, &live).await.as_deref() != Some(me.as_str()) {
                 continue;
             }
             if self.membership.standing_by(&r.shard).await? {
@@ -78,12 +83,39 @@ impl Host {
             // so it cannot acknowledge anything without this node's copy, which stops here.
             let mut fenced = r.clone();
             fenced.leader_epoch = 0;
+            fenced.taken_by = me.clone();
             if self.membership.put_shard_record_if(&fenced).await?.is_none() {
                 continue;
             }
             self.take_over(&r.shard).await;
         }
         Ok(())
+    }
+
+    /// The live node of `in_sync` whose copy of `shard` stands furthest (epoch, then sequence);
+    /// a node that cannot say (down, or a broker serving a shard from a copy) is passed over.
+    async fn furthest_copy(&self, shard: &str, in_sync: &[String], live: &HashSet<String>) -> Option<String> {
+        let me = self.membership.node_id();
+        let mut best: Option<(crate::replication::Position, String)> = None;
+        for node in in_sync.iter().filter(|n| live.contains(*n)) {
+            let at =
+                if node == me { self.replicas.position(shard).await.ok() } else { self.position_at(node, shard).await };
+            let Some(at) = at else { continue };
+            if best.as_ref().is_none_or(|(b, _)| (at.epoch, at.seq) > (b.epoch, b.seq)) {
+                best = Some((at, node.clone()));
+            }
+        }
+        best.map(|(_, n)| n)
+    }
+
+    async fn position_at(&self, node: &str, shard: &str) -> Option<crate::replication::Position> {
+        let channel = self.membership.channel(node).await.ok()?;
+        let mut client = txmq_proto::cluster::cluster_client::ClusterClient::new(channel);
+        let mut req = tonic::Request::new(txmq_proto::cluster::CopyPositionRequest { shard: shard.to_string() });
+        req.set_timeout(std::time::Duration::from_secs(2));
+        crate::cluster::peer::mark_as_node(&self.membership, &mut req);
+        let r = client.copy_position(req).await.ok()?.into_inner();
+        Some(crate::replication::Position { epoch: r.epoch, seq: r.seq })
     }
 
     async fn take_over(&self, shard: &str) {
