@@ -350,6 +350,41 @@ impl Config {
     }
 }
 
+impl Config {
+    /// How this node joins its cluster (`None` standalone): reads the cluster key file and the
+    /// peers' CA. `address` is what peers dial; `acting_on` the node serving this shard from a
+    /// copy, for a broker started by a failover.
+    pub fn cluster_settings(
+        &self,
+        address: String,
+        acting_on: Option<String>,
+    ) -> Result<Option<crate::cluster::ClusterSettings>, String> {
+        let (Some(etcd), Some(node_id)) = (&self.etcd, &self.node_id) else { return Ok(None) };
+        let key = match &self.cluster_key_file {
+            Some(path) => {
+                Some(std::sync::Arc::new(crate::cluster::peer::NodeKey::from_file(path).map_err(|e| e.to_string())?))
+            }
+            None => None,
+        };
+        let tls = match (&self.tls_cert, &self.tls_peer_ca) {
+            (None, _) => None,
+            (Some(_), None) => Some(None),
+            (Some(_), Some(ca)) => {
+                Some(Some(std::fs::read(ca).map_err(|e| format!("cannot read tls-peer-ca {}: {e}", ca.display()))?))
+            }
+        };
+        Ok(Some(crate::cluster::ClusterSettings {
+            endpoints: crate::cluster::endpoints(etcd)?,
+            node_id: node_id.clone(),
+            address,
+            prefix: self.etcd_prefix.clone(),
+            lease_ttl: self.etcd_lease_ttl,
+            peer: crate::cluster::peer::PeerSettings { key, tls },
+            acting_on,
+        }))
+    }
+}
+
 /// Splits `host:port` (IPv6 as `[::1]:8081`).
 pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;

@@ -188,21 +188,34 @@ async fn txn_producer(addr: &str) -> rocketmq::Producer {
     p
 }
 
-/// Bodies received (and acked) through `addr` until `want` came or `within` passed, and 2 s more.
-async fn receive_bodies(
+/// What a delivery is known by in a test: its message id, or its body.
+#[derive(Clone, Copy)]
+enum By {
+    Id,
+    Body,
+}
+
+/// Deliveries received (and acked) through `addr`, known `by` id or body, until every one in
+/// `want` came or `within` passed; then `settle` more (to see what else comes).
+async fn receive_until(
     addr: &str,
     group: &str,
     topic: &str,
     want: &BTreeSet<String>,
     within: Duration,
+    by: By,
+    settle: Duration,
 ) -> BTreeSet<String> {
     let mut c = Messaging::connect(format!("http://{addr}")).await.unwrap();
     let mut got = BTreeSet::new();
     let deadline = Instant::now() + within;
     let mut settled: Option<Instant> = None;
-    while Instant::now() < deadline && settled.is_none_or(|t| t.elapsed() < Duration::from_secs(2)) {
+    loop {
         if settled.is_none() && want.is_subset(&got) {
             settled = Some(Instant::now());
+        }
+        if Instant::now() >= deadline || settled.is_some_and(|t| t.elapsed() >= settle) {
+            return got;
         }
         let Ok(r) = c.receive_message(common::receive_request(group, topic, 30)).await else { continue };
         let mut stream = r.into_inner();
@@ -219,14 +232,16 @@ async fn receive_bodies(
                     }],
                 };
                 let _ = c.ack_message(ack).await;
-                got.insert(String::from_utf8_lossy(&m.body).to_string());
+                got.insert(match by {
+                    By::Id => sp.message_id,
+                    By::Body => String::from_utf8_lossy(&m.body).to_string(),
+                });
             }
         }
     }
-    got
 }
 
-/// Receives (and acks) through `addr` until every id in `want` came or `within` passed.
+/// Message ids received through `addr` until every one in `want` came or `within` passed.
 async fn receive_all(
     addr: &str,
     group: &str,
@@ -234,30 +249,7 @@ async fn receive_all(
     want: &BTreeSet<String>,
     within: Duration,
 ) -> BTreeSet<String> {
-    let mut c = Messaging::connect(format!("http://{addr}")).await.unwrap();
-    let mut got = BTreeSet::new();
-    let deadline = Instant::now() + within;
-    while !want.is_subset(&got) && Instant::now() < deadline {
-        let Ok(r) = c.receive_message(common::receive_request(group, topic, 30)).await else { continue };
-        let mut stream = r.into_inner();
-        while let Ok(Some(item)) = stream.message().await {
-            if let Some(v2::receive_message_response::Content::Message(m)) = item.content {
-                let sp = m.system_properties.unwrap();
-                let ack = v2::AckMessageRequest {
-                    group: common::res(group),
-                    topic: common::res(topic),
-                    entries: vec![v2::AckMessageEntry {
-                        message_id: sp.message_id.clone(),
-                        receipt_handle: sp.receipt_handle.unwrap_or_default(),
-                        lite_topic: None,
-                    }],
-                };
-                let _ = c.ack_message(ack).await;
-                got.insert(sp.message_id);
-            }
-        }
-    }
-    got
+    receive_until(addr, group, topic, want, within, By::Id, Duration::ZERO).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +332,8 @@ async fn a_dead_nodes_shard_is_served_from_a_copy_and_handed_back() {
     // The halves on node 1's shard are checked back by its new leader and end as the producer
     // says: every c-… delivered, no r-….
     let want: BTreeSet<String> = ["c-0", "c-2", "c-4"].iter().map(|s| s.to_string()).collect();
-    let got = receive_bodies(&n3, "pay", "payments", &want, Duration::from_secs(60)).await;
+    let got =
+        receive_until(&n3, "pay", "payments", &want, Duration::from_secs(60), By::Body, Duration::from_secs(2)).await;
     assert!(want.is_subset(&got), "committed halves missing: {:?}", want.difference(&got).collect::<Vec<_>>());
     assert!(got.iter().all(|b| b.starts_with("c-")), "a rolled-back half was delivered: {got:?}");
     drop(tp);

@@ -4,7 +4,7 @@
 //! sequences from the successor's first one on, as the epoch history says) — and joins.
 
 use super::{clear, History, Position};
-use crate::cluster::{ClusterSettings, Membership};
+use crate::cluster::Membership;
 use crate::config::Config;
 use crate::error::{BrokerError, Result};
 use crate::store::{Batch, SledStore, Store, StoreError};
@@ -21,27 +21,9 @@ fn cluster_error(e: crate::cluster::ClusterError) -> BrokerError {
 /// shard from a copy, stands by until it is handed back and loads that copy. Returns the
 /// standby announcement, to withdraw once this node has joined (`None`: nothing to do).
 pub async fn rejoin(config: &Config) -> Result<Option<CancellationToken>> {
-    let (Some(etcd), Some(id), true) = (&config.etcd, &config.node_id, config.replicas > 1) else { return Ok(None) };
-    let settings = ClusterSettings {
-        endpoints: crate::cluster::endpoints(etcd).map_err(BrokerError::Config)?,
-        node_id: id.clone(),
-        address: String::new(),
-        prefix: config.etcd_prefix.clone(),
-        lease_ttl: config.etcd_lease_ttl,
-        peer: crate::cluster::peer::PeerSettings {
-            key: match &config.cluster_key_file {
-                Some(p) => {
-                    Some(std::sync::Arc::new(crate::cluster::peer::NodeKey::from_file(p).map_err(cluster_error)?))
-                }
-                None => None,
-            },
-            tls: match (&config.tls_cert, &config.tls_peer_ca) {
-                (None, _) => None,
-                (Some(_), None) => Some(None),
-                (Some(_), Some(ca)) => Some(Some(std::fs::read(ca).map_err(|e| BrokerError::Config(e.to_string()))?)),
-            },
-        },
-        acting_on: None,
+    let (Some(id), true) = (&config.node_id, config.replicas > 1) else { return Ok(None) };
+    let Some(settings) = config.cluster_settings(String::new(), None).map_err(BrokerError::Config)? else {
+        return Ok(None);
     };
     let m = Membership::connect(settings, crate::clock::now_ms()).await.map_err(cluster_error)?;
     let Some(host) = m.holder(id).await.map_err(cluster_error)?.and_then(|h| h.acting_on) else { return Ok(None) };

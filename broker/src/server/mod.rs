@@ -402,21 +402,19 @@ fn advertised_endpoints(config: &Config, local: SocketAddr) -> Result<txmq_proto
 /// a live node holds the id). Standalone: nothing.
 async fn join_cluster(broker: &Broker, local: SocketAddr) -> Result<Option<crate::cluster::Membership>, ServeError> {
     let c = broker.config();
-    let (Some(etcd), Some(node_id)) = (&c.etcd, &c.node_id) else { return Ok(None) };
+    let Some(node_id) = &c.node_id else { return Ok(None) };
+    if c.etcd.is_none() {
+        return Ok(None);
+    }
     broker.claim_node_id(node_id).await.map_err(|e| ServeError::Config(e.to_string()))?;
     let address = match &c.advertise {
         Some(a) => a.clone(),
         None => local.to_string(),
     };
-    let settings = crate::cluster::ClusterSettings {
-        endpoints: crate::cluster::endpoints(etcd).map_err(ServeError::Config)?,
-        node_id: node_id.clone(),
-        address,
-        prefix: c.etcd_prefix.clone(),
-        lease_ttl: c.etcd_lease_ttl,
-        peer: peer_settings(c)?,
-        acting_on: broker.acting_on().map(str::to_string),
-    };
+    let settings = c
+        .cluster_settings(address, broker.acting_on().map(str::to_string))
+        .map_err(ServeError::Config)?
+        .ok_or_else(|| ServeError::Config("--etcd needs --node-id".into()))?;
     let replicated = c.replicas > 1;
     let m = match crate::cluster::Membership::join(settings.clone(), crate::clock::now_ms()).await {
         Ok(m) => m,
@@ -446,27 +444,6 @@ fn replication_settings(c: &Config) -> crate::replication::Settings {
         ack_timeout: c.replica_ack_timeout,
         log_bytes: c.replication_log_bytes,
     }
-}
-
-/// How this node signs its requests to peers and dials them: the cluster key from
-/// `--cluster-key-file`; TLS when the node serves TLS itself, trusting `--tls-peer-ca` (or the
-/// system's roots).
-fn peer_settings(c: &Config) -> Result<crate::cluster::peer::PeerSettings, ServeError> {
-    let key = match &c.cluster_key_file {
-        Some(path) => Some(Arc::new(
-            crate::cluster::peer::NodeKey::from_file(path).map_err(|e| ServeError::Config(e.to_string()))?,
-        )),
-        None => None,
-    };
-    let tls = match (&c.tls_cert, &c.tls_peer_ca) {
-        (None, _) => None,
-        (Some(_), None) => Some(None),
-        (Some(_), Some(ca)) => Some(Some(
-            std::fs::read(ca)
-                .map_err(|e| ServeError::Config(format!("cannot read tls-peer-ca {}: {e}", ca.display())))?,
-        )),
-    };
-    Ok(crate::cluster::peer::PeerSettings { key, tls })
 }
 
 /// A broker running in this process, for tests and examples.
