@@ -282,10 +282,13 @@ pub async fn status(broker: &str, out: Output) -> anyhow::Result<()> {
 pub enum ClusterCommand {
     /// The live nodes (as etcd lists them), their load, and which node owns which queues.
     Status,
-    /// Place no new queues on a node (existing ones stay), e.g. before taking it away.
+    /// Take a node out of service, e.g. for an upgrade: no new queues go to it, and with
+    /// --replicas its shard moves to an in-sync copy on another node (no acknowledged write
+    /// lost, no lease to wait for) and its copies of other shards move to nodes without one.
+    /// The node then serves nothing until taken back with --undo.
     Drain {
         node: String,
-        /// Take the node back: new queues may go to it again.
+        /// Take the node back: it gets its shard back, and new queues may go to it again.
         #[arg(long)]
         undo: bool,
     },
@@ -454,9 +457,13 @@ pub async fn cluster(broker: &str, cmd: ClusterCommand, out: Output) -> anyhow::
             let d = Drained { node, drained: !undo };
             out.emit(&d, || {
                 if d.drained {
-                    format!("node {} drained: no new queues go to it\n", d.node)
+                    format!(
+                        "node {} drained: no new queues go to it; with replicas its shard and copies move to other \
+                         nodes (watch `txmq cluster status`)\n",
+                        d.node
+                    )
                 } else {
-                    format!("node {} takes new queues again\n", d.node)
+                    format!("node {} taken back: it gets its shard back and takes new queues again\n", d.node)
                 }
             })
         }

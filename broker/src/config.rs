@@ -252,6 +252,8 @@ options! {
     replica_ack_timeout: Duration = Duration::from_secs(3), "replica-ack-timeout", "TXMQ_REPLICA_ACK_TIMEOUT";
     /// Bytes of recent writes kept for replicas catching up; one further behind gets a snapshot.
     replication_log_bytes: usize = 64 * 1024 * 1024, "replication-log-bytes", "TXMQ_REPLICATION_LOG_BYTES";
+    /// How long a follower may be gone before its copy is made on another live node (a drained follower's at once; 0: never).
+    replica_replace_after: Duration = Duration::from_secs(600), "replica-replace-after", "TXMQ_REPLICA_REPLACE_AFTER";
     /// Time-to-live of this node's etcd lease: a node that stops renewing it leaves the cluster this long after.
     etcd_lease_ttl: Duration = Duration::from_secs(10), "etcd-lease-ttl", "TXMQ_ETCD_LEASE_TTL";
     /// Directory of the sled store.

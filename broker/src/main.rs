@@ -35,8 +35,8 @@ async fn main() -> ExitCode {
 
 async fn serve(config: txmq_broker::config::Config) -> anyhow::Result<()> {
     loop {
-        // A node replaced after a failover (its shard served from a copy) runs again: it stands
-        // by until the shard is handed back, then serves it.
+        // A node replaced after a failover, or drained (its shard served from a copy), runs
+        // again: it waits while drained, stands by until the shard is handed back, then serves it.
         let standby = txmq_broker::replication::rejoin::rejoin(&config).await?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -48,7 +48,7 @@ async fn serve(config: txmq_broker::config::Config) -> anyhow::Result<()> {
         }
         match server::run(listener, broker, shutdown_signal()).await {
             Err(server::ServeError::Superseded) => {
-                tracing::warn!("this node was replaced while it was cut off; rejoining");
+                tracing::warn!("this node no longer serves its shard (replaced while cut off, or drained); rejoining");
                 continue;
             }
             other => return Ok(other?),

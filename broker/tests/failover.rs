@@ -35,12 +35,45 @@ impl Node {
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The first line of the log containing `text`, waited for up to `within`.
+    fn wait_log(&self, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self.log_text();
+            if let Some(line) = log.lines().find(|l| l.contains(text)) {
+                return line.to_string();
+            }
+            assert!(Instant::now() < deadline, "no \"{text}\" in the log within {within:?}: {log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn start(etcd: &str, dir: &std::path::Path, id: &str, logs: &std::path::Path) -> Node {
+    start_with(etcd, dir, id, logs, &[])
+}
+
+fn start_with(etcd: &str, dir: &std::path::Path, id: &str, logs: &std::path::Path, extra: &[&str]) -> Node {
+    let mut node = launch(etcd, dir, id, logs, extra);
+    node.addr = node
+        .wait_log("txmq broker serving", Duration::from_secs(60))
+        .split("listen=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    node
+}
+
+/// Starts a broker process without waiting for it to serve.
+fn launch(etcd: &str, dir: &std::path::Path, id: &str, logs: &std::path::Path, extra: &[&str]) -> Node {
     let log = logs.join(format!("{id}-{}.log", Instant::now().elapsed().as_nanos() ^ rand_suffix()));
     let file = std::fs::File::create(&log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_txmq-broker"))
+        .args(extra)
         .args(["--listen", "127.0.0.1:0", "--etcd", etcd, "--node-id", id, "--etcd-lease-ttl", "2s"])
         .args(["--metrics-listen", "off", "--replicas", "3", "--min-insync-replicas", "2"])
         .args(["--replica-ack-timeout", "1s", "--long-polling-max", "1s", "--txn-timeout", "1s"])
@@ -52,16 +85,7 @@ fn start(etcd: &str, dir: &std::path::Path, id: &str, logs: &std::path::Path) ->
         .stderr(Stdio::from(file))
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let addr = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains("txmq broker serving")) {
-            break line.split("listen=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline, "node {id} did not start: {text}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Node { child, addr, log }
+    Node { child, addr: String::new(), log }
 }
 
 /// The brokers' logs of one test: kept under /tmp when the test fails, removed otherwise.
@@ -112,10 +136,17 @@ async fn wait_for(addr: &str, within: Duration, what: &str, cond: impl Fn(&pb::C
 }
 
 fn all_in_sync(s: &pb::ClusterStatusResponse) -> bool {
-    s.shards.len() == 3
-        && s.shards
-            .iter()
-            .all(|sh| sh.error.is_empty() && sh.replicas.len() == 2 && sh.replicas.iter().all(|r| r.in_sync))
+    shards_in_sync(s, 3, None)
+}
+
+/// `shards` shards, each with two replicas, both in sync, neither on node `not_on`.
+fn shards_in_sync(s: &pb::ClusterStatusResponse, shards: usize, not_on: Option<&str>) -> bool {
+    s.shards.len() == shards
+        && s.shards.iter().all(|sh| {
+            sh.error.is_empty()
+                && sh.replicas.len() == 2
+                && sh.replicas.iter().all(|r| r.in_sync && Some(r.node.as_str()) != not_on)
+        })
 }
 
 fn shard<'a>(s: &'a pb::ClusterStatusResponse, name: &str) -> &'a pb::ShardStatus {
@@ -195,12 +226,11 @@ enum By {
     Body,
 }
 
-/// Deliveries received (and acked) through `addr`, known `by` id or body, until every one in
-/// `want` came or `within` passed; then `settle` more (to see what else comes).
+/// Deliveries received (and acked) through `addr` with `req`, known `by` id or body, until every
+/// one in `want` came or `within` passed; then `settle` more (to see what else comes).
 async fn receive_until(
     addr: &str,
-    group: &str,
-    topic: &str,
+    req: v2::ReceiveMessageRequest,
     want: &BTreeSet<String>,
     within: Duration,
     by: By,
@@ -217,14 +247,14 @@ async fn receive_until(
         if Instant::now() >= deadline || settled.is_some_and(|t| t.elapsed() >= settle) {
             return got;
         }
-        let Ok(r) = c.receive_message(common::receive_request(group, topic, 30)).await else { continue };
+        let Ok(r) = c.receive_message(req.clone()).await else { continue };
         let mut stream = r.into_inner();
         while let Ok(Some(item)) = stream.message().await {
             if let Some(v2::receive_message_response::Content::Message(m)) = item.content {
                 let sp = m.system_properties.unwrap();
                 let ack = v2::AckMessageRequest {
-                    group: common::res(group),
-                    topic: common::res(topic),
+                    group: req.group.clone(),
+                    topic: req.message_queue.as_ref().and_then(|q| q.topic.clone()),
                     entries: vec![v2::AckMessageEntry {
                         message_id: sp.message_id.clone(),
                         receipt_handle: sp.receipt_handle.unwrap_or_default(),
@@ -249,7 +279,23 @@ async fn receive_all(
     want: &BTreeSet<String>,
     within: Duration,
 ) -> BTreeSet<String> {
-    receive_until(addr, group, topic, want, within, By::Id, Duration::ZERO).await
+    receive_until(addr, common::receive_request(group, topic, 30), want, within, By::Id, Duration::ZERO).await
+}
+
+/// [`receive_all`] from the queues of one shard (the request names it as the broker).
+async fn receive_all_on(
+    addr: &str,
+    group: &str,
+    topic: &str,
+    shard: &str,
+    want: &BTreeSet<String>,
+    within: Duration,
+) -> BTreeSet<String> {
+    let mut req = common::receive_request(group, topic, 30);
+    if let Some(q) = req.message_queue.as_mut() {
+        q.broker = Some(v2::Broker { name: shard.to_string(), ..Default::default() });
+    }
+    receive_until(addr, req, want, within, By::Id, Duration::ZERO).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,8 +378,15 @@ async fn a_dead_nodes_shard_is_served_from_a_copy_and_handed_back() {
     // The halves on node 1's shard are checked back by its new leader and end as the producer
     // says: every c-… delivered, no r-….
     let want: BTreeSet<String> = ["c-0", "c-2", "c-4"].iter().map(|s| s.to_string()).collect();
-    let got =
-        receive_until(&n3, "pay", "payments", &want, Duration::from_secs(60), By::Body, Duration::from_secs(2)).await;
+    let got = receive_until(
+        &n3,
+        common::receive_request("pay", "payments", 30),
+        &want,
+        Duration::from_secs(60),
+        By::Body,
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(want.is_subset(&got), "committed halves missing: {:?}", want.difference(&got).collect::<Vec<_>>());
     assert!(got.iter().all(|b| b.starts_with("c-")), "a rolled-back half was delivered: {got:?}");
     drop(tp);
@@ -707,5 +760,152 @@ async fn kill_suite() {
     assert!(lost_acks.is_empty(), "delivered again after an acknowledged ack: {lost_acks:?}");
     assert!(p99 < Duration::from_secs(10), "failover p99 {p99:?}");
     assert!(s.acked_sends.len() > 100 && s.commit_halves.len() > 20, "the load ran");
+    drop(etcd);
+}
+
+/// Sends to one FIFO group through `addr` every 20 ms until `stop`, recording each answer.
+fn steady_sender(
+    addr: String,
+    topic: &'static str,
+    group: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Vec<(Instant, String, i32)>> {
+    tokio::spawn(async move {
+        let mut client = Messaging::connect(format!("http://{addr}")).await.unwrap();
+        let mut answers = Vec::new();
+        let mut i = 0;
+        while !stop.is_cancelled() {
+            i += 1;
+            let id = format!("s{i}");
+            let code = send_fifo(&mut client, topic, &group, &id).await;
+            answers.push((Instant::now(), id, code));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        answers
+    })
+}
+
+/// The longest time between a refused send and the next accepted one, and how many were
+/// refused, among the answers in `during`.
+fn longest_outage(answers: &[(Instant, String, i32)], during: std::ops::Range<Instant>) -> (Duration, usize) {
+    let mut longest = Duration::ZERO;
+    let mut refused = 0;
+    let mut since: Option<Instant> = None;
+    for (at, _, code) in answers.iter().filter(|(at, _, _)| during.contains(at)) {
+        if *code == v2::Code::Ok as i32 {
+            if let Some(s) = since.take() {
+                longest = longest.max(*at - s);
+            }
+        } else {
+            refused += 1;
+            since.get_or_insert(*at);
+        }
+    }
+    (longest, refused)
+}
+
+async fn drain(addr: &str, node: &str, undo: bool) {
+    let r = admin(addr).await.drain_node(pb::DrainNodeRequest { node: node.into(), undo }).await.unwrap();
+    assert_eq!(r.into_inner().status.unwrap().code, pb::StatusCode::Ok as i32);
+}
+
+/// Four nodes. Draining node 1 moves its shard to an in-sync copy (sends to it go on after a
+/// short refusal, no lease wait) and its copies of other shards to nodes without one; node 1
+/// then dies (an upgrade) without a single refused send; it returns, drained, and serves
+/// nothing until taken back, then gets its shard back. A node that dies for good has its
+/// copies made again elsewhere after `--replica-replace-after`. Every acknowledged send is
+/// received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_a_shard_and_copies_and_a_dead_nodes_copies_are_made_again() {
+    let etcd = Etcd::start();
+    let logs = LogDir::new("drain-logs");
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ids = ["n1", "n2", "n3", "n4"];
+    let extra = ["--replica-replace-after", "3s"];
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    for (id, d) in ids.iter().zip(&dirs).take(3) {
+        nodes.push(Some(start_with(&etcd.url, d.path(), id, logs.path(), &extra)));
+    }
+    let n2 = nodes[1].as_ref().unwrap().addr.clone();
+    wait_for(&n2, Duration::from_secs(30), "three shards in sync", all_in_sync).await;
+    // A fourth node joins: its own shard gets two copies; the others keep theirs.
+    nodes.push(Some(start_with(&etcd.url, dirs[3].path(), "n4", logs.path(), &extra)));
+    wait_for(&n2, Duration::from_secs(30), "four shards in sync", |s| shards_in_sync(s, 4, None)).await;
+    let s = status(&n2).await;
+    for name in ["n1", "n2", "n3"] {
+        assert!(shard(&s, name).replicas.iter().all(|r| r.node != "n4"), "{s:#?}");
+    }
+    create_topic(&n2, "ledger", pb::TopicType::Fifo).await;
+    let on_n1 = group_on(&n2, "ledger", "n1").await;
+    let n3 = nodes[2].as_ref().unwrap().addr.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sender = steady_sender(n3.clone(), "ledger", on_n1.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Drain node 1: its shard is served from a copy, its copies move to nodes without one.
+    let epoch_before = shard(&status(&n2).await, "n1").epoch;
+    let drained_at = Instant::now();
+    drain(&n2, "n1", false).await;
+    wait_for(&n2, Duration::from_secs(30), "shard n1 served elsewhere, no copy on n1", |s| {
+        let sh = shard(s, "n1");
+        sh.leader != "n1" && sh.epoch > epoch_before && shards_in_sync(s, 4, Some("n1"))
+    })
+    .await;
+    let moved = drained_at.elapsed();
+    let n1 = nodes[0].as_ref().unwrap();
+    n1.wait_log("shard handed over; this drained node stops serving", Duration::from_secs(5));
+    n1.wait_log("this node is drained", Duration::from_secs(5));
+
+    // The drained node dies (an upgrade): not one send is refused.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed = Instant::now();
+    signal_pid(nodes[0].as_ref().unwrap().child.id(), "KILL");
+    nodes[0] = None;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let back = Instant::now();
+    // It returns drained: it serves nothing until taken back.
+    nodes[0] = Some(launch(&etcd.url, dirs[0].path(), "n1", logs.path(), &extra));
+    nodes[0].as_ref().unwrap().wait_log("this node is drained", Duration::from_secs(30));
+    assert_ne!(shard(&status(&n2).await, "n1").leader, "n1");
+    let acting_epoch = shard(&status(&n2).await, "n1").epoch;
+    drain(&n2, "n1", true).await;
+    let undrained = Instant::now();
+    wait_for(&n2, Duration::from_secs(60), "shard n1 handed back and every shard in sync", |s| {
+        let sh = shard(s, "n1");
+        sh.leader == "n1" && sh.epoch > acting_epoch && shards_in_sync(s, 4, None)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    let answers = sender.await.unwrap();
+    let (drain_outage, drain_refused) = longest_outage(&answers[..], drained_at..killed);
+    let during_kill: Vec<_> =
+        answers.iter().filter(|(at, _, c)| *at >= killed && *at < back && *c != v2::Code::Ok as i32).collect();
+    let (back_outage, back_refused) = longest_outage(&answers[..], undrained..Instant::now());
+    eprintln!(
+        "drain: shard and copies moved in {moved:?}; sends refused {drain_refused}, longest refusal {drain_outage:?}; \
+         hand-back: sends refused {back_refused}, longest refusal {back_outage:?}"
+    );
+    assert!(during_kill.is_empty(), "sends refused while the drained node died: {during_kill:?}");
+    assert!(drain_outage < Duration::from_secs(10), "the drain refused sends for {drain_outage:?}");
+    let acked: BTreeSet<String> =
+        answers.iter().filter(|(_, _, c)| *c == v2::Code::Ok as i32).map(|(_, id, _)| id.clone()).collect();
+    assert!(acked.len() > 100, "{} sends acknowledged", acked.len());
+    let n4 = nodes[3].as_ref().unwrap().addr.clone();
+    let got = receive_all_on(&n4, "audit", "ledger", "n1", &acked, Duration::from_secs(60)).await;
+    assert!(acked.is_subset(&got), "lost: {:?}", acked.difference(&got).collect::<Vec<_>>());
+
+    // Node 4 dies for good: after --replica-replace-after its shard is served from a copy and
+    // every shard has two in-sync copies again, none on node 4.
+    let killed = Instant::now();
+    nodes[3] = None;
+    wait_for(&n2, Duration::from_secs(60), "copies made again without n4", |s| {
+        shard(s, "n4").leader != "n4" && shards_in_sync(s, 4, Some("n4"))
+    })
+    .await;
+    eprintln!("node 4 killed: every shard on two in-sync copies again after {:?}", killed.elapsed());
+    let logs_text: String = nodes.iter().flatten().map(Node::log_text).collect();
+    assert!(logs_text.contains("copying the shard to another node"), "no copy was made");
+    assert!(logs_text.contains("follower left the replica set"), "no follower left");
     drop(etcd);
 }

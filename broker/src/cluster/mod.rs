@@ -324,6 +324,17 @@ impl Membership {
         crate::sync::lock(&self.inner.renewed).elapsed()
     }
 
+    /// The time-to-live of this node's lease.
+    pub fn lease_ttl(&self) -> Duration {
+        self.inner.settings.lease_ttl
+    }
+
+    /// The ids of live nodes running as themselves (not brokers serving another node's shard
+    /// from a copy), read from etcd.
+    pub async fn live_hosts(&self) -> Result<std::collections::HashSet<String>, ClusterError> {
+        Ok(self.members().await?.into_iter().filter(|m| m.record.acting_on.is_none()).map(|m| m.record.id).collect())
+    }
+
     /// For a shard served from a copy: the node serving it.
     pub fn acting_on(&self) -> Option<&str> {
         self.inner.settings.acting_on.as_deref()

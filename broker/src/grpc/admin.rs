@@ -495,7 +495,8 @@ impl Admin for AdminService {
             nodes: Vec::new(),
             replication: self.broker.replication().map(|r| pb::ShardStatus {
                 shard: r.shard.clone(),
-                leader: r.shard,
+                // Served from a copy (failover, drain): the node whose copy serves it.
+                leader: self.broker.acting_on().map_or(r.shard, str::to_string),
                 epoch: r.epoch,
                 seq: r.seq,
                 in_sync: r.followers.iter().filter(|(_, f)| f.in_sync).map(|(n, _)| n.clone()).collect(),

@@ -7,16 +7,21 @@
 //! group is acknowledged if at least `min_insync` copies (the leader's included) remain, and
 //! otherwise stays unacknowledged (the committer retries; new writes are refused). A follower
 //! that has caught up with the leader's latest sequence joins the set again, in etcd first.
+//!
+//! The leader also keeps the shard on `replicas` copies (a follower on a drained node, or gone
+//! for `replace_after`, is replaced by a live node holding no copy, and leaves the set once the
+//! replacement is in sync), and on a drained node hands the shard to an in-sync copy.
 
 use super::{History, Position, Settings};
 use crate::cluster::shards::ShardRecord;
 use crate::cluster::Membership;
 use crate::store::{Batch, Replicator, Store};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use txmq_proto::cluster::cluster_client::ClusterClient;
 use txmq_proto::cluster::{replicate_request::Item, Append, Hello, ReplicateRequest, SnapshotChunk};
 
@@ -67,6 +72,10 @@ pub struct Leader {
     acked: Condvar,
     /// The latest sequence in the log (link tasks wait on it).
     latest: watch::Sender<u64>,
+    /// Each follower's stream task, stopped when it leaves the replica set.
+    links: Mutex<HashMap<String, CancellationToken>>,
+    /// Since when each follower has been missing from the live nodes.
+    missing: Mutex<HashMap<String, Instant>>,
 }
 
 /// What `cluster status` shows of a shard this node leads.
@@ -108,6 +117,8 @@ impl Leader {
             }),
             acked: Condvar::new(),
             latest,
+            links: Mutex::new(HashMap::new()),
+            missing: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -155,13 +166,225 @@ impl Leader {
             st.record = Some(record.clone());
         }
         self.acked.notify_all();
-        let tasks = tokio_util::task::TaskTracker::new();
+        let tasks = TaskTracker::new();
         for f in record.followers {
-            let (me, stop) = (self.clone(), shutdown.clone());
-            tasks.spawn(async move { me.link(f, stop).await });
+            self.start_link(&tasks, f, &shutdown);
+        }
+        let period = (self.membership.lease_ttl() / 3).max(Duration::from_millis(500));
+        let mut warned = String::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(period) => {}
+            }
+            if let Err(e) = self.reconcile(&tasks, &shutdown).await {
+                tracing::debug!(shard = self.shard, error = %e, "replica set not reconciled");
+            }
+            if self.membership.acting_on().is_none() {
+                match self.step_down_if_drained().await {
+                    Err(e) if e != warned => {
+                        tracing::warn!(shard = self.shard, error = %e, "drained, but the shard cannot move yet");
+                        warned = e;
+                    }
+                    _ => {}
+                }
+            }
         }
         tasks.close();
         tasks.wait().await;
+    }
+
+    fn start_link(self: &Arc<Self>, tasks: &TaskTracker, node: String, shutdown: &CancellationToken) {
+        let stop = shutdown.child_token();
+        crate::sync::lock(&self.links).insert(node.clone(), stop.clone());
+        let me = self.clone();
+        tasks.spawn(async move { me.link(node, stop).await });
+    }
+
+    /// Keeps the shard on `replicas` copies. A follower on a drained node, or missing from the
+    /// live nodes for `replace_after`, gets a replacement: a live, undrained node without a copy
+    /// (the least loaded), which receives a snapshot and catches up. A follower leaves the
+    /// replica set (gone, or one too many) only when enough in-sync copies on live nodes remain
+    /// without it. One change per call.
+    async fn reconcile(
+        self: &Arc<Self>,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<(), crate::cluster::ClusterError> {
+        let Some(record) = self.membership.shard_record(&self.shard).await? else { return Ok(()) };
+        if record.leader_epoch != self.membership.epoch() {
+            return Ok(());
+        }
+        let hosts = self.membership.live_hosts().await?;
+        let drained: HashSet<String> = self.membership.drained().await?.into_iter().collect();
+        let gone: Vec<String> = {
+            let mut missing = crate::sync::lock(&self.missing);
+            missing.retain(|n, _| record.followers.contains(n) && !hosts.contains(n));
+            let now = Instant::now();
+            let replace_after = self.settings.replace_after;
+            record
+                .followers
+                .iter()
+                .filter(|f| {
+                    if drained.contains(*f) {
+                        return true;
+                    }
+                    if hosts.contains(*f) {
+                        return false;
+                    }
+                    let since = *missing.entry((*f).clone()).or_insert(now);
+                    !replace_after.is_zero() && since.elapsed() >= replace_after
+                })
+                .cloned()
+                .collect()
+        };
+        let healthy = |n: &String| hosts.contains(n) && !drained.contains(n);
+        let wanted = self.settings.replicas.saturating_sub(1);
+        let staying = record.followers.iter().filter(|f| !gone.contains(f)).count();
+        if staying < wanted {
+            // A broker serving this shard from a copy runs on `serving`: that copy is its store.
+            let serving = self.membership.acting_on();
+            let mut load: HashMap<String, usize> = HashMap::new();
+            for r in self.membership.shard_records().await? {
+                for f in r.followers {
+                    *load.entry(f).or_default() += 1;
+                }
+            }
+            let candidate = hosts
+                .iter()
+                .filter(|n| {
+                    healthy(n) && **n != self.shard && Some(n.as_str()) != serving && !record.followers.contains(n)
+                })
+                .min_by_key(|n| (load.get(*n).copied().unwrap_or(0), (*n).clone()));
+            if let Some(node) = candidate {
+                let mut next = record.clone();
+                next.followers.push(node.clone());
+                if let Some(r) = self.membership.put_shard_record_if(&next).await? {
+                    tracing::info!(shard = self.shard, node, replacing = ?gone, "copying the shard to another node");
+                    {
+                        let mut st = crate::sync::lock(&self.state);
+                        st.followers.insert(node.clone(), FollowerState::default());
+                        st.record = Some(r);
+                    }
+                    self.start_link(tasks, node.clone(), shutdown);
+                }
+                return Ok(());
+            }
+        }
+        let in_sync_without = |f: &String| record.in_sync.iter().filter(|n| *n != f && healthy(n)).count();
+        let mut leaving: Vec<&String> = gone.iter().collect();
+        if record.followers.len() > wanted {
+            // One too many: a copy not in sync goes first, else the one added last.
+            leaving.extend(record.followers.iter().filter(|f| !(record.in_sync.contains(f) && healthy(f))));
+            leaving.extend(record.followers.iter().rev());
+        }
+        if let Some(node) = leaving.into_iter().find(|f| in_sync_without(f) >= wanted) {
+            self.drop_follower(node).await.map_err(crate::cluster::ClusterError::Etcd)?;
+        }
+        Ok(())
+    }
+
+    /// Takes `node` out of the replica set: its stream stops, it leaves the in-sync set (etcd
+    /// first, as when it stops acknowledging), then the followers. Its copy stays on its disk.
+    async fn drop_follower(&self, node: &str) -> Result<(), String> {
+        if let Some(stop) = crate::sync::lock(&self.links).remove(node) {
+            stop.cancel();
+        }
+        self.set_in_sync(node, false).await?;
+        if let Some(f) = crate::sync::lock(&self.state).followers.get_mut(node) {
+            f.in_sync = false;
+            f.joining_from = None;
+        }
+        self.acked.notify_all();
+        let epoch = self.membership.epoch();
+        for _ in 0..10 {
+            let mut r = self
+                .membership
+                .shard_record(&self.shard)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the shard has no replica set in etcd")?;
+            if r.leader_epoch != epoch {
+                return Err(format!("the shard is led at epoch {} now", r.leader_epoch));
+            }
+            r.followers.retain(|f| f != node);
+            r.in_sync.retain(|f| f != node);
+            if let Some(r) = self.membership.put_shard_record_if(&r).await.map_err(|e| e.to_string())? {
+                let mut st = crate::sync::lock(&self.state);
+                st.followers.remove(node);
+                st.record = Some(r);
+                crate::sync::lock(&self.missing).remove(node);
+                tracing::info!(shard = self.shard, follower = node, "follower left the replica set");
+                return Ok(());
+            }
+        }
+        Err("the replica set kept changing".into())
+    }
+
+    /// On a drained node: hands the shard to an in-sync copy on a live, undrained node without
+    /// losing a write or waiting for a lease. Writes stop here; once that copy has acknowledged
+    /// the last one, the replica set names it as the node taking the shard over (fencing this
+    /// leader, as a failover does) and this node stops serving: its lease is given back, the
+    /// copy's node starts serving the shard at once, and this process waits, drained.
+    async fn step_down_if_drained(&self) -> Result<(), String> {
+        let drained: HashSet<String> =
+            self.membership.drained().await.map_err(|e| e.to_string())?.into_iter().collect();
+        if !drained.contains(&self.shard) || self.membership.superseded().is_cancelled() {
+            return Ok(());
+        }
+        let hosts = self.membership.live_hosts().await.map_err(|e| e.to_string())?;
+        let target = {
+            let st = crate::sync::lock(&self.state);
+            st.followers
+                .iter()
+                .filter(|(n, f)| f.in_sync && hosts.contains(*n) && !drained.contains(*n))
+                .max_by_key(|(_, f)| f.acked)
+                .map(|(n, _)| n.clone())
+        };
+        let target = target.ok_or("no in-sync copy on a live, undrained node")?;
+        tracing::warn!(shard = self.shard, target, "node drained: handing its shard to an in-sync copy");
+        let seq = self.quiesce().await;
+        let caught_up = {
+            let deadline = Instant::now() + self.settings.ack_timeout * 2;
+            loop {
+                let acked = crate::sync::lock(&self.state).followers.get(&target).map_or(0, |f| f.acked);
+                if acked >= seq {
+                    break true;
+                }
+                if Instant::now() > deadline {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let fenced = if caught_up { self.fence_for(&target).await } else { Err(format!("{target} is behind")) };
+        if let Err(e) = fenced {
+            crate::sync::lock(&self.state).handing_back = false;
+            return Err(e);
+        }
+        tracing::warn!(shard = self.shard, target, seq, "shard handed over; this drained node stops serving");
+        self.membership.supersede();
+        Ok(())
+    }
+
+    /// Names `target` as the node taking the shard over, with no leader epoch (no in-sync change
+    /// of this leader succeeds from then on), if the replica set is still this leader's.
+    async fn fence_for(&self, target: &str) -> Result<(), String> {
+        let mut r = self
+            .membership
+            .shard_record(&self.shard)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the shard has no replica set in etcd")?;
+        if r.leader_epoch != self.membership.epoch() || !r.in_sync.iter().any(|n| n == target) {
+            return Err("the replica set changed".into());
+        }
+        r.leader_epoch = 0;
+        r.taken_by = target.to_string();
+        match self.membership.put_shard_record_if(&r).await.map_err(|e| e.to_string())? {
+            Some(_) => Ok(()),
+            None => Err("the replica set changed".into()),
+        }
     }
 
     /// The shard's replica set: read, or created from live nodes when there is none and
@@ -225,7 +448,7 @@ impl Leader {
     }
 
     /// Stops taking writes and waits (up to 10 s) until none is in progress, before the
-    /// shard is handed back to its returning node.
+    /// shard is handed back to its returning node or over to another (drain).
     pub async fn quiesce(&self) -> u64 {
         crate::sync::lock(&self.state).handing_back = true;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -257,6 +480,9 @@ impl Leader {
                     "superseded: the shard is led at epoch {}, this leader's is {epoch}",
                     current.leader_epoch
                 ));
+            }
+            if in_sync && !current.followers.iter().any(|f| f == node) {
+                return Err(format!("{node} no longer holds a copy of the shard"));
             }
             let mut next = current.clone();
             next.in_sync.retain(|n| n != node);
@@ -482,7 +708,7 @@ impl Replicator for Leader {
             return Err(format!("shard {} has no replica set yet (waiting for nodes to join)", self.shard));
         }
         if st.handing_back {
-            return Err(format!("shard {} is being handed back to its node", self.shard));
+            return Err(format!("shard {} is moving to another node", self.shard));
         }
         let have = Self::in_sync_copies(&st);
         if have < self.settings.min_insync {

@@ -29,6 +29,9 @@ pub struct Settings {
     pub ack_timeout: Duration,
     /// Bytes of recent batches the leader keeps for followers catching up.
     pub log_bytes: usize,
+    /// How long a follower may be gone before the leader copies the shard to another node
+    /// instead (zero: never; a drained follower is replaced at once).
+    pub replace_after: Duration,
 }
 
 /// Where a store stands in its shard's history: the epoch of the leader that wrote its latest

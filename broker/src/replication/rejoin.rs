@@ -1,4 +1,5 @@
-//! A node returning while another node serves its shard from a copy (failover): before it
+//! A node returning while another node serves its shard from a copy (failover or drain): a
+//! drained node first waits until it is taken back; then, before it
 //! opens its store, it stands by until the shard is handed back, then replaces its store with
 //! a copy of the one that served — truncating what it wrote that its successor never had (the
 //! sequences from the successor's first one on, as the epoch history says) — and joins.
@@ -26,6 +27,15 @@ pub async fn rejoin(config: &Config) -> Result<Option<CancellationToken>> {
         return Ok(None);
     };
     let m = Membership::connect(settings, crate::clock::now_ms()).await.map_err(cluster_error)?;
+    // A drained node serves nothing (its shard moved to a copy): it waits, without standing
+    // by, until it is taken back.
+    if m.drained().await.map_err(cluster_error)?.contains(id) {
+        tracing::warn!(node_id = id, "this node is drained: waiting for `txmq cluster drain {id} --undo`");
+        while m.drained().await.map_err(cluster_error)?.contains(id) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tracing::info!(node_id = id, "this node is no longer drained: joining again");
+    }
     let Some(host) = m.holder(id).await.map_err(cluster_error)?.and_then(|h| h.acting_on) else { return Ok(None) };
     tracing::warn!(
         node_id = id,

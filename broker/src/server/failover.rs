@@ -3,7 +3,8 @@
 //!
 //! Every third of the lease TTL, each node with `--replicas` above 1 looks at the replica sets:
 //! a shard whose node is not live, with no returning node standing by for it, is taken over by
-//! the first live node of its in-sync set, which starts a broker for that shard (its own
+//! the live, undrained node of its in-sync set whose copy is furthest ahead (or the node a
+//! drained leader named when it handed the shard over), which starts a broker for that shard (its own
 //! listener, in this process) over its copy. That broker joins as the shard's node id (a new,
 //! higher epoch), so placements and forwarding are unchanged; it makes the replica set its own
 //! (the serving node leaves the followers). When the shard's node returns and stands by, the
@@ -62,6 +63,12 @@ impl Host {
                 self.hand_back(shard).await?;
             }
         }
+        let drained: HashSet<String> = self.membership.drained().await?.into_iter().collect();
+        if drained.contains(&me) {
+            // A drained node takes nothing over (it is about to stop serving).
+            return Ok(());
+        }
+        let candidates: HashSet<String> = live.difference(&drained).cloned().collect();
         for r in self.membership.shard_records().await? {
             if r.shard == me || acting.contains(&r.shard) || live.contains(&r.shard) || !r.in_sync.contains(&me) {
                 continue;
@@ -72,8 +79,11 @@ impl Host {
             }
             // The in-sync copy furthest ahead takes it (every in-sync copy holds every
             // acknowledged write; the furthest also keeps what was written but not yet
-            // acknowledged); ties go to the first in the set.
-            if self.furthest_copy(&r.shard, &r.in_sync, &live).await.as_deref() != Some(me.as_str()) {
+            // acknowledged); ties go to the first in the set. A node named to take it over
+            // (by a drained leader handing it over, or by itself in an earlier round) does.
+            if r.taken_by != me
+                && self.furthest_copy(&r.shard, &r.in_sync, &candidates).await.as_deref() != Some(me.as_str())
+            {
                 continue;
             }
             if self.membership.standing_by(&r.shard).await? {

@@ -443,6 +443,7 @@ fn replication_settings(c: &Config) -> crate::replication::Settings {
         min_insync: if c.min_insync_replicas == 0 { c.replicas.min(2) } else { c.min_insync_replicas },
         ack_timeout: c.replica_ack_timeout,
         log_bytes: c.replication_log_bytes,
+        replace_after: c.replica_replace_after,
     }
 }
 
