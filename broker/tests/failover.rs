@@ -564,6 +564,8 @@ async fn kill_suite() {
         delivered: BTreeSet<String>,
         ack_acknowledged: BTreeSet<String>,
         delivered_after_ack: Vec<String>,
+        /// Every transaction the producer started, and whether it decided to commit.
+        txns: Vec<(String, bool)>,
         /// Delivery key → (topic, message id).
         ids: std::collections::BTreeMap<String, (String, String)>,
     }
@@ -625,6 +627,7 @@ async fn kill_suite() {
                 if let Ok(t) = tp.send_transaction_message(m).await {
                     {
                         let mut s = seen.lock().unwrap();
+                        s.txns.push((t.transaction_id().to_string(), commit));
                         if commit {
                             s.commit_halves.insert(body);
                         } else {
@@ -758,6 +761,19 @@ async fn kill_suite() {
         }
     }
     assert!(lost_acks.is_empty(), "delivered again after an acknowledged ack: {lost_acks:?}");
+    // Every transaction ended as its producer decided, decided once (the check-backs answer
+    // the same, so a second decision would show as a second timeline entry).
+    let mut wrong = Vec::new();
+    for (id, commit) in &s.txns {
+        let want = if *commit { pb::TxnState::Committed } else { pb::TxnState::RolledBack };
+        let t = common::admin_transaction(&format!("http://{n3}"), id).await;
+        let decisions = t.timeline.iter().filter(|e| e.kind == "decision").count();
+        if t.state != want as i32 || decisions != 1 {
+            wrong.push(format!("{id}: state {:?}, {decisions} decisions", t.state));
+        }
+    }
+    eprintln!("{} transactions, each decided once as its producer said", s.txns.len() - wrong.len());
+    assert!(wrong.is_empty(), "transactions not decided once as their producer said: {wrong:?}");
     assert!(p99 < Duration::from_secs(10), "failover p99 {p99:?}");
     assert!(s.acked_sends.len() > 100 && s.commit_halves.len() > 20, "the load ran");
     drop(etcd);
