@@ -99,3 +99,66 @@ async fn the_sdk_given_every_node_goes_on_while_one_is_away() {
         n.stop().await.unwrap();
     }
 }
+
+/// How many calls of `rpc` node `b` served (its latency histogram's count).
+fn calls(b: &RunningBroker, rpc: &str) -> u64 {
+    let text = b.broker.metrics().render(&b.broker.gauges());
+    let series = format!("txmq_rpc_duration_seconds_count{{rpc=\"{rpc}\"}}");
+    text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Concurrent transactions through one node: their half messages (batched) land on every
+/// owner, and their decisions, sent in `EndTransactions` calls, each reach the owner of its
+/// transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_decisions_reach_each_transactions_owner() {
+    let etcd = etcd::Etcd::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        nodes.push(node(&etcd.url, d.path(), &format!("n{}", i + 1), "127.0.0.1:0").await);
+    }
+    let mut admin = common::admin(&nodes[0]).await;
+    for _ in 0..50 {
+        if admin.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner().nodes.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let req =
+        pb::CreateTopicRequest { name: "payments".into(), r#type: pb::TopicType::Transaction as i32, queue_count: 6 };
+    assert_eq!(admin.create_topic(req).await.unwrap().into_inner().status.unwrap().code, pb::StatusCode::Ok as i32);
+    let p = TransactionProducer::connect(ClientConfig::new(nodes[0].access_point()), &["payments"], Arc::new(Commit))
+        .await
+        .unwrap();
+    let before = calls(&nodes[0], "EndTransactions");
+    let runs: Vec<_> = (0..60)
+        .map(|i| {
+            let p = p.clone();
+            tokio::spawn(async move {
+                let pending = p.begin(Message::new("payments", format!("p{i}"))).await.unwrap();
+                let owner = pending.context().transaction_id.split('~').next().unwrap_or_default().to_string();
+                let r = if i % 3 == 0 { pending.rollback().await } else { pending.commit().await };
+                r.map(|()| owner)
+            })
+        })
+        .collect();
+    let mut owners = std::collections::BTreeSet::new();
+    for r in runs {
+        owners.insert(r.await.unwrap().unwrap());
+    }
+    assert_eq!(owners.len(), 3, "transactions on every node: {owners:?}");
+    assert!(calls(&nodes[0], "EndTransactions") > before, "decisions went in EndTransactions calls");
+    let c = SimpleConsumer::connect(ClientConfig::new(nodes[1].access_point()), "billing").await.unwrap();
+    let want: std::collections::BTreeSet<String> = (0..60).filter(|i| i % 3 != 0).map(|i| format!("p{i}")).collect();
+    let mut got = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < want.len() && Instant::now() < deadline {
+        for m in c.receive_for("payments", "*", 32, Duration::from_secs(30), Duration::from_millis(500)).await.unwrap() {
+            c.ack(&m).await.unwrap();
+            got.insert(String::from_utf8(m.body).unwrap());
+        }
+    }
+    assert_eq!(got, want, "every committed payment, no rolled-back one");
+    drop(etcd);
+}

@@ -263,12 +263,11 @@ impl Broker {
         if transactional != messages.len() {
             return Err(BrokerError::BadRequest("a request cannot mix transactional and other messages".into()));
         }
-        let mut out = Vec::with_capacity(messages.len());
-        for m in messages {
-            let id = self.txns.send_half(m, producer).await?;
-            out.push(SendOutcome { queue: 0, offset: 0, transaction_id: Some(id) });
-        }
-        Ok(out)
+        // Stored at once, so the committer makes the request's halves durable together. A half
+        // stored before another failed is resolved by its check-back, like any undecided one.
+        let stored =
+            futures_util::future::join_all(messages.into_iter().map(|m| self.txns.send_half(m, producer))).await;
+        stored.into_iter().map(|r| r.map(|id| SendOutcome { queue: 0, offset: 0, transaction_id: Some(id) })).collect()
     }
 
     /// Appends LITE messages, each to its lite topic's queue (created on first use); a run of

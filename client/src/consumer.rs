@@ -2,7 +2,8 @@
 //! runs a handler over a subscription with bounded concurrency, acks on success and retries
 //! with backoff on failure.
 
-use crate::error::Result;
+use crate::batch::Batcher;
+use crate::error::{Error, Result};
 use crate::message::ReceivedMessage;
 use crate::session::Session;
 use crate::transport::{self, ClientConfig};
@@ -13,6 +14,10 @@ use txmq_proto::v2;
 
 /// Long-polling time of a receive (the broker caps it at 20 s by default).
 const LONG_POLL: Duration = Duration::from_secs(20);
+
+/// An ack waiting to leave: (topic, message id, receipt handle).
+type Ack = (String, String, String);
+type AckBatcher = Batcher<Ack, Result<()>>;
 
 /// Receives, acks and changes invisibility by hand.
 ///
@@ -30,6 +35,8 @@ const LONG_POLL: Duration = Duration::from_secs(20);
 pub struct SimpleConsumer {
     session: Arc<Session>,
     group: String,
+    /// Natural batching of acks.
+    acks: Option<Arc<AckBatcher>>,
 }
 
 impl SimpleConsumer {
@@ -43,8 +50,22 @@ impl SimpleConsumer {
             })),
             ..Default::default()
         };
+        let batching = config.batching;
         let session = Session::start(config, settings, v2::ClientType::SimpleConsumer, Some(group.to_string()), None)?;
-        Ok(Self { session, group: group.to_string() })
+        let mut c = Self { session, group: group.to_string(), acks: None };
+        if batching.enabled() {
+            let plain = c.clone();
+            let acks = Batcher::start(
+                batching,
+                |_| 0,
+                move |acks| {
+                    let plain = plain.clone();
+                    async move { plain.ack_together(acks).await }
+                },
+            );
+            c.acks = Some(Arc::new(acks));
+        }
+        Ok(c)
     }
 
     /// Receives up to `max` messages of `topic` matching the tag `filter` (`*`, `a||b`), each
@@ -107,18 +128,61 @@ impl SimpleConsumer {
     }
 
     /// Acknowledges a message: done for this group. Durable when this returns.
+    ///
+    /// With batching on (the default), acks made while others are in flight leave together in
+    /// one AckMessage request; each still gets its own result.
     pub async fn ack(&self, m: &ReceivedMessage) -> Result<()> {
-        let req = v2::AckMessageRequest {
-            group: transport::resource(&self.group),
-            topic: transport::resource(&m.topic),
-            entries: vec![v2::AckMessageEntry {
-                message_id: m.message_id.clone(),
-                receipt_handle: m.receipt_handle.clone(),
-                lite_topic: None,
-            }],
-        };
-        let r = transport::call(self.session.config.request_timeout, self.session.rpc.clone().ack_message(req)).await?;
-        transport::check(r.status.as_ref())
+        let ack = (m.topic.clone(), m.message_id.clone(), m.receipt_handle.clone());
+        match &self.acks {
+            Some(b) => b.submit(ack).await.unwrap_or(Err(Error::Closed)),
+            None => self.ack_together(vec![ack]).await.pop().unwrap_or(Err(Error::Closed)),
+        }
+    }
+
+    /// Acks of one topic in one AckMessage request each; every ack gets its entry's status.
+    async fn ack_together(&self, acks: Vec<Ack>) -> Vec<Result<()>> {
+        let mut topics: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, (topic, _, _)) in acks.iter().enumerate() {
+            match topics.iter_mut().find(|(t, _)| t == topic) {
+                Some((_, at)) => at.push(i),
+                None => topics.push((topic.clone(), vec![i])),
+            }
+        }
+        let calls = topics.into_iter().map(|(topic, at)| {
+            let entries = at
+                .iter()
+                .map(|i| v2::AckMessageEntry {
+                    message_id: acks[*i].1.clone(),
+                    receipt_handle: acks[*i].2.clone(),
+                    lite_topic: None,
+                })
+                .collect();
+            let req = v2::AckMessageRequest {
+                group: transport::resource(&self.group),
+                topic: transport::resource(&topic),
+                entries,
+            };
+            async move {
+                let r = transport::call(self.session.config.request_timeout, self.session.rpc.clone().ack_message(req))
+                    .await;
+                let answers: Vec<Result<()>> = match r {
+                    // Each entry's own status; the request's when it has none per entry.
+                    Ok(r) if r.entries.len() == at.len() => {
+                        r.entries.iter().map(|e| transport::check(e.status.as_ref().or(r.status.as_ref()))).collect()
+                    }
+                    Ok(r) => at.iter().map(|_| transport::check(r.status.as_ref())).collect(),
+                    Err(e) => at.iter().map(|_| Err(e.same())).collect(),
+                };
+                (at, answers)
+            }
+        });
+        let mut out: Vec<Result<()>> = acks.iter().map(|_| Err(Error::Closed)).collect();
+        for (at, answers) in futures_util::future::join_all(calls).await {
+            for (i, a) in at.into_iter().zip(answers) {
+                out[i] = a;
+            }
+        }
+        out
     }
 
     /// Makes the message visible again after `invisible` (a retry later); its handle changes.

@@ -45,6 +45,21 @@ impl Error {
         }
     }
 
+    /// The same error again, for each call of a batch that failed as a whole.
+    pub(crate) fn same(&self) -> Self {
+        match self {
+            Error::Unavailable(m) => Error::Unavailable(m.clone()),
+            Error::Timeout(t) => Error::Timeout(*t),
+            Error::Broker { code, code_name, message } => {
+                Error::Broker { code: *code, code_name: code_name.clone(), message: message.clone() }
+            }
+            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+            #[cfg(any(feature = "sqlite", feature = "postgres"))]
+            Error::Database(e) => Error::Unavailable(format!("database: {e}")),
+            Error::Closed => Error::Closed,
+        }
+    }
+
     /// True when the broker could not be reached at all (the outbox fallback's trigger).
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Error::Unavailable(_) | Error::Timeout(_))

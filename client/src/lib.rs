@@ -16,9 +16,16 @@
 //!
 //! The Telemetry stream (which carries check-backs) is re-opened whenever it breaks, for
 //! example across a broker restart.
+//!
+//! Calls batch naturally ([`Batching`], on by default): sends, half messages, acks and
+//! transaction decisions made while others are in flight leave together in the next request
+//! (decisions in txmq's `txmq.v1.Transactions/EndTransactions`, falling back to one
+//! `EndTransaction` each on a broker without it), and each call still gets its own result. An
+//! idle client sends each call at once: there is no linger.
 
 #![deny(missing_docs)]
 
+mod batch;
 mod consumer;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod db;
@@ -29,6 +36,7 @@ mod session;
 mod transaction;
 mod transport;
 
+pub use batch::Batching;
 pub use consumer::{backoff, Consumer, SimpleConsumer, Subscription};
 pub use error::{Error, Result};
 pub use message::{new_message_id, Message, ReceivedMessage, SendReceipt};

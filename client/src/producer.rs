@@ -1,5 +1,6 @@
 //! Producers: normal, FIFO, delay and batch sends with retries.
 
+use crate::batch::Batcher;
 use crate::error::{Error, Result};
 use crate::message::{Message, SendReceipt};
 use crate::session::{CommandHandler, Session};
@@ -13,6 +14,9 @@ use txmq_proto::v2;
 const ROUTE_TTL: Duration = Duration::from_secs(30);
 /// Send attempts for retryable failures (the same message id each time).
 const SEND_ATTEMPTS: u32 = 3;
+
+/// Natural batching of sends: a message, whether it is a half message, and its entry.
+type SendBatcher = Batcher<(Message, bool), Result<v2::SendResultEntry>>;
 
 /// Sends messages. Cheap to clone; every clone shares one connection.
 ///
@@ -32,6 +36,11 @@ const SEND_ATTEMPTS: u32 = 3;
 pub struct Producer {
     pub(crate) session: Arc<Session>,
     routes: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Natural batching of [`Producer::send`] and of half messages (`None`: one request per
+    /// send); an item is a message and whether it is a half message.
+    batcher: Option<Arc<SendBatcher>>,
+    /// Natural batching of a transactional producer's decisions.
+    pub(crate) decisions: Option<Arc<Batcher<txmq_proto::ext::Decision, Result<()>>>>,
 }
 
 impl Producer {
@@ -55,8 +64,31 @@ impl Producer {
             })),
             ..Default::default()
         };
+        let batching = config.batching;
+        let transactional = on_command.is_some();
         let session = Session::start(config, settings, v2::ClientType::Producer, None, on_command)?;
-        let p = Producer { session, routes: Arc::new(Mutex::new(HashMap::new())) };
+        let mut p = Producer { session, routes: Arc::new(Mutex::new(HashMap::new())), batcher: None, decisions: None };
+        if batching.enabled() && transactional {
+            let plain = p.clone();
+            let batcher = Batcher::start(
+                batching,
+                |_| 0,
+                move |decisions| {
+                    let plain = plain.clone();
+                    async move { crate::transaction::end_together(&plain, decisions).await }
+                },
+            );
+            p.decisions = Some(Arc::new(batcher));
+        }
+        if batching.enabled() {
+            let plain = p.clone();
+            let size: fn(&(Message, bool)) -> usize = |(m, _)| m.body.len();
+            let batcher = Batcher::start(batching, size, move |messages| {
+                let plain = plain.clone();
+                async move { plain.send_together(messages).await }
+            });
+            p.batcher = Some(Arc::new(batcher));
+        }
         for t in topics {
             p.route(t).await?;
         }
@@ -85,9 +117,80 @@ impl Producer {
     }
 
     /// Sends one message; durable on the broker when this returns Ok.
+    ///
+    /// With batching on (the default, [`ClientConfig::batching`]), sends made while others
+    /// are in flight leave together in one request; each still gets its own receipt or error.
     pub async fn send(&self, message: Message) -> Result<SendReceipt> {
-        let mut r = self.send_batch(vec![message]).await?;
-        r.pop().ok_or_else(|| Error::Broker { code: 0, code_name: "NO_ENTRY".into(), message: "no send result".into() })
+        let e = self.send_one(message, false).await?;
+        Ok(SendReceipt { message_id: e.message_id, offset: e.offset.max(0) as u64 })
+    }
+
+    /// One message (a half message when `transactional`), batched naturally when batching is on.
+    pub(crate) async fn send_one(&self, message: Message, transactional: bool) -> Result<v2::SendResultEntry> {
+        let entry = match &self.batcher {
+            Some(b) => b.submit((message, transactional)).await.unwrap_or(Err(Error::Closed))?,
+            None => self.send_alone(message, transactional).await?,
+        };
+        transport::check(entry.status.as_ref())?;
+        Ok(entry)
+    }
+
+    async fn send_alone(&self, message: Message, transactional: bool) -> Result<v2::SendResultEntry> {
+        self.send_wire(&mut [message], transactional).await?.pop().ok_or_else(no_entry)
+    }
+
+    /// Sends messages gathered by natural batching: those of one topic and message group (a
+    /// FIFO group keeps its order), all half messages or none, in one request; a delayed
+    /// message alone. When a request of
+    /// several is refused for a reason a retry cannot fix (one invalid message), each of its
+    /// messages is sent alone, so only the invalid one fails.
+    async fn send_together(&self, messages: Vec<(Message, bool)>) -> Vec<Result<v2::SendResultEntry>> {
+        let mut groups: Vec<(Vec<usize>, bool, Vec<Message>)> = Vec::new();
+        for (i, (m, half)) in messages.into_iter().enumerate() {
+            let joins = groups.iter_mut().find(|(_, h, g)| {
+                *h == half
+                    && m.deliver_at.is_none()
+                    && g[0].deliver_at.is_none()
+                    && g[0].topic == m.topic
+                    && g[0].message_group == m.message_group
+            });
+            match joins {
+                Some((at, _, g)) => {
+                    at.push(i);
+                    g.push(m);
+                }
+                None => groups.push((vec![i], half, vec![m])),
+            }
+        }
+        let total: usize = groups.iter().map(|(at, _, _)| at.len()).sum();
+        let sent = futures_util::future::join_all(groups.into_iter().map(|(at, half, g)| async move {
+            let answers = match self.send_wire(&mut g.clone(), half).await {
+                Ok(entries) if entries.len() == g.len() => entries.into_iter().map(Ok).collect(),
+                Ok(_) => g.iter().map(|_| Err(no_entry())).collect(),
+                Err(e) if g.len() > 1 && !e.is_retryable() => {
+                    let mut one_by_one = Vec::with_capacity(g.len());
+                    for m in g {
+                        one_by_one.push(self.send_alone(m, half).await);
+                    }
+                    one_by_one
+                }
+                Err(e) => {
+                    let mut answers: Vec<Result<v2::SendResultEntry>> =
+                        g.iter().skip(1).map(|_| Err(e.same())).collect();
+                    answers.insert(0, Err(e));
+                    answers
+                }
+            };
+            (at, answers)
+        }))
+        .await;
+        let mut out: Vec<Option<Result<v2::SendResultEntry>>> = (0..total).map(|_| None).collect();
+        for (at, answers) in sent {
+            for (i, a) in at.into_iter().zip(answers) {
+                out[i] = Some(a);
+            }
+        }
+        out.into_iter().map(|a| a.unwrap_or_else(|| Err(no_entry()))).collect()
     }
 
     /// Sends several messages of one topic in one request (stored together, in one queue).
@@ -143,8 +246,13 @@ impl Producer {
         }
     }
 
-    /// Stops heartbeats and Telemetry and tells the broker this producer is gone.
+    /// Stops heartbeats and Telemetry and tells the broker this producer is gone (after the
+    /// sends already made).
     pub async fn shutdown(self) -> Result<()> {
         self.session.close().await
     }
+}
+
+fn no_entry() -> Error {
+    Error::Broker { code: 0, code_name: "NO_ENTRY".into(), message: "no send result".into() }
 }

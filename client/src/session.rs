@@ -3,7 +3,7 @@
 //! keep arriving after a broker restart).
 
 use crate::error::Result;
-use crate::transport::{self, ClientConfig, Rpc};
+use crate::transport::{self, ClientConfig, Rpc, TxnRpc};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -22,6 +22,10 @@ pub(crate) type CommandHandler = Arc<dyn Fn(v2::TelemetryCommand) + Send + Sync>
 
 pub(crate) struct Session {
     pub rpc: Rpc,
+    pub txns: TxnRpc,
+    /// The broker answered that it has no `txmq.v1.Transactions` (another broker): decisions
+    /// go one `EndTransaction` each.
+    pub no_txn_extension: std::sync::atomic::AtomicBool,
     pub config: ClientConfig,
     pub client_id: String,
     pub shutdown: CancellationToken,
@@ -39,9 +43,11 @@ impl Session {
         on_command: Option<CommandHandler>,
     ) -> Result<Arc<Self>> {
         let client_id = transport::new_client_id();
-        let rpc = transport::connect(&config, &client_id)?;
+        let (rpc, txns) = transport::connect(&config, &client_id)?;
         let session = Arc::new(Session {
             rpc,
+            txns,
+            no_txn_extension: std::sync::atomic::AtomicBool::new(false),
             config,
             client_id,
             shutdown: CancellationToken::new(),

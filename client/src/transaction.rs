@@ -16,6 +16,7 @@ use crate::transport::{self, ClientConfig};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use txmq_proto::ext::{Decision, EndTransactionsRequest};
 use txmq_proto::v2;
 
 /// A decision about a transaction.
@@ -102,6 +103,8 @@ impl std::fmt::Debug for Producer {
     }
 }
 
+/// Sends one decision: with batching on, together with the decisions made while others are
+/// in flight (one `txmq.v1.Transactions/EndTransactions` call), else alone.
 async fn end_transaction(
     p: &Producer,
     topic: &str,
@@ -114,17 +117,65 @@ async fn end_transaction(
         Resolution::Rollback => v2::TransactionResolution::Rollback,
         Resolution::Unknown => v2::TransactionResolution::Unspecified,
     };
-    let req = v2::EndTransactionRequest {
-        topic: transport::resource(topic),
+    let d = Decision {
+        topic: topic.to_string(),
         message_id: c.message_id.clone(),
         transaction_id: c.transaction_id.clone(),
         resolution: resolution as i32,
         source: source as i32,
+    };
+    match &p.decisions {
+        Some(b) => b.submit(d).await.unwrap_or(Err(Error::Closed)),
+        None => end_alone(p, d).await,
+    }
+}
+
+/// One decision, one `EndTransaction` call (what the official clients send).
+async fn end_alone(p: &Producer, d: Decision) -> Result<()> {
+    let req = v2::EndTransactionRequest {
+        topic: transport::resource(&d.topic),
+        message_id: d.message_id,
+        transaction_id: d.transaction_id,
+        resolution: d.resolution,
+        source: d.source,
         trace_context: String::new(),
     };
     let s = &p.session;
     let r = transport::call(s.config.request_timeout, s.rpc.clone().end_transaction(req)).await?;
     transport::check(r.status.as_ref())
+}
+
+/// Decisions gathered by natural batching, in one `EndTransactions` call, each answered with
+/// its own status. A broker without the extension (it answers UNIMPLEMENTED) gets one
+/// `EndTransaction` per decision from then on.
+pub(crate) async fn end_together(p: &Producer, decisions: Vec<Decision>) -> Vec<Result<()>> {
+    use std::sync::atomic::Ordering;
+    let s = &p.session;
+    if decisions.len() > 1 && !s.no_txn_extension.load(Ordering::Relaxed) {
+        let n = decisions.len();
+        let req = EndTransactionsRequest { decisions: decisions.clone() };
+        match transport::call(s.config.request_timeout, s.txns.clone().end_transactions(req)).await {
+            Ok(r) if r.code == v2::Code::Ok as i32 && r.results.len() == n => {
+                return r
+                    .results
+                    .into_iter()
+                    .map(|st| transport::check(Some(&v2::Status { code: st.code, message: st.message })))
+                    .collect();
+            }
+            Ok(r) => {
+                let e = transport::check(Some(&v2::Status { code: r.code, message: r.message })).err().unwrap_or_else(
+                    || Error::InvalidArgument(format!("{} results for {n} decisions", r.results.len())),
+                );
+                return decisions.iter().map(|_| Err(e.same())).collect();
+            }
+            Err(Error::Broker { code_name, .. }) if code_name == "GRPC_Unimplemented" => {
+                tracing::info!("the broker has no txmq.v1.Transactions: one EndTransaction per decision");
+                s.no_txn_extension.store(true, Ordering::Relaxed);
+            }
+            Err(e) => return decisions.iter().map(|_| Err(e.same())).collect(),
+        }
+    }
+    futures_util::future::join_all(decisions.into_iter().map(|d| end_alone(p, d))).await
 }
 
 /// A producer of transactional messages that answers check-backs with its checker.
@@ -180,10 +231,7 @@ impl TransactionProducer {
             return Err(Error::InvalidArgument("transactional messages cannot be FIFO or delayed".into()));
         }
         let topic = message.topic.clone();
-        let mut messages = [message];
-        let entries = self.producer.send_wire(&mut messages, true).await?;
-        let entry = entries.into_iter().next().ok_or_else(|| Error::InvalidArgument("no send result".into()))?;
-        transport::check(entry.status.as_ref())?;
+        let entry = self.producer.send_one(message, true).await?;
         Ok(PendingTransaction {
             producer: self.producer.clone(),
             topic,

@@ -1,5 +1,6 @@
 //! One gRPC channel to the broker, with the RocketMQ request headers on every call.
 
+use crate::batch::Batching;
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,12 +23,20 @@ pub struct ClientConfig {
     /// Connect over TLS. `Some(None)`: trust the system's roots; `Some(Some(file))`: trust the
     /// CA certificates (PEM) in `file`.
     pub tls: Option<Option<std::path::PathBuf>>,
+    /// Natural batching of sends and transaction decisions (on by default; see [`Batching`]).
+    pub batching: Batching,
 }
 
 impl ClientConfig {
     /// Defaults (3 s requests, no credentials) for the broker at `endpoint` (`host:port`).
     pub fn new(endpoint: impl Into<String>) -> Self {
-        Self { endpoint: endpoint.into(), request_timeout: Duration::from_secs(3), credentials: None, tls: None }
+        Self {
+            endpoint: endpoint.into(),
+            request_timeout: Duration::from_secs(3),
+            credentials: None,
+            tls: None,
+            batching: Batching::default(),
+        }
     }
 
     /// Connects over TLS, trusting the CA certificates in `ca_file` (PEM) or, without one, the
@@ -69,6 +78,12 @@ impl ClientConfig {
             endpoint = endpoint.tls_config(tls).map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))?;
         }
         Ok(endpoint)
+    }
+
+    /// Sets the bounds of natural batching ([`Batching::off`]: one request per call).
+    pub fn with_batching(mut self, batching: Batching) -> Self {
+        self.batching = batching;
+        self
     }
 
     /// Signs every request with `access_key` and `secret_key`.
@@ -167,6 +182,8 @@ impl tonic::service::Interceptor for Headers {
 }
 
 pub(crate) type Rpc = MessagingServiceClient<InterceptedService<Spread, Headers>>;
+/// txmq's extension (`txmq.v1.Transactions`), over the same channels and headers.
+pub(crate) type TxnRpc = txmq_proto::ext::transactions_client::TransactionsClient<InterceptedService<Spread, Headers>>;
 
 static CLIENT_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -180,7 +197,7 @@ pub(crate) fn new_client_id() -> String {
 /// A lazily connected channel: calls fail with [`Error::Unavailable`] while the broker is down
 /// and work again once it is back. With several addresses (nodes of a cluster, any of which
 /// serves every call), see [`Spread`].
-pub(crate) fn connect(config: &ClientConfig, client_id: &str) -> Result<Rpc> {
+pub(crate) fn connect(config: &ClientConfig, client_id: &str) -> Result<(Rpc, TxnRpc)> {
     let endpoints = config.endpoints()?;
     if endpoints.is_empty() {
         return Err(Error::InvalidArgument("no broker address".into()));
@@ -188,9 +205,10 @@ pub(crate) fn connect(config: &ClientConfig, client_id: &str) -> Result<Rpc> {
     let client_id = client_id
         .parse()
         .map_err(|_| Error::InvalidArgument(format!("client id {client_id:?} is not a valid header value")))?;
-    Ok(MessagingServiceClient::with_interceptor(
-        Spread::new(endpoints),
-        Headers { client_id, signer: Signer(config.credentials.clone()) },
+    let (spread, headers) = (Spread::new(endpoints), Headers { client_id, signer: Signer(config.credentials.clone()) });
+    Ok((
+        MessagingServiceClient::with_interceptor(spread.clone(), headers.clone()),
+        txmq_proto::ext::transactions_client::TransactionsClient::with_interceptor(spread, headers),
     ))
 }
 

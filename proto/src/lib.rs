@@ -6,6 +6,8 @@
 //!   official RocketMQ clients talk to txmq unchanged.
 //! - [`admin`]: `txmq.admin.v1`, our own operator API (`Admin`), served on the same port.
 //! - [`cluster`]: `txmq.cluster.v1`, between the nodes of a cluster, on the same port.
+//! - [`ext`]: `txmq.v1`, our extension of the messaging API for the txmq SDK (batched
+//!   transaction decisions), on the same port.
 //!
 //! Nothing here is hand-written Rust: the modules are `include!`s of prost/tonic output.
 
@@ -26,4 +28,9 @@ pub mod admin {
 /// `txmq.cluster.v1`: what the nodes of a cluster ask each other (check-backs).
 pub mod cluster {
     include!(concat!(env!("OUT_DIR"), "/txmq.cluster.v1.rs"));
+}
+
+/// `txmq.v1`: the `Transactions` extension (many transaction decisions in one call).
+pub mod ext {
+    include!(concat!(env!("OUT_DIR"), "/txmq.v1.rs"));
 }

@@ -12,7 +12,7 @@ pub(super) async fn load(broker: &str, args: &LoadArgs, scenario: Scenario) -> a
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let sender = Sender::connect(broker, scenario, &args.topic).await?;
+    let sender = Sender::connect(broker, scenario, &args.topic, args.sdk()).await?;
     let mut admin = admin::connect(broker).await?;
     // Warm up: creates the topic so that its creation is not measured.
     let run_id = micros_now();
@@ -58,8 +58,10 @@ pub(super) async fn load(broker: &str, args: &LoadArgs, scenario: Scenario) -> a
     drop(progress);
     let after = admin::fetch_status(&mut admin).await?;
     let (scenario, result_name) = match scenario {
-        Scenario::Send => ("send".into(), format!("send-durable-{}B", args.size)),
-        Scenario::Txn => ("txn (half + commit)".into(), format!("txn-half+commit-{}B", args.size)),
+        Scenario::Send => (format!("send{}", args.mode()), format!("send-durable-{}B{}", args.size, args.mode())),
+        Scenario::Txn => {
+            (format!("txn (half + commit){}", args.mode()), format!("txn-half+commit-{}B{}", args.size, args.mode()))
+        }
     };
     let run = Run {
         scenario,

@@ -111,6 +111,31 @@ pub struct LoadArgs {
     /// Topic for `send` and `txn` (created on first use); `e2e` uses a fresh topic each run.
     #[arg(long, default_value = "bench")]
     pub topic: String,
+    /// Send as an application using the txmq SDK does: natural batching (sends, and with
+    /// --txn commits, made while others are in flight leave together in one request, each with
+    /// its own result). Without: one request per send and per commit, as the official
+    /// RocketMQ clients send. Result names end in `-sdk`.
+    #[arg(long)]
+    pub sdk: bool,
+    /// With --sdk: requests of each kind (sends, half messages, decisions) in flight at once.
+    #[arg(long, default_value_t = txmq_client::Batching::default().in_flight)]
+    pub sdk_in_flight: usize,
+}
+
+impl LoadArgs {
+    /// SDK runs: the requests in flight per kind (`None`: not an SDK run).
+    pub(super) fn sdk(&self) -> Option<usize> {
+        self.sdk.then_some(self.sdk_in_flight)
+    }
+
+    /// The suffix of result names: `-sdk` for SDK runs.
+    pub(super) fn mode(&self) -> &'static str {
+        if self.sdk {
+            "-sdk"
+        } else {
+            ""
+        }
+    }
 }
 
 /// Runs one scenario against `broker` and prints its report.
@@ -140,7 +165,7 @@ pub(super) fn ok(s: Option<&v2::Status>) -> bool {
     s.is_some_and(|s| s.code == v2::Code::Ok as i32)
 }
 
-/// The SDK producer a scenario sends with: plain, or transactional (whose check-backs, if any
+/// The SDK producer a scenario sends with (unbatched unless `--sdk`): plain, or transactional (whose check-backs, if any
 /// come, answer "commit": every half message of a run is committed by the run itself).
 #[derive(Clone)]
 pub(super) enum Sender {
@@ -150,8 +175,17 @@ pub(super) enum Sender {
 
 impl Sender {
     /// Connects one SDK producer (one HTTP/2 connection, shared by every task of the run).
-    pub(super) async fn connect(broker: &str, scenario: Scenario, topic: &str) -> anyhow::Result<Self> {
-        let config = crate::connection::client_config(broker);
+    pub(super) async fn connect(
+        broker: &str,
+        scenario: Scenario,
+        topic: &str,
+        sdk: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        let batching = match sdk {
+            Some(in_flight) => txmq_client::Batching { in_flight, ..txmq_client::Batching::default() },
+            None => txmq_client::Batching::off(),
+        };
+        let config = crate::connection::client_config(broker).with_batching(batching);
         Ok(match scenario {
             Scenario::Send => Sender::Plain(
                 txmq_client::Producer::connect(config, &[topic])
@@ -214,7 +248,12 @@ pub(super) fn micros_now() -> u64 {
 
 /// A body of `size` bytes (at least 8) that starts with the current time in microseconds.
 pub(super) fn stamped_body(size: usize) -> Vec<u8> {
-    let mut body = micros_now().to_be_bytes().to_vec();
+    stamped_body_at(size, micros_now())
+}
+
+/// A body of `size` bytes (at least 8) that starts with `at`, in microseconds since the epoch.
+pub(super) fn stamped_body_at(size: usize, at: u64) -> Vec<u8> {
+    let mut body = at.to_be_bytes().to_vec();
     body.resize(size.max(8), b'x');
     body
 }

@@ -39,6 +39,7 @@ type GrpcResult<T> = Result<Response<T>, tonic::Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
 
 /// The service, sharing the broker with the admin API.
+#[derive(Clone)]
 pub struct Messaging {
     pub(crate) broker: Arc<Broker>,
     pub(crate) clients: Arc<Clients>,
@@ -99,7 +100,7 @@ fn refused(st: v2::Status, ids: Vec<String>) -> v2::SendMessageResponse {
 }
 
 /// The answer to a client over its in-flight limit.
-fn busy() -> v2::Status {
+pub(super) fn busy() -> v2::Status {
     status::status(&BrokerError::TooManyRequests("too many requests in progress for this client".into()))
 }
 
@@ -157,7 +158,7 @@ impl Drop for RpcTimer<'_> {
 
 impl Messaging {
     /// Counts a request against its client's in-flight limit; `None` when over it.
-    fn admit(&self, client: &str) -> Option<super::clients::InFlight<'_>> {
+    pub(super) fn admit(&self, client: &str) -> Option<super::clients::InFlight<'_>> {
         let max = self.broker.config().max_inflight_per_client;
         let slot = self.clients.admit(client, max);
         if slot.is_none() {
@@ -192,7 +193,7 @@ impl Messaging {
         }
     }
 
-    fn begin<T>(&self, rpc: &'static str, req: &Request<T>) -> (RpcTimer<'_>, String, Caller) {
+    pub(super) fn begin<T>(&self, rpc: &'static str, req: &Request<T>) -> (RpcTimer<'_>, String, Caller) {
         let client = client_id(req);
         let caller = Caller::of(&self.broker, req, &client, rpc);
         if caller.authenticated() {
@@ -637,30 +638,7 @@ impl MessagingService for Messaging {
         let Some(_slot) = self.admit(&client) else {
             return Ok(Response::new(v2::EndTransactionResponse { status: Some(busy()) }));
         };
-        let outcome = async {
-            let topic = req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
-            let (resolution, by) = convert::decision(req.resolution, req.source)?;
-            caller.user()?;
-            if by == Actor::Check && !req.transaction_id.is_empty() {
-                // The check is answered: no longer waited for (and its stream responsive again,
-                // when it went to this client), whatever the answer decides.
-                self.clients.check_answered(&req.transaction_id, &client);
-            }
-            // The policy is checked on the transaction's own topic, whatever the request names.
-            let may_end = |own: &str| caller.allow(&[(Resource::topic(own), Action::Pub)]);
-            self.broker
-                .end_transaction_if(&topic, &req.message_id, &req.transaction_id, resolution, by, None, may_end)
-                .await
-        }
-        .await;
-        let st = match outcome {
-            Ok(_) => ok(),
-            Err(e) => {
-                tracing::debug!(client_id = client, transaction_id = req.transaction_id, error = %e, "end transaction refused");
-                status::status(&e)
-            }
-        };
-        Ok(Response::new(v2::EndTransactionResponse { status: Some(st) }))
+        Ok(Response::new(v2::EndTransactionResponse { status: Some(self.decide(&client, &caller, req).await) }))
     }
 
     type TelemetryStream = ReceiverStream<Result<v2::TelemetryCommand, tonic::Status>>;
@@ -815,8 +793,36 @@ impl Messaging {
         }
     }
 
+    /// One transaction decision (EndTransaction's, or one of an EndTransactions call's) made
+    /// here; the caller was admitted already.
+    pub(crate) async fn decide(&self, client: &str, caller: &Caller, req: v2::EndTransactionRequest) -> v2::Status {
+        let outcome = async {
+            let topic = req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+            let (resolution, by) = convert::decision(req.resolution, req.source)?;
+            caller.user()?;
+            if by == Actor::Check && !req.transaction_id.is_empty() {
+                // The check is answered: no longer waited for (and its stream responsive again,
+                // when it went to this client), whatever the answer decides.
+                self.clients.check_answered(&req.transaction_id, client);
+            }
+            // The policy is checked on the transaction's own topic, whatever the request names.
+            let may_end = |own: &str| caller.allow(&[(Resource::topic(own), Action::Pub)]);
+            self.broker
+                .end_transaction_if(&topic, &req.message_id, &req.transaction_id, resolution, by, None, may_end)
+                .await
+        }
+        .await;
+        match outcome {
+            Ok(_) => ok(),
+            Err(e) => {
+                tracing::debug!(client_id = client, transaction_id = req.transaction_id, error = %e, "end transaction refused");
+                status::status(&e)
+            }
+        }
+    }
+
     /// The forwarder, when this request is one to route (clustered, and not forwarded).
-    fn cluster_path<T>(&self, req: &Request<T>) -> Option<Arc<Forwarder>> {
+    pub(super) fn cluster_path<T>(&self, req: &Request<T>) -> Option<Arc<Forwarder>> {
         self.cluster.clone().filter(|_| !forward::is_forwarded(req))
     }
 
@@ -1104,7 +1110,7 @@ impl Messaging {
         }))
     }
 
-    async fn cluster_end_transaction(
+    pub(super) async fn cluster_end_transaction(
         &self,
         fw: &Forwarder,
         req: Request<v2::EndTransactionRequest>,

@@ -9,6 +9,7 @@
 //! - [`status`]: broker errors → RocketMQ codes (the only place).
 //! - [`admin`]: the operator API.
 //! - [`caller`]: who is calling, and what they may do.
+//! - [`transactions`]: `txmq.v1.Transactions`, many transaction decisions in one call.
 //!
 //! Owns: connected clients and their streams ([`clients`]). Never touches the store or a
 //! part of the broker directly: every call goes through [`Broker`].
@@ -24,3 +25,4 @@ pub mod messaging;
 pub mod route;
 pub mod status;
 pub mod telemetry;
+pub mod transactions;

@@ -99,7 +99,7 @@ pub async fn run_with_metrics(
         },
         peers_only,
     };
-    let (messaging_gate, peers_gate) = (gate(false), gate(true));
+    let (messaging_gate, txn_gate, peers_gate) = (gate(false), gate(false), gate(true));
     let mut admin_gate = (gate(false), AdminGate { broker: broker.clone() });
     let forwarder = cluster.clone().map(|m| Arc::new(crate::grpc::forward::Forwarder::new(m)));
     let messaging = Messaging {
@@ -157,6 +157,11 @@ pub async fn run_with_metrics(
         // ~15 minutes of retransmissions.
         .http2_keepalive_interval(Some(broker.config().keepalive_interval))
         .http2_keepalive_timeout(Some(broker.config().keepalive_timeout))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            txmq_proto::ext::transactions_server::TransactionsServer::new(messaging.clone())
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            txn_gate,
+        ))
         .add_service(tonic::service::interceptor::InterceptedService::new(
             MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES),
             messaging_gate,

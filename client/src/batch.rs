@@ -1,0 +1,169 @@
+//! Natural batching: calls made while others are in flight wait, and leave together in the
+//! next request.
+//!
+//! There is no linger: an item submitted while fewer than [`Batching::in_flight`] requests are
+//! out leaves at once, alone, so an idle client pays no latency for batching. Under load,
+//! items gather while requests are out, and batches grow with the load up to the bounds.
+
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+/// Bounds of the SDK's natural batching (sends and transaction decisions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Items per request; 1 turns batching off (one request per call).
+    pub max_items: usize,
+    /// Message body bytes per request (an item larger than this still leaves, alone).
+    pub max_bytes: usize,
+    /// Requests in flight at once; further calls wait and form the next batches.
+    pub in_flight: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching { max_items: 128, max_bytes: 1 << 20, in_flight: 2 }
+    }
+}
+
+impl Batching {
+    /// One request per call.
+    pub fn off() -> Self {
+        Batching { max_items: 1, ..Batching::default() }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.max_items > 1
+    }
+}
+
+type Waiting<I, O> = (I, oneshot::Sender<O>);
+
+/// The queue the request tasks take batches from, and an item that did not fit the last batch.
+struct Queue<I, O> {
+    rx: mpsc::UnboundedReceiver<Waiting<I, O>>,
+    held: Option<Waiting<I, O>>,
+}
+
+/// Submits items one at a time; `in_flight` tasks send them in batches. The tasks end when the
+/// batcher is dropped (after the items already submitted).
+pub(crate) struct Batcher<I, O> {
+    tx: mpsc::UnboundedSender<Waiting<I, O>>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// `call` sends one batch and returns one output per item, in order; `size` is an item's
+    /// weight against [`Batching::max_bytes`].
+    pub fn start<F, Fut>(limits: Batching, size: fn(&I) -> usize, call: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<O>> + Send,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Mutex::new(Queue { rx, held: None }));
+        let call = Arc::new(call);
+        for _ in 0..limits.in_flight.max(1) {
+            let (queue, call) = (queue.clone(), call.clone());
+            tokio::spawn(async move {
+                while let Some(batch) = next_batch(&queue, limits, size).await {
+                    let (items, replies): (Vec<I>, Vec<oneshot::Sender<O>>) = batch.into_iter().unzip();
+                    let outputs = call(items).await;
+                    for (reply, out) in replies.into_iter().zip(outputs) {
+                        let _ = reply.send(out);
+                    }
+                }
+            });
+        }
+        Batcher { tx }
+    }
+
+    /// Submits `item` and waits for its output; `None` when the batcher's tasks are gone.
+    pub async fn submit(&self, item: I) -> Option<O> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((item, reply)).ok()?;
+        answer.await.ok()
+    }
+}
+
+/// Waits for one item, then takes every item already waiting, within the bounds.
+async fn next_batch<I, O>(
+    queue: &Mutex<Queue<I, O>>,
+    limits: Batching,
+    size: fn(&I) -> usize,
+) -> Option<Vec<Waiting<I, O>>> {
+    let mut q = queue.lock().await;
+    let first = match q.held.take() {
+        Some(w) => w,
+        None => q.rx.recv().await?,
+    };
+    let mut bytes = size(&first.0);
+    let mut batch = vec![first];
+    while batch.len() < limits.max_items.max(1) {
+        let Ok(next) = q.rx.try_recv() else { break };
+        let more = size(&next.0);
+        if bytes + more > limits.max_bytes {
+            q.held = Some(next);
+            break;
+        }
+        bytes += more;
+        batch.push(next);
+    }
+    Some(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn unit(_: &u32) -> usize {
+        1
+    }
+
+    #[tokio::test]
+    async fn an_idle_call_leaves_alone_and_calls_under_load_share_requests() {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let r = requests.clone();
+        let limits = Batching { max_items: 10, max_bytes: 1000, in_flight: 1 };
+        let b = Arc::new(Batcher::start(limits, unit, move |items: Vec<u32>| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                items.into_iter().map(|i| i * 2).collect::<Vec<_>>()
+            }
+        }));
+        assert_eq!(b.submit(21).await, Some(42));
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        let calls: Vec<_> =
+            (0..25u32).map(|i| (i, b.clone())).map(|(i, b)| tokio::spawn(async move { b.submit(i).await })).collect();
+        for (i, c) in calls.into_iter().enumerate() {
+            assert_eq!(c.await.unwrap(), Some(i as u32 * 2), "each call gets its own output");
+        }
+        let used = requests.load(Ordering::SeqCst) - 1;
+        assert!((3..25).contains(&used), "25 calls in {used} requests of at most 10");
+    }
+
+    #[tokio::test]
+    async fn batches_keep_to_the_byte_bound() {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = sizes.clone();
+        let limits = Batching { max_items: 100, max_bytes: 3, in_flight: 1 };
+        let b = Arc::new(Batcher::start(limits, unit, move |items: Vec<u32>| {
+            s.lock().unwrap().push(items.len());
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                items
+            }
+        }));
+        let calls: Vec<_> = (0..10u32)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { b.submit(i).await })
+            })
+            .collect();
+        for c in calls {
+            assert!(c.await.unwrap().is_some());
+        }
+        assert!(sizes.lock().unwrap().iter().all(|n| *n <= 3), "{:?}", sizes.lock().unwrap());
+    }
+}
