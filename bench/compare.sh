@@ -5,7 +5,8 @@
 # usage: bench/compare.sh [SECTION ...]   sections: install txmq restart pg rabbit nats redis fsync grpc sled
 #        (default: txmq restart pg rabbit). `install` (root, Debian 12) installs the peers' servers
 #        and tools and builds their load generators; run it once on a new machine.
-# env:   REPS (3) runs per scenario, SECS (5) seconds per run, OUT (RESULT file),
+# env:   REPS (3) runs per scenario, taken in turns (rep 1 of every system, then rep 2, ...),
+#        SECS (5) seconds per run, OUT (RESULT file; stderr of every run beside it, .stderr.log),
 #        PEERS (../shared/peers), PEERS_BUILD (/var/tmp/txmq-peers), RESTART_MESSAGES (1000000).
 # Every server listens on 127.0.0.1 only and is stopped by PID; every load is bounded in time.
 set -u
@@ -30,29 +31,49 @@ start_broker() { # fresh unless $1 = keep
   log "txmq broker did not start"; return 1
 }
 stop_broker() { kill -TERM "$BROKER" 2>/dev/null; wait "$BROKER" 2>/dev/null; }
-run() { $MEASURE --srv-pid "$BROKER" -- $TXMQ bench "$@" --duration "${SECS}s" 2>/dev/null | grep '^RESULT' | tee -a "$OUT"; }
+ERRLOG=${OUT%.txt}.stderr.log
+write_bytes() { awk '/^write_bytes/ {print $2}' "/proc/$BROKER/io"; }
+# One txmq bench run: its RESULT line with the CPU accounting, the bytes the broker wrote to
+# disk per message (/proc/PID/io) and the rep. stderr goes to $ERRLOG, never to /dev/null.
+run() {
+  echo "# loadavg $(cut -d' ' -f1-3 /proc/loadavg) before: bench $*" >> "$OUT"
+  local w0 w1 line msgs
+  w0=$(write_bytes)
+  line=$($MEASURE --srv-pid "$BROKER" -- $TXMQ bench "$@" 2>>"$ERRLOG" | grep '^RESULT')
+  w1=$(write_bytes)
+  [ -n "$line" ] || { log "no result from: bench $*"; return; }
+  msgs=$(echo "$line" | sed -n 's/.* msgs=\([0-9]*\).*/\1/p')
+  echo "$line disk_bytes_per_msg=$(( (w1 - w0) / (msgs > 0 ? msgs : 1) )) rep=${REP:-1}" | tee -a "$OUT"
+}
+timed() { run "$@" --duration "${SECS}s"; }
 
-do_txmq() {
+do_txmq() { # one rep of every txmq row
   (cd "$ROOT" && cargo build --release -q -p txmq-broker -p txmq) || return 1
   start_broker || return 1
-  log "txmq $($TXMQ status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])') pid=$BROKER"
-  log "loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
-  for r in $(seq "$REPS"); do
-    run send --concurrency 1
-    run send --concurrency 64
-    run txn --concurrency 64
-    $MEASURE --srv-pid "$BROKER" -- $TXMQ bench consume --backlog 100000 2>/dev/null | grep '^RESULT' | tee -a "$OUT"
-    run e2e --concurrency 64
-    run e2e --concurrency 64 --rate "${E2E_RATE:-2000}"
-    run e2e --txn --concurrency 64
-    run e2e --txn --concurrency 64 --rate "${E2E_RATE:-2000}"
-    # The same with one AckMessage call per receive (the protocol allows it; the official
-    # clients send one per message).
-    $MEASURE --srv-pid "$BROKER" -- $TXMQ bench consume --backlog 100000 --ack-batch 2>/dev/null | grep '^RESULT' | tee -a "$OUT"
-    run e2e --concurrency 64 --ack-batch
-    run e2e --txn --concurrency 64 --ack-batch
-    $MEASURE --srv-pid "$BROKER" -- $TXMQ bench checkback --count 10000 --check-after 6s 2>/dev/null | grep '^RESULT' | tee -a "$OUT"
-  done
+  log "txmq $($TXMQ status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])') pid=$BROKER rep=${REP:-1}"
+  timed send --concurrency 1
+  timed send --concurrency 64
+  timed send --concurrency 64 --sdk
+  timed txn --concurrency 64
+  timed txn --concurrency 64 --sdk
+  run consume --backlog 100000
+  timed e2e --concurrency 64
+  # One consumer, as RabbitMQ's e2e row runs.
+  timed e2e --concurrency 64 --consumers 1
+  timed e2e --concurrency 64 --rate "${E2E_RATE:-2000}"
+  timed e2e --txn --concurrency 64
+  timed e2e --txn --concurrency 64 --sdk
+  # Eight clients, as the PostgreSQL outbox row runs.
+  timed e2e --txn --concurrency 8
+  timed e2e --txn --concurrency 8 --sdk
+  timed e2e --txn --concurrency 64 --rate "${E2E_RATE:-2000}"
+  timed e2e --txn --concurrency 64 --rate 5000
+  # The same with one AckMessage call per receive (the protocol allows it; the official
+  # clients send one per message).
+  run consume --backlog 100000 --ack-batch
+  timed e2e --concurrency 64 --ack-batch
+  timed e2e --txn --concurrency 64 --ack-batch
+  run checkback --count 10000 --check-after 6s
   stop_broker
 }
 
@@ -88,15 +109,32 @@ do_install() {
   OUT=/dev/null "$PEERS/run.sh" build > /dev/null
 }
 
+# A peer's section for one rep: its RESULT lines tagged with the rep.
+peer() {
+  local tmp; tmp=$(mktemp)
+  REPS=1 OUT=$tmp "$PEERS/run.sh" "$1" > /dev/null 2>>"$ERRLOG"
+  sed "/^RESULT /s/\$/ rep=$REP/" "$tmp" | tee -a "$OUT" | grep '^RESULT' >&2
+  rm -f "$tmp"
+}
+
 for s in "$@"; do
   case $s in
     install) do_install ;;
-    txmq) do_txmq ;;
-    restart) do_restart ;;
-    pg|rabbit|nats|redis|fsync|grpc|sled)
-      "$PEERS/run.sh" "$s" > /dev/null ;;
+    txmq|restart|pg|rabbit|nats|redis|fsync|grpc|sled) ;;
     *) echo "unknown section $s" >&2; exit 2 ;;
   esac
+done
+# The systems take turns rep by rep (txmq, then each peer, then again), so that the host's
+# drift over the minutes a section takes falls on all of them alike.
+for REP in $(seq "$REPS"); do
+  export REP
+  for s in "$@"; do
+    case $s in
+      txmq) do_txmq ;;
+      restart) [ "$REP" = 1 ] && do_restart ;;
+      pg|rabbit|nats|redis|fsync|grpc|sled) peer "$s" ;;
+    esac
+  done
 done
 grep -q '^RESULT' "$OUT" 2>/dev/null || exit 0
 echo "raw results: $OUT" >&2

@@ -31,8 +31,8 @@ async fn node(etcd: &str, dir: &std::path::Path, id: &str, listen: &str) -> Runn
     common::start(config).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sdk_given_every_node_goes_on_while_one_is_away() {
+/// A real etcd and three nodes in this process, once all three are members.
+async fn three_nodes() -> (etcd::Etcd, Vec<tempfile::TempDir>, Vec<RunningBroker>) {
     let etcd = etcd::Etcd::start();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = Vec::new();
@@ -46,6 +46,13 @@ async fn the_sdk_given_every_node_goes_on_while_one_is_away() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    (etcd, dirs, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_given_every_node_goes_on_while_one_is_away() {
+    let (etcd, dirs, mut nodes) = three_nodes().await;
+    let mut admin = common::admin(&nodes[0]).await;
     let req =
         pb::CreateTopicRequest { name: "orders".into(), r#type: pb::TopicType::Transaction as i32, queue_count: 6 };
     assert_eq!(admin.create_topic(req).await.unwrap().into_inner().status.unwrap().code, pb::StatusCode::Ok as i32);
@@ -112,19 +119,8 @@ fn calls(b: &RunningBroker, rpc: &str) -> u64 {
 /// transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_decisions_reach_each_transactions_owner() {
-    let etcd = etcd::Etcd::start();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        nodes.push(node(&etcd.url, d.path(), &format!("n{}", i + 1), "127.0.0.1:0").await);
-    }
+    let (etcd, _dirs, nodes) = three_nodes().await;
     let mut admin = common::admin(&nodes[0]).await;
-    for _ in 0..50 {
-        if admin.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner().nodes.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let req =
         pb::CreateTopicRequest { name: "payments".into(), r#type: pb::TopicType::Transaction as i32, queue_count: 6 };
     assert_eq!(admin.create_topic(req).await.unwrap().into_inner().status.unwrap().code, pb::StatusCode::Ok as i32);
@@ -154,7 +150,8 @@ async fn batched_decisions_reach_each_transactions_owner() {
     let mut got = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while got.len() < want.len() && Instant::now() < deadline {
-        for m in c.receive_for("payments", "*", 32, Duration::from_secs(30), Duration::from_millis(500)).await.unwrap() {
+        for m in c.receive_for("payments", "*", 32, Duration::from_secs(30), Duration::from_millis(500)).await.unwrap()
+        {
             c.ack(&m).await.unwrap();
             got.insert(String::from_utf8(m.body).unwrap());
         }

@@ -163,11 +163,13 @@ pub(super) async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> 
             if args.rate > 0 { format!(", paced at {}/s", args.rate) } else { String::new() }
         ),
         result_name: format!(
-            "e2e-{}+receive+ack{}-{}B{paced}{}",
+            "e2e-{}+receive+ack{}-{}B{paced}{}{}",
             if args.txn { "txn-half+commit" } else { "send" },
             if args.ack_batch { "-batched" } else { "" },
             load.size,
-            load.mode()
+            load.mode(),
+            // Four consumers unless said otherwise (the name of earlier runs' rows).
+            if args.consumers == 4 { String::new() } else { format!("-consumers{}", args.consumers) }
         ),
         concurrency: load.concurrency,
         size: load.size,

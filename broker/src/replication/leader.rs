@@ -296,17 +296,8 @@ impl Leader {
             f.joining_from = None;
         }
         self.acked.notify_all();
-        let epoch = self.membership.epoch();
         for _ in 0..10 {
-            let mut r = self
-                .membership
-                .shard_record(&self.shard)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("the shard has no replica set in etcd")?;
-            if r.leader_epoch != epoch {
-                return Err(format!("the shard is led at epoch {} now", r.leader_epoch));
-            }
+            let mut r = self.own_record().await?;
             r.followers.retain(|f| f != node);
             r.in_sync.retain(|f| f != node);
             if let Some(r) = self.membership.put_shard_record_if(&r).await.map_err(|e| e.to_string())? {
@@ -367,17 +358,26 @@ impl Leader {
         Ok(())
     }
 
-    /// Names `target` as the node taking the shard over, with no leader epoch (no in-sync change
-    /// of this leader succeeds from then on), if the replica set is still this leader's.
-    async fn fence_for(&self, target: &str) -> Result<(), String> {
-        let mut r = self
+    /// The replica set as etcd holds it, if it is still this leader's (its epoch).
+    async fn own_record(&self) -> Result<ShardRecord, String> {
+        let r = self
             .membership
             .shard_record(&self.shard)
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the shard has no replica set in etcd")?;
-        if r.leader_epoch != self.membership.epoch() || !r.in_sync.iter().any(|n| n == target) {
-            return Err("the replica set changed".into());
+        if r.leader_epoch != self.membership.epoch() {
+            return Err(format!("the shard is led at epoch {} now", r.leader_epoch));
+        }
+        Ok(r)
+    }
+
+    /// Names `target` as the node taking the shard over, with no leader epoch (no in-sync change
+    /// of this leader succeeds from then on), if the replica set is still this leader's.
+    async fn fence_for(&self, target: &str) -> Result<(), String> {
+        let mut r = self.own_record().await?;
+        if !r.in_sync.iter().any(|n| n == target) {
+            return Err(format!("{target} left the in-sync set"));
         }
         r.leader_epoch = 0;
         r.taken_by = target.to_string();
