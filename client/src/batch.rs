@@ -77,12 +77,61 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         Batcher { tx }
     }
 
+    /// [`Self::start`] with `call(target, batch)` on a clone of `target` (a client handle) for
+    /// each batch.
+    pub fn start_on<T, F, Fut>(limits: Batching, size: fn(&I) -> usize, target: T, call: F) -> Self
+    where
+        T: Clone + Send + Sync + 'static,
+        F: Fn(T, Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<O>> + Send,
+    {
+        Self::start(limits, size, move |items| call(target.clone(), items))
+    }
+
     /// Submits `item` and waits for its output; `None` when the batcher's tasks are gone.
     pub async fn submit(&self, item: I) -> Option<O> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((item, reply)).ok()?;
         answer.await.ok()
     }
+}
+
+/// Splits a batch into the groups one request can carry (an item joins the first group whose
+/// first item `fits` it), sends every group at once with `call` (one output per item, in
+/// order), and returns the outputs in the batch's order (`missing()` for an item a call left
+/// unanswered).
+pub(crate) async fn in_groups<I, O, Fut>(
+    items: Vec<I>,
+    fits: impl Fn(&I, &I) -> bool,
+    call: impl Fn(Vec<I>) -> Fut,
+    missing: impl Fn() -> O,
+) -> Vec<O>
+where
+    Fut: Future<Output = Vec<O>>,
+{
+    let total = items.len();
+    let mut groups: Vec<(Vec<usize>, Vec<I>)> = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        match groups.iter_mut().find(|(_, g)| fits(&g[0], &item)) {
+            Some((at, g)) => {
+                at.push(i);
+                g.push(item);
+            }
+            None => groups.push((vec![i], vec![item])),
+        }
+    }
+    let sent = futures_util::future::join_all(groups.into_iter().map(|(at, g)| {
+        let answers = call(g);
+        async move { (at, answers.await) }
+    }))
+    .await;
+    let mut out: Vec<Option<O>> = (0..total).map(|_| None).collect();
+    for (at, answers) in sent {
+        for (i, a) in at.into_iter().zip(answers) {
+            out[i] = Some(a);
+        }
+    }
+    out.into_iter().map(|a| a.unwrap_or_else(&missing)).collect()
 }
 
 /// Waits for one item, then takes every item already waiting, within the bounds.
@@ -141,6 +190,24 @@ mod tests {
         }
         let used = requests.load(Ordering::SeqCst) - 1;
         assert!((3..25).contains(&used), "25 calls in {used} requests of at most 10");
+    }
+
+    #[tokio::test]
+    async fn groups_go_in_one_call_each_and_outputs_keep_the_items_order() {
+        let calls = std::sync::Mutex::new(Vec::new());
+        let out = in_groups(
+            vec![1u32, 12, 3, 14, 5, 16],
+            |a, b| a / 10 == b / 10,
+            |g: Vec<u32>| {
+                calls.lock().unwrap().push(g.clone());
+                // The call answers all but the last item of a group.
+                async move { g.iter().take(g.len() - 1).map(|i| i * 2).collect::<Vec<_>>() }
+            },
+            || 0,
+        )
+        .await;
+        assert_eq!(*calls.lock().unwrap(), vec![vec![1, 3, 5], vec![12, 14, 16]]);
+        assert_eq!(out, vec![2, 24, 6, 28, 0, 0]);
     }
 
     #[tokio::test]

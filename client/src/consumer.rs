@@ -54,15 +54,8 @@ impl SimpleConsumer {
         let session = Session::start(config, settings, v2::ClientType::SimpleConsumer, Some(group.to_string()), None)?;
         let mut c = Self { session, group: group.to_string(), acks: None };
         if batching.enabled() {
-            let plain = c.clone();
-            let acks = Batcher::start(
-                batching,
-                |_| 0,
-                move |acks| {
-                    let plain = plain.clone();
-                    async move { plain.ack_together(acks).await }
-                },
-            );
+            let acks =
+                Batcher::start_on(batching, |_| 0, c.clone(), |c, acks| async move { c.ack_together(acks).await });
             c.acks = Some(Arc::new(acks));
         }
         Ok(c)
@@ -141,48 +134,30 @@ impl SimpleConsumer {
 
     /// Acks of one topic in one AckMessage request each; every ack gets its entry's status.
     async fn ack_together(&self, acks: Vec<Ack>) -> Vec<Result<()>> {
-        let mut topics: Vec<(String, Vec<usize>)> = Vec::new();
-        for (i, (topic, _, _)) in acks.iter().enumerate() {
-            match topics.iter_mut().find(|(t, _)| t == topic) {
-                Some((_, at)) => at.push(i),
-                None => topics.push((topic.clone(), vec![i])),
-            }
-        }
-        let calls = topics.into_iter().map(|(topic, at)| {
-            let entries = at
-                .iter()
-                .map(|i| v2::AckMessageEntry {
-                    message_id: acks[*i].1.clone(),
-                    receipt_handle: acks[*i].2.clone(),
-                    lite_topic: None,
-                })
-                .collect();
+        let ack = |group: Vec<Ack>| async move {
             let req = v2::AckMessageRequest {
                 group: transport::resource(&self.group),
-                topic: transport::resource(&topic),
-                entries,
+                topic: transport::resource(&group[0].0),
+                entries: group
+                    .iter()
+                    .map(|(_, id, handle)| v2::AckMessageEntry {
+                        message_id: id.clone(),
+                        receipt_handle: handle.clone(),
+                        lite_topic: None,
+                    })
+                    .collect(),
             };
-            async move {
-                let r = transport::call(self.session.config.request_timeout, self.session.rpc.clone().ack_message(req))
-                    .await;
-                let answers: Vec<Result<()>> = match r {
-                    // Each entry's own status; the request's when it has none per entry.
-                    Ok(r) if r.entries.len() == at.len() => {
-                        r.entries.iter().map(|e| transport::check(e.status.as_ref().or(r.status.as_ref()))).collect()
-                    }
-                    Ok(r) => at.iter().map(|_| transport::check(r.status.as_ref())).collect(),
-                    Err(e) => at.iter().map(|_| Err(e.same())).collect(),
-                };
-                (at, answers)
+            match transport::call(self.session.config.request_timeout, self.session.rpc.clone().ack_message(req)).await
+            {
+                // Each entry's own status; the request's when it has none per entry.
+                Ok(r) if r.entries.len() == group.len() => {
+                    r.entries.iter().map(|e| transport::check(e.status.as_ref().or(r.status.as_ref()))).collect()
+                }
+                Ok(r) => group.iter().map(|_| transport::check(r.status.as_ref())).collect(),
+                Err(e) => group.iter().map(|_| Err(e.same())).collect::<Vec<_>>(),
             }
-        });
-        let mut out: Vec<Result<()>> = acks.iter().map(|_| Err(Error::Closed)).collect();
-        for (at, answers) in futures_util::future::join_all(calls).await {
-            for (i, a) in at.into_iter().zip(answers) {
-                out[i] = a;
-            }
-        }
-        out
+        };
+        crate::batch::in_groups(acks, |a: &Ack, b: &Ack| a.0 == b.0, ack, || Err(Error::Closed)).await
     }
 
     /// Makes the message visible again after `invisible` (a retry later); its handle changes.

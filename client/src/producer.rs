@@ -69,25 +69,24 @@ impl Producer {
         let session = Session::start(config, settings, v2::ClientType::Producer, None, on_command)?;
         let mut p = Producer { session, routes: Arc::new(Mutex::new(HashMap::new())), batcher: None, decisions: None };
         if batching.enabled() && transactional {
-            let plain = p.clone();
-            let batcher = Batcher::start(
+            let decisions = Batcher::start_on(
                 batching,
                 |_| 0,
-                move |decisions| {
-                    let plain = plain.clone();
-                    async move { crate::transaction::end_together(&plain, decisions).await }
-                },
+                p.clone(),
+                |p, decisions| async move { crate::transaction::end_together(&p, decisions).await },
             );
-            p.decisions = Some(Arc::new(batcher));
+            p.decisions = Some(Arc::new(decisions));
         }
         if batching.enabled() {
-            let plain = p.clone();
             let size: fn(&(Message, bool)) -> usize = |(m, _)| m.body.len();
-            let batcher = Batcher::start(batching, size, move |messages| {
-                let plain = plain.clone();
-                async move { plain.send_together(messages).await }
-            });
-            p.batcher = Some(Arc::new(batcher));
+            let sends =
+                Batcher::start_on(
+                    batching,
+                    size,
+                    p.clone(),
+                    |p, messages| async move { p.send_together(messages).await },
+                );
+            p.batcher = Some(Arc::new(sends));
         }
         for t in topics {
             p.route(t).await?;
@@ -145,52 +144,31 @@ impl Producer {
     /// several is refused for a reason a retry cannot fix (one invalid message), each of its
     /// messages is sent alone, so only the invalid one fails.
     async fn send_together(&self, messages: Vec<(Message, bool)>) -> Vec<Result<v2::SendResultEntry>> {
-        let mut groups: Vec<(Vec<usize>, bool, Vec<Message>)> = Vec::new();
-        for (i, (m, half)) in messages.into_iter().enumerate() {
-            let joins = groups.iter_mut().find(|(_, h, g)| {
-                *h == half
-                    && m.deliver_at.is_none()
-                    && g[0].deliver_at.is_none()
-                    && g[0].topic == m.topic
-                    && g[0].message_group == m.message_group
-            });
-            match joins {
-                Some((at, _, g)) => {
-                    at.push(i);
-                    g.push(m);
-                }
-                None => groups.push((vec![i], half, vec![m])),
-            }
-        }
-        let total: usize = groups.iter().map(|(at, _, _)| at.len()).sum();
-        let sent = futures_util::future::join_all(groups.into_iter().map(|(at, half, g)| async move {
-            let answers = match self.send_wire(&mut g.clone(), half).await {
+        let fits = |(a, a_half): &(Message, bool), (b, b_half): &(Message, bool)| {
+            a_half == b_half
+                && a.deliver_at.is_none()
+                && b.deliver_at.is_none()
+                && a.topic == b.topic
+                && a.message_group == b.message_group
+        };
+        let send = |group: Vec<(Message, bool)>| async move {
+            let half = group[0].1;
+            let mut g: Vec<Message> = group.into_iter().map(|(m, _)| m).collect();
+            match self.send_wire(&mut g, half).await {
                 Ok(entries) if entries.len() == g.len() => entries.into_iter().map(Ok).collect(),
                 Ok(_) => g.iter().map(|_| Err(no_entry())).collect(),
                 Err(e) if g.len() > 1 && !e.is_retryable() => {
+                    // The same ids again (send_wire gave each message one): nothing was stored.
                     let mut one_by_one = Vec::with_capacity(g.len());
                     for m in g {
                         one_by_one.push(self.send_alone(m, half).await);
                     }
                     one_by_one
                 }
-                Err(e) => {
-                    let mut answers: Vec<Result<v2::SendResultEntry>> =
-                        g.iter().skip(1).map(|_| Err(e.same())).collect();
-                    answers.insert(0, Err(e));
-                    answers
-                }
-            };
-            (at, answers)
-        }))
-        .await;
-        let mut out: Vec<Option<Result<v2::SendResultEntry>>> = (0..total).map(|_| None).collect();
-        for (at, answers) in sent {
-            for (i, a) in at.into_iter().zip(answers) {
-                out[i] = Some(a);
+                Err(e) => g.iter().map(|_| Err(e.same())).collect(),
             }
-        }
-        out.into_iter().map(|a| a.unwrap_or_else(|| Err(no_entry()))).collect()
+        };
+        crate::batch::in_groups(messages, fits, send, || Err(no_entry())).await
     }
 
     /// Sends several messages of one topic in one request (stored together, in one queue).

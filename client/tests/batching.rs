@@ -28,6 +28,19 @@ fn calls(broker: &RunningBroker, rpc: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |v| v.trim().parse().unwrap())
 }
 
+/// One task per body, each sending it to `orders` through `p` at once.
+fn spawn_sends(
+    p: &Producer,
+    bodies: impl Iterator<Item = Vec<u8>>,
+) -> Vec<tokio::task::JoinHandle<txmq_client::Result<txmq_client::SendReceipt>>> {
+    bodies
+        .map(|body| {
+            let p = p.clone();
+            tokio::spawn(async move { p.send(Message::new("orders", body)).await })
+        })
+        .collect()
+}
+
 async fn receive_bodies(broker: &RunningBroker, group: &str, topic: &str, want: usize) -> Vec<String> {
     let c = SimpleConsumer::connect(ClientConfig::new(broker.access_point()), group).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -47,12 +60,7 @@ async fn concurrent_sends_share_requests_and_keep_their_own_receipts() {
     let broker = start(dir.path()).await;
     let p = Producer::connect(ClientConfig::new(broker.access_point()), &["orders"]).await.unwrap();
     let before = calls(&broker, "SendMessage");
-    let sends: Vec<_> = (0..200)
-        .map(|i| {
-            let p = p.clone();
-            tokio::spawn(async move { p.send(Message::new("orders", format!("order {i}"))).await })
-        })
-        .collect();
+    let sends = spawn_sends(&p, (0..200).map(|i| format!("order {i}").into_bytes()));
     let mut ids = BTreeSet::new();
     for s in sends {
         ids.insert(s.await.unwrap().unwrap().message_id);
@@ -71,14 +79,9 @@ async fn one_invalid_message_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path()).await;
     let p = Producer::connect(ClientConfig::new(broker.access_point()), &["orders"]).await.unwrap();
-    let sends: Vec<_> = (0..40)
-        .map(|i| {
-            let p = p.clone();
-            // Message 17 is larger than the broker's --max-body-size: only it is refused.
-            let body = if i == 17 { vec![b'x'; 8192] } else { format!("order {i}").into_bytes() };
-            tokio::spawn(async move { p.send(Message::new("orders", body)).await })
-        })
-        .collect();
+    // Message 17 is larger than the broker's --max-body-size: only it is refused.
+    let bodies = (0..40).map(|i| if i == 17 { vec![b'x'; 8192] } else { format!("order {i}").into_bytes() });
+    let sends = spawn_sends(&p, bodies);
     for (i, s) in sends.into_iter().enumerate() {
         let r = s.await.unwrap();
         if i == 17 {
@@ -127,12 +130,7 @@ async fn batching_off_sends_one_request_per_message() {
     let config = ClientConfig::new(broker.access_point()).with_batching(Batching::off());
     let p = Producer::connect(config, &["orders"]).await.unwrap();
     let before = calls(&broker, "SendMessage");
-    let sends: Vec<_> = (0..30)
-        .map(|i| {
-            let p = p.clone();
-            tokio::spawn(async move { p.send(Message::new("orders", format!("o{i}"))).await })
-        })
-        .collect();
+    let sends = spawn_sends(&p, (0..30).map(|i| format!("o{i}").into_bytes()));
     for s in sends {
         s.await.unwrap().unwrap();
     }

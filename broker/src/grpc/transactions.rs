@@ -18,6 +18,18 @@ fn answer(st: v2::Status, results: Vec<DecisionResult>) -> Response<EndTransacti
     Response::new(EndTransactionsResponse { code: st.code, message: st.message, results })
 }
 
+/// A decision as the EndTransaction request with the same fields.
+fn single(d: txmq_proto::ext::Decision) -> v2::EndTransactionRequest {
+    v2::EndTransactionRequest {
+        topic: Some(v2::Resource { name: d.topic, ..Default::default() }),
+        message_id: d.message_id,
+        transaction_id: d.transaction_id,
+        resolution: d.resolution,
+        source: d.source,
+        trace_context: String::new(),
+    }
+}
+
 #[tonic::async_trait]
 impl Transactions for Messaging {
     async fn end_transactions(
@@ -30,25 +42,18 @@ impl Transactions for Messaging {
             return Ok(answer(status::with(Code::BadRequest, why), Vec::new()));
         }
         let (metadata, extensions, body) = req.into_parts();
-        let one = |d: txmq_proto::ext::Decision| {
-            let single = v2::EndTransactionRequest {
-                topic: Some(v2::Resource { name: d.topic, ..Default::default() }),
-                message_id: d.message_id,
-                transaction_id: d.transaction_id,
-                resolution: d.resolution,
-                source: d.source,
-                trace_context: String::new(),
-            };
-            Request::from_parts(metadata.clone(), extensions.clone(), single)
-        };
-        let probe = Request::from_parts(metadata.clone(), extensions.clone(), ());
+        let probe = Request::from_parts(metadata, extensions, ());
         let (_timer, client, caller) = self.begin("EndTransactions", &probe);
         let Some(_slot) = self.admit(&client) else {
             return Ok(answer(super::messaging::busy(), Vec::new()));
         };
-        // In a cluster each decision is forwarded to its owner, as EndTransaction forwards it.
+        // In a cluster each decision is forwarded to its owner, as EndTransaction forwards it
+        // (with this call's headers: the caller's signature and the client it names).
         if let Some(fw) = self.cluster_path(&probe) {
-            let calls = body.decisions.into_iter().map(|d| self.cluster_end_transaction(&fw, one(d)));
+            let calls = body.decisions.into_iter().map(|d| {
+                let req = Request::from_parts(probe.metadata().clone(), probe.extensions().clone(), single(d));
+                self.cluster_end_transaction(&fw, req)
+            });
             let results = futures_util::future::join_all(calls)
                 .await
                 .into_iter()
@@ -64,11 +69,7 @@ impl Transactions for Messaging {
                 .collect();
             return Ok(answer(status::ok(), results));
         }
-        let calls = body.decisions.into_iter().map(|d| {
-            let req = one(d).into_inner();
-            let (client, caller) = (&client, &caller);
-            async move { self.decide(client, caller, req).await }
-        });
+        let calls = body.decisions.into_iter().map(|d| self.decide(&client, &caller, single(d)));
         let results = futures_util::future::join_all(calls)
             .await
             .into_iter()

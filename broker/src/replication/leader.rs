@@ -177,11 +177,19 @@ impl Leader {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(period) => {}
             }
-            if let Err(e) = self.reconcile(&tasks, &shutdown).await {
+            // Which nodes run as themselves, and which are drained: read once for both.
+            let hosts = self.membership.live_hosts().await;
+            let drained = self.membership.drained().await;
+            let (Ok(hosts), Ok(drained)) = (hosts, drained) else {
+                tracing::debug!(shard = self.shard, "live and drained nodes not read from etcd");
+                continue;
+            };
+            let drained: HashSet<String> = drained.into_iter().collect();
+            if let Err(e) = self.reconcile(&tasks, &shutdown, &hosts, &drained).await {
                 tracing::debug!(shard = self.shard, error = %e, "replica set not reconciled");
             }
-            if self.membership.acting_on().is_none() {
-                match self.step_down_if_drained().await {
+            if self.membership.acting_on().is_none() && drained.contains(&self.shard) {
+                match self.step_down(&hosts, &drained).await {
                     Err(e) if e != warned => {
                         tracing::warn!(shard = self.shard, error = %e, "drained, but the shard cannot move yet");
                         warned = e;
@@ -210,13 +218,13 @@ impl Leader {
         self: &Arc<Self>,
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
+        hosts: &HashSet<String>,
+        drained: &HashSet<String>,
     ) -> Result<(), crate::cluster::ClusterError> {
         let Some(record) = self.membership.shard_record(&self.shard).await? else { return Ok(()) };
         if record.leader_epoch != self.membership.epoch() {
             return Ok(());
         }
-        let hosts = self.membership.live_hosts().await?;
-        let drained: HashSet<String> = self.membership.drained().await?.into_iter().collect();
         let gone: Vec<String> = {
             let mut missing = crate::sync::lock(&self.missing);
             missing.retain(|n, _| record.followers.contains(n) && !hosts.contains(n));
@@ -312,18 +320,16 @@ impl Leader {
         Err("the replica set kept changing".into())
     }
 
-    /// On a drained node: hands the shard to an in-sync copy on a live, undrained node without
-    /// losing a write or waiting for a lease. Writes stop here; once that copy has acknowledged
-    /// the last one, the replica set names it as the node taking the shard over (fencing this
-    /// leader, as a failover does) and this node stops serving: its lease is given back, the
-    /// copy's node starts serving the shard at once, and this process waits, drained.
-    async fn step_down_if_drained(&self) -> Result<(), String> {
-        let drained: HashSet<String> =
-            self.membership.drained().await.map_err(|e| e.to_string())?.into_iter().collect();
-        if !drained.contains(&self.shard) || self.membership.superseded().is_cancelled() {
+    /// On a drained node: hands the shard to an in-sync copy on a live, undrained node (of
+    /// `hosts`, not in `drained`) without losing a write or waiting for a lease. Writes stop
+    /// here; once that copy has acknowledged the last one, the replica set names it as the node
+    /// taking the shard over (fencing this leader, as a failover does) and this node stops
+    /// serving: its lease is given back, the copy's node starts serving the shard at once, and
+    /// this process waits, drained.
+    async fn step_down(&self, hosts: &HashSet<String>, drained: &HashSet<String>) -> Result<(), String> {
+        if self.membership.superseded().is_cancelled() {
             return Ok(());
         }
-        let hosts = self.membership.live_hosts().await.map_err(|e| e.to_string())?;
         let target = {
             let st = crate::sync::lock(&self.state);
             st.followers

@@ -29,11 +29,15 @@ pub async fn rejoin(config: &Config) -> Result<Option<CancellationToken>> {
     let m = Membership::connect(settings, crate::clock::now_ms()).await.map_err(cluster_error)?;
     // A drained node serves nothing (its shard moved to a copy): it waits, without standing
     // by, until it is taken back.
-    if m.drained().await.map_err(cluster_error)?.contains(id) {
-        tracing::warn!(node_id = id, "this node is drained: waiting for `txmq cluster drain {id} --undo`");
-        while m.drained().await.map_err(cluster_error)?.contains(id) {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut waited = false;
+    while m.drained().await.map_err(cluster_error)?.contains(id) {
+        if !waited {
+            tracing::warn!(node_id = id, "this node is drained: waiting for `txmq cluster drain {id} --undo`");
+            waited = true;
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if waited {
         tracing::info!(node_id = id, "this node is no longer drained: joining again");
     }
     let Some(host) = m.holder(id).await.map_err(cluster_error)?.and_then(|h| h.acting_on) else { return Ok(None) };
