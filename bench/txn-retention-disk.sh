@@ -21,7 +21,7 @@ start=$(date +%s)
 while kill -0 $bench 2>/dev/null; do
   m=$(curl -s 127.0.0.1:18182/metrics)
   commits=$(grep -E '^txmq_transaction_decisions_total\{decision="commit",source="producer"\}' <<<"$m" | awk '{print $2}')
-  store=$(grep -E '^txmq_store_bytes ' <<<"$m" | awk '{print $2}')
+  store=$(grep -E '^rocketmq_storage_size ' <<<"$m" | awk '{print $2}')
   echo "t=$(( $(date +%s) - start ))s du_bytes=$(du -sb "$work/data" | cut -f1) commits=${commits:-0} store_bytes=${store:-0}"
   sleep 10
 done

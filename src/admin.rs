@@ -40,6 +40,13 @@ pub async fn connect(broker: &str) -> anyhow::Result<Admin> {
     Ok(AdminClient::new(crate::connection::connect(broker).await?))
 }
 
+/// Who runs an operator action, as the audit log records it: the local user and the tool
+/// (`alice via cli`). With authentication on, the broker puts the authenticated user first.
+pub fn operator(tool: &str) -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "unknown".into());
+    format!("{user} via {tool}")
+}
+
 /// Turns a non-OK admin status into an error.
 pub fn check(status: Option<pb::Status>) -> anyhow::Result<()> {
     match status {

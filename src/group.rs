@@ -33,6 +33,12 @@ pub enum DlqCommand {
         message_ids: Vec<String>,
         #[arg(long)]
         all: bool,
+        /// Why (recorded in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Count what would be resent; resend nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -200,12 +206,19 @@ pub async fn dlq(broker: &str, cmd: DlqCommand, out: Output) -> anyhow::Result<(
             let ms: Vec<MessageView> = r.messages.into_iter().map(MessageView::from).collect();
             out.emit(&ms, || render_messages(&ms))
         }
-        DlqCommand::Resend { group, message_ids, all } => {
+        DlqCommand::Resend { group, message_ids, all, reason, dry_run } => {
             if !all && message_ids.is_empty() {
                 anyhow::bail!("give --message-id ID (repeatable) or --all");
             }
             let r = c
-                .resend_dead_letters(pb::ResendDeadLettersRequest { group: group.clone(), message_ids, all })
+                .resend_dead_letters(pb::ResendDeadLettersRequest {
+                    group: group.clone(),
+                    message_ids,
+                    all,
+                    reason,
+                    actor: crate::admin::operator("cli"),
+                    dry_run,
+                })
                 .await?
                 .into_inner();
             check(r.status)?;
@@ -215,7 +228,8 @@ pub async fn dlq(broker: &str, cmd: DlqCommand, out: Output) -> anyhow::Result<(
                 resent: u32,
             }
             let v = Resent { group, resent: r.resent };
-            out.emit(&v, || format!("resent {} dead letters to group {}\n", v.resent, v.group))
+            let verb = if dry_run { "would resend" } else { "resent" };
+            out.emit(&v, || format!("{verb} {} dead letters to group {}\n", v.resent, v.group))
         }
     }
 }

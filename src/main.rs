@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - `admin`: topic and status commands.
+//! - `audit`: the operator actions a broker recorded.
+//! - `console`: the web console (`txmq console`).
 //! - `txn`: in-doubt transactions: list, timeline, operator decisions.
 //! - `group`: consumer groups and dead letters.
 //! - `msg`: messages by id or key.
@@ -12,8 +14,10 @@
 //! - `output`: human tables and `--json`.
 
 mod admin;
+mod audit;
 mod bench;
 mod connection;
+mod console;
 mod group;
 mod msg;
 mod output;
@@ -78,6 +82,12 @@ enum Command {
     /// Access policies of users: grant, revoke, list.
     #[command(subcommand)]
     Acl(users::AclCommand),
+    /// Operator actions the broker recorded: who, when, what, why.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Serve the web console: in-doubt transactions, consumer groups, messages, dead letters,
+    /// the audit log (over the admin API of --broker).
+    Console(console::ConsoleArgs),
     /// Measure the broker.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -107,6 +117,8 @@ async fn main() -> ExitCode {
         Command::Cluster(cmd) => admin::cluster(&cli.broker, cmd, out).await,
         Command::User(cmd) => users::user(&cli.broker, cmd, out).await,
         Command::Acl(cmd) => users::acl(&cli.broker, cmd, out).await,
+        Command::Audit(cmd) => audit::run(&cli.broker, cmd, out).await,
+        Command::Console(args) => console::run(&cli.broker, args).await,
         Command::Bench(cmd) => bench::run(&cli.broker, cmd, out).await,
     };
     match result {

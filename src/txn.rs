@@ -224,7 +224,10 @@ pub async fn run(broker: &str, cmd: TxnCommand, out: Output) -> anyhow::Result<(
         TxnCommand::Commit { id, reason } => decide(&mut c, id, true, reason, out).await,
         TxnCommand::Rollback { id, reason } => decide(&mut c, id, false, reason, out).await,
         TxnCommand::Resume { id, reason } => {
-            let r = c.resume_transaction(pb::ResumeTransactionRequest { id, reason }).await?.into_inner();
+            let r = c
+                .resume_transaction(pb::ResumeTransactionRequest { id, reason, actor: crate::admin::operator("cli") })
+                .await?
+                .into_inner();
             check(r.status)?;
             let t = view(r.transaction.context("no transaction in the answer")?);
             out.emit(&t, || format!("checks resumed for {}\n", t.id))
@@ -239,7 +242,10 @@ async fn decide(
     reason: String,
     out: Output,
 ) -> anyhow::Result<()> {
-    let r = c.resolve_transaction(pb::ResolveTransactionRequest { id, commit, reason }).await?.into_inner();
+    let r = c
+        .resolve_transaction(pb::ResolveTransactionRequest { id, commit, reason, actor: crate::admin::operator("cli") })
+        .await?
+        .into_inner();
     check(r.status)?;
     let t = view(r.transaction.context("no transaction in the answer")?);
     out.emit(&t, || format!("transaction {} is {}\n", t.id, t.state))

@@ -145,20 +145,21 @@ async fn operators_find_and_resolve_in_doubt_transactions() {
 
     // The metrics endpoint tells the same story.
     let m = scrape(broker.metrics_addr.unwrap());
-    assert_eq!(sample(&m, "txmq_messages_in_total{topic=\"orders\"}"), 1.0);
+    assert_eq!(sample(&m, "rocketmq_messages_in_total{topic=\"orders\",message_type=\"TRANSACTION\"}"), 1.0);
+    assert_eq!(sample(&m, "rocketmq_commit_messages_total{topic=\"orders\"}"), 1.0);
     assert!(sample(&m, "txmq_transaction_checks_total{topic=\"orders\"}") >= 1.0);
     assert!(sample(&m, "txmq_transaction_check_answers_total{answer=\"unknown\"}") >= 1.0);
     assert_eq!(sample(&m, "txmq_transaction_decisions_total{decision=\"commit\",source=\"operator\"}"), 1.0);
-    assert_eq!(sample(&m, "txmq_transactions_pending"), 0.0);
-    assert_eq!(sample(&m, "txmq_messages_out_total{group=\"inventory\",topic=\"orders\"}"), 1.0);
-    assert_eq!(sample(&m, "txmq_acks_total{group=\"inventory\",topic=\"orders\"}"), 1.0);
-    assert_eq!(sample(&m, "txmq_consumer_backlog{group=\"inventory\",topic=\"orders\"}"), 0.0);
-    assert_eq!(sample(&m, "txmq_consumer_in_flight{group=\"inventory\",topic=\"orders\"}"), 0.0);
-    assert!(sample(&m, "txmq_rpc_duration_seconds_count{rpc=\"SendMessage\"}") >= 1.0);
+    assert_eq!(sample(&m, "rocketmq_half_messages{state=\"pending\"}"), 0.0);
+    assert_eq!(sample(&m, "rocketmq_messages_out_total{consumer_group=\"inventory\",topic=\"orders\"}"), 1.0);
+    assert_eq!(sample(&m, "txmq_acks_total{consumer_group=\"inventory\",topic=\"orders\"}"), 1.0);
+    assert_eq!(sample(&m, "rocketmq_consumer_ready_messages{consumer_group=\"inventory\",topic=\"orders\"}"), 0.0);
+    assert_eq!(sample(&m, "rocketmq_consumer_inflight_messages{consumer_group=\"inventory\",topic=\"orders\"}"), 0.0);
+    assert!(sample(&m, "rocketmq_rpc_latency_count{protocol_type=\"grpc\",request_code=\"SendMessage\"}") >= 1.0);
     assert!(sample(&m, "txmq_store_flush_batch_size_count") >= 1.0);
     assert_eq!(sample(&m, "txmq_store_writable"), 1.0);
     for family in [
-        "txmq_dead_letters_total",
+        "rocketmq_send_to_dlq_messages_total",
         "txmq_transactions_parked_total",
         "txmq_transaction_oldest_pending_age_seconds",
         "txmq_store_flush_duration_seconds",

@@ -110,7 +110,7 @@ async fn the_sdk_given_every_node_goes_on_while_one_is_away() {
 /// How many calls of `rpc` node `b` served (its latency histogram's count).
 fn calls(b: &RunningBroker, rpc: &str) -> u64 {
     let text = b.broker.metrics().render(&b.broker.gauges());
-    let series = format!("txmq_rpc_duration_seconds_count{{rpc=\"{rpc}\"}}");
+    let series = format!("rocketmq_rpc_latency_count{{protocol_type=\"grpc\",request_code=\"{rpc}\"}}");
     text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |v| v.trim().parse().unwrap())
 }
 

@@ -110,6 +110,7 @@ async fn unknown_answers_are_checked_again_then_the_policy_applies() {
                     id: id.clone(),
                     commit: true,
                     reason: "payment confirmed by the bank".into(),
+                    actor: "test".into(),
                 })
                 .await
                 .unwrap()

@@ -14,16 +14,17 @@
 //! uses the same calls. No part reaches into another: the store and the group-commit writer
 //! are shared, but each part writes only its own keys.
 
+use crate::audit::AuditLog;
 use crate::auth::{Auth, AuthSettings, UserKind};
 use crate::config::Config;
-use crate::consume::admin::{DeadLetter, GroupStats};
+use crate::consume::admin::{DeadLetter, GroupStats, InflightView, MessageState};
 use crate::consume::lite::{Evicted, SubscriptionView, SyncAction};
 use crate::consume::pull::{OffsetQuery, PullRequest, Pulled};
 use crate::consume::service::{Delivery, LiteStart, ReceiveRequest};
 use crate::consume::{ConsumeSettings, Consumers, GroupRecord, Source};
 use crate::error::{BrokerError, Result};
 use crate::log::{MessageLog, Placement, QueueOffsets, Target};
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{Gauges, GroupGauge, Metrics};
 use crate::model::{MessageType, Millis, NewMessage, StoredMessage, TopicRecord, TopicType};
 use crate::store::{Batch, CommitStats, Committer, SledStore, Store};
 use crate::topics::{self, IfExists, Topics};
@@ -51,6 +52,7 @@ pub struct Broker {
     consumers: Consumers,
     txns: Transactions,
     auth: Auth,
+    audit: AuditLog,
     metrics: Arc<Metrics>,
     started_at: Millis,
 }
@@ -129,6 +131,7 @@ impl Broker {
             m.flush_batch.observe(n as f64);
             m.flush_latency.observe(took.as_secs_f64());
         }));
+        let audit = AuditLog::new(store.clone(), committer.clone());
         Ok(Arc::new(Self {
             config,
             store,
@@ -141,6 +144,7 @@ impl Broker {
             consumers,
             txns,
             auth,
+            audit,
             metrics,
             started_at: now_ms(),
         }))
@@ -246,6 +250,7 @@ impl Broker {
         }
         let transactional = messages.iter().filter(|m| m.message_type == MessageType::Transaction).count();
         if transactional == 0 {
+            let types: Vec<&'static str> = messages.iter().map(|m| m.message_type.metric_name()).collect();
             let placed = if record.topic_type == TopicType::Lite {
                 self.append_lite(&record, messages, producer).await?
             } else {
@@ -253,8 +258,11 @@ impl Broker {
                     .append(topic, Target::Spread(record.queue_count), messages, producer, now_ms(), Batch::new())
                     .await?
             };
-            let fresh = placed.iter().filter(|p| !p.duplicate).count() as u64;
-            self.metrics.messages_in.add(&[topic], fresh);
+            for (p, ty) in placed.iter().zip(&types) {
+                if !p.duplicate {
+                    self.metrics.messages_in.add(&[topic, ty], 1);
+                }
+            }
             return Ok(placed
                 .into_iter()
                 .map(|p| SendOutcome { queue: p.queue, offset: p.offset, transaction_id: None })
@@ -435,6 +443,21 @@ impl Broker {
     /// The group's backlog, in-flight and dead-letter counts per topic.
     pub fn group_stats(&self, name: &str) -> Option<GroupStats> {
         self.consumers.group_stats(self.source(), name)
+    }
+
+    /// The group's in-flight messages, delivered longest ago first, at most `limit`.
+    pub fn inflight_messages(&self, group: &str, limit: usize) -> Vec<InflightView> {
+        self.consumers.inflight_messages(group, limit)
+    }
+
+    /// Where a stored message stands for every group consuming its topic.
+    pub fn message_states(&self, m: &StoredMessage) -> Vec<(String, MessageState)> {
+        self.consumers.message_states(self.source(), &m.msg.topic, m.queue, m.offset)
+    }
+
+    /// How many dead letters a resend with these arguments would resend.
+    pub fn count_resendable(&self, group: &str, ids: &[String], all: bool) -> Result<usize> {
+        self.consumers.count_resendable(self.source(), group, ids, all)
     }
 
     /// Messages in the group's dead-letter topic, oldest first, at most `limit`.
@@ -670,7 +693,14 @@ impl Broker {
         for group in self.consumers.list() {
             if let Some(stats) = self.group_stats(&group.name) {
                 for t in stats.topics {
-                    g.groups.push((group.name.clone(), t.topic, t.backlog, t.in_flight));
+                    let oldest = t.queues.iter().filter_map(|q| q.oldest_stored_at).min();
+                    g.groups.push(GroupGauge {
+                        group: group.name.clone(),
+                        topic: t.topic,
+                        ready: t.backlog,
+                        in_flight: t.in_flight,
+                        lag_ms: oldest.map_or(0, |at| (now - at).max(0)),
+                    });
                 }
             }
         }
@@ -696,7 +726,13 @@ impl Broker {
         if deleted > 0 {
             tracing::info!(deleted, "retention removed old messages");
         }
+        self.audit.trim().await?;
         Ok(deleted)
+    }
+
+    /// The operator actions' log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     pub fn status(&self) -> BrokerStatus {

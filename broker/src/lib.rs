@@ -23,6 +23,7 @@
 //! - [`tls`]: TLS beside plaintext on the one port, reloaded on SIGHUP.
 //! - [`tasks`]: background work: check-backs, retention, client sweeps, the metrics endpoint.
 
+pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod clock;

@@ -42,15 +42,20 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
+        self.render_scaled(out, name, labels, 1.0);
+    }
+
+    /// Renders with bucket bounds and sum multiplied by `scale` (1000: seconds as milliseconds).
+    fn render_scaled(&self, out: &mut String, name: &str, labels: &str, scale: f64) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cumulative}", b * scale);
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6 * scale;
         let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
         let _ = writeln!(out, "{name}_sum{braces} {sum}");
         let _ = writeln!(out, "{name}_count{braces} {count}");
@@ -66,6 +71,11 @@ pub struct Counter {
 impl Counter {
     pub fn add(&self, labels: &[&str], n: u64) {
         *crate::sync::lock(&self.values).entry(labels.iter().map(|s| s.to_string()).collect()).or_insert(0) += n;
+    }
+
+    /// The sum over every label value.
+    pub fn total(&self) -> u64 {
+        crate::sync::lock(&self.values).values().sum()
     }
 
     fn render(&self, out: &mut String, name: &str, label_names: &[&str]) {
@@ -97,6 +107,9 @@ pub struct Metrics {
     pub check_answers: Counter,
     pub txn_decisions: Counter,
     pub txn_parked: Counter,
+    /// Transactional messages committed / rolled back, by topic.
+    pub commits: Counter,
+    pub rollbacks: Counter,
     /// Requests passed to another node of the cluster, by RPC and node.
     pub forwards: Counter,
     pub forward_latency: Mutex<BTreeMap<&'static str, std::sync::Arc<Histogram>>>,
@@ -120,6 +133,8 @@ impl Default for Metrics {
             check_answers: Counter::default(),
             txn_decisions: Counter::default(),
             txn_parked: Counter::default(),
+            commits: Counter::default(),
+            rollbacks: Counter::default(),
             forwards: Counter::default(),
             forward_latency: Mutex::new(BTreeMap::new()),
             rpc_latency: Mutex::new(BTreeMap::new()),
@@ -129,14 +144,25 @@ impl Default for Metrics {
     }
 }
 
+/// One group's position on one topic, at scrape time.
+#[derive(Debug, Default)]
+pub struct GroupGauge {
+    pub group: String,
+    pub topic: String,
+    /// Stored and not delivered to the group yet.
+    pub ready: u64,
+    pub in_flight: u64,
+    /// Milliseconds since the oldest undelivered message was stored.
+    pub lag_ms: i64,
+}
+
 /// Values computed at scrape time.
 #[derive(Debug, Default)]
 pub struct Gauges {
     pub pending_transactions: u64,
     pub oldest_pending_age_seconds: f64,
     pub parked_transactions: u64,
-    /// `(group, topic, backlog, in flight)`.
-    pub groups: Vec<(String, String, u64, u64)>,
+    pub groups: Vec<GroupGauge>,
     pub store_bytes: u64,
     pub store_writable: bool,
 }
@@ -161,7 +187,8 @@ impl Metrics {
         h.observe(took.as_secs_f64());
     }
 
-    /// The text exposition of every metric.
+    /// The text exposition of every metric. Names follow RocketMQ 5's where RocketMQ has the
+    /// same measure (`rocketmq_*`, with its label names and units); the rest are `txmq_*`.
     pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::new();
         let family = |out: &mut String, name: &str, kind: &str, help: &str| {
@@ -169,24 +196,29 @@ impl Metrics {
         };
         family(
             &mut out,
-            "txmq_messages_in_total",
+            "rocketmq_messages_in_total",
             "counter",
-            "Messages stored, by topic (sends and transaction commits).",
+            "Messages stored, by topic and message type (sends, and transactional messages at commit).",
         );
-        self.messages_in.render(&mut out, "txmq_messages_in_total", &["topic"]);
-        family(&mut out, "txmq_messages_out_total", "counter", "Deliveries to consumers, by group and topic.");
-        self.messages_out.render(&mut out, "txmq_messages_out_total", &["group", "topic"]);
+        self.messages_in.render(&mut out, "rocketmq_messages_in_total", &["topic", "message_type"]);
+        family(&mut out, "rocketmq_messages_out_total", "counter", "Deliveries to consumers, by topic and group.");
+        self.messages_out.render(&mut out, "rocketmq_messages_out_total", &["consumer_group", "topic"]);
         family(&mut out, "txmq_acks_total", "counter", "Acknowledged deliveries, by group and topic.");
-        self.acks.render(&mut out, "txmq_acks_total", &["group", "topic"]);
-        family(&mut out, "txmq_dead_letters_total", "counter", "Messages moved to a dead-letter topic, by group.");
-        self.dead_letters.render(&mut out, "txmq_dead_letters_total", &["group"]);
+        self.acks.render(&mut out, "txmq_acks_total", &["consumer_group", "topic"]);
+        family(
+            &mut out,
+            "rocketmq_send_to_dlq_messages_total",
+            "counter",
+            "Messages moved to a group's dead-letter topic, by group and topic.",
+        );
+        self.dead_letters.render(&mut out, "rocketmq_send_to_dlq_messages_total", &["consumer_group", "topic"]);
         family(
             &mut out,
             "txmq_dead_letter_failures_total",
             "counter",
             "Dead-letter moves that failed (retried), by group.",
         );
-        self.dead_letter_failures.render(&mut out, "txmq_dead_letter_failures_total", &["group"]);
+        self.dead_letter_failures.render(&mut out, "txmq_dead_letter_failures_total", &["consumer_group"]);
         family(
             &mut out,
             "txmq_auth_failures_total",
@@ -219,17 +251,25 @@ impl Metrics {
             "Commits and rollbacks, by source (producer, check, operator, policy).",
         );
         self.txn_decisions.render(&mut out, "txmq_transaction_decisions_total", &["decision", "source"]);
+        family(&mut out, "rocketmq_commit_messages_total", "counter", "Transactional messages committed, by topic.");
+        self.commits.render(&mut out, "rocketmq_commit_messages_total", &["topic"]);
+        family(
+            &mut out,
+            "rocketmq_rollback_messages_total",
+            "counter",
+            "Transactional messages rolled back, by topic.",
+        );
+        self.rollbacks.render(&mut out, "rocketmq_rollback_messages_total", &["topic"]);
         family(&mut out, "txmq_transactions_parked_total", "counter", "Transactions parked by the max-checks policy.");
         self.txn_parked.render(&mut out, "txmq_transactions_parked_total", &["topic"]);
         family(
             &mut out,
-            "txmq_transactions_pending",
+            "rocketmq_half_messages",
             "gauge",
-            "Half messages waiting for a decision (excluding parked).",
+            "Half messages waiting for a decision, by state (pending: being checked; parked: waiting for an operator).",
         );
-        let _ = writeln!(out, "txmq_transactions_pending {}", g.pending_transactions);
-        family(&mut out, "txmq_transactions_parked", "gauge", "Parked half messages waiting for an operator.");
-        let _ = writeln!(out, "txmq_transactions_parked {}", g.parked_transactions);
+        let _ = writeln!(out, "rocketmq_half_messages{{state=\"pending\"}} {}", g.pending_transactions);
+        let _ = writeln!(out, "rocketmq_half_messages{{state=\"parked\"}} {}", g.parked_transactions);
         family(
             &mut out,
             "txmq_transaction_oldest_pending_age_seconds",
@@ -237,27 +277,60 @@ impl Metrics {
             "Age of the oldest pending half message.",
         );
         let _ = writeln!(out, "txmq_transaction_oldest_pending_age_seconds {}", g.oldest_pending_age_seconds);
-        family(&mut out, "txmq_consumer_backlog", "gauge", "Messages never delivered to a group, by group and topic.");
-        for (group, topic, backlog, _) in &g.groups {
-            let _ = writeln!(
-                out,
-                "txmq_consumer_backlog{{group=\"{}\",topic=\"{}\"}} {backlog}",
-                escape(group),
-                escape(topic)
-            );
-        }
-        family(&mut out, "txmq_consumer_in_flight", "gauge", "Messages delivered and not acked, by group and topic.");
-        for (group, topic, _, inflight) in &g.groups {
-            let _ = writeln!(
-                out,
-                "txmq_consumer_in_flight{{group=\"{}\",topic=\"{}\"}} {inflight}",
-                escape(group),
-                escape(topic)
-            );
-        }
-        family(&mut out, "txmq_rpc_duration_seconds", "histogram", "RocketMQ RPC latency, by RPC.");
+        let per_group =
+            |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&GroupGauge) -> String| {
+                family(out, name, kind, help);
+                for gg in &g.groups {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{consumer_group=\"{}\",topic=\"{}\"}} {}",
+                        escape(&gg.group),
+                        escape(&gg.topic),
+                        value(gg)
+                    );
+                }
+            };
+        per_group(
+            &mut out,
+            "rocketmq_consumer_ready_messages",
+            "gauge",
+            "Messages stored and not delivered to the group yet, by group and topic.",
+            &|gg| gg.ready.to_string(),
+        );
+        per_group(
+            &mut out,
+            "rocketmq_consumer_inflight_messages",
+            "gauge",
+            "Messages delivered to the group and not acked, by group and topic.",
+            &|gg| gg.in_flight.to_string(),
+        );
+        per_group(
+            &mut out,
+            "rocketmq_consumer_lag_messages",
+            "gauge",
+            "Messages the group has not acked (ready + in flight), by group and topic.",
+            &|gg| (gg.ready + gg.in_flight).to_string(),
+        );
+        per_group(
+            &mut out,
+            "rocketmq_consumer_lag_latency",
+            "gauge",
+            "Milliseconds since the oldest message the group has not received was stored (0 when none waits).",
+            &|gg| gg.lag_ms.to_string(),
+        );
+        family(
+            &mut out,
+            "rocketmq_rpc_latency",
+            "histogram",
+            "RocketMQ RPC latency in milliseconds, by RPC (request_code) over gRPC.",
+        );
         for (rpc, h) in crate::sync::lock(&self.rpc_latency).iter() {
-            h.render(&mut out, "txmq_rpc_duration_seconds", &format!("rpc=\"{rpc}\""));
+            h.render_scaled(
+                &mut out,
+                "rocketmq_rpc_latency",
+                &format!("protocol_type=\"grpc\",request_code=\"{rpc}\""),
+                1000.0,
+            );
         }
         family(
             &mut out,
@@ -279,8 +352,8 @@ impl Metrics {
         self.flush_latency.render(&mut out, "txmq_store_flush_duration_seconds", "");
         family(&mut out, "txmq_store_flush_batch_size", "histogram", "Group commit: writes per flush.");
         self.flush_batch.render(&mut out, "txmq_store_flush_batch_size", "");
-        family(&mut out, "txmq_store_bytes", "gauge", "Bytes the store uses on disk.");
-        let _ = writeln!(out, "txmq_store_bytes {}", g.store_bytes);
+        family(&mut out, "rocketmq_storage_size", "gauge", "Bytes the store uses on disk.");
+        let _ = writeln!(out, "rocketmq_storage_size {}", g.store_bytes);
         family(&mut out, "txmq_store_writable", "gauge", "1 while the store accepts writes; 0 after a failed flush.");
         let _ = writeln!(out, "txmq_store_writable {}", u8::from(g.store_writable));
         out
@@ -343,10 +416,10 @@ mod tests {
     #[test]
     fn counters_render_with_labels() {
         let m = Metrics::default();
-        m.messages_in.add(&["orders"], 3);
+        m.messages_in.add(&["orders", "NORMAL"], 3);
         m.txn_decisions.add(&["commit", "check"], 1);
         let text = m.render(&Gauges::default());
-        assert!(text.contains("txmq_messages_in_total{topic=\"orders\"} 3"));
+        assert!(text.contains("rocketmq_messages_in_total{topic=\"orders\",message_type=\"NORMAL\"} 3"));
         assert!(text.contains("txmq_transaction_decisions_total{decision=\"commit\",source=\"check\"} 1"));
     }
 }

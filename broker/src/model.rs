@@ -118,6 +118,20 @@ pub enum MessageType {
 }
 
 impl MessageType {
+    /// Its name in metrics' `message_type` label, as RocketMQ spells it.
+    pub fn metric_name(self) -> &'static str {
+        match self {
+            MessageType::Normal => "NORMAL",
+            MessageType::Fifo => "FIFO",
+            MessageType::Delay => "DELAY",
+            MessageType::Transaction => "TRANSACTION",
+            MessageType::Priority => "PRIORITY",
+            MessageType::Lite => "LITE",
+        }
+    }
+}
+
+impl MessageType {
     pub const ALL: [MessageType; 6] = [
         MessageType::Normal,
         MessageType::Fifo,

@@ -439,7 +439,12 @@ async fn resending_all_dead_letters_works_in_pages_and_marks_them() {
     let resend = |admin: &mut pb::admin_client::AdminClient<Channel>| {
         let mut admin = admin.clone();
         async move {
-            let req = pb::ResendDeadLettersRequest { group: "g".into(), message_ids: Vec::new(), all: true };
+            let req = pb::ResendDeadLettersRequest {
+                group: "g".into(),
+                message_ids: Vec::new(),
+                all: true,
+                ..Default::default()
+            };
             admin.resend_dead_letters(req).await.unwrap().into_inner().resent
         }
     };

@@ -24,7 +24,7 @@ async fn start(dir: &std::path::Path) -> RunningBroker {
 /// How many calls of `rpc` the broker served (its latency histogram's count).
 fn calls(broker: &RunningBroker, rpc: &str) -> u64 {
     let text = broker.broker.metrics().render(&broker.broker.gauges());
-    let series = format!("txmq_rpc_duration_seconds_count{{rpc=\"{rpc}\"}}");
+    let series = format!("rocketmq_rpc_latency_count{{protocol_type=\"grpc\",request_code=\"{rpc}\"}}");
     text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |v| v.trim().parse().unwrap())
 }
 

@@ -6,6 +6,7 @@ use super::state::Inflight;
 use crate::clock::now_ms;
 use crate::error::Result;
 use crate::log::MessageLog;
+use crate::model::Millis;
 use crate::model::StoredMessage;
 use crate::store::{Batch, Key};
 use crate::topics::DLQ_PREFIX;
@@ -24,6 +25,52 @@ pub struct GroupTopicStats {
     pub retrying: u64,
     /// Delay messages held until their delivery time.
     pub deferred: u64,
+    /// Per queue, in queue order.
+    pub queues: Vec<GroupQueueStats>,
+}
+
+/// A group's position in one queue of a topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupQueueStats {
+    pub queue: u32,
+    /// Messages past the group's cursor (unfiltered).
+    pub backlog: u64,
+    /// When the oldest of them was stored (`None`: nothing waits, or it cannot be read).
+    pub oldest_stored_at: Option<Millis>,
+    pub in_flight: u64,
+}
+
+/// A message a group holds and has not acked, for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InflightView {
+    pub topic: String,
+    pub queue: u32,
+    pub offset: u64,
+    pub attempt: u32,
+    pub visible_at: Millis,
+    pub client: String,
+    pub delivered_at: Millis,
+}
+
+/// Where one message stands for one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageState {
+    /// Not delivered yet.
+    Pending,
+    /// A delay message not due yet.
+    Deferred {
+        visible_at: Millis,
+    },
+    InFlight {
+        attempt: u32,
+        client: String,
+        visible_at: Millis,
+    },
+    /// The group's cursor passed it, it is not in flight and not in the group's dead-letter
+    /// topic.
+    Acked,
+    /// Moved to the group's dead-letter topic.
+    DeadLettered,
 }
 
 /// Messages `group_stats` reads per topic to count a filtered group's backlog; past them the
@@ -101,7 +148,21 @@ impl Consumers {
             };
             let st = crate::sync::lock(&shared.state);
             let now = now_ms();
-            for (_, r) in st.inflight() {
+            s.queues = ranges
+                .iter()
+                .map(|&(queue, from, to)| GroupQueueStats {
+                    queue,
+                    backlog: to.saturating_sub(from),
+                    oldest_stored_at: (from..to.min(from + 16))
+                        .find_map(|at| src.log.read(&topic, queue, at).ok().flatten())
+                        .map(|m| m.store_timestamp),
+                    in_flight: 0,
+                })
+                .collect();
+            for ((queue, _), r) in st.inflight() {
+                if let Some(q) = s.queues.iter_mut().find(|q| q.queue == *queue) {
+                    q.in_flight += 1;
+                }
                 match r.attempt {
                     // Attempt 0: waiting for a first delivery: a delay message not due yet, or
                     // (due now) one resent from the dead-letter topic, which is backlog.
@@ -130,6 +191,84 @@ impl Consumers {
             })
             .collect();
         Some(GroupStats { name: record.name, created_at: record.created_at, topics, dead_letters, pull_offsets })
+    }
+
+    /// The group's in-flight messages, delivered longest ago first, at most `limit`.
+    pub fn inflight_messages(&self, name: &str, limit: usize) -> Vec<InflightView> {
+        let mut out = Vec::new();
+        for (topic, shared) in self.groups.topics_of(name) {
+            let st = crate::sync::lock(&shared.state);
+            out.extend(st.inflight().map(|(&(queue, offset), r)| InflightView {
+                topic: topic.clone(),
+                queue,
+                offset,
+                attempt: r.attempt,
+                visible_at: r.visible_at,
+                client: r.client.clone(),
+                delivered_at: r.delivered_at,
+            }));
+        }
+        out.sort_by_key(|m| (m.delivered_at, m.queue, m.offset));
+        out.truncate(limit);
+        out
+    }
+
+    /// Where the message at `(queue, offset)` of `topic` stands for every group that consumes
+    /// the topic, by group name.
+    pub fn message_states(&self, src: Source<'_>, topic: &str, queue: u32, offset: u64) -> Vec<(String, MessageState)> {
+        let start = self.settings.new_group_start;
+        let now = now_ms();
+        let mut out = Vec::new();
+        for g in self.groups.list() {
+            let Some((_, shared)) = self.groups.topics_of(&g.name).into_iter().find(|(t, _)| t == topic) else {
+                continue;
+            };
+            // Under the lock: its in-flight record, or whether the cursor passed it; the
+            // dead-letter lookup reads the log after.
+            let held = {
+                let st = crate::sync::lock(&shared.state);
+                match st.get((queue, offset)) {
+                    Some(r) if r.attempt == 0 && r.visible_at > now => {
+                        Err(MessageState::Deferred { visible_at: r.visible_at })
+                    }
+                    Some(r) if r.attempt == 0 => Err(MessageState::Pending),
+                    Some(r) => Err(MessageState::InFlight {
+                        attempt: r.attempt,
+                        client: r.client.clone(),
+                        visible_at: r.visible_at,
+                    }),
+                    None => Ok(st.cursor(queue)),
+                }
+            };
+            let state = match held {
+                Err(state) => state,
+                Ok(cursor) => {
+                    let cursor =
+                        cursor.or_else(|| src.log.offsets(topic, queue).map(|q| super::state::start_offset(start, &q)));
+                    if cursor.is_none_or(|c| offset >= c) {
+                        MessageState::Pending
+                    } else if Self::already_dead_lettered(src.log, &g.name, topic, (queue, offset)).unwrap_or(false) {
+                        MessageState::DeadLettered
+                    } else {
+                        MessageState::Acked
+                    }
+                }
+            };
+            out.push((g.name.clone(), state));
+        }
+        out
+    }
+
+    /// How many dead letters [`Consumers::resend_dead_letters`] would resend with these
+    /// arguments, resending nothing.
+    pub fn count_resendable(&self, src: Source<'_>, group: &str, ids: &[String], all: bool) -> Result<usize> {
+        let mut n = 0;
+        self.for_each_dead_letter(src, group, |letter| {
+            let wanted = if all { letter.resent_at.is_none() } else { ids.contains(&letter.message.msg.message_id) };
+            n += usize::from(wanted && letter.message.msg.origin_topic.is_some());
+            true
+        })?;
+        Ok(n)
     }
 
     /// Messages in the group's dead-letter topic, oldest first, at most `limit`, each with

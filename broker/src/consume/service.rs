@@ -25,6 +25,12 @@ use crate::metrics::Metrics;
 use crate::model::{dead_letter_index_id, Millis, StoredMessage, TopicRecord, TopicType};
 use crate::store::{Batch, Committer, Key, Store};
 use crate::topics::{self, IfExists, Topics, DLQ_PREFIX};
+
+/// Property of a dead letter: why it was moved ("delivery attempts exhausted", "forwarded by
+/// the consumer").
+pub const DLQ_REASON: &str = "TXMQ_DLQ_REASON";
+/// Property of a dead letter: deliveries to its group before the move.
+pub const DLQ_ATTEMPTS: &str = "TXMQ_DLQ_ATTEMPTS";
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,7 +250,7 @@ impl Consumers {
             for (pos, message) in dead {
                 // A failed move is reported and retried by a later poll; it must not fail
                 // this consumer's receive.
-                let _ = self.dead_letter(src, &shared, pos, message).await;
+                let _ = self.dead_letter(src, &shared, pos, message, "delivery attempts exhausted").await;
             }
             if !deliveries.is_empty() {
                 self.metrics.messages_out.add(&[&req.group, &req.topic], deliveries.len() as u64);
@@ -359,8 +365,15 @@ impl Consumers {
     /// failure is counted and logged and the message is due again after
     /// [`DEAD_LETTER_RETRY_MS`], so a later poll retries the move (a FIFO group waits behind it,
     /// as it must, but not until a restart).
-    async fn dead_letter(&self, src: Source<'_>, shared: &Shared, pos: Pos, message: StoredMessage) -> Result<()> {
-        let result = self.move_to_dead_letters(src, shared, pos, &message).await;
+    async fn dead_letter(
+        &self,
+        src: Source<'_>,
+        shared: &Shared,
+        pos: Pos,
+        message: StoredMessage,
+        why: &str,
+    ) -> Result<()> {
+        let result = self.move_to_dead_letters(src, shared, pos, &message, why).await;
         if let Err(e) = &result {
             let group = crate::sync::lock(&shared.state).group.clone();
             self.metrics.dead_letter_failures.add(&[&group], 1);
@@ -377,22 +390,27 @@ impl Consumers {
     }
 
     /// The dead-letter move itself. Idempotent: the copy is filed under its message id and
-    /// origin topic, so a repeat after a crash or a lost reply stores nothing new.
+    /// origin topic, so a repeat after a crash or a lost reply stores nothing new. The copy
+    /// carries why it was moved and after how many deliveries ([`DLQ_REASON`],
+    /// [`DLQ_ATTEMPTS`]).
     async fn move_to_dead_letters(
         &self,
         src: Source<'_>,
         shared: &Shared,
         pos: Pos,
         message: &StoredMessage,
+        why: &str,
     ) -> Result<()> {
-        let (group, topic) = {
+        let (group, topic, attempts) = {
             let st = crate::sync::lock(&shared.state);
-            (st.group.clone(), st.topic.clone())
+            (st.group.clone(), st.topic.clone(), st.get(pos).map_or(0, |r| r.attempt))
         };
         let dlq_topic = src.dead_letter_topic(&group).await?;
         let dlq = dlq_topic.name.clone();
         let mut copy = message.msg.clone();
         copy.origin_topic = Some(copy.origin_topic.take().unwrap_or_else(|| topic.clone()));
+        copy.user_properties.insert(DLQ_REASON.into(), why.into());
+        copy.user_properties.insert(DLQ_ATTEMPTS.into(), attempts.to_string());
         copy.topic = dlq.clone();
         let placed = src
             .log
@@ -411,13 +429,13 @@ impl Consumers {
         };
         pending.durable().await?;
         shared.wake();
-        self.metrics.dead_letters.add(&[&group], 1);
+        self.metrics.dead_letters.add(&[&group, &topic], 1);
         tracing::warn!(group, topic, message_id = message.msg.message_id, "message dead-lettered to {dlq}");
         Ok(())
     }
 
     /// Whether the message at `pos` of `topic` already sits in `group`'s dead-letter topic.
-    fn already_dead_lettered(log: &MessageLog, group: &str, topic: &str, pos: Pos) -> Result<bool> {
+    pub(super) fn already_dead_lettered(log: &MessageLog, group: &str, topic: &str, pos: Pos) -> Result<bool> {
         let Some(message) = log.read(topic, pos.0, pos.1)? else { return Ok(false) };
         let id = dead_letter_index_id(&message.msg.message_id, topic);
         Ok(log.locate(&format!("{DLQ_PREFIX}{group}"), &id)?.is_some())
@@ -508,7 +526,7 @@ impl Consumers {
             };
             return pending.durable().await.map_err(Into::into);
         };
-        let result = self.move_to_dead_letters(src, &shared, pos, &message).await;
+        let result = self.move_to_dead_letters(src, &shared, pos, &message, "forwarded by the consumer").await;
         if result.is_err() {
             // The consumer gets the error and may retry with the same handle.
             if let Some(at) = parked_from {

@@ -1,11 +1,14 @@
 //! `txmq.admin.v1.Admin`: the operator API behind the `txmq` CLI.
 
 use super::caller::Caller;
+use super::clients::Clients;
+use crate::audit::AuditEntry;
 use crate::auth::acl::{Action, Actions, Decision, Pattern, Resource};
 use crate::auth::UserKind;
 use crate::broker::{now_ms, Broker};
 use crate::cluster::Membership;
 use crate::consume::admin::GroupStats;
+use crate::consume::admin::MessageState;
 use crate::error::BrokerError;
 use crate::log::QueueOffsets;
 use crate::model::{StoredMessage, TopicRecord, TopicType};
@@ -47,6 +50,8 @@ pub struct AdminService {
     pub(crate) broker: Arc<Broker>,
     /// This node's cluster membership; `None` standalone.
     pub(crate) cluster: Option<Membership>,
+    /// The clients connected to this node.
+    pub(crate) clients: Arc<Clients>,
 }
 
 fn ok() -> Option<pb::Status> {
@@ -448,9 +453,24 @@ impl Admin for AdminService {
                 Err(e) => pb::ResolveTransactionResponse { status: unavailable(e.message()), transaction: None },
             };
             tag_txn(&owner, r.transaction.as_mut());
+            self.audit(
+                &req,
+                if req.get_ref().commit { "commit" } else { "rollback" },
+                &req.get_ref().id,
+                r.status.as_ref(),
+            )
+            .await;
             return Ok(Response::new(r));
         }
-        Ok(Response::new(self.resolve_txn(req.into_inner()).await))
+        let r = self.resolve_txn(req.get_ref().clone()).await;
+        self.audit(
+            &req,
+            if req.get_ref().commit { "commit" } else { "rollback" },
+            &req.get_ref().id,
+            r.status.as_ref(),
+        )
+        .await;
+        Ok(Response::new(r))
     }
 
     async fn resume_transaction(
@@ -465,9 +485,12 @@ impl Admin for AdminService {
                 Err(e) => pb::ResumeTransactionResponse { status: unavailable(e.message()), transaction: None },
             };
             tag_txn(&owner, r.transaction.as_mut());
+            self.audit(&req, "resume", &req.get_ref().id, r.status.as_ref()).await;
             return Ok(Response::new(r));
         }
-        Ok(Response::new(self.resume_txn(req.into_inner()).await))
+        let r = self.resume_txn(req.get_ref().clone()).await;
+        self.audit(&req, "resume", &req.get_ref().id, r.status.as_ref()).await;
+        Ok(Response::new(r))
     }
 
     async fn broker_status(&self, req: Request<pb::BrokerStatusRequest>) -> GrpcResult<pb::BrokerStatusResponse> {
@@ -493,6 +516,8 @@ impl Admin for AdminService {
             pending_transactions: txns.pending,
             parked_transactions: txns.parked,
             nodes: Vec::new(),
+            messages_in: self.broker.metrics().messages_in.total(),
+            messages_out: self.broker.metrics().messages_out.total(),
             replication: self.broker.replication().map(|r| pb::ShardStatus {
                 shard: r.shard.clone(),
                 // Served from a copy (failover, drain): the node whose copy serves it.
@@ -570,11 +595,34 @@ impl Admin for AdminService {
                             .collect(),
                     })
                     .collect();
-                pb::DescribeGroupResponse { status: ok(), group: Some(group) }
+                let in_flight = self
+                    .broker
+                    .inflight_messages(&name, 1000)
+                    .into_iter()
+                    .map(|v| pb::InFlightMessage {
+                        message_id: self
+                            .broker
+                            .log()
+                            .read(&v.topic, v.queue, v.offset)
+                            .ok()
+                            .flatten()
+                            .map(|m| m.msg.message_id)
+                            .unwrap_or_default(),
+                        topic: v.topic,
+                        queue: v.queue,
+                        offset: v.offset,
+                        attempt: v.attempt,
+                        visible_at_ms: v.visible_at,
+                        client_id: v.client,
+                        delivered_at_ms: v.delivered_at,
+                    })
+                    .collect();
+                pb::DescribeGroupResponse { status: ok(), group: Some(group), in_flight }
             }
             None => pb::DescribeGroupResponse {
                 status: Some(pb::Status { code: pb::StatusCode::NotFound as i32, message: format!("no group {name}") }),
                 group: None,
+                in_flight: Vec::new(),
             },
         }))
     }
@@ -597,6 +645,7 @@ impl Admin for AdminService {
                     .iter()
                     .map(|m| pb::StoredMessage {
                         recalled_at_ms: self.broker.recalled_at(m).unwrap_or(0),
+                        group_states: self.broker.message_states(m).into_iter().map(wire_state).collect(),
                         ..wire_stored(m)
                     })
                     .collect(),
@@ -634,23 +683,92 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ResendDeadLettersRequest>,
     ) -> GrpcResult<pb::ResendDeadLettersResponse> {
+        let r = self.resend_here_or_everywhere(&req).await;
+        if !req.get_ref().dry_run {
+            let what = if req.get_ref().all { "all".to_string() } else { req.get_ref().message_ids.join(", ") };
+            let target = format!("group {}: {what}", req.get_ref().group);
+            self.audit(&req, "resend-dead-letters", &target, r.status.as_ref()).await;
+        }
+        Ok(Response::new(r))
+    }
+
+    async fn list_clients(&self, req: Request<pb::ListClientsRequest>) -> GrpcResult<pb::ListClientsResponse> {
         if let Some(m) = self.cluster.as_ref().filter(|_| !crate::grpc::forward::is_forwarded(&req)) {
-            // Each node resends the dead letters it stores; the count is the sum.
-            return Ok(Response::new(match everywhere!(self, m, &req, resend_dead_letters) {
-                Ok(answers) => {
-                    pb::ResendDeadLettersResponse { status: ok(), resent: answers.iter().map(|(_, r)| r.resent).sum() }
-                }
-                Err(e) => pb::ResendDeadLettersResponse { status: unavailable(e), resent: 0 },
+            return Ok(Response::new(match everywhere!(self, m, &req, list_clients) {
+                Ok(answers) => pb::ListClientsResponse {
+                    status: ok(),
+                    clients: answers
+                        .into_iter()
+                        .flat_map(|(node, r)| {
+                            r.clients.into_iter().map(move |mut c| {
+                                c.node = node.clone();
+                                c
+                            })
+                        })
+                        .collect(),
+                },
+                Err(e) => pb::ListClientsResponse { status: unavailable(e), clients: Vec::new() },
             }));
         }
-        let req = req.into_inner();
-        if !req.all && req.message_ids.is_empty() {
-            let e = BrokerError::BadRequest("name message ids or ask for all".into());
-            return Ok(Response::new(pb::ResendDeadLettersResponse { status: status(&e), resent: 0 }));
+        let clients = self
+            .clients
+            .snapshot()
+            .into_iter()
+            .map(|c| pb::ConnectedClient {
+                client_id: c.client_id,
+                kind: c.kind,
+                group: c.group,
+                topics: c.topics,
+                language: c.language,
+                version: c.version,
+                platform: c.platform,
+                last_seen_ms: c.last_seen_ms,
+                streams: c.streams as u32,
+                node: String::new(),
+                online: c.online,
+            })
+            .collect();
+        Ok(Response::new(pb::ListClientsResponse { status: ok(), clients }))
+    }
+
+    async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> GrpcResult<pb::ListAuditResponse> {
+        let limit = if req.get_ref().limit == 0 { 200 } else { req.get_ref().limit as usize };
+        if let Some(m) = self.cluster.as_ref().filter(|_| !crate::grpc::forward::is_forwarded(&req)) {
+            return Ok(Response::new(match everywhere!(self, m, &req, list_audit) {
+                Ok(answers) => {
+                    let mut entries: Vec<pb::AuditEntry> = answers
+                        .into_iter()
+                        .flat_map(|(node, r)| {
+                            r.entries.into_iter().map(move |mut e| {
+                                e.node = node.clone();
+                                e
+                            })
+                        })
+                        .collect();
+                    entries.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
+                    entries.truncate(limit);
+                    pb::ListAuditResponse { status: ok(), entries }
+                }
+                Err(e) => pb::ListAuditResponse { status: unavailable(e), entries: Vec::new() },
+            }));
         }
-        Ok(Response::new(match self.broker.resend_dead_letters(&req.group, &req.message_ids, req.all).await {
-            Ok(n) => pb::ResendDeadLettersResponse { status: ok(), resent: n as u32 },
-            Err(e) => pb::ResendDeadLettersResponse { status: status(&e), resent: 0 },
+        Ok(Response::new(match self.broker.audit().list(limit) {
+            Ok(list) => pb::ListAuditResponse {
+                status: ok(),
+                entries: list
+                    .into_iter()
+                    .map(|e| pb::AuditEntry {
+                        at_ms: e.at,
+                        actor: e.actor,
+                        action: e.action,
+                        target: e.target,
+                        reason: e.reason,
+                        outcome: e.outcome,
+                        node: String::new(),
+                    })
+                    .collect(),
+            },
+            Err(e) => pb::ListAuditResponse { status: status(&e), entries: Vec::new() },
         }))
     }
 }
@@ -668,10 +786,32 @@ fn merge_group(into: &mut pb::Group, g: pb::Group) {
                 x.in_flight += t.in_flight;
                 x.retrying += t.retrying;
                 x.deferred += t.deferred;
+                x.queues.extend(t.queues);
             }
             None => into.topics.push(t),
         }
     }
+}
+
+/// Wire form of a message's state for one group.
+fn wire_state((group, state): (String, MessageState)) -> pb::MessageGroupState {
+    let mut w = pb::MessageGroupState { group, ..Default::default() };
+    w.state = match state {
+        MessageState::Pending => "pending".into(),
+        MessageState::Deferred { visible_at } => {
+            w.visible_at_ms = visible_at;
+            "deferred".into()
+        }
+        MessageState::InFlight { attempt, client, visible_at } => {
+            w.attempt = attempt;
+            w.client_id = client;
+            w.visible_at_ms = visible_at;
+            "in flight".into()
+        }
+        MessageState::Acked => "acked".into(),
+        MessageState::DeadLettered => "dead-lettered".into(),
+    };
+    w
 }
 
 /// Every node's messages, each marked with its node, oldest stored first, at most `limit`.
@@ -952,6 +1092,8 @@ impl AdminService {
             total.flushed_write_count += s.flushed_write_count;
             total.store_bytes += s.store_bytes;
             total.message_count += s.message_count;
+            total.messages_in += s.messages_in;
+            total.messages_out += s.messages_out;
             total.pending_transactions += s.pending_transactions;
             total.parked_transactions += s.parked_transactions;
             total.nodes.push(pb::NodeStatus {
@@ -982,15 +1124,20 @@ impl AdminService {
                 return pb::DescribeGroupResponse {
                     status: Some(pb::Status { code: pb::StatusCode::Unavailable as i32, message: e.to_string() }),
                     group: None,
+                    in_flight: Vec::new(),
                 }
             }
         };
         let mut merged: Option<pb::Group> = None;
+        let mut in_flight = Vec::new();
         for node in members {
             let asked = crate::grpc::forward::forwarded(req, m, req.get_ref().clone());
             let answer = admin_at!(self, m, &node.record.id, asked, describe_group);
             let g = match answer.map(|r| r.into_inner()) {
-                Ok(pb::DescribeGroupResponse { group: Some(g), .. }) => g,
+                Ok(pb::DescribeGroupResponse { group: Some(g), in_flight: held, .. }) => {
+                    in_flight.extend(held);
+                    g
+                }
                 Ok(_) => continue, // the group has no state there
                 Err(e) => {
                     return pb::DescribeGroupResponse {
@@ -999,6 +1146,7 @@ impl AdminService {
                             message: format!("node {}: {}", node.record.id, e.message()),
                         }),
                         group: None,
+                        in_flight: Vec::new(),
                     }
                 }
             };
@@ -1011,7 +1159,9 @@ impl AdminService {
         match merged {
             Some(mut g) => {
                 g.topics.sort_by(|a, b| a.topic.cmp(&b.topic));
-                pb::DescribeGroupResponse { status: ok(), group: Some(g) }
+                in_flight.sort_by_key(|m: &pb::InFlightMessage| m.delivered_at_ms);
+                in_flight.truncate(1000);
+                pb::DescribeGroupResponse { status: ok(), group: Some(g), in_flight }
             }
             None => pb::DescribeGroupResponse {
                 status: Some(pb::Status {
@@ -1019,6 +1169,7 @@ impl AdminService {
                     message: format!("no group {}", req.get_ref().name),
                 }),
                 group: None,
+                in_flight: Vec::new(),
             },
         }
     }
@@ -1104,10 +1255,115 @@ impl AdminService {
         Ok(Arc::new(record))
     }
 
+    /// Who asks for an operator action: with authentication on, the authenticated user (and
+    /// the actor the tool named, when it differs); off, the named actor or `anonymous`.
+    fn actor_of<T>(&self, req: &Request<T>, named: &str) -> String {
+        let user = if self.broker.auth().enabled() {
+            let client = req.metadata().get("x-mq-client-id").and_then(|v| v.to_str().ok()).unwrap_or("txmq-cli");
+            Caller::of(&self.broker, req, client, "Admin").user().ok().flatten().map(|u| u.name.clone())
+        } else {
+            None
+        };
+        match (user, named.trim()) {
+            (Some(u), n) if n.is_empty() || n == u => u,
+            (Some(u), n) => format!("{u} ({n})"),
+            (None, "") => "anonymous".into(),
+            (None, n) => n.to_string(),
+        }
+    }
+
+    /// Records an operator action in the audit log of the node that received it (a request
+    /// passed on from another node was recorded there). A failure to record is logged; the
+    /// action's own answer stands.
+    async fn audit<T: Audited>(&self, req: &Request<T>, action: &str, target: &str, outcome: Option<&pb::Status>) {
+        if crate::grpc::forward::is_forwarded(req) {
+            return;
+        }
+        let outcome = match outcome {
+            Some(s) if s.code != pb::StatusCode::Ok as i32 => s.message.clone(),
+            _ => "ok".into(),
+        };
+        let entry = AuditEntry {
+            at: now_ms(),
+            actor: self.actor_of(req, req.get_ref().actor()),
+            action: action.into(),
+            target: target.into(),
+            reason: req.get_ref().reason().into(),
+            outcome,
+        };
+        if let Err(e) = self.broker.audit().record(&entry).await {
+            tracing::error!(error = %e, action, target, "operator action not recorded in the audit log");
+        }
+    }
+
+    /// Resends dead letters here, or (cluster) on every node, summing the counts; with
+    /// `dry_run`, counts only.
+    async fn resend_here_or_everywhere(
+        &self,
+        req: &Request<pb::ResendDeadLettersRequest>,
+    ) -> pb::ResendDeadLettersResponse {
+        if let Some(m) = self.cluster.as_ref().filter(|_| !crate::grpc::forward::is_forwarded(req)) {
+            // Each node resends the dead letters it stores; the count is the sum.
+            return match everywhere!(self, m, req, resend_dead_letters) {
+                Ok(answers) => {
+                    pb::ResendDeadLettersResponse { status: ok(), resent: answers.iter().map(|(_, r)| r.resent).sum() }
+                }
+                Err(e) => pb::ResendDeadLettersResponse { status: unavailable(e), resent: 0 },
+            };
+        }
+        let req = req.get_ref();
+        if !req.all && req.message_ids.is_empty() {
+            let e = BrokerError::BadRequest("name message ids or ask for all".into());
+            return pb::ResendDeadLettersResponse { status: status(&e), resent: 0 };
+        }
+        let done = if req.dry_run {
+            self.broker.count_resendable(&req.group, &req.message_ids, req.all)
+        } else {
+            self.broker.resend_dead_letters(&req.group, &req.message_ids, req.all).await
+        };
+        match done {
+            Ok(n) => pb::ResendDeadLettersResponse { status: ok(), resent: n as u32 },
+            Err(e) => pb::ResendDeadLettersResponse { status: status(&e), resent: 0 },
+        }
+    }
+
     /// A transaction with its half-message summary and timeline.
     fn full_txn(&self, t: &Txn) -> pb::Transaction {
         let half = self.broker.half_message(&t.id).ok().flatten();
         wire_txn(t, half.as_ref(), true)
+    }
+}
+
+/// Requests of operator actions: who they name and why.
+trait Audited {
+    fn actor(&self) -> &str;
+    fn reason(&self) -> &str;
+}
+
+impl Audited for pb::ResolveTransactionRequest {
+    fn actor(&self) -> &str {
+        &self.actor
+    }
+    fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl Audited for pb::ResumeTransactionRequest {
+    fn actor(&self) -> &str {
+        &self.actor
+    }
+    fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl Audited for pb::ResendDeadLettersRequest {
+    fn actor(&self) -> &str {
+        &self.actor
+    }
+    fn reason(&self) -> &str {
+        &self.reason
     }
 }
 
@@ -1194,6 +1450,16 @@ fn wire_group(g: GroupStats) -> pb::Group {
                 in_flight: t.in_flight,
                 retrying: t.retrying,
                 deferred: t.deferred,
+                queues: t
+                    .queues
+                    .into_iter()
+                    .map(|q| pb::GroupQueueStats {
+                        queue: q.queue,
+                        backlog: q.backlog,
+                        oldest_stored_at_ms: q.oldest_stored_at.unwrap_or(0),
+                        in_flight: q.in_flight,
+                    })
+                    .collect(),
             })
             .collect(),
         lite_subscriptions: Vec::new(),
@@ -1229,5 +1495,6 @@ fn wire_stored(m: &StoredMessage) -> pb::StoredMessage {
         body_gzip: m.msg.body_gzip,
         priority: m.msg.priority.map_or(-1, |p| p as i32),
         node: String::new(),
+        group_states: Vec::new(),
     }
 }

@@ -70,6 +70,25 @@ impl Client {
     }
 }
 
+/// One client as operators see it ([`Clients::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientView {
+    pub client_id: String,
+    /// Its Settings' client type (`PRODUCER`, `SIMPLE_CONSUMER`, ...); empty before Settings.
+    pub kind: String,
+    /// A consumer's group.
+    pub group: String,
+    /// Topics it sends transactional messages to or declared.
+    pub topics: Vec<String>,
+    pub language: String,
+    pub version: String,
+    pub platform: String,
+    pub last_seen_ms: i64,
+    pub streams: usize,
+    /// Has a live stream and showed a sign of life within [`ALIVE_WINDOW`].
+    pub online: bool,
+}
+
 /// A check written to a stream and not answered yet.
 struct PendingCheck {
     client: String,
@@ -311,6 +330,48 @@ impl Clients {
     /// Drops everything known about a client that announced its termination.
     pub fn terminate(&self, client_id: &str) {
         crate::sync::lock(&self.inner).remove(client_id);
+    }
+
+    /// What the registry knows about every client, for operators.
+    pub fn snapshot(&self) -> Vec<ClientView> {
+        let inner = crate::sync::lock(&self.inner);
+        let now = crate::clock::now_ms();
+        let mut out: Vec<ClientView> = inner
+            .iter()
+            .map(|(id, c)| {
+                let mut topics: Vec<String> = c.sends_txn.iter().chain(&c.declared).cloned().collect();
+                topics.sort();
+                topics.dedup();
+                let settings = c.settings.as_ref();
+                let ua = settings.and_then(|s| s.user_agent.as_ref());
+                ClientView {
+                    client_id: id.clone(),
+                    kind: settings
+                        .and_then(|s| s.client_type)
+                        .and_then(|t| v2::ClientType::try_from(t).ok())
+                        .map(|t| t.as_str_name().to_string())
+                        .unwrap_or_default(),
+                    group: match settings.and_then(|s| s.pub_sub.as_ref()) {
+                        Some(v2::settings::PubSub::Subscription(sub)) => {
+                            sub.group.as_ref().map(|g| g.name.clone()).unwrap_or_default()
+                        }
+                        _ => String::new(),
+                    },
+                    topics,
+                    language: ua
+                        .and_then(|u| v2::Language::try_from(u.language).ok())
+                        .map(|l| l.as_str_name().to_string())
+                        .unwrap_or_default(),
+                    version: ua.map(|u| u.version.clone()).unwrap_or_default(),
+                    platform: ua.map(|u| u.platform.clone()).unwrap_or_default(),
+                    last_seen_ms: now - c.last_seen.elapsed().as_millis() as i64,
+                    streams: c.streams.len(),
+                    online: !c.streams.is_empty() && c.last_seen.elapsed() <= ALIVE_WINDOW,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
     }
 
     /// Number of clients seen and not terminated.

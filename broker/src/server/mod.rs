@@ -135,7 +135,7 @@ pub async fn run_with_metrics(
         }
     }
     let superseded = cluster.as_ref().map(|m| m.superseded()).unwrap_or_default();
-    tracker.spawn(crate::tasks::checkback::run(broker.clone(), clients, forwarder, token.clone()));
+    tracker.spawn(crate::tasks::checkback::run(broker.clone(), clients.clone(), forwarder, token.clone()));
     let tls = match (&broker.config().tls_cert, &broker.config().tls_key) {
         (Some(cert), Some(key)) => {
             let c = broker.config();
@@ -148,7 +148,7 @@ pub async fn run_with_metrics(
         }
         _ => None,
     };
-    let admin = AdminService { broker: broker.clone(), cluster };
+    let admin = AdminService { broker: broker.clone(), cluster, clients: clients.clone() };
     tracing::info!(listen = %local, "txmq broker serving");
     let stop = token.clone();
     tonic::transport::Server::builder()

@@ -54,6 +54,8 @@ pub enum Key {
     /// A user of the broker (authentication) with its secret (sealed when a key is given) and
     /// its access policy.
     User(String),
+    /// An operator action, by time; `seq` orders those of one millisecond.
+    Audit { at: i64, seq: u64 },
 }
 
 mod tag {
@@ -76,6 +78,7 @@ mod tag {
     pub const TXN_RESOLVED: u8 = 0x24;
     pub const TXN_OPEN: u8 = 0x25;
     pub const USER: u8 = 0x30;
+    pub const AUDIT: u8 = 0x40;
 }
 
 impl Key {
@@ -110,6 +113,7 @@ impl Key {
             Key::TxnResolved { at, txn } => e.u8(tag::TXN_RESOLVED).i64(*at).ordered_str(txn),
             Key::TxnOpen { state, created_at, txn } => e.u8(tag::TXN_OPEN).u8(*state).i64(*created_at).ordered_str(txn),
             Key::User(name) => e.u8(tag::USER).ordered_str(name),
+            Key::Audit { at, seq } => e.u8(tag::AUDIT).i64(*at).u64(*seq),
             Key::MessageKey { topic, key, queue, offset } => {
                 e.u8(tag::MESSAGE_KEY).ordered_str(topic).ordered_str(key).u32(*queue).u64(*offset)
             }
@@ -147,6 +151,7 @@ impl Key {
             tag::TXN_RESOLVED => Key::TxnResolved { at: d.i64()?, txn: d.ordered_str()? },
             tag::TXN_OPEN => Key::TxnOpen { state: d.u8()?, created_at: d.i64()?, txn: d.ordered_str()? },
             tag::USER => Key::User(d.ordered_str()?),
+            tag::AUDIT => Key::Audit { at: d.i64()?, seq: d.u64()? },
             other => return Err(invalid("key tag", other)),
         };
         d.finish()?;
@@ -181,6 +186,11 @@ impl Key {
 
     pub fn user_prefix() -> Vec<u8> {
         vec![tag::USER]
+    }
+
+    /// The audit log, oldest first.
+    pub fn audit_prefix() -> Vec<u8> {
+        vec![tag::AUDIT]
     }
 
     /// Every key of the same kind as this one (its tag byte): for counting keys in tests and
@@ -275,6 +285,7 @@ mod tests {
             (s, s).prop_map(|(topic, message_id)| Key::MessageId { topic, message_id }),
             s.prop_map(Key::Group),
             s.prop_map(Key::User),
+            (any::<i64>(), any::<u64>()).prop_map(|(at, seq)| Key::Audit { at, seq }),
             (s, any::<u32>(), any::<u64>()).prop_map(|(topic, queue, offset)| Key::Recalled { topic, queue, offset }),
             (s, s).prop_map(|(topic, lite)| Key::LiteTopic { topic, lite }),
             (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::PullOffset { group, topic, queue }),

@@ -373,8 +373,13 @@ impl Transactions {
         if matches!(effect, Effect::Publish | Effect::Discard) {
             m.txn_decisions.add(&[resolution_name(resolution), by.as_str()], 1);
         }
-        if effect == Effect::Publish {
-            m.messages_in.add(&[&txn.topic], 1);
+        match effect {
+            Effect::Publish => {
+                m.messages_in.add(&[&txn.topic, "TRANSACTION"], 1);
+                m.commits.add(&[&txn.topic], 1);
+            }
+            Effect::Discard => m.rollbacks.add(&[&txn.topic], 1),
+            _ => {}
         }
         let batch = self.txn_write(&txn, before);
         match effect {
@@ -491,6 +496,7 @@ impl Transactions {
                 self.metrics.txn_parked.add(&[&txn.topic], 1);
             } else {
                 self.metrics.txn_decisions.add(&["rollback", "policy"], 1);
+                self.metrics.rollbacks.add(&[&txn.topic], 1);
             }
             tracing::warn!(
                 transaction_id = id,
