@@ -7,7 +7,6 @@ mod common;
 use common::{consumer, drain, start, tags, txn_config, txn_producer};
 use rocketmq::model::message::MessageBuilder;
 use rocketmq::model::transaction::{Transaction, TransactionResolution};
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 /// Runs `txmq --broker ADDR ARGS…`; returns (success, stdout, stderr).
@@ -33,15 +32,6 @@ async fn json(broker: &str, args: &[&str]) -> serde_json::Value {
     let (ok, out, err) = txmq(broker, &a).await;
     assert!(ok, "txmq {args:?} failed: {err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("txmq {args:?} printed invalid JSON ({e}): {out}"))
-}
-
-fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    body
 }
 
 /// The value of the first sample line starting with `series`.
@@ -113,6 +103,18 @@ async fn operators_find_and_resolve_in_doubt_transactions() {
     );
     let (ok, _, err) = txmq(&addr, &["txn", "rollback", &id, "--reason", "changed my mind"]).await;
     assert!(!ok && err.contains("FAILED_PRECONDITION"), "{err}");
+    // Both attempts are in the audit log, newest first, with who, why and how they ended.
+    let audit = json(&addr, &["audit", "list"]).await;
+    let entries = audit.as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{audit}");
+    assert_eq!((entries[0]["action"].as_str(), entries[0]["target"].as_str()), (Some("rollback"), Some(id.as_str())));
+    assert!(entries[0]["outcome"].as_str().unwrap().contains("committed"), "{audit}");
+    assert_eq!(entries[1]["action"], "commit");
+    assert_eq!(entries[1]["reason"], "payment confirmed with the bank");
+    assert_eq!(entries[1]["outcome"], "ok");
+    assert!(entries[1]["actor"].as_str().unwrap().ends_with(" via cli"), "{audit}");
+    let (ok, table, _) = txmq(&addr, &["audit", "list"]).await;
+    assert!(ok && table.contains("payment confirmed with the bank"), "{table}");
 
     let c = consumer(&broker, "inventory", &["orders"]).await;
     let got = drain(&c, "orders", &tags("*"), 1, Duration::from_secs(5)).await;
@@ -144,7 +146,7 @@ async fn operators_find_and_resolve_in_doubt_transactions() {
     assert!(!ok && err.contains("cannot reach the broker"), "{err}");
 
     // The metrics endpoint tells the same story.
-    let m = scrape(broker.metrics_addr.unwrap());
+    let m = common::scrape(broker.metrics_addr.unwrap());
     assert_eq!(sample(&m, "rocketmq_messages_in_total{topic=\"orders\",message_type=\"TRANSACTION\"}"), 1.0);
     assert_eq!(sample(&m, "rocketmq_commit_messages_total{topic=\"orders\"}"), 1.0);
     assert!(sample(&m, "txmq_transaction_checks_total{topic=\"orders\"}") >= 1.0);

@@ -159,3 +159,65 @@ async fn batched_decisions_reach_each_transactions_owner() {
     assert_eq!(got, want, "every committed payment, no rolled-back one");
     drop(etcd);
 }
+
+/// The console's view of a cluster through any node: connected clients of every node (with
+/// their node), and operator actions recorded by the node that received them, listed from
+/// another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_and_the_audit_log_are_seen_from_any_node() {
+    let (etcd, _dirs, nodes) = three_nodes().await;
+    let mut first = common::admin(&nodes[0]).await;
+    let req =
+        pb::CreateTopicRequest { name: "refunds".into(), r#type: pb::TopicType::Transaction as i32, queue_count: 6 };
+    assert_eq!(first.create_topic(req).await.unwrap().into_inner().status.unwrap().code, pb::StatusCode::Ok as i32);
+    // Connected to the third node only.
+    let p = TransactionProducer::connect(ClientConfig::new(nodes[2].access_point()), &["refunds"], Arc::new(Commit))
+        .await
+        .unwrap();
+    let pending = p.begin(Message::new("refunds", "r1")).await.unwrap();
+    let id = pending.context().transaction_id.clone();
+
+    let mut second = common::admin(&nodes[1]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = second.list_clients(pb::ListClientsRequest {}).await.unwrap().into_inner();
+        assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
+        let seen = r.clients.iter().find(|c| c.online && c.topics.contains(&"refunds".to_string()));
+        if let Some(c) = seen {
+            assert_eq!(c.node, "n3", "{c:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the producer is not listed: {:?}", r.clients);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Committed by hand through the first node, whichever node owns it.
+    let r = first
+        .resolve_transaction(pb::ResolveTransactionRequest {
+            id: id.clone(),
+            commit: true,
+            reason: "refund approved".into(),
+            actor: "ops via test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
+    let audit = second.list_audit(pb::ListAuditRequest { limit: 10 }).await.unwrap().into_inner();
+    assert_eq!(audit.status.unwrap().code, pb::StatusCode::Ok as i32);
+    assert_eq!(audit.entries.len(), 1, "{:?}", audit.entries);
+    let e = &audit.entries[0];
+    assert_eq!(
+        (
+            e.action.as_str(),
+            e.target.as_str(),
+            e.reason.as_str(),
+            e.actor.as_str(),
+            e.outcome.as_str(),
+            e.node.as_str()
+        ),
+        ("commit", id.as_str(), "refund approved", "ops via test", "ok", "n1")
+    );
+    drop(pending);
+    drop(etcd);
+}

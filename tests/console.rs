@@ -143,6 +143,9 @@ async fn an_operator_commits_a_stuck_transaction_and_reads_a_groups_backlog_in_t
     let (_console, url) = console(&addr);
     let (_driver, driver_url) = chromedriver().await;
     let c = browser(&driver_url).await;
+    // Scripting really is off in this browser: <noscript> content renders.
+    c.goto("data:text/html,<noscript><p id=off>scripts off</p></noscript>").await.unwrap();
+    assert_eq!(text(&c, "#off").await, "scripts off");
 
     // The inbox lists it, classified "no producer online".
     c.goto(&format!("{url}/transactions")).await.unwrap();

@@ -29,7 +29,7 @@ pub struct ConsoleArgs {
     /// with the console's broker credentials).
     #[arg(long, default_value = "127.0.0.1:8082")]
     listen: String,
-    /// Who operates this console, as the audit log records it ("<name> via console").
+    /// Who operates this console, as the audit log records it (`NAME via console`).
     #[arg(long, env = "TXMQ_OPERATOR")]
     operator: Option<String>,
 }
