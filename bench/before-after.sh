@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs `txmq bench send` and `txmq bench e2e --txn` against two broker builds, interleaved
+# Runs `txmq bench send`, `e2e --txn` and `e2e --txn --sdk` against two broker builds, interleaved
 # (old, new, old, new …), each on a fresh data directory, with the same txmq CLI, and prints
-# the RESULT lines tagged with the rep and the broker. Compare ratios within one run.
+# the RESULT lines tagged with the rep and the broker, with the bytes the broker wrote to disk
+# per message (/proc/PID/io). Compare ratios within one run.
 #
 #   bash bench/before-after.sh OLD_BROKER_BINARY NEW_BROKER_BINARY [REPS] [DURATION]
 #
@@ -20,10 +21,13 @@ for rep in $(seq 1 "$reps"); do
     "$bin" --listen 127.0.0.1:$port --data-dir "$dir/data" >"$dir/broker.log" 2>&1 &
     pid=$!
     for _ in $(seq 50); do "$txmq" --broker 127.0.0.1:$port status >/dev/null 2>&1 && break; sleep 0.2; done
-    for scenario in "send" "e2e --txn"; do
+    for scenario in "send" "e2e --txn" "e2e --txn --sdk"; do
+      w0=$(awk '/^write_bytes/ {print $2}' "/proc/$pid/io")
       # shellcheck disable=SC2086
-      "$txmq" --broker 127.0.0.1:$port bench $scenario --duration "$duration" 2>/dev/null \
-        | grep '^RESULT' | sed "s/^/rep=$rep broker=$which /"
+      line=$("$txmq" --broker 127.0.0.1:$port bench $scenario --duration "$duration" 2>/dev/null | grep '^RESULT' || true)
+      w1=$(awk '/^write_bytes/ {print $2}' "/proc/$pid/io")
+      msgs=$(echo "$line" | sed -n 's/.* msgs=\([0-9]*\).*/\1/p')
+      echo "rep=$rep broker=$which $line disk_bytes_per_msg=$(( (w1 - w0) / (${msgs:-0} > 0 ? ${msgs:-1} : 1) ))"
     done
     kill "$pid"; wait "$pid" 2>/dev/null || true
     rm -rf "$dir"

@@ -97,6 +97,22 @@ async fn text(c: &Client, css: &str) -> String {
     c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}")).text().await.unwrap()
 }
 
+/// Waits (a click's navigation may still be loading) until the text of `css` is `want`.
+async fn wait_text(c: &Client, css: &str, want: &str) {
+    let started = Instant::now();
+    loop {
+        let got = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if got == want {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{css} shows {got:?}, not {want:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_operator_commits_a_stuck_transaction_and_reads_a_groups_backlog_in_the_browser() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,13 +172,13 @@ async fn an_operator_commits_a_stuck_transaction_and_reads_a_groups_backlog_in_t
 
     // Its page; a commit without a reason is refused, with a reason and confirmation it lands.
     c.find(Locator::Css(&format!("tr[data-txn='{id}'] a"))).await.unwrap().click().await.unwrap();
+    wait_text(&c, "#txn-id", &id).await;
     assert_eq!(text(&c, "#txn-state").await, "PENDING");
-    assert_eq!(text(&c, "#txn-id").await, id);
     screenshot(&c, "2-transaction").await;
     c.find(Locator::Id("reason")).await.unwrap().send_keys("bank confirmed payment of order 7").await.unwrap();
     c.find(Locator::Id("confirm")).await.unwrap().click().await.unwrap();
     c.find(Locator::Id("commit")).await.unwrap().click().await.unwrap();
-    assert_eq!(text(&c, "#txn-state").await, "COMMITTED");
+    wait_text(&c, "#txn-state", "COMMITTED").await;
     let timeline = text(&c, "#timeline").await;
     assert!(timeline.contains("bank confirmed payment of order 7"), "timeline: {timeline}");
     screenshot(&c, "3-committed").await;

@@ -525,12 +525,10 @@ impl Broker {
         reason: Option<String>,
         may_end: impl FnOnce(&str) -> Result<()>,
     ) -> Result<Txn> {
-        let publish = |half: StoredMessage, writes: Batch, now: Millis| async move {
+        let publish = |half: StoredMessage, txn: String, writes: Batch, now: Millis| async move {
             let record = self.topic_or_create(&half.msg.topic).await?;
             let topic = half.msg.topic.clone();
-            self.log
-                .append(&topic, Target::Spread(record.queue_count), vec![half.msg], &half.producer, now, writes)
-                .await?;
+            self.log.append_committed(&topic, Target::Spread(record.queue_count), half, &txn, now, writes).await?;
             Ok(())
         };
         self.txns.end(topic, message_id, txn_id, resolution, by, reason, may_end, publish).await

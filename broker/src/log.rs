@@ -9,8 +9,13 @@
 //! Sends are idempotent on `(topic, message id)`: a retry of a stored (or still committing)
 //! message gets the first copy's place back and stores nothing.
 //!
+//! A committed transactional message is not written again: its queue record points at the
+//! half message its send stored (see [`MessageLog::append_committed`]), and readers see the
+//! message as if it were stored whole.
+//!
 //! Owns: message records, the message-id index and each queue's offsets and watermark. Never
-//! touches topic records (the registry is `topics`), consumption state or transactions; a
+//! touches topic records (the registry is `topics`), consumption state or transaction records
+//! (only the half messages its references point at: read, and deleted when they expire); a
 //! caller may hand it other parts' writes to make durable in the same batch as an append.
 
 use crate::codec::Record;
@@ -167,6 +172,37 @@ impl MessageLog {
         now: Millis,
         extra: Batch,
     ) -> Result<Vec<Placement>> {
+        self.append_with(topic, target, messages, producer, now, extra, None).await
+    }
+
+    /// Appends the half message of committed transaction `txn` (stored by its half send, under
+    /// `Key::HalfChunk`) without writing it again: the queue gets a small record pointing at
+    /// the half, which keeps the body and headers until the queue record expires. Otherwise as
+    /// [`MessageLog::append`].
+    pub async fn append_committed(
+        &self,
+        topic: &str,
+        target: Target,
+        half: StoredMessage,
+        txn: &str,
+        now: Millis,
+        extra: Batch,
+    ) -> Result<Placement> {
+        let placed = self.append_with(topic, target, vec![half.msg], &half.producer, now, extra, Some(txn)).await?;
+        placed.into_iter().next().ok_or_else(|| BrokerError::Internal("a commit placed no message".into()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn append_with(
+        &self,
+        topic: &str,
+        target: Target,
+        messages: Vec<NewMessage>,
+        producer: &str,
+        now: Millis,
+        extra: Batch,
+        half_of: Option<&str>,
+    ) -> Result<Vec<Placement>> {
         // Refuse a request that names one id twice before any offset is handed out (a refusal
         // later would leave a hole in the queue).
         let mut ids = std::collections::HashSet::with_capacity(messages.len());
@@ -218,7 +254,10 @@ impl MessageLog {
                         store_timestamp: now,
                         producer: producer.to_string(),
                     };
-                    write_message(&mut batch, &stored)?;
+                    match half_of {
+                        Some(txn) => write_reference(&mut batch, &stored, txn)?,
+                        None => write_message(&mut batch, &stored)?,
+                    }
                     fresh.push((stored.msg.index_id().into_owned(), queue, offset));
                     placements.push(Placement { queue, offset, duplicate: false });
                 }
@@ -299,9 +338,12 @@ impl MessageLog {
     pub fn stored_at(&self, topic: &str, queue: u32, offset: u64) -> Result<Option<Millis>> {
         let first = Key::MessageChunk { topic: topic.into(), queue, offset, chunk: 0 }.encode();
         let Some(head) = self.store.get(&first)? else { return Ok(None) };
-        let (stored_at, _, _) = StoredMessage::decode_header(&head)
-            .map_err(|e| StoreError::Corrupt { key: first, detail: e.to_string() })?;
-        Ok(Some(stored_at))
+        let stored_at = if head.first() == Some(&HALF_REF) {
+            HalfRef::decode(&head).map(|r| r.store_timestamp)
+        } else {
+            StoredMessage::decode_header(&head).map(|(at, _, _)| at)
+        };
+        Ok(Some(stored_at.map_err(|e| StoreError::Corrupt { key: first, detail: e.to_string() })?))
     }
 
     /// Reads one stored message, recalled or not.
@@ -310,13 +352,33 @@ impl MessageLog {
         if offset >= durable {
             return Ok(None);
         }
+        Ok(self.record(topic, queue, offset)?.map(|(m, _)| m))
+    }
+
+    /// The message stored at a place, whatever its record, and the transaction whose half
+    /// message holds it (a committed transactional message); `None` if nothing is stored.
+    fn record(&self, topic: &str, queue: u32, offset: u64) -> Result<Option<(StoredMessage, Option<String>)>> {
         let prefix = Key::message_prefix(topic, queue, offset);
-        match chunks::get(self.store.as_ref(), &prefix)? {
-            None => Ok(None),
-            Some(bytes) => StoredMessage::decode(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt { key: prefix, detail: e.to_string() }.into()),
+        let Some(bytes) = chunks::get(self.store.as_ref(), &prefix)? else { return Ok(None) };
+        let corrupt = |key: Vec<u8>, e: crate::codec::CodecError| StoreError::Corrupt { key, detail: e.to_string() };
+        if bytes.first() != Some(&HALF_REF) {
+            return Ok(Some((StoredMessage::decode(&bytes).map_err(|e| corrupt(prefix, e))?, None)));
         }
+        let r = HalfRef::decode(&bytes).map_err(|e| corrupt(prefix.clone(), e))?;
+        let half_prefix = Key::half_prefix(&r.txn);
+        let Some(half) = chunks::get(self.store.as_ref(), &half_prefix)? else {
+            // Kept until this record expires; missing only if the store lost it.
+            return Err(StoreError::Corrupt {
+                key: prefix,
+                detail: format!("the half message of transaction {} is gone", r.txn),
+            }
+            .into());
+        };
+        let mut m = StoredMessage::decode(&half).map_err(|e| corrupt(half_prefix, e))?;
+        m.queue = r.queue;
+        m.offset = r.offset;
+        m.store_timestamp = r.store_timestamp;
+        Ok(Some((m, Some(r.txn))))
     }
 
     /// Where a message id is stored, if it is (durably).
@@ -368,13 +430,17 @@ impl MessageLog {
                 break;
             }
             let prefix = Key::message_prefix(topic, queue, next_min);
-            if let Some(bytes) = chunks::get(self.store.as_ref(), &prefix)? {
-                let m = StoredMessage::decode(&bytes)
-                    .map_err(|e| StoreError::Corrupt { key: prefix.clone(), detail: e.to_string() })?;
+            if let Some((m, txn)) = self.record(topic, queue, next_min)? {
                 for key in &m.msg.keys {
                     batch.delete(&Key::MessageKey { topic: topic.into(), key: key.clone(), queue, offset: next_min });
                 }
                 batch.delete(&Key::MessageId { topic: topic.into(), message_id: m.msg.index_id().into_owned() });
+                // A committed transactional message's body lives in its half message: it goes
+                // with the queue record (the transaction's purge leaves it, see
+                // `references_half`).
+                if let Some(txn) = txn {
+                    chunks::delete(self.store.as_ref(), &mut batch, &Key::half_prefix(&txn))?;
+                }
             }
             chunks::delete(self.store.as_ref(), &mut batch, &prefix)?;
             if topic.starts_with(crate::topics::DLQ_PREFIX) {
@@ -454,10 +520,72 @@ fn pick_queue(inner: &mut Inner, msg: &NewMessage, queue_count: u32) -> u32 {
     (h % n) as u32
 }
 
+/// First byte of a queue record that points at a committed transaction's half message instead
+/// of holding the message. Message records start with their version (1 to 3), never this.
+const HALF_REF: u8 = 0xA1;
+
+/// A queue record of a committed transactional message: where and when it was published; the
+/// rest is the half message of `txn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HalfRef {
+    store_timestamp: Millis,
+    queue: u32,
+    offset: u64,
+    txn: String,
+}
+
+impl HalfRef {
+    fn encode(&self) -> Vec<u8> {
+        let mut e = crate::codec::Encoder::with_capacity(32 + self.txn.len());
+        e.u8(HALF_REF).i64(self.store_timestamp).u32(self.queue).u64(self.offset).str(&self.txn);
+        e.finish()
+    }
+
+    fn decode(bytes: &[u8]) -> std::result::Result<Self, crate::codec::CodecError> {
+        let mut d = crate::codec::Decoder::new(bytes);
+        let tag = d.u8()?;
+        if tag != HALF_REF {
+            return Err(crate::codec::CodecError::Invalid {
+                what: "half-message reference tag",
+                detail: format!("{tag:#x}"),
+            });
+        }
+        let r = HalfRef { store_timestamp: d.i64()?, queue: d.u32()?, offset: d.u64()?, txn: d.str()? };
+        d.finish()?;
+        Ok(r)
+    }
+}
+
+/// Whether the queue record of message `message_id` of `topic` is a reference to the half
+/// message of `txn` (which must then stay until that record expires).
+pub fn references_half(store: &dyn Store, topic: &str, message_id: &str, txn: &str) -> Result<bool> {
+    let key = Key::MessageId { topic: topic.into(), message_id: message_id.into() };
+    let Some(loc) = store.get(&key.encode())? else { return Ok(false) };
+    let (queue, offset) = decode_location(&key, &loc)?;
+    let first = Key::MessageChunk { topic: topic.into(), queue, offset, chunk: 0 }.encode();
+    Ok(match store.get(&first)? {
+        Some(head) if head.first() == Some(&HALF_REF) => HalfRef::decode(&head).is_ok_and(|r| r.txn == txn),
+        _ => false,
+    })
+}
+
+/// Adds a committed transactional message to `batch` as a reference to the half message of
+/// `txn`, with its id and key index entries.
+fn write_reference(batch: &mut Batch, m: &StoredMessage, txn: &str) -> Result<()> {
+    let r = HalfRef { store_timestamp: m.store_timestamp, queue: m.queue, offset: m.offset, txn: txn.to_string() };
+    write_record(batch, m, &r.encode())
+}
+
 /// Adds a stored message and its id index entry to `batch`.
 pub fn write_message(batch: &mut Batch, m: &StoredMessage) -> Result<()> {
+    write_record(batch, m, &m.encode())
+}
+
+/// Adds `record` (the message `m`, or a reference to where it is) at `m`'s place, with the
+/// id and key index entries of `m`.
+fn write_record(batch: &mut Batch, m: &StoredMessage, record: &[u8]) -> Result<()> {
     let topic = &m.msg.topic;
-    chunks::put(batch, &m.encode(), |chunk| Key::MessageChunk {
+    chunks::put(batch, record, |chunk| Key::MessageChunk {
         topic: topic.clone(),
         queue: m.queue,
         offset: m.offset,

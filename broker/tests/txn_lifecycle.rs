@@ -136,7 +136,6 @@ async fn one_purge_pass_removes_twenty_thousand_resolved_transactions() {
     resolved_and_pending(&b, 20_000, 0).await;
     let kinds = [
         Key::Txn(String::new()),
-        Key::HalfChunk { txn: String::new(), chunk: 0 },
         Key::TxnByMessage { topic: String::new(), message_id: String::new() },
         Key::TxnResolved { at: 0, txn: String::new() },
     ];
@@ -148,7 +147,8 @@ async fn one_purge_pass_removes_twenty_thousand_resolved_transactions() {
     for k in &kinds {
         assert_eq!(count_keys(store.as_ref(), k), 0, "{k:?} left after one pass");
     }
-    // The committed messages themselves stay (message retention is separate).
+    // The committed messages themselves stay (message retention is separate), with the half
+    // messages holding their bodies.
     assert_eq!(b.queue_offsets(&b.topic("orders").unwrap()).iter().map(|q| q.durable - q.min).sum::<u64>(), 20_000);
     b.shutdown();
 }
@@ -206,5 +206,60 @@ async fn counts_and_pending_lists_cost_what_is_open_not_the_history() {
     let b = Broker::with_store(Config::with_data_dir("/unused"), store.clone()).unwrap();
     assert_eq!(b.transaction_counts().unwrap().pending, 5);
     assert_eq!(b.list_transactions(&filter).unwrap().len(), 5);
+    b.shutdown();
+}
+
+/// Every stored value, as one list (keys and values).
+fn everything(store: &dyn Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+    store.scan(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, usize::MAX, false).unwrap()
+}
+
+/// Issue #20, lever 3: a commit does not write the message again. Its queue record points at
+/// the half message, which stays past the transaction's purge for as long as the queue record
+/// lives, and goes with it when the message expires; readers see the whole message throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_body_is_stored_once_and_expires_with_its_message() {
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let mut config = Config::with_data_dir("/unused");
+    config.txn_retention = Duration::from_millis(1);
+    config.retention = Duration::from_millis(300);
+    let b = Broker::with_store(config, store.clone()).unwrap();
+    let body = b"order 9 paid: a body long enough to be told apart from every other value".repeat(4);
+    let msg = NewMessage { body: body.clone(), keys: vec!["order-9".into()], ..half("m9", None) };
+    let id = b.send("orders", vec![msg], "producer-1").await.unwrap()[0].transaction_id.clone().unwrap();
+    let rolled = send_half(&b, "m10", None).await;
+    b.end_transaction("orders", "", &id, Resolution::Commit, Actor::Producer, None).await.unwrap();
+    b.end_transaction("orders", "", &rolled, Resolution::Rollback, Actor::Producer, None).await.unwrap();
+
+    let holding_body = |store: &dyn Store| {
+        everything(store).iter().filter(|(_, v)| v.windows(body.len()).any(|w| w == body.as_slice())).count()
+    };
+    assert_eq!(holding_body(store.as_ref()), 1, "the body is stored once");
+    let read = || {
+        let found = b.find_messages("orders", "m9", "", 10).unwrap();
+        assert_eq!(found.len(), 1);
+        let m = b.log().read("orders", found[0].queue, found[0].offset).unwrap().expect("readable");
+        assert_eq!((m.msg.body.as_slice(), m.msg.message_type), (body.as_slice(), MessageType::Transaction));
+        assert_eq!((m.queue, m.offset), (found[0].queue, found[0].offset));
+        assert_eq!(b.find_messages("orders", "", "order-9", 10).unwrap().len(), 1, "by key too");
+        m
+    };
+    let before_purge = read();
+
+    // The transactions are purged; the committed one's half message stays for its message,
+    // the rolled-back one's goes.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(b.purge_transactions().await.unwrap(), 2);
+    assert!(b.transaction(&id).unwrap().is_none());
+    assert!(b.half_message(&rolled).unwrap().is_none());
+    assert_eq!(count_keys(store.as_ref(), &Key::HalfChunk { txn: String::new(), chunk: 0 }), 1);
+    assert_eq!(read(), before_purge);
+
+    // The message expires with its body.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(b.enforce_retention().await.unwrap(), 1);
+    assert!(b.find_messages("orders", "m9", "", 10).unwrap().is_empty());
+    assert_eq!(count_keys(store.as_ref(), &Key::HalfChunk { txn: String::new(), chunk: 0 }), 0);
+    assert_eq!(holding_body(store.as_ref()), 0, "nothing of it is left");
     b.shutdown();
 }

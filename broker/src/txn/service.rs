@@ -331,7 +331,7 @@ impl Transactions {
 
     /// Ends (or answers) a transaction. `may_end(its topic)` decides first whether the caller
     /// may (the topic stored with the transaction, whatever the request named). On COMMIT,
-    /// `publish(half message, writes, now)` must append the message to its topic in the same
+    /// `publish(half message, transaction id, writes, now)` must append the message to its topic in the same
     /// durable write as the transaction's new state (`writes`); repeats are accepted; a
     /// contrary decision after the outcome is fixed is refused with `PreconditionFailed` and
     /// changes nothing.
@@ -348,7 +348,7 @@ impl Transactions {
         publish: F,
     ) -> Result<Txn>
     where
-        F: FnOnce(StoredMessage, Batch, Millis) -> Fut,
+        F: FnOnce(StoredMessage, String, Batch, Millis) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
         let id = self.resolve_txn_id(topic, message_id, txn_id)?;
@@ -387,7 +387,7 @@ impl Transactions {
                 let half = self
                     .half_message(&id)?
                     .ok_or_else(|| BrokerError::Internal(format!("half message of {id} is missing")))?;
-                publish(half, batch, now).await?;
+                publish(half, id.clone(), batch, now).await?;
                 log_end(&id, &txn.topic, by, "committed");
             }
             Effect::Discard => {
@@ -625,11 +625,18 @@ impl Transactions {
             let Ok(Key::TxnResolved { txn, .. }) = Key::decode(&k) else {
                 return Err(StoreError::Corrupt { key: k, detail: "not a resolution-index key".into() }.into());
             };
+            let mut half_in_use = false;
             if let Some(t) = self.transaction(&txn)? {
                 batch.delete(&Key::TxnByMessage { topic: t.topic.clone(), message_id: t.message_id.clone() });
+                // A committed message's queue record points at the half message: it stays
+                // until that record expires (the log deletes it then).
+                half_in_use = t.state == TxnState::Committed
+                    && crate::log::references_half(self.store.as_ref(), &t.topic, &t.message_id, &txn)?;
             }
             batch.delete(&Key::Txn(txn.clone()));
-            chunks::delete(self.store.as_ref(), &mut batch, &Key::half_prefix(&txn))?;
+            if !half_in_use {
+                chunks::delete(self.store.as_ref(), &mut batch, &Key::half_prefix(&txn))?;
+            }
             batch.delete_raw(k);
         }
         if n > 0 {
