@@ -259,7 +259,7 @@ async fn transactions_nobody_can_answer_back_off_and_end_by_policy() {
     loop {
         let m = common::scrape(metrics);
         if common::sample(&m, rolled_back) as usize == N {
-            assert_eq!(common::sample(&m, "txmq_transactions_pending"), 0.0);
+            assert_eq!(common::sample(&m, "rocketmq_half_messages{state=\"pending\"}"), 0.0);
             break;
         }
         assert!(

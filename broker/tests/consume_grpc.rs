@@ -375,7 +375,7 @@ async fn a_failed_dead_letter_move_is_reported_and_retried() {
     assert_eq!(got.len(), 1);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Its one attempt is used up; the move fails (no room for %DLQ%g), the receive does not.
-    let failures = r#"txmq_dead_letter_failures_total{group="g"}"#;
+    let failures = r#"txmq_dead_letter_failures_total{consumer_group="g"}"#;
     let started = std::time::Instant::now();
     while common::sample(&common::scrape(broker.metrics_addr.unwrap()), failures) < 2.0 {
         let (code, got) = receive(&mut c, "g", "jobs", all(), 1).await;
