@@ -371,15 +371,6 @@ async fn every_clients_header_variant_is_checked_the_same_way() {
     broker.stop().await.unwrap();
 }
 
-fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
 /// Runs `txmq --broker ADDR ARGS…` with `env`; returns (success, stdout, stderr).
 async fn txmq(broker: &RunningBroker, env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_txmq"));
@@ -443,6 +434,16 @@ async fn the_cli_signs_admin_calls_and_manages_users_without_showing_secrets() {
     assert!(ok, "{err}");
     let (ok, _, err) = txmq(&broker, &alice, &["topic", "list"]).await;
     assert!(ok, "{err}");
+    // Her operator actions are recorded under her authenticated name, then the tool's.
+    let (ok, _, err) = txmq(&broker, &alice, &["txn", "commit", "NO-SUCH-ID", "--reason", "testing"]).await;
+    assert!(!ok && err.contains("NOT_FOUND"), "{err}");
+    let (ok, out, err) = txmq(&broker, &root, &["--json", "audit", "list"]).await;
+    assert!(ok, "{err}");
+    let audit: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let actor = audit[0]["actor"].as_str().unwrap();
+    assert!(actor.starts_with("alice (") && actor.ends_with(" via cli)"), "{out}");
+    assert_eq!((audit[0]["action"].as_str(), audit[0]["reason"].as_str()), (Some("commit"), Some("testing")));
+    assert!(audit[0]["outcome"].as_str().unwrap().contains("NO-SUCH-ID"), "{out}");
 
     // Deleted: refused from then on.
     let (ok, _, err) = txmq(&broker, &root, &["user", "delete", "alice"]).await;
@@ -456,7 +457,7 @@ async fn the_cli_signs_admin_calls_and_manages_users_without_showing_secrets() {
     assert!(ok, "{err}");
 
     // The metrics count the failures and show no secret.
-    let metrics = scrape(broker.metrics_addr.unwrap());
+    let metrics = common::scrape(broker.metrics_addr.unwrap());
     let failures: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("txmq_auth_failures_total{"))

@@ -114,6 +114,12 @@ fn carried(fields: &Fields) -> Markup {
     }
 }
 
+/// A posted transaction decision from this console, with its required reason.
+fn posted_decision(headers: &HeaderMap, fields: &Fields) -> Result<(Decision, String), PageError> {
+    same_origin(headers)?;
+    Ok((Decision::parse(field(fields, "action"))?, reason(fields)?))
+}
+
 /// POST /transactions/{id}/action: commit, rollback or resume one transaction.
 pub async fn decide(
     State(console): State<Shared>,
@@ -121,9 +127,7 @@ pub async fn decide(
     headers: HeaderMap,
     Form(fields): Form<Fields>,
 ) -> Result<Response, PageError> {
-    same_origin(&headers)?;
-    let decision = Decision::parse(field(&fields, "action"))?;
-    let reason = reason(&fields)?;
+    let (decision, reason) = posted_decision(&headers, &fields)?;
     if field(&fields, "confirm") != "yes" {
         let content = html! {
             p.notice { (decision.verb()) " transaction " code { (id) } " with the reason: " em { (reason) } }
@@ -149,9 +153,7 @@ pub async fn bulk(
     headers: HeaderMap,
     Form(fields): Form<Fields>,
 ) -> Result<Response, PageError> {
-    same_origin(&headers)?;
-    let decision = Decision::parse(field(&fields, "action"))?;
-    let reason = reason(&fields)?;
+    let (decision, reason) = posted_decision(&headers, &fields)?;
     let mut admin = console.admin().await?;
     if field(&fields, "confirm") != "yes" {
         let filter = InboxFilter {

@@ -445,7 +445,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ResolveTransactionRequest>,
     ) -> GrpcResult<pb::ResolveTransactionResponse> {
-        if let Some((m, owner, raw)) = self.txn_owner(&req, &req.get_ref().id) {
+        let r = if let Some((m, owner, raw)) = self.txn_owner(&req, &req.get_ref().id) {
             let body = pb::ResolveTransactionRequest { id: raw, ..req.get_ref().clone() };
             let asked = crate::grpc::forward::forwarded(&req, m, body);
             let mut r = match admin_at!(self, m, &owner, asked, resolve_transaction) {
@@ -453,23 +453,12 @@ impl Admin for AdminService {
                 Err(e) => pb::ResolveTransactionResponse { status: unavailable(e.message()), transaction: None },
             };
             tag_txn(&owner, r.transaction.as_mut());
-            self.audit(
-                &req,
-                if req.get_ref().commit { "commit" } else { "rollback" },
-                &req.get_ref().id,
-                r.status.as_ref(),
-            )
-            .await;
-            return Ok(Response::new(r));
-        }
-        let r = self.resolve_txn(req.get_ref().clone()).await;
-        self.audit(
-            &req,
-            if req.get_ref().commit { "commit" } else { "rollback" },
-            &req.get_ref().id,
-            r.status.as_ref(),
-        )
-        .await;
+            r
+        } else {
+            self.resolve_txn(req.get_ref().clone()).await
+        };
+        let action = if req.get_ref().commit { "commit" } else { "rollback" };
+        self.audit(&req, action, &req.get_ref().id, r.status.as_ref()).await;
         Ok(Response::new(r))
     }
 
@@ -477,7 +466,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ResumeTransactionRequest>,
     ) -> GrpcResult<pb::ResumeTransactionResponse> {
-        if let Some((m, owner, raw)) = self.txn_owner(&req, &req.get_ref().id) {
+        let r = if let Some((m, owner, raw)) = self.txn_owner(&req, &req.get_ref().id) {
             let body = pb::ResumeTransactionRequest { id: raw, ..req.get_ref().clone() };
             let asked = crate::grpc::forward::forwarded(&req, m, body);
             let mut r = match admin_at!(self, m, &owner, asked, resume_transaction) {
@@ -485,10 +474,10 @@ impl Admin for AdminService {
                 Err(e) => pb::ResumeTransactionResponse { status: unavailable(e.message()), transaction: None },
             };
             tag_txn(&owner, r.transaction.as_mut());
-            self.audit(&req, "resume", &req.get_ref().id, r.status.as_ref()).await;
-            return Ok(Response::new(r));
-        }
-        let r = self.resume_txn(req.get_ref().clone()).await;
+            r
+        } else {
+            self.resume_txn(req.get_ref().clone()).await
+        };
         self.audit(&req, "resume", &req.get_ref().id, r.status.as_ref()).await;
         Ok(Response::new(r))
     }

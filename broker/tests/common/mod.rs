@@ -53,17 +53,6 @@ pub fn start_broker_under(
     (child, addr, log)
 }
 
-/// The text of `GET /metrics` from a broker's metrics endpoint.
-pub fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    body
-}
-
 /// The value of the sample `series` (name with labels, exactly as rendered), or 0 when absent.
 pub fn sample(metrics: &str, series: &str) -> f64 {
     metrics
@@ -207,3 +196,8 @@ pub async fn admin_transaction(url: &str, id: &str) -> txmq_proto::admin::Transa
 mod etcd;
 #[allow(unused_imports)]
 pub use etcd::{signal_pid, Etcd};
+
+mod scrape;
+// Not every test binary reads metrics.
+#[allow(unused_imports)]
+pub use scrape::scrape;
