@@ -28,11 +28,14 @@ pub fn time(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string().replace('T', " ").trim_end_matches('Z').to_string()
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 /// How long ago a Unix-epoch millisecond time was, like `3m 12s`.
 pub fn age(ms: i64) -> String {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    let secs = ((now - ms).max(0) / 1000) as u64;
+    let secs = ((now_ms() - ms).max(0) / 1000) as u64;
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
 

@@ -230,6 +230,8 @@ async fn an_operator_commits_a_stuck_transaction_and_reads_a_groups_backlog_in_t
     c.goto(&format!("{url}/messages?topic=orders&id={message_id}")).await.unwrap();
     let states = text(&c, "table.states").await;
     assert!(states.contains("shipping") && states.contains("acked"), "message states: {states}");
+    let from = text(&c, "p.from-txn").await;
+    assert!(from.contains(&id) && from.contains("COMMITTED"), "message's transaction: {from}");
     screenshot(&c, "9-message").await;
 
     c.close().await.unwrap();

@@ -540,6 +540,11 @@ impl Broker {
     }
 
     /// The half message of a transaction.
+    /// The transaction that sent a transactional message, while its record is kept.
+    pub fn transaction_of_message(&self, topic: &str, message_id: &str) -> Result<Option<String>> {
+        self.txns.transaction_of_message(topic, message_id)
+    }
+
     pub fn half_message(&self, id: &str) -> Result<Option<StoredMessage>> {
         self.txns.half_message(id)
     }

@@ -44,10 +44,7 @@ pub fn page(title: &str, active: &str, content: Markup) -> Html<String> {
     )
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub use crate::output::now_ms;
 
 /// A time as UTC text (`-` for none).
 pub fn at(ms: i64) -> String {

@@ -21,12 +21,20 @@ pub async fn overview(State(console): State<Shared>) -> Page {
         }
     };
     checked(status.status.clone())?;
-    let open = open_transactions(&mut admin).await?;
+    // The oldest pending transaction: pending ones are listed oldest first.
+    let oldest = admin
+        .list_transactions(pb::ListTransactionsRequest {
+            state: pb::TxnState::Pending as i32,
+            limit: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    checked(oldest.status.clone())?;
+    let oldest = oldest.transactions.first().map(|t| t.created_at_ms);
     let groups = admin.list_groups(pb::ListGroupsRequest {}).await?.into_inner();
     checked(groups.status.clone())?;
     let rates = console.rates.lock().await.per_second;
-    let oldest = open.iter().map(|t| t.created_at_ms).min();
-    let parked = open.iter().filter(|t| t.state == pb::TxnState::Parked as i32).count();
     let dead_letters: u64 = groups.groups.iter().map(|g| g.dead_letters).sum();
     let behind: Vec<(&pb::Group, u64)> = groups
         .groups
@@ -57,7 +65,7 @@ pub async fn overview(State(console): State<Shared>) -> Page {
             (card("Messages in / s", rates.map_or("…".into(), |r| format!("{:.1}", r.0)), Some("last 5 s")))
             (card("Deliveries / s", rates.map_or("…".into(), |r| format!("{:.1}", r.1)), Some("last 5 s")))
             (card("Pending transactions", status.pending_transactions, oldest.map(ago).map(|a| format!("oldest {a}")).as_deref()))
-            (card("Parked transactions", parked, Some("waiting for an operator")))
+            (card("Parked transactions", status.parked_transactions, Some("waiting for an operator")))
             (card("Dead letters", dead_letters, None))
             (card("Groups behind", behind.len(), Some("backlog or in flight")))
         }
@@ -512,7 +520,12 @@ pub async fn messages(State(console): State<Shared>, Query(q): Query<MessageQuer
         checked(r.status)?;
         let mut shown = Vec::new();
         for m in r.messages {
-            let txn = if m.message_type == "TRANSACTION" { transaction_of(&mut admin, &m).await? } else { None };
+            let txn = if m.transaction_id.is_empty() {
+                None
+            } else {
+                let t = admin.get_transaction(pb::GetTransactionRequest { id: m.transaction_id.clone() }).await?;
+                t.into_inner().transaction
+            };
             shown.push((m, txn));
         }
         shown
@@ -530,22 +543,6 @@ pub async fn messages(State(console): State<Shared>, Query(q): Query<MessageQuer
         @for (m, txn) in &found { (message_view(m, txn.as_ref())) }
     };
     Ok(page("Messages", "/messages", content))
-}
-
-/// The transaction a stored transactional message came from (searched among the topic's
-/// transactions the broker still keeps).
-async fn transaction_of(
-    admin: &mut crate::admin::Admin,
-    m: &pb::StoredMessage,
-) -> Result<Option<pb::Transaction>, PageError> {
-    let r = admin
-        .list_transactions(pb::ListTransactionsRequest { topic: m.topic.clone(), limit: 1000, ..Default::default() })
-        .await?
-        .into_inner();
-    checked(r.status)?;
-    let Some(t) = r.transactions.into_iter().find(|t| t.message_id == m.message_id) else { return Ok(None) };
-    let full = admin.get_transaction(pb::GetTransactionRequest { id: t.id }).await?.into_inner();
-    Ok(full.transaction)
 }
 
 fn message_view(m: &pb::StoredMessage, txn: Option<&pb::Transaction>) -> Markup {
@@ -580,7 +577,7 @@ fn message_view(m: &pb::StoredMessage, txn: Option<&pb::Transaction>) -> Markup 
             }
         }
         @if let Some(t) = txn {
-            p { "From transaction " a.mono href=(format!("/transactions/{}", enc(&t.id))) { (t.id) } ": " (state_name(t.state)) }
+            p.from-txn { "From transaction " a.mono href=(format!("/transactions/{}", enc(&t.id))) { (t.id) } ": " (state_name(t.state)) }
             table {
                 thead { tr { th { "At" } th { "Event" } th { "Answer / decision" } th { "By" } th { "Reason" } } }
                 tbody {

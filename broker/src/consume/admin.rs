@@ -88,6 +88,17 @@ pub struct DeadLetter {
     pub resent_at: Option<i64>,
 }
 
+impl DeadLetter {
+    /// Whether a resend of `ids` (or of `all` not resent before) takes this dead letter.
+    fn wanted(&self, ids: &[String], all: bool) -> bool {
+        if all {
+            self.resent_at.is_none()
+        } else {
+            ids.contains(&self.message.msg.message_id)
+        }
+    }
+}
+
 /// A group and its positions.
 #[derive(Debug, Clone)]
 pub struct GroupStats {
@@ -153,9 +164,9 @@ impl Consumers {
                 .map(|&(queue, from, to)| GroupQueueStats {
                     queue,
                     backlog: to.saturating_sub(from),
+                    // The record's header alone (no body, no half message behind a reference).
                     oldest_stored_at: (from..to.min(from + 16))
-                        .find_map(|at| src.log.read(&topic, queue, at).ok().flatten())
-                        .map(|m| m.store_timestamp),
+                        .find_map(|at| src.log.stored_at(&topic, queue, at).ok().flatten()),
                     in_flight: 0,
                 })
                 .collect();
@@ -264,8 +275,7 @@ impl Consumers {
     pub fn count_resendable(&self, src: Source<'_>, group: &str, ids: &[String], all: bool) -> Result<usize> {
         let mut n = 0;
         self.for_each_dead_letter(src, group, |letter| {
-            let wanted = if all { letter.resent_at.is_none() } else { ids.contains(&letter.message.msg.message_id) };
-            n += usize::from(wanted && letter.message.msg.origin_topic.is_some());
+            n += usize::from(letter.wanted(ids, all) && letter.message.msg.origin_topic.is_some());
             true
         })?;
         Ok(n)
@@ -330,9 +340,7 @@ impl Consumers {
                 let mut page = Vec::with_capacity(RESEND_PAGE);
                 for offset in from..to {
                     let Some(letter) = self.dead_letter_at(src, &t.name, q.queue, offset)? else { continue };
-                    let wanted =
-                        if all { letter.resent_at.is_none() } else { ids.contains(&letter.message.msg.message_id) };
-                    if wanted {
+                    if letter.wanted(ids, all) {
                         page.push(letter.message);
                     }
                 }

@@ -11,7 +11,7 @@ use crate::consume::admin::GroupStats;
 use crate::consume::admin::MessageState;
 use crate::error::BrokerError;
 use crate::log::QueueOffsets;
-use crate::model::{StoredMessage, TopicRecord, TopicType};
+use crate::model::{MessageType, StoredMessage, TopicRecord, TopicType};
 use crate::txn::service::TxnFilter;
 use crate::txn::state::{Actor, Event, Resolution, Txn, TxnState};
 use pb::admin_server::Admin;
@@ -38,12 +38,25 @@ impl tonic::service::Interceptor for AdminGate {
             req.metadata().get("x-mq-client-id").and_then(|v| v.to_str().ok()).unwrap_or("txmq-cli").to_string();
         let caller = Caller::of(&self.broker, &req, &client, "Admin");
         match caller.allow(&[(Resource::cluster(), Action::Admin)]) {
-            Ok(()) => Ok(req),
+            Ok(()) => {
+                // The handlers name this user in the audit log without verifying again.
+                let user = caller.user().ok().flatten().map(|u| AdminUser(u.name.clone()));
+                let mut req = req;
+                if let Some(user) = user {
+                    req.extensions_mut().insert(user);
+                }
+                Ok(req)
+            }
             Err(BrokerError::Forbidden(why)) => Err(tonic::Status::permission_denied(why)),
             Err(e) => Err(tonic::Status::unauthenticated(e.to_string())),
         }
     }
 }
+
+/// The user an admin request authenticated as (set by [`AdminGate`] when authentication is
+/// on).
+#[derive(Debug, Clone)]
+struct AdminUser(String);
 
 /// The admin service over the shared broker.
 pub struct AdminService {
@@ -635,6 +648,15 @@ impl Admin for AdminService {
                     .map(|m| pb::StoredMessage {
                         recalled_at_ms: self.broker.recalled_at(m).unwrap_or(0),
                         group_states: self.broker.message_states(m).into_iter().map(wire_state).collect(),
+                        transaction_id: match m.msg.message_type {
+                            MessageType::Transaction => self
+                                .broker
+                                .transaction_of_message(&m.msg.topic, &m.msg.message_id)
+                                .ok()
+                                .flatten()
+                                .unwrap_or_default(),
+                            _ => String::new(),
+                        },
                         ..wire_stored(m)
                     })
                     .collect(),
@@ -809,6 +831,10 @@ fn merge_messages<R: HasMessages>(answers: Vec<(String, R)>, limit: usize) -> Ve
         .into_iter()
         .flat_map(|(node, r)| {
             r.messages().into_iter().map(move |mut m| {
+                // A transaction is committed by its owner into its own log: the message's node.
+                if !m.transaction_id.is_empty() {
+                    m.transaction_id = crate::grpc::forward::tag(&node, &m.transaction_id);
+                }
                 m.node = node.clone();
                 m
             })
@@ -1247,12 +1273,7 @@ impl AdminService {
     /// Who asks for an operator action: with authentication on, the authenticated user (and
     /// the actor the tool named, when it differs); off, the named actor or `anonymous`.
     fn actor_of<T>(&self, req: &Request<T>, named: &str) -> String {
-        let user = if self.broker.auth().enabled() {
-            let client = req.metadata().get("x-mq-client-id").and_then(|v| v.to_str().ok()).unwrap_or("txmq-cli");
-            Caller::of(&self.broker, req, client, "Admin").user().ok().flatten().map(|u| u.name.clone())
-        } else {
-            None
-        };
+        let user = req.extensions().get::<AdminUser>().map(|u| u.0.clone());
         match (user, named.trim()) {
             (Some(u), n) if n.is_empty() || n == u => u,
             (Some(u), n) => format!("{u} ({n})"),
@@ -1485,5 +1506,6 @@ fn wire_stored(m: &StoredMessage) -> pb::StoredMessage {
         priority: m.msg.priority.map_or(-1, |p| p as i32),
         node: String::new(),
         group_states: Vec::new(),
+        transaction_id: String::new(),
     }
 }

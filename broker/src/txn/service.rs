@@ -322,11 +322,16 @@ impl Transactions {
         if !txn_id.trim().is_empty() {
             return Ok(txn_id.to_string());
         }
-        let key = Key::TxnByMessage { topic: topic.to_string(), message_id: message_id.to_string() };
-        match self.store.get(&key.encode())? {
-            Some(id) if !message_id.is_empty() => String::from_utf8(id).map_err(|e| corrupt(&key, e)),
+        match self.transaction_of_message(topic, message_id)? {
+            Some(id) if !message_id.is_empty() => Ok(id),
             _ => Err(BrokerError::InvalidTransactionId("transaction id is blank".into())),
         }
+    }
+
+    /// The transaction that sent message `message_id` of `topic`, while its record is kept.
+    pub fn transaction_of_message(&self, topic: &str, message_id: &str) -> Result<Option<String>> {
+        let key = Key::TxnByMessage { topic: topic.to_string(), message_id: message_id.to_string() };
+        self.store.get(&key.encode())?.map(|id| String::from_utf8(id).map_err(|e| corrupt(&key, e))).transpose()
     }
 
     /// Ends (or answers) a transaction. `may_end(its topic)` decides first whether the caller
