@@ -2,7 +2,8 @@
 //! missing `fdatasync`. This test runs the broker under `strace` (Debian `strace`, installed by
 //! `.ci/run`) while a client sends messages, and checks from the trace's timestamps that every
 //! acknowledged send was preceded, after it was sent, by a completed `fdatasync` or `fsync` of
-//! the store's log file (`<data-dir>/db`), that every other file written in the data directory
+//! the store's log file (`<data-dir>/db`), preceded in turn by one of a value-log segment
+//! (`<data-dir>/values/*.seg`, where message bodies live), that every other file written in the data directory
 //! was synced after its last write, and that sled never wrote a blob file (blob files are
 //! never fsynced by sled; txmq's 4 KiB chunks keep every value in the log).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -157,14 +158,33 @@ async fn every_acknowledged_send_follows_an_fdatasync_of_the_store() {
         "the trace saw no write or sync of {log}:\n{}",
         &trace[..trace.len().min(3000)]
     );
+    let values_dir = format!("{}/", data.join("values").to_str().unwrap());
+    let value_syncs: Vec<f64> = calls
+        .iter()
+        .filter(|c| c.name == "fdatasync" && c.path.starts_with(&values_dir) && c.path.ends_with(".seg"))
+        .map(|c| c.done)
+        .collect();
     let mut unsynced = Vec::new();
+    let mut bodies_unsynced = Vec::new();
     for (i, sent, acked_at) in &acked {
         if !syncs.iter().any(|t| t >= sent && t <= acked_at) {
             unsynced.push(*i);
         }
+        // The body's segment is synced before the sled log that points at it.
+        let ordered = value_syncs
+            .iter()
+            .filter(|v| *v >= sent && *v <= acked_at)
+            .any(|v| syncs.iter().any(|t| t >= v && t <= acked_at));
+        if !ordered {
+            bodies_unsynced.push(*i);
+        }
     }
     assert_eq!(acked.len(), SENDS);
     assert!(unsynced.is_empty(), "acknowledged with no fdatasync of {log} between send and OK: {unsynced:?}");
+    assert!(
+        bodies_unsynced.is_empty(),
+        "acknowledged with no fdatasync of a value-log segment, then of {log}, between send and OK: {bodies_unsynced:?}"
+    );
     // Other files written in the data directory, and whether each was synced after its last write.
     let mut others: HashMap<&str, (f64, Option<f64>)> = HashMap::new();
     for c in calls.iter().filter(|c| c.path.starts_with(data.to_str().unwrap()) && c.path != log) {

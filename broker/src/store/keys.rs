@@ -5,7 +5,8 @@
 //! self-delimiting, a key's encoding followed by more fields never collides with another key,
 //! and the fields of a prefix select a contiguous range (`Key::…_prefix` helpers).
 //!
-//! Tags are stable on disk: never reuse or renumber one.
+//! Tags are stable on disk: never reuse or renumber one. `0xFF` is never a tag: the sled store
+//! keeps its own keys under it.
 
 use crate::codec::{invalid, CodecError, Decoder, Encoder};
 
@@ -79,6 +80,12 @@ mod tag {
     pub const TXN_OPEN: u8 = 0x25;
     pub const USER: u8 = 0x30;
     pub const AUDIT: u8 = 0x40;
+}
+
+/// Whether an encoded key is a `Key::MessageChunk` (the sled store keeps their values in its
+/// value log).
+pub fn is_message_chunk(key: &[u8]) -> bool {
+    key.first() == Some(&tag::MESSAGE_CHUNK)
 }
 
 impl Key {

@@ -6,6 +6,8 @@
 //!   it is visible. It is *not* durable yet.
 //! - [`Store::flush`] makes everything applied before it durable (fsync, power-loss safe).
 //! - Reads see every applied batch, flushed or not. Scans are bounded by a limit.
+//! - Keys starting with `0xFF` are reserved for a store's own bookkeeping: a batch that writes
+//!   one may be refused (the sled store does), and scans need not return them.
 //!
 //! Nobody calls `apply`/`flush` directly except the [`Committer`], which batches concurrent
 //! writes into one apply and one flush (group commit) and poisons itself after a failed flush:
@@ -15,6 +17,7 @@
 //! - [`keys`]: the one `Key` enum that is the schema, with its order-preserving encoding.
 //! - [`chunks`]: splits large records into small values (sled fsync limits, see docs/storage.md).
 //! - [`sled_store`]: the sled implementation (the only module that names `sled`).
+//! - [`value_log`]: the sled store's segment files for message chunks.
 //! - [`memory`]: an in-memory implementation for tests.
 //! - [`committer`]: the group-commit writer thread.
 //! - [`faults`]: a store wrapper that fails on command, for fault-injection tests.
@@ -25,6 +28,7 @@ pub mod faults;
 pub mod keys;
 pub mod memory;
 pub mod sled_store;
+pub mod value_log;
 
 #[cfg(test)]
 mod conformance;

@@ -8,8 +8,17 @@
 //!   [`SledStore::blob_file_count`] lets tests check that no blob file ever appears.
 //! - One `apply_batch` on one tree is atomic across a crash, so the whole schema lives in the
 //!   default tree and every broker write is one batch.
+//! - Every byte in sled is written to disk about four times (leaf rewrites). Message chunks
+//!   (`Key::MessageChunk`) of a store created by this version therefore live in the
+//!   [`value_log`], and sled holds a 20-byte pointer to each. A store created
+//!   before keeps them in sled (it is not converted).
+//! - Keys starting with [`value_log::RESERVED`] are this module's own (the value log's live
+//!   counts); scans never return them and batches may not write them.
 
+use super::keys::is_message_chunk;
+use super::value_log::{self, Pointer, ValueLog, RESERVED};
 use super::{Batch, Entry, Op, Store, StoreError};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -25,6 +34,8 @@ pub struct SledStore {
     /// bytes sled wrote durable.
     log_file: File,
     dir: PathBuf,
+    /// Where message chunks live, for a store created with a value log.
+    values: Option<ValueLog>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -47,7 +58,104 @@ impl SledStore {
         // entries of a freshly created log and conf must be durable too.
         File::open(dir.join("conf")).and_then(|f| f.sync_all()).map_err(io)?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        Ok(Self { db, log_file, dir: dir.to_path_buf() })
+        let values = if !db.was_recovered() {
+            // A new store keeps message chunks in a value log, for good.
+            db.insert(value_log::enabled_key(), vec![1]).map_err(io)?;
+            db.flush().map_err(io)?;
+            log_file.sync_data().map_err(io)?;
+            true
+        } else {
+            db.contains_key(value_log::enabled_key()).map_err(io)?
+        };
+        let values = if values {
+            let mut live = BTreeMap::new();
+            for item in db.scan_prefix(value_log::count_prefix()) {
+                let (k, v) = item.map_err(io)?;
+                let id = k.get(2..10).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                let count = v.as_ref().try_into().ok().map(u64::from_be_bytes);
+                match (id, count) {
+                    (Some(id), Some(count)) => live.insert(id, count),
+                    _ => return Err(StoreError::Corrupt { key: k.to_vec(), detail: "value-log count".into() }),
+                };
+            }
+            Some(ValueLog::open(&dir.join("values"), live)?)
+        } else {
+            None
+        };
+        Ok(Self { db, log_file, dir: dir.to_path_buf(), values })
+    }
+
+    /// Whether message chunks of this store live in its value log.
+    pub fn has_value_log(&self) -> bool {
+        self.values.is_some()
+    }
+
+    /// The value stored under `key` as the broker sees it: a message chunk's pointer is
+    /// followed into the value log. `None` when the pointer's segment was recycled because the
+    /// key was deleted meanwhile (a scan racing a deletion).
+    fn resolve(&self, key: &[u8], stored: sled::IVec) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(values) = self.values.as_ref().filter(|_| is_message_chunk(key)) else {
+            return Ok(Some(stored.to_vec()));
+        };
+        let first = values.read(key, &Pointer::decode(key, &stored)?);
+        if let Ok(Some(v)) = first {
+            return Ok(Some(v));
+        }
+        // Gone or overwritten: fine if the key no longer holds that pointer.
+        match self.db.get(key).map_err(io)? {
+            Some(now) if now == stored => first,
+            Some(now) => values.read(key, &Pointer::decode(key, &now)?),
+            None => Ok(None),
+        }
+    }
+
+    fn apply_with_values(&self, values: &ValueLog, batch: &Batch) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        let mut log = values.begin();
+        // The pointer each chunk key holds as this batch proceeds (later writes win).
+        let mut current: HashMap<&[u8], Option<Pointer>> = HashMap::new();
+        for op in batch.ops() {
+            let key = match op {
+                Op::Put(k, _) | Op::Delete(k) => k.as_slice(),
+            };
+            if key.first() == Some(&RESERVED) {
+                return Err(StoreError::Io(format!("key {key:?} is reserved by the store")));
+            }
+            if !is_message_chunk(key) {
+                match op {
+                    Op::Put(k, v) => b.insert(k.as_slice(), v.as_slice()),
+                    Op::Delete(k) => b.remove(k.as_slice()),
+                }
+                continue;
+            }
+            let old = match current.get(key) {
+                Some(p) => *p,
+                None => self.db.get(key).map_err(io)?.map(|v| Pointer::decode(key, &v)).transpose()?,
+            };
+            if let Some(old) = old {
+                log.release(&old);
+            }
+            match op {
+                Op::Put(k, v) => {
+                    let p = log.append(v)?;
+                    b.insert(k.as_slice(), p.encode());
+                    current.insert(key, Some(p));
+                }
+                Op::Delete(k) => {
+                    b.remove(k.as_slice());
+                    current.insert(key, None);
+                }
+            }
+        }
+        for (k, count) in log.sync()? {
+            match count {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.db.apply_batch(b).map_err(io)?;
+        log.applied();
+        Ok(())
     }
 
     /// Files in sled's `blobs/` directory: values that escaped the fsynced log. Always 0 when
@@ -85,7 +193,13 @@ fn to_bound(b: Bound<&[u8]>) -> Bound<Vec<u8>> {
 
 impl Store for SledStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key).map_err(io)?.map(|v| v.to_vec()))
+        if key.first() == Some(&RESERVED) {
+            return Ok(None);
+        }
+        match self.db.get(key).map_err(io)? {
+            Some(v) => self.resolve(key, v),
+            None => Ok(None),
+        }
     }
 
     fn scan(
@@ -95,6 +209,12 @@ impl Store for SledStore {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<Entry>, StoreError> {
+        // The store's own keys sort last; no scan reaches them.
+        let reserved = [RESERVED];
+        let end = match end {
+            Bound::Included(e) | Bound::Excluded(e) if e < reserved.as_slice() => end,
+            _ => Bound::Excluded(reserved.as_slice()),
+        };
         if super::is_empty_range(start, end) {
             return Ok(Vec::new());
         }
@@ -102,7 +222,9 @@ impl Store for SledStore {
         let mut out = Vec::new();
         let mut push = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<(), StoreError> {
             let (k, v) = item.map_err(io)?;
-            out.push((k.to_vec(), v.to_vec()));
+            if let Some(v) = self.resolve(&k, v)? {
+                out.push((k.to_vec(), v));
+            }
             Ok(())
         };
         if reverse {
@@ -118,6 +240,9 @@ impl Store for SledStore {
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        if let Some(values) = &self.values {
+            return self.apply_with_values(values, batch);
+        }
         let mut b = sled::Batch::default();
         for op in batch.ops() {
             match op {
@@ -130,10 +255,167 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(io)?;
-        self.log_file.sync_data().map_err(io)
+        self.log_file.sync_data().map_err(io)?;
+        // Segments emptied by what is now durable can go.
+        self.values.as_ref().map_or(Ok(()), ValueLog::after_flush)
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.values.as_ref().map_or(0, ValueLog::size_on_disk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{chunks, Key};
+
+    fn chunk_key(offset: u64) -> Key {
+        Key::MessageChunk { topic: "t".into(), queue: 0, offset, chunk: 0 }
+    }
+
+    fn put_messages(store: &SledStore, offsets: std::ops::Range<u64>, size: usize) {
+        let mut b = Batch::new();
+        for offset in offsets {
+            b.put(&chunk_key(offset), vec![(offset % 251) as u8; size]);
+        }
+        store.apply(&b).unwrap();
+        store.flush().unwrap();
+    }
+
+    fn segments(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("values"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn message_chunks_go_to_the_value_log_and_sled_keeps_pointers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.has_value_log());
+        put_messages(&store, 0..10, 256);
+        let raw = store.db.get(chunk_key(3).encode()).unwrap().unwrap();
+        assert_eq!(raw.len(), Pointer::LEN, "sled holds a pointer, not the value");
+        assert_eq!(store.get(&chunk_key(3).encode()).unwrap(), Some(vec![3; 256]));
+        // Other keys stay in sled as they are.
+        let mut b = Batch::new();
+        b.put(&Key::Topic("t".into()), vec![7; 300]);
+        store.apply(&b).unwrap();
+        assert_eq!(store.db.get(Key::Topic("t".into()).encode()).unwrap().unwrap().len(), 300);
+        // Scans resolve pointers and never show the store's own keys.
+        let all = store.scan(Bound::Unbounded, Bound::Unbounded, 100, false).unwrap();
+        assert!(all.iter().all(|(k, _)| k.first() != Some(&RESERVED)), "{all:?}");
+        let chunks = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 100, true).unwrap();
+        assert_eq!(chunks.len(), 10);
+        assert_eq!(chunks[0].1, vec![9; 256]);
+        // A batch may not write them either.
+        let mut b = Batch::new();
+        b.put_raw(value_log::count_key(1), vec![0; 8]);
+        assert!(store.apply(&b).is_err());
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.get(&chunk_key(9).encode()).unwrap(), Some(vec![9; 256]));
+    }
+
+    #[test]
+    fn segments_whose_values_are_all_deleted_are_reclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        // 4 KiB values: 1,000 of them fill the first segments (1, 2 MiB) and part of a third.
+        for start in (0..1000).step_by(100) {
+            put_messages(&store, start..start + 100, 4096);
+        }
+        assert!(segments(dir.path()).len() >= 3, "{:?}", segments(dir.path()));
+        let before = store.size_on_disk();
+        // Overwrite half and delete the other half: the first segments hold nothing live.
+        let mut b = Batch::new();
+        for offset in 0..1000 {
+            if offset % 2 == 0 {
+                b.delete(&chunk_key(offset));
+            } else {
+                b.put(&chunk_key(offset), vec![1; 16]);
+            }
+        }
+        store.apply(&b).unwrap();
+        store.flush().unwrap();
+        let left = segments(dir.path());
+        assert_eq!(left.len(), 1, "only the active segment is left: {left:?}");
+        assert!(store.size_on_disk() < before);
+        assert_eq!(store.get(&chunk_key(1).encode()).unwrap(), Some(vec![1; 16]));
+        assert_eq!(store.get(&chunk_key(2).encode()).unwrap(), None);
+        // Reopening starts a new segment and keeps the one with live values.
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(segments(dir.path()).len(), 2);
+        assert_eq!(store.get(&chunk_key(999).encode()).unwrap(), Some(vec![1; 16]));
+        // Deleting the rest empties that one too; reopening then removes it.
+        let mut b = Batch::new();
+        for offset in (1..1000).step_by(2) {
+            b.delete(&chunk_key(offset));
+        }
+        store.apply(&b).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let _store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(segments(dir.path()).len(), 1, "only the new active segment");
+    }
+
+    #[test]
+    fn a_damaged_value_is_reported_not_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        put_messages(&store, 0..1, 256);
+        let seg = dir.path().join("values").join(&segments(dir.path())[0]);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[10] ^= 0xFF;
+        std::fs::write(&seg, bytes).unwrap();
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        let err = store.get(&chunk_key(0).encode()).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn values_written_by_a_batch_sled_never_got_are_not_seen() {
+        // A crash between the value-log write and sled's apply leaves unreferenced bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        put_messages(&store, 0..1, 256);
+        {
+            let values = store.values.as_ref().unwrap();
+            let mut log = values.begin();
+            log.append(&[9; 256]).unwrap();
+            log.sync().unwrap();
+            // Dropped without `applied`: as if sled's apply never happened.
+        }
+        put_messages(&store, 1..2, 256);
+        assert_eq!(store.get(&chunk_key(1).encode()).unwrap(), Some(vec![1; 256]));
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        let all = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 10, false).unwrap();
+        assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn a_store_made_before_the_value_log_keeps_its_records_in_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = vec![5u8; 300];
+        {
+            // What an earlier broker left: a record stored in sled itself.
+            let db = sled::open(dir.path()).unwrap();
+            db.insert(chunk_key(0).encode(), body.clone()).unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(!store.has_value_log());
+        assert_eq!(chunks::get(&store, &Key::message_prefix("t", 0, 0)).unwrap(), Some(body.clone()));
+        put_messages(&store, 1..2, 256);
+        assert_eq!(store.db.get(chunk_key(1).encode()).unwrap().unwrap().len(), 256);
+        assert!(!dir.path().join("values").exists());
     }
 }

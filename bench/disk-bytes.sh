@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Where a broker's disk writes go: runs one `txmq bench` scenario against BROKER (fresh data
+# directory) with the broker under strace, and prints the RESULT line with the bytes per
+# message that the broker handed to the kernel (pwrite64: sled's log and the value log) and
+# that reached the device (/proc/PID/io write_bytes), and the fdatasync count. strace slows
+# the broker: read the bytes, not the rate.
+#
+#   bash bench/disk-bytes.sh BROKER_BINARY [bench args, default: send --duration 10s]
+#   bash bench/disk-bytes.sh target/release/txmq-broker send --duration 10s --size 1024
+set -euo pipefail
+broker=$1; shift
+[ $# -gt 0 ] || set -- send --duration 10s
+cd "$(dirname "$0")/.."
+cargo build --release -q -p txmq
+txmq=target/release/txmq
+port=18182
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+"$broker" --listen 127.0.0.1:$port --data-dir "$dir/data" >"$dir/broker.log" 2>&1 &
+pid=$!
+for _ in $(seq 50); do "$txmq" --broker 127.0.0.1:$port status >/dev/null 2>&1 && break; sleep 0.2; done
+w0=$(awk '/^write_bytes/ {print $2}' "/proc/$pid/io")
+strace -f -p "$pid" -e trace=pwrite64,fdatasync -o "$dir/strace" 2>/dev/null &
+tracer=$!
+sleep 1
+line=$("$txmq" --broker 127.0.0.1:$port bench "$@" 2>/dev/null | grep '^RESULT' || true)
+w1=$(awk '/^write_bytes/ {print $2}' "/proc/$pid/io")
+kill "$tracer"; wait "$tracer" 2>/dev/null || true
+kill "$pid"; wait "$pid" 2>/dev/null || true
+msgs=$(echo "$line" | sed -n 's/.* msgs=\([0-9]*\).*/\1/p')
+msgs=${msgs:-0}
+[ "$msgs" -gt 0 ] || { echo "no RESULT line: $line" >&2; exit 1; }
+# strace prints "pwrite64(fd, ..., len, off) = n" (or "<... pwrite64 resumed>) = n").
+pwritten=$(grep -E 'pwrite64' "$dir/strace" | awk '{n = split($0, a, "= "); s += a[n] + 0} END {print s + 0}')
+syncs=$(grep -c fdatasync "$dir/strace" || true)
+echo "$line pwrite_bytes_per_msg=$((pwritten / msgs)) device_bytes_per_msg=$(((w1 - w0) / msgs)) fdatasyncs=$syncs"
