@@ -80,7 +80,7 @@ pub struct BrokerStatus {
 impl Broker {
     /// Opens the sled store in `config.data_dir` and loads the broker's state.
     pub fn open(config: Config) -> Result<Arc<Self>> {
-        let store = Arc::new(SledStore::open(&config.data_dir)?);
+        let store = Arc::new(SledStore::open_with(&config.data_dir, config.value_log)?);
         Self::with_store(config, store)
     }
 

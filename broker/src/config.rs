@@ -258,6 +258,8 @@ options! {
     etcd_lease_ttl: Duration = Duration::from_secs(10), "etcd-lease-ttl", "TXMQ_ETCD_LEASE_TTL";
     /// Directory of the sled store.
     data_dir: PathBuf = PathBuf::from("./txmq-data"), "data-dir", "TXMQ_DATA_DIR";
+    /// A new store keeps message bodies in a value log beside sled: 38% fewer bytes written per message and a faster restart, but fewer batched sends per second (docs/storage.md). Fixed when the store is created.
+    value_log: bool = false, "value-log", "TXMQ_VALUE_LOG";
     /// Create unknown topics (as MIXED) on first route or send; otherwise answer TOPIC_NOT_FOUND.
     auto_create_topics: bool = true, "auto-create-topics", "TXMQ_AUTO_CREATE_TOPICS";
     /// Queues of a topic created without an explicit count.

@@ -67,12 +67,22 @@ fn verify(dir: &std::path::Path, acked: &[(usize, Vec<usize>)], when: &str) -> u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_sends_survive_sigkill() {
+    sigkill_rounds(&[]).await;
+}
+
+/// The same with message bodies in the value log (`--value-log true`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_sends_survive_sigkill_with_the_value_log() {
+    sigkill_rounds(&["--value-log", "true"]).await;
+}
+
+async fn sigkill_rounds(args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let seed = seed();
     eprintln!("crash seed {seed} (TXMQ_CRASH_SEED={seed} replays these kill points)");
     let mut all_acked: Vec<(usize, Vec<usize>)> = Vec::new();
     for round in 0..ROUNDS {
-        let (mut child, addr, _log) = common::start_broker(dir.path(), &[]);
+        let (mut child, addr, _log) = common::start_broker(dir.path(), args);
         let client = loop {
             match MessagingServiceClient::connect(format!("http://{addr}")).await {
                 Ok(c) => break c,

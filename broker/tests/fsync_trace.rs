@@ -3,7 +3,7 @@
 //! `.ci/run`) while a client sends messages, and checks from the trace's timestamps that every
 //! acknowledged send was preceded, after it was sent, by a completed `fdatasync` or `fsync` of
 //! the store's log file (`<data-dir>/db`), preceded in turn by one of a value-log segment
-//! (`<data-dir>/values/*.seg`, where message bodies live), that every other file written in the data directory
+//! (`<data-dir>/values/*.seg`, where message bodies live with `--value-log true`), that every other file written in the data directory
 //! was synced after its last write, and that sled never wrote a blob file (blob files are
 //! never fsynced by sled; txmq's 4 KiB chunks keep every value in the log).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -97,7 +97,7 @@ async fn every_acknowledged_send_follows_an_fdatasync_of_the_store() {
         "-o",
         &trace_arg,
     ];
-    let (mut child, addr, _log) = common::start_broker_under(&wrapper, &data, &[]);
+    let (mut child, addr, _log) = common::start_broker_under(&wrapper, &data, &["--value-log", "true"]);
     let client = loop {
         match MessagingServiceClient::connect(format!("http://{addr}")).await {
             Ok(c) => break c,

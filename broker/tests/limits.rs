@@ -22,9 +22,14 @@ async fn spawn(tune: impl FnOnce(&mut Config)) -> (txmq_broker::server::RunningB
     (txmq_broker::server::spawn(c).await.unwrap(), dir)
 }
 
+/// One heartbeat on a new connection; a connection that gets no answer within 5 s counts as
+/// refused (the test must fail, not hang, if the broker neither serves nor closes it).
 async fn heartbeat(url: &str) -> Result<(), String> {
-    let mut c = MessagingServiceClient::connect(url.to_string()).await.map_err(|e| e.to_string())?;
-    c.heartbeat(v2::HeartbeatRequest { group: None, client_type: 1 }).await.map(|_| ()).map_err(|e| e.to_string())
+    let call = async {
+        let mut c = MessagingServiceClient::connect(url.to_string()).await.map_err(|e| e.to_string())?;
+        c.heartbeat(v2::HeartbeatRequest { group: None, client_type: 1 }).await.map(|_| ()).map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), call).await.unwrap_or_else(|_| Err("no answer within 5 s".into()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,7 +53,7 @@ async fn connections_beyond_the_limit_are_closed() {
     }
     assert!(ok, "a slot frees when a connection closes");
     drop(b);
-    broker.stop().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), broker.stop()).await.expect("the broker stops").unwrap();
 }
 
 fn receive_req() -> v2::ReceiveMessageRequest {

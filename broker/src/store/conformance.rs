@@ -147,6 +147,18 @@ fn sled_store_conforms() {
 }
 
 #[test]
+fn sled_store_with_a_value_log_conforms() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    run_suite(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open_with(dir.path(), true).unwrap());
+        assert!(store.has_value_log());
+        dirs.lock().unwrap().push(dir);
+        store
+    });
+}
+
+#[test]
 fn sled_keeps_large_records_out_of_unsynced_blob_files() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();

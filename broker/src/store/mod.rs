@@ -180,8 +180,10 @@ pub trait Store: Send + Sync + 'static {
 /// them (a version-1 store is upgraded in place at open, see `txn::service::OpenCounts`); 3
 /// adds users and version-2 message records (the body encoding), which a broker of schema 2
 /// would misread, so it refuses the store; 4 adds lite topics (their keys and version-3
-/// message records), which a broker of schema 3 cannot read.
-pub const SCHEMA_VERSION: u32 = 4;
+/// message records), which a broker of schema 3 cannot read; 5 adds the value log (in a store
+/// created with `--value-log true`, message chunks in sled are pointers into `values/`), which
+/// a broker of schema 4 would misread.
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Checks the store's schema version at open, writing ours into a new or older store. A store
 /// written by a newer broker is refused: this one could misread it.

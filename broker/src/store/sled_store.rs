@@ -9,9 +9,9 @@
 //! - One `apply_batch` on one tree is atomic across a crash, so the whole schema lives in the
 //!   default tree and every broker write is one batch.
 //! - Every byte in sled is written to disk about four times (leaf rewrites). Message chunks
-//!   (`Key::MessageChunk`) of a store created by this version therefore live in the
-//!   [`value_log`], and sled holds a 20-byte pointer to each. A store created
-//!   before keeps them in sled (it is not converted).
+//!   (`Key::MessageChunk`) of a store created with `--value-log true` therefore live in the
+//!   [`value_log`], and sled holds a 20-byte pointer to each. Other stores keep them in sled
+//!   (a store is not converted).
 //! - Keys starting with [`value_log::RESERVED`] are this module's own (the value log's live
 //!   counts); scans never return them and batches may not write them.
 
@@ -49,8 +49,14 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates, keeping records in sled) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, false)
+    }
+
+    /// Opens the store in `dir`; if it is new, it keeps message chunks in a value log when
+    /// `value_log` says so. (An existing store keeps the layout it was created with.)
+    pub fn open_with(dir: &Path, value_log: bool) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
         let db = open_db(dir)?;
         let log_file = File::open(dir.join("db")).map_err(io)?;
@@ -59,6 +65,9 @@ impl SledStore {
         File::open(dir.join("conf")).and_then(|f| f.sync_all()).map_err(io)?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         let values = if !db.was_recovered() {
+            if !value_log {
+                return Ok(Self { db, log_file, dir: dir.to_path_buf(), values: None });
+            }
             // A new store keeps message chunks in a value log, for good.
             db.insert(value_log::enabled_key(), vec![1]).map_err(io)?;
             db.flush().map_err(io)?;
@@ -254,10 +263,14 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        let freed = self.values.as_ref().map(ValueLog::take_freed).unwrap_or_default();
         self.db.flush().map_err(io)?;
         self.log_file.sync_data().map_err(io)?;
         // Segments emptied by what is now durable can go.
-        self.values.as_ref().map_or(Ok(()), ValueLog::after_flush)
+        match &self.values {
+            Some(values) if !freed.is_empty() => values.recycle(freed),
+            _ => Ok(()),
+        }
     }
 
     fn size_on_disk(&self) -> u64 {
@@ -296,7 +309,7 @@ mod tests {
     #[test]
     fn message_chunks_go_to_the_value_log_and_sled_keeps_pointers() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open_with(dir.path(), true).unwrap();
         assert!(store.has_value_log());
         put_messages(&store, 0..10, 256);
         let raw = store.db.get(chunk_key(3).encode()).unwrap().unwrap();
@@ -318,14 +331,14 @@ mod tests {
         b.put_raw(value_log::count_key(1), vec![0; 8]);
         assert!(store.apply(&b).is_err());
         drop(store);
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open_with(dir.path(), true).unwrap();
         assert_eq!(store.get(&chunk_key(9).encode()).unwrap(), Some(vec![9; 256]));
     }
 
     #[test]
     fn segments_whose_values_are_all_deleted_are_reclaimed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open_with(dir.path(), true).unwrap();
         // 4 KiB values: 1,000 of them fill the first segments (1, 2 MiB) and part of a third.
         for start in (0..1000).step_by(100) {
             put_messages(&store, start..start + 100, 4096);
@@ -350,7 +363,7 @@ mod tests {
         assert_eq!(store.get(&chunk_key(2).encode()).unwrap(), None);
         // Reopening starts a new segment and keeps the one with live values.
         drop(store);
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open_with(dir.path(), true).unwrap();
         assert_eq!(segments(dir.path()).len(), 2);
         assert_eq!(store.get(&chunk_key(999).encode()).unwrap(), Some(vec![1; 16]));
         // Deleting the rest empties that one too; reopening then removes it.
@@ -361,21 +374,21 @@ mod tests {
         store.apply(&b).unwrap();
         store.flush().unwrap();
         drop(store);
-        let _store = SledStore::open(dir.path()).unwrap();
+        let _store = SledStore::open_with(dir.path(), true).unwrap();
         assert_eq!(segments(dir.path()).len(), 1, "only the new active segment");
     }
 
     #[test]
     fn a_damaged_value_is_reported_not_returned() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open_with(dir.path(), true).unwrap();
         put_messages(&store, 0..1, 256);
         let seg = dir.path().join("values").join(&segments(dir.path())[0]);
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[10] ^= 0xFF;
         std::fs::write(&seg, bytes).unwrap();
         drop(store);
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open_with(dir.path(), true).unwrap();
         let err = store.get(&chunk_key(0).encode()).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     }
@@ -384,7 +397,7 @@ mod tests {
     fn values_written_by_a_batch_sled_never_got_are_not_seen() {
         // A crash between the value-log write and sled's apply leaves unreferenced bytes.
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open_with(dir.path(), true).unwrap();
         put_messages(&store, 0..1, 256);
         {
             let values = store.values.as_ref().unwrap();
@@ -396,9 +409,21 @@ mod tests {
         put_messages(&store, 1..2, 256);
         assert_eq!(store.get(&chunk_key(1).encode()).unwrap(), Some(vec![1; 256]));
         drop(store);
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open_with(dir.path(), true).unwrap();
         let all = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 10, false).unwrap();
         assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn a_store_made_without_the_value_log_keeps_its_records_in_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStore::open(dir.path()).unwrap());
+        // Asking for the value log later does not convert it.
+        let store = SledStore::open_with(dir.path(), true).unwrap();
+        assert!(!store.has_value_log());
+        put_messages(&store, 0..1, 256);
+        assert_eq!(store.db.get(chunk_key(0).encode()).unwrap().unwrap().len(), 256);
+        assert!(!dir.path().join("values").exists());
     }
 
     #[test]
@@ -411,7 +436,7 @@ mod tests {
             db.insert(chunk_key(0).encode(), body.clone()).unwrap();
             db.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open_with(dir.path(), true).unwrap();
         assert!(!store.has_value_log());
         assert_eq!(chunks::get(&store, &Key::message_prefix("t", 0, 0)).unwrap(), Some(body.clone()));
         put_messages(&store, 1..2, 256);

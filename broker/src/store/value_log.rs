@@ -21,7 +21,7 @@
 //! # Space
 //! The number of live pointers into each segment is kept in sled, in the same atomic batch as
 //! the pointers (keys under the reserved tag [`RESERVED`]). A segment whose count reaches zero
-//! is recycled (or deleted) once that count is durable, in `SledStore::flush`. At open, segment
+//! is recycled (or deleted) once that count is durable, by `SledStore::flush`. At open, segment
 //! files with no live pointer are deleted and writing starts in a fresh segment.
 
 use super::StoreError;
@@ -232,13 +232,16 @@ impl ValueLog {
         }
     }
 
-    /// Recycles the segments whose last pointer was deleted by a batch that is now durable:
-    /// one becomes the spare, the others are deleted.
-    pub fn after_flush(&self) -> Result<(), StoreError> {
-        let freed = std::mem::take(&mut crate::sync::lock(&self.writer).to_free);
-        if freed.is_empty() {
-            return Ok(());
-        }
+    /// The segments emptied by batches already applied to sled: the caller flushes sled, then
+    /// hands them to [`ValueLog::recycle`]. (Taken before the flush, so that a batch applied
+    /// while it runs waits for the next one.)
+    pub fn take_freed(&self) -> Vec<u64> {
+        std::mem::take(&mut crate::sync::lock(&self.writer).to_free)
+    }
+
+    /// Recycles segments whose last pointer was deleted by a batch that is now durable: one
+    /// becomes the spare, the others are deleted.
+    pub fn recycle(&self, freed: Vec<u64>) -> Result<(), StoreError> {
         let spare = self.dir.join("spare");
         for id in freed {
             crate::sync::write(&self.files).remove(&id);
