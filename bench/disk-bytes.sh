@@ -30,7 +30,8 @@ kill "$pid"; wait "$pid" 2>/dev/null || true
 msgs=$(echo "$line" | sed -n 's/.* msgs=\([0-9]*\).*/\1/p')
 msgs=${msgs:-0}
 [ "$msgs" -gt 0 ] || { echo "no RESULT line: $line" >&2; exit 1; }
-# strace prints "pwrite64(fd, ..., len, off) = n" (or "<... pwrite64 resumed>) = n").
-pwritten=$(grep -E 'pwrite64' "$dir/strace" | awk '{n = split($0, a, "= "); s += a[n] + 0} END {print s + 0}')
+# strace prints "pwrite64(fd, ..., len, off) = n", or an "<unfinished ...>" line and later
+# "<... pwrite64 resumed>) = n": count the lines that end in a result only.
+pwritten=$(awk '/pwrite64/ && match($0, /= [0-9]+$/) {s += substr($0, RSTART + 2)} END {print s + 0}' "$dir/strace")
 syncs=$(grep -c fdatasync "$dir/strace" || true)
 echo "$line pwrite_bytes_per_msg=$((pwritten / msgs)) device_bytes_per_msg=$(((w1 - w0) / msgs)) fdatasyncs=$syncs"

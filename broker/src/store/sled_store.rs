@@ -64,28 +64,24 @@ impl SledStore {
         // entries of a freshly created log and conf must be durable too.
         File::open(dir.join("conf")).and_then(|f| f.sync_all()).map_err(io)?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        let values = if !db.was_recovered() {
-            if !value_log {
-                return Ok(Self { db, log_file, dir: dir.to_path_buf(), values: None });
-            }
+        let with_values = if db.was_recovered() {
+            db.contains_key(value_log::enabled_key()).map_err(io)?
+        } else if value_log {
             // A new store keeps message chunks in a value log, for good.
             db.insert(value_log::enabled_key(), vec![1]).map_err(io)?;
             db.flush().map_err(io)?;
             log_file.sync_data().map_err(io)?;
             true
         } else {
-            db.contains_key(value_log::enabled_key()).map_err(io)?
+            false
         };
-        let values = if values {
+        let values = if with_values {
             let mut live = BTreeMap::new();
             for item in db.scan_prefix(value_log::count_prefix()) {
                 let (k, v) = item.map_err(io)?;
-                let id = k.get(2..10).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
-                let count = v.as_ref().try_into().ok().map(u64::from_be_bytes);
-                match (id, count) {
-                    (Some(id), Some(count)) => live.insert(id, count),
-                    _ => return Err(StoreError::Corrupt { key: k.to_vec(), detail: "value-log count".into() }),
-                };
+                let (segment, count) = value_log::parse_count(&k, &v)
+                    .ok_or_else(|| StoreError::Corrupt { key: k.to_vec(), detail: "value-log count".into() })?;
+                live.insert(segment, count);
             }
             Some(ValueLog::open(&dir.join("values"), live)?)
         } else {
@@ -124,12 +120,7 @@ impl SledStore {
         // The pointer each chunk key holds as this batch proceeds (later writes win).
         let mut current: HashMap<&[u8], Option<Pointer>> = HashMap::new();
         for op in batch.ops() {
-            let key = match op {
-                Op::Put(k, _) | Op::Delete(k) => k.as_slice(),
-            };
-            if key.first() == Some(&RESERVED) {
-                return Err(StoreError::Io(format!("key {key:?} is reserved by the store")));
-            }
+            let key = op_key(op);
             if !is_message_chunk(key) {
                 match op {
                     Op::Put(k, v) => b.insert(k.as_slice(), v.as_slice()),
@@ -192,6 +183,12 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
+fn op_key(op: &Op) -> &[u8] {
+    match op {
+        Op::Put(k, _) | Op::Delete(k) => k,
+    }
+}
+
 fn to_bound(b: Bound<&[u8]>) -> Bound<Vec<u8>> {
     match b {
         Bound::Included(k) => Bound::Included(k.to_vec()),
@@ -202,7 +199,7 @@ fn to_bound(b: Bound<&[u8]>) -> Bound<Vec<u8>> {
 
 impl Store for SledStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if key.first() == Some(&RESERVED) {
+        if value_log::is_reserved(key) {
             return Ok(None);
         }
         match self.db.get(key).map_err(io)? {
@@ -249,6 +246,9 @@ impl Store for SledStore {
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        if let Some(key) = batch.ops().iter().map(op_key).find(|k| value_log::is_reserved(k)) {
+            return Err(StoreError::Io(format!("key {key:?} is reserved by the store")));
+        }
         if let Some(values) = &self.values {
             return self.apply_with_values(values, batch);
         }
@@ -322,7 +322,7 @@ mod tests {
         assert_eq!(store.db.get(Key::Topic("t".into()).encode()).unwrap().unwrap().len(), 300);
         // Scans resolve pointers and never show the store's own keys.
         let all = store.scan(Bound::Unbounded, Bound::Unbounded, 100, false).unwrap();
-        assert!(all.iter().all(|(k, _)| k.first() != Some(&RESERVED)), "{all:?}");
+        assert!(all.iter().all(|(k, _)| !value_log::is_reserved(k)), "{all:?}");
         let chunks = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 100, true).unwrap();
         assert_eq!(chunks.len(), 10);
         assert_eq!(chunks[0].1, vec![9; 256]);
@@ -424,6 +424,11 @@ mod tests {
         put_messages(&store, 0..1, 256);
         assert_eq!(store.db.get(chunk_key(0).encode()).unwrap().unwrap().len(), 256);
         assert!(!dir.path().join("values").exists());
+        // Its reserved keys are refused all the same.
+        let mut b = Batch::new();
+        b.put_raw(value_log::enabled_key(), vec![1]);
+        assert!(store.apply(&b).is_err());
+        assert!(!store.has_value_log());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Why: sled 0.34 rewrites whole leaf nodes (16 entries) as a tree grows and consolidates,
 //! so every byte stored in it is written to disk about four times, and a 256-byte send cost
-//! 3.3 KB of sled log writes and 6 KB at the device (docs/storage.md, "Where the bytes go").
+//! 2.8 KB of sled log writes and 5.8 KB at the device (docs/storage.md, "Where the bytes go").
 //! With the value log, sled holds a 20-byte [`Pointer`] per message chunk and the record is
 //! written once, here.
 //!
@@ -94,6 +94,17 @@ pub fn count_prefix() -> Vec<u8> {
     vec![RESERVED, b'c']
 }
 
+/// A count entry read back from sled: `(segment, live pointers)`; `None` if malformed.
+pub fn parse_count(key: &[u8], value: &[u8]) -> Option<(u64, u64)> {
+    let segment = key.strip_prefix(count_prefix().as_slice())?.try_into().ok().map(u64::from_be_bytes)?;
+    Some((segment, u64::from_be_bytes(value.try_into().ok()?)))
+}
+
+/// Whether `key` is one of the store's own (never written by a batch, never returned).
+pub fn is_reserved(key: &[u8]) -> bool {
+    key.first() == Some(&RESERVED)
+}
+
 /// The sled key whose presence says that this store keeps message chunks in a value log.
 pub fn enabled_key() -> Vec<u8> {
     vec![RESERVED, b'v']
@@ -179,7 +190,7 @@ impl ValueLog {
             let name = name.to_string_lossy();
             if let Some(id) = name.strip_suffix(".seg").and_then(|h| u64::from_str_radix(h, 16).ok()) {
                 max_id = max_id.max(id);
-                if live.get(&id).copied().unwrap_or(0) == 0 {
+                if !live.contains_key(&id) {
                     std::fs::remove_file(entry.path()).map_err(io)?;
                 }
             } else if name.ends_with(".tmp") {
@@ -289,7 +300,7 @@ impl ValueLog {
 fn new_segment(dir: &Path, id: u64, size: u64, need: u64) -> Result<Active, StoreError> {
     let path = segment_path(dir, id);
     let spare = dir.join("spare");
-    let spare_fits = std::fs::metadata(&spare).is_ok_and(|m| m.len() >= need.max(1));
+    let spare_fits = std::fs::metadata(&spare).is_ok_and(|m| m.len() >= need);
     if !spare_fits || std::fs::rename(&spare, &path).is_err() {
         let tmp = dir.join(format!("{id:016x}.tmp"));
         write_zeros(&tmp, size).map_err(io)?;
@@ -369,6 +380,14 @@ impl Batch<'_> {
         Ok(())
     }
 
+    /// The live count of every segment this batch touched, once it is applied.
+    fn new_counts(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.delta.iter().map(|(&segment, &d)| {
+            let now = self.writer.live.get(&segment).copied().unwrap_or(0) as i64 + d;
+            (segment, now.max(0) as u64)
+        })
+    }
+
     /// Makes every appended value durable; returns the sled writes of the new live counts.
     pub fn sync(&mut self) -> Result<Vec<CountWrite>, StoreError> {
         self.write_pending()?;
@@ -376,26 +395,20 @@ impl Batch<'_> {
             self.writer.active.file.sync_data().map_err(io)?;
             self.writer.active.dirty = false;
         }
-        let mut writes = Vec::with_capacity(self.delta.len());
-        for (&segment, &d) in &self.delta {
-            let now = self.writer.live.get(&segment).copied().unwrap_or(0) as i64 + d;
-            let key = count_key(segment);
-            if now > 0 {
-                writes.push((key, Some((now as u64).to_be_bytes().to_vec())));
-            } else {
-                writes.push((key, None));
-            }
-        }
+        let writes = self
+            .new_counts()
+            .map(|(segment, now)| (count_key(segment), (now > 0).then(|| now.to_be_bytes().to_vec())))
+            .collect();
         Ok(writes)
     }
 
     /// The batch reached sled: its counts are now the live ones.
     pub fn applied(mut self) {
         let active = self.writer.active.id;
-        for (segment, d) in std::mem::take(&mut self.delta) {
-            let now = self.writer.live.get(&segment).copied().unwrap_or(0) as i64 + d;
+        let counts: Vec<(u64, u64)> = self.new_counts().collect();
+        for (segment, now) in counts {
             if now > 0 {
-                self.writer.live.insert(segment, now as u64);
+                self.writer.live.insert(segment, now);
             } else {
                 self.writer.live.remove(&segment);
                 if segment != active {
