@@ -207,6 +207,8 @@ impl Store for FailingFlush {
         self.0.apply(batch)
     }
     fn flush(&self) -> Result<(), StoreError> {
+        // As slow as a disk, so that groups queue behind the failing flush.
+        std::thread::sleep(std::time::Duration::from_millis(2));
         Err(StoreError::Io("injected fsync failure".into()))
     }
     fn size_on_disk(&self) -> u64 {
@@ -225,6 +227,27 @@ fn committer_poisons_after_a_failed_flush() {
         assert!(matches!(second, Err(StoreError::Poisoned(_))), "{second:?}");
     });
     assert!(committer.poisoned().unwrap().contains("injected"));
+}
+
+/// Groups applied behind a failing flush fail with it, and nothing is counted durable.
+#[test]
+fn a_failed_flush_fails_every_group_waiting_for_it() {
+    let committer = Arc::new(Committer::start(Arc::new(FailingFlush(MemoryStore::new())), 64).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let c = committer.clone();
+                tokio::spawn(async move { c.commit(Batch::new()).await })
+            })
+            .collect();
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert!(matches!(r, Err(StoreError::Poisoned(_))), "{r:?}");
+        }
+    });
+    assert!(committer.poisoned().unwrap().contains("injected"));
+    assert_eq!(committer.stats().jobs, 0, "nothing was counted durable");
 }
 
 #[test]
