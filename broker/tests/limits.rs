@@ -32,16 +32,25 @@ async fn heartbeat(url: &str) -> Result<(), String> {
     tokio::time::timeout(Duration::from_secs(5), call).await.unwrap_or_else(|_| Err("no answer within 5 s".into()))
 }
 
+/// `step` within 10 s, or a failure naming it (this test once hung in a full run, in a step
+/// that was not bounded then).
+async fn within<T>(what: &str, step: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), step)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 10 s"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_are_closed() {
     let (broker, _dir) = spawn(|c| c.max_connections = 2).await;
     let url = format!("http://{}", broker.addr);
-    let mut a = MessagingServiceClient::connect(url.clone()).await.unwrap();
-    let mut b = MessagingServiceClient::connect(url.clone()).await.unwrap();
-    a.heartbeat(v2::HeartbeatRequest { group: None, client_type: 1 }).await.unwrap();
-    b.heartbeat(v2::HeartbeatRequest { group: None, client_type: 1 }).await.unwrap();
+    let beat = || v2::HeartbeatRequest { group: None, client_type: 1 };
+    let mut a = within("connect a", MessagingServiceClient::connect(url.clone())).await.unwrap();
+    let mut b = within("connect b", MessagingServiceClient::connect(url.clone())).await.unwrap();
+    within("heartbeat a", a.heartbeat(beat())).await.unwrap();
+    within("heartbeat b", b.heartbeat(beat())).await.unwrap();
     assert!(heartbeat(&url).await.is_err(), "a third connection is refused");
-    a.heartbeat(v2::HeartbeatRequest { group: None, client_type: 1 }).await.expect("the first ones keep working");
+    within("heartbeat a again", a.heartbeat(beat())).await.expect("the first ones keep working");
     drop(a);
     let mut ok = false;
     for _ in 0..50 {
