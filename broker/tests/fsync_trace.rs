@@ -1,11 +1,12 @@
 //! Every OK follows an fsync: a SIGKILL keeps the page cache, so no crash test can notice a
-//! missing `fdatasync`. This test runs the broker under `strace` (Debian `strace`, installed by
-//! `.ci/run`) while a client sends messages, and checks from the trace's timestamps that every
-//! acknowledged send was preceded, after it was sent, by a completed `fdatasync` or `fsync` of
-//! the store's log file (`<data-dir>/db`), preceded in turn by one of a value-log segment
-//! (`<data-dir>/values/*.seg`, where message bodies live with `--value-log true`), that every other file written in the data directory
-//! was synced after its last write, and that sled never wrote a blob file (blob files are
-//! never fsynced by sled; txmq's 4 KiB chunks keep every value in the log).
+//! missing `fdatasync`. These tests run the broker under `strace` (Debian `strace`, installed
+//! by `.ci/run`) while a client sends messages, and check from the trace's timestamps that
+//! every acknowledged send was preceded, after it was sent, by a completed `fdatasync` or
+//! `fsync` of the store's log file (`<data-dir>/db`) — with `--value-log true`, preceded in
+//! turn by one of a value-log segment (`<data-dir>/values/*.seg`, where message bodies then
+//! live) — that every other file written in the data directory was synced after its last
+//! write, and that sled never wrote a blob file (blob files are never fsynced by sled; txmq's
+//! 4 KiB chunks keep every value in the log). Both layouts are traced.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -78,8 +79,46 @@ fn trace_lines_parse_whatever_the_pid_width() {
     assert!((calls[1].done - 1796110078.0003).abs() < 1e-6);
 }
 
+/// The default layout (records in sled): every OK follows an fdatasync of sled's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_send_follows_an_fdatasync_of_the_store() {
+    let traced = traced_sends(&[]).await;
+    assert!(traced.value_syncs.is_empty(), "a value-log segment was synced without --value-log");
+}
+
+/// With `--value-log true`: the body's segment is synced, then sled's log, before every OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_value_log_every_ok_follows_a_segment_sync_then_the_stores() {
+    let traced = traced_sends(&["--value-log", "true"]).await;
+    let mut bodies_unsynced = Vec::new();
+    for (i, sent, acked_at) in &traced.acked {
+        let ordered = traced
+            .value_syncs
+            .iter()
+            .filter(|v| *v >= sent && *v <= acked_at)
+            .any(|v| traced.log_syncs.iter().any(|t| t >= v && t <= acked_at));
+        if !ordered {
+            bodies_unsynced.push(*i);
+        }
+    }
+    assert!(
+        bodies_unsynced.is_empty(),
+        "acknowledged with no fdatasync of a value-log segment, then of sled's log, between send and OK: {bodies_unsynced:?}"
+    );
+}
+
+/// What [`traced_sends`] saw: each acknowledged send `(index, sent, acked)`, and when sled's
+/// log and value-log segments were synced.
+struct Traced {
+    acked: Vec<(usize, f64, f64)>,
+    log_syncs: Vec<f64>,
+    value_syncs: Vec<f64>,
+}
+
+/// Runs the broker (with `args`) under strace while `SENDS` messages are sent, and checks what
+/// holds for every layout: each OK follows an fdatasync of sled's log, every other file written
+/// in the data directory was synced after its last write, and no blob file was written.
+async fn traced_sends(args: &[&str]) -> Traced {
     let strace = std::process::Command::new("strace").arg("-V").output();
     assert!(strace.is_ok_and(|o| o.status.success()), "strace is needed (apt-get install strace; .ci/run installs it)");
     let dir = tempfile::tempdir().unwrap();
@@ -97,7 +136,7 @@ async fn every_acknowledged_send_follows_an_fdatasync_of_the_store() {
         "-o",
         &trace_arg,
     ];
-    let (mut child, addr, _log) = common::start_broker_under(&wrapper, &data, &["--value-log", "true"]);
+    let (mut child, addr, _log) = common::start_broker_under(&wrapper, &data, args);
     let client = loop {
         match MessagingServiceClient::connect(format!("http://{addr}")).await {
             Ok(c) => break c,
@@ -164,27 +203,13 @@ async fn every_acknowledged_send_follows_an_fdatasync_of_the_store() {
         .filter(|c| c.name == "fdatasync" && c.path.starts_with(&values_dir) && c.path.ends_with(".seg"))
         .map(|c| c.done)
         .collect();
-    let mut unsynced = Vec::new();
-    let mut bodies_unsynced = Vec::new();
-    for (i, sent, acked_at) in &acked {
-        if !syncs.iter().any(|t| t >= sent && t <= acked_at) {
-            unsynced.push(*i);
-        }
-        // The body's segment is synced before the sled log that points at it.
-        let ordered = value_syncs
-            .iter()
-            .filter(|v| *v >= sent && *v <= acked_at)
-            .any(|v| syncs.iter().any(|t| t >= v && t <= acked_at));
-        if !ordered {
-            bodies_unsynced.push(*i);
-        }
-    }
+    let unsynced: Vec<usize> = acked
+        .iter()
+        .filter(|(_, sent, acked_at)| !syncs.iter().any(|t| t >= sent && t <= acked_at))
+        .map(|(i, _, _)| *i)
+        .collect();
     assert_eq!(acked.len(), SENDS);
     assert!(unsynced.is_empty(), "acknowledged with no fdatasync of {log} between send and OK: {unsynced:?}");
-    assert!(
-        bodies_unsynced.is_empty(),
-        "acknowledged with no fdatasync of a value-log segment, then of {log}, between send and OK: {bodies_unsynced:?}"
-    );
     // Other files written in the data directory, and whether each was synced after its last write.
     let mut others: HashMap<&str, (f64, Option<f64>)> = HashMap::new();
     for c in calls.iter().filter(|c| c.path.starts_with(data.to_str().unwrap()) && c.path != log) {
@@ -205,4 +230,5 @@ async fn every_acknowledged_send_follows_an_fdatasync_of_the_store() {
         syncs.len(),
         others
     );
+    Traced { acked, log_syncs: syncs, value_syncs }
 }
