@@ -925,3 +925,65 @@ async fn drain_moves_a_shard_and_copies_and_a_dead_nodes_copies_are_made_again()
     assert!(logs_text.contains("follower left the replica set"), "no follower left");
     drop(etcd);
 }
+
+/// A take-over is fenced in one etcd transaction that also checks the shard's node is still
+/// gone: a node that joined (or stands by) after the taker listed the members keeps its
+/// shard. (The kill suite once lost a shard this way: the taker's member list was a moment old,
+/// the returning node had just joined, and the taker fenced it out and then could not claim
+/// its id, leaving the shard with a copy that followed no one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_over_is_refused_while_the_shards_node_is_back() {
+    use txmq_broker::cluster::{shards::ShardRecord, ClusterSettings, Membership};
+    let etcd = Etcd::start();
+    let settings = |id: &str| ClusterSettings {
+        endpoints: vec![etcd.url.clone()],
+        node_id: id.to_string(),
+        address: format!("127.0.0.1:1{}", id.len()),
+        prefix: format!("/fence-{}", rand_suffix()),
+        lease_ttl: Duration::from_secs(3),
+        peer: Default::default(),
+        acting_on: None,
+    };
+    let n1_settings = settings("n1");
+    let prefix = n1_settings.prefix.clone();
+    let with_prefix = |id: &str| ClusterSettings { prefix: prefix.clone(), ..settings(id) };
+    let n1 = Membership::join(n1_settings, 0).await.unwrap();
+    let n2 = Membership::join(with_prefix("n2"), 0).await.unwrap();
+    let created = ShardRecord {
+        shard: "n2".into(),
+        followers: vec!["n1".into(), "n3".into()],
+        in_sync: vec!["n1".into(), "n3".into()],
+        leader_epoch: n2.epoch(),
+        taken_by: String::new(),
+        revision: 0,
+    };
+    n2.put_shard_record_if(&created).await.unwrap().expect("the replica set is created");
+    let fenced = |r: ShardRecord| ShardRecord { leader_epoch: 0, taken_by: "n1".into(), ..r };
+
+    // n2 holds its id: no fence.
+    let r = n1.shard_record("n2").await.unwrap().unwrap();
+    assert!(n1.fence_if_gone(&fenced(r.clone())).await.unwrap().is_none(), "fenced a live node's shard");
+
+    // n2 leaves; a process returning as n2 stands by: still no fence.
+    let stop = tokio_util::sync::CancellationToken::new();
+    stop.cancel();
+    n2.keep_alive(stop).await;
+    let returning = Membership::connect(with_prefix("n3"), 0).await.unwrap();
+    let done = tokio_util::sync::CancellationToken::new();
+    returning.stand_by("n2", done.clone()).await.unwrap();
+    assert!(n1.fence_if_gone(&fenced(r.clone())).await.unwrap().is_none(), "fenced a shard whose node stands by");
+
+    // Nobody holds n2 or stands by for it: the fence is written, once (the record moved on).
+    done.cancel();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n1.standing_by("n2").await.unwrap() {
+        assert!(Instant::now() < deadline, "the standby key outlived its announcement");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let written = n1.fence_if_gone(&fenced(r.clone())).await.unwrap().expect("the gone node's shard is fenced");
+    let read = n1.shard_record("n2").await.unwrap().unwrap();
+    assert_eq!((read.taken_by.as_str(), read.leader_epoch), ("n1", 0));
+    assert_eq!(read, written);
+    assert!(n1.fence_if_gone(&fenced(r)).await.unwrap().is_none(), "a stale record was fenced again");
+    drop(etcd);
+}

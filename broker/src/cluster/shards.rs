@@ -82,6 +82,31 @@ impl Membership {
         Ok(Some(ShardRecord { revision, ..record.clone() }))
     }
 
+    /// Fences `record`'s leader for a take-over by this node: writes `record` (its leader
+    /// epoch cleared, `taken_by` set) only if the shard's record is unchanged, no process holds
+    /// the shard's node id and none stands by to get it back — all in one etcd transaction. A
+    /// check of those made earlier (a member list a moment old) can be stale: the shard's node
+    /// may have joined since, and a take-over then would supersede a live, serving leader.
+    pub async fn fence_if_gone(&self, record: &ShardRecord) -> Result<Option<ShardRecord>, ClusterError> {
+        let key = format!("{}{}", self.shards_prefix(), record.shard);
+        let node_key = format!("{}{}", Self::nodes_prefix(&self.inner.settings.prefix), record.shard);
+        let value = serde_json::to_vec(record).map_err(|e| ClusterError::Config(e.to_string()))?;
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(key.clone(), CompareOp::Equal, record.revision),
+                Compare::create_revision(node_key, CompareOp::Equal, 0),
+                Compare::create_revision(self.standby_key(&record.shard), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(key, value, None)]);
+        let mut client = self.inner.client.clone();
+        let answer = timed("fence shard", client.txn(txn)).await?;
+        if !answer.succeeded() {
+            return Ok(None);
+        }
+        let revision = answer.header().map_or(0, |h| h.revision());
+        Ok(Some(ShardRecord { revision, ..record.clone() }))
+    }
+
     fn standby_key(&self, id: &str) -> String {
         format!("{}/standby/{id}", self.inner.settings.prefix)
     }

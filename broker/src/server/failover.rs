@@ -57,6 +57,7 @@ impl Host {
     async fn round(&self) -> Result<(), ClusterError> {
         let me = self.membership.node_id().to_string();
         let live: HashSet<String> = self.membership.members().await?.into_iter().map(|m| m.record.id).collect();
+        self.reap_ended().await;
         let acting: Vec<String> = self.acting.lock().await.keys().cloned().collect();
         for shard in &acting {
             if self.membership.standing_by(shard).await? {
@@ -91,10 +92,12 @@ impl Host {
             }
             // Fence the old leader first: from this write on, no in-sync change of its succeeds,
             // so it cannot acknowledge anything without this node's copy, which stops here.
+            // The same write checks, in etcd, that the shard's node is still gone: the member
+            // list above may be a moment old, and the node may have joined since.
             let mut fenced = r.clone();
             fenced.leader_epoch = 0;
             fenced.taken_by = me.clone();
-            if self.membership.put_shard_record_if(&fenced).await?.is_none() {
+            if self.membership.fence_if_gone(&fenced).await?.is_none() {
                 continue;
             }
             self.take_over(&r.shard).await;
@@ -149,6 +152,24 @@ impl Host {
                 tracing::error!(shard, error = %e, "cannot serve the shard from this node's copy");
                 self.replicas.resume(shard);
             }
+        }
+    }
+
+    /// Forgets acting brokers that stopped by themselves — one that could not claim the shard's
+    /// id (its node came back first) or was superseded — and follows their shards again, so
+    /// that the shard's leader can feed this node's copy.
+    async fn reap_ended(&self) {
+        let ended: Vec<(String, RunningBroker)> = {
+            let mut acting = self.acting.lock().await;
+            let shards: Vec<String> = acting.iter().filter(|(_, b)| b.has_ended()).map(|(s, _)| s.clone()).collect();
+            shards.into_iter().filter_map(|s| acting.remove(&s).map(|b| (s, b))).collect()
+        };
+        for (shard, running) in ended {
+            match running.stop().await {
+                Ok(()) => tracing::warn!(shard, "acting broker stopped by itself; following the shard again"),
+                Err(e) => tracing::warn!(shard, error = %e, "acting broker ended; following the shard again"),
+            }
+            self.replicas.resume(&shard);
         }
     }
 

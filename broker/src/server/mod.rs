@@ -470,6 +470,11 @@ impl RunningBroker {
         self.addr.to_string()
     }
 
+    /// Whether it stopped serving by itself (it could not join, or it was superseded).
+    pub fn has_ended(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     /// Shuts down gracefully and waits until the store is flushed and closed.
     pub async fn stop(mut self) -> Result<(), ServeError> {
         if let Some(s) = self.stop.take() {
