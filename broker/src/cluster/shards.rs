@@ -36,7 +36,7 @@ impl Membership {
     /// The replica set of `shard`, if recorded.
     pub async fn shard_record(&self, shard: &str) -> Result<Option<ShardRecord>, ClusterError> {
         let mut client = self.inner.client.clone();
-        let answer = timed("read shard", client.get(format!("{}{shard}", self.shards_prefix()), None)).await?;
+        let answer = timed("read shard", client.get(self.shard_key(shard), None)).await?;
         let Some(kv) = answer.kvs().first() else { return Ok(None) };
         let mut r: ShardRecord =
             serde_json::from_slice(kv.value()).map_err(|e| ClusterError::Etcd(format!("shard record {shard}: {e}")))?;
@@ -65,21 +65,13 @@ impl Membership {
     /// Writes `record` if the key is still at `record.revision` (0: absent); the record as
     /// etcd now holds it when that succeeded, `None` when someone wrote first.
     pub async fn put_shard_record_if(&self, record: &ShardRecord) -> Result<Option<ShardRecord>, ClusterError> {
-        let key = format!("{}{}", self.shards_prefix(), record.shard);
+        let key = self.shard_key(&record.shard);
         let unchanged = if record.revision == 0 {
-            Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+            Compare::create_revision(key, CompareOp::Equal, 0)
         } else {
-            Compare::mod_revision(key.clone(), CompareOp::Equal, record.revision)
+            Compare::mod_revision(key, CompareOp::Equal, record.revision)
         };
-        let value = serde_json::to_vec(record).map_err(|e| ClusterError::Config(e.to_string()))?;
-        let txn = Txn::new().when([unchanged]).and_then([TxnOp::put(key, value, None)]);
-        let mut client = self.inner.client.clone();
-        let answer = timed("write shard", client.txn(txn)).await?;
-        if !answer.succeeded() {
-            return Ok(None);
-        }
-        let revision = answer.header().map_or(0, |h| h.revision());
-        Ok(Some(ShardRecord { revision, ..record.clone() }))
+        self.put_shard_record_when(record, vec![unchanged]).await
     }
 
     /// Fences `record`'s leader for a take-over by this node: writes `record` (its leader
@@ -88,18 +80,29 @@ impl Membership {
     /// check of those made earlier (a member list a moment old) can be stale: the shard's node
     /// may have joined since, and a take-over then would supersede a live, serving leader.
     pub async fn fence_if_gone(&self, record: &ShardRecord) -> Result<Option<ShardRecord>, ClusterError> {
-        let key = format!("{}{}", self.shards_prefix(), record.shard);
         let node_key = format!("{}{}", Self::nodes_prefix(&self.inner.settings.prefix), record.shard);
+        let conditions = vec![
+            Compare::mod_revision(self.shard_key(&record.shard), CompareOp::Equal, record.revision),
+            Compare::create_revision(node_key, CompareOp::Equal, 0),
+            Compare::create_revision(self.standby_key(&record.shard), CompareOp::Equal, 0),
+        ];
+        self.put_shard_record_when(record, conditions).await
+    }
+
+    fn shard_key(&self, shard: &str) -> String {
+        format!("{}{shard}", self.shards_prefix())
+    }
+
+    /// Writes `record` if every condition holds (one etcd transaction).
+    async fn put_shard_record_when(
+        &self,
+        record: &ShardRecord,
+        conditions: Vec<Compare>,
+    ) -> Result<Option<ShardRecord>, ClusterError> {
         let value = serde_json::to_vec(record).map_err(|e| ClusterError::Config(e.to_string()))?;
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(key.clone(), CompareOp::Equal, record.revision),
-                Compare::create_revision(node_key, CompareOp::Equal, 0),
-                Compare::create_revision(self.standby_key(&record.shard), CompareOp::Equal, 0),
-            ])
-            .and_then([TxnOp::put(key, value, None)]);
+        let txn = Txn::new().when(conditions).and_then([TxnOp::put(self.shard_key(&record.shard), value, None)]);
         let mut client = self.inner.client.clone();
-        let answer = timed("fence shard", client.txn(txn)).await?;
+        let answer = timed("write shard", client.txn(txn)).await?;
         if !answer.succeeded() {
             return Ok(None);
         }
