@@ -935,20 +935,18 @@ async fn drain_moves_a_shard_and_copies_and_a_dead_nodes_copies_are_made_again()
 async fn a_take_over_is_refused_while_the_shards_node_is_back() {
     use txmq_broker::cluster::{shards::ShardRecord, ClusterSettings, Membership};
     let etcd = Etcd::start();
+    let prefix = format!("/fence-{}", rand_suffix());
     let settings = |id: &str| ClusterSettings {
         endpoints: vec![etcd.url.clone()],
         node_id: id.to_string(),
-        address: format!("127.0.0.1:1{}", id.len()),
-        prefix: format!("/fence-{}", rand_suffix()),
+        address: "127.0.0.1:1".into(),
+        prefix: prefix.clone(),
         lease_ttl: Duration::from_secs(3),
         peer: Default::default(),
         acting_on: None,
     };
-    let n1_settings = settings("n1");
-    let prefix = n1_settings.prefix.clone();
-    let with_prefix = |id: &str| ClusterSettings { prefix: prefix.clone(), ..settings(id) };
-    let n1 = Membership::join(n1_settings, 0).await.unwrap();
-    let n2 = Membership::join(with_prefix("n2"), 0).await.unwrap();
+    let n1 = Membership::join(settings("n1"), 0).await.unwrap();
+    let n2 = Membership::join(settings("n2"), 0).await.unwrap();
     let created = ShardRecord {
         shard: "n2".into(),
         followers: vec!["n1".into(), "n3".into()],
@@ -968,7 +966,7 @@ async fn a_take_over_is_refused_while_the_shards_node_is_back() {
     let stop = tokio_util::sync::CancellationToken::new();
     stop.cancel();
     n2.keep_alive(stop).await;
-    let returning = Membership::connect(with_prefix("n3"), 0).await.unwrap();
+    let returning = Membership::connect(settings("n3"), 0).await.unwrap();
     let done = tokio_util::sync::CancellationToken::new();
     returning.stand_by("n2", done.clone()).await.unwrap();
     assert!(n1.fence_if_gone(&fenced(r.clone())).await.unwrap().is_none(), "fenced a shard whose node stands by");

@@ -152,7 +152,12 @@ impl Membership {
     }
 
     fn node_key(&self) -> String {
-        format!("{}{}", Self::nodes_prefix(&self.inner.settings.prefix), self.inner.settings.node_id)
+        self.node_key_of(&self.inner.settings.node_id)
+    }
+
+    /// The membership key of node `id` (present while a process holds that id).
+    fn node_key_of(&self, id: &str) -> String {
+        format!("{}{id}", Self::nodes_prefix(&self.inner.settings.prefix))
     }
 
     /// Connects to etcd and joins: refused when a live node holds the same node id.
@@ -353,8 +358,7 @@ impl Membership {
     /// The record of the node holding id `id`, if any (read from etcd).
     pub async fn holder(&self, id: &str) -> Result<Option<NodeRecord>, ClusterError> {
         let mut client = self.inner.client.clone();
-        let key = format!("{}{id}", Self::nodes_prefix(&self.inner.settings.prefix));
-        let answer = timed("read node", client.get(key, None)).await?;
+        let answer = timed("read node", client.get(self.node_key_of(id), None)).await?;
         Ok(answer.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok()))
     }
 

@@ -80,10 +80,9 @@ impl Membership {
     /// check of those made earlier (a member list a moment old) can be stale: the shard's node
     /// may have joined since, and a take-over then would supersede a live, serving leader.
     pub async fn fence_if_gone(&self, record: &ShardRecord) -> Result<Option<ShardRecord>, ClusterError> {
-        let node_key = format!("{}{}", Self::nodes_prefix(&self.inner.settings.prefix), record.shard);
         let conditions = vec![
             Compare::mod_revision(self.shard_key(&record.shard), CompareOp::Equal, record.revision),
-            Compare::create_revision(node_key, CompareOp::Equal, 0),
+            Compare::create_revision(self.node_key_of(&record.shard), CompareOp::Equal, 0),
             Compare::create_revision(self.standby_key(&record.shard), CompareOp::Equal, 0),
         ];
         self.put_shard_record_when(record, conditions).await

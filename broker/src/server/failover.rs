@@ -87,13 +87,10 @@ impl Host {
             {
                 continue;
             }
-            if self.membership.standing_by(&r.shard).await? {
-                continue;
-            }
             // Fence the old leader first: from this write on, no in-sync change of its succeeds,
             // so it cannot acknowledge anything without this node's copy, which stops here.
-            // The same write checks, in etcd, that the shard's node is still gone: the member
-            // list above may be a moment old, and the node may have joined since.
+            // The same write checks, in etcd, that the shard's node is still gone and that no
+            // returning node stands by for it: the member list above may be a moment old.
             let mut fenced = r.clone();
             fenced.leader_epoch = 0;
             fenced.taken_by = me.clone();
