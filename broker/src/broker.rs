@@ -87,8 +87,8 @@ impl Broker {
     /// Loads the broker's state from `store`.
     pub fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>> {
         // Before the writer starts: refuse a store of a newer broker and stamp an older one
-        // with our schema version; the transactions part upgrades its indexes (in one atomic
-        // batch with its own marker, so a crash midway simply builds them again).
+        // with our schema version; the transactions part converts its indexes (its marker is
+        // written last, so a crash midway simply converts again).
         crate::store::check_schema(store.as_ref())?;
         let metrics = Arc::new(Metrics::default());
         let txn_settings = TxnSettings {
@@ -525,10 +525,11 @@ impl Broker {
         reason: Option<String>,
         may_end: impl FnOnce(&str) -> Result<()>,
     ) -> Result<Txn> {
-        let publish = |half: StoredMessage, txn: String, writes: Batch, now: Millis| async move {
+        let publish = |half: StoredMessage, txn: String, writes: Batch, after, now: Millis| async move {
             let record = self.topic_or_create(&half.msg.topic).await?;
             let topic = half.msg.topic.clone();
-            self.log.append_committed(&topic, Target::Spread(record.queue_count), half, &txn, now, writes).await?;
+            let target = Target::Spread(record.queue_count);
+            self.log.append_committed(&topic, target, half, &txn, now, writes, after).await?;
             Ok(())
         };
         self.txns.end(topic, message_id, txn_id, resolution, by, reason, may_end, publish).await

@@ -21,7 +21,7 @@
 use crate::codec::Record;
 use crate::error::{BrokerError, Result};
 use crate::model::{md5_hex, MessageType, Millis, NewMessage, StoredMessage};
-use crate::store::{chunks, scan_prefix, Batch, Committer, Key, Store, StoreError};
+use crate::store::{chunks, scan_prefix, AfterCommit, Batch, Committer, Key, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
@@ -178,7 +178,9 @@ impl MessageLog {
     /// Appends the half message of committed transaction `txn` (stored by its half send, under
     /// `Key::HalfChunk`) without writing it again: the queue gets a small record pointing at
     /// the half, which keeps the body and headers until the queue record expires. Otherwise as
-    /// [`MessageLog::append`].
+    /// [`MessageLog::append`]; `after` runs on the writer thread once the write is durable
+    /// (the transaction's own bookkeeping), whether or not the caller still waits.
+    #[allow(clippy::too_many_arguments)]
     pub async fn append_committed(
         &self,
         topic: &str,
@@ -187,8 +189,10 @@ impl MessageLog {
         txn: &str,
         now: Millis,
         extra: Batch,
+        after: Option<AfterCommit>,
     ) -> Result<()> {
-        self.append_with(topic, target, vec![half.msg], &half.producer, now, extra, Some(txn)).await?;
+        let committed = Committed { txn, after };
+        self.append_with(topic, target, vec![half.msg], &half.producer, now, extra, Some(committed)).await?;
         Ok(())
     }
 
@@ -201,8 +205,12 @@ impl MessageLog {
         producer: &str,
         now: Millis,
         extra: Batch,
-        half_of: Option<&str>,
+        committed: Option<Committed<'_>>,
     ) -> Result<Vec<Placement>> {
+        let (half_of, extra_after) = match committed {
+            Some(c) => (Some(c.txn), c.after),
+            None => (None, None),
+        };
         // Refuse a request that names one id twice before any offset is handed out (a refusal
         // later would leave a hole in the queue).
         let mut ids = std::collections::HashSet::with_capacity(messages.len());
@@ -279,7 +287,15 @@ impl MessageLog {
                 for (id, queue, offset) in &fresh {
                     inner.committing.insert((topic.to_string(), id.clone()), (*queue, *offset));
                 }
-                Some(slot.submit(batch, Some(self.after_commit(topic, fresh))))
+                let after = self.after_commit(topic, fresh);
+                let after: AfterCommit = match extra_after {
+                    None => after,
+                    Some(extra_after) => Box::new(move || {
+                        after();
+                        extra_after();
+                    }),
+                };
+                Some(slot.submit(batch, Some(after)))
             }
         };
         if let Some(p) = pending {
@@ -470,7 +486,7 @@ impl MessageLog {
     }
 
     /// Once durable: publish the new high watermark and forget the committing ids.
-    fn after_commit(&self, topic: &str, fresh: Vec<(String, u32, u64)>) -> Box<dyn FnOnce() + Send> {
+    fn after_commit(&self, topic: &str, fresh: Vec<(String, u32, u64)>) -> AfterCommit {
         let inner = self.inner.clone();
         let topic = topic.to_string();
         Box::new(move || {
@@ -523,6 +539,13 @@ fn pick_queue(inner: &mut Inner, msg: &NewMessage, queue_count: u32) -> u32 {
 /// First byte of a queue record that points at a committed transaction's half message instead
 /// of holding the message. Message records start with their version (1 to 3), never this.
 const HALF_REF: u8 = 0xA1;
+
+/// What [`MessageLog::append_committed`] adds to an append: the committed transaction whose
+/// half message the queue record points at, and its bookkeeping once durable.
+struct Committed<'a> {
+    txn: &'a str,
+    after: Option<AfterCommit>,
+}
 
 /// A queue record of a committed transactional message: where and when it was published; the
 /// rest is the half message of `txn`.

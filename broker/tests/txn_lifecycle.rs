@@ -120,9 +120,16 @@ async fn resolved_and_pending(b: &std::sync::Arc<Broker>, n: usize, pending: usi
 }
 
 fn count_keys(store: &dyn Store, kind: &Key) -> usize {
+    scan_kind(store, kind).len()
+}
+
+/// Every stored key of `kind`'s kind.
+fn scan_kind(store: &dyn Store, kind: &Key) -> Vec<Vec<u8>> {
     let prefix = kind.kind_prefix();
     let end = txmq_broker::store::keys::prefix_end(&prefix).unwrap();
-    store.scan(std::ops::Bound::Included(&prefix), std::ops::Bound::Excluded(&end), usize::MAX, false).unwrap().len()
+    let entries =
+        store.scan(std::ops::Bound::Included(&prefix), std::ops::Bound::Excluded(&end), usize::MAX, false).unwrap();
+    entries.into_iter().map(|(k, _)| k).collect()
 }
 
 /// Finding 2: one retention pass purges every resolved transaction past the retention, however
@@ -134,14 +141,12 @@ async fn one_purge_pass_removes_twenty_thousand_resolved_transactions() {
     config.txn_retention = Duration::from_millis(1);
     let b = Broker::with_store(config, store.clone()).unwrap();
     resolved_and_pending(&b, 20_000, 0).await;
-    let kinds = [
-        Key::Txn(String::new()),
-        Key::TxnByMessage { topic: String::new(), message_id: String::new() },
-        Key::TxnResolved { at: 0, txn: String::new() },
-    ];
+    let kinds = [Key::Txn(String::new()), Key::TxnByMessage { topic: String::new(), message_id: String::new() }];
     for k in &kinds {
         assert!(count_keys(store.as_ref(), k) >= 20_000, "{k:?} written");
     }
+    // The purge walks the records themselves: no index of resolution times is kept.
+    assert_eq!(count_keys(store.as_ref(), &Key::TxnResolved { at: 0, txn: String::new() }), 0);
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(b.purge_transactions().await.unwrap(), 20_000);
     for k in &kinds {
@@ -190,22 +195,138 @@ async fn counts_and_pending_lists_cost_what_is_open_not_the_history() {
     assert!(reads <= 5, "listing 5 pending of 2,005 read {reads} records");
     b.shutdown();
 
-    // An older store (no open index yet): the index is built once at start.
-    let mut batch = txmq_broker::store::Batch::new();
-    for state in [1u8, 4] {
-        let prefix = Key::txn_open_prefix(state);
-        let end = txmq_broker::store::keys::prefix_end(&prefix).unwrap();
-        for (k, _) in
-            store.scan(std::ops::Bound::Included(&prefix), std::ops::Bound::Excluded(&end), usize::MAX, false).unwrap()
-        {
-            batch.delete_raw(k);
-        }
-    }
-    batch.delete(&Key::Meta("txn-open-index".into()));
-    store.apply(&batch).unwrap();
+    // After a restart the pending ones are found again (from the due index).
     let b = Broker::with_store(Config::with_data_dir("/unused"), store.clone()).unwrap();
-    assert_eq!(b.transaction_counts().unwrap().pending, 5);
+    assert_eq!(b.transaction_counts().unwrap(), counts);
     assert_eq!(b.list_transactions(&filter).unwrap().len(), 5);
+    b.shutdown();
+}
+
+/// Issue #20, fewer keys per transaction: a store written with the previous indexes (an open
+/// index of pending and parked transactions, a resolution index) — or before the open index
+/// existed — is converted once at start: the old keys go, parked transactions are indexed, and
+/// counts, listings and the purge work as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_with_the_previous_transaction_indexes_is_converted_at_start() {
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let mut config = Config::with_data_dir("/unused");
+    config.txn_max_checks = 0;
+    config.txn_max_checks_policy = MaxChecksPolicy::Park;
+    config.txn_retention = Duration::from_millis(1);
+    let b = Broker::with_store(config.clone(), store.clone()).unwrap();
+    let pending = send_half(&b, "pending", None).await;
+    let parked = send_half(&b, "parked", Some(0)).await;
+    let committed = send_half(&b, "committed", None).await;
+    let due = b.transaction(&parked).unwrap().unwrap().next_check.unwrap();
+    let outcome = b.check_transaction(&parked, due, |_, _| None).await.unwrap();
+    assert_eq!(outcome, CheckOutcome::Exhausted { state: TxnState::Parked });
+    let done = b.end_transaction("orders", "", &committed, Resolution::Commit, Actor::Producer, None).await.unwrap();
+    b.shutdown();
+
+    // The previous layout: the pending one in the open index, the committed one in the
+    // resolution index, the parked one not indexed (a store from before the open index).
+    let txn = |id: &str| b.transaction(id).unwrap().unwrap();
+    let open_index = Key::TxnOpen { state: 0, created_at: 0, txn: String::new() };
+    let resolution_index = Key::TxnResolved { at: 0, txn: String::new() };
+    let mut batch = txmq_broker::store::Batch::new();
+    batch.put(&Key::TxnOpen { state: 1, created_at: txn(&pending).created_at, txn: pending.clone() }, Vec::new());
+    batch.delete(&Key::TxnOpen { state: 4, created_at: txn(&parked).created_at, txn: parked.clone() });
+    batch.put(&Key::TxnResolved { at: done.resolved_at.unwrap(), txn: committed.clone() }, Vec::new());
+    batch.delete(&Key::Meta("txn-lean-indexes".into()));
+    batch.put(&Key::Meta("txn-open-index".into()), vec![1]);
+    store.apply(&batch).unwrap();
+    assert_eq!((count_keys(store.as_ref(), &open_index), count_keys(store.as_ref(), &resolution_index)), (1, 1));
+
+    let b = Broker::with_store(config, store.clone()).unwrap();
+    assert_eq!(count_keys(store.as_ref(), &resolution_index), 0, "the resolution index is gone");
+    let open_keys = scan_kind(store.as_ref(), &open_index);
+    let parked_key = Key::TxnOpen { state: 4, created_at: txn(&parked).created_at, txn: parked.clone() };
+    assert_eq!(open_keys, vec![parked_key.encode()], "only the parked transaction is indexed");
+    assert!(store.get(&Key::Meta("txn-open-index".into()).encode()).unwrap().is_none());
+    let counts = b.transaction_counts().unwrap();
+    assert_eq!((counts.pending, counts.parked), (1, 1));
+    assert_eq!(counts.oldest_pending, Some(txn(&pending).created_at));
+    let listed = |state| {
+        let filter = TxnFilter { state: Some(state), limit: 10, ..Default::default() };
+        b.list_transactions(&filter).unwrap().into_iter().map(|t| t.id).collect::<Vec<_>>()
+    };
+    assert_eq!((listed(TxnState::Pending), listed(TxnState::Parked)), (vec![pending.clone()], vec![parked.clone()]));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(b.purge_transactions().await.unwrap(), 1, "the committed one, past its retention");
+    assert!(b.transaction(&committed).unwrap().is_none());
+    b.resume_transaction(&parked, None).await.unwrap();
+    assert_eq!(count_keys(store.as_ref(), &open_index), 0, "a resumed transaction leaves the parked index");
+    let counts = b.transaction_counts().unwrap();
+    assert_eq!((counts.pending, counts.parked), (2, 0));
+    b.shutdown();
+}
+
+/// The purge walks transaction records oldest first and stops at the first created after the
+/// cutoff; it passes over (and keeps) the open ones and those resolved within the retention,
+/// however old they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_purge_keeps_open_transactions_and_those_resolved_within_the_retention() {
+    let mut config = Config::with_data_dir("/unused");
+    config.txn_retention = Duration::from_millis(300);
+    let b = Broker::with_store(config, std::sync::Arc::new(MemoryStore::new())).unwrap();
+    let open = send_half(&b, "open", None).await;
+    let late = send_half(&b, "late", None).await;
+    let early = send_half(&b, "early", None).await;
+    b.end_transaction("orders", "", &early, Resolution::Rollback, Actor::Producer, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Created before the cutoff, resolved now: kept for its retention.
+    b.end_transaction("orders", "", &late, Resolution::Commit, Actor::Producer, None).await.unwrap();
+    assert_eq!(b.purge_transactions().await.unwrap(), 1);
+    assert!(b.transaction(&early).unwrap().is_none());
+    assert!(b.transaction(&late).unwrap().is_some(), "resolved within the retention");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(b.purge_transactions().await.unwrap(), 1);
+    assert!(b.transaction(&late).unwrap().is_none());
+    assert_eq!(b.transaction(&open).unwrap().unwrap().state, TxnState::Pending, "open ones are never purged");
+    b.shutdown();
+}
+
+/// The pending transactions kept in memory agree with the store even when requests are
+/// dropped while their write is under way (a client that gives up): the bookkeeping runs once
+/// the write is durable, not in the request that may be gone by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_counts_agree_with_the_store_when_requests_are_dropped() {
+    let b = Broker::with_store(Config::with_data_dir("/unused"), std::sync::Arc::new(MemoryStore::new())).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..300u64 {
+        ids.push(send_half(&b, &format!("m{i}"), None).await);
+    }
+    // Half sends and decisions, each dropped after a different short while.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (b, id) = (b.clone(), id.clone());
+        let budget = Duration::from_micros((i as u64 * 37) % 3_000);
+        tasks.spawn(async move {
+            let send = b.send("orders", vec![half(&format!("n{i}"), None)], "producer-1");
+            let _ = tokio::time::timeout(budget, send).await;
+            let end = b.end_transaction("orders", "", &id, Resolution::Commit, Actor::Producer, None);
+            let _ = tokio::time::timeout(budget, end).await;
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let all = b.list_transactions(&TxnFilter { limit: 10_000, ..Default::default() }).unwrap();
+    let stored: std::collections::BTreeSet<String> =
+        all.iter().filter(|t| t.state == TxnState::Pending).map(|t| t.id.clone()).collect();
+    let filter = TxnFilter { state: Some(TxnState::Pending), limit: 10_000, ..Default::default() };
+    let listed: std::collections::BTreeSet<String> =
+        b.list_transactions(&filter).unwrap().into_iter().map(|t| t.id).collect();
+    let missing: Vec<_> = stored.difference(&listed).collect();
+    let extra: Vec<_> = listed.difference(&stored).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "pending but not listed: {missing:?}; listed, not pending: {extra:?}"
+    );
+    let counts = b.transaction_counts().unwrap();
+    assert_eq!(counts.pending, stored.len() as u64, "pending count vs stored pending transactions");
+    let oldest = all.iter().filter(|t| t.state == TxnState::Pending).map(|t| t.created_at).min();
+    assert_eq!(counts.oldest_pending, oldest);
+    assert!(all.iter().any(|t| t.state == TxnState::Committed) && !stored.is_empty(), "some of each");
     b.shutdown();
 }
 

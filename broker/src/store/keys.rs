@@ -47,10 +47,13 @@ pub enum Key {
     TxnByMessage { topic: String, message_id: String },
     /// Pending transactions by next check time: the check scheduler reads `..=now`.
     TxnDue { at: i64, txn: String },
-    /// Resolved transactions by resolution time: purged after the retention period.
+    /// Resolved transactions by resolution time. No longer written: the purge walks the
+    /// records in id (creation) order instead. Stores from before that keep these keys until
+    /// their first start with the leaner indexes, which deletes them.
     TxnResolved { at: i64, txn: String },
-    /// Open (pending or parked) transactions by state, then creation time: counts, the oldest
-    /// pending one and `txn list --state` cost O(open), never O(history).
+    /// Parked transactions (state code 4) by creation time: `txn list --state parked` costs
+    /// O(parked). Stores from before the leaner indexes also hold pending ones (state code 1),
+    /// deleted at their first start; pending transactions are known from the due index.
     TxnOpen { state: u8, created_at: i64, txn: String },
     /// A user of the broker (authentication) with its secret (sealed when a key is given) and
     /// its access policy.

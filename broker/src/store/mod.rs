@@ -37,7 +37,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use thiserror::Error;
 
-pub use committer::{CommitStats, Committer, Replicator};
+pub use committer::{AfterCommit, CommitStats, Committer, Replicator};
 pub use keys::Key;
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
@@ -177,13 +177,16 @@ pub trait Store: Send + Sync + 'static {
 
 /// The layout version of the store: the key schema and record encodings a broker writes.
 /// Version 1: everything up to the open-transaction index and dead-letter resent marks; 2 adds
-/// them (a version-1 store is upgraded in place at open, see `txn::service::OpenCounts`); 3
+/// them (a version-1 store is upgraded in place at open); 3
 /// adds users and version-2 message records (the body encoding), which a broker of schema 2
 /// would misread, so it refuses the store; 4 adds lite topics (their keys and version-3
 /// message records), which a broker of schema 3 cannot read; 5 adds the value log (in a store
 /// created with `--value-log true`, message chunks in sled are pointers into `values/`), which
-/// a broker of schema 4 would misread.
-pub const SCHEMA_VERSION: u32 = 5;
+/// a broker of schema 4 would misread; 6 drops the transaction resolution index and keeps only
+/// parked transactions in the open index (a store of 5 or less is converted in place at open,
+/// see `txn::service::Open`), and a broker of schema 5 would never purge the transactions
+/// resolved since, so it refuses the store.
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Checks the store's schema version at open, writing ours into a new or older store. A store
 /// written by a newer broker is refused: this one could misread it.

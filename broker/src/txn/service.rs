@@ -14,7 +14,8 @@ use crate::codec::Record;
 use crate::error::{BrokerError, Result};
 use crate::metrics::Metrics;
 use crate::model::{md5_hex, Millis, NewMessage, StoredMessage};
-use crate::store::{chunks, Batch, Committer, Key, Store, StoreError};
+use crate::store::{chunks, AfterCommit, Batch, Committer, Key, Store, StoreError};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,85 +96,152 @@ pub struct Transactions {
     settings: TxnSettings,
     /// Per-transaction locks, striped by id.
     locks: Vec<tokio::sync::Mutex<()>>,
-    open: OpenCounts,
+    open: Arc<Open>,
 }
 
-/// Pending and parked counts, changed with every durable state change and loaded from the
-/// `TxnOpen` index at start, so a metrics scrape never reads the transaction history.
+/// The open transactions, changed after every durable state change and loaded at start, so a
+/// metrics scrape or a listing of open transactions never reads the transaction history.
+///
+/// Pending transactions are kept here in memory, oldest first (a pending transaction always
+/// has exactly one entry in the due index, so the store needs no second index of them and a
+/// half send and its commit each write one key fewer). Parked ones, rare and long-lived, keep
+/// a `TxnOpen` index entry and are only counted here.
 #[derive(Debug, Default)]
-struct OpenCounts {
-    pending: AtomicU64,
+struct Open {
+    /// `(created_at, id)` of every pending transaction.
+    pending: std::sync::Mutex<BTreeSet<(Millis, String)>>,
     parked: AtomicU64,
 }
 
-/// Marks a store whose `TxnOpen` index is complete (built once for stores made before it).
+/// Marks a store whose transaction indexes are the lean ones: no resolution index, and the
+/// `TxnOpen` index for parked transactions only (built once for stores made before).
+const LEAN_INDEX_META: &str = "txn-lean-indexes";
+/// The marker of the previous index layout (open index for pending and parked, resolution
+/// index), removed when a store is converted.
 const OPEN_INDEX_META: &str = "txn-open-index";
+/// Keys written per batch while converting a store.
+const CONVERT_BATCH: usize = 10_000;
 
-impl OpenCounts {
-    /// Counts the open transactions of `store`, first building the `TxnOpen` index if the
-    /// store predates it. Runs before the group-commit writer starts.
+impl Open {
+    /// Loads the open transactions of `store`, first converting its indexes if it predates the
+    /// lean ones. Runs before the group-commit writer starts.
     fn load(store: &dyn Store) -> Result<Self> {
-        let meta = Key::Meta(OPEN_INDEX_META.into()).encode();
+        let meta = Key::Meta(LEAN_INDEX_META.into()).encode();
         if store.get(&meta)?.is_none() {
+            convert_indexes(store)?;
             let mut batch = Batch::new();
-            for_each_txn(store, |t| {
-                if is_open(t.state) {
-                    batch.put(&open_key(t.state, &t), Vec::new());
-                }
-                true
-            })?;
+            batch.delete(&Key::Meta(OPEN_INDEX_META.into()));
             batch.put_raw(meta, vec![1]);
             store.apply(&batch)?;
             store.flush()?;
         }
-        let count = |state| -> Result<u64> {
-            let mut n = 0u64;
-            for_each_open(store, state, |_, _| {
-                n += 1;
-                true
-            })?;
-            Ok(n)
+        let mut pending = BTreeSet::new();
+        let mut failed = None;
+        crate::store::for_each_in_prefix(store, &Key::txn_due_prefix(), |k, _| {
+            let Ok(Key::TxnDue { at, txn }) = Key::decode(&k) else {
+                return Err(StoreError::Corrupt { key: k, detail: "not a due-index key".into() }.into());
+            };
+            match read_txn(store, &txn) {
+                Ok(Some(t)) if t.state == TxnState::Pending && t.next_check == Some(at) => {
+                    pending.insert((t.created_at, t.id));
+                }
+                Ok(_) => {}
+                Err(e) => failed = Some(e),
+            }
+            Ok::<_, BrokerError>(failed.is_none())
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut parked = 0u64;
+        for_each_parked(store, |_, _| {
+            parked += 1;
+            true
+        })?;
+        Ok(Self { pending: std::sync::Mutex::new(pending), parked: AtomicU64::new(parked) })
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<(Millis, String)>> {
+        // Only inserts and removes run under the lock: a panic there leaves the set whole.
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a durable change of transaction `(created_at, id)` from `before` (`None`: a
+    /// new transaction) to `after`.
+    fn changed(&self, before: Option<TxnState>, after: TxnState, entry: (Millis, String)) {
+        match before {
+            Some(TxnState::Pending) => {
+                self.pending().remove(&entry);
+            }
+            Some(TxnState::Parked) => {
+                self.parked.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        match after {
+            TxnState::Pending => {
+                self.pending().insert(entry);
+            }
+            TxnState::Parked => {
+                self.parked.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// Up to `limit` pending transactions created after `after`, oldest first.
+    fn pending_page(&self, after: Option<&(Millis, String)>, limit: usize) -> Vec<(Millis, String)> {
+        let set = self.pending();
+        let range = match after {
+            Some(a) => set.range((Bound::Excluded(a), Bound::Unbounded)),
+            None => set.range::<(Millis, String), _>(..),
         };
-        Ok(Self {
-            pending: AtomicU64::new(count(TxnState::Pending)?),
-            parked: AtomicU64::new(count(TxnState::Parked)?),
-        })
-    }
-
-    fn counter(&self, s: TxnState) -> Option<&AtomicU64> {
-        match s {
-            TxnState::Pending => Some(&self.pending),
-            TxnState::Parked => Some(&self.parked),
-            _ => None,
-        }
-    }
-
-    /// Records a durable change from `before` (`None`: a new transaction) to `after`.
-    fn changed(&self, before: Option<TxnState>, after: TxnState) {
-        if before == Some(after) {
-            return;
-        }
-        if let Some(c) = before.and_then(|b| self.counter(b)) {
-            c.fetch_sub(1, Ordering::Relaxed);
-        }
-        if let Some(c) = self.counter(after) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
+        range.take(limit).cloned().collect()
     }
 }
 
-fn is_open(s: TxnState) -> bool {
-    matches!(s, TxnState::Pending | TxnState::Parked)
+/// Converts the transaction indexes of a store from before the lean ones: deletes its
+/// resolution index and its open-index entries, then indexes its parked transactions again.
+/// Applied [`CONVERT_BATCH`] writes at a time, so a large store converts in bounded memory.
+fn convert_indexes(store: &dyn Store) -> Result<()> {
+    let mut batch = Batch::new();
+    let mut writes = 0;
+    // Counts the write just added to `batch`, applying the batch when it is large.
+    let mut added = |batch: &mut Batch| -> Result<()> {
+        writes += 1;
+        if writes % CONVERT_BATCH == 0 {
+            store.apply(&std::mem::take(batch))?;
+        }
+        Ok(())
+    };
+    let open_index = Key::TxnOpen { state: 0, created_at: 0, txn: String::new() }.kind_prefix();
+    for prefix in [Key::txn_resolved_prefix(), open_index] {
+        crate::store::for_each_in_prefix(store, &prefix, |k, _| {
+            batch.delete_raw(k);
+            added(&mut batch)?;
+            Ok::<_, BrokerError>(true)
+        })?;
+    }
+    crate::store::for_each_in_prefix(store, &Key::txn_prefix(), |k, v| {
+        let t = Txn::decode(&v).map_err(|e| corrupt_raw(k, e))?;
+        if t.state == TxnState::Parked {
+            batch.put(&parked_key(&t), Vec::new());
+            added(&mut batch)?;
+        }
+        Ok::<_, BrokerError>(true)
+    })?;
+    store.apply(&batch)?;
+    Ok(())
 }
 
-fn open_key(state: TxnState, t: &Txn) -> Key {
-    Key::TxnOpen { state: super::state_to_u8(state), created_at: t.created_at, txn: t.id.clone() }
+fn parked_key(t: &Txn) -> Key {
+    Key::TxnOpen { state: super::state_to_u8(TxnState::Parked), created_at: t.created_at, txn: t.id.clone() }
 }
 
-/// Visits the open transactions in `state` oldest first as `(created_at, id)`, in pages of
-/// 1,000 keys; stops when `visit` returns false.
-fn for_each_open(store: &dyn Store, state: TxnState, mut visit: impl FnMut(Millis, String) -> bool) -> Result<()> {
-    let prefix = Key::txn_open_prefix(super::state_to_u8(state));
+/// Visits the parked transactions oldest first as `(created_at, id)`, in pages of 1,000 keys;
+/// stops when `visit` returns false.
+fn for_each_parked(store: &dyn Store, mut visit: impl FnMut(Millis, String) -> bool) -> Result<()> {
+    let prefix = Key::txn_open_prefix(super::state_to_u8(TxnState::Parked));
     crate::store::for_each_in_prefix(store, &prefix, |k, _| match Key::decode(&k) {
         Ok(Key::TxnOpen { created_at, txn, .. }) => Ok(visit(created_at, txn)),
         _ => Err(StoreError::Corrupt { key: k, detail: "not an open-transaction key".into() }.into()),
@@ -183,9 +251,18 @@ fn for_each_open(store: &dyn Store, state: TxnState, mut visit: impl FnMut(Milli
 /// Visits every stored transaction record, oldest id first, in pages of 1,000.
 fn for_each_txn(store: &dyn Store, mut visit: impl FnMut(Txn) -> bool) -> Result<()> {
     crate::store::for_each_in_prefix(store, &Key::txn_prefix(), |k, v| {
-        let t = Txn::decode(&v).map_err(|e| StoreError::Corrupt { key: k, detail: e.to_string() })?;
+        let t = Txn::decode(&v).map_err(|e| corrupt_raw(k, e))?;
         Ok(visit(t))
     })
+}
+
+/// The transaction record `id`, if stored.
+fn read_txn(store: &dyn Store, id: &str) -> Result<Option<Txn>> {
+    let key = Key::Txn(id.to_string());
+    match store.get(&key.encode())? {
+        None => Ok(None),
+        Some(v) => Txn::decode(&v).map(Some).map_err(|e| corrupt(&key, e)),
+    }
 }
 
 /// A transaction's scheduling and state before a change, for [`Transactions::txn_write`].
@@ -201,8 +278,8 @@ impl Before {
     }
 }
 
-/// Resolved transactions purged per durable step.
-const PURGE_PAGE: usize = 256;
+/// Transaction records read (and at most purged) per durable step of the purge.
+const PURGE_PAGE: usize = 512;
 
 static TXN_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -224,7 +301,11 @@ fn stripe(key: &str) -> usize {
 }
 
 fn corrupt(key: &Key, e: impl std::fmt::Display) -> BrokerError {
-    StoreError::Corrupt { key: key.encode(), detail: e.to_string() }.into()
+    corrupt_raw(key.encode(), e)
+}
+
+fn corrupt_raw(key: Vec<u8>, e: impl std::fmt::Display) -> BrokerError {
+    StoreError::Corrupt { key, detail: e.to_string() }.into()
 }
 
 fn txn_error(e: TxnError, id: &str) -> BrokerError {
@@ -240,17 +321,18 @@ fn txn_error(e: TxnError, id: &str) -> BrokerError {
 }
 
 impl Transactions {
-    /// Loads the open counts of `store`, first building the open index if the store predates
-    /// it (written directly, not through `committer`: call before anything else writes).
+    /// Loads the open transactions of `store`, first converting its indexes if the store
+    /// predates the lean ones (written directly, not through `committer`: call before anything
+    /// else writes).
     pub fn load(
         store: Arc<dyn Store>,
         committer: Arc<Committer>,
         metrics: Arc<Metrics>,
         settings: TxnSettings,
     ) -> Result<Self> {
-        let open = OpenCounts::load(store.as_ref())?;
+        let open = Open::load(store.as_ref())?;
         let locks = (0..TXN_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(Self { store, committer, metrics, settings, locks, open })
+        Ok(Self { store, committer, metrics, settings, locks, open: Arc::new(open) })
     }
 
     fn txn_lock(&self, key: &str) -> &tokio::sync::Mutex<()> {
@@ -286,8 +368,7 @@ impl Transactions {
         let mut batch = self.txn_write(&txn, Before { next_check: None, state: None });
         chunks::put(&mut batch, &half.encode(), |chunk| Key::HalfChunk { txn: id.clone(), chunk })?;
         batch.put(&by_message, id.clone().into_bytes());
-        self.committer.commit(batch).await?;
-        self.open.changed(None, txn.state);
+        self.commit_tracked(batch, None, &txn).await?;
         tracing::debug!(
             transaction_id = id,
             topic = half.msg.topic,
@@ -299,11 +380,7 @@ impl Transactions {
 
     /// The transaction record, if it exists (pending, or resolved within the retention).
     pub fn transaction(&self, id: &str) -> Result<Option<Txn>> {
-        let key = Key::Txn(id.to_string());
-        match self.store.get(&key.encode())? {
-            None => Ok(None),
-            Some(v) => Txn::decode(&v).map(Some).map_err(|e| corrupt(&key, e)),
-        }
+        read_txn(self.store.as_ref(), id)
     }
 
     /// The half message of a transaction.
@@ -336,8 +413,9 @@ impl Transactions {
 
     /// Ends (or answers) a transaction. `may_end(its topic)` decides first whether the caller
     /// may (the topic stored with the transaction, whatever the request named). On COMMIT,
-    /// `publish(half message, transaction id, writes, now)` must append the message to its topic in the same
-    /// durable write as the transaction's new state (`writes`); repeats are accepted; a
+    /// `publish(half message, transaction id, writes, after, now)` must append the message to
+    /// its topic in the same durable write as the transaction's new state (`writes`), and run
+    /// `after` on the writer once that write is durable; repeats are accepted; a
     /// contrary decision after the outcome is fixed is refused with `PreconditionFailed` and
     /// changes nothing.
     #[allow(clippy::too_many_arguments)]
@@ -353,7 +431,7 @@ impl Transactions {
         publish: F,
     ) -> Result<Txn>
     where
-        F: FnOnce(StoredMessage, String, Batch, Millis) -> Fut,
+        F: FnOnce(StoredMessage, String, Batch, Option<AfterCommit>, Millis) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
         let id = self.resolve_txn_id(topic, message_id, txn_id)?;
@@ -392,21 +470,20 @@ impl Transactions {
                 let half = self
                     .half_message(&id)?
                     .ok_or_else(|| BrokerError::Internal(format!("half message of {id} is missing")))?;
-                publish(half, id.clone(), batch, now).await?;
+                publish(half, id.clone(), batch, self.track(before.state, &txn), now).await?;
                 log_end(&id, &txn.topic, by, "committed");
             }
             Effect::Discard => {
-                self.committer.commit(batch).await?;
+                self.commit_tracked(batch, before.state, &txn).await?;
                 log_end(&id, &txn.topic, by, "rolled back");
             }
-            Effect::None => self.committer.commit(batch).await?,
+            Effect::None => self.commit_tracked(batch, before.state, &txn).await?,
         }
-        self.open.changed(before.state, txn.state);
         Ok(txn)
     }
 
     /// The writes that store `txn` after a change from `before`: the record, its due-index
-    /// entry, its open-index entry and, once final, its resolution-index entry.
+    /// entry and, while parked, its `TxnOpen` entry.
     fn txn_write(&self, txn: &Txn, before: Before) -> Batch {
         let mut batch = Batch::new();
         batch.put(&Key::Txn(txn.id.clone()), txn.encode());
@@ -418,25 +495,38 @@ impl Transactions {
                 batch.put(&Key::TxnDue { at, txn: txn.id.clone() }, Vec::new());
             }
         }
-        if before.state != Some(txn.state) {
-            if let Some(old) = before.state.filter(|s| is_open(*s)) {
-                batch.delete(&open_key(old, txn));
+        let parked = TxnState::Parked;
+        if (before.state == Some(parked)) != (txn.state == parked) {
+            if txn.state == parked {
+                batch.put(&parked_key(txn), Vec::new());
+            } else {
+                batch.delete(&parked_key(txn));
             }
-            if is_open(txn.state) {
-                batch.put(&open_key(txn.state, txn), Vec::new());
-            }
-        }
-        if let (true, Some(at)) = (txn.state.is_final(), txn.resolved_at) {
-            batch.put(&Key::TxnResolved { at, txn: txn.id.clone() }, Vec::new());
         }
         batch
     }
 
-    /// Commits a transaction's change from `before` and counts it.
+    /// Commits a transaction's change from `before` and tracks it.
     async fn commit_txn(&self, txn: &Txn, before: Before) -> Result<()> {
-        self.committer.commit(self.txn_write(txn, before)).await?;
-        self.open.changed(before.state, txn.state);
+        self.commit_tracked(self.txn_write(txn, before), before.state, txn).await
+    }
+
+    /// Writes `batch`, which moves `txn` from state `before`, and waits until it is durable.
+    async fn commit_tracked(&self, batch: Batch, before: Option<TxnState>, txn: &Txn) -> Result<()> {
+        self.committer.reserve().await?.submit(batch, self.track(before, txn)).durable().await?;
         Ok(())
+    }
+
+    /// The open-transaction bookkeeping of `txn`'s move from state `before`, for the writer to
+    /// run once the move is durable: in commit order, and even if its caller stopped waiting
+    /// (a dropped request), so the pending set never drifts from the store.
+    fn track(&self, before: Option<TxnState>, txn: &Txn) -> Option<AfterCommit> {
+        if before == Some(txn.state) {
+            return None;
+        }
+        let open = self.open.clone();
+        let (after, entry) = (txn.state, (txn.created_at, txn.id.clone()));
+        Some(Box::new(move || open.changed(before, after, entry)))
     }
 
     /// Transactions whose check is due at `now`: `(due time, id)`, earliest first.
@@ -544,7 +634,8 @@ impl Transactions {
     }
 
     /// Transactions matching `filter`, oldest first, at most `filter.limit`. Listing pending or
-    /// parked ones reads only open transactions (O(open)), through the `TxnOpen` index.
+    /// parked ones reads only open transactions (O(open)): the pending ones from memory, the
+    /// parked ones through the `TxnOpen` index.
     pub fn list_transactions(&self, filter: &TxnFilter) -> Result<Vec<Txn>> {
         let now = now_ms();
         let limit = filter.limit.max(1);
@@ -553,13 +644,36 @@ impl Transactions {
                 && filter.topic.as_deref().is_none_or(|x| x == t.topic)
                 && filter.older_than_ms.is_none_or(|age| now - t.created_at >= age)
         };
+        // Oldest first: once one is too young, so are the rest.
+        let too_young = |created_at: Millis| filter.older_than_ms.is_some_and(|age| now - created_at < age);
         let mut out = Vec::new();
         match filter.state {
-            Some(state) if is_open(state) => {
+            Some(TxnState::Pending) => {
+                let mut after = None;
+                'pages: loop {
+                    let page = self.open.pending_page(after.as_ref(), 1000);
+                    for (created_at, id) in &page {
+                        if too_young(*created_at) {
+                            break 'pages;
+                        }
+                        match self.transaction(id)? {
+                            Some(t) if keep(&t) => out.push(t),
+                            _ => {}
+                        }
+                        if out.len() >= limit {
+                            break 'pages;
+                        }
+                    }
+                    match page.last() {
+                        Some(last) => after = Some(last.clone()),
+                        None => break,
+                    }
+                }
+            }
+            Some(TxnState::Parked) => {
                 let mut failed = None;
-                for_each_open(self.store.as_ref(), state, |created_at, id| {
-                    // Oldest first: once one is too young, so are the rest.
-                    if filter.older_than_ms.is_some_and(|age| now - created_at < age) {
+                for_each_parked(self.store.as_ref(), |created_at, id| {
+                    if too_young(created_at) {
                         return false;
                     }
                     match self.transaction(&id) {
@@ -583,34 +697,35 @@ impl Transactions {
         Ok(out)
     }
 
-    /// Pending and parked counts and the oldest pending transaction's creation time: O(1)
-    /// (counters and the first key of the open index).
+    /// Pending and parked counts and the oldest pending transaction's creation time: O(1),
+    /// from memory.
     pub fn transaction_counts(&self) -> Result<TxnCounts> {
-        let mut oldest_pending = None;
-        for_each_open(self.store.as_ref(), TxnState::Pending, |created_at, _| {
-            oldest_pending = Some(created_at);
-            false
-        })?;
-        let open = &self.open;
-        Ok(TxnCounts {
-            pending: open.pending.load(Ordering::Relaxed),
-            parked: open.parked.load(Ordering::Relaxed),
-            oldest_pending,
-        })
+        let (pending, oldest_pending) = {
+            let set = self.open.pending();
+            (set.len() as u64, set.first().map(|(created_at, _)| *created_at))
+        };
+        Ok(TxnCounts { pending, parked: self.open.parked.load(Ordering::Relaxed), oldest_pending })
     }
 
     /// Deletes resolved transactions older than the transaction retention (record, half
-    /// message, indexes), one durable page of 256 at a time until none is left, so
-    /// purging keeps up with any transaction rate while other writes get their turn between
-    /// pages. Returns how many were purged.
+    /// message, indexes), one durable page at a time until none is left, so purging keeps up
+    /// with any transaction rate while other writes get their turn between pages. Returns how
+    /// many were purged.
+    ///
+    /// Records are walked in id order, which is creation order (ids start with their creation
+    /// time), from the oldest to the first created after the cutoff: a transaction resolved
+    /// before the cutoff was created before it. The walk passes over the transactions still
+    /// open or resolved since the cutoff, which are few, and needs no index of its own.
     pub async fn purge_transactions(&self) -> Result<usize> {
         let cutoff = now_ms() - self.settings.retention.as_millis() as Millis;
         let mut purged = 0;
+        let mut after = None;
         loop {
-            let n = self.purge_page(cutoff).await?;
+            let (n, next) = self.purge_page(cutoff, after.as_deref()).await?;
             purged += n;
-            if n < PURGE_PAGE {
-                break;
+            match next {
+                Some(key) => after = Some(key),
+                None => break,
             }
             tokio::task::yield_now().await;
         }
@@ -620,34 +735,42 @@ impl Transactions {
         Ok(purged)
     }
 
-    async fn purge_page(&self, cutoff: Millis) -> Result<usize> {
-        let start = Key::txn_resolved_prefix();
-        let end = Key::TxnResolved { at: cutoff, txn: String::new() }.encode();
-        let entries = self.store.scan(Bound::Included(&start), Bound::Excluded(&end), PURGE_PAGE, false)?;
+    /// Purges the transactions resolved before `cutoff` among the next [`PURGE_PAGE`] records
+    /// after key `after`, in one durable write. Returns how many, and the key to go on after
+    /// (`None`: no record created before the cutoff is left).
+    async fn purge_page(&self, cutoff: Millis, after: Option<&[u8]>) -> Result<(usize, Option<Vec<u8>>)> {
+        let prefix = Key::txn_prefix();
+        let end = crate::store::keys::prefix_end(&prefix);
+        let start = after.map_or(Bound::Included(prefix.as_slice()), Bound::Excluded);
+        let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let records = self.store.scan(start, end, PURGE_PAGE, false)?;
+        let mut next = (records.len() == PURGE_PAGE).then(|| records.last().map(|(k, _)| k.clone())).flatten();
         let mut batch = Batch::new();
-        let n = entries.len();
-        for (k, _) in entries {
-            let Ok(Key::TxnResolved { txn, .. }) = Key::decode(&k) else {
-                return Err(StoreError::Corrupt { key: k, detail: "not a resolution-index key".into() }.into());
-            };
-            let mut half_in_use = false;
-            if let Some(t) = self.transaction(&txn)? {
-                batch.delete(&Key::TxnByMessage { topic: t.topic.clone(), message_id: t.message_id.clone() });
-                // A committed message's queue record points at the half message: it stays
-                // until that record expires (the log deletes it then).
-                half_in_use = t.state == TxnState::Committed
-                    && crate::log::references_half(self.store.as_ref(), &t.topic, &t.message_id, &txn)?;
+        let mut n = 0;
+        for (k, v) in records {
+            let t = Txn::decode(&v).map_err(|e| corrupt_raw(k.clone(), e))?;
+            if t.created_at >= cutoff {
+                next = None;
+                break;
             }
-            batch.delete(&Key::Txn(txn.clone()));
+            if !(t.state.is_final() && t.resolved_at.is_some_and(|at| at < cutoff)) {
+                continue;
+            }
+            batch.delete(&Key::TxnByMessage { topic: t.topic.clone(), message_id: t.message_id.clone() });
+            // A committed message's queue record points at the half message: it stays until
+            // that record expires (the log deletes it then).
+            let half_in_use = t.state == TxnState::Committed
+                && crate::log::references_half(self.store.as_ref(), &t.topic, &t.message_id, &t.id)?;
             if !half_in_use {
-                chunks::delete(self.store.as_ref(), &mut batch, &Key::half_prefix(&txn))?;
+                chunks::delete(self.store.as_ref(), &mut batch, &Key::half_prefix(&t.id))?;
             }
             batch.delete_raw(k);
+            n += 1;
         }
         if n > 0 {
             self.committer.commit(batch).await?;
         }
-        Ok(n)
+        Ok((n, next))
     }
 }
 
