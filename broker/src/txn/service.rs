@@ -99,8 +99,9 @@ pub struct Transactions {
     open: Arc<Open>,
 }
 
-/// The open transactions, changed after every durable state change and loaded at start, so a
-/// metrics scrape or a listing of open transactions never reads the transaction history.
+/// The open transactions, loaded at start and changed by the committer once each state change
+/// is durable (in commit order, see [`Transactions::track`]), so a metrics scrape or a listing
+/// of open transactions never reads the transaction history.
 ///
 /// Pending transactions are kept here in memory, oldest first (a pending transaction always
 /// has exactly one entry in the due index, so the store needs no second index of them and a
@@ -136,23 +137,18 @@ impl Open {
             store.flush()?;
         }
         let mut pending = BTreeSet::new();
-        let mut failed = None;
         crate::store::for_each_in_prefix(store, &Key::txn_due_prefix(), |k, _| {
             let Ok(Key::TxnDue { at, txn }) = Key::decode(&k) else {
-                return Err(StoreError::Corrupt { key: k, detail: "not a due-index key".into() }.into());
+                return Err(corrupt_raw(k, "not a due-index key"));
             };
-            match read_txn(store, &txn) {
-                Ok(Some(t)) if t.state == TxnState::Pending && t.next_check == Some(at) => {
+            match read_txn(store, &txn)? {
+                Some(t) if t.state == TxnState::Pending && t.next_check == Some(at) => {
                     pending.insert((t.created_at, t.id));
                 }
-                Ok(_) => {}
-                Err(e) => failed = Some(e),
+                _ => {}
             }
-            Ok::<_, BrokerError>(failed.is_none())
+            Ok(true)
         })?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
         let mut parked = 0u64;
         for_each_parked(store, |_, _| {
             parked += 1;
@@ -244,7 +240,7 @@ fn for_each_parked(store: &dyn Store, mut visit: impl FnMut(Millis, String) -> b
     let prefix = Key::txn_open_prefix(super::state_to_u8(TxnState::Parked));
     crate::store::for_each_in_prefix(store, &prefix, |k, _| match Key::decode(&k) {
         Ok(Key::TxnOpen { created_at, txn, .. }) => Ok(visit(created_at, txn)),
-        _ => Err(StoreError::Corrupt { key: k, detail: "not an open-transaction key".into() }.into()),
+        _ => Err(corrupt_raw(k, "not an open-transaction key")),
     })
 }
 
