@@ -287,15 +287,7 @@ impl MessageLog {
                 for (id, queue, offset) in &fresh {
                     inner.committing.insert((topic.to_string(), id.clone()), (*queue, *offset));
                 }
-                let after = self.after_commit(topic, fresh);
-                let after: AfterCommit = match extra_after {
-                    None => after,
-                    Some(extra_after) => Box::new(move || {
-                        after();
-                        extra_after();
-                    }),
-                };
-                Some(slot.submit(batch, Some(after)))
+                Some(slot.submit(batch, Some(self.after_commit(topic, fresh, extra_after))))
             }
         };
         if let Some(p) = pending {
@@ -485,8 +477,9 @@ impl MessageLog {
         self.locate(&id_key.0, &id_key.1)
     }
 
-    /// Once durable: publish the new high watermark and forget the committing ids.
-    fn after_commit(&self, topic: &str, fresh: Vec<(String, u32, u64)>) -> AfterCommit {
+    /// Once durable: publish the new high watermark and forget the committing ids, then run
+    /// `extra` (a committed transaction's bookkeeping).
+    fn after_commit(&self, topic: &str, fresh: Vec<(String, u32, u64)>, extra: Option<AfterCommit>) -> AfterCommit {
         let inner = self.inner.clone();
         let topic = topic.to_string();
         Box::new(move || {
@@ -501,6 +494,10 @@ impl MessageLog {
             // before subscribing is woken.
             if let Some(signal) = inner.topic_signals.get(&topic) {
                 signal.send_modify(|g| *g = g.wrapping_add(1));
+            }
+            drop(inner);
+            if let Some(extra) = extra {
+                extra();
             }
         })
     }

@@ -107,7 +107,7 @@ pub struct Transactions {
 /// has exactly one entry in the due index, so the store needs no second index of them and a
 /// half send and its commit each write one key fewer). Parked ones, rare and long-lived, keep
 /// a `TxnOpen` index entry and are only counted here.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Open {
     /// `(created_at, id)` of every pending transaction.
     pending: std::sync::Mutex<BTreeSet<(Millis, String)>>,
@@ -127,13 +127,8 @@ impl Open {
     /// Loads the open transactions of `store`, first converting its indexes if it predates the
     /// lean ones. Runs before the group-commit writer starts.
     fn load(store: &dyn Store) -> Result<Self> {
-        let meta = Key::Meta(LEAN_INDEX_META.into()).encode();
-        if store.get(&meta)?.is_none() {
+        if store.get(&Key::Meta(LEAN_INDEX_META.into()).encode())?.is_none() {
             convert_indexes(store)?;
-            let mut batch = Batch::new();
-            batch.delete(&Key::Meta(OPEN_INDEX_META.into()));
-            batch.put_raw(meta, vec![1]);
-            store.apply(&batch)?;
             store.flush()?;
         }
         let mut pending = BTreeSet::new();
@@ -152,7 +147,7 @@ impl Open {
         let mut parked = 0u64;
         for_each_parked(store, |_, _| {
             parked += 1;
-            true
+            Ok(true)
         })?;
         Ok(Self { pending: std::sync::Mutex::new(pending), parked: AtomicU64::new(parked) })
     }
@@ -197,8 +192,9 @@ impl Open {
 }
 
 /// Converts the transaction indexes of a store from before the lean ones: deletes its
-/// resolution index and its open-index entries, then indexes its parked transactions again.
-/// Applied [`CONVERT_BATCH`] writes at a time, so a large store converts in bounded memory.
+/// resolution index and its open-index entries, indexes its parked transactions again, and
+/// marks the store converted in the last batch (a crash before it converts again). Applied
+/// [`CONVERT_BATCH`] writes at a time, so a large store converts in bounded memory.
 fn convert_indexes(store: &dyn Store) -> Result<()> {
     let mut batch = Batch::new();
     let mut writes = 0;
@@ -218,14 +214,15 @@ fn convert_indexes(store: &dyn Store) -> Result<()> {
             Ok::<_, BrokerError>(true)
         })?;
     }
-    crate::store::for_each_in_prefix(store, &Key::txn_prefix(), |k, v| {
-        let t = Txn::decode(&v).map_err(|e| corrupt_raw(k, e))?;
+    for_each_txn(store, |t| {
         if t.state == TxnState::Parked {
             batch.put(&parked_key(&t), Vec::new());
             added(&mut batch)?;
         }
-        Ok::<_, BrokerError>(true)
+        Ok(true)
     })?;
+    batch.delete(&Key::Meta(OPEN_INDEX_META.into()));
+    batch.put(&Key::Meta(LEAN_INDEX_META.into()), vec![1]);
     store.apply(&batch)?;
     Ok(())
 }
@@ -235,20 +232,21 @@ fn parked_key(t: &Txn) -> Key {
 }
 
 /// Visits the parked transactions oldest first as `(created_at, id)`, in pages of 1,000 keys;
-/// stops when `visit` returns false.
-fn for_each_parked(store: &dyn Store, mut visit: impl FnMut(Millis, String) -> bool) -> Result<()> {
+/// stops when `visit` returns false or fails.
+fn for_each_parked(store: &dyn Store, mut visit: impl FnMut(Millis, String) -> Result<bool>) -> Result<()> {
     let prefix = Key::txn_open_prefix(super::state_to_u8(TxnState::Parked));
     crate::store::for_each_in_prefix(store, &prefix, |k, _| match Key::decode(&k) {
-        Ok(Key::TxnOpen { created_at, txn, .. }) => Ok(visit(created_at, txn)),
+        Ok(Key::TxnOpen { created_at, txn, .. }) => visit(created_at, txn),
         _ => Err(corrupt_raw(k, "not an open-transaction key")),
     })
 }
 
-/// Visits every stored transaction record, oldest id first, in pages of 1,000.
-fn for_each_txn(store: &dyn Store, mut visit: impl FnMut(Txn) -> bool) -> Result<()> {
+/// Visits every stored transaction record, oldest id first, in pages of 1,000; stops when
+/// `visit` returns false or fails.
+fn for_each_txn(store: &dyn Store, mut visit: impl FnMut(Txn) -> Result<bool>) -> Result<()> {
     crate::store::for_each_in_prefix(store, &Key::txn_prefix(), |k, v| {
         let t = Txn::decode(&v).map_err(|e| corrupt_raw(k, e))?;
-        Ok(visit(t))
+        visit(t)
     })
 }
 
@@ -666,28 +664,21 @@ impl Transactions {
                     }
                 }
             }
-            Some(TxnState::Parked) => {
-                let mut failed = None;
-                for_each_parked(self.store.as_ref(), |created_at, id| {
-                    if too_young(created_at) {
-                        return false;
-                    }
-                    match self.transaction(&id) {
-                        Ok(Some(t)) if keep(&t) => out.push(t),
-                        Ok(_) => {}
-                        Err(e) => failed = Some(e),
-                    }
-                    failed.is_none() && out.len() < limit
-                })?;
-                if let Some(e) = failed {
-                    return Err(e);
+            Some(TxnState::Parked) => for_each_parked(self.store.as_ref(), |created_at, id| {
+                if too_young(created_at) {
+                    return Ok(false);
                 }
-            }
+                match self.transaction(&id)? {
+                    Some(t) if keep(&t) => out.push(t),
+                    _ => {}
+                }
+                Ok(out.len() < limit)
+            })?,
             _ => for_each_txn(self.store.as_ref(), |t| {
                 if keep(&t) {
                     out.push(t);
                 }
-                out.len() < limit
+                Ok(out.len() < limit)
             })?,
         }
         Ok(out)
