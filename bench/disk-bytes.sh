@@ -10,15 +10,10 @@
 set -euo pipefail
 broker=$1; shift
 [ $# -gt 0 ] || set -- send --duration 10s
-cd "$(dirname "$0")/.."
-cargo build --release -q -p txmq
-txmq=target/release/txmq
-port=18182
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-"$broker" --listen 127.0.0.1:$port --data-dir "$dir/data" >"$dir/broker.log" 2>&1 &
-pid=$!
-for _ in $(seq 50); do "$txmq" --broker 127.0.0.1:$port status >/dev/null 2>&1 && break; sleep 0.2; done
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_setup 18182
+start_broker "$broker"
 w0=$(awk '/^write_bytes/ {print $2}' "/proc/$pid/io")
 strace -f -p "$pid" -e trace=pwrite64,fdatasync -o "$dir/strace" 2>/dev/null &
 tracer=$!

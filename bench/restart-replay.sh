@@ -11,18 +11,10 @@
 set -euo pipefail
 broker=$1 n=${2:-1000000}
 shift $(( $# < 2 ? $# : 2 ))
-cd "$(dirname "$0")/.."
-cargo build --release -q -p txmq
-txmq=target/release/txmq
-port=18183
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-start() {
-  "$broker" --listen 127.0.0.1:$port --data-dir "$dir/data" "$@" >>"$dir/broker.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1200); do "$txmq" --broker 127.0.0.1:$port status >/dev/null 2>&1 && return; sleep 0.05; done
-  echo "broker did not start" >&2; exit 1
-}
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_setup 18183
+start() { start_broker "$broker" "$@"; }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status"; }
 start "$@"
