@@ -50,7 +50,7 @@ impl Prefill {
         Ok(p)
     }
 
-    /// Keeps the zeros [`AHEAD`] of sled's tip. Call it only while sled writes nothing: after
+    /// Keeps the zeros 8 MiB ahead of sled's tip. Call it only while sled writes nothing: after
     /// `Db::flush` returned and before the next apply.
     pub fn extend(&mut self) -> std::io::Result<()> {
         if self.file.metadata()?.len() > self.end {
