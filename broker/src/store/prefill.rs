@@ -17,6 +17,7 @@
 //! its flush, with applies excluded by the caller): sled's tip only moves forward, so what it
 //! writes later lands over the zeros, never under them.
 
+use super::value_log::write_zeros_at;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -28,7 +29,6 @@ const AHEAD: u64 = 8 * 1024 * 1024;
 /// How much is written each time sled comes within [`AHEAD`] of their end: one segment, so that
 /// the group commit that writes it waits a fraction of a millisecond.
 const STEP: u64 = SEGMENT;
-const PAGE: usize = 4096;
 
 /// The zeros ahead of one sled log file.
 #[derive(Debug)]
@@ -79,16 +79,10 @@ impl Prefill {
         Ok(header.iter().any(|b| *b != 0))
     }
 
-    /// Appends `n` bytes of zeros, a page at a time (the first write ends on a page boundary).
+    /// Appends `n` bytes of zeros, a page at a time.
     fn write_zeros(&mut self, n: u64) -> std::io::Result<()> {
-        let zeros = [0u8; PAGE];
-        let stop = self.end + n;
-        while self.end < stop {
-            let in_page = PAGE - (self.end % PAGE as u64) as usize;
-            let len = in_page.min((stop - self.end) as usize);
-            self.file.write_all_at(&zeros[..len], self.end)?;
-            self.end += len as u64;
-        }
+        write_zeros_at(&self.file, self.end, n)?;
+        self.end += n;
         Ok(())
     }
 }

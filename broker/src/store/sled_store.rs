@@ -95,7 +95,11 @@ impl SledStore {
         } else {
             None
         };
-        let prefill = Mutex::new(start_prefill(Prefill::open(&dir.join("db"))));
+        // The zeros save device writes; the store works without them.
+        let prefill = Prefill::open(&dir.join("db"))
+            .map_err(|e| tracing::warn!(error = %e, "no zeros ahead of sled's log; device writes will be larger"))
+            .ok();
+        let prefill = Mutex::new(prefill);
         Ok(Self { db, log_file, dir: dir.to_path_buf(), values, prefill })
     }
 
@@ -190,12 +194,6 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
             Err(e) => return Err(io(e)),
         }
     }
-}
-
-/// The prefill, or `None` (with a warning) if its zeros could not be written: it saves device
-/// writes, the store works without it.
-fn start_prefill(made: std::io::Result<Prefill>) -> Option<Prefill> {
-    made.map_err(|e| tracing::warn!(error = %e, "no zeros ahead of sled's log; device writes will be larger")).ok()
 }
 
 fn op_key(op: &Op) -> &[u8] {

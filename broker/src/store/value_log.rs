@@ -27,7 +27,6 @@
 use super::StoreError;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,20 +161,28 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Writes a file of `size` zero bytes at `path` and makes it durable.
-///
-/// In pieces of one page: Linux caches a file in folios as large as the writes that made them
-/// (ext4, since 6.x), and a later write of a few bytes dirties, and `fdatasync` writes back, its
-/// whole folio. Zeros written a megabyte at a time made every group commit write a megabyte.
 fn write_zeros(path: &Path, size: u64) -> std::io::Result<()> {
-    let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
-    let zeros = vec![0u8; 4096];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(zeros.len() as u64) as usize;
-        f.write_all(&zeros[..n])?;
-        left -= n as u64;
-    }
+    let f = OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
+    write_zeros_at(&f, 0, size)?;
     f.sync_all()
+}
+
+/// Writes `n` zero bytes into `file` from `at`, in pieces of at most one page, each ending on
+/// a page boundary.
+///
+/// Why pages: Linux caches a file in folios as large as the writes that made them (ext4, since
+/// 6.x), and a later write of a few bytes dirties, and `fdatasync` writes back, its whole folio.
+/// Zeros written a megabyte at a time made every group commit write a megabyte.
+pub(super) fn write_zeros_at(file: &File, at: u64, n: u64) -> std::io::Result<()> {
+    const PAGE: u64 = 4096;
+    let zeros = [0u8; PAGE as usize];
+    let (mut at, stop) = (at, at + n);
+    while at < stop {
+        let len = (PAGE - at % PAGE).min(stop - at);
+        file.write_all_at(&zeros[..len as usize], at)?;
+        at += len;
+    }
+    Ok(())
 }
 
 impl ValueLog {
