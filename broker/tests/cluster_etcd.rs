@@ -24,17 +24,28 @@ fn node_args<'a>(etcd: &'a str, id: &'a str) -> Vec<&'a str> {
     vec!["--etcd", etcd, "--node-id", id, "--etcd-lease-ttl", "2s", "--metrics-listen", "off"]
 }
 
-/// Runs a broker that must refuse to start; returns its log.
+/// Runs a broker that must refuse to start; returns its log. One still running after 30 s
+/// started: it is killed and the test fails (rather than waiting for it forever).
 fn refused(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_txmq-broker"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_txmq-broker"))
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .output()
+        .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("the broker started; its log: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "the broker started");
     String::from_utf8_lossy(&out.stderr).to_string()
 }

@@ -27,7 +27,6 @@ pub mod committer;
 pub mod faults;
 pub mod keys;
 pub mod memory;
-pub mod prefill;
 pub mod sled_store;
 pub mod value_log;
 

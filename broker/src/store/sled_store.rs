@@ -12,21 +12,16 @@
 //!   (`Key::MessageChunk`) of a store created with `--value-log true` therefore live in the
 //!   [`value_log`], and sled holds a 20-byte pointer to each. Other stores keep them in sled
 //!   (a store is not converted).
-//! - Linux caches a file in folios as large as the writes that made them, so sled's small group
-//!   commits wrote whole large folios back. The store keeps zeros written a page at a time
-//!   ahead of sled's log ([`super::prefill`]), written only while sled writes nothing.
 //! - Keys starting with [`value_log::RESERVED`] are this module's own (the value log's live
 //!   counts); scans never return them and batches may not write them.
 
 use super::keys::is_message_chunk;
-use super::prefill::Prefill;
 use super::value_log::{self, Pointer, ValueLog, RESERVED};
 use super::{Batch, Entry, Op, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// sled's cache; RSS grows to a few times this (sled issue #1309). 32 MiB keeps the broker under
 /// 160 MiB with a million stored messages (64 MiB reached 202 MiB) at the same send rate.
@@ -41,9 +36,6 @@ pub struct SledStore {
     dir: PathBuf,
     /// Where message chunks live, for a store created with a value log.
     values: Option<ValueLog>,
-    /// Zeros ahead of sled's log (`None` once writing them failed). Its lock is held across
-    /// every apply and flush, so the zeros are written while sled writes nothing.
-    prefill: Mutex<Option<Prefill>>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -95,12 +87,7 @@ impl SledStore {
         } else {
             None
         };
-        // The zeros save device writes; the store works without them.
-        let prefill = Prefill::open(&dir.join("db"))
-            .map_err(|e| tracing::warn!(error = %e, "no zeros ahead of sled's log; device writes will be larger"))
-            .ok();
-        let prefill = Mutex::new(prefill);
-        Ok(Self { db, log_file, dir: dir.to_path_buf(), values, prefill })
+        Ok(Self { db, log_file, dir: dir.to_path_buf(), values })
     }
 
     /// Whether message chunks of this store live in its value log.
@@ -262,7 +249,6 @@ impl Store for SledStore {
         if let Some(key) = batch.ops().iter().map(op_key).find(|k| value_log::is_reserved(k)) {
             return Err(StoreError::Io(format!("key {key:?} is reserved by the store")));
         }
-        let _no_prefill_meanwhile = crate::sync::lock(&self.prefill);
         if let Some(values) = &self.values {
             return self.apply_with_values(values, batch);
         }
@@ -278,18 +264,8 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         let freed = self.values.as_ref().map(ValueLog::take_freed).unwrap_or_default();
-        let mut prefill = crate::sync::lock(&self.prefill);
         self.db.flush().map_err(io)?;
-        // sled has written everything and no apply can start: the zeros go ahead of it now,
-        // before the sync that makes them durable with sled's bytes.
-        if let Some(p) = prefill.as_mut() {
-            if let Err(e) = p.extend() {
-                tracing::warn!(error = %e, "stopped writing zeros ahead of sled's log; device writes will be larger");
-                *prefill = None;
-            }
-        }
         self.log_file.sync_data().map_err(io)?;
-        drop(prefill);
         // Segments emptied by what is now durable can go.
         match &self.values {
             Some(values) if !freed.is_empty() => values.recycle(freed),
@@ -436,53 +412,6 @@ mod tests {
         let store = SledStore::open_with(dir.path(), true).unwrap();
         let all = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 10, false).unwrap();
         assert_eq!(all.len(), 2);
-    }
-
-    /// Copies a store's directory as it is on disk now: what a crash would leave.
-    fn crash_copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                crash_copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
-
-    #[test]
-    fn zeros_stay_ahead_of_sleds_log_and_sled_reopens_over_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("db");
-        let store = SledStore::open(dir.path()).unwrap();
-        let highest_written = || {
-            let bytes = std::fs::read(&log).unwrap();
-            (bytes.iter().rposition(|b| *b != 0).unwrap_or(0) as u64, bytes.len() as u64)
-        };
-        let (_, len_at_open) = highest_written();
-        // 30 MiB of messages (sled's log grows well past the first zeros).
-        for start in (0..7200).step_by(100) {
-            put_messages(&store, start..start + 100, 4096);
-        }
-        let (written, len) = highest_written();
-        assert!(len > len_at_open, "the zeros moved on ({len_at_open} -> {len})");
-        assert!(len - written >= 4 * 1024 * 1024, "zeros ahead: {written} written, file {len}");
-        // A crash now (the directory as it is) and a close in order both reopen over the zeros.
-        let crashed = tempfile::tempdir().unwrap();
-        crash_copy(dir.path(), crashed.path());
-        drop(store);
-        for d in [dir.path(), crashed.path()] {
-            let store = SledStore::open(d).unwrap();
-            for offset in [0, 3599, 7199] {
-                assert_eq!(store.get(&chunk_key(offset).encode()).unwrap(), Some(vec![(offset % 251) as u8; 4096]));
-            }
-            put_messages(&store, 7200..7300, 4096);
-            drop(store);
-            let store = SledStore::open(d).unwrap();
-            assert_eq!(store.get(&chunk_key(7299).encode()).unwrap(), Some(vec![(7299 % 251) as u8; 4096]));
-        }
     }
 
     #[test]

@@ -173,7 +173,7 @@ fn write_zeros(path: &Path, size: u64) -> std::io::Result<()> {
 /// Why pages: Linux caches a file in folios as large as the writes that made them (ext4, since
 /// 6.x), and a later write of a few bytes dirties, and `fdatasync` writes back, its whole folio.
 /// Zeros written a megabyte at a time made every group commit write a megabyte.
-pub(super) fn write_zeros_at(file: &File, at: u64, n: u64) -> std::io::Result<()> {
+fn write_zeros_at(file: &File, at: u64, n: u64) -> std::io::Result<()> {
     const PAGE: u64 = 4096;
     let zeros = [0u8; PAGE as usize];
     let (mut at, stop) = (at, at + n);
