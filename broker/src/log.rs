@@ -154,8 +154,16 @@ impl MessageLog {
                 },
             }
         };
-        let min = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, false)?)?.unwrap_or(0);
-        let next = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, true)?)?.map_or(0, |o| o + 1);
+        // Below the queue's start everything was deleted by retention; when it deleted all,
+        // the start alone says where the queue stands.
+        let start_key = Key::QueueStart { topic: topic.into(), queue };
+        let start = match self.store.get(&start_key.encode())? {
+            Some(v) => decode_offset(&start_key, &v)?,
+            None => 0,
+        };
+        let min = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, false)?)?.unwrap_or(start).max(start);
+        let next =
+            offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, true)?)?.map_or(start, |o| (o + 1).max(start));
         inner.queues.entry(topic.to_string()).or_default().insert(queue, QueueState { next, min, durable: next });
         Ok(())
     }
@@ -461,6 +469,7 @@ impl MessageLog {
         if deleted == 0 {
             return Ok(0);
         }
+        batch.put(&Key::QueueStart { topic: topic.into(), queue }, next_min.to_be_bytes().to_vec());
         self.committer.commit(batch).await?;
         let mut inner = crate::sync::lock(&self.inner);
         if let Some(state) = inner.queue_mut(topic, queue) {
@@ -621,6 +630,13 @@ fn write_record(batch: &mut Batch, m: &StoredMessage, record: &[u8]) -> Result<(
     loc.u32(m.queue).u64(m.offset);
     batch.put(&Key::MessageId { topic: topic.clone(), message_id: m.msg.index_id().into_owned() }, loc.finish());
     Ok(())
+}
+
+fn decode_offset(key: &Key, v: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = v
+        .try_into()
+        .map_err(|_| StoreError::Corrupt { key: key.encode(), detail: format!("offset of {} bytes", v.len()) })?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 fn decode_location(key: &Key, v: &[u8]) -> Result<(u32, u64)> {

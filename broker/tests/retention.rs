@@ -86,3 +86,44 @@ async fn old_messages_are_deleted_consumed_or_not_and_a_group_behind_skips_ahead
     assert_eq!(ids(&got), ["new-0", "new-1", "new-2", "new-3", "new-4"]);
     broker.shutdown();
 }
+
+/// A queue that retention emptied keeps its offsets across a restart: the next message gets
+/// the next offset, not offset 0 again, so a group whose cursor is past the deleted messages
+/// still receives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_queue_keeps_its_offsets_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::with_data_dir(dir.path());
+    config.retention = Duration::from_millis(800);
+    config.default_queue_count = 1;
+    config.min_invisible = Duration::from_millis(100);
+    let stop = CancellationToken::new();
+    let alive = |_: &str| true;
+    let broker = Broker::open(config.clone()).unwrap();
+    for i in 0..20 {
+        broker.send("logs", vec![msg(&format!("old-{i}"))], "producer").await.unwrap();
+    }
+    let got = broker.receive(&request("g", 64, Duration::from_secs(30), &alive), &stop).await.unwrap();
+    assert_eq!(got.len(), 20);
+    let handles: Vec<String> = got.iter().map(|d| d.handle.clone()).collect();
+    assert!(broker.ack("g", "logs", &handles).await.unwrap().iter().all(|r| r.is_ok()));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(broker.enforce_retention().await.unwrap(), 20);
+    let topic = broker.topic("logs").unwrap();
+    assert_eq!(broker.queue_offsets(&topic).iter().map(|q| (q.min, q.durable)).collect::<Vec<_>>(), [(20, 20)]);
+    broker.shutdown();
+    drop(broker);
+
+    let broker = Broker::open(config).unwrap();
+    let topic = broker.topic("logs").unwrap();
+    assert_eq!(
+        broker.queue_offsets(&topic).iter().map(|q| (q.min, q.durable)).collect::<Vec<_>>(),
+        [(20, 20)],
+        "the emptied queue's offsets survive the restart"
+    );
+    let placed = broker.send("logs", vec![msg("after-0")], "producer").await.unwrap();
+    assert_eq!(placed[0].offset, 20, "{placed:?}");
+    let got = broker.receive(&request("g", 64, Duration::from_secs(30), &alive), &stop).await.unwrap();
+    assert_eq!(ids(&got), ["after-0"], "the group past the deleted messages gets the new one");
+    broker.shutdown();
+}

@@ -29,6 +29,10 @@ pub enum Key {
     Recalled { topic: String, queue: u32, offset: u64 },
     /// A lite topic of a LITE topic → its queue in the topic and when it was created.
     LiteTopic { topic: String, lite: String },
+    /// The lowest offset of a queue that retention has not deleted → that offset. Written with
+    /// every deletion by retention, so that a queue it emptied keeps its offsets across a
+    /// restart (which otherwise reads them from the messages stored).
+    QueueStart { topic: String, queue: u32 },
     /// A consumer group's configuration.
     Group(String),
     /// A group's next never-delivered offset in one queue.
@@ -75,6 +79,7 @@ mod tag {
     pub const PULL_OFFSET: u8 = 0x14;
     pub const RECALLED: u8 = 0x06;
     pub const LITE_TOPIC: u8 = 0x07;
+    pub const QUEUE_START: u8 = 0x08;
     pub const TXN: u8 = 0x20;
     pub const HALF_CHUNK: u8 = 0x21;
     pub const TXN_BY_MESSAGE: u8 = 0x22;
@@ -108,6 +113,7 @@ impl Key {
             }
             Key::Recalled { topic, queue, offset } => e.u8(tag::RECALLED).ordered_str(topic).u32(*queue).u64(*offset),
             Key::LiteTopic { topic, lite } => e.u8(tag::LITE_TOPIC).ordered_str(topic).ordered_str(lite),
+            Key::QueueStart { topic, queue } => e.u8(tag::QUEUE_START).ordered_str(topic).u32(*queue),
             Key::PullOffset { group, topic, queue } => {
                 e.u8(tag::PULL_OFFSET).ordered_str(group).ordered_str(topic).u32(*queue)
             }
@@ -150,6 +156,7 @@ impl Key {
             }
             tag::RECALLED => Key::Recalled { topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? },
             tag::LITE_TOPIC => Key::LiteTopic { topic: d.ordered_str()?, lite: d.ordered_str()? },
+            tag::QUEUE_START => Key::QueueStart { topic: d.ordered_str()?, queue: d.u32()? },
             tag::PULL_OFFSET => Key::PullOffset { group: d.ordered_str()?, topic: d.ordered_str()?, queue: d.u32()? },
             tag::DEAD_LETTER_RESENT => {
                 Key::DeadLetterResent { topic: d.ordered_str()?, queue: d.u32()?, offset: d.u64()? }
@@ -298,6 +305,7 @@ mod tests {
             (any::<i64>(), any::<u64>()).prop_map(|(at, seq)| Key::Audit { at, seq }),
             (s, any::<u32>(), any::<u64>()).prop_map(|(topic, queue, offset)| Key::Recalled { topic, queue, offset }),
             (s, s).prop_map(|(topic, lite)| Key::LiteTopic { topic, lite }),
+            (s, any::<u32>()).prop_map(|(topic, queue)| Key::QueueStart { topic, queue }),
             (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::PullOffset { group, topic, queue }),
             (s, s, any::<u32>()).prop_map(|(group, topic, queue)| Key::Cursor { group, topic, queue }),
             (s, s, any::<u32>(), any::<u64>())
