@@ -35,6 +35,15 @@ fn request<'a>(
     }
 }
 
+/// One queue, and messages kept for 800 ms.
+fn short_retention(dir: &std::path::Path) -> Config {
+    let mut config = Config::with_data_dir(dir);
+    config.retention = Duration::from_millis(800);
+    config.default_queue_count = 1;
+    config.min_invisible = Duration::from_millis(100);
+    config
+}
+
 fn ids(got: &[txmq_broker::consume::service::Delivery]) -> Vec<String> {
     got.iter().map(|d| d.message.msg.message_id.clone()).collect()
 }
@@ -45,10 +54,7 @@ fn ids(got: &[txmq_broker::consume::service::Delivery]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_messages_are_deleted_consumed_or_not_and_a_group_behind_skips_ahead() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::with_data_dir(dir.path());
-    config.retention = Duration::from_millis(800);
-    config.default_queue_count = 1;
-    config.min_invisible = Duration::from_millis(100);
+    let config = short_retention(dir.path());
     let broker = Broker::open(config).unwrap();
     for i in 0..300 {
         broker.send("logs", vec![msg(&format!("old-{i}"))], "producer").await.unwrap();
@@ -93,10 +99,7 @@ async fn old_messages_are_deleted_consumed_or_not_and_a_group_behind_skips_ahead
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_emptied_queue_keeps_its_offsets_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::with_data_dir(dir.path());
-    config.retention = Duration::from_millis(800);
-    config.default_queue_count = 1;
-    config.min_invisible = Duration::from_millis(100);
+    let config = short_retention(dir.path());
     let stop = CancellationToken::new();
     let alive = |_: &str| true;
     let broker = Broker::open(config.clone()).unwrap();
