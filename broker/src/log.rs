@@ -161,7 +161,7 @@ impl MessageLog {
             Some(v) => decode_offset(&start_key, &v)?,
             None => 0,
         };
-        let min = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, false)?)?.unwrap_or(start).max(start);
+        let min = offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, false)?)?.map_or(start, |o| o.max(start));
         let next =
             offset_of(scan_prefix(self.store.as_ref(), &prefix, 1, true)?)?.map_or(start, |o| (o + 1).max(start));
         inner.queues.entry(topic.to_string()).or_default().insert(queue, QueueState { next, min, durable: next });
@@ -632,17 +632,26 @@ fn write_record(batch: &mut Batch, m: &StoredMessage, record: &[u8]) -> Result<(
     Ok(())
 }
 
+/// A stored value read with `read`; a value it cannot read is reported as corrupt under `key`.
+fn decode_value<T>(
+    key: &Key,
+    v: &[u8],
+    read: impl FnOnce(crate::codec::Decoder<'_>) -> std::result::Result<T, crate::codec::CodecError>,
+) -> Result<T> {
+    read(crate::codec::Decoder::new(v))
+        .map_err(|e| StoreError::Corrupt { key: key.encode(), detail: e.to_string() }.into())
+}
+
 fn decode_offset(key: &Key, v: &[u8]) -> Result<u64> {
-    let bytes: [u8; 8] = v
-        .try_into()
-        .map_err(|_| StoreError::Corrupt { key: key.encode(), detail: format!("offset of {} bytes", v.len()) })?;
-    Ok(u64::from_be_bytes(bytes))
+    decode_value(key, v, |mut d| {
+        let offset = d.u64()?;
+        d.finish()?;
+        Ok(offset)
+    })
 }
 
 fn decode_location(key: &Key, v: &[u8]) -> Result<(u32, u64)> {
-    let mut d = crate::codec::Decoder::new(v);
-    let loc = (|| Ok::<_, crate::codec::CodecError>((d.u32()?, d.u64()?)))();
-    loc.map_err(|e| StoreError::Corrupt { key: key.encode(), detail: e.to_string() }.into())
+    decode_value(key, v, |mut d| Ok((d.u32()?, d.u64()?)))
 }
 
 #[cfg(test)]
