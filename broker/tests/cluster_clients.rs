@@ -30,6 +30,7 @@ fn setup(script: &str) -> String {
 struct Cluster {
     _etcd: Etcd,
     nodes: Vec<(Child, String)>,
+    logs: Vec<std::thread::JoinHandle<Vec<String>>>,
     metrics: String,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -48,13 +49,14 @@ async fn cluster(topics: &[(&str, pb::TopicType)]) -> Cluster {
     let etcd = Etcd::start();
     let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes = Vec::new();
+    let (mut nodes, mut logs) = (Vec::new(), Vec::new());
     for (i, d) in dirs.iter().enumerate() {
         let id = format!("n{}", i + 1);
         let metrics_at = if i == 0 { metrics.as_str() } else { "off" };
         let args = ["--etcd", &etcd.url, "--node-id", &id, "--etcd-lease-ttl", "2s", "--long-polling-max", "1s"];
-        let (child, addr, _log) = start_broker(d.path(), &[&args[..], &["--metrics-listen", metrics_at]].concat());
+        let (child, addr, log) = start_broker(d.path(), &[&args[..], &["--metrics-listen", metrics_at]].concat());
         nodes.push((child, addr));
+        logs.push(log);
     }
     let mut admin = Admin::connect(format!("http://{}", nodes[0].1)).await.unwrap();
     for _ in 0..50 {
@@ -68,27 +70,39 @@ async fn cluster(topics: &[(&str, pb::TopicType)]) -> Cluster {
         let r = admin.create_topic(req).await.unwrap().into_inner();
         assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
     }
-    Cluster { _etcd: etcd, nodes, metrics, _dirs: dirs }
+    Cluster { _etcd: etcd, nodes, logs, metrics, _dirs: dirs }
 }
 
-/// Runs `command` to its end off the async runtime; asserts it printed "ok".
-async fn run_ok(what: &str, mut command: Command) {
-    let out = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.trim_end().ends_with("ok"), "{what} failed:\n{stdout}\n{stderr}");
+impl Cluster {
+    /// Runs `command` to its end off the async runtime and asserts it printed "ok"; when it did
+    /// not, stops the nodes and fails with the client's output and each node's log.
+    async fn run_ok(&mut self, what: &str, mut command: Command) {
+        let out = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if out.status.success() && stdout.trim_end().ends_with("ok") {
+            return;
+        }
+        let mut logs = String::new();
+        for (i, ((child, _), log)) in self.nodes.iter_mut().zip(self.logs.drain(..)).enumerate() {
+            let _ = child.kill();
+            let _ = child.wait();
+            logs += &format!("--- n{} ---\n{}\n", i + 1, log.join().unwrap_or_default().join("\n"));
+        }
+        panic!("{what} failed:\n{stdout}\n{stderr}\n{logs}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sends_transacts_and_consumes_through_single_nodes() {
     let python = setup("python/setup.sh");
-    let c = cluster(&[("py-spread", pb::TopicType::Normal), ("py-pay", pb::TopicType::Transaction)]).await;
+    let mut c = cluster(&[("py-spread", pb::TopicType::Normal), ("py-pay", pb::TopicType::Transaction)]).await;
     let mut command = Command::new(python);
     command
         .arg(format!("{}/tests/python/e2e.py", root()))
         .arg(&c.nodes[0].1)
         .arg("cluster")
         .env("PY_CONSUME_AT", &c.nodes[1].1);
-    run_ok("the Python cluster scenario", command).await;
+    c.run_ok("the Python cluster scenario", command).await;
     // Node 1 passed sends to the others, and says so in its node-labelled metrics.
     let metrics = {
         use std::io::{Read, Write};
@@ -107,14 +121,14 @@ async fn python_sends_transacts_and_consumes_through_single_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_sends_transacts_and_consumes_through_single_nodes() {
     let dir = setup("node/setup.sh");
-    let c = cluster(&[("node-spread", pb::TopicType::Normal), ("node-pay", pb::TopicType::Transaction)]).await;
+    let mut c = cluster(&[("node-spread", pb::TopicType::Normal), ("node-pay", pb::TopicType::Transaction)]).await;
     let mut command = Command::new("node");
     command
         .arg(format!("{}/tests/node/cluster.js", root()))
         .arg(&c.nodes[0].1)
         .arg(&c.nodes[1].1)
         .env("NODE_PATH", format!("{dir}/node_modules"));
-    run_ok("the Node.js cluster scenario", command).await;
+    c.run_ok("the Node.js cluster scenario", command).await;
     // Queue 0 of each broker name is on a different node: all three stored some.
     let mut admin = Admin::connect(format!("http://{}", c.nodes[0].1)).await.unwrap();
     let d = admin.describe_topic(pb::DescribeTopicRequest { name: "node-spread".into() }).await.unwrap().into_inner();

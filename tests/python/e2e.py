@@ -188,12 +188,14 @@ def cluster(address):
     consume_at = os.environ["PY_CONSUME_AT"]
     producer = Producer(config(address), ("py-spread",))
     producer.startup()
-    sent = set()
+    sent, label = set(), {}
     for i in range(60):
         m = Message()
         m.topic = "py-spread"
         m.body = f"m{i}".encode()
-        sent.add(producer.send(m).message_id)
+        receipt = producer.send(m)
+        sent.add(receipt.message_id)
+        label[receipt.message_id] = f"m{i} at {receipt.message_queue}@{receipt.offset}"
     producer.shutdown()
 
     class Checker(TransactionChecker):
@@ -214,6 +216,7 @@ def cluster(address):
             if decision == "commit":
                 transaction.commit()
                 committed.add(receipt.message_id)
+                label[receipt.message_id] = f"commit-{i} at {receipt.message_queue}"
             else:
                 transaction.rollback()
     tp.shutdown()
@@ -225,7 +228,8 @@ def cluster(address):
     consumer.shutdown()
     ids = [m.message_id for m in got]
     assert len(ids) == len(set(ids)), "a message arrived twice"
-    assert set(ids) == sent | committed, f"received {len(ids)}: missing {len((sent | committed) - set(ids))}, extra {len(set(ids) - (sent | committed))}"
+    missing = sorted(label[i] for i in (sent | committed) - set(ids))
+    assert set(ids) == sent | committed, f"received {len(ids)}: missing {missing}, extra {len(set(ids) - (sent | committed))}"
 
 
 def auth(address):
