@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::process::Child;
 use std::time::{Duration, Instant};
 use txmq_proto::admin as pb;
+use txmq_proto::v2;
 
 type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
 
@@ -104,6 +105,36 @@ async fn drain(c: &SimpleConsumer, topic: &str, want: usize, within: Duration) -
         }
     }
     got
+}
+
+/// One ReceiveMessage through `addr` for the queues of broker name `broker`, as the official
+/// clients send it; returns the answer's status code and how many messages came.
+async fn receive_at(addr: &str, group: &str, topic: &str, broker: &str) -> (i32, Vec<v2::Message>) {
+    let mut c = v2::messaging_service_client::MessagingServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let res = |name: &str| Some(v2::Resource { resource_namespace: String::new(), name: name.into() });
+    let req = v2::ReceiveMessageRequest {
+        group: res(group),
+        message_queue: Some(v2::MessageQueue {
+            topic: res(topic),
+            broker: Some(v2::Broker { name: broker.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        filter_expression: Some(v2::FilterExpression { r#type: v2::FilterType::Tag as i32, expression: "*".into() }),
+        batch_size: 16,
+        invisible_duration: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+        long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+        ..Default::default()
+    };
+    let mut stream = c.receive_message(req).await.unwrap().into_inner();
+    let (mut code, mut out) = (0, Vec::new());
+    while let Some(item) = stream.message().await.unwrap() {
+        match item.content.unwrap() {
+            v2::receive_message_response::Content::Status(s) => code = s.code,
+            v2::receive_message_response::Content::Message(m) => out.push(m),
+            v2::receive_message_response::Content::DeliveryTimestamp(_) => {}
+        }
+    }
+    (code, out)
 }
 
 async fn create_topic(addr: &str, name: &str, ty: pb::TopicType, queues: u32) {
@@ -311,6 +342,11 @@ async fn a_killed_node_is_skipped_and_serves_its_messages_and_halves_when_it_ret
     let mut n3 = nodes.pop().unwrap();
     signal_pid(n3.child.id(), "KILL");
     n3.child.wait().unwrap();
+    // A receive through node 2 that names node 3's queues, before node 3's lease expires (it
+    // is still listed): passed to a live owner, not answered with an error.
+    let (code, got) = receive_at(&nodes[1].addr, "probe", "orders", "n3").await;
+    assert_eq!(code, v2::Code::Ok as i32, "a receive naming the dead node");
+    assert!(!got.is_empty());
     let started = Instant::now();
     for i in 0..60 {
         sent.insert(p.send(send(i, "during-")).await.expect("send while node 3 is down").message_id().to_string());

@@ -168,6 +168,37 @@ impl Forwarder {
             .max_encoding_message_size(64 * 1024 * 1024))
     }
 
+    /// Makes `call` with a client of live node `node`. When it fails at the transport
+    /// (UNAVAILABLE), the member list is read anew from etcd, and if the node now has another
+    /// address — it restarted elsewhere, so what failed was its old process — the call is made
+    /// once more there. Any other failure, or a node that has not moved (down, or the network
+    /// failed), is the answer.
+    pub async fn call_at<T, F, Fut>(&self, node: &str, call: F) -> Result<T, tonic::Status>
+    where
+        F: Fn(MessagingServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let tried = self.membership.address_of(node);
+        let once = || async {
+            match self.client(node).await {
+                Ok(c) => call(c).await,
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            }
+        };
+        match once().await {
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                let moved = self.membership.members().await.is_ok()
+                    && self.membership.address_of(node).is_some_and(|now| tried.as_deref() != Some(now.as_str()));
+                if moved {
+                    once().await
+                } else {
+                    Err(s)
+                }
+            }
+            answer => answer,
+        }
+    }
+
     /// Has node `node` write a check-back to a producer of `topic` it holds a stream of;
     /// returns the client that took it, `None` when it has none now.
     pub async fn push_check(

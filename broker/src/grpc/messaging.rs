@@ -765,17 +765,20 @@ impl MessagingService for Messaging {
 }
 
 /// Serves a unary RPC `$method` at `$owner` — this node's standalone path, or the owner's
-/// service over the network — counting a forward; evaluates to the answer.
+/// service over the network — counting a forward; evaluates to the answer. `$make` builds the
+/// request (a closure: a call that failed because the owner restarted at another address is
+/// made once more there, see [`Forwarder::call_at`]).
 macro_rules! at_owner {
-    ($self:ident, $fw:ident, $owner:ident, $fwd:ident, $method:ident, $rpc:literal) => {{
+    ($self:ident, $fw:ident, $owner:ident, $make:ident, $method:ident, $rpc:literal) => {{
         let started = std::time::Instant::now();
         let answer = if $owner == $fw.node_id() {
-            <Self as MessagingService>::$method($self, $fwd).await
+            <Self as MessagingService>::$method($self, $make()).await
         } else {
-            match $fw.client(&$owner).await {
-                Ok(mut c) => c.$method($fwd).await,
-                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-            }
+            $fw.call_at(&$owner, |mut c| {
+                let request = $make();
+                async move { c.$method(request).await }
+            })
+            .await
         };
         $self.note_forward($rpc, &$owner, started);
         answer
@@ -931,7 +934,7 @@ impl Messaging {
             // to the next; one that answers, answers for good.
             for owner in fw.owners_for_send(&p, group.as_deref())? {
                 let body = v2::SendMessageRequest { messages: req.get_ref().messages.clone() };
-                let fwd = forward::with_shard(forward::forwarded(&req, &fw.membership, body), &p, &owner);
+                let fwd = || forward::with_shard(forward::forwarded(&req, &fw.membership, body.clone()), &p, &owner);
                 let r = at_owner!(self, fw, owner, fwd, send_message, "SendMessage");
                 match r {
                     Ok(r) => {
@@ -978,33 +981,60 @@ impl Messaging {
         };
         // The owner of the broker name the client asked; if it is down, or the client names no
         // owner (a client that does not read routes), the live owners in turn, so that
-        // successive receives reach every shard.
-        let owner = match asked.filter(|n| fw.membership.is_live(n)) {
+        // successive receives reach every shard. An owner that cannot be reached (dead, its
+        // lease not expired yet) passes the receive to the next live owner, as a send does:
+        // the client sees messages of another shard, not an error.
+        let first = match asked.filter(|n| fw.membership.is_live(n)) {
             Some(n) => n,
             None => fw.next_live_owner(&p).unwrap_or_else(|| fw.node_id().to_string()),
         };
+        let mut owners = vec![first.clone()];
+        owners.extend(fw.owners_for_send(&p, None).unwrap_or_default().into_iter().filter(|o| *o != first));
         let timeout = grpc_deadline(&req);
-        let mut fwd = forward::with_shard(forward::forwarded(&req, &fw.membership, body), &p, &owner);
-        if let Some(t) = timeout {
-            fwd.set_timeout(t);
-        }
-        let started = std::time::Instant::now();
-        let stream: BoxStream<v2::ReceiveMessageResponse> = if owner == fw.node_id() {
-            <Self as MessagingService>::receive_message(self, fwd).await?.into_inner()
-        } else {
-            let mut client = match fw.client(&owner).await {
-                Ok(c) => c,
-                Err(e) => return Ok(Response::new(single_status_stream(receive_status(status::status(&e))))),
-            };
-            match client.receive_message(fwd).await {
+        let make = |owner: &str| {
+            let mut fwd = forward::with_shard(forward::forwarded(&req, &fw.membership, body.clone()), &p, owner);
+            if let Some(t) = timeout {
+                fwd.set_timeout(t);
+            }
+            fwd
+        };
+        let mut failed = None;
+        let mut answered = None;
+        for owner in owners {
+            let started = std::time::Instant::now();
+            if owner == fw.node_id() {
+                let local = <Self as MessagingService>::receive_message(self, make(&owner)).await?.into_inner();
+                answered = Some((owner, local));
+                break;
+            }
+            let r = fw
+                .call_at(&owner, |mut c| {
+                    let request = make(&owner);
+                    async move { c.receive_message(request).await }
+                })
+                .await;
+            match r {
                 Ok(r) => {
                     self.note_forward("ReceiveMessage", &owner, started);
-                    Box::pin(r.into_inner())
+                    let remote: BoxStream<v2::ReceiveMessageResponse> = Box::pin(r.into_inner());
+                    answered = Some((owner, remote));
+                    break;
+                }
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    tracing::debug!(node = owner, error = %s.message(), "receive not forwarded; trying the next owner");
+                    failed = Some(BrokerError::Internal(format!("node {owner}: {}", s.message())));
                 }
                 Err(s) => {
-                    let e = BrokerError::Internal(format!("node {owner}: {}", s.message()));
-                    return Ok(Response::new(single_status_stream(receive_status(status::status(&e)))));
+                    failed = Some(BrokerError::Internal(format!("node {owner}: {}", s.message())));
+                    break;
                 }
+            }
+        }
+        let (owner, stream) = match (answered, failed) {
+            (Some(a), _) => a,
+            (None, e) => {
+                let e = e.unwrap_or_else(|| BrokerError::Internal("cluster: no owner to receive from".into()));
+                return Ok(Response::new(single_status_stream(receive_status(status::status(&e)))));
             }
         };
         let tagged = tokio_stream::StreamExt::map(stream, move |item| {
@@ -1040,7 +1070,7 @@ impl Messaging {
         for (owner, entries) in by_owner {
             let (places, entries): (Vec<usize>, Vec<v2::AckMessageEntry>) = entries.into_iter().unzip();
             let part = v2::AckMessageRequest { group: body.group.clone(), topic: body.topic.clone(), entries };
-            let fwd = forward::forwarded(&req, &fw.membership, part);
+            let fwd = || forward::forwarded(&req, &fw.membership, part.clone());
             let answer = at_owner!(self, fw, owner, fwd, ack_message, "AckMessage");
             match answer {
                 Ok(r) => {
@@ -1079,7 +1109,7 @@ impl Messaging {
         let body = req.get_ref().clone();
         let (owner, raw) = forward::owner_of(fw.node_id(), &body.receipt_handle);
         let part = v2::ChangeInvisibleDurationRequest { receipt_handle: raw, ..body.clone() };
-        let fwd = forward::forwarded(&req, &fw.membership, part);
+        let fwd = || forward::forwarded(&req, &fw.membership, part.clone());
         let answer = at_owner!(self, fw, owner, fwd, change_invisible_duration, "ChangeInvisibleDuration");
         Ok(Response::new(match answer {
             Ok(r) => {
@@ -1102,7 +1132,7 @@ impl Messaging {
         let body = req.get_ref().clone();
         let (owner, raw) = forward::owner_of(fw.node_id(), &body.receipt_handle);
         let part = v2::ForwardMessageToDeadLetterQueueRequest { receipt_handle: raw, ..body };
-        let fwd = forward::forwarded(&req, &fw.membership, part);
+        let fwd = || forward::forwarded(&req, &fw.membership, part.clone());
         let answer =
             at_owner!(self, fw, owner, fwd, forward_message_to_dead_letter_queue, "ForwardMessageToDeadLetterQueue");
         Ok(answer.unwrap_or_else(|s| {
@@ -1118,7 +1148,7 @@ impl Messaging {
         let body = req.get_ref().clone();
         let (owner, raw) = forward::owner_of(fw.node_id(), &body.transaction_id);
         let part = v2::EndTransactionRequest { transaction_id: raw, ..body };
-        let fwd = forward::forwarded(&req, &fw.membership, part);
+        let fwd = || forward::forwarded(&req, &fw.membership, part.clone());
         let answer = at_owner!(self, fw, owner, fwd, end_transaction, "EndTransaction");
         Ok(answer
             .unwrap_or_else(|s| Response::new(v2::EndTransactionResponse { status: Some(node_failed(&owner, &s)) })))
@@ -1132,7 +1162,7 @@ impl Messaging {
         let body = req.get_ref().clone();
         let (owner, raw) = forward::owner_of(fw.node_id(), &body.recall_handle);
         let part = v2::RecallMessageRequest { recall_handle: raw, ..body };
-        let fwd = forward::forwarded(&req, &fw.membership, part);
+        let fwd = || forward::forwarded(&req, &fw.membership, part.clone());
         let answer = at_owner!(self, fw, owner, fwd, recall_message, "RecallMessage");
         Ok(answer.unwrap_or_else(|s| {
             Response::new(v2::RecallMessageResponse {
