@@ -18,6 +18,8 @@
 //! - [`chunks`]: splits large records into small values (sled fsync limits, see docs/storage.md).
 //! - [`sled_store`]: the sled implementation (the only module that names `sled`).
 //! - [`value_log`]: the sled store's segment files for message chunks.
+//! - [`journal`]: an append-only log of records in preallocated segments, with recovery.
+//! - [`segment_file`]: the preallocated files both are made of.
 //! - [`memory`]: an in-memory implementation for tests.
 //! - [`committer`]: the group-commit writer thread.
 //! - [`faults`]: a store wrapper that fails on command, for fault-injection tests.
@@ -25,8 +27,10 @@
 pub mod chunks;
 pub mod committer;
 pub mod faults;
+pub mod journal;
 pub mod keys;
 pub mod memory;
+pub mod segment_file;
 pub mod sled_store;
 pub mod value_log;
 

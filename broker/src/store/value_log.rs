@@ -24,6 +24,7 @@
 //! is recycled (or deleted) once that count is durable, by `SledStore::flush`. At open, segment
 //! files with no live pointer are deleted and writing starts in a fresh segment.
 
+use super::segment_file::{sync_dir, write_zeros};
 use super::StoreError;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -154,35 +155,6 @@ impl std::fmt::Debug for ValueLog {
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.seg"))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
-}
-
-/// Writes a file of `size` zero bytes at `path` and makes it durable.
-fn write_zeros(path: &Path, size: u64) -> std::io::Result<()> {
-    let f = OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
-    write_zeros_at(&f, 0, size)?;
-    f.sync_all()
-}
-
-/// Writes `n` zero bytes into `file` from `at`, in pieces of at most one page, each ending on
-/// a page boundary.
-///
-/// Why pages: Linux caches a file in folios as large as the writes that made them (ext4, since
-/// 6.x), and a later write of a few bytes dirties, and `fdatasync` writes back, its whole folio.
-/// Zeros written a megabyte at a time made every group commit write a megabyte.
-fn write_zeros_at(file: &File, at: u64, n: u64) -> std::io::Result<()> {
-    const PAGE: u64 = 4096;
-    let zeros = [0u8; PAGE as usize];
-    let (mut at, stop) = (at, at + n);
-    while at < stop {
-        let len = (PAGE - at % PAGE).min(stop - at);
-        file.write_all_at(&zeros[..len as usize], at)?;
-        at += len;
-    }
-    Ok(())
 }
 
 impl ValueLog {
