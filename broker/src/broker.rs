@@ -26,6 +26,7 @@ use crate::error::{BrokerError, Result};
 use crate::log::{MessageLog, Placement, QueueOffsets, Target};
 use crate::metrics::{Gauges, GroupGauge, Metrics};
 use crate::model::{MessageType, Millis, NewMessage, StoredMessage, TopicRecord, TopicType};
+use crate::store::sled_store::Layout;
 use crate::store::{Batch, CommitStats, Committer, SledStore, Store};
 use crate::topics::{self, IfExists, Topics};
 use crate::txn::service::{CheckOutcome, CheckTarget, Transactions, TxnCounts, TxnFilter, TxnSettings};
@@ -80,7 +81,15 @@ pub struct BrokerStatus {
 impl Broker {
     /// Opens the sled store in `config.data_dir` and loads the broker's state.
     pub fn open(config: Config) -> Result<Arc<Self>> {
-        let store = Arc::new(SledStore::open_with(&config.data_dir, config.value_log)?);
+        let layout = match (config.value_log, config.message_files) {
+            (true, true) => {
+                return Err(BrokerError::BadRequest("--value-log and --message-files exclude each other".into()))
+            }
+            (true, false) => Layout::ValueLog,
+            (false, true) => Layout::MessageFiles,
+            (false, false) => Layout::Sled,
+        };
+        let store = Arc::new(SledStore::open_with(&config.data_dir, layout)?);
         Self::with_store(config, store)
     }
 

@@ -76,6 +76,12 @@ async fn acked_sends_survive_sigkill_with_the_value_log() {
     sigkill_rounds(&["--value-log", "true"]).await;
 }
 
+/// The same with message chunks in message files (`--message-files true`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_sends_survive_sigkill_with_message_files() {
+    sigkill_rounds(&["--message-files", "true"]).await;
+}
+
 async fn sigkill_rounds(args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let seed = seed();

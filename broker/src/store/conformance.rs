@@ -151,8 +151,20 @@ fn sled_store_with_a_value_log_conforms() {
     let dirs = std::sync::Mutex::new(Vec::new());
     run_suite(|| {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SledStore::open_with(dir.path(), true).unwrap());
+        let store = Arc::new(SledStore::open_with(dir.path(), sled_store::Layout::ValueLog).unwrap());
         assert!(store.has_value_log());
+        dirs.lock().unwrap().push(dir);
+        store
+    });
+}
+
+#[test]
+fn sled_store_with_message_files_conforms() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    run_suite(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open_with(dir.path(), sled_store::Layout::MessageFiles).unwrap());
+        assert_eq!(store.layout(), sled_store::Layout::MessageFiles);
         dirs.lock().unwrap().push(dir);
         store
     });

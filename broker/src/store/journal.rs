@@ -192,6 +192,8 @@ struct Writer {
     epoch: u32,
     /// Written since the last `fdatasync`.
     dirty: bool,
+    /// Set by [`Journal::refuse_appends`].
+    refused: bool,
 }
 
 /// The journal in one directory.
@@ -275,7 +277,7 @@ impl Journal {
                 (id, file, cap, 0)
             }
         };
-        let writer = Writer { id, file, capacity: cap, end, next_seq, epoch, dirty: false };
+        let writer = Writer { id, file, capacity: cap, end, next_seq, epoch, dirty: false, refused: false };
         Ok(Journal { dir: dir.to_path_buf(), options, writer: Mutex::new(writer), files: RwLock::new(files) })
     }
 
@@ -287,6 +289,9 @@ impl Journal {
             return Err(StoreError::Io(format!("a journal record of {len} bytes is too large")));
         }
         let mut w = crate::sync::lock(&self.writer);
+        if w.refused {
+            return Err(StoreError::Io("the journal refuses appends after a failed truncation; restart".into()));
+        }
         // Room for the record and, after it, the end of the segment.
         if w.end + HEADER + len + HEADER > w.capacity {
             self.roll(&mut w, len)?;
@@ -322,9 +327,22 @@ impl Journal {
         let id = w.id + 1;
         let file = make_segment(&self.dir, id, size)?;
         crate::sync::write(&self.files).insert(id, file.clone());
-        *w =
-            Writer { id, capacity: capacity(&file)?, file, end: 0, next_seq: w.next_seq, epoch: w.epoch, dirty: false };
+        *w = Writer {
+            id,
+            capacity: capacity(&file)?,
+            file,
+            end: 0,
+            next_seq: w.next_seq,
+            epoch: w.epoch,
+            dirty: false,
+            refused: w.refused,
+        };
         Ok(())
+    }
+
+    /// Makes every later [`Journal::append`] fail (until the journal is opened again).
+    pub fn refuse_appends(&self) {
+        crate::sync::lock(&self.writer).refused = true;
     }
 
     /// Makes every appended record durable.
@@ -369,6 +387,30 @@ impl Journal {
         Replay { segments, index: 0, offset: 0, stop, after, done: false }
     }
 
+    /// Every record from position `from` (a [`Record::end`], or the start of a segment) on, in
+    /// order, up to the end as it is now.
+    pub fn replay_from(&self, from: Position) -> Replay {
+        let (_, stop) = self.end();
+        let segments: Vec<(u64, Arc<File>)> =
+            crate::sync::read(&self.files).range(from.segment..).map(|(id, f)| (*id, f.clone())).collect();
+        let offset = if segments.first().is_some_and(|(id, _)| *id == from.segment) { from.offset } else { 0 };
+        Replay { segments, index: 0, offset, stop, after: None, done: false }
+    }
+
+    /// `len` bytes at `position` of segment `segment`, unchecked (the caller holds their
+    /// checksum); `None` when the segment is gone.
+    pub fn read_raw(&self, segment: u64, position: u64, len: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(file) = crate::sync::read(&self.files).get(&segment).cloned() else { return Ok(None) };
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, position).map_err(io)?;
+        Ok(Some(buf))
+    }
+
+    /// Bytes of the segment files.
+    pub fn size_on_disk(&self) -> u64 {
+        crate::sync::read(&self.files).values().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum()
+    }
+
     /// Drops every record from `end` on (`end` being a [`Record::end`], or where the first
     /// record of a segment is): segments after its segment are deleted, the next record is
     /// written at `end` with sequence number `next_seq`, and under a new epoch, so that the
@@ -394,7 +436,16 @@ impl Journal {
             file.sync_data().map_err(io)?;
         }
         let epoch = w.epoch + 1;
-        *w = Writer { id: end.segment, capacity: cap, file, end: end.offset, next_seq, epoch, dirty: false };
+        *w = Writer {
+            id: end.segment,
+            capacity: cap,
+            file,
+            end: end.offset,
+            next_seq,
+            epoch,
+            dirty: false,
+            refused: w.refused,
+        };
         Ok(())
     }
 

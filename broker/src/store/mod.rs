@@ -19,7 +19,9 @@
 //! - [`sled_store`]: the sled implementation (the only module that names `sled`).
 //! - [`value_log`]: the sled store's segment files for message chunks.
 //! - [`journal`]: an append-only log of records in preallocated segments, with recovery.
-//! - [`segment_file`]: the preallocated files both are made of.
+//! - [`message_files`]: message chunks in the journal, found through the queue indexes.
+//! - [`queue_index`]: per-queue indexes of fixed-size entries into the journal.
+//! - [`segment_file`]: the preallocated files the value log and the journal are made of.
 //! - [`memory`]: an in-memory implementation for tests.
 //! - [`committer`]: the group-commit writer thread.
 //! - [`faults`]: a store wrapper that fails on command, for fault-injection tests.
@@ -30,6 +32,8 @@ pub mod faults;
 pub mod journal;
 pub mod keys;
 pub mod memory;
+pub mod message_files;
+pub mod queue_index;
 pub mod segment_file;
 pub mod sled_store;
 pub mod value_log;

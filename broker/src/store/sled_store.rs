@@ -16,6 +16,7 @@
 //!   counts); scans never return them and batches may not write them.
 
 use super::keys::is_message_chunk;
+use super::message_files::{self, MessageFiles};
 use super::value_log::{self, Pointer, ValueLog, RESERVED};
 use super::{Batch, Entry, Op, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +37,20 @@ pub struct SledStore {
     dir: PathBuf,
     /// Where message chunks live, for a store created with a value log.
     values: Option<ValueLog>,
+    /// Where message chunks live, for a store created with message files.
+    messages: Option<MessageFiles>,
+}
+
+/// Where a store keeps its message chunks, chosen when it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// In sled, as every other key.
+    Sled,
+    /// Their values in the value log, a pointer to each in sled (`--value-log`).
+    ValueLog,
+    /// Written once, in a journal, and found through per-queue indexes; none in sled
+    /// (`--message-files`, `store::message_files`).
+    MessageFiles,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -51,12 +66,12 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 impl SledStore {
     /// Opens (or creates, keeping records in sled) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with(dir, false)
+        Self::open_with(dir, Layout::Sled)
     }
 
-    /// Opens the store in `dir`; if it is new, it keeps message chunks in a value log when
-    /// `value_log` says so. (An existing store keeps the layout it was created with.)
-    pub fn open_with(dir: &Path, value_log: bool) -> Result<Self, StoreError> {
+    /// Opens the store in `dir`; if it is new, it keeps message chunks as `layout` says. (An
+    /// existing store keeps the layout it was created with.)
+    pub fn open_with(dir: &Path, layout: Layout) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
         let db = open_db(dir)?;
         let log_file = File::open(dir.join("db")).map_err(io)?;
@@ -64,16 +79,38 @@ impl SledStore {
         // entries of a freshly created log and conf must be durable too.
         File::open(dir.join("conf")).and_then(|f| f.sync_all()).map_err(io)?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        let with_values = if db.was_recovered() {
-            db.contains_key(value_log::enabled_key()).map_err(io)?
-        } else if value_log {
-            // A new store keeps message chunks in a value log, for good.
-            db.insert(value_log::enabled_key(), vec![1]).map_err(io)?;
-            db.flush().map_err(io)?;
-            log_file.sync_data().map_err(io)?;
-            true
+        let layout = if db.was_recovered() {
+            if db.contains_key(value_log::enabled_key()).map_err(io)? {
+                Layout::ValueLog
+            } else if db.contains_key(message_files::enabled_key()).map_err(io)? {
+                Layout::MessageFiles
+            } else {
+                Layout::Sled
+            }
         } else {
-            false
+            // A new store keeps its layout for good.
+            let mark = match layout {
+                Layout::Sled => None,
+                Layout::ValueLog => Some(value_log::enabled_key()),
+                Layout::MessageFiles => Some(message_files::enabled_key()),
+            };
+            if let Some(key) = mark {
+                db.insert(key, vec![1]).map_err(io)?;
+                db.flush().map_err(io)?;
+                log_file.sync_data().map_err(io)?;
+            }
+            layout
+        };
+        let with_values = layout == Layout::ValueLog;
+        let messages = if layout == Layout::MessageFiles {
+            let mut stored = Vec::new();
+            for item in db.scan_prefix(message_files::prefix()) {
+                let (k, v) = item.map_err(io)?;
+                stored.push((k.to_vec(), v.to_vec()));
+            }
+            Some(MessageFiles::open(&dir.join("messages"), stored)?)
+        } else {
+            None
         };
         let values = if with_values {
             let mut live = BTreeMap::new();
@@ -87,12 +124,41 @@ impl SledStore {
         } else {
             None
         };
-        Ok(Self { db, log_file, dir: dir.to_path_buf(), values })
+        Ok(Self { db, log_file, dir: dir.to_path_buf(), values, messages })
     }
 
     /// Whether message chunks of this store live in its value log.
     pub fn has_value_log(&self) -> bool {
         self.values.is_some()
+    }
+
+    /// Where this store keeps its message chunks.
+    pub fn layout(&self) -> Layout {
+        match (&self.values, &self.messages) {
+            (Some(_), _) => Layout::ValueLog,
+            (None, Some(_)) => Layout::MessageFiles,
+            (None, None) => Layout::Sled,
+        }
+    }
+
+    fn apply_with_messages(&self, messages: &MessageFiles, batch: &Batch) -> Result<(), StoreError> {
+        let (chunks, rest): (Vec<&Op>, Vec<&Op>) = batch.ops().iter().partition(|op| is_message_chunk(op_key(op)));
+        let (prepared, writes) = messages.prepare(&chunks)?;
+        let mut b = sled::Batch::default();
+        for op in rest {
+            match op {
+                Op::Put(k, v) => b.insert(k.as_slice(), v.as_slice()),
+                Op::Delete(k) => b.remove(k.as_slice()),
+            }
+        }
+        for (k, v) in writes {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.db.apply_batch(b).map_err(io)?;
+        prepared.applied()
     }
 
     /// The value stored under `key` as the broker sees it: a message chunk's pointer is
@@ -202,6 +268,9 @@ impl Store for SledStore {
         if value_log::is_reserved(key) {
             return Ok(None);
         }
+        if let Some(messages) = self.messages.as_ref().filter(|_| is_message_chunk(key)) {
+            return messages.get(key);
+        }
         match self.db.get(key).map_err(io)? {
             Some(v) => self.resolve(key, v),
             None => Ok(None),
@@ -242,6 +311,16 @@ impl Store for SledStore {
                 push(item)?;
             }
         }
+        // Message chunks of message files are not in sled: their keys, all in one region of
+        // the key space, are merged in.
+        if let Some(messages) = &self.messages {
+            let mut chunks = messages.scan(start, end, limit, reverse)?;
+            if !chunks.is_empty() {
+                out.append(&mut chunks);
+                out.sort_by(|a, b| if reverse { b.0.cmp(&a.0) } else { a.0.cmp(&b.0) });
+                out.truncate(limit);
+            }
+        }
         Ok(out)
     }
 
@@ -251,6 +330,9 @@ impl Store for SledStore {
         }
         if let Some(values) = &self.values {
             return self.apply_with_values(values, batch);
+        }
+        if let Some(messages) = &self.messages {
+            return self.apply_with_messages(messages, batch);
         }
         let mut b = sled::Batch::default();
         for op in batch.ops() {
@@ -266,6 +348,20 @@ impl Store for SledStore {
         let freed = self.values.as_ref().map(ValueLog::take_freed).unwrap_or_default();
         self.db.flush().map_err(io)?;
         self.log_file.sync_data().map_err(io)?;
+        if let Some(messages) = &self.messages {
+            // A checkpoint's sled part, durable at the next flush.
+            let writes = messages.flushed()?;
+            if !writes.is_empty() {
+                let mut b = sled::Batch::default();
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => b.insert(k, v),
+                        None => b.remove(k),
+                    }
+                }
+                self.db.apply_batch(b).map_err(io)?;
+            }
+        }
         // Segments emptied by what is now durable can go.
         match &self.values {
             Some(values) if !freed.is_empty() => values.recycle(freed),
@@ -274,7 +370,9 @@ impl Store for SledStore {
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0) + self.values.as_ref().map_or(0, ValueLog::size_on_disk)
+        self.db.size_on_disk().unwrap_or(0)
+            + self.values.as_ref().map_or(0, ValueLog::size_on_disk)
+            + self.messages.as_ref().map_or(0, MessageFiles::size_on_disk)
     }
 }
 
@@ -282,6 +380,7 @@ impl Store for SledStore {
 mod tests {
     use super::*;
     use crate::store::{chunks, Key};
+    use std::time::Duration;
 
     fn chunk_key(offset: u64) -> Key {
         Key::MessageChunk { topic: "t".into(), queue: 0, offset, chunk: 0 }
@@ -309,7 +408,7 @@ mod tests {
     #[test]
     fn message_chunks_go_to_the_value_log_and_sled_keeps_pointers() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open_with(dir.path(), true).unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::ValueLog).unwrap();
         assert!(store.has_value_log());
         put_messages(&store, 0..10, 256);
         let raw = store.db.get(chunk_key(3).encode()).unwrap().unwrap();
@@ -331,14 +430,14 @@ mod tests {
         b.put_raw(value_log::count_key(1), vec![0; 8]);
         assert!(store.apply(&b).is_err());
         drop(store);
-        let store = SledStore::open_with(dir.path(), true).unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::ValueLog).unwrap();
         assert_eq!(store.get(&chunk_key(9).encode()).unwrap(), Some(vec![9; 256]));
     }
 
     #[test]
     fn segments_whose_values_are_all_deleted_are_reclaimed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open_with(dir.path(), true).unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::ValueLog).unwrap();
         // 4 KiB values: 1,000 of them fill the first segments (1, 2 MiB) and part of a third.
         for start in (0..1000).step_by(100) {
             put_messages(&store, start..start + 100, 4096);
@@ -363,7 +462,7 @@ mod tests {
         assert_eq!(store.get(&chunk_key(2).encode()).unwrap(), None);
         // Reopening starts a new segment and keeps the one with live values.
         drop(store);
-        let store = SledStore::open_with(dir.path(), true).unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::ValueLog).unwrap();
         assert_eq!(segments(dir.path()).len(), 2);
         assert_eq!(store.get(&chunk_key(999).encode()).unwrap(), Some(vec![1; 16]));
         // Deleting the rest empties that one too; reopening then removes it.
@@ -374,21 +473,21 @@ mod tests {
         store.apply(&b).unwrap();
         store.flush().unwrap();
         drop(store);
-        let _store = SledStore::open_with(dir.path(), true).unwrap();
+        let _store = SledStore::open_with(dir.path(), Layout::ValueLog).unwrap();
         assert_eq!(segments(dir.path()).len(), 1, "only the new active segment");
     }
 
     #[test]
     fn a_damaged_value_is_reported_not_returned() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open_with(dir.path(), true).unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::ValueLog).unwrap();
         put_messages(&store, 0..1, 256);
         let seg = dir.path().join("values").join(&segments(dir.path())[0]);
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[10] ^= 0xFF;
         std::fs::write(&seg, bytes).unwrap();
         drop(store);
-        let store = SledStore::open_with(dir.path(), true).unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::ValueLog).unwrap();
         let err = store.get(&chunk_key(0).encode()).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     }
@@ -397,7 +496,7 @@ mod tests {
     fn values_written_by_a_batch_sled_never_got_are_not_seen() {
         // A crash between the value-log write and sled's apply leaves unreferenced bytes.
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open_with(dir.path(), true).unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::ValueLog).unwrap();
         put_messages(&store, 0..1, 256);
         {
             let values = store.values.as_ref().unwrap();
@@ -409,9 +508,152 @@ mod tests {
         put_messages(&store, 1..2, 256);
         assert_eq!(store.get(&chunk_key(1).encode()).unwrap(), Some(vec![1; 256]));
         drop(store);
-        let store = SledStore::open_with(dir.path(), true).unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::ValueLog).unwrap();
         let all = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 10, false).unwrap();
         assert_eq!(all.len(), 2);
+    }
+
+    fn messages(store: &SledStore) -> &MessageFiles {
+        store.messages.as_ref().unwrap()
+    }
+
+    fn chunk_keys_in_sled(store: &SledStore) -> usize {
+        store.db.scan_prefix([Key::queue_prefix("t", 0)[0]]).count()
+    }
+
+    #[test]
+    fn with_message_files_chunks_are_in_the_journal_and_none_in_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::MessageFiles).unwrap();
+        assert_eq!(store.layout(), Layout::MessageFiles);
+        put_messages(&store, 0..10, 256);
+        let mut b = Batch::new();
+        b.put(&Key::Topic("t".into()), vec![7; 300]);
+        store.apply(&b).unwrap();
+        assert_eq!(chunk_keys_in_sled(&store), 0);
+        assert_eq!(store.db.get(Key::Topic("t".into()).encode()).unwrap().unwrap().len(), 300);
+        assert_eq!(store.get(&chunk_key(3).encode()).unwrap(), Some(vec![3; 256]));
+        let all = store.scan(Bound::Unbounded, Bound::Unbounded, 100, false).unwrap();
+        assert_eq!(all.len(), 11, "ten chunks and the topic, in key order");
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+        let newest = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 3, true).unwrap();
+        assert_eq!(newest.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [9, 8, 7]);
+        drop(store);
+        let store = SledStore::open_with(dir.path(), Layout::Sled).unwrap();
+        assert_eq!(store.layout(), Layout::MessageFiles, "the layout is the store's, not the flag's");
+        assert_eq!(store.get(&chunk_key(9).encode()).unwrap(), Some(vec![9; 256]));
+        put_messages(&store, 10..12, 256);
+        let first = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 1, false).unwrap();
+        assert_eq!(first[0].0, chunk_key(0).encode());
+    }
+
+    #[test]
+    fn with_message_files_a_batch_sled_never_took_is_never_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::MessageFiles).unwrap();
+        put_messages(&store, 0..1, 256);
+        {
+            // Written and synced to the journal; sled's apply never happens.
+            let op = Op::Put(chunk_key(5).encode(), vec![5; 256]);
+            let (prepared, _writes) = messages(&store).prepare(&[&op]).unwrap();
+            drop(prepared);
+        }
+        put_messages(&store, 1..2, 256);
+        assert_eq!(store.get(&chunk_key(5).encode()).unwrap(), None);
+        drop(store);
+        let store = SledStore::open_with(dir.path(), Layout::MessageFiles).unwrap();
+        let all = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 10, false).unwrap();
+        assert_eq!(all.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [0, 1]);
+        // And a crash right after the journal's sync: the record is cut off at open.
+        let op = Op::Put(chunk_key(7).encode(), vec![7; 256]);
+        let (prepared, _writes) = messages(&store).prepare(&[&op]).unwrap();
+        std::mem::forget(prepared);
+        drop(store);
+        let store = SledStore::open_with(dir.path(), Layout::MessageFiles).unwrap();
+        assert_eq!(store.get(&chunk_key(7).encode()).unwrap(), None);
+        put_messages(&store, 2..3, 256);
+        drop(store);
+        let store = SledStore::open_with(dir.path(), Layout::MessageFiles).unwrap();
+        let all = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 10, false).unwrap();
+        assert_eq!(all.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn with_message_files_index_entries_lost_after_a_checkpoint_come_back_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::MessageFiles).unwrap();
+        messages(&store).set_checkpoint_every(Duration::ZERO);
+        put_messages(&store, 0..50, 256);
+        store.flush().unwrap(); // the checkpoint of 0..50 is durable
+        messages(&store).set_checkpoint_every(Duration::from_secs(3600));
+        put_messages(&store, 50..100, 256);
+        drop(store);
+        // The index entries written since (never synced) lost, as a power loss may.
+        let index = dir.path().join("messages").join("queues").join(crate::codec::hex(b"t", false)).join("0");
+        let file = index.join(format!("{:016x}.qix", 0));
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[50 * 32..100 * 32].fill(0);
+        std::fs::write(&file, bytes).unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::MessageFiles).unwrap();
+        for offset in 0..100 {
+            assert_eq!(store.get(&chunk_key(offset).encode()).unwrap(), Some(vec![(offset % 251) as u8; 256]));
+        }
+    }
+
+    #[test]
+    fn with_message_files_retention_deletes_journal_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::MessageFiles).unwrap();
+        messages(&store).set_checkpoint_every(Duration::ZERO);
+        // 4 KiB messages: 3,000 fill journal segments of 1, 2, 4 and 8 MiB.
+        for start in (0..3000).step_by(100) {
+            put_messages(&store, start..start + 100, 4096);
+        }
+        let before = messages(&store).journal_segments();
+        assert!(before.len() >= 4, "{before:?}");
+        let mut b = Batch::new();
+        for offset in 0..2900 {
+            b.delete(&chunk_key(offset));
+        }
+        store.apply(&b).unwrap();
+        store.flush().unwrap();
+        store.flush().unwrap();
+        let after = messages(&store).journal_segments();
+        assert!(after.len() < before.len(), "{before:?} -> {after:?}");
+        let first = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 1, false).unwrap();
+        assert_eq!(first[0].0, chunk_key(2900).encode());
+        drop(store);
+        let store = SledStore::open_with(dir.path(), Layout::MessageFiles).unwrap();
+        assert_eq!(store.get(&chunk_key(2899).encode()).unwrap(), None);
+        assert_eq!(store.get(&chunk_key(2999).encode()).unwrap(), Some(vec![(2999 % 251) as u8; 4096]));
+        let all = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 1000, false).unwrap();
+        assert_eq!(all.len(), 100);
+    }
+
+    #[test]
+    fn with_message_files_retention_deletes_index_files_below_a_queues_first_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::MessageFiles).unwrap();
+        messages(&store).set_checkpoint_every(Duration::ZERO);
+        // An index file holds 65,536 offsets.
+        for start in (0..70_000).step_by(10_000) {
+            put_messages(&store, start..start + 10_000, 8);
+        }
+        let index = dir.path().join("messages").join("queues").join(crate::codec::hex(b"t", false)).join("0");
+        let files = || std::fs::read_dir(&index).unwrap().count();
+        assert_eq!(files(), 2);
+        let mut b = Batch::new();
+        for offset in 0..65_537 {
+            b.delete(&chunk_key(offset));
+        }
+        store.apply(&b).unwrap();
+        store.flush().unwrap();
+        store.flush().unwrap();
+        assert_eq!(files(), 1, "the file of offsets below 65,536 is gone");
+        drop(store);
+        let store = SledStore::open_with(dir.path(), Layout::MessageFiles).unwrap();
+        let first = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 1, false).unwrap();
+        assert_eq!(first[0].0, chunk_key(65_537).encode());
     }
 
     #[test]
@@ -419,7 +661,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(SledStore::open(dir.path()).unwrap());
         // Asking for the value log later does not convert it.
-        let store = SledStore::open_with(dir.path(), true).unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::ValueLog).unwrap();
         assert!(!store.has_value_log());
         put_messages(&store, 0..1, 256);
         assert_eq!(store.db.get(chunk_key(0).encode()).unwrap().unwrap().len(), 256);
@@ -441,7 +683,7 @@ mod tests {
             db.insert(chunk_key(0).encode(), body.clone()).unwrap();
             db.flush().unwrap();
         }
-        let store = SledStore::open_with(dir.path(), true).unwrap();
+        let store = SledStore::open_with(dir.path(), Layout::ValueLog).unwrap();
         assert!(!store.has_value_log());
         assert_eq!(chunks::get(&store, &Key::message_prefix("t", 0, 0)).unwrap(), Some(body.clone()));
         put_messages(&store, 1..2, 256);
