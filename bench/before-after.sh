@@ -6,6 +6,9 @@
 # /proc/PID/stat; steadier than the rate on a shared host). Compare ratios within one run.
 #
 #   bash bench/before-after.sh OLD_BROKER_BINARY NEW_BROKER_BINARY [REPS] [DURATION]
+#   SCENARIOS="send;send --sdk" bash bench/before-after.sh …   (scenarios separated by ';')
+#
+# A "binary" may be a script that execs the broker with more flags (one layout against another).
 #
 # Build an older broker with `git worktree add /tmp/old <rev>` and
 # `cargo build --release -p txmq-broker --target-dir /tmp/old-target` in it.
@@ -26,7 +29,8 @@ for rep in $(seq 1 "$reps"); do
     "$bin" --listen 127.0.0.1:$port --data-dir "$dir/data" >"$dir/broker.log" 2>&1 &
     pid=$!
     for _ in $(seq 50); do "$txmq" --broker 127.0.0.1:$port status >/dev/null 2>&1 && break; sleep 0.2; done
-    for scenario in "send" "e2e --txn" "e2e --txn --sdk"; do
+    IFS=';' read -r -a scenarios <<<"${SCENARIOS:-send;e2e --txn;e2e --txn --sdk}"
+    for scenario in "${scenarios[@]}"; do
       w0=$(awk '/^write_bytes/ {print $2}' "/proc/$pid/io")
       c0=$(cpu_ticks "$pid")
       # shellcheck disable=SC2086

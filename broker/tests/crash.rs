@@ -88,7 +88,7 @@ async fn sigkill_rounds(args: &[&str]) {
     eprintln!("crash seed {seed} (TXMQ_CRASH_SEED={seed} replays these kill points)");
     let mut all_acked: Vec<(usize, Vec<usize>)> = Vec::new();
     for round in 0..ROUNDS {
-        let (mut child, addr, _log) = common::start_broker(dir.path(), args);
+        let (mut child, addr, log) = common::start_broker(dir.path(), args);
         let client = loop {
             match MessagingServiceClient::connect(format!("http://{addr}")).await {
                 Ok(c) => break c,
@@ -113,6 +113,9 @@ async fn sigkill_rounds(args: &[&str]) {
                         return;
                     };
                     let resp = resp.into_inner();
+                    if resp.status.as_ref().map(|s| s.code) != Some(v2::Code::Ok as i32) {
+                        eprintln!("round {round}: send {i} answered {:?}", resp.status);
+                    }
                     if resp.status.map(|s| s.code) == Some(v2::Code::Ok as i32) {
                         let n = {
                             let mut a = acked.lock().unwrap();
@@ -134,7 +137,13 @@ async fn sigkill_rounds(args: &[&str]) {
             t.await.expect("a send task panicked");
         }
         let acked = acked.lock().unwrap().clone();
-        assert!(acked.len() >= kill_after, "round {round}: only {} acks, killed after {kill_after}", acked.len());
+        let log = log.join().unwrap_or_default();
+        assert!(
+            acked.len() >= kill_after,
+            "round {round}: only {} acks, killed after {kill_after}; the broker's log:\n{}",
+            acked.len(),
+            log.join("\n")
+        );
         eprintln!("round {round}: killed after {kill_after} acks, {} acked in all", acked.len());
         all_acked.push((round, acked));
         verify(dir.path(), &all_acked[all_acked.len() - 1..], "after its crash");

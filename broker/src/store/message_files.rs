@@ -8,8 +8,12 @@
 //! either all of its chunks as they are after the batch (an "area"), or that it is gone. The
 //! record is written and `fdatasync`ed before the rest of the batch goes to sled, and sled's part
 //! carries the record's number and end (the "applied" key), so that a record whose batch never
-//! reached sled is cut off at the next open. The index entries are written after sled took the
-//! batch, to the page cache.
+//! reached sled is cut off at the next open. Until sled's flush makes the batch durable, its
+//! index entries are kept in memory (reads look there first); the flush writes them to the index
+//! files, in the page cache. An entry in an index file thus always points at a record the next
+//! open keeps: a process killed between sled's apply and its flush loses the batch's sled part,
+//! the open cuts its record off, and no index file still points at the bytes that later records
+//! then overwrite.
 //!
 //! # Checkpoints
 //! At most every [`CHECKPOINT_EVERY`] (or [`CHECKPOINT_BYTES`] of journal), after a flush:
@@ -30,7 +34,7 @@ use super::queue_index::{Entry, QueueIndex};
 use super::value_log::RESERVED;
 use super::{Op, StoreError};
 use crate::codec::{Decoder, Encoder};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -210,15 +214,30 @@ struct State {
     changed: HashSet<QueueId>,
     /// The last record applied to sled: its number and end.
     applied: (u64, Position),
+    /// The last record whose entries are in the index files.
+    indexed: (u64, Position),
     /// A checkpoint written to sled, durable at the next flush; with the segment below which
     /// the journal holds nothing live at that point.
     pending: Option<((u64, Position), u64)>,
     /// The last checkpoint known durable.
     durable: (u64, Position),
-    journal_at_checkpoint: u64,
+    /// Journal bytes appended since the last checkpoint.
+    appended: u64,
     checkpoint_at: Instant,
     /// Time between checkpoints ([`CHECKPOINT_EVERY`]; tests shorten it).
     checkpoint_every: Duration,
+}
+
+/// A message's index entry after a record (`None`: cleared).
+type Touched = (QueueId, u64, Option<Entry>);
+
+/// Index entries of records applied to sled but not yet flushed there: not in the index files.
+#[derive(Default)]
+struct Unindexed {
+    /// The records in order: number, end, and each message's entry (`None`: cleared).
+    records: VecDeque<(u64, Position, Vec<Touched>)>,
+    /// Each message's latest entry among them, with the record's number.
+    latest: HashMap<(QueueId, u64), (u64, Option<Entry>)>,
 }
 
 /// The message chunks of one store directory.
@@ -226,6 +245,8 @@ pub struct MessageFiles {
     journal: Journal,
     index: QueueIndex,
     state: Mutex<State>,
+    /// Its own lock, taken after `state` (readers take only this one, briefly).
+    unindexed: Mutex<Unindexed>,
 }
 
 impl std::fmt::Debug for MessageFiles {
@@ -240,6 +261,8 @@ pub struct Prepared<'a> {
     state: MutexGuard<'a, State>,
     changes: Vec<(Change, Option<Entry>)>,
     record: Option<(u64, Position)>,
+    /// Bytes of the record.
+    bytes: u64,
 }
 
 impl MessageFiles {
@@ -285,14 +308,17 @@ impl MessageFiles {
                 bounds,
                 changed: HashSet::new(),
                 applied,
+                indexed: durable,
                 pending: None,
                 durable,
-                journal_at_checkpoint: 0,
+                appended: 0,
                 checkpoint_at: Instant::now(),
                 checkpoint_every: CHECKPOINT_EVERY,
             }),
+            unindexed: Mutex::new(Unindexed::default()),
         };
-        // The indexes as of the durable checkpoint, brought up to what sled holds.
+        // The indexes as of the durable checkpoint, brought up to what sled holds (every record
+        // left in the journal: sled took them all).
         let mut st = crate::sync::lock(&files.state);
         for record in files.journal.replay_from(durable.1) {
             let record = record?;
@@ -309,48 +335,108 @@ impl MessageFiles {
                     (c, entry)
                 })
                 .collect();
-            files.write_index(&mut st, entries)?;
+            let end = Position {
+                segment: record.at.segment,
+                offset: record.at.offset + HEADER + record.payload.len() as u64,
+            };
+            files.note_applied(&mut st, (record.seq, end), entries)?;
         }
+        files.write_index(&mut st, u64::MAX)?;
         drop(st);
         Ok(files)
     }
 
-    /// Writes index entries and bounds of applied changes.
-    fn write_index(&self, st: &mut State, changes: Vec<(Change, Option<Entry>)>) -> Result<(), StoreError> {
-        for (c, entry) in changes {
-            let q = c.queue;
-            match entry {
-                Some(entry) => {
-                    self.index.put(&q.0, q.1, c.offset, entry)?;
-                    let b = match st.bounds.get(&q) {
-                        None => Bounds { first: c.offset, last: c.offset, unordered: false },
-                        Some(b) => Bounds {
-                            first: b.first.min(c.offset),
-                            last: b.last.max(c.offset),
-                            unordered: b.unordered || c.offset <= b.last,
-                        },
-                    };
-                    st.bounds.insert(q.clone(), b);
-                }
-                None => {
-                    self.index.clear(&q.0, q.1, c.offset)?;
-                    if let Some(mut b) = st.bounds.get(&q).copied() {
-                        if c.offset == b.first {
-                            b.first = self.next_written(&q, c.offset, b.last, false)?.unwrap_or(u64::MAX);
-                        }
-                        if c.offset == b.last && b.first != u64::MAX {
-                            b.last = self.next_written(&q, b.first, c.offset, true)?.unwrap_or(b.first);
-                        }
-                        if b.first == u64::MAX {
-                            st.bounds.remove(&q);
-                        } else {
-                            st.bounds.insert(q.clone(), b);
-                        }
-                    }
+    /// The index entry of a message: one not yet in the index files first.
+    fn entry(&self, q: &QueueId, offset: u64) -> Result<Option<Entry>, StoreError> {
+        // The map lookup clones the queue name only when the map holds anything.
+        {
+            let u = crate::sync::lock(&self.unindexed);
+            if !u.latest.is_empty() {
+                if let Some((_, e)) = u.latest.get(&(q.clone(), offset)) {
+                    return Ok(*e);
                 }
             }
-            st.changed.insert(q);
         }
+        // Entries leave the map only once written to the files, so a miss above is found here.
+        self.index.get(&q.0, q.1, offset)
+    }
+
+    /// Records the entries of an applied record (kept in memory until [`Self::write_index`])
+    /// and updates the queues' bounds.
+    fn note_applied(
+        &self,
+        st: &mut State,
+        record: (u64, Position),
+        changes: Vec<(Change, Option<Entry>)>,
+    ) -> Result<(), StoreError> {
+        let mut touched = Vec::with_capacity(changes.len());
+        for (c, entry) in changes {
+            {
+                let mut u = crate::sync::lock(&self.unindexed);
+                u.latest.insert((c.queue.clone(), c.offset), (record.0, entry));
+            }
+            self.update_bounds(st, &c.queue, c.offset, entry.is_some())?;
+            touched.push((c.queue, c.offset, entry));
+        }
+        crate::sync::lock(&self.unindexed).records.push_back((record.0, record.1, touched));
+        Ok(())
+    }
+
+    /// Writes the entries of the applied records up to number `upto` to the index files.
+    fn write_index(&self, st: &mut State, upto: u64) -> Result<(), StoreError> {
+        loop {
+            let next = {
+                let mut u = crate::sync::lock(&self.unindexed);
+                match u.records.front() {
+                    Some((seq, _, _)) if *seq <= upto => u.records.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some((seq, end, touched)) = next else { return Ok(()) };
+            for (q, offset, entry) in &touched {
+                match entry {
+                    Some(e) => self.index.put(&q.0, q.1, *offset, *e)?,
+                    None => self.index.clear(&q.0, q.1, *offset)?,
+                }
+            }
+            // Written: readers now find these entries in the files.
+            let mut u = crate::sync::lock(&self.unindexed);
+            for (q, offset, _) in touched {
+                let key = (q, offset);
+                if u.latest.get(&key).is_some_and(|(s, _)| *s == seq) {
+                    u.latest.remove(&key);
+                }
+            }
+            st.indexed = (seq, end);
+        }
+    }
+
+    /// A queue's bounds after its message at `offset` was written (`set`) or deleted.
+    fn update_bounds(&self, st: &mut State, q: &QueueId, offset: u64, set: bool) -> Result<(), StoreError> {
+        if set {
+            let b = match st.bounds.get(q) {
+                None => Bounds { first: offset, last: offset, unordered: false },
+                Some(b) => Bounds {
+                    first: b.first.min(offset),
+                    last: b.last.max(offset),
+                    unordered: b.unordered || offset <= b.last,
+                },
+            };
+            st.bounds.insert(q.clone(), b);
+        } else if let Some(mut b) = st.bounds.get(q).copied() {
+            if offset == b.first {
+                b.first = self.next_written(q, offset, b.last, false)?.unwrap_or(u64::MAX);
+            }
+            if offset == b.last && b.first != u64::MAX {
+                b.last = self.next_written(q, b.first, offset, true)?.unwrap_or(b.first);
+            }
+            if b.first == u64::MAX {
+                st.bounds.remove(q);
+            } else {
+                st.bounds.insert(q.clone(), b);
+            }
+        }
+        st.changed.insert(q.clone());
         Ok(())
     }
 
@@ -359,13 +445,13 @@ impl MessageFiles {
     fn next_written(&self, q: &QueueId, from: u64, to: u64, back: bool) -> Result<Option<u64>, StoreError> {
         if back {
             for o in (from..to).rev() {
-                if self.index.get(&q.0, q.1, o)?.is_some() {
+                if self.entry(q, o)?.is_some() {
                     return Ok(Some(o));
                 }
             }
         } else {
             for o in from.saturating_add(1)..=to {
-                if self.index.get(&q.0, q.1, o)?.is_some() {
+                if self.entry(q, o)?.is_some() {
                     return Ok(Some(o));
                 }
             }
@@ -375,9 +461,14 @@ impl MessageFiles {
 
     /// The chunks of a message, `None` when it has no entry.
     fn chunks(&self, q: &QueueId, offset: u64) -> Result<Option<Chunks>, StoreError> {
-        let Some(e) = self.index.get(&q.0, q.1, offset)? else { return Ok(None) };
+        let Some(e) = self.entry(q, offset)? else { return Ok(None) };
         let key = key_of(q, offset, 0);
         let Some(area) = self.journal.read_raw(e.segment, e.position, e.len as usize)? else {
+            // Its segment was deleted: fine if the message was deleted meanwhile (a read racing
+            // retention).
+            if self.entry(q, offset)?.is_none() {
+                return Ok(None);
+            }
             return Err(corrupt(&key, format!("journal segment {} is gone", e.segment)));
         };
         if crc32fast::hash(&area) != e.crc {
@@ -427,7 +518,7 @@ impl MessageFiles {
             changes.push(Change { queue: id.0, offset: id.1, area });
         }
         if changes.is_empty() {
-            return Ok((Prepared { files: self, state: st, changes: Vec::new(), record: None }, Vec::new()));
+            return Ok((Prepared { files: self, state: st, changes: Vec::new(), record: None, bytes: 0 }, Vec::new()));
         }
         let (payload, starts) = encode_record(&changes);
         let written = self.journal.append(&payload).and_then(|w| self.journal.sync().map(|()| w));
@@ -453,7 +544,8 @@ impl MessageFiles {
             })
             .collect();
         let writes = vec![(applied_key(), Some(encode_point(seq, end)))];
-        Ok((Prepared { files: self, state: st, changes, record: Some((seq, end)) }, writes))
+        let bytes = HEADER + payload.len() as u64;
+        Ok((Prepared { files: self, state: st, changes, record: Some((seq, end)), bytes }, writes))
     }
 
     /// The value of a message-chunk key.
@@ -534,11 +626,19 @@ impl MessageFiles {
         Ok(out)
     }
 
-    /// Called after sled's flush: a pending checkpoint is now durable, so the journal segments
-    /// and index files it no longer needs go; then, when one is due, a new checkpoint (the
-    /// indexes synced): the sled writes to make for it.
-    pub fn flushed(&self) -> Result<Vec<SledWrite>, StoreError> {
+    /// The number of the last record applied to sled; a flush of sled that starts after this
+    /// call makes it durable (pass it to [`Self::flushed`]).
+    pub fn applied(&self) -> u64 {
+        crate::sync::lock(&self.state).applied.0
+    }
+
+    /// Called after a flush of sled that started after [`Self::applied`] answered `durable`:
+    /// the entries of the records up to it go to the index files; a pending checkpoint is now
+    /// durable, so the journal segments and index files it no longer needs go; then, when one
+    /// is due, a new checkpoint (the indexes synced): the sled writes to make for it.
+    pub fn flushed(&self, durable: u64) -> Result<Vec<SledWrite>, StoreError> {
         let mut st = crate::sync::lock(&self.state);
+        self.write_index(&mut st, durable)?;
         if let Some((point, live_from)) = st.pending.take() {
             st.durable = point;
             self.journal.remove_before(live_from.min(point.1.segment))?;
@@ -546,10 +646,8 @@ impl MessageFiles {
                 self.index.remove_below(&q.0, q.1, b.first)?;
             }
         }
-        let written = self.journal.size_on_disk();
-        let due = st.checkpoint_at.elapsed() >= st.checkpoint_every
-            || written.saturating_sub(st.journal_at_checkpoint) >= CHECKPOINT_BYTES;
-        if !due || st.applied.0 == st.durable.0 {
+        let due = st.checkpoint_at.elapsed() >= st.checkpoint_every || st.appended >= CHECKPOINT_BYTES;
+        if !due || st.indexed.0 == st.durable.0 {
             return Ok(Vec::new());
         }
         self.index.sync()?;
@@ -559,17 +657,17 @@ impl MessageFiles {
             let oldest = if b.unordered {
                 let mut min = u64::MAX;
                 for o in b.first..=b.last {
-                    if let Some(e) = self.index.get(&q.0, q.1, o)? {
+                    if let Some(e) = self.entry(q, o)? {
                         min = min.min(e.segment);
                     }
                 }
                 min
             } else {
-                self.index.get(&q.0, q.1, b.first)?.map_or(u64::MAX, |e| e.segment)
+                self.entry(q, b.first)?.map_or(u64::MAX, |e| e.segment)
             };
             live_from = live_from.min(oldest);
         }
-        let mut writes = vec![(checkpoint_key(), Some(encode_point(st.applied.0, st.applied.1)))];
+        let mut writes = vec![(checkpoint_key(), Some(encode_point(st.indexed.0, st.indexed.1)))];
         for q in std::mem::take(&mut st.changed) {
             let value = st.bounds.get(&q).map(|b| {
                 let mut e = Encoder::new();
@@ -578,8 +676,8 @@ impl MessageFiles {
             });
             writes.push((bounds_key(&q), value));
         }
-        st.pending = Some((st.applied, live_from));
-        st.journal_at_checkpoint = written;
+        st.pending = Some((st.indexed, live_from));
+        st.appended = 0;
         st.checkpoint_at = Instant::now();
         Ok(writes)
     }
@@ -605,14 +703,15 @@ impl MessageFiles {
 }
 
 impl Prepared<'_> {
-    /// The sled part of the batch was applied: the index entries follow it.
+    /// The sled part of the batch was applied: its index entries are kept until sled's next
+    /// flush.
     pub fn applied(mut self) -> Result<(), StoreError> {
         let changes = std::mem::take(&mut self.changes);
-        if let Some(record) = self.record.take() {
-            self.state.applied = record;
-        }
+        let Some(record) = self.record.take() else { return Ok(()) };
+        self.state.appended += self.bytes;
+        self.state.applied = record;
         let files = self.files;
-        files.write_index(&mut self.state, changes)
+        files.note_applied(&mut self.state, record, changes)
     }
 }
 
@@ -664,5 +763,67 @@ fn offset_bound(prefix: &[u8], bound: Bound<&[u8]>, upper: bool) -> u64 {
         0
     } else {
         u64::MAX
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn key(offset: u64) -> Vec<u8> {
+        key_of(&("t".to_string(), 0), offset, 0)
+    }
+
+    /// Writes message `offset` with a body of `byte`s as a batch sled applied; returns the sled
+    /// writes of the batch, as sled would hold them.
+    fn put(files: &MessageFiles, offset: u64, byte: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let op = Op::Put(key(offset), vec![byte; 256]);
+        let (prepared, writes) = files.prepare(&[&op]).unwrap();
+        prepared.applied().unwrap();
+        writes.into_iter().map(|(k, v)| (k, v.unwrap())).collect()
+    }
+
+    #[test]
+    fn a_batch_sled_applied_but_never_flushed_leaves_no_index_entry_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = MessageFiles::open(dir.path(), Vec::new()).unwrap();
+        let kept = put(&files, 0, 1);
+        files.flushed(files.applied()).unwrap(); // sled's flush: the first batch is durable
+        put(&files, 1, 2);
+        assert_eq!(files.get(&key(1)).unwrap(), Some(vec![2; 256]), "readable once sled applied it");
+        // The process dies before sled's next flush: sled comes back with the first batch only,
+        // and gives offset 1 out again.
+        drop(files);
+        let files = MessageFiles::open(dir.path(), kept).unwrap();
+        assert_eq!(files.get(&key(1)).unwrap(), None);
+        assert_eq!(files.get(&key(0)).unwrap(), Some(vec![1; 256]));
+        let kept = put(&files, 1, 3);
+        assert_eq!(files.get(&key(1)).unwrap(), Some(vec![3; 256]));
+        files.flushed(files.applied()).unwrap();
+        drop(files);
+        let files = MessageFiles::open(dir.path(), kept).unwrap();
+        assert_eq!(files.get(&key(1)).unwrap(), Some(vec![3; 256]));
+        assert_eq!(files.scan(Bound::Unbounded, Bound::Unbounded, 10, false).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn entries_not_yet_in_the_files_are_read_scanned_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = MessageFiles::open(dir.path(), Vec::new()).unwrap();
+        for o in 0..4 {
+            put(&files, o, o as u8);
+        }
+        let newest = files.scan(Bound::Unbounded, Bound::Unbounded, 2, true).unwrap();
+        assert_eq!(newest.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [3, 2]);
+        // The oldest deleted before any flush: the queue then starts at 1.
+        let op = Op::Delete(key(0));
+        let (prepared, _) = files.prepare(&[&op]).unwrap();
+        prepared.applied().unwrap();
+        assert_eq!(files.get(&key(0)).unwrap(), None);
+        files.flushed(files.applied()).unwrap();
+        assert_eq!(files.get(&key(0)).unwrap(), None);
+        let all = files.scan(Bound::Unbounded, Bound::Unbounded, 10, false).unwrap();
+        assert_eq!(all.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [1, 2, 3]);
     }
 }
