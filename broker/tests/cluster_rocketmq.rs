@@ -125,16 +125,7 @@ async fn receive_at(addr: &str, group: &str, topic: &str, broker: &str) -> (i32,
         long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
         ..Default::default()
     };
-    let mut stream = c.receive_message(req).await.unwrap().into_inner();
-    let (mut code, mut out) = (0, Vec::new());
-    while let Some(item) = stream.message().await.unwrap() {
-        match item.content.unwrap() {
-            v2::receive_message_response::Content::Status(s) => code = s.code,
-            v2::receive_message_response::Content::Message(m) => out.push(m),
-            v2::receive_message_response::Content::DeliveryTimestamp(_) => {}
-        }
-    }
-    (code, out)
+    common::read_receive(c.receive_message(req).await.unwrap().into_inner()).await
 }
 
 async fn create_topic(addr: &str, name: &str, ty: pb::TopicType, queues: u32) {

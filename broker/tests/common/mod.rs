@@ -173,6 +173,22 @@ pub fn new_message(topic: &str, id: &str, t: txmq_broker::model::MessageType) ->
 
 /// A ReceiveMessage request: up to 32 messages of `topic` for `group`, invisible for
 /// `invisible_s`, long-polling 1 s.
+/// A ReceiveMessage answer read to its end: the status code it closed with and its messages.
+pub async fn read_receive(
+    mut stream: tonic::Streaming<txmq_proto::v2::ReceiveMessageResponse>,
+) -> (i32, Vec<txmq_proto::v2::Message>) {
+    use txmq_proto::v2::receive_message_response::Content;
+    let (mut code, mut out) = (0, Vec::new());
+    while let Some(item) = stream.message().await.unwrap() {
+        match item.content.unwrap() {
+            Content::Status(s) => code = s.code,
+            Content::Message(m) => out.push(m),
+            Content::DeliveryTimestamp(_) => {}
+        }
+    }
+    (code, out)
+}
+
 pub fn receive_request(group: &str, topic: &str, invisible_s: i64) -> txmq_proto::v2::ReceiveMessageRequest {
     txmq_proto::v2::ReceiveMessageRequest {
         group: res(group),
