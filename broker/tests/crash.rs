@@ -115,8 +115,7 @@ async fn sigkill_rounds(args: &[&str]) {
                     let resp = resp.into_inner();
                     if resp.status.as_ref().map(|s| s.code) != Some(v2::Code::Ok as i32) {
                         eprintln!("round {round}: send {i} answered {:?}", resp.status);
-                    }
-                    if resp.status.map(|s| s.code) == Some(v2::Code::Ok as i32) {
+                    } else {
                         let n = {
                             let mut a = acked.lock().unwrap();
                             a.push(i);

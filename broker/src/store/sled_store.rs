@@ -347,10 +347,10 @@ impl Store for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         let freed = self.values.as_ref().map(ValueLog::take_freed).unwrap_or_default();
         // The journal records sled holds now; durable once the flush below is done.
-        let applied = self.messages.as_ref().map(MessageFiles::applied);
+        let messages = self.messages.as_ref().map(|m| (m, m.applied()));
         self.db.flush().map_err(io)?;
         self.log_file.sync_data().map_err(io)?;
-        if let (Some(messages), Some(applied)) = (&self.messages, applied) {
+        if let Some((messages, applied)) = messages {
             // Their index entries go to the files; a checkpoint's sled part, durable at the
             // next flush.
             let writes = messages.flushed(applied)?;

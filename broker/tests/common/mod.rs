@@ -171,8 +171,6 @@ pub fn new_message(topic: &str, id: &str, t: txmq_broker::model::MessageType) ->
     }
 }
 
-/// A ReceiveMessage request: up to 32 messages of `topic` for `group`, invisible for
-/// `invisible_s`, long-polling 1 s.
 /// A ReceiveMessage answer read to its end: the status code it closed with and its messages.
 pub async fn read_receive(
     mut stream: tonic::Streaming<txmq_proto::v2::ReceiveMessageResponse>,
@@ -189,6 +187,8 @@ pub async fn read_receive(
     (code, out)
 }
 
+/// A ReceiveMessage request: up to 32 messages of `topic` for `group`, invisible for
+/// `invisible_s`, long-polling 1 s.
 pub fn receive_request(group: &str, topic: &str, invisible_s: i64) -> txmq_proto::v2::ReceiveMessageRequest {
     txmq_proto::v2::ReceiveMessageRequest {
         group: res(group),
