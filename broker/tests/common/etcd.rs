@@ -18,11 +18,24 @@ fn free_port() -> u16 {
 }
 
 impl Etcd {
+    /// Starts etcd and returns once it answers as etcd. The ports are picked free but then
+    /// released, so another process of a parallel test (a broker listening on port 0) can
+    /// take one first; etcd then exits and the port answers for someone else. Such a start
+    /// is noticed (etcd exited, or `/version` is not etcd's) and retried on new ports.
     pub fn start() -> Etcd {
         let binary = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("etcd is not installed: `apt-get install etcd-server` (.ci/run does)");
+        for _ in 0..5 {
+            if let Some(etcd) = Etcd::try_start(binary) {
+                return etcd;
+            }
+        }
+        panic!("etcd did not start on free ports in 5 attempts");
+    }
+
+    fn try_start(binary: &str) -> Option<Etcd> {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
         let url = format!("http://127.0.0.1:{client}");
@@ -37,13 +50,18 @@ impl Etcd {
             .stderr(Stdio::null())
             .spawn()
             .expect("etcd starts");
-        let etcd = Etcd { child, url, _dir: dir };
+        let mut etcd = Etcd { child, url, _dir: dir };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "etcd did not listen within 20 s");
+        loop {
+            if etcd.child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            if answers_as_etcd(client) {
+                return Some(etcd);
+            }
+            assert!(std::time::Instant::now() < deadline, "etcd did not answer within 20 s");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        etcd
     }
 
     /// Sends `signal` (e.g. "STOP", "CONT", "KILL") to the etcd process.
@@ -57,6 +75,21 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether the server on `port` answers `GET /version` the way etcd does.
+fn answers_as_etcd(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    if stream.write_all(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.contains("etcdserver")
 }
 
 /// Sends `signal` to process `pid` with kill(1), as a machine failure would.
