@@ -66,7 +66,7 @@ pub enum Key {
     Audit { at: i64, seq: u64 },
 }
 
-mod tag {
+pub mod tag {
     pub const META: u8 = 0x01;
     pub const TOPIC: u8 = 0x02;
     pub const MESSAGE_CHUNK: u8 = 0x03;
@@ -94,6 +94,11 @@ mod tag {
 /// value log).
 pub fn is_message_chunk(key: &[u8]) -> bool {
     key.first() == Some(&tag::MESSAGE_CHUNK)
+}
+
+/// Whether an encoded key is a `MessageId` key, without decoding it.
+pub fn is_message_id(key: &[u8]) -> bool {
+    key.first() == Some(&tag::MESSAGE_ID)
 }
 
 impl Key {

@@ -1,7 +1,9 @@
 //! Message chunks kept out of sled: each written once, in the [`Journal`] record of its group
 //! commit, and found through per-queue indexes ([`QueueIndex`]) — part 2 of the broker's own
 //! store (docs/storage.md, "Building the store"), used by the sled store of a data directory
-//! created with `--message-files true`.
+//! created with `--message-files true`. Part 3, the message-id index (`Key::MessageId`), is
+//! kept here too in stores created since it exists ([`ids_key`]): its changes ride in the same
+//! journal record and are then kept in [`SortedRuns`], written out at each checkpoint.
 //!
 //! # What a batch does
 //! The `Key::MessageChunk` writes of a batch become one journal record: per message touched,
@@ -15,13 +17,18 @@
 //! the open cuts its record off, and no index file still points at the bytes that later records
 //! then overwrite.
 //!
+//! The message-id changes of a record follow the same path: kept in memory (and read from
+//! there) until sled's flush, then applied to the sorted runs' memory.
+//!
 //! # Checkpoints
 //! At most every [`CHECKPOINT_EVERY`] (or [`CHECKPOINT_BYTES`] of journal), after a flush:
-//! the index files are synced, and the checkpoint — the last record applied, and each changed
-//! queue's bounds — is written to sled, durable at the next flush. An open applies the records
-//! after the durable checkpoint to the indexes again. Once a checkpoint is durable, journal
-//! segments below both it and every queue's oldest message are deleted, as are index files
-//! below each queue's first offset.
+//! the index files are synced, the message-id changes in memory are written to a new run, and
+//! the checkpoint — the last record applied, each changed queue's bounds, the list of runs — is
+//! written to sled, durable at the next flush. An open applies the records after the durable
+//! checkpoint to the indexes (and the message-id runs' memory) again. Once a checkpoint is
+//! durable, journal segments below both it and every queue's oldest message are deleted, as are
+//! index files below each queue's first offset and runs merged away before it. A thread merges
+//! runs in the background.
 //!
 //! # Order within a queue
 //! A queue whose messages are written in offset order (the broker's only way) has its oldest
@@ -29,15 +36,16 @@
 //! its bounds), and its oldest segment is then found by reading all its entries.
 
 use super::journal::{Journal, JournalOptions, Position, HEADER};
-use super::keys::{is_message_chunk, Key};
+use super::keys::{is_message_chunk, is_message_id, Key};
 use super::queue_index::{Entry, QueueIndex};
+use super::sorted_runs::{Change as IdChange, SortedRuns};
 use super::value_log::RESERVED;
 use super::{Op, StoreError};
 use crate::codec::{Decoder, Encoder};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Offsets per index file (32 bytes each: 2 MiB).
@@ -69,6 +77,37 @@ fn applied_key() -> Vec<u8> {
 
 fn checkpoint_key() -> Vec<u8> {
     vec![RESERVED, b'j', b'c']
+}
+
+/// The sled key whose presence says that this store also keeps its message-id index here
+/// (stores created before it keep that index in sled).
+pub fn ids_key() -> Vec<u8> {
+    vec![RESERVED, b'j', b'i']
+}
+
+/// The runs of the message-id index a checkpoint lists.
+fn runs_key() -> Vec<u8> {
+    vec![RESERVED, b'j', b'r']
+}
+
+fn encode_runs(runs: &[u64]) -> Vec<u8> {
+    let mut e = Encoder::new();
+    e.u32(runs.len() as u32);
+    for r in runs {
+        e.u64(*r);
+    }
+    e.finish()
+}
+
+fn decode_runs(key: &[u8], v: &[u8]) -> Result<Vec<u64>, StoreError> {
+    let mut d = Decoder::new(v);
+    (|| {
+        let n = d.u32()?;
+        let runs = (0..n).map(|_| d.u64()).collect::<Result<Vec<_>, _>>()?;
+        d.finish()?;
+        Ok::<_, crate::codec::CodecError>(runs)
+    })()
+    .map_err(|e| corrupt(key, e))
 }
 
 fn bounds_key(q: &QueueId) -> Vec<u8> {
@@ -135,9 +174,14 @@ struct Change {
     area: Option<Vec<u8>>,
 }
 
-/// The journal payload of `changes`, and where each area starts in it.
-fn encode_record(changes: &[Change]) -> (Vec<u8>, Vec<u64>) {
-    let mut e = Encoder::with_capacity(changes.iter().map(|c| c.area.as_ref().map_or(0, Vec::len) + 64).sum());
+/// The journal payload of `changes` and of the message-id index changes `ids` (a section left
+/// out when empty: records of stores without the index never have it), and where each area
+/// starts in it.
+fn encode_record(changes: &[Change], ids: &[IdChange]) -> (Vec<u8>, Vec<u64>) {
+    let mut e = Encoder::with_capacity(
+        changes.iter().map(|c| c.area.as_ref().map_or(0, Vec::len) + 64).sum::<usize>()
+            + ids.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 12).sum::<usize>(),
+    );
     e.u32(changes.len() as u32);
     let mut starts = Vec::with_capacity(changes.len());
     for c in changes {
@@ -155,11 +199,25 @@ fn encode_record(changes: &[Change]) -> (Vec<u8>, Vec<u64>) {
             }
         }
     }
+    if !ids.is_empty() {
+        e.u32(ids.len() as u32);
+        for (k, v) in ids {
+            e.bytes(k);
+            match v {
+                Some(v) => e.u8(SET).bytes(v),
+                None => e.u8(CLEAR),
+            };
+        }
+    }
     (e.finish(), starts)
 }
 
-/// The changes of a journal payload, each with where its area starts.
-fn decode_record(payload: &[u8]) -> Result<Vec<(Change, u64)>, crate::codec::CodecError> {
+/// A journal payload's changes, each with where its area starts, and its message-id changes.
+type Decoded = (Vec<(Change, u64)>, Vec<IdChange>);
+
+/// The changes of a journal payload, each with where its area starts, and its message-id index
+/// changes.
+fn decode_record(payload: &[u8]) -> Result<Decoded, crate::codec::CodecError> {
     let mut d = Decoder::new(payload);
     let n = d.u32()?;
     let mut out = Vec::with_capacity(n.min(1 << 16) as usize);
@@ -176,8 +234,19 @@ fn decode_record(payload: &[u8]) -> Result<Vec<(Change, u64)>, crate::codec::Cod
             k => return Err(crate::codec::invalid("journal change", format!("kind {k}"))),
         }
     }
+    let mut ids = Vec::new();
+    if !d.is_empty() {
+        for _ in 0..d.u32()? {
+            let key = d.bytes()?.to_vec();
+            match d.u8()? {
+                SET => ids.push((key, Some(d.bytes()?.to_vec()))),
+                CLEAR => ids.push((key, None)),
+                k => return Err(crate::codec::invalid("journal id change", format!("kind {k}"))),
+            }
+        }
+    }
     d.finish()?;
-    Ok(out)
+    Ok((out, ids))
 }
 
 /// A message-chunk key, decoded: (topic, queue, offset, chunk).
@@ -217,10 +286,15 @@ struct State {
     /// The last record whose entries are in the index files.
     indexed: (u64, Position),
     /// A checkpoint written to sled, durable at the next flush; with the segment below which
-    /// the journal holds nothing live at that point.
-    pending: Option<((u64, Position), u64)>,
+    /// the journal holds nothing live at that point, and the runs of the message-id index it
+    /// lists.
+    pending: Option<((u64, Position), u64, Vec<u64>)>,
     /// The last checkpoint known durable.
     durable: (u64, Position),
+    /// A checkpoint whose files are being made durable in the background.
+    preparing: Option<Preparing>,
+    /// Whether a checkpoint waits for its files in the flush that starts it (tests).
+    wait_for_files: bool,
     /// Journal bytes appended since the last checkpoint.
     appended: u64,
     checkpoint_at: Instant,
@@ -234,16 +308,114 @@ type Touched = (QueueId, u64, Option<Entry>);
 /// Index entries of records applied to sled but not yet flushed there: not in the index files.
 #[derive(Default)]
 struct Unindexed {
-    /// The records in order: number, end, and each message's entry (`None`: cleared).
-    records: VecDeque<(u64, Position, Vec<Touched>)>,
+    /// The records in order: number, end, each message's entry (`None`: cleared) and the
+    /// message-id index changes.
+    records: VecDeque<(u64, Position, Vec<Touched>, Vec<IdChange>)>,
     /// Each message's latest entry among them, with the record's number.
     latest: HashMap<(QueueId, u64), (u64, Option<Entry>)>,
+    /// Each message id's latest change among them, with the record's number.
+    ids: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
+}
+
+/// The answer of the background thread to one checkpoint.
+#[derive(Default)]
+struct Outcome {
+    result: Mutex<Option<Result<(), StoreError>>>,
+    ready: std::sync::Condvar,
+}
+
+impl Outcome {
+    /// The answer, once given (taken: it is given once).
+    fn take(&self) -> Option<Result<(), StoreError>> {
+        crate::sync::lock(&self.result).take()
+    }
+
+    /// Waits for the answer and takes it.
+    fn wait(&self) -> Result<(), StoreError> {
+        let mut r = crate::sync::lock(&self.result);
+        loop {
+            if let Some(result) = r.take() {
+                return result;
+            }
+            r = self.ready.wait(r).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+/// A checkpoint whose files the background thread is making durable: its sled writes are made
+/// at the first flush after that.
+struct Preparing {
+    point: (u64, Position),
+    live_from: u64,
+    bounds: Vec<SledWrite>,
+    outcome: Arc<Outcome>,
+}
+
+/// The store's background thread: makes each checkpoint's files durable (the index files
+/// synced, the message-id changes set aside written to a run) off the committer's thread, and
+/// merges runs of the message-id index between checkpoints. Stopped and joined on drop.
+struct Background {
+    jobs: Option<std::sync::mpsc::Sender<Arc<Outcome>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    fn start(index: Arc<QueueIndex>, ids: Option<Arc<SortedRuns>>) -> Result<Background, StoreError> {
+        use std::sync::mpsc::RecvTimeoutError;
+        let (jobs, rx) = std::sync::mpsc::channel::<Arc<Outcome>>();
+        let thread = std::thread::Builder::new()
+            .name("txmq-checkpoint".into())
+            .spawn(move || {
+                let mut idle = Duration::from_millis(100);
+                loop {
+                    match rx.recv_timeout(idle) {
+                        Ok(outcome) => {
+                            let result = index.sync().and_then(|()| ids.as_ref().map_or(Ok(()), |r| r.write_frozen()));
+                            *crate::sync::lock(&outcome.result) = Some(result);
+                            outcome.ready.notify_all();
+                        }
+                        Err(RecvTimeoutError::Timeout) => {
+                            // One merge at a time: a checkpoint waits for one at most.
+                            idle = match ids.as_ref().map(|r| r.merge()) {
+                                Some(Err(e)) => {
+                                    tracing::error!(error = %e, "cannot merge runs of the message-id index");
+                                    Duration::from_secs(10)
+                                }
+                                _ => Duration::from_millis(100),
+                            };
+                        }
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(Background { jobs: Some(jobs), thread: Some(thread) })
+    }
+
+    fn send(&self, outcome: Arc<Outcome>) -> Result<(), StoreError> {
+        self.jobs
+            .as_ref()
+            .and_then(|j| j.send(outcome).ok())
+            .ok_or_else(|| StoreError::Io("the checkpoint thread is gone".into()))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The message chunks of one store directory.
 pub struct MessageFiles {
     journal: Journal,
-    index: QueueIndex,
+    index: Arc<QueueIndex>,
+    /// The message-id index, when this store keeps it ([`ids_key`]).
+    ids: Option<Arc<SortedRuns>>,
+    background: Background,
     state: Mutex<State>,
     /// Its own lock, taken after `state` (readers take only this one, briefly).
     unindexed: Mutex<Unindexed>,
@@ -260,6 +432,7 @@ pub struct Prepared<'a> {
     files: &'a MessageFiles,
     state: MutexGuard<'a, State>,
     changes: Vec<(Change, Option<Entry>)>,
+    ids: Vec<IdChange>,
     record: Option<(u64, Position)>,
     /// Bytes of the record.
     bytes: u64,
@@ -271,12 +444,17 @@ impl MessageFiles {
     /// those after the durable checkpoint to the indexes again.
     pub fn open(dir: &Path, stored: Vec<(Vec<u8>, Vec<u8>)>) -> Result<MessageFiles, StoreError> {
         let journal = Journal::open(&dir.join("journal"), JournalOptions::default())?;
-        let index = QueueIndex::open(&dir.join("queues"), PER_FILE)?;
+        let index = Arc::new(QueueIndex::open(&dir.join("queues"), PER_FILE)?);
         let first = Position { segment: journal.segments().first().copied().unwrap_or(1), offset: 0 };
         let (mut applied, mut durable) = ((0, first), (0, first));
         let mut bounds = HashMap::new();
+        let (mut with_ids, mut runs) = (false, Vec::new());
         for (k, v) in &stored {
-            if *k == applied_key() {
+            if *k == ids_key() {
+                with_ids = true;
+            } else if *k == runs_key() {
+                runs = decode_runs(k, v)?;
+            } else if *k == applied_key() {
                 applied = decode_point(k, v)?;
             } else if *k == checkpoint_key() {
                 durable = decode_point(k, v)?;
@@ -301,15 +479,20 @@ impl MessageFiles {
                 format!("sled applied journal record {} but the journal ends at {}", applied.0, next - 1),
             ));
         }
+        let ids = if with_ids { Some(Arc::new(SortedRuns::open(&dir.join("ids"), &runs)?)) } else { None };
         let files = MessageFiles {
             journal,
+            background: Background::start(index.clone(), ids.clone())?,
             index,
+            ids,
             state: Mutex::new(State {
                 bounds,
                 changed: HashSet::new(),
                 applied,
                 indexed: durable,
                 pending: None,
+                preparing: None,
+                wait_for_files: false,
                 durable,
                 appended: 0,
                 checkpoint_at: Instant::now(),
@@ -322,7 +505,7 @@ impl MessageFiles {
         let mut st = crate::sync::lock(&files.state);
         for record in files.journal.replay_from(durable.1) {
             let record = record?;
-            let changes = decode_record(&record.payload).map_err(|e| corrupt(b"journal", e))?;
+            let (changes, ids) = decode_record(&record.payload).map_err(|e| corrupt(b"journal", e))?;
             let entries = changes
                 .into_iter()
                 .map(|(c, start)| {
@@ -339,7 +522,7 @@ impl MessageFiles {
                 segment: record.at.segment,
                 offset: record.at.offset + HEADER + record.payload.len() as u64,
             };
-            files.note_applied(&mut st, (record.seq, end), entries)?;
+            files.note_applied(&mut st, (record.seq, end), entries, ids)?;
         }
         files.write_index(&mut st, u64::MAX)?;
         drop(st);
@@ -368,6 +551,7 @@ impl MessageFiles {
         st: &mut State,
         record: (u64, Position),
         changes: Vec<(Change, Option<Entry>)>,
+        ids: Vec<IdChange>,
     ) -> Result<(), StoreError> {
         let mut touched = Vec::with_capacity(changes.len());
         for (c, entry) in changes {
@@ -378,7 +562,11 @@ impl MessageFiles {
             self.update_bounds(st, &c.queue, c.offset, entry.is_some())?;
             touched.push((c.queue, c.offset, entry));
         }
-        crate::sync::lock(&self.unindexed).records.push_back((record.0, record.1, touched));
+        let mut u = crate::sync::lock(&self.unindexed);
+        for (k, v) in &ids {
+            u.ids.insert(k.clone(), (record.0, v.clone()));
+        }
+        u.records.push_back((record.0, record.1, touched, ids));
         Ok(())
     }
 
@@ -388,19 +576,27 @@ impl MessageFiles {
             let next = {
                 let mut u = crate::sync::lock(&self.unindexed);
                 match u.records.front() {
-                    Some((seq, _, _)) if *seq <= upto => u.records.pop_front(),
+                    Some((seq, _, _, _)) if *seq <= upto => u.records.pop_front(),
                     _ => None,
                 }
             };
-            let Some((seq, end, touched)) = next else { return Ok(()) };
+            let Some((seq, end, touched, ids)) = next else { return Ok(()) };
             for (q, offset, entry) in &touched {
                 match entry {
                     Some(e) => self.index.put(&q.0, q.1, *offset, *e)?,
                     None => self.index.clear(&q.0, q.1, *offset)?,
                 }
             }
+            if let Some(runs) = &self.ids {
+                runs.apply(ids.iter().cloned());
+            }
             // Written: readers now find these entries in the files.
             let mut u = crate::sync::lock(&self.unindexed);
+            for (k, _) in ids {
+                if u.ids.get(&k).is_some_and(|(s, _)| *s == seq) {
+                    u.ids.remove(&k);
+                }
+            }
             for (q, offset, _) in touched {
                 let key = (q, offset);
                 if u.latest.get(&key).is_some_and(|(s, _)| *s == seq) {
@@ -485,11 +681,16 @@ impl MessageFiles {
         let mut order: Vec<(QueueId, u64)> = Vec::new();
         // Its chunks now, and whether it had any before the batch.
         let mut now: HashMap<(QueueId, u64), (Chunks, bool)> = HashMap::new();
+        let mut ids: Vec<IdChange> = Vec::new();
         for op in ops {
             let (k, value) = match op {
                 Op::Put(k, v) => (k, Some(v)),
                 Op::Delete(k) => (k, None),
             };
+            if self.ids.is_some() && is_message_id(k) {
+                ids.push((k.clone(), value.cloned()));
+                continue;
+            }
             let (topic, queue, offset, chunk) = chunk_key(k)?;
             let id = ((topic, queue), offset);
             if !now.contains_key(&id) {
@@ -517,10 +718,11 @@ impl MessageFiles {
             let area = (!chunks.is_empty()).then(|| encode_area(&chunks));
             changes.push(Change { queue: id.0, offset: id.1, area });
         }
-        if changes.is_empty() {
-            return Ok((Prepared { files: self, state: st, changes: Vec::new(), record: None, bytes: 0 }, Vec::new()));
+        if changes.is_empty() && ids.is_empty() {
+            let nothing = Prepared { files: self, state: st, changes: Vec::new(), ids, record: None, bytes: 0 };
+            return Ok((nothing, Vec::new()));
         }
-        let (payload, starts) = encode_record(&changes);
+        let (payload, starts) = encode_record(&changes, &ids);
         let written = self.journal.append(&payload).and_then(|w| self.journal.sync().map(|()| w));
         let (seq, at) = match written {
             Ok(w) => w,
@@ -545,18 +747,67 @@ impl MessageFiles {
             .collect();
         let writes = vec![(applied_key(), Some(encode_point(seq, end)))];
         let bytes = HEADER + payload.len() as u64;
-        Ok((Prepared { files: self, state: st, changes, record: Some((seq, end)), bytes }, writes))
+        Ok((Prepared { files: self, state: st, changes, ids, record: Some((seq, end)), bytes }, writes))
     }
 
-    /// The value of a message-chunk key.
+    /// The value of a key of this module's region ([`Self::owns`]).
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if is_message_id(key) {
+            if let Some((_, v)) = crate::sync::lock(&self.unindexed).ids.get(key) {
+                return Ok(v.clone());
+            }
+            // Changes leave the map only once applied to the runs, so a miss above is found here.
+            return match &self.ids {
+                Some(runs) => runs.get(key),
+                None => Ok(None),
+            };
+        }
         let (topic, queue, offset, chunk) = chunk_key(key)?;
         Ok(self.chunks(&(topic, queue), offset)?.and_then(|mut c| c.remove(&chunk)))
     }
 
+    /// The keys of this module's region in the range, in key order (reversed with `reverse`),
+    /// at most `limit`.
+    pub fn scan(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<super::Entry>, StoreError> {
+        let mut out = self.scan_chunks(start, end, limit, reverse)?;
+        let Some(runs) = self.ids.as_ref().filter(|_| touches_ids(start, end)) else { return Ok(out) };
+        // The changes not yet in the runs win over theirs; a deletion among them may hide a key
+        // the runs answer, so the runs are asked for that many more.
+        let (mut ids, hidden) = {
+            let u = crate::sync::lock(&self.unindexed);
+            let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+                u.ids.range::<[u8], _>((start, end)).map(|(k, (_, v))| (k.clone(), v.clone())).collect();
+            let hidden = pending.iter().filter(|(_, v)| v.is_none()).count();
+            (pending, hidden)
+        };
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
+            runs.scan(start, end, limit + hidden, reverse)?.into_iter().collect();
+        for (k, v) in ids.drain(..) {
+            match v {
+                Some(v) => merged.insert(k, v),
+                None => merged.remove(&k),
+            };
+        }
+        if reverse {
+            out.extend(merged.into_iter().rev().take(limit));
+            out.sort_by(|a, b| b.0.cmp(&a.0));
+        } else {
+            out.extend(merged.into_iter().take(limit));
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
     /// The message chunks with keys in the range, in key order (reversed with `reverse`), at
     /// most `limit`.
-    pub fn scan(
+    fn scan_chunks(
         &self,
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
@@ -634,23 +885,43 @@ impl MessageFiles {
 
     /// Called after a flush of sled that started after [`Self::applied`] answered `durable`:
     /// the entries of the records up to it go to the index files; a pending checkpoint is now
-    /// durable, so the journal segments and index files it no longer needs go; then, when one
-    /// is due, a new checkpoint (the indexes synced): the sled writes to make for it.
+    /// durable, so the journal segments, index files and runs it no longer needs go. Returns
+    /// the sled writes of a checkpoint whose files the background thread has made durable
+    /// since; or, when one is due, starts the next: its index files synced and message-id runs
+    /// written in the background, its sled writes made at a flush after that.
     pub fn flushed(&self, durable: u64) -> Result<Vec<SledWrite>, StoreError> {
         let mut st = crate::sync::lock(&self.state);
         self.write_index(&mut st, durable)?;
-        if let Some((point, live_from)) = st.pending.take() {
+        if let Some((point, live_from, runs)) = st.pending.take() {
             st.durable = point;
+            if let Some(ids) = &self.ids {
+                ids.release(&runs)?;
+            }
             self.journal.remove_before(live_from.min(point.1.segment))?;
             for (q, b) in &st.bounds {
                 self.index.remove_below(&q.0, q.1, b.first)?;
             }
         }
+        if let Some(p) = st.preparing.take() {
+            return match p.outcome.take() {
+                None => {
+                    st.preparing = Some(p);
+                    Ok(Vec::new())
+                }
+                Some(result) => {
+                    result?;
+                    Ok(self.checkpoint_writes(&mut st, p))
+                }
+            };
+        }
         let due = st.checkpoint_at.elapsed() >= st.checkpoint_every || st.appended >= CHECKPOINT_BYTES;
         if !due || st.indexed.0 == st.durable.0 {
             return Ok(Vec::new());
         }
-        self.index.sync()?;
+        // The message-id changes up to the checkpoint (those written to the indexes) set aside.
+        if let Some(ids) = &self.ids {
+            ids.freeze();
+        }
         // The oldest segment a live message is in.
         let mut live_from = u64::MAX;
         for (q, b) in &st.bounds {
@@ -667,19 +938,38 @@ impl MessageFiles {
             };
             live_from = live_from.min(oldest);
         }
-        let mut writes = vec![(checkpoint_key(), Some(encode_point(st.indexed.0, st.indexed.1)))];
+        let mut bounds = Vec::new();
         for q in std::mem::take(&mut st.changed) {
             let value = st.bounds.get(&q).map(|b| {
                 let mut e = Encoder::new();
                 e.u64(b.first).u64(b.last).bool(b.unordered);
                 e.finish()
             });
-            writes.push((bounds_key(&q), value));
+            bounds.push((bounds_key(&q), value));
         }
-        st.pending = Some((st.indexed, live_from));
+        let outcome = Arc::new(Outcome::default());
+        self.background.send(outcome.clone())?;
         st.appended = 0;
         st.checkpoint_at = Instant::now();
-        Ok(writes)
+        let p = Preparing { point: st.indexed, live_from, bounds, outcome };
+        if st.wait_for_files {
+            p.outcome.wait()?;
+            return Ok(self.checkpoint_writes(&mut st, p));
+        }
+        st.preparing = Some(p);
+        Ok(Vec::new())
+    }
+
+    /// The sled writes of a checkpoint whose files are durable; it is pending from now on.
+    fn checkpoint_writes(&self, st: &mut State, p: Preparing) -> Vec<SledWrite> {
+        let runs = self.ids.as_ref().map(|r| r.live()).unwrap_or_default();
+        let mut writes = vec![(checkpoint_key(), Some(encode_point(p.point.0, p.point.1)))];
+        if self.ids.is_some() {
+            writes.push((runs_key(), Some(encode_runs(&runs))));
+        }
+        writes.extend(p.bounds);
+        st.pending = Some((p.point, p.live_from, runs));
+        writes
     }
 
     /// Sets the time between checkpoints (tests: `ZERO` takes one at every flush).
@@ -687,7 +977,17 @@ impl MessageFiles {
     pub fn set_checkpoint_every(&self, every: Duration) {
         let mut st = crate::sync::lock(&self.state);
         st.checkpoint_every = every;
+        st.wait_for_files = every.is_zero();
         st.checkpoint_at = Instant::now();
+    }
+
+    /// Takes a checkpoint at every flush, its files made durable in the background as outside
+    /// tests (tests).
+    #[cfg(test)]
+    pub fn checkpoint_in_background(&self) {
+        let mut st = crate::sync::lock(&self.state);
+        st.checkpoint_every = Duration::ZERO;
+        st.wait_for_files = false;
     }
 
     /// The journal's segment ids (tests).
@@ -698,7 +998,7 @@ impl MessageFiles {
 
     /// Bytes of the journal and the index files.
     pub fn size_on_disk(&self) -> u64 {
-        self.journal.size_on_disk() + self.index.size_on_disk()
+        self.journal.size_on_disk() + self.index.size_on_disk() + self.ids.as_ref().map_or(0, |r| r.size_on_disk())
     }
 }
 
@@ -707,11 +1007,12 @@ impl Prepared<'_> {
     /// flush.
     pub fn applied(mut self) -> Result<(), StoreError> {
         let changes = std::mem::take(&mut self.changes);
+        let ids = std::mem::take(&mut self.ids);
         let Some(record) = self.record.take() else { return Ok(()) };
         self.state.appended += self.bytes;
         self.state.applied = record;
         let files = self.files;
-        files.note_applied(&mut self.state, record, changes)
+        files.note_applied(&mut self.state, record, changes, ids)
     }
 }
 
@@ -737,9 +1038,27 @@ fn drop_unapplied(journal: &Journal, st: &State) -> Result<(), StoreError> {
     result
 }
 
-/// Whether a key is in this module's region (message chunks).
-pub fn owns(key: &[u8]) -> bool {
-    is_message_chunk(key)
+impl MessageFiles {
+    /// Whether a key is in this module's region: message chunks, and the message-id index
+    /// when this store keeps it.
+    pub fn owns(&self, key: &[u8]) -> bool {
+        is_message_chunk(key) || (self.ids.is_some() && is_message_id(key))
+    }
+}
+
+/// Whether a range may hold keys of the message-id index (they all begin with its tag).
+fn touches_ids(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
+    let (low, high) = ([super::keys::tag::MESSAGE_ID], [super::keys::tag::MESSAGE_ID + 1]);
+    let starts_past = match start {
+        Bound::Included(s) | Bound::Excluded(s) => s >= high.as_slice(),
+        Bound::Unbounded => false,
+    };
+    let ends_before = match end {
+        Bound::Included(e) => e < low.as_slice(),
+        Bound::Excluded(e) => e <= low.as_slice(),
+        Bound::Unbounded => false,
+    };
+    !starts_past && !ends_before
 }
 
 /// The offset a bound of a scan allows in the queue with key prefix `prefix`: the lowest
@@ -825,5 +1144,93 @@ mod tests {
         assert_eq!(files.get(&key(0)).unwrap(), None);
         let all = files.scan(Bound::Unbounded, Bound::Unbounded, 10, false).unwrap();
         assert_eq!(all.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    fn id_key(id: &str) -> Vec<u8> {
+        Key::MessageId { topic: "t".into(), message_id: id.into() }.encode()
+    }
+
+    /// Applies a batch of message-id changes as sled would; returns its sled writes.
+    fn put_ids(files: &MessageFiles, ids: &[(&str, Option<u8>)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let ops: Vec<Op> = ids
+            .iter()
+            .map(|(id, v)| match v {
+                Some(v) => Op::Put(id_key(id), vec![*v; 12]),
+                None => Op::Delete(id_key(id)),
+            })
+            .collect();
+        let (prepared, writes) = files.prepare(&ops.iter().collect::<Vec<_>>()).unwrap();
+        prepared.applied().unwrap();
+        writes.into_iter().map(|(k, v)| (k, v.unwrap())).collect()
+    }
+
+    #[test]
+    fn message_ids_come_back_from_runs_and_the_journal_but_not_past_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sled: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::from([(ids_key(), vec![1])]);
+        let open = |sled: &BTreeMap<Vec<u8>, Vec<u8>>| {
+            MessageFiles::open(dir.path(), sled.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap()
+        };
+        let files = open(&sled);
+        assert!(files.owns(&id_key("a")));
+        files.set_checkpoint_every(Duration::ZERO);
+        sled.extend(put_ids(&files, &[("a", Some(1)), ("gone", Some(9))]));
+        sled.extend(put_ids(&files, &[("gone", None)]));
+        // sled's flush, then a checkpoint: the ids go to a run, listed in sled.
+        for (k, v) in files.flushed(files.applied()).unwrap() {
+            sled.insert(k, v.unwrap());
+        }
+        assert_eq!(files.ids.as_ref().unwrap().live().len(), 1);
+        files.set_checkpoint_every(Duration::from_secs(3600));
+        sled.extend(put_ids(&files, &[("b", Some(2)), ("a", Some(3))]));
+        files.flushed(files.applied()).unwrap();
+        // Applied, never flushed: lost with the process.
+        put_ids(&files, &[("c", Some(4)), ("b", None)]);
+        assert_eq!(files.get(&id_key("c")).unwrap(), Some(vec![4; 12]));
+        assert_eq!(files.get(&id_key("b")).unwrap(), None);
+        drop(files);
+        let files = open(&sled);
+        assert_eq!(files.get(&id_key("a")).unwrap(), Some(vec![3; 12]), "the journal's change over the run's");
+        assert_eq!(files.get(&id_key("b")).unwrap(), Some(vec![2; 12]), "from the journal");
+        assert_eq!(files.get(&id_key("c")).unwrap(), None, "never durable in sled");
+        assert_eq!(files.get(&id_key("gone")).unwrap(), None);
+        let all = files.scan(Bound::Unbounded, Bound::Unbounded, 10, false).unwrap();
+        assert_eq!(all, vec![(id_key("a"), vec![3; 12]), (id_key("b"), vec![2; 12])]);
+    }
+
+    #[test]
+    fn a_checkpoint_made_in_the_background_covers_what_preceded_it_and_the_journal_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sled: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::from([(ids_key(), vec![1])]);
+        let open = |sled: &BTreeMap<Vec<u8>, Vec<u8>>| {
+            MessageFiles::open(dir.path(), sled.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap()
+        };
+        let files = open(&sled);
+        files.checkpoint_in_background();
+        sled.extend(put_ids(&files, &[("a", Some(1))]));
+        sled.extend(put(&files, 0, 1));
+        assert!(files.flushed(files.applied()).unwrap().is_empty(), "started, not yet written to sled");
+        // Written while the background thread works: after the checkpoint's point.
+        sled.extend(put_ids(&files, &[("b", Some(2)), ("a", None)]));
+        sled.extend(put(&files, 1, 2));
+        let writes = loop {
+            let writes = files.flushed(files.applied()).unwrap();
+            if !writes.is_empty() {
+                break writes;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let point = writes.iter().find(|(k, _)| *k == checkpoint_key()).unwrap().1.clone().unwrap();
+        assert_eq!(decode_point(&checkpoint_key(), &point).unwrap().0, 2, "the first two records, not the later ones");
+        assert_eq!(files.ids.as_ref().unwrap().live().len(), 1);
+        for (k, v) in writes {
+            sled.insert(k, v.unwrap());
+        }
+        drop(files);
+        let files = open(&sled);
+        assert_eq!(files.get(&id_key("a")).unwrap(), None, "deleted after the checkpoint, from the journal");
+        assert_eq!(files.get(&id_key("b")).unwrap(), Some(vec![2; 12]));
+        assert_eq!(files.get(&key(0)).unwrap(), Some(vec![1; 256]));
+        assert_eq!(files.get(&key(1)).unwrap(), Some(vec![2; 256]));
     }
 }

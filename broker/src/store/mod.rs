@@ -19,8 +19,11 @@
 //! - [`sled_store`]: the sled implementation (the only module that names `sled`).
 //! - [`value_log`]: the sled store's segment files for message chunks.
 //! - [`journal`]: an append-only log of records in preallocated segments, with recovery.
-//! - [`message_files`]: message chunks in the journal, found through the queue indexes.
+//! - [`message_files`]: message chunks in the journal, found through the queue indexes, and
+//!   the message-id index in sorted runs.
 //! - [`queue_index`]: per-queue indexes of fixed-size entries into the journal.
+//! - [`sorted_runs`]: an ordered map of small keys in sorted, immutable files (the message-id
+//!   index of message files).
 //! - [`segment_file`]: the preallocated files the value log and the journal are made of.
 //! - [`memory`]: an in-memory implementation for tests.
 //! - [`committer`]: the group-commit writer thread.
@@ -36,6 +39,7 @@ pub mod message_files;
 pub mod queue_index;
 pub mod segment_file;
 pub mod sled_store;
+pub mod sorted_runs;
 pub mod value_log;
 
 #[cfg(test)]

@@ -96,6 +96,9 @@ impl SledStore {
             };
             if let Some(key) = mark {
                 db.insert(key, vec![1]).map_err(io)?;
+                if layout == Layout::MessageFiles {
+                    db.insert(message_files::ids_key(), vec![1]).map_err(io)?;
+                }
                 db.flush().map_err(io)?;
                 log_file.sync_data().map_err(io)?;
             }
@@ -142,7 +145,7 @@ impl SledStore {
     }
 
     fn apply_with_messages(&self, messages: &MessageFiles, batch: &Batch) -> Result<(), StoreError> {
-        let (chunks, rest): (Vec<&Op>, Vec<&Op>) = batch.ops().iter().partition(|op| is_message_chunk(op_key(op)));
+        let (chunks, rest): (Vec<&Op>, Vec<&Op>) = batch.ops().iter().partition(|op| messages.owns(op_key(op)));
         let (prepared, writes) = messages.prepare(&chunks)?;
         let mut b = sled::Batch::default();
         for op in rest {
@@ -268,7 +271,7 @@ impl Store for SledStore {
         if value_log::is_reserved(key) {
             return Ok(None);
         }
-        if let Some(messages) = self.messages.as_ref().filter(|_| is_message_chunk(key)) {
+        if let Some(messages) = self.messages.as_ref().filter(|m| m.owns(key)) {
             return messages.get(key);
         }
         match self.db.get(key).map_err(io)? {
@@ -311,8 +314,8 @@ impl Store for SledStore {
                 push(item)?;
             }
         }
-        // Message chunks of message files are not in sled: their keys, all in one region of
-        // the key space, are merged in.
+        // The keys message files keep (message chunks, and the message-id index of stores
+        // created with it) are not in sled: merged in.
         if let Some(messages) = &self.messages {
             let mut chunks = messages.scan(start, end, limit, reverse)?;
             if !chunks.is_empty() {
