@@ -81,11 +81,9 @@ pub struct BrokerStatus {
 impl Broker {
     /// Opens the sled store in `config.data_dir` and loads the broker's state.
     pub fn open(config: Config) -> Result<Arc<Self>> {
+        // For a new store only: an existing one keeps the layout it was created with.
         let layout = match (config.value_log, config.message_files) {
-            (true, true) => {
-                return Err(BrokerError::BadRequest("--value-log and --message-files exclude each other".into()))
-            }
-            (true, false) => Layout::ValueLog,
+            (true, _) => Layout::ValueLog,
             (false, true) => Layout::MessageFiles,
             (false, false) => Layout::Sled,
         };

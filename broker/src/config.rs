@@ -256,12 +256,12 @@ options! {
     replica_replace_after: Duration = Duration::from_secs(600), "replica-replace-after", "TXMQ_REPLICA_REPLACE_AFTER";
     /// Time-to-live of this node's etcd lease: a node that stops renewing it leaves the cluster this long after.
     etcd_lease_ttl: Duration = Duration::from_secs(10), "etcd-lease-ttl", "TXMQ_ETCD_LEASE_TTL";
-    /// Directory of the sled store.
+    /// Directory of the store (sled's database, the journal, the index files).
     data_dir: PathBuf = PathBuf::from("./txmq-data"), "data-dir", "TXMQ_DATA_DIR";
     /// A new store keeps message bodies in a value log beside sled: 38% fewer bytes written per message and a faster restart, but fewer batched sends per second (docs/storage.md). Fixed when the store is created.
     value_log: bool = false, "value-log", "TXMQ_VALUE_LOG";
-    /// A new store writes each message once, in a journal, and finds it through per-queue index files; sled keeps no message chunks (docs/storage.md, "Building the store": part of a store still being built, off by default). Fixed when the store is created; not with --value-log.
-    message_files: bool = false, "message-files", "TXMQ_MESSAGE_FILES";
+    /// A new store writes each message once, in a journal, and finds it through per-queue index files and a message-id index of sorted runs; sled keeps the rest (docs/storage.md, "Building the store"). `false`: everything in sled, as stores before 2026-12-04. Fixed when the store is created; --value-log true takes precedence.
+    message_files: bool = true, "message-files", "TXMQ_MESSAGE_FILES";
     /// Create unknown topics (as MIXED) on first route or send; otherwise answer TOPIC_NOT_FOUND.
     auto_create_topics: bool = true, "auto-create-topics", "TXMQ_AUTO_CREATE_TOPICS";
     /// Queues of a topic created without an explicit count.

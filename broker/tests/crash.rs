@@ -65,21 +65,22 @@ fn verify(dir: &std::path::Path, acked: &[(usize, Vec<usize>)], when: &str) -> u
     n
 }
 
+/// The default layout: message chunks and ids in message files, the rest in sled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_sends_survive_sigkill() {
     sigkill_rounds(&[]).await;
+}
+
+/// The same with every record in sled (`--message-files false`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_sends_survive_sigkill_with_everything_in_sled() {
+    sigkill_rounds(&["--message-files", "false"]).await;
 }
 
 /// The same with message bodies in the value log (`--value-log true`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_sends_survive_sigkill_with_the_value_log() {
     sigkill_rounds(&["--value-log", "true"]).await;
-}
-
-/// The same with message chunks in message files (`--message-files true`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acked_sends_survive_sigkill_with_message_files() {
-    sigkill_rounds(&["--message-files", "true"]).await;
 }
 
 async fn sigkill_rounds(args: &[&str]) {

@@ -79,10 +79,10 @@ fn trace_lines_parse_whatever_the_pid_width() {
     assert!((calls[1].done - 1796110078.0003).abs() < 1e-6);
 }
 
-/// The default layout (records in sled): every OK follows an fdatasync of sled's log.
+/// Every record in sled (`--message-files false`): every OK follows an fdatasync of sled's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_send_follows_an_fdatasync_of_the_store() {
-    let traced = traced_sends(&[]).await;
+    let traced = traced_sends(&["--message-files", "false"]).await;
     assert!(traced.value_syncs.is_empty(), "a value-log segment was synced without --value-log");
 }
 
@@ -92,8 +92,8 @@ async fn with_the_value_log_every_ok_follows_a_segment_sync_then_the_stores() {
     bodies_synced_before_the_store(&traced_sends(&["--value-log", "true"]).await, "a value-log segment");
 }
 
-/// With `--message-files true`: the body's journal segment is synced, then sled's log, before
-/// every OK.
+/// With message files (the default, `--message-files true`): the body's journal segment is
+/// synced, then sled's log, before every OK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_message_files_every_ok_follows_a_journal_sync_then_the_stores() {
     bodies_synced_before_the_store(&traced_sends(&["--message-files", "true"]).await, "a journal segment");

@@ -159,6 +159,9 @@ fn read_valid(file: &File, id: u64, capacity: u64, offset: u64, expect: Expect) 
     (header.checksum(id, &payload) == header.crc).then_some((header, payload))
 }
 
+/// The name of the file made ahead for the next segment (removed at open, as every `.tmp`).
+const SPARE: &str = "spare.tmp";
+
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.jnl"))
 }
@@ -196,11 +199,24 @@ struct Writer {
     refused: bool,
 }
 
+/// The file made ahead for the next segment ([`Journal::prepare_spare`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spare {
+    None,
+    Making,
+    /// Made, zeroed and synced, of this many bytes.
+    Ready(u64),
+}
+
 /// The journal in one directory.
 pub struct Journal {
     dir: PathBuf,
     options: JournalOptions,
     writer: Mutex<Writer>,
+    /// A zeroed file for the next segment, made off the writer's path: a roll then only
+    /// renames it instead of writing up to [`JournalOptions::max_segment`] of zeros and
+    /// syncing them while every writer waits.
+    spare: Mutex<Spare>,
     /// Every segment, by id.
     files: RwLock<BTreeMap<u64, Arc<File>>>,
 }
@@ -278,7 +294,13 @@ impl Journal {
             }
         };
         let writer = Writer { id, file, capacity: cap, end, next_seq, epoch, dirty: false, refused: false };
-        Ok(Journal { dir: dir.to_path_buf(), options, writer: Mutex::new(writer), files: RwLock::new(files) })
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            options,
+            writer: Mutex::new(writer),
+            spare: Mutex::new(Spare::None),
+            files: RwLock::new(files),
+        })
     }
 
     /// Appends a record holding `payload`; returns its sequence number and position. Durable
@@ -323,9 +345,25 @@ impl Journal {
     fn roll(&self, w: &mut Writer, need: u64) -> Result<(), StoreError> {
         self.write(w, KIND_END, &[])?;
         w.file.sync_data().map_err(io)?;
-        let size = (w.capacity * 2).clamp(self.options.first_segment, self.options.max_segment).max(need + 2 * HEADER);
+        let size = self.next_size(w.capacity).max(need + 2 * HEADER);
         let id = w.id + 1;
-        let file = make_segment(&self.dir, id, size)?;
+        let spare = {
+            let mut spare = crate::sync::lock(&self.spare);
+            match *spare {
+                Spare::Ready(n) if n >= need + 2 * HEADER => {
+                    *spare = Spare::None;
+                    true
+                }
+                _ => false,
+            }
+        };
+        let file = if spare {
+            std::fs::rename(self.dir.join(SPARE), segment_path(&self.dir, id)).map_err(io)?;
+            sync_dir(&self.dir)?;
+            open_segment(&self.dir, id)?
+        } else {
+            make_segment(&self.dir, id, size)?
+        };
         crate::sync::write(&self.files).insert(id, file.clone());
         *w = Writer {
             id,
@@ -338,6 +376,30 @@ impl Journal {
             refused: w.refused,
         };
         Ok(())
+    }
+
+    /// The size of the segment after one of `capacity` bytes.
+    fn next_size(&self, capacity: u64) -> u64 {
+        (capacity * 2).clamp(self.options.first_segment, self.options.max_segment)
+    }
+
+    /// Makes the file the next segment will be (zeroed and synced), unless one is ready or
+    /// being made; returns whether it made one. Called off the writer's path (the store's
+    /// background thread); appends go on meanwhile, and a roll that comes first makes its
+    /// segment itself.
+    pub fn prepare_spare(&self) -> Result<bool, StoreError> {
+        let want = self.next_size(crate::sync::lock(&self.writer).capacity);
+        {
+            let mut spare = crate::sync::lock(&self.spare);
+            match *spare {
+                Spare::Making => return Ok(false),
+                Spare::Ready(n) if n >= want => return Ok(false),
+                _ => *spare = Spare::Making,
+            }
+        }
+        let made = write_zeros(&self.dir.join(SPARE), want).map_err(io);
+        *crate::sync::lock(&self.spare) = if made.is_ok() { Spare::Ready(want) } else { Spare::None };
+        made.map(|()| true)
     }
 
     /// Makes every later [`Journal::append`] fail (until the journal is opened again).
@@ -689,5 +751,25 @@ mod tests {
         j.remove_before(u64::MAX).unwrap();
         assert_eq!(j.segments().len(), 1);
         assert_eq!(all(&j).last().unwrap(), &(60, payload(59)));
+    }
+
+    #[test]
+    fn a_segment_made_ahead_is_the_next_one_and_a_crash_leaves_none_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = JournalOptions { first_segment: 4096, max_segment: 16384 };
+        let j = Journal::open(dir.path(), options).unwrap();
+        assert!(j.prepare_spare().unwrap());
+        assert!(!j.prepare_spare().unwrap(), "one is ready");
+        assert!(dir.path().join(SPARE).exists());
+        append_n(&j, 0..40);
+        j.sync().unwrap();
+        assert!(j.segments().len() >= 2, "{:?}", j.segments());
+        assert!(!dir.path().join(SPARE).exists(), "taken by the roll");
+        assert_eq!(all(&j).len(), 40);
+        j.prepare_spare().unwrap();
+        drop(j);
+        let j = Journal::open(dir.path(), options).unwrap();
+        assert!(!dir.path().join(SPARE).exists(), "removed at open");
+        assert_eq!(all(&j), (0..40).map(|i| (i + 1, payload(i))).collect::<Vec<_>>());
     }
 }

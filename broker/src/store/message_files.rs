@@ -353,14 +353,19 @@ struct Preparing {
 
 /// The store's background thread: makes each checkpoint's files durable (the index files
 /// synced, the message-id changes set aside written to a run) off the committer's thread, and
-/// merges runs of the message-id index between checkpoints. Stopped and joined on drop.
+/// between checkpoints makes the journal's next segment ahead and merges runs of the
+/// message-id index. Stopped and joined on drop.
 struct Background {
     jobs: Option<std::sync::mpsc::Sender<Arc<Outcome>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Background {
-    fn start(index: Arc<QueueIndex>, ids: Option<Arc<SortedRuns>>) -> Result<Background, StoreError> {
+    fn start(
+        journal: Arc<Journal>,
+        index: Arc<QueueIndex>,
+        ids: Option<Arc<SortedRuns>>,
+    ) -> Result<Background, StoreError> {
         use std::sync::mpsc::RecvTimeoutError;
         let (jobs, rx) = std::sync::mpsc::channel::<Arc<Outcome>>();
         let thread = std::thread::Builder::new()
@@ -376,12 +381,20 @@ impl Background {
                         }
                         Err(RecvTimeoutError::Timeout) => {
                             // One merge at a time: a checkpoint waits for one at most.
-                            idle = match ids.as_ref().map(|r| r.merge()) {
-                                Some(Err(e)) => {
-                                    tracing::error!(error = %e, "cannot merge runs of the message-id index");
+                            let work = journal
+                                .prepare_spare()
+                                .map_err(|e| ("cannot make the journal's next segment", e))
+                                .and_then(|_| {
+                                    ids.as_ref()
+                                        .map_or(Ok(false), |r| r.merge())
+                                        .map_err(|e| ("cannot merge runs of the message-id index", e))
+                                });
+                            idle = match work {
+                                Err((what, e)) => {
+                                    tracing::error!(error = %e, "{what}");
                                     Duration::from_secs(10)
                                 }
-                                _ => Duration::from_millis(100),
+                                Ok(_) => Duration::from_millis(100),
                             };
                         }
                         Err(RecvTimeoutError::Disconnected) => return,
@@ -411,7 +424,7 @@ impl Drop for Background {
 
 /// The message chunks of one store directory.
 pub struct MessageFiles {
-    journal: Journal,
+    journal: Arc<Journal>,
     index: Arc<QueueIndex>,
     /// The message-id index, when this store keeps it ([`ids_key`]).
     ids: Option<Arc<SortedRuns>>,
@@ -443,7 +456,7 @@ impl MessageFiles {
     /// under [`prefix`] with its value): cuts off journal records sled never took and applies
     /// those after the durable checkpoint to the indexes again.
     pub fn open(dir: &Path, stored: Vec<(Vec<u8>, Vec<u8>)>) -> Result<MessageFiles, StoreError> {
-        let journal = Journal::open(&dir.join("journal"), JournalOptions::default())?;
+        let journal = Arc::new(Journal::open(&dir.join("journal"), JournalOptions::default())?);
         let index = Arc::new(QueueIndex::open(&dir.join("queues"), PER_FILE)?);
         let first = Position { segment: journal.segments().first().copied().unwrap_or(1), offset: 0 };
         let (mut applied, mut durable) = ((0, first), (0, first));
@@ -481,8 +494,8 @@ impl MessageFiles {
         }
         let ids = if with_ids { Some(Arc::new(SortedRuns::open(&dir.join("ids"), &runs)?)) } else { None };
         let files = MessageFiles {
+            background: Background::start(journal.clone(), index.clone(), ids.clone())?,
             journal,
-            background: Background::start(index.clone(), ids.clone())?,
             index,
             ids,
             state: Mutex::new(State {
