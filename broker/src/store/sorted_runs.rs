@@ -601,7 +601,7 @@ impl SortedRuns {
     /// Merges one set of adjacent runs, if one is due; returns whether it did. A set is due
     /// when the older of two neighbours holds at most twice the newer's entries (extended to
     /// older neighbours while they hold at most twice the set's), or when there are more than
-    /// [`MAX_RUNS`] runs.
+    /// `MAX_RUNS` (24) runs.
     pub fn merge(&self) -> Result<bool, StoreError> {
         let _writer = crate::sync::lock(&self.writer);
         let (picked, id, drop_deletions) = {
