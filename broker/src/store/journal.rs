@@ -37,7 +37,7 @@
 //! an earlier run, which would otherwise follow the new records exactly when they happen to
 //! end where it starts.
 
-use super::segment_file::{sync_dir, write_zeros};
+use super::segment_file::{sync_dir, write_zeros, write_zeros_in_steps, BACKGROUND_STEP};
 use super::StoreError;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -397,7 +397,7 @@ impl Journal {
                 _ => *spare = Spare::Making,
             }
         }
-        let made = write_zeros(&self.dir.join(SPARE), want).map_err(io);
+        let made = write_zeros_in_steps(&self.dir.join(SPARE), want, BACKGROUND_STEP).map_err(io);
         *crate::sync::lock(&self.spare) = if made.is_ok() { Spare::Ready(want) } else { Spare::None };
         made.map(|()| true)
     }
@@ -760,7 +760,7 @@ mod tests {
         let j = Journal::open(dir.path(), options).unwrap();
         assert!(j.prepare_spare().unwrap());
         assert!(!j.prepare_spare().unwrap(), "one is ready");
-        assert!(dir.path().join(SPARE).exists());
+        assert_eq!(std::fs::metadata(dir.path().join(SPARE)).unwrap().len(), 8192, "the size after the first");
         append_n(&j, 0..40);
         j.sync().unwrap();
         assert!(j.segments().len() >= 2, "{:?}", j.segments());

@@ -7,6 +7,10 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+/// Bytes a file written in the background is made durable by, a step at a time (see
+/// [`write_zeros_in_steps`]).
+pub const BACKGROUND_STEP: u64 = 1 << 20;
+
 /// Makes the entries of directory `dir` (a file created, renamed or removed in it) durable.
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Io(e.to_string()))
@@ -16,6 +20,21 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 pub fn write_zeros(path: &Path, size: u64) -> std::io::Result<()> {
     let f = OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
     write_zeros_at(&f, 0, size)?;
+    f.sync_all()
+}
+
+/// Writes a file of `size` zero bytes at `path` a step at a time, each step made durable before
+/// the next is written, and the file's size with the last: for files made in the background,
+/// so that a writer's `fdatasync` meanwhile never queues behind more than one step of them.
+pub fn write_zeros_in_steps(path: &Path, size: u64, step: u64) -> std::io::Result<()> {
+    let f = OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
+    let mut at = 0;
+    while at < size {
+        let n = step.min(size - at);
+        write_zeros_at(&f, at, n)?;
+        f.sync_data()?;
+        at += n;
+    }
     f.sync_all()
 }
 

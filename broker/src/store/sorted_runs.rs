@@ -276,12 +276,21 @@ fn write_run(
     let mut bloom = Bloom::with_keys(count);
     let mut blocks = Vec::new();
     let (mut block, mut first, mut at, mut entries) = (Vec::with_capacity(BLOCK + 256), Vec::new(), 0u64, 0u64);
+    // Made durable a step at a time, as the file grows: a merge writes hundreds of megabytes,
+    // and one sync at the end would queue every writer's `fdatasync` behind all of them.
+    let mut unsynced = 0u64;
     let mut close = |block: &mut Vec<u8>, first: &mut Vec<u8>, at: &mut u64| -> Result<(), StoreError> {
         if block.is_empty() {
             return Ok(());
         }
         out.write_all(block).map_err(io)?;
         out.write_all(&crc32fast::hash(block).to_le_bytes()).map_err(io)?;
+        unsynced += block.len() as u64 + 4;
+        if unsynced >= super::segment_file::BACKGROUND_STEP {
+            out.flush().map_err(io)?;
+            out.get_ref().sync_data().map_err(io)?;
+            unsynced = 0;
+        }
         blocks.push(BlockRef { first: std::mem::take(first), at: *at, len: block.len() as u32 });
         *at += block.len() as u64 + 4;
         block.clear();
