@@ -269,6 +269,22 @@ pub fn is_empty_range(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
     }
 }
 
+/// Where `key` lies against a range: whether it is past its start, and whether it is before
+/// its end (in the range when both).
+pub fn sides(key: &[u8], start: Bound<&[u8]>, end: Bound<&[u8]>) -> (bool, bool) {
+    let after_start = match start {
+        Bound::Included(s) => key >= s,
+        Bound::Excluded(s) => key > s,
+        Bound::Unbounded => true,
+    };
+    let before_end = match end {
+        Bound::Included(e) => key <= e,
+        Bound::Excluded(e) => key < e,
+        Bound::Unbounded => true,
+    };
+    (after_start, before_end)
+}
+
 /// Scan helper: up to `limit` entries whose keys start with `prefix`.
 /// Visits the entries under `prefix` in key order, reading pages of 1,000 so that memory
 /// stays bounded whatever their number; stops when `visit` returns false.

@@ -398,20 +398,6 @@ impl std::fmt::Debug for SortedRuns {
     }
 }
 
-fn in_range(key: &[u8], start: Bound<&[u8]>, end: Bound<&[u8]>) -> (bool, bool) {
-    let after_start = match start {
-        Bound::Included(s) => key >= s,
-        Bound::Excluded(s) => key > s,
-        Bound::Unbounded => true,
-    };
-    let before_end = match end {
-        Bound::Included(e) => key <= e,
-        Bound::Excluded(e) => key < e,
-        Bound::Unbounded => true,
-    };
-    (after_start, before_end)
-}
-
 impl SortedRuns {
     /// Opens the runs of `dir` listed in `live` (oldest first, as [`Self::live`] gave them at
     /// the last durable checkpoint) and deletes every other run file there.
@@ -477,6 +463,9 @@ impl SortedRuns {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<super::Entry>, StoreError> {
+        if super::is_empty_range(start, end) {
+            return Ok(Vec::new());
+        }
         let inner = crate::sync::read(&self.inner);
         // Sources newest first; a source's head is its next change inside the range. Memory is
         // read in pieces: a piece that runs out is read again after the last key taken from it.
@@ -778,7 +767,7 @@ fn next_in_range(
             Source::Run(cursor) => cursor.next_change()?,
         };
         let Some(change) = change else { return Ok(None) };
-        let (after_start, before_end) = in_range(&change.0, start, end);
+        let (after_start, before_end) = super::sides(&change.0, start, end);
         if let Source::Memory(..) = source {
             *last = Some(change.0.clone());
             return Ok(Some(change));
