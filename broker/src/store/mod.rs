@@ -197,8 +197,11 @@ pub trait Store: Send + Sync + 'static {
 /// a broker of schema 4 would misread; 6 drops the transaction resolution index and keeps only
 /// parked transactions in the open index (a store of 5 or less is converted in place at open,
 /// see `txn::service::Open`), and a broker of schema 5 would never purge the transactions
-/// resolved since, so it refuses the store.
-pub const SCHEMA_VERSION: u32 = 6;
+/// resolved since, so it refuses the store; 7 keeps the message-id index of a store with
+/// message files (the default layout of a new store since) in sorted runs, its changes in the
+/// journal's records, which a broker of schema 6 would miss or fail to read, so it refuses
+/// the store.
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// Checks the store's schema version at open, writing ours into a new or older store. A store
 /// written by a newer broker is refused: this one could misread it.
