@@ -262,10 +262,6 @@ fn key_of(q: &QueueId, offset: u64, chunk: u16) -> Vec<u8> {
     Key::MessageChunk { topic: q.0.clone(), queue: q.1, offset, chunk }.encode()
 }
 
-fn in_range(key: &[u8], start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
-    super::sides(key, start, end) == (true, true)
-}
-
 /// The writer's state, behind one lock.
 struct State {
     bounds: HashMap<QueueId, Bounds>,
@@ -874,7 +870,7 @@ impl MessageFiles {
                     pairs.reverse();
                 }
                 for (k, v) in pairs {
-                    if out.len() < limit && in_range(&k, start, end) {
+                    if out.len() < limit && super::sides(&k, start, end) == (true, true) {
                         out.push((k, v));
                     }
                 }

@@ -13,8 +13,9 @@
 //! # Durability
 //! Nothing here is durable between checkpoints: the caller applies only changes it has made
 //! durable elsewhere (its journal) and, after a crash, applies those past its last checkpoint
-//! again. [`SortedRuns::checkpoint`] writes the changes held in memory to a new run and syncs
-//! it; the caller records [`SortedRuns::live`] durably with its checkpoint and passes the list
+//! again. At a checkpoint [`SortedRuns::freeze`] sets the changes held in memory aside and
+//! [`SortedRuns::write_frozen`] writes them to a new run and syncs it (off the caller's write
+//! path); the caller records [`SortedRuns::live`] durably with its checkpoint and passes the list
 //! it finds to the next [`SortedRuns::open`], which deletes every run file not in it (written
 //! after the last durable checkpoint, or merged away before a crash).
 //!
@@ -467,65 +468,29 @@ impl SortedRuns {
             return Ok(Vec::new());
         }
         let inner = crate::sync::read(&self.inner);
-        // Sources newest first; a source's head is its next change inside the range. Memory is
-        // read in pieces: a piece that runs out is read again after the last key taken from it.
-        let ranged = |m: &Changes| -> Vec<Change> {
-            let r = m.range::<[u8], _>((start, end)).map(|(k, v)| (k.clone(), v.clone()));
-            if reverse {
-                r.rev().take(piece(limit)).collect()
-            } else {
-                r.take(piece(limit)).collect()
-            }
-        };
-        let mut sources: Vec<Source> = Vec::new();
-        sources.push(Source::Memory(ranged(&inner.memory).into_iter(), 0));
+        // Sources newest first: the changes in memory, those being written, the runs.
+        let mut sources = vec![Source::memory(&inner.memory, start, end, reverse)];
         if let Some(w) = &inner.writing {
-            sources.push(Source::Memory(ranged(w).into_iter(), 1));
+            sources.push(Source::memory(w, start, end, reverse));
         }
         for run in inner.runs.iter().rev() {
-            sources.push(Source::Run(RunCursor::new(run.clone(), start, end, reverse)));
-        }
-        let mut heads: Vec<Option<Change>> = Vec::with_capacity(sources.len());
-        let mut last: Vec<Option<Vec<u8>>> = vec![None; sources.len()];
-        for (i, s) in sources.iter_mut().enumerate() {
-            heads.push(next_in_range(s, &inner, start, end, reverse, limit, &mut last[i])?);
+            sources.push(Source::Run { cursor: RunCursor::new(run.clone(), start, end, reverse), start, end });
         }
         let mut out = Vec::new();
-        while out.len() < limit {
-            // The smallest (largest when reversed) head; the newest source holding it wins.
-            let mut best: Option<usize> = None;
-            for (i, h) in heads.iter().enumerate() {
-                let Some((k, _)) = h else { continue };
-                let better = match best.and_then(|b| heads[b].as_ref()) {
-                    None => true,
-                    Some((bk, _)) => {
-                        if reverse {
-                            k > bk
-                        } else {
-                            k < bk
-                        }
-                    }
-                };
-                if better {
-                    best = Some(i);
-                }
+        for change in Merging::new(sources, reverse, true) {
+            if out.len() >= limit {
+                break;
             }
-            let Some(b) = best else { break };
-            let Some((key, value)) = heads[b].take() else { break };
-            for i in 0..sources.len() {
-                if i == b || heads[i].as_ref().is_some_and(|(k, _)| *k == key) {
-                    heads[i] = next_in_range(&mut sources[i], &inner, start, end, reverse, limit, &mut last[i])?;
-                }
-            }
-            if let Some(v) = value {
-                out.push((key, v));
+            if let (key, Some(value)) = change? {
+                out.push((key, value));
             }
         }
         Ok(out)
     }
 
     /// Writes the changes held in memory to a new run (synced): [`Self::freeze`], then
-    /// [`Self::write_frozen`].
+    /// [`Self::write_frozen`] (tests; the store takes the two steps apart).
+    #[cfg(test)]
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.freeze();
         self.write_frozen()
@@ -611,10 +576,17 @@ impl SortedRuns {
             (inner.runs[range.clone()].to_vec(), id, range.start == 0)
         };
         // Newest first, as a scan reads them.
-        let cursors: Vec<RunCursor> =
-            picked.iter().rev().map(|r| RunCursor::new(r.clone(), Bound::Unbounded, Bound::Unbounded, false)).collect();
+        let sources = picked
+            .iter()
+            .rev()
+            .map(|r| Source::Run {
+                cursor: RunCursor::new(r.clone(), Bound::Unbounded, Bound::Unbounded, false),
+                start: Bound::Unbounded,
+                end: Bound::Unbounded,
+            })
+            .collect();
         let count = picked.iter().map(|r| r.entries as usize).sum();
-        let merged = Merging { cursors, heads: None, drop_deletions };
+        let merged = Merging::new(sources, false, drop_deletions);
         let run = write_run(&self.dir, id, count, merged)?;
         let run = if run.entries == 0 {
             std::fs::remove_file(&run.path).map_err(io)?;
@@ -633,37 +605,56 @@ impl SortedRuns {
     }
 }
 
-/// The changes of several runs (newest first) merged in key order, the newest change of a key
-/// winning; deletions left out when `drop_deletions`.
-struct Merging {
-    cursors: Vec<RunCursor>,
-    /// Each cursor's next change (read at the first call).
+/// The changes of several sources (newest first) merged in key order (reversed with `reverse`),
+/// the newest change of a key winning; deletions left out when `drop_deletions`.
+struct Merging<'a> {
+    sources: Vec<Source<'a>>,
+    /// Each source's next change (read at the first call).
     heads: Option<Vec<Option<Change>>>,
+    reverse: bool,
     drop_deletions: bool,
 }
 
-impl Merging {
+impl<'a> Merging<'a> {
+    fn new(sources: Vec<Source<'a>>, reverse: bool, drop_deletions: bool) -> Self {
+        Merging { sources, heads: None, reverse, drop_deletions }
+    }
+
     fn next_merged(&mut self) -> Result<Option<Change>, StoreError> {
         let heads = match &mut self.heads {
             Some(h) => h,
             None => {
-                let mut h = Vec::with_capacity(self.cursors.len());
-                for c in &mut self.cursors {
-                    h.push(c.next_change()?);
+                let mut h = Vec::with_capacity(self.sources.len());
+                for source in &mut self.sources {
+                    h.push(source.next_change()?);
                 }
                 self.heads.insert(h)
             }
         };
         loop {
-            // `min_by` keeps the first of equal keys: the newest run's.
-            let first = (0..heads.len())
-                .filter(|i| heads[*i].is_some())
-                .min_by(|x, y| heads[*x].as_ref().map(|h| &h.0).cmp(&heads[*y].as_ref().map(|h| &h.0)));
-            let Some(change) = first.and_then(|b| heads[b].take()) else { return Ok(None) };
+            // The smallest head (largest when reversed); of equal ones the first, the newest.
+            let mut best: Option<usize> = None;
+            for (i, head) in heads.iter().enumerate() {
+                let Some((k, _)) = head else { continue };
+                let better = match best.and_then(|b| heads[b].as_ref()) {
+                    None => true,
+                    Some((bk, _)) => {
+                        if self.reverse {
+                            k > bk
+                        } else {
+                            k < bk
+                        }
+                    }
+                };
+                if better {
+                    best = Some(i);
+                }
+            }
+            let Some(change) = best.and_then(|b| heads[b].take()) else { return Ok(None) };
             for (i, head) in heads.iter_mut().enumerate() {
-                // The run it came from, and older runs' changes of the same key, move on.
-                if first == Some(i) || head.as_ref().is_some_and(|(k, _)| *k == change.0) {
-                    *head = self.cursors[i].next_change()?;
+                // The source it came from, and older sources' changes of the same key, move on.
+                if best == Some(i) || head.as_ref().is_some_and(|(k, _)| *k == change.0) {
+                    *head = self.sources[i].next_change()?;
                 }
             }
             if change.1.is_some() || !self.drop_deletions {
@@ -673,7 +664,7 @@ impl Merging {
     }
 }
 
-impl Iterator for Merging {
+impl Iterator for Merging<'_> {
     type Item = Result<Change, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -709,84 +700,37 @@ fn pick(sizes: &[u64]) -> Option<std::ops::Range<usize>> {
     Some(start..end)
 }
 
-/// How many changes of a map in memory a scan copies at a time.
-fn piece(limit: usize) -> usize {
-    limit.saturating_mul(2).clamp(64, 4096)
+/// Changes of a map in memory, borrowed.
+type Borrowed<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a>;
+
+/// A source of changes within a range, in key order or reversed: a map in memory (read under
+/// the caller's lock), or a run.
+enum Source<'a> {
+    Memory(Borrowed<'a>),
+    Run { cursor: RunCursor, start: Bound<&'a [u8]>, end: Bound<&'a [u8]> },
 }
 
-/// A source of a scan: a piece of a map in memory (with its number among the maps: 0 the
-/// changes in memory, 1 those being written), or a run.
-enum Source {
-    Memory(std::vec::IntoIter<Change>, u8),
-    Run(RunCursor),
-}
+impl<'a> Source<'a> {
+    fn memory(map: &'a Changes, start: Bound<&'a [u8]>, end: Bound<&'a [u8]>, reverse: bool) -> Source<'a> {
+        let range = map.range::<[u8], _>((start, end));
+        Source::Memory(if reverse { Box::new(range.rev()) } else { Box::new(range) })
+    }
 
-/// The next change of `source` inside the range. A piece of memory that runs out is read
-/// again after `last`, the last key taken from it.
-fn next_in_range(
-    source: &mut Source,
-    inner: &Inner,
-    start: Bound<&[u8]>,
-    end: Bound<&[u8]>,
-    reverse: bool,
-    limit: usize,
-    last: &mut Option<Vec<u8>>,
-) -> Result<Option<Change>, StoreError> {
-    loop {
-        let change = match source {
-            Source::Memory(changes, which) => match changes.next() {
-                Some(c) => Some(c),
-                None => {
-                    let Some(after) = last.clone() else { return Ok(None) };
-                    let map = match which {
-                        0 => Some(&inner.memory),
-                        _ => inner.writing.as_deref(),
-                    };
-                    let Some(map) = map else { return Ok(None) };
-                    let take = piece(limit);
-                    let next: Vec<Change> = if reverse {
-                        map.range::<[u8], _>((start, Bound::Excluded(after.as_slice())))
-                            .rev()
-                            .take(take)
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect()
-                    } else {
-                        map.range::<[u8], _>((Bound::Excluded(after.as_slice()), end))
-                            .take(take)
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect()
-                    };
-                    if next.is_empty() {
-                        *last = None;
-                        return Ok(None);
-                    }
-                    *changes = next.into_iter();
-                    continue;
+    fn next_change(&mut self) -> Result<Option<Change>, StoreError> {
+        match self {
+            Source::Memory(changes) => Ok(changes.next().map(|(k, v)| (k.clone(), v.clone()))),
+            Source::Run { cursor, start, end } => loop {
+                let Some(change) = cursor.next_change()? else { return Ok(None) };
+                let (after_start, before_end) = super::sides(&change.0, *start, *end);
+                if after_start && before_end {
+                    return Ok(Some(change));
+                }
+                // A run's blocks may begin before the range and end after it: past its far
+                // end there is nothing more.
+                if (cursor.reverse && !after_start) || (!cursor.reverse && !before_end) {
+                    return Ok(None);
                 }
             },
-            Source::Run(cursor) => cursor.next_change()?,
-        };
-        let Some(change) = change else { return Ok(None) };
-        let (after_start, before_end) = super::sides(&change.0, start, end);
-        if let Source::Memory(..) = source {
-            *last = Some(change.0.clone());
-            return Ok(Some(change));
-        }
-        // A run's blocks may begin before the range and end after it.
-        if reverse {
-            if !after_start {
-                return Ok(None);
-            }
-            if before_end {
-                return Ok(Some(change));
-            }
-        } else {
-            if !before_end {
-                return Ok(None);
-            }
-            if after_start {
-                return Ok(Some(change));
-            }
         }
     }
 }
