@@ -18,22 +18,23 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// Writes a file of `size` zero bytes at `path` and makes it durable.
 pub fn write_zeros(path: &Path, size: u64) -> std::io::Result<()> {
-    let f = OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
-    write_zeros_at(&f, 0, size)?;
-    f.sync_all()
+    write_zeros_in_steps(path, size, size)
 }
 
 /// Writes a file of `size` zero bytes at `path` a step at a time, each step made durable before
-/// the next is written, and the file's size with the last: for files made in the background,
-/// so that a writer's `fdatasync` meanwhile never queues behind more than one step of them.
+/// the next is written, and the whole file (its size too) with the last: for files made in the
+/// background, so that a writer's `fdatasync` meanwhile never queues behind more than one step
+/// of them.
 pub fn write_zeros_in_steps(path: &Path, size: u64, step: u64) -> std::io::Result<()> {
     let f = OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
     let mut at = 0;
     while at < size {
-        let n = step.min(size - at);
+        let n = step.max(1).min(size - at);
         write_zeros_at(&f, at, n)?;
-        f.sync_data()?;
         at += n;
+        if at < size {
+            f.sync_data()?;
+        }
     }
     f.sync_all()
 }
