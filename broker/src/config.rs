@@ -260,7 +260,7 @@ options! {
     data_dir: PathBuf = PathBuf::from("./txmq-data"), "data-dir", "TXMQ_DATA_DIR";
     /// A new store keeps message bodies in a value log beside sled: 38% fewer bytes written per message and a faster restart, but fewer batched sends per second (docs/storage.md). Fixed when the store is created.
     value_log: bool = false, "value-log", "TXMQ_VALUE_LOG";
-    /// A new store writes each message once, in a journal, and finds it through per-queue index files and a message-id index of sorted runs; sled keeps the rest (docs/storage.md, "Building the store"). `false`: everything in sled, as stores before 2026-12-04. Fixed when the store is created; --value-log true takes precedence.
+    /// A new store writes each message once, in a journal, and finds it through per-queue index files; the records looked up by key (message ids, transactions and half messages, cursors, deliveries in flight) go to sorted runs; sled keeps the configuration and the transactions' due index (docs/storage.md, "Building the store"). `false`: everything in sled, as stores before 2026-12-04. Fixed when the store is created; --value-log true takes precedence.
     message_files: bool = true, "message-files", "TXMQ_MESSAGE_FILES";
     /// Create unknown topics (as MIXED) on first route or send; otherwise answer TOPIC_NOT_FOUND.
     auto_create_topics: bool = true, "auto-create-topics", "TXMQ_AUTO_CREATE_TOPICS";

@@ -121,8 +121,8 @@ fn committer_groups_and_orders_writes(store: Arc<dyn Store>) {
     assert!(matches!(after, Err(StoreError::Closed)), "{after:?}");
 }
 
-/// Keys of several kinds (message chunks, message ids, others around them), written, deleted
-/// and flushed in turn, read back as an ordered map holds them: some stores keep some kinds
+/// Keys of several kinds (message chunks, message ids, transaction records and half messages,
+/// cursors and deliveries, others around them), written, deleted and flushed in turn, read back as an ordered map holds them: some stores keep some kinds
 /// apart from the rest.
 fn keys_of_every_kind_read_as_one_ordered_map(store: &dyn Store) {
     let universe: Vec<Vec<u8>> = (0..40u64)
@@ -133,6 +133,11 @@ fn keys_of_every_kind_read_as_one_ordered_map(store: &dyn Store) {
                 Key::MessageId { topic: "u".into(), message_id: format!("id{n:03}") }.encode(),
                 vec![0x02, n as u8],
                 vec![0x05, n as u8],
+                Key::Txn(format!("x{n:03}")).encode(),
+                Key::HalfChunk { txn: format!("x{n:03}"), chunk: 0 }.encode(),
+                Key::TxnDue { at: n as i64, txn: format!("x{n:03}") }.encode(),
+                Key::Cursor { group: "g".into(), topic: "t".into(), queue: n as u32 }.encode(),
+                Key::Inflight { group: "g".into(), topic: "t".into(), queue: 0, offset: n }.encode(),
             ]
         })
         .collect();

@@ -1,9 +1,10 @@
 //! Message chunks kept out of sled: each written once, in the [`Journal`] record of its group
 //! commit, and found through per-queue indexes ([`QueueIndex`]) — part 2 of the broker's own
 //! store (docs/storage.md, "Building the store"), used by the sled store of a data directory
-//! created with `--message-files true`. Part 3, the message-id index (`Key::MessageId`), is
-//! kept here too in stores created since it exists ([`ids_key`]): its changes ride in the same
-//! journal record and are then kept in [`SortedRuns`], written out at each checkpoint.
+//! created with `--message-files true`. Parts 3 and 4, the records looked up by key ("keyed":
+//! the message-id index since schema 7, every per-message record since schema 8, see
+//! [`keyed_key`]), are kept here too: their changes ride in the same journal record and are
+//! then kept in [`SortedRuns`], written out at each checkpoint.
 //!
 //! # What a batch does
 //! The `Key::MessageChunk` writes of a batch become one journal record: per message touched,
@@ -17,15 +18,15 @@
 //! the open cuts its record off, and no index file still points at the bytes that later records
 //! then overwrite.
 //!
-//! The message-id changes of a record follow the same path: kept in memory (and read from
+//! The keyed changes of a record follow the same path: kept in memory (and read from
 //! there) until sled's flush, then applied to the sorted runs' memory.
 //!
 //! # Checkpoints
 //! At most every [`CHECKPOINT_EVERY`] (or [`CHECKPOINT_BYTES`] of journal), after a flush:
-//! the index files are synced, the message-id changes in memory are written to a new run, and
+//! the index files are synced, the keyed changes in memory are written to a new run, and
 //! the checkpoint — the last record applied, each changed queue's bounds, the list of runs — is
 //! written to sled, durable at the next flush. An open applies the records after the durable
-//! checkpoint to the indexes (and the message-id runs' memory) again. Once a checkpoint is
+//! checkpoint to the indexes (and the runs' memory) again. Once a checkpoint is
 //! durable, journal segments below both it and every queue's oldest message are deleted, as are
 //! index files below each queue's first offset and runs merged away before it. A thread merges
 //! runs in the background.
@@ -36,9 +37,9 @@
 //! its bounds), and its oldest segment is then found by reading all its entries.
 
 use super::journal::{Journal, JournalOptions, Position, HEADER};
-use super::keys::{is_message_chunk, is_message_id, Key};
+use super::keys::{is_message_chunk, tag, Key};
 use super::queue_index::{Entry, QueueIndex};
-use super::sorted_runs::{Change as IdChange, SortedRuns};
+use super::sorted_runs::{Change as KeyedChange, SortedRuns};
 use super::value_log::RESERVED;
 use super::{Op, StoreError};
 use crate::codec::{Decoder, Encoder};
@@ -79,13 +80,29 @@ fn checkpoint_key() -> Vec<u8> {
     vec![RESERVED, b'j', b'c']
 }
 
-/// The sled key whose presence says that this store also keeps its message-id index here
-/// (stores created before it keep that index in sled).
-pub fn ids_key() -> Vec<u8> {
+/// The sled key whose presence says that this store also keeps records looked up by key here,
+/// in sorted runs (stores created before schema 7 keep them all in sled). Its value names the
+/// kinds: 1, the message-id index (stores of schema 7), or 2 ([`KEYED_LATEST`]), every
+/// per-message record.
+pub fn keyed_key() -> Vec<u8> {
     vec![RESERVED, b'j', b'i']
 }
 
-/// The runs of the message-id index a checkpoint lists.
+/// The kinds a store of schema 7 keeps in sorted runs: the message-id index.
+const KEYED_IDS: &[u8] = &[tag::MESSAGE_ID];
+
+/// The kinds a store created since schema 8 keeps in sorted runs: every record written per
+/// message — the message-id and message-key indexes, consumer cursors and deliveries in flight,
+/// transaction records, half messages and the (topic, message id) → transaction index. sled
+/// keeps the configuration, the transactions' due index (scanned from its start at every check
+/// tick) and this module's own keys.
+const KEYED_PER_MESSAGE: &[u8] =
+    &[tag::MESSAGE_ID, tag::MESSAGE_KEY, tag::CURSOR, tag::INFLIGHT, tag::TXN, tag::HALF_CHUNK, tag::TXN_BY_MESSAGE];
+
+/// The value of [`keyed_key`] a new store gets.
+pub const KEYED_LATEST: u8 = 2;
+
+/// The runs of keyed records a checkpoint lists.
 fn runs_key() -> Vec<u8> {
     vec![RESERVED, b'j', b'r']
 }
@@ -174,13 +191,13 @@ struct Change {
     area: Option<Vec<u8>>,
 }
 
-/// The journal payload of `changes` and of the message-id index changes `ids` (a section left
+/// The journal payload of `changes` and of the keyed changes `keyed` (a section left
 /// out when empty: records of stores without the index never have it), and where each area
 /// starts in it.
-fn encode_record(changes: &[Change], ids: &[IdChange]) -> (Vec<u8>, Vec<u64>) {
+fn encode_record(changes: &[Change], keyed: &[KeyedChange]) -> (Vec<u8>, Vec<u64>) {
     let mut e = Encoder::with_capacity(
         changes.iter().map(|c| c.area.as_ref().map_or(0, Vec::len) + 64).sum::<usize>()
-            + ids.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 12).sum::<usize>(),
+            + keyed.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 12).sum::<usize>(),
     );
     e.u32(changes.len() as u32);
     let mut starts = Vec::with_capacity(changes.len());
@@ -199,9 +216,9 @@ fn encode_record(changes: &[Change], ids: &[IdChange]) -> (Vec<u8>, Vec<u64>) {
             }
         }
     }
-    if !ids.is_empty() {
-        e.u32(ids.len() as u32);
-        for (k, v) in ids {
+    if !keyed.is_empty() {
+        e.u32(keyed.len() as u32);
+        for (k, v) in keyed {
             e.bytes(k);
             match v {
                 Some(v) => e.u8(SET).bytes(v),
@@ -212,10 +229,10 @@ fn encode_record(changes: &[Change], ids: &[IdChange]) -> (Vec<u8>, Vec<u64>) {
     (e.finish(), starts)
 }
 
-/// A journal payload's changes, each with where its area starts, and its message-id changes.
-type Decoded = (Vec<(Change, u64)>, Vec<IdChange>);
+/// A journal payload's changes, each with where its area starts, and its keyed changes.
+type Decoded = (Vec<(Change, u64)>, Vec<KeyedChange>);
 
-/// The changes of a journal payload, each with where its area starts, and its message-id index
+/// The changes of a journal payload, each with where its area starts, and its keyed
 /// changes.
 fn decode_record(payload: &[u8]) -> Result<Decoded, crate::codec::CodecError> {
     let mut d = Decoder::new(payload);
@@ -234,19 +251,19 @@ fn decode_record(payload: &[u8]) -> Result<Decoded, crate::codec::CodecError> {
             k => return Err(crate::codec::invalid("journal change", format!("kind {k}"))),
         }
     }
-    let mut ids = Vec::new();
+    let mut keyed = Vec::new();
     if !d.is_empty() {
         for _ in 0..d.u32()? {
             let key = d.bytes()?.to_vec();
             match d.u8()? {
-                SET => ids.push((key, Some(d.bytes()?.to_vec()))),
-                CLEAR => ids.push((key, None)),
+                SET => keyed.push((key, Some(d.bytes()?.to_vec()))),
+                CLEAR => keyed.push((key, None)),
                 k => return Err(crate::codec::invalid("journal id change", format!("kind {k}"))),
             }
         }
     }
     d.finish()?;
-    Ok((out, ids))
+    Ok((out, keyed))
 }
 
 /// A message-chunk key, decoded: (topic, queue, offset, chunk).
@@ -272,7 +289,7 @@ struct State {
     /// The last record whose entries are in the index files.
     indexed: (u64, Position),
     /// A checkpoint written to sled, durable at the next flush; with the segment below which
-    /// the journal holds nothing live at that point, and the runs of the message-id index it
+    /// the journal holds nothing live at that point, and the runs of keyed records it
     /// lists.
     pending: Option<((u64, Position), u64, Vec<u64>)>,
     /// The last checkpoint known durable.
@@ -295,12 +312,12 @@ type Touched = (QueueId, u64, Option<Entry>);
 #[derive(Default)]
 struct Unindexed {
     /// The records in order: number, end, each message's entry (`None`: cleared) and the
-    /// message-id index changes.
-    records: VecDeque<(u64, Position, Vec<Touched>, Vec<IdChange>)>,
+    /// keyed changes.
+    records: VecDeque<(u64, Position, Vec<Touched>, Vec<KeyedChange>)>,
     /// Each message's latest entry among them, with the record's number.
     latest: HashMap<(QueueId, u64), (u64, Option<Entry>)>,
-    /// Each message id's latest change among them, with the record's number.
-    ids: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
+    /// Each keyed record's latest change among them, with the record's number.
+    keyed: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
 }
 
 /// The answer of the background thread to one checkpoint.
@@ -338,9 +355,9 @@ struct Preparing {
 }
 
 /// The store's background thread: makes each checkpoint's files durable (the index files
-/// synced, the message-id changes set aside written to a run) off the committer's thread, and
+/// synced, the keyed changes set aside written to a run) off the committer's thread, and
 /// between checkpoints makes the journal's next segment ahead and merges runs of the
-/// message-id index. Stopped and joined on drop.
+/// keyed records. Stopped and joined on drop.
 struct Background {
     jobs: Option<std::sync::mpsc::Sender<Arc<Outcome>>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -350,7 +367,7 @@ impl Background {
     fn start(
         journal: Arc<Journal>,
         index: Arc<QueueIndex>,
-        ids: Option<Arc<SortedRuns>>,
+        keyed: Option<Arc<SortedRuns>>,
     ) -> Result<Background, StoreError> {
         use std::sync::mpsc::RecvTimeoutError;
         let (jobs, rx) = std::sync::mpsc::channel::<Arc<Outcome>>();
@@ -361,7 +378,8 @@ impl Background {
                 loop {
                     match rx.recv_timeout(idle) {
                         Ok(outcome) => {
-                            let result = index.sync().and_then(|()| ids.as_ref().map_or(Ok(()), |r| r.write_frozen()));
+                            let result =
+                                index.sync().and_then(|()| keyed.as_ref().map_or(Ok(()), |r| r.write_frozen()));
                             *crate::sync::lock(&outcome.result) = Some(result);
                             outcome.ready.notify_all();
                         }
@@ -371,9 +389,10 @@ impl Background {
                                 .prepare_spare()
                                 .map_err(|e| ("cannot make the journal's next segment", e))
                                 .and_then(|_| {
-                                    ids.as_ref()
+                                    keyed
+                                        .as_ref()
                                         .map_or(Ok(false), |r| r.merge())
-                                        .map_err(|e| ("cannot merge runs of the message-id index", e))
+                                        .map_err(|e| ("cannot merge runs of keyed records", e))
                                 });
                             idle = match work {
                                 Err((what, e)) => {
@@ -412,8 +431,10 @@ impl Drop for Background {
 pub struct MessageFiles {
     journal: Arc<Journal>,
     index: Arc<QueueIndex>,
-    /// The message-id index, when this store keeps it ([`ids_key`]).
-    ids: Option<Arc<SortedRuns>>,
+    /// The keyed records, when this store keeps some ([`keyed_key`]).
+    keyed: Option<Arc<SortedRuns>>,
+    /// The key tags of the kinds `keyed` holds (empty without it).
+    kinds: &'static [u8],
     background: Background,
     state: Mutex<State>,
     /// Its own lock, taken after `state` (readers take only this one, briefly).
@@ -431,7 +452,7 @@ pub struct Prepared<'a> {
     files: &'a MessageFiles,
     state: MutexGuard<'a, State>,
     changes: Vec<(Change, Option<Entry>)>,
-    ids: Vec<IdChange>,
+    keyed: Vec<KeyedChange>,
     record: Option<(u64, Position)>,
     /// Bytes of the record.
     bytes: u64,
@@ -447,10 +468,14 @@ impl MessageFiles {
         let first = Position { segment: journal.segments().first().copied().unwrap_or(1), offset: 0 };
         let (mut applied, mut durable) = ((0, first), (0, first));
         let mut bounds = HashMap::new();
-        let (mut with_ids, mut runs) = (false, Vec::new());
+        let (mut kinds, mut runs): (&'static [u8], _) = (&[], Vec::new());
         for (k, v) in &stored {
-            if *k == ids_key() {
-                with_ids = true;
+            if *k == keyed_key() {
+                kinds = match v.as_slice() {
+                    [1] => KEYED_IDS,
+                    [2] => KEYED_PER_MESSAGE,
+                    _ => return Err(corrupt(k, "unknown set of kinds kept in sorted runs")),
+                };
             } else if *k == runs_key() {
                 runs = decode_runs(k, v)?;
             } else if *k == applied_key() {
@@ -478,12 +503,15 @@ impl MessageFiles {
                 format!("sled applied journal record {} but the journal ends at {}", applied.0, next - 1),
             ));
         }
-        let ids = if with_ids { Some(Arc::new(SortedRuns::open(&dir.join("ids"), &runs)?)) } else { None };
+        // Stores of schema 7 keep only message ids, in `ids/`.
+        let runs_dir = if kinds == KEYED_IDS { "ids" } else { "keyed" };
+        let keyed = if kinds.is_empty() { None } else { Some(Arc::new(SortedRuns::open(&dir.join(runs_dir), &runs)?)) };
         let files = MessageFiles {
-            background: Background::start(journal.clone(), index.clone(), ids.clone())?,
+            background: Background::start(journal.clone(), index.clone(), keyed.clone())?,
             journal,
             index,
-            ids,
+            keyed,
+            kinds,
             state: Mutex::new(State {
                 bounds,
                 changed: HashSet::new(),
@@ -504,7 +532,7 @@ impl MessageFiles {
         let mut st = crate::sync::lock(&files.state);
         for record in files.journal.replay_from(durable.1) {
             let record = record?;
-            let (changes, ids) = decode_record(&record.payload).map_err(|e| corrupt(b"journal", e))?;
+            let (changes, keyed) = decode_record(&record.payload).map_err(|e| corrupt(b"journal", e))?;
             let entries = changes
                 .into_iter()
                 .map(|(c, start)| {
@@ -521,7 +549,7 @@ impl MessageFiles {
                 segment: record.at.segment,
                 offset: record.at.offset + HEADER + record.payload.len() as u64,
             };
-            files.note_applied(&mut st, (record.seq, end), entries, ids)?;
+            files.note_applied(&mut st, (record.seq, end), entries, keyed)?;
         }
         files.write_index(&mut st, u64::MAX)?;
         drop(st);
@@ -550,7 +578,7 @@ impl MessageFiles {
         st: &mut State,
         record: (u64, Position),
         changes: Vec<(Change, Option<Entry>)>,
-        ids: Vec<IdChange>,
+        keyed: Vec<KeyedChange>,
     ) -> Result<(), StoreError> {
         let mut touched = Vec::with_capacity(changes.len());
         for (c, entry) in changes {
@@ -562,10 +590,10 @@ impl MessageFiles {
             touched.push((c.queue, c.offset, entry));
         }
         let mut u = crate::sync::lock(&self.unindexed);
-        for (k, v) in &ids {
-            u.ids.insert(k.clone(), (record.0, v.clone()));
+        for (k, v) in &keyed {
+            u.keyed.insert(k.clone(), (record.0, v.clone()));
         }
-        u.records.push_back((record.0, record.1, touched, ids));
+        u.records.push_back((record.0, record.1, touched, keyed));
         Ok(())
     }
 
@@ -579,21 +607,21 @@ impl MessageFiles {
                     _ => None,
                 }
             };
-            let Some((seq, end, touched, ids)) = next else { return Ok(()) };
+            let Some((seq, end, touched, keyed)) = next else { return Ok(()) };
             for (q, offset, entry) in &touched {
                 match entry {
                     Some(e) => self.index.put(&q.0, q.1, *offset, *e)?,
                     None => self.index.clear(&q.0, q.1, *offset)?,
                 }
             }
-            if let Some(runs) = &self.ids {
-                runs.apply(ids.iter().cloned());
+            if let Some(runs) = &self.keyed {
+                runs.apply(keyed.iter().cloned());
             }
             // Written: readers now find these entries in the files.
             let mut u = crate::sync::lock(&self.unindexed);
-            for (k, _) in ids {
-                if u.ids.get(&k).is_some_and(|(s, _)| *s == seq) {
-                    u.ids.remove(&k);
+            for (k, _) in keyed {
+                if u.keyed.get(&k).is_some_and(|(s, _)| *s == seq) {
+                    u.keyed.remove(&k);
                 }
             }
             for (q, offset, _) in touched {
@@ -680,14 +708,14 @@ impl MessageFiles {
         let mut order: Vec<(QueueId, u64)> = Vec::new();
         // Its chunks now, and whether it had any before the batch.
         let mut now: HashMap<(QueueId, u64), (Chunks, bool)> = HashMap::new();
-        let mut ids: Vec<IdChange> = Vec::new();
+        let mut keyed: Vec<KeyedChange> = Vec::new();
         for op in ops {
             let (k, value) = match op {
                 Op::Put(k, v) => (k, Some(v)),
                 Op::Delete(k) => (k, None),
             };
-            if self.ids.is_some() && is_message_id(k) {
-                ids.push((k.clone(), value.cloned()));
+            if self.is_keyed(k) {
+                keyed.push((k.clone(), value.cloned()));
                 continue;
             }
             let (topic, queue, offset, chunk) = chunk_key(k)?;
@@ -717,11 +745,11 @@ impl MessageFiles {
             let area = (!chunks.is_empty()).then(|| encode_area(&chunks));
             changes.push(Change { queue: id.0, offset: id.1, area });
         }
-        if changes.is_empty() && ids.is_empty() {
-            let nothing = Prepared { files: self, state: st, changes: Vec::new(), ids, record: None, bytes: 0 };
+        if changes.is_empty() && keyed.is_empty() {
+            let nothing = Prepared { files: self, state: st, changes: Vec::new(), keyed, record: None, bytes: 0 };
             return Ok((nothing, Vec::new()));
         }
-        let (payload, starts) = encode_record(&changes, &ids);
+        let (payload, starts) = encode_record(&changes, &keyed);
         let written = self.journal.append(&payload).and_then(|w| self.journal.sync().map(|()| w));
         let (seq, at) = match written {
             Ok(w) => w,
@@ -746,17 +774,17 @@ impl MessageFiles {
             .collect();
         let writes = vec![(applied_key(), Some(encode_point(seq, end)))];
         let bytes = HEADER + payload.len() as u64;
-        Ok((Prepared { files: self, state: st, changes, ids, record: Some((seq, end)), bytes }, writes))
+        Ok((Prepared { files: self, state: st, changes, keyed, record: Some((seq, end)), bytes }, writes))
     }
 
     /// The value of a key of this module's region ([`Self::owns`]).
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if is_message_id(key) {
-            if let Some((_, v)) = crate::sync::lock(&self.unindexed).ids.get(key) {
+        if self.is_keyed(key) {
+            if let Some((_, v)) = crate::sync::lock(&self.unindexed).keyed.get(key) {
                 return Ok(v.clone());
             }
             // Changes leave the map only once applied to the runs, so a miss above is found here.
-            return match &self.ids {
+            return match &self.keyed {
                 Some(runs) => runs.get(key),
                 None => Ok(None),
             };
@@ -778,19 +806,19 @@ impl MessageFiles {
             return Ok(Vec::new());
         }
         let mut out = self.scan_chunks(start, end, limit, reverse)?;
-        let Some(runs) = self.ids.as_ref().filter(|_| touches_ids(start, end)) else { return Ok(out) };
+        let Some(runs) = self.keyed.as_ref().filter(|_| touches(self.kinds, start, end)) else { return Ok(out) };
         // The changes not yet in the runs win over theirs; a deletion among them may hide a key
         // the runs answer, so the runs are asked for that many more.
-        let (mut ids, hidden) = {
+        let (mut keyed, hidden) = {
             let u = crate::sync::lock(&self.unindexed);
             let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-                u.ids.range::<[u8], _>((start, end)).map(|(k, (_, v))| (k.clone(), v.clone())).collect();
+                u.keyed.range::<[u8], _>((start, end)).map(|(k, (_, v))| (k.clone(), v.clone())).collect();
             let hidden = pending.iter().filter(|(_, v)| v.is_none()).count();
             (pending, hidden)
         };
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
             runs.scan(start, end, limit + hidden, reverse)?.into_iter().collect();
-        for (k, v) in ids.drain(..) {
+        for (k, v) in keyed.drain(..) {
             match v {
                 Some(v) => merged.insert(k, v),
                 None => merged.remove(&k),
@@ -889,15 +917,15 @@ impl MessageFiles {
     /// the entries of the records up to it go to the index files; a pending checkpoint is now
     /// durable, so the journal segments, index files and runs it no longer needs go. Returns
     /// the sled writes of a checkpoint whose files the background thread has made durable
-    /// since; or, when one is due, starts the next: its index files synced and message-id runs
+    /// since; or, when one is due, starts the next: its index files synced and keyed runs
     /// written in the background, its sled writes made at a flush after that.
     pub fn flushed(&self, durable: u64) -> Result<Vec<SledWrite>, StoreError> {
         let mut st = crate::sync::lock(&self.state);
         self.write_index(&mut st, durable)?;
         if let Some((point, live_from, runs)) = st.pending.take() {
             st.durable = point;
-            if let Some(ids) = &self.ids {
-                ids.release(&runs)?;
+            if let Some(keyed) = &self.keyed {
+                keyed.release(&runs)?;
             }
             self.journal.remove_before(live_from.min(point.1.segment))?;
             for (q, b) in &st.bounds {
@@ -920,9 +948,9 @@ impl MessageFiles {
         if !due || st.indexed.0 == st.durable.0 {
             return Ok(Vec::new());
         }
-        // The message-id changes up to the checkpoint (those written to the indexes) set aside.
-        if let Some(ids) = &self.ids {
-            ids.freeze();
+        // The keyed changes up to the checkpoint (those written to the indexes) set aside.
+        if let Some(keyed) = &self.keyed {
+            keyed.freeze();
         }
         // The oldest segment a live message is in.
         let mut live_from = u64::MAX;
@@ -964,9 +992,9 @@ impl MessageFiles {
 
     /// The sled writes of a checkpoint whose files are durable; it is pending from now on.
     fn checkpoint_writes(&self, st: &mut State, p: Preparing) -> Vec<SledWrite> {
-        let runs = self.ids.as_ref().map(|r| r.live()).unwrap_or_default();
+        let runs = self.keyed.as_ref().map(|r| r.live()).unwrap_or_default();
         let mut writes = vec![(checkpoint_key(), Some(encode_point(p.point.0, p.point.1)))];
-        if self.ids.is_some() {
+        if self.keyed.is_some() {
             writes.push((runs_key(), Some(encode_runs(&runs))));
         }
         writes.extend(p.bounds);
@@ -1000,7 +1028,7 @@ impl MessageFiles {
 
     /// Bytes of the journal and the index files.
     pub fn size_on_disk(&self) -> u64 {
-        self.journal.size_on_disk() + self.index.size_on_disk() + self.ids.as_ref().map_or(0, |r| r.size_on_disk())
+        self.journal.size_on_disk() + self.index.size_on_disk() + self.keyed.as_ref().map_or(0, |r| r.size_on_disk())
     }
 }
 
@@ -1009,12 +1037,12 @@ impl Prepared<'_> {
     /// flush.
     pub fn applied(mut self) -> Result<(), StoreError> {
         let changes = std::mem::take(&mut self.changes);
-        let ids = std::mem::take(&mut self.ids);
+        let keyed = std::mem::take(&mut self.keyed);
         let Some(record) = self.record.take() else { return Ok(()) };
         self.state.appended += self.bytes;
         self.state.applied = record;
         let files = self.files;
-        files.note_applied(&mut self.state, record, changes, ids)
+        files.note_applied(&mut self.state, record, changes, keyed)
     }
 }
 
@@ -1041,26 +1069,33 @@ fn drop_unapplied(journal: &Journal, st: &State) -> Result<(), StoreError> {
 }
 
 impl MessageFiles {
-    /// Whether a key is in this module's region: message chunks, and the message-id index
+    /// Whether a key is in this module's region: message chunks, and the keyed kinds
     /// when this store keeps it.
     pub fn owns(&self, key: &[u8]) -> bool {
-        is_message_chunk(key) || (self.ids.is_some() && is_message_id(key))
+        is_message_chunk(key) || self.is_keyed(key)
+    }
+
+    /// Whether a key is of a kind kept in the sorted runs.
+    fn is_keyed(&self, key: &[u8]) -> bool {
+        key.first().is_some_and(|t| self.kinds.contains(t))
     }
 }
 
-/// Whether a range may hold keys of the message-id index (they all begin with its tag).
-fn touches_ids(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
-    let (low, high) = ([super::keys::tag::MESSAGE_ID], [super::keys::tag::MESSAGE_ID + 1]);
-    let starts_past = match start {
-        Bound::Included(s) | Bound::Excluded(s) => s >= high.as_slice(),
-        Bound::Unbounded => false,
-    };
-    let ends_before = match end {
-        Bound::Included(e) => e < low.as_slice(),
-        Bound::Excluded(e) => e <= low.as_slice(),
-        Bound::Unbounded => false,
-    };
-    !starts_past && !ends_before
+/// Whether a range may hold keys of `kinds` (a key begins with its kind's tag).
+fn touches(kinds: &[u8], start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
+    kinds.iter().any(|&t| {
+        let (low, high) = ([t], [t + 1]);
+        let starts_past = match start {
+            Bound::Included(s) | Bound::Excluded(s) => s >= high.as_slice(),
+            Bound::Unbounded => false,
+        };
+        let ends_before = match end {
+            Bound::Included(e) => e < low.as_slice(),
+            Bound::Excluded(e) => e <= low.as_slice(),
+            Bound::Unbounded => false,
+        };
+        !starts_past && !ends_before
+    })
 }
 
 /// The offset a bound of a scan allows in the queue with key prefix `prefix`: the lowest
@@ -1153,8 +1188,8 @@ mod tests {
     }
 
     /// Applies a batch of message-id changes as sled would; returns its sled writes.
-    fn put_ids(files: &MessageFiles, ids: &[(&str, Option<u8>)]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let ops: Vec<Op> = ids
+    fn put_ids(files: &MessageFiles, keyed: &[(&str, Option<u8>)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let ops: Vec<Op> = keyed
             .iter()
             .map(|(id, v)| match v {
                 Some(v) => Op::Put(id_key(id), vec![*v; 12]),
@@ -1174,18 +1209,18 @@ mod tests {
     #[test]
     fn message_ids_come_back_from_runs_and_the_journal_but_not_past_a_crash() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sled: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::from([(ids_key(), vec![1])]);
+        let mut sled: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::from([(keyed_key(), vec![KEYED_LATEST])]);
         let open = |sled: &BTreeMap<Vec<u8>, Vec<u8>>| open_as_sled_holds(dir.path(), sled);
         let files = open(&sled);
         assert!(files.owns(&id_key("a")));
         files.set_checkpoint_every(Duration::ZERO);
         sled.extend(put_ids(&files, &[("a", Some(1)), ("gone", Some(9))]));
         sled.extend(put_ids(&files, &[("gone", None)]));
-        // sled's flush, then a checkpoint: the ids go to a run, listed in sled.
+        // sled's flush, then a checkpoint: the keyed go to a run, listed in sled.
         for (k, v) in files.flushed(files.applied()).unwrap() {
             sled.insert(k, v.unwrap());
         }
-        assert_eq!(files.ids.as_ref().unwrap().live().len(), 1);
+        assert_eq!(files.keyed.as_ref().unwrap().live().len(), 1);
         files.set_checkpoint_every(Duration::from_secs(3600));
         sled.extend(put_ids(&files, &[("b", Some(2)), ("a", Some(3))]));
         files.flushed(files.applied()).unwrap();
@@ -1204,9 +1239,53 @@ mod tests {
     }
 
     #[test]
+    fn the_kinds_kept_in_runs_follow_the_store_s_mark() {
+        let txn = Key::Txn("x".into()).encode();
+        let inflight = Key::Inflight { group: "g".into(), topic: "t".into(), queue: 0, offset: 4 }.encode();
+        let sled_kinds = [Key::TxnDue { at: 5, txn: "x".into() }.encode(), Key::Group("g".into()).encode()];
+        // A store of schema 7: message ids only, in `ids/`.
+        let old = tempfile::tempdir().unwrap();
+        let files = open_as_sled_holds(old.path(), &BTreeMap::from([(keyed_key(), vec![1])]));
+        assert!(files.owns(&id_key("a")) && !files.owns(&txn) && !files.owns(&inflight));
+        assert!(old.path().join("ids").is_dir());
+        // A new store: every per-message record, in `keyed/`; the due index stays in sled.
+        let dir = tempfile::tempdir().unwrap();
+        let mut sled = BTreeMap::from([(keyed_key(), vec![KEYED_LATEST])]);
+        let files = open_as_sled_holds(dir.path(), &sled);
+        assert!(dir.path().join("keyed").is_dir());
+        assert!([&id_key("a"), &txn, &inflight].iter().all(|k| files.owns(k)));
+        assert!(sled_kinds.iter().all(|k| !files.owns(k)));
+        // They come back from a run and from the journal, and a deletion after the checkpoint
+        // hides what the run holds.
+        files.set_checkpoint_every(Duration::ZERO);
+        let apply = |files: &MessageFiles, ops: Vec<Op>| -> Vec<(Vec<u8>, Vec<u8>)> {
+            let (prepared, writes) = files.prepare(&ops.iter().collect::<Vec<_>>()).unwrap();
+            prepared.applied().unwrap();
+            writes.into_iter().map(|(k, v)| (k, v.unwrap())).collect()
+        };
+        sled.extend(apply(&files, vec![Op::Put(txn.clone(), vec![1]), Op::Put(inflight.clone(), vec![2])]));
+        for (k, v) in files.flushed(files.applied()).unwrap() {
+            sled.insert(k, v.unwrap());
+        }
+        files.set_checkpoint_every(Duration::from_secs(3600));
+        sled.extend(apply(&files, vec![Op::Put(txn.clone(), vec![3]), Op::Delete(inflight.clone())]));
+        files.flushed(files.applied()).unwrap();
+        drop(files);
+        let files = open_as_sled_holds(dir.path(), &sled);
+        assert_eq!(files.get(&txn).unwrap(), Some(vec![3]));
+        assert_eq!(files.get(&inflight).unwrap(), None);
+        assert_eq!(files.scan(Bound::Unbounded, Bound::Unbounded, 10, false).unwrap(), vec![(txn.clone(), vec![3])]);
+        drop(files);
+        // A mark this broker does not know is refused, not guessed.
+        let other = tempfile::tempdir().unwrap();
+        let refused = MessageFiles::open(other.path(), vec![(keyed_key(), vec![9])]);
+        assert!(matches!(refused, Err(StoreError::Corrupt { .. })), "{refused:?}");
+    }
+
+    #[test]
     fn a_checkpoint_made_in_the_background_covers_what_preceded_it_and_the_journal_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sled: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::from([(ids_key(), vec![1])]);
+        let mut sled: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::from([(keyed_key(), vec![KEYED_LATEST])]);
         let open = |sled: &BTreeMap<Vec<u8>, Vec<u8>>| open_as_sled_holds(dir.path(), sled);
         let files = open(&sled);
         files.checkpoint_in_background();
@@ -1225,7 +1304,7 @@ mod tests {
         };
         let point = writes.iter().find(|(k, _)| *k == checkpoint_key()).unwrap().1.clone().unwrap();
         assert_eq!(decode_point(&checkpoint_key(), &point).unwrap().0, 2, "the first two records, not the later ones");
-        assert_eq!(files.ids.as_ref().unwrap().live().len(), 1);
+        assert_eq!(files.keyed.as_ref().unwrap().live().len(), 1);
         for (k, v) in writes {
             sled.insert(k, v.unwrap());
         }

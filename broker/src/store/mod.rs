@@ -200,8 +200,10 @@ pub trait Store: Send + Sync + 'static {
 /// resolved since, so it refuses the store; 7 keeps the message-id index of a store with
 /// message files (the default layout of a new store since) in sorted runs, its changes in the
 /// journal's records, which a broker of schema 6 would miss or fail to read, so it refuses
-/// the store.
-pub const SCHEMA_VERSION: u32 = 7;
+/// the store; 8 keeps every per-message record of such a new store there too (transaction
+/// records, half messages, cursors, deliveries in flight, the message-key index), which a
+/// broker of schema 7 would look for in sled, so it refuses the store.
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// Checks the store's schema version at open, writing ours into a new or older store. A store
 /// written by a newer broker is refused: this one could misread it.

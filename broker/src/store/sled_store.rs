@@ -97,7 +97,7 @@ impl SledStore {
             if let Some(key) = mark {
                 db.insert(key, vec![1]).map_err(io)?;
                 if layout == Layout::MessageFiles {
-                    db.insert(message_files::ids_key(), vec![1]).map_err(io)?;
+                    db.insert(message_files::keyed_key(), vec![message_files::KEYED_LATEST]).map_err(io)?;
                 }
                 db.flush().map_err(io)?;
                 log_file.sync_data().map_err(io)?;

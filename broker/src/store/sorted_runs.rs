@@ -385,6 +385,14 @@ struct Inner {
     retired: Vec<Arc<Run>>,
 }
 
+impl Inner {
+    /// Whether a source older than `memory` may hold `key` (a run's Bloom filter may pass a
+    /// key it does not hold).
+    fn older_may_hold(&self, key: &[u8]) -> bool {
+        self.writing.as_ref().is_some_and(|w| w.contains_key(key)) || self.runs.iter().any(|r| r.bloom.may_hold(key))
+    }
+}
+
 /// The ordered map; see the module's documentation.
 pub struct SortedRuns {
     dir: PathBuf,
@@ -432,6 +440,12 @@ impl SortedRuns {
     pub fn apply(&self, changes: impl IntoIterator<Item = Change>) {
         let mut inner = crate::sync::write(&self.inner);
         for (k, v) in changes {
+            // A deletion of a key no older source may hold needs no tombstone: a key written
+            // and deleted between two checkpoints (a due time, a delivery) leaves nothing.
+            if v.is_none() && !inner.older_may_hold(&k) {
+                inner.memory.remove(&k);
+                continue;
+            }
             inner.memory.insert(k, v);
         }
     }
@@ -886,6 +900,25 @@ mod tests {
         let passed = (0..10_000).filter(|i| run.bloom.may_hold(&key(i * 2 + 1))).count();
         assert!(passed < 300, "{passed} of 10,000 absent keys passed the filter");
         assert!((0..10_000).all(|i| run.bloom.may_hold(&key(i * 2))));
+    }
+
+    #[test]
+    fn a_deletion_leaves_a_tombstone_only_over_an_older_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = SortedRuns::open(dir.path(), &[]).unwrap();
+        let memory = |runs: &SortedRuns| crate::sync::read(&runs.inner).memory.clone();
+        // Written and deleted between two checkpoints: nothing is left to write.
+        runs.apply([(key(1), Some(vec![1])), (key(1), None)]);
+        assert!(memory(&runs).is_empty());
+        runs.apply([(key(2), Some(vec![2]))]);
+        runs.checkpoint().unwrap();
+        // In a run: the deletion must hide it, now and after the next checkpoint.
+        runs.apply([(key(2), None), (key(3), None)]);
+        assert_eq!(memory(&runs), BTreeMap::from([(key(2), None)]), "no run may hold key 3");
+        assert_eq!(runs.get(&key(2)).unwrap(), None);
+        runs.checkpoint().unwrap();
+        assert_eq!(runs.get(&key(2)).unwrap(), None);
+        assert!(runs.scan(Bound::Unbounded, Bound::Unbounded, 10, false).unwrap().is_empty());
     }
 
     #[test]
