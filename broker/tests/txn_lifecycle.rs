@@ -384,3 +384,88 @@ async fn a_committed_body_is_stored_once_and_expires_with_its_message() {
     assert_eq!(holding_body(store.as_ref()), 0, "nothing of it is left");
     b.shutdown();
 }
+
+/// A memory store that notes where each scan of transaction records starts.
+struct WatchedScans {
+    inner: MemoryStore,
+    starts: std::sync::Mutex<Vec<std::ops::Bound<Vec<u8>>>>,
+}
+
+impl Store for WatchedScans {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, txmq_broker::store::StoreError> {
+        self.inner.get(key)
+    }
+
+    fn scan(
+        &self,
+        start: std::ops::Bound<&[u8]>,
+        end: std::ops::Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<txmq_broker::store::Entry>, txmq_broker::store::StoreError> {
+        let of_txns = match start {
+            std::ops::Bound::Included(k) | std::ops::Bound::Excluded(k) => k.first() == Key::txn_prefix().first(),
+            std::ops::Bound::Unbounded => false,
+        };
+        if of_txns {
+            self.starts.lock().unwrap().push(start.map(<[u8]>::to_vec));
+        }
+        self.inner.scan(start, end, limit, reverse)
+    }
+
+    fn apply(&self, batch: &txmq_broker::store::Batch) -> Result<(), txmq_broker::store::StoreError> {
+        self.inner.apply(batch)
+    }
+
+    fn flush(&self) -> Result<(), txmq_broker::store::StoreError> {
+        self.inner.flush()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+}
+
+/// A purge resumes where the last one stopped instead of walking again over the records it
+/// deleted (a store of sorted runs keeps their tombstones for a while), and still purges what
+/// it kept before once that is resolved and past its retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_resumes_where_the_last_one_stopped() {
+    let mut config = Config::with_data_dir("/unused");
+    config.txn_retention = Duration::from_millis(200);
+    let store = std::sync::Arc::new(WatchedScans { inner: MemoryStore::new(), starts: Default::default() });
+    let b = Broker::with_store(config, store.clone()).unwrap();
+    let open = send_half(&b, "open", None).await;
+    let mut first = Vec::new();
+    for i in 0..20 {
+        let id = send_half(&b, &format!("first-{i}"), None).await;
+        b.end_transaction("orders", "", &id, Resolution::Rollback, Actor::Producer, None).await.unwrap();
+        first.push(id);
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    store.starts.lock().unwrap().clear();
+    assert_eq!(b.purge_transactions().await.unwrap(), 20);
+    assert_eq!(
+        store.starts.lock().unwrap().first(),
+        Some(&std::ops::Bound::Included(Key::txn_prefix())),
+        "the first purge walks from the oldest record"
+    );
+    let later = send_half(&b, "later", None).await;
+    b.end_transaction("orders", "", &later, Resolution::Commit, Actor::Producer, None).await.unwrap();
+    b.end_transaction("orders", "", &open, Resolution::Commit, Actor::Producer, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    store.starts.lock().unwrap().clear();
+    assert_eq!(b.purge_transactions().await.unwrap(), 2, "the one kept before, and the later one");
+    let starts = store.starts.lock().unwrap().clone();
+    let last_purged = Key::Txn(first.last().unwrap().clone()).encode();
+    assert!(
+        starts.iter().all(|s| match s {
+            std::ops::Bound::Included(k) => *k > last_purged,
+            std::ops::Bound::Excluded(k) => *k >= last_purged,
+            std::ops::Bound::Unbounded => false,
+        }),
+        "no walk over the records purged before: {starts:?}"
+    );
+    assert!(b.transaction(&open).unwrap().is_none() && b.transaction(&later).unwrap().is_none());
+    b.shutdown();
+}

@@ -97,6 +97,8 @@ pub struct Transactions {
     /// Per-transaction locks, striped by id.
     locks: Vec<tokio::sync::Mutex<()>>,
     open: Arc<Open>,
+    /// Where the next purge resumes (none: from the oldest record).
+    purge_mark: std::sync::Mutex<Option<PurgeMark>>,
 }
 
 /// The open transactions, loaded at start and changed by the committer once each state change
@@ -275,6 +277,29 @@ impl Before {
 /// Transaction records read (and at most purged) per durable step of the purge.
 const PURGE_PAGE: usize = 512;
 
+/// Purges between two that walk every transaction record from the oldest.
+const FULL_WALK_EVERY: u32 = 60;
+
+/// What a purge leaves the next one: where its walk stopped, and the records before that it
+/// kept. Every other record before `resume` was deleted (ids grow with creation time).
+#[derive(Debug)]
+struct PurgeMark {
+    kept: Vec<Vec<u8>>,
+    resume: Bound<Vec<u8>>,
+    /// Purges since the last full walk.
+    rounds: u32,
+}
+
+/// What one durable step of a purge did.
+#[derive(Debug, Default)]
+struct PurgeStep {
+    purged: usize,
+    /// The records it passed over (open, or resolved after the cutoff).
+    kept: Vec<Vec<u8>>,
+    /// The first record created after the cutoff, where the walk ends.
+    stopped_at: Option<Vec<u8>>,
+}
+
 static TXN_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A new transaction id: creation time and a sequence number, in hex (sorts by time).
@@ -326,7 +351,7 @@ impl Transactions {
     ) -> Result<Self> {
         let open = Open::load(store.as_ref())?;
         let locks = (0..TXN_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(Self { store, committer, metrics, settings, locks, open: Arc::new(open) })
+        Ok(Self { store, committer, metrics, settings, locks, open: Arc::new(open), purge_mark: Default::default() })
     }
 
     fn txn_lock(&self, key: &str) -> &tokio::sync::Mutex<()> {
@@ -703,44 +728,73 @@ impl Transactions {
     /// time), from the oldest to the first created after the cutoff: a transaction resolved
     /// before the cutoff was created before it. The walk passes over the transactions still
     /// open or resolved since the cutoff, which are few, and needs no index of its own.
+    ///
+    /// A purge resumes where the last one stopped: it reads the records that
+    /// one kept again, one by one, and walks on from there, so it never reads what earlier
+    /// purges deleted (a store of sorted runs keeps a deletion's tombstone until a merge takes
+    /// in its oldest run). Every 60th purge, and the first after a start or
+    /// a failed one, walks from the oldest record, for records written below the mark since
+    /// (a clock set back, a replica's snapshot).
     pub async fn purge_transactions(&self) -> Result<usize> {
         let cutoff = now_ms() - self.settings.retention.as_millis() as Millis;
-        let mut purged = 0;
-        let mut after = None;
+        let prefix = Key::txn_prefix();
+        let end = crate::store::keys::prefix_end(&prefix);
+        let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        // Taken out: a purge that fails leaves no mark, and the next one walks from the start.
+        let mark = crate::sync::lock(&self.purge_mark).take().filter(|m| m.rounds < FULL_WALK_EVERY);
+        let (mut purged, mut kept, mut from, mut rounds) = (0, Vec::new(), Bound::Included(prefix), 0);
+        if let Some(mark) = mark {
+            for keys in mark.kept.chunks(PURGE_PAGE) {
+                let mut records = Vec::with_capacity(keys.len());
+                for k in keys {
+                    if let Some(v) = self.store.get(k)? {
+                        records.push((k.clone(), v));
+                    }
+                }
+                let step = self.purge_records(cutoff, records).await?;
+                purged += step.purged;
+                kept.extend(step.kept);
+            }
+            (from, rounds) = (mark.resume, mark.rounds + 1);
+        }
         loop {
-            let (n, next) = self.purge_page(cutoff, after.as_deref()).await?;
-            purged += n;
-            match next {
-                Some(key) => after = Some(key),
-                None => break,
+            let records = self.store.scan(from.as_ref().map(Vec::as_slice), end, PURGE_PAGE, false)?;
+            let (full, last) = (records.len() == PURGE_PAGE, records.last().map(|(k, _)| k.clone()));
+            let step = self.purge_records(cutoff, records).await?;
+            purged += step.purged;
+            kept.extend(step.kept);
+            if let Some(first_after) = step.stopped_at {
+                from = Bound::Included(first_after);
+                break;
+            }
+            if let Some(last) = last {
+                from = Bound::Excluded(last);
+            }
+            if !full {
+                break;
             }
             tokio::task::yield_now().await;
         }
+        *crate::sync::lock(&self.purge_mark) = Some(PurgeMark { kept, resume: from, rounds });
         if purged > 0 {
             tracing::info!(purged, "purged resolved transactions past retention");
         }
         Ok(purged)
     }
 
-    /// Purges the transactions resolved before `cutoff` among the next [`PURGE_PAGE`] records
-    /// after key `after`, in one durable write. Returns how many, and the key to go on after
-    /// (`None`: no record created before the cutoff is left).
-    async fn purge_page(&self, cutoff: Millis, after: Option<&[u8]>) -> Result<(usize, Option<Vec<u8>>)> {
-        let prefix = Key::txn_prefix();
-        let end = crate::store::keys::prefix_end(&prefix);
-        let start = after.map_or(Bound::Included(prefix.as_slice()), Bound::Excluded);
-        let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let records = self.store.scan(start, end, PURGE_PAGE, false)?;
-        let mut next = (records.len() == PURGE_PAGE).then(|| records.last().map(|(k, _)| k.clone())).flatten();
+    /// Purges, in one durable write, the transactions among `records` (in id order) resolved
+    /// before `cutoff`, up to the first one created after it.
+    async fn purge_records(&self, cutoff: Millis, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<PurgeStep> {
+        let mut step = PurgeStep::default();
         let mut batch = Batch::new();
-        let mut n = 0;
         for (k, v) in records {
             let t = Txn::decode(&v).map_err(|e| corrupt_raw(k.clone(), e))?;
             if t.created_at >= cutoff {
-                next = None;
+                step.stopped_at = Some(k);
                 break;
             }
             if !(t.state.is_final() && t.resolved_at.is_some_and(|at| at < cutoff)) {
+                step.kept.push(k);
                 continue;
             }
             batch.delete(&Key::TxnByMessage { topic: t.topic.clone(), message_id: t.message_id.clone() });
@@ -752,12 +806,12 @@ impl Transactions {
                 chunks::delete(self.store.as_ref(), &mut batch, &Key::half_prefix(&t.id))?;
             }
             batch.delete_raw(k);
-            n += 1;
+            step.purged += 1;
         }
-        if n > 0 {
+        if step.purged > 0 {
             self.committer.commit(batch).await?;
         }
-        Ok((n, next))
+        Ok(step)
     }
 }
 
