@@ -18,6 +18,12 @@
 //! the open cuts its record off, and no index file still points at the bytes that later records
 //! then overwrite.
 //!
+//! A batch with no sled part at all writes no applied key either: its record is marked
+//! "alone", durable once synced, and an open keeps the records past sled's last one as long as
+//! they are alone (up to the first that is not, which never happened). The committer flushes
+//! each group before it applies the next, so a record with a sled part is durable in sled
+//! before any record after it is acknowledged.
+//!
 //! The keyed changes of a record follow the same path: kept in memory (and read from
 //! there) until sled's flush, then applied to the sorted runs' memory.
 //!
@@ -93,11 +99,19 @@ const KEYED_IDS: &[u8] = &[tag::MESSAGE_ID];
 
 /// The kinds a store created since schema 8 keeps in sorted runs: every record written per
 /// message — the message-id and message-key indexes, consumer cursors and deliveries in flight,
-/// transaction records, half messages and the (topic, message id) → transaction index. sled
-/// keeps the configuration, the transactions' due index (scanned from its start at every check
-/// tick) and this module's own keys.
-const KEYED_PER_MESSAGE: &[u8] =
-    &[tag::MESSAGE_ID, tag::MESSAGE_KEY, tag::CURSOR, tag::INFLIGHT, tag::TXN, tag::HALF_CHUNK, tag::TXN_BY_MESSAGE];
+/// transaction records, half messages, the (topic, message id) → transaction index and the
+/// due index. sled keeps the configuration and this module's own keys, so a batch of sends,
+/// transactions, receipts or acks writes nothing to sled.
+const KEYED_PER_MESSAGE: &[u8] = &[
+    tag::MESSAGE_ID,
+    tag::MESSAGE_KEY,
+    tag::CURSOR,
+    tag::INFLIGHT,
+    tag::TXN,
+    tag::HALF_CHUNK,
+    tag::TXN_BY_MESSAGE,
+    tag::TXN_DUE,
+];
 
 /// The value of [`keyed_key`] a new store gets.
 pub const KEYED_LATEST: u8 = 2;
@@ -192,9 +206,10 @@ struct Change {
 }
 
 /// The journal payload of `changes` and of the keyed changes `keyed` (a section left
-/// out when empty: records of stores without the index never have it), and where each area
-/// starts in it.
-fn encode_record(changes: &[Change], keyed: &[KeyedChange]) -> (Vec<u8>, Vec<u64>) {
+/// out when empty: records of stores without the index never have it), marked `alone` when its
+/// batch wrote nothing to sled (the keyed section then always written, followed by a 1), and
+/// where each area starts in it.
+fn encode_record(changes: &[Change], keyed: &[KeyedChange], alone: bool) -> (Vec<u8>, Vec<u64>) {
     let mut e = Encoder::with_capacity(
         changes.iter().map(|c| c.area.as_ref().map_or(0, Vec::len) + 64).sum::<usize>()
             + keyed.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 12).sum::<usize>(),
@@ -216,7 +231,7 @@ fn encode_record(changes: &[Change], keyed: &[KeyedChange]) -> (Vec<u8>, Vec<u64
             }
         }
     }
-    if !keyed.is_empty() {
+    if !keyed.is_empty() || alone {
         e.u32(keyed.len() as u32);
         for (k, v) in keyed {
             e.bytes(k);
@@ -226,14 +241,18 @@ fn encode_record(changes: &[Change], keyed: &[KeyedChange]) -> (Vec<u8>, Vec<u64
             };
         }
     }
+    if alone {
+        e.u8(1);
+    }
     (e.finish(), starts)
 }
 
-/// A journal payload's changes, each with where its area starts, and its keyed changes.
-type Decoded = (Vec<(Change, u64)>, Vec<KeyedChange>);
+/// A journal payload's changes, each with where its area starts, its keyed changes, and
+/// whether its batch wrote nothing to sled.
+type Decoded = (Vec<(Change, u64)>, Vec<KeyedChange>, bool);
 
-/// The changes of a journal payload, each with where its area starts, and its keyed
-/// changes.
+/// The changes of a journal payload, each with where its area starts, its keyed changes, and
+/// whether its batch wrote nothing to sled.
 fn decode_record(payload: &[u8]) -> Result<Decoded, crate::codec::CodecError> {
     let mut d = Decoder::new(payload);
     let n = d.u32()?;
@@ -262,8 +281,15 @@ fn decode_record(payload: &[u8]) -> Result<Decoded, crate::codec::CodecError> {
             }
         }
     }
+    let alone = match d.is_empty() {
+        true => false,
+        false => match d.u8()? {
+            1 => true,
+            k => return Err(crate::codec::invalid("journal record", format!("mark {k}"))),
+        },
+    };
     d.finish()?;
-    Ok((out, keyed))
+    Ok((out, keyed, alone))
 }
 
 /// A message-chunk key, decoded: (topic, queue, offset, chunk).
@@ -493,8 +519,20 @@ impl MessageFiles {
                 bounds.insert(q, b);
             }
         }
-        // Records past the last one sled took belong to batches that never happened.
+        // Records past the last one sled took belong to batches that never happened, unless
+        // they wrote nothing to sled ("alone"): those are whole in the journal, up to the first
+        // that is not.
         let (next, _) = journal.end();
+        if next - 1 > applied.0 {
+            for record in journal.replay_from(applied.1) {
+                let record = record?;
+                let (_, _, alone) = decode_record(&record.payload).map_err(|e| corrupt(b"journal", e))?;
+                if !alone {
+                    break;
+                }
+                applied = (record.seq, record.end);
+            }
+        }
         if next - 1 > applied.0 {
             journal.truncate(applied.1, applied.0 + 1)?;
         } else if next - 1 < applied.0 {
@@ -532,7 +570,7 @@ impl MessageFiles {
         let mut st = crate::sync::lock(&files.state);
         for record in files.journal.replay_from(durable.1) {
             let record = record?;
-            let (changes, keyed) = decode_record(&record.payload).map_err(|e| corrupt(b"journal", e))?;
+            let (changes, keyed, _) = decode_record(&record.payload).map_err(|e| corrupt(b"journal", e))?;
             let entries = changes
                 .into_iter()
                 .map(|(c, start)| {
@@ -700,9 +738,10 @@ impl MessageFiles {
         decode_area(&area).map(Some).map_err(|err| corrupt(&key, err))
     }
 
-    /// Writes the message-chunk part of a batch to the journal and syncs it; returns what the
-    /// sled part must also write, and the writer, held until [`Prepared::applied`].
-    pub fn prepare<'a>(&'a self, ops: &[&Op]) -> Result<(Prepared<'a>, Vec<SledWrite>), StoreError> {
+    /// Writes the part of a batch kept here to the journal and syncs it; returns what the sled
+    /// part must also write, and the writer, held until [`Prepared::applied`]. `alone`: the
+    /// batch has no sled part, so its record is marked whole and sled gets nothing.
+    pub fn prepare<'a>(&'a self, ops: &[&Op], alone: bool) -> Result<(Prepared<'a>, Vec<SledWrite>), StoreError> {
         let st = crate::sync::lock(&self.state);
         // Each message touched, in first-touch order, with its chunks as the batch leaves them.
         let mut order: Vec<(QueueId, u64)> = Vec::new();
@@ -749,7 +788,7 @@ impl MessageFiles {
             let nothing = Prepared { files: self, state: st, changes: Vec::new(), keyed, record: None, bytes: 0 };
             return Ok((nothing, Vec::new()));
         }
-        let (payload, starts) = encode_record(&changes, &keyed);
+        let (payload, starts) = encode_record(&changes, &keyed, alone);
         let written = self.journal.append(&payload).and_then(|w| self.journal.sync().map(|()| w));
         let (seq, at) = match written {
             Ok(w) => w,
@@ -772,7 +811,7 @@ impl MessageFiles {
                 (c, entry)
             })
             .collect();
-        let writes = vec![(applied_key(), Some(encode_point(seq, end)))];
+        let writes = if alone { Vec::new() } else { vec![(applied_key(), Some(encode_point(seq, end)))] };
         let bytes = HEADER + payload.len() as u64;
         Ok((Prepared { files: self, state: st, changes, keyed, record: Some((seq, end)), bytes }, writes))
     }
@@ -1135,7 +1174,7 @@ mod tests {
     /// writes of the batch, as sled would hold them.
     fn put(files: &MessageFiles, offset: u64, byte: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
         let op = Op::Put(key(offset), vec![byte; 256]);
-        let (prepared, writes) = files.prepare(&[&op]).unwrap();
+        let (prepared, writes) = files.prepare(&[&op], false).unwrap();
         prepared.applied().unwrap();
         writes.into_iter().map(|(k, v)| (k, v.unwrap())).collect()
     }
@@ -1163,6 +1202,42 @@ mod tests {
         assert_eq!(files.scan(Bound::Unbounded, Bound::Unbounded, 10, false).unwrap().len(), 2);
     }
 
+    /// Writes message `offset` as a batch with nothing for sled ("alone").
+    fn put_alone(files: &MessageFiles, offset: u64, byte: u8) {
+        let op = Op::Put(key(offset), vec![byte; 256]);
+        let (prepared, writes) = files.prepare(&[&op], true).unwrap();
+        assert!(writes.is_empty(), "nothing for sled");
+        prepared.applied().unwrap();
+    }
+
+    #[test]
+    fn records_with_no_sled_part_are_kept_past_sled_s_last_batch_up_to_one_with_a_sled_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = MessageFiles::open(dir.path(), Vec::new()).unwrap();
+        let sled = put(&files, 0, 1);
+        files.flushed(files.applied()).unwrap();
+        // Durable in the journal alone, acknowledged without sled's flush.
+        put_alone(&files, 1, 2);
+        put_alone(&files, 2, 3);
+        files.flushed(files.applied()).unwrap();
+        // A batch with a sled part that never reached sled, and one alone after it.
+        put(&files, 3, 4);
+        put_alone(&files, 4, 5);
+        drop(files);
+        let files = MessageFiles::open(dir.path(), sled.clone()).unwrap();
+        for (offset, byte) in [(0, 1), (1, 2), (2, 3)] {
+            assert_eq!(files.get(&key(offset)).unwrap(), Some(vec![byte; 256]), "offset {offset}");
+        }
+        assert_eq!(files.get(&key(3)).unwrap(), None, "its sled part never happened");
+        assert_eq!(files.get(&key(4)).unwrap(), None, "after one that never happened");
+        // Writing goes on after the kept records, and they stay.
+        put_alone(&files, 3, 6);
+        drop(files);
+        let files = MessageFiles::open(dir.path(), sled).unwrap();
+        assert_eq!(files.scan(Bound::Unbounded, Bound::Unbounded, 10, false).unwrap().len(), 4);
+        assert_eq!(files.get(&key(3)).unwrap(), Some(vec![6; 256]));
+    }
+
     #[test]
     fn entries_not_yet_in_the_files_are_read_scanned_and_deleted() {
         let dir = tempfile::tempdir().unwrap();
@@ -1174,7 +1249,7 @@ mod tests {
         assert_eq!(newest.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [3, 2]);
         // The oldest deleted before any flush: the queue then starts at 1.
         let op = Op::Delete(key(0));
-        let (prepared, _) = files.prepare(&[&op]).unwrap();
+        let (prepared, _) = files.prepare(&[&op], false).unwrap();
         prepared.applied().unwrap();
         assert_eq!(files.get(&key(0)).unwrap(), None);
         files.flushed(files.applied()).unwrap();
@@ -1196,7 +1271,7 @@ mod tests {
                 None => Op::Delete(id_key(id)),
             })
             .collect();
-        let (prepared, writes) = files.prepare(&ops.iter().collect::<Vec<_>>()).unwrap();
+        let (prepared, writes) = files.prepare(&ops.iter().collect::<Vec<_>>(), false).unwrap();
         prepared.applied().unwrap();
         writes.into_iter().map(|(k, v)| (k, v.unwrap())).collect()
     }
@@ -1242,24 +1317,25 @@ mod tests {
     fn the_kinds_kept_in_runs_follow_the_store_s_mark() {
         let txn = Key::Txn("x".into()).encode();
         let inflight = Key::Inflight { group: "g".into(), topic: "t".into(), queue: 0, offset: 4 }.encode();
-        let sled_kinds = [Key::TxnDue { at: 5, txn: "x".into() }.encode(), Key::Group("g".into()).encode()];
+        let due = Key::TxnDue { at: 5, txn: "x".into() }.encode();
+        let sled_kinds = [Key::Group("g".into()).encode(), Key::Topic("t".into()).encode()];
         // A store of schema 7: message ids only, in `ids/`.
         let old = tempfile::tempdir().unwrap();
         let files = open_as_sled_holds(old.path(), &BTreeMap::from([(keyed_key(), vec![1])]));
-        assert!(files.owns(&id_key("a")) && !files.owns(&txn) && !files.owns(&inflight));
+        assert!(files.owns(&id_key("a")) && !files.owns(&txn) && !files.owns(&inflight) && !files.owns(&due));
         assert!(old.path().join("ids").is_dir());
-        // A new store: every per-message record, in `keyed/`; the due index stays in sled.
+        // A new store: every per-message record, in `keyed/`; the configuration stays in sled.
         let dir = tempfile::tempdir().unwrap();
         let mut sled = BTreeMap::from([(keyed_key(), vec![KEYED_LATEST])]);
         let files = open_as_sled_holds(dir.path(), &sled);
         assert!(dir.path().join("keyed").is_dir());
-        assert!([&id_key("a"), &txn, &inflight].iter().all(|k| files.owns(k)));
+        assert!([&id_key("a"), &txn, &inflight, &due].iter().all(|k| files.owns(k)));
         assert!(sled_kinds.iter().all(|k| !files.owns(k)));
         // They come back from a run and from the journal, and a deletion after the checkpoint
         // hides what the run holds.
         files.set_checkpoint_every(Duration::ZERO);
         let apply = |files: &MessageFiles, ops: Vec<Op>| -> Vec<(Vec<u8>, Vec<u8>)> {
-            let (prepared, writes) = files.prepare(&ops.iter().collect::<Vec<_>>()).unwrap();
+            let (prepared, writes) = files.prepare(&ops.iter().collect::<Vec<_>>(), false).unwrap();
             prepared.applied().unwrap();
             writes.into_iter().map(|(k, v)| (k, v.unwrap())).collect()
         };
