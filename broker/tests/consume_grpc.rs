@@ -403,7 +403,7 @@ async fn resending_all_dead_letters_works_in_pages_and_marks_them() {
             common::StoreEvent::Read(k) if k.starts_with(&prefix) => {
                 peak.fetch_max(since_write.fetch_add(1, SeqCst) + 1, SeqCst);
             }
-            common::StoreEvent::Read(_) => {}
+            common::StoreEvent::Read(_) | common::StoreEvent::Scan(_) => {}
             common::StoreEvent::Apply => since_write.store(0, SeqCst),
         }
     }));

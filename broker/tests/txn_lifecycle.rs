@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::ops::Bound;
 use std::time::Duration;
 use txmq_broker::broker::{now_ms, Broker};
 use txmq_broker::config::Config;
@@ -127,8 +128,7 @@ fn count_keys(store: &dyn Store, kind: &Key) -> usize {
 fn scan_kind(store: &dyn Store, kind: &Key) -> Vec<Vec<u8>> {
     let prefix = kind.kind_prefix();
     let end = txmq_broker::store::keys::prefix_end(&prefix).unwrap();
-    let entries =
-        store.scan(std::ops::Bound::Included(&prefix), std::ops::Bound::Excluded(&end), usize::MAX, false).unwrap();
+    let entries = store.scan(Bound::Included(&prefix), Bound::Excluded(&end), usize::MAX, false).unwrap();
     entries.into_iter().map(|(k, _)| k).collect()
 }
 
@@ -332,7 +332,7 @@ async fn pending_counts_agree_with_the_store_when_requests_are_dropped() {
 
 /// Every stored value, as one list (keys and values).
 fn everything(store: &dyn Store) -> Vec<(Vec<u8>, Vec<u8>)> {
-    store.scan(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, usize::MAX, false).unwrap()
+    store.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX, false).unwrap()
 }
 
 /// Issue #20, lever 3: a commit does not write the message again. Its queue record points at
@@ -385,47 +385,6 @@ async fn a_committed_body_is_stored_once_and_expires_with_its_message() {
     b.shutdown();
 }
 
-/// A memory store that notes where each scan of transaction records starts.
-struct WatchedScans {
-    inner: MemoryStore,
-    starts: std::sync::Mutex<Vec<std::ops::Bound<Vec<u8>>>>,
-}
-
-impl Store for WatchedScans {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, txmq_broker::store::StoreError> {
-        self.inner.get(key)
-    }
-
-    fn scan(
-        &self,
-        start: std::ops::Bound<&[u8]>,
-        end: std::ops::Bound<&[u8]>,
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Vec<txmq_broker::store::Entry>, txmq_broker::store::StoreError> {
-        let of_txns = match start {
-            std::ops::Bound::Included(k) | std::ops::Bound::Excluded(k) => k.first() == Key::txn_prefix().first(),
-            std::ops::Bound::Unbounded => false,
-        };
-        if of_txns {
-            self.starts.lock().unwrap().push(start.map(<[u8]>::to_vec));
-        }
-        self.inner.scan(start, end, limit, reverse)
-    }
-
-    fn apply(&self, batch: &txmq_broker::store::Batch) -> Result<(), txmq_broker::store::StoreError> {
-        self.inner.apply(batch)
-    }
-
-    fn flush(&self) -> Result<(), txmq_broker::store::StoreError> {
-        self.inner.flush()
-    }
-
-    fn size_on_disk(&self) -> u64 {
-        0
-    }
-}
-
 /// A purge resumes where the last one stopped instead of walking again over the records it
 /// deleted (a store of sorted runs keeps their tombstones for a while), and still purges what
 /// it kept before once that is resolved and past its retention.
@@ -433,8 +392,20 @@ impl Store for WatchedScans {
 async fn a_purge_resumes_where_the_last_one_stopped() {
     let mut config = Config::with_data_dir("/unused");
     config.txn_retention = Duration::from_millis(200);
-    let store = std::sync::Arc::new(WatchedScans { inner: MemoryStore::new(), starts: Default::default() });
-    let b = Broker::with_store(config, store.clone()).unwrap();
+    // Where each scan of transaction records starts.
+    let starts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = std::sync::Arc::new(common::ObservedStore::new({
+        let starts = starts.clone();
+        move |e: common::StoreEvent<'_>| match e {
+            common::StoreEvent::Scan(start @ (Bound::Included(k) | Bound::Excluded(k)))
+                if k.first() == Key::txn_prefix().first() =>
+            {
+                starts.lock().unwrap().push(start.map(<[u8]>::to_vec));
+            }
+            _ => {}
+        }
+    }));
+    let b = Broker::with_store(config, store).unwrap();
     let open = send_half(&b, "open", None).await;
     let mut first = Vec::new();
     for i in 0..20 {
@@ -443,26 +414,26 @@ async fn a_purge_resumes_where_the_last_one_stopped() {
         first.push(id);
     }
     tokio::time::sleep(Duration::from_millis(250)).await;
-    store.starts.lock().unwrap().clear();
+    starts.lock().unwrap().clear();
     assert_eq!(b.purge_transactions().await.unwrap(), 20);
     assert_eq!(
-        store.starts.lock().unwrap().first(),
-        Some(&std::ops::Bound::Included(Key::txn_prefix())),
+        starts.lock().unwrap().first(),
+        Some(&Bound::Included(Key::txn_prefix())),
         "the first purge walks from the oldest record"
     );
     let later = send_half(&b, "later", None).await;
     b.end_transaction("orders", "", &later, Resolution::Commit, Actor::Producer, None).await.unwrap();
     b.end_transaction("orders", "", &open, Resolution::Commit, Actor::Producer, None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
-    store.starts.lock().unwrap().clear();
+    starts.lock().unwrap().clear();
     assert_eq!(b.purge_transactions().await.unwrap(), 2, "the one kept before, and the later one");
-    let starts = store.starts.lock().unwrap().clone();
+    let starts = starts.lock().unwrap().clone();
     let last_purged = Key::Txn(first.last().unwrap().clone()).encode();
     assert!(
         starts.iter().all(|s| match s {
-            std::ops::Bound::Included(k) => *k > last_purged,
-            std::ops::Bound::Excluded(k) => *k >= last_purged,
-            std::ops::Bound::Unbounded => false,
+            Bound::Included(k) => *k > last_purged,
+            Bound::Excluded(k) => *k >= last_purged,
+            Bound::Unbounded => false,
         }),
         "no walk over the records purged before: {starts:?}"
     );

@@ -67,6 +67,8 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
 pub enum StoreEvent<'a> {
     /// A key read: a point read, or one entry a scan returned.
     Read(&'a [u8]),
+    /// A scan started, at this bound (before its entries' `Read`s).
+    Scan(std::ops::Bound<&'a [u8]>),
     /// A batch applied.
     Apply,
 }
@@ -96,6 +98,7 @@ impl<F: Fn(StoreEvent<'_>) + Send + Sync + 'static> txmq_broker::store::Store fo
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<txmq_broker::store::Entry>, txmq_broker::store::StoreError> {
+        (self.observe)(StoreEvent::Scan(start));
         let entries = self.inner.scan(start, end, limit, reverse)?;
         for (k, _) in &entries {
             (self.observe)(StoreEvent::Read(k));
