@@ -523,6 +523,11 @@ impl MessageFiles {
         // they wrote nothing to sled ("alone"): those are whole in the journal, up to the first
         // that is not.
         let (next, _) = journal.end();
+        // Every record up to the durable checkpoint was durable when it was taken: the walk
+        // starts there, not at sled's last batch (which sends alone may leave far behind).
+        if durable.0 > applied.0 {
+            applied = durable;
+        }
         if next - 1 > applied.0 {
             for record in journal.replay_from(applied.1) {
                 let record = record?;
