@@ -122,8 +122,9 @@ fn committer_groups_and_orders_writes(store: Arc<dyn Store>) {
 }
 
 /// Keys of several kinds (message chunks, message ids, transaction records and half messages,
-/// cursors and deliveries, others around them), written, deleted and flushed in turn, read back as an ordered map holds them: some stores keep some kinds
-/// apart from the rest.
+/// due times, cursors and deliveries, others around them), written, deleted and flushed in
+/// turn, read back as an ordered map holds them: some stores keep some kinds apart from the
+/// rest.
 fn keys_of_every_kind_read_as_one_ordered_map(store: &dyn Store) {
     let universe: Vec<Vec<u8>> = (0..40u64)
         .flat_map(|n| {

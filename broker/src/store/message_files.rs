@@ -19,8 +19,9 @@
 //! then overwrite.
 //!
 //! A batch with no sled part at all writes no applied key either: its record is marked
-//! "alone", durable once synced, and an open keeps the records past sled's last one as long as
-//! they are alone (up to the first that is not, which never happened). The committer flushes
+//! "alone", durable once synced, and an open keeps the records past sled's last one (or past
+//! the durable checkpoint, when later) as long as they are alone, up to the first that is not,
+//! which never happened. The committer flushes
 //! each group before it applies the next, so a record with a sled part is durable in sled
 //! before any record after it is acknowledged.
 //!
@@ -277,17 +278,15 @@ fn decode_record(payload: &[u8]) -> Result<Decoded, crate::codec::CodecError> {
             match d.u8()? {
                 SET => keyed.push((key, Some(d.bytes()?.to_vec()))),
                 CLEAR => keyed.push((key, None)),
-                k => return Err(crate::codec::invalid("journal id change", format!("kind {k}"))),
+                k => return Err(crate::codec::invalid("journal keyed change", format!("kind {k}"))),
             }
         }
     }
-    let alone = match d.is_empty() {
-        true => false,
-        false => match d.u8()? {
+    let alone = !d.is_empty()
+        && match d.u8()? {
             1 => true,
             k => return Err(crate::codec::invalid("journal record", format!("mark {k}"))),
-        },
-    };
+        };
     d.finish()?;
     Ok((out, keyed, alone))
 }
@@ -519,31 +518,11 @@ impl MessageFiles {
                 bounds.insert(q, b);
             }
         }
-        // Records past the last one sled took belong to batches that never happened, unless
-        // they wrote nothing to sled ("alone"): those are whole in the journal, up to the first
-        // that is not.
         let (next, _) = journal.end();
-        // Every record up to the durable checkpoint was durable when it was taken: the walk
-        // starts there, not at sled's last batch (which sends alone may leave far behind).
-        if durable.0 > applied.0 {
-            applied = durable;
-        }
-        if next - 1 > applied.0 {
-            for record in journal.replay_from(applied.1) {
-                let record = record?;
-                let (_, _, alone) = decode_record(&record.payload).map_err(|e| corrupt(b"journal", e))?;
-                if !alone {
-                    break;
-                }
-                applied = (record.seq, record.end);
-            }
-        }
-        if next - 1 > applied.0 {
-            journal.truncate(applied.1, applied.0 + 1)?;
-        } else if next - 1 < applied.0 {
+        if next - 1 < applied.0.max(durable.0) {
             return Err(corrupt(
                 &applied_key(),
-                format!("sled applied journal record {} but the journal ends at {}", applied.0, next - 1),
+                format!("sled took journal record {} but the journal ends at {}", applied.0.max(durable.0), next - 1),
             ));
         }
         // Stores of schema 7 keep only message ids, in `ids/`.
@@ -558,7 +537,7 @@ impl MessageFiles {
             state: Mutex::new(State {
                 bounds,
                 changed: HashSet::new(),
-                applied,
+                applied: applied.max(durable),
                 indexed: durable,
                 pending: None,
                 preparing: None,
@@ -570,12 +549,20 @@ impl MessageFiles {
             }),
             unindexed: Mutex::new(Unindexed::default()),
         };
-        // The indexes as of the durable checkpoint, brought up to what sled holds (every record
-        // left in the journal: sled took them all).
+        // The indexes as of the durable checkpoint, brought up to the records that happened:
+        // those sled took (up to its last batch), then those that wrote nothing to sled
+        // ("alone": whole in the journal). The first record past sled's last batch that is not
+        // alone belongs to a batch that never happened: the journal is cut there, with every
+        // record after it (which may depend on it).
         let mut st = crate::sync::lock(&files.state);
+        let mut cut = None;
         for record in files.journal.replay_from(durable.1) {
             let record = record?;
-            let (changes, keyed, _) = decode_record(&record.payload).map_err(|e| corrupt(b"journal", e))?;
+            let (changes, keyed, alone) = decode_record(&record.payload).map_err(|e| corrupt(b"journal", e))?;
+            if record.seq > applied.0 && !alone {
+                cut = Some(record.seq);
+                break;
+            }
             let entries = changes
                 .into_iter()
                 .map(|(c, start)| {
@@ -588,11 +575,11 @@ impl MessageFiles {
                     (c, entry)
                 })
                 .collect();
-            let end = Position {
-                segment: record.at.segment,
-                offset: record.at.offset + HEADER + record.payload.len() as u64,
-            };
-            files.note_applied(&mut st, (record.seq, end), entries, keyed)?;
+            st.applied = st.applied.max((record.seq, record.end));
+            files.note_applied(&mut st, (record.seq, record.end), entries, keyed)?;
+        }
+        if let Some(seq) = cut {
+            files.journal.truncate(st.applied.1, seq)?;
         }
         files.write_index(&mut st, u64::MAX)?;
         drop(st);
@@ -1268,8 +1255,8 @@ mod tests {
     }
 
     /// Applies a batch of message-id changes as sled would; returns its sled writes.
-    fn put_ids(files: &MessageFiles, keyed: &[(&str, Option<u8>)]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let ops: Vec<Op> = keyed
+    fn put_ids(files: &MessageFiles, ids: &[(&str, Option<u8>)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let ops: Vec<Op> = ids
             .iter()
             .map(|(id, v)| match v {
                 Some(v) => Op::Put(id_key(id), vec![*v; 12]),
@@ -1296,7 +1283,7 @@ mod tests {
         files.set_checkpoint_every(Duration::ZERO);
         sled.extend(put_ids(&files, &[("a", Some(1)), ("gone", Some(9))]));
         sled.extend(put_ids(&files, &[("gone", None)]));
-        // sled's flush, then a checkpoint: the keyed go to a run, listed in sled.
+        // sled's flush, then a checkpoint: the ids go to a run, listed in sled.
         for (k, v) in files.flushed(files.applied()).unwrap() {
             sled.insert(k, v.unwrap());
         }
