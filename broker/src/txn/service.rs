@@ -729,12 +729,12 @@ impl Transactions {
     /// before the cutoff was created before it. The walk passes over the transactions still
     /// open or resolved since the cutoff, which are few, and needs no index of its own.
     ///
-    /// A purge resumes where the last one stopped: it reads the records that
-    /// one kept again, one by one, and walks on from there, so it never reads what earlier
-    /// purges deleted (a store of sorted runs keeps a deletion's tombstone until a merge takes
-    /// in its oldest run). Every 60th purge, and the first after a start or
-    /// a failed one, walks from the oldest record, for records written below the mark since
-    /// (a clock set back, a replica's snapshot).
+    /// A purge resumes where the last one stopped: it reads the records that one kept again,
+    /// one by one, and walks on from there, so it never reads what earlier purges deleted (a
+    /// store of sorted runs keeps a deletion's tombstone until a merge takes in its oldest
+    /// run). Every 60th purge, and the first after a start or a failed one, walks from the
+    /// oldest record, for records written below the mark since (a clock set back, a replica's
+    /// snapshot).
     pub async fn purge_transactions(&self) -> Result<usize> {
         let cutoff = now_ms() - self.settings.retention.as_millis() as Millis;
         let prefix = Key::txn_prefix();
