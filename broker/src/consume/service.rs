@@ -340,7 +340,7 @@ impl Consumers {
             // handles refused. An ack or invisibility change of these deliveries is queued
             // after them, so it is never durable before the delivery it refers to.
             if !batch.is_empty() {
-                drop(slot.submit(batch, None));
+                slot.submit_unawaited(batch);
             }
             (poll, st.next_due_in(&serves))
         };

@@ -16,11 +16,15 @@ use super::{Batch, Store, StoreError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most jobs merged into one apply + flush.
 const MAX_GROUP: usize = 1024;
+
+/// How long a group of writes nobody waits for ([`Slot::submit_unawaited`]) waits for one that
+/// somebody does, to share its flush, before it is flushed alone.
+const UNAWAITED_WAIT: Duration = Duration::from_millis(10);
 
 /// Work run on the writer thread once a job is durable, before its waiter is answered.
 /// Used to publish in-memory state (a queue's durable high watermark) in commit order.
@@ -30,6 +34,8 @@ struct Job {
     batch: Batch,
     after: Option<AfterCommit>,
     done: oneshot::Sender<Result<(), StoreError>>,
+    /// Nobody waits for it: it need not be flushed before a write that somebody waits for.
+    unawaited: bool,
 }
 
 enum Msg {
@@ -86,6 +92,8 @@ struct Shared {
     observer: std::sync::OnceLock<FlushObserver>,
     replicator: std::sync::OnceLock<Arc<dyn Replicator>>,
     stopping: std::sync::atomic::AtomicBool,
+    /// [`UNAWAITED_WAIT`] in microseconds (tests change it).
+    unawaited_wait: AtomicU64,
 }
 
 impl Shared {
@@ -127,8 +135,18 @@ impl Slot<'_> {
     /// Queues `batch`; `after` runs on the writer thread once it is durable.
     pub fn submit(self, batch: Batch, after: Option<AfterCommit>) -> Pending {
         let (done, rx) = oneshot::channel();
-        self.permit.send(Msg::Write(Job { batch, after, done }));
+        self.permit.send(Msg::Write(Job { batch, after, done, unawaited: false }));
         Pending { rx }
+    }
+
+    /// Queues `batch` with nobody waiting for it: applied in its place in the queue like any
+    /// other, but it does not start a flush of its own while the writer waits up to
+    /// [`UNAWAITED_WAIT`] for a write that somebody waits for, whose flush it then shares. For
+    /// records whose loss in a crash is harmless (deliveries: the messages are delivered
+    /// again); a write queued after it is never durable without it.
+    pub fn submit_unawaited(self, batch: Batch) {
+        let (done, _) = oneshot::channel();
+        self.permit.send(Msg::Write(Job { batch, after: None, done, unawaited: true }));
     }
 }
 
@@ -142,6 +160,7 @@ impl Committer {
             observer: std::sync::OnceLock::new(),
             replicator: std::sync::OnceLock::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            unawaited_wait: AtomicU64::new(UNAWAITED_WAIT.as_micros() as u64),
         });
         let thread = std::thread::Builder::new()
             .name("txmq-committer".into())
@@ -175,6 +194,12 @@ impl Committer {
     /// call has effect.
     pub fn replicate_with(&self, r: Arc<dyn Replicator>) {
         let _ = self.shared.replicator.set(r);
+    }
+
+    /// Sets how long a group of unawaited writes waits for an awaited one (tests).
+    #[cfg(test)]
+    pub fn set_unawaited_wait(&self, wait: Duration) {
+        self.shared.unawaited_wait.store(wait.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Installs the observer of group commits (metrics). Only the first call has effect.
@@ -220,6 +245,12 @@ impl Drop for Committer {
 }
 
 fn writer_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
+    // Only to wait for the queue with a timeout (a group nobody waits for); without it, such a
+    // group is flushed at once.
+    let timer = tokio::runtime::Builder::new_current_thread().enable_time().build();
+    if let Err(e) = &timer {
+        tracing::warn!(error = %e, "the committer cannot wait with a timeout; unawaited writes flush at once");
+    }
     let mut group: Vec<Job> = Vec::new();
     let mut stopping = false;
     while !stopping {
@@ -227,14 +258,19 @@ fn writer_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>, shared: Arc<S
             Some(Msg::Write(job)) => group.push(job),
             Some(Msg::Stop) | None => break,
         }
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(Msg::Write(job)) => group.push(job),
-                Ok(Msg::Stop) => {
-                    stopping = true;
-                    break;
+        stopping = drain(&mut rx, &mut group);
+        if let Ok(timer) = &timer {
+            let wait = Duration::from_micros(shared.unawaited_wait.load(Ordering::Relaxed));
+            let deadline = tokio::time::Instant::now() + wait;
+            while !stopping && group.len() < MAX_GROUP && group.iter().all(|j| j.unawaited) {
+                match timer.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await }) {
+                    Ok(Some(Msg::Write(job))) => {
+                        group.push(job);
+                        stopping = drain(&mut rx, &mut group);
+                    }
+                    Ok(Some(Msg::Stop) | None) => stopping = true,
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
         }
         commit_group(store.as_ref(), &shared, std::mem::take(&mut group));
@@ -256,6 +292,18 @@ fn writer_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>, shared: Arc<S
             shared.poison(e.to_string());
         }
     }
+}
+
+/// Moves what is queued into `group` (up to [`MAX_GROUP`]); returns whether a stop came.
+fn drain(rx: &mut mpsc::Receiver<Msg>, group: &mut Vec<Job>) -> bool {
+    while group.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(Msg::Write(job)) => group.push(job),
+            Ok(Msg::Stop) => return true,
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 fn commit_group(store: &dyn Store, shared: &Shared, group: Vec<Job>) {
@@ -344,5 +392,57 @@ fn commit_group(store: &dyn Store, shared: &Shared, group: Vec<Job>) {
                 let _ = done.send(Err(StoreError::Poisoned(why.clone())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn put(key: &str) -> Batch {
+        let mut b = Batch::new();
+        b.put_raw(key.as_bytes().to_vec(), b"v".to_vec());
+        b
+    }
+
+    #[tokio::test]
+    async fn an_unawaited_write_shares_the_flush_of_the_next_awaited_one() {
+        let store = Arc::new(MemoryStore::new());
+        let committer = Committer::start(store.clone(), 16).unwrap();
+        committer.set_unawaited_wait(Duration::from_secs(30));
+        committer.reserve().await.unwrap().submit_unawaited(put("delivery"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(committer.stats().flushes, 0, "flushed alone before its wait ended");
+        committer.commit(put("ack")).await.unwrap();
+        let stats = committer.stats();
+        assert_eq!((stats.flushes, stats.jobs), (1, 2));
+        assert!(store.get(b"delivery").unwrap().is_some());
+        committer.shutdown();
+    }
+
+    #[tokio::test]
+    async fn an_unawaited_write_alone_is_flushed_once_its_wait_ends() {
+        let store = Arc::new(MemoryStore::new());
+        let committer = Committer::start(store.clone(), 16).unwrap();
+        committer.set_unawaited_wait(Duration::from_millis(100));
+        let started = Instant::now();
+        committer.reserve().await.unwrap().submit_unawaited(put("delivery"));
+        while committer.stats().flushes == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "never flushed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(started.elapsed() >= Duration::from_millis(100), "flushed after {:?}", started.elapsed());
+        assert!(store.get(b"delivery").unwrap().is_some());
+        // A stop during the wait flushes it too.
+        committer.set_unawaited_wait(Duration::from_secs(30));
+        committer.reserve().await.unwrap().submit_unawaited(put("another"));
+        tokio::task::spawn_blocking({
+            let committer = Arc::new(committer);
+            move || committer.shutdown()
+        })
+        .await
+        .unwrap();
+        assert!(store.get(b"another").unwrap().is_some());
     }
 }
