@@ -379,12 +379,21 @@ struct Preparing {
     outcome: Arc<Outcome>,
 }
 
+/// Work for the store's background thread.
+enum Work {
+    /// Make a checkpoint's files durable.
+    Checkpoint(Arc<Outcome>),
+    /// Delete the files a durable checkpoint no longer needs: the runs merged away that
+    /// `runs` (its list) does not name, and the journal segments before `before`.
+    Reclaim { runs: Vec<u64>, before: u64 },
+}
+
 /// The store's background thread: makes each checkpoint's files durable (the index files
-/// synced, the keyed changes set aside written to a run) off the committer's thread, and
-/// between checkpoints makes the journal's next segment ahead and merges runs of the
-/// keyed records. Stopped and joined on drop.
+/// synced, the keyed changes set aside written to a run) and deletes what a durable one no
+/// longer needs, off the committer's thread, and between checkpoints makes the journal's
+/// next segment ahead and merges runs of the keyed records. Stopped and joined on drop.
 struct Background {
-    jobs: Option<std::sync::mpsc::Sender<Arc<Outcome>>>,
+    jobs: Option<std::sync::mpsc::Sender<Work>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -395,18 +404,30 @@ impl Background {
         keyed: Option<Arc<SortedRuns>>,
     ) -> Result<Background, StoreError> {
         use std::sync::mpsc::RecvTimeoutError;
-        let (jobs, rx) = std::sync::mpsc::channel::<Arc<Outcome>>();
+        let (jobs, rx) = std::sync::mpsc::channel::<Work>();
         let thread = std::thread::Builder::new()
             .name("txmq-checkpoint".into())
             .spawn(move || {
                 let mut idle = Duration::from_millis(100);
                 loop {
                     match rx.recv_timeout(idle) {
-                        Ok(outcome) => {
+                        Ok(Work::Checkpoint(outcome)) => {
                             let result =
                                 index.sync().and_then(|()| keyed.as_ref().map_or(Ok(()), |r| r.write_frozen()));
                             *crate::sync::lock(&outcome.result) = Some(result);
                             outcome.ready.notify_all();
+                        }
+                        Ok(Work::Reclaim { runs, before }) => {
+                            // A file left by a failure here is garbage, never read: an open
+                            // deletes runs its checkpoint does not list and replays the
+                            // journal from the checkpoint.
+                            let deleted = keyed
+                                .as_ref()
+                                .map_or(Ok(()), |r| r.release(&runs))
+                                .and_then(|()| journal.remove_before(before));
+                            if let Err(e) = deleted {
+                                tracing::error!(error = %e, "cannot delete files the store no longer needs");
+                            }
                         }
                         Err(RecvTimeoutError::Timeout) => {
                             // One merge at a time: a checkpoint waits for one at most.
@@ -435,10 +456,10 @@ impl Background {
         Ok(Background { jobs: Some(jobs), thread: Some(thread) })
     }
 
-    fn send(&self, outcome: Arc<Outcome>) -> Result<(), StoreError> {
+    fn send(&self, work: Work) -> Result<(), StoreError> {
         self.jobs
             .as_ref()
-            .and_then(|j| j.send(outcome).ok())
+            .and_then(|j| j.send(work).ok())
             .ok_or_else(|| StoreError::Io("the checkpoint thread is gone".into()))
     }
 }
@@ -955,10 +976,10 @@ impl MessageFiles {
         self.write_index(&mut st, durable)?;
         if let Some((point, live_from, runs)) = st.pending.take() {
             st.durable = point;
-            if let Some(keyed) = &self.keyed {
-                keyed.release(&runs)?;
-            }
-            self.journal.remove_before(live_from.min(point.1.segment))?;
+            // The runs merged away and the journal segments this checkpoint no longer needs:
+            // deleted on the background thread, as unlinking hundreds of megabytes takes tens
+            // of milliseconds that every writer would wait for here.
+            self.background.send(Work::Reclaim { runs, before: live_from.min(point.1.segment) })?;
             for (q, b) in &st.bounds {
                 self.index.remove_below(&q.0, q.1, b.first)?;
             }
@@ -1009,7 +1030,7 @@ impl MessageFiles {
             bounds.push((bounds_key(&q), value));
         }
         let outcome = Arc::new(Outcome::default());
-        self.background.send(outcome.clone())?;
+        self.background.send(Work::Checkpoint(outcome.clone()))?;
         st.appended = 0;
         st.checkpoint_at = Instant::now();
         let p = Preparing { point: st.indexed, live_from, bounds, outcome };

@@ -641,7 +641,13 @@ mod tests {
         store.apply(&b).unwrap();
         store.flush().unwrap();
         store.flush().unwrap();
-        let after = messages(&store).journal_segments();
+        // Deleted by the background thread, soon after.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut after = messages(&store).journal_segments();
+        while after.len() >= before.len() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            after = messages(&store).journal_segments();
+        }
         assert!(after.len() < before.len(), "{before:?} -> {after:?}");
         let first = crate::store::scan_prefix(&store, &Key::queue_prefix("t", 0), 1, false).unwrap();
         assert_eq!(first[0].0, chunk_key(2900).encode());
