@@ -45,23 +45,34 @@ pub(super) async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> 
     // Open-loop pacing as in the peers' benchmarks: message i is due at start + i / rate.
     let rate = args.rate;
     let progress = Progress::start("received and acked", received.clone());
+    // Paced: a thread hands message i to producer i mod concurrency when it is due (tokio's
+    // timer wakes up to a millisecond late, which would count against the broker).
+    let mut paced = if rate > 0 {
+        pace(load.concurrency, rate, started, deadline, limit)?
+    } else {
+        (0..load.concurrency).map(|_| None).collect()
+    };
     let mut producers = Vec::new();
     for _ in 0..load.concurrency {
         let (sender, next, sent, errors, topic, commits) =
             (sender.clone(), next.clone(), sent.clone(), errors.clone(), topic.clone(), commits.clone());
+        let mut due = paced.pop().flatten();
         let size = load.size;
         producers.push(tokio::spawn(async move {
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
+                let i = match &mut due {
+                    Some(due) => match due.recv().await {
+                        Some(i) => i,
+                        None => break,
+                    },
+                    None => next.fetch_add(1, Ordering::Relaxed),
+                };
                 if i >= limit {
                     break;
                 }
                 // Paced: message i is due at start + i / rate, and its latency counts from then,
                 // so time spent behind schedule is measured, not hidden (coordinated omission).
                 let due_us = (rate > 0).then(|| started_us + (i as f64 * 1e6 / rate as f64) as u64);
-                if rate > 0 {
-                    tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate as f64)).into()).await;
-                }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
@@ -180,4 +191,33 @@ pub(super) async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> 
         commit_latency: args.txn.then(|| take(&commit_latency)),
     };
     Ok(Report::new(run, &before, &after))
+}
+
+/// Starts the pacer of an open-loop run: a thread that sends message number i, at
+/// `started + i / rate`, to the i-th channel of `n` round robin, until `deadline` or `limit`.
+/// `std::thread::sleep` wakes within tens of microseconds of the due time.
+fn pace(
+    n: usize,
+    rate: u64,
+    started: Instant,
+    deadline: Option<Instant>,
+    limit: u64,
+) -> anyhow::Result<Vec<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>> {
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..n).map(|_| tokio::sync::mpsc::unbounded_channel::<u64>()).map(|(tx, rx)| (tx, Some(rx))).unzip();
+    std::thread::Builder::new().name("bench-pacer".into()).spawn(move || {
+        for i in 0..limit {
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            if deadline.is_some_and(|d| due >= d) {
+                break;
+            }
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if senders[(i % n as u64) as usize].send(i).is_err() {
+                break;
+            }
+        }
+    })?;
+    Ok(receivers)
 }
