@@ -140,8 +140,8 @@ impl Slot<'_> {
     }
 
     /// Queues `batch` with nobody waiting for it: applied in its place in the queue like any
-    /// other, but it does not start a flush of its own while the writer waits up to
-    /// [`UNAWAITED_WAIT`] for a write that somebody waits for, whose flush it then shares. For
+    /// other, but it does not start a flush of its own while the writer waits up to 10 ms for
+    /// a write that somebody waits for, whose flush it then shares. For
     /// records whose loss in a crash is harmless (deliveries: the messages are delivered
     /// again); a write queued after it is never durable without it.
     pub fn submit_unawaited(self, batch: Batch) {
