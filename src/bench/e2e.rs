@@ -47,16 +47,12 @@ pub(super) async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> 
     let progress = Progress::start("received and acked", received.clone());
     // Paced: a thread hands message i to producer i mod concurrency when it is due (tokio's
     // timer wakes up to a millisecond late, which would count against the broker).
-    let mut paced = if rate > 0 {
-        pace(load.concurrency, rate, started, deadline, limit)?
-    } else {
-        (0..load.concurrency).map(|_| None).collect()
-    };
+    let mut paced = if rate > 0 { pace(load.concurrency, rate, started, deadline, limit)? } else { Vec::new() };
     let mut producers = Vec::new();
     for _ in 0..load.concurrency {
         let (sender, next, sent, errors, topic, commits) =
             (sender.clone(), next.clone(), sent.clone(), errors.clone(), topic.clone(), commits.clone());
-        let mut due = paced.pop().flatten();
+        let mut due = paced.pop();
         let size = load.size;
         producers.push(tokio::spawn(async move {
             loop {
@@ -202,9 +198,8 @@ fn pace(
     started: Instant,
     deadline: Option<Instant>,
     limit: u64,
-) -> anyhow::Result<Vec<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>> {
-    let (senders, receivers): (Vec<_>, Vec<_>) =
-        (0..n).map(|_| tokio::sync::mpsc::unbounded_channel::<u64>()).map(|(tx, rx)| (tx, Some(rx))).unzip();
+) -> anyhow::Result<Vec<tokio::sync::mpsc::UnboundedReceiver<u64>>> {
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| tokio::sync::mpsc::unbounded_channel::<u64>()).unzip();
     std::thread::Builder::new().name("bench-pacer".into()).spawn(move || {
         for i in 0..limit {
             let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
