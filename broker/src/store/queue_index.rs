@@ -93,18 +93,55 @@ struct Queue {
     numbers: BTreeSet<u64>,
 }
 
-/// The open files and what is not synced yet.
+/// A file of a topic: its queue and number.
+type FileOf = (u32, u64);
+
+/// The open files and what is not synced yet, by topic: every read and write of an entry looks
+/// its file up here, so the lookup takes the topic name as it comes (no path is built and
+/// hashed, and nothing is allocated, unless the file must be opened).
 #[derive(Default)]
 struct Open {
-    files: HashMap<PathBuf, Arc<File>>,
-    dirty: BTreeSet<PathBuf>,
+    files: HashMap<String, HashMap<FileOf, Arc<File>>>,
+    count: usize,
+    dirty: HashMap<String, BTreeSet<FileOf>>,
+}
+
+impl Open {
+    fn mark_dirty(&mut self, topic: &str, file: FileOf) {
+        match self.dirty.get_mut(topic) {
+            Some(files) => {
+                files.insert(file);
+            }
+            None => {
+                self.dirty.insert(topic.to_string(), BTreeSet::from([file]));
+            }
+        }
+    }
+
+    fn forget(&mut self, topic: &str, file: FileOf) {
+        if let Some(files) = self.files.get_mut(topic) {
+            if files.remove(&file).is_some() {
+                self.count -= 1;
+            }
+            if files.is_empty() {
+                self.files.remove(topic);
+            }
+        }
+        if let Some(files) = self.dirty.get_mut(topic) {
+            files.remove(&file);
+            if files.is_empty() {
+                self.dirty.remove(topic);
+            }
+        }
+    }
 }
 
 /// The per-queue indexes of one store directory.
 pub struct QueueIndex {
     dir: PathBuf,
     per_file: u64,
-    queues: Mutex<BTreeMap<(String, u32), Queue>>,
+    /// Queues by topic, then queue number (looked up by `&str`, without an allocation).
+    queues: Mutex<BTreeMap<String, BTreeMap<u32, Queue>>>,
     open: Mutex<Open>,
 }
 
@@ -138,7 +175,7 @@ impl QueueIndex {
                     }
                 }
                 if !q.numbers.is_empty() {
-                    queues.insert((topic.clone(), queue), q);
+                    queues.entry(topic.clone()).or_insert_with(BTreeMap::new).insert(queue, q);
                 }
             }
         }
@@ -158,18 +195,24 @@ impl QueueIndex {
         self.queue_dir(topic, queue).join(format!("{number:016x}.qix"))
     }
 
-    /// The open file at `path`; created (sparse, its full size) when `create` says so, else
-    /// `None` when it does not exist.
-    fn file(&self, path: &Path, create: bool) -> Result<Option<Arc<File>>, StoreError> {
+    /// File `number` of the queue, open; created (sparse, its full size) when `create` says so,
+    /// else `None` when it does not exist.
+    fn file(&self, topic: &str, queue: u32, number: u64, create: bool) -> Result<Option<Arc<File>>, StoreError> {
         let mut open = crate::sync::lock(&self.open);
-        if let Some(f) = open.files.get(path) {
+        if let Some(f) = open.files.get(topic).and_then(|files| files.get(&(queue, number))) {
             return Ok(Some(f.clone()));
         }
-        if open.files.len() >= MAX_OPEN {
-            let dirty = std::mem::take(&mut open.dirty);
-            open.files.retain(|p, _| dirty.contains(p));
-            open.dirty = dirty;
+        if open.count >= MAX_OPEN {
+            let Open { files, count, dirty } = &mut *open;
+            for (topic, files) in files.iter_mut() {
+                let keep = dirty.get(topic);
+                files.retain(|f, _| keep.is_some_and(|k| k.contains(f)));
+            }
+            files.retain(|_, files| !files.is_empty());
+            *count = files.values().map(HashMap::len).sum();
         }
+        let path = self.path(topic, queue, number);
+        let path = path.as_path();
         let f = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => return Ok(None),
@@ -184,24 +227,33 @@ impl QueueIndex {
             Err(e) => return Err(io(e)),
         };
         let f = Arc::new(f);
-        open.files.insert(path.to_path_buf(), f.clone());
+        let files = match open.files.get_mut(topic) {
+            Some(files) => files,
+            None => open.files.entry(topic.to_string()).or_default(),
+        };
+        files.insert((queue, number), f.clone());
+        open.count += 1;
         Ok(Some(f))
     }
 
     /// Writes the entry of `offset` in the queue (durable after the next [`QueueIndex::sync`]).
     pub fn put(&self, topic: &str, queue: u32, offset: u64, entry: Entry) -> Result<(), StoreError> {
         let number = offset / self.per_file;
-        let path = self.path(topic, queue, number);
-        let file = self.file(&path, true)?.ok_or_else(|| io("index file not created"))?;
+        let file = self.file(topic, queue, number, true)?.ok_or_else(|| io("index file not created"))?;
         file.write_all_at(&entry.encode(offset), (offset % self.per_file) * ENTRY).map_err(io)?;
-        crate::sync::lock(&self.open).dirty.insert(path);
-        crate::sync::lock(&self.queues).entry((topic.to_string(), queue)).or_default().numbers.insert(number);
+        crate::sync::lock(&self.open).mark_dirty(topic, (queue, number));
+        let mut queues = crate::sync::lock(&self.queues);
+        let queues = match queues.get_mut(topic) {
+            Some(q) => q,
+            None => queues.entry(topic.to_string()).or_default(),
+        };
+        queues.entry(queue).or_default().numbers.insert(number);
         Ok(())
     }
 
     /// The entry of `offset` in the queue; `None` when it has none.
     pub fn get(&self, topic: &str, queue: u32, offset: u64) -> Result<Option<Entry>, StoreError> {
-        let Some(file) = self.file(&self.path(topic, queue, offset / self.per_file), false)? else {
+        let Some(file) = self.file(topic, queue, offset / self.per_file, false)? else {
             return Ok(None);
         };
         let mut e = [0u8; ENTRY as usize];
@@ -212,17 +264,18 @@ impl QueueIndex {
 
     /// Removes the entry of `offset` in the queue, if it has one.
     pub fn clear(&self, topic: &str, queue: u32, offset: u64) -> Result<(), StoreError> {
-        let path = self.path(topic, queue, offset / self.per_file);
-        let Some(file) = self.file(&path, false)? else { return Ok(()) };
+        let number = offset / self.per_file;
+        let Some(file) = self.file(topic, queue, number, false)? else { return Ok(()) };
         file.write_all_at(&[0u8; ENTRY as usize], (offset % self.per_file) * ENTRY).map_err(io)?;
-        crate::sync::lock(&self.open).dirty.insert(path);
+        crate::sync::lock(&self.open).mark_dirty(topic, (queue, number));
         Ok(())
     }
 
     /// The lowest and highest offsets of the queue with an entry, `None` when it has none.
     pub fn bounds(&self, topic: &str, queue: u32) -> Result<Option<(u64, u64)>, StoreError> {
         let numbers: Vec<u64> = crate::sync::lock(&self.queues)
-            .get(&(topic.to_string(), queue))
+            .get(topic)
+            .and_then(|queues| queues.get(&queue))
             .map(|q| q.numbers.iter().copied().collect())
             .unwrap_or_default();
         let mut first = None;
@@ -243,7 +296,7 @@ impl QueueIndex {
 
     /// The first (or, `last`, the last) slot of file `number` holding an entry.
     fn written_in(&self, topic: &str, queue: u32, number: u64, last: bool) -> Result<Option<u64>, StoreError> {
-        let Some(file) = self.file(&self.path(topic, queue, number), false)? else { return Ok(None) };
+        let Some(file) = self.file(topic, queue, number, false)? else { return Ok(None) };
         let bytes = self.per_file * ENTRY;
         let mut buf = vec![0u8; bytes as usize];
         file.read_exact_at(&mut buf, 0).map_err(io)?;
@@ -256,18 +309,13 @@ impl QueueIndex {
         let below = offset / self.per_file;
         let gone: Vec<u64> = {
             let mut queues = crate::sync::lock(&self.queues);
-            let Some(q) = queues.get_mut(&(topic.to_string(), queue)) else { return Ok(()) };
+            let Some(q) = queues.get_mut(topic).and_then(|queues| queues.get_mut(&queue)) else { return Ok(()) };
             let keep = q.numbers.split_off(&below);
             std::mem::replace(&mut q.numbers, keep).into_iter().collect()
         };
         for n in gone {
-            let path = self.path(topic, queue, n);
-            {
-                let mut open = crate::sync::lock(&self.open);
-                open.files.remove(&path);
-                open.dirty.remove(&path);
-            }
-            std::fs::remove_file(&path).map_err(io)?;
+            crate::sync::lock(&self.open).forget(topic, (queue, n));
+            std::fs::remove_file(self.path(topic, queue, n)).map_err(io)?;
         }
         Ok(())
     }
@@ -275,13 +323,13 @@ impl QueueIndex {
     /// Makes every entry written so far durable (with the files and directories made for
     /// them).
     pub fn sync(&self) -> Result<(), StoreError> {
-        let dirty: Vec<PathBuf> = std::mem::take(&mut crate::sync::lock(&self.open).dirty).into_iter().collect();
+        let dirty = std::mem::take(&mut crate::sync::lock(&self.open).dirty);
         let mut dirs = BTreeSet::new();
-        for path in dirty {
-            let file = self.file(&path, false)?;
-            if let Some(f) = file {
+        for (topic, (queue, number)) in dirty.iter().flat_map(|(t, files)| files.iter().map(move |f| (t, *f))) {
+            if let Some(f) = self.file(topic, queue, number, false)? {
                 f.sync_all().map_err(io)?;
             }
+            let path = self.path(topic, queue, number);
             let mut at = path.parent();
             while let Some(d) = at.filter(|d| d.starts_with(&self.dir)) {
                 dirs.insert(d.to_path_buf());
@@ -313,7 +361,8 @@ impl QueueIndex {
 
     /// Every queue with an index file.
     pub fn queues(&self) -> Vec<(String, u32)> {
-        crate::sync::lock(&self.queues).keys().cloned().collect()
+        let queues = crate::sync::lock(&self.queues);
+        queues.iter().flat_map(|(topic, queues)| queues.keys().map(move |q| (topic.clone(), *q))).collect()
     }
 }
 
@@ -394,14 +443,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ix = QueueIndex::open(dir.path(), 1).unwrap();
         let n = MAX_OPEN as u64 + 100;
+        let topic = |o: u64| if o % 2 == 0 { "t" } else { "u" };
         for o in 0..n {
-            ix.put("t", 0, o, entry(o)).unwrap();
+            ix.put(topic(o), 0, o, entry(o)).unwrap();
         }
+        // Every file is dirty: none may be closed before the sync.
+        assert_eq!(crate::sync::lock(&ix.open).count, n as usize);
         for o in 0..n {
-            assert_eq!(ix.get("t", 0, o).unwrap(), Some(entry(o)), "offset {o}");
+            assert_eq!(ix.get(topic(o), 0, o).unwrap(), Some(entry(o)), "offset {o}");
         }
         ix.sync().unwrap();
         assert!(crate::sync::lock(&ix.open).dirty.is_empty());
-        assert_eq!(ix.bounds("t", 0).unwrap(), Some((0, n - 1)));
+        // The next file to open closes the clean ones.
+        ix.put("v", 0, 0, entry(0)).unwrap();
+        assert_eq!(crate::sync::lock(&ix.open).count, 1);
+        for o in 0..n {
+            assert_eq!(ix.get(topic(o), 0, o).unwrap(), Some(entry(o)), "offset {o}");
+        }
+        assert_eq!(ix.bounds("t", 0).unwrap(), Some((0, n - 2)));
+        assert_eq!(ix.bounds("u", 0).unwrap(), Some((1, n - 1)));
+        ix.remove_below("t", 0, n).unwrap();
+        let open = crate::sync::lock(&ix.open);
+        assert!(!open.files.contains_key("t") && !open.dirty.contains_key("t"));
     }
 }
