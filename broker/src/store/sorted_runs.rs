@@ -30,8 +30,9 @@
 //! `<dir>/<id as 16 hex digits>.run`: blocks of entries in key order, each followed by the
 //! CRC-32 of its bytes; then the footer (each block's first key, position and length; the Bloom
 //! filter; the number of entries) and its CRC-32; then the footer's position and length and a
-//! magic number, which also tells the filter's kind ([`Filter`]). An entry is a key (u16 length), a kind (1: value, 0: deleted) and, for a
-//! value, its bytes (u32 length).
+//! magic number, which also tells the filter's kind (`txmqrun1`: bits anywhere in the filter;
+//! `txmqrun2`, written since 2026-12-04: all of a key's bits in one 64-byte block). An entry is
+//! a key (u16 length), a kind (1: value, 0: deleted) and, for a value, its bytes (u32 length).
 
 use super::StoreError;
 use std::collections::BTreeMap;
