@@ -33,9 +33,9 @@ pub type AfterCommit = Box<dyn FnOnce() + Send>;
 struct Job {
     batch: Batch,
     after: Option<AfterCommit>,
-    done: oneshot::Sender<Result<(), StoreError>>,
-    /// Nobody waits for it: it need not be flushed before a write that somebody waits for.
-    unawaited: bool,
+    /// Its waiter; `None` when nobody waits for it ([`Slot::submit_unawaited`]): then it need
+    /// not be flushed before a write that somebody waits for.
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 enum Msg {
@@ -135,7 +135,7 @@ impl Slot<'_> {
     /// Queues `batch`; `after` runs on the writer thread once it is durable.
     pub fn submit(self, batch: Batch, after: Option<AfterCommit>) -> Pending {
         let (done, rx) = oneshot::channel();
-        self.permit.send(Msg::Write(Job { batch, after, done, unawaited: false }));
+        self.permit.send(Msg::Write(Job { batch, after, done: Some(done) }));
         Pending { rx }
     }
 
@@ -145,8 +145,7 @@ impl Slot<'_> {
     /// records whose loss in a crash is harmless (deliveries: the messages are delivered
     /// again); a write queued after it is never durable without it.
     pub fn submit_unawaited(self, batch: Batch) {
-        let (done, _) = oneshot::channel();
-        self.permit.send(Msg::Write(Job { batch, after: None, done, unawaited: true }));
+        self.permit.send(Msg::Write(Job { batch, after: None, done: None }));
     }
 }
 
@@ -262,7 +261,7 @@ fn writer_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>, shared: Arc<S
         if let Ok(timer) = &timer {
             let wait = Duration::from_micros(shared.unawaited_wait.load(Ordering::Relaxed));
             let deadline = tokio::time::Instant::now() + wait;
-            while !stopping && group.len() < MAX_GROUP && group.iter().all(|j| j.unawaited) {
+            while !stopping && group.len() < MAX_GROUP && group.iter().all(|j| j.done.is_none()) {
                 match timer.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await }) {
                     Ok(Some(Msg::Write(job))) => {
                         group.push(job);
@@ -308,15 +307,15 @@ fn drain(rx: &mut mpsc::Receiver<Msg>, group: &mut Vec<Job>) -> bool {
 
 fn commit_group(store: &dyn Store, shared: &Shared, group: Vec<Job>) {
     if let Some(why) = shared.poisoned() {
-        for job in group {
-            let _ = job.done.send(Err(StoreError::Poisoned(why.clone())));
+        for done in group.into_iter().filter_map(|j| j.done) {
+            let _ = done.send(Err(StoreError::Poisoned(why.clone())));
         }
         return;
     }
     let replicator = shared.replicator.get();
     if let Some(Err(why)) = replicator.map(|r| r.writable()) {
-        for job in group {
-            let _ = job.done.send(Err(StoreError::NotEnoughReplicas(why.clone())));
+        for done in group.into_iter().filter_map(|j| j.done) {
+            let _ = done.send(Err(StoreError::NotEnoughReplicas(why.clone())));
         }
         return;
     }
@@ -325,7 +324,7 @@ fn commit_group(store: &dyn Store, shared: &Shared, group: Vec<Job>) {
     let mut waiters = Vec::with_capacity(group.len());
     for job in group {
         merged.extend(job.batch);
-        waiters.push((job.after, Some(job.done)));
+        waiters.push((job.after, job.done));
     }
     let seq = replicator.map(|r| r.prepare(&mut merged));
     let mut result = store.apply(&merged).and_then(|()| store.flush());
