@@ -102,11 +102,15 @@ type FileOf = (u32, u64);
 #[derive(Default)]
 struct Open {
     files: HashMap<String, HashMap<FileOf, Arc<File>>>,
-    count: usize,
     dirty: HashMap<String, BTreeSet<FileOf>>,
 }
 
 impl Open {
+    /// Files open.
+    fn len(&self) -> usize {
+        self.files.values().map(HashMap::len).sum()
+    }
+
     fn mark_dirty(&mut self, topic: &str, file: FileOf) {
         match self.dirty.get_mut(topic) {
             Some(files) => {
@@ -120,9 +124,7 @@ impl Open {
 
     fn forget(&mut self, topic: &str, file: FileOf) {
         if let Some(files) = self.files.get_mut(topic) {
-            if files.remove(&file).is_some() {
-                self.count -= 1;
-            }
+            files.remove(&file);
             if files.is_empty() {
                 self.files.remove(topic);
             }
@@ -202,25 +204,23 @@ impl QueueIndex {
         if let Some(f) = open.files.get(topic).and_then(|files| files.get(&(queue, number))) {
             return Ok(Some(f.clone()));
         }
-        if open.count >= MAX_OPEN {
-            let Open { files, count, dirty } = &mut *open;
+        if open.len() >= MAX_OPEN {
+            let Open { files, dirty } = &mut *open;
             for (topic, files) in files.iter_mut() {
                 let keep = dirty.get(topic);
                 files.retain(|f, _| keep.is_some_and(|k| k.contains(f)));
             }
             files.retain(|_, files| !files.is_empty());
-            *count = files.values().map(HashMap::len).sum();
         }
         let path = self.path(topic, queue, number);
-        let path = path.as_path();
-        let f = match OpenOptions::new().read(true).write(true).open(path) {
+        let f = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let parent = path.parent().ok_or_else(|| io("index file without a directory"))?;
                 std::fs::create_dir_all(parent).map_err(io)?;
                 let f =
-                    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
+                    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
                 f.set_len(self.per_file * ENTRY).map_err(io)?;
                 f
             }
@@ -232,7 +232,6 @@ impl QueueIndex {
             None => open.files.entry(topic.to_string()).or_default(),
         };
         files.insert((queue, number), f.clone());
-        open.count += 1;
         Ok(Some(f))
     }
 
@@ -360,6 +359,7 @@ impl QueueIndex {
     }
 
     /// Every queue with an index file.
+    #[cfg(test)]
     pub fn queues(&self) -> Vec<(String, u32)> {
         let queues = crate::sync::lock(&self.queues);
         queues.iter().flat_map(|(topic, queues)| queues.keys().map(move |q| (topic.clone(), *q))).collect()
@@ -448,7 +448,7 @@ mod tests {
             ix.put(topic(o), 0, o, entry(o)).unwrap();
         }
         // Every file is dirty: none may be closed before the sync.
-        assert_eq!(crate::sync::lock(&ix.open).count, n as usize);
+        assert_eq!(crate::sync::lock(&ix.open).len(), n as usize);
         for o in 0..n {
             assert_eq!(ix.get(topic(o), 0, o).unwrap(), Some(entry(o)), "offset {o}");
         }
@@ -456,7 +456,7 @@ mod tests {
         assert!(crate::sync::lock(&ix.open).dirty.is_empty());
         // The next file to open closes the clean ones.
         ix.put("v", 0, 0, entry(0)).unwrap();
-        assert_eq!(crate::sync::lock(&ix.open).count, 1);
+        assert_eq!(crate::sync::lock(&ix.open).len(), 1);
         for o in 0..n {
             assert_eq!(ix.get(topic(o), 0, o).unwrap(), Some(entry(o)), "offset {o}");
         }
