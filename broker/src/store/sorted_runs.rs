@@ -974,10 +974,13 @@ mod tests {
             assert_eq!(distinct.len(), BLOOM_HASHES, "key {i}: {positions:?}");
             bloom.insert(&key(i));
         }
-        // The keys spread over the blocks: none is left empty, none holds a quarter of them.
+        // The keys spread over the blocks (about six a block): nearly every block is used (one
+        // may draw no key by chance) and none has three quarters of its bits set.
         let per_block: Vec<u32> =
             bloom.bits.chunks(FILTER_BLOCK).map(|b| b.iter().map(|x| x.count_ones()).sum()).collect();
-        assert!(per_block.iter().all(|&n| n > 0 && n < 512 / 4 * 3), "{per_block:?}");
+        let used = per_block.iter().filter(|&&n| n > 0).count();
+        assert!(used * 100 >= per_block.len() * 95, "{used} of {} blocks used: {per_block:?}", per_block.len());
+        assert!(per_block.iter().all(|&n| n < 512 / 4 * 3), "{per_block:?}");
     }
 
     #[test]
