@@ -650,26 +650,34 @@ impl MessageFiles {
 
     /// Writes the entries of the applied records up to number `upto` to the index files.
     fn write_index(&self, st: &mut State, upto: u64) -> Result<(), StoreError> {
-        loop {
-            let next = {
-                let mut u = crate::sync::lock(&self.unindexed);
-                match u.records.front() {
-                    Some((seq, _, _, _)) if *seq <= upto => u.records.pop_front(),
-                    _ => None,
-                }
-            };
-            let Some((seq, end, touched, keyed)) = next else { return Ok(()) };
-            for (q, offset, entry) in &touched {
-                match entry {
-                    Some(e) => self.index.put(&q.0, q.1, *offset, *e)?,
-                    None => self.index.clear(&q.0, q.1, *offset)?,
-                }
-            }
-            if let Some(runs) = &self.keyed {
-                runs.apply(keyed.iter().cloned());
-            }
-            // Written: readers now find these entries in the files.
+        let records: Vec<_> = {
             let mut u = crate::sync::lock(&self.unindexed);
+            let n = u.records.iter().take_while(|(seq, _, _, _)| *seq <= upto).count();
+            u.records.drain(..n).collect()
+        };
+        let Some(&(last, end, _, _)) = records.last() else { return Ok(()) };
+        // All their entries at once, by queue and offset, the latest change of an offset
+        // winning (a stable sort keeps record order among equals): runs of consecutive offsets
+        // then take one write each.
+        let mut entries: Vec<(&str, u32, u64, Option<Entry>)> = records
+            .iter()
+            .flat_map(|(_, _, touched, _)| touched.iter().map(|(q, offset, e)| (q.0.as_str(), q.1, *offset, *e)))
+            .collect();
+        entries.sort_by_key(|&(topic, queue, offset, _)| (topic, queue, offset));
+        let mut latest: Vec<(&str, u32, u64, Option<Entry>)> = Vec::with_capacity(entries.len());
+        for e in entries {
+            match latest.last_mut() {
+                Some(l) if (l.0, l.1, l.2) == (e.0, e.1, e.2) => *l = e,
+                _ => latest.push(e),
+            }
+        }
+        self.index.write(&latest)?;
+        if let Some(runs) = &self.keyed {
+            runs.apply(records.iter().flat_map(|(_, _, _, keyed)| keyed.iter().cloned()));
+        }
+        // Written: readers now find these entries in the files.
+        let mut u = crate::sync::lock(&self.unindexed);
+        for (seq, _, touched, keyed) in records {
             for (k, _) in keyed {
                 if u.keyed.get(&k).is_some_and(|(s, _)| *s == seq) {
                     u.keyed.remove(&k);
@@ -681,8 +689,9 @@ impl MessageFiles {
                     u.latest.remove(&key);
                 }
             }
-            st.indexed = (seq, end);
         }
+        st.indexed = (last, end);
+        Ok(())
     }
 
     /// A queue's bounds after its message at `offset` was written (`set`) or deleted.

@@ -235,19 +235,52 @@ impl QueueIndex {
         Ok(Some(f))
     }
 
-    /// Writes the entry of `offset` in the queue (durable after the next [`QueueIndex::sync`]).
-    pub fn put(&self, topic: &str, queue: u32, offset: u64, entry: Entry) -> Result<(), StoreError> {
-        let number = offset / self.per_file;
-        let file = self.file(topic, queue, number, true)?.ok_or_else(|| io("index file not created"))?;
-        file.write_all_at(&entry.encode(offset), (offset % self.per_file) * ENTRY).map_err(io)?;
-        crate::sync::lock(&self.open).mark_dirty(topic, (queue, number));
-        let mut queues = crate::sync::lock(&self.queues);
-        let queues = match queues.get_mut(topic) {
-            Some(q) => q,
-            None => queues.entry(topic.to_string()).or_default(),
-        };
-        queues.entry(queue).or_default().numbers.insert(number);
+    /// Writes entries (`None` removes one), given in (topic, queue, offset) order with one
+    /// change an offset: each run of consecutive offsets in one file is one `pwrite`, and the
+    /// bookkeeping is done once a run (durable after the next [`QueueIndex::sync`]).
+    pub fn write(&self, changes: &[(&str, u32, u64, Option<Entry>)]) -> Result<(), StoreError> {
+        let mut buf = Vec::new();
+        let mut rest = changes;
+        while let Some(&(topic, queue, first, entry)) = rest.first() {
+            let number = first / self.per_file;
+            let mut run = 1;
+            while let Some(&(t, q, o, e)) = rest.get(run) {
+                let next = first + run as u64;
+                if t != topic
+                    || q != queue
+                    || o != next
+                    || o / self.per_file != number
+                    || e.is_some() != entry.is_some()
+                {
+                    break;
+                }
+                run += 1;
+            }
+            let (this, later) = rest.split_at(run);
+            rest = later;
+            let Some(file) = self.file(topic, queue, number, entry.is_some())? else { continue };
+            buf.clear();
+            for (_, _, offset, e) in this {
+                buf.extend_from_slice(&e.map_or([0; ENTRY as usize], |e| e.encode(*offset)));
+            }
+            file.write_all_at(&buf, (first % self.per_file) * ENTRY).map_err(io)?;
+            crate::sync::lock(&self.open).mark_dirty(topic, (queue, number));
+            if entry.is_some() {
+                let mut queues = crate::sync::lock(&self.queues);
+                let queues = match queues.get_mut(topic) {
+                    Some(q) => q,
+                    None => queues.entry(topic.to_string()).or_default(),
+                };
+                queues.entry(queue).or_default().numbers.insert(number);
+            }
+        }
         Ok(())
+    }
+
+    /// Writes the entry of `offset` in the queue.
+    #[cfg(test)]
+    pub fn put(&self, topic: &str, queue: u32, offset: u64, entry: Entry) -> Result<(), StoreError> {
+        self.write(&[(topic, queue, offset, Some(entry))])
     }
 
     /// The entry of `offset` in the queue; `None` when it has none.
@@ -259,15 +292,6 @@ impl QueueIndex {
         file.read_exact_at(&mut e, (offset % self.per_file) * ENTRY).map_err(io)?;
         Entry::decode(&e, offset)
             .map_err(|detail| StoreError::Corrupt { key: format!("{topic}/{queue}/{offset}").into_bytes(), detail })
-    }
-
-    /// Removes the entry of `offset` in the queue, if it has one.
-    pub fn clear(&self, topic: &str, queue: u32, offset: u64) -> Result<(), StoreError> {
-        let number = offset / self.per_file;
-        let Some(file) = self.file(topic, queue, number, false)? else { return Ok(()) };
-        file.write_all_at(&[0u8; ENTRY as usize], (offset % self.per_file) * ENTRY).map_err(io)?;
-        crate::sync::lock(&self.open).mark_dirty(topic, (queue, number));
-        Ok(())
     }
 
     /// The lowest and highest offsets of the queue with an entry, `None` when it has none.
@@ -396,6 +420,40 @@ mod tests {
         assert_eq!(ix.bounds("orders", 2).unwrap(), Some((5, 29)));
         assert_eq!(ix.get("orders", 2, 17).unwrap(), Some(entry(17)));
         assert_eq!(ix.bounds("nothing", 0).unwrap(), None);
+    }
+
+    #[test]
+    fn one_write_of_many_changes_splits_them_by_queue_file_and_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = QueueIndex::open(dir.path(), 8).unwrap();
+        for o in [3, 4, 5] {
+            ix.put("t", 0, o, entry(o)).unwrap();
+        }
+        // Offsets 6..=17 span files 0, 1 and 2; 4 and 5 are removed amid them, offset 9 skipped;
+        // another queue and a topic sorted between take their own writes; a removal in a file
+        // never made creates none.
+        let mut changes: Vec<(&str, u32, u64, Option<Entry>)> =
+            vec![("t", 0, 2, None), ("t", 0, 4, None), ("t", 0, 5, None)];
+        changes.extend((6..18).filter(|o| *o != 9).map(|o| ("t", 0, o, Some(entry(o)))));
+        changes.push(("t", 0, 40, None));
+        changes.extend((0..3).map(|o| ("t", 1, o, Some(entry(100 + o)))));
+        changes.push(("u", 0, 7, Some(entry(7))));
+        ix.write(&changes).unwrap();
+        let got = |t: &str, q: u32, o: u64| ix.get(t, q, o).unwrap();
+        assert_eq!((got("t", 0, 3), got("t", 0, 4), got("t", 0, 5)), (Some(entry(3)), None, None));
+        for o in (6..18).filter(|o| *o != 9) {
+            assert_eq!(got("t", 0, o), Some(entry(o)), "offset {o}");
+        }
+        assert_eq!(got("t", 0, 9), None);
+        assert!(!ix.path("t", 0, 5).exists(), "a removal made a file");
+        assert_eq!((got("t", 1, 2), got("u", 0, 7)), (Some(entry(102)), Some(entry(7))));
+        assert_eq!(ix.bounds("t", 0).unwrap(), Some((3, 17)));
+        // Every file written is synced and found again after a restart.
+        ix.sync().unwrap();
+        drop(ix);
+        let ix = QueueIndex::open(dir.path(), 8).unwrap();
+        assert_eq!(ix.get("t", 0, 16).unwrap(), Some(entry(16)));
+        assert_eq!(ix.queues(), [("t".to_string(), 0), ("t".to_string(), 1), ("u".to_string(), 0)]);
     }
 
     #[test]
