@@ -464,9 +464,16 @@ mod tests {
             put_messages(&store, start..start + 100, 4096);
         }
         assert!(segments(dir.path()).len() >= 3, "{:?}", segments(dir.path()));
-        // The value log's own bytes (sled's file may grow meanwhile, by its own rules).
-        let value_log_bytes = |store: &SledStore| store.values.as_ref().map_or(0, ValueLog::size_on_disk);
-        let before = value_log_bytes(&store);
+        // The value log's segment bytes (sled's file may grow meanwhile, by its own rules, and
+        // the spare segment is being zeroed by a background thread at its own pace: counted, it
+        // made this test fail now and then on a busy machine).
+        let value_log_bytes = || -> u64 {
+            segments(dir.path())
+                .iter()
+                .map(|n| std::fs::metadata(dir.path().join("values").join(n)).unwrap().len())
+                .sum()
+        };
+        let before = value_log_bytes();
         // Overwrite half and delete the other half: the first segments hold nothing live.
         let mut b = Batch::new();
         for offset in 0..1000 {
@@ -480,7 +487,7 @@ mod tests {
         store.flush().unwrap();
         let left = segments(dir.path());
         assert_eq!(left.len(), 1, "only the active segment is left: {left:?}");
-        assert!(value_log_bytes(&store) < before);
+        assert!(value_log_bytes() < before);
         assert_eq!(store.get(&chunk_key(1).encode()).unwrap(), Some(vec![1; 16]));
         assert_eq!(store.get(&chunk_key(2).encode()).unwrap(), None);
         // Reopening starts a new segment and keeps the one with live values.
