@@ -1274,7 +1274,10 @@ mod tests {
         let (prepared, _) = files.prepare(&[&op], false).unwrap();
         prepared.applied().unwrap();
         assert_eq!(files.get(&key(0)).unwrap(), None);
+        // The five records' entries go to the index files in one write, the deletion of 0
+        // winning over its put, and are read from there from now on.
         files.flushed(files.applied()).unwrap();
+        assert!(crate::sync::lock(&files.unindexed).latest.is_empty());
         assert_eq!(files.get(&key(0)).unwrap(), None);
         let all = files.scan(Bound::Unbounded, Bound::Unbounded, 10, false).unwrap();
         assert_eq!(all.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [1, 2, 3]);

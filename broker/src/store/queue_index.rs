@@ -430,8 +430,8 @@ mod tests {
             ix.put("t", 0, o, entry(o)).unwrap();
         }
         // Offsets 6..=17 span files 0, 1 and 2; 4 and 5 are removed amid them, offset 9 skipped;
-        // another queue and a topic sorted between take their own writes; a removal in a file
-        // never made creates none.
+        // another queue and another topic take their own writes; a removal in a file never
+        // made creates none.
         let mut changes: Vec<(&str, u32, u64, Option<Entry>)> =
             vec![("t", 0, 2, None), ("t", 0, 4, None), ("t", 0, 5, None)];
         changes.extend((6..18).filter(|o| *o != 9).map(|o| ("t", 0, o, Some(entry(o)))));
