@@ -70,6 +70,11 @@ do_txmq() { # one rep of every txmq row
   timed e2e --txn --concurrency 64 --rate 5000
   # The same paced load through the SDK (natural batching), the path an order service takes.
   timed e2e --txn --concurrency 64 --sdk --rate "${E2E_RATE:-2000}"
+  # Through the SDK committing one way, as send_in_db_transaction does: the producer goes on
+  # without waiting for the commit's answer (the broker still makes it durable before delivery).
+  timed e2e --txn --concurrency 64 --sdk --oneway
+  timed e2e --txn --concurrency 8 --sdk --oneway
+  timed e2e --txn --concurrency 64 --sdk --oneway --rate "${E2E_RATE:-2000}"
   # The same with one AckMessage call per receive (the protocol allows it; the official
   # clients send one per message).
   run consume --backlog 100000 --ack-batch

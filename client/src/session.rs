@@ -16,6 +16,8 @@ use txmq_proto::v2;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// Longest wait between attempts to re-open the Telemetry stream.
 const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(2);
+/// Most one-way transaction decisions out at once; a further one waits for room.
+pub(crate) const MAX_ONEWAY_DECISIONS: u32 = 1024;
 
 /// Handles a command the broker sent on the Telemetry stream.
 pub(crate) type CommandHandler = Arc<dyn Fn(v2::TelemetryCommand) + Send + Sync>;
@@ -30,6 +32,9 @@ pub(crate) struct Session {
     pub client_id: String,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// Room for one-way transaction decisions ([`MAX_ONEWAY_DECISIONS`] permits); one is held
+    /// from the hand-off until the broker answered.
+    pub oneway: Arc<tokio::sync::Semaphore>,
     group: Option<String>,
 }
 
@@ -52,6 +57,7 @@ impl Session {
             client_id,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            oneway: Arc::new(tokio::sync::Semaphore::new(MAX_ONEWAY_DECISIONS as usize)),
             group,
         });
         session.tracker.spawn(heartbeats(session.clone(), client_type));
@@ -59,8 +65,11 @@ impl Session {
         Ok(session)
     }
 
-    /// Tells the broker we are leaving, stops the background tasks and waits for them.
+    /// Sends the one-way decisions still out, tells the broker we are leaving, stops the
+    /// background tasks and waits for them.
     pub async fn close(&self) -> Result<()> {
+        // Every permit back: no one-way decision is still on its way.
+        let _ = self.oneway.acquire_many(MAX_ONEWAY_DECISIONS).await;
         let req = v2::NotifyClientTerminationRequest { group: self.group.as_deref().and_then(transport::resource) };
         let result =
             transport::call(self.config.request_timeout, self.rpc.clone().notify_client_termination(req)).await;

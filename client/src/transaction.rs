@@ -87,6 +87,28 @@ impl PendingTransaction {
         self.end(Resolution::Commit).await
     }
 
+    /// Commits without waiting for the broker's answer (as RocketMQ 4 producers end a
+    /// transaction, one way): the decision is handed to the producer, leaves with the next
+    /// batch, and this returns. When it is lost (the broker is unreachable, or this process
+    /// dies first) the broker's check-back asks the [`TransactionChecker`], which must then
+    /// answer `Commit` from durable state; a failure is only logged. Waits while 1,024
+    /// decisions are out; the producer's `shutdown` sends those still out first.
+    ///
+    /// The broker makes the decision durable before any consumer sees the message, as with
+    /// [`Self::commit`]; what is saved is the wait for that answer: one round trip and one
+    /// group commit fewer before the caller goes on.
+    pub async fn commit_oneway(self) {
+        let Ok(permit) = self.producer.session.oneway.clone().acquire_owned().await else { return };
+        let tracker = self.producer.session.tracker.clone();
+        tracker.spawn(async move {
+            let id = self.context.transaction_id.clone();
+            if let Err(e) = self.end(Resolution::Commit).await {
+                tracing::warn!(transaction_id = id, error = %e, "a one-way commit did not reach the broker; the check-back will commit");
+            }
+            drop(permit);
+        });
+    }
+
     /// Discards the message.
     pub async fn rollback(self) -> Result<()> {
         self.end(Resolution::Rollback).await

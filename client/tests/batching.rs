@@ -251,3 +251,48 @@ async fn the_sdk_sends_concurrent_decisions_in_end_transactions_calls() {
     want.sort();
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_way_commits_reach_the_broker_before_shutdown_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    // Never answers a check-back: every message delivered was committed by its one-way commit.
+    struct Never;
+    #[async_trait::async_trait]
+    impl txmq_client::TransactionChecker for Never {
+        async fn check(&self, _: &txmq_client::CheckRequest) -> txmq_client::Resolution {
+            txmq_client::Resolution::Unknown
+        }
+    }
+    let p = txmq_client::TransactionProducer::connect(
+        ClientConfig::new(broker.access_point()),
+        &["payments"],
+        Arc::new(Never),
+    )
+    .await
+    .unwrap();
+    // Many halves first, then their one-way commits all at once: more decisions than one
+    // round trip carries are still queued when shutdown starts.
+    const N: usize = 600;
+    let begun: Vec<_> = (0..N)
+        .map(|i| {
+            let p = p.clone();
+            tokio::spawn(async move { p.begin(Message::new("payments", format!("payment {i}"))).await.unwrap() })
+        })
+        .collect();
+    let mut pending = Vec::new();
+    for b in begun {
+        pending.push(b.await.unwrap());
+    }
+    assert_eq!(broker.broker.gauges().pending_transactions, N as u64);
+    for t in pending {
+        t.commit_oneway().await;
+    }
+    p.shutdown().await.unwrap();
+    assert_eq!(broker.broker.gauges().pending_transactions, 0, "a one-way commit was still out after shutdown");
+    let mut got = receive_bodies(&broker, "pay", "payments", N).await;
+    got.sort();
+    let mut want: Vec<String> = (0..N).map(|i| format!("payment {i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+}

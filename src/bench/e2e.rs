@@ -21,7 +21,7 @@ pub(super) async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> 
     let topic = format!("bench-e2e-{run_id}");
     let group = format!("bench-e2e-group-{run_id}");
     let scenario = if args.txn { Scenario::Txn } else { Scenario::Send };
-    let sender = Sender::connect(broker, scenario, &topic, load.sdk()).await?;
+    let sender = Sender::connect(broker, scenario, &topic, load.sdk(), args.oneway).await?;
     let consumer_client = connect(broker).await?;
     let mut admin = admin::connect(broker).await?;
     // Creates the topic and the group (at the earliest offset) before measuring.
@@ -170,11 +170,12 @@ pub(super) async fn e2e(broker: &str, args: &E2eArgs) -> anyhow::Result<Report> 
             if args.rate > 0 { format!(", paced at {}/s", args.rate) } else { String::new() }
         ),
         result_name: format!(
-            "e2e-{}+receive+ack{}-{}B{paced}{}{}",
+            "e2e-{}+receive+ack{}-{}B{paced}{}{}{}",
             if args.txn { "txn-half+commit" } else { "send" },
             if args.ack_batch { "-batched" } else { "" },
             load.size,
             load.mode(),
+            if args.oneway { "-oneway" } else { "" },
             // Four consumers unless said otherwise (the name of earlier runs' rows).
             if args.consumers == 4 { String::new() } else { format!("-consumers{}", args.consumers) }
         ),

@@ -12,7 +12,7 @@ pub(super) async fn load(broker: &str, args: &LoadArgs, scenario: Scenario) -> a
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let sender = Sender::connect(broker, scenario, &args.topic, args.sdk()).await?;
+    let sender = Sender::connect(broker, scenario, &args.topic, args.sdk(), false).await?;
     let mut admin = admin::connect(broker).await?;
     // Warm up: creates the topic so that its creation is not measured.
     let run_id = micros_now();

@@ -76,6 +76,12 @@ pub struct E2eArgs {
     /// entries; the official clients send one per message).
     #[arg(long)]
     pub ack_batch: bool,
+    /// With --txn --sdk: commit one way, as the SDK's `send_in_db_transaction` does (the
+    /// commit is handed off and the next transaction starts without waiting for the broker's
+    /// answer; the broker still makes it durable before a consumer sees the message). Result
+    /// names end in `-oneway`.
+    #[arg(long, requires = "txn", requires = "sdk")]
+    pub oneway: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -170,7 +176,8 @@ pub(super) fn ok(s: Option<&v2::Status>) -> bool {
 #[derive(Clone)]
 pub(super) enum Sender {
     Plain(txmq_client::Producer),
-    Txn(std::sync::Arc<txmq_client::TransactionProducer>),
+    /// A transactional producer, and whether it commits one way.
+    Txn(std::sync::Arc<txmq_client::TransactionProducer>, bool),
 }
 
 impl Sender {
@@ -180,6 +187,7 @@ impl Sender {
         scenario: Scenario,
         topic: &str,
         sdk: Option<usize>,
+        oneway: bool,
     ) -> anyhow::Result<Self> {
         let batching = match sdk {
             Some(in_flight) => txmq_client::Batching { in_flight, ..txmq_client::Batching::default() },
@@ -192,11 +200,14 @@ impl Sender {
                     .await
                     .with_context(|| format!("cannot reach the broker at {broker}"))?,
             ),
-            Scenario::Txn => Sender::Txn(std::sync::Arc::new(
-                txmq_client::TransactionProducer::connect(config, &[topic], std::sync::Arc::new(CommitAll))
-                    .await
-                    .with_context(|| format!("cannot reach the broker at {broker}"))?,
-            )),
+            Scenario::Txn => Sender::Txn(
+                std::sync::Arc::new(
+                    txmq_client::TransactionProducer::connect(config, &[topic], std::sync::Arc::new(CommitAll))
+                        .await
+                        .with_context(|| format!("cannot reach the broker at {broker}"))?,
+                ),
+                oneway,
+            ),
         })
     }
 
@@ -206,10 +217,16 @@ impl Sender {
         let message = txmq_client::Message::new(topic, body.to_vec()).with_id(id);
         match self {
             Sender::Plain(p) => p.send(message).await.is_ok(),
-            Sender::Txn(p) => {
+            Sender::Txn(p, oneway) => {
                 let Ok(pending) = p.begin(message).await else { return false };
                 committing();
-                pending.commit().await.is_ok()
+                if *oneway {
+                    // Its failure shows as a message the consumers never receive.
+                    pending.commit_oneway().await;
+                    true
+                } else {
+                    pending.commit().await.is_ok()
+                }
             }
         }
     }
@@ -218,7 +235,7 @@ impl Sender {
     pub(super) async fn send(&self, topic: &str, id: String, body: &[u8]) -> anyhow::Result<()> {
         let p = match self {
             Sender::Plain(p) => p,
-            Sender::Txn(p) => p.producer(),
+            Sender::Txn(p, _) => p.producer(),
         };
         p.send(txmq_client::Message::new(topic, body.to_vec()).with_id(id)).await?;
         Ok(())

@@ -95,7 +95,7 @@ impl OrderService {
         F: Fn(db::DbTx) -> Fut,
         Fut: std::future::Future<Output = Result<(db::DbTx, T), Local>>,
     {
-        let finish = if coin(self.crash_rate, salt) { Finish::LeaveToCheckBack } else { Finish::End };
+        let finish = if coin(self.crash_rate, salt) { Finish::LeaveToCheckBack } else { Finish::EndOneway };
         let r = db::send_in_db_transaction_then(&self.producer, &self.log, event, |tx, _ctx| local(tx), finish).await?;
         Ok(r.map(|(v, _)| v))
     }

@@ -68,7 +68,14 @@ pub enum Published {
 /// What [`send_in_db_transaction_then`] does after the database commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
-    /// Commit the message right away (normal operation).
+    /// Commit the message right away without waiting for the broker's answer
+    /// ([`PendingTransaction::commit_oneway`](crate::PendingTransaction::commit_oneway)): the
+    /// check-back, answered from the transaction log, commits it if the decision is lost. What
+    /// [`send_in_db_transaction`] does.
+    EndOneway,
+    /// Commit the message right away and wait for the broker's answer (a failure is logged,
+    /// and the check-back commits it): when the call returns, the message is visible unless
+    /// the broker could not be reached.
     End,
     /// Do not tell the broker: behave as if the process crashed right after the database
     /// commit, leaving the message to the check-back. For failure drills and tests.
@@ -166,7 +173,9 @@ impl TransactionChecker for TxnLog {
 /// Runs `local` in a database transaction and publishes `message` with it, safely:
 /// - broker reachable: the half message is stored first, the transaction id is recorded in
 ///   the transaction log inside the same database transaction, and the message is committed
-///   after the database commit (rolled back if `local` fails);
+///   after the database commit (rolled back if `local` fails), one way: the commit is handed
+///   to the producer and this returns without waiting for the broker's answer
+///   ([`Finish::EndOneway`]; the check-back covers a lost decision);
 /// - broker unreachable: the message goes to the outbox inside the same database transaction.
 ///
 /// `local` receives the open transaction (and the half message's ids, `None` in the outbox
@@ -184,7 +193,7 @@ where
     Fut: Future<Output = std::result::Result<(DbTx, T), E>>,
     E: From<sqlx::Error>,
 {
-    send_in_db_transaction_then(producer, log, message, local, Finish::End).await
+    send_in_db_transaction_then(producer, log, message, local, Finish::EndOneway).await
 }
 
 /// [`send_in_db_transaction`] with a choice of what happens after the database commit.
@@ -243,10 +252,14 @@ where
         let _ = pending.rollback().await;
         return Ok(Err(E::from(e)));
     }
-    if finish == Finish::LeaveToCheckBack {
-        drop(pending);
-    } else if let Err(e) = pending.commit().await {
-        tracing::warn!(transaction_id, error = %e, "commit did not reach the broker; the check-back will commit");
+    match finish {
+        Finish::LeaveToCheckBack => drop(pending),
+        Finish::EndOneway => pending.commit_oneway().await,
+        Finish::End => {
+            if let Err(e) = pending.commit().await {
+                tracing::warn!(transaction_id, error = %e, "commit did not reach the broker; the check-back will commit");
+            }
+        }
     }
     Ok(Ok((value, Published::Transactional { transaction_id })))
 }
