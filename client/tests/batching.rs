@@ -1,7 +1,8 @@
 //! Natural batching in the SDK and the batched transaction-decision call, against an
 //! in-process broker: each send keeps its own receipt and error, a FIFO group keeps its order,
 //! one invalid message fails alone, and `txmq.v1.Transactions/EndTransactions` mixes commits
-//! and rollbacks, answers each decision, and is idempotent.
+//! and rollbacks, answers each decision, and is idempotent; one-way commits all reach the
+//! broker by the time the producer's shutdown returns.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -207,10 +208,9 @@ async fn end_transactions_mixes_decisions_answers_each_and_is_idempotent() {
     assert!(r.results.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sdk_sends_concurrent_decisions_in_end_transactions_calls() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path()).await;
+/// A transactional producer of `payments` whose checker never decides: only its own decisions
+/// end its transactions.
+async fn never_checked_producer(broker: &RunningBroker) -> txmq_client::TransactionProducer {
     struct Never;
     #[async_trait::async_trait]
     impl txmq_client::TransactionChecker for Never {
@@ -218,13 +218,16 @@ async fn the_sdk_sends_concurrent_decisions_in_end_transactions_calls() {
             txmq_client::Resolution::Unknown
         }
     }
-    let p = txmq_client::TransactionProducer::connect(
-        ClientConfig::new(broker.access_point()),
-        &["payments"],
-        Arc::new(Never),
-    )
-    .await
-    .unwrap();
+    txmq_client::TransactionProducer::connect(ClientConfig::new(broker.access_point()), &["payments"], Arc::new(Never))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_sends_concurrent_decisions_in_end_transactions_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let p = never_checked_producer(&broker).await;
     let (before_one, before_many) = (calls(&broker, "EndTransaction"), calls(&broker, "EndTransactions"));
     let runs: Vec<_> = (0..100)
         .map(|i| {
@@ -256,21 +259,8 @@ async fn the_sdk_sends_concurrent_decisions_in_end_transactions_calls() {
 async fn one_way_commits_reach_the_broker_before_shutdown_returns() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path()).await;
-    // Never answers a check-back: every message delivered was committed by its one-way commit.
-    struct Never;
-    #[async_trait::async_trait]
-    impl txmq_client::TransactionChecker for Never {
-        async fn check(&self, _: &txmq_client::CheckRequest) -> txmq_client::Resolution {
-            txmq_client::Resolution::Unknown
-        }
-    }
-    let p = txmq_client::TransactionProducer::connect(
-        ClientConfig::new(broker.access_point()),
-        &["payments"],
-        Arc::new(Never),
-    )
-    .await
-    .unwrap();
+    // Every message delivered was committed by its one-way commit (no check-back commits).
+    let p = never_checked_producer(&broker).await;
     // Many halves first, then their one-way commits all at once: more decisions than one
     // round trip carries are still queued when shutdown starts.
     const N: usize = 600;
