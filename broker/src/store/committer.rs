@@ -285,9 +285,10 @@ fn writer_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>, shared: Arc<S
     if !rest.is_empty() {
         commit_group(store.as_ref(), &shared, rest);
     }
-    // A last flush even when idle: cheap, and shutdown promises "flushed".
+    // A last flush even when idle, as a checkpoint: shutdown promises "flushed", and the next
+    // open has nothing to replay.
     if shared.poisoned().is_none() {
-        if let Err(e) = store.flush() {
+        if let Err(e) = store.checkpoint() {
             shared.poison(e.to_string());
         }
     }

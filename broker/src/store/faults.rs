@@ -126,6 +126,13 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.flush()
     }
 
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        if self.faults.take(&self.faults.flushes_before_failing, &self.faults.fail_flushes) {
+            return Err(StoreError::Io("injected fsync failure".into()));
+        }
+        self.inner.checkpoint()
+    }
+
     fn size_on_disk(&self) -> u64 {
         self.inner.size_on_disk()
     }

@@ -231,6 +231,16 @@ impl Journal {
     /// Opens the journal in `dir` (creating it empty): reads every segment to find where the
     /// valid records end, and writes new ones from there.
     pub fn open(dir: &Path, options: JournalOptions) -> Result<Journal, StoreError> {
+        Self::open_from(dir, options, 0)
+    }
+
+    /// [`Journal::open`] reading only the segments from `verify_from` on (the caller needs
+    /// no record before it found here; the bodies it reads there carry their own checksums):
+    /// the segments before it were closed, end written and synced, before later ones were
+    /// made, and reading them all would make an open read the whole journal. When those from
+    /// `verify_from` hold no record, earlier ones are read until one does, for the numbers the
+    /// next record and epoch follow.
+    pub fn open_from(dir: &Path, options: JournalOptions, verify_from: u64) -> Result<Journal, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
         let mut ids = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -246,39 +256,17 @@ impl Journal {
         }
         ids.sort_unstable();
         let mut files = BTreeMap::new();
-        let mut expect = Expect::default();
-        let mut tail = None;
-        for (i, &id) in ids.iter().enumerate() {
-            let file = open_segment(dir, id)?;
-            let cap = capacity(&file)?;
-            let last = i + 1 == ids.len();
-            let mut offset = 0;
-            let ended = loop {
-                match read_valid(&file, id, cap, offset, expect) {
-                    Some((h, payload)) => {
-                        // A segment's end carries the number the next record will have.
-                        let next = if h.kind == KIND_END { h.seq } else { h.seq + 1 };
-                        expect = Expect { seq: Some(next), epoch: h.epoch };
-                        offset += HEADER + payload.len() as u64;
-                        if h.kind == KIND_END {
-                            break true;
-                        }
-                    }
-                    None => break false,
-                }
-            };
-            files.insert(id, file.clone());
-            if !ended && !last {
-                // A segment is closed (its end written and synced) before the next is made.
-                return Err(StoreError::Corrupt {
-                    key: segment_path(dir, id).to_string_lossy().into_owned().into_bytes(),
-                    detail: format!("journal segment {id} has an invalid record at {offset} and is not the last"),
-                });
-            }
-            if !ended {
-                tail = Some((id, file, cap, offset));
-            }
+        for &id in &ids {
+            files.insert(id, open_segment(dir, id)?);
         }
+        let mut start = ids.partition_point(|&id| id < verify_from);
+        let (expect, tail) = loop {
+            let (expect, tail) = Self::scan(dir, &ids[start..], &files)?;
+            if expect.seq.is_some() || start == 0 {
+                break (expect, tail);
+            }
+            start -= 1;
+        };
         let epoch = expect.epoch + 1;
         let next_seq = expect.seq.unwrap_or(1);
         let (id, file, cap, end) = match tail {
@@ -322,6 +310,49 @@ impl Journal {
         let seq = w.next_seq;
         self.write(&mut w, KIND_RECORD, payload)?;
         Ok((seq, at))
+    }
+
+    /// Reads segments `ids` (the last ones) in order: the numbers the next record follows, and
+    /// the last segment when it has no end (where appends go on: its id, file, size and end).
+    #[allow(clippy::type_complexity)]
+    fn scan(
+        dir: &Path,
+        ids: &[u64],
+        files: &BTreeMap<u64, Arc<File>>,
+    ) -> Result<(Expect, Option<(u64, Arc<File>, u64, u64)>), StoreError> {
+        let mut expect = Expect::default();
+        let mut tail = None;
+        for (i, &id) in ids.iter().enumerate() {
+            let Some(file) = files.get(&id) else { continue };
+            let cap = capacity(file)?;
+            let last = i + 1 == ids.len();
+            let mut offset = 0;
+            let ended = loop {
+                match read_valid(file, id, cap, offset, expect) {
+                    Some((h, payload)) => {
+                        // A segment's end carries the number the next record will have.
+                        let next = if h.kind == KIND_END { h.seq } else { h.seq + 1 };
+                        expect = Expect { seq: Some(next), epoch: h.epoch };
+                        offset += HEADER + payload.len() as u64;
+                        if h.kind == KIND_END {
+                            break true;
+                        }
+                    }
+                    None => break false,
+                }
+            };
+            if !ended && !last {
+                // A segment is closed (its end written and synced) before the next is made.
+                return Err(StoreError::Corrupt {
+                    key: segment_path(dir, id).to_string_lossy().into_owned().into_bytes(),
+                    detail: format!("journal segment {id} has an invalid record at {offset} and is not the last"),
+                });
+            }
+            if !ended {
+                tail = Some((id, file.clone(), cap, offset));
+            }
+        }
+        Ok((expect, tail))
     }
 
     /// Writes a record of `kind` at the writer's end.
@@ -632,6 +663,33 @@ mod tests {
         // A replay after a sequence number starts past it.
         let tail: Vec<u64> = j.replay(Some(98)).map(|r| r.unwrap().seq).collect();
         assert_eq!(tail, [99, 100, 101]);
+    }
+
+    #[test]
+    fn an_open_from_a_later_segment_reads_only_from_there_and_goes_on_numbering() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), SMALL).unwrap();
+        let written = append_n(&j, 0..100);
+        let segments = j.segments();
+        assert!(segments.len() >= 4, "{segments:?}");
+        drop(j);
+        // A damaged record in a segment before `verify_from` is not read at open (a plain open
+        // refuses it), yet every later record is there and new ones follow the last.
+        let early = written[1].1;
+        flip(dir.path(), early.segment, early.offset + HEADER);
+        assert!(matches!(Journal::open(dir.path(), SMALL), Err(StoreError::Corrupt { .. })));
+        let from = segments[segments.len() - 2];
+        let j = Journal::open_from(dir.path(), SMALL, from).unwrap();
+        assert_eq!(j.read(written[99].1).unwrap().payload, payload(99));
+        let (seq, at) = j.append(b"after").unwrap();
+        j.sync().unwrap();
+        assert_eq!(seq, 101);
+        assert_eq!(j.read(at).unwrap().payload, b"after");
+        // Segments from `verify_from` on with no record: the numbers come from earlier ones.
+        drop(j);
+        let past = segments.last().unwrap() + 10;
+        let j = Journal::open_from(dir.path(), SMALL, past).unwrap();
+        assert_eq!(j.end().0, 102, "the next record follows the last one written");
     }
 
     #[test]

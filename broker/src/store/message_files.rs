@@ -358,6 +358,14 @@ impl Outcome {
         crate::sync::lock(&self.result).take()
     }
 
+    /// Waits for the answer, leaving it to be taken.
+    fn wait_given(&self) {
+        let mut r = crate::sync::lock(&self.result);
+        while r.is_none() {
+            r = self.ready.wait(r).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
     /// Waits for the answer and takes it.
     fn wait(&self) -> Result<(), StoreError> {
         let mut r = crate::sync::lock(&self.result);
@@ -485,6 +493,8 @@ pub struct MessageFiles {
     state: Mutex<State>,
     /// Its own lock, taken after `state` (readers take only this one, briefly).
     unindexed: Mutex<Unindexed>,
+    /// Journal records the open applied again (those after the durable checkpoint).
+    replayed: u64,
 }
 
 impl std::fmt::Debug for MessageFiles {
@@ -509,10 +519,7 @@ impl MessageFiles {
     /// under [`prefix`] with its value): cuts off journal records sled never took and applies
     /// those after the durable checkpoint to the indexes again.
     pub fn open(dir: &Path, stored: Vec<(Vec<u8>, Vec<u8>)>) -> Result<MessageFiles, StoreError> {
-        let journal = Arc::new(Journal::open(&dir.join("journal"), JournalOptions::default())?);
-        let index = Arc::new(QueueIndex::open(&dir.join("queues"), PER_FILE)?);
-        let first = Position { segment: journal.segments().first().copied().unwrap_or(1), offset: 0 };
-        let (mut applied, mut durable) = ((0, first), (0, first));
+        let (mut applied, mut durable) = (None, None);
         let mut bounds = HashMap::new();
         let (mut kinds, mut runs): (&'static [u8], _) = (&[], Vec::new());
         for (k, v) in &stored {
@@ -525,9 +532,9 @@ impl MessageFiles {
             } else if *k == runs_key() {
                 runs = decode_runs(k, v)?;
             } else if *k == applied_key() {
-                applied = decode_point(k, v)?;
+                applied = Some(decode_point(k, v)?);
             } else if *k == checkpoint_key() {
-                durable = decode_point(k, v)?;
+                durable = Some(decode_point(k, v)?);
             } else if k.starts_with(&[RESERVED, b'j', b'q']) {
                 let mut d = Decoder::new(&k[3..]);
                 let q = (|| Ok::<_, crate::codec::CodecError>((d.str()?, d.u32()?)))().map_err(|e| corrupt(k, e))?;
@@ -539,6 +546,13 @@ impl MessageFiles {
                 bounds.insert(q, b);
             }
         }
+        // Only the segments from the durable checkpoint's on are read through: the records
+        // before it are read again only through index entries, which carry their checksums.
+        let verify_from = durable.map_or(0, |(_, at): (u64, Position)| at.segment);
+        let journal = Arc::new(Journal::open_from(&dir.join("journal"), JournalOptions::default(), verify_from)?);
+        let index = Arc::new(QueueIndex::open(&dir.join("queues"), PER_FILE)?);
+        let first = Position { segment: journal.segments().first().copied().unwrap_or(1), offset: 0 };
+        let (applied, durable) = (applied.unwrap_or((0, first)), durable.unwrap_or((0, first)));
         let (next, _) = journal.end();
         if next - 1 < applied.0.max(durable.0) {
             return Err(corrupt(
@@ -569,14 +583,16 @@ impl MessageFiles {
                 checkpoint_every: CHECKPOINT_EVERY,
             }),
             unindexed: Mutex::new(Unindexed::default()),
+            replayed: 0,
         };
         // The indexes as of the durable checkpoint, brought up to the records that happened:
         // those sled took (up to its last batch), then those that wrote nothing to sled
         // ("alone": whole in the journal). The first record past sled's last batch that is not
         // alone belongs to a batch that never happened: the journal is cut there, with every
         // record after it (which may depend on it).
+        let mut files = files;
         let mut st = crate::sync::lock(&files.state);
-        let mut cut = None;
+        let (mut cut, mut replayed) = (None, 0);
         for record in files.journal.replay_from(durable.1) {
             let record = record?;
             let (changes, keyed, alone) = decode_record(&record.payload).map_err(|e| corrupt(b"journal", e))?;
@@ -598,12 +614,17 @@ impl MessageFiles {
                 .collect();
             st.applied = st.applied.max((record.seq, record.end));
             files.note_applied(&mut st, (record.seq, record.end), entries, keyed)?;
+            replayed += 1;
         }
         if let Some(seq) = cut {
             files.journal.truncate(st.applied.1, seq)?;
         }
         files.write_index(&mut st, u64::MAX)?;
         drop(st);
+        if replayed > 0 {
+            tracing::info!(records = replayed, "journal records after the last checkpoint applied again");
+        }
+        files.replayed = replayed;
         Ok(files)
     }
 
@@ -1061,6 +1082,35 @@ impl MessageFiles {
         writes.extend(p.bounds);
         st.pending = Some((p.point, p.live_from, runs));
         writes
+    }
+
+    /// Journal records the open applied again: those after the durable checkpoint.
+    pub fn replayed_at_open(&self) -> u64 {
+        self.replayed
+    }
+
+    /// Takes a checkpoint at every flush from now on, waiting for its files (a clean shutdown,
+    /// [`Store::checkpoint`](super::Store::checkpoint)).
+    pub fn checkpoint_at_every_flush(&self) {
+        let mut st = crate::sync::lock(&self.state);
+        st.checkpoint_every = Duration::ZERO;
+        st.wait_for_files = true;
+    }
+
+    /// Whether the durable checkpoint covers every applied record (an open would replay none).
+    /// Waits a little for a checkpoint whose files are being made durable in the background.
+    pub fn nothing_to_replay(&self) -> bool {
+        let preparing = {
+            let st = crate::sync::lock(&self.state);
+            if st.preparing.is_none() && st.pending.is_none() && st.durable.0 == st.applied.0 {
+                return true;
+            }
+            st.preparing.as_ref().map(|p| p.outcome.clone())
+        };
+        if let Some(outcome) = preparing {
+            outcome.wait_given();
+        }
+        false
     }
 
     /// Sets the time between checkpoints (tests: `ZERO` takes one at every flush).

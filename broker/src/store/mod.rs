@@ -183,6 +183,12 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every applied batch durable on disk (fsync).
     fn flush(&self) -> Result<(), StoreError>;
 
+    /// Flushes, and leaves nothing for the next open to replay (a clean shutdown, as a
+    /// database takes a shutdown checkpoint): for stores without a journal, a flush.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        self.flush()
+    }
+
     /// Bytes used on disk (0 for memory stores).
     fn size_on_disk(&self) -> u64;
 }
@@ -257,6 +263,10 @@ impl Store for Arc<dyn Store> {
 
     fn flush(&self) -> Result<(), StoreError> {
         (**self).flush()
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        (**self).checkpoint()
     }
 
     fn size_on_disk(&self) -> u64 {
