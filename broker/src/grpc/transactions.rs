@@ -52,7 +52,7 @@ impl Transactions for Messaging {
         if let Some(fw) = self.cluster_path(&probe) {
             let calls = body.decisions.into_iter().map(|d| {
                 let req = Request::from_parts(probe.metadata().clone(), probe.extensions().clone(), single(d));
-                self.cluster_end_transaction(&fw, req)
+                Box::pin(self.cluster_end_transaction(&fw, req))
             });
             let results = futures_util::future::join_all(calls)
                 .await
