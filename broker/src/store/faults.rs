@@ -91,6 +91,14 @@ impl<S: Store> FaultyStore<S> {
         let faults = Arc::new(Faults::default());
         (Self { inner, faults: faults.clone() }, faults)
     }
+
+    /// The injected failure of a flush (or checkpoint), when this one is to fail.
+    fn flush_fault(&self) -> Result<(), StoreError> {
+        if self.faults.take(&self.faults.flushes_before_failing, &self.faults.fail_flushes) {
+            return Err(StoreError::Io("injected fsync failure".into()));
+        }
+        Ok(())
+    }
 }
 
 impl<S: Store> Store for FaultyStore<S> {
@@ -120,16 +128,12 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        if self.faults.take(&self.faults.flushes_before_failing, &self.faults.fail_flushes) {
-            return Err(StoreError::Io("injected fsync failure".into()));
-        }
+        self.flush_fault()?;
         self.inner.flush()
     }
 
     fn checkpoint(&self) -> Result<(), StoreError> {
-        if self.faults.take(&self.faults.flushes_before_failing, &self.faults.fail_flushes) {
-            return Err(StoreError::Io("injected fsync failure".into()));
-        }
+        self.flush_fault()?;
         self.inner.checkpoint()
     }
 

@@ -261,7 +261,8 @@ impl Journal {
         }
         let mut start = ids.partition_point(|&id| id < verify_from);
         let (expect, tail) = loop {
-            let (expect, tail) = Self::scan(dir, &ids[start..], &files)?;
+            let segments: Vec<_> = files.iter().skip(start).collect();
+            let (expect, tail) = Self::scan(dir, &segments)?;
             if expect.seq.is_some() || start == 0 {
                 break (expect, tail);
             }
@@ -312,20 +313,18 @@ impl Journal {
         Ok((seq, at))
     }
 
-    /// Reads segments `ids` (the last ones) in order: the numbers the next record follows, and
+    /// Reads `segments` (the last ones, in order): the numbers the next record follows, and
     /// the last segment when it has no end (where appends go on: its id, file, size and end).
     #[allow(clippy::type_complexity)]
     fn scan(
         dir: &Path,
-        ids: &[u64],
-        files: &BTreeMap<u64, Arc<File>>,
+        segments: &[(&u64, &Arc<File>)],
     ) -> Result<(Expect, Option<(u64, Arc<File>, u64, u64)>), StoreError> {
         let mut expect = Expect::default();
         let mut tail = None;
-        for (i, &id) in ids.iter().enumerate() {
-            let Some(file) = files.get(&id) else { continue };
+        for (i, &(&id, file)) in segments.iter().enumerate() {
             let cap = capacity(file)?;
-            let last = i + 1 == ids.len();
+            let last = i + 1 == segments.len();
             let mut offset = 0;
             let ended = loop {
                 match read_valid(file, id, cap, offset, expect) {

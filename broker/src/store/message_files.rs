@@ -358,23 +358,23 @@ impl Outcome {
         crate::sync::lock(&self.result).take()
     }
 
-    /// Waits for the answer, leaving it to be taken.
-    fn wait_given(&self) {
+    /// Waits for the answer; returns it under its lock, still to be taken.
+    fn given(&self) -> std::sync::MutexGuard<'_, Option<Result<(), StoreError>>> {
         let mut r = crate::sync::lock(&self.result);
         while r.is_none() {
             r = self.ready.wait(r).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+        r
+    }
+
+    /// Waits for the answer, leaving it to be taken.
+    fn wait_given(&self) {
+        drop(self.given());
     }
 
     /// Waits for the answer and takes it.
     fn wait(&self) -> Result<(), StoreError> {
-        let mut r = crate::sync::lock(&self.result);
-        loop {
-            if let Some(result) = r.take() {
-                return result;
-            }
-            r = self.ready.wait(r).unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
+        self.given().take().unwrap_or_else(|| Err(StoreError::Io("a checkpoint's answer was taken twice".into())))
     }
 }
 
@@ -563,7 +563,7 @@ impl MessageFiles {
         // Stores of schema 7 keep only message ids, in `ids/`.
         let runs_dir = if kinds == KEYED_IDS { "ids" } else { "keyed" };
         let keyed = if kinds.is_empty() { None } else { Some(Arc::new(SortedRuns::open(&dir.join(runs_dir), &runs)?)) };
-        let files = MessageFiles {
+        let mut files = MessageFiles {
             background: Background::start(journal.clone(), index.clone(), keyed.clone())?,
             journal,
             index,
@@ -590,7 +590,6 @@ impl MessageFiles {
         // ("alone": whole in the journal). The first record past sled's last batch that is not
         // alone belongs to a batch that never happened: the journal is cut there, with every
         // record after it (which may depend on it).
-        let mut files = files;
         let mut st = crate::sync::lock(&files.state);
         let (mut cut, mut replayed) = (None, 0);
         for record in files.journal.replay_from(durable.1) {
