@@ -802,7 +802,11 @@ impl MessageFiles {
             let (topic, queue, offset, chunk) = chunk_key(k)?;
             let id = ((topic, queue), offset);
             if !now.contains_key(&id) {
-                let current = self.chunks(&id.0, offset)?;
+                // A queue's bounds cover every offset with an entry (scans rely on them too), so
+                // a message past its last — every append — has no chunks to read: no lookup,
+                // no `pread` of an index slot never written, on the writer's thread.
+                let past_last = st.bounds.get(&id.0).is_none_or(|b| offset > b.last);
+                let current = if past_last { None } else { self.chunks(&id.0, offset)? };
                 let had = current.is_some();
                 now.insert(id.clone(), (current.unwrap_or_default(), had));
                 order.push(id.clone());
@@ -1330,6 +1334,33 @@ mod tests {
         assert_eq!(files.get(&key(0)).unwrap(), None);
         let all = files.scan(Bound::Unbounded, Bound::Unbounded, 10, false).unwrap();
         assert_eq!(all.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_later_batch_adds_chunks_to_a_message_and_one_deleted_and_written_again_keeps_only_its_new_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = MessageFiles::open(dir.path(), Vec::new()).unwrap();
+        let chunk = |offset, n| key_of(&("t".to_string(), 0), offset, n);
+        let write = |ops: &[Op]| {
+            let (prepared, _) = files.prepare(&ops.iter().collect::<Vec<_>>(), false).unwrap();
+            prepared.applied().unwrap();
+        };
+        write(&[Op::Put(chunk(0, 0), vec![1; 8]), Op::Put(chunk(1, 0), vec![2; 8])]);
+        // A second chunk for a message below the queue's last offset and for the last one:
+        // each batch's record holds the message as the batch leaves it, its first chunk too.
+        write(&[Op::Put(chunk(0, 1), vec![3; 8]), Op::Put(chunk(1, 1), vec![4; 8])]);
+        files.flushed(files.applied()).unwrap();
+        for (offset, first, second) in [(0, 1, 3), (1, 2, 4)] {
+            assert_eq!(files.get(&chunk(offset, 0)).unwrap(), Some(vec![first; 8]), "offset {offset}");
+            assert_eq!(files.get(&chunk(offset, 1)).unwrap(), Some(vec![second; 8]), "offset {offset}");
+        }
+        // The last message deleted, then written again with one chunk: none of its old ones
+        // comes back (the offset is past the queue's last again).
+        write(&[Op::Delete(chunk(1, 0)), Op::Delete(chunk(1, 1))]);
+        write(&[Op::Put(chunk(1, 1), vec![5; 8])]);
+        assert_eq!(files.get(&chunk(1, 0)).unwrap(), None);
+        assert_eq!(files.get(&chunk(1, 1)).unwrap(), Some(vec![5; 8]));
+        assert_eq!(files.get(&chunk(0, 0)).unwrap(), Some(vec![1; 8]));
     }
 
     fn id_key(id: &str) -> Vec<u8> {
