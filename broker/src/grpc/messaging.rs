@@ -58,6 +58,9 @@ pub struct Messaging {
 fn client_id<T>(req: &Request<T>) -> String {
     match req.metadata().get("x-mq-client-id").and_then(|v| v.to_str().ok()) {
         // Official ids are ~40 characters; a longer one is cut so it cannot bloat the registry.
+        // Copied whole, not a character at a time (this runs on every request), when its
+        // bytes, and so its characters, are within the limit.
+        Some(id) if !id.is_empty() && id.len() <= MAX_CLIENT_ID_LEN => id.to_string(),
         Some(id) if !id.is_empty() => id.chars().take(MAX_CLIENT_ID_LEN).collect(),
         _ => match Caller::peer(req) {
             Some(addr) => format!("anonymous@{addr}"),
@@ -1175,5 +1178,26 @@ impl Messaging {
                 message_id: String::new(),
             })
         }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_id_is_kept_whole_up_to_the_limit_and_cut_past_it() {
+        let of = |id: &str| {
+            let mut req = Request::new(());
+            req.metadata_mut().insert("x-mq-client-id", id.parse().unwrap());
+            client_id(&req)
+        };
+        let official = "014EDA657FE6FF2AA386740f2800000001";
+        assert_eq!(of(official), official);
+        let at_limit = "a".repeat(MAX_CLIENT_ID_LEN);
+        assert_eq!(of(&at_limit), at_limit);
+        assert_eq!(of(&"b".repeat(MAX_CLIENT_ID_LEN + 10)), "b".repeat(MAX_CLIENT_ID_LEN));
+        assert_eq!(client_id(&Request::new(())), "anonymous", "no id and no peer address");
     }
 }
