@@ -162,6 +162,13 @@ fn read_valid(file: &File, id: u64, capacity: u64, offset: u64, expect: Expect) 
 /// The name of the file made ahead for the next segment (removed at open, as every `.tmp`).
 const SPARE: &str = "spare.tmp";
 
+/// Removed segments kept for reuse as later segments ([`Journal::remove_before`]) at most.
+const KEPT_FOR_REUSE: usize = 2;
+
+fn reusable_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016x}.free.tmp"))
+}
+
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.jnl"))
 }
@@ -204,7 +211,7 @@ struct Writer {
 enum Spare {
     None,
     Making,
-    /// Made, zeroed and synced, of this many bytes.
+    /// Made, of this many bytes: zeroed and synced, or a removed segment renamed.
     Ready(u64),
 }
 
@@ -213,10 +220,12 @@ pub struct Journal {
     dir: PathBuf,
     options: JournalOptions,
     writer: Mutex<Writer>,
-    /// A zeroed file for the next segment, made off the writer's path: a roll then only
-    /// renames it instead of writing up to [`JournalOptions::max_segment`] of zeros and
-    /// syncing them while every writer waits.
+    /// A file for the next segment (zeroed, or a removed segment reused), made off the
+    /// writer's path: a roll then only renames it instead of writing up to
+    /// [`JournalOptions::max_segment`] of zeros and syncing them while every writer waits.
     spare: Mutex<Spare>,
+    /// Removed segments kept to become later segments: their files and sizes.
+    reusable: Mutex<Vec<(PathBuf, u64)>>,
     /// Every segment, by id.
     files: RwLock<BTreeMap<u64, Arc<File>>>,
 }
@@ -288,6 +297,7 @@ impl Journal {
             options,
             writer: Mutex::new(writer),
             spare: Mutex::new(Spare::None),
+            reusable: Mutex::new(Vec::new()),
             files: RwLock::new(files),
         })
     }
@@ -413,10 +423,10 @@ impl Journal {
         (capacity * 2).clamp(self.options.first_segment, self.options.max_segment)
     }
 
-    /// Makes the file the next segment will be (zeroed and synced), unless one is ready or
-    /// being made; returns whether it made one. Called off the writer's path (the store's
-    /// background thread); appends go on meanwhile, and a roll that comes first makes its
-    /// segment itself.
+    /// Makes the file the next segment will be (a removed segment kept for reuse, renamed; or
+    /// zeroed and synced), unless one is ready or being made; returns whether it made one.
+    /// Called off the writer's path (the store's background thread); appends go on meanwhile,
+    /// and a roll that comes first makes its segment itself.
     pub fn prepare_spare(&self) -> Result<bool, StoreError> {
         let want = self.next_size(crate::sync::lock(&self.writer).capacity);
         {
@@ -427,9 +437,21 @@ impl Journal {
                 _ => *spare = Spare::Making,
             }
         }
-        let made = write_zeros_in_steps(&self.dir.join(SPARE), want, BACKGROUND_STEP).map_err(io);
-        *crate::sync::lock(&self.spare) = if made.is_ok() { Spare::Ready(want) } else { Spare::None };
-        made.map(|()| true)
+        // A removed segment kept for reuse, big enough, is renamed; otherwise zeros are written.
+        let reused = {
+            let mut reusable = crate::sync::lock(&self.reusable);
+            let big = reusable.iter().position(|(_, size)| *size >= want);
+            big.map(|i| reusable.swap_remove(i))
+        };
+        let made = match reused {
+            Some((path, size)) => std::fs::rename(path, self.dir.join(SPARE)).map(|()| size).map_err(io),
+            None => write_zeros_in_steps(&self.dir.join(SPARE), want, BACKGROUND_STEP).map(|()| want).map_err(io),
+        };
+        *crate::sync::lock(&self.spare) = match made {
+            Ok(size) => Spare::Ready(size),
+            Err(_) => Spare::None,
+        };
+        made.map(|_| true)
     }
 
     /// Makes every later [`Journal::append`] fail (until the journal is opened again).
@@ -498,9 +520,16 @@ impl Journal {
         Ok(Some(buf))
     }
 
-    /// Bytes of the segment files.
+    /// Bytes of the segment files, the next one made ahead and the removed ones kept for reuse.
     pub fn size_on_disk(&self) -> u64 {
-        crate::sync::read(&self.files).values().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum()
+        let segments: u64 =
+            crate::sync::read(&self.files).values().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
+        // The next segment made ahead and the removed ones kept for reuse hold disk space too.
+        let spare = match *crate::sync::lock(&self.spare) {
+            Spare::Ready(size) => size,
+            _ => 0,
+        };
+        segments + spare + crate::sync::lock(&self.reusable).iter().map(|(_, size)| size).sum::<u64>()
     }
 
     /// Drops every record from `end` on (`end` being a [`Record::end`], or where the first
@@ -541,13 +570,31 @@ impl Journal {
         Ok(())
     }
 
-    /// Deletes every segment before `segment` (never the one being written).
+    /// Deletes every segment before `segment` (never the one being written); up to
+    /// [`KEPT_FOR_REUSE`] of them, the newest as big as the next segment must be, are kept
+    /// (renamed) for [`Self::prepare_spare`] to make later segments of: their blocks are
+    /// allocated and written, so records go over them with no zeros written first, and a
+    /// journal whose old segments go (retention) stops writing zeros ahead of itself. Their old
+    /// records are never read as new ones: a record's checksum covers its segment's id, and
+    /// sequence numbers only grow.
     pub fn remove_before(&self, segment: u64) -> Result<(), StoreError> {
-        let active = crate::sync::lock(&self.writer).id;
-        let old: Vec<u64> = crate::sync::read(&self.files).range(..segment.min(active)).map(|(id, _)| *id).collect();
-        for id in &old {
+        let (active, want) = {
+            let w = crate::sync::lock(&self.writer);
+            (w.id, self.next_size(w.capacity))
+        };
+        let old: Vec<(u64, Arc<File>)> =
+            crate::sync::read(&self.files).range(..segment.min(active)).map(|(id, f)| (*id, f.clone())).collect();
+        for (id, file) in old.iter().rev() {
             crate::sync::write(&self.files).remove(id);
-            std::fs::remove_file(segment_path(&self.dir, *id)).map_err(io)?;
+            let size = capacity(file)?;
+            let mut reusable = crate::sync::lock(&self.reusable);
+            if reusable.len() < KEPT_FOR_REUSE && size >= want {
+                let kept = reusable_path(&self.dir, *id);
+                std::fs::rename(segment_path(&self.dir, *id), &kept).map_err(io)?;
+                reusable.push((kept, size));
+            } else {
+                std::fs::remove_file(segment_path(&self.dir, *id)).map_err(io)?;
+            }
         }
         if !old.is_empty() {
             sync_dir(&self.dir)?;
@@ -808,6 +855,48 @@ mod tests {
         j.remove_before(u64::MAX).unwrap();
         assert_eq!(j.segments().len(), 1);
         assert_eq!(all(&j).last().unwrap(), &(60, payload(59)));
+    }
+
+    #[test]
+    fn removed_segments_become_later_ones_and_their_old_records_are_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every segment of one size, so that an old one is as big as the next must be.
+        let options = JournalOptions { first_segment: 4096, max_segment: 4096 };
+        let j = Journal::open(dir.path(), options).unwrap();
+        let written = append_n(&j, 0..80);
+        let keep_from = written[70].1.segment;
+        let removed: Vec<u64> = j.segments().into_iter().filter(|&s| s < keep_from).collect();
+        assert!(removed.len() > KEPT_FOR_REUSE, "{removed:?}");
+        let newest = *removed.last().unwrap();
+        j.remove_before(keep_from).unwrap();
+        assert_eq!(j.segments()[0], keep_from);
+        assert!(removed.iter().all(|&id| !segment_path(dir.path(), id).exists()));
+        let kept: Vec<u64> = removed.iter().copied().filter(|&id| reusable_path(dir.path(), id).exists()).collect();
+        assert_eq!(kept.len(), KEPT_FOR_REUSE, "the newest kept, the rest deleted: {kept:?}");
+        assert!(kept.contains(&newest));
+        assert_eq!(j.size_on_disk(), (j.segments().len() + KEPT_FOR_REUSE) as u64 * 4096, "kept files count");
+        // The next segment is made of a kept one: renamed with its old bytes, not zeros.
+        let kept_bytes: Vec<Vec<u8>> =
+            kept.iter().map(|&id| std::fs::read(reusable_path(dir.path(), id)).unwrap()).collect();
+        assert!(j.prepare_spare().unwrap());
+        let spare = std::fs::read(dir.path().join(SPARE)).unwrap();
+        assert!(kept_bytes.contains(&spare) && spare.iter().any(|&b| b != 0), "a kept segment, not zeros");
+        // Appends until the roll takes it: one new record at its start, its old ones after it.
+        let active = *j.segments().last().unwrap();
+        let mut i = 100;
+        while *j.segments().last().unwrap() == active {
+            append_n(&j, i..i + 1);
+            i += 1;
+        }
+        let expected = all(&j);
+        assert_eq!(expected.last().unwrap(), &(80 + i - 100, payload(i - 1)));
+        drop(j);
+        // After a restart: exactly the records written, none of the reused file's old ones.
+        let j = Journal::open(dir.path(), options).unwrap();
+        assert_eq!(all(&j), expected);
+        assert!(kept.iter().all(|&id| !reusable_path(dir.path(), id).exists()), "removed at open");
+        let (seq, _) = j.append(b"next").unwrap();
+        assert_eq!(seq, 81 + i - 100);
     }
 
     #[test]
