@@ -571,7 +571,7 @@ impl Journal {
     }
 
     /// Deletes every segment before `segment` (never the one being written); up to
-    /// [`KEPT_FOR_REUSE`] of them, the newest as big as the next segment must be, are kept
+    /// two (`KEPT_FOR_REUSE`) of them, the newest as big as the next segment must be, are kept
     /// (renamed) for [`Self::prepare_spare`] to make later segments of: their blocks are
     /// allocated and written, so records go over them with no zeros written first, and a
     /// journal whose old segments go (retention) stops writing zeros ahead of itself. Their old
