@@ -9,15 +9,12 @@
 #
 #   bash bench/journal-reuse.sh OLD_BROKER_BINARY NEW_BROKER_BINARY
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cargo build --release -q -p txmq
-txmq=target/release/txmq
-port=18191
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_setup 18191
 for bin in "$@"; do
-  dir=$(mktemp -d)
-  "$bin" --data-dir "$dir/data" --listen 127.0.0.1:$port --retention 10s --retention-interval 2s >"$dir/log" 2>&1 &
-  pid=$!
-  for _ in $(seq 50); do "$txmq" --broker 127.0.0.1:$port status >/dev/null 2>&1 && break; sleep 0.2; done
+  rm -rf "$dir/data"
+  start_broker "$bin" --retention 10s --retention-interval 2s
   "$txmq" --broker 127.0.0.1:$port bench send --duration 80s >"$dir/bench.txt" 2>/dev/null &
   bench=$!
   sleep 45
@@ -35,5 +32,4 @@ for bin in "$@"; do
     END { printf "broker=%s window=25s journal_MiB=%.1f zeros_MiB=%.1f other_MiB=%.1f device_MiB=%.1f device_per_journal_byte=%.2f\n",
           bin, j / 2^20, z / 2^20, o / 2^20, dev / 2^20, dev / (j > 0 ? j : 1) }' "$dir/strace"
   grep '^RESULT' "$dir/bench.txt" || true
-  rm -rf "$dir"
 done

@@ -524,7 +524,6 @@ impl Journal {
     pub fn size_on_disk(&self) -> u64 {
         let segments: u64 =
             crate::sync::read(&self.files).values().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
-        // The next segment made ahead and the removed ones kept for reuse hold disk space too.
         let spare = match *crate::sync::lock(&self.spare) {
             Spare::Ready(size) => size,
             _ => 0,

@@ -766,27 +766,21 @@ impl MessageFiles {
     fn chunks(&self, q: &QueueId, offset: u64) -> Result<Option<Chunks>, StoreError> {
         let Some(e) = self.entry(q, offset)? else { return Ok(None) };
         let key = key_of(q, offset, 0);
-        let Some(area) = self.journal.read_raw(e.segment, e.position, e.len as usize)? else {
-            // Its segment was deleted: fine if the message was deleted meanwhile (a read racing
-            // retention).
-            if self.entry(q, offset)?.is_none() {
-                return Ok(None);
+        let failed = match self.journal.read_raw(e.segment, e.position, e.len as usize)? {
+            Some(area) if crc32fast::hash(&area) == e.crc => {
+                return decode_area(&area).map(Some).map_err(|err| corrupt(&key, err));
             }
-            return Err(corrupt(&key, format!("journal segment {} is gone", e.segment)));
+            Some(_) => format!("message bytes at {}:{} fail their checksum", e.segment, e.position),
+            None => format!("journal segment {} is gone", e.segment),
         };
-        if crc32fast::hash(&area) != e.crc {
-            // A read racing retention can find the bytes of a deleted message's segment reused
-            // for a later one (`Journal::remove_before`): the message is gone, or was written
-            // again elsewhere, not damaged.
-            return match self.entry(q, offset)? {
-                None => Ok(None),
-                Some(now) if now != e => self.chunks(q, offset),
-                Some(_) => {
-                    Err(corrupt(&key, format!("message bytes at {}:{} fail their checksum", e.segment, e.position)))
-                }
-            };
+        // A read racing retention finds its segment deleted, or reused for a later one
+        // (`Journal::remove_before`): fine if the message was deleted meanwhile (or written again:
+        // read where it is now); damage otherwise.
+        match self.entry(q, offset)? {
+            None => Ok(None),
+            Some(now) if now != e => self.chunks(q, offset),
+            Some(_) => Err(corrupt(&key, failed)),
         }
-        decode_area(&area).map(Some).map_err(|err| corrupt(&key, err))
     }
 
     /// Writes the part of a batch kept here to the journal and syncs it; returns what the sled
