@@ -495,7 +495,15 @@ pub struct MessageFiles {
     unindexed: Mutex<Unindexed>,
     /// Journal records the open applied again (those after the durable checkpoint).
     replayed: u64,
+    /// Run by the next read of a message between finding its index entry and reading its
+    /// bytes: what a racing writer and retention may do there (tests).
+    #[cfg(test)]
+    between_lookup_and_read: Mutex<Option<Race>>,
 }
+
+/// What a test runs between a read's index lookup and its read of the bytes.
+#[cfg(test)]
+type Race = Box<dyn FnOnce(&MessageFiles, Entry) + Send>;
 
 impl std::fmt::Debug for MessageFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -584,6 +592,8 @@ impl MessageFiles {
             }),
             unindexed: Mutex::new(Unindexed::default()),
             replayed: 0,
+            #[cfg(test)]
+            between_lookup_and_read: Mutex::new(None),
         };
         // The indexes as of the durable checkpoint, brought up to the records that happened:
         // those sled took (up to its last batch), then those that wrote nothing to sled
@@ -765,6 +775,13 @@ impl MessageFiles {
     /// The chunks of a message, `None` when it has no entry.
     fn chunks(&self, q: &QueueId, offset: u64) -> Result<Option<Chunks>, StoreError> {
         let Some(e) = self.entry(q, offset)? else { return Ok(None) };
+        #[cfg(test)]
+        {
+            let race = crate::sync::lock(&self.between_lookup_and_read).take();
+            if let Some(race) = race {
+                race(self, e);
+            }
+        }
         let key = key_of(q, offset, 0);
         let failed = match self.journal.read_raw(e.segment, e.position, e.len as usize)? {
             Some(area) if crc32fast::hash(&area) == e.crc => {
@@ -1364,6 +1381,53 @@ mod tests {
         assert_eq!(files.get(&chunk(1, 0)).unwrap(), None);
         assert_eq!(files.get(&chunk(1, 1)).unwrap(), Some(vec![5; 8]));
         assert_eq!(files.get(&chunk(0, 0)).unwrap(), Some(vec![1; 8]));
+    }
+
+    fn delete(files: &MessageFiles, offset: u64) {
+        let op = Op::Delete(key(offset));
+        let (prepared, _) = files.prepare(&[&op], false).unwrap();
+        prepared.applied().unwrap();
+    }
+
+    #[test]
+    fn a_read_that_finds_its_message_s_bytes_overwritten_asks_the_index_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = MessageFiles::open(dir.path(), Vec::new()).unwrap();
+        // Overwrites the bytes an entry points at, as a segment removed by retention and made a
+        // later one does with its new records.
+        let journal = dir.path().join("journal");
+        let overwrite = move |e: Entry| {
+            use std::os::unix::fs::FileExt;
+            let path = journal.join(format!("{:016x}.jnl", e.segment));
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            file.write_all_at(&vec![0xA5; e.len as usize], e.position).unwrap();
+        };
+        let race = |f: Race| {
+            *crate::sync::lock(&files.between_lookup_and_read) = Some(f);
+        };
+        for offset in 0..3 {
+            put(&files, offset, offset as u8 + 1);
+        }
+        files.flushed(files.applied()).unwrap();
+        // Deleted by retention after the reader found it, and its bytes reused: gone.
+        let o = overwrite.clone();
+        race(Box::new(move |files, e| {
+            delete(files, 0);
+            o(e);
+        }));
+        assert_eq!(files.get(&key(0)).unwrap(), None);
+        // Deleted and written again (the last offset, given out again): read where it is now.
+        let o = overwrite.clone();
+        race(Box::new(move |files, e| {
+            delete(files, 2);
+            put(files, 2, 9);
+            o(e);
+        }));
+        assert_eq!(files.get(&key(2)).unwrap(), Some(vec![9; 256]));
+        // Its entry unchanged: the bytes are damaged, and that is reported.
+        race(Box::new(move |_, e| overwrite(e)));
+        assert!(matches!(files.get(&key(1)), Err(StoreError::Corrupt { .. })), "damage reported");
+        assert!(crate::sync::lock(&files.between_lookup_and_read).is_none(), "every race ran");
     }
 
     fn id_key(id: &str) -> Vec<u8> {
