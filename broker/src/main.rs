@@ -50,6 +50,9 @@ async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !cfg!(tokio_unstable) {
+        tracing::info!("built without --cfg tokio_unstable: tokio's default scheduler, more CPU per request (README)");
+    }
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
