@@ -107,3 +107,16 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }
+
+#[cfg(test)]
+mod tests {
+    /// Builds here pass `--cfg tokio_unstable` (.cargo/config.toml), without which the runtime
+    /// keeps tokio's LIFO slot and each response leaves in its own write (see [`super::runtime`]).
+    #[test]
+    fn builds_here_run_the_broker_without_tokio_s_lifo_slot() {
+        let unstable = std::hint::black_box(cfg!(tokio_unstable));
+        assert!(unstable, "built without --cfg tokio_unstable: .cargo/config.toml is missing or RUSTFLAGS replaced it");
+        let runtime = super::runtime().unwrap_or_else(|e| panic!("runtime: {e}"));
+        assert_eq!(runtime.block_on(async { 1 + 1 }), 2);
+    }
+}
