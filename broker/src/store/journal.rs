@@ -37,7 +37,7 @@
 //! an earlier run, which would otherwise follow the new records exactly when they happen to
 //! end where it starts.
 
-use super::segment_file::{sync_dir, write_zeros, write_zeros_in_steps, BACKGROUND_STEP};
+use super::segment_file::{remove_owned, sync_dir, write_zeros, write_zeros_in_steps, BACKGROUND_STEP};
 use super::StoreError;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -167,6 +167,11 @@ const KEPT_FOR_REUSE: usize = 2;
 
 fn reusable_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.free.tmp"))
+}
+
+/// Where a segment is being deleted ([`remove_owned`]); removed at open, as every `.tmp` file.
+fn going_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016x}.gone.tmp"))
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -581,22 +586,31 @@ impl Journal {
             let w = crate::sync::lock(&self.writer);
             (w.id, self.next_size(w.capacity))
         };
+        let mut changed = false;
         let old: Vec<(u64, Arc<File>)> =
             crate::sync::read(&self.files).range(..segment.min(active)).map(|(id, f)| (*id, f.clone())).collect();
-        for (id, file) in old.iter().rev() {
-            crate::sync::write(&self.files).remove(id);
-            let size = capacity(file)?;
+        let mut going = Vec::new();
+        for (id, file) in old.into_iter().rev() {
+            crate::sync::write(&self.files).remove(&id);
+            let size = capacity(&file)?;
             let mut reusable = crate::sync::lock(&self.reusable);
             if reusable.len() < KEPT_FOR_REUSE && size >= want {
-                let kept = reusable_path(&self.dir, *id);
-                std::fs::rename(segment_path(&self.dir, *id), &kept).map_err(io)?;
+                let kept = reusable_path(&self.dir, id);
+                std::fs::rename(segment_path(&self.dir, id), &kept).map_err(io)?;
                 reusable.push((kept, size));
             } else {
-                std::fs::remove_file(segment_path(&self.dir, *id)).map_err(io)?;
+                // Renamed first: one a crash leaves cut short is a file the next open removes.
+                let path = going_path(&self.dir, id);
+                std::fs::rename(segment_path(&self.dir, id), &path).map_err(io)?;
+                going.push((path, file));
             }
+            changed = true;
         }
-        if !old.is_empty() {
+        if changed {
             sync_dir(&self.dir)?;
+        }
+        for (path, file) in going {
+            remove_owned(file, &path).map_err(io)?;
         }
         Ok(())
     }
@@ -853,6 +867,35 @@ mod tests {
         // Never the segment being written.
         j.remove_before(u64::MAX).unwrap();
         assert_eq!(j.segments().len(), 1);
+        assert_eq!(all(&j).last().unwrap(), &(60, payload(59)));
+    }
+
+    #[test]
+    fn deleted_segments_leave_no_file_and_one_a_crash_left_being_deleted_goes_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), SMALL).unwrap();
+        append_n(&j, 0..60);
+        let files = |dir: &Path| {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = files(dir.path()).iter().filter(|n| n.ends_with(".jnl")).count();
+        j.remove_before(u64::MAX).unwrap();
+        let after = files(dir.path());
+        let kept = after.iter().filter(|n| n.ends_with(".free.tmp")).count();
+        assert_eq!(after.iter().filter(|n| n.ends_with(".jnl")).count(), 1, "{after:?}");
+        assert_eq!(kept, KEPT_FOR_REUSE.min(before - 1), "{after:?}");
+        assert!(!after.iter().any(|n| n.ends_with(".gone.tmp")), "deleted, not left renamed: {after:?}");
+        drop(j);
+        // A crash while a segment was being cut short: the renamed rest is no segment.
+        let stale = going_path(dir.path(), 1);
+        std::fs::write(&stale, [0x5a; 100]).unwrap();
+        let j = Journal::open(dir.path(), SMALL).unwrap();
+        assert!(!stale.exists(), "removed at open");
         assert_eq!(all(&j).last().unwrap(), &(60, payload(59)));
     }
 

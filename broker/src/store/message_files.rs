@@ -399,7 +399,8 @@ enum Work {
 /// The store's background thread: makes each checkpoint's files durable (the index files
 /// synced, the keyed changes set aside written to a run) and deletes what a durable one no
 /// longer needs, off the committer's thread, and between checkpoints makes the journal's
-/// next segment ahead and merges runs of the keyed records. Stopped and joined on drop.
+/// next segment ahead and merges runs of the keyed records. It runs at a lower CPU priority
+/// ([`super::segment_file::run_as_background`]). Stopped and joined on drop.
 struct Background {
     jobs: Option<std::sync::mpsc::Sender<Work>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -416,6 +417,7 @@ impl Background {
         let thread = std::thread::Builder::new()
             .name("txmq-checkpoint".into())
             .spawn(move || {
+                super::segment_file::run_as_background();
                 let mut idle = Duration::from_millis(100);
                 loop {
                     match rx.recv_timeout(idle) {

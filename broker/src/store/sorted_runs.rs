@@ -645,7 +645,13 @@ impl SortedRuns {
             gone
         };
         for run in gone {
-            std::fs::remove_file(&run.path).map_err(io)?;
+            // In steps when no scan holds it any more (an open deletes a run its checkpoint
+            // does not list, whole or cut short by a crash).
+            match Arc::try_unwrap(run) {
+                Ok(run) => super::segment_file::remove_in_steps(run.file, &run.path),
+                Err(run) => std::fs::remove_file(&run.path),
+            }
+            .map_err(io)?;
         }
         Ok(())
     }
