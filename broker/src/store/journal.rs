@@ -586,9 +586,9 @@ impl Journal {
             let w = crate::sync::lock(&self.writer);
             (w.id, self.next_size(w.capacity))
         };
-        let mut changed = false;
         let old: Vec<(u64, Arc<File>)> =
             crate::sync::read(&self.files).range(..segment.min(active)).map(|(id, f)| (*id, f.clone())).collect();
+        let removed = !old.is_empty();
         let mut going = Vec::new();
         for (id, file) in old.into_iter().rev() {
             crate::sync::write(&self.files).remove(&id);
@@ -604,13 +604,12 @@ impl Journal {
                 std::fs::rename(segment_path(&self.dir, id), &path).map_err(io)?;
                 going.push((path, file));
             }
-            changed = true;
         }
-        if changed {
+        if removed {
             sync_dir(&self.dir)?;
         }
         for (path, file) in going {
-            remove_owned(file, &path).map_err(io)?;
+            remove_owned(file, &path, |f| f).map_err(io)?;
         }
         Ok(())
     }

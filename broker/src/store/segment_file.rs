@@ -70,12 +70,13 @@ pub fn remove_in_steps(file: File, path: &Path) -> std::io::Result<()> {
     std::fs::remove_file(path)
 }
 
-/// Deletes the file at `path`: in steps ([`remove_in_steps`]) when `file` is the last handle
-/// to it, at once otherwise (a reader still holds it; the blocks are freed at its last close,
-/// and cutting the file would cut what that reader reads).
-pub fn remove_owned(file: std::sync::Arc<File>, path: &Path) -> std::io::Result<()> {
-    match std::sync::Arc::try_unwrap(file) {
-        Ok(file) => remove_in_steps(file, path),
+/// Deletes the file at `path`, held by `owner` (`file` takes it out): in steps
+/// ([`remove_in_steps`]) when `owner` is its last holder, at once otherwise (a reader still
+/// holds it; the blocks are freed at its last close, and cutting the file would cut what that
+/// reader reads).
+pub fn remove_owned<T>(owner: std::sync::Arc<T>, path: &Path, file: impl FnOnce(T) -> File) -> std::io::Result<()> {
+    match std::sync::Arc::try_unwrap(owner) {
+        Ok(owner) => remove_in_steps(file(owner), path),
         Err(_) => std::fs::remove_file(path),
     }
 }
@@ -126,30 +127,21 @@ mod tests {
     }
 
     #[test]
-    fn a_file_of_several_steps_is_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("big");
-        let f = file_ending_in(&path, 3 * REMOVE_STEP + 5, b"end");
-        remove_in_steps(f, &path).unwrap();
-        assert!(!path.exists());
-    }
-
-    #[test]
     fn a_file_a_reader_still_holds_is_unlinked_whole_and_the_reader_reads_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run");
         let len = 2 * REMOVE_STEP + 10;
         let file = Arc::new(file_ending_in(&path, len, b"last bytes"));
         let reader = file.clone();
-        remove_owned(file, &path).unwrap();
+        remove_owned(file, &path, |f| f).unwrap();
         assert!(!path.exists());
         let mut got = [0u8; 10];
         reader.read_exact_at(&mut got, len - 10).unwrap();
         assert_eq!(&got, b"last bytes", "cut under a reader");
-        // The last handle: cut in steps, then gone.
+        // The last holder: cut in steps, then gone.
         let path = dir.path().join("alone");
-        let file = Arc::new(file_ending_in(&path, len, b"x"));
-        remove_owned(file, &path).unwrap();
+        let file = Arc::new(file_ending_in(&path, 3 * REMOVE_STEP + 5, b"x"));
+        remove_owned(file, &path, |f| f).unwrap();
         assert!(!path.exists());
     }
 

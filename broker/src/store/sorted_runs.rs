@@ -645,13 +645,9 @@ impl SortedRuns {
             gone
         };
         for run in gone {
-            // In steps when no scan holds it any more (an open deletes a run its checkpoint
-            // does not list, whole or cut short by a crash).
-            match Arc::try_unwrap(run) {
-                Ok(run) => super::segment_file::remove_in_steps(run.file, &run.path),
-                Err(run) => std::fs::remove_file(&run.path),
-            }
-            .map_err(io)?;
+            // An open deletes a run its checkpoint does not list, whole or cut short by a crash.
+            let path = run.path.clone();
+            super::segment_file::remove_owned(run, &path, |r| r.file).map_err(io)?;
         }
         Ok(())
     }
