@@ -70,7 +70,7 @@ impl Producer {
         let mut p = Producer { session, routes: Arc::new(Mutex::new(HashMap::new())), batcher: None, decisions: None };
         if batching.enabled() && transactional {
             let decisions = Batcher::start_on(
-                batching,
+                batching.for_decisions(),
                 |_| 0,
                 p.clone(),
                 |p, decisions| async move { crate::transaction::end_together(&p, decisions).await },

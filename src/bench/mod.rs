@@ -123,15 +123,22 @@ pub struct LoadArgs {
     /// RocketMQ clients send. Result names end in `-sdk`.
     #[arg(long)]
     pub sdk: bool,
-    /// With --sdk: requests of each kind (sends, half messages, decisions) in flight at once.
+    /// With --sdk: requests of sends (half messages included) and of acks in flight at once.
     #[arg(long, default_value_t = txmq_client::Batching::default().in_flight)]
     pub sdk_in_flight: usize,
+    /// With --sdk: requests of transaction decisions in flight at once.
+    #[arg(long, default_value_t = txmq_client::Batching::default().decisions_in_flight)]
+    pub sdk_decisions_in_flight: usize,
 }
 
 impl LoadArgs {
-    /// SDK runs: the requests in flight per kind (`None`: not an SDK run).
-    pub(super) fn sdk(&self) -> Option<usize> {
-        self.sdk.then_some(self.sdk_in_flight)
+    /// SDK runs: the SDK's batching bounds (`None`: not an SDK run).
+    pub(super) fn sdk(&self) -> Option<txmq_client::Batching> {
+        self.sdk.then_some(txmq_client::Batching {
+            in_flight: self.sdk_in_flight,
+            decisions_in_flight: self.sdk_decisions_in_flight,
+            ..txmq_client::Batching::default()
+        })
     }
 
     /// The suffix of result names: `-sdk` for SDK runs.
@@ -186,13 +193,10 @@ impl Sender {
         broker: &str,
         scenario: Scenario,
         topic: &str,
-        sdk: Option<usize>,
+        sdk: Option<txmq_client::Batching>,
         oneway: bool,
     ) -> anyhow::Result<Self> {
-        let batching = match sdk {
-            Some(in_flight) => txmq_client::Batching { in_flight, ..txmq_client::Batching::default() },
-            None => txmq_client::Batching::off(),
-        };
+        let batching = sdk.unwrap_or_else(txmq_client::Batching::off);
         let config = crate::connection::client_config(broker).with_batching(batching);
         Ok(match scenario {
             Scenario::Send => Sender::Plain(
