@@ -183,6 +183,21 @@ mod tests {
         1
     }
 
+    /// Submits `0..n` at once, each from a task of its own; their outputs, in that order.
+    async fn submit_at_once(b: &Arc<Batcher<u32, u32>>, n: u32) -> Vec<Option<u32>> {
+        let calls: Vec<_> = (0..n)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { b.submit(i).await })
+            })
+            .collect();
+        let mut outputs = Vec::new();
+        for c in calls {
+            outputs.push(c.await.unwrap());
+        }
+        outputs
+    }
+
     #[tokio::test]
     async fn an_idle_call_leaves_alone_and_calls_under_load_share_requests() {
         let requests = Arc::new(AtomicUsize::new(0));
@@ -197,11 +212,8 @@ mod tests {
         }));
         assert_eq!(b.submit(21).await, Some(42));
         assert_eq!(requests.load(Ordering::SeqCst), 1);
-        let calls: Vec<_> =
-            (0..25u32).map(|i| (i, b.clone())).map(|(i, b)| tokio::spawn(async move { b.submit(i).await })).collect();
-        for (i, c) in calls.into_iter().enumerate() {
-            assert_eq!(c.await.unwrap(), Some(i as u32 * 2), "each call gets its own output");
-        }
+        let outputs = submit_at_once(&b, 25).await;
+        assert_eq!(outputs, (0..25).map(|i| Some(i * 2)).collect::<Vec<_>>(), "each call gets its own output");
         let used = requests.load(Ordering::SeqCst) - 1;
         assert!((3..25).contains(&used), "25 calls in {used} requests of at most 10");
     }
@@ -222,15 +234,7 @@ mod tests {
                     items
                 }
             }));
-            let calls: Vec<_> = (0..12u32)
-                .map(|i| {
-                    let b = b.clone();
-                    tokio::spawn(async move { b.submit(i).await })
-                })
-                .collect();
-            for (i, c) in calls.into_iter().enumerate() {
-                assert_eq!(c.await.unwrap(), Some(i as u32));
-            }
+            assert_eq!(submit_at_once(&b, 12).await, (0..12).map(Some).collect::<Vec<_>>());
             assert_eq!(most.load(Ordering::SeqCst), want, "requests out at once with {limits:?}");
         }
     }
@@ -265,15 +269,7 @@ mod tests {
                 items
             }
         }));
-        let calls: Vec<_> = (0..10u32)
-            .map(|i| {
-                let b = b.clone();
-                tokio::spawn(async move { b.submit(i).await })
-            })
-            .collect();
-        for c in calls {
-            assert!(c.await.unwrap().is_some());
-        }
+        assert!(submit_at_once(&b, 10).await.iter().all(Option::is_some));
         assert!(sizes.lock().unwrap().iter().all(|n| *n <= 3), "{:?}", sizes.lock().unwrap());
     }
 }
