@@ -2,8 +2,9 @@
 //! next request.
 //!
 //! There is no linger: an item submitted while fewer than [`Batching::in_flight`] requests of
-//! its kind ([`Batching::decisions_in_flight`] for decisions) are out leaves at once, alone, so an idle client pays no latency for batching. Under load,
-//! items gather while requests are out, and batches grow with the load up to the bounds.
+//! its kind ([`Batching::decisions_in_flight`] for decisions) are out leaves at once, alone,
+//! so an idle client pays no latency for batching. Under load, items gather while requests
+//! are out, and batches grow with the load up to the bounds.
 
 use std::future::Future;
 use std::sync::Arc;
