@@ -17,21 +17,22 @@ pub struct Batching {
     pub max_items: usize,
     /// Message body bytes per request (an item larger than this still leaves, alone).
     pub max_bytes: usize,
-    /// Requests of sends (half messages included), and of acks, in flight at once; further
-    /// calls wait and form the next batches.
+    /// Requests of sends (half messages included), of acks and of one-way commits in flight
+    /// at once; further calls wait and form the next batches.
     pub in_flight: usize,
-    /// Requests of transaction decisions in flight at once. An application that awaits its
-    /// decisions (`Finish::End`) with few concurrent transactions gains from more: 4 instead
-    /// of 2 at 8 tasks gave 7–8 % more transactions a second (medians of two runs of 5 pairs)
-    /// and a p99 12–20 % lower (lower in all 10 pairs). One-way decisions (the default finish)
-    /// can lose, as they leave in smaller requests: 7–9 % fewer at 8 and 64 tasks in one run,
-    /// the same at 64 in the other (BENCHMARKS.md, 2026-12-05). Hence 2 by default.
+    /// Requests of awaited transaction decisions (commits, rollbacks, answers to the broker's
+    /// checks) in flight at once; one-way commits keep [`Self::in_flight`]. A decision carries
+    /// no body and an awaited one holds its caller: 4 instead of 2 gave awaited transactions
+    /// at 8 tasks 7–11 % more a second (medians of three runs of 5 pairs) and a p99 12–21 %
+    /// lower (lower in all 15 pairs), at 64 tasks the same within the host's spread. One-way
+    /// commits, which nobody waits for, went 7–9 % slower in one run of two with 4 (more
+    /// requests out, each carrying fewer), hence their own bound (BENCHMARKS.md, 2026-12-05).
     pub decisions_in_flight: usize,
 }
 
 impl Default for Batching {
     fn default() -> Self {
-        Batching { max_items: 128, max_bytes: 1 << 20, in_flight: 2, decisions_in_flight: 2 }
+        Batching { max_items: 128, max_bytes: 1 << 20, in_flight: 2, decisions_in_flight: 4 }
     }
 }
 
@@ -41,7 +42,7 @@ impl Batching {
         Batching { max_items: 1, ..Batching::default() }
     }
 
-    /// The bounds a batcher of transaction decisions keeps: these, with
+    /// The bounds a batcher of awaited transaction decisions keeps: these, with
     /// [`Self::decisions_in_flight`] requests in flight.
     pub(crate) fn for_decisions(&self) -> Batching {
         Batching { in_flight: self.decisions_in_flight, ..*self }

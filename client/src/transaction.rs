@@ -84,7 +84,7 @@ impl PendingTransaction {
 
     /// Makes the message visible (exactly once, even if repeated).
     pub async fn commit(self) -> Result<()> {
-        self.end(Resolution::Commit).await
+        self.end(Resolution::Commit, Wait::Answer).await
     }
 
     /// Commits without waiting for the broker's answer (as RocketMQ 4 producers end a
@@ -102,7 +102,7 @@ impl PendingTransaction {
         let tracker = self.producer.session.tracker.clone();
         tracker.spawn(async move {
             let id = self.context.transaction_id.clone();
-            if let Err(e) = self.end(Resolution::Commit).await {
+            if let Err(e) = self.end(Resolution::Commit, Wait::Nobody).await {
                 tracing::warn!(transaction_id = id, error = %e, "a one-way commit did not reach the broker; the check-back will commit");
             }
             drop(permit);
@@ -111,11 +111,11 @@ impl PendingTransaction {
 
     /// Discards the message.
     pub async fn rollback(self) -> Result<()> {
-        self.end(Resolution::Rollback).await
+        self.end(Resolution::Rollback, Wait::Answer).await
     }
 
-    async fn end(self, r: Resolution) -> Result<()> {
-        end_transaction(&self.producer, &self.topic, &self.context, r, v2::TransactionSource::SourceClient).await
+    async fn end(self, r: Resolution, wait: Wait) -> Result<()> {
+        end_transaction(&self.producer, &self.topic, &self.context, r, v2::TransactionSource::SourceClient, wait).await
     }
 }
 
@@ -125,14 +125,25 @@ impl std::fmt::Debug for Producer {
     }
 }
 
-/// Sends one decision: with batching on, together with the decisions made while others are
-/// in flight (one `txmq.v1.Transactions/EndTransactions` call), else alone.
+/// Who waits for a decision's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The caller (commit, rollback) or the broker's check.
+    Answer,
+    /// Nobody: a one-way commit.
+    Nobody,
+}
+
+/// Sends one decision: with batching on, together with the decisions of its kind (`wait`)
+/// made while others are in flight (one `txmq.v1.Transactions/EndTransactions` call), else
+/// alone.
 async fn end_transaction(
     p: &Producer,
     topic: &str,
     c: &TxnContext,
     r: Resolution,
     source: v2::TransactionSource,
+    wait: Wait,
 ) -> Result<()> {
     let resolution = match r {
         Resolution::Commit => v2::TransactionResolution::Commit,
@@ -146,7 +157,11 @@ async fn end_transaction(
         resolution: resolution as i32,
         source: source as i32,
     };
-    match &p.decisions {
+    let batcher = match wait {
+        Wait::Answer => &p.decisions,
+        Wait::Nobody => &p.oneway_decisions,
+    };
+    match batcher {
         Some(b) => b.submit(d).await.unwrap_or(Err(Error::Closed)),
         None => end_alone(p, d).await,
     }
@@ -313,8 +328,15 @@ async fn answer_check(
     };
     let resolution = checker.check(&request).await;
     let ctx = TxnContext { transaction_id: request.transaction_id.clone(), message_id: request.message_id.clone() };
-    if let Err(e) =
-        end_transaction(&producer, &request.topic, &ctx, resolution, v2::TransactionSource::SourceServerCheck).await
+    if let Err(e) = end_transaction(
+        &producer,
+        &request.topic,
+        &ctx,
+        resolution,
+        v2::TransactionSource::SourceServerCheck,
+        Wait::Answer,
+    )
+    .await
     {
         tracing::warn!(transaction_id = ctx.transaction_id, error = %e, "could not answer a check-back");
     }

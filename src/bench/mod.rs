@@ -123,10 +123,11 @@ pub struct LoadArgs {
     /// RocketMQ clients send. Result names end in `-sdk`.
     #[arg(long)]
     pub sdk: bool,
-    /// With --sdk: requests of sends (half messages included) and of acks in flight at once.
+    /// With --sdk: requests of sends (half messages included), of acks and of one-way commits
+    /// in flight at once.
     #[arg(long, default_value_t = txmq_client::Batching::default().in_flight)]
     pub sdk_in_flight: usize,
-    /// With --sdk: requests of transaction decisions in flight at once.
+    /// With --sdk: requests of awaited transaction decisions in flight at once.
     #[arg(long, default_value_t = txmq_client::Batching::default().decisions_in_flight)]
     pub sdk_decisions_in_flight: usize,
 }
