@@ -23,8 +23,8 @@ pub struct Batching {
     /// Requests of awaited transaction decisions (commits, rollbacks, answers to the broker's
     /// checks) in flight at once; one-way commits keep [`Self::in_flight`]. A decision carries
     /// no body and an awaited one holds its caller: 4 instead of 2 gave awaited transactions
-    /// at 8 tasks 7–11 % more a second (medians of three runs of 5 pairs) and a p99 12–21 %
-    /// lower (lower in all 15 pairs), at 64 tasks the same within the host's spread. One-way
+    /// at 8 tasks 7–14 % more a second (medians of four runs of 5–8 pairs) and a p99 12–21 %
+    /// lower (lower in all 23 pairs), at 64 tasks the same within the host's spread. One-way
     /// commits, which nobody waits for, went 7–9 % slower in one run of two with 4 (more
     /// requests out, each carrying fewer), hence their own bound (BENCHMARKS.md, 2026-12-05).
     pub decisions_in_flight: usize,
