@@ -224,8 +224,9 @@ mod tests {
     async fn requests_in_flight_keep_to_their_bound_and_decisions_have_their_own() {
         let limits = Batching { in_flight: 2, decisions_in_flight: 3, ..Batching::default() };
         for (limits, want) in [(limits, 2), (limits.for_decisions(), 3)] {
-            let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-            let (n, m) = (now.clone(), most.clone());
+            // Requests out now, and the most ever out at once.
+            let most = Arc::new(AtomicUsize::new(0));
+            let (n, m) = (Arc::new(AtomicUsize::new(0)), most.clone());
             // One item per request, so that every call under load needs a request of its own.
             let b = Arc::new(Batcher::start(Batching { max_items: 1, ..limits }, unit, move |items: Vec<u32>| {
                 let (n, m) = (n.clone(), m.clone());
