@@ -6,6 +6,10 @@
 //!   which keeps byte order equal to string order and lets any field follow a string;
 //! - *length-prefixed* (values): a `u32` length, then the bytes.
 //!
+//! Records where bytes count (a stored message is written once per message) may use the
+//! compact forms instead: numbers as LEB128 varints (seven bits a byte, low bits first; signed
+//! ones zigzag-mapped so small negatives stay short) and bytes prefixed by a varint length.
+//!
 //! Decoding never panics: truncated or malformed input is a [`CodecError`].
 //!
 //! Every stored record (topic, message, group, in-flight delivery, transaction) implements
@@ -124,6 +128,38 @@ impl Encoder {
             None => self.u8(0),
         }
     }
+
+    /// A LEB128 varint: 1 byte below 128, at most 10.
+    pub fn varint(&mut self, mut v: u64) -> &mut Self {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+        self
+    }
+
+    /// A signed varint, zigzag-mapped (0, -1, 1, -2, … → 0, 1, 2, 3, …).
+    pub fn zigzag(&mut self, v: i64) -> &mut Self {
+        self.varint(((v << 1) ^ (v >> 63)) as u64)
+    }
+
+    /// Bytes prefixed by their length as a varint.
+    pub fn var_bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.varint(v.len() as u64);
+        self.buf.extend_from_slice(v);
+        self
+    }
+
+    pub fn var_str(&mut self, v: &str) -> &mut Self {
+        self.var_bytes(v.as_bytes())
+    }
+
+    /// Bytes with no length: the reader knows how many.
+    pub fn raw(&mut self, v: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(v);
+        self
+    }
 }
 
 /// Reads fields from a byte slice in the order they were encoded.
@@ -232,6 +268,42 @@ impl<'a> Decoder<'a> {
     pub fn opt_i64(&mut self) -> Result<Option<i64>, CodecError> {
         Ok(if self.bool()? { Some(self.i64()?) } else { None })
     }
+
+    /// A LEB128 varint; one longer than 10 bytes, or past 64 bits, is invalid.
+    pub fn varint(&mut self) -> Result<u64, CodecError> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.take(1, "varint")?[0];
+            let bits = u64::from(b & 0x7F);
+            if i == 9 && bits > 1 {
+                return Err(invalid("varint", "more than 64 bits"));
+            }
+            v |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(invalid("varint", "more than 10 bytes"))
+    }
+
+    pub fn zigzag(&mut self) -> Result<i64, CodecError> {
+        let v = self.varint()?;
+        Ok((v >> 1) as i64 ^ -((v & 1) as i64))
+    }
+
+    pub fn var_bytes(&mut self) -> Result<&'a [u8], CodecError> {
+        let len = usize::try_from(self.varint()?).map_err(|_| CodecError::Truncated("bytes"))?;
+        self.take(len, "bytes")
+    }
+
+    pub fn var_str(&mut self) -> Result<String, CodecError> {
+        utf8(self.var_bytes()?.to_vec())
+    }
+
+    /// The next `n` bytes, written with no length.
+    pub fn raw(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        self.take(n, "bytes")
+    }
 }
 
 pub(crate) fn invalid(what: &'static str, detail: impl std::fmt::Display) -> CodecError {
@@ -332,7 +404,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn varints_take_as_few_bytes_as_their_value_needs_and_refuse_overlong_input() {
+        let enc = |v: u64| {
+            let mut e = Encoder::new();
+            e.varint(v);
+            e.finish()
+        };
+        assert_eq!(enc(0), [0]);
+        assert_eq!(enc(127), [0x7F]);
+        assert_eq!(enc(128), [0x80, 0x01]);
+        assert_eq!(enc(u64::MAX).len(), 10);
+        let mut e = Encoder::new();
+        e.zigzag(-1).zigzag(1).zigzag(i64::MIN);
+        assert_eq!(&e.finish()[..2], [1, 2]);
+        for bad in [&[0x80u8][..], &[0xFF; 11][..], &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02][..]] {
+            assert!(Decoder::new(bad).varint().is_err(), "{bad:?}");
+        }
+        assert!(Decoder::new(&[5, b'a']).var_bytes().is_err(), "a length past the input");
+    }
+
     proptest! {
+        #[test]
+        fn varints_roundtrip(u in any::<u64>(), i in any::<i64>(), b in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut e = Encoder::new();
+            e.varint(u).zigzag(i).var_bytes(&b);
+            let bytes = e.finish();
+            let mut d = Decoder::new(&bytes);
+            prop_assert_eq!(d.varint().unwrap(), u);
+            prop_assert_eq!(d.zigzag().unwrap(), i);
+            prop_assert_eq!(d.var_bytes().unwrap(), &b[..]);
+            prop_assert!(d.finish().is_ok());
+        }
+
         #[test]
         fn ordered_bytes_roundtrip_and_keep_order(a in proptest::collection::vec(any::<u8>(), 0..40),
                                                   b in proptest::collection::vec(any::<u8>(), 0..40),
