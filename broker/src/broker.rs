@@ -96,7 +96,8 @@ impl Broker {
         // Before the writer starts: refuse a store of a newer broker and stamp an older one
         // with our schema version; the transactions part converts its indexes (its marker is
         // written last, so a crash midway simply converts again).
-        crate::store::check_schema(store.as_ref())?;
+        let records = u8::try_from(config.message_record_version).unwrap_or(u8::MAX);
+        crate::store::check_schema(store.as_ref(), crate::store::schema_written(records))?;
         let metrics = Arc::new(Metrics::default());
         let txn_settings = TxnSettings {
             timeout: config.txn_timeout,
@@ -105,12 +106,13 @@ impl Broker {
             max_checks_policy: config.txn_max_checks_policy,
             unreachable_max_age: config.txn_unreachable_max_age,
             retention: config.txn_retention,
+            records,
         };
         let committer = Arc::new(Committer::start(store.clone(), config.writer_queue)?);
         // First, before anything is written through the committer: it may upgrade the store.
         let txns = Transactions::load(store.clone(), committer.clone(), metrics.clone(), txn_settings)?;
         let topics = Topics::load(store.as_ref(), committer.clone(), config.max_topics, config.max_lite_topics)?;
-        let log = MessageLog::open(store.clone(), committer.clone())?;
+        let log = MessageLog::open(store.clone(), committer.clone())?.with_record_version(records);
         for t in topics.list() {
             log.open_topic(&t.name, t.queue_count)?;
             if t.topic_type == TopicType::Lite {

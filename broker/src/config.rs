@@ -262,6 +262,8 @@ options! {
     value_log: bool = false, "value-log", "TXMQ_VALUE_LOG";
     /// A new store writes each message once, in a journal, and finds it through per-queue index files; the records looked up by key (message ids, transactions and half messages, cursors, deliveries in flight) go to sorted runs; sled keeps the configuration and the transactions' due index (docs/storage.md, "Building the store"). `false`: everything in sled, as stores before 2026-12-04. Fixed when the store is created; --value-log true takes precedence.
     message_files: bool = true, "message-files", "TXMQ_MESSAGE_FILES";
+    /// Version of the message records written: 4 (compact, since 2026-12-05) or 3, which brokers of before read too — for a cluster upgraded node by node, until every node runs this version (docs/replication.md). A store with version-4 records is refused by brokers of before.
+    message_record_version: u32 = 4, "message-record-version", "TXMQ_MESSAGE_RECORD_VERSION";
     /// Create unknown topics (as MIXED) on first route or send; otherwise answer TOPIC_NOT_FOUND.
     auto_create_topics: bool = true, "auto-create-topics", "TXMQ_AUTO_CREATE_TOPICS";
     /// Queues of a topic created without an explicit count.
@@ -405,6 +407,9 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
 impl Config {
     /// Rejects values the broker cannot run with.
     pub fn validate(&self) -> Result<(), String> {
+        if !(3..=4).contains(&self.message_record_version) {
+            return Err("message-record-version must be 3 or 4".into());
+        }
         if !(1..=1024).contains(&self.default_queue_count) {
             return Err("default-queue-count must be between 1 and 1024".into());
         }
@@ -501,6 +506,14 @@ mod tests {
             );
             assert!(help.contains(o.env), "{} missing from --help", o.env);
             assert!(help.contains(&format!("[default: {}]", o.default)), "default of --{} missing from --help", o.flag);
+        }
+    }
+
+    #[test]
+    fn message_records_are_written_in_version_3_or_4() {
+        for (v, ok) in [("3", true), ("4", true), ("2", false), ("5", false)] {
+            let r = Args::parse_from(["txmq-broker", "--message-record-version", v]).resolve();
+            assert_eq!(r.is_ok(), ok, "{v}: {:?}", r.err());
         }
     }
 

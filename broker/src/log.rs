@@ -92,6 +92,8 @@ pub struct MessageLog {
     inner: Arc<Mutex<Inner>>,
     /// Recalled delay messages → when (few: kept in memory, so a read checks no store key).
     recalled: RwLock<HashMap<(String, u32, u64), Millis>>,
+    /// The version of the message records written (`--message-record-version`).
+    records: u8,
 }
 
 /// The handle a producer recalls a delay message with: opaque to it, `queue:offset:id` in hex
@@ -129,7 +131,19 @@ impl MessageLog {
             let at = <[u8; 8]>::try_from(v.as_slice()).map(i64::from_be_bytes).unwrap_or(0);
             recalled.insert((topic, queue, offset), at);
         }
-        Ok(Self { store, committer, inner: Arc::new(Mutex::new(Inner::default())), recalled: RwLock::new(recalled) })
+        Ok(Self {
+            store,
+            committer,
+            inner: Arc::new(Mutex::new(Inner::default())),
+            recalled: RwLock::new(recalled),
+            records: StoredMessage::VERSION,
+        })
+    }
+
+    /// Writes message records of `version` from now on (3 or 4, see [`StoredMessage::encode_as`]).
+    pub fn with_record_version(mut self, version: u8) -> Self {
+        self.records = version;
+        self
     }
 
     /// Registers the queues of a topic, reading their offsets from the store. Idempotent.
@@ -272,7 +286,7 @@ impl MessageLog {
                     };
                     match half_of {
                         Some(txn) => write_reference(&mut batch, &stored, txn)?,
-                        None => write_message(&mut batch, &stored)?,
+                        None => write_message(&mut batch, &stored, self.records)?,
                     }
                     fresh.push((stored.msg.index_id().into_owned(), queue, offset));
                     placements.push(Placement { queue, offset, duplicate: false });
@@ -605,9 +619,9 @@ fn write_reference(batch: &mut Batch, m: &StoredMessage, txn: &str) -> Result<()
     write_record(batch, m, &r.encode())
 }
 
-/// Adds a stored message and its id index entry to `batch`.
-pub fn write_message(batch: &mut Batch, m: &StoredMessage) -> Result<()> {
-    write_record(batch, m, &m.encode())
+/// Adds a stored message (a record of `version`) and its id index entry to `batch`.
+pub fn write_message(batch: &mut Batch, m: &StoredMessage, version: u8) -> Result<()> {
+    write_record(batch, m, &m.encode_as(version))
 }
 
 /// Adds `record` (the message `m`, or a reference to where it is) at `m`'s place, with the

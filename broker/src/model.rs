@@ -294,6 +294,40 @@ impl Record for StoredMessage {
     const OLDEST: u8 = 1;
 
     fn write(&self, e: &mut Encoder) {
+        self.write_compact(e);
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        self.encode_as(Self::VERSION)
+    }
+
+    fn read(d: &mut Decoder<'_>, version: u8) -> Result<Self, CodecError> {
+        if version >= 4 {
+            read_compact(d)
+        } else {
+            read_fixed(d, version)
+        }
+    }
+}
+
+impl StoredMessage {
+    /// The record in `version`: 3 (fixed-width, read by brokers of before 2026-12-05 too, for
+    /// a cluster upgraded node by node: `--message-record-version`) or 4; anything else is
+    /// written as 4.
+    pub fn encode_as(&self, version: u8) -> Vec<u8> {
+        let mut e = Encoder::with_capacity(128 + self.msg.body.len());
+        if version == 3 {
+            e.u8(3);
+            self.write_fixed(&mut e);
+        } else {
+            e.u8(Self::VERSION);
+            self.write_compact(&mut e);
+        }
+        e.finish()
+    }
+
+    /// Fields of a version 4 record, after the version byte.
+    fn write_compact(&self, e: &mut Encoder) {
         let m = &self.msg;
         let at = self.store_timestamp;
         let md5 = md5_bytes(&self.body_md5);
@@ -353,19 +387,33 @@ impl Record for StoredMessage {
         e.var_bytes(&m.body);
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::with_capacity(96 + self.msg.body.len());
-        e.u8(Self::VERSION);
-        self.write(&mut e);
-        e.finish()
-    }
-
-    fn read(d: &mut Decoder<'_>, version: u8) -> Result<Self, CodecError> {
-        if version >= 4 {
-            read_compact(d)
-        } else {
-            read_fixed(d, version)
+    /// Fields of a version 3 record (fixed-width), after the version byte.
+    fn write_fixed(&self, e: &mut Encoder) {
+        let m = &self.msg;
+        e.i64(self.store_timestamp)
+            .u32(self.queue)
+            .u64(self.offset)
+            .str(&m.topic)
+            .str(&m.message_id)
+            .u8(m.message_type.to_u8())
+            .opt_str(m.tag.as_deref())
+            .u32(m.keys.len() as u32);
+        for k in &m.keys {
+            e.str(k);
         }
+        e.opt_str(m.message_group.as_deref())
+            .i64(m.born_timestamp)
+            .str(&m.born_host)
+            .opt_i64(m.delivery_timestamp)
+            .opt_str(m.trace_context.as_deref())
+            .opt_i64(m.recovery_duration_ms)
+            .opt_str(m.origin_topic.as_deref())
+            .u32(m.user_properties.len() as u32);
+        for (k, v) in &m.user_properties {
+            e.str(k).str(v);
+        }
+        e.str(&self.producer).str(&self.body_md5).bytes(&m.body).bool(m.body_gzip);
+        e.opt_i64(m.priority.map(i64::from)).opt_str(m.lite_topic.as_deref());
     }
 }
 
@@ -582,10 +630,13 @@ pub(crate) mod tests {
                 _ => "x".into(),
             };
             let stored = StoredMessage { body_md5, msg, queue, offset, store_timestamp: at, producer: "p".into() };
-            let bytes = stored.encode();
-            prop_assert_eq!(StoredMessage::decode_header(&bytes[..bytes.len().min(4096)]).unwrap(),
-                            (at, "t".to_string(), "id".to_string()));
-            prop_assert_eq!(StoredMessage::decode(&bytes).unwrap(), stored);
+            for version in [3, 4] {
+                let bytes = stored.encode_as(version);
+                prop_assert_eq!(bytes[0], version);
+                prop_assert_eq!(StoredMessage::decode_header(&bytes[..bytes.len().min(4096)]).unwrap(),
+                                (at, "t".to_string(), "id".to_string()));
+                prop_assert_eq!(StoredMessage::decode(&bytes).unwrap(), stored.clone());
+            }
         }
 
         #[test]
@@ -637,15 +688,23 @@ pub(crate) mod tests {
         expected.msg.body_gzip = false;
         expected.msg.priority = None;
         assert_eq!(StoredMessage::decode(&v1).unwrap(), expected);
-        let mut v5 = full.encode();
+        let mut v5 = full.encode_as(4);
         v5[0] = 5;
         assert!(StoredMessage::decode(&v5).is_err(), "a newer record is refused");
     }
 
     #[test]
+    fn version_3_is_written_as_the_broker_before_wrote_it() {
+        let full = full_message();
+        assert_eq!(crate::codec::hex(&full.encode_as(3), false), FULL_MESSAGE_V3);
+        let bytes = full.encode_as(3);
+        assert_eq!(StoredMessage::decode_header(&bytes).unwrap(), (1_700_000_001_000, "t".into(), "id".into()));
+    }
+
+    #[test]
     fn version_4_is_shorter_and_keeps_an_md5_it_cannot_shorten() {
         let full = full_message();
-        let v4 = full.encode();
+        let v4 = full.encode_as(4);
         assert_eq!(v4[0], 4);
         assert_eq!(StoredMessage::decode(&v4).unwrap(), full);
         let v3_len = FULL_MESSAGE_V3.len() / 2;
@@ -653,7 +712,7 @@ pub(crate) mod tests {
         // A digest not in md5_hex's form (lower case, or not a digest at all) comes back as it was.
         for digest in [md5_hex(b"hello").to_lowercase(), "not a digest".to_string(), String::new()] {
             let odd = StoredMessage { body_md5: digest, ..full.clone() };
-            assert_eq!(StoredMessage::decode(&odd.encode()).unwrap(), odd);
+            assert_eq!(StoredMessage::decode(&odd.encode_as(4)).unwrap(), odd);
         }
         let mut unknown_flag = v4.clone();
         // Byte 1 + 6 (store time) + 1 + 1 + 2 ("t") + 3 ("id") + 1 (type): the flags.

@@ -440,3 +440,35 @@ async fn a_purge_resumes_where_the_last_one_stopped() {
     assert!(b.transaction(&open).unwrap().is_none() && b.transaction(&later).unwrap().is_none());
     b.shutdown();
 }
+
+/// `--message-record-version 3` writes messages and half messages as brokers of before
+/// 2026-12-05 did, and keeps the store's schema stamp at 8, so that they still open and read
+/// it (a cluster upgraded node by node); 4, the default, writes compact records and stamps 9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_records_are_written_in_the_configured_version() {
+    use txmq_broker::codec::Record;
+    use txmq_broker::model::StoredMessage;
+    for (version, schema) in [(3u8, 8u32), (4, 9)] {
+        let store = std::sync::Arc::new(MemoryStore::new());
+        let mut config = Config::with_data_dir("/unused");
+        config.message_record_version = version.into();
+        let b = Broker::with_store(config, store.clone()).unwrap();
+        send_half(&b, "half", None).await;
+        let normal = NewMessage { body: b"y".to_vec(), ..common::new_message("orders", "normal", MessageType::Normal) };
+        b.send("orders", vec![normal], "producer-1").await.unwrap();
+        let kinds = [
+            (Key::MessageChunk { topic: String::new(), queue: 0, offset: 0, chunk: 0 }, "normal"),
+            (Key::HalfChunk { txn: String::new(), chunk: 0 }, "half"),
+        ];
+        for (kind, id) in kinds {
+            let keys = scan_kind(store.as_ref(), &kind);
+            assert_eq!(keys.len(), 1, "{kind:?}");
+            let record = store.get(&keys[0]).unwrap().unwrap();
+            assert_eq!(record[0], version, "{id}: record version");
+            assert_eq!(StoredMessage::decode(&record).unwrap().msg.message_id, id);
+        }
+        let stamp = store.get(&Key::Meta("schema-version".into()).encode()).unwrap().unwrap();
+        assert_eq!(stamp, schema.to_be_bytes(), "schema stamp writing version {version}");
+        b.shutdown();
+    }
+}

@@ -341,12 +341,17 @@ fn sled_blob_detector_sees_an_oversized_value() {
 #[test]
 fn a_newer_store_is_refused_and_an_older_one_stamped() {
     let store = MemoryStore::new();
-    check_schema(&store).unwrap();
     let key = Key::Meta("schema-version".into()).encode();
+    // A broker writing version-3 message records stamps the schema before compact records.
+    check_schema(&store, crate::store::schema_written(3)).unwrap();
+    assert_eq!(store.get(&key).unwrap(), Some(8u32.to_be_bytes().to_vec()));
+    check_schema(&store, crate::store::schema_written(4)).unwrap();
     assert_eq!(store.get(&key).unwrap(), Some(SCHEMA_VERSION.to_be_bytes().to_vec()));
+    check_schema(&store, crate::store::schema_written(3)).unwrap();
+    assert_eq!(store.get(&key).unwrap(), Some(SCHEMA_VERSION.to_be_bytes().to_vec()), "never lowered");
     let mut b = Batch::new();
     b.put_raw(key, (SCHEMA_VERSION + 1).to_be_bytes().to_vec());
     store.apply(&b).unwrap();
-    let err = check_schema(&store).unwrap_err().to_string();
+    let err = check_schema(&store, SCHEMA_VERSION).unwrap_err().to_string();
     assert!(err.contains("newer txmq"), "{err}");
 }

@@ -208,12 +208,26 @@ pub trait Store: Send + Sync + 'static {
 /// journal's records, which a broker of schema 6 would miss or fail to read, so it refuses
 /// the store; 8 keeps every per-message record of such a new store there too (transaction
 /// records, half messages, cursors, deliveries in flight, the message-key index), which a
-/// broker of schema 7 would look for in sled, so it refuses the store.
-pub const SCHEMA_VERSION: u32 = 8;
+/// broker of schema 7 would look for in sled, so it refuses the store; 9 adds version-4
+/// (compact) message records, which a broker of schema 8 cannot read, so it refuses the store
+/// — stamped only once this broker writes them (`--message-record-version`, 4 by default): a
+/// broker writing version 3 stamps 8, so that the broker before it still opens the store.
+pub const SCHEMA_VERSION: u32 = 9;
 
-/// Checks the store's schema version at open, writing ours into a new or older store. A store
-/// written by a newer broker is refused: this one could misread it.
-pub fn check_schema(store: &dyn Store) -> Result<(), StoreError> {
+/// The schema a broker writing message records of `version` stamps: [`SCHEMA_VERSION`], or 8
+/// while it writes the version brokers of schema 8 read.
+pub fn schema_written(message_record_version: u8) -> u32 {
+    if message_record_version < 4 {
+        8
+    } else {
+        SCHEMA_VERSION
+    }
+}
+
+/// Checks the store's schema version at open, writing `stamp` (at most [`SCHEMA_VERSION`],
+/// see [`schema_written`]) into a new or older store; never lowers it. A store written by a
+/// newer broker is refused: this one could misread it.
+pub fn check_schema(store: &dyn Store, stamp: u32) -> Result<(), StoreError> {
     let key = Key::Meta("schema-version".into()).encode();
     let found = match store.get(&key)? {
         Some(v) => {
@@ -231,9 +245,10 @@ pub fn check_schema(store: &dyn Store) -> Result<(), StoreError> {
              run that version, or a newer one"
         )));
     }
-    if found < SCHEMA_VERSION {
+    let stamp = stamp.min(SCHEMA_VERSION);
+    if found < stamp {
         let mut batch = Batch::new();
-        batch.put_raw(key, SCHEMA_VERSION.to_be_bytes().to_vec());
+        batch.put_raw(key, stamp.to_be_bytes().to_vec());
         store.apply(&batch)?;
         store.flush()?;
     }

@@ -86,6 +86,8 @@ pub struct TxnSettings {
     pub unreachable_max_age: Duration,
     /// Resolved transactions are purged this long after their resolution.
     pub retention: Duration,
+    /// The version of the half messages' records (`--message-record-version`).
+    pub records: u8,
 }
 
 /// Every transaction of the broker, over its store.
@@ -385,7 +387,10 @@ impl Transactions {
             producer: producer.to_string(),
         };
         let mut batch = self.txn_write(&txn, Before { next_check: None, state: None });
-        chunks::put(&mut batch, &half.encode(), |chunk| Key::HalfChunk { txn: id.clone(), chunk })?;
+        chunks::put(&mut batch, &half.encode_as(self.settings.records), |chunk| Key::HalfChunk {
+            txn: id.clone(),
+            chunk,
+        })?;
         batch.put(&by_message, id.clone().into_bytes());
         self.commit_tracked(batch, None, &txn).await?;
         tracing::debug!(
