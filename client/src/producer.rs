@@ -39,14 +39,20 @@ pub struct Producer {
     /// Natural batching of [`Producer::send`] and of half messages (`None`: one request per
     /// send); an item is a message and whether it is a half message.
     batcher: Option<Arc<SendBatcher>>,
-    /// Natural batching of a transactional producer's awaited decisions (and check answers).
-    pub(crate) decisions: Option<Arc<DecisionBatcher>>,
-    /// Natural batching of its one-way commits, which nobody waits for.
-    pub(crate) oneway_decisions: Option<Arc<DecisionBatcher>>,
+    /// Natural batching of a transactional producer's decisions.
+    pub(crate) decisions: Option<Arc<Decisions>>,
 }
 
 /// Natural batching of transaction decisions.
 pub(crate) type DecisionBatcher = Batcher<txmq_proto::ext::Decision, Result<()>>;
+
+/// A transactional producer's decision batchers, each with its own bound.
+pub(crate) struct Decisions {
+    /// Awaited decisions: commits, rollbacks, answers to the broker's checks.
+    pub(crate) awaited: DecisionBatcher,
+    /// One-way commits, which nobody waits for.
+    pub(crate) oneway: DecisionBatcher,
+}
 
 impl Producer {
     /// Connects and checks that `topics` exist (or are auto-created) on the broker.
@@ -72,27 +78,20 @@ impl Producer {
         let batching = config.batching;
         let transactional = on_command.is_some();
         let session = Session::start(config, settings, v2::ClientType::Producer, None, on_command)?;
-        let mut p = Producer {
-            session,
-            routes: Arc::new(Mutex::new(HashMap::new())),
-            batcher: None,
-            decisions: None,
-            oneway_decisions: None,
-        };
+        let mut p = Producer { session, routes: Arc::new(Mutex::new(HashMap::new())), batcher: None, decisions: None };
         if batching.enabled() && transactional {
             let start = |limits| {
-                Arc::new(Batcher::start_on(
+                Batcher::start_on(
                     limits,
                     |_| 0,
                     p.clone(),
                     |p, decisions| async move { crate::transaction::end_together(&p, decisions).await },
-                ))
+                )
             };
             // One-way commits keep the sends' bound: nobody waits for them, and fewer requests
             // carry more of them (Batching::decisions_in_flight).
-            let (awaited, oneway) = (start(batching.for_decisions()), start(batching));
-            p.decisions = Some(awaited);
-            p.oneway_decisions = Some(oneway);
+            let decisions = Decisions { awaited: start(batching.for_decisions()), oneway: start(batching) };
+            p.decisions = Some(Arc::new(decisions));
         }
         if batching.enabled() {
             let size: fn(&(Message, bool)) -> usize = |(m, _)| m.body.len();

@@ -157,14 +157,12 @@ async fn end_transaction(
         resolution: resolution as i32,
         source: source as i32,
     };
+    let Some(decisions) = &p.decisions else { return end_alone(p, d).await };
     let batcher = match wait {
-        Wait::Answer => &p.decisions,
-        Wait::Nobody => &p.oneway_decisions,
+        Wait::Answer => &decisions.awaited,
+        Wait::Nobody => &decisions.oneway,
     };
-    match batcher {
-        Some(b) => b.submit(d).await.unwrap_or(Err(Error::Closed)),
-        None => end_alone(p, d).await,
-    }
+    batcher.submit(d).await.unwrap_or(Err(Error::Closed))
 }
 
 /// One decision, one `EndTransaction` call (what the official clients send).
