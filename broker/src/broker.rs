@@ -96,8 +96,7 @@ impl Broker {
         // Before the writer starts: refuse a store of a newer broker and stamp an older one
         // with our schema version; the transactions part converts its indexes (its marker is
         // written last, so a crash midway simply converts again).
-        let records =
-            u8::try_from(config.message_record_version).unwrap_or(<StoredMessage as crate::codec::Record>::VERSION);
+        let records = config.message_record_version;
         crate::store::check_schema(store.as_ref(), crate::store::schema_written(records))?;
         let metrics = Arc::new(Metrics::default());
         let txn_settings = TxnSettings {

@@ -49,7 +49,7 @@ macro_rules! from_str_value {
         }
     )*};
 }
-from_str_value!(SocketAddr, String, u32, usize);
+from_str_value!(SocketAddr, String, u8, u32, usize);
 
 impl Value for bool {
     fn parse_arg(s: &str) -> Result<Self, String> {
@@ -263,7 +263,7 @@ options! {
     /// A new store writes each message once, in a journal, and finds it through per-queue index files; the records looked up by key (message ids, transactions and half messages, cursors, deliveries in flight) go to sorted runs; sled keeps the configuration and the transactions' due index (docs/storage.md, "Building the store"). `false`: everything in sled, as stores before 2026-12-04. Fixed when the store is created; --value-log true takes precedence.
     message_files: bool = true, "message-files", "TXMQ_MESSAGE_FILES";
     /// Version of the message records written: 4 (compact, since 2026-12-05) or 3, which brokers of before read too — for a cluster upgraded node by node, until every node runs this version (docs/replication.md). A store with version-4 records is refused by brokers of before.
-    message_record_version: u32 = 4, "message-record-version", "TXMQ_MESSAGE_RECORD_VERSION";
+    message_record_version: u8 = 4, "message-record-version", "TXMQ_MESSAGE_RECORD_VERSION";
     /// Create unknown topics (as MIXED) on first route or send; otherwise answer TOPIC_NOT_FOUND.
     auto_create_topics: bool = true, "auto-create-topics", "TXMQ_AUTO_CREATE_TOPICS";
     /// Queues of a topic created without an explicit count.

@@ -451,7 +451,7 @@ async fn message_records_are_written_in_the_configured_version() {
     for (version, schema) in [(3u8, 8u32), (4, 9)] {
         let store = std::sync::Arc::new(MemoryStore::new());
         let mut config = Config::with_data_dir("/unused");
-        config.message_record_version = version.into();
+        config.message_record_version = version;
         let b = Broker::with_store(config, store.clone()).unwrap();
         send_half(&b, "half", None).await;
         let normal = NewMessage { body: b"y".to_vec(), ..common::new_message("orders", "normal", MessageType::Normal) };
