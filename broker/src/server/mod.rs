@@ -5,6 +5,7 @@
 //! for in-flight calls and tracked tasks, then flush the store and stop its writer.
 
 mod failover;
+mod http2;
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -30,8 +31,6 @@ const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("invalid configuration: {0}")]
@@ -151,40 +150,42 @@ pub async fn run_with_metrics(
     let admin = AdminService { broker: broker.clone(), cluster, clients: clients.clone() };
     tracing::info!(listen = %local, "txmq broker serving");
     let stop = token.clone();
-    tonic::transport::Server::builder()
-        // Ping every connection; one whose peer vanished without closing (no ping answer) is
-        // closed, and with it its Telemetry streams, in seconds rather than the kernel's
-        // ~15 minutes of retransmissions.
-        .http2_keepalive_interval(Some(broker.config().keepalive_interval))
-        .http2_keepalive_timeout(Some(broker.config().keepalive_timeout))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            txmq_proto::ext::transactions_server::TransactionsServer::new(messaging.clone())
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-            txn_gate,
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES),
-            messaging_gate,
-        ))
-        .add_service(AdminServer::with_interceptor(admin, move |req| {
-            use tonic::service::Interceptor;
-            admin_gate.0.call(req).and_then(|req| admin_gate.1.call(req))
-        }))
-        .add_optional_service(
-            peers.map(|p| txmq_proto::cluster::cluster_server::ClusterServer::with_interceptor(p, peers_gate)),
-        )
-        .serve_with_incoming_shutdown(incoming(listener, broker.config().max_connections, tls), {
-            let superseded = superseded.clone();
-            async move {
-                tokio::select! {
-                    _ = shutdown => {}
-                    _ = superseded.cancelled() => {}
-                }
-                tracing::info!("shutting down: no new connections, ending streams");
-                stop.cancel();
+    let mut routes = tonic::service::Routes::new(tonic::service::interceptor::InterceptedService::new(
+        txmq_proto::ext::transactions_server::TransactionsServer::new(messaging.clone())
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        txn_gate,
+    ))
+    .add_service(tonic::service::interceptor::InterceptedService::new(
+        MessagingServiceServer::new(messaging).max_decoding_message_size(MAX_REQUEST_BYTES),
+        messaging_gate,
+    ))
+    .add_service(AdminServer::with_interceptor(admin, move |req| {
+        use tonic::service::Interceptor;
+        admin_gate.0.call(req).and_then(|req| admin_gate.1.call(req))
+    }));
+    if let Some(p) = peers {
+        routes =
+            routes.add_service(txmq_proto::cluster::cluster_server::ClusterServer::with_interceptor(p, peers_gate));
+    }
+    // Ping every connection; one whose peer vanished without closing (no ping answer) is
+    // closed, and with it its Telemetry streams, in seconds rather than the kernel's ~15 minutes
+    // of retransmissions.
+    let settings = http2::Settings {
+        keepalive_interval: broker.config().keepalive_interval,
+        keepalive_timeout: broker.config().keepalive_timeout,
+    };
+    http2::serve(incoming(listener, broker.config().max_connections, tls), routes, settings, {
+        let superseded = superseded.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = superseded.cancelled() => {}
             }
-        })
-        .await?;
+            tracing::info!("shutting down: no new connections, ending streams");
+            stop.cancel();
+        }
+    })
+    .await;
     tracker.close();
     tracker.wait().await;
     tokio::task::spawn_blocking(move || broker.shutdown()).await.map_err(std::io::Error::other)?;
@@ -205,8 +206,8 @@ fn incoming(
     listener: TcpListener,
     max: usize,
     tls: Option<Arc<Tls>>,
-) -> impl tokio_stream::Stream<Item = std::io::Result<Conn>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Conn>>(64);
+) -> impl tokio_stream::Stream<Item = Conn> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Conn>(64);
     tokio::spawn(async move {
         let permits = Arc::new(tokio::sync::Semaphore::new(max));
         loop {
@@ -232,7 +233,7 @@ fn incoming(
             }
             match &tls {
                 None => {
-                    if tx.send(Ok(Conn { io: Io::Plain(stream), client_cn: None, _permit: permit })).await.is_err() {
+                    if tx.send(Conn { io: Io::Plain(stream), client_cn: None, _permit: permit }).await.is_err() {
                         return;
                     }
                 }
@@ -249,7 +250,7 @@ fn incoming(
                                     .and_then(|c| crate::tls::subject_common_name(c)),
                                 Io::Plain(_) => None,
                             };
-                            let _ = tx.send(Ok(Conn { io, client_cn, _permit: permit })).await;
+                            let _ = tx.send(Conn { io, client_cn, _permit: permit }).await;
                         }
                     });
                 }
@@ -318,9 +319,9 @@ enum Io {
     Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
 }
 
-impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = ConnInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
+impl Conn {
+    /// What every request on this connection is told about it.
+    fn connect_info(&self) -> ConnInfo {
         let tcp = match &self.io {
             Io::Plain(s) => s,
             Io::Tls(s) => s.get_ref().0,
