@@ -2,8 +2,9 @@
 //!
 //! tonic's own server hands every call (every HTTP/2 stream) to a task of its own. With two
 //! runtime workers, such a task is often picked up by the other worker, and that wake-up across
-//! threads cost a unary call about a quarter of its server CPU on our 2-core machines
-//! (BENCHMARKS.md, "One task per connection"). Here hyper serves each connection with an
+//! threads cost about 30 % of a bare echo call's server CPU on our 2-core machines, and 13-17 %
+//! of a unary send's (BENCHMARKS.md, "a connection's calls run in the connection's task";
+//! bench/results/unary-floor-2026-12-06.txt). Here hyper serves each connection with an
 //! executor that runs the calls inside the connection's own task, beside the connection's
 //! reading and writing: a call's future is polled when its own event wakes that task, as
 //! `FuturesUnordered` does. Connections still run on any worker, each in its own task.
