@@ -126,16 +126,24 @@ fn common_status(results: &[v2::Status]) -> v2::Status {
 
 /// The time left before the client's gRPC deadline (`grpc-timeout` header), if it sent one.
 fn grpc_deadline<T>(req: &Request<T>) -> Option<std::time::Duration> {
-    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = num.parse().ok()?;
+    grpc_timeout(req.metadata().get("grpc-timeout")?.as_bytes())
+}
+
+/// A `grpc-timeout` header's value: at most eight digits and a unit (`H`, `M`, `S`, `m`, `u`
+/// or `n`). `None` when malformed; the call then runs without a deadline.
+pub(crate) fn grpc_timeout(value: &[u8]) -> Option<std::time::Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
     Some(match unit {
-        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
-        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
-        "S" => std::time::Duration::from_secs(n),
-        "m" => std::time::Duration::from_millis(n),
-        "u" => std::time::Duration::from_micros(n),
-        "n" => std::time::Duration::from_nanos(n),
+        b'H' => std::time::Duration::from_secs(n * 3600),
+        b'M' => std::time::Duration::from_secs(n * 60),
+        b'S' => std::time::Duration::from_secs(n),
+        b'm' => std::time::Duration::from_millis(n),
+        b'u' => std::time::Duration::from_micros(n),
+        b'n' => std::time::Duration::from_nanos(n),
         _ => return None,
     })
 }
@@ -1183,6 +1191,19 @@ impl Messaging {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit_and_bad_ones_ignored() {
+        assert_eq!(grpc_timeout(b"3S"), Some(std::time::Duration::from_secs(3)));
+        assert_eq!(grpc_timeout(b"2H"), Some(std::time::Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout(b"5M"), Some(std::time::Duration::from_secs(300)));
+        assert_eq!(grpc_timeout(b"1500m"), Some(std::time::Duration::from_millis(1500)));
+        assert_eq!(grpc_timeout(b"99999999u"), Some(std::time::Duration::from_micros(99_999_999)));
+        assert_eq!(grpc_timeout(b"7n"), Some(std::time::Duration::from_nanos(7)));
+        for bad in [&b""[..], b"S", b"123456789S", b"12x", b"-1S", b"1.5S", b"10"] {
+            assert_eq!(grpc_timeout(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn a_client_id_is_kept_whole_up_to_the_limit_and_cut_past_it() {

@@ -16,6 +16,7 @@
 
 use super::Conn;
 use crate::grpc::caller::ConnInfo;
+use crate::grpc::messaging::grpc_timeout;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use std::convert::Infallible;
@@ -172,28 +173,8 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Service {
     }
 }
 
-/// A `grpc-timeout` header's value: at most eight digits and a unit (`H`, `M`, `S`, `m`, `u`
-/// or `n`). `None` when malformed; the call then runs without a deadline.
-fn grpc_timeout(value: &[u8]) -> Option<Duration> {
-    let (&unit, digits) = value.split_last()?;
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    Some(match unit {
-        b'H' => Duration::from_secs(n * 3600),
-        b'M' => Duration::from_secs(n * 60),
-        b'S' => Duration::from_secs(n),
-        b'm' => Duration::from_millis(n),
-        b'u' => Duration::from_micros(n),
-        b'n' => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use super::grpc_timeout;
     use crate::grpc::caller::ConnInfo;
     use std::convert::Infallible;
     use std::future::Future;
@@ -202,19 +183,6 @@ mod tests {
     use std::time::Duration;
     use tonic::body::Body;
     use tower_service::Service;
-
-    #[test]
-    fn grpc_timeouts_are_read_in_every_unit_and_bad_ones_ignored() {
-        assert_eq!(grpc_timeout(b"3S"), Some(Duration::from_secs(3)));
-        assert_eq!(grpc_timeout(b"2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(grpc_timeout(b"5M"), Some(Duration::from_secs(300)));
-        assert_eq!(grpc_timeout(b"1500m"), Some(Duration::from_millis(1500)));
-        assert_eq!(grpc_timeout(b"99999999u"), Some(Duration::from_micros(99_999_999)));
-        assert_eq!(grpc_timeout(b"7n"), Some(Duration::from_nanos(7)));
-        for bad in [&b""[..], b"S", b"123456789S", b"12x", b"-1S", b"1.5S", b"10"] {
-            assert_eq!(grpc_timeout(bad), None, "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
 
     /// A service whose methods show what the server around it does: `Peer` answers the
     /// connection's address as the request saw it, `Sleep` answers after two seconds, and
