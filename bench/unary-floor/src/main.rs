@@ -1,7 +1,7 @@
 //! What one unary gRPC call costs a server on this machine, with the broker's runtime (two
-//! workers, tokio's LIFO slot off, mimalloc), served three ways to the same tonic client:
+//! workers, tokio's LIFO slot off, mimalloc), served five ways to the same tonic client:
 //!
-//! - `tonic`: tonic's server (hyper underneath), as the broker serves its services;
+//! - `tonic`: tonic's server (hyper underneath), as the broker served its services before b17d54e;
 //! - `tonic-local`: the same tonic services on hyper's HTTP/2 connection, with an executor that
 //!   runs each stream's future inside its connection's task instead of spawning a task per call;
 //! - `tonic-hyper`: the same, with hyper's executor spawning a task per call (what tonic's own
@@ -68,9 +68,7 @@ async fn server(mode: &str, addr: &str) -> Result<(), Error> {
         loop {
             let (sock, _) = listener.accept().await?;
             sock.set_nodelay(true)?;
-            let svc = hyper_util::service::TowerToHyperService::new(
-                tower_map(routes.clone()),
-            );
+            let svc = hyper_util::service::TowerToHyperService::new(MapBody(routes.clone()));
             tokio::spawn(async move {
                 let r = if spawn {
                     hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -104,18 +102,6 @@ async fn server(mode: &str, addr: &str) -> Result<(), Error> {
 }
 
 /// tonic's routes taking hyper's request body.
-fn tower_map(
-    routes: tonic::service::Routes,
-) -> impl tower_service::Service<
-    http::Request<hyper::body::Incoming>,
-    Response = http::Response<tonic::body::Body>,
-    Error = std::convert::Infallible,
-    Future = impl Send,
-> + Clone
-       + Send {
-    MapBody(routes)
-}
-
 #[derive(Clone)]
 struct MapBody(tonic::service::Routes);
 
@@ -132,10 +118,10 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for MapBody {
 }
 
 mod local {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
     use std::future::Future;
     use std::pin::Pin;
     use std::task::{Context, Poll};
-    use futures_util::stream::{FuturesUnordered, StreamExt};
 
     type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -223,10 +209,7 @@ async fn connection(sock: tokio::net::TcpStream, inline: bool) -> Result<(), Err
 }
 
 /// One unary call: read the request's gRPC frame, decode it, answer the same message with status 0.
-async fn answer(
-    req: http::Request<h2::RecvStream>,
-    mut respond: h2::server::SendResponse<Bytes>,
-) -> Result<(), Error> {
+async fn answer(req: http::Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>) -> Result<(), Error> {
     let mut body = req.into_body();
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.data().await {
@@ -260,7 +243,8 @@ fn cpu_ticks(pid: u32) -> Result<u64, Error> {
 }
 
 async fn client(addr: &str, conc: usize, secs: u64, pid: u32) -> Result<(), Error> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?;
     let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs(secs + 1);
     let mut tasks = Vec::new();
