@@ -138,7 +138,8 @@ for name, scenario in (("unary", "send-durable-256B"), ("SDK", "send-durable-256
         row(f"disk bytes written per 256 B message, {name} send, 64 in flight", f"{d:,.0f} B",
             f"<= {goal:,.0f} B (1/3 of {BASELINE_DISK_BYTES_PER_MSG:,} B)", d <= goal)
 
-for rate, goal_ms, mode in ((2000, 5, ""), (5000, 10, ""), (2000, 5, "-sdk"), (2000, 5, "-sdk-oneway")):
+for rate, goal_ms, mode in ((2000, 5, ""), (5000, 10, ""), (2000, 5, "-sdk"), (5000, 10, "-sdk"),
+                           (2000, 5, "-sdk-oneway")):
     scenario = f"e2e-txn-half+commit+receive+ack-256B-paced{rate}{mode}"
     rs = runs(TX, scenario, 64)
     how = {"": "", "-sdk": ", through the SDK", "-sdk-oneway": ", through the SDK, one-way commit"}[mode]
