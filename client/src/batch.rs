@@ -2,9 +2,10 @@
 //! next request.
 //!
 //! There is no linger: an item submitted while fewer than [`Batching::in_flight`] requests of
-//! its kind ([`Batching::decisions_in_flight`] for decisions) are out leaves at once, alone,
-//! so an idle client pays no latency for batching. Under load, items gather while requests
-//! are out, and batches grow with the load up to the bounds.
+//! its kind ([`Batching::decisions_in_flight`] for decisions) are out leaves after one turn of
+//! the scheduler, with whatever the tasks ready to run submitted meanwhile, so an idle client
+//! pays no time for batching. Under load, items gather while requests are out, and batches
+//! grow with the load up to the bounds.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -150,7 +151,8 @@ where
     out.into_iter().map(|a| a.unwrap_or_else(&missing)).collect()
 }
 
-/// Waits for one item, then takes every item already waiting, within the bounds.
+/// Waits for one item, lets the tasks ready to run make their calls, then takes every item
+/// waiting, within the bounds.
 async fn next_batch<I, O>(
     queue: &Mutex<Queue<I, O>>,
     limits: Batching,
@@ -161,6 +163,14 @@ async fn next_batch<I, O>(
         Some(w) => w,
         None => q.rx.recv().await?,
     };
+    // One turn of the scheduler before the batch is taken, so that the tasks ready to run now
+    // (typically those the last answers woke, each about to make its next call) get their
+    // calls in. tokio's default scheduler runs a task woken by the running one next (its "LIFO
+    // slot"): without this turn, the first of them woke this task, which then ran at once and
+    // sent that call alone, and the next requests went out with one or two calls each. Not a
+    // linger: with nothing else to run the turn costs microseconds, and an idle client's
+    // request still leaves at once.
+    tokio::task::yield_now().await;
     let mut bytes = size(&first.0);
     let mut batch = vec![first];
     while batch.len() < limits.max_items.max(1) {
@@ -218,6 +228,51 @@ mod tests {
         assert_eq!(outputs, (0..25).map(|i| Some(i * 2)).collect::<Vec<_>>(), "each call gets its own output");
         let used = requests.load(Ordering::SeqCst) - 1;
         assert!((3..25).contains(&used), "25 calls in {used} requests of at most 10");
+    }
+
+    /// Tasks woken together make their calls before the batch leaves, also on tokio's default
+    /// scheduler, which runs a woken task next: eight calls made one after another by tasks
+    /// one answer woke leave in one request. Without the scheduler turn in `next_batch`, the
+    /// batchers ran right after each call: four requests of one call each (as many as may be
+    /// in flight), then one with the other four.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn calls_made_by_tasks_woken_together_leave_together() {
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r = requests.clone();
+        let limits = Batching { max_items: 100, max_bytes: 1000, in_flight: 4, decisions_in_flight: 4 };
+        let b = Arc::new(Batcher::start(limits, unit, move |items: Vec<u32>| {
+            r.lock().unwrap().push(items.len());
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                items
+            }
+        }));
+        // On the runtime's one worker: eight tasks wait for their answer; one task answers them
+        // all in a row, as the batcher of their previous calls does; each then makes a call.
+        let calls = tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut waiting = Vec::new();
+            for i in 0..8u32 {
+                let (tx, rx) = oneshot::channel::<()>();
+                answers.push(tx);
+                let b = b.clone();
+                waiting.push(tokio::spawn(async move {
+                    rx.await.unwrap();
+                    b.submit(i).await
+                }));
+            }
+            tokio::task::yield_now().await;
+            for tx in answers {
+                tx.send(()).unwrap();
+            }
+            let mut outputs = Vec::new();
+            for w in waiting {
+                outputs.push(w.await.unwrap());
+            }
+            outputs
+        });
+        assert_eq!(calls.await.unwrap(), (0..8).map(Some).collect::<Vec<_>>());
+        assert_eq!(*requests.lock().unwrap(), vec![8], "requests and their sizes");
     }
 
     #[tokio::test]
