@@ -195,6 +195,24 @@ mod tests {
         1
     }
 
+    /// The sizes of a batcher's requests, in the order they were sent.
+    type Sizes = Arc<std::sync::Mutex<Vec<usize>>>;
+
+    /// A batcher whose requests take `millis` and answer each item with itself, and the sizes
+    /// of its requests, in the order they were sent.
+    fn recording(limits: Batching, millis: u64) -> (Arc<Batcher<u32, u32>>, Sizes) {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = sizes.clone();
+        let b = Arc::new(Batcher::start(limits, unit, move |items: Vec<u32>| {
+            s.lock().unwrap().push(items.len());
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+                items
+            }
+        }));
+        (b, sizes)
+    }
+
     /// Submits `0..n` at once, each from a task of its own; their outputs, in that order.
     async fn submit_at_once(b: &Arc<Batcher<u32, u32>>, n: u32) -> Vec<Option<u32>> {
         let calls: Vec<_> = (0..n)
@@ -237,16 +255,8 @@ mod tests {
     /// in flight), then one with the other four.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn calls_made_by_tasks_woken_together_leave_together() {
-        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let r = requests.clone();
         let limits = Batching { max_items: 100, max_bytes: 1000, in_flight: 4, decisions_in_flight: 4 };
-        let b = Arc::new(Batcher::start(limits, unit, move |items: Vec<u32>| {
-            r.lock().unwrap().push(items.len());
-            async move {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                items
-            }
-        }));
+        let (b, requests) = recording(limits, 20);
         // On the runtime's one worker: eight tasks wait for their answer; one task answers them
         // all in a row, as the batcher of their previous calls does; each then makes a call.
         let calls = tokio::spawn(async move {
@@ -317,16 +327,8 @@ mod tests {
 
     #[tokio::test]
     async fn batches_keep_to_the_byte_bound() {
-        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let s = sizes.clone();
         let limits = Batching { max_items: 100, max_bytes: 3, in_flight: 1, decisions_in_flight: 1 };
-        let b = Arc::new(Batcher::start(limits, unit, move |items: Vec<u32>| {
-            s.lock().unwrap().push(items.len());
-            async move {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                items
-            }
-        }));
+        let (b, sizes) = recording(limits, 10);
         assert!(submit_at_once(&b, 10).await.iter().all(Option::is_some));
         assert!(sizes.lock().unwrap().iter().all(|n| *n <= 3), "{:?}", sizes.lock().unwrap());
     }
