@@ -3,9 +3,9 @@
 //!
 //! There is no linger: an item submitted while fewer than [`Batching::in_flight`] requests of
 //! its kind ([`Batching::decisions_in_flight`] for decisions) are out leaves after one turn of
-//! the scheduler, with whatever the tasks ready to run submitted meanwhile, so an idle client
-//! pays no time for batching. Under load, items gather while requests are out, and batches
-//! grow with the load up to the bounds.
+//! the scheduler, with whatever the tasks ready to run submitted meanwhile: on an idle client
+//! nothing else is ready, and the turn costs microseconds. Under load, items gather while
+//! requests are out, and batches grow with the load up to the bounds.
 
 use std::future::Future;
 use std::sync::Arc;
