@@ -271,6 +271,7 @@ mod tests {
                     b.submit(i).await
                 }));
             }
+            // The eight run first and park on their answers, as callers waiting for a request.
             tokio::task::yield_now().await;
             for tx in answers {
                 tx.send(()).unwrap();
