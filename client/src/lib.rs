@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 mod batch;
+mod connection;
 mod consumer;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod db;

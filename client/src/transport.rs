@@ -1,6 +1,7 @@
-//! One gRPC channel to the broker, with the RocketMQ request headers on every call.
+//! The SDK's connections to the broker, with the RocketMQ request headers on every call.
 
 use crate::batch::Batching;
+use crate::connection::{BoxError, Connection};
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -194,7 +195,7 @@ pub(crate) fn new_client_id() -> String {
     format!("{host}@{}#{}#{now:x}", std::process::id(), CLIENT_SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A lazily connected channel: calls fail with [`Error::Unavailable`] while the broker is down
+/// Lazily connected: calls fail with [`Error::Unavailable`] while the broker is down
 /// and work again once it is back. With several addresses (nodes of a cluster, any of which
 /// serves every call), see [`Spread`].
 pub(crate) fn connect(config: &ClientConfig, client_id: &str) -> Result<(Rpc, TxnRpc)> {
@@ -205,7 +206,10 @@ pub(crate) fn connect(config: &ClientConfig, client_id: &str) -> Result<(Rpc, Tx
     let client_id = client_id
         .parse()
         .map_err(|_| Error::InvalidArgument(format!("client id {client_id:?} is not a valid header value")))?;
-    let (spread, headers) = (Spread::new(endpoints), Headers { client_id, signer: Signer(config.credentials.clone()) });
+    let (spread, headers) = (
+        Spread::new(endpoints, config.request_timeout)?,
+        Headers { client_id, signer: Signer(config.credentials.clone()) },
+    );
     Ok((
         MessagingServiceClient::with_interceptor(spread.clone(), headers.clone()),
         txmq_proto::ext::transactions_client::TransactionsClient::with_interceptor(spread, headers),
@@ -215,7 +219,7 @@ pub(crate) fn connect(config: &ClientConfig, client_id: &str) -> Result<(Rpc, Tx
 /// How often an address that failed a call is tried again (by a TCP connect) until it answers.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
-/// The channels of a client, one per address, used in turn. An address whose call fails at the
+/// The connections of a client, one per address, used in turn. An address whose call fails at the
 /// transport (refused, reset: the node is down) is left out from that moment until it accepts
 /// a connection again, so a node going away costs the calls in flight to it, not later ones.
 #[derive(Clone)]
@@ -224,7 +228,7 @@ pub(crate) struct Spread {
 }
 
 struct SpreadInner {
-    channels: Vec<(String, Channel)>,
+    channels: Vec<(String, Conn)>,
     down: Vec<std::sync::atomic::AtomicBool>,
     next: AtomicU64,
     /// True once every address was tried at start (several addresses only): the first calls
@@ -233,14 +237,20 @@ struct SpreadInner {
 }
 
 impl Spread {
-    fn new(endpoints: Vec<Endpoint>) -> Self {
-        let channels: Vec<(String, Channel)> = endpoints
+    fn new(endpoints: Vec<Endpoint>, connect_timeout: Duration) -> Result<Self> {
+        let channels: Vec<(String, Conn)> = endpoints
             .into_iter()
             .map(|e| {
                 let uri = e.uri();
-                (format!("{}:{}", uri.host().unwrap_or_default(), uri.port_u16().unwrap_or(0)), e.connect_lazy())
+                let address = format!("{}:{}", uri.host().unwrap_or_default(), uri.port_u16().unwrap_or(0));
+                let conn = match uri.scheme_str() {
+                    Some("http") => Connection::new(&address, connect_timeout).map(Conn::Plain)?,
+                    _ => Conn::Tls(e.connect_lazy()),
+                };
+                Ok((address, conn))
             })
-            .collect();
+            .collect::<std::result::Result<_, BoxError>>()
+            .map_err(|e| Error::InvalidArgument(format!("bad broker address: {e}")))?;
         let down = channels.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
         let single = channels.len() < 2;
         let (done, probed) = tokio::sync::watch::channel(single);
@@ -270,7 +280,7 @@ impl Spread {
                 let _ = done.send(true);
             }
         }
-        spread
+        Ok(spread)
     }
 
     /// The next address in turn that is not down (any, when all are).
@@ -310,7 +320,7 @@ type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
 
 impl tonic::codegen::Service<HttpRequest> for Spread {
     type Response = HttpResponse;
-    type Error = tonic::transport::Error;
+    type Error = BoxError;
     type Future =
         std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<HttpResponse, Self::Error>> + Send>>;
 
@@ -318,7 +328,7 @@ impl tonic::codegen::Service<HttpRequest> for Spread {
         &mut self,
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
-        // Each call waits for its own channel's readiness.
+        // Each call waits for its own connection's readiness.
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -330,16 +340,31 @@ impl tonic::codegen::Service<HttpRequest> for Spread {
                 let _ = tokio::time::timeout(PROBE_EVERY, probed.wait_for(|done| *done)).await;
             }
             let i = this.pick();
-            let mut channel = this.inner.channels[i].1.clone();
             let inner = this.inner.clone();
-            std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
-            let answer = channel.call(req).await;
+            let answer = match &this.inner.channels[i].1 {
+                Conn::Plain(connection) => connection.call(req).await,
+                Conn::Tls(channel) => {
+                    let mut channel = channel.clone();
+                    match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+                        Ok(()) => channel.call(req).await.map_err(Into::into),
+                        Err(e) => Err(e.into()),
+                    }
+                }
+            };
             if answer.is_err() {
                 inner.mark_down(i);
             }
             answer
         })
     }
+}
+
+/// How the SDK reaches one address.
+enum Conn {
+    /// Plaintext: the SDK's own HTTP/2 connection, called from the caller's task.
+    Plain(Connection),
+    /// TLS: tonic's channel.
+    Tls(Channel),
 }
 
 /// Checks a response status: OK passes, anything else is [`Error::Broker`].
