@@ -242,10 +242,14 @@ impl Spread {
             .into_iter()
             .map(|e| {
                 let uri = e.uri();
-                let address = format!("{}:{}", uri.host().unwrap_or_default(), uri.port_u16().unwrap_or(0));
-                let conn = match uri.scheme_str() {
-                    Some("http") => Connection::new(&address, connect_timeout).map(Conn::Plain)?,
-                    _ => Conn::Tls(e.connect_lazy()),
+                let plain = uri.scheme_str() == Some("http");
+                // Without a port, the scheme's own (as tonic's channel dialled).
+                let port = uri.port_u16().unwrap_or(if plain { 80 } else { 443 });
+                let address = format!("{}:{port}", uri.host().unwrap_or_default());
+                let conn = if plain {
+                    Connection::new(&address, connect_timeout).map(Conn::Plain)?
+                } else {
+                    Conn::Tls(e.connect_lazy())
                 };
                 Ok((address, conn))
             })
@@ -403,6 +407,15 @@ pub(crate) fn resource(name: &str) -> Option<v2::Resource> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_without_a_port_gets_the_schemes_port() {
+        let spread =
+            Spread::new(ClientConfig::new("localhost, 127.0.0.1:8081").endpoints().unwrap(), Duration::from_secs(1))
+                .unwrap();
+        let addresses: Vec<&str> = spread.inner.channels.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(addresses, ["localhost:80", "127.0.0.1:8081"]);
+    }
 
     #[test]
     fn dates_are_rfc3339_in_utc() {
