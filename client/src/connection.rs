@@ -57,9 +57,14 @@ impl Connection {
         Ok(response.map(tonic::body::Body::new))
     }
 
+    /// The sender of the connection, if it is open.
     fn open(&self) -> Option<Sender> {
-        let sender = self.sender.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        sender.as_ref().filter(|s| !s.is_closed()).cloned()
+        self.slot().as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// The sender's slot. Nothing that holds it can panic, so a poisoned lock is taken as is.
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Sender>> {
+        self.sender.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn sender(&self) -> Result<Sender, BoxError> {
@@ -89,7 +94,7 @@ impl Connection {
                 tracing::debug!(error = %e, "connection to the broker ended");
             }
         });
-        *self.sender.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender.clone());
+        *self.slot() = Some(sender.clone());
         Ok(sender)
     }
 }

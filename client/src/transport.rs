@@ -183,7 +183,7 @@ impl tonic::service::Interceptor for Headers {
 }
 
 pub(crate) type Rpc = MessagingServiceClient<InterceptedService<Spread, Headers>>;
-/// txmq's extension (`txmq.v1.Transactions`), over the same channels and headers.
+/// txmq's extension (`txmq.v1.Transactions`), over the same connections and headers.
 pub(crate) type TxnRpc = txmq_proto::ext::transactions_client::TransactionsClient<InterceptedService<Spread, Headers>>;
 
 static CLIENT_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -228,7 +228,7 @@ pub(crate) struct Spread {
 }
 
 struct SpreadInner {
-    channels: Vec<(String, Conn)>,
+    connections: Vec<(String, Conn)>,
     down: Vec<std::sync::atomic::AtomicBool>,
     next: AtomicU64,
     /// True once every address was tried at start (several addresses only): the first calls
@@ -238,7 +238,7 @@ struct SpreadInner {
 
 impl Spread {
     fn new(endpoints: Vec<Endpoint>, connect_timeout: Duration) -> Result<Self> {
-        let channels: Vec<(String, Conn)> = endpoints
+        let connections: Vec<(String, Conn)> = endpoints
             .into_iter()
             .map(|e| {
                 let uri = e.uri();
@@ -255,16 +255,16 @@ impl Spread {
             })
             .collect::<std::result::Result<_, BoxError>>()
             .map_err(|e| Error::InvalidArgument(format!("bad broker address: {e}")))?;
-        let down = channels.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
-        let single = channels.len() < 2;
+        let down = connections.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
+        let single = connections.len() < 2;
         let (done, probed) = tokio::sync::watch::channel(single);
-        let spread = Self { inner: Arc::new(SpreadInner { channels, down, next: AtomicU64::new(0), probed }) };
+        let spread = Self { inner: Arc::new(SpreadInner { connections, down, next: AtomicU64::new(0), probed }) };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) if !single => {
                 let inner = spread.inner.clone();
                 rt.spawn(async move {
                     let mut probes = tokio::task::JoinSet::new();
-                    for (i, (address, _)) in inner.channels.iter().enumerate() {
+                    for (i, (address, _)) in inner.connections.iter().enumerate() {
                         let address = address.clone();
                         probes.spawn(async move {
                             let answer =
@@ -289,7 +289,7 @@ impl Spread {
 
     /// The next address in turn that is not down (any, when all are).
     fn pick(&self) -> usize {
-        let n = self.inner.channels.len();
+        let n = self.inner.connections.len();
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed) as usize;
         (0..n).map(|k| (start + k) % n).find(|i| !self.inner.down[*i].load(Ordering::Relaxed)).unwrap_or(start % n)
     }
@@ -298,12 +298,12 @@ impl Spread {
 impl SpreadInner {
     /// Leaves address `i` out until it accepts a connection again.
     fn mark_down(self: &Arc<Self>, i: usize) {
-        if self.channels.len() < 2 || self.down[i].swap(true, Ordering::Relaxed) {
+        if self.connections.len() < 2 || self.down[i].swap(true, Ordering::Relaxed) {
             return;
         }
         let inner = self.clone();
         tokio::spawn(async move {
-            let address = inner.channels[i].0.clone();
+            let address = inner.connections[i].0.clone();
             loop {
                 tokio::time::sleep(PROBE_EVERY).await;
                 if Arc::strong_count(&inner) == 1 {
@@ -344,8 +344,7 @@ impl tonic::codegen::Service<HttpRequest> for Spread {
                 let _ = tokio::time::timeout(PROBE_EVERY, probed.wait_for(|done| *done)).await;
             }
             let i = this.pick();
-            let inner = this.inner.clone();
-            let answer = match &this.inner.channels[i].1 {
+            let answer = match &this.inner.connections[i].1 {
                 Conn::Plain(connection) => connection.call(req).await,
                 Conn::Tls(channel) => {
                     let mut channel = channel.clone();
@@ -356,7 +355,7 @@ impl tonic::codegen::Service<HttpRequest> for Spread {
                 }
             };
             if answer.is_err() {
-                inner.mark_down(i);
+                this.inner.mark_down(i);
             }
             answer
         })
@@ -413,7 +412,7 @@ mod tests {
         let spread =
             Spread::new(ClientConfig::new("localhost, 127.0.0.1:8081").endpoints().unwrap(), Duration::from_secs(1))
                 .unwrap();
-        let addresses: Vec<&str> = spread.inner.channels.iter().map(|(a, _)| a.as_str()).collect();
+        let addresses: Vec<&str> = spread.inner.connections.iter().map(|(a, _)| a.as_str()).collect();
         assert_eq!(addresses, ["localhost:80", "127.0.0.1:8081"]);
     }
 
