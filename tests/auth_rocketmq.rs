@@ -366,6 +366,10 @@ async fn every_clients_header_variant_is_checked_the_same_way() {
     p.send(txmq_client::Message::new("orders", b"from the SDK".to_vec())).await.expect("allowed");
     let e = p.send(txmq_client::Message::new("payments", b"x".to_vec())).await.unwrap_err();
     assert!(e.to_string().contains("FORBIDDEN"), "{e}");
+    // A signature is checked on each call against the clock: signed calls are unary, never
+    // on the SDK's stream of calls.
+    let metrics = broker.broker.metrics().render(&broker.broker.gauges());
+    assert!(!metrics.contains("request_code=\"Calls\""), "a signed client opened a stream of calls");
     let Err(e) = txmq_client::Producer::connect(sdk("wrong-secret-1"), &["orders"]).await else { panic!("signed in") };
     assert!(e.to_string().contains("UNAUTHORIZED"), "{e}");
     broker.stop().await.unwrap();

@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 mod batch;
+mod calls;
 mod connection;
 mod consumer;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -220,10 +220,7 @@ impl Producer {
         loop {
             let result = async {
                 self.route(&topic).await?;
-                let req = v2::SendMessageRequest { messages: wire.clone() };
-                let r =
-                    transport::call(self.session.config.request_timeout, self.session.rpc.clone().send_message(req))
-                        .await?;
+                let r = self.session.send_message(v2::SendMessageRequest { messages: wire.clone() }).await?;
                 transport::check(r.status.as_ref())?;
                 Ok::<_, Error>(r.entries)
             }

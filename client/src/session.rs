@@ -4,12 +4,14 @@
 
 use crate::error::Result;
 use crate::transport::{self, ClientConfig, Rpc, TxnRpc};
+use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use txmq_proto::ext::{call, EndTransactionsRequest, EndTransactionsResponse};
 use txmq_proto::v2;
 
 /// Heartbeat period (the broker treats a client as gone after ~90 s of silence).
@@ -36,6 +38,8 @@ pub(crate) struct Session {
     /// from the hand-off until the broker answered.
     pub oneway: Arc<tokio::sync::Semaphore>,
     group: Option<String>,
+    /// Sends and decisions on one stream, where the broker offers it.
+    calls: crate::calls::Calls,
 }
 
 impl Session {
@@ -48,6 +52,7 @@ impl Session {
         on_command: Option<CommandHandler>,
     ) -> Result<Arc<Self>> {
         let client_id = transport::new_client_id();
+        let config_streams = config.stream_calls && config.credentials.is_none();
         let (rpc, txns) = transport::connect(&config, &client_id)?;
         let session = Arc::new(Session {
             rpc,
@@ -59,10 +64,37 @@ impl Session {
             tracker: TaskTracker::new(),
             oneway: Arc::new(tokio::sync::Semaphore::new(MAX_ONEWAY_DECISIONS as usize)),
             group,
+            calls: crate::calls::Calls::new(config_streams),
         });
         session.tracker.spawn(heartbeats(session.clone(), client_type));
         session.tracker.spawn(telemetry(session.clone(), settings, on_command));
         Ok(session)
+    }
+
+    /// SendMessage: on the calls stream when it is in use, else one unary call.
+    pub async fn send_message(&self, req: v2::SendMessageRequest) -> Result<v2::SendMessageResponse> {
+        let timeout = self.config.request_timeout;
+        let on_stream = call::Request::SendMessage(req.encode_to_vec());
+        match self.calls.call(&self.txns, timeout, on_stream).await {
+            Some(answer) => answer,
+            None => transport::call(timeout, self.rpc.clone().send_message(req)).await,
+        }
+    }
+
+    /// `txmq.v1.Transactions/EndTransactions`: on the calls stream when it is in use, else
+    /// one unary call.
+    pub async fn end_transactions(&self, req: EndTransactionsRequest) -> Result<EndTransactionsResponse> {
+        let timeout = self.config.request_timeout;
+        let on_stream = call::Request::EndTransactions(req.encode_to_vec());
+        match self.calls.call(&self.txns, timeout, on_stream).await {
+            Some(answer) => answer,
+            None => transport::call(timeout, self.txns.clone().end_transactions(req)).await,
+        }
+    }
+
+    /// True while sends and decisions go on the calls stream.
+    pub fn streams_calls(&self) -> bool {
+        self.calls.enabled()
     }
 
     /// Sends the one-way decisions still out, tells the broker we are leaving, stops the

@@ -186,10 +186,12 @@ async fn end_alone(p: &Producer, d: Decision) -> Result<()> {
 pub(crate) async fn end_together(p: &Producer, decisions: Vec<Decision>) -> Vec<Result<()>> {
     use std::sync::atomic::Ordering;
     let s = &p.session;
-    if decisions.len() > 1 && !s.no_txn_extension.load(Ordering::Relaxed) {
+    // A decision alone goes as EndTransaction, unless calls go on the stream, where the
+    // extension costs no more.
+    if (decisions.len() > 1 || s.streams_calls()) && !s.no_txn_extension.load(Ordering::Relaxed) {
         let n = decisions.len();
         let req = EndTransactionsRequest { decisions: decisions.clone() };
-        match transport::call(s.config.request_timeout, s.txns.clone().end_transactions(req)).await {
+        match s.end_transactions(req).await {
             Ok(r) if r.code == v2::Code::Ok as i32 && r.results.len() == n => {
                 return r
                     .results

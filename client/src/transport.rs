@@ -26,6 +26,11 @@ pub struct ClientConfig {
     pub tls: Option<Option<std::path::PathBuf>>,
     /// Natural batching of sends and transaction decisions (on by default; see [`Batching`]).
     pub batching: Batching,
+    /// Sends and transaction decisions go as messages of one stream
+    /// (`txmq.v1.Transactions/Calls`) where the broker offers it (on by default). Not with
+    /// [`Self::credentials`]: a signature is checked on each call against the clock, so signed
+    /// clients make one unary call per request.
+    pub stream_calls: bool,
 }
 
 impl ClientConfig {
@@ -37,6 +42,7 @@ impl ClientConfig {
             credentials: None,
             tls: None,
             batching: Batching::default(),
+            stream_calls: true,
         }
     }
 

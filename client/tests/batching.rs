@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use txmq_broker::config::Config;
 use txmq_broker::server::{self, RunningBroker};
 use txmq_client::{Batching, ClientConfig, Message, Producer, SimpleConsumer};
-use txmq_proto::ext::{transactions_client::TransactionsClient, Decision, EndTransactionsRequest};
+use txmq_proto::ext::{call, transactions_client::TransactionsClient, Call, Decision, EndTransactionsRequest};
 use txmq_proto::v2;
 
 async fn start(dir: &std::path::Path) -> RunningBroker {
@@ -138,6 +138,21 @@ async fn batching_off_sends_one_request_per_message() {
     assert_eq!(calls(&broker, "SendMessage") - before, 30);
 }
 
+/// A message as the messaging API carries it.
+fn wire(topic: &str, id: &str, body: &str, ty: v2::MessageType) -> v2::Message {
+    v2::Message {
+        topic: Some(v2::Resource { name: topic.into(), ..Default::default() }),
+        body: body.as_bytes().to_vec(),
+        system_properties: Some(v2::SystemProperties {
+            message_id: id.into(),
+            message_type: ty as i32,
+            body_encoding: v2::Encoding::Identity as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Half messages sent through the messaging API; their transaction ids.
 async fn halves(broker: &RunningBroker, n: usize) -> Vec<(String, String)> {
     let mut c =
@@ -145,17 +160,7 @@ async fn halves(broker: &RunningBroker, n: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for i in 0..n {
         let id = format!("half-{i}");
-        let m = v2::Message {
-            topic: Some(v2::Resource { name: "payments".into(), ..Default::default() }),
-            body: format!("payment {i}").into_bytes(),
-            system_properties: Some(v2::SystemProperties {
-                message_id: id.clone(),
-                message_type: v2::MessageType::Transaction as i32,
-                body_encoding: v2::Encoding::Identity as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let m = wire("payments", &id, &format!("payment {i}"), v2::MessageType::Transaction);
         let r = c.send_message(v2::SendMessageRequest { messages: vec![m] }).await.unwrap().into_inner();
         assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
         out.push((id, r.entries[0].transaction_id.clone()));
@@ -208,9 +213,8 @@ async fn end_transactions_mixes_decisions_answers_each_and_is_idempotent() {
     assert!(r.results.is_empty());
 }
 
-/// A transactional producer of `payments` whose checker never decides: only its own decisions
-/// end its transactions.
-async fn never_checked_producer(broker: &RunningBroker) -> txmq_client::TransactionProducer {
+/// A checker that never decides: only a producer's own decisions end its transactions.
+fn never_checked_producer_checker() -> Arc<dyn txmq_client::TransactionChecker> {
     struct Never;
     #[async_trait::async_trait]
     impl txmq_client::TransactionChecker for Never {
@@ -218,9 +222,13 @@ async fn never_checked_producer(broker: &RunningBroker) -> txmq_client::Transact
             txmq_client::Resolution::Unknown
         }
     }
-    txmq_client::TransactionProducer::connect(ClientConfig::new(broker.access_point()), &["payments"], Arc::new(Never))
-        .await
-        .unwrap()
+    Arc::new(Never)
+}
+
+/// A transactional producer of `payments` whose checker never decides.
+async fn never_checked_producer(broker: &RunningBroker) -> txmq_client::TransactionProducer {
+    let config = ClientConfig::new(broker.access_point());
+    txmq_client::TransactionProducer::connect(config, &["payments"], never_checked_producer_checker()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,4 +293,79 @@ async fn one_way_commits_reach_the_broker_before_shutdown_returns() {
     let mut want: Vec<String> = (0..N).map(|i| format!("payment {i}")).collect();
     want.sort();
     assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_one_stream_are_answered_by_id_and_a_bad_one_fails_alone() {
+    use prost::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let h = halves(&broker, 1).await;
+    let send = |id: &str, body: &str| v2::SendMessageRequest {
+        messages: vec![wire("orders", id, body, v2::MessageType::Normal)],
+    };
+    let commit = EndTransactionsRequest { decisions: vec![decision(&h[0], v2::TransactionResolution::Commit)] };
+    let made = vec![
+        Call { id: 7, request: Some(call::Request::SendMessage(send("m-7", "order 7").encode_to_vec())) },
+        Call { id: 8, request: None },
+        Call { id: 9, request: Some(call::Request::SendMessage(vec![0xff, 0xff, 0xff])) },
+        Call { id: 10, request: Some(call::Request::EndTransactions(commit.encode_to_vec())) },
+        Call { id: 11, request: Some(call::Request::SendMessage(send("m-11", &"x".repeat(8192)).encode_to_vec())) },
+    ];
+    let mut client = TransactionsClient::connect(format!("http://{}", broker.addr)).await.unwrap();
+    // The client's side ends after these calls: the broker answers them all, then ends too.
+    let mut results = client.calls(futures_util::stream::iter(made)).await.unwrap().into_inner();
+    let mut by_id = std::collections::BTreeMap::new();
+    while let Some(r) = tokio::time::timeout(Duration::from_secs(10), results.message()).await.unwrap().unwrap() {
+        by_id.insert(r.id, r);
+    }
+    assert_eq!(by_id.keys().copied().collect::<Vec<_>>(), [7, 8, 9, 10, 11], "one result per call");
+    let sent = v2::SendMessageResponse::decode(&by_id[&7].response[..]).unwrap();
+    assert_eq!((by_id[&7].grpc_code, sent.status.unwrap().code), (0, v2::Code::Ok as i32));
+    assert_eq!(sent.entries[0].message_id, "m-7");
+    for bad in [8, 9] {
+        assert_eq!(by_id[&bad].grpc_code, tonic::Code::InvalidArgument as i32, "{:?}", by_id[&bad]);
+        assert!(!by_id[&bad].grpc_message.is_empty());
+    }
+    let ended = txmq_proto::ext::EndTransactionsResponse::decode(&by_id[&10].response[..]).unwrap();
+    assert_eq!(ended.results[0].code, v2::Code::Ok as i32, "the commit, as EndTransactions answers it");
+    // Checked as the unary call checks it: larger than the broker's --max-body-size.
+    let refused = v2::SendMessageResponse::decode(&by_id[&11].response[..]).unwrap();
+    assert_eq!(by_id[&11].grpc_code, 0);
+    assert_ne!(refused.status.unwrap().code, v2::Code::Ok as i32);
+    let mut got = receive_bodies(&broker, "billing", "orders", 1).await;
+    got.extend(receive_bodies(&broker, "pay", "payments", 1).await);
+    assert_eq!(got, ["order 7", "payment 0"]);
+    assert_eq!(calls(&broker, "Calls"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_makes_its_sends_and_decisions_on_one_stream_unless_told_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    for stream_calls in [true, false] {
+        let before = (calls(&broker, "Calls"), calls(&broker, "SendMessage"));
+        let config = ClientConfig { stream_calls, ..ClientConfig::new(broker.access_point()) };
+        let p = txmq_client::TransactionProducer::connect(config, &["payments"], never_checked_producer_checker())
+            .await
+            .unwrap();
+        let runs: Vec<_> = (0..50)
+            .map(|i| {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    p.producer().send(Message::new("payments", format!("plain {i}"))).await.unwrap();
+                    p.begin(Message::new("payments", format!("payment {i}"))).await.unwrap().commit().await.unwrap();
+                })
+            })
+            .collect();
+        for r in runs {
+            r.await.unwrap();
+        }
+        let streams = calls(&broker, "Calls") - before.0;
+        assert_eq!(streams, u64::from(stream_calls), "streams opened with stream_calls = {stream_calls}");
+        assert!(calls(&broker, "SendMessage") > before.1, "each call counts as its own RPC");
+        p.shutdown().await.unwrap();
+    }
+    let got = receive_bodies(&broker, "pay", "payments", 200).await;
+    assert_eq!(got.len(), 200, "every send and every committed message, once");
 }

@@ -7,7 +7,8 @@
 //! - [`admin`]: `txmq.admin.v1`, our own operator API (`Admin`), served on the same port.
 //! - [`cluster`]: `txmq.cluster.v1`, between the nodes of a cluster, on the same port.
 //! - [`ext`]: `txmq.v1`, our extension of the messaging API for the txmq SDK (batched
-//!   transaction decisions), on the same port.
+//!   transaction decisions, and sends and decisions as messages of one stream), on the same
+//!   port.
 //!
 //! Nothing here is hand-written Rust: the modules are `include!`s of prost/tonic output.
 
@@ -30,7 +31,8 @@ pub mod cluster {
     include!(concat!(env!("OUT_DIR"), "/txmq.cluster.v1.rs"));
 }
 
-/// `txmq.v1`: the `Transactions` extension (many transaction decisions in one call).
+/// `txmq.v1`: the `Transactions` extension (many transaction decisions in one call, and calls
+/// on one stream).
 pub mod ext {
     include!(concat!(env!("OUT_DIR"), "/txmq.v1.rs"));
 }

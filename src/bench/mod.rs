@@ -130,16 +130,22 @@ pub struct LoadArgs {
     /// With --sdk: requests of awaited transaction decisions in flight at once.
     #[arg(long, default_value_t = txmq_client::Batching::default().decisions_in_flight)]
     pub sdk_decisions_in_flight: usize,
+    /// With --sdk: one unary call per request, not the SDK's stream of calls (to measure one
+    /// against the other; result names are unchanged).
+    #[arg(long, requires = "sdk")]
+    pub sdk_unary_calls: bool,
 }
 
 impl LoadArgs {
-    /// SDK runs: the SDK's batching bounds (`None`: not an SDK run).
-    pub(super) fn sdk(&self) -> Option<txmq_client::Batching> {
-        self.sdk.then_some(txmq_client::Batching {
+    /// SDK runs: the SDK's batching bounds, and whether its calls go on its stream (`None`:
+    /// not an SDK run, one unary call per request as the official clients make them).
+    pub(super) fn sdk(&self) -> Option<(txmq_client::Batching, bool)> {
+        let batching = txmq_client::Batching {
             in_flight: self.sdk_in_flight,
             decisions_in_flight: self.sdk_decisions_in_flight,
             ..txmq_client::Batching::default()
-        })
+        };
+        self.sdk.then_some((batching, !self.sdk_unary_calls))
     }
 
     /// The suffix of result names: `-sdk` for SDK runs.
@@ -179,7 +185,8 @@ pub(super) fn ok(s: Option<&v2::Status>) -> bool {
     s.is_some_and(|s| s.code == v2::Code::Ok as i32)
 }
 
-/// The SDK producer a scenario sends with (unbatched unless `--sdk`): plain, or transactional (whose check-backs, if any
+/// The SDK producer a scenario sends with (unbatched and one unary call per request unless
+/// `--sdk`): plain, or transactional (whose check-backs, if any
 /// come, answer "commit": every half message of a run is committed by the run itself).
 #[derive(Clone)]
 pub(super) enum Sender {
@@ -194,11 +201,14 @@ impl Sender {
         broker: &str,
         scenario: Scenario,
         topic: &str,
-        sdk: Option<txmq_client::Batching>,
+        sdk: Option<(txmq_client::Batching, bool)>,
         oneway: bool,
     ) -> anyhow::Result<Self> {
-        let batching = sdk.unwrap_or_else(txmq_client::Batching::off);
-        let config = crate::connection::client_config(broker).with_batching(batching);
+        let (batching, stream_calls) = sdk.unwrap_or_else(|| (txmq_client::Batching::off(), false));
+        let config = txmq_client::ClientConfig {
+            stream_calls,
+            ..crate::connection::client_config(broker).with_batching(batching)
+        };
         Ok(match scenario {
             Scenario::Send => Sender::Plain(
                 txmq_client::Producer::connect(config, &[topic])

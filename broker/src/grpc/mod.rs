@@ -10,6 +10,7 @@
 //! - [`admin`]: the operator API.
 //! - [`caller`]: who is calling, and what they may do.
 //! - [`transactions`]: `txmq.v1.Transactions`, many transaction decisions in one call.
+//! - [`calls`]: `txmq.v1.Transactions/Calls`, the SDK's sends and decisions on one stream.
 //!
 //! Owns: connected clients and their streams ([`clients`]). Never touches the store or a
 //! part of the broker directly: every call goes through [`Broker`].
@@ -18,6 +19,7 @@
 
 pub mod admin;
 pub mod caller;
+pub mod calls;
 pub mod clients;
 pub mod convert;
 pub mod forward;

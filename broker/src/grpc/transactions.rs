@@ -32,6 +32,15 @@ fn single(d: txmq_proto::ext::Decision) -> v2::EndTransactionRequest {
 
 #[tonic::async_trait]
 impl Transactions for Messaging {
+    type CallsStream = super::calls::Results;
+
+    async fn calls(
+        &self,
+        req: Request<tonic::Streaming<txmq_proto::ext::Call>>,
+    ) -> Result<Response<Self::CallsStream>, tonic::Status> {
+        Ok(super::calls::serve(self, req))
+    }
+
     async fn end_transactions(
         &self,
         req: Request<EndTransactionsRequest>,

@@ -1,0 +1,224 @@
+//! The SDK's sends and transaction decisions as messages of one long-lived stream
+//! (`txmq.v1.Transactions/Calls`), instead of one unary call each.
+//!
+//! A unary call opens and closes an HTTP/2 stream each time; a message on an open stream is
+//! one DATA frame, which costs both ends less CPU and a round trip less time (BENCHMARKS.md,
+//! "sends and decisions on one stream"). The broker handles each call exactly as its unary
+//! call, with the stream's headers, so it is used only where those headers stay valid: not
+//! with signed requests, whose signature is checked on each call against the clock.
+//!
+//! The stream is opened on the first call and again on the first call after it ended (the
+//! broker restarted or went away, or a call timed out on it). A broker without `Calls` answers
+//! UNIMPLEMENTED once; the client then makes unary calls for the rest of its life.
+
+use crate::error::{Error, Result};
+use crate::transport::TxnRpc;
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use txmq_proto::ext::{call, Call, CallResult};
+
+/// A client's stream of calls.
+pub(crate) struct Calls {
+    /// False when configured off, or once the broker answered that it has no `Calls`.
+    enabled: AtomicBool,
+    open: Mutex<Option<Arc<Open>>>,
+    /// Held while opening, so the calls that find no stream open one between them.
+    opening: tokio::sync::Mutex<()>,
+}
+
+/// One open stream: calls go out on `tx`, and their results come back to `waiting` by id.
+struct Open {
+    /// Taken when the stream is given up: the client's side then ends.
+    tx: Mutex<Option<mpsc::UnboundedSender<Call>>>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<CallResult>>>,
+    next: AtomicU64,
+    closed: AtomicBool,
+}
+
+/// Nothing that holds these locks can panic, so a poisoned lock is taken as is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Calls {
+    pub(crate) fn new(enabled: bool) -> Self {
+        Calls { enabled: AtomicBool::new(enabled), open: Mutex::new(None), opening: tokio::sync::Mutex::new(()) }
+    }
+
+    /// True while calls go on the stream.
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Makes `request` on the stream and decodes its response; `None` when calls do not go on
+    /// a stream (configured off, or a broker without `Calls`): make the unary call instead.
+    pub(crate) async fn call<R: Message + Default>(
+        &self,
+        txns: &TxnRpc,
+        timeout: Duration,
+        request: call::Request,
+    ) -> Option<Result<R>> {
+        if !self.enabled() {
+            return None;
+        }
+        let open = match self.stream(txns, timeout).await {
+            Ok(Some(open)) => open,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        let result = match open.call(request, timeout).await {
+            Ok(result) => result,
+            Err(e) => {
+                if matches!(e, Error::Timeout(_)) {
+                    // The broker may hang (a frozen node): the next calls go on a new stream.
+                    open.close();
+                }
+                return Some(Err(e));
+            }
+        };
+        Some(match result.grpc_code {
+            0 => R::decode(&result.response[..])
+                .map_err(|e| Error::Unavailable(format!("a response on the calls stream does not decode: {e}"))),
+            code => Err(Error::from_status(&tonic::Status::new(code.into(), result.grpc_message), timeout)),
+        })
+    }
+
+    /// The open stream, opened now if there is none; `None` when the broker has no `Calls`.
+    async fn stream(&self, txns: &TxnRpc, timeout: Duration) -> Result<Option<Arc<Open>>> {
+        if let Some(open) = self.current() {
+            return Ok(Some(open));
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(open) = self.current() {
+            return Ok(Some(open)); // another call opened it while this one waited
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let calls = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let answer = match tokio::time::timeout(timeout, txns.clone().calls(calls)).await {
+            Ok(answer) => answer,
+            Err(_) => return Err(Error::Timeout(timeout)),
+        };
+        let mut results = match answer {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                tracing::info!("the broker has no txmq.v1.Transactions/Calls: one unary call per request");
+                self.enabled.store(false, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err(s) => return Err(Error::from_status(&s, timeout)),
+        };
+        let open = Arc::new(Open {
+            tx: Mutex::new(Some(tx)),
+            waiting: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        });
+        let reader = open.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(result)) = results.message().await {
+                let waiting = lock(&reader.waiting).remove(&result.id);
+                if let Some(waiting) = waiting {
+                    let _ = waiting.send(result);
+                }
+            }
+            // Ended: the calls still waiting learn it now, and the next calls open a new one.
+            reader.close();
+            lock(&reader.waiting).clear();
+        });
+        *lock(&self.open) = Some(open.clone());
+        Ok(Some(open))
+    }
+
+    fn current(&self) -> Option<Arc<Open>> {
+        lock(&self.open).as_ref().filter(|o| !o.closed.load(Ordering::Relaxed)).cloned()
+    }
+}
+
+impl Open {
+    async fn call(&self, request: call::Request, timeout: Duration) -> Result<CallResult> {
+        let ended = || Error::Unavailable("the broker ended the calls stream".into());
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        lock(&self.waiting).insert(id, reply);
+        // The reader marks the stream closed before it lets go of the waiting calls: a call
+        // added after that sees it here.
+        let sent = lock(&self.tx).as_ref().is_some_and(|tx| tx.send(Call { id, request: Some(request) }).is_ok());
+        if !sent || self.closed.load(Ordering::Relaxed) {
+            lock(&self.waiting).remove(&id);
+            return Err(ended());
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(ended()),
+            Err(_) => {
+                lock(&self.waiting).remove(&id);
+                Err(Error::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Gives the stream up: no new calls on it, and its client side ends (the calls already
+    /// on it still get their results).
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        lock(&self.tx).take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{self, ClientConfig};
+    use tonic::codegen::http::{Request, Response};
+    use txmq_proto::v2;
+
+    /// An HTTP/2 server at a new address that answers every gRPC call UNIMPLEMENTED, as a
+    /// broker without the call does.
+    async fn unimplemented_everywhere() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let answer = hyper::service::service_fn(|_: Request<hyper::body::Incoming>| async {
+                    Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "12")
+                        .body(tonic::body::Body::empty())
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), answer),
+                );
+            }
+        });
+        address
+    }
+
+    async fn send(calls: &Calls, address: &str) -> Option<Result<v2::SendMessageResponse>> {
+        let (_, txns) = transport::connect(&ClientConfig::new(address), "test-client").unwrap();
+        calls.call(&txns, Duration::from_secs(2), call::Request::SendMessage(Vec::new())).await
+    }
+
+    #[tokio::test]
+    async fn a_broker_without_calls_turns_them_off_and_one_that_is_down_does_not() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let nobody = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let calls = Calls::new(true);
+        match send(&calls, &nobody).await {
+            Some(Err(Error::Unavailable(_))) => {}
+            other => panic!("a broker that is down: {other:?}"),
+        }
+        assert!(calls.enabled(), "a broker that is down may have Calls when it is back");
+
+        let calls = Calls::new(true);
+        assert!(send(&calls, &unimplemented_everywhere().await).await.is_none(), "make the unary call");
+        assert!(!calls.enabled());
+        // Configured off: not even dialled.
+        assert!(send(&Calls::new(false), &nobody).await.is_none());
+    }
+}
