@@ -2,8 +2,8 @@
 //! (`txmq.v1.Transactions/Calls`), instead of one unary call each.
 //!
 //! A unary call opens and closes an HTTP/2 stream each time; a message on an open stream is
-//! one DATA frame, which costs both ends less CPU and a round trip less time (BENCHMARKS.md,
-//! "sends and decisions on one stream"). The broker handles each call exactly as its unary
+//! one DATA frame, which costs both ends less CPU and each call less time (BENCHMARKS.md, "the
+//! SDK's sends and decisions on one stream"). The broker handles each call exactly as its unary
 //! call, with the stream's headers, so it is used only where those headers stay valid: not
 //! with signed requests, whose signature is checked on each call against the clock.
 //!

@@ -52,7 +52,7 @@ impl Session {
         on_command: Option<CommandHandler>,
     ) -> Result<Arc<Self>> {
         let client_id = transport::new_client_id();
-        let config_streams = config.stream_calls && config.credentials.is_none();
+        let stream_calls = config.stream_calls && config.credentials.is_none();
         let (rpc, txns) = transport::connect(&config, &client_id)?;
         let session = Arc::new(Session {
             rpc,
@@ -64,7 +64,7 @@ impl Session {
             tracker: TaskTracker::new(),
             oneway: Arc::new(tokio::sync::Semaphore::new(MAX_ONEWAY_DECISIONS as usize)),
             group,
-            calls: crate::calls::Calls::new(config_streams),
+            calls: crate::calls::Calls::new(stream_calls),
         });
         session.tracker.spawn(heartbeats(session.clone(), client_type));
         session.tracker.spawn(telemetry(session.clone(), settings, on_command));
@@ -74,22 +74,26 @@ impl Session {
     /// SendMessage: on the calls stream when it is in use, else one unary call.
     pub async fn send_message(&self, req: v2::SendMessageRequest) -> Result<v2::SendMessageResponse> {
         let timeout = self.config.request_timeout;
-        let on_stream = call::Request::SendMessage(req.encode_to_vec());
-        match self.calls.call(&self.txns, timeout, on_stream).await {
-            Some(answer) => answer,
-            None => transport::call(timeout, self.rpc.clone().send_message(req)).await,
+        if self.calls.enabled() {
+            let on_stream = call::Request::SendMessage(req.encode_to_vec());
+            if let Some(answer) = self.calls.call(&self.txns, timeout, on_stream).await {
+                return answer;
+            }
         }
+        transport::call(timeout, self.rpc.clone().send_message(req)).await
     }
 
     /// `txmq.v1.Transactions/EndTransactions`: on the calls stream when it is in use, else
     /// one unary call.
     pub async fn end_transactions(&self, req: EndTransactionsRequest) -> Result<EndTransactionsResponse> {
         let timeout = self.config.request_timeout;
-        let on_stream = call::Request::EndTransactions(req.encode_to_vec());
-        match self.calls.call(&self.txns, timeout, on_stream).await {
-            Some(answer) => answer,
-            None => transport::call(timeout, self.txns.clone().end_transactions(req)).await,
+        if self.calls.enabled() {
+            let on_stream = call::Request::EndTransactions(req.encode_to_vec());
+            if let Some(answer) = self.calls.call(&self.txns, timeout, on_stream).await {
+                return answer;
+            }
         }
+        transport::call(timeout, self.txns.clone().end_transactions(req)).await
     }
 
     /// True while sends and decisions go on the calls stream.
