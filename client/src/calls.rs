@@ -39,6 +39,12 @@ struct Open {
     closed: AtomicBool,
 }
 
+/// A call put on a stream: its id, and where its result comes.
+struct Answer {
+    id: u64,
+    answer: oneshot::Receiver<CallResult>,
+}
+
 /// Nothing that holds these locks can panic, so a poisoned lock is taken as is.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -60,17 +66,31 @@ impl Calls {
         &self,
         txns: &TxnRpc,
         timeout: Duration,
-        request: call::Request,
+        mut request: call::Request,
     ) -> Option<Result<R>> {
         if !self.enabled() {
             return None;
         }
-        let open = match self.stream(txns, timeout).await {
-            Ok(Some(open)) => open,
-            Ok(None) => return None,
-            Err(e) => return Some(Err(e)),
+        // A stream that ended just before the call was put on it took nothing: the call goes
+        // on a new stream, once.
+        let mut attempts = 0;
+        let (open, answer) = loop {
+            let open = match self.stream(txns, timeout).await {
+                Ok(Some(open)) => open,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e)),
+            };
+            attempts += 1;
+            match open.send(request) {
+                Ok(answer) => break (open, answer),
+                Err(Some(unsent)) if attempts < 2 => {
+                    open.close();
+                    request = unsent;
+                }
+                Err(_) => return Some(Err(Error::Unavailable("the broker ended the calls stream".into()))),
+            }
         };
-        let result = match open.call(request, timeout).await {
+        let result = match open.answer(answer, timeout).await {
             Ok(result) => result,
             Err(e) => {
                 if matches!(e, Error::Timeout(_)) {
@@ -139,23 +159,32 @@ impl Calls {
 }
 
 impl Open {
-    async fn call(&self, request: call::Request, timeout: Duration) -> Result<CallResult> {
-        let ended = || Error::Unavailable("the broker ended the calls stream".into());
+    /// Puts a call on the stream; gives the request back when the stream ended.
+    fn send(&self, request: call::Request) -> std::result::Result<Answer, Option<call::Request>> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         lock(&self.waiting).insert(id, reply);
-        // The reader marks the stream closed before it lets go of the waiting calls: a call
-        // added after that sees it here.
-        let sent = lock(&self.tx).as_ref().is_some_and(|tx| tx.send(Call { id, request: Some(request) }).is_ok());
-        if !sent || self.closed.load(Ordering::Relaxed) {
-            lock(&self.waiting).remove(&id);
-            return Err(ended());
-        }
-        match tokio::time::timeout(timeout, answer).await {
+        // While the sender is here, the reader has not let go of the waiting calls (it gives
+        // the sender up first): a call put on the stream now gets its result, or learns that
+        // the stream ended.
+        let unsent = match lock(&self.tx).as_ref() {
+            Some(tx) => match tx.send(Call { id, request: Some(request) }) {
+                Ok(()) => return Ok(Answer { id, answer }),
+                Err(e) => e.0.request,
+            },
+            None => Some(request),
+        };
+        lock(&self.waiting).remove(&id);
+        Err(unsent)
+    }
+
+    /// Waits for a call's result.
+    async fn answer(&self, answer: Answer, timeout: Duration) -> Result<CallResult> {
+        match tokio::time::timeout(timeout, answer.answer).await {
             Ok(Ok(result)) => Ok(result),
-            Ok(Err(_)) => Err(ended()),
+            Ok(Err(_)) => Err(Error::Unavailable("the broker ended the calls stream".into())),
             Err(_) => {
-                lock(&self.waiting).remove(&id);
+                lock(&self.waiting).remove(&answer.id);
                 Err(Error::Timeout(timeout))
             }
         }

@@ -10,6 +10,7 @@
 
 use super::messaging::Messaging;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use prost::Message;
 use std::future::Future;
 use std::pin::Pin;
@@ -51,7 +52,16 @@ pub fn serve(messaging: &Messaging, req: Request<Streaming<Call>>) -> Response<R
             let Some(inbound) = calls.as_mut() else { break };
             match inbound.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(call))) => {
-                    running.push(Box::pin(one(me.clone(), metadata.clone(), extensions.clone(), call)));
+                    let id = call.id;
+                    let answered =
+                        std::panic::AssertUnwindSafe(one(me.clone(), metadata.clone(), extensions.clone(), call));
+                    // A call that panics fails alone, as a unary call's stream is reset alone.
+                    running.push(Box::pin(answered.catch_unwind().map(move |r| {
+                        r.unwrap_or_else(|_| {
+                            tracing::error!("a call on a calls stream panicked");
+                            failed(id, &Status::internal("the call failed"))
+                        })
+                    })));
                 }
                 // The client ended its side, or the stream broke: answer what was read.
                 Poll::Ready(Some(Err(_)) | None) => calls = None,
@@ -87,11 +97,11 @@ async fn one(me: Messaging, metadata: MetadataMap, extensions: Extensions, call:
     };
     match answer {
         Ok(response) => CallResult { id: call.id, grpc_code: 0, grpc_message: String::new(), response },
-        Err(s) => CallResult {
-            id: call.id,
-            grpc_code: s.code() as i32,
-            grpc_message: s.message().to_string(),
-            response: Vec::new(),
-        },
+        Err(s) => failed(call.id, &s),
     }
+}
+
+/// The result of a call that could not be made.
+fn failed(id: u64, s: &Status) -> CallResult {
+    CallResult { id, grpc_code: s.code() as i32, grpc_message: s.message().to_string(), response: Vec::new() }
 }
