@@ -32,11 +32,10 @@ pub(crate) struct Calls {
 
 /// One open stream: calls go out on `tx`, and their results come back to `waiting` by id.
 struct Open {
-    /// Taken when the stream is given up: the client's side then ends.
+    /// Taken when the stream is given up (closed): the client's side then ends.
     tx: Mutex<Option<mpsc::UnboundedSender<Call>>>,
     waiting: Mutex<HashMap<u64, oneshot::Sender<CallResult>>>,
     next: AtomicU64,
-    closed: AtomicBool,
 }
 
 /// A call put on a stream: its id, and where its result comes.
@@ -131,12 +130,8 @@ impl Calls {
             }
             Err(s) => return Err(Error::from_status(&s, timeout)),
         };
-        let open = Arc::new(Open {
-            tx: Mutex::new(Some(tx)),
-            waiting: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-        });
+        let open =
+            Arc::new(Open { tx: Mutex::new(Some(tx)), waiting: Mutex::new(HashMap::new()), next: AtomicU64::new(0) });
         let reader = open.clone();
         tokio::spawn(async move {
             while let Ok(Some(result)) = results.message().await {
@@ -154,7 +149,7 @@ impl Calls {
     }
 
     fn current(&self) -> Option<Arc<Open>> {
-        lock(&self.open).as_ref().filter(|o| !o.closed.load(Ordering::Relaxed)).cloned()
+        lock(&self.open).as_ref().filter(|o| lock(&o.tx).is_some()).cloned()
     }
 }
 
@@ -193,7 +188,6 @@ impl Open {
     /// Gives the stream up: no new calls on it, and its client side ends (the calls already
     /// on it still get their results).
     fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
         lock(&self.tx).take();
     }
 }

@@ -73,27 +73,32 @@ impl Session {
 
     /// SendMessage: on the calls stream when it is in use, else one unary call.
     pub async fn send_message(&self, req: v2::SendMessageRequest) -> Result<v2::SendMessageResponse> {
+        let on_stream = self.calls.enabled().then(|| call::Request::SendMessage(req.encode_to_vec()));
         let timeout = self.config.request_timeout;
-        if self.calls.enabled() {
-            let on_stream = call::Request::SendMessage(req.encode_to_vec());
-            if let Some(answer) = self.calls.call(&self.txns, timeout, on_stream).await {
-                return answer;
-            }
-        }
-        transport::call(timeout, self.rpc.clone().send_message(req)).await
+        self.on_stream_or(on_stream, transport::call(timeout, self.rpc.clone().send_message(req))).await
     }
 
     /// `txmq.v1.Transactions/EndTransactions`: on the calls stream when it is in use, else
     /// one unary call.
     pub async fn end_transactions(&self, req: EndTransactionsRequest) -> Result<EndTransactionsResponse> {
+        let on_stream = self.calls.enabled().then(|| call::Request::EndTransactions(req.encode_to_vec()));
         let timeout = self.config.request_timeout;
-        if self.calls.enabled() {
-            let on_stream = call::Request::EndTransactions(req.encode_to_vec());
-            if let Some(answer) = self.calls.call(&self.txns, timeout, on_stream).await {
+        self.on_stream_or(on_stream, transport::call(timeout, self.txns.clone().end_transactions(req))).await
+    }
+
+    /// Makes the call on the stream when it is given one and the stream takes it; else awaits
+    /// `unary` (not started before).
+    async fn on_stream_or<R: Message + Default>(
+        &self,
+        on_stream: Option<call::Request>,
+        unary: impl std::future::Future<Output = Result<R>>,
+    ) -> Result<R> {
+        if let Some(request) = on_stream {
+            if let Some(answer) = self.calls.call(&self.txns, self.config.request_timeout, request).await {
                 return answer;
             }
         }
-        transport::call(timeout, self.txns.clone().end_transactions(req)).await
+        unary.await
     }
 
     /// True while sends and decisions go on the calls stream.
