@@ -9,6 +9,11 @@
 //! (the broker restarted, or went away). A dial that fails answers `UNAVAILABLE`, as tonic's
 //! channel does, so the SDK treats a broker that is down the same way on both. TLS
 //! connections stay on tonic's channel, which brings the TLS connector.
+//!
+//! While calls are open on it, the connection pings the broker whenever it has heard nothing
+//! for the keep-alive interval, and closes if the ping is not answered within it. A broker
+//! that froze (a stopped process, a machine that hangs) keeps its socket open, so without the
+//! pings its calls would only time out, and a stream on it would wait for ever.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -24,6 +29,8 @@ pub(crate) struct Connection {
     /// The `:authority` of every request (tonic's generated clients send only the path).
     authority: Authority,
     connect_timeout: Duration,
+    /// Ping after this long without a frame from the broker; close if unanswered within it.
+    keepalive: Duration,
     /// The open connection's sender; `None` before the first dial.
     sender: Mutex<Option<Sender>>,
     /// Held while dialling, so the calls that find the connection closed dial once.
@@ -32,11 +39,12 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// A connection to `address` (`host:port`), dialled on the first call.
-    pub(crate) fn new(address: &str, connect_timeout: Duration) -> Result<Self, BoxError> {
+    pub(crate) fn new(address: &str, connect_timeout: Duration, keepalive: Duration) -> Result<Self, BoxError> {
         Ok(Self {
             address: address.to_string(),
             authority: address.parse()?,
             connect_timeout,
+            keepalive,
             sender: Mutex::new(None),
             dialing: tokio::sync::Mutex::new(()),
         })
@@ -86,6 +94,9 @@ impl Connection {
         };
         stream.set_nodelay(true)?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(self.keepalive)
+            .keep_alive_timeout(self.keepalive)
             .handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| unavailable("HTTP/2 handshake with", &e))?;
@@ -108,7 +119,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let connection = Connection::new(&address, Duration::from_secs(1)).unwrap();
+        let connection = Connection::new(&address, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
         let request = || Request::builder().uri("/x").body(tonic::body::Body::empty()).unwrap();
 
         let error = connection.call(request()).await.unwrap_err();

@@ -17,7 +17,11 @@ pub struct ClientConfig {
     /// Broker address, `host:port`; several, comma-separated (nodes of one cluster), spread
     /// requests over those that answer.
     pub endpoint: String,
-    /// Deadline of each unary call.
+    /// Deadline of each unary call. It also bounds how long a broker that froze (a stopped
+    /// process, a hung machine: its socket stays open) can hold calls: a connection with calls
+    /// open pings the broker after a third of it without hearing from it, and closes when the
+    /// ping is not answered within another third. The calls on it then fail, and with several
+    /// addresses that one is left out until it answers again.
     pub request_timeout: Duration,
     /// Access key and secret: every request is signed (for a broker run with `--auth`).
     pub credentials: Option<Credentials>,
@@ -65,11 +69,19 @@ impl ClientConfig {
         self.endpoint.split(',').map(str::trim).filter(|a| !a.is_empty()).map(|a| self.endpoint_for(a)).collect()
     }
 
+    /// How long a connection with calls open goes without hearing from the broker before it
+    /// pings, and how long it then waits for the answer (see [`Self::request_timeout`]).
+    pub(crate) fn keepalive(&self) -> Duration {
+        (self.request_timeout / 3).max(Duration::from_millis(100))
+    }
+
     fn endpoint_for(&self, address: &str) -> Result<Endpoint> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(|e| Error::InvalidArgument(format!("bad endpoint {address:?}: {e}")))?
             .connect_timeout(self.request_timeout)
+            .http2_keep_alive_interval(self.keepalive())
+            .keep_alive_timeout(self.keepalive())
             .tcp_nodelay(true);
         if let Some(ca_file) = &self.tls {
             let mut tls = tonic::transport::ClientTlsConfig::new();
@@ -213,7 +225,7 @@ pub(crate) fn connect(config: &ClientConfig, client_id: &str) -> Result<(Rpc, Tx
         .parse()
         .map_err(|_| Error::InvalidArgument(format!("client id {client_id:?} is not a valid header value")))?;
     let (spread, headers) = (
-        Spread::new(endpoints, config.request_timeout)?,
+        Spread::new(endpoints, config.request_timeout, config.keepalive())?,
         Headers { client_id, signer: Signer(config.credentials.clone()) },
     );
     Ok((
@@ -222,12 +234,19 @@ pub(crate) fn connect(config: &ClientConfig, client_id: &str) -> Result<(Rpc, Tx
     ))
 }
 
-/// How often an address that failed a call is tried again (by a TCP connect) until it answers.
+/// How often an address that failed a call is probed again until it answers, and how long a
+/// probe waits for the answer.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
+/// What a probe asks for: a path no service has. Any HTTP/2 answer (the broker's is
+/// UNIMPLEMENTED) shows that a process reads and answers at the address; a TCP connect would
+/// not, since the kernel accepts connections for a process that is stopped.
+const PROBE_PATH: &str = "/txmq.probe/Alive";
+
 /// The connections of a client, one per address, used in turn. An address whose call fails at the
-/// transport (refused, reset: the node is down) is left out from that moment until it accepts
-/// a connection again, so a node going away costs the calls in flight to it, not later ones.
+/// transport (refused, reset, a ping unanswered: the node is down or frozen), before or after
+/// its answer began, is left out from that moment until it answers a probe, so a node going
+/// away costs the calls in flight to it, not later ones.
 #[derive(Clone)]
 pub(crate) struct Spread {
     inner: Arc<SpreadInner>,
@@ -243,7 +262,7 @@ struct SpreadInner {
 }
 
 impl Spread {
-    fn new(endpoints: Vec<Endpoint>, connect_timeout: Duration) -> Result<Self> {
+    fn new(endpoints: Vec<Endpoint>, connect_timeout: Duration, keepalive: Duration) -> Result<Self> {
         let connections: Vec<(String, Conn)> = endpoints
             .into_iter()
             .map(|e| {
@@ -253,7 +272,7 @@ impl Spread {
                 let port = uri.port_u16().unwrap_or(if plain { 80 } else { 443 });
                 let address = format!("{}:{port}", uri.host().unwrap_or_default());
                 let conn = if plain {
-                    Connection::new(&address, connect_timeout).map(Conn::Plain)?
+                    Connection::new(&address, connect_timeout, keepalive).map(Conn::Plain)?
                 } else {
                     Conn::Tls(e.connect_lazy())
                 };
@@ -270,13 +289,9 @@ impl Spread {
                 let inner = spread.inner.clone();
                 rt.spawn(async move {
                     let mut probes = tokio::task::JoinSet::new();
-                    for (i, (address, _)) in inner.connections.iter().enumerate() {
-                        let address = address.clone();
-                        probes.spawn(async move {
-                            let answer =
-                                tokio::time::timeout(PROBE_EVERY, tokio::net::TcpStream::connect(address)).await;
-                            (i, matches!(answer, Ok(Ok(_))))
-                        });
+                    for i in 0..inner.connections.len() {
+                        let inner = inner.clone();
+                        probes.spawn(async move { (i, inner.connections[i].1.answers().await) });
                     }
                     while let Some(Ok((i, answers))) = probes.join_next().await {
                         if !answers {
@@ -307,16 +322,15 @@ impl SpreadInner {
         if self.connections.len() < 2 || self.down[i].swap(true, Ordering::Relaxed) {
             return;
         }
+        tracing::debug!(address = %self.connections[i].0, "left out until it answers");
         let inner = self.clone();
         tokio::spawn(async move {
-            let address = inner.connections[i].0.clone();
             loop {
                 tokio::time::sleep(PROBE_EVERY).await;
                 if Arc::strong_count(&inner) == 1 {
                     return; // the client is gone
                 }
-                let probe = tokio::time::timeout(PROBE_EVERY, tokio::net::TcpStream::connect(&address)).await;
-                if matches!(probe, Ok(Ok(_))) {
+                if inner.connections[i].1.answers().await {
                     inner.down[i].store(false, Ordering::Relaxed);
                     return;
                 }
@@ -350,20 +364,16 @@ impl tonic::codegen::Service<HttpRequest> for Spread {
                 let _ = tokio::time::timeout(PROBE_EVERY, probed.wait_for(|done| *done)).await;
             }
             let i = this.pick();
-            let answer = match &this.inner.connections[i].1 {
-                Conn::Plain(connection) => connection.call(req).await,
-                Conn::Tls(channel) => {
-                    let mut channel = channel.clone();
-                    match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
-                        Ok(()) => channel.call(req).await.map_err(Into::into),
-                        Err(e) => Err(e.into()),
-                    }
+            match this.inner.connections[i].1.call(req).await {
+                // A stream, or a long poll, whose node fails after answering its headers
+                // leaves the node out too.
+                Ok(response) => Ok(response
+                    .map(|body| tonic::body::Body::new(Watched { body, failed: Some((this.inner.clone(), i)) }))),
+                Err(e) => {
+                    this.inner.mark_down(i);
+                    Err(e)
                 }
-            };
-            if answer.is_err() {
-                this.inner.mark_down(i);
             }
-            answer
         })
     }
 }
@@ -374,6 +384,65 @@ enum Conn {
     Plain(Connection),
     /// TLS: tonic's channel.
     Tls(Channel),
+}
+
+impl Conn {
+    async fn call(&self, req: HttpRequest) -> std::result::Result<HttpResponse, BoxError> {
+        match self {
+            Conn::Plain(connection) => connection.call(req).await,
+            Conn::Tls(channel) => {
+                use tonic::codegen::Service;
+                let mut channel = channel.clone();
+                std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+                Ok(channel.call(req).await?)
+            }
+        }
+    }
+
+    /// True when something answers HTTP/2 at the address within [`PROBE_EVERY`].
+    async fn answers(&self) -> bool {
+        let Ok(probe) = tonic::codegen::http::Request::post(PROBE_PATH)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::empty())
+        else {
+            return false;
+        };
+        matches!(tokio::time::timeout(PROBE_EVERY, self.call(probe)).await, Ok(Ok(_)))
+    }
+}
+
+/// A response body that leaves its address out when the connection fails under it.
+struct Watched {
+    body: tonic::body::Body,
+    /// Taken when the address is left out, so that happens once per body.
+    failed: Option<(Arc<SpreadInner>, usize)>,
+}
+
+impl http_body::Body for Watched {
+    type Data = tonic::codegen::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(_))) = &frame {
+            if let Some((inner, i)) = self.failed.take() {
+                inner.mark_down(i);
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Checks a response status: OK passes, anything else is [`Error::Broker`].
@@ -412,14 +481,150 @@ pub(crate) fn resource(name: &str) -> Option<v2::Resource> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Body as _;
+    use tonic::codegen::Service as _;
 
     #[test]
     fn an_address_without_a_port_gets_the_schemes_port() {
-        let spread =
-            Spread::new(ClientConfig::new("localhost, 127.0.0.1:8081").endpoints().unwrap(), Duration::from_secs(1))
-                .unwrap();
+        let spread = Spread::new(
+            ClientConfig::new("localhost, 127.0.0.1:8081").endpoints().unwrap(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .unwrap();
         let addresses: Vec<&str> = spread.inner.connections.iter().map(|(a, _)| a.as_str()).collect();
         assert_eq!(addresses, ["localhost:80", "127.0.0.1:8081"]);
+    }
+
+    /// An HTTP/2 server at a new address: `/x` answers at once (counted), `/stream` answers its
+    /// headers and then a body that never ends; anything else (a probe) answers at once.
+    async fn server() -> (String, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let count = Arc::new(AtomicU64::new(0));
+        let counted = count.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counted = counted.clone();
+                let answer = hyper::service::service_fn(move |req: HttpRequestIn| {
+                    let counted = counted.clone();
+                    async move {
+                        let body = match req.uri().path() {
+                            "/stream" => tonic::body::Body::new(Forever),
+                            path => {
+                                if path == "/x" {
+                                    counted.fetch_add(1, Ordering::Relaxed);
+                                }
+                                tonic::body::Body::empty()
+                            }
+                        };
+                        tonic::codegen::http::Response::builder().status(200).body(body)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), answer),
+                );
+            }
+        });
+        (address, count)
+    }
+
+    type HttpRequestIn = tonic::codegen::http::Request<hyper::body::Incoming>;
+
+    /// A body that never yields a frame.
+    struct Forever;
+
+    impl http_body::Body for Forever {
+        type Data = tonic::codegen::Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Self::Data>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// A TCP proxy to `target` that can freeze: while frozen it accepts connections but passes
+    /// no byte either way and closes nothing, as a stopped process or a hung machine does.
+    async fn freezable_proxy(target: String) -> (String, tokio::sync::watch::Sender<bool>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (frozen, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else { return };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pass(client_read, server_write, watch.clone()));
+                tokio::spawn(pass(server_read, client_write, watch.clone()));
+            }
+        });
+        (address, frozen)
+    }
+
+    async fn pass(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut frozen: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0; 16 * 1024];
+        loop {
+            let Ok(n) = from.read(&mut buf).await else { return };
+            if n == 0 || frozen.wait_for(|f| !*f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn call(spread: &Spread, path: &str) -> std::result::Result<HttpResponse, BoxError> {
+        let req = tonic::codegen::http::Request::post(path).body(tonic::body::Body::empty()).unwrap();
+        spread.clone().call(req).await
+    }
+
+    #[tokio::test]
+    async fn a_frozen_address_fails_its_calls_by_pings_and_is_left_out_until_it_answers() {
+        let (frozen_at, frozen_count) = server().await;
+        let (proxy, freeze) = freezable_proxy(frozen_at).await;
+        let (other, other_count) = server().await;
+        let config = ClientConfig::new(format!("{proxy},{other}"));
+        let spread =
+            Spread::new(config.endpoints().unwrap(), Duration::from_secs(1), Duration::from_millis(200)).unwrap();
+
+        // Addresses are taken in turn: the stream goes to the proxy, then one call each.
+        let mut stream = call(&spread, "/stream").await.unwrap().into_body();
+        call(&spread, "/x").await.unwrap();
+        call(&spread, "/x").await.unwrap();
+        assert_eq!((frozen_count.load(Ordering::Relaxed), other_count.load(Ordering::Relaxed)), (1, 1));
+
+        // Frozen: the open stream fails by its unanswered ping, not by a deadline of its own.
+        freeze.send(true).unwrap();
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_frame(cx));
+        match tokio::time::timeout(Duration::from_secs(3), frame).await {
+            Ok(Some(Err(_))) => {}
+            Ok(other) => panic!("a stream on a frozen address: {:?}", other.map(|f| f.is_ok())),
+            Err(_) => panic!("a stream on a frozen address waited past its pings"),
+        }
+        // The address is left out, and stays out while its probes go unanswered (a TCP connect
+        // would succeed: the proxy, like a stopped process's kernel, accepts): every call goes
+        // to the other one, and none fails.
+        tokio::time::sleep(3 * PROBE_EVERY).await;
+        for _ in 0..10 {
+            call(&spread, "/x").await.unwrap();
+        }
+        assert_eq!((frozen_count.load(Ordering::Relaxed), other_count.load(Ordering::Relaxed)), (1, 11));
+
+        // Thawed, it answers a probe and takes calls again.
+        freeze.send(false).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while frozen_count.load(Ordering::Relaxed) == 1 {
+            assert!(std::time::Instant::now() < deadline, "the thawed address never took a call again");
+            call(&spread, "/x").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     #[test]
