@@ -11,7 +11,8 @@
 //! connections stay on tonic's channel, which brings the TLS connector.
 //!
 //! While calls are open on it, the connection pings the broker whenever it has heard nothing
-//! for the keep-alive interval, and closes if the ping is not answered within it. A broker
+//! for the keep-alive interval (`ClientConfig::keepalive`), and closes if the ping is not
+//! answered within it. A broker
 //! that froze (a stopped process, a machine that hangs) keeps its socket open, so without the
 //! pings its calls would only time out, and a stream on it would wait for ever.
 
@@ -30,7 +31,7 @@ pub(crate) struct Connection {
     authority: Authority,
     connect_timeout: Duration,
     /// Ping after this long without a frame from the broker; close if unanswered within it.
-    keepalive: Duration,
+    keepalive: Option<Duration>,
     /// The open connection's sender; `None` before the first dial.
     sender: Mutex<Option<Sender>>,
     /// Held while dialling, so the calls that find the connection closed dial once.
@@ -39,7 +40,7 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// A connection to `address` (`host:port`), dialled on the first call.
-    pub(crate) fn new(address: &str, connect_timeout: Duration, keepalive: Duration) -> Result<Self, BoxError> {
+    pub(crate) fn new(address: &str, connect_timeout: Duration, keepalive: Option<Duration>) -> Result<Self, BoxError> {
         Ok(Self {
             address: address.to_string(),
             authority: address.parse()?,
@@ -93,10 +94,14 @@ impl Connection {
             Err(_) => return Err(unavailable("timed out connecting to", &format!("{:?}", self.connect_timeout)).into()),
         };
         stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(self.keepalive)
-            .keep_alive_timeout(self.keepalive)
+        let mut builder = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        if let Some(keepalive) = self.keepalive {
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(keepalive)
+                .keep_alive_timeout(keepalive);
+        }
+        let (sender, connection) = builder
             .handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| unavailable("HTTP/2 handshake with", &e))?;
@@ -119,7 +124,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let connection = Connection::new(&address, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+        let connection = Connection::new(&address, Duration::from_secs(1), Some(Duration::from_secs(1))).unwrap();
         let request = || Request::builder().uri("/x").body(tonic::body::Body::empty()).unwrap();
 
         let error = connection.call(request()).await.unwrap_err();

@@ -17,11 +17,7 @@ pub struct ClientConfig {
     /// Broker address, `host:port`; several, comma-separated (nodes of one cluster), spread
     /// requests over those that answer.
     pub endpoint: String,
-    /// Deadline of each unary call. It also bounds how long a broker that froze (a stopped
-    /// process, a hung machine: its socket stays open) can hold calls: a connection with calls
-    /// open pings the broker after a third of it without hearing from it, and closes when the
-    /// ping is not answered within another third. The calls on it then fail, and with several
-    /// addresses that one is left out until it answers again.
+    /// Deadline of each unary call.
     pub request_timeout: Duration,
     /// Access key and secret: every request is signed (for a broker run with `--auth`).
     pub credentials: Option<Credentials>,
@@ -35,6 +31,14 @@ pub struct ClientConfig {
     /// [`Self::credentials`]: a signature is checked on each call against the clock, so signed
     /// clients make one unary call per request.
     pub stream_calls: bool,
+    /// How a broker that froze (a stopped process, a hung machine: its socket stays open) is
+    /// found out. A connection with calls or streams open pings the broker after this long
+    /// without hearing from it, and closes when the ping is not answered within as long again:
+    /// the calls on it fail, and with several addresses that one is left out until it answers.
+    /// The default, 1 s, fails them within 2 s, before the default 3 s deadline. `None`: no
+    /// pings, for a server that refuses frequent ones (gRPC Java's servers allow one per five
+    /// minutes by default); a frozen broker's calls then only time out, and its streams wait.
+    pub keepalive: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -47,6 +51,7 @@ impl ClientConfig {
             tls: None,
             batching: Batching::default(),
             stream_calls: true,
+            keepalive: Some(Duration::from_secs(1)),
         }
     }
 
@@ -69,20 +74,15 @@ impl ClientConfig {
         self.endpoint.split(',').map(str::trim).filter(|a| !a.is_empty()).map(|a| self.endpoint_for(a)).collect()
     }
 
-    /// How long a connection with calls open goes without hearing from the broker before it
-    /// pings, and how long it then waits for the answer (see [`Self::request_timeout`]).
-    pub(crate) fn keepalive(&self) -> Duration {
-        (self.request_timeout / 3).max(Duration::from_millis(100))
-    }
-
     fn endpoint_for(&self, address: &str) -> Result<Endpoint> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(|e| Error::InvalidArgument(format!("bad endpoint {address:?}: {e}")))?
             .connect_timeout(self.request_timeout)
-            .http2_keep_alive_interval(self.keepalive())
-            .keep_alive_timeout(self.keepalive())
             .tcp_nodelay(true);
+        if let Some(keepalive) = self.keepalive {
+            endpoint = endpoint.http2_keep_alive_interval(keepalive).keep_alive_timeout(keepalive);
+        }
         if let Some(ca_file) = &self.tls {
             let mut tls = tonic::transport::ClientTlsConfig::new();
             tls = match ca_file {
@@ -225,7 +225,7 @@ pub(crate) fn connect(config: &ClientConfig, client_id: &str) -> Result<(Rpc, Tx
         .parse()
         .map_err(|_| Error::InvalidArgument(format!("client id {client_id:?} is not a valid header value")))?;
     let (spread, headers) = (
-        Spread::new(endpoints, config.request_timeout, config.keepalive())?,
+        Spread::new(endpoints, config.request_timeout, config.keepalive)?,
         Headers { client_id, signer: Signer(config.credentials.clone()) },
     );
     Ok((
@@ -262,7 +262,7 @@ struct SpreadInner {
 }
 
 impl Spread {
-    fn new(endpoints: Vec<Endpoint>, connect_timeout: Duration, keepalive: Duration) -> Result<Self> {
+    fn new(endpoints: Vec<Endpoint>, connect_timeout: Duration, keepalive: Option<Duration>) -> Result<Self> {
         let connections: Vec<(String, Conn)> = endpoints
             .into_iter()
             .map(|e| {
@@ -489,7 +489,7 @@ mod tests {
         let spread = Spread::new(
             ClientConfig::new("localhost, 127.0.0.1:8081").endpoints().unwrap(),
             Duration::from_secs(1),
-            Duration::from_secs(1),
+            None,
         )
         .unwrap();
         let addresses: Vec<&str> = spread.inner.connections.iter().map(|(a, _)| a.as_str()).collect();
@@ -592,7 +592,7 @@ mod tests {
         let (other, other_count) = server().await;
         let config = ClientConfig::new(format!("{proxy},{other}"));
         let spread =
-            Spread::new(config.endpoints().unwrap(), Duration::from_secs(1), Duration::from_millis(200)).unwrap();
+            Spread::new(config.endpoints().unwrap(), Duration::from_secs(1), Some(Duration::from_millis(200))).unwrap();
 
         // Addresses are taken in turn: the stream goes to the proxy, then one call each.
         let mut stream = call(&spread, "/stream").await.unwrap().into_body();
@@ -625,6 +625,19 @@ mod tests {
             call(&spread, "/x").await.unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn without_keepalive_a_stream_on_a_frozen_address_is_not_pinged() {
+        let (frozen_at, _) = server().await;
+        let (proxy, freeze) = freezable_proxy(frozen_at).await;
+        let config = ClientConfig::new(proxy);
+        let spread = Spread::new(config.endpoints().unwrap(), Duration::from_secs(1), None).unwrap();
+        let mut stream = call(&spread, "/stream").await.unwrap().into_body();
+        freeze.send(true).unwrap();
+        // Five times what a 200 ms keep-alive needs to close it (the test above).
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_frame(cx));
+        assert!(tokio::time::timeout(Duration::from_secs(2), frame).await.is_err(), "something ended the stream");
     }
 
     #[test]
