@@ -12,9 +12,9 @@
 //!
 //! While calls are open on it, the connection pings the broker whenever it has heard nothing
 //! for the keep-alive interval (`ClientConfig::keepalive`), and closes if the ping is not
-//! answered within it. A broker
-//! that froze (a stopped process, a machine that hangs) keeps its socket open, so without the
-//! pings its calls would only time out, and a stream on it would wait for ever.
+//! answered within it. A broker that froze (a stopped process, a machine that hangs) keeps its
+//! socket open, so without the pings its calls would only time out, and a stream on it would
+//! wait for ever.
 
 use std::sync::Mutex;
 use std::time::Duration;
