@@ -107,6 +107,42 @@ async fn the_sdk_given_every_node_goes_on_while_one_is_away() {
     }
 }
 
+/// With one of three nodes away, receives through one node (which name no shard, as the SDK's
+/// do not) reach both live shards in turn: each receive takes the next live owner once, so an
+/// even number of live owners does not leave every receive on the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receives_through_one_node_reach_every_live_shard_while_one_is_away() {
+    let (etcd, _dirs, mut nodes) = three_nodes().await;
+    let mut admin = common::admin(&nodes[0]).await;
+    let req = pb::CreateTopicRequest { name: "events".into(), r#type: pb::TopicType::Normal as i32, queue_count: 6 };
+    assert_eq!(admin.create_topic(req).await.unwrap().into_inner().status.unwrap().code, pb::StatusCode::Ok as i32);
+    nodes.pop().unwrap().stop().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner().nodes.len() != 2 {
+        assert!(Instant::now() < deadline, "node 1 never saw node 3 leave");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Sends through node 1 go to the two live owners in turn.
+    let p = txmq_client::Producer::connect(ClientConfig::new(nodes[0].access_point()), &["events"]).await.unwrap();
+    let want: std::collections::BTreeSet<String> = (0..20).map(|i| format!("e{i}")).collect();
+    for body in &want {
+        p.send(Message::new("events", body.clone())).await.unwrap();
+    }
+    let c = SimpleConsumer::connect(ClientConfig::new(nodes[0].access_point()), "audit").await.unwrap();
+    let mut got = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        for m in c.receive_for("events", "*", 32, Duration::from_secs(30), Duration::from_millis(500)).await.unwrap() {
+            c.ack(&m).await.unwrap();
+            got.insert(String::from_utf8(m.body).unwrap());
+        }
+        if got == want {
+            break;
+        }
+    }
+    assert_eq!(got, want, "20 receives through node 1 reached both live shards");
+    drop(etcd);
+}
+
 /// How many calls of `rpc` node `b` served (its latency histogram's count).
 fn calls(b: &RunningBroker, rpc: &str) -> u64 {
     let text = b.broker.metrics().render(&b.broker.gauges());

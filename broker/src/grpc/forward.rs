@@ -140,12 +140,16 @@ impl tonic::service::Interceptor for NodeGate {
 /// The cluster side of the messaging service.
 pub struct Forwarder {
     pub membership: Membership,
-    round_robin: AtomicU64,
+    /// Whose turn it is among the live owners, for sends and for receives apart: a client that
+    /// alternates sends and receives through one node must still have its receives reach
+    /// every shard.
+    sends: AtomicU64,
+    receives: AtomicU64,
 }
 
 impl Forwarder {
     pub fn new(membership: Membership) -> Self {
-        Self { membership, round_robin: AtomicU64::new(0) }
+        Self { membership, sends: AtomicU64::new(0), receives: AtomicU64::new(0) }
     }
 
     pub fn node_id(&self) -> &str {
@@ -246,11 +250,6 @@ impl Forwarder {
         Ok(Some(p))
     }
 
-    /// The next live owner of a shard of `p`, in turn.
-    pub fn next_live_owner(&self, p: &Placement) -> Option<String> {
-        self.owners_for_send(p, None).ok()?.into_iter().next()
-    }
-
     /// The nodes a send may go to, in order: for FIFO messages the owner of their message
     /// group's queue (its hash over all queues, so one group stays on one shard) alone; for
     /// others the live owners, starting from the next in turn (round robin), so a send an owner
@@ -264,12 +263,23 @@ impl Forwarder {
             }
             return Ok(vec![shard.node.clone()]);
         }
+        self.live_owners_in_turn(p, &self.sends)
+    }
+
+    /// The live owners of `p` for a receive that names no live owner, starting from the next
+    /// in turn, so that successive receives through this node reach every shard.
+    pub fn owners_for_receive(&self, p: &Placement) -> Result<Vec<String>, BrokerError> {
+        self.live_owners_in_turn(p, &self.receives)
+    }
+
+    /// The live owners of `p`, starting from the one whose turn `turn` says; takes one turn.
+    fn live_owners_in_turn(&self, p: &Placement, turn: &AtomicU64) -> Result<Vec<String>, BrokerError> {
         let live: Vec<String> =
             p.shards.iter().map(|s| s.node.clone()).filter(|n| self.membership.is_live(n)).collect();
         if live.is_empty() {
             return Err(Self::unavailable(format!("no live node owns queues of {}", p.topic)));
         }
-        let start = self.round_robin.fetch_add(1, Ordering::Relaxed) as usize % live.len();
+        let start = turn.fetch_add(1, Ordering::Relaxed) as usize % live.len();
         Ok((0..live.len()).map(|i| live[(start + i) % live.len()].clone()).collect())
     }
 }

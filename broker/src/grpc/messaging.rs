@@ -997,13 +997,16 @@ impl Messaging {
         // owner (a client that does not read routes), the live owners in turn, so that
         // successive receives reach every shard. An owner that cannot be reached (dead, its
         // lease not expired yet) passes the receive to the next live owner, as a send does:
-        // the client sees messages of another shard, not an error.
+        // the client sees messages of another shard, not an error. A receive takes one turn
+        // only: with two turns each, and an even number of live owners, every receive would
+        // start at the same owner.
+        let in_turn = fw.owners_for_receive(&p).unwrap_or_default();
         let first = match asked.filter(|n| fw.membership.is_live(n)) {
             Some(n) => n,
-            None => fw.next_live_owner(&p).unwrap_or_else(|| fw.node_id().to_string()),
+            None => in_turn.first().cloned().unwrap_or_else(|| fw.node_id().to_string()),
         };
         let mut owners = vec![first.clone()];
-        owners.extend(fw.owners_for_send(&p, None).unwrap_or_default().into_iter().filter(|o| *o != first));
+        owners.extend(in_turn.into_iter().filter(|o| *o != first));
         let timeout = grpc_deadline(&req);
         let make = |owner: &str| {
             let mut fwd = forward::with_shard(forward::forwarded(&req, &fw.membership, body.clone()), &p, owner);
