@@ -1,8 +1,9 @@
 //! The txmq SDK given every node of a three-node cluster (a real etcd, broker processes) while
 //! one node is frozen with SIGSTOP, as a hung machine would be: its socket stays open, so only
 //! the SDK's pings tell it apart from a slow node. Transactions go on through the other nodes,
-//! at most the calls in flight to the frozen node fail, and none waits out its deadline; once
-//! the node is thawed, every committed message is consumed once.
+//! at most the calls in flight to the frozen node fail, and none waits out its deadline. A
+//! consumer given every node receives meanwhile what the others hold; once the node is thawed,
+//! every committed message is consumed once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -73,6 +74,16 @@ async fn transactions(p: &TransactionProducer, prefix: &str, n: usize) -> (Vec<S
     (began, failed)
 }
 
+/// One receive of up to 32 messages; acks them and adds their bodies to `got`.
+async fn receive(c: &SimpleConsumer, got: &mut HashSet<String>) {
+    for m in
+        c.receive_for("orders", "*", 32, Duration::from_secs(30), Duration::from_millis(500)).await.unwrap_or_default()
+    {
+        c.ack(&m).await.unwrap();
+        assert!(got.insert(String::from_utf8(m.body).unwrap()), "a message delivered twice");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_leaves_a_frozen_node_out_and_loses_nothing() {
     let etcd = Etcd::start();
@@ -124,21 +135,24 @@ async fn the_sdk_leaves_a_frozen_node_out_and_loses_nothing() {
         committed.extend(began);
     }
 
+    // Consumption goes on meanwhile: a consumer given every node receives each message sent
+    // while node 3 was frozen (the others hold them) before it is thawed.
+    let c = SimpleConsumer::connect(ClientConfig::new(all), "ledger").await.unwrap();
+    let mut got = HashSet::new();
+    let sent_frozen: HashSet<String> = committed.iter().filter(|b| b.starts_with("frozen-")).cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sent_frozen.is_subset(&got) {
+        let missing: Vec<&String> = sent_frozen.difference(&got).collect();
+        assert!(Instant::now() < deadline, "not received while node 3 was frozen: {missing:?}");
+        receive(&c, &mut got).await;
+    }
+
     // Thawed: it rejoins, and every committed message, its own too, is consumed once.
     signal_pid(nodes.0[2].id(), "CONT");
     wait_members(&addresses[0], 3).await;
-    let c = SimpleConsumer::connect(ClientConfig::new(all), "ledger").await.unwrap();
-    let mut got = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while got.len() < committed.len() && Instant::now() < deadline {
-        for m in c
-            .receive_for("orders", "*", 32, Duration::from_secs(30), Duration::from_millis(500))
-            .await
-            .unwrap_or_default()
-        {
-            c.ack(&m).await.unwrap();
-            assert!(got.insert(String::from_utf8(m.body).unwrap()), "a message delivered twice");
-        }
+        receive(&c, &mut got).await;
     }
     assert_eq!(got, committed, "every committed message once");
     drop(nodes);
