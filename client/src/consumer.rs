@@ -90,12 +90,9 @@ impl SimpleConsumer {
                 expression: filter.to_string(),
             }),
             batch_size: max as i32,
-            invisible_duration: Some(prost_types::Duration {
-                seconds: invisible.as_secs() as i64,
-                nanos: invisible.subsec_nanos() as i32,
-            }),
+            invisible_duration: Some(transport::wire_duration(invisible)),
             auto_renew: false,
-            long_polling_timeout: Some(prost_types::Duration { seconds: poll.as_secs() as i64, nanos: 0 }),
+            long_polling_timeout: Some(transport::wire_duration(poll)),
             attempt_id: None,
         };
         let deadline = poll + self.session.config.request_timeout;
@@ -166,10 +163,7 @@ impl SimpleConsumer {
             group: transport::resource(&self.group),
             topic: transport::resource(&m.topic),
             receipt_handle: m.receipt_handle.clone(),
-            invisible_duration: Some(prost_types::Duration {
-                seconds: invisible.as_secs() as i64,
-                nanos: invisible.subsec_nanos() as i32,
-            }),
+            invisible_duration: Some(transport::wire_duration(invisible)),
             message_id: m.message_id.clone(),
             lite_topic: None,
             suspend: None,

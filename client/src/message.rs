@@ -151,8 +151,7 @@ impl Message {
                 message_group: if transactional { None } else { self.message_group.clone() },
                 delivery_timestamp: if transactional { None } else { self.deliver_at.map(ts) },
                 orphaned_transaction_recovery_duration: if transactional {
-                    self.check_after
-                        .map(|d| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 })
+                    self.check_after.map(crate::transport::wire_duration)
                 } else {
                     None
                 },

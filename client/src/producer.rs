@@ -67,7 +67,7 @@ impl Producer {
     ) -> Result<Self> {
         let settings = v2::Settings {
             client_type: Some(v2::ClientType::Producer as i32),
-            request_timeout: Some(prost_types::Duration { seconds: config.request_timeout.as_secs() as i64, nanos: 0 }),
+            request_timeout: Some(transport::wire_duration(config.request_timeout)),
             pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing {
                 topics: topics.iter().filter_map(|t| transport::resource(t)).collect(),
                 max_body_size: 0,

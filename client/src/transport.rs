@@ -474,6 +474,11 @@ where
     }
 }
 
+/// `d` as a protobuf duration, its fraction of a second included.
+pub(crate) fn wire_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
 pub(crate) fn resource(name: &str) -> Option<v2::Resource> {
     Some(v2::Resource { resource_namespace: String::new(), name: name.to_string() })
 }
@@ -638,6 +643,13 @@ mod tests {
         // Five times what a 200 ms keep-alive needs to close it (the test above).
         let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_frame(cx));
         assert!(tokio::time::timeout(Duration::from_secs(2), frame).await.is_err(), "something ended the stream");
+    }
+
+    #[test]
+    fn durations_keep_their_fraction_of_a_second() {
+        // A 500 ms long poll was sent as 0 s, so an empty receive returned at once.
+        let d = wire_duration(Duration::from_millis(1_500));
+        assert_eq!((d.seconds, d.nanos), (1, 500_000_000));
     }
 
     #[test]
