@@ -317,19 +317,19 @@ impl Spread {
 }
 
 impl SpreadInner {
-    /// Leaves address `i` out until it accepts a connection again.
+    /// Leaves address `i` out until it answers a probe.
     fn mark_down(self: &Arc<Self>, i: usize) {
         if self.connections.len() < 2 || self.down[i].swap(true, Ordering::Relaxed) {
             return;
         }
         tracing::debug!(address = %self.connections[i].0, "left out until it answers");
-        let inner = self.clone();
+        // The probe holds the client only while it probes, so that the probes of several
+        // addresses left out do not keep each other's client alive once it is gone.
+        let client = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(PROBE_EVERY).await;
-                if Arc::strong_count(&inner) == 1 {
-                    return; // the client is gone
-                }
+                let Some(inner) = client.upgrade() else { return };
                 if inner.connections[i].1.answers().await {
                     inner.down[i].store(false, Ordering::Relaxed);
                     return;
@@ -643,6 +643,26 @@ mod tests {
         // Five times what a 200 ms keep-alive needs to close it (the test above).
         let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_frame(cx));
         assert!(tokio::time::timeout(Duration::from_secs(2), frame).await.is_err(), "something ended the stream");
+    }
+
+    #[tokio::test]
+    async fn the_probes_of_a_client_that_is_gone_stop() {
+        let nobody = || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let config = ClientConfig::new(format!("{},{}", nobody(), nobody()));
+        let spread = Spread::new(config.endpoints().unwrap(), Duration::from_secs(1), None).unwrap();
+        // Both addresses are left out at start, each with its probe going on.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !spread.inner.down.iter().all(|d| d.load(Ordering::Relaxed)) {
+            assert!(std::time::Instant::now() < deadline, "the addresses were never left out");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let inner = Arc::downgrade(&spread.inner);
+        drop(spread);
+        tokio::time::sleep(3 * PROBE_EVERY).await;
+        assert!(inner.upgrade().is_none(), "probes still hold the client they probe for");
     }
 
     #[test]
