@@ -39,14 +39,18 @@ async fn three_nodes() -> (etcd::Etcd, Vec<tempfile::TempDir>, Vec<RunningBroker
     for (i, d) in dirs.iter().enumerate() {
         nodes.push(node(&etcd.url, d.path(), &format!("n{}", i + 1), "127.0.0.1:0").await);
     }
-    let mut admin = common::admin(&nodes[0]).await;
-    for _ in 0..50 {
-        if admin.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner().nodes.len() == 3 {
-            break;
-        }
+    members_become(&nodes[0], 3).await;
+    (etcd, dirs, nodes)
+}
+
+/// Waits until node `b` counts `n` members.
+async fn members_become(b: &RunningBroker, n: usize) {
+    let mut admin = common::admin(b).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner().nodes.len() != n {
+        assert!(Instant::now() < deadline, "the node never counted {n} members");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (etcd, dirs, nodes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,11 +121,7 @@ async fn receives_through_one_node_reach_every_live_shard_while_one_is_away() {
     let req = pb::CreateTopicRequest { name: "events".into(), r#type: pb::TopicType::Normal as i32, queue_count: 6 };
     assert_eq!(admin.create_topic(req).await.unwrap().into_inner().status.unwrap().code, pb::StatusCode::Ok as i32);
     nodes.pop().unwrap().stop().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while admin.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner().nodes.len() != 2 {
-        assert!(Instant::now() < deadline, "node 1 never saw node 3 leave");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    members_become(&nodes[0], 2).await;
     // Sends through node 1 go to the two live owners in turn.
     let p = txmq_client::Producer::connect(ClientConfig::new(nodes[0].access_point()), &["events"]).await.unwrap();
     let want: std::collections::BTreeSet<String> = (0..20).map(|i| format!("e{i}")).collect();
