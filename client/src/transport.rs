@@ -238,11 +238,6 @@ pub(crate) fn connect(config: &ClientConfig, client_id: &str) -> Result<(Rpc, Tx
 /// probe waits for the answer.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
-/// What a probe asks for: a path no service has. Any HTTP/2 answer (the broker's is
-/// UNIMPLEMENTED) shows that a process reads and answers at the address; a TCP connect would
-/// not, since the kernel accepts connections for a process that is stopped.
-const PROBE_PATH: &str = "/txmq.probe/Alive";
-
 /// The connections of a client, one per address, used in turn. An address whose call fails at the
 /// transport (refused, reset, a ping unanswered: the node is down or frozen), before or after
 /// its answer began, is left out from that moment until it answers a probe, so a node going
@@ -399,15 +394,11 @@ impl Conn {
         }
     }
 
-    /// True when something answers HTTP/2 at the address within [`PROBE_EVERY`].
+    /// True when something answers HTTP/2 at the address within [`PROBE_EVERY`]
+    /// ([`txmq_proto::probe`]: a TCP connect would not do, since the kernel accepts
+    /// connections for a process that is stopped).
     async fn answers(&self) -> bool {
-        let Ok(probe) = tonic::codegen::http::Request::post(PROBE_PATH)
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(tonic::body::Body::empty())
-        else {
-            return false;
-        };
+        let probe = txmq_proto::probe::request();
         matches!(tokio::time::timeout(PROBE_EVERY, self.call(probe)).await, Ok(Ok(_)))
     }
 }

@@ -36,3 +36,23 @@ pub mod cluster {
 pub mod ext {
     include!(concat!(env!("OUT_DIR"), "/txmq.v1.rs"));
 }
+
+/// The probe our parts use to tell a process that answers from one that only holds its socket
+/// open (a stopped process's kernel still accepts connections): an HTTP/2 request to a path no
+/// service has. Any answer (a txmq broker's is `UNIMPLEMENTED`) shows that a process reads and
+/// answers at the address; only a transport failure or no answer in time shows it does not.
+pub mod probe {
+    /// The path probed.
+    pub const PATH: &str = "/txmq.probe/Alive";
+
+    /// A probe request, ready for a gRPC channel or an HTTP/2 connection.
+    pub fn request() -> tonic::codegen::http::Request<tonic::body::Body> {
+        let mut req = tonic::codegen::http::Request::new(tonic::body::Body::empty());
+        *req.method_mut() = tonic::codegen::http::Method::POST;
+        *req.uri_mut() = tonic::codegen::http::Uri::from_static(PATH);
+        let headers = req.headers_mut();
+        headers.insert("content-type", tonic::codegen::http::HeaderValue::from_static("application/grpc"));
+        headers.insert("te", tonic::codegen::http::HeaderValue::from_static("trailers"));
+        req
+    }
+}

@@ -142,6 +142,8 @@ struct Inner {
     producers: std::sync::RwLock<producers::ProducerMap>,
     /// Channels to peers.
     channels: peer::Channels,
+    /// Live nodes a call failed to reach (see [`Membership::mark_unreachable`]).
+    unreachable: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Fired when another process holds this node id now (this one was replaced).
     superseded: CancellationToken,
 }
@@ -206,6 +208,7 @@ impl Membership {
                 published: std::sync::Mutex::new(std::collections::BTreeSet::new()),
                 producers: std::sync::RwLock::new(producers::ProducerMap::new()),
                 channels: peer::Channels::default(),
+                unreachable: std::sync::Mutex::new(std::collections::HashSet::new()),
                 superseded: CancellationToken::new(),
             }),
         };
@@ -402,6 +405,43 @@ impl Membership {
     /// Whether node `id` was live at the last listing.
     pub fn is_live(&self, id: &str) -> bool {
         crate::sync::read(&self.inner.live).iter().any(|m| m.record.id == id)
+    }
+
+    /// Whether node `id` was live at the last listing and has not failed a call since
+    /// ([`Self::mark_unreachable`]).
+    pub fn is_reachable(&self, id: &str) -> bool {
+        self.is_live(id) && !crate::sync::lock(&self.inner.unreachable).contains(id)
+    }
+
+    /// Leaves node `id` out of the nodes requests are passed to, after a call to it failed at
+    /// the transport (refused, reset, a ping unanswered), until it answers a probe or leaves
+    /// the member list. A node that is gone or frozen stays listed until its lease expires;
+    /// without this, every request passed to it in that time would wait to fail.
+    pub fn mark_unreachable(&self, id: &str) {
+        if id == self.node_id() || !crate::sync::lock(&self.inner.unreachable).insert(id.to_string()) {
+            return;
+        }
+        tracing::info!(node = id, "peer not answering; left out until it answers a probe");
+        // The probe holds the membership only while it probes: it ends with the node.
+        let weak = Arc::downgrade(&self.inner);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(peer::PROBE_EVERY).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let m = Membership { inner };
+                let back = !m.is_live(&id)
+                    || match m.channel(&id).await {
+                        Ok(c) => peer::answers(&c).await,
+                        Err(_) => false,
+                    };
+                if back {
+                    crate::sync::lock(&m.inner.unreachable).remove(&id);
+                    tracing::info!(node = id, "peer answers again");
+                    return;
+                }
+            }
+        });
     }
 
     /// The address of live node `id`.

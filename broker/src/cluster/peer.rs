@@ -117,6 +117,27 @@ pub struct PeerSettings {
     pub tls: Option<Option<Vec<u8>>>,
 }
 
+/// How long a connection to a peer with calls open may go without a frame before it is
+/// pinged, and how long the ping may go unanswered before the connection is given up: a peer
+/// that is frozen (stopped, or a hung machine) keeps its socket open, so only a ping finds it
+/// out, within twice this, before the official clients' 3 s deadline for a send it was passed.
+pub(super) const PING_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a peer left out after a failed call is probed, and how long a probe waits.
+pub(super) const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// True when a process answers HTTP/2 on `channel` within [`PROBE_EVERY`]
+/// ([`txmq_proto::probe`]).
+pub(super) async fn answers(channel: &Channel) -> bool {
+    use tonic::codegen::Service;
+    let mut channel = channel.clone();
+    let call = async {
+        std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+        channel.call(txmq_proto::probe::request()).await
+    };
+    matches!(tokio::time::timeout(PROBE_EVERY, call).await, Ok(Ok(_)))
+}
+
 /// One channel per peer address, shared by every request to it.
 #[derive(Default)]
 pub(super) struct Channels {
@@ -134,7 +155,10 @@ impl Channels {
         let mut endpoint = Channel::from_shared(format!("{scheme}://{address}"))
             .map_err(|e| bad(&e))?
             .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(PING_AFTER)
+            .keep_alive_timeout(PING_AFTER)
+            .keep_alive_while_idle(false);
         if let Some(ca) = &settings.tls {
             let host =
                 address.rsplit_once(':').map_or(address, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');

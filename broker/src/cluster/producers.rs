@@ -58,7 +58,7 @@ impl Membership {
         Ok(())
     }
 
-    /// Producers of `topic` connected to other live nodes, as last read: `(client, node)`, the
+    /// Producers of `topic` connected to other live nodes that answer calls, as last read: `(client, node)`, the
     /// originator's first.
     pub fn producer_nodes(&self, topic: &str, originator: &str) -> Vec<(String, String)> {
         let map = crate::sync::read(&self.inner.producers);
@@ -66,7 +66,7 @@ impl Membership {
             .get(topic)
             .into_iter()
             .flatten()
-            .filter(|(_, node)| node != self.node_id() && self.is_live(node))
+            .filter(|(_, node)| node != self.node_id() && self.is_reachable(node))
             .cloned()
             .collect();
         v.sort_by_key(|(client, _)| client != originator);

@@ -189,7 +189,11 @@ impl Forwarder {
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             }
         };
-        match once().await {
+        let answer = once().await;
+        if answer.as_ref().err().is_some_and(unreached) {
+            self.membership.mark_unreachable(node);
+        }
+        match answer {
             Err(s) if s.code() == tonic::Code::Unavailable => {
                 let moved = self.membership.members().await.is_ok()
                     && self.membership.address_of(node).is_some_and(|now| tried.as_deref() != Some(now.as_str()));
@@ -221,7 +225,12 @@ impl Forwarder {
         };
         let mut req = forwarded(&Request::new(()), &self.membership, body);
         req.set_timeout(std::time::Duration::from_secs(3));
-        let r = c.push_check(req).await.map_err(|s| Self::unavailable(format!("node {node}: {}", s.message())))?;
+        let r = c.push_check(req).await.map_err(|s| {
+            if unreached(&s) {
+                self.membership.mark_unreachable(node);
+            }
+            Self::unavailable(format!("node {node}: {}", s.message()))
+        })?;
         let r = r.into_inner();
         Ok(r.delivered.then_some(r.client_id))
     }
@@ -258,8 +267,8 @@ impl Forwarder {
         if let Some(g) = message_group {
             let q = (crate::codec::fnv1a(g) % u64::from(p.total_queues().max(1))) as u32;
             let shard = p.shard_of(q).ok_or_else(|| Self::unavailable("empty placement"))?;
-            if !self.membership.is_live(&shard.node) {
-                return Err(Self::unavailable(format!("node {} (message group {g}) is down", shard.node)));
+            if !self.membership.is_reachable(&shard.node) {
+                return Err(Self::unavailable(format!("node {} (message group {g}) is not answering", shard.node)));
             }
             return Ok(vec![shard.node.clone()]);
         }
@@ -273,9 +282,16 @@ impl Forwarder {
     }
 
     /// The live owners of `p`, starting from the one whose turn `turn` says; takes one turn.
+    /// Owners that failed a call since ([`Membership::mark_unreachable`]) are left out, unless
+    /// every live owner did.
     fn live_owners_in_turn(&self, p: &Placement, turn: &AtomicU64) -> Result<Vec<String>, BrokerError> {
-        let live: Vec<String> =
-            p.shards.iter().map(|s| s.node.clone()).filter(|n| self.membership.is_live(n)).collect();
+        let owners = |keep: &dyn Fn(&str) -> bool| -> Vec<String> {
+            p.shards.iter().map(|s| s.node.clone()).filter(|n| keep(n)).collect()
+        };
+        let mut live = owners(&|n| self.membership.is_reachable(n));
+        if live.is_empty() {
+            live = owners(&|n| self.membership.is_live(n));
+        }
         if live.is_empty() {
             return Err(Self::unavailable(format!("no live node owns queues of {}", p.topic)));
         }
@@ -353,6 +369,13 @@ impl Cluster for ClusterService {
         }
         Ok(tonic::Response::new(PushCheckResponse { delivered: false, client_id: String::new() }))
     }
+}
+
+/// Whether a call to a peer failed at the transport (refused, reset, a ping unanswered, its
+/// deadline passed), rather than with the peer's own answer: a status the peer sent carries no
+/// underlying error.
+pub fn unreached(s: &tonic::Status) -> bool {
+    std::error::Error::source(s).is_some()
 }
 
 /// `req` as node `m` passes it on, around `body`: its metadata, the forwarding mark, the

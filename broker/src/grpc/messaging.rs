@@ -1001,7 +1001,7 @@ impl Messaging {
         // only: with two turns each, and an even number of live owners, every receive would
         // start at the same owner.
         let in_turn = fw.owners_for_receive(&p).unwrap_or_default();
-        let first = match asked.filter(|n| fw.membership.is_live(n)) {
+        let first = match asked.filter(|n| fw.membership.is_reachable(n)) {
             Some(n) => n,
             None => in_turn.first().cloned().unwrap_or_else(|| fw.node_id().to_string()),
         };
@@ -1037,7 +1037,7 @@ impl Messaging {
                     answered = Some((owner, remote));
                     break;
                 }
-                Err(s) if s.code() == tonic::Code::Unavailable => {
+                Err(s) if s.code() == tonic::Code::Unavailable || forward::unreached(&s) => {
                     tracing::debug!(node = owner, error = %s.message(), "receive not forwarded; trying the next owner");
                     failed = Some(BrokerError::Internal(format!("node {owner}: {}", s.message())));
                 }
