@@ -58,8 +58,8 @@ impl Membership {
         Ok(())
     }
 
-    /// Producers of `topic` connected to other live nodes that answer calls, as last read: `(client, node)`, the
-    /// originator's first.
+    /// Producers of `topic` connected to other live nodes (not left out for a failed call), as
+    /// last read: `(client, node)`, the originator's first.
     pub fn producer_nodes(&self, topic: &str, originator: &str) -> Vec<(String, String)> {
         let map = crate::sync::read(&self.inner.producers);
         let mut v: Vec<(String, String)> = map

@@ -176,7 +176,8 @@ impl Forwarder {
     /// (UNAVAILABLE), the member list is read anew from etcd, and if the node now has another
     /// address — it restarted elsewhere, so what failed was its old process — the call is made
     /// once more there. Any other failure, or a node that has not moved (down, or the network
-    /// failed), is the answer.
+    /// failed), is the answer; one at the transport also leaves the node out until it answers
+    /// a probe ([`Membership::mark_unreachable`]).
     pub async fn call_at<T, F, Fut>(&self, node: &str, call: F) -> Result<T, tonic::Status>
     where
         F: Fn(MessagingServiceClient<Channel>) -> Fut,
@@ -189,11 +190,7 @@ impl Forwarder {
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             }
         };
-        let answer = once().await;
-        if answer.as_ref().err().is_some_and(unreached) {
-            self.membership.mark_unreachable(node);
-        }
-        match answer {
+        let answer = match once().await {
             Err(s) if s.code() == tonic::Code::Unavailable => {
                 let moved = self.membership.members().await.is_ok()
                     && self.membership.address_of(node).is_some_and(|now| tried.as_deref() != Some(now.as_str()));
@@ -204,7 +201,11 @@ impl Forwarder {
                 }
             }
             answer => answer,
+        };
+        if answer.as_ref().err().is_some_and(unreached) {
+            self.membership.mark_unreachable(node);
         }
+        answer
     }
 
     /// Has node `node` write a check-back to a producer of `topic` it holds a stream of;
