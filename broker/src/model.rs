@@ -721,6 +721,45 @@ pub(crate) mod tests {
         assert!(StoredMessage::decode(&unknown_flag).is_err(), "an unknown flag is refused");
     }
 
+    /// Damage a disk or a bad copy could do to a record, each kind at every byte: cut short,
+    /// one bit or a whole byte changed. Decoding answers an error or a record, never panics,
+    /// and a record it answers survives a round trip.
+    #[test]
+    fn every_truncation_and_changed_byte_of_a_record_decodes_or_errs() {
+        let full = full_message();
+        let mut bare = sample_message("t", "id");
+        bare.tag = None;
+        bare.keys.clear();
+        bare.user_properties.clear();
+        let bare = StoredMessage { body_md5: md5_hex(&bare.body), msg: bare, ..full.clone() };
+        let (mut decoded, mut tried) = (0, 0);
+        for record in [&full, &bare] {
+            for version in [3, 4] {
+                let bytes = record.encode_as(version);
+                let mut damaged: Vec<Vec<u8>> = (0..bytes.len()).map(|n| bytes[..n].to_vec()).collect();
+                for at in 0..bytes.len() {
+                    for flip in [0x01, 0x40, 0x80, 0xFF] {
+                        let mut b = bytes.clone();
+                        b[at] ^= flip;
+                        damaged.push(b);
+                    }
+                }
+                for b in damaged {
+                    tried += 1;
+                    let _ = StoredMessage::decode_header(&b);
+                    if let Ok(m) = StoredMessage::decode(&b) {
+                        decoded += 1;
+                        assert_eq!(StoredMessage::decode(&m.encode()).unwrap(), m);
+                    }
+                }
+            }
+        }
+        // Much damage is noticed here (1,328 of 2,175 on 2026-12-06); the rest (a changed byte
+        // of the body or of a name, say) decodes to another record: the journal's checksum is
+        // what notices it on disk.
+        assert!(decoded > 0 && decoded < tried, "{decoded} of {tried} decoded");
+    }
+
     #[test]
     fn md5_is_upper_case_hex() {
         assert_eq!(md5_hex(b""), "D41D8CD98F00B204E9800998ECF8427E");
