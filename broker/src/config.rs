@@ -248,7 +248,7 @@ options! {
     replicas: usize = 1, "replicas", "TXMQ_REPLICAS";
     /// In a cluster with replicas: copies a write must be on before it is acknowledged; writes are refused with fewer in sync (0: the lesser of 2 and --replicas).
     min_insync_replicas: usize = 0, "min-insync-replicas", "TXMQ_MIN_INSYNC_REPLICAS", shown "min(2, replicas)";
-    /// How long a write waits for an in-sync replica before that replica leaves the in-sync set.
+    /// How long a write waits for an in-sync replica before that replica leaves the in-sync set (one whose stream broke, dead or frozen, is not waited for).
     replica_ack_timeout: Duration = Duration::from_secs(3), "replica-ack-timeout", "TXMQ_REPLICA_ACK_TIMEOUT";
     /// Bytes of recent writes kept for replicas catching up; one further behind gets a snapshot.
     replication_log_bytes: usize = 64 * 1024 * 1024, "replication-log-bytes", "TXMQ_REPLICATION_LOG_BYTES";

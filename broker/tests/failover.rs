@@ -2,7 +2,8 @@
 //! and a 2 s lease): a node SIGKILLed has its shard served from an in-sync copy within
 //! seconds, with every acknowledged message; when it returns it stands by, gets the shard
 //! back and serves it again. A leader SIGSTOPped past its lease is replaced; after SIGCONT none
-//! of its writes is acknowledged, and it rejoins with what it wrote alone truncated.
+//! of its writes is acknowledged, and it rejoins with what it wrote alone truncated. A follower
+//! that dies or freezes leaves the in-sync set as soon as its stream breaks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -76,7 +77,8 @@ fn launch(etcd: &str, dir: &std::path::Path, id: &str, logs: &std::path::Path, e
         .args(extra)
         .args(["--listen", "127.0.0.1:0", "--etcd", etcd, "--node-id", id, "--etcd-lease-ttl", "2s"])
         .args(["--metrics-listen", "off", "--replicas", "3", "--min-insync-replicas", "2"])
-        .args(["--replica-ack-timeout", "1s", "--long-polling-max", "1s", "--txn-timeout", "1s"])
+        .args(if extra.contains(&"--replica-ack-timeout") { &[][..] } else { &["--replica-ack-timeout", "1s"][..] })
+        .args(["--long-polling-max", "1s", "--txn-timeout", "1s"])
         .args(["--txn-check-interval", "1s"])
         .arg("--data-dir")
         .arg(dir)
@@ -984,4 +986,60 @@ async fn a_take_over_is_refused_while_the_shards_node_is_back() {
     assert_eq!(read, written);
     assert!(n1.fence_if_gone(&fenced(r)).await.unwrap().is_none(), "a stale record was fenced again");
     drop(etcd);
+}
+
+/// A follower that dies (SIGKILL: its connections reset at once) or freezes (SIGSTOP: found out
+/// by the leader's pings) leaves the in-sync set as soon as its stream breaks: the writes on
+/// its leader's shard do not wait the whole `--replica-ack-timeout` for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gone_or_frozen_leaves_the_in_sync_set_when_its_stream_breaks() {
+    let etcd = Etcd::start();
+    let logs = LogDir::new("follower-gone-logs");
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ids = ["n1", "n2", "n3"];
+    // A 3 s acknowledgement timeout (the default): the official clients' own deadline.
+    let extra = ["--replica-ack-timeout", "3s"];
+    let mut nodes: Vec<Option<Node>> =
+        ids.iter().zip(&dirs).map(|(id, d)| Some(start_with(&etcd.url, d.path(), id, logs.path(), &extra))).collect();
+    let n1 = nodes[0].as_ref().unwrap().addr.clone();
+    wait_for(&n1, Duration::from_secs(30), "three shards in sync", all_in_sync).await;
+    create_topic(&n1, "ledger", pb::TopicType::Fifo).await;
+    let on_n1 = group_on(&n1, "ledger", "n1").await;
+    let mut client = Messaging::connect(format!("http://{n1}")).await.unwrap();
+    let mut sends = 0;
+    let mut send = async |client: &mut Messaging| {
+        sends += 1;
+        let t = Instant::now();
+        let code = send_fifo(client, "ledger", &on_n1, &format!("l{sends}")).await;
+        (code, t.elapsed())
+    };
+    for _ in 0..5 {
+        assert_eq!(send(&mut client).await.0, v2::Code::Ok as i32);
+    }
+
+    // Node 2 frozen: the first write on node 1's shard waits for the ping (about 2 s), not
+    // the 3 s timeout; the next ones do not wait.
+    signal_pid(nodes[1].as_ref().unwrap().child.id(), "STOP");
+    let mut frozen = Vec::new();
+    for _ in 0..5 {
+        frozen.push(send(&mut client).await);
+    }
+    signal_pid(nodes[1].as_ref().unwrap().child.id(), "CONT");
+    eprintln!("follower n2 frozen: {frozen:?}");
+    wait_for(&n1, Duration::from_secs(30), "node 2 back in sync", all_in_sync).await;
+
+    // Node 3 killed: no write waits for it.
+    nodes[2] = None;
+    let mut killed = Vec::new();
+    for _ in 0..5 {
+        killed.push(send(&mut client).await);
+    }
+    eprintln!("follower n3 killed: {killed:?}");
+    assert!(frozen.iter().all(|(code, _)| *code == v2::Code::Ok as i32), "{frozen:?}");
+    assert!(frozen[0].1 < Duration::from_millis(2_800), "{frozen:?}");
+    assert!(frozen[1..].iter().all(|(_, t)| *t < Duration::from_millis(500)), "{frozen:?}");
+    assert!(
+        killed.iter().all(|(code, t)| *code == v2::Code::Ok as i32 && *t < Duration::from_millis(500)),
+        "{killed:?}"
+    );
 }

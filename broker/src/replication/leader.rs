@@ -2,7 +2,8 @@
 //! follower (one task per follower), and decides when a group is acknowledged.
 //!
 //! A group is acknowledged once every in-sync follower has fsynced it. A follower that has not
-//! within `ack_timeout` is dropped from the in-sync set: in etcd first (compare-and-swap), so
+//! within `ack_timeout`, or whose stream broke (it died, or froze and failed the channel's
+//! ping), is dropped from the in-sync set: in etcd first (compare-and-swap), so
 //! the set etcd holds always contains every copy that has every acknowledged write; then the
 //! group is acknowledged if at least `min_insync` copies (the leader's included) remain, and
 //! otherwise stays unacknowledged (the committer retries; new writes are refused). A follower
@@ -36,6 +37,10 @@ pub struct FollowerState {
     pub joining_from: Option<u64>,
     /// A stream to it is open.
     pub connected: bool,
+    /// Its stream broke and is not open again: a write does not wait for it, since it cannot
+    /// acknowledge before it reconnects (a follower not connected yet since this leader
+    /// started is waited for, up to the acknowledgement timeout, as it connects).
+    pub lost: bool,
     /// Snapshots sent to it since this leader started.
     pub snapshots: u64,
 }
@@ -535,7 +540,10 @@ impl Leader {
             }
             if let Some(f) = crate::sync::lock(&self.state).followers.get_mut(&node) {
                 f.connected = false;
+                f.lost = true;
             }
+            // A write waiting for it stops waiting (see `replicate`).
+            self.acked.notify_all();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(300)) => {}
@@ -566,6 +574,7 @@ impl Leader {
             let (last, oldest) = (st.seq, st.log.front().map(|(s, _)| *s));
             let f = st.followers.entry(node.to_string()).or_default();
             f.connected = true;
+            f.lost = false;
             f.acked = if diverged || hello.acked_seq > last { 0 } else { hello.acked_seq };
             (last, oldest, diverged)
         };
@@ -762,7 +771,9 @@ impl Replicator for Leader {
                 .collect()
         };
         loop {
-            if lagging(&st).is_empty() {
+            // A lagging follower whose stream broke is late at once: a dead follower's
+            // connection resets, a frozen one's fails its ping, and neither acknowledges.
+            if lagging(&st).iter().all(|n| st.followers.get(n).is_some_and(|f| f.lost)) {
                 break;
             }
             let now = Instant::now();
@@ -800,7 +811,7 @@ impl Replicator for Leader {
                 shard = self.shard,
                 follower = node,
                 seq,
-                "follower left the in-sync set (no acknowledgement in time)"
+                "follower left the in-sync set (no acknowledgement in time, or its stream broke)"
             );
         }
         let mut st = crate::sync::lock(&self.state);
