@@ -202,10 +202,18 @@ impl Forwarder {
             }
             answer => answer,
         };
-        if answer.as_ref().err().is_some_and(unreached) {
-            self.membership.mark_unreachable(node);
+        if let Err(s) = &answer {
+            self.note_failure(node, s);
         }
         answer
+    }
+
+    /// Leaves node `node` out until it answers a probe when a call to it failed at the
+    /// transport ([`unreached`]), not with its own answer.
+    fn note_failure(&self, node: &str, s: &tonic::Status) {
+        if unreached(s) {
+            self.membership.mark_unreachable(node);
+        }
     }
 
     /// Has node `node` write a check-back to a producer of `topic` it holds a stream of;
@@ -227,9 +235,7 @@ impl Forwarder {
         let mut req = forwarded(&Request::new(()), &self.membership, body);
         req.set_timeout(std::time::Duration::from_secs(3));
         let r = c.push_check(req).await.map_err(|s| {
-            if unreached(&s) {
-                self.membership.mark_unreachable(node);
-            }
+            self.note_failure(node, &s);
             Self::unavailable(format!("node {node}: {}", s.message()))
         })?;
         let r = r.into_inner();
