@@ -535,7 +535,7 @@ impl Admin for AdminService {
                         acked_seq: f.acked,
                         lag: r.seq.saturating_sub(f.acked),
                         in_sync: f.in_sync,
-                        connected: f.connected,
+                        connected: f.stream == crate::replication::leader::Stream::Open,
                         snapshots: f.snapshots,
                     })
                     .collect(),

@@ -35,14 +35,22 @@ pub struct FollowerState {
     /// Joining the in-sync set: every group after this sequence waits for it; it joins (in
     /// etcd) once it has acknowledged this sequence, so it then holds every acknowledged write.
     pub joining_from: Option<u64>,
-    /// A stream to it is open.
-    pub connected: bool,
-    /// Its stream broke and is not open again: a write does not wait for it, since it cannot
-    /// acknowledge before it reconnects (a follower not connected yet since this leader
-    /// started is waited for, up to the acknowledgement timeout, as it connects).
-    pub lost: bool,
+    pub stream: Stream,
     /// Snapshots sent to it since this leader started.
     pub snapshots: u64,
+}
+
+/// The leader's stream to one follower.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Stream {
+    /// Not open yet since this leader started: a write waits for the follower, up to the
+    /// acknowledgement timeout, as it connects.
+    #[default]
+    NotYet,
+    Open,
+    /// It broke and is not open again: a write does not wait for the follower, which cannot
+    /// acknowledge before it reconnects.
+    Broken,
 }
 
 struct State {
@@ -539,8 +547,7 @@ impl Leader {
                 logged = false;
             }
             if let Some(f) = crate::sync::lock(&self.state).followers.get_mut(&node) {
-                f.connected = false;
-                f.lost = true;
+                f.stream = Stream::Broken;
             }
             // A write waiting for it stops waiting (see `replicate`).
             self.acked.notify_all();
@@ -573,8 +580,7 @@ impl Leader {
             let diverged = st.history.successor_start(hello.epoch).is_some_and(|s| hello.acked_seq >= s);
             let (last, oldest) = (st.seq, st.log.front().map(|(s, _)| *s));
             let f = st.followers.entry(node.to_string()).or_default();
-            f.connected = true;
-            f.lost = false;
+            f.stream = Stream::Open;
             f.acked = if diverged || hello.acked_seq > last { 0 } else { hello.acked_seq };
             (last, oldest, diverged)
         };
@@ -773,7 +779,7 @@ impl Replicator for Leader {
         loop {
             // A lagging follower whose stream broke is late at once: a dead follower's
             // connection resets, a frozen one's fails its ping, and neither acknowledges.
-            if lagging(&st).iter().all(|n| st.followers.get(n).is_some_and(|f| f.lost)) {
+            if lagging(&st).iter().all(|n| st.followers.get(n).is_some_and(|f| f.stream == Stream::Broken)) {
                 break;
             }
             let now = Instant::now();
