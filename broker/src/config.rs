@@ -306,6 +306,8 @@ options! {
     metrics_listen: Maybe<SocketAddr> = None, "metrics-listen", "TXMQ_METRICS_LISTEN";
     /// Open client connections at most; more are closed at once.
     max_connections: usize = 10_000, "max-connections", "TXMQ_MAX_CONNECTIONS";
+    /// A new connection that has not finished its TLS handshake and sent the HTTP/2 preface this long after it was accepted is closed.
+    handshake_timeout: Duration = Duration::from_secs(10), "handshake-timeout", "TXMQ_HANDSHAKE_TIMEOUT";
     /// RocketMQ requests one client id may have in progress at once; more get TOO_MANY_REQUESTS.
     max_inflight_per_client: usize = 1024, "max-inflight-per-client", "TXMQ_MAX_INFLIGHT_PER_CLIENT";
     /// Message bytes being stored at once, all senders together; sends beyond it get TOO_MANY_REQUESTS.

@@ -1,6 +1,6 @@
-//! Limits: connections beyond `max_connections` are closed while the others keep working;
-//! a client over its in-flight limit, or receives beyond the long-poll limit, get
-//! TOO_MANY_REQUESTS.
+//! Limits: connections beyond `max_connections` are closed while the others keep working; a
+//! connection that sends no HTTP/2 preface within `handshake_timeout` is closed; a client over
+//! its in-flight limit, or receives beyond the long-poll limit, get TOO_MANY_REQUESTS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -63,6 +63,110 @@ async fn connections_beyond_the_limit_are_closed() {
     assert!(ok, "a slot frees when a connection closes");
     drop(b);
     tokio::time::timeout(Duration::from_secs(30), broker.stop()).await.expect("the broker stops").unwrap();
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame: all a client must send first.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Whether the broker closes `stream` within `wait` (reads until the end or an error; what
+/// the broker writes before, such as its SETTINGS, is read and let go).
+async fn closed_within(stream: &mut (impl tokio::io::AsyncRead + Unpin), wait: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let read_to_end = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(wait, read_to_end).await.is_ok()
+}
+
+/// A connection holds a place under `max_connections` from its accept, and HTTP/2 pings only
+/// start once its preface is read: a peer that connects and then says nothing (a half-done
+/// health check, a scanner, a slow-loris) held its place forever, and enough of them locked
+/// every client out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_no_preface_in_time_gives_its_place_back() {
+    use tokio::io::AsyncWriteExt;
+    let (broker, _dir) = spawn(|c| {
+        c.max_connections = 3;
+        c.handshake_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let url = format!("http://{}", broker.addr);
+    let mut silent = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    partial.write_all(&PREFACE[..16]).await.unwrap();
+    let mut greeted = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    greeted.write_all(PREFACE).await.unwrap();
+    assert!(heartbeat(&url).await.is_err(), "the three connections take every place");
+
+    let started = std::time::Instant::now();
+    assert!(closed_within(&mut silent, Duration::from_secs(5)).await, "a connection that sent nothing is closed");
+    assert!(closed_within(&mut partial, Duration::from_secs(5)).await, "a connection with part of a preface is closed");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(500), "closed after the timeout, not at once: {waited:?}");
+    assert!(
+        !closed_within(&mut greeted, Duration::from_millis(1500)).await,
+        "a connection that sent its preface stays open past the timeout"
+    );
+    heartbeat(&url).await.expect("the places given back take new clients");
+
+    // A client that sent its preface and then stays idle past the timeout keeps its connection.
+    drop(greeted);
+    let mut idle = within("connect", MessagingServiceClient::connect(url.clone())).await.unwrap();
+    let beat = || v2::HeartbeatRequest { group: None, client_type: 1 };
+    within("heartbeat", idle.heartbeat(beat())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    within("heartbeat after idling", idle.heartbeat(beat())).await.expect("an idle client keeps working");
+    broker.stop().await.unwrap();
+}
+
+/// The same deadline covers a TLS handshake and the preface sent over TLS after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_that_sends_no_preface_in_time_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    use tokio_rustls::rustls;
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+    let (cert_path, key_path) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let (broker, _dir) = spawn(|c| {
+        c.tls_cert = Some(cert_path);
+        c.tls_key = Some(key_path);
+        c.tls_mode = txmq_broker::tls::TlsMode::Required;
+        c.handshake_timeout = Duration::from_secs(1);
+    })
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tls = || async {
+        let tcp = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        connector.connect(name, tcp).await.expect("the TLS handshake succeeds")
+    };
+    let mut silent = tls().await;
+    let mut greeted = tls().await;
+    greeted.write_all(PREFACE).await.unwrap();
+    greeted.flush().await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(closed_within(&mut silent, Duration::from_secs(5)).await, "a TLS connection that sent nothing is closed");
+    assert!(started.elapsed() >= Duration::from_millis(300), "closed at the timeout, not at once");
+    assert!(!closed_within(&mut greeted, Duration::from_millis(1500)).await, "one that sent its preface stays open");
+    broker.stop().await.unwrap();
 }
 
 fn receive_req() -> v2::ReceiveMessageRequest {

@@ -238,7 +238,11 @@ mod tests {
         let settings =
             super::Settings { keepalive_interval: Duration::from_secs(10), keepalive_timeout: Duration::from_secs(10) };
         let server = tokio::spawn(super::serve(
-            super::super::incoming(listener, 16, None),
+            super::super::incoming(
+                listener,
+                super::super::Limits { max: 16, handshake: Duration::from_secs(10) },
+                None,
+            ),
             tonic::service::Routes::new(Probe),
             settings,
             async move {

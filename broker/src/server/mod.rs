@@ -174,7 +174,8 @@ pub async fn run_with_metrics(
         keepalive_interval: broker.config().keepalive_interval,
         keepalive_timeout: broker.config().keepalive_timeout,
     };
-    http2::serve(incoming(listener, broker.config().max_connections, tls), routes, settings, {
+    let limits = Limits { max: broker.config().max_connections, handshake: broker.config().handshake_timeout };
+    http2::serve(incoming(listener, limits, tls), routes, settings, {
         let superseded = superseded.clone();
         async move {
             tokio::select! {
@@ -196,20 +197,28 @@ pub async fn run_with_metrics(
     Ok(())
 }
 
-/// How long a new connection may take to send its first byte and finish a TLS handshake.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// What `incoming` allows a connection.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Connections open at once; more are closed at once.
+    max: usize,
+    /// From its accept, how long a connection may take to finish its TLS handshake (if any)
+    /// and send the HTTP/2 preface. Until then no HTTP/2 ping can find it silent, and it holds
+    /// a place under `max`.
+    handshake: std::time::Duration,
+}
 
-/// Accepted connections, at most `max` open at once (more are closed at once), each plain or
-/// TLS as its first byte says when `tls` is set. Accepting and handshakes run in their own
-/// tasks, so a slow handshake never holds up the next connection.
+/// Accepted connections, at most `limits.max` open at once (more are closed at once), each
+/// plain or TLS as its first byte says when `tls` is set. Accepting and handshakes run in
+/// their own tasks, so a slow handshake never holds up the next connection.
 fn incoming(
     listener: TcpListener,
-    max: usize,
+    limits: Limits,
     tls: Option<Arc<Tls>>,
 ) -> impl tokio_stream::Stream<Item = Conn> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<Conn>(64);
     tokio::spawn(async move {
-        let permits = Arc::new(tokio::sync::Semaphore::new(max));
+        let permits = Arc::new(tokio::sync::Semaphore::new(limits.max));
         loop {
             let accepted = tokio::select! {
                 r = listener.accept() => r,
@@ -225,22 +234,23 @@ fn incoming(
                 }
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::warn!(max, "connection limit reached; closing a new connection");
+                tracing::warn!(max = limits.max, "connection limit reached; closing a new connection");
                 continue;
             };
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
+            let deadline = tokio::time::Instant::now() + limits.handshake;
             match &tls {
                 None => {
-                    if tx.send(Conn { io: Io::Plain(stream), client_cn: None, _permit: permit }).await.is_err() {
+                    if tx.send(Conn::new(Io::Plain(stream), None, deadline, permit)).await.is_err() {
                         return;
                     }
                 }
                 Some(tls) => {
                     let (tls, tx) = (tls.clone(), tx.clone());
                     tokio::spawn(async move {
-                        if let Some(io) = sniff(stream, &tls).await {
+                        if let Some(io) = sniff(stream, &tls, deadline).await {
                             let client_cn = match &io {
                                 Io::Tls(s) => s
                                     .get_ref()
@@ -250,7 +260,7 @@ fn incoming(
                                     .and_then(|c| crate::tls::subject_common_name(c)),
                                 Io::Plain(_) => None,
                             };
-                            let _ = tx.send(Conn { io, client_cn, _permit: permit }).await;
+                            let _ = tx.send(Conn::new(io, client_cn, deadline, permit)).await;
                         }
                     });
                 }
@@ -261,11 +271,12 @@ fn incoming(
 }
 
 /// TLS when the first byte is a handshake record, else plaintext (or nothing, when TLS is
-/// required). `None` also for a connection that sends nothing or fails its handshake in time.
-async fn sniff(stream: tokio::net::TcpStream, tls: &Tls) -> Option<Io> {
+/// required). `None` also for a connection that sends nothing or fails its handshake by
+/// `deadline`.
+async fn sniff(stream: tokio::net::TcpStream, tls: &Tls, deadline: tokio::time::Instant) -> Option<Io> {
     let peer = stream.peer_addr().ok();
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) => {}
         _ => return None,
     }
@@ -276,7 +287,7 @@ async fn sniff(stream: tokio::net::TcpStream, tls: &Tls) -> Option<Io> {
         }
         return Some(Io::Plain(stream));
     }
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
+    match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
         Ok(Ok(s)) => Some(Io::Tls(Box::new(s))),
         Ok(Err(e)) => {
             tracing::debug!(?peer, error = %e, "TLS handshake failed");
@@ -306,11 +317,18 @@ async fn reload_on_hangup(tls: Arc<Tls>, shutdown: CancellationToken) {
     }
 }
 
+/// The client preface every HTTP/2 connection starts with (RFC 9113, section 3.4).
+const HTTP2_PREFACE_LEN: usize = 24;
+
 /// An accepted connection and its place under the connection limit.
 struct Conn {
     io: Io,
     /// The common name of the client's certificate (mutual TLS).
     client_cn: Option<String>,
+    /// Bytes of the HTTP/2 preface not read yet.
+    preface_left: usize,
+    /// When a connection whose preface is not all read yet is closed; `None` once read.
+    preface_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -320,6 +338,21 @@ enum Io {
 }
 
 impl Conn {
+    fn new(
+        io: Io,
+        client_cn: Option<String>,
+        deadline: tokio::time::Instant,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Conn {
+        Conn {
+            io,
+            client_cn,
+            preface_left: HTTP2_PREFACE_LEN,
+            preface_deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            _permit: permit,
+        }
+    }
+
     /// What every request on this connection is told about it.
     fn connect_info(&self) -> ConnInfo {
         let tcp = match &self.io {
@@ -352,7 +385,30 @@ impl tokio::io::AsyncRead for Conn {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        both!(self, s => s.poll_read(cx, buf))
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = match &mut this.io {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if this.preface_deadline.is_none() {
+            return read;
+        }
+        // Until the preface is read, a read waits for data or the deadline, whichever first.
+        if read.is_ready() {
+            this.preface_left = this.preface_left.saturating_sub(buf.filled().len() - before);
+            if this.preface_left == 0 {
+                this.preface_deadline = None;
+            }
+            return read;
+        }
+        match this.preface_deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+            Some(std::task::Poll::Ready(())) => {
+                tracing::debug!(remote = ?this.connect_info().remote, "connection closed: no HTTP/2 preface in time");
+                std::task::Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
+            }
+            _ => std::task::Poll::Pending,
+        }
     }
 }
 

@@ -25,7 +25,11 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: Cancell
                     let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &broker)).await;
                 });
             }
-            Err(e) => tracing::warn!(error = %e, "metrics accept failed"),
+            Err(e) => {
+                // Out of file descriptors and the like: wait a moment instead of spinning.
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }
