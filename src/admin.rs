@@ -193,6 +193,10 @@ pub struct StatusView {
     pub groups: u64,
     pub pending_transactions: u64,
     pub parked_transactions: u64,
+    /// Free bytes on the data directory's disk (0: not known; a cluster: the least of any node).
+    pub disk_free_bytes: u64,
+    /// Why new messages are refused (the disk is nearly full); empty while they are taken.
+    pub messages_refused: String,
     /// In a cluster: each live node (the figures above are then the cluster's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeStatusView>,
@@ -209,6 +213,8 @@ pub struct NodeStatusView {
     pub messages: u64,
     pub pending_transactions: u64,
     pub parked_transactions: u64,
+    pub disk_free_bytes: u64,
+    pub messages_refused: String,
 }
 
 pub async fn fetch_status(c: &mut Admin) -> anyhow::Result<StatusView> {
@@ -228,6 +234,8 @@ pub async fn fetch_status(c: &mut Admin) -> anyhow::Result<StatusView> {
         groups: r.group_count,
         pending_transactions: r.pending_transactions,
         parked_transactions: r.parked_transactions,
+        disk_free_bytes: r.disk_free_bytes,
+        messages_refused: r.messages_refused,
         nodes: r
             .nodes
             .into_iter()
@@ -241,6 +249,8 @@ pub async fn fetch_status(c: &mut Admin) -> anyhow::Result<StatusView> {
                 messages: n.message_count,
                 pending_transactions: n.pending_transactions,
                 parked_transactions: n.parked_transactions,
+                disk_free_bytes: n.disk_free_bytes,
+                messages_refused: n.messages_refused,
             })
             .collect(),
     })
@@ -250,18 +260,19 @@ pub async fn status(broker: &str, out: Output) -> anyhow::Result<()> {
     let mut c = connect(broker).await?;
     let s = fetch_status(&mut c).await?;
     out.emit(&s, || {
-        let store = if s.store_writable { "writable".to_string() } else { format!("READ-ONLY: {}", s.store_error) };
+        let store = store_state(s.store_writable, &s.store_error, &s.messages_refused);
         let nodes: String = s
             .nodes
             .iter()
             .map(|n| {
-                let store = if n.store_writable { "writable".to_string() } else { format!("READ-ONLY: {}", n.store_error) };
+                let store = store_state(n.store_writable, &n.store_error, &n.messages_refused);
                 format!(
-                    "  node {}: txmq {} up {}s, store {store}, {} MiB, {} messages, {} pending / {} parked transactions\n",
+                    "  node {}: txmq {} up {}s, store {store}, {} MiB, {} free, {} messages, {} pending / {} parked transactions\n",
                     n.node_id,
                     n.version,
                     n.uptime_s,
                     n.store_bytes / (1024 * 1024),
+                    free_space(n.disk_free_bytes),
                     n.messages,
                     n.pending_transactions,
                     n.parked_transactions
@@ -270,10 +281,11 @@ pub async fn status(broker: &str, out: Output) -> anyhow::Result<()> {
             .collect();
         let cluster = if s.nodes.is_empty() { String::new() } else { format!("cluster of {} nodes:\n{nodes}", s.nodes.len()) };
         cluster + &format!(
-            "txmq {} up {}s\nstore: {store}, {} MiB on disk\ntopics: {}, messages stored: {}, consumer groups: {}\ntransactions: {} pending, {} parked\nflushes: {} covering {} writes\n",
+            "txmq {} up {}s\nstore: {store}, {} MiB on disk, {} free\ntopics: {}, messages stored: {}, consumer groups: {}\ntransactions: {} pending, {} parked\nflushes: {} covering {} writes\n",
             s.version,
             s.uptime_s,
             s.store_bytes / (1024 * 1024),
+            free_space(s.disk_free_bytes),
             s.topics,
             s.messages,
             s.groups,
@@ -283,6 +295,24 @@ pub async fn status(broker: &str, out: Output) -> anyhow::Result<()> {
             s.flushed_writes
         )
     })
+}
+
+/// The store's state in one phrase: read-only after a failed flush, else writable, and then
+/// whether new messages are refused for lack of disk space.
+fn store_state(writable: bool, error: &str, refused: &str) -> String {
+    match (writable, refused.is_empty()) {
+        (false, _) => format!("READ-ONLY: {error}"),
+        (true, true) => "writable".to_string(),
+        (true, false) => format!("writable, but {refused}"),
+    }
+}
+
+fn free_space(bytes: u64) -> String {
+    match bytes {
+        0 => "unknown space".to_string(),
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b => format!("{} MiB", b >> 20),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -160,6 +160,8 @@ async fn operators_find_and_resolve_in_doubt_transactions() {
     assert!(sample(&m, "rocketmq_rpc_latency_count{protocol_type=\"grpc\",request_code=\"SendMessage\"}") >= 1.0);
     assert!(sample(&m, "txmq_store_flush_batch_size_count") >= 1.0);
     assert_eq!(sample(&m, "txmq_store_writable"), 1.0);
+    assert_eq!(sample(&m, "txmq_messages_refused"), 0.0);
+    assert!(sample(&m, "txmq_disk_free_bytes") > 0.0);
     for family in [
         "rocketmq_send_to_dlq_messages_total",
         "txmq_transactions_parked_total",

@@ -266,6 +266,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_with_its_labels()
         "rocketmq_consumer_lag_messages",
         "rocketmq_half_messages",
         "txmq_store_writable",
+        "txmq_messages_refused",
         "txmq_transaction_oldest_pending_age_seconds",
     ] {
         assert!(seen.contains(family), "{family} is on no dashboard panel or alert");

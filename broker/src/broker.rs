@@ -22,6 +22,7 @@ use crate::consume::lite::{Evicted, SubscriptionView, SyncAction};
 use crate::consume::pull::{OffsetQuery, PullRequest, Pulled};
 use crate::consume::service::{Delivery, LiteStart, ReceiveRequest};
 use crate::consume::{ConsumeSettings, Consumers, GroupRecord, Source};
+use crate::disk::DiskSpace;
 use crate::error::{BrokerError, Result};
 use crate::log::{MessageLog, Placement, QueueOffsets, Target};
 use crate::metrics::{Gauges, GroupGauge, Metrics};
@@ -55,6 +56,8 @@ pub struct Broker {
     auth: Auth,
     audit: AuditLog,
     metrics: Arc<Metrics>,
+    /// The data directory's free space; new messages are refused below the floor.
+    disk: Arc<DiskSpace>,
     started_at: Millis,
 }
 
@@ -141,6 +144,7 @@ impl Broker {
             m.flush_latency.observe(took.as_secs_f64());
         }));
         let audit = AuditLog::new(store.clone(), committer.clone());
+        let disk = Arc::new(DiskSpace::new(&config.data_dir, config.min_free_disk_bytes));
         Ok(Arc::new(Self {
             config,
             store,
@@ -155,6 +159,7 @@ impl Broker {
             auth,
             audit,
             metrics,
+            disk,
             started_at: now_ms(),
         }))
     }
@@ -240,6 +245,7 @@ impl Broker {
         if topics::is_reserved(topic) {
             return Err(BrokerError::IllegalTopic(format!("cannot send to the system topic {topic}")));
         }
+        self.disk.check()?;
         let record = self.topic_or_create(topic).await?;
         for m in &messages {
             if !record.topic_type.accepts(m.message_type) {
@@ -477,6 +483,7 @@ impl Broker {
     /// Makes dead letters of `group` deliverable to it again (see
     /// [`Consumers::resend_dead_letters`]). Returns how many were resent.
     pub async fn resend_dead_letters(&self, group: &str, ids: &[String], all: bool) -> Result<usize> {
+        self.disk.check()?;
         self.consumers.resend_dead_letters(self.source(), group, ids, all).await
     }
 
@@ -687,6 +694,11 @@ impl Broker {
         }
     }
 
+    /// The data directory's free space, as last sampled.
+    pub fn disk(&self) -> &Arc<DiskSpace> {
+        &self.disk
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -697,6 +709,8 @@ impl Broker {
         let mut g = Gauges {
             store_bytes: self.store.size_on_disk(),
             store_writable: self.committer.poisoned().is_none(),
+            disk_free_bytes: self.disk.free(),
+            messages_refused: self.disk.refusal().is_some(),
             ..Gauges::default()
         };
         let counts = self.transaction_counts().unwrap_or_default();

@@ -81,6 +81,10 @@ pub enum BrokerError {
     /// The broker holds as many lite subscriptions as allowed (lite paths only, as above).
     #[error("lite subscription quota exceeded: {0}")]
     LiteSubscriptionQuotaExceeded(String),
+    /// The data directory's disk is nearly full: new messages are refused (`disk`); other
+    /// writes go on.
+    #[error("{0}")]
+    DiskLow(String),
     /// The store refuses writes (failed flush) or failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -18,6 +18,7 @@
 //! - [`codec`]: the byte codec of keys and records (one versioned `Record` style).
 //! - [`clock`]: the broker's clock.
 //! - [`config`]: flags, environment, TOML file.
+//! - [`disk`]: the data directory's free space; new messages refused below a floor.
 //! - [`error`]: the broker's error enum.
 //! - [`sync`]: the one policy for poisoned locks.
 //! - [`tls`]: TLS beside plaintext on the one port, reloaded on SIGHUP.
@@ -31,6 +32,7 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod consume;
+pub mod disk;
 pub mod error;
 pub mod grpc;
 pub mod log;

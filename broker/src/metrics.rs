@@ -165,6 +165,10 @@ pub struct Gauges {
     pub groups: Vec<GroupGauge>,
     pub store_bytes: u64,
     pub store_writable: bool,
+    /// Free bytes on the data directory's disk, when known.
+    pub disk_free_bytes: Option<u64>,
+    /// Whether new messages are refused for lack of disk space.
+    pub messages_refused: bool,
 }
 
 impl Metrics {
@@ -356,6 +360,17 @@ impl Metrics {
         let _ = writeln!(out, "rocketmq_storage_size {}", g.store_bytes);
         family(&mut out, "txmq_store_writable", "gauge", "1 while the store accepts writes; 0 after a failed flush.");
         let _ = writeln!(out, "txmq_store_writable {}", u8::from(g.store_writable));
+        if let Some(free) = g.disk_free_bytes {
+            family(&mut out, "txmq_disk_free_bytes", "gauge", "Free bytes on the data directory's disk.");
+            let _ = writeln!(out, "txmq_disk_free_bytes {free}");
+        }
+        family(
+            &mut out,
+            "txmq_messages_refused",
+            "gauge",
+            "1 while new messages are refused: the disk has less free than --min-free-disk-bytes.",
+        );
+        let _ = writeln!(out, "txmq_messages_refused {}", u8::from(g.messages_refused));
         out
     }
 }

@@ -53,6 +53,8 @@ pub async fn overview(State(console): State<Shared>) -> Page {
             pending_transactions: status.pending_transactions,
             parked_transactions: status.parked_transactions,
             version: status.version.clone(),
+            disk_free_bytes: status.disk_free_bytes,
+            messages_refused: status.messages_refused.clone(),
         }]
     } else {
         status.nodes.clone()
@@ -60,8 +62,10 @@ pub async fn overview(State(console): State<Shared>) -> Page {
     let content = html! {
         div.cards {
             (card("Store", html! {
-                @if status.store_writable { span.badge.good { "writable" } } @else { span.badge.bad { "not writable" } }
-            }, (!status.store_error.is_empty()).then_some(status.store_error.as_str())))
+                @if !status.store_writable { span.badge.bad { "not writable" } }
+                @else if !status.messages_refused.is_empty() { span.badge.bad { "new messages refused" } }
+                @else { span.badge.good { "writable" } }
+            }, [&status.store_error, &status.messages_refused].into_iter().find(|s| !s.is_empty()).map(String::as_str)))
             (card("Messages in / s", rates.map_or("…".into(), |r| format!("{:.1}", r.0)), Some("last 5 s")))
             (card("Deliveries / s", rates.map_or("…".into(), |r| format!("{:.1}", r.1)), Some("last 5 s")))
             (card("Pending transactions", status.pending_transactions, oldest.map(ago).map(|a| format!("oldest {a}")).as_deref()))
@@ -79,8 +83,9 @@ pub async fn overview(State(console): State<Shared>) -> Page {
                         td { (n.version) }
                         td { (ago(n.started_at_ms)) }
                         td {
-                            @if n.store_writable { span.badge.good { "writable" } }
-                            @else { span.badge.bad { "not writable" } " " span.muted { (n.store_error) } }
+                            @if !n.store_writable { span.badge.bad { "not writable" } " " span.muted { (n.store_error) } }
+                            @else if !n.messages_refused.is_empty() { span.badge.bad { "new messages refused" } " " span.muted { (n.messages_refused) } }
+                            @else { span.badge.good { "writable" } }
                         }
                         td.num { (n.store_bytes) }
                         td.num { (n.message_count) }

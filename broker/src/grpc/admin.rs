@@ -80,7 +80,7 @@ fn status(e: &BrokerError) -> Option<pb::Status> {
         BrokerError::NotImplemented(_) => C::NotImplemented,
         BrokerError::InvalidTransactionId(_) => C::NotFound,
         BrokerError::PreconditionFailed(_) | BrokerError::QuotaExceeded(_) => C::FailedPrecondition,
-        BrokerError::Store(_) => C::Unavailable,
+        BrokerError::Store(_) | BrokerError::DiskLow(_) => C::Unavailable,
         BrokerError::Internal(_) => C::Internal,
         _ => C::InvalidArgument,
     };
@@ -520,6 +520,8 @@ impl Admin for AdminService {
             nodes: Vec::new(),
             messages_in: self.broker.metrics().messages_in.total(),
             messages_out: self.broker.metrics().messages_out.total(),
+            disk_free_bytes: self.broker.disk().free().unwrap_or(0),
+            messages_refused: self.broker.disk().refusal().unwrap_or_default(),
             replication: self.broker.replication().map(|r| pb::ShardStatus {
                 shard: r.shard.clone(),
                 // Served from a copy (failover, drain): the node whose copy serves it.
@@ -1103,6 +1105,12 @@ impl AdminService {
             if !s.store_error.is_empty() && total.store_error.is_empty() {
                 total.store_error = format!("node {node}: {}", s.store_error);
             }
+            if !s.messages_refused.is_empty() && total.messages_refused.is_empty() {
+                total.messages_refused = format!("node {node}: {}", s.messages_refused);
+            }
+            if s.disk_free_bytes != 0 && (total.disk_free_bytes == 0 || s.disk_free_bytes < total.disk_free_bytes) {
+                total.disk_free_bytes = s.disk_free_bytes;
+            }
             total.flush_count += s.flush_count;
             total.flushed_write_count += s.flushed_write_count;
             total.store_bytes += s.store_bytes;
@@ -1121,6 +1129,8 @@ impl AdminService {
                 pending_transactions: s.pending_transactions,
                 parked_transactions: s.parked_transactions,
                 version: s.version,
+                disk_free_bytes: s.disk_free_bytes,
+                messages_refused: s.messages_refused,
             });
         }
         total

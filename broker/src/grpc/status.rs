@@ -60,6 +60,8 @@ pub fn code(err: &BrokerError) -> Code {
         BrokerError::Forbidden(_) => Code::Forbidden,
         BrokerError::NotFound(_) => Code::NotFound,
         BrokerError::Config(_) => Code::InternalError,
+        // As the RocketMQ proxy answers its broker's "disk full".
+        BrokerError::DiskLow(_) => Code::InternalServerError,
         BrokerError::Store(StoreError::Closed) => Code::InternalServerError,
         BrokerError::Store(_) => Code::InternalServerError,
         BrokerError::Internal(_) => Code::InternalError,
@@ -104,6 +106,7 @@ fn one_of_each_error() -> Vec<BrokerError> {
         BrokerError::IllegalLiteTopic(String::new()),
         BrokerError::LiteTopicQuotaExceeded(String::new()),
         BrokerError::LiteSubscriptionQuotaExceeded(String::new()),
+        BrokerError::DiskLow(String::new()),
         BrokerError::Store(StoreError::Closed),
         BrokerError::Store(StoreError::Poisoned(String::new())),
         BrokerError::Internal(String::new()),
