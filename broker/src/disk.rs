@@ -18,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 /// How often [`watch`] samples the free space.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 
+/// How every refusal's message begins; a cluster node that passed a send on tells a refusal for
+/// disk space by it, and tries another owner.
+pub const REFUSED: &str = "new messages refused";
+
 /// No sample yet, or the last one failed: nothing is refused on a guess.
 const UNKNOWN: u64 = u64::MAX;
 
@@ -61,7 +65,7 @@ impl DiskSpace {
         let free = self.free()?;
         (free < self.min_free).then(|| {
             format!(
-                "new messages refused: {} free on the data directory's disk, under --min-free-disk-bytes ({}); \
+                "{REFUSED}: {} free on the data directory's disk, under --min-free-disk-bytes ({}); \
                  acks and transaction decisions are still taken",
                 mib(free),
                 mib(self.min_free)
@@ -119,7 +123,7 @@ mod tests {
         assert!(DiskSpace::new(dir.path(), 1).check().is_ok());
         let over = DiskSpace::new(dir.path(), free.saturating_mul(2).max(1 << 40));
         let why = over.refusal().expect("a floor above the free space refuses");
-        assert!(why.contains("--min-free-disk-bytes"), "{why}");
+        assert!(why.starts_with(REFUSED) && why.contains("--min-free-disk-bytes"), "{why}");
         assert!(matches!(over.check(), Err(BrokerError::DiskLow(_))));
         let gone = DiskSpace::new(&dir.path().join("missing"), u64::MAX);
         assert_eq!(gone.free(), None);

@@ -49,7 +49,19 @@ fn start_node_at(dir: &std::path::Path, etcd: &str, id: &str, txn_timeout: &str)
 
 /// [`start_node_at`] with an etcd lease of `lease`.
 fn start_node_leased(dir: &std::path::Path, etcd: &str, id: &str, txn_timeout: &str, lease: &str) -> Node {
-    let args = [
+    start_node_with(dir, etcd, id, txn_timeout, lease, &[])
+}
+
+/// [`start_node_leased`] with `extra` flags.
+fn start_node_with(
+    dir: &std::path::Path,
+    etcd: &str,
+    id: &str,
+    txn_timeout: &str,
+    lease: &str,
+    extra: &[&str],
+) -> Node {
+    let mut args = vec![
         "--etcd",
         etcd,
         "--node-id",
@@ -65,6 +77,7 @@ fn start_node_leased(dir: &std::path::Path, etcd: &str, id: &str, txn_timeout: &
         "--txn-check-interval",
         "1s",
     ];
+    args.extend_from_slice(extra);
     let (child, addr, log) = start_broker(dir, &args);
     Node { child, addr, _dir: None, _log: log }
 }
@@ -449,5 +462,74 @@ async fn a_frozen_node_still_listed_is_skipped_by_sends_and_receives_through_the
     let got = drain(&c, "orders", sent.len(), Duration::from_secs(60)).await;
     let ids: HashSet<String> = got.iter().map(|(id, _)| id.clone()).collect();
     assert_eq!(ids, sent, "every acknowledged send, node 3's included");
+    drop(etcd);
+}
+
+/// A node whose disk is under its `--min-free-disk-bytes` refuses the sends it would store
+/// (here: a floor no disk reaches). A send passed to it goes on to another owner, so the
+/// cluster keeps taking sends, through that node too; a message group's send, whose queue has
+/// one owner, gets the refusal. The status names the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_go_on_to_another_owner_while_one_nodes_disk_is_nearly_full() {
+    let etcd = Etcd::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let full = ["--min-free-disk-bytes", "18446744073709551615"];
+    let nodes: Vec<Node> = ["n1", "n2", "n3"]
+        .iter()
+        .zip(&dirs)
+        .map(|(id, d)| start_node_with(d.path(), &etcd.url, id, "1s", "2s", if *id == "n3" { &full } else { &[] }))
+        .collect();
+    for n in &nodes {
+        wait_members(&n.addr, 3).await;
+    }
+    create_topic(&nodes[0].addr, "orders", pb::TopicType::Normal, 12).await;
+    let mut sent = HashSet::new();
+    for (via, n) in [(0, 30), (2, 30)] {
+        let p = producer(&nodes[via].addr, &["orders"]).await;
+        for i in 0..n {
+            let m = MessageBuilder::builder()
+                .set_topic("orders")
+                .set_body(format!("m{via}-{i}").into_bytes())
+                .build()
+                .unwrap();
+            let r = p.send(m).await.unwrap_or_else(|e| panic!("send {i} through node {}: {e:?}", via + 1));
+            sent.insert(r.message_id().to_string());
+        }
+    }
+    let stored = stored_per_owner(&nodes[1].addr, "orders").await;
+    assert_eq!(stored.get("n3").copied().unwrap_or(0), 0, "the node short of disk stores none: {stored:?}");
+    assert_eq!(stored.values().sum::<u64>(), 60, "{stored:?}");
+    assert!(stored["n1"] > 0 && stored["n2"] > 0, "{stored:?}");
+
+    let mut admin = Admin::connect(format!("http://{}", nodes[0].addr)).await.unwrap();
+    let s = admin.broker_status(pb::BrokerStatusRequest {}).await.unwrap().into_inner();
+    assert!(s.messages_refused.starts_with("node n3: new messages refused"), "{:?}", s.messages_refused);
+    assert!(s.store_writable);
+    let n3 = s.nodes.iter().find(|n| n.node_id == "n3").unwrap();
+    assert!(n3.messages_refused.contains("--min-free-disk-bytes") && n3.disk_free_bytes > 0, "{n3:?}");
+
+    // Message groups: those whose queue node 3 owns get its refusal, the others are taken.
+    create_topic(&nodes[0].addr, "ledger", pb::TopicType::Fifo, 6).await;
+    let p = producer(&nodes[0].addr, &["ledger"]).await;
+    let (mut taken, mut refused) = (0, 0);
+    for g in 0..12 {
+        let m = MessageBuilder::fifo_message_builder("ledger", b"e".to_vec(), format!("account-{g}")).build().unwrap();
+        match p.send(m).await {
+            Ok(_) => taken += 1,
+            Err(e) => {
+                assert!(format!("{e:?}").contains("new messages refused"), "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("ledger: {taken} message groups taken, {refused} refused");
+    let ledger = stored_per_owner(&nodes[1].addr, "ledger").await;
+    assert_eq!(ledger.values().sum::<u64>(), taken, "{ledger:?}");
+    assert!(taken > 0 && refused > 0, "12 groups over 3 owners: {taken} taken, {refused} refused");
+
+    let c = consumer(&nodes[2].addr, "billing", &["orders"]).await;
+    let got = drain(&c, "orders", 60, Duration::from_secs(30)).await;
+    let ids: HashSet<String> = got.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!((got.len(), ids), (60, sent), "each message received once, through node 3 too");
     drop(etcd);
 }

@@ -777,6 +777,13 @@ impl MessagingService for Messaging {
 /// service over the network — counting a forward; evaluates to the answer. `$make` builds the
 /// request (a closure: a call that failed because the owner restarted at another address is
 /// made once more there, see [`Forwarder::call_at`]).
+/// Whether an owner refused a send because its disk is nearly full (`disk`).
+fn disk_refusal(r: &v2::SendMessageResponse) -> bool {
+    r.status
+        .as_ref()
+        .is_some_and(|s| s.code == Code::InternalServerError as i32 && s.message.starts_with(crate::disk::REFUSED))
+}
+
 macro_rules! at_owner {
     ($self:ident, $fw:ident, $owner:ident, $make:ident, $method:ident, $rpc:literal) => {{
         let started = std::time::Instant::now();
@@ -944,13 +951,20 @@ impl Messaging {
             let p = self.placement_of(fw, &topic).await?;
             let mut failed = None;
             let mut answered = None;
+            let mut refused_for_disk = None;
             // An owner that cannot be reached (down, its lease not expired yet) passes the send
-            // to the next; one that answers, answers for good.
+            // to the next, and so does one whose disk is nearly full, unless the send belongs
+            // to a message group (its queue has one owner); one that answers otherwise,
+            // answers for good.
             for owner in fw.owners_for_send(&p, group.as_deref())? {
                 let body = v2::SendMessageRequest { messages: req.get_ref().messages.clone() };
                 let fwd = || forward::with_shard(forward::forwarded(&req, &fw.membership, body.clone()), &p, &owner);
                 let r = at_owner!(self, fw, owner, fwd, send_message, "SendMessage");
                 match r {
+                    Ok(r) if group.is_none() && disk_refusal(r.get_ref()) => {
+                        tracing::debug!(node = owner, "send refused for disk space; trying the next owner");
+                        refused_for_disk = Some(r.into_inner());
+                    }
                     Ok(r) => {
                         answered = Some((owner, r.into_inner()));
                         break;
@@ -961,10 +975,12 @@ impl Messaging {
                     }
                 }
             }
-            let (owner, mut r) = match (answered, failed) {
-                (Some(a), _) => a,
-                (None, Some(e)) => return Err(e),
-                (None, None) => return Err(BrokerError::Internal("cluster: no owner to send to".into())),
+            let (owner, mut r) = match (answered, refused_for_disk, failed) {
+                (Some(a), _, _) => a,
+                // Every owner that answered refused for disk space: that is the answer.
+                (None, Some(r), _) => return Ok(r),
+                (None, None, Some(e)) => return Err(e),
+                (None, None, None) => return Err(BrokerError::Internal("cluster: no owner to send to".into())),
             };
             for e in &mut r.entries {
                 if !e.transaction_id.is_empty() {
