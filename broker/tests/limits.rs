@@ -125,6 +125,20 @@ async fn a_connection_that_sends_no_preface_in_time_gives_its_place_back() {
     broker.stop().await.unwrap();
 }
 
+/// hyper's graceful shutdown waits for a connection's handshake to end: a connection that had
+/// sent nothing held a shutdown up until its deadline (10 s; before the deadline, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sent_nothing_does_not_hold_up_a_shutdown() {
+    let (broker, _dir) = spawn(|_| {}).await;
+    let _silent = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let url = format!("http://{}", broker.addr);
+    heartbeat(&url).await.expect("the broker serves");
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), broker.stop()).await.expect("the broker stops within 5 s").unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "the silent connection held the shutdown up for {took:?}");
+}
+
 /// The same deadline covers a TLS handshake and the preface sent over TLS after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_connection_that_sends_no_preface_in_time_is_closed() {

@@ -88,7 +88,8 @@ impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Local {
 }
 
 /// One connection: hyper's HTTP/2 and every call on it, in this one task.
-async fn connection(conn: Conn, routes: Routes, settings: Settings, stop: CancellationToken) {
+async fn connection(mut conn: Conn, routes: Routes, settings: Settings, stop: CancellationToken) {
+    conn.close_before_preface_on(&stop);
     let info = conn.connect_info();
     let (tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
     let mut builder = hyper::server::conn::http2::Builder::new(Local(tx));

@@ -330,6 +330,10 @@ struct Conn {
     preface_left: usize,
     /// When a connection whose preface is not all read yet is closed; `None` once read.
     preface_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The server's shutdown, which also closes a connection whose preface is not all read:
+    /// hyper's graceful shutdown waits for a connection's handshake to end, so a connection
+    /// that says nothing would hold the shutdown up until its deadline.
+    preface_stop: Option<std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -350,7 +354,15 @@ impl Conn {
             client_cn,
             preface_left: HTTP2_PREFACE_LEN,
             preface_deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            preface_stop: None,
             _permit: permit,
+        }
+    }
+
+    /// Closes the connection when `stop` is cancelled if its preface is not all read by then.
+    fn close_before_preface_on(&mut self, stop: &CancellationToken) {
+        if self.preface_deadline.is_some() {
+            self.preface_stop = Some(Box::pin(stop.clone().cancelled_owned()));
         }
     }
 
@@ -395,21 +407,23 @@ impl tokio::io::AsyncRead for Conn {
         if this.preface_deadline.is_none() {
             return read;
         }
-        // Until the preface is read, a read waits for data or the deadline, whichever first.
+        // Until the preface is read, a read waits for data, the deadline or the shutdown,
+        // whichever comes first.
         if read.is_ready() {
             this.preface_left = this.preface_left.saturating_sub(buf.filled().len() - before);
             if this.preface_left == 0 {
                 this.preface_deadline = None;
+                this.preface_stop = None;
             }
             return read;
         }
-        match this.preface_deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
-            Some(std::task::Poll::Ready(())) => {
-                tracing::debug!(remote = ?this.connect_info().remote, "connection closed: no HTTP/2 preface in time");
-                std::task::Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
-            }
-            _ => std::task::Poll::Pending,
+        let late = this.preface_deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+        let stopping = this.preface_stop.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready());
+        if late || stopping {
+            tracing::debug!(remote = ?this.connect_info().remote, late, "connection closed before its HTTP/2 preface");
+            return std::task::Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
         }
+        std::task::Poll::Pending
     }
 }
 
