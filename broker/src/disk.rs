@@ -89,7 +89,14 @@ fn mib(bytes: u64) -> String {
 /// Samples `space` every [`SAMPLE_EVERY`] until `shutdown`, and logs when new messages start
 /// and stop being refused.
 pub async fn watch(space: std::sync::Arc<DiskSpace>, shutdown: CancellationToken) {
-    let mut refused = space.refusal().is_some();
+    // A broker started on a nearly full disk says so at once.
+    let mut refused = match space.refusal() {
+        Some(why) => {
+            tracing::warn!("{why}");
+            true
+        }
+        None => false,
+    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
