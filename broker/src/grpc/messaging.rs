@@ -773,10 +773,6 @@ impl MessagingService for Messaging {
     }
 }
 
-/// Serves a unary RPC `$method` at `$owner` — this node's standalone path, or the owner's
-/// service over the network — counting a forward; evaluates to the answer. `$make` builds the
-/// request (a closure: a call that failed because the owner restarted at another address is
-/// made once more there, see [`Forwarder::call_at`]).
 /// Whether an owner refused a send because its disk is nearly full (`disk`).
 fn disk_refusal(r: &v2::SendMessageResponse) -> bool {
     r.status
@@ -784,6 +780,10 @@ fn disk_refusal(r: &v2::SendMessageResponse) -> bool {
         .is_some_and(|s| s.code == Code::InternalServerError as i32 && s.message.starts_with(crate::disk::REFUSED))
 }
 
+/// Serves a unary RPC `$method` at `$owner` — this node's standalone path, or the owner's
+/// service over the network — counting a forward; evaluates to the answer. `$make` builds the
+/// request (a closure: a call that failed because the owner restarted at another address is
+/// made once more there, see [`Forwarder::call_at`]).
 macro_rules! at_owner {
     ($self:ident, $fw:ident, $owner:ident, $make:ident, $method:ident, $rpc:literal) => {{
         let started = std::time::Instant::now();
