@@ -42,8 +42,8 @@ impl DiskSpace {
         space
     }
 
-    /// Reads the free space again (bytes available to the broker's user); returns it.
-    pub fn sample(&self) -> Option<u64> {
+    /// Reads the free space again (bytes available to the broker's user).
+    pub fn sample(&self) {
         let free = match rustix::fs::statvfs(&self.dir) {
             Ok(s) => Some(s.f_bavail.saturating_mul(s.f_frsize)),
             Err(e) => {
@@ -52,7 +52,6 @@ impl DiskSpace {
             }
         };
         self.free.store(free.unwrap_or(UNKNOWN), Ordering::Relaxed);
-        free
     }
 
     /// Free bytes at the last sample (`None`: not known).
@@ -107,14 +106,15 @@ pub async fn watch(space: std::sync::Arc<DiskSpace>, shutdown: CancellationToken
         if tokio::task::spawn_blocking(move || s.sample()).await.is_err() {
             return;
         }
-        match (refused, space.refusal()) {
+        let now = space.refusal();
+        match (refused, &now) {
             (false, Some(why)) => tracing::warn!("{why}"),
             (true, None) => {
                 tracing::info!(free = space.free().unwrap_or(0), "disk space is back; new messages are taken again")
             }
             _ => {}
         }
-        refused = space.refusal().is_some();
+        refused = now.is_some();
     }
 }
 

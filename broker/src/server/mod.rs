@@ -326,15 +326,21 @@ struct Conn {
     io: Io,
     /// The common name of the client's certificate (mutual TLS).
     client_cn: Option<String>,
-    /// Bytes of the HTTP/2 preface not read yet.
-    preface_left: usize,
-    /// When a connection whose preface is not all read yet is closed; `None` once read.
-    preface_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    /// The server's shutdown, which also closes a connection whose preface is not all read:
-    /// hyper's graceful shutdown waits for a connection's handshake to end, so a connection
-    /// that says nothing would hold the shutdown up until its deadline.
-    preface_stop: Option<std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+    /// Until the HTTP/2 preface is all read: what closes the connection first; `None` after.
+    preface: Option<Preface>,
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A connection's wait for its HTTP/2 preface.
+struct Preface {
+    /// Bytes not read yet.
+    left: usize,
+    /// When the connection is closed if they have not come.
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The server's shutdown, which closes the connection too: hyper's graceful shutdown waits
+    /// for a connection's handshake to end, so a connection that says nothing would hold the
+    /// shutdown up until its deadline.
+    stop: Option<std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
 }
 
 enum Io {
@@ -352,17 +358,19 @@ impl Conn {
         Conn {
             io,
             client_cn,
-            preface_left: HTTP2_PREFACE_LEN,
-            preface_deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
-            preface_stop: None,
+            preface: Some(Preface {
+                left: HTTP2_PREFACE_LEN,
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                stop: None,
+            }),
             _permit: permit,
         }
     }
 
     /// Closes the connection when `stop` is cancelled if its preface is not all read by then.
     fn close_before_preface_on(&mut self, stop: &CancellationToken) {
-        if self.preface_deadline.is_some() {
-            self.preface_stop = Some(Box::pin(stop.clone().cancelled_owned()));
+        if let Some(p) = self.preface.as_mut() {
+            p.stop = Some(Box::pin(stop.clone().cancelled_owned()));
         }
     }
 
@@ -404,21 +412,18 @@ impl tokio::io::AsyncRead for Conn {
             Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
         };
-        if this.preface_deadline.is_none() {
-            return read;
-        }
+        let Some(p) = this.preface.as_mut() else { return read };
         // Until the preface is read, a read waits for data, the deadline or the shutdown,
         // whichever comes first.
         if read.is_ready() {
-            this.preface_left = this.preface_left.saturating_sub(buf.filled().len() - before);
-            if this.preface_left == 0 {
-                this.preface_deadline = None;
-                this.preface_stop = None;
+            p.left = p.left.saturating_sub(buf.filled().len() - before);
+            if p.left == 0 {
+                this.preface = None;
             }
             return read;
         }
-        let late = this.preface_deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
-        let stopping = this.preface_stop.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready());
+        let late = p.deadline.as_mut().poll(cx).is_ready();
+        let stopping = p.stop.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready());
         if late || stopping {
             tracing::debug!(remote = ?this.connect_info().remote, late, "connection closed before its HTTP/2 preface");
             return std::task::Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
