@@ -364,6 +364,8 @@ struct ReplicaView {
     in_sync: bool,
     connected: bool,
     snapshots: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    error: String,
 }
 
 #[derive(Serialize)]
@@ -425,6 +427,7 @@ pub async fn cluster(broker: &str, cmd: ClusterCommand, out: Output) -> anyhow::
                                 in_sync: r.in_sync,
                                 connected: r.connected,
                                 snapshots: r.snapshots,
+                                error: r.error,
                             })
                             .collect(),
                         error: s.error,
@@ -465,7 +468,11 @@ pub async fn cluster(broker: &str, cmd: ClusterCommand, out: Output) -> anyhow::
                                 .iter()
                                 .map(|r| {
                                     let state = if r.in_sync { "in sync" } else { "OUT OF SYNC" };
-                                    format!("{} ({state}, lag {})", r.node, r.lag)
+                                    if r.error.is_empty() {
+                                        format!("{} ({state}, lag {})", r.node, r.lag)
+                                    } else {
+                                        format!("{} ({state}, lag {}: {})", r.node, r.lag, r.error)
+                                    }
                                 })
                                 .collect();
                             vec![

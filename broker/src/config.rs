@@ -312,7 +312,7 @@ options! {
     max_inflight_per_client: usize = 1024, "max-inflight-per-client", "TXMQ_MAX_INFLIGHT_PER_CLIENT";
     /// Message bytes being stored at once, all senders together; sends beyond it get TOO_MANY_REQUESTS.
     max_inflight_bytes: usize = 256 * 1024 * 1024, "max-inflight-bytes", "TXMQ_MAX_INFLIGHT_BYTES";
-    /// New messages (sends, half messages, dead letters resent) are refused while the data directory's disk has less free than this; acks, transaction decisions and deletes go on (0: no check).
+    /// New messages (sends, half messages, dead letters resent) and copies of other nodes' shards (--replicas) are refused while the data directory's disk has less free than this; acks, transaction decisions and deletes go on (0: no check).
     min_free_disk_bytes: u64 = 1024 * 1024 * 1024, "min-free-disk-bytes", "TXMQ_MIN_FREE_DISK_BYTES";
     /// Topics at most, dead-letter topics included; more are refused (FORBIDDEN).
     max_topics: usize = 10_000, "max-topics", "TXMQ_MAX_TOPICS";

@@ -8,6 +8,10 @@
 //! retention deletes, and sends are taken again as soon as space is back, without a restart.
 //! The space is sampled by [`watch`] every [`SAMPLE_EVERY`]; the margin must cover what is
 //! written between two samples.
+//!
+//! A node of a cluster with replicas also stops writing copies of other nodes' shards under the
+//! floor (`replication::follower`): their writes come from their leaders, and would otherwise
+//! take the margin this node keeps for its own store.
 
 use crate::error::{BrokerError, Result};
 use std::path::{Path, PathBuf};
@@ -21,6 +25,9 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// How every refusal's message begins; a cluster node that passed a send on tells a refusal for
 /// disk space by it, and tries another owner.
 pub const REFUSED: &str = "new messages refused";
+
+/// How a replica's refusal to write copies begins.
+pub const COPIES_REFUSED: &str = "copies refused";
 
 /// No sample yet, or the last one failed: nothing is refused on a guess.
 const UNKNOWN: u64 = u64::MAX;
@@ -61,11 +68,21 @@ impl DiskSpace {
 
     /// Why new messages are refused now, if they are.
     pub fn refusal(&self) -> Option<String> {
+        self.under_floor(REFUSED, "acks and transaction decisions are still taken")
+    }
+
+    /// Why this node refuses to write copies of other nodes' shards now, if it does: a copy's
+    /// writes come from its leader, and would otherwise fill the disk past the floor until this
+    /// node's own store fails its flush and refuses every write.
+    pub fn copy_refusal(&self) -> Option<String> {
+        self.under_floor(COPIES_REFUSED, "the copy goes on from where it stopped once space is back")
+    }
+
+    fn under_floor(&self, what: &str, then: &str) -> Option<String> {
         let free = self.free()?;
         (free < self.min_free).then(|| {
             format!(
-                "{REFUSED}: {} free on the data directory's disk, under --min-free-disk-bytes ({}); \
-                 acks and transaction decisions are still taken",
+                "{what}: {} free on the data directory's disk, under --min-free-disk-bytes ({}); {then}",
                 mib(free),
                 mib(self.min_free)
             )
@@ -132,6 +149,9 @@ mod tests {
         let why = over.refusal().expect("a floor above the free space refuses");
         assert!(why.starts_with(REFUSED) && why.contains("--min-free-disk-bytes"), "{why}");
         assert!(matches!(over.check(), Err(BrokerError::DiskLow(_))));
+        let copies = over.copy_refusal().expect("copies are refused under the floor too");
+        assert!(copies.starts_with(COPIES_REFUSED) && copies.contains("--min-free-disk-bytes"), "{copies}");
+        assert_eq!(DiskSpace::new(dir.path(), 1).copy_refusal(), None);
         let gone = DiskSpace::new(&dir.path().join("missing"), u64::MAX);
         assert_eq!(gone.free(), None);
         assert!(gone.check().is_ok(), "an unreadable disk is not taken for a full one");

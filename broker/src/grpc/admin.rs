@@ -539,6 +539,7 @@ impl Admin for AdminService {
                         in_sync: f.in_sync,
                         connected: f.stream == crate::replication::leader::Stream::Open,
                         snapshots: f.snapshots,
+                        error: f.error,
                     })
                     .collect(),
                 error: String::new(),

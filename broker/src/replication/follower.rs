@@ -2,8 +2,14 @@
 //! fed by one leader stream at a time. A batch is applied and fsynced before it is
 //! acknowledged; a stream from a leader of an older epoch than the copy has seen is refused
 //! (fencing); a snapshot's first chunk clears the copy.
+//!
+//! While the node's disk is under `--min-free-disk-bytes`, copies are not written: leader
+//! streams are refused, and the copy goes on from where it stopped once space is back. A copy
+//! whose write failed anyway (its disk full, an I/O error) is closed, as a restart would close
+//! it, and the next leader stream opens it again from what is on disk.
 
 use super::{clear, snapshot_page, Position};
+use crate::disk::DiskSpace;
 use crate::store::{Batch, SledStore, Store, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,6 +38,8 @@ pub struct Replicas {
     acting: Mutex<std::collections::HashSet<String>>,
     /// Fired when the node shuts down: every leader stream ends.
     shutdown: tokio_util::sync::CancellationToken,
+    /// The free space of the node's data directory: copies are not written under its floor.
+    disk: Arc<DiskSpace>,
 }
 
 fn store_error(e: StoreError) -> Status {
@@ -39,14 +47,48 @@ fn store_error(e: StoreError) -> Status {
 }
 
 impl Replicas {
-    /// Copies kept under `data_dir/replicas`; leader streams end when `shutdown` fires.
-    pub fn new(data_dir: &std::path::Path, shutdown: tokio_util::sync::CancellationToken) -> Self {
+    /// Copies kept under `data_dir/replicas`, written while `disk` is over its floor; leader
+    /// streams end when `shutdown` fires.
+    pub fn new(
+        data_dir: &std::path::Path,
+        disk: Arc<DiskSpace>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
         Replicas {
             dir: data_dir.join("replicas"),
             open: Mutex::new(HashMap::new()),
             acting: Mutex::new(std::collections::HashSet::new()),
             shutdown,
+            disk,
         }
+    }
+
+    /// `Err` while copies are not written for want of disk space.
+    fn room(&self) -> Result<(), Status> {
+        match self.disk.copy_refusal() {
+            Some(why) => Err(Status::resource_exhausted(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the write `f` on the copy of `shard`. A copy whose write failed is closed: sled
+    /// refuses every write after a failed one until it is opened again, and an open in this
+    /// process, once every stream using it has ended, reads what is on disk, as a restart would.
+    async fn write(
+        &self,
+        shard: &str,
+        copy: &Arc<Copy>,
+        f: impl FnOnce() -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), Status> {
+        let result = tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?;
+        result.map_err(|e| {
+            let mut open = crate::sync::lock(&self.open);
+            if open.get(shard).is_some_and(|c| Arc::ptr_eq(c, copy)) {
+                open.remove(shard);
+                tracing::warn!(shard, error = %e, "a write to this node's copy failed; the copy is closed and opened again by the next leader stream");
+            }
+            store_error(e)
+        })
     }
 
     /// Where the copy of `shard` lives.
@@ -154,6 +196,7 @@ impl Replicas {
         stream: &mut tonic::Streaming<ReplicateRequest>,
         out: &mpsc::Sender<Result<ReplicateResponse, Status>>,
     ) -> Result<(), Status> {
+        self.room()?;
         let shard = first.shard.clone();
         let copy = self.copy(&shard).await?;
         // A leader reconnecting may find its previous stream still open for a moment.
@@ -182,7 +225,7 @@ impl Replicas {
         if first.epoch > copy.fence.load(Ordering::SeqCst) {
             let store = copy.store.clone();
             let epoch = first.epoch;
-            blocking(move || {
+            self.write(&shard, &copy, move || {
                 let mut b = Batch::new();
                 b.put_raw(fence_key(), epoch.to_be_bytes().to_vec());
                 store.apply(&b).and_then(|()| store.flush())
@@ -199,6 +242,9 @@ impl Replicas {
             };
             let Some(req) = next else { break };
             fence(req.epoch)?;
+            if matches!(req.item, Some(Item::Append(_) | Item::Snapshot(_))) {
+                self.room()?;
+            }
             match req.item {
                 Some(Item::Append(a)) => {
                     if a.seq <= at.seq {
@@ -208,7 +254,7 @@ impl Replicas {
                     } else {
                         let batch = Batch::decode(&a.batch).map_err(|e| Status::invalid_argument(e.to_string()))?;
                         let store = copy.store.clone();
-                        blocking(move || store.apply(&batch).and_then(|()| store.flush())).await?;
+                        self.write(&shard, &copy, move || store.apply(&batch).and_then(|()| store.flush())).await?;
                         at = Position { epoch: req.epoch, seq: a.seq };
                     }
                 }
@@ -216,7 +262,7 @@ impl Replicas {
                     let entries = Batch::decode(&c.entries).map_err(|e| Status::invalid_argument(e.to_string()))?;
                     let store = copy.store.clone();
                     let (first, last, epoch, seq) = (c.first, c.last, req.epoch, c.done_at_seq);
-                    blocking(move || {
+                    self.write(&shard, &copy, move || {
                         if first {
                             clear(store.as_ref())?;
                         }
@@ -243,8 +289,4 @@ impl Replicas {
         }
         Ok(())
     }
-}
-
-async fn blocking(f: impl FnOnce() -> Result<(), StoreError> + Send + 'static) -> Result<(), Status> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?.map_err(store_error)
 }

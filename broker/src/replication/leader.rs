@@ -38,6 +38,8 @@ pub struct FollowerState {
     pub stream: Stream,
     /// Snapshots sent to it since this leader started.
     pub snapshots: u64,
+    /// Why its stream last broke (empty once one is open again).
+    pub error: String,
 }
 
 /// The leader's stream to one follower.
@@ -538,7 +540,7 @@ impl Leader {
                 r = self.stream_to(&node, &shutdown) => r,
                 _ = shutdown.cancelled() => return,
             };
-            if let Err(e) = streamed {
+            if let Err(e) = &streamed {
                 if !logged {
                     tracing::warn!(shard = self.shard, follower = node, error = %e, "replication stream broken; reconnecting");
                     logged = true;
@@ -548,6 +550,9 @@ impl Leader {
             }
             if let Some(f) = crate::sync::lock(&self.state).followers.get_mut(&node) {
                 f.stream = Stream::Broken;
+                if let Err(e) = &streamed {
+                    f.error.clone_from(e);
+                }
             }
             // A write waiting for it stops waiting (see `replicate`).
             self.acked.notify_all();
@@ -581,6 +586,7 @@ impl Leader {
             let (last, oldest) = (st.seq, st.log.front().map(|(s, _)| *s));
             let f = st.followers.entry(node.to_string()).or_default();
             f.stream = Stream::Open;
+            f.error.clear();
             f.acked = if diverged || hello.acked_seq > last { 0 } else { hello.acked_seq };
             (last, oldest, diverged)
         };

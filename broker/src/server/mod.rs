@@ -118,7 +118,11 @@ pub async fn run_with_metrics(
     }
     tracker.spawn(crate::tasks::sweep::run(clients.clone(), token.clone()));
     tracker.spawn(crate::disk::watch(broker.disk().clone(), token.clone()));
-    let replicas = Arc::new(crate::replication::follower::Replicas::new(&broker.config().data_dir, token.clone()));
+    let replicas = Arc::new(crate::replication::follower::Replicas::new(
+        &broker.config().data_dir,
+        broker.disk().clone(),
+        token.clone(),
+    ));
     let peers = forwarder.as_ref().map(|_| crate::grpc::forward::ClusterService {
         clients: clients.clone(),
         replicas: broker.acting_on().is_none().then(|| replicas.clone()),
