@@ -22,8 +22,7 @@ use tokio_util::sync::CancellationToken;
 /// How often [`watch`] samples the free space.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 
-/// How every refusal's message begins; a cluster node that passed a send on tells a refusal for
-/// disk space by it, and tries another owner.
+/// How every refusal's message begins.
 pub const REFUSED: &str = "new messages refused";
 
 /// How a replica's refusal to write copies begins.

@@ -773,11 +773,12 @@ impl MessagingService for Messaging {
     }
 }
 
-/// Whether an owner refused a send because its disk is nearly full (`disk`).
-fn disk_refusal(r: &v2::SendMessageResponse) -> bool {
-    r.status
-        .as_ref()
-        .is_some_and(|s| s.code == Code::InternalServerError as i32 && s.message.starts_with(crate::disk::REFUSED))
+/// Whether an owner answered that it could not store a send: its disk nearly full (`disk`),
+/// its store read-only after a failed flush or failing, its shard short of in-sync copies, or
+/// the node shutting down. That is what `INTERNAL_SERVER_ERROR` means from an owner
+/// (`status::code`); another owner may store the send.
+fn not_stored(r: &v2::SendMessageResponse) -> bool {
+    r.status.as_ref().is_some_and(|s| s.code == Code::InternalServerError as i32)
 }
 
 /// Serves a unary RPC `$method` at `$owner` — this node's standalone path, or the owner's
@@ -951,19 +952,21 @@ impl Messaging {
             let p = self.placement_of(fw, &topic).await?;
             let mut failed = None;
             let mut answered = None;
-            let mut refused_for_disk = None;
+            let mut not_taken = None;
             // An owner that cannot be reached (down, its lease not expired yet) passes the send
-            // to the next, and so does one whose disk is nearly full, unless the send belongs
-            // to a message group (its queue has one owner); one that answers otherwise,
-            // answers for good.
+            // to the next, and so does one that answers it cannot store it now (see
+            // `not_stored`), unless the send belongs to a message group (its queue has one
+            // owner); one that answers otherwise, answers for good. A send an owner failed to
+            // store may be stored by it all the same (a failed flush), and then by the next
+            // one too: at least once, as a send the client retried.
             for owner in fw.owners_for_send(&p, group.as_deref())? {
                 let body = v2::SendMessageRequest { messages: req.get_ref().messages.clone() };
                 let fwd = || forward::with_shard(forward::forwarded(&req, &fw.membership, body.clone()), &p, &owner);
                 let r = at_owner!(self, fw, owner, fwd, send_message, "SendMessage");
                 match r {
-                    Ok(r) if group.is_none() && disk_refusal(r.get_ref()) => {
-                        tracing::debug!(node = owner, "send refused for disk space; trying the next owner");
-                        refused_for_disk = Some(r.into_inner());
+                    Ok(r) if group.is_none() && not_stored(r.get_ref()) => {
+                        tracing::debug!(node = owner, "send not stored; trying the next owner");
+                        not_taken = Some(r.into_inner());
                     }
                     Ok(r) => {
                         answered = Some((owner, r.into_inner()));
@@ -975,9 +978,9 @@ impl Messaging {
                     }
                 }
             }
-            let (owner, mut r) = match (answered, refused_for_disk, failed) {
+            let (owner, mut r) = match (answered, not_taken, failed) {
                 (Some(a), _, _) => a,
-                // Every owner that answered refused for disk space: that is the answer.
+                // Every owner that answered could not store it: the last one's is the answer.
                 (None, Some(r), _) => return Ok(r),
                 (None, None, Some(e)) => return Err(e),
                 (None, None, None) => return Err(BrokerError::Internal("cluster: no owner to send to".into())),
@@ -1013,7 +1016,9 @@ impl Messaging {
         // owner (a client that does not read routes), the live owners in turn, so that
         // successive receives reach every shard. An owner that cannot be reached (dead, its
         // lease not expired yet) passes the receive to the next live owner, as a send does:
-        // the client sees messages of another shard, not an error. A receive takes one turn
+        // the client sees messages of another shard, not an error. So does one that answers at
+        // once that it cannot serve it now (its shard short of in-sync copies, its store
+        // read-only: `not_stored`'s code), since a receive writes. A receive takes one turn
         // only: with two turns each, and an even number of live owners, every receive would
         // start at the same owner.
         let in_turn = fw.owners_for_receive(&p).unwrap_or_default();
@@ -1033,39 +1038,61 @@ impl Messaging {
         };
         let mut failed = None;
         let mut answered = None;
+        let mut not_served = None;
         for owner in owners {
             let started = std::time::Instant::now();
-            if owner == fw.node_id() {
-                let local = <Self as MessagingService>::receive_message(self, make(&owner)).await?.into_inner();
-                answered = Some((owner, local));
-                break;
-            }
-            let r = fw
-                .call_at(&owner, |mut c| {
-                    let request = make(&owner);
-                    async move { c.receive_message(request).await }
-                })
-                .await;
-            match r {
-                Ok(r) => {
-                    self.note_forward("ReceiveMessage", &owner, started);
-                    let remote: BoxStream<v2::ReceiveMessageResponse> = Box::pin(r.into_inner());
-                    answered = Some((owner, remote));
+            let stream: BoxStream<v2::ReceiveMessageResponse> = if owner == fw.node_id() {
+                <Self as MessagingService>::receive_message(self, make(&owner)).await?.into_inner()
+            } else {
+                let r = fw
+                    .call_at(&owner, |mut c| {
+                        let request = make(&owner);
+                        async move { c.receive_message(request).await }
+                    })
+                    .await;
+                match r {
+                    Ok(r) => {
+                        self.note_forward("ReceiveMessage", &owner, started);
+                        Box::pin(r.into_inner())
+                    }
+                    Err(s) if s.code() == tonic::Code::Unavailable || forward::unreached(&s) => {
+                        tracing::debug!(node = owner, error = %s.message(), "receive not forwarded; trying the next owner");
+                        failed = Some(BrokerError::Internal(format!("node {owner}: {}", s.message())));
+                        continue;
+                    }
+                    Err(s) => {
+                        failed = Some(BrokerError::Internal(format!("node {owner}: {}", s.message())));
+                        break;
+                    }
+                }
+            };
+            // The first item is the answer's status (a long poll's comes when it ends).
+            let mut rest = stream;
+            let first = tokio_stream::StreamExt::next(&mut rest).await;
+            match first {
+                Some(Ok(v2::ReceiveMessageResponse {
+                    content: Some(receive_message_response::Content::Status(st)),
+                })) if st.code == Code::InternalServerError as i32 => {
+                    tracing::debug!(node = owner, error = %st.message, "receive not served; trying the next owner");
+                    not_served = Some(st);
+                }
+                Some(item) => {
+                    let whole: BoxStream<v2::ReceiveMessageResponse> =
+                        Box::pin(tokio_stream::StreamExt::chain(tokio_stream::once(item), rest));
+                    answered = Some((owner, whole));
                     break;
                 }
-                Err(s) if s.code() == tonic::Code::Unavailable || forward::unreached(&s) => {
-                    tracing::debug!(node = owner, error = %s.message(), "receive not forwarded; trying the next owner");
-                    failed = Some(BrokerError::Internal(format!("node {owner}: {}", s.message())));
-                }
-                Err(s) => {
-                    failed = Some(BrokerError::Internal(format!("node {owner}: {}", s.message())));
+                None => {
+                    answered = Some((owner, Box::pin(tokio_stream::empty())));
                     break;
                 }
             }
         }
-        let (owner, stream) = match (answered, failed) {
-            (Some(a), _) => a,
-            (None, e) => {
+        let (owner, stream) = match (answered, not_served, failed) {
+            (Some(a), _, _) => a,
+            // Every owner that answered could not serve it: the last one's is the answer.
+            (None, Some(st), _) => return Ok(Response::new(single_status_stream(receive_status(st)))),
+            (None, None, e) => {
                 let e = e.unwrap_or_else(|| BrokerError::Internal("cluster: no owner to receive from".into()));
                 return Ok(Response::new(single_status_stream(receive_status(status::status(&e)))));
             }

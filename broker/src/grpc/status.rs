@@ -60,7 +60,9 @@ pub fn code(err: &BrokerError) -> Code {
         BrokerError::Forbidden(_) => Code::Forbidden,
         BrokerError::NotFound(_) => Code::NotFound,
         BrokerError::Config(_) => Code::InternalError,
-        // As the RocketMQ proxy answers its broker's "disk full".
+        // The broker could not store what it was asked to now, and another might: a cluster
+        // node passes a send answered so on to the next owner (`grpc::messaging`). Nothing
+        // else is answered this code. Its first use is the RocketMQ proxy's for "disk full".
         BrokerError::DiskLow(_) => Code::InternalServerError,
         BrokerError::Store(StoreError::Closed) => Code::InternalServerError,
         BrokerError::Store(_) => Code::InternalServerError,
