@@ -8,16 +8,15 @@
 
 mod common;
 
-use common::{send_request, start_broker, Etcd};
-use std::ops::Bound;
+use common::replicated::{admin, contents, create_orders, shards, wait_in_sync, Node};
+use common::{send_request, Etcd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use txmq_broker::store::{SledStore, Store};
+use txmq_broker::store::SledStore;
 use txmq_proto::admin as pb;
 use txmq_proto::v2;
 
-type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
 type Messaging = v2::messaging_service_client::MessagingServiceClient<tonic::transport::Channel>;
 
 const GIB: u64 = 1 << 30;
@@ -26,74 +25,13 @@ const IDS: [&str; 3] = ["n1", "n2", "n3"];
 /// Both tests start three brokers and an etcd on two cores: one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct Node {
-    child: Child,
-    addr: String,
-    _log: std::thread::JoinHandle<Vec<String>>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(etcd: &str, dir: &Path, id: &str, min_free: u64) -> Node {
-    let min_free = min_free.to_string();
-    let args = [
-        "--etcd",
-        etcd,
-        "--node-id",
-        id,
-        "--etcd-lease-ttl",
-        "2s",
-        "--metrics-listen",
-        "off",
-        "--replicas",
-        "3",
-        "--min-insync-replicas",
-        "2",
-        "--replica-ack-timeout",
-        "1s",
-        "--min-free-disk-bytes",
-        &min_free,
-    ];
-    let (child, addr, log) = start_broker(dir, &args);
-    Node { child, addr, _log: log }
-}
-
-async fn admin(addr: &str) -> Admin {
-    Admin::connect(format!("http://{addr}")).await.unwrap()
-}
-
-async fn shards(addr: &str) -> Vec<pb::ShardStatus> {
-    let r = admin(addr).await.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner();
-    assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
-    r.shards
+    common::replicated::start(etcd, dir, id, &["--min-free-disk-bytes", &min_free.to_string()])
 }
 
 /// Node 2 as a follower of node `shard`'s shard.
 fn n2_of(shards: &[pb::ShardStatus], shard: &str) -> Option<pb::ReplicaStatus> {
     shards.iter().find(|s| s.shard == shard)?.replicas.iter().find(|r| r.node == "n2").cloned()
-}
-
-/// Waits until every shard has both followers in sync with lag 0.
-async fn wait_in_sync(addr: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = shards(addr).await;
-        let ok = IDS.iter().all(|n| {
-            s.iter().any(|sh| {
-                sh.shard == *n && sh.replicas.len() == 2 && sh.replicas.iter().all(|r| r.in_sync && r.lag == 0)
-            })
-        });
-        if ok {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not every shard in sync within {within:?}: {s:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Waits until node 2 is out of the in-sync set of nodes 1 and 3's shards, its stream broken
@@ -120,20 +58,6 @@ async fn wait_n2_out(addr: &str, client: &mut Messaging, sent: &mut Vec<String>,
     }
 }
 
-async fn create_orders(addr: &str) {
-    let r = admin(addr)
-        .await
-        .create_topic(pb::CreateTopicRequest {
-            name: "orders".into(),
-            r#type: pb::TopicType::Normal as i32,
-            queue_count: 6,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
-}
-
 async fn send_all(client: &mut Messaging, sent: &mut Vec<String>, n: usize) {
     for _ in 0..n {
         let id = format!("m{}", sent.len());
@@ -143,20 +67,34 @@ async fn send_all(client: &mut Messaging, sent: &mut Vec<String>, n: usize) {
     }
 }
 
-/// Every key and value of a store, but the fence a copy keeps for itself.
-fn contents(store: &dyn Store) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let fence = txmq_broker::store::Key::Meta("repl-fence".into()).encode();
-    let mut out = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let page = store.scan(start, Bound::Unbounded, 1000, false).unwrap();
-        if page.is_empty() {
-            return out;
-        }
-        after = page.last().map(|(k, _)| k.clone());
-        out.extend(page.into_iter().filter(|(k, _)| *k != fence));
-    }
+/// Three nodes on `dirs` (node 2's floor `n2_min_free`, the others' none), every shard in sync,
+/// a 6-queue topic `orders`, and 30 sends through node 1 on every copy; node 1's address, a
+/// client of it, and the ids sent.
+async fn started(etcd: &Etcd, dirs: &[PathBuf], n2_min_free: u64) -> (Vec<Node>, String, Messaging, Vec<String>) {
+    let floor = |id: &str| if id == "n2" { n2_min_free } else { 0 };
+    let nodes: Vec<Node> = IDS.iter().zip(dirs).map(|(id, d)| start(&etcd.url, d, id, floor(id))).collect();
+    let n1 = nodes[0].addr.clone();
+    wait_in_sync(&n1, &IDS, Duration::from_secs(30)).await;
+    create_orders(&n1).await;
+    let mut client = Messaging::connect(format!("http://{n1}")).await.unwrap();
+    let mut sent = Vec::new();
+    send_all(&mut client, &mut sent, 30).await;
+    wait_in_sync(&n1, &IDS, Duration::from_secs(10)).await;
+    (nodes, n1, client, sent)
+}
+
+/// Space is back on node 2: every shard is in sync again within 30 s, without a restart, and
+/// stays so through 10 more sends; then, with every node stopped, node 2's copies equal the
+/// leaders' stores.
+async fn caught_up(nodes: Vec<Node>, client: &mut Messaging, sent: &mut Vec<String>, dirs: &[PathBuf]) {
+    let n1 = nodes[0].addr.clone();
+    wait_in_sync(&n1, &IDS, Duration::from_secs(30)).await;
+    let back = shards(&n1).await;
+    assert!(n2_of(&back, "n1").unwrap().error.is_empty(), "the error is gone once the stream is open: {back:#?}");
+    send_all(client, sent, 10).await;
+    wait_in_sync(&n1, &IDS, Duration::from_secs(10)).await;
+    drop(nodes);
+    assert_copies_equal(dirs);
 }
 
 /// With every node stopped: node 2's copies of nodes 1 and 3 are their stores, key for key.
@@ -178,18 +116,7 @@ async fn a_follower_under_its_disk_floor_writes_no_copies_and_catches_up_once_sp
     let free = txmq_broker::disk::DiskSpace::new(&dirs[1], 0).free().unwrap();
     assert!(free > 3 * GIB, "this test needs 3 GiB free on the temporary directory's disk; {free} bytes are");
     // Node 2's floor is 1 GiB under the free space; the other nodes check nothing.
-    let mut nodes: Vec<Node> = IDS
-        .iter()
-        .zip(&dirs)
-        .map(|(id, d)| start(&etcd.url, d, id, if *id == "n2" { free - GIB } else { 0 }))
-        .collect();
-    let n1 = nodes[0].addr.clone();
-    wait_in_sync(&n1, Duration::from_secs(30)).await;
-    create_orders(&n1).await;
-    let mut client = Messaging::connect(format!("http://{n1}")).await.unwrap();
-    let mut sent = Vec::new();
-    send_all(&mut client, &mut sent, 30).await;
-    wait_in_sync(&n1, Duration::from_secs(10)).await;
+    let (nodes, n1, mut client, mut sent) = started(&etcd, &dirs, free - GIB).await;
 
     // 2 GiB taken: node 2 is 1 GiB under its floor. It refuses the copies, leaves the in-sync
     // sets, and the status says why; every send is taken (node 2's queues by the next owner).
@@ -209,13 +136,7 @@ async fn a_follower_under_its_disk_floor_writes_no_copies_and_catches_up_once_sp
 
     // Space back: node 2 catches up and rejoins, without a restart.
     std::fs::remove_file(&junk).unwrap();
-    wait_in_sync(&n1, Duration::from_secs(30)).await;
-    let back = shards(&n1).await;
-    assert!(n2_of(&back, "n1").unwrap().error.is_empty(), "the error is gone once the stream is open: {back:#?}");
-    send_all(&mut client, &mut sent, 10).await;
-    wait_in_sync(&n1, Duration::from_secs(10)).await;
-    nodes.clear();
-    assert_copies_equal(&dirs);
+    caught_up(nodes, &mut client, &mut sent, &dirs).await;
     drop(etcd);
 }
 
@@ -251,14 +172,7 @@ async fn a_copy_whose_write_failed_is_opened_again_and_catches_up_once_space_is_
     // Node 2's copies, and only they, on a filesystem of their own: its own store stays on the
     // temporary directory's disk, and no floor is set.
     let mount = Mount::tmpfs(&dirs[1].join("replicas"), "64m");
-    let mut nodes: Vec<Node> = IDS.iter().zip(&dirs).map(|(id, d)| start(&etcd.url, d, id, 0)).collect();
-    let n1 = nodes[0].addr.clone();
-    wait_in_sync(&n1, Duration::from_secs(30)).await;
-    create_orders(&n1).await;
-    let mut client = Messaging::connect(format!("http://{n1}")).await.unwrap();
-    let mut sent = Vec::new();
-    send_all(&mut client, &mut sent, 30).await;
-    wait_in_sync(&n1, Duration::from_secs(10)).await;
+    let (nodes, n1, mut client, mut sent) = started(&etcd, &dirs, 0).await;
 
     // The copies' filesystem filled up but for 1 MiB: their writes fail, and node 2 leaves the
     // in-sync sets of nodes 1 and 3, the status naming the failure. Sends go on.
@@ -270,11 +184,7 @@ async fn a_copy_whose_write_failed_is_opened_again_and_catches_up_once_space_is_
 
     // Space back: the copies are opened again and catch up, without a restart of node 2.
     std::fs::remove_file(&junk).unwrap();
-    wait_in_sync(&n1, Duration::from_secs(30)).await;
-    send_all(&mut client, &mut sent, 10).await;
-    wait_in_sync(&n1, Duration::from_secs(10)).await;
-    nodes.clear();
-    assert_copies_equal(&dirs);
+    caught_up(nodes, &mut client, &mut sent, &dirs).await;
     drop(mount);
     drop(etcd);
 }

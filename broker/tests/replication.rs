@@ -9,79 +9,18 @@
 
 mod common;
 
-use common::{send_request, start_broker, Etcd};
-use std::ops::Bound;
-use std::process::Child;
+use common::replicated::{admin, contents, create_orders, shards, wait_in_sync, Node};
+use common::{send_request, Etcd};
 use std::time::{Duration, Instant};
-use txmq_broker::store::{SledStore, Store};
+use txmq_broker::store::SledStore;
 use txmq_proto::admin as pb;
 use txmq_proto::v2;
 
-type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
 type Messaging = v2::messaging_service_client::MessagingServiceClient<tonic::transport::Channel>;
 
-struct Node {
-    child: Child,
-    addr: String,
-    _log: std::thread::JoinHandle<Vec<String>>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// Node `id`, its recent-writes log of 64 KiB (a follower that misses more gets a snapshot).
 fn start(etcd: &str, dir: &std::path::Path, id: &str) -> Node {
-    let args = [
-        "--etcd",
-        etcd,
-        "--node-id",
-        id,
-        "--etcd-lease-ttl",
-        "2s",
-        "--metrics-listen",
-        "off",
-        "--replicas",
-        "3",
-        "--min-insync-replicas",
-        "2",
-        "--replica-ack-timeout",
-        "1s",
-        "--replication-log-bytes",
-        "65536",
-    ];
-    let (child, addr, log) = start_broker(dir, &args);
-    Node { child, addr, _log: log }
-}
-
-async fn admin(addr: &str) -> Admin {
-    Admin::connect(format!("http://{addr}")).await.unwrap()
-}
-
-async fn shards(addr: &str) -> Vec<pb::ShardStatus> {
-    let r = admin(addr).await.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner();
-    assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
-    r.shards
-}
-
-/// Waits until every shard named has both followers in sync with lag 0.
-async fn wait_in_sync(addr: &str, names: &[&str], within: Duration) -> Vec<pb::ShardStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = shards(addr).await;
-        let ok = names.iter().all(|n| {
-            s.iter().any(|sh| {
-                sh.shard == *n && sh.replicas.len() == 2 && sh.replicas.iter().all(|r| r.in_sync && r.lag == 0)
-            })
-        });
-        if ok {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "shards {names:?} not in sync: {s:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::replicated::start(etcd, dir, id, &["--replication-log-bytes", "65536"])
 }
 
 /// Sends one message through `addr`; its status code.
@@ -97,23 +36,6 @@ async fn send(client: &mut Messaging, topic: &str, id: &str) -> i32 {
 async fn stored(addr: &str, topic: &str) -> u64 {
     let r = admin(addr).await.describe_topic(pb::DescribeTopicRequest { name: topic.into() }).await.unwrap();
     r.into_inner().message_count
-}
-
-/// Every key and value of a store, but the fence a copy keeps for itself (the highest leader
-/// epoch that fed it).
-fn contents(store: &dyn Store) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let fence = txmq_broker::store::Key::Meta("repl-fence".into()).encode();
-    let mut out = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let page = store.scan(start, Bound::Unbounded, 1000, false).unwrap();
-        if page.is_empty() {
-            return out;
-        }
-        after = page.last().map(|(k, _)| k.clone());
-        out.extend(page.into_iter().filter(|(k, _)| *k != fence));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,17 +54,7 @@ async fn acknowledged_writes_are_on_the_in_sync_copies_and_quorum_is_enforced() 
         assert!(!followers.contains(&s.shard.as_str()), "{s:?}");
         assert!(s.epoch > 0);
     }
-    let r = admin(&n1)
-        .await
-        .create_topic(pb::CreateTopicRequest {
-            name: "orders".into(),
-            r#type: pb::TopicType::Normal as i32,
-            queue_count: 6,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
+    create_orders(&n1).await;
 
     // 150 sends through node 1, spread over the three shards: all acknowledged.
     let mut client = Messaging::connect(format!("http://{n1}")).await.unwrap();

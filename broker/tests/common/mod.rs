@@ -216,6 +216,8 @@ mod etcd;
 #[allow(unused_imports)]
 pub use etcd::{signal_pid, Etcd};
 
+pub mod replicated;
+
 mod scrape;
 // Not every test binary reads metrics.
 #[allow(unused_imports)]

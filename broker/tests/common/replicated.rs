@@ -1,0 +1,110 @@
+//! A cluster of broker processes with `--replicas 3 --min-insync-replicas 2` on a real etcd:
+//! starting a node, the shards' status, and a store's contents to compare copies with.
+
+use super::start_broker;
+use std::ops::Bound;
+use std::process::Child;
+use std::time::{Duration, Instant};
+use txmq_broker::store::Store;
+use txmq_proto::admin as pb;
+
+pub type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
+
+/// A broker process, killed when dropped.
+pub struct Node {
+    pub child: Child,
+    pub addr: String,
+    _log: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Node `id` on data directory `dir`: three copies of each store, two in sync for a write, a
+/// follower late by 1 s left out; `extra` flags added.
+pub fn start(etcd: &str, dir: &std::path::Path, id: &str, extra: &[&str]) -> Node {
+    let mut args = vec![
+        "--etcd",
+        etcd,
+        "--node-id",
+        id,
+        "--etcd-lease-ttl",
+        "2s",
+        "--metrics-listen",
+        "off",
+        "--replicas",
+        "3",
+        "--min-insync-replicas",
+        "2",
+        "--replica-ack-timeout",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    let (child, addr, log) = start_broker(dir, &args);
+    Node { child, addr, _log: log }
+}
+
+pub async fn admin(addr: &str) -> Admin {
+    Admin::connect(format!("http://{addr}")).await.unwrap()
+}
+
+/// Creates `orders`, a normal topic of 6 queues (two per shard), through `addr`.
+pub async fn create_orders(addr: &str) {
+    let r = admin(addr)
+        .await
+        .create_topic(pb::CreateTopicRequest {
+            name: "orders".into(),
+            r#type: pb::TopicType::Normal as i32,
+            queue_count: 6,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
+}
+
+/// Every shard as `txmq cluster status` shows it, asked of `addr`.
+pub async fn shards(addr: &str) -> Vec<pb::ShardStatus> {
+    let r = admin(addr).await.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(r.status.unwrap().code, pb::StatusCode::Ok as i32);
+    r.shards
+}
+
+/// Waits until every shard named has both followers in sync with lag 0.
+pub async fn wait_in_sync(addr: &str, names: &[&str], within: Duration) -> Vec<pb::ShardStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = shards(addr).await;
+        let ok = names.iter().all(|n| {
+            s.iter().any(|sh| {
+                sh.shard == *n && sh.replicas.len() == 2 && sh.replicas.iter().all(|r| r.in_sync && r.lag == 0)
+            })
+        });
+        if ok {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "shards {names:?} not in sync: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every key and value of a store, but the fence a copy keeps for itself (the highest leader
+/// epoch that fed it).
+pub fn contents(store: &dyn Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let fence = txmq_broker::store::Key::Meta("repl-fence".into()).encode();
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let page = store.scan(start, Bound::Unbounded, 1000, false).unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        after = page.last().map(|(k, _)| k.clone());
+        out.extend(page.into_iter().filter(|(k, _)| *k != fence));
+    }
+}
