@@ -660,6 +660,11 @@ impl Broker {
         self.standby.get()
     }
 
+    /// Why the store refuses writes, once a flush failed (until a restart).
+    pub fn store_failure(&self) -> Option<String> {
+        self.committer.poisoned()
+    }
+
     /// The node serving this shard from its copy, when this is a failover.
     pub fn acting_on(&self) -> Option<&str> {
         self.acting_on.get().map(String::as_str)

@@ -13,7 +13,7 @@ use common::{send_request, Etcd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use txmq_broker::store::SledStore;
+use txmq_broker::store::{SledStore, Store};
 use txmq_proto::admin as pb;
 use txmq_proto::v2;
 
@@ -186,5 +186,134 @@ async fn a_copy_whose_write_failed_is_opened_again_and_catches_up_once_space_is_
     std::fs::remove_file(&junk).unwrap();
     caught_up(nodes, &mut client, &mut sent, &dirs).await;
     drop(mount);
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_store_fails_stops_and_an_in_sync_copy_serves_its_shard() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let etcd = Etcd::start();
+    let tmp: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<PathBuf> = tmp.iter().map(|d| d.path().to_path_buf()).collect();
+    // Node 1's whole data directory on a filesystem of its own, with no floor: its store's
+    // writes fail once that is full.
+    let mount = Mount::tmpfs(&dirs[0], "64m");
+    let mut nodes: Vec<Node> = IDS.iter().zip(&dirs).map(|(id, d)| start(&etcd.url, d, id, 0)).collect();
+    let n2 = nodes[1].addr.clone();
+    wait_in_sync(&n2, &IDS, Duration::from_secs(30)).await;
+    create_orders(&n2).await;
+    let mut client = Messaging::connect(format!("http://{n2}")).await.unwrap();
+    let mut sent = Vec::new();
+    send_all(&mut client, &mut sent, 30).await;
+    wait_in_sync(&n2, &IDS, Duration::from_secs(10)).await;
+
+    // Node 1's disk full but for 1 MiB: sends through node 2 fill it. A flush of node 1's store
+    // fails, and node 1 stops (exit status 1), saying why.
+    let avail = txmq_broker::disk::DiskSpace::new(&mount.0, 0).free().unwrap();
+    let junk = mount.0.join("junk");
+    let taken = Command::new("fallocate").arg("-l").arg((avail - (1 << 20)).to_string()).arg(&junk).status().unwrap();
+    assert!(taken.success(), "fallocate on the tmpfs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(status) = nodes[0].child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "node 1 still running 60 s after its disk filled ({} sends)", sent.len());
+        let id = format!("m{}", sent.len());
+        let mut req = send_request("orders", &id);
+        req.messages[0].body = vec![b'x'; 4096];
+        if let Ok(r) = client.send_message(req).await {
+            if r.into_inner().status.unwrap().code == v2::Code::Ok as i32 {
+                sent.push(id);
+            }
+        }
+    };
+    let stopped = Instant::now();
+    eprintln!("node 1 stopped after {} sends through node 2", sent.len());
+    assert_eq!(exit.code(), Some(1), "node 1 exits with a failure: {exit:?}");
+    let log = nodes[0].log.take().unwrap().join().unwrap();
+    assert!(
+        log.iter().any(|l| l.contains("refuses writes after a failed flush") && l.contains("in-sync copy")),
+        "node 1 says why it stopped: {}",
+        log.join("\n")
+    );
+
+    // Node 1's shard is served from an in-sync copy at once (node 1 gave its lease back), and
+    // every send through node 2 is taken.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = shards(&n2).await;
+        if s.iter().any(|sh| sh.shard == "n1" && sh.leader != "n1" && sh.error.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1's shard not served from a copy: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("node 1's shard served from a copy {:?} after node 1 stopped", stopped.elapsed());
+    send_all(&mut client, &mut sent, 30).await;
+
+    // Every acknowledged send is received through node 2, those stored on node 1 too.
+    let mut got = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sent.iter().all(|id| got.contains(id)) && Instant::now() < deadline {
+        let mut stream =
+            client.receive_message(common::receive_request("audit", "orders", 60)).await.unwrap().into_inner();
+        while let Some(item) = stream.message().await.unwrap() {
+            if let Some(v2::receive_message_response::Content::Message(m)) = item.content {
+                got.insert(m.system_properties.unwrap().message_id);
+            }
+        }
+    }
+    let missing: Vec<&String> = sent.iter().filter(|id| !got.contains(*id)).collect();
+    assert!(missing.is_empty(), "acknowledged sends not received: {missing:?}");
+
+    // Space back, node 1 started again on its data: it rejoins as after a crash, gets its shard
+    // back, and every shard is in sync again.
+    std::fs::remove_file(&junk).unwrap();
+    nodes[0] = start(&etcd.url, &dirs[0], "n1", 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = shards(&n2).await;
+        if s.iter().any(|sh| sh.shard == "n1" && sh.leader == "n1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1's shard not handed back: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_in_sync(&n2, &IDS, Duration::from_secs(60)).await;
+    send_all(&mut client, &mut sent, 10).await;
+    drop(nodes);
+    drop(mount);
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_copy_is_deleted_and_made_again_from_a_snapshot() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let etcd = Etcd::start();
+    let tmp: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<PathBuf> = tmp.iter().map(|d| d.path().to_path_buf()).collect();
+    let (mut nodes, n1, mut client, mut sent) = started(&etcd, &dirs, 0).await;
+
+    // Node 2 stopped, its copy of node 1's store damaged (a replication position of 3 bytes, a
+    // record no broker writes), 10 sends meanwhile, node 2 started again.
+    nodes[1].child.kill().unwrap();
+    nodes[1].child.wait().unwrap();
+    {
+        let copy = SledStore::open(&dirs[1].join("replicas").join("n1")).unwrap();
+        let mut b = txmq_broker::store::Batch::new();
+        b.put_raw(txmq_broker::store::Key::Meta("repl-pos".into()).encode(), vec![1, 2, 3]);
+        copy.apply(&b).unwrap();
+        copy.flush().unwrap();
+    }
+    send_all(&mut client, &mut sent, 10).await;
+    nodes[1] = start(&etcd.url, &dirs[1], "n2", 0);
+
+    // The damaged copy is deleted and made again from a snapshot of node 1's store.
+    wait_in_sync(&n1, &IDS, Duration::from_secs(30)).await;
+    let s = shards(&n1).await;
+    let n2 = n2_of(&s, "n1").unwrap();
+    assert!(n2.snapshots >= 1, "node 2's copy of node 1 was made again from a snapshot: {n2:?}");
+    caught_up(nodes, &mut client, &mut sent, &dirs).await;
     drop(etcd);
 }

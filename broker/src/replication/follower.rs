@@ -6,7 +6,9 @@
 //! While the node's disk is under `--min-free-disk-bytes`, copies are not written: leader
 //! streams are refused, and the copy goes on from where it stopped once space is back. A copy
 //! whose write failed anyway (its disk full, an I/O error) is closed, as a restart would close
-//! it, and the next leader stream opens it again from what is on disk.
+//! it, and the next leader stream opens it again from what is on disk. A copy found damaged
+//! (sled reports corrupt data, or a record does not decode) is of no use to anyone: it is
+//! deleted, and the next leader stream starts it afresh with a snapshot.
 
 use super::{clear, snapshot_page, Position};
 use crate::disk::DiskSpace;
@@ -40,6 +42,9 @@ pub struct Replicas {
     shutdown: tokio_util::sync::CancellationToken,
     /// The free space of the node's data directory: copies are not written under its floor.
     disk: Arc<DiskSpace>,
+    /// Copies found damaged, to delete before they are opened again, with the highest leader
+    /// epoch each had seen (the fresh copy keeps fencing older leaders out).
+    damaged: Mutex<HashMap<String, i64>>,
 }
 
 fn store_error(e: StoreError) -> Status {
@@ -60,6 +65,7 @@ impl Replicas {
             acting: Mutex::new(std::collections::HashSet::new()),
             shutdown,
             disk,
+            damaged: Mutex::new(HashMap::new()),
         }
     }
 
@@ -81,14 +87,24 @@ impl Replicas {
         f: impl FnOnce() -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), Status> {
         let result = tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?;
-        result.map_err(|e| {
-            let mut open = crate::sync::lock(&self.open);
-            if open.get(shard).is_some_and(|c| Arc::ptr_eq(c, copy)) {
-                open.remove(shard);
+        result.map_err(|e| self.failed(shard, copy, e))
+    }
+
+    /// The answer to a failed read or write of the copy of `shard`: the copy is closed, to be
+    /// opened again by the next leader stream, or, when it is damaged, deleted first.
+    fn failed(&self, shard: &str, copy: &Arc<Copy>, e: StoreError) -> Status {
+        let mut open = crate::sync::lock(&self.open);
+        if open.get(shard).is_some_and(|c| Arc::ptr_eq(c, copy)) {
+            open.remove(shard);
+            if matches!(e, StoreError::Corrupt { .. }) {
+                let fence = copy.fence.load(std::sync::atomic::Ordering::SeqCst);
+                crate::sync::lock(&self.damaged).insert(shard.to_string(), fence);
+                tracing::warn!(shard, error = %e, "this node's copy is damaged; it is deleted, and the next leader stream sends a snapshot");
+            } else {
                 tracing::warn!(shard, error = %e, "a write to this node's copy failed; the copy is closed and opened again by the next leader stream");
             }
-            store_error(e)
-        })
+        }
+        store_error(e)
     }
 
     /// Where the copy of `shard` lives.
@@ -105,17 +121,41 @@ impl Replicas {
             return Ok(c.clone());
         }
         let path = self.dir.join(shard);
-        let store = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&path).map_err(|e| StoreError::Io(e.to_string()))?;
-            SledStore::open(&path)
+        let damaged = crate::sync::lock(&self.damaged).get(shard).copied();
+        let opened = tokio::task::spawn_blocking(move || {
+            let fs = |e: std::io::Error| StoreError::Io(e.to_string());
+            if damaged.is_some() && path.exists() {
+                std::fs::remove_dir_all(&path).map_err(fs)?;
+            }
+            std::fs::create_dir_all(&path).map_err(fs)?;
+            let store = SledStore::open(&path)?;
+            if let Some(fence) = damaged.filter(|f| *f > 0) {
+                let mut b = Batch::new();
+                b.put_raw(fence_key(), fence.to_be_bytes().to_vec());
+                store.apply(&b).and_then(|()| store.flush())?;
+            }
+            let fence = match store.get(&fence_key())? {
+                Some(v) if v.len() == 8 => i64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])),
+                _ => 0,
+            };
+            Ok((store, fence))
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(store_error)?;
-        let fence = match store.get(&fence_key()).map_err(store_error)? {
-            Some(v) if v.len() == 8 => i64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])),
-            _ => 0,
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let (store, fence) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                if matches!(e, StoreError::Corrupt { .. }) {
+                    crate::sync::lock(&self.damaged).entry(shard.to_string()).or_insert(0);
+                    tracing::warn!(shard, error = %e, "this node's copy is damaged; it is deleted, and the next leader stream sends a snapshot");
+                }
+                return Err(store_error(e));
+            }
         };
+        if damaged.is_some() {
+            crate::sync::lock(&self.damaged).remove(shard);
+            tracing::info!(shard, "the damaged copy was deleted; a new one starts empty");
+        }
         let copy = Arc::new(Copy {
             store: Arc::new(store),
             feeding: tokio::sync::Mutex::new(()),
@@ -203,7 +243,7 @@ impl Replicas {
         let _feeding = tokio::time::timeout(std::time::Duration::from_secs(10), copy.feeding.lock())
             .await
             .map_err(|_| Status::unavailable(format!("another leader stream feeds the copy of {shard}")))?;
-        let mut at = Position::read(copy.store.as_ref()).map_err(store_error)?;
+        let mut at = Position::read(copy.store.as_ref()).map_err(|e| self.failed(&shard, &copy, e))?;
         use std::sync::atomic::Ordering;
         let fence = |epoch: i64| {
             let seen = copy.fence.load(Ordering::SeqCst);

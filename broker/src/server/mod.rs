@@ -39,6 +39,14 @@ pub enum ServeError {
     /// again, it rejoins as the shard's returning node.
     #[error("superseded: another process serves this node's shard now")]
     Superseded,
+    /// The store refuses writes after a failed flush, and in-sync copies of it are on other
+    /// nodes: this node stopped so that one of them serves its shard. Started again, it
+    /// rejoins as after a crash.
+    #[error(
+        "the store refuses writes after a failed flush ({0}); this node stopped so that an in-sync copy \
+         serves its shard: start it again (once the disk is sound) to rejoin"
+    )]
+    StoreFailed(String),
 }
 
 /// Serves `broker` on `listener` (and metrics on `--metrics-listen`, when set) until
@@ -138,6 +146,14 @@ pub async fn run_with_metrics(
             tracker.spawn(host.run(token.clone()));
         }
     }
+    // With copies on other nodes, a store that refuses writes (a failed flush) is worse than a
+    // stop: its shard would refuse writes, acks and decisions until a restart. The node stops
+    // instead, giving its lease back, and an in-sync copy takes the shard over at the next
+    // failover round.
+    let store_failed = CancellationToken::new();
+    if cluster.is_some() && broker.config().replicas > 1 && broker.acting_on().is_none() {
+        tracker.spawn(watch_store(broker.clone(), store_failed.clone(), token.clone()));
+    }
     let superseded = cluster.as_ref().map(|m| m.superseded()).unwrap_or_default();
     tracker.spawn(crate::tasks::checkback::run(broker.clone(), clients.clone(), forwarder, token.clone()));
     let tls = match (&broker.config().tls_cert, &broker.config().tls_key) {
@@ -181,11 +197,12 @@ pub async fn run_with_metrics(
     };
     let limits = Limits { max: broker.config().max_connections, handshake: broker.config().handshake_timeout };
     http2::serve(incoming(listener, limits, tls), routes, settings, {
-        let superseded = superseded.clone();
+        let (superseded, store_failed) = (superseded.clone(), store_failed.clone());
         async move {
             tokio::select! {
                 _ = shutdown => {}
                 _ = superseded.cancelled() => {}
+                _ = store_failed.cancelled() => {}
             }
             tracing::info!("shutting down: no new connections, ending streams");
             stop.cancel();
@@ -194,12 +211,35 @@ pub async fn run_with_metrics(
     .await;
     tracker.close();
     tracker.wait().await;
+    let failure = store_failed.is_cancelled().then(|| broker.store_failure().unwrap_or_default());
     tokio::task::spawn_blocking(move || broker.shutdown()).await.map_err(std::io::Error::other)?;
     tracing::info!("store flushed; broker stopped");
+    if let Some(why) = failure {
+        return Err(ServeError::StoreFailed(why));
+    }
     if superseded.is_cancelled() {
         return Err(ServeError::Superseded);
     }
     Ok(())
+}
+
+/// Cancels `failed` once the store of `broker` refuses writes (looked at every 200 ms), unless
+/// `stop` comes first.
+async fn watch_store(broker: Arc<Broker>, failed: CancellationToken, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+        if let Some(why) = broker.store_failure() {
+            tracing::error!(
+                error = %why,
+                "the store refuses writes after a failed flush; stopping, so that an in-sync copy on another node serves this shard"
+            );
+            failed.cancel();
+            return;
+        }
+    }
 }
 
 /// What `incoming` allows a connection.

@@ -68,6 +68,14 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+/// A sled error: damaged data it found is [`StoreError::Corrupt`], anything else an I/O error.
+fn db_error(e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Corruption { .. } => StoreError::Corrupt { key: Vec::new(), detail: e.to_string() },
+        e => io(e),
+    }
+}
+
 impl SledStore {
     /// Opens (or creates, keeping records in sled) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -85,9 +93,9 @@ impl SledStore {
         File::open(dir.join("conf")).and_then(|f| f.sync_all()).map_err(io)?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         let layout = if db.was_recovered() {
-            if db.contains_key(value_log::enabled_key()).map_err(io)? {
+            if db.contains_key(value_log::enabled_key()).map_err(db_error)? {
                 Layout::ValueLog
-            } else if db.contains_key(message_files::enabled_key()).map_err(io)? {
+            } else if db.contains_key(message_files::enabled_key()).map_err(db_error)? {
                 Layout::MessageFiles
             } else {
                 Layout::Sled
@@ -100,11 +108,11 @@ impl SledStore {
                 Layout::MessageFiles => Some(message_files::enabled_key()),
             };
             if let Some(key) = mark {
-                db.insert(key, vec![1]).map_err(io)?;
+                db.insert(key, vec![1]).map_err(db_error)?;
                 if layout == Layout::MessageFiles {
-                    db.insert(message_files::keyed_key(), vec![message_files::KEYED_LATEST]).map_err(io)?;
+                    db.insert(message_files::keyed_key(), vec![message_files::KEYED_LATEST]).map_err(db_error)?;
                 }
-                db.flush().map_err(io)?;
+                db.flush().map_err(db_error)?;
                 log_file.sync_data().map_err(io)?;
             }
             layout
@@ -113,7 +121,7 @@ impl SledStore {
         let messages = if layout == Layout::MessageFiles {
             let mut stored = Vec::new();
             for item in db.scan_prefix(message_files::prefix()) {
-                let (k, v) = item.map_err(io)?;
+                let (k, v) = item.map_err(db_error)?;
                 stored.push((k.to_vec(), v.to_vec()));
             }
             Some(MessageFiles::open(&dir.join("messages"), stored)?)
@@ -123,7 +131,7 @@ impl SledStore {
         let values = if with_values {
             let mut live = BTreeMap::new();
             for item in db.scan_prefix(value_log::count_prefix()) {
-                let (k, v) = item.map_err(io)?;
+                let (k, v) = item.map_err(db_error)?;
                 let (segment, count) = value_log::parse_count(&k, &v)
                     .ok_or_else(|| StoreError::Corrupt { key: k.to_vec(), detail: "value-log count".into() })?;
                 live.insert(segment, count);
@@ -170,7 +178,7 @@ impl SledStore {
             }
         }
         self.sled_written.store(true, Ordering::SeqCst);
-        self.db.apply_batch(b).map_err(io)?;
+        self.db.apply_batch(b).map_err(db_error)?;
         prepared.applied()
     }
 
@@ -186,7 +194,7 @@ impl SledStore {
             return Ok(Some(v));
         }
         // Gone or overwritten: fine if the key no longer holds that pointer.
-        match self.db.get(key).map_err(io)? {
+        match self.db.get(key).map_err(db_error)? {
             Some(now) if now == stored => first,
             Some(now) => values.read(key, &Pointer::decode(key, &now)?),
             None => Ok(None),
@@ -209,7 +217,7 @@ impl SledStore {
             }
             let old = match current.get(key) {
                 Some(p) => *p,
-                None => self.db.get(key).map_err(io)?.map(|v| Pointer::decode(key, &v)).transpose()?,
+                None => self.db.get(key).map_err(db_error)?.map(|v| Pointer::decode(key, &v)).transpose()?,
             };
             if let Some(old) = old {
                 log.release(&old);
@@ -232,7 +240,7 @@ impl SledStore {
                 None => b.remove(k),
             }
         }
-        self.db.apply_batch(b).map_err(io)?;
+        self.db.apply_batch(b).map_err(db_error)?;
         log.applied();
         Ok(())
     }
@@ -257,7 +265,7 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
             {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            Err(e) => return Err(io(e)),
+            Err(e) => return Err(db_error(e)),
         }
     }
 }
@@ -284,7 +292,7 @@ impl Store for SledStore {
         if let Some(messages) = self.messages.as_ref().filter(|m| m.owns(key)) {
             return messages.get(key);
         }
-        match self.db.get(key).map_err(io)? {
+        match self.db.get(key).map_err(db_error)? {
             Some(v) => self.resolve(key, v),
             None => Ok(None),
         }
@@ -309,7 +317,7 @@ impl Store for SledStore {
         let iter = self.db.range::<Vec<u8>, _>((to_bound(start), to_bound(end)));
         let mut out = Vec::new();
         let mut push = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<(), StoreError> {
-            let (k, v) = item.map_err(io)?;
+            let (k, v) = item.map_err(db_error)?;
             if let Some(v) = self.resolve(&k, v)? {
                 out.push((k.to_vec(), v));
             }
@@ -354,7 +362,7 @@ impl Store for SledStore {
                 Op::Delete(k) => b.remove(k.as_slice()),
             }
         }
-        self.db.apply_batch(b).map_err(io)
+        self.db.apply_batch(b).map_err(db_error)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -364,7 +372,7 @@ impl Store for SledStore {
         // Only batches whose journal records are synced and whole since the last flush: sled
         // has nothing to make durable.
         if self.messages.is_none() || self.sled_written.swap(false, Ordering::SeqCst) {
-            self.db.flush().map_err(io)?;
+            self.db.flush().map_err(db_error)?;
             self.log_file.sync_data().map_err(io)?;
         }
         if let Some((messages, applied)) = messages {
@@ -380,7 +388,7 @@ impl Store for SledStore {
                     }
                 }
                 self.sled_written.store(true, Ordering::SeqCst);
-                self.db.apply_batch(b).map_err(io)?;
+                self.db.apply_batch(b).map_err(db_error)?;
             }
         }
         // Segments emptied by what is now durable can go.

@@ -14,7 +14,8 @@ pub type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
 pub struct Node {
     pub child: Child,
     pub addr: String,
-    _log: std::thread::JoinHandle<Vec<String>>,
+    /// Its log after the line with its address, once it has exited.
+    pub log: Option<std::thread::JoinHandle<Vec<String>>>,
 }
 
 impl Drop for Node {
@@ -45,7 +46,7 @@ pub fn start(etcd: &str, dir: &std::path::Path, id: &str, extra: &[&str]) -> Nod
     ];
     args.extend_from_slice(extra);
     let (child, addr, log) = start_broker(dir, &args);
-    Node { child, addr, _log: log }
+    Node { child, addr, log: Some(log) }
 }
 
 pub async fn admin(addr: &str) -> Admin {
