@@ -97,14 +97,19 @@ impl Replicas {
         if open.get(shard).is_some_and(|c| Arc::ptr_eq(c, copy)) {
             open.remove(shard);
             if matches!(e, StoreError::Corrupt { .. }) {
-                let fence = copy.fence.load(std::sync::atomic::Ordering::SeqCst);
-                crate::sync::lock(&self.damaged).insert(shard.to_string(), fence);
-                tracing::warn!(shard, error = %e, "this node's copy is damaged; it is deleted, and the next leader stream sends a snapshot");
+                self.mark_damaged(shard, copy.fence.load(std::sync::atomic::Ordering::SeqCst), &e);
             } else {
-                tracing::warn!(shard, error = %e, "a write to this node's copy failed; the copy is closed and opened again by the next leader stream");
+                tracing::warn!(shard, error = %e, "reading or writing this node's copy failed; the copy is closed and opened again by the next leader stream");
             }
         }
         store_error(e)
+    }
+
+    /// Marks the copy of `shard`, which had seen leader epoch `fence`, to be deleted before it
+    /// is opened again.
+    fn mark_damaged(&self, shard: &str, fence: i64, e: &StoreError) {
+        crate::sync::lock(&self.damaged).entry(shard.to_string()).or_insert(fence);
+        tracing::warn!(shard, error = %e, "this node's copy is damaged; it is deleted, and the next leader stream sends a snapshot");
     }
 
     /// Where the copy of `shard` lives.
@@ -146,8 +151,7 @@ impl Replicas {
             Ok(opened) => opened,
             Err(e) => {
                 if matches!(e, StoreError::Corrupt { .. }) {
-                    crate::sync::lock(&self.damaged).entry(shard.to_string()).or_insert(0);
-                    tracing::warn!(shard, error = %e, "this node's copy is damaged; it is deleted, and the next leader stream sends a snapshot");
+                    self.mark_damaged(shard, 0, &e);
                 }
                 return Err(store_error(e));
             }
