@@ -773,12 +773,12 @@ impl MessagingService for Messaging {
     }
 }
 
-/// Whether an owner answered that it could not store a send: its disk nearly full (`disk`),
-/// its store read-only after a failed flush or failing, its shard short of in-sync copies, or
-/// the node shutting down. That is what `INTERNAL_SERVER_ERROR` means from an owner
-/// (`status::code`); another owner may store the send.
-fn not_stored(r: &v2::SendMessageResponse) -> bool {
-    r.status.as_ref().is_some_and(|s| s.code == Code::InternalServerError as i32)
+/// Whether an owner's answer says it could not store what a send or receive needs it to now:
+/// its disk nearly full (`disk`), its store read-only after a failed flush or failing, its
+/// shard short of in-sync copies, or the node shutting down. That is what
+/// `INTERNAL_SERVER_ERROR` means from an owner (`status::code`); another owner may do it.
+fn not_stored(s: &v2::Status) -> bool {
+    s.code == Code::InternalServerError as i32
 }
 
 /// Serves a unary RPC `$method` at `$owner` — this node's standalone path, or the owner's
@@ -964,7 +964,7 @@ impl Messaging {
                 let fwd = || forward::with_shard(forward::forwarded(&req, &fw.membership, body.clone()), &p, &owner);
                 let r = at_owner!(self, fw, owner, fwd, send_message, "SendMessage");
                 match r {
-                    Ok(r) if group.is_none() && not_stored(r.get_ref()) => {
+                    Ok(r) if group.is_none() && r.get_ref().status.as_ref().is_some_and(not_stored) => {
                         tracing::debug!(node = owner, "send not stored; trying the next owner");
                         not_taken = Some(r.into_inner());
                     }
@@ -1072,7 +1072,7 @@ impl Messaging {
             match first {
                 Some(Ok(v2::ReceiveMessageResponse {
                     content: Some(receive_message_response::Content::Status(st)),
-                })) if st.code == Code::InternalServerError as i32 => {
+                })) if not_stored(&st) => {
                     tracing::debug!(node = owner, error = %st.message, "receive not served; trying the next owner");
                     not_served = Some(st);
                 }

@@ -540,18 +540,19 @@ impl Leader {
                 r = self.stream_to(&node, &shutdown) => r,
                 _ = shutdown.cancelled() => return,
             };
-            if let Err(e) = &streamed {
-                if !logged {
+            let error = streamed.err();
+            match &error {
+                Some(e) if !logged => {
                     tracing::warn!(shard = self.shard, follower = node, error = %e, "replication stream broken; reconnecting");
                     logged = true;
                 }
-            } else {
-                logged = false;
+                Some(_) => {}
+                None => logged = false,
             }
             if let Some(f) = crate::sync::lock(&self.state).followers.get_mut(&node) {
                 f.stream = Stream::Broken;
-                if let Err(e) = &streamed {
-                    f.error.clone_from(e);
+                if let Some(e) = error {
+                    f.error = e;
                 }
             }
             // A write waiting for it stops waiting (see `replicate`).
