@@ -172,6 +172,23 @@ async fn stored_per_owner(addr: &str, topic: &str) -> std::collections::BTreeMap
     per
 }
 
+/// One message to `ledger` in each of `groups` message groups (`account-0` …); how many were
+/// taken and how many refused, each refusal saying `refusal`.
+async fn send_groups(p: &Producer, groups: usize, refusal: &str) -> (u64, u64) {
+    let (mut taken, mut refused) = (0, 0);
+    for g in 0..groups {
+        let m = MessageBuilder::fifo_message_builder("ledger", b"e".to_vec(), format!("account-{g}")).build().unwrap();
+        match p.send(m).await {
+            Ok(_) => taken += 1,
+            Err(e) => {
+                assert!(format!("{e:?}").contains(refusal), "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    (taken, refused)
+}
+
 async fn wait_members(addr: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -511,17 +528,7 @@ async fn sends_go_on_to_another_owner_while_one_nodes_disk_is_nearly_full() {
     // Message groups: those whose queue node 3 owns get its refusal, the others are taken.
     create_topic(&nodes[0].addr, "ledger", pb::TopicType::Fifo, 6).await;
     let p = producer(&nodes[0].addr, &["ledger"]).await;
-    let (mut taken, mut refused) = (0, 0);
-    for g in 0..12 {
-        let m = MessageBuilder::fifo_message_builder("ledger", b"e".to_vec(), format!("account-{g}")).build().unwrap();
-        match p.send(m).await {
-            Ok(_) => taken += 1,
-            Err(e) => {
-                assert!(format!("{e:?}").contains("new messages refused"), "{e:?}");
-                refused += 1;
-            }
-        }
-    }
+    let (taken, refused) = send_groups(&p, 12, "new messages refused").await;
     eprintln!("ledger: {taken} message groups taken, {refused} refused");
     let ledger = stored_per_owner(&nodes[1].addr, "ledger").await;
     assert_eq!(ledger.values().sum::<u64>(), taken, "{ledger:?}");
@@ -579,17 +586,7 @@ async fn sends_and_receives_go_on_to_another_owner_while_a_shard_has_too_few_cop
         let r = p.send(m).await.unwrap_or_else(|e| panic!("send {i} through node 1: {e:?}"));
         sent.insert(r.message_id().to_string());
     }
-    let (mut taken, mut refused) = (0, 0);
-    for g in 0..24 {
-        let m = MessageBuilder::fifo_message_builder("ledger", b"e".to_vec(), format!("account-{g}")).build().unwrap();
-        match p.send(m).await {
-            Ok(_) => taken += 1,
-            Err(e) => {
-                assert!(format!("{e:?}").contains("in-sync"), "{e:?}");
-                refused += 1;
-            }
-        }
-    }
+    let (taken, refused) = send_groups(&p, 24, "in-sync").await;
     eprintln!("ledger: {taken} message groups taken, {refused} refused for want of in-sync copies");
     assert!(
         taken > 0 && refused > 0,

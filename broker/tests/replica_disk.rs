@@ -8,7 +8,9 @@
 
 mod common;
 
-use common::replicated::{admin, contents, create_orders, shards, wait_in_sync, Node};
+use common::replicated::{
+    admin, contents, create_orders, missing_after_receiving, shards, wait_in_sync, Messaging, Node,
+};
 use common::{send_request, Etcd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,8 +18,6 @@ use std::time::{Duration, Instant};
 use txmq_broker::store::{SledStore, Store};
 use txmq_proto::admin as pb;
 use txmq_proto::v2;
-
-type Messaging = v2::messaging_service_client::MessagingServiceClient<tonic::transport::Channel>;
 
 const GIB: u64 = 1 << 30;
 const IDS: [&str; 3] = ["n1", "n2", "n3"];
@@ -67,20 +67,32 @@ async fn send_all(client: &mut Messaging, sent: &mut Vec<String>, n: usize) {
     }
 }
 
+/// Three temporary data directories, and their paths.
+fn data_dirs() -> (Vec<tempfile::TempDir>, Vec<PathBuf>) {
+    let tmp: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs = tmp.iter().map(|d| d.path().to_path_buf()).collect();
+    (tmp, dirs)
+}
+
 /// Three nodes on `dirs` (node 2's floor `n2_min_free`, the others' none), every shard in sync,
-/// a 6-queue topic `orders`, and 30 sends through node 1 on every copy; node 1's address, a
-/// client of it, and the ids sent.
-async fn started(etcd: &Etcd, dirs: &[PathBuf], n2_min_free: u64) -> (Vec<Node>, String, Messaging, Vec<String>) {
+/// a 6-queue topic `orders`, and 30 sends through node `via` (0-based) on every copy; that
+/// node's address, a client of it, and the ids sent.
+async fn started(
+    etcd: &Etcd,
+    dirs: &[PathBuf],
+    n2_min_free: u64,
+    via: usize,
+) -> (Vec<Node>, String, Messaging, Vec<String>) {
     let floor = |id: &str| if id == "n2" { n2_min_free } else { 0 };
     let nodes: Vec<Node> = IDS.iter().zip(dirs).map(|(id, d)| start(&etcd.url, d, id, floor(id))).collect();
-    let n1 = nodes[0].addr.clone();
-    wait_in_sync(&n1, &IDS, Duration::from_secs(30)).await;
-    create_orders(&n1).await;
-    let mut client = Messaging::connect(format!("http://{n1}")).await.unwrap();
+    let addr = nodes[via].addr.clone();
+    wait_in_sync(&addr, &IDS, Duration::from_secs(30)).await;
+    create_orders(&addr).await;
+    let mut client = Messaging::connect(format!("http://{addr}")).await.unwrap();
     let mut sent = Vec::new();
     send_all(&mut client, &mut sent, 30).await;
-    wait_in_sync(&n1, &IDS, Duration::from_secs(10)).await;
-    (nodes, n1, client, sent)
+    wait_in_sync(&addr, &IDS, Duration::from_secs(10)).await;
+    (nodes, addr, client, sent)
 }
 
 /// Space is back on node 2: every shard is in sync again within 30 s, without a restart, and
@@ -111,12 +123,11 @@ fn assert_copies_equal(dirs: &[PathBuf]) {
 async fn a_follower_under_its_disk_floor_writes_no_copies_and_catches_up_once_space_is_back() {
     let _one = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start();
-    let tmp: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let dirs: Vec<PathBuf> = tmp.iter().map(|d| d.path().to_path_buf()).collect();
+    let (_tmp, dirs) = data_dirs();
     let free = txmq_broker::disk::DiskSpace::new(&dirs[1], 0).free().unwrap();
     assert!(free > 3 * GIB, "this test needs 3 GiB free on the temporary directory's disk; {free} bytes are");
     // Node 2's floor is 1 GiB under the free space; the other nodes check nothing.
-    let (nodes, n1, mut client, mut sent) = started(&etcd, &dirs, free - GIB).await;
+    let (nodes, n1, mut client, mut sent) = started(&etcd, &dirs, free - GIB, 0).await;
 
     // 2 GiB taken: node 2 is 1 GiB under its floor. It refuses the copies, leaves the in-sync
     // sets, and the status says why; every send is taken (node 2's queues by the next owner).
@@ -155,6 +166,15 @@ impl Mount {
         );
         Mount(at.to_path_buf())
     }
+
+    /// Takes all of the filesystem's free space but `left` bytes with a file; its path.
+    fn fill_but(&self, left: u64) -> PathBuf {
+        let avail = txmq_broker::disk::DiskSpace::new(&self.0, 0).free().unwrap();
+        let junk = self.0.join("junk");
+        let taken = Command::new("fallocate").arg("-l").arg((avail - left).to_string()).arg(&junk).status().unwrap();
+        assert!(taken.success(), "fallocate on the tmpfs");
+        junk
+    }
 }
 
 impl Drop for Mount {
@@ -167,19 +187,15 @@ impl Drop for Mount {
 async fn a_copy_whose_write_failed_is_opened_again_and_catches_up_once_space_is_back() {
     let _one = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start();
-    let tmp: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let dirs: Vec<PathBuf> = tmp.iter().map(|d| d.path().to_path_buf()).collect();
+    let (_tmp, dirs) = data_dirs();
     // Node 2's copies, and only they, on a filesystem of their own: its own store stays on the
     // temporary directory's disk, and no floor is set.
     let mount = Mount::tmpfs(&dirs[1].join("replicas"), "64m");
-    let (nodes, n1, mut client, mut sent) = started(&etcd, &dirs, 0).await;
+    let (nodes, n1, mut client, mut sent) = started(&etcd, &dirs, 0, 0).await;
 
     // The copies' filesystem filled up but for 1 MiB: their writes fail, and node 2 leaves the
     // in-sync sets of nodes 1 and 3, the status naming the failure. Sends go on.
-    let avail = txmq_broker::disk::DiskSpace::new(&mount.0, 0).free().unwrap();
-    let junk = mount.0.join("junk");
-    let taken = Command::new("fallocate").arg("-l").arg((avail - (1 << 20)).to_string()).arg(&junk).status().unwrap();
-    assert!(taken.success(), "fallocate on the tmpfs");
+    let junk = mount.fill_but(1 << 20);
     wait_n2_out(&n1, &mut client, &mut sent, "No space left on device", Duration::from_secs(60)).await;
 
     // Space back: the copies are opened again and catch up, without a restart of node 2.
@@ -193,26 +209,15 @@ async fn a_copy_whose_write_failed_is_opened_again_and_catches_up_once_space_is_
 async fn a_node_whose_store_fails_stops_and_an_in_sync_copy_serves_its_shard() {
     let _one = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start();
-    let tmp: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let dirs: Vec<PathBuf> = tmp.iter().map(|d| d.path().to_path_buf()).collect();
+    let (_tmp, dirs) = data_dirs();
     // Node 1's whole data directory on a filesystem of its own, with no floor: its store's
     // writes fail once that is full.
     let mount = Mount::tmpfs(&dirs[0], "64m");
-    let mut nodes: Vec<Node> = IDS.iter().zip(&dirs).map(|(id, d)| start(&etcd.url, d, id, 0)).collect();
-    let n2 = nodes[1].addr.clone();
-    wait_in_sync(&n2, &IDS, Duration::from_secs(30)).await;
-    create_orders(&n2).await;
-    let mut client = Messaging::connect(format!("http://{n2}")).await.unwrap();
-    let mut sent = Vec::new();
-    send_all(&mut client, &mut sent, 30).await;
-    wait_in_sync(&n2, &IDS, Duration::from_secs(10)).await;
+    let (mut nodes, n2, mut client, mut sent) = started(&etcd, &dirs, 0, 1).await;
 
     // Node 1's disk full but for 1 MiB: sends through node 2 fill it. A flush of node 1's store
     // fails, and node 1 stops (exit status 1), saying why.
-    let avail = txmq_broker::disk::DiskSpace::new(&mount.0, 0).free().unwrap();
-    let junk = mount.0.join("junk");
-    let taken = Command::new("fallocate").arg("-l").arg((avail - (1 << 20)).to_string()).arg(&junk).status().unwrap();
-    assert!(taken.success(), "fallocate on the tmpfs");
+    let junk = mount.fill_but(1 << 20);
     let deadline = Instant::now() + Duration::from_secs(60);
     let exit = loop {
         if let Some(status) = nodes[0].child.try_wait().unwrap() {
@@ -253,18 +258,7 @@ async fn a_node_whose_store_fails_stops_and_an_in_sync_copy_serves_its_shard() {
     send_all(&mut client, &mut sent, 30).await;
 
     // Every acknowledged send is received through node 2, those stored on node 1 too.
-    let mut got = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sent.iter().all(|id| got.contains(id)) && Instant::now() < deadline {
-        let mut stream =
-            client.receive_message(common::receive_request("audit", "orders", 60)).await.unwrap().into_inner();
-        while let Some(item) = stream.message().await.unwrap() {
-            if let Some(v2::receive_message_response::Content::Message(m)) = item.content {
-                got.insert(m.system_properties.unwrap().message_id);
-            }
-        }
-    }
-    let missing: Vec<&String> = sent.iter().filter(|id| !got.contains(*id)).collect();
+    let missing = missing_after_receiving(&mut client, &sent, Duration::from_secs(60)).await;
     assert!(missing.is_empty(), "acknowledged sends not received: {missing:?}");
 
     // Space back, node 1 started again on its data: it rejoins as after a crash, gets its shard
@@ -291,9 +285,8 @@ async fn a_node_whose_store_fails_stops_and_an_in_sync_copy_serves_its_shard() {
 async fn a_damaged_copy_is_deleted_and_made_again_from_a_snapshot() {
     let _one = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start();
-    let tmp: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let dirs: Vec<PathBuf> = tmp.iter().map(|d| d.path().to_path_buf()).collect();
-    let (mut nodes, n1, mut client, mut sent) = started(&etcd, &dirs, 0).await;
+    let (_tmp, dirs) = data_dirs();
+    let (mut nodes, n1, mut client, mut sent) = started(&etcd, &dirs, 0, 0).await;
 
     // Node 2 stopped, its copy of node 1's store damaged (a replication position of 3 bytes, a
     // record no broker writes), 10 sends meanwhile, node 2 started again.

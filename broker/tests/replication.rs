@@ -9,14 +9,14 @@
 
 mod common;
 
-use common::replicated::{admin, contents, create_orders, shards, wait_in_sync, Node};
+use common::replicated::{
+    admin, contents, create_orders, missing_after_receiving, shards, wait_in_sync, Messaging, Node,
+};
 use common::{send_request, Etcd};
 use std::time::{Duration, Instant};
 use txmq_broker::store::SledStore;
 use txmq_proto::admin as pb;
 use txmq_proto::v2;
-
-type Messaging = v2::messaging_service_client::MessagingServiceClient<tonic::transport::Channel>;
 
 /// Node `id`, its recent-writes log of 64 KiB (a follower that misses more gets a snapshot).
 fn start(etcd: &str, dir: &std::path::Path, id: &str) -> Node {
@@ -148,18 +148,7 @@ async fn acknowledged_writes_are_on_the_in_sync_copies_and_quorum_is_enforced() 
     acked.insert("after-n2".into());
     acked.extend((0..400).map(|i| format!("big{i}")));
     let mut consumer = Messaging::connect(format!("http://{n2}")).await.unwrap();
-    let mut got = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !acked.is_subset(&got) && Instant::now() < deadline {
-        let mut stream =
-            consumer.receive_message(common::receive_request("audit", "orders", 60)).await.unwrap().into_inner();
-        while let Some(item) = stream.message().await.unwrap() {
-            if let Some(v2::receive_message_response::Content::Message(m)) = item.content {
-                got.insert(m.system_properties.unwrap().message_id);
-            }
-        }
-    }
-    let missing: Vec<&String> = acked.difference(&got).collect();
+    let missing = missing_after_receiving(&mut consumer, &acked, Duration::from_secs(60)).await;
     assert!(missing.is_empty(), "acknowledged messages lost with node 1's disk: {missing:?}");
     drop(etcd);
 }

@@ -9,6 +9,7 @@ use txmq_broker::store::Store;
 use txmq_proto::admin as pb;
 
 pub type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
+pub type Messaging = txmq_proto::v2::messaging_service_client::MessagingServiceClient<tonic::transport::Channel>;
 
 /// A broker process, killed when dropped.
 pub struct Node {
@@ -91,6 +92,29 @@ pub async fn wait_in_sync(addr: &str, names: &[&str], within: Duration) -> Vec<p
         assert!(Instant::now() < deadline, "shards {names:?} not in sync: {s:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Receives `orders` as group `audit` through `client` until every id of `want` came, for up
+/// to `within`; the ids that did not.
+pub async fn missing_after_receiving<'a>(
+    client: &mut Messaging,
+    want: impl IntoIterator<Item = &'a String>,
+    within: Duration,
+) -> Vec<String> {
+    use txmq_proto::v2::receive_message_response::Content;
+    let want: std::collections::BTreeSet<&String> = want.into_iter().collect();
+    let mut got = std::collections::HashSet::new();
+    let deadline = Instant::now() + within;
+    while !want.iter().all(|id| got.contains(*id)) && Instant::now() < deadline {
+        let mut stream =
+            client.receive_message(super::receive_request("audit", "orders", 60)).await.unwrap().into_inner();
+        while let Some(item) = stream.message().await.unwrap() {
+            if let Some(Content::Message(m)) = item.content {
+                got.insert(m.system_properties.unwrap().message_id);
+            }
+        }
+    }
+    want.into_iter().filter(|id| !got.contains(*id)).cloned().collect()
 }
 
 /// Every key and value of a store, but the fence a copy keeps for itself (the highest leader
