@@ -76,14 +76,18 @@ pub async fn shards(addr: &str) -> Vec<pb::ShardStatus> {
     r.shards
 }
 
-/// Waits until every shard named has both followers in sync with lag 0.
+/// Waits until every shard named is led by its own node, both its followers connected and in
+/// sync with lag 0.
 pub async fn wait_in_sync(addr: &str, names: &[&str], within: Duration) -> Vec<pb::ShardStatus> {
     let deadline = Instant::now() + within;
     loop {
         let s = shards(addr).await;
         let ok = names.iter().all(|n| {
             s.iter().any(|sh| {
-                sh.shard == *n && sh.replicas.len() == 2 && sh.replicas.iter().all(|r| r.in_sync && r.lag == 0)
+                sh.shard == *n
+                    && sh.leader == *n
+                    && sh.replicas.len() == 2
+                    && sh.replicas.iter().all(|r| r.in_sync && r.connected && r.lag == 0)
             })
         });
         if ok {
