@@ -55,6 +55,22 @@ pub enum Stream {
     Broken,
 }
 
+/// Why the replica set is not this leader's to change.
+enum NotOwn {
+    /// Another leader holds it, or a takeover began.
+    Lost(String),
+    /// It could not be read or written (etcd).
+    Unread(String),
+}
+
+impl From<NotOwn> for String {
+    fn from(e: NotOwn) -> String {
+        match e {
+            NotOwn::Lost(e) | NotOwn::Unread(e) => e,
+        }
+    }
+}
+
 struct State {
     /// Last sequence given to a group.
     seq: u64,
@@ -236,10 +252,11 @@ impl Leader {
         hosts: &HashSet<String>,
         drained: &HashSet<String>,
     ) -> Result<(), crate::cluster::ClusterError> {
-        let Some(record) = self.membership.shard_record(&self.shard).await? else { return Ok(()) };
-        if record.leader_epoch != self.membership.epoch() {
-            return Ok(());
-        }
+        let record = match self.own_record().await {
+            Ok(r) => r,
+            Err(NotOwn::Lost(_)) => return Ok(()),
+            Err(NotOwn::Unread(e)) => return Err(crate::cluster::ClusterError::Etcd(e)),
+        };
         let gone: Vec<String> = {
             let mut missing = crate::sync::lock(&self.missing);
             missing.retain(|n, _| record.followers.contains(n) && !hosts.contains(n));
@@ -379,18 +396,46 @@ impl Leader {
         Ok(())
     }
 
-    /// The replica set as etcd holds it, if it is still this leader's (its epoch).
-    async fn own_record(&self) -> Result<ShardRecord, String> {
-        let r = self
-            .membership
-            .shard_record(&self.shard)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the shard has no replica set in etcd")?;
-        if r.leader_epoch != self.membership.epoch() {
-            return Err(format!("the shard is led at epoch {} now", r.leader_epoch));
+    /// The replica set as etcd holds it, while it is this leader's (its epoch). A set still at
+    /// the epoch this leader last held it under, with no takeover begun, is moved to the
+    /// node's current epoch first (compare-and-swap): the node claimed its membership again,
+    /// under a new epoch, after its lease lapsed (an etcd outage, a stall), and nobody took
+    /// the shard meanwhile. A takeover marks the set (epoch 0) before anything else, so the
+    /// swap and a takeover exclude each other.
+    async fn own_record(&self) -> Result<ShardRecord, NotOwn> {
+        let unread = |e: crate::cluster::ClusterError| NotOwn::Unread(e.to_string());
+        for _ in 0..10 {
+            let r = self
+                .membership
+                .shard_record(&self.shard)
+                .await
+                .map_err(unread)?
+                .ok_or_else(|| NotOwn::Unread("the shard has no replica set in etcd".into()))?;
+            let epoch = self.membership.epoch();
+            if r.leader_epoch == epoch {
+                return Ok(r);
+            }
+            let held_at = crate::sync::lock(&self.state).record.as_ref().map(|h| h.leader_epoch);
+            if r.leader_epoch == 0 || held_at != Some(r.leader_epoch) || !r.taken_by.is_empty() {
+                return Err(NotOwn::Lost(format!(
+                    "the shard is led at epoch {} now, this leader's is {epoch}",
+                    r.leader_epoch
+                )));
+            }
+            let mut next = r.clone();
+            next.leader_epoch = epoch;
+            if let Some(adopted) = self.membership.put_shard_record_if(&next).await.map_err(unread)? {
+                tracing::info!(
+                    shard = self.shard,
+                    from = r.leader_epoch,
+                    to = epoch,
+                    "membership claimed again: the replica set follows this leader's new epoch"
+                );
+                crate::sync::lock(&self.state).record = Some(adopted.clone());
+                return Ok(adopted);
+            }
         }
-        Ok(r)
+        Err(NotOwn::Unread("the replica set kept changing".into()))
     }
 
     /// Names `target` as the node taking the shard over, with no leader epoch (no in-sync change
@@ -488,20 +533,15 @@ impl Leader {
     /// Writes the in-sync set with `node` added or removed, by compare-and-swap.
     async fn set_in_sync(&self, node: &str, in_sync: bool) -> Result<(), String> {
         for _ in 0..10 {
-            let current = match self.membership.shard_record(&self.shard).await {
-                Ok(Some(r)) => r,
-                Ok(None) => return Err("the shard has no replica set in etcd".into()),
-                Err(e) => return Err(e.to_string()),
+            let current = match self.own_record().await {
+                Ok(r) => r,
+                Err(NotOwn::Lost(e)) => {
+                    // Another leader took the shard (this one was stopped or cut off past its lease).
+                    self.membership.supersede();
+                    return Err(format!("superseded: {e}"));
+                }
+                Err(NotOwn::Unread(e)) => return Err(e),
             };
-            let epoch = self.membership.epoch();
-            if current.leader_epoch != epoch {
-                // Another leader took the shard (this one was stopped or cut off past its lease).
-                self.membership.supersede();
-                return Err(format!(
-                    "superseded: the shard is led at epoch {}, this leader's is {epoch}",
-                    current.leader_epoch
-                ));
-            }
             if in_sync && !current.followers.iter().any(|f| f == node) {
                 return Err(format!("{node} no longer holds a copy of the shard"));
             }

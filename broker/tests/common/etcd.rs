@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 pub struct Etcd {
     pub child: Child,
     pub url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    binary: &'static str,
+    ports: (u16, u16),
 }
 
 fn free_port() -> u16 {
@@ -35,39 +37,62 @@ impl Etcd {
         panic!("etcd did not start on free ports in 5 attempts");
     }
 
-    fn try_start(binary: &str) -> Option<Etcd> {
+    fn try_start(binary: &'static str) -> Option<Etcd> {
         let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(binary)
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path())
-            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("t={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd starts");
-        let mut etcd = Etcd { child, url, _dir: dir };
+        let ports = (free_port(), free_port());
+        let child = spawn(binary, dir.path(), ports);
+        let mut etcd = Etcd { child, url: format!("http://127.0.0.1:{}", ports.0), dir, binary, ports };
+        etcd.answers().then_some(etcd)
+    }
+
+    /// Waits until etcd answers as etcd (true) or exits (false), for up to 20 s.
+    fn answers(&mut self) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
-            if etcd.child.try_wait().unwrap().is_some() {
-                return None;
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
             }
-            if answers_as_etcd(client) {
-                return Some(etcd);
+            if answers_as_etcd(self.ports.0) {
+                return true;
             }
             assert!(std::time::Instant::now() < deadline, "etcd did not answer within 20 s");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 
+    /// Kills etcd (SIGKILL, as a machine failure would) and leaves it down.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts etcd again on its data directory and ports, after [`Self::kill`]; returns once
+    /// it answers.
+    pub fn restart(&mut self) {
+        self.child = spawn(self.binary, self.dir.path(), self.ports);
+        assert!(self.answers(), "etcd did not start again on port {}", self.ports.0);
+    }
+
     /// Sends `signal` (e.g. "STOP", "CONT", "KILL") to the etcd process.
     pub fn signal(&self, signal: &str) {
         signal_pid(self.child.id(), signal);
     }
+}
+
+/// etcd on `dir`, listening on loopback ports `(client, peer)`.
+fn spawn(binary: &str, dir: &Path, (client, peer): (u16, u16)) -> Child {
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    Command::new(binary)
+        .args(["--name", "t", "--data-dir"])
+        .arg(dir)
+        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("t={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd starts")
 }
 
 impl Drop for Etcd {
