@@ -57,7 +57,6 @@ async fn send_until(mut client: Messaging, prefix: &str, stop: Arc<AtomicBool>, 
     out
 }
 
-/// How etcd is out.
 /// Stops every node; the lines of their logs where a node stopped serving its shard and ran
 /// again (a restart within the process, which clients see as refused connections).
 fn restarts(nodes: Vec<Node>) -> Vec<String> {
@@ -71,6 +70,7 @@ fn restarts(nodes: Vec<Node>) -> Vec<String> {
     out
 }
 
+/// How etcd is out.
 #[derive(Debug, Clone, Copy)]
 enum Outage {
     /// SIGSTOP, then SIGCONT: connections stay open and nothing answers.
@@ -79,61 +79,78 @@ enum Outage {
     Killed,
 }
 
-/// Three nodes, sends through node 1 all along; etcd out for four leases (2 s each): no lease
-/// renewed, no metadata read or written. Sends are acknowledged meanwhile; every shard is then
-/// led by its node and in sync again, no node stopped serving, and every acknowledged send is
-/// received.
-async fn ride_out(outage: Outage) {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mut etcd = Etcd::start();
+/// Three nodes in sync, `orders` created, and sends through node 1 going on for 2 s.
+struct Cluster {
+    etcd: Etcd,
+    dirs: Vec<tempfile::TempDir>,
+    nodes: Vec<Node>,
+    n1: String,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+    sender: tokio::task::JoinHandle<Sends>,
+}
+
+async fn started() -> Cluster {
+    let etcd = Etcd::start();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes: Vec<Node> = IDS.iter().zip(&dirs).map(|(id, d)| start(&etcd.url, d.path(), id, &[])).collect();
     let n1 = nodes[0].addr.clone();
     wait_in_sync(&n1, &IDS, Duration::from_secs(30)).await;
     create_orders(&n1).await;
-
     let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let client = Messaging::connect(format!("http://{n1}")).await.unwrap();
     let sender = tokio::spawn(send_until(client, "e", stop.clone(), acked.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await;
+    Cluster { etcd, dirs, nodes, n1, stop, acked, sender }
+}
 
-    let out_at = Instant::now();
-    let before = acked.load(Ordering::Relaxed);
+impl Cluster {
+    /// Every shard in sync again: sends go on 2 s more and stop; every acknowledged one is
+    /// received through node 1, and no node stopped serving its own shard.
+    async fn check(self, what: &str) {
+        wait_in_sync(&self.n1, &IDS, Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.stop.store(true, Ordering::Relaxed);
+        let sends = self.sender.await.unwrap();
+        eprintln!(
+            "{what}: {} acknowledged, refused {:?}, first {:?}",
+            sends.acked.len(),
+            sends.refused,
+            sends.first_refusal
+        );
+        let mut client = Messaging::connect(format!("http://{}", self.n1)).await.unwrap();
+        let missing = missing_after_receiving(&mut client, &sends.acked, Duration::from_secs(60)).await;
+        assert!(
+            missing.is_empty(),
+            "{} of {} acknowledged sends not received: {missing:?}",
+            missing.len(),
+            sends.acked.len()
+        );
+        let restarted = restarts(self.nodes);
+        assert!(restarted.is_empty(), "no node stops serving its own shard: {restarted:#?}");
+        drop(self.etcd);
+    }
+}
+
+/// etcd out for four leases (2 s each): no lease renewed, no metadata read or written. Sends
+/// are acknowledged meanwhile, and [`Cluster::check`] holds after.
+async fn ride_out(outage: Outage) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = started().await;
+    let before = c.acked.load(Ordering::Relaxed);
     match outage {
-        Outage::Frozen => etcd.signal("STOP"),
-        Outage::Killed => etcd.kill(),
+        Outage::Frozen => c.etcd.signal("STOP"),
+        Outage::Killed => c.etcd.kill(),
     }
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let during = acked.load(Ordering::Relaxed) - before;
+    let during = c.acked.load(Ordering::Relaxed) - before;
     match outage {
-        Outage::Frozen => etcd.signal("CONT"),
-        Outage::Killed => etcd.restart(),
+        Outage::Frozen => c.etcd.signal("CONT"),
+        Outage::Killed => c.etcd.restart(),
     }
-    eprintln!("{outage:?}: etcd back after {:?}, {during} sends acknowledged while out", out_at.elapsed());
+    eprintln!("{outage:?}: {during} sends acknowledged while etcd was out");
     assert!(during > 0, "sends to topics already placed go on while etcd is out");
-
-    wait_in_sync(&n1, &IDS, Duration::from_secs(60)).await;
-    eprintln!("{outage:?}: in sync {:?} after the outage began", out_at.elapsed());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let sends = sender.await.unwrap();
-    eprintln!(
-        "{outage:?}: {} acknowledged, refused {:?}, first refusal {:?}",
-        sends.acked.len(),
-        sends.refused,
-        sends.first_refusal
-    );
-
-    let mut client = Messaging::connect(format!("http://{n1}")).await.unwrap();
-    let missing = missing_after_receiving(&mut client, &sends.acked, Duration::from_secs(60)).await;
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged sends not received: {missing:?}",
-        missing.len(),
-        sends.acked.len()
-    );
-    let restarted = restarts(nodes);
-    assert!(restarted.is_empty(), "no node stops serving its own shard: {restarted:#?}");
+    c.check(&format!("{outage:?}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,61 +165,27 @@ async fn a_replicated_cluster_rides_out_etcd_killed_and_restarted_and_loses_noth
 
 /// Node 3 killed while etcd is frozen: writes that need the in-sync sets to shrink are refused
 /// (never OK) until etcd is back; then node 3's shard is served from a copy, node 3 started
-/// again gets it back, and every acknowledged send is received.
+/// again gets it back, and [`Cluster::check`] holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_while_etcd_is_frozen_fails_over_once_etcd_is_back_and_loses_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let etcd = Etcd::start();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes: Vec<Node> = IDS.iter().zip(&dirs).map(|(id, d)| start(&etcd.url, d.path(), id, &[])).collect();
-    let n1 = nodes[0].addr.clone();
-    wait_in_sync(&n1, &IDS, Duration::from_secs(30)).await;
-    create_orders(&n1).await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = Messaging::connect(format!("http://{n1}")).await.unwrap();
-    let sender = tokio::spawn(send_until(client, "e", stop.clone(), Arc::default()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    let out_at = Instant::now();
-    etcd.signal("STOP");
+    let mut c = started().await;
+    c.etcd.signal("STOP");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    nodes[2].child.kill().unwrap();
-    nodes[2].child.wait().unwrap();
+    c.nodes[2].child.kill().unwrap();
+    c.nodes[2].child.wait().unwrap();
     tokio::time::sleep(Duration::from_secs(7)).await;
-    etcd.signal("CONT");
+    c.etcd.signal("CONT");
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = common::replicated::shards(&n1).await;
+        let s = common::replicated::shards(&c.n1).await;
         if s.iter().any(|sh| sh.shard == "n3" && sh.leader != "n3") {
-            eprintln!("n3's shard taken over {:?} after the outage began: {s:#?}", out_at.elapsed());
             break;
         }
         assert!(Instant::now() < deadline, "n3's shard not taken over: {s:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    nodes[2] = start(&etcd.url, dirs[2].path(), "n3", &[]);
-    wait_in_sync(&n1, &IDS, Duration::from_secs(60)).await;
-    eprintln!("in sync {:?} after the outage began", out_at.elapsed());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let sends = sender.await.unwrap();
-    eprintln!(
-        "{} acknowledged, refused {:?}, first refusal {:?}",
-        sends.acked.len(),
-        sends.refused,
-        sends.first_refusal
-    );
-
-    let mut client = Messaging::connect(format!("http://{n1}")).await.unwrap();
-    let missing = missing_after_receiving(&mut client, &sends.acked, Duration::from_secs(60)).await;
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged sends not received: {missing:?}",
-        missing.len(),
-        sends.acked.len()
-    );
-    let restarted = restarts(nodes);
-    assert!(restarted.is_empty(), "no node stops serving its own shard: {restarted:#?}");
+    c.nodes[2] = start(&c.etcd.url, c.dirs[2].path(), "n3", &[]);
+    c.check("node 3 killed").await;
 }
