@@ -155,6 +155,8 @@ pub async fn run_with_metrics(
         tracker.spawn(watch_store(broker.clone(), store_failed.clone(), token.clone()));
     }
     let superseded = cluster.as_ref().map(|m| m.superseded()).unwrap_or_default();
+    // Cancelled when the stop comes from `shutdown` (rather than from a successor or the store).
+    let asked = CancellationToken::new();
     tracker.spawn(crate::tasks::checkback::run(broker.clone(), clients.clone(), forwarder, token.clone()));
     let tls = match (&broker.config().tls_cert, &broker.config().tls_key) {
         (Some(cert), Some(key)) => {
@@ -197,10 +199,10 @@ pub async fn run_with_metrics(
     };
     let limits = Limits { max: broker.config().max_connections, handshake: broker.config().handshake_timeout };
     http2::serve(incoming(listener, limits, tls), routes, settings, {
-        let (superseded, store_failed) = (superseded.clone(), store_failed.clone());
+        let (superseded, store_failed, asked) = (superseded.clone(), store_failed.clone(), asked.clone());
         async move {
             tokio::select! {
-                _ = shutdown => {}
+                _ = shutdown => asked.cancel(),
                 _ = superseded.cancelled() => {}
                 _ = store_failed.cancelled() => {}
             }
@@ -217,7 +219,9 @@ pub async fn run_with_metrics(
     if let Some(why) = failure {
         return Err(ServeError::StoreFailed(why));
     }
-    if superseded.is_cancelled() {
+    // A stop asked for (SIGTERM) is a stop, even if the shard was taken over while it drained
+    // (its lease is given back at once): running again as a returning node would outlive it.
+    if superseded.is_cancelled() && !asked.is_cancelled() {
         return Err(ServeError::Superseded);
     }
     Ok(())
