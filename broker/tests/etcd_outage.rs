@@ -8,54 +8,19 @@
 
 mod common;
 
-use common::replicated::{create_orders, missing_after_receiving, start, wait_in_sync, Messaging, Node};
-use common::{send_request, Etcd};
+use common::replicated::{
+    create_orders, missing_after_receiving, send_until, start, wait_in_sync, Messaging, Node, Sends,
+};
+use common::Etcd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use txmq_proto::v2;
 
 const IDS: [&str; 3] = ["n1", "n2", "n3"];
 
 /// The tests run one at a time: each starts etcd and three brokers with a 2 s lease, and a
 /// node stalled past it by a neighbour's load would be taken over for real.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// What the sends made while `stop` was unset answered: the ids acknowledged, and how many
-/// answered each other code.
-#[derive(Default)]
-struct Sends {
-    acked: Vec<String>,
-    refused: std::collections::BTreeMap<i32, u32>,
-    first_refusal: Option<String>,
-}
-
-/// Sends one message at a time through `client` until `stop`, ids `prefix0`, `prefix1` …,
-/// counting the acknowledged ones in `acked` as they come.
-async fn send_until(mut client: Messaging, prefix: &str, stop: Arc<AtomicBool>, acked: Arc<AtomicUsize>) -> Sends {
-    let mut out = Sends::default();
-    let mut i = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let id = format!("{prefix}{i}");
-        i += 1;
-        let mut req = tonic::Request::new(send_request("orders", &id));
-        req.set_timeout(Duration::from_secs(15));
-        let st = match client.send_message(req).await {
-            Ok(r) => r.into_inner().status.unwrap(),
-            // A refused connection: the node stopped serving (and listens again elsewhere).
-            Err(s) => panic!("send {id}: transport error {s:?} (the broker must answer a RocketMQ status)"),
-        };
-        if st.code == v2::Code::Ok as i32 {
-            out.acked.push(id);
-            acked.fetch_add(1, Ordering::Relaxed);
-        } else {
-            *out.refused.entry(st.code).or_default() += 1;
-            out.first_refusal.get_or_insert(format!("{id}: {} {}", st.code, st.message));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    out
-}
 
 /// Stops every node; the lines of their logs where a node stopped serving its shard and ran
 /// again (a restart within the process, which clients see as refused connections).
@@ -99,7 +64,7 @@ async fn started() -> Cluster {
     create_orders(&n1).await;
     let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let client = Messaging::connect(format!("http://{n1}")).await.unwrap();
-    let sender = tokio::spawn(send_until(client, "e", stop.clone(), acked.clone()));
+    let sender = tokio::spawn(send_until(client, "e".into(), stop.clone(), acked.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await;
     Cluster { etcd, dirs, nodes, n1, stop, acked, sender }
 }

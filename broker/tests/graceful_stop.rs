@@ -6,34 +6,13 @@
 
 mod common;
 
-use common::replicated::{create_orders, missing_after_receiving, start, wait_in_sync, Messaging, Node};
-use common::{send_request, Etcd};
+use common::replicated::{create_orders, missing_after_receiving, send_until, start, wait_in_sync, Messaging, Node};
+use common::Etcd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use txmq_proto::v2;
 
 const IDS: [&str; 3] = ["n1", "n2", "n3"];
-
-/// Sends through `client` one at a time until `stop`, ids `{prefix}{i}`; the ids acknowledged.
-async fn send_until(mut client: Messaging, prefix: String, stop: Arc<AtomicBool>) -> Vec<String> {
-    let mut acked = Vec::new();
-    for i in 0.. {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let id = format!("{prefix}{i}");
-        let mut req = tonic::Request::new(send_request("orders", &id));
-        req.set_timeout(Duration::from_secs(15));
-        let st = client.send_message(req).await.unwrap().into_inner().status.unwrap();
-        if st.code == v2::Code::Ok as i32 {
-            acked.push(id);
-        } else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    acked
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_with_sigterm_under_load_exits_zero() {
@@ -62,8 +41,9 @@ async fn sigterm_under_load(check_received: bool) {
     // Eight senders, so that node 1 has writes in flight when it is stopped.
     let stop = Arc::new(AtomicBool::new(false));
     let client = Messaging::connect(format!("http://{n2}")).await.unwrap();
-    let senders: Vec<_> =
-        (0..8).map(|s| tokio::spawn(send_until(client.clone(), format!("s{s}-"), stop.clone()))).collect();
+    let senders: Vec<_> = (0..8)
+        .map(|s| tokio::spawn(send_until(client.clone(), format!("s{s}-"), stop.clone(), Arc::default())))
+        .collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // SIGTERM node 1 while sends land on its shard: it drains and exits 0.
@@ -90,7 +70,7 @@ async fn sigterm_under_load(check_received: bool) {
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();
     for s in senders {
-        acked.extend(s.await.unwrap());
+        acked.extend(s.await.unwrap().acked);
     }
     let mut client = Messaging::connect(format!("http://{n2}")).await.unwrap();
     let missing = missing_after_receiving(&mut client, &acked, Duration::from_secs(60)).await;

@@ -97,8 +97,7 @@ fn spawn(binary: &str, dir: &Path, (client, peer): (u16, u16)) -> Child {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

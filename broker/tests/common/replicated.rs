@@ -4,6 +4,8 @@
 use super::start_broker;
 use std::ops::Bound;
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use txmq_broker::store::Store;
 use txmq_proto::admin as pb;
@@ -119,6 +121,47 @@ pub async fn missing_after_receiving<'a>(
         }
     }
     want.into_iter().filter(|id| !got.contains(*id)).cloned().collect()
+}
+
+/// What the sends made while `stop` was unset answered: the ids acknowledged, and how many
+/// answered each other code.
+#[derive(Default)]
+pub struct Sends {
+    pub acked: Vec<String>,
+    pub refused: std::collections::BTreeMap<i32, u32>,
+    pub first_refusal: Option<String>,
+}
+
+/// Sends one message at a time to `orders` through `client` until `stop`, ids `prefix0`,
+/// `prefix1` …, counting the acknowledged ones in `acked` as they come. A transport error
+/// fails the test: a refused connection means the node stopped serving.
+pub async fn send_until(
+    mut client: Messaging,
+    prefix: String,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+) -> Sends {
+    let mut out = Sends::default();
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let id = format!("{prefix}{i}");
+        i += 1;
+        let mut req = tonic::Request::new(super::send_request("orders", &id));
+        req.set_timeout(Duration::from_secs(15));
+        let st = match client.send_message(req).await {
+            Ok(r) => r.into_inner().status.unwrap(),
+            Err(s) => panic!("send {id}: transport error {s:?} (the broker must answer a RocketMQ status)"),
+        };
+        if st.code == txmq_proto::v2::Code::Ok as i32 {
+            out.acked.push(id);
+            acked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            *out.refused.entry(st.code).or_default() += 1;
+            out.first_refusal.get_or_insert(format!("{id}: {} {}", st.code, st.message));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    out
 }
 
 /// Every key and value of a store, but the fence a copy keeps for itself (the highest leader
