@@ -2,7 +2,8 @@
 //!
 //! [`run`] takes an already-bound listener and any shutdown future, so tests bind
 //! `127.0.0.1:0`. Shutdown order: stop accepting, end Telemetry streams and long polls, wait
-//! for in-flight calls and tracked tasks, then flush the store and stop its writer.
+//! for in-flight calls and tracked tasks, then stop replicating and give the cluster lease
+//! back, then flush the store and stop its writer.
 
 mod failover;
 mod http2;
@@ -74,10 +75,15 @@ pub async fn run_with_metrics(
     let advertised = advertised_endpoints(broker.config(), local)?;
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // The shard's replication and the cluster lease outlast the drain: a write still in
+    // flight when the stop begins needs its followers' acknowledgements, and the lease held
+    // until then keeps another node from taking the shard over while this one still writes.
+    let leave = CancellationToken::new();
+    let lasting = TaskTracker::new();
     let clients = Arc::new(Clients::default());
     let cluster = match join_cluster(&broker, local).await? {
         Some(m) => {
-            tracker.spawn(m.clone().keep_alive(token.clone()));
+            lasting.spawn(m.clone().keep_alive(leave.clone()));
             if broker.config().auth {
                 // Users are the cluster's (in etcd), the same on every node.
                 let at =
@@ -139,7 +145,7 @@ pub async fn run_with_metrics(
         let leader = broker
             .replicate(replication_settings(broker.config()), m.clone())
             .map_err(|e| ServeError::Config(e.to_string()))?;
-        tracker.spawn(leader.run(token.clone()));
+        lasting.spawn(leader.run(leave.clone()));
         if broker.acting_on().is_none() {
             // This node takes over the shards of dead nodes it holds in-sync copies of.
             let host = Arc::new(failover::Host::new(broker.config().clone(), m.clone(), replicas.clone(), local));
@@ -213,6 +219,9 @@ pub async fn run_with_metrics(
     .await;
     tracker.close();
     tracker.wait().await;
+    leave.cancel();
+    lasting.close();
+    lasting.wait().await;
     let failure = store_failed.is_cancelled().then(|| broker.store_failure().unwrap_or_default());
     tokio::task::spawn_blocking(move || broker.shutdown()).await.map_err(std::io::Error::other)?;
     tracing::info!("store flushed; broker stopped");
