@@ -1,18 +1,27 @@
 //! A node of a cluster with replicas (`--replicas 3 --min-insync-replicas 2`, a real etcd,
 //! three broker processes) stopped with SIGTERM under load: it exits with status 0, rather than
 //! running again as a returning node when its shard is taken over while it drains, and every
-//! acknowledged send is then received through another node.
+//! acknowledged send is then received through another node; and a rolling restart (each node
+//! in turn stopped with SIGTERM under load and started again) loses no acknowledged send.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::replicated::{create_orders, missing_after_receiving, send_until, start, wait_in_sync, Messaging, Node};
+use common::replicated::{
+    create_orders, missing_after_receiving, send_until, shards, start, wait_in_sync, wait_shards, Messaging, Node,
+    Sends,
+};
 use common::Etcd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use txmq_proto::admin as pb;
 
 const IDS: [&str; 3] = ["n1", "n2", "n3"];
+
+/// The tests run one at a time: each starts etcd and three brokers with a 2 s lease, and a
+/// node stalled past it by a neighbour's load would be taken over for real.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Node 1 stopped with SIGTERM while eight senders write through node 2: it exits 0 within
 /// 20 s without running again, and every acknowledged send is then received through node 2.
@@ -21,44 +30,135 @@ const IDS: [&str; 3] = ["n1", "n2", "n3"];
 /// in-sync set in about half the runs (12–15% of the sends not received).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_with_sigterm_under_load_exits_zero_and_loses_no_acknowledged_send() {
-    let etcd = Etcd::start();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes: Vec<Node> = IDS.iter().zip(&dirs).map(|(id, d)| start(&etcd.url, d.path(), id, &[])).collect();
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (_etcd, _dirs, mut nodes) = started().await;
     let n2 = nodes[1].addr.clone();
-    wait_in_sync(&n2, &IDS, Duration::from_secs(30)).await;
-    create_orders(&n2).await;
     // Eight senders, so that node 1 has writes in flight when it is stopped.
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = Messaging::connect(format!("http://{n2}")).await.unwrap();
-    let senders: Vec<_> = (0..8)
-        .map(|s| tokio::spawn(send_until(client.clone(), format!("s{s}-"), stop.clone(), Arc::default())))
-        .collect();
+    let load = Load::start(&n2, 8, "s").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // SIGTERM node 1 while sends land on its shard: it drains and exits 0.
-    let term = std::process::Command::new("kill").args(["-TERM", &nodes[0].child.id().to_string()]).status();
-    assert!(term.unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = nodes[0].child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "node 1 still running 20 s after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let log = nodes[0].log.take().unwrap().join().unwrap();
-    let rejoined: Vec<&String> = log.iter().filter(|l| l.contains("rejoining")).collect();
-    assert!(status.success() && rejoined.is_empty(), "node 1 exited {status:?}; {rejoined:#?}");
+    stop_with_sigterm(&mut nodes[0]).await;
 
     // Its shard is served from a copy; every acknowledged send is received through node 2.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for s in senders {
-        acked.extend(s.await.unwrap().acked);
-    }
+    let acked = load.finish().await;
     let mut client = Messaging::connect(format!("http://{n2}")).await.unwrap();
     let missing = missing_after_receiving(&mut client, &acked, Duration::from_secs(60)).await;
     assert!(missing.is_empty(), "{} of {} acknowledged sends not received: {missing:?}", missing.len(), acked.len());
     drop(nodes);
+}
+
+/// A rolling restart under load, as for an upgrade without draining: each node in turn stopped
+/// with SIGTERM while four senders write through the next node, its shard taken over by an
+/// in-sync copy, the node started again on its data directory, its shard handed back to it;
+/// then the next node. Every acknowledged send is then received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_no_acknowledged_send() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (etcd, dirs, mut nodes) = started().await;
+    let epoch = |s: &[pb::ShardStatus], id: &str| s.iter().find(|sh| sh.shard == id).map_or(0, |sh| sh.epoch);
+    let led_in_sync = |s: &[pb::ShardStatus]| {
+        IDS.iter().all(|n| {
+            s.iter().any(|sh| {
+                sh.shard == *n && sh.leader == *n && sh.replicas.len() == 2 && sh.replicas.iter().all(|r| r.in_sync)
+            })
+        })
+    };
+    let mut acked = Vec::new();
+    for (i, id) in IDS.iter().enumerate() {
+        let through = nodes[(i + 1) % 3].addr.clone();
+        let load = Load::start(&through, 4, &format!("r{i}s")).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let own_epoch = epoch(&shards(&through).await, id);
+        let began = Instant::now();
+        stop_with_sigterm(&mut nodes[i]).await;
+        let exited = began.elapsed();
+        // Served from an in-sync copy on another node (a new epoch), under load.
+        let s = wait_shards(&through, Duration::from_secs(30), "taken over", |s| {
+            s.iter().any(|sh| {
+                sh.shard == *id
+                    && sh.epoch > own_epoch
+                    && sh.leader != *id
+                    && !sh.replicas.is_empty()
+                    && sh.replicas.iter().all(|r| r.in_sync)
+            })
+        })
+        .await;
+        let (taken, acting_epoch) = (began.elapsed(), epoch(&s, id));
+        // Started again: it gets its shard back, still under load.
+        nodes[i] = start(&etcd.url, dirs[i].path(), id, &[]);
+        wait_shards(&through, Duration::from_secs(60), "handed back", |s| {
+            epoch(s, id) > acting_epoch && led_in_sync(s)
+        })
+        .await;
+        let back = began.elapsed();
+        let before = acked.len();
+        acked.extend(load.finish().await);
+        let n = acked.len() - before;
+        eprintln!(
+            "{id}: after SIGTERM, exited {exited:.1?}, taken over {taken:.1?}, back {back:.1?}; {n} sends acknowledged"
+        );
+        assert!(n > 0, "no send acknowledged while {id} restarted");
+        wait_in_sync(&through, &IDS, Duration::from_secs(30)).await;
+    }
+    let mut client = Messaging::connect(format!("http://{}", nodes[0].addr)).await.unwrap();
+    let missing = missing_after_receiving(&mut client, &acked, Duration::from_secs(60)).await;
+    assert!(missing.is_empty(), "{} of {} acknowledged sends not received: {missing:?}", missing.len(), acked.len());
+}
+
+/// Senders writing to `orders` one message at a time each, until finished.
+struct Load {
+    stop: Arc<AtomicBool>,
+    senders: Vec<tokio::task::JoinHandle<Sends>>,
+}
+
+impl Load {
+    /// `n` senders through `addr`, sender `s` sending ids `{prefix}{s}-0`, `{prefix}{s}-1` …
+    async fn start(addr: &str, n: usize, prefix: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = Messaging::connect(format!("http://{addr}")).await.unwrap();
+        let senders = (0..n)
+            .map(|s| tokio::spawn(send_until(client.clone(), format!("{prefix}{s}-"), stop.clone(), Arc::default())))
+            .collect();
+        Load { stop, senders }
+    }
+
+    /// Stops the senders; the ids acknowledged.
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut acked = Vec::new();
+        for s in self.senders {
+            acked.extend(s.await.unwrap().acked);
+        }
+        acked
+    }
+}
+
+/// etcd and nodes n1, n2, n3 on their data directories, every shard in sync, `orders` created.
+async fn started() -> (Etcd, Vec<tempfile::TempDir>, Vec<Node>) {
+    let etcd = Etcd::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<Node> = IDS.iter().zip(&dirs).map(|(id, d)| start(&etcd.url, d.path(), id, &[])).collect();
+    wait_in_sync(&nodes[0].addr, &IDS, Duration::from_secs(30)).await;
+    create_orders(&nodes[0].addr).await;
+    (etcd, dirs, nodes)
+}
+
+/// Sends SIGTERM to `node` and waits (up to 20 s) for it to exit: with status 0, and without
+/// having run again as a returning node.
+async fn stop_with_sigterm(node: &mut Node) {
+    let term = std::process::Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status();
+    assert!(term.unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = node.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "node still running 20 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = node.log.take().unwrap().join().unwrap();
+    let rejoined: Vec<&String> = log.iter().filter(|l| l.contains("rejoining")).collect();
+    assert!(status.success() && rejoined.is_empty(), "node exited {status:?}; {rejoined:#?}");
 }

@@ -81,21 +81,34 @@ pub async fn shards(addr: &str) -> Vec<pb::ShardStatus> {
 /// Waits until every shard named is led by its own node, both its followers connected and in
 /// sync with lag 0.
 pub async fn wait_in_sync(addr: &str, names: &[&str], within: Duration) -> Vec<pb::ShardStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = shards(addr).await;
-        let ok = names.iter().all(|n| {
+    wait_shards(addr, within, &format!("shards {names:?} in sync"), |s| {
+        names.iter().all(|n| {
             s.iter().any(|sh| {
                 sh.shard == *n
                     && sh.leader == *n
                     && sh.replicas.len() == 2
                     && sh.replicas.iter().all(|r| r.in_sync && r.connected && r.lag == 0)
             })
-        });
-        if ok {
+        })
+    })
+    .await
+}
+
+/// Polls the shards' status through `addr` until `done` holds (failing the test after
+/// `within`, saying `what` it waited for); that status.
+pub async fn wait_shards(
+    addr: &str,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&[pb::ShardStatus]) -> bool,
+) -> Vec<pb::ShardStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = shards(addr).await;
+        if done(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "shards {names:?} not in sync: {s:#?}");
+        assert!(Instant::now() < deadline, "not {what} within {within:?}: {s:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
