@@ -2,7 +2,8 @@
 //! three broker processes) stopped with SIGTERM under load: it exits with status 0, rather than
 //! running again as a returning node when its shard is taken over while it drains, and every
 //! acknowledged send is then received through another node; and a rolling restart (each node
-//! in turn stopped with SIGTERM under load and started again) loses no acknowledged send.
+//! in turn stopped with SIGTERM under load and started again) loses no acknowledged send, nor
+//! does a SIGTERM to a node serving a dead node's shard from its copy.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -57,7 +58,6 @@ async fn a_node_stopped_with_sigterm_under_load_exits_zero_and_loses_no_acknowle
 async fn a_rolling_restart_under_load_loses_no_acknowledged_send() {
     let _one = ONE_AT_A_TIME.lock().await;
     let (etcd, dirs, mut nodes) = started().await;
-    let epoch = |s: &[pb::ShardStatus], id: &str| s.iter().find(|sh| sh.shard == id).map_or(0, |sh| sh.epoch);
     let led_in_sync = |s: &[pb::ShardStatus]| {
         IDS.iter().all(|n| {
             s.iter().any(|sh| {
@@ -76,13 +76,7 @@ async fn a_rolling_restart_under_load_loses_no_acknowledged_send() {
         let exited = began.elapsed();
         // Served from an in-sync copy on another node (a new epoch), under load.
         let s = wait_shards(&through, Duration::from_secs(30), "taken over", |s| {
-            s.iter().any(|sh| {
-                sh.shard == *id
-                    && sh.epoch > own_epoch
-                    && sh.leader != *id
-                    && !sh.replicas.is_empty()
-                    && sh.replicas.iter().all(|r| r.in_sync)
-            })
+            served_from_copy(s, id, own_epoch) && s.iter().any(|sh| sh.shard == *id && !sh.replicas.is_empty())
         })
         .await;
         let (taken, acting_epoch) = (began.elapsed(), epoch(&s, id));
@@ -105,6 +99,58 @@ async fn a_rolling_restart_under_load_loses_no_acknowledged_send() {
     let mut client = Messaging::connect(format!("http://{}", nodes[0].addr)).await.unwrap();
     let missing = missing_after_receiving(&mut client, &acked, Duration::from_secs(60)).await;
     assert!(missing.is_empty(), "{} of {} acknowledged sends not received: {missing:?}", missing.len(), acked.len());
+}
+
+/// A node serving a dead node's shard from its copy (an acting broker in its process) stopped
+/// with SIGTERM under load: it exits 0, the last live node serves both its shard and the dead
+/// node's from its copies, and once both nodes are started again each gets its shard back.
+/// Every acknowledged send is then received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_acting_for_a_dead_one_stopped_with_sigterm_loses_no_acknowledged_send() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (etcd, dirs, mut nodes) = started().await;
+    let n1_epoch = epoch(&shards(&nodes[1].addr).await, "n1");
+    let load = Load::start(&nodes[1].addr, 4, "a").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nodes[0].child.kill().unwrap();
+    let s =
+        wait_shards(&nodes[1].addr, Duration::from_secs(30), "n1 taken over", |s| served_from_copy(s, "n1", n1_epoch))
+            .await;
+    let mut acked = load.finish().await;
+    let host = s.iter().find(|sh| sh.shard == "n1").unwrap().leader.clone();
+    let h = IDS.iter().position(|n| *n == host).unwrap();
+    let other = 3 - h;
+    let (host_epoch, acting_epoch) = (epoch(&s, &host), epoch(&s, "n1"));
+    let load = Load::start(&nodes[other].addr, 4, "b").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_with_sigterm(&mut nodes[h]).await;
+    // The last live node holds in-sync copies of both shards: it serves them (writes wait for
+    // a second copy).
+    let last = IDS[other];
+    wait_shards(&nodes[other].addr, Duration::from_secs(30), "both shards served from copies", |s| {
+        s.iter().any(|sh| sh.shard == host && sh.leader == last && sh.epoch > host_epoch)
+            && s.iter().any(|sh| sh.shard == "n1" && sh.leader == last && sh.epoch > acting_epoch)
+    })
+    .await;
+    nodes[0] = start(&etcd.url, dirs[0].path(), "n1", &[]);
+    nodes[h] = start(&etcd.url, dirs[h].path(), &host, &[]);
+    wait_in_sync(&nodes[other].addr, &IDS, Duration::from_secs(90)).await;
+    acked.extend(load.finish().await);
+    let mut client = Messaging::connect(format!("http://{}", nodes[other].addr)).await.unwrap();
+    let missing = missing_after_receiving(&mut client, &acked, Duration::from_secs(60)).await;
+    eprintln!("n1 served by {host}, then {host} stopped: {} sends acknowledged", acked.len());
+    assert!(missing.is_empty(), "{} of {} acknowledged sends not received: {missing:?}", missing.len(), acked.len());
+}
+
+/// The epoch of shard `id` in `s` (0 when absent).
+fn epoch(s: &[pb::ShardStatus], id: &str) -> i64 {
+    s.iter().find(|sh| sh.shard == id).map_or(0, |sh| sh.epoch)
+}
+
+/// Whether shard `id` is served from a copy on another node, past epoch `own`, with every
+/// remaining copy in sync.
+fn served_from_copy(s: &[pb::ShardStatus], id: &str, own: i64) -> bool {
+    s.iter().any(|sh| sh.shard == id && sh.epoch > own && sh.leader != id && sh.replicas.iter().all(|r| r.in_sync))
 }
 
 /// Senders writing to `orders` one message at a time each, until finished.
