@@ -119,6 +119,7 @@ async fn a_node_acting_for_a_dead_one_stopped_with_sigterm_loses_no_acknowledged
     let mut acked = load.finish().await;
     let host = s.iter().find(|sh| sh.shard == "n1").unwrap().leader.clone();
     let h = IDS.iter().position(|n| *n == host).unwrap();
+    // The live node that is not the host (node 1 is dead: the host is index 1 or 2).
     let other = 3 - h;
     let (host_epoch, acting_epoch) = (epoch(&s, &host), epoch(&s, "n1"));
     let load = Load::start(&nodes[other].addr, 4, "b").await;
