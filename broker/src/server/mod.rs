@@ -229,7 +229,8 @@ pub async fn run_with_metrics(
         return Err(ServeError::StoreFailed(why));
     }
     // A stop asked for (SIGTERM) is a stop, even if the shard was taken over while it drained
-    // (its lease is given back at once): running again as a returning node would outlive it.
+    // (the lease lapsed meanwhile: etcd out, or the process stalled): running again as a
+    // returning node would outlive it.
     if superseded.is_cancelled() && !asked.is_cancelled() {
         return Err(ServeError::Superseded);
     }
