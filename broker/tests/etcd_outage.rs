@@ -9,18 +9,11 @@
 mod common;
 
 use common::replicated::{
-    create_orders, missing_after_receiving, send_until, start, wait_in_sync, Messaging, Node, Sends,
+    missing_after_receiving, start, three_nodes, wait_in_sync, Load, Messaging, Node, IDS, ONE_AT_A_TIME,
 };
 use common::Etcd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-const IDS: [&str; 3] = ["n1", "n2", "n3"];
-
-/// The tests run one at a time: each starts etcd and three brokers with a 2 s lease, and a
-/// node stalled past it by a neighbour's load would be taken over for real.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Stops every node; the lines of their logs where a node stopped serving its shard and ran
 /// again (a restart within the process, which clients see as refused connections).
@@ -50,23 +43,15 @@ struct Cluster {
     dirs: Vec<tempfile::TempDir>,
     nodes: Vec<Node>,
     n1: String,
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicUsize>,
-    sender: tokio::task::JoinHandle<Sends>,
+    load: Load,
 }
 
 async fn started() -> Cluster {
-    let etcd = Etcd::start();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let nodes: Vec<Node> = IDS.iter().zip(&dirs).map(|(id, d)| start(&etcd.url, d.path(), id, &[])).collect();
+    let (etcd, dirs, nodes) = three_nodes().await;
     let n1 = nodes[0].addr.clone();
-    wait_in_sync(&n1, &IDS, Duration::from_secs(30)).await;
-    create_orders(&n1).await;
-    let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
-    let client = Messaging::connect(format!("http://{n1}")).await.unwrap();
-    let sender = tokio::spawn(send_until(client, "e".into(), stop.clone(), acked.clone()));
+    let load = Load::start(&n1, 1, "e").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    Cluster { etcd, dirs, nodes, n1, stop, acked, sender }
+    Cluster { etcd, dirs, nodes, n1, load }
 }
 
 impl Cluster {
@@ -75,8 +60,7 @@ impl Cluster {
     async fn check(self, what: &str) {
         wait_in_sync(&self.n1, &IDS, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        self.stop.store(true, Ordering::Relaxed);
-        let sends = self.sender.await.unwrap();
+        let sends = self.load.finish().await;
         eprintln!(
             "{what}: {} acknowledged, refused {:?}, first {:?}",
             sends.acked.len(),
@@ -102,13 +86,13 @@ impl Cluster {
 async fn ride_out(outage: Outage) {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut c = started().await;
-    let before = c.acked.load(Ordering::Relaxed);
+    let before = c.load.acked.load(Ordering::Relaxed);
     match outage {
         Outage::Frozen => c.etcd.signal("STOP"),
         Outage::Killed => c.etcd.kill(),
     }
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let during = c.acked.load(Ordering::Relaxed) - before;
+    let during = c.load.acked.load(Ordering::Relaxed) - before;
     match outage {
         Outage::Frozen => c.etcd.signal("CONT"),
         Outage::Killed => c.etcd.restart(),

@@ -9,20 +9,11 @@
 mod common;
 
 use common::replicated::{
-    create_orders, missing_after_receiving, send_until, shards, start, wait_in_sync, wait_shards, Messaging, Node,
-    Sends,
+    missing_after_receiving, shards, start, three_nodes, wait_in_sync, wait_shards, Load, Messaging, Node, IDS,
+    ONE_AT_A_TIME,
 };
-use common::Etcd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use txmq_proto::admin as pb;
-
-const IDS: [&str; 3] = ["n1", "n2", "n3"];
-
-/// The tests run one at a time: each starts etcd and three brokers with a 2 s lease, and a
-/// node stalled past it by a neighbour's load would be taken over for real.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Node 1 stopped with SIGTERM while eight senders write through node 2: it exits 0 within
 /// 20 s without running again, and every acknowledged send is then received through node 2.
@@ -32,7 +23,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_with_sigterm_under_load_exits_zero_and_loses_no_acknowledged_send() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let (_etcd, _dirs, mut nodes) = started().await;
+    let (_etcd, _dirs, mut nodes) = three_nodes().await;
     let n2 = nodes[1].addr.clone();
     // Eight senders, so that node 1 has writes in flight when it is stopped.
     let load = Load::start(&n2, 8, "s").await;
@@ -43,7 +34,7 @@ async fn a_node_stopped_with_sigterm_under_load_exits_zero_and_loses_no_acknowle
 
     // Its shard is served from a copy; every acknowledged send is received through node 2.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let acked = load.finish().await;
+    let acked = load.finish().await.acked;
     let mut client = Messaging::connect(format!("http://{n2}")).await.unwrap();
     let missing = missing_after_receiving(&mut client, &acked, Duration::from_secs(60)).await;
     assert!(missing.is_empty(), "{} of {} acknowledged sends not received: {missing:?}", missing.len(), acked.len());
@@ -57,7 +48,7 @@ async fn a_node_stopped_with_sigterm_under_load_exits_zero_and_loses_no_acknowle
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_loses_no_acknowledged_send() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let (etcd, dirs, mut nodes) = started().await;
+    let (etcd, dirs, mut nodes) = three_nodes().await;
     let led_in_sync = |s: &[pb::ShardStatus]| {
         IDS.iter().all(|n| {
             s.iter().any(|sh| {
@@ -75,10 +66,8 @@ async fn a_rolling_restart_under_load_loses_no_acknowledged_send() {
         stop_with_sigterm(&mut nodes[i]).await;
         let exited = began.elapsed();
         // Served from an in-sync copy on another node (a new epoch), under load.
-        let s = wait_shards(&through, Duration::from_secs(30), "taken over", |s| {
-            served_from_copy(s, id, own_epoch) && s.iter().any(|sh| sh.shard == *id && !sh.replicas.is_empty())
-        })
-        .await;
+        let s =
+            wait_shards(&through, Duration::from_secs(30), "taken over", |s| served_from_copy(s, id, own_epoch)).await;
         let (taken, acting_epoch) = (began.elapsed(), epoch(&s, id));
         // Started again: it gets its shard back, still under load.
         nodes[i] = start(&etcd.url, dirs[i].path(), id, &[]);
@@ -88,7 +77,7 @@ async fn a_rolling_restart_under_load_loses_no_acknowledged_send() {
         .await;
         let back = began.elapsed();
         let before = acked.len();
-        acked.extend(load.finish().await);
+        acked.extend(load.finish().await.acked);
         let n = acked.len() - before;
         eprintln!(
             "{id}: after SIGTERM, exited {exited:.1?}, taken over {taken:.1?}, back {back:.1?}; {n} sends acknowledged"
@@ -108,7 +97,7 @@ async fn a_rolling_restart_under_load_loses_no_acknowledged_send() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_acting_for_a_dead_one_stopped_with_sigterm_loses_no_acknowledged_send() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let (etcd, dirs, mut nodes) = started().await;
+    let (etcd, dirs, mut nodes) = three_nodes().await;
     let n1_epoch = epoch(&shards(&nodes[1].addr).await, "n1");
     let load = Load::start(&nodes[1].addr, 4, "a").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -116,7 +105,7 @@ async fn a_node_acting_for_a_dead_one_stopped_with_sigterm_loses_no_acknowledged
     let s =
         wait_shards(&nodes[1].addr, Duration::from_secs(30), "n1 taken over", |s| served_from_copy(s, "n1", n1_epoch))
             .await;
-    let mut acked = load.finish().await;
+    let mut acked = load.finish().await.acked;
     let host = s.iter().find(|sh| sh.shard == "n1").unwrap().leader.clone();
     let h = IDS.iter().position(|n| *n == host).unwrap();
     // The live node that is not the host (node 1 is dead: the host is index 1 or 2).
@@ -136,7 +125,7 @@ async fn a_node_acting_for_a_dead_one_stopped_with_sigterm_loses_no_acknowledged
     nodes[0] = start(&etcd.url, dirs[0].path(), "n1", &[]);
     nodes[h] = start(&etcd.url, dirs[h].path(), &host, &[]);
     wait_in_sync(&nodes[other].addr, &IDS, Duration::from_secs(90)).await;
-    acked.extend(load.finish().await);
+    acked.extend(load.finish().await.acked);
     let mut client = Messaging::connect(format!("http://{}", nodes[other].addr)).await.unwrap();
     let missing = missing_after_receiving(&mut client, &acked, Duration::from_secs(60)).await;
     eprintln!("n1 served by {host}, then {host} stopped: {} sends acknowledged", acked.len());
@@ -148,48 +137,16 @@ fn epoch(s: &[pb::ShardStatus], id: &str) -> i64 {
     s.iter().find(|sh| sh.shard == id).map_or(0, |sh| sh.epoch)
 }
 
-/// Whether shard `id` is served from a copy on another node, past epoch `own`, with every
-/// remaining copy in sync.
+/// Whether shard `id` is served from a copy on another node, past epoch `own`, with at least
+/// one other copy, every one in sync.
 fn served_from_copy(s: &[pb::ShardStatus], id: &str, own: i64) -> bool {
-    s.iter().any(|sh| sh.shard == id && sh.epoch > own && sh.leader != id && sh.replicas.iter().all(|r| r.in_sync))
-}
-
-/// Senders writing to `orders` one message at a time each, until finished.
-struct Load {
-    stop: Arc<AtomicBool>,
-    senders: Vec<tokio::task::JoinHandle<Sends>>,
-}
-
-impl Load {
-    /// `n` senders through `addr`, sender `s` sending ids `{prefix}{s}-0`, `{prefix}{s}-1` …
-    async fn start(addr: &str, n: usize, prefix: &str) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let client = Messaging::connect(format!("http://{addr}")).await.unwrap();
-        let senders = (0..n)
-            .map(|s| tokio::spawn(send_until(client.clone(), format!("{prefix}{s}-"), stop.clone(), Arc::default())))
-            .collect();
-        Load { stop, senders }
-    }
-
-    /// Stops the senders; the ids acknowledged.
-    async fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut acked = Vec::new();
-        for s in self.senders {
-            acked.extend(s.await.unwrap().acked);
-        }
-        acked
-    }
-}
-
-/// etcd and nodes n1, n2, n3 on their data directories, every shard in sync, `orders` created.
-async fn started() -> (Etcd, Vec<tempfile::TempDir>, Vec<Node>) {
-    let etcd = Etcd::start();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let nodes: Vec<Node> = IDS.iter().zip(&dirs).map(|(id, d)| start(&etcd.url, d.path(), id, &[])).collect();
-    wait_in_sync(&nodes[0].addr, &IDS, Duration::from_secs(30)).await;
-    create_orders(&nodes[0].addr).await;
-    (etcd, dirs, nodes)
+    s.iter().any(|sh| {
+        sh.shard == id
+            && sh.epoch > own
+            && sh.leader != id
+            && !sh.replicas.is_empty()
+            && sh.replicas.iter().all(|r| r.in_sync)
+    })
 }
 
 /// Sends SIGTERM to `node` and waits (up to 20 s) for it to exit: with status 0, and without

@@ -9,7 +9,7 @@
 mod common;
 
 use common::replicated::{
-    admin, contents, create_orders, missing_after_receiving, shards, wait_in_sync, Messaging, Node,
+    admin, contents, create_orders, missing_after_receiving, shards, wait_in_sync, Messaging, Node, IDS, ONE_AT_A_TIME,
 };
 use common::{send_request, Etcd};
 use std::path::{Path, PathBuf};
@@ -20,10 +20,6 @@ use txmq_proto::admin as pb;
 use txmq_proto::v2;
 
 const GIB: u64 = 1 << 30;
-const IDS: [&str; 3] = ["n1", "n2", "n3"];
-
-/// Both tests start three brokers and an etcd on two cores: one at a time.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn start(etcd: &str, dir: &Path, id: &str, min_free: u64) -> Node {
     common::replicated::start(etcd, dir, id, &["--min-free-disk-bytes", &min_free.to_string()])

@@ -10,6 +10,14 @@ use std::time::{Duration, Instant};
 use txmq_broker::store::Store;
 use txmq_proto::admin as pb;
 
+/// The node ids of a three-node cluster.
+pub const IDS: [&str; 3] = ["n1", "n2", "n3"];
+
+/// Tests of a binary that start etcd and three brokers (on two cores, with a 2 s lease) run
+/// one at a time: a node stalled past its lease by a neighbour's load would be taken over for
+/// real.
+pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
 pub type Messaging = txmq_proto::v2::messaging_service_client::MessagingServiceClient<tonic::transport::Channel>;
 
@@ -148,12 +156,7 @@ pub struct Sends {
 /// Sends one message at a time to `orders` through `client` until `stop`, ids `prefix0`,
 /// `prefix1` …, counting the acknowledged ones in `acked` as they come. A transport error
 /// fails the test: a refused connection means the node stopped serving.
-pub async fn send_until(
-    mut client: Messaging,
-    prefix: String,
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicUsize>,
-) -> Sends {
+async fn send_until(mut client: Messaging, prefix: String, stop: Arc<AtomicBool>, acked: Arc<AtomicUsize>) -> Sends {
     let mut out = Sends::default();
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -175,6 +178,52 @@ pub async fn send_until(
         }
     }
     out
+}
+
+/// Senders writing to `orders` one message at a time each (see [`send_until`]), until
+/// finished.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    /// Sends acknowledged so far, by every sender.
+    pub acked: Arc<AtomicUsize>,
+    senders: Vec<tokio::task::JoinHandle<Sends>>,
+}
+
+impl Load {
+    /// `n` senders through `addr`, sender `s` sending ids `{prefix}{s}-0`, `{prefix}{s}-1` …
+    pub async fn start(addr: &str, n: usize, prefix: &str) -> Load {
+        let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let client = Messaging::connect(format!("http://{addr}")).await.unwrap();
+        let senders = (0..n)
+            .map(|s| tokio::spawn(send_until(client.clone(), format!("{prefix}{s}-"), stop.clone(), acked.clone())))
+            .collect();
+        Load { stop, acked, senders }
+    }
+
+    /// Stops the senders; what their sends answered, all senders together.
+    pub async fn finish(self) -> Sends {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Sends::default();
+        for s in self.senders {
+            let one = s.await.unwrap();
+            all.acked.extend(one.acked);
+            for (code, n) in one.refused {
+                *all.refused.entry(code).or_default() += n;
+            }
+            all.first_refusal = all.first_refusal.or(one.first_refusal);
+        }
+        all
+    }
+}
+
+/// etcd and nodes [`IDS`] on their own data directories, every shard in sync, `orders` created.
+pub async fn three_nodes() -> (super::Etcd, Vec<tempfile::TempDir>, Vec<Node>) {
+    let etcd = super::Etcd::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<Node> = IDS.iter().zip(&dirs).map(|(id, d)| start(&etcd.url, d.path(), id, &[])).collect();
+    wait_in_sync(&nodes[0].addr, &IDS, Duration::from_secs(30)).await;
+    create_orders(&nodes[0].addr).await;
+    (etcd, dirs, nodes)
 }
 
 /// Every key and value of a store, but the fence a copy keeps for itself (the highest leader
