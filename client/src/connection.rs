@@ -10,13 +10,23 @@
 //! channel does, so the SDK treats a broker that is down the same way on both. TLS
 //! connections stay on tonic's channel, which brings the TLS connector.
 //!
+//! hyper's HTTP/2 client hands its executor the connection's reading and writing, and for every
+//! call a future that sends the request's body and one that waits for the answer. Spawned as
+//! tasks, these are three tasks and two task switches per unary call, often across the two
+//! workers. Here they run inside the one task that serves the connection, polled when their own
+//! event wakes it, as the broker's server runs its calls (the broker's `server::http2`).
+//!
 //! While calls are open on it, the connection pings the broker whenever it has heard nothing
 //! for the keep-alive interval (`ClientConfig::keepalive`), and closes if the ping is not
 //! answered within it. A broker that froze (a stopped process, a machine that hangs) keeps its
 //! socket open, so without the pings its calls would only time out, and a stream on it would
 //! wait for ever.
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tonic::codegen::http::uri::{Authority, Scheme};
 use tonic::codegen::http::{Request, Response, Uri};
@@ -94,25 +104,72 @@ impl Connection {
             Err(_) => return Err(unavailable("timed out connecting to", &format!("{:?}", self.connect_timeout)).into()),
         };
         stream.set_nodelay(true)?;
-        let mut builder = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        let (local, spawned) = tokio::sync::mpsc::unbounded_channel();
+        let mut builder = hyper::client::conn::http2::Builder::new(InConnection(local));
         if let Some(keepalive) = self.keepalive {
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
                 .keep_alive_interval(keepalive)
                 .keep_alive_timeout(keepalive);
         }
-        let (sender, connection) = builder
+        let (sender, dispatch) = builder
             .handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| unavailable("HTTP/2 handshake with", &e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection to the broker ended");
-            }
-        });
+        tokio::spawn(serve(dispatch, spawned));
         *self.slot() = Some(sender.clone());
         Ok(sender)
     }
+}
+
+/// A future hyper gives its executor: the connection's I/O, a request body being sent, or an
+/// answer being waited for.
+type Local = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// hyper's executor for one connection: hands each future to the connection's task.
+#[derive(Clone)]
+struct InConnection(tokio::sync::mpsc::UnboundedSender<Local>);
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for InConnection {
+    fn execute(&self, future: F) {
+        // The receiver lives until the connection and everything it started have ended.
+        let _ = self.0.send(Box::pin(future));
+    }
+}
+
+/// The connection's task: hyper's dispatch of the calls and every future it starts, until the
+/// dispatch has ended (the connection closed, or every sender is gone) and they have all ended.
+async fn serve(
+    dispatch: impl Future<Output = hyper::Result<()>>,
+    mut spawned: tokio::sync::mpsc::UnboundedReceiver<Local>,
+) {
+    // Dropped as soon as it ends: the connection's I/O closes the connection only once the
+    // dispatch, which holds the HTTP/2 handle, is gone.
+    let mut dispatch = Some(Box::pin(dispatch));
+    let mut running = FuturesUnordered::new();
+    std::future::poll_fn(|cx: &mut Context<'_>| loop {
+        if let Some(Poll::Ready(r)) = dispatch.as_mut().map(|d| d.as_mut().poll(cx)) {
+            dispatch = None;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection to the broker ended");
+            }
+        }
+        let mut started = false;
+        while let Poll::Ready(Some(future)) = spawned.poll_recv(cx) {
+            running.push(future);
+            started = true;
+        }
+        while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
+        if dispatch.is_none() && running.is_empty() {
+            return Poll::Ready(());
+        }
+        // A future just started may have woken another (a frame queued for the connection to
+        // write): go round once more.
+        if !started {
+            return Poll::Pending;
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -149,5 +206,41 @@ mod tests {
             let answer = tokio::time::timeout(Duration::from_secs(5), connection.call(request())).await;
             assert_eq!(answer.unwrap().unwrap().status(), 200);
         }
+    }
+
+    /// Many calls at once on the one connection, each answered with its own body after a
+    /// pause, and the connection closed once the `Connection` is dropped: the connection's
+    /// task ends with its calls, and leaves nothing behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_calls_share_the_connection_and_it_closes_when_dropped() {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let served = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let echo = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                tokio::time::sleep(Duration::from_millis(u64::from(body[0] % 20))).await;
+                Ok::<_, hyper::Error>(Response::new(http_body_util::Full::new(body)))
+            });
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), echo)
+                .await
+        });
+        let connection = std::sync::Arc::new(Connection::new(&address, Duration::from_secs(1), None).unwrap());
+        let calls = (0..200u8).map(|i| {
+            let connection = connection.clone();
+            tokio::spawn(async move {
+                let body = tonic::body::Body::new(http_body_util::Full::new(tonic::codegen::Bytes::from(vec![i; 300])));
+                let answer = connection.call(Request::builder().uri("/echo").body(body).unwrap()).await.unwrap();
+                answer.into_body().collect().await.unwrap().to_bytes() == vec![i; 300]
+            })
+        });
+        for call in futures_util::future::join_all(calls).await {
+            assert!(call.unwrap(), "an answer came back with another call's body");
+        }
+        drop(connection);
+        let ended = tokio::time::timeout(Duration::from_secs(5), served).await;
+        assert!(ended.expect("the connection stayed open after the Connection was dropped").unwrap().is_ok());
     }
 }
