@@ -12,9 +12,11 @@
 //!
 //! hyper's HTTP/2 client hands its executor the connection's reading and writing, and for every
 //! call a future that sends the request's body and one that waits for the answer. Spawned as
-//! tasks, these are three tasks and two task switches per unary call, often across the two
-//! workers. Here they run inside the one task that serves the connection, polled when their own
-//! event wakes it, as the broker's server runs its calls (the broker's `server::http2`).
+//! tokio tasks, every unary call started two tasks of its own, each woken in turn, often on the
+//! other worker. Here they run inside the one task that serves the connection, polled when their
+//! own event wakes it, as the broker's server runs its calls (the broker's `server::http2`):
+//! about a sixth less of the caller's CPU per unary call (BENCHMARKS.md, "the SDK's connection
+//! in one task").
 //!
 //! While calls are open on it, the connection pings the broker whenever it has heard nothing
 //! for the keep-alive interval (`ClientConfig::keepalive`), and closes if the ping is not
