@@ -14,9 +14,20 @@
 //!
 //! An expression is parsed once per subscription into a tree; evaluating it borrows the
 //! message's property values and allocates nothing.
+//!
+//! Limits, as any client may send one: an expression is at most [`MAX_TEXT`] bytes and nests
+//! parentheses and `NOT` at most [`MAX_NESTING`] deep. A run of `AND`s (or `OR`s) becomes a
+//! balanced tree, so parsing, evaluating and dropping a tree never recurse deeper than a few
+//! hundred calls, whatever the text.
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+/// Longest expression accepted, in bytes.
+pub const MAX_TEXT: usize = 8 * 1024;
+
+/// Deepest nesting of parentheses and `NOT` accepted.
+pub const MAX_NESTING: usize = 64;
 
 /// Why an expression does not parse: where (a character offset) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,8 +112,12 @@ impl<'a> Props<'a> {
 
 impl Sql {
     pub fn parse(text: &str) -> Result<Sql, SqlError> {
+        if text.len() > MAX_TEXT {
+            let message = format!("the expression is {} bytes long; at most {MAX_TEXT} are accepted", text.len());
+            return Err(SqlError { position: 0, message });
+        }
         let tokens = lex(text)?;
-        let mut p = Parser { tokens, at: 0, end: text.chars().count() };
+        let mut p = Parser { tokens, at: 0, end: text.chars().count(), depth: 0 };
         let expr = p.or()?;
         if let Some(t) = p.tokens.get(p.at) {
             return Err(SqlError { position: t.pos, message: format!("unexpected {}", t.kind) });
@@ -345,6 +360,17 @@ struct Parser {
     at: usize,
     /// Position of the end of the text, for "expected … at the end" errors.
     end: usize,
+    /// Parentheses and `NOT`s open around the current token.
+    depth: usize,
+}
+
+/// `items` (at least one) joined by `join` into a balanced tree, in their order.
+fn balanced(mut items: Vec<Expr>, join: fn(Box<Expr>, Box<Expr>) -> Expr) -> Expr {
+    if items.len() == 1 {
+        return items.pop().unwrap_or(Expr::Value(Operand::Null));
+    }
+    let right = items.split_off(items.len() / 2);
+    join(Box::new(balanced(items, join)), Box::new(balanced(right, join)))
 }
 
 impl Parser {
@@ -376,36 +402,50 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Expr, SqlError> {
-        let mut e = self.and()?;
+        let mut terms = vec![self.and()?];
         while self.keyword("OR") {
-            e = Expr::Or(Box::new(e), Box::new(self.and()?));
+            terms.push(self.and()?);
         }
-        Ok(e)
+        Ok(balanced(terms, Expr::Or))
     }
 
     fn and(&mut self) -> Result<Expr, SqlError> {
-        let mut e = self.not()?;
+        let mut terms = vec![self.not()?];
         while self.keyword("AND") {
-            e = Expr::And(Box::new(e), Box::new(self.not()?));
+            terms.push(self.not()?);
         }
-        Ok(e)
+        Ok(balanced(terms, Expr::And))
+    }
+
+    /// Enters one more level of nesting, refused past [`MAX_NESTING`].
+    fn nest(&mut self) -> Result<(), SqlError> {
+        if self.depth >= MAX_NESTING {
+            return self.fail(format!("parentheses and NOT nest more than {MAX_NESTING} deep"));
+        }
+        self.depth += 1;
+        Ok(())
     }
 
     fn not(&mut self) -> Result<Expr, SqlError> {
         if self.keyword("NOT") {
-            return Ok(Expr::Not(Box::new(self.not()?)));
+            self.nest()?;
+            let e = self.not()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(e)));
         }
         self.predicate()
     }
 
     fn predicate(&mut self) -> Result<Expr, SqlError> {
         if self.peek() == Some(&Kind::LParen) {
+            self.nest()?;
             self.at += 1;
             let e = self.or()?;
             if self.peek() != Some(&Kind::RParen) {
                 return self.fail("expected ')'");
             }
             self.at += 1;
+            self.depth -= 1;
             return Ok(e);
         }
         let left = self.operand()?;
@@ -548,6 +588,47 @@ mod tests {
             let err = Sql::parse(e).unwrap_err();
             assert_eq!(err.position, pos, "{e}: {err}");
         }
+    }
+
+    #[test]
+    fn any_text_within_the_limits_parses_evaluates_and_drops_on_a_small_stack() {
+        // Tokio's workers have 2 MiB stacks; this thread a quarter of that, and it is a debug
+        // build: what fits here fits there.
+        let worker = std::thread::Builder::new().stack_size(512 * 1024).spawn(|| {
+            let m = props(&[("a", "1")]);
+            let check = |text: &str, expect: bool| {
+                assert!(text.len() <= MAX_TEXT, "{} bytes", text.len());
+                let sql = Sql::parse(text).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(sql.matches(&Props { tag: None, user: &m }), expect);
+            };
+            // The longest runs of AND and OR the limit lets through.
+            let terms = MAX_TEXT / "a = 1 AND ".len();
+            check(&vec!["a = 1"; terms].join(" AND "), true);
+            check(&(vec!["a = 2"; terms - 1].join(" OR ") + " OR a = 1"), true);
+            check(&(vec!["a = 1"; terms - 1].join(" AND ") + " AND a = 2"), false);
+            // The deepest nesting, with runs inside every level.
+            let open = "(a = 1 AND a = 1 AND (".repeat(MAX_NESTING / 2 - 1);
+            let close = "))".repeat(MAX_NESTING / 2 - 1);
+            check(&format!("NOT NOT {open}a = 1{close}"), true);
+        });
+        worker.unwrap().join().unwrap();
+    }
+
+    #[test]
+    fn texts_past_the_limits_are_refused_with_a_reason() {
+        let deep = format!("{}a = 1{}", "(".repeat(MAX_NESTING + 1), ")".repeat(MAX_NESTING + 1));
+        let err = Sql::parse(&deep).unwrap_err();
+        assert!(err.message.contains("nest more than"), "{err}");
+        assert_eq!(err.position, MAX_NESTING);
+        let nots = format!("{}a = 1", "NOT ".repeat(MAX_NESTING + 1));
+        assert!(Sql::parse(&nots).unwrap_err().message.contains("nest more than"));
+        // A run of AND of any length is no deeper than its logarithm; past the byte limit the
+        // text is refused before it is read.
+        let long = vec!["a = 1"; MAX_TEXT].join(" AND ");
+        let err = Sql::parse(&long).unwrap_err();
+        assert!(err.message.contains("bytes long"), "{err}");
+        assert_eq!(err.position, 0);
+        assert!(Sql::parse(&"(".repeat(10_000_000)).is_err());
     }
 
     // ---- against a reference evaluator ----

@@ -188,8 +188,15 @@ impl Clients {
 
     pub fn set_settings(&self, client_id: &str, settings: v2::Settings) {
         self.with(client_id, |c| {
+            // A client's settings name all the topics it publishes to now: the latest replace
+            // those before (so they stay bounded); names that are not topics' are not kept.
             if let Some(v2::settings::PubSub::Publishing(p)) = &settings.pub_sub {
-                c.declared.extend(p.topics.iter().map(|t| t.name.clone()));
+                c.declared = p
+                    .topics
+                    .iter()
+                    .filter(|t| crate::topics::validate_name(&t.name).is_ok())
+                    .map(|t| t.name.clone())
+                    .collect();
             }
             c.settings = Some(settings);
         });

@@ -152,6 +152,11 @@ pub fn serve(
     rx
 }
 
+/// Largest Settings command taken (encoded). The official clients send a few kilobytes even
+/// with hundreds of topics; the broker keeps one per client and echoes each, so a bigger one is
+/// refused rather than held.
+pub const MAX_SETTINGS_BYTES: usize = 64 * 1024;
+
 /// When a Node.js client gets its Settings reply again (see `serve`).
 const SETTINGS_RESEND_AFTER: Duration = Duration::from_secs(1);
 
@@ -170,6 +175,15 @@ fn resend_settings(reply: &v2::TelemetryCommand) -> bool {
 fn handle(client_id: &str, cmd: v2::TelemetryCommand, clients: &Clients, a: Announced) -> Option<v2::TelemetryCommand> {
     match cmd.command {
         Some(Command::Settings(settings)) => {
+            let size = prost::Message::encoded_len(&settings);
+            if size > MAX_SETTINGS_BYTES {
+                tracing::debug!(client_id, size, "settings refused: too large");
+                let why = format!("settings of {size} bytes; at most {MAX_SETTINGS_BYTES} are accepted");
+                return Some(v2::TelemetryCommand {
+                    status: Some(status::with(v2::Code::BadRequest, why)),
+                    command: None,
+                });
+            }
             let completed = complete_settings(settings, a);
             clients.set_settings(client_id, completed.clone());
             Some(v2::TelemetryCommand { status: Some(status::ok()), command: Some(Command::Settings(completed)) })
@@ -226,6 +240,36 @@ mod tests {
         assert_eq!(sub.receive_batch_size, Some(32));
         assert_eq!(sub.lite_subscription_quota, None, "only lite consumers get lite limits");
         assert_eq!(s.backoff_policy.unwrap().max_attempts, 17);
+    }
+
+    #[test]
+    fn settings_too_large_are_refused_and_a_client_keeps_only_its_latest_topics() {
+        let clients = Clients::default();
+        let publishing = |names: Vec<String>| v2::TelemetryCommand {
+            status: None,
+            command: Some(Command::Settings(v2::Settings {
+                client_type: Some(v2::ClientType::Producer as i32),
+                pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing {
+                    topics: names.into_iter().map(|name| v2::Resource { name, ..Default::default() }).collect(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })),
+        };
+        let declared = |clients: &Clients| -> Vec<String> {
+            clients.producers().into_iter().filter(|(_, c)| c == "c").map(|(t, _)| t).collect()
+        };
+        let _stream = clients.open_stream("c", mpsc::channel(1).0);
+        let reply = handle("c", publishing(vec!["a".into(), "b".into(), "bad name!".into()]), &clients, A).unwrap();
+        assert_eq!(reply.status.unwrap().code, v2::Code::Ok as i32);
+        assert_eq!(declared(&clients), ["a", "b"], "invalid names are not kept");
+        handle("c", publishing(vec!["c".into()]), &clients, A).unwrap();
+        assert_eq!(declared(&clients), ["c"], "the latest settings replace the topics before");
+        let many: Vec<String> = (0..MAX_SETTINGS_BYTES / 8).map(|i| format!("topic-{i}")).collect();
+        let reply = handle("c", publishing(many), &clients, A).unwrap();
+        assert_eq!(reply.status.unwrap().code, v2::Code::BadRequest as i32);
+        assert!(reply.command.is_none());
+        assert_eq!(declared(&clients), ["c"], "refused settings change nothing");
     }
 
     #[test]
