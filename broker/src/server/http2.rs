@@ -87,20 +87,25 @@ impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Local {
     }
 }
 
+/// Streams reset for a client's errors before its connection is closed (hyper's default).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
 /// One connection: hyper's HTTP/2 and every call on it, in this one task.
 async fn connection(mut conn: Conn, routes: Routes, settings: Settings, stop: CancellationToken) {
     conn.close_before_preface_on(&stop);
     let info = conn.connect_info();
     let (tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
     let mut builder = hyper::server::conn::http2::Builder::new(Local(tx));
-    // As tonic's server configured hyper: no limit on concurrent streams or resets, and pings.
+    // As tonic's server configured hyper: no limit on concurrent streams, and pings. Resets
+    // stay bounded as hyper and h2 bound them by default (streams a client resets before they
+    // are accepted: h2's 20; streams reset for the client's errors: hyper's 1,024), so a client
+    // that makes the server reset streams in a loop ("rapid reset") gets a GOAWAY.
     builder
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout)
         .max_concurrent_streams(None)
-        .max_pending_accept_reset_streams(None)
-        .max_local_error_reset_streams(None)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
         // gRPC clients read no Date header; leaving it out saves encoding it on every answer.
         .auto_date_header(false);
     let mut calls = FuturesUnordered::new();
