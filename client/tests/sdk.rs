@@ -171,6 +171,52 @@ async fn a_check_during_a_slow_local_transaction_makes_it_fail() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_database_commit_leaves_the_decision_to_the_check_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let pool = database(dir.path()).await;
+    // A constraint checked only at COMMIT makes the database's commit fail.
+    sqlx::query("CREATE TABLE customers (id TEXT PRIMARY KEY)").execute(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE invoices (customer TEXT REFERENCES customers(id) DEFERRABLE INITIALLY DEFERRED)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let log = TxnLog::new(pool.clone()).await.unwrap();
+    let p = producer(&broker, &log).await;
+
+    let transaction = Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = transaction.clone();
+    let outcome: Result<((), Published), sqlx::Error> =
+        send_in_db_transaction(&p, &log, Message::new("orders", "invoice i-1"), |mut tx, ctx| async move {
+            *seen.lock().unwrap() = ctx.unwrap().transaction_id;
+            sqlx::query("INSERT INTO invoices (customer) VALUES ('nobody')").execute(&mut *tx).await?;
+            Ok((tx, ()))
+        })
+        .await
+        .unwrap();
+    assert!(outcome.is_err(), "the commit failed");
+    // No decision was sent: the broker checks back, and the log (no commit recorded) answers
+    // ROLLBACK, recording it.
+    let id = transaction.lock().unwrap().clone();
+    let started = Instant::now();
+    loop {
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM txmq_txn_log WHERE transaction_id = ?")
+            .bind(&id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        if let Some(state) = state {
+            assert_eq!(state, "rolled_back");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "no check-back came: a decision was sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(consume_all(&broker, "billing", "orders", Duration::from_secs(2)).await.is_empty(), "never delivered");
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_when_the_broker_is_down_then_relay_and_idempotent_consumers() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path()).await;

@@ -181,7 +181,9 @@ impl TransactionChecker for TxnLog {
 /// `local` receives the open transaction (and the half message's ids, `None` in the outbox
 /// case) and hands the transaction back with its result. The outer `Result` is the SDK's
 /// (nothing ran); the inner one is the local outcome, including a barrier refusal (a
-/// check-back rolled the message back before the database commit).
+/// check-back rolled the message back before the database commit). When the database's COMMIT
+/// itself fails, its outcome is unknown (it may have committed before the connection was
+/// lost): no decision is sent, and the check-back commits or rolls back from the log.
 pub async fn send_in_db_transaction<F, Fut, T, E>(
     producer: &TransactionProducer,
     log: &TxnLog,
@@ -241,15 +243,18 @@ where
         return Ok(stored.map(|()| (value, Published::Outbox { message_id })).map_err(E::from));
     };
     let transaction_id = pending.context().transaction_id.clone();
-    let committed = async {
-        TxnLog::record_commit(&mut tx, &transaction_id).await?;
-        tx.commit().await
-    }
-    .await;
-    if let Err(e) = committed {
-        // The barrier (or any database failure): the business change did not commit, so the
-        // message must not either.
+    if let Err(e) = TxnLog::record_commit(&mut tx, &transaction_id).await {
+        // The barrier (or any database failure before COMMIT): the business change is not
+        // committed (dropping `tx` rolls it back), so the message must not be either.
+        drop(tx);
         let _ = pending.rollback().await;
+        return Ok(Err(E::from(e)));
+    }
+    if let Err(e) = tx.commit().await {
+        // A failed COMMIT may still have committed (the connection lost after sending it), so
+        // no decision is sent: the check-back asks the log, which knows.
+        tracing::warn!(transaction_id, error = %e, "the database commit failed; the check-back decides from the log");
+        drop(pending);
         return Ok(Err(E::from(e)));
     }
     match finish {
