@@ -386,6 +386,53 @@ async fn a_failed_dead_letter_move_is_reported_and_retried() {
     broker.stop().await.unwrap();
 }
 
+/// A receive cancelled while it moves a message to the dead-letter topic (its client gone, or
+/// its deadline passed, at the move's write) leaves the message due again, not parked until a
+/// restart: a later receive moves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_cancelled_during_a_dead_letter_move_leaves_the_message_to_a_later_one() {
+    let (store, faults) = txmq_broker::store::faults::FaultyStore::new(txmq_broker::store::MemoryStore::new());
+    let mut config = Config::with_data_dir("/nonexistent");
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.long_polling_max = Duration::from_secs(1);
+    config.max_delivery_attempts = 1;
+    let broker = txmq_broker::server::spawn_with(config, Some(std::sync::Arc::new(store))).await.unwrap();
+    let mut c = MessagingServiceClient::connect(format!("http://{}", broker.addr)).await.unwrap();
+    send(&mut c, "jobs", "j1").await;
+    let (_, got) = receive(&mut c, "g", "jobs", all(), 1).await;
+    assert_eq!(got.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Its one attempt is used up: the next receive starts the move, whose first write is held;
+    // the client gives up on the receive meanwhile.
+    faults.hold_applies();
+    let applies = faults.applies();
+    let mut held = c.clone();
+    let receiving = tokio::spawn(async move { receive(&mut held, "g", "jobs", all(), 1).await });
+    let started = std::time::Instant::now();
+    while faults.applies() == applies {
+        assert!(started.elapsed() < Duration::from_secs(10), "the move never wrote");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    receiving.abort();
+    let _ = receiving.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    faults.release();
+
+    let started = std::time::Instant::now();
+    loop {
+        let (_, got) = receive(&mut c, "g", "jobs", all(), 1).await;
+        assert!(got.is_empty(), "delivered past its attempts");
+        let (_, dead) = receive(&mut c, "g", "%DLQ%g", all(), 30).await;
+        if !dead.is_empty() {
+            assert_eq!(dead[0].system_properties.as_ref().unwrap().message_id, "j1");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the message stayed parked");
+    }
+    broker.stop().await.unwrap();
+}
+
 /// Finding 12 and its companions: `dlq resend --all` works in bounded pages (never holds
 /// more than a page of dead letters before writing), marks what it resent so a second
 /// `--all` resends nothing, and resent messages count as backlog, not as deferred.

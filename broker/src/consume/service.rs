@@ -247,11 +247,16 @@ impl Consumers {
             // while it waits); anyone else every queue of the topic.
             let queues = if lite { self.lite_queues(src, req) } else { src.topics.queues(&topic) };
             let (deliveries, dead, next_due) = self.poll_once(src.log, &shared, &topic, &queues, req).await?;
+            // A failed move is reported and retried by a later poll; it must not fail this
+            // consumer's receive. Nor may a receive cancelled during the moves (its deadline, or
+            // the client gone) leave the messages not moved yet parked: `parked` makes them due.
+            let mut parked = Parked::new(&shared, dead.iter().map(|(pos, _)| *pos).collect());
             for (pos, message) in dead {
-                // A failed move is reported and retried by a later poll; it must not fail
-                // this consumer's receive.
-                let _ = self.dead_letter(src, &shared, pos, message, "delivery attempts exhausted").await;
+                if self.dead_letter(src, &shared, pos, message, "delivery attempts exhausted").await.is_ok() {
+                    parked.moved(pos);
+                }
             }
+            drop(parked);
             if !deliveries.is_empty() {
                 self.metrics.messages_out.add(&[&req.group, &req.topic], deliveries.len() as u64);
                 return Ok(deliveries);
@@ -361,10 +366,8 @@ impl Consumers {
     }
 
     /// Moves a message that used up its attempts to `%DLQ%<group>` and forgets it for the group.
-    /// The message must be parked (out of the due index) by the caller. If the move fails, the
-    /// failure is counted and logged and the message is due again after
-    /// [`DEAD_LETTER_RETRY_MS`], so a later poll retries the move (a FIFO group waits behind it,
-    /// as it must, but not until a restart).
+    /// The message must be parked (out of the due index) by the caller, under a [`Parked`]
+    /// that makes it due again if the move does not succeed. A failure is counted and logged.
     async fn dead_letter(
         &self,
         src: Source<'_>,
@@ -383,8 +386,6 @@ impl Consumers {
                 error = %e,
                 "cannot move a message to the dead-letter topic; will retry"
             );
-            crate::sync::lock(&shared.state).unpark(pos, now_ms() + DEAD_LETTER_RETRY_MS);
-            shared.wake();
         }
         result
     }
@@ -526,14 +527,50 @@ impl Consumers {
             };
             return pending.durable().await.map_err(Into::into);
         };
+        // Failed or cancelled, the message is back where it was: the consumer gets the error
+        // (or nothing) and may retry with the same handle.
+        let mut parked = Parked::new(&shared, vec![pos]);
+        parked.due = parked_from;
         let result = self.move_to_dead_letters(src, &shared, pos, &message, "forwarded by the consumer").await;
-        if result.is_err() {
-            // The consumer gets the error and may retry with the same handle.
-            if let Some(at) = parked_from {
-                crate::sync::lock(&shared.state).unpark(pos, at);
-            }
+        if result.is_ok() {
+            parked.moved(pos);
         }
         result
+    }
+}
+
+/// Messages parked for a dead-letter move (out of the due index). Those not [`Parked::moved`]
+/// when it is dropped (their move failed, or the call was cancelled at an await) are due again:
+/// at `due`, else after [`DEAD_LETTER_RETRY_MS`], when a later poll retries the move (a FIFO
+/// group waits behind it, as it must, but not until a restart).
+struct Parked<'a> {
+    shared: &'a Shared,
+    left: Vec<Pos>,
+    due: Option<Millis>,
+}
+
+impl<'a> Parked<'a> {
+    fn new(shared: &'a Shared, left: Vec<Pos>) -> Self {
+        Parked { shared, left, due: None }
+    }
+
+    fn moved(&mut self, pos: Pos) {
+        self.left.retain(|p| *p != pos);
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        if self.left.is_empty() {
+            return;
+        }
+        let due = self.due.unwrap_or_else(|| now_ms() + DEAD_LETTER_RETRY_MS);
+        let mut st = crate::sync::lock(&self.shared.state);
+        for pos in self.left.drain(..) {
+            st.unpark(pos, due);
+        }
+        drop(st);
+        self.shared.wake();
     }
 }
 
