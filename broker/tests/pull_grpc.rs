@@ -173,3 +173,44 @@ async fn offsets_are_found_by_time_and_committed_offsets_survive_a_restart() {
     assert_eq!(get(&mut c, "pullers").await.offset, 10);
     broker.stop().await.unwrap();
 }
+
+/// A filter that rejects a long backlog: a pull reads at most a budget of messages and says
+/// where to go on; a receive works through the backlog a budget at a time and finds the one
+/// message that matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_rejecting_a_long_backlog_is_read_a_budget_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, mut c) = start(dir.path()).await;
+    let budget = txmq_broker::consume::SCAN_BUDGET as i64;
+    let total = 2 * budget + 10;
+    for first in (0..total - 1).step_by(100) {
+        let messages = (first..(first + 100).min(total - 1))
+            .map(|i| message("backlog", &format!("m{i}"), v2::MessageType::Normal, b"other"))
+            .collect();
+        let r = c.send_message(v2::SendMessageRequest { messages }).await.unwrap().into_inner();
+        assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
+    }
+    let mut tagged = message("backlog", "wanted", v2::MessageType::Normal, b"wanted");
+    tagged.system_properties.as_mut().unwrap().tag = Some("paid".into());
+    c.send_message(v2::SendMessageRequest { messages: vec![tagged] }).await.unwrap();
+
+    let (_, bodies, next) = pull(&mut c, "backlog", 0, 32, "paid", 100).await;
+    assert_eq!((bodies.len(), next), (0, budget));
+    let (_, bodies, next) = pull(&mut c, "backlog", next, 32, "paid", 100).await;
+    assert_eq!((bodies.len(), next), (0, 2 * budget));
+    let (_, bodies, next) = pull(&mut c, "backlog", next, 32, "paid", 100).await;
+    assert_eq!((bodies, next), (vec!["wanted".to_string()], total));
+
+    let mut req = common::receive_request("poppers", "backlog", 30);
+    req.filter_expression =
+        Some(v2::FilterExpression { r#type: v2::FilterType::Tag as i32, expression: "paid".into() });
+    let mut stream = c.receive_message(req).await.unwrap().into_inner();
+    let mut ids = Vec::new();
+    while let Some(item) = stream.message().await.unwrap() {
+        if let Some(v2::receive_message_response::Content::Message(m)) = item.content {
+            ids.push(m.system_properties.unwrap().message_id);
+        }
+    }
+    assert_eq!(ids, ["wanted"]);
+    broker.stop().await.unwrap();
+}

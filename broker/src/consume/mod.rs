@@ -34,6 +34,7 @@ pub mod sql;
 pub mod state;
 
 pub use service::{ConsumeSettings, Consumers, Source};
+pub use state::SCAN_BUDGET;
 
 use crate::codec::{CodecError, Decoder, Encoder, Record};
 use crate::error::{BrokerError, Result};

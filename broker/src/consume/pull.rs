@@ -8,6 +8,7 @@
 
 use super::filter::Filter;
 use super::service::{Consumers, Source, MAX_BATCH, MAX_BATCH_BYTES};
+use super::state::SCAN_BUDGET;
 use super::validate_group;
 use crate::error::{BrokerError, Result};
 use crate::log::QueueOffsets;
@@ -99,7 +100,10 @@ impl Consumers {
             }
             let start = req.offset.max(offsets.min);
             let (mut cur, mut bytes, mut messages) = (start, 0usize, Vec::new());
-            while messages.len() < req.batch.clamp(1, MAX_BATCH) && cur < offsets.durable {
+            // At most a budget of messages read, matching or not: `next_offset` tells the
+            // client where to go on.
+            let end = offsets.durable.min(start.saturating_add(SCAN_BUDGET as u64));
+            while messages.len() < req.batch.clamp(1, MAX_BATCH) && cur < end {
                 if let Some(m) = src.log.read(&req.topic, req.queue, cur)? {
                     if !messages.is_empty() && bytes + m.wire_len() > MAX_BATCH_BYTES {
                         break;

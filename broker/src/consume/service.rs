@@ -246,7 +246,7 @@ impl Consumers {
             // A lite consumer reads the lite topics it subscribes to now (its set may change
             // while it waits); anyone else every queue of the topic.
             let queues = if lite { self.lite_queues(src, req) } else { src.topics.queues(&topic) };
-            let (deliveries, dead, next_due) = self.poll_once(src.log, &shared, &topic, &queues, req).await?;
+            let (deliveries, dead, next_due, more) = self.poll_once(src.log, &shared, &topic, &queues, req).await?;
             // A failed move is reported and retried by a later poll; it must not fail this
             // consumer's receive. Nor may a receive cancelled during the moves (its deadline, or
             // the client gone) leave the messages not moved yet parked: `parked` makes them due.
@@ -265,6 +265,12 @@ impl Consumers {
             if now >= deadline {
                 return Ok(Vec::new());
             }
+            if more {
+                // The pass stopped at its budget with messages left to read: the next one goes
+                // on after the other tasks on this thread have had their turn.
+                tokio::task::yield_now().await;
+                continue;
+            }
             let mut wake = deadline;
             if let Some(due) = next_due {
                 let wait = Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64);
@@ -280,8 +286,8 @@ impl Consumers {
     }
 
     /// One pass of the group's state machine ([`GroupTopic::poll`]) over the topic's queues.
-    /// Returns deliveries, messages past their attempt limit (to dead-letter), and the next due
-    /// time.
+    /// Returns deliveries, messages past their attempt limit (to dead-letter), the next due
+    /// time, and whether the pass stopped at its budget with more to read.
     ///
     /// [`GroupTopic::poll`]: super::state::GroupTopic::poll
     async fn poll_once(
@@ -291,7 +297,7 @@ impl Consumers {
         record: &TopicRecord,
         serve: &[u32],
         req: &ReceiveRequest<'_>,
-    ) -> Result<(Vec<Delivery>, Vec<(Pos, StoredMessage)>, Option<Millis>)> {
+    ) -> Result<(Vec<Delivery>, Vec<(Pos, StoredMessage)>, Option<Millis>, bool)> {
         let slot = self.committer.reserve().await?;
         let now = now_ms();
         let invisible_ms = if req.auto_renew { AUTO_RENEW_INVISIBLE_MS } else { req.invisible.as_millis() as Millis };
@@ -362,7 +368,7 @@ impl Consumers {
                 message,
             })
             .collect();
-        Ok((deliveries, poll.dead, next_due))
+        Ok((deliveries, poll.dead, next_due, poll.more))
     }
 
     /// Moves a message that used up its attempts to `%DLQ%<group>` and forgets it for the group.

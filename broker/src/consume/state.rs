@@ -309,7 +309,14 @@ pub struct Poll {
     pub dead: Vec<(Pos, StoredMessage)>,
     /// Queues whose group was behind retention: `(queue, from, to)`.
     pub skipped: Vec<(u32, u64, u64)>,
+    /// The pass read [`SCAN_BUDGET`] new messages and stopped there, with more to read: poll
+    /// again (the messages the filter rejected, and delay messages, count too).
+    pub more: bool,
 }
+
+/// Most new messages one [`GroupTopic::poll`] reads, delivered or not: a filter that rejects a
+/// long backlog is worked through a pass at a time, each holding the group's lock briefly.
+pub const SCAN_BUDGET: usize = 1024;
 
 impl GroupTopic {
     /// One pass: redeliver due messages (or renew, or dead-letter them), then hand out new ones
@@ -372,6 +379,7 @@ impl GroupTopic {
         }
         // 2. New messages.
         let n = queues.len();
+        let mut read_new = 0;
         'queues: for i in 0..n {
             if out.deliveries.len() >= rules.batch {
                 break;
@@ -385,6 +393,14 @@ impl GroupTopic {
                 cur = offsets.min;
             }
             while out.deliveries.len() < rules.batch && cur < offsets.durable {
+                if read_new == SCAN_BUDGET {
+                    out.more = true;
+                    if before != Some(cur) {
+                        self.set_cursor(q, cur, batch);
+                    }
+                    break 'queues;
+                }
+                read_new += 1;
                 let Some(msg) = read((q, cur))? else {
                     cur += 1;
                     continue;
@@ -610,6 +626,31 @@ mod tests {
         let mut attempts: Vec<(Pos, u32)> = p.deliveries.iter().map(|(pos, _, r)| (*pos, r.attempt)).collect();
         attempts.sort();
         assert_eq!(attempts, [((0, 1), 1), ((0, 2), 1), ((1, 0), 1), ((1, 2), 2)]);
+    }
+
+    #[test]
+    fn a_filter_rejecting_a_long_backlog_is_read_a_budget_at_a_time() {
+        let mut s = GroupTopic::new("g", "t");
+        let total = 2 * SCAN_BUDGET as u64 + 10;
+        let specs: Vec<Spec<'_>> =
+            (0..total).map(|o| (o, None, None, Some(if o == total - 1 { "keep" } else { "skip" }))).collect();
+        let log = stored(0, &specs);
+        let queues = [offsets(0, 0, total)];
+        let keep: &dyn Fn(&StoredMessage) -> bool = &|m| m.msg.tag.as_deref() == Some("keep");
+        let r = PollRules { accept: keep, ..rules(0) };
+        let mut passes = 0;
+        let p = loop {
+            let before = s.cursor(0).unwrap_or(0);
+            let p = run_poll(&mut s, &log, &queues, &r);
+            passes += 1;
+            assert!(s.cursor(0).unwrap() - before <= SCAN_BUDGET as u64, "read past the budget");
+            if !p.more {
+                break p;
+            }
+            assert!(p.deliveries.is_empty());
+        };
+        assert_eq!((passes, ids(&p)), (3, vec![format!("m{}", total - 1)]));
+        assert_eq!(s.cursor(0), Some(total));
     }
 
     #[test]
