@@ -280,3 +280,53 @@ async fn a_failed_group_commit_fails_every_request_in_it_and_behind_it() {
         broker.stop().await.unwrap();
     }
 }
+
+/// An EndTransaction COMMIT whose client gives up while its write waits (a deadline, a client
+/// gone) still holds the transaction until that write is durable: a ROLLBACK sent meanwhile
+/// sees the commit and is refused, so a published message is never recorded as rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_cancelled_in_flight_still_holds_its_transaction_until_durable() {
+    let (store, faults) = FaultyStore::new(MemoryStore::new());
+    let mut config = Config::with_data_dir("/nonexistent");
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.long_polling_max = Duration::from_secs(1);
+    let broker = txmq_broker::server::spawn_with(config, Some(Arc::new(store))).await.unwrap();
+    let url = format!("http://{}", broker.addr);
+    let mut c = MessagingServiceClient::connect(url.clone()).await.unwrap();
+    let mut half = send_req("h1");
+    half.messages[0].system_properties.as_mut().unwrap().message_type = v2::MessageType::Transaction as i32;
+    let txn = c.send_message(half).await.unwrap().into_inner().entries[0].transaction_id.clone();
+    let end = |resolution: v2::TransactionResolution| v2::EndTransactionRequest {
+        topic: res("t"),
+        message_id: "h1".into(),
+        transaction_id: txn.clone(),
+        resolution: resolution as i32,
+        source: v2::TransactionSource::SourceClient as i32,
+        trace_context: String::new(),
+    };
+
+    faults.hold_applies();
+    let applies = faults.applies();
+    let (mut committer, commit) = (c.clone(), end(v2::TransactionResolution::Commit));
+    let committing = tokio::spawn(async move { committer.end_transaction(commit).await });
+    let started = std::time::Instant::now();
+    while faults.applies() == applies {
+        assert!(started.elapsed() < Duration::from_secs(10), "the commit never wrote");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    committing.abort();
+    let _ = committing.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut roller, rollback) = (c.clone(), end(v2::TransactionResolution::Rollback));
+    let rolling = tokio::spawn(async move { roller.end_transaction(rollback).await.unwrap().into_inner() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    faults.release();
+
+    let answer = rolling.await.unwrap().status.unwrap();
+    assert_ne!(answer.code, v2::Code::Ok as i32, "a rollback after the commit was taken: {}", answer.message);
+    let t = common::admin_transaction(&url, &txn).await;
+    assert_eq!(t.state, pb::TxnState::Committed as i32);
+    let delivered = receive(&mut c, "g").await.unwrap();
+    assert_eq!(delivered.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["h1"]);
+    broker.stop().await.unwrap();
+}

@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A transaction's lock, held.
+type TxnGuard = tokio::sync::OwnedMutexGuard<()>;
+
 /// What the max-checks policy does with a transaction nobody decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaxChecksPolicy {
@@ -96,8 +99,9 @@ pub struct Transactions {
     committer: Arc<Committer>,
     metrics: Arc<Metrics>,
     settings: TxnSettings,
-    /// Per-transaction locks, striped by id.
-    locks: Vec<tokio::sync::Mutex<()>>,
+    /// Per-transaction locks, striped by id. A change holds its lock until its write is
+    /// durable, even when its caller stops waiting ([`Transactions::hold`]).
+    locks: Vec<Arc<tokio::sync::Mutex<()>>>,
     open: Arc<Open>,
     /// Where the next purge resumes (none: from the oldest record).
     purge_mark: std::sync::Mutex<Option<PurgeMark>>,
@@ -352,19 +356,34 @@ impl Transactions {
         settings: TxnSettings,
     ) -> Result<Self> {
         let open = Open::load(store.as_ref())?;
-        let locks = (0..TXN_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect();
+        let locks = (0..TXN_LOCKS).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect();
         Ok(Self { store, committer, metrics, settings, locks, open: Arc::new(open), purge_mark: Default::default() })
     }
 
-    fn txn_lock(&self, key: &str) -> &tokio::sync::Mutex<()> {
-        &self.locks[stripe(key)]
+    async fn txn_lock(&self, key: &str) -> TxnGuard {
+        self.locks[stripe(key)].clone().lock_owned().await
+    }
+
+    /// `after`, then the release of `guard`: run by the writer once the write is durable, so the
+    /// lock covers the write even if the request that made it is dropped meanwhile (a client
+    /// gone, a deadline passed). Released at once if the write fails or is never submitted.
+    /// Without it, a contrary decision could read the state from before a commit still in
+    /// flight (and record a rollback of a published message), or a retried half send could
+    /// store a second transaction.
+    fn hold(after: Option<AfterCommit>, guard: TxnGuard) -> Option<AfterCommit> {
+        Some(Box::new(move || {
+            if let Some(after) = after {
+                after();
+            }
+            drop(guard);
+        }))
     }
 
     /// Stores a half message (invisible to consumers) and returns its transaction id.
     /// Idempotent on `(topic, message id)`: a retried send gets the first transaction back.
     pub async fn send_half(&self, msg: NewMessage, producer: &str) -> Result<String> {
         let by_message = Key::TxnByMessage { topic: msg.topic.clone(), message_id: msg.message_id.clone() };
-        let _guard = self.txn_lock(&format!("{}\0{}", msg.topic, msg.message_id)).lock().await;
+        let guard = self.txn_lock(&format!("{}\0{}", msg.topic, msg.message_id)).await;
         if let Some(id) = self.store.get(&by_message.encode())? {
             // Found, but possibly only applied: after a failed flush the store keeps what it
             // applied, and the first send was answered with an error. Not durable, not OK.
@@ -392,7 +411,7 @@ impl Transactions {
             chunk,
         })?;
         batch.put(&by_message, id.clone().into_bytes());
-        self.commit_tracked(batch, None, &txn).await?;
+        self.commit_tracked(batch, None, &txn, guard).await?;
         tracing::debug!(
             transaction_id = id,
             topic = half.msg.topic,
@@ -459,7 +478,7 @@ impl Transactions {
         Fut: Future<Output = Result<()>>,
     {
         let id = self.resolve_txn_id(topic, message_id, txn_id)?;
-        let _guard = self.txn_lock(&id).lock().await;
+        let guard = self.txn_lock(&id).await;
         let mut txn = self
             .transaction(&id)?
             .ok_or_else(|| BrokerError::InvalidTransactionId(format!("unknown transaction {id}")))?;
@@ -494,14 +513,14 @@ impl Transactions {
                 let half = self
                     .half_message(&id)?
                     .ok_or_else(|| BrokerError::Internal(format!("half message of {id} is missing")))?;
-                publish(half, id.clone(), batch, self.track(before.state, &txn), now).await?;
+                publish(half, id.clone(), batch, Self::hold(self.track(before.state, &txn), guard), now).await?;
                 log_end(&id, &txn.topic, by, "committed");
             }
             Effect::Discard => {
-                self.commit_tracked(batch, before.state, &txn).await?;
+                self.commit_tracked(batch, before.state, &txn, guard).await?;
                 log_end(&id, &txn.topic, by, "rolled back");
             }
-            Effect::None => self.commit_tracked(batch, before.state, &txn).await?,
+            Effect::None => self.commit_tracked(batch, before.state, &txn, guard).await?,
         }
         Ok(txn)
     }
@@ -531,13 +550,15 @@ impl Transactions {
     }
 
     /// Commits a transaction's change from `before` and tracks it.
-    async fn commit_txn(&self, txn: &Txn, before: Before) -> Result<()> {
-        self.commit_tracked(self.txn_write(txn, before), before.state, txn).await
+    async fn commit_txn(&self, txn: &Txn, before: Before, guard: TxnGuard) -> Result<()> {
+        self.commit_tracked(self.txn_write(txn, before), before.state, txn, guard).await
     }
 
-    /// Writes `batch`, which moves `txn` from state `before`, and waits until it is durable.
-    async fn commit_tracked(&self, batch: Batch, before: Option<TxnState>, txn: &Txn) -> Result<()> {
-        self.committer.reserve().await?.submit(batch, self.track(before, txn)).durable().await?;
+    /// Writes `batch`, which moves `txn` from state `before`, and waits until it is durable;
+    /// `guard` (the transaction's lock) is released once it is ([`Self::hold`]).
+    async fn commit_tracked(&self, batch: Batch, before: Option<TxnState>, txn: &Txn, guard: TxnGuard) -> Result<()> {
+        let after = Self::hold(self.track(before, txn), guard);
+        self.committer.reserve().await?.submit(batch, after).durable().await?;
         Ok(())
     }
 
@@ -577,7 +598,7 @@ impl Transactions {
         due: Millis,
         deliver: impl FnOnce(&Txn, &StoredMessage) -> Option<CheckTarget>,
     ) -> Result<CheckOutcome> {
-        let _guard = self.txn_lock(id).lock().await;
+        let guard = self.txn_lock(id).await;
         let now = now_ms();
         let Some(mut txn) = self.transaction(id)? else {
             let mut batch = Batch::new();
@@ -610,7 +631,7 @@ impl Transactions {
         if let Some(why) = why {
             let park = c.max_checks_policy == MaxChecksPolicy::Park;
             txn.exhaust(park, why.clone(), now);
-            self.commit_txn(&txn, before).await?;
+            self.commit_txn(&txn, before, guard).await?;
             if park {
                 self.metrics.txn_parked.add(&[&txn.topic], 1);
             } else {
@@ -641,19 +662,19 @@ impl Transactions {
                 CheckOutcome::Unreachable { retry_at: txn.next_check.unwrap_or(now) }
             }
         };
-        self.commit_txn(&txn, before).await?;
+        self.commit_txn(&txn, before, guard).await?;
         Ok(outcome)
     }
 
     /// Operator action: resume checks of a parked transaction.
     pub async fn resume_transaction(&self, id: &str, reason: Option<String>) -> Result<Txn> {
-        let _guard = self.txn_lock(id).lock().await;
+        let guard = self.txn_lock(id).await;
         let mut txn = self
             .transaction(id)?
             .ok_or_else(|| BrokerError::InvalidTransactionId(format!("unknown transaction {id}")))?;
         let before = Before::of(&txn);
         txn.resume(reason, now_ms()).map_err(|e| txn_error(e, id))?;
-        self.commit_txn(&txn, before).await?;
+        self.commit_txn(&txn, before, guard).await?;
         Ok(txn)
     }
 
