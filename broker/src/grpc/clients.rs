@@ -106,9 +106,10 @@ pub struct Unanswered {
     pub topic: String,
 }
 
-/// Sort key of a check candidate, best first: silent?, the client to avoid?, originator (0) /
-/// the topic's producer (1) / a declarer (2), most recently seen, oldest stream.
-type CandidateRank = (bool, bool, u8, std::cmp::Reverse<Instant>, u64);
+/// Sort key of a check candidate, best first: silent?, where in the clients to avoid (0: not
+/// one of them), originator (0) / the topic's producer (1) / a declarer (2), most recently
+/// seen, oldest stream.
+type CandidateRank = (bool, usize, u8, std::cmp::Reverse<Instant>, u64);
 
 /// The registry of clients, keyed by client id.
 #[derive(Default)]
@@ -227,9 +228,9 @@ impl Clients {
     /// Streams a check of a transaction of `topic` sent by `originator` may go to, best first:
     /// the originator's, then those of the topic's other transactional producers (most recently
     /// seen first), then those of clients that only declared the topic; within that order,
-    /// responsive streams before silent ones, and `avoid` (the client whose last check went
-    /// unanswered) after every other client.
-    pub fn check_candidates(&self, topic: &str, originator: &str, avoid: Option<&str>) -> Vec<(String, StreamHandle)> {
+    /// responsive streams before silent ones, and the clients in `avoid` (whose checks brought
+    /// no decision, the most recent last) after every other client, in that order.
+    pub fn check_candidates(&self, topic: &str, originator: &str, avoid: &[&str]) -> Vec<(String, StreamHandle)> {
         let inner = crate::sync::lock(&self.inner);
         let mut ranked: Vec<(CandidateRank, String, StreamHandle)> = Vec::new();
         for (id, c) in inner.iter() {
@@ -247,7 +248,7 @@ impl Clients {
                     continue;
                 }
             }
-            let avoided = avoid == Some(id.as_str());
+            let avoided = avoid.iter().position(|a| *a == id.as_str()).map_or(0, |i| i + 1);
             for s in &c.streams {
                 let key = (s.silent, avoided, rank, std::cmp::Reverse(c.last_seen), s.handle.id);
                 ranked.push((key, id.clone(), s.handle.clone()));
@@ -428,10 +429,9 @@ mod tests {
         c.set_identity("other-topic-only", Some(user("b", "Topic:payments")), local);
         c.register_topic("allowed", "orders");
         c.register_topic("other-topic-only", "orders");
-        let ids: Vec<_> =
-            c.check_candidates("orders", "other-topic-only", None).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<_> = c.check_candidates("orders", "other-topic-only", &[]).into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["allowed"], "even the originator is skipped once its user may not publish");
-        assert_eq!(c.check_candidates("orders", "x", None)[0].1.id, allowed.id);
+        assert_eq!(c.check_candidates("orders", "x", &[])[0].1.id, allowed.id);
     }
 
     #[test]
@@ -463,17 +463,19 @@ mod tests {
                 ..Default::default()
             },
         );
-        let order =
-            |avoid| c.check_candidates("orders", "p1", avoid).into_iter().map(|(_, h)| h.id).collect::<Vec<_>>();
-        assert_eq!(order(None), [p1.id, p2.id, other.id], "originator, its topic's producers, declarers");
-        assert_eq!(order(Some("p1")), [p2.id, other.id, p1.id]);
+        let order = |avoid: &[&str]| {
+            c.check_candidates("orders", "p1", avoid).into_iter().map(|(_, h)| h.id).collect::<Vec<_>>()
+        };
+        assert_eq!(order(&[]), [p1.id, p2.id, other.id], "originator, its topic's producers, declarers");
+        assert_eq!(order(&["p1"]), [p2.id, other.id, p1.id]);
+        assert_eq!(order(&["p2", "p1"]), [other.id, p2.id, p1.id], "the least recently undecided first");
         c.check_sent("t1", "orders", "p1", p1.id);
         let expired = c.expire_checks(Duration::ZERO);
         assert_eq!(expired.len(), 1);
-        assert_eq!(order(None), [p2.id, other.id, p1.id], "a silent stream is tried last");
+        assert_eq!(order(&[]), [p2.id, other.id, p1.id], "a silent stream is tried last");
         c.check_sent("t2", "orders", "p1", p1.id);
         c.check_answered("t2", "p1");
-        assert_eq!(order(None), [p1.id, p2.id, other.id], "an answer makes it responsive again");
+        assert_eq!(order(&[]), [p1.id, p2.id, other.id], "an answer makes it responsive again");
     }
 
     #[test]

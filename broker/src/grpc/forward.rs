@@ -369,7 +369,7 @@ impl Cluster for ClusterService {
         if !matches!(command.command, Some(v2::telemetry_command::Command::RecoverOrphanedTransactionCommand(_))) {
             return Err(tonic::Status::invalid_argument("only check-back commands are pushed"));
         }
-        for (client, stream) in self.clients.check_candidates(&req.topic, &req.originator, None) {
+        for (client, stream) in self.clients.check_candidates(&req.topic, &req.originator, &[]) {
             if stream.tx.try_send(Ok(command.clone())).is_ok() {
                 return Ok(tonic::Response::new(PushCheckResponse { delivered: true, client_id: client }));
             }

@@ -144,7 +144,7 @@ pub fn command(txn: &Txn, half: &StoredMessage, node: Option<&str>) -> v2::Telem
 /// Writes the check to the first candidate stream that takes it; names where it went.
 fn deliver(clients: &Clients, txn: &Txn, half: &StoredMessage, node: Option<&str>) -> Option<CheckTarget> {
     let cmd = command(txn, half, node);
-    for (client, stream) in clients.check_candidates(&txn.topic, &txn.producer, txn.unanswered_check()) {
+    for (client, stream) in clients.check_candidates(&txn.topic, &txn.producer, &txn.undecided_checks()) {
         if stream.tx.try_send(Ok(cmd.clone())).is_ok() {
             clients.check_sent(&txn.id, &txn.topic, &client, stream.id);
             return Some(CheckTarget { client, stream: stream.id });

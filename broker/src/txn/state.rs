@@ -258,13 +258,19 @@ impl Txn {
         self.push(Event::Checked { at: now, client: client.to_string(), stream, answer: None });
     }
 
-    /// The client of the latest check if it went unanswered: the next check should try
-    /// another producer first.
-    pub fn unanswered_check(&self) -> Option<&str> {
-        match self.history.iter().rev().find(|e| matches!(e, Event::Checked { .. })) {
-            Some(Event::Checked { client, answer: None, .. }) => Some(client),
-            _ => None,
+    /// The clients whose checks brought no decision (unanswered, or answered UNKNOWN), each
+    /// once, the most recent last: the next check tries the other producers first, then these
+    /// from the least recent. Another producer of the topic may keep its outcomes where this
+    /// one cannot see them (another database), so asking the same one again may never end.
+    pub fn undecided_checks(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for e in &self.history {
+            if let Event::Checked { client, answer: None | Some((Resolution::Unknown, _)), .. } = e {
+                out.retain(|c| *c != client.as_str());
+                out.push(client);
+            }
         }
+        out
     }
 
     /// No producer could be reached at `now`: the next attempt waits [`UNREACHABLE_BACKOFF_MS`],
@@ -418,9 +424,12 @@ mod tests {
         assert_eq!(t.history.len(), 2, "one timeline entry per run of failed attempts");
         t.checked("p2", 9, at, interval);
         assert_eq!((t.unreachable_since, t.unreachable_attempts), (None, 0));
-        assert_eq!(t.unanswered_check(), Some("p2"));
+        assert_eq!(t.undecided_checks(), ["p2"]);
         t.end(Resolution::Unknown, Actor::Check, None, at + 5).unwrap();
-        assert_eq!(t.unanswered_check(), None);
+        assert_eq!(t.undecided_checks(), ["p2"], "an UNKNOWN answer decides nothing either");
+        t.checked("p3", 4, at + 10, interval);
+        t.checked("p2", 9, at + 20, interval);
+        assert_eq!(t.undecided_checks(), ["p3", "p2"], "each once, the most recent last");
     }
 
     fn any_resolution() -> impl Strategy<Value = Resolution> {
