@@ -134,6 +134,53 @@ async fn a_new_producer_resolves_a_dead_producers_transaction_from_the_log() {
     broker.stop().await.unwrap();
 }
 
+/// Two services publish to one topic, each with its own database. A's producer dies after its
+/// database commit; the check goes to B, whose log cannot see A's transaction: B answers
+/// UNKNOWN (not ROLLBACK), and once A is back its log commits the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_on_another_database_does_not_roll_back_what_it_cannot_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (pool_a, pool_b) = (database(dir_a.path()).await, database(dir_b.path()).await);
+    let (log_a, log_b) = (TxnLog::new(pool_a.clone()).await.unwrap(), TxnLog::new(pool_b.clone()).await.unwrap());
+    assert_ne!(log_a.id(), log_b.id());
+    assert_eq!(TxnLog::new(pool_a.clone()).await.unwrap().id(), log_a.id(), "one id per database");
+
+    let a = producer(&broker, &log_a).await;
+    let b = producer(&broker, &log_b).await;
+    let (_, published) = db::send_in_db_transaction_then(
+        &a,
+        &log_a,
+        Message::new("orders", "created o-11"),
+        |tx, _| insert_order(tx, "o-11"),
+        db::Finish::LeaveToCheckBack,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let Published::Transactional { transaction_id } = published else { panic!("not transactional") };
+    a.shutdown().await.unwrap();
+
+    // B is asked (its log gets no row: it did not answer from it) and the message waits.
+    let asked = Instant::now();
+    while asked.elapsed() < Duration::from_secs(4) {
+        let row: Option<String> = sqlx::query_scalar("SELECT state FROM txmq_txn_log WHERE transaction_id = ?")
+            .bind(&transaction_id)
+            .fetch_optional(&pool_b)
+            .await
+            .unwrap();
+        assert_eq!(row, None, "B answered from a log that never saw the transaction");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(consume_all(&broker, "inventory", "orders", Duration::from_secs(1)).await.is_empty());
+    // A comes back: the next check tries it before B, which decided nothing; its log commits.
+    let _a = producer(&broker, &log_a).await;
+    assert_eq!(consume_all(&broker, "inventory", "orders", Duration::from_secs(6)).await, ["created o-11"]);
+    b.shutdown().await.unwrap();
+    broker.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_during_a_slow_local_transaction_makes_it_fail() {
     let dir = tempfile::tempdir().unwrap();

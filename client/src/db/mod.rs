@@ -16,6 +16,13 @@
 //!   (If the local transaction already holds the row or SQLite's write lock, the check waits
 //!   for it and then sees its outcome.)
 //!
+//! # Whose log answers
+//! A check-back goes to the producer that sent the half message or, when it is gone, to another
+//! producer of the topic, which may keep its log in another database. Each log has an id
+//! (stored once in `txmq_meta`) and [`send_in_db_transaction`] puts it on the half message
+//! ([`LOG_PROPERTY`]): a log asked about a message recorded in another log answers UNKNOWN (the
+//! broker asks again later), never ROLLBACK for a transaction it cannot see.
+//!
 //! # The outbox
 //! When the broker cannot be reached, the message is written to `txmq_outbox` inside the same
 //! local transaction (so it exists exactly when the business change does) and an
@@ -44,6 +51,20 @@ fn now_ms() -> i64 {
 /// back). Nothing happened; the application may run the whole operation again.
 pub fn is_barrier_refusal(e: &sqlx::Error) -> bool {
     e.as_database_error().is_some_and(|d| d.is_unique_violation() && d.message().contains("txmq_txn_log"))
+}
+
+/// The user property on a half message naming the transaction log that records its outcome.
+pub const LOG_PROPERTY: &str = "txmq-txn-log";
+
+/// A new log id: 128 random bits in hex.
+fn new_log_id() -> String {
+    let mut bytes = [0u8; 16];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        // No system randomness: the clock and the process make an id unique enough here.
+        bytes[..8].copy_from_slice(&now_ms().to_le_bytes());
+        bytes[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How long a relay's claim on an outbox row lasts before another relay may take it.
@@ -85,7 +106,7 @@ pub enum Finish {
 /// The SDK's items for one sqlx database: `backend!(Database type, schema, claim lock clause)`.
 macro_rules! backend {
     ($db:ty, $schema:expr, $claim_lock:expr) => {
-        use super::{now_ms, Finish, Published, CLAIM_LEASE_MS};
+        use super::{new_log_id, now_ms, Finish, Published, CLAIM_LEASE_MS, LOG_PROPERTY};
         use crate::error::Result;
         use crate::message::Message;
         use crate::producer::Producer;
@@ -113,13 +134,28 @@ pub async fn migrate(pool: &DbPool) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct TxnLog {
     pool: DbPool,
+    /// This log's id ([`LOG_PROPERTY`]): the same for every process on this database.
+    id: std::sync::Arc<str>,
 }
 
 impl TxnLog {
-    /// Uses `pool` (and creates the SDK's tables).
+    /// Uses `pool` (and creates the SDK's tables, and the log's id the first time).
     pub async fn new(pool: DbPool) -> Result<Self> {
         migrate(&pool).await?;
-        Ok(Self { pool })
+        sqlx::query("INSERT INTO txmq_meta (name, value) VALUES ('log_id', $1) ON CONFLICT (name) DO NOTHING")
+            .bind(new_log_id())
+            .execute(&pool)
+            .await?;
+        let id: String = sqlx::query("SELECT value FROM txmq_meta WHERE name = 'log_id'")
+            .fetch_one(&pool)
+            .await?
+            .try_get("value")?;
+        Ok(Self { pool, id: id.into() })
+    }
+
+    /// This log's id, as half messages recorded here carry it ([`LOG_PROPERTY`]).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// The pool it uses.
@@ -160,6 +196,14 @@ impl TxnLog {
 #[async_trait::async_trait]
 impl TransactionChecker for TxnLog {
     async fn check(&self, request: &CheckRequest) -> Resolution {
+        if let Some(other) = request.properties.get(LOG_PROPERTY).filter(|l| **l != *self.id) {
+            tracing::debug!(
+                transaction_id = request.transaction_id,
+                log = other,
+                "check of a transaction recorded in another database's log: unknown here"
+            );
+            return Resolution::Unknown;
+        }
         match self.resolve(&request.transaction_id).await {
             Ok(r) => r,
             Err(e) => {
@@ -213,7 +257,9 @@ where
 {
     let mut message = message;
     let message_id = message.ensure_id();
-    let pending = match producer.begin(message.clone()).await {
+    // The half message names this log, so a producer on another database never answers for it.
+    let half = message.clone().with_property(LOG_PROPERTY, log.id());
+    let pending = match producer.begin(half).await {
         Ok(p) => Some(p),
         Err(e) if e.is_unreachable() => {
             tracing::warn!(message_id, error = %e, "broker unreachable; the message goes to the outbox");
@@ -449,6 +495,7 @@ pub mod sqlite {
             transaction_id TEXT PRIMARY KEY,
             state TEXT NOT NULL CHECK (state IN ('committed', 'rolled_back')),
             recorded_at INTEGER NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS txmq_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS txmq_outbox (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             message_id TEXT NOT NULL UNIQUE,
@@ -482,6 +529,7 @@ pub mod postgres {
             transaction_id TEXT PRIMARY KEY,
             state TEXT NOT NULL CHECK (state IN ('committed', 'rolled_back')),
             recorded_at BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS txmq_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS txmq_outbox (
             id BIGSERIAL PRIMARY KEY,
             message_id TEXT NOT NULL UNIQUE,
