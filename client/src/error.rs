@@ -72,7 +72,19 @@ impl Error {
                 Error::Unavailable(s.message().to_string())
             }
             other => {
-                Error::Broker { code: 50000, code_name: format!("GRPC_{other:?}"), message: s.message().to_string() }
+                // The nearest RocketMQ code, so that is_retryable() tells: refusals are final,
+                // an overloaded or failing server may be tried again.
+                let code = match other {
+                    tonic::Code::Unauthenticated => 40100,
+                    tonic::Code::PermissionDenied => 40300,
+                    tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::AlreadyExists => 40000,
+                    tonic::Code::NotFound => 40400,
+                    tonic::Code::Unimplemented => 50100,
+                    tonic::Code::FailedPrecondition => 42800,
+                    tonic::Code::ResourceExhausted => 42900,
+                    _ => 50000,
+                };
+                Error::Broker { code, code_name: format!("GRPC_{other:?}"), message: s.message().to_string() }
             }
         }
     }
@@ -80,3 +92,29 @@ impl Error {
 
 /// Result alias of the SDK.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_final_and_failures_may_be_retried() {
+        let of = |code: tonic::Code| Error::from_status(&tonic::Status::new(code, "x"), std::time::Duration::ZERO);
+        for final_code in [
+            tonic::Code::Unauthenticated,
+            tonic::Code::PermissionDenied,
+            tonic::Code::InvalidArgument,
+            tonic::Code::NotFound,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::Unimplemented,
+        ] {
+            assert!(!of(final_code).is_retryable(), "{final_code:?}");
+        }
+        for passing in [tonic::Code::ResourceExhausted, tonic::Code::Internal, tonic::Code::Unavailable] {
+            assert!(of(passing).is_retryable(), "{passing:?}");
+        }
+        assert!(of(tonic::Code::DeadlineExceeded).is_unreachable());
+        let Error::Broker { code_name, .. } = of(tonic::Code::Unimplemented) else { panic!() };
+        assert_eq!(code_name, "GRPC_Unimplemented", "the batched-decision fallback looks for it");
+    }
+}

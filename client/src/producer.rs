@@ -1,6 +1,6 @@
 //! Producers: normal, FIFO, delay and batch sends with retries.
 
-use crate::batch::Batcher;
+use crate::batch::{Batcher, Batching};
 use crate::error::{Error, Result};
 use crate::message::{Message, SendReceipt};
 use crate::session::{CommandHandler, Session};
@@ -42,6 +42,9 @@ pub struct Producer {
     /// Natural batching of a transactional producer's decisions.
     pub(crate) decisions: Option<Arc<Decisions>>,
 }
+
+/// Most decisions the broker takes in one `EndTransactions` call.
+pub(crate) const MAX_DECISIONS_PER_CALL: usize = 1000;
 
 /// Natural batching of transaction decisions.
 pub(crate) type DecisionBatcher = Batcher<txmq_proto::ext::Decision, Result<()>>;
@@ -90,7 +93,10 @@ impl Producer {
             };
             // One-way commits keep the sends' bound: nobody waits for them, and fewer requests
             // carry more of them (Batching::decisions_in_flight).
-            let decisions = Decisions { awaited: start(batching.for_decisions()), oneway: start(batching) };
+            // The broker takes at most MAX_DECISIONS_PER_CALL decisions in one call.
+            let capped = |b: Batching| Batching { max_items: b.max_items.min(MAX_DECISIONS_PER_CALL), ..b };
+            let decisions =
+                Decisions { awaited: start(capped(batching.for_decisions())), oneway: start(capped(batching)) };
             p.decisions = Some(Arc::new(decisions));
         }
         if batching.enabled() {

@@ -369,3 +369,33 @@ async fn the_sdk_makes_its_sends_and_decisions_on_one_stream_unless_told_not_to(
     let got = receive_bodies(&broker, "pay", "payments", 200).await;
     assert_eq!(got.len(), 200, "every send and every committed message, once");
 }
+
+/// Batching bounds set above what the broker takes in one call (1,000 decisions) still give
+/// every decision its own answer: the SDK never sends more in one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_past_the_brokers_limit_per_call_are_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let mut config = ClientConfig::new(broker.access_point());
+    config.batching = Batching { max_items: 5000, ..Default::default() };
+    let p = txmq_client::TransactionProducer::connect(config, &["payments"], never_checked_producer_checker())
+        .await
+        .unwrap();
+    const N: usize = 1500;
+    let begun: Vec<_> = (0..N)
+        .map(|i| {
+            let p = p.clone();
+            tokio::spawn(async move { p.begin(Message::new("payments", format!("payment {i}"))).await.unwrap() })
+        })
+        .collect();
+    let mut pending = Vec::new();
+    for b in begun {
+        pending.push(b.await.unwrap());
+    }
+    let commits: Vec<_> = pending.into_iter().map(|t| tokio::spawn(t.commit())).collect();
+    for c in commits {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(broker.broker.gauges().pending_transactions, 0);
+    p.shutdown().await.unwrap();
+}
