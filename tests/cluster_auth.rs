@@ -234,6 +234,32 @@ async fn users_are_the_clusters_and_only_nodes_may_forward() {
     let r = raw.send_message(signed).await.expect("a node's request").into_inner();
     assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
 
+    // Refused sends and receives to topics that do not exist create none, on any node: not
+    // for a caller who signs nothing, nor for app, who may not use them.
+    let unsigned = raw.send_message(common_send("junk-anon", "x")).await.unwrap().into_inner();
+    assert_eq!(unsigned.status.unwrap().code, v2::Code::Unauthorized as i32);
+    let e = sp.send(Message::new("junk-app", b"x".to_vec())).await.unwrap_err();
+    assert!(e.to_string().contains("FORBIDDEN"), "{e}");
+    let receive = |topic: &str| v2::ReceiveMessageRequest {
+        group: Some(v2::Resource { resource_namespace: String::new(), name: "ledger".into() }),
+        message_queue: Some(v2::MessageQueue {
+            topic: Some(v2::Resource { resource_namespace: String::new(), name: topic.into() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut stream = raw.receive_message(receive("junk-recv")).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.content,
+        Some(v2::receive_message_response::Content::Status(s)) if s.code == v2::Code::Unauthorized as i32
+    ));
+    for admin in [&mut admin1, &mut admin2, &mut admin3] {
+        let topics = admin.list_topics(pb::ListTopicsRequest {}).await.unwrap().into_inner().topics;
+        let junk: Vec<_> = topics.iter().filter(|t| t.name.starts_with("junk-")).map(|t| &t.name).collect();
+        assert!(junk.is_empty(), "refused requests created topics: {junk:?}");
+    }
+
     // Deleted on node 3: refused through node 1 within moments (node 1 follows etcd).
     let r = admin3.delete_user(pb::DeleteUserRequest { name: "app".into() }).await.unwrap().into_inner();
     ok(r.status);

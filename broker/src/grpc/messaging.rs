@@ -386,10 +386,15 @@ impl MessagingService for Messaging {
             return Box::pin(self.cluster_send(&fw, req)).await;
         }
         let topic = req.get_ref().messages.first().and_then(|m| m.topic.as_ref()).map(|t| t.name.clone());
-        if let Err(e) = self.ensure_local_topic(&req, topic.as_deref().unwrap_or_default()).await {
+        let (_timer, producer, caller) = self.begin("SendMessage", &req);
+        // The caller first: a topic this node makes for its shard is made for one who may send.
+        let topic = topic.unwrap_or_default();
+        if let Err(e) = caller.allow(&[(Resource::topic(&topic), Action::Pub)]) {
             return Ok(Response::new(refused(status::status(&e), message_ids(&req.get_ref().messages))));
         }
-        let (_timer, producer, caller) = self.begin("SendMessage", &req);
+        if let Err(e) = self.ensure_local_topic(&req, &topic).await {
+            return Ok(Response::new(refused(status::status(&e), message_ids(&req.get_ref().messages))));
+        }
         let messages = req.into_inner().messages;
         let Some(_slot) = self.admit(&producer) else {
             return Ok(Response::new(refused(busy(), message_ids(&messages))));
@@ -441,10 +446,15 @@ impl MessagingService for Messaging {
             return Box::pin(self.cluster_receive(&fw, req)).await;
         }
         let topic = req.get_ref().message_queue.as_ref().and_then(|q| q.topic.as_ref()).map(|t| t.name.clone());
-        if let Err(e) = self.ensure_local_topic(&req, topic.as_deref().unwrap_or_default()).await {
+        let (_timer, client, caller) = self.begin("ReceiveMessage", &req);
+        // The caller first: a topic this node makes for its shard is made for one who may read.
+        let topic = topic.unwrap_or_default();
+        if let Err(e) = caller.allow(&[(Resource::topic(&topic), Action::Sub)]) {
             return Ok(Response::new(single_status_stream(receive_status(status::status(&e)))));
         }
-        let (_timer, client, caller) = self.begin("ReceiveMessage", &req);
+        if let Err(e) = self.ensure_local_topic(&req, &topic).await {
+            return Ok(Response::new(single_status_stream(receive_status(status::status(&e)))));
+        }
         let deadline = grpc_deadline(&req);
         let Some(_slot) = self.admit(&client) else {
             return Ok(Response::new(single_status_stream(receive_status(busy()))));
@@ -949,6 +959,10 @@ impl Messaging {
             let first = req.get_ref().messages.first().ok_or_else(|| BrokerError::BadRequest("no message".into()))?;
             let topic = convert::resource_name(first.topic.as_ref(), "topic")?;
             let group = first.system_properties.as_ref().and_then(|s| s.message_group.clone());
+            // Checked here too (the owner checks every message): a placement is made for one
+            // who may send to the topic, not for anyone who asks.
+            Caller::of(&self.broker, &req, &client_id(&req), "SendMessage")
+                .allow(&[(Resource::topic(&topic), Action::Pub)])?;
             let p = self.placement_of(fw, &topic).await?;
             let mut failed = None;
             let mut answered = None;
@@ -1008,6 +1022,14 @@ impl Messaging {
         let topic =
             body.message_queue.as_ref().and_then(|q| q.topic.as_ref()).map(|t| t.name.clone()).unwrap_or_default();
         let asked = body.message_queue.as_ref().and_then(|q| q.broker.as_ref()).map(|b| b.name.clone());
+        // Checked here too (the owner checks it again): a placement is made for one who may
+        // read the topic, not for anyone who asks.
+        let group = body.group.as_ref().map(|g| g.name.clone()).unwrap_or_default();
+        let caller = Caller::of(&self.broker, &req, &client_id(&req), "ReceiveMessage");
+        if let Err(e) = caller.allow(&[(Resource::topic(&topic), Action::Sub), (Resource::group(&group), Action::Sub)])
+        {
+            return Ok(Response::new(single_status_stream(receive_status(status::status(&e)))));
+        }
         let p = match self.placement_of(fw, &topic).await {
             Ok(p) => p,
             Err(e) => return Ok(Response::new(single_status_stream(receive_status(status::status(&e))))),
