@@ -37,10 +37,16 @@ pub struct StreamHandle {
     pub cancel: CancellationToken,
 }
 
+/// The user a Telemetry stream authenticated as (authentication on), and from where.
+pub type Identity = Option<(Arc<User>, Option<IpAddr>)>;
+
 struct Stream {
     handle: StreamHandle,
     /// A check written to it went unanswered past the check timeout.
     silent: bool,
+    /// Who opened it: check-backs of a topic go only to streams whose user may publish to it
+    /// (a client id is only a name any client may send; the stream's own user decides).
+    identity: Identity,
 }
 
 struct Client {
@@ -52,9 +58,6 @@ struct Client {
     sends_txn: HashSet<String>,
     /// Topics it announced in its Settings: it may answer check-backs for them.
     declared: HashSet<String>,
-    /// The user its Telemetry stream authenticated as (authentication on), and from where:
-    /// check-backs of a topic go only to clients whose user may publish to it.
-    identity: Option<(Arc<User>, Option<IpAddr>)>,
 }
 
 impl Client {
@@ -65,7 +68,6 @@ impl Client {
             streams: Vec::new(),
             sends_txn: HashSet::new(),
             declared: HashSet::new(),
-            identity: None,
         }
     }
 }
@@ -164,11 +166,12 @@ impl Clients {
         self.with(client_id, |_| ());
     }
 
-    /// Registers a new Telemetry stream; returns its handle (id and cancel token).
-    pub fn open_stream(&self, client_id: &str, tx: CommandSender) -> StreamHandle {
+    /// Registers a new Telemetry stream opened by `identity`; returns its handle (id and cancel
+    /// token).
+    pub fn open_stream(&self, client_id: &str, tx: CommandSender, identity: Identity) -> StreamHandle {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed) + 1;
         let handle = StreamHandle { id, tx, cancel: CancellationToken::new() };
-        self.with(client_id, |c| c.streams.push(Stream { handle: handle.clone(), silent: false }));
+        self.with(client_id, |c| c.streams.push(Stream { handle: handle.clone(), silent: false, identity }));
         handle
     }
 
@@ -243,25 +246,19 @@ impl Clients {
             } else {
                 continue;
             };
-            if let Some((user, from)) = &c.identity {
-                if !Auth::allowed(user, Resource::topic(topic), Action::Pub, *from) {
-                    continue;
-                }
-            }
             let avoided = avoid.iter().position(|a| *a == id.as_str()).map_or(0, |i| i + 1);
             for s in &c.streams {
+                if let Some((user, from)) = &s.identity {
+                    if !Auth::allowed(user, Resource::topic(topic), Action::Pub, *from) {
+                        continue;
+                    }
+                }
                 let key = (s.silent, avoided, rank, std::cmp::Reverse(c.last_seen), s.handle.id);
                 ranked.push((key, id.clone(), s.handle.clone()));
             }
         }
         ranked.sort_by_key(|r| r.0);
         ranked.into_iter().map(|(_, id, h)| (id, h)).collect()
-    }
-
-    /// Records the user a client's Telemetry stream authenticated as (`None`: authentication is
-    /// off).
-    pub fn set_identity(&self, client_id: &str, user: Option<Arc<User>>, from: Option<IpAddr>) {
-        self.with(client_id, |c| c.identity = user.map(|u| (u, from)));
     }
 
     /// Records a check of `transaction_id` written to `stream` of `client`.
@@ -336,8 +333,18 @@ impl Clients {
     }
 
     /// Drops everything known about a client that announced its termination.
-    pub fn terminate(&self, client_id: &str) {
-        crate::sync::lock(&self.inner).remove(client_id);
+    /// Forgets a client, told by `by` (`None`: authentication is off). Refused when a stream of
+    /// that client id was opened by another user: a client id is only a name, and one user must
+    /// not end another's client.
+    pub fn terminate(&self, client_id: &str, by: Option<&User>) -> Result<(), String> {
+        let mut inner = crate::sync::lock(&self.inner);
+        if let (Some(by), Some(c)) = (by, inner.get(client_id)) {
+            if c.streams.iter().any(|s| s.identity.as_ref().is_some_and(|(u, _)| u.name != by.name)) {
+                return Err(format!("client {client_id} belongs to another user"));
+            }
+        }
+        inner.remove(client_id);
+        Ok(())
     }
 
     /// What the registry knows about every client, for operators.
@@ -401,7 +408,7 @@ mod tests {
         let c = Clients::default();
         c.touch("idle");
         let (tx, _rx) = mpsc::channel(1);
-        c.open_stream("streaming", tx);
+        c.open_stream("streaming", tx, None);
         assert_eq!(c.sweep(Duration::ZERO, ALIVE_WINDOW), 1);
         assert_eq!(c.len(), 1);
         assert_eq!(c.streams("streaming").len(), 1);
@@ -419,26 +426,32 @@ mod tests {
         use crate::auth::{entry, UserKind};
         let c = Clients::default();
         let (tx, _rx) = mpsc::channel(4);
-        let allowed = c.open_stream("allowed", tx.clone());
-        let _other = c.open_stream("other-topic-only", tx);
         let user = |name: &str, grant: &str| {
             Arc::new(User::new(name, UserKind::Normal, "secret-123", vec![entry(grant, "Pub", true, &[]).unwrap()]))
         };
         let local = Some("127.0.0.1".parse().unwrap());
-        c.set_identity("allowed", Some(user("a", "Topic:orders")), local);
-        c.set_identity("other-topic-only", Some(user("b", "Topic:payments")), local);
+        let (a, b) = (user("a", "Topic:orders"), user("b", "Topic:payments"));
+        let allowed = c.open_stream("allowed", tx.clone(), Some((a.clone(), local)));
+        let _other = c.open_stream("other-topic-only", tx.clone(), Some((b.clone(), local)));
         c.register_topic("allowed", "orders");
         c.register_topic("other-topic-only", "orders");
         let ids: Vec<_> = c.check_candidates("orders", "other-topic-only", &[]).into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["allowed"], "even the originator is skipped once its user may not publish");
         assert_eq!(c.check_candidates("orders", "x", &[])[0].1.id, allowed.id);
+        // b opens a stream under a's client id: it gets none of a's checks, and may not end a's
+        // client; a may.
+        let _hijack = c.open_stream("allowed", tx, Some((b.clone(), local)));
+        let streams: Vec<_> = c.check_candidates("orders", "allowed", &[]).into_iter().map(|(_, h)| h.id).collect();
+        assert_eq!(streams, [allowed.id], "a stream of another user under the same client id");
+        assert!(c.terminate("allowed", Some(&b)).is_err());
+        assert_eq!(c.check_candidates("orders", "allowed", &[]).len(), 1);
     }
 
     #[test]
     fn an_open_stream_alone_does_not_keep_a_client_alive() {
         let c = Clients::default();
         let (tx, _rx) = mpsc::channel(1);
-        c.open_stream("push-consumer", tx);
+        c.open_stream("push-consumer", tx, None);
         assert!(c.alive("push-consumer", Duration::from_secs(60)));
         std::thread::sleep(Duration::from_millis(5));
         assert!(!c.alive("push-consumer", Duration::from_millis(1)), "no sign of life within the window");
@@ -448,9 +461,9 @@ mod tests {
     fn unanswered_checks_send_the_next_one_elsewhere_until_an_answer() {
         let c = Clients::default();
         let (tx, _rx) = mpsc::channel(4);
-        let p1 = c.open_stream("p1", tx.clone());
-        let p2 = c.open_stream("p2", tx.clone());
-        let other = c.open_stream("declares", tx);
+        let p1 = c.open_stream("p1", tx.clone(), None);
+        let p2 = c.open_stream("p2", tx.clone(), None);
+        let other = c.open_stream("declares", tx, None);
         c.register_topic("p1", "orders");
         c.register_topic("p2", "orders");
         c.set_settings(
@@ -482,8 +495,8 @@ mod tests {
     fn a_client_whose_streams_are_all_silent_is_swept_and_its_streams_ended() {
         let c = Clients::default();
         let (tx, _rx) = mpsc::channel(4);
-        let silent = c.open_stream("silent", tx.clone());
-        let answering = c.open_stream("answering", tx);
+        let silent = c.open_stream("silent", tx.clone(), None);
+        let answering = c.open_stream("answering", tx, None);
         c.check_sent("t1", "orders", "silent", silent.id);
         c.check_sent("t2", "orders", "answering", answering.id);
         c.check_answered("t2", "answering");

@@ -668,9 +668,10 @@ impl MessagingService for Messaging {
         // Refused at the start: the clients report a failed start instead of waiting on a
         // stream that will never carry a command.
         let user = caller.user().map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
-        self.clients.set_identity(&client, user.cloned(), caller.from);
+        let identity = user.map(|u| (u.clone(), caller.from));
         let rx = telemetry::serve(
             client,
+            identity,
             req.into_inner(),
             self.clients.clone(),
             self.announced(),
@@ -685,11 +686,14 @@ impl MessagingService for Messaging {
         req: Request<v2::NotifyClientTerminationRequest>,
     ) -> GrpcResult<v2::NotifyClientTerminationResponse> {
         let (_timer, client, caller) = self.begin("NotifyClientTermination", &req);
-        if let Err(e) = caller.allow(&[]) {
+        let ended = match caller.user() {
+            Ok(user) => self.clients.terminate(&client, user.map(|u| u.as_ref())).map_err(BrokerError::Forbidden),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ended {
             return Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(status::status(&e)) }));
         }
         tracing::debug!(client_id = client, "client terminated");
-        self.clients.terminate(&client);
         self.broker.forget_client(&client);
         Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(ok()) }))
     }

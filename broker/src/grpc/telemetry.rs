@@ -103,6 +103,7 @@ pub fn complete_settings(mut s: v2::Settings, a: Announced) -> v2::Settings {
 /// Serves one Telemetry stream until the client ends it or the broker shuts down.
 pub fn serve(
     client_id: String,
+    identity: super::clients::Identity,
     mut inbound: Streaming<v2::TelemetryCommand>,
     clients: Arc<Clients>,
     announced: Announced,
@@ -110,7 +111,7 @@ pub fn serve(
     tracker: &TaskTracker,
 ) -> mpsc::Receiver<Result<v2::TelemetryCommand, tonic::Status>> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    let opened = clients.open_stream(&client_id, tx.clone());
+    let opened = clients.open_stream(&client_id, tx.clone(), identity);
     let (stream_id, swept) = (opened.id, opened.cancel);
     tracing::debug!(client_id, stream_id, "telemetry stream opened");
     tracker.spawn(async move {
@@ -259,7 +260,7 @@ mod tests {
         let declared = |clients: &Clients| -> Vec<String> {
             clients.producers().into_iter().filter(|(_, c)| c == "c").map(|(t, _)| t).collect()
         };
-        let _stream = clients.open_stream("c", mpsc::channel(1).0);
+        let _stream = clients.open_stream("c", mpsc::channel(1).0, None);
         let reply = handle("c", publishing(vec!["a".into(), "b".into(), "bad name!".into()]), &clients, A).unwrap();
         assert_eq!(reply.status.unwrap().code, v2::Code::Ok as i32);
         assert_eq!(declared(&clients), ["a", "b"], "invalid names are not kept");
