@@ -162,6 +162,10 @@ fn read_valid(file: &File, id: u64, capacity: u64, offset: u64, expect: Expect) 
 /// The name of the file made ahead for the next segment (removed at open, as every `.tmp`).
 const SPARE: &str = "spare.tmp";
 
+/// Where the next spare is made before it becomes [`SPARE`] (under the spare's lock), so that
+/// making one never writes to a file a roll may have just taken as its segment.
+const SPARE_MAKING: &str = "spare-making.tmp";
+
 /// Removed segments kept for reuse as later segments ([`Journal::remove_before`]) at most.
 const KEPT_FOR_REUSE: usize = 2;
 
@@ -392,18 +396,20 @@ impl Journal {
         w.file.sync_data().map_err(io)?;
         let size = self.next_size(w.capacity).max(need + 2 * HEADER);
         let id = w.id + 1;
+        // The spare is renamed under its lock: a spare being made meanwhile is made elsewhere
+        // and takes its name under the same lock, never while the roll holds the file.
         let spare = {
             let mut spare = crate::sync::lock(&self.spare);
             match *spare {
                 Spare::Ready(n) if n >= need + 2 * HEADER => {
                     *spare = Spare::None;
+                    std::fs::rename(self.dir.join(SPARE), segment_path(&self.dir, id)).map_err(io)?;
                     true
                 }
                 _ => false,
             }
         };
         let file = if spare {
-            std::fs::rename(self.dir.join(SPARE), segment_path(&self.dir, id)).map_err(io)?;
             sync_dir(&self.dir)?;
             open_segment(&self.dir, id)?
         } else {
@@ -448,11 +454,14 @@ impl Journal {
             let big = reusable.iter().position(|(_, size)| *size >= want);
             big.map(|i| reusable.swap_remove(i))
         };
+        let making = self.dir.join(SPARE_MAKING);
         let made = match reused {
-            Some((path, size)) => std::fs::rename(path, self.dir.join(SPARE)).map(|()| size).map_err(io),
-            None => write_zeros_in_steps(&self.dir.join(SPARE), want, BACKGROUND_STEP).map(|()| want).map_err(io),
+            Some((path, size)) => std::fs::rename(path, &making).map(|()| size).map_err(io),
+            None => write_zeros_in_steps(&making, want, BACKGROUND_STEP).map(|()| want).map_err(io),
         };
-        *crate::sync::lock(&self.spare) = match made {
+        let mut spare = crate::sync::lock(&self.spare);
+        let made = made.and_then(|size| std::fs::rename(&making, self.dir.join(SPARE)).map(|()| size).map_err(io));
+        *spare = match made {
             Ok(size) => Spare::Ready(size),
             Err(_) => Spare::None,
         };
@@ -546,7 +555,17 @@ impl Journal {
             .get(&end.segment)
             .cloned()
             .ok_or_else(|| StoreError::Io(format!("no journal segment {} to truncate to", end.segment)))?;
-        let later: Vec<u64> = crate::sync::read(&self.files).range(end.segment + 1..).map(|(id, _)| *id).collect();
+        // The later segments known, and any on disk not known yet (a roll that failed after
+        // making its segment and before taking it up): an open refuses a segment after one
+        // without an end.
+        let mut later: Vec<u64> = crate::sync::read(&self.files).range(end.segment + 1..).map(|(id, _)| *id).collect();
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            let id = name.to_string_lossy().strip_suffix(".jnl").and_then(|h| u64::from_str_radix(h, 16).ok());
+            if let Some(id) = id.filter(|id| *id > end.segment && !later.contains(id)) {
+                later.push(id);
+            }
+        }
         for id in &later {
             std::fs::remove_file(segment_path(&self.dir, *id)).map_err(io)?;
             crate::sync::write(&self.files).remove(id);
@@ -867,6 +886,24 @@ mod tests {
         j.remove_before(u64::MAX).unwrap();
         assert_eq!(j.segments().len(), 1);
         assert_eq!(all(&j).last().unwrap(), &(60, payload(59)));
+    }
+
+    #[test]
+    fn a_truncation_removes_a_later_segment_a_failed_roll_left_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), SMALL).unwrap();
+        let written = append_n(&j, 0..3);
+        // A roll made the next segment on disk and failed before taking it up (the directory
+        // sync or the open failed): the append fails and its record is dropped.
+        let active = written[2].1.segment;
+        make_segment(dir.path(), active + 1, SMALL.first_segment).unwrap();
+        let end = j.read(written[1].1).unwrap().end;
+        j.truncate(end, written[2].0).unwrap();
+        assert!(!segment_path(dir.path(), active + 1).exists(), "the unknown later segment stays");
+        drop(j);
+        // An open accepts the journal: no segment after one without an end.
+        let j = Journal::open(dir.path(), SMALL).unwrap();
+        assert_eq!(all(&j).into_iter().map(|(seq, _)| seq).collect::<Vec<_>>(), [written[0].0, written[1].0]);
     }
 
     #[test]
