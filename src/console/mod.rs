@@ -32,6 +32,11 @@ pub struct ConsoleArgs {
     /// Who operates this console, as the audit log records it (`NAME via console`).
     #[arg(long, env = "TXMQ_OPERATOR")]
     operator: Option<String>,
+    /// A host name browsers may reach the console by (repeat for more). IP addresses and
+    /// `localhost` always may; any other name is refused, so that a web page whose name an
+    /// attacker points at this address (DNS rebinding) cannot use it.
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
 }
 
 /// What every handler shares.
@@ -43,6 +48,8 @@ pub(crate) struct Console {
     admin: Mutex<Option<Admin>>,
     /// Message counters read every few seconds, for the overview's rates.
     rates: Mutex<Rates>,
+    /// Host names besides IP addresses and `localhost` (`--allowed-host`), lowercase.
+    allowed_hosts: Vec<String>,
 }
 
 /// The two latest readings of the broker's message counters.
@@ -67,6 +74,7 @@ pub async fn run(broker: &str, args: ConsoleArgs) -> anyhow::Result<()> {
         actor,
         admin: Mutex::new(None),
         rates: Mutex::new(Rates::default()),
+        allowed_hosts: args.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
     });
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -93,7 +101,41 @@ fn router(console: Shared) -> Router {
         .route("/dead-letters/resend", post(actions::resend))
         .route("/audit", get(pages::audit))
         .route("/style.css", get(layout::stylesheet))
+        .layer(axum::middleware::from_fn_with_state(console.clone(), known_host))
         .with_state(console)
+}
+
+/// Refuses a request whose `Host` is a name this console was not told of: a page elsewhere
+/// whose name is made to resolve here (DNS rebinding) is a same-origin page to the browser, and
+/// would read and post as the operator.
+async fn known_host(
+    axum::extract::State(console): axum::extract::State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req.headers().get("host").map(|h| h.to_str().unwrap_or("?"));
+    match host {
+        Some(h) if !host_allowed(h, &console.allowed_hosts) => PageError::forbidden(format!(
+            "this console does not answer to the host name {h:?}; start it with --allowed-host to allow one"
+        ))
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+/// Whether `host` (a `Host` header: a name or address, maybe with a port) is an IP address,
+/// `localhost`, or one of `allowed` (lowercase).
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6 address]:port
+        Some(rest) => return rest.split(']').next().is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    let name = name.to_ascii_lowercase();
+    name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || allowed.contains(&name)
 }
 
 impl Console {
@@ -211,7 +253,10 @@ fn same_origin(headers: &HeaderMap) -> Result<(), PageError> {
         }
     }
     match headers.get("origin").and_then(|h| h.to_str().ok()) {
-        None | Some("null") => Ok(()),
+        // No origin: not a browser's form post (browsers name it on every post).
+        None => Ok(()),
+        // An opaque origin (a sandboxed frame, a file): never this console's own page.
+        Some("null") => Err(PageError::forbidden("a form posted from an opaque origin was refused")),
         Some(origin) => {
             let origin_host = origin.split("://").nth(1).unwrap_or(origin);
             if origin_host == host {
@@ -242,5 +287,17 @@ mod tests {
         assert!(same_origin(&headers(&[("host", "127.0.0.1:8082")])).is_ok());
         assert!(same_origin(&headers(&[("host", "127.0.0.1:8082"), ("origin", "http://evil.example")])).is_err());
         assert!(same_origin(&headers(&[("host", "127.0.0.1:8082"), ("sec-fetch-site", "cross-site")])).is_err());
+        assert!(same_origin(&headers(&[("host", "10.0.0.5:8082"), ("origin", "null")])).is_err(), "a sandboxed frame");
+    }
+
+    #[test]
+    fn only_addresses_localhost_and_allowed_names_are_answered() {
+        let allowed = vec!["ops.example".to_string()];
+        for ok in ["127.0.0.1:8082", "10.1.2.3", "[::1]:8082", "localhost:8082", "LOCALHOST", "ops.example:8082"] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for refused in ["attacker.example:8082", "evil", "ops.example.attacker.example", "[not-an-address]:80", ""] {
+            assert!(!host_allowed(refused, &allowed), "{refused}");
+        }
     }
 }
