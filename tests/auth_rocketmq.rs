@@ -344,6 +344,22 @@ async fn every_clients_header_variant_is_checked_the_same_way() {
     }
     let t = common::txn(&broker, &txn_id).await;
     assert_eq!(t.state, pb::TxnState::Pending as i32, "nothing was decided");
+    // ChangeInvisibleDuration needs Sub on the topic too, not only on the group.
+    create_user(&broker, "grouper", "grouper-secret-1", &[("Group:inventory", "Sub"), ("Topic:orders", "Sub")]).await;
+    let grouper = header::sign("grouper", "grouper-secret-1", &date);
+    for (topic, want) in [("payments", forbidden), ("orders", v2::Code::InvalidReceiptHandle as i32)] {
+        let change = v2::ChangeInvisibleDurationRequest {
+            group: Some(v2::Resource { resource_namespace: String::new(), name: "inventory".into() }),
+            topic: Some(v2::Resource { resource_namespace: String::new(), name: topic.into() }),
+            receipt_handle: "not-a-handle".into(),
+            invisible_duration: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+            message_id: "m".into(),
+            lite_topic: None,
+            suspend: None,
+        };
+        let r = raw(&broker).await.change_invisible_duration(signed(change, &grouper, &date)).await.unwrap();
+        assert_eq!(r.into_inner().status.unwrap().code, want, "change invisible duration on {topic}");
+    }
     // Unsigned requests are refused too.
     let r = raw(&broker)
         .await

@@ -267,12 +267,18 @@ impl Clients {
         crate::sync::lock(&self.checks).insert(transaction_id.to_string(), check);
     }
 
-    /// Records `client`'s answer to a check of `transaction_id`: no longer waited for, and if
-    /// the answer came from the client the check was written to, its stream is responsive
-    /// again.
+    /// Records `client`'s answer to a check of `transaction_id`: when the check was written to
+    /// that client, it is no longer waited for and its stream is responsive again. An answer
+    /// from any other client changes neither (it may not clear another's pending check).
     pub fn check_answered(&self, transaction_id: &str, client: &str) {
-        let Some(check) = crate::sync::lock(&self.checks).remove(transaction_id) else { return };
-        if check.client == client {
+        let check = {
+            let mut checks = crate::sync::lock(&self.checks);
+            match checks.get(transaction_id) {
+                Some(c) if c.client == client => checks.remove(transaction_id),
+                _ => None,
+            }
+        };
+        if let Some(check) = check {
             self.set_silent(&check.client, check.stream, false);
         }
     }
@@ -489,6 +495,19 @@ mod tests {
         c.check_sent("t2", "orders", "p1", p1.id);
         c.check_answered("t2", "p1");
         assert_eq!(order(&[]), [p1.id, p2.id, other.id], "an answer makes it responsive again");
+    }
+
+    #[test]
+    fn only_the_client_a_check_went_to_clears_it() {
+        let c = Clients::default();
+        let (tx, _rx) = mpsc::channel(4);
+        let asked = c.open_stream("asked", tx, None);
+        c.check_sent("t1", "orders", "asked", asked.id);
+        c.check_answered("t1", "someone-else");
+        assert_eq!(c.expire_checks(Duration::ZERO).len(), 1, "still waited for");
+        c.check_sent("t2", "orders", "asked", asked.id);
+        c.check_answered("t2", "asked");
+        assert!(c.expire_checks(Duration::ZERO).is_empty());
     }
 
     #[test]

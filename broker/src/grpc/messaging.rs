@@ -717,7 +717,7 @@ impl MessagingService for Messaging {
         let outcome = async {
             let group = convert::resource_name(req.group.as_ref(), "group")?;
             let topic = convert::resource_name(req.topic.as_ref(), "topic")?;
-            caller.allow(&[(Resource::group(&group), Action::Sub)])?;
+            caller.allow(&[(Resource::topic(&topic), Action::Sub), (Resource::group(&group), Action::Sub)])?;
             let d = req
                 .invisible_duration
                 .ok_or_else(|| BrokerError::IllegalInvisibleTime("invisible_duration is missing".into()))?;
