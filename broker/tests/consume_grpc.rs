@@ -391,12 +391,7 @@ async fn a_failed_dead_letter_move_is_reported_and_retried() {
 /// restart: a later receive moves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receive_cancelled_during_a_dead_letter_move_leaves_the_message_to_a_later_one() {
-    let (store, faults) = txmq_broker::store::faults::FaultyStore::new(txmq_broker::store::MemoryStore::new());
-    let mut config = Config::with_data_dir("/nonexistent");
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.long_polling_max = Duration::from_secs(1);
-    config.max_delivery_attempts = 1;
-    let broker = txmq_broker::server::spawn_with(config, Some(std::sync::Arc::new(store))).await.unwrap();
+    let (broker, faults) = common::spawn_faulty(|c| c.max_delivery_attempts = 1).await;
     let mut c = MessagingServiceClient::connect(format!("http://{}", broker.addr)).await.unwrap();
     send(&mut c, "jobs", "j1").await;
     let (_, got) = receive(&mut c, "g", "jobs", all(), 1).await;
@@ -405,15 +400,8 @@ async fn a_receive_cancelled_during_a_dead_letter_move_leaves_the_message_to_a_l
 
     // Its one attempt is used up: the next receive starts the move, whose first write is held;
     // the client gives up on the receive meanwhile.
-    faults.hold_applies();
-    let applies = faults.applies();
     let mut held = c.clone();
-    let receiving = tokio::spawn(async move { receive(&mut held, "g", "jobs", all(), 1).await });
-    let started = std::time::Instant::now();
-    while faults.applies() == applies {
-        assert!(started.elapsed() < Duration::from_secs(10), "the move never wrote");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let receiving = common::start_held(&faults, async move { receive(&mut held, "g", "jobs", all(), 1).await }).await;
     receiving.abort();
     let _ = receiving.await;
     tokio::time::sleep(Duration::from_millis(200)).await;

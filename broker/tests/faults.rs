@@ -286,11 +286,7 @@ async fn a_failed_group_commit_fails_every_request_in_it_and_behind_it() {
 /// sees the commit and is refused, so a published message is never recorded as rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_cancelled_in_flight_still_holds_its_transaction_until_durable() {
-    let (store, faults) = FaultyStore::new(MemoryStore::new());
-    let mut config = Config::with_data_dir("/nonexistent");
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.long_polling_max = Duration::from_secs(1);
-    let broker = txmq_broker::server::spawn_with(config, Some(Arc::new(store))).await.unwrap();
+    let (broker, faults) = common::spawn_faulty(|_| {}).await;
     let url = format!("http://{}", broker.addr);
     let mut c = MessagingServiceClient::connect(url.clone()).await.unwrap();
     let mut half = send_req("h1");
@@ -305,15 +301,8 @@ async fn a_commit_cancelled_in_flight_still_holds_its_transaction_until_durable(
         trace_context: String::new(),
     };
 
-    faults.hold_applies();
-    let applies = faults.applies();
     let (mut committer, commit) = (c.clone(), end(v2::TransactionResolution::Commit));
-    let committing = tokio::spawn(async move { committer.end_transaction(commit).await });
-    let started = std::time::Instant::now();
-    while faults.applies() == applies {
-        assert!(started.elapsed() < Duration::from_secs(10), "the commit never wrote");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let committing = common::start_held(&faults, async move { committer.end_transaction(commit).await }).await;
     committing.abort();
     let _ = committing.await;
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -222,3 +222,32 @@ mod scrape;
 // Not every test binary reads metrics.
 #[allow(unused_imports)]
 pub use scrape::scrape;
+
+/// A broker in this process on an in-memory store whose faults the test injects (long polls of
+/// at most 1 s; `config` sets the rest).
+pub async fn spawn_faulty(
+    config: impl FnOnce(&mut txmq_broker::config::Config),
+) -> (txmq_broker::server::RunningBroker, std::sync::Arc<txmq_broker::store::faults::Faults>) {
+    let (store, faults) = txmq_broker::store::faults::FaultyStore::new(txmq_broker::store::MemoryStore::new());
+    let mut c = txmq_broker::config::Config::with_data_dir("/nonexistent");
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.long_polling_max = std::time::Duration::from_secs(1);
+    config(&mut c);
+    (txmq_broker::server::spawn_with(c, Some(std::sync::Arc::new(store))).await.unwrap(), faults)
+}
+
+/// Holds the store's applies, starts `request` and returns its task once its write is held.
+pub async fn start_held<T: Send + 'static>(
+    faults: &txmq_broker::store::faults::Faults,
+    request: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    faults.hold_applies();
+    let applies = faults.applies();
+    let task = tokio::spawn(request);
+    let started = std::time::Instant::now();
+    while faults.applies() == applies {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the request never wrote");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    task
+}
