@@ -231,6 +231,21 @@ async fn never_checked_producer(broker: &RunningBroker) -> txmq_client::Transact
     txmq_client::TransactionProducer::connect(config, &["payments"], never_checked_producer_checker()).await.unwrap()
 }
 
+/// `n` half messages `payment {i}` to `payments`, begun at once.
+async fn begin_payments(p: &txmq_client::TransactionProducer, n: usize) -> Vec<txmq_client::PendingTransaction> {
+    let begun: Vec<_> = (0..n)
+        .map(|i| {
+            let p = p.clone();
+            tokio::spawn(async move { p.begin(Message::new("payments", format!("payment {i}"))).await.unwrap() })
+        })
+        .collect();
+    let mut pending = Vec::new();
+    for b in begun {
+        pending.push(b.await.unwrap());
+    }
+    pending
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_sends_concurrent_decisions_in_end_transactions_calls() {
     let dir = tempfile::tempdir().unwrap();
@@ -272,16 +287,7 @@ async fn one_way_commits_reach_the_broker_before_shutdown_returns() {
     // Many halves first, then their one-way commits all at once: more decisions than one
     // round trip carries are still queued when shutdown starts.
     const N: usize = 600;
-    let begun: Vec<_> = (0..N)
-        .map(|i| {
-            let p = p.clone();
-            tokio::spawn(async move { p.begin(Message::new("payments", format!("payment {i}"))).await.unwrap() })
-        })
-        .collect();
-    let mut pending = Vec::new();
-    for b in begun {
-        pending.push(b.await.unwrap());
-    }
+    let pending = begin_payments(&p, N).await;
     assert_eq!(broker.broker.gauges().pending_transactions, N as u64);
     for t in pending {
         t.commit_oneway().await;
@@ -382,16 +388,7 @@ async fn decisions_past_the_brokers_limit_per_call_are_split() {
         .await
         .unwrap();
     const N: usize = 1500;
-    let begun: Vec<_> = (0..N)
-        .map(|i| {
-            let p = p.clone();
-            tokio::spawn(async move { p.begin(Message::new("payments", format!("payment {i}"))).await.unwrap() })
-        })
-        .collect();
-    let mut pending = Vec::new();
-    for b in begun {
-        pending.push(b.await.unwrap());
-    }
+    let pending = begin_payments(&p, N).await;
     let commits: Vec<_> = pending.into_iter().map(|t| tokio::spawn(t.commit())).collect();
     for c in commits {
         c.await.unwrap().unwrap();
