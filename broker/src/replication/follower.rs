@@ -10,7 +10,7 @@
 //! (sled reports corrupt data, or a record does not decode) is of no use to anyone: it is
 //! deleted, and the next leader stream starts it afresh with a snapshot.
 
-use super::{clear, snapshot_page, Position};
+use super::{load_snapshot_page, snapshot_page, Position};
 use crate::disk::DiskSpace;
 use crate::store::{Batch, SledStore, Store, StoreError};
 use std::collections::HashMap;
@@ -307,18 +307,8 @@ impl Replicas {
                     let store = copy.store.clone();
                     let (first, last, epoch, seq) = (c.first, c.last, req.epoch, c.done_at_seq);
                     self.write(&shard, &copy, move || {
-                        if first {
-                            clear(store.as_ref())?;
-                        }
-                        let mut batch = entries;
-                        if last {
-                            Position { epoch, seq }.write(&mut batch);
-                        }
-                        store.apply(&batch)?;
-                        if last {
-                            store.flush()?;
-                        }
-                        Ok(())
+                        let done = last.then_some(Position { epoch, seq });
+                        load_snapshot_page(store.as_ref(), first, last, entries, done)
                     })
                     .await?;
                     if !last {

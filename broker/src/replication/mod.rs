@@ -50,6 +50,45 @@ fn history_key() -> Vec<u8> {
     Key::Meta("repl-epochs".into()).encode()
 }
 
+/// Set while a snapshot is being loaded into a store: from before its first page clears the
+/// store until its last page is flushed. A store with it holds part of a copy, whatever
+/// position keys its pages brought ([`Position::read`] answers zero for it).
+fn loading_key() -> Vec<u8> {
+    Key::Meta("repl-loading".into()).encode()
+}
+
+/// Loads one page of a snapshot into `store`. The first marks the store as loading, durably,
+/// before it clears it; the last writes `done` (when given), removes the mark, and flushes, so
+/// that a load cut short (a broken stream, a full disk, a crash) leaves a store that says it
+/// holds nothing, and is sent a whole snapshot again.
+pub(crate) fn load_snapshot_page(
+    store: &dyn Store,
+    first: bool,
+    last: bool,
+    entries: Batch,
+    done: Option<Position>,
+) -> Result<(), StoreError> {
+    if first {
+        let mut mark = Batch::new();
+        mark.put_raw(loading_key(), vec![1]);
+        store.apply(&mark)?;
+        store.flush()?;
+        clear(store)?;
+    }
+    let mut batch = entries;
+    if last {
+        if let Some(done) = done {
+            done.write(&mut batch);
+        }
+        batch.delete_raw(loading_key());
+    }
+    store.apply(&batch)?;
+    if last {
+        store.flush()?;
+    }
+    Ok(())
+}
+
 /// Each epoch of a shard and the first sequence its leader wrote, oldest first: where a
 /// returning leader's history parts from its successor's.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -89,8 +128,12 @@ impl History {
 }
 
 impl Position {
-    /// The position recorded in `store` (zero for a store never replicated).
+    /// The position recorded in `store` (zero for a store never replicated, or one whose
+    /// snapshot load did not finish).
     pub fn read(store: &dyn Store) -> Result<Position, StoreError> {
+        if store.get(&loading_key())?.is_some() {
+            return Ok(Position::default());
+        }
         let key = position_key();
         let Some(v) = store.get(&key)? else { return Ok(Position::default()) };
         let bad =
@@ -108,15 +151,17 @@ impl Position {
     }
 }
 
-/// Deletes every key of `store` (before a snapshot is loaded into it).
+/// Deletes every key of `store` but the loading mark (before a snapshot is loaded into it).
 fn clear(store: &dyn Store) -> Result<(), StoreError> {
+    let mark = loading_key();
+    let mut after: Option<Vec<u8>> = None;
     loop {
-        let page = store.scan(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, 1000, false)?;
-        if page.is_empty() {
-            return Ok(());
-        }
+        let start = after.as_deref().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let page = store.scan(start, std::ops::Bound::Unbounded, 1000, false)?;
+        let Some((last, _)) = page.last() else { return Ok(()) };
+        after = Some(last.clone());
         let mut batch = Batch::new();
-        for (k, _) in page {
+        for (k, _) in page.into_iter().filter(|(k, _)| *k != mark) {
             batch.delete_raw(k);
         }
         store.apply(&batch)?;
@@ -151,6 +196,28 @@ async fn snapshot_page(
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
+
+    #[test]
+    fn a_snapshot_load_cut_short_leaves_a_store_at_position_zero() {
+        let store = MemoryStore::default();
+        let mut old = Batch::new();
+        old.put_raw(b"stale".to_vec(), b"x".to_vec());
+        Position { epoch: 3, seq: 40 }.write(&mut old);
+        store.apply(&old).unwrap();
+        // The first page carries the leader's own position key (its keys sort first).
+        let mut page = Batch::new();
+        Position { epoch: 5, seq: 90 }.write(&mut page);
+        page.put_raw(b"a".to_vec(), b"1".to_vec());
+        load_snapshot_page(&store, true, false, page, None).unwrap();
+        assert_eq!(store.get(b"stale").unwrap(), None, "cleared");
+        assert_eq!(Position::read(&store).unwrap(), Position::default(), "part of a copy holds nothing");
+        let mut page = Batch::new();
+        page.put_raw(b"b".to_vec(), b"2".to_vec());
+        load_snapshot_page(&store, false, true, page, Some(Position { epoch: 5, seq: 88 })).unwrap();
+        assert_eq!(Position::read(&store).unwrap(), Position { epoch: 5, seq: 88 });
+        assert_eq!(store.get(&loading_key()).unwrap(), None);
+        assert_eq!(store.get(b"a").unwrap(), Some(b"1".to_vec()));
+    }
 
     #[test]
     fn positions_and_batches_round_trip() {

@@ -4,7 +4,7 @@
 //! a copy of the one that served — truncating what it wrote that its successor never had (the
 //! sequences from the successor's first one on, as the epoch history says) — and joins.
 
-use super::{clear, History, Position};
+use super::{load_snapshot_page, History, Position};
 use crate::cluster::Membership;
 use crate::config::Config;
 use crate::error::{BrokerError, Result};
@@ -40,12 +40,22 @@ pub async fn rejoin(config: &Config) -> Result<Option<CancellationToken>> {
     if waited {
         tracing::info!(node_id = id, "this node is no longer drained: joining again");
     }
-    let Some(host) = m.holder(id).await.map_err(cluster_error)?.and_then(|h| h.acting_on) else { return Ok(None) };
-    tracing::warn!(
-        node_id = id,
-        host,
-        "this node's shard is served from a copy on {host}; standing by until it is handed back"
-    );
+    let host = m.holder(id).await.map_err(cluster_error)?.and_then(|h| h.acting_on);
+    // A load of the copy that this node's last run did not finish: its store holds part of a
+    // copy, and must not be served; the copy is loaded again.
+    let interrupted = config.data_dir.join(LOADING_MARK).exists();
+    match (&host, interrupted) {
+        (None, false) => return Ok(None),
+        (Some(host), _) => tracing::warn!(
+            node_id = id,
+            host,
+            "this node's shard is served from a copy on {host}; standing by until it is handed back"
+        ),
+        (None, true) => tracing::warn!(
+            node_id = id,
+            "this node stopped while it loaded a copy of its shard; loading it again before serving"
+        ),
+    }
     let done = CancellationToken::new();
     m.stand_by(id, done.clone()).await.map_err(cluster_error)?;
     while m.holder(id).await.map_err(cluster_error)?.is_some() {
@@ -75,7 +85,11 @@ pub async fn rejoin(config: &Config) -> Result<Option<CancellationToken>> {
     Err(BrokerError::Config(format!("cannot load a copy of shard {id}: {last_error}")))
 }
 
-/// Replaces the store in `data_dir` with `node`'s copy of `shard`.
+/// A file in the data directory while a copy of the shard is being loaded into it.
+const LOADING_MARK: &str = "loading-copy";
+
+/// Replaces the store in `data_dir` with `node`'s copy of `shard`. The data directory is
+/// marked ([`LOADING_MARK`]) from before the store is touched until the copy is durable.
 async fn load_copy(m: &Membership, node: &str, shard: &str, data_dir: &std::path::Path) -> Result<()> {
     let channel = m.channel(node).await.map_err(cluster_error)?;
     let mut client = ClusterClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
@@ -86,6 +100,9 @@ async fn load_copy(m: &Membership, node: &str, shard: &str, data_dir: &std::path
         .await
         .map_err(|s| BrokerError::Internal(format!("node {node}: {}", s.message())))?
         .into_inner();
+    let mark = data_dir.join(LOADING_MARK);
+    std::fs::File::create(&mark).and_then(|f| f.sync_all()).map_err(|e| BrokerError::Internal(e.to_string()))?;
+    crate::store::segment_file::sync_dir(data_dir)?;
     let dir = data_dir.to_path_buf();
     let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
         .await
@@ -97,12 +114,9 @@ async fn load_copy(m: &Membership, node: &str, shard: &str, data_dir: &std::path
         let Some(Item::Snapshot(chunk)) = item.item else { continue };
         let entries = Batch::decode(&chunk.entries).map_err(|e| BrokerError::Internal(e.to_string()))?;
         let s = store.clone();
-        let first = chunk.first;
+        let (first, last) = (chunk.first, chunk.last);
         tokio::task::spawn_blocking(move || -> std::result::Result<(), StoreError> {
-            if first {
-                clear(s.as_ref())?;
-            }
-            s.apply(&entries)
+            load_snapshot_page(s.as_ref(), first, last, entries, None)
         })
         .await
         .map_err(|e| BrokerError::Internal(e.to_string()))??;
@@ -133,5 +147,7 @@ async fn load_copy(m: &Membership, node: &str, shard: &str, data_dir: &std::path
     let s = store.clone();
     tokio::task::spawn_blocking(move || s.flush()).await.map_err(|e| BrokerError::Internal(e.to_string()))??;
     drop(store);
+    std::fs::remove_file(&mark).map_err(|e| BrokerError::Internal(e.to_string()))?;
+    crate::store::segment_file::sync_dir(data_dir)?;
     Ok(())
 }
