@@ -697,9 +697,21 @@ impl Leader {
         if rejoin {
             match self.set_in_sync(node, true).await {
                 Ok(()) => {
-                    if let Some(f) = crate::sync::lock(&self.state).followers.get_mut(node) {
-                        f.in_sync = true;
-                        f.joining_from = None;
+                    // Still joining: no write was acknowledged without it while etcd was asked
+                    // (one that was, because it did not answer in time, ended the join).
+                    let joined = match crate::sync::lock(&self.state).followers.get_mut(node) {
+                        Some(f) if f.joining_from.is_some() => {
+                            f.in_sync = true;
+                            f.joining_from = None;
+                            true
+                        }
+                        _ => false,
+                    };
+                    if !joined {
+                        // Listed in sync while missing a write: out of the set again.
+                        if let Err(e) = self.set_in_sync(node, false).await {
+                            tracing::warn!(shard = self.shard, follower = node, error = %e, "in-sync set not updated");
+                        }
                     }
                     self.acked.notify_all();
                 }
