@@ -8,7 +8,7 @@ use super::{load_snapshot_page, History, Position};
 use crate::cluster::Membership;
 use crate::config::Config;
 use crate::error::{BrokerError, Result};
-use crate::store::{Batch, SledStore, Store, StoreError};
+use crate::store::{Batch, SledStore, StoreError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use txmq_proto::cluster::cluster_client::ClusterClient;
@@ -109,7 +109,7 @@ async fn load_copy(m: &Membership, node: &str, shard: &str, data_dir: &std::path
         .map_err(|e| BrokerError::Internal(e.to_string()))??;
     let store = std::sync::Arc::new(store);
     let mine = Position::read(store.as_ref())?;
-    let mut history = None;
+    let mut complete = false;
     while let Some(item) = stream.message().await.map_err(|s| BrokerError::Internal(s.message().to_string()))? {
         let Some(Item::Snapshot(chunk)) = item.item else { continue };
         let entries = Batch::decode(&chunk.entries).map_err(|e| BrokerError::Internal(e.to_string()))?;
@@ -137,15 +137,14 @@ async fn load_copy(m: &Membership, node: &str, shard: &str, data_dir: &std::path
                 }
             }
             tracing::info!(node, at = theirs.seq, epoch = theirs.epoch, "loaded the copy of this node's shard");
-            history = Some(h);
+            complete = true;
             break;
         }
     }
-    if history.is_none() {
+    if !complete {
         return Err(BrokerError::Internal(format!("node {node} ended the copy early")));
     }
-    let s = store.clone();
-    tokio::task::spawn_blocking(move || s.flush()).await.map_err(|e| BrokerError::Internal(e.to_string()))??;
+    // The last page was flushed with the copy's end (`load_snapshot_page`).
     drop(store);
     std::fs::remove_file(&mark).map_err(|e| BrokerError::Internal(e.to_string()))?;
     crate::store::segment_file::sync_dir(data_dir)?;
