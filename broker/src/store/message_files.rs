@@ -573,12 +573,9 @@ impl MessageFiles {
         // Stores of schema 7 keep only message ids, in `ids/`.
         let runs_dir = if kinds == KEYED_IDS { "ids" } else { "keyed" };
         let keyed = if kinds.is_empty() { None } else { Some(Arc::new(SortedRuns::open(&dir.join(runs_dir), &runs)?)) };
-        // The directories made above (on a new store) are entries of this one, and it of the
-        // data directory: durable before anything in them counts.
+        // The directories made above (on a new store) are entries of this one: durable before
+        // anything in them counts (the store syncs this one's entry in the data directory).
         super::segment_file::sync_dir(dir)?;
-        if let Some(parent) = dir.parent() {
-            super::segment_file::sync_dir(parent)?;
-        }
         let mut files = MessageFiles {
             background: Background::start(journal.clone(), index.clone(), keyed.clone())?,
             journal,

@@ -89,9 +89,9 @@ impl SledStore {
         let db = open_db(dir)?;
         let log_file = File::open(dir.join("db")).map_err(io)?;
         // sled writes its `conf` file (read at every open) without an fsync; the directory
-        // entries of a freshly created log and conf must be durable too.
+        // entries of a freshly created log and conf must be durable too (the data directory is
+        // synced below, once every part of the store has made its entries in it).
         File::open(dir.join("conf")).and_then(|f| f.sync_all()).map_err(io)?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         let layout = if db.was_recovered() {
             if db.contains_key(value_log::enabled_key()).map_err(db_error)? {
                 Layout::ValueLog
@@ -140,6 +140,7 @@ impl SledStore {
         } else {
             None
         };
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         Ok(Self { db, log_file, dir: dir.to_path_buf(), values, messages, sled_written: AtomicBool::new(true) })
     }
 

@@ -162,10 +162,6 @@ impl ValueLog {
     /// no live pointer and starts writing in a new segment.
     pub fn open(dir: &Path, live: BTreeMap<u64, u64>) -> Result<ValueLog, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
-        // On a new store, this directory's entry in the data directory made durable.
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-        }
         let mut max_id = live.keys().next_back().copied().unwrap_or(0);
         for entry in std::fs::read_dir(dir).map_err(io)? {
             let entry = entry.map_err(io)?;
