@@ -339,18 +339,21 @@ impl Clients {
     }
 
     /// Drops everything known about a client that announced its termination.
-    /// Forgets a client, told by `by` (`None`: authentication is off). Refused when a stream of
-    /// that client id was opened by another user: a client id is only a name, and one user must
-    /// not end another's client.
-    pub fn terminate(&self, client_id: &str, by: Option<&User>) -> Result<(), String> {
+    /// A client ends, told by `by` (`None`: authentication is off): the streams `by` opened
+    /// under its id go, and the client itself once no stream of another user is left (a client
+    /// id is only a name: one user must not end another's client). Returns whether the client
+    /// was forgotten.
+    pub fn terminate(&self, client_id: &str, by: Option<&User>) -> bool {
         let mut inner = crate::sync::lock(&self.inner);
-        if let (Some(by), Some(c)) = (by, inner.get(client_id)) {
-            if c.streams.iter().any(|s| s.identity.as_ref().is_some_and(|(u, _)| u.name != by.name)) {
-                return Err(format!("client {client_id} belongs to another user"));
+        let Some(c) = inner.get_mut(client_id) else { return true };
+        if let Some(by) = by {
+            c.streams.retain(|s| s.identity.as_ref().is_some_and(|(u, _)| u.name != by.name));
+            if !c.streams.is_empty() {
+                return false;
             }
         }
         inner.remove(client_id);
-        Ok(())
+        true
     }
 
     /// What the registry knows about every client, for operators.
@@ -444,13 +447,15 @@ mod tests {
         let ids: Vec<_> = c.check_candidates("orders", "other-topic-only", &[]).into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["allowed"], "even the originator is skipped once its user may not publish");
         assert_eq!(c.check_candidates("orders", "x", &[])[0].1.id, allowed.id);
-        // b opens a stream under a's client id: it gets none of a's checks, and may not end a's
-        // client; a may.
+        // b opens a stream under a's client id: it gets none of a's checks, and its termination
+        // ends only its own stream; a's ends a's, and the client once none is left.
         let _hijack = c.open_stream("allowed", tx, Some((b.clone(), local)));
         let streams: Vec<_> = c.check_candidates("orders", "allowed", &[]).into_iter().map(|(_, h)| h.id).collect();
         assert_eq!(streams, [allowed.id], "a stream of another user under the same client id");
-        assert!(c.terminate("allowed", Some(&b)).is_err());
-        assert_eq!(c.check_candidates("orders", "allowed", &[]).len(), 1);
+        assert!(!c.terminate("allowed", Some(&a)), "b's stream is left");
+        assert!(c.streams("allowed").iter().all(|s| s.id != allowed.id), "a's stream is gone");
+        assert!(c.terminate("allowed", Some(&b)));
+        assert!(c.streams("allowed").is_empty());
     }
 
     #[test]

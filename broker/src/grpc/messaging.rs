@@ -686,15 +686,16 @@ impl MessagingService for Messaging {
         req: Request<v2::NotifyClientTerminationRequest>,
     ) -> GrpcResult<v2::NotifyClientTerminationResponse> {
         let (_timer, client, caller) = self.begin("NotifyClientTermination", &req);
-        let ended = match caller.user() {
-            Ok(user) => self.clients.terminate(&client, user.map(|u| u.as_ref())).map_err(BrokerError::Forbidden),
-            Err(e) => Err(e),
+        let user = match caller.user() {
+            Ok(user) => user,
+            Err(e) => {
+                return Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(status::status(&e)) }))
+            }
         };
-        if let Err(e) = ended {
-            return Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(status::status(&e)) }));
-        }
         tracing::debug!(client_id = client, "client terminated");
-        self.broker.forget_client(&client);
+        if self.clients.terminate(&client, user.map(|u| u.as_ref())) {
+            self.broker.forget_client(&client);
+        }
         Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(ok()) }))
     }
 
