@@ -8,6 +8,7 @@ use crate::transport::{self, ClientConfig};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use txmq_proto::ext::MAX_DECISIONS;
 use txmq_proto::v2;
 
 /// How long a topic's route is trusted before it is queried again.
@@ -42,9 +43,6 @@ pub struct Producer {
     /// Natural batching of a transactional producer's decisions.
     pub(crate) decisions: Option<Arc<Decisions>>,
 }
-
-/// Most decisions the broker takes in one `EndTransactions` call.
-pub(crate) const MAX_DECISIONS_PER_CALL: usize = 1000;
 
 /// Natural batching of transaction decisions.
 pub(crate) type DecisionBatcher = Batcher<txmq_proto::ext::Decision, Result<()>>;
@@ -93,8 +91,8 @@ impl Producer {
             };
             // One-way commits keep the sends' bound: nobody waits for them, and fewer requests
             // carry more of them (Batching::decisions_in_flight).
-            // The broker takes at most MAX_DECISIONS_PER_CALL decisions in one call.
-            let capped = |b: Batching| Batching { max_items: b.max_items.min(MAX_DECISIONS_PER_CALL), ..b };
+            // The broker takes at most MAX_DECISIONS decisions in one call.
+            let capped = |b: Batching| Batching { max_items: b.max_items.min(MAX_DECISIONS), ..b };
             let decisions =
                 Decisions { awaited: start(capped(batching.for_decisions())), oneway: start(capped(batching)) };
             p.decisions = Some(Arc::new(decisions));

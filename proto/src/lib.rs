@@ -35,6 +35,10 @@ pub mod cluster {
 /// on one stream).
 pub mod ext {
     include!(concat!(env!("OUT_DIR"), "/txmq.v1.rs"));
+
+    /// Decisions one `EndTransactions` call may carry: the broker refuses a call with more,
+    /// and the SDK never sends one.
+    pub const MAX_DECISIONS: usize = 1000;
 }
 
 /// The probe our parts use to tell a process that answers from one that only holds its socket

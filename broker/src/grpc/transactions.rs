@@ -8,11 +8,8 @@ use super::messaging::Messaging;
 use super::status;
 use tonic::{Request, Response};
 use txmq_proto::ext::transactions_server::Transactions;
-use txmq_proto::ext::{DecisionResult, EndTransactionsRequest, EndTransactionsResponse};
+use txmq_proto::ext::{DecisionResult, EndTransactionsRequest, EndTransactionsResponse, MAX_DECISIONS};
 use txmq_proto::v2::{self, Code};
-
-/// Decisions one call may carry.
-pub const MAX_DECISIONS: usize = 1000;
 
 fn answer(st: v2::Status, results: Vec<DecisionResult>) -> Response<EndTransactionsResponse> {
     Response::new(EndTransactionsResponse { code: st.code, message: st.message, results })
