@@ -387,12 +387,8 @@ impl MessagingService for Messaging {
         }
         let topic = req.get_ref().messages.first().and_then(|m| m.topic.as_ref()).map(|t| t.name.clone());
         let (_timer, producer, caller) = self.begin("SendMessage", &req);
-        // The caller first: a topic this node makes for its shard is made for one who may send.
-        let topic = topic.unwrap_or_default();
-        if let Err(e) = caller.allow(&[(Resource::topic(&topic), Action::Pub)]) {
-            return Ok(Response::new(refused(status::status(&e), message_ids(&req.get_ref().messages))));
-        }
-        if let Err(e) = self.ensure_local_topic(&req, &topic).await {
+        if let Err(e) = self.ensure_local_topic(&req, &caller, topic.as_deref().unwrap_or_default(), Action::Pub).await
+        {
             return Ok(Response::new(refused(status::status(&e), message_ids(&req.get_ref().messages))));
         }
         let messages = req.into_inner().messages;
@@ -447,12 +443,8 @@ impl MessagingService for Messaging {
         }
         let topic = req.get_ref().message_queue.as_ref().and_then(|q| q.topic.as_ref()).map(|t| t.name.clone());
         let (_timer, client, caller) = self.begin("ReceiveMessage", &req);
-        // The caller first: a topic this node makes for its shard is made for one who may read.
-        let topic = topic.unwrap_or_default();
-        if let Err(e) = caller.allow(&[(Resource::topic(&topic), Action::Sub)]) {
-            return Ok(Response::new(single_status_stream(receive_status(status::status(&e)))));
-        }
-        if let Err(e) = self.ensure_local_topic(&req, &topic).await {
+        if let Err(e) = self.ensure_local_topic(&req, &caller, topic.as_deref().unwrap_or_default(), Action::Sub).await
+        {
             return Ok(Response::new(single_status_stream(receive_status(status::status(&e)))));
         }
         let deadline = grpc_deadline(&req);
@@ -867,12 +859,20 @@ impl Messaging {
     }
 
     /// Makes sure this node holds its shard of `topic` as a local topic (type and queue count
-    /// from the placement) before a forwarded request uses it.
-    async fn ensure_local_topic<T>(&self, req: &Request<T>, topic: &str) -> Result<(), BrokerError> {
+    /// from the placement) before a forwarded request uses it. The caller is checked first
+    /// (`action` on the topic): a topic is made, or grown, only for one who may use it.
+    async fn ensure_local_topic<T>(
+        &self,
+        req: &Request<T>,
+        caller: &Caller,
+        topic: &str,
+        action: Action,
+    ) -> Result<(), BrokerError> {
         let Some(fw) = self.cluster.as_ref().filter(|_| forward::is_forwarded(req)) else { return Ok(()) };
         if topic.is_empty() {
             return Ok(());
         }
+        caller.allow(&[(Resource::topic(topic), action)])?;
         // A topic here already only grows, when its shard did (`txmq topic scale`).
         if let Some(local) = self.broker.topic(topic) {
             if let Some((_, queues)) = forward::shard_of(req).filter(|(_, q)| *q > local.queue_count) {
